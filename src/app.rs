@@ -1,0 +1,129 @@
+//! Building and running the proxy from a [`Config`]: the one code path used by `serve`,
+//! `demo` and the tests.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::{ms, Config};
+use crate::gateway::GatewayClient;
+use crate::metrics::Metrics;
+use crate::pipeline::auth::Authenticator;
+use crate::pipeline::Proxy;
+use crate::server::admin::{Admin, Readiness};
+use crate::server::listener::triggered;
+use crate::server::{self, ServeOptions, Shutdown};
+use crate::session::{CredentialStore, SessionStore};
+use crate::tls;
+
+/// How often `/readyz` re-checks that the gateway accepts TCP connections.
+const READINESS_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A running proxy.
+pub struct Running {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Metrics,
+    pub readiness: Arc<Readiness>,
+    pub sessions: Arc<SessionStore>,
+    shutdown: Shutdown,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish (within the grace period), stops
+    /// pollers, and waits for the listeners to close.
+    pub async fn stop(self) {
+        self.readiness.shutting_down.store(true, Ordering::Release);
+        self.shutdown.trigger();
+        self.sessions.stop_all();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    pub fn shutdown_handle(&self) -> Shutdown {
+        self.shutdown.clone()
+    }
+}
+
+/// Loads keys and credentials, binds both listeners, starts serving. Every error names what
+/// to fix.
+pub async fn start(config: &Config) -> Result<Running, String> {
+    let metrics = Metrics::new();
+    let auth = Authenticator::from_config(&config.auth)?;
+    let creds = match &config.credentials.file {
+        Some(p) => CredentialStore::load(p)?,
+        None => return Err("credentials.file is required".into()),
+    };
+    let client = GatewayClient::new(&config.gateway, metrics.clone())?;
+    let server_tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(c), Some(k)) => Some(tls::server_config_from_files(c, k)?),
+        _ => None,
+    };
+    let sessions = Arc::new(SessionStore::new(client.clone(), creds, config.sessions.clone(), metrics.clone()));
+    let proxy = Arc::new(Proxy {
+        auth,
+        sessions: sessions.clone(),
+        client,
+        metrics: metrics.clone(),
+        max_body_bytes: config.server.max_body_bytes,
+        on_unknown_chair: config.policy.on_unknown_chair,
+    });
+    let readiness = Arc::new(Readiness::default());
+    let shutdown = Shutdown::new();
+    let opts = ServeOptions {
+        header_read_timeout: ms(config.server.header_read_timeout_ms),
+        grace: ms(config.server.shutdown_grace_ms),
+    };
+    let proxy_listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|e| format!("admin.listen {}: {e}", config.admin.listen))?;
+    let served = server::spawn(proxy_listener, server_tls, proxy, opts.clone(), shutdown.subscribe())
+        .map_err(|e| format!("server.listen: {e}"))?;
+    let admin = Arc::new(Admin { metrics: metrics.clone(), readiness: readiness.clone() });
+    let admin_served =
+        server::spawn(admin_listener, None, admin, opts, shutdown.subscribe()).map_err(|e| format!("admin.listen: {e}"))?;
+    let probe = tokio::spawn(probe_gateway(gateway_addr(&config.gateway.url)?, readiness.clone(), shutdown.clone()));
+    Ok(Running {
+        proxy_addr: served.addr,
+        admin_addr: admin_served.addr,
+        metrics,
+        readiness,
+        sessions,
+        shutdown,
+        tasks: vec![served.task, admin_served.task, probe],
+    })
+}
+
+fn gateway_addr(url: &str) -> Result<String, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("gateway.url: {e}"))?;
+    let host = uri.host().ok_or("gateway.url: no host")?;
+    let port = uri.port_u16().unwrap_or(443);
+    Ok(format!("{host}:{port}"))
+}
+
+/// Readiness: the gateway accepts TCP connections. A TCP connect is enough to tell "down"
+/// from "up" and costs the gateway nothing (no request, no log line there).
+async fn probe_gateway(addr: String, readiness: Arc<Readiness>, shutdown: Shutdown) {
+    let mut stop = shutdown.subscribe();
+    loop {
+        let ok = matches!(
+            tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await,
+            Ok(Ok(_))
+        );
+        if ok != readiness.gateway_reachable.swap(ok, Ordering::AcqRel) {
+            tracing::info!(gateway_reachable = ok, "gateway reachability changed");
+        }
+        tokio::select! {
+            _ = triggered(&mut stop) => return,
+            _ = tokio::time::sleep(READINESS_PROBE_INTERVAL) => {}
+        }
+    }
+}

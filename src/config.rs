@@ -1,0 +1,566 @@
+//! Typed configuration, parsed once at start.
+//!
+//! Every default is a named constant with the reason for its value. The file is TOML; any key
+//! can be overridden from the environment as `CCGATE__SECTION__KEY=value` so a sidecar can be
+//! configured without a file. Unknown keys are errors (a typo must not silently fall back to a
+//! default), and [`Config::validate`] names the offending key for semantic errors.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where `serve` looks for its config when neither `--config` nor `CCGATE_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/ccgate.toml";
+/// Environment prefix for per-key overrides (`CCGATE__GATEWAY__URL=...`).
+pub const ENV_PREFIX: &str = "CCGATE__";
+
+/// App-facing listener. 8443 is the conventional unprivileged HTTPS port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Admin listener (metrics, health). 9464 is the port OpenTelemetry/Prometheus exporters use.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+/// Request bodies of the agent API are small JSON objects (the largest, batchaddparticipant,
+/// lists at most 120 members); 64 KiB leaves ample headroom and bounds memory per request.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// Time a client gets to send its request head; protects against slowloris connections.
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// How long in-flight requests may run after a shutdown signal before the process exits.
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+
+/// The CC-Gateway's documented HTTPS port.
+pub const DEFAULT_GATEWAY_URL: &str = "https://127.0.0.1:8043";
+/// A TCP+TLS handshake on a LAN takes milliseconds; 3 s means the gateway is down, and the app
+/// should hear 503 quickly rather than hang.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// Agent operations answer in well under a second; 10 s matches the gateway's own long-poll
+/// wait, beyond which an app would rather see 504 than keep a user waiting.
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Idle pooled connections are kept for 90 s (below common LB idle timeouts of 120 s, so we
+/// close first and never write into a connection the NSLB already dropped).
+pub const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 90_000;
+/// Idle connections kept per gateway host; enough for bursts from a few hundred agents.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 64;
+
+/// Clock skew tolerated on `exp`/`nbf`. Small on purpose: 30 s covers NTP-synced hosts, and a
+/// larger value extends the life of every stolen token.
+pub const DEFAULT_LEEWAY_SECS: u64 = 30;
+/// Claim that names the agent (work number) a token acts for.
+pub const DEFAULT_AGENT_CLAIM: &str = "agent_id";
+
+/// The gateway's long poll answers after about 10 s when idle; the read timeout must be above
+/// that or every idle poll would look like a failure.
+pub const DEFAULT_POLL_TIMEOUT_MS: u64 = 15_000;
+/// Huawei's clients pause 200-500 ms between polls; 300 ms is in that band.
+pub const DEFAULT_POLL_PAUSE_MS: u64 = 300;
+/// First back-off after a failed poll; doubled up to the maximum.
+pub const DEFAULT_POLL_BACKOFF_MS: u64 = 500;
+/// Cap of the poll back-off: well inside MAXTIME (120 s) so a recovering gateway does not sign
+/// the agent out for silence.
+pub const DEFAULT_POLL_BACKOFF_MAX_MS: u64 = 10_000;
+/// How long `POST /v1/conference` waits for the gateway's RequestSuccess/RequestFailed event
+/// before answering 202 (pending). Conference set-up normally completes in under a second.
+pub const DEFAULT_CONFERENCE_WAIT_MS: u64 = 5_000;
+/// Events kept per agent for the app.
+pub const DEFAULT_EVENT_BUFFER: usize = 256;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub gateway: GatewayConfig,
+    pub auth: AuthConfig,
+    pub credentials: CredentialsConfig,
+    pub sessions: SessionsConfig,
+    pub policy: PolicyConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// PEM certificate chain. With `tls_key`, the listener speaks TLS (h2 and HTTP/1.1 by ALPN).
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Plain HTTP for a sidecar reached only over loopback. Refused on other addresses.
+    pub plaintext: bool,
+    pub max_body_bytes: usize,
+    pub header_read_timeout_ms: u64,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: parse_addr(DEFAULT_LISTEN),
+            tls_cert: None,
+            tls_key: None,
+            plaintext: false,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Plain HTTP; keep it on loopback or a pod-internal address.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { listen: parse_addr(DEFAULT_ADMIN_LISTEN) }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// `https://host:port` of the CC-Gateway or the NSLB in front of it.
+    pub url: String,
+    /// PEM bundle of CAs trusted for the gateway. Gateways commonly use private CAs; there is
+    /// deliberately no "skip verification" switch.
+    pub ca_file: Option<PathBuf>,
+    /// TLS server name to verify when the gateway is dialled by IP and its certificate names
+    /// a host.
+    pub tls_server_name: Option<String>,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub pool_idle_timeout_ms: u64,
+    pub pool_max_idle_per_host: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_GATEWAY_URL.to_owned(),
+            ca_file: None,
+            tls_server_name: None,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            pool_idle_timeout_ms: DEFAULT_POOL_IDLE_TIMEOUT_MS,
+            pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// JSON Web Key Set with the apps' public keys.
+    pub jwks_file: Option<PathBuf>,
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud` (one of the token's audiences must match).
+    pub audience: String,
+    /// Allowed signature algorithms. HS256 is accepted only with `hs256_secret_file`.
+    pub algorithms: Vec<String>,
+    /// Shared secret for HS256 tokens (file content, trailing newline trimmed).
+    pub hs256_secret_file: Option<PathBuf>,
+    pub leeway_secs: u64,
+    /// Claim naming the agent's work number (string or number, 101..999999).
+    pub agent_claim: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwks_file: None,
+            issuer: String::new(),
+            audience: String::new(),
+            algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+            hs256_secret_file: None,
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+            agent_claim: DEFAULT_AGENT_CLAIM.to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CredentialsConfig {
+    /// TOML file `[agents."153"] password = "..." phonenum = "..."`; must not be readable by
+    /// group or others.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    pub poll_timeout_ms: u64,
+    pub poll_pause_ms: u64,
+    pub poll_backoff_ms: u64,
+    pub poll_backoff_max_ms: u64,
+    pub conference_wait_ms: u64,
+    pub event_buffer: usize,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            poll_timeout_ms: DEFAULT_POLL_TIMEOUT_MS,
+            poll_pause_ms: DEFAULT_POLL_PAUSE_MS,
+            poll_backoff_ms: DEFAULT_POLL_BACKOFF_MS,
+            poll_backoff_max_ms: DEFAULT_POLL_BACKOFF_MAX_MS,
+            conference_wait_ms: DEFAULT_CONFERENCE_WAIT_MS,
+            event_buffer: DEFAULT_EVENT_BUFFER,
+        }
+    }
+}
+
+/// What to do with a chair-only request when ccgate does not know whether the agent is chair
+/// (the session was taken over with forcelogin, so conference events were missed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownChair {
+    /// Let the gateway judge: it answers 101-002 itself if the agent is not chair.
+    #[default]
+    Forward,
+    /// Refuse locally.
+    Deny,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    pub on_unknown_chair: UnknownChair,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing_subscriber::EnvFilter` directives; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Human, level: "info".into() }
+    }
+}
+
+fn parse_addr(s: &str) -> SocketAddr {
+    // The defaults above are literals checked by a unit test; this cannot fail at run time.
+    s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// A configuration problem, naming the key where one is to blame.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read: check the path and permissions.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The TOML did not parse or a value has the wrong type; the message shows the key.
+    #[error("invalid config: {0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("invalid config key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Config {
+    /// Loads `path` (if it exists or was asked for explicitly), applies environment overrides,
+    /// and validates.
+    pub fn load(path: &Path, must_exist: bool) -> Result<Self, ConfigError> {
+        let config: Config = load_with_env(path, must_exist, ENV_PREFIX)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text, applies `CCGATE__SECTION__KEY` overrides from `env`, validates.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let config: Config = parse_with_env(text, env, ENV_PREFIX)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Semantic checks that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
+        match (&self.server.tls_cert, &self.server.tls_key, self.server.plaintext) {
+            (Some(_), Some(_), false) => {}
+            (None, None, true) => {
+                if !self.server.listen.ip().is_loopback() {
+                    return invalid(
+                        "server.plaintext",
+                        "plain HTTP is only allowed on a loopback address; configure tls_cert and tls_key",
+                    );
+                }
+            }
+            (_, _, true) => {
+                return invalid("server.plaintext", "set either plaintext or tls_cert/tls_key, not both")
+            }
+            (None, _, false) => {
+                return invalid("server.tls_cert", "required unless server.plaintext = true")
+            }
+            (Some(_), None, false) => return invalid("server.tls_key", "required with tls_cert"),
+        }
+        if self.server.max_body_bytes == 0 {
+            return invalid("server.max_body_bytes", "must be greater than 0");
+        }
+        let url: http::Uri = self
+            .gateway
+            .url
+            .parse()
+            .map_err(|e| ConfigError::Invalid { key: "gateway.url", reason: format!("{e}") })?;
+        if url.scheme_str() != Some("https") || url.host().is_none() {
+            return invalid("gateway.url", "must be an https:// URL with a host");
+        }
+        if url.path() != "/" && !url.path().is_empty() {
+            return invalid("gateway.url", "must not have a path; ccgate adds /agentgateway/resource/");
+        }
+        if self.gateway.connect_timeout_ms == 0 {
+            return invalid("gateway.connect_timeout_ms", "must be greater than 0");
+        }
+        if self.gateway.request_timeout_ms == 0 {
+            return invalid("gateway.request_timeout_ms", "must be greater than 0");
+        }
+        if let Some(name) = &self.gateway.tls_server_name {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                return invalid("gateway.tls_server_name", "not a valid DNS name or IP address");
+            }
+        }
+        if self.auth.jwks_file.is_none() && self.auth.hs256_secret_file.is_none() {
+            return invalid("auth.jwks_file", "required (or auth.hs256_secret_file for HS256)");
+        }
+        if self.auth.issuer.is_empty() {
+            return invalid("auth.issuer", "required: tokens must name their issuer");
+        }
+        if self.auth.audience.is_empty() {
+            return invalid("auth.audience", "required: tokens must name ccgate's audience");
+        }
+        if self.auth.algorithms.is_empty() {
+            return invalid("auth.algorithms", "list at least one algorithm");
+        }
+        for alg in &self.auth.algorithms {
+            match alg.as_str() {
+                "RS256" | "ES256" | "EdDSA" => {}
+                "HS256" if self.auth.hs256_secret_file.is_some() => {}
+                "HS256" => return invalid("auth.algorithms", "HS256 needs auth.hs256_secret_file"),
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: "auth.algorithms",
+                        reason: format!("unsupported algorithm {other:?} (RS256, ES256, EdDSA, HS256)"),
+                    })
+                }
+            }
+        }
+        if self.auth.agent_claim.is_empty() {
+            return invalid("auth.agent_claim", "must name a claim");
+        }
+        if self.credentials.file.is_none() {
+            return invalid("credentials.file", "required: agents' CTI passwords and phone numbers");
+        }
+        if self.sessions.poll_timeout_ms == 0 {
+            return invalid("sessions.poll_timeout_ms", "must be greater than 0");
+        }
+        if self.sessions.event_buffer == 0 {
+            return invalid("sessions.event_buffer", "must be greater than 0");
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML, for `check-config`. Holds paths, never secrets: secrets
+    /// live in the files those paths name.
+    pub fn to_masked_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// Parses TOML text into `T` after applying `{prefix}SECTION__KEY` overrides from `env`.
+/// Shared by the proxy's and the simulator's config so both behave alike.
+pub fn parse_with_env<T: serde::de::DeserializeOwned>(
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+    prefix: &str,
+) -> Result<T, ConfigError> {
+    let mut doc: toml::Table =
+        text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+    apply_env_overrides(&mut doc, env, prefix)?;
+    let merged = toml::to_string(&doc).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    toml::from_str(&merged).map_err(|e| ConfigError::Parse(e.to_string()))
+}
+
+/// Reads `path` (missing is fine unless `must_exist`) and parses it with overrides.
+pub fn load_with_env<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    must_exist: bool,
+    prefix: &str,
+) -> Result<T, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => String::new(),
+        Err(source) => return Err(ConfigError::Read { path: path.to_owned(), source }),
+    };
+    parse_with_env(&text, std::env::vars(), prefix)
+}
+
+/// Writes `CCGATE__A__B=v` into `doc["a"]["b"]`. The value is read as a TOML value when it
+/// parses as one (numbers, booleans, arrays), else as a string.
+fn apply_env_overrides(
+    doc: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+    prefix: &str,
+) -> Result<(), ConfigError> {
+    for (name, raw) in env {
+        let Some(rest) = name.strip_prefix(prefix) else { continue };
+        let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(ConfigError::Parse(format!("environment variable {name}: empty key segment")));
+        }
+        let value = parse_env_value(&raw);
+        let mut table = &mut *doc;
+        let (last, parents) = path.split_last().ok_or_else(|| {
+            ConfigError::Parse(format!("environment variable {name}: no key"))
+        })?;
+        for key in parents {
+            let entry =
+                table.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry.as_table_mut().ok_or_else(|| {
+                ConfigError::Parse(format!("environment variable {name}: `{key}` is not a section"))
+            })?;
+        }
+        table.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+/// Milliseconds from config as a `Duration`.
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// A secret string: never printed by `Debug` or `Display`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+plaintext = true
+[auth]
+jwks_file = "jwks.json"
+issuer = "https://idp.example"
+audience = "ccgate"
+[credentials]
+file = "creds.toml"
+"#;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_parse() {
+        assert_eq!(ServerConfig::default().listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(AdminConfig::default().listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        let c = Config::from_toml_with_env(MINIMAL, env(&[])).unwrap();
+        assert_eq!(c.gateway.url, DEFAULT_GATEWAY_URL);
+        assert_eq!(c.auth.leeway_secs, DEFAULT_LEEWAY_SECS);
+        assert_eq!(c.policy.on_unknown_chair, UnknownChair::Forward);
+    }
+
+    #[test]
+    fn env_overrides_nested_keys_with_types() {
+        let c = Config::from_toml_with_env(
+            MINIMAL,
+            env(&[
+                ("CCGATE__GATEWAY__URL", "https://10.0.0.5:8043"),
+                ("CCGATE__GATEWAY__CONNECT_TIMEOUT_MS", "250"),
+                ("CCGATE__POLICY__ON_UNKNOWN_CHAIR", "deny"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.gateway.url, "https://10.0.0.5:8043");
+        assert_eq!(c.gateway.connect_timeout_ms, 250);
+        assert_eq!(c.policy.on_unknown_chair, UnknownChair::Deny);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_with_env(MINIMAL, env(&[("CCGATE__GATEWAY__URLL", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("urll"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_is_named() {
+        let err = Config::from_toml_with_env(
+            &format!("{MINIMAL}\n[sessions]\npoll_timeout_ms = \"soon\"\n"),
+            env(&[]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("poll_timeout_ms"), "{err}");
+    }
+
+    #[test]
+    fn semantic_errors_name_the_key() {
+        let cases = [
+            ("CCGATE__GATEWAY__URL", "http://gw:8043", "gateway.url"),
+            ("CCGATE__AUTH__ISSUER", "\"\"", "auth.issuer"),
+            ("CCGATE__AUTH__ALGORITHMS", "[\"HS256\"]", "auth.algorithms"),
+            ("CCGATE__AUTH__ALGORITHMS", "[\"none\"]", "auth.algorithms"),
+            ("CCGATE__SERVER__LISTEN", "0.0.0.0:8443", "server.plaintext"),
+        ];
+        for (k, v, key) in cases {
+            let err = Config::from_toml_with_env(MINIMAL, env(&[(k, v)])).unwrap_err();
+            match err {
+                ConfigError::Invalid { key: got, .. } => assert_eq!(got, key, "{k}={v}"),
+                other => panic!("{k}={v}: {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn secret_debug_is_masked() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+}

@@ -1,0 +1,249 @@
+//! `ccgate demo`: the simulator and the proxy on loopback with throw-away certificates and
+//! keys, a working token, and the commands to try. Everything it writes lives in one private
+//! temporary directory that is removed on exit.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use crate::app::{self, Running};
+use crate::config::{AdminConfig, AuthConfig, Config, CredentialsConfig, GatewayConfig, ServerConfig};
+use crate::devkeys::{dev_pki, jwks, DevSigner};
+use crate::server::{Served, Shutdown};
+use crate::sim::{Sim, SimConfig};
+use crate::tls;
+
+pub const DEMO_ISSUER: &str = "https://issuer.demo.ccgate.invalid";
+pub const DEMO_AUDIENCE: &str = "ccgate";
+/// The demo's chairperson-to-be and a second agent to show refusals.
+pub const DEMO_AGENT: &str = "153";
+pub const DEMO_OTHER_AGENT: &str = "154";
+/// Demo tokens last an hour: long enough to play, short enough to be obviously throw-away.
+const DEMO_TOKEN_TTL_SECS: u64 = 3600;
+
+pub struct DemoOptions {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub json: bool,
+}
+
+/// Everything a running demo consists of.
+pub struct Demo {
+    pub dir: PathBuf,
+    pub proxy: Running,
+    pub sim: Sim,
+    pub sim_served: Served,
+    pub sim_shutdown: Shutdown,
+    pub ca_file: PathBuf,
+    pub token: String,
+    pub other_token: String,
+}
+
+impl Demo {
+    pub async fn stop(self) {
+        self.proxy.stop().await;
+        self.sim_shutdown.trigger();
+        let _ = self.sim_served.task.await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(contents).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn private_dir() -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("ccgate-demo-{}", uuid::Uuid::new_v4().simple()));
+    let mut b = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Starts the simulator and the proxy. Used by `ccgate demo` and by the tests.
+pub async fn start(opts: &DemoOptions) -> Result<Demo, String> {
+    let dir = private_dir()?;
+    match start_in(&dir, opts).await {
+        Ok(d) => Ok(d),
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            Err(e)
+        }
+    }
+}
+
+async fn start_in(dir: &Path, opts: &DemoOptions) -> Result<Demo, String> {
+    let pki = dev_pki(&["localhost", "127.0.0.1"])?;
+    let ca_file = dir.join("ca.pem");
+    let cert_file = dir.join("server.pem");
+    let key_file = dir.join("server-key.pem");
+    write_private(&ca_file, pki.ca_pem.as_bytes())?;
+    write_private(&cert_file, pki.server_cert_pem.as_bytes())?;
+    write_private(&key_file, pki.server_key_pem.as_bytes())?;
+
+    let signer = DevSigner::es256("demo-es256")?;
+    let jwks_file = dir.join("jwks.json");
+    write_private(&jwks_file, jwks(&[&signer]).to_string().as_bytes())?;
+
+    // Random per run: the demo's gateway passwords exist only in this process and its files.
+    let password = format!("demo-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let creds_file = dir.join("credentials.toml");
+    let creds = format!(
+        "[agents.\"{DEMO_AGENT}\"]\npassword = \"{password}\"\nphonenum = \"8880{DEMO_AGENT}\"\n\n\
+         [agents.\"{DEMO_OTHER_AGENT}\"]\npassword = \"{password}\"\nphonenum = \"8880{DEMO_OTHER_AGENT}\"\n"
+    );
+    write_private(&creds_file, creds.as_bytes())?;
+
+    let sim_cfg = SimConfig {
+        agents: HashMap::from([(DEMO_AGENT.to_owned(), password.clone()), (DEMO_OTHER_AGENT.to_owned(), password)]),
+        ..SimConfig::default()
+    };
+    let sim = Sim::new(sim_cfg);
+    let sim_tls = tls::server_config_from_files(&cert_file, &key_file)?;
+    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("simulator: {e}"))?;
+    let sim_shutdown = Shutdown::new();
+    let sim_served = sim.serve(sim_listener, sim_tls, sim_shutdown.subscribe()).map_err(|e| format!("simulator: {e}"))?;
+
+    let config = Config {
+        server: ServerConfig { listen: opts.listen, tls_cert: Some(cert_file), tls_key: Some(key_file), ..ServerConfig::default() },
+        admin: AdminConfig { listen: opts.admin_listen },
+        gateway: GatewayConfig {
+            url: format!("https://127.0.0.1:{}", sim_served.addr.port()),
+            ca_file: Some(ca_file.clone()),
+            ..GatewayConfig::default()
+        },
+        auth: AuthConfig {
+            jwks_file: Some(jwks_file),
+            issuer: DEMO_ISSUER.into(),
+            audience: DEMO_AUDIENCE.into(),
+            ..AuthConfig::default()
+        },
+        credentials: CredentialsConfig { file: Some(creds_file) },
+        ..Config::default()
+    };
+    config.validate().map_err(|e| e.to_string())?;
+    let proxy = match app::start(&config).await {
+        Ok(p) => p,
+        Err(e) => {
+            sim_shutdown.trigger();
+            return Err(format!("{e}\n(hint: another ccgate demo may be running; pick free ports with --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0)"));
+        }
+    };
+    let token = signer.token(DEMO_ISSUER, DEMO_AUDIENCE, DEMO_AGENT, DEMO_TOKEN_TTL_SECS)?;
+    let other_token = signer.token(DEMO_ISSUER, DEMO_AUDIENCE, DEMO_OTHER_AGENT, DEMO_TOKEN_TTL_SECS)?;
+    Ok(Demo { dir: dir.to_owned(), proxy, sim, sim_served, sim_shutdown, ca_file, token, other_token })
+}
+
+impl Demo {
+    pub fn proxy_url(&self) -> String {
+        format!("https://{}", self.proxy.proxy_addr)
+    }
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.proxy.admin_addr)
+    }
+
+    /// The one JSON line for scripts.
+    pub fn json_line(&self) -> String {
+        json!({
+            "proxy_url": self.proxy_url(),
+            "admin_url": self.admin_url(),
+            "ca_file": self.ca_file,
+            "token": self.token,
+            "agent_id": DEMO_AGENT,
+        })
+        .to_string()
+    }
+
+    /// What a person reads: where things are and what to paste.
+    pub fn instructions(&self) -> String {
+        let p = self.proxy_url();
+        let a = self.admin_url();
+        let ca = self.ca_file.display();
+        let sim = self.sim_served.addr;
+        format!(
+            r#"ccgate demo is running (Ctrl-C stops it and deletes its temporary files).
+  proxy      {p}   (TLS; certificate from the throw-away CA below)
+  admin      {a}   (/metrics /healthz /readyz)
+  simulator  https://{sim}   (CC-Gateway stand-in; agents {DEMO_AGENT} and {DEMO_OTHER_AGENT})
+  CA file    {ca}
+
+Paste into another shell:
+
+  export CA={ca}
+  export TOKEN={token}
+  export OTHER={other}
+
+  # 1. Sign agent {DEMO_AGENT} in. ccgate holds its Guid and polls its events from now on.
+  curl --cacert "$CA" -X POST -H "Authorization: Bearer $TOKEN" {p}/v1/session
+
+  # 2. Create a conference; {DEMO_AGENT} becomes its chairperson.
+  curl --cacert "$CA" -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' -d '{{"memberNum":3}}' {p}/v1/conference
+
+  # 3. Stop the conference announcement (stopVoiceToConf): 200 {{"stopped":true}}.
+  curl --cacert "$CA" -X POST -H "Authorization: Bearer $TOKEN" {p}/v1/conference/announcement/stop
+
+  # 4. Agent {DEMO_OTHER_AGENT} has no conference: ccgate refuses (409, retcode 101-001) without calling the gateway.
+  curl --cacert "$CA" -X POST -H "Authorization: Bearer $OTHER" {p}/v1/session
+  curl --cacert "$CA" -X POST -H "Authorization: Bearer $OTHER" {p}/v1/conference/announcement/stop
+
+  # 5. A bad token gets 401 with a reason.
+  curl --cacert "$CA" -X POST -H "Authorization: Bearer not-a-jwt" {p}/v1/conference/announcement/stop
+
+  # 6. Read the metrics.
+  curl -s {a}/metrics | grep -E 'ccgate_(requests_total|upstream_responses_total)'
+"#,
+            token = self.token,
+            other = self.other_token,
+        )
+    }
+}
+
+/// `ccgate demo`: start, print, serve until Ctrl-C.
+pub async fn run(opts: DemoOptions) -> Result<(), String> {
+    let demo = start(&opts).await?;
+    if opts.json {
+        println!("{}", demo.json_line());
+    }
+    println!("{}", demo.instructions());
+    wait_for_signal().await;
+    eprintln!("stopping…");
+    demo.stop().await;
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,299 @@
+//! HTTPS client for the CC-Gateway: a keep-alive pool, a configured CA bundle, an optional
+//! TLS server name, connect and request timeouts, and envelope parsing.
+//!
+//! Every gateway round trip (façade requests and the poller alike) goes through
+//! [`GatewayClient::call`], which is also where upstream metrics are recorded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::envelope::Envelope;
+use super::methods::GatewayMethod;
+use crate::config::{ms, GatewayConfig};
+use crate::metrics::Metrics;
+use crate::tls;
+
+/// The header carrying the session's Guid on requests.
+pub const GUID_HEADER: &str = "guid";
+/// The response header carrying a new Guid (`JSESSIONID=<uuid>.AgentGateway<n>`).
+pub const SET_GUID_HEADER: &str = "set-guid";
+/// Largest gateway response body accepted; envelopes are a few hundred bytes, conference
+/// queries a few KiB.
+const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
+pub const JSON_UTF8: &str = "application/json; charset=UTF-8";
+
+/// The credentials a session presents: Guid and the cookies captured at sign-in. Both are
+/// kept as ready `HeaderValue`s (marked sensitive so they never appear in debug output) so the
+/// hot path copies no strings.
+#[derive(Clone)]
+pub struct SessionAuth {
+    pub guid: HeaderValue,
+    pub cookie: Option<HeaderValue>,
+}
+
+impl std::fmt::Debug for SessionAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionAuth(***)")
+    }
+}
+
+/// One request to the gateway.
+pub struct GatewayRequest<'a> {
+    pub method: GatewayMethod,
+    pub agent: &'a str,
+    pub auth: Option<&'a SessionAuth>,
+    pub body: Option<Bytes>,
+    /// Overrides the configured request timeout (the event long poll needs a longer one).
+    pub timeout: Option<Duration>,
+}
+
+/// A parsed gateway answer (HTTP 200 with an envelope).
+#[derive(Debug)]
+pub struct GatewayReply {
+    pub envelope: Envelope,
+    /// The new Guid from `Set-GUID`, `JSESSIONID=` removed, node suffix kept.
+    pub set_guid: Option<String>,
+    /// `name=value` of each `Set-Cookie`, attributes removed.
+    pub cookies: Vec<String>,
+    pub body: Bytes,
+}
+
+/// Why a gateway round trip failed. Each maps to one HTTP status at the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, unreachable, TLS handshake failed): 503.
+    #[error("gateway unreachable: {0}")]
+    Unavailable(String),
+    /// No complete answer within the timeout: 504.
+    #[error("gateway timed out")]
+    Timeout,
+    /// The gateway answered with a non-200 status: 502.
+    #[error("gateway answered HTTP {0}")]
+    BadStatus(StatusCode),
+    /// The gateway's body was not a valid envelope, or the connection broke mid-answer: 502.
+    #[error("gateway answered garbage: {0}")]
+    Malformed(String),
+}
+
+pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+#[derive(Clone)]
+pub struct GatewayClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: HttpsClient,
+    scheme_authority: String,
+    request_timeout: Duration,
+    metrics: Metrics,
+}
+
+impl GatewayClient {
+    pub fn new(cfg: &GatewayConfig, metrics: Metrics) -> Result<Self, String> {
+        let url: Uri = cfg.url.parse().map_err(|e| format!("gateway.url: {e}"))?;
+        let authority = url.authority().ok_or("gateway.url: no host")?.to_string();
+        let tls = tls::client_config(cfg.ca_file.as_deref())?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(ms(cfg.connect_timeout_ms)));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let resolver: Arc<dyn hyper_rustls::ResolveServerName + Send + Sync> =
+            match &cfg.tls_server_name {
+                Some(name) => {
+                    let name = rustls_pki_types::ServerName::try_from(name.clone())
+                        .map_err(|e| format!("gateway.tls_server_name: {e}"))?;
+                    Arc::new(hyper_rustls::FixedServerNameResolver::new(name))
+                }
+                None => Arc::new(hyper_rustls::DefaultServerNameResolver::default()),
+            };
+        let connector = hyper_rustls::HttpsConnector::new(http, tls, true, resolver);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(ms(cfg.pool_idle_timeout_ms))
+            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                scheme_authority: format!("https://{authority}"),
+                request_timeout: ms(cfg.request_timeout_ms),
+                metrics,
+            }),
+        })
+    }
+
+    /// Sends one request and parses the envelope. Records upstream duration and retcode.
+    pub async fn call(&self, req: GatewayRequest<'_>) -> Result<GatewayReply, UpstreamError> {
+        let started = Instant::now();
+        let result = self.round_trip(&req).await;
+        let m = &self.inner.metrics;
+        m.observe_upstream(req.method, started.elapsed());
+        match &result {
+            Ok(reply) => m.count_upstream_retcode(req.method, &reply.envelope.retcode),
+            Err(e) => m.count_upstream_failure(req.method, e),
+        }
+        result
+    }
+
+    async fn round_trip(&self, req: &GatewayRequest<'_>) -> Result<GatewayReply, UpstreamError> {
+        let uri = format!("{}{}", self.inner.scheme_authority, req.method.path(req.agent));
+        let mut builder = Request::builder()
+            .method(req.method.http_method())
+            .uri(uri)
+            .header(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+        if let Some(auth) = req.auth {
+            builder = builder.header(GUID_HEADER, auth.guid.clone());
+            if let Some(c) = &auth.cookie {
+                builder = builder.header(COOKIE, c.clone());
+            }
+        }
+        let body = req.body.clone().unwrap_or_default();
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|e| UpstreamError::Malformed(format!("cannot build request: {e}")))?;
+        let timeout = req.timeout.unwrap_or(self.inner.request_timeout);
+        let exchange = async {
+            let resp = self.inner.client.request(request).await.map_err(classify)?;
+            let (parts, body) = resp.into_parts();
+            let limited = http_body_util::Limited::new(body, MAX_UPSTREAM_BODY);
+            let bytes = limited
+                .collect()
+                .await
+                .map_err(|e| UpstreamError::Malformed(format!("reading body: {e}")))?
+                .to_bytes();
+            Ok::<_, UpstreamError>((parts, bytes))
+        };
+        let (parts, bytes) =
+            tokio::time::timeout(timeout, exchange).await.map_err(|_| UpstreamError::Timeout)??;
+        if parts.status != StatusCode::OK {
+            return Err(UpstreamError::BadStatus(parts.status));
+        }
+        let envelope: Envelope = serde_json::from_slice(&bytes)
+            .map_err(|e| UpstreamError::Malformed(format!("not a gateway envelope: {e}")))?;
+        let set_guid = parts
+            .headers
+            .get(SET_GUID_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_set_guid);
+        let cookies = parts
+            .headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(cookie_pair)
+            .collect();
+        Ok(GatewayReply { envelope, set_guid, cookies, body: bytes })
+    }
+}
+
+fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {
+    if e.is_connect() {
+        // The error chain names the cause (refused, TLS) but never carries request data.
+        UpstreamError::Unavailable(error_chain(&e))
+    } else {
+        UpstreamError::Malformed(error_chain(&e))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// `JSESSIONID=<uuid>.AgentGateway0` → `<uuid>.AgentGateway0`. Attributes after `;` are
+/// dropped; the node suffix is kept because it routes the session to its node.
+pub fn parse_set_guid(v: &str) -> Option<String> {
+    let v = v.split(';').next()?.trim();
+    let guid = v.strip_prefix("JSESSIONID=").unwrap_or(v).trim();
+    if guid.is_empty() || !guid.bytes().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    Some(guid.to_owned())
+}
+
+/// `name=value; Path=/; Secure` → `name=value`.
+pub fn cookie_pair(v: &str) -> Option<String> {
+    let pair = v.split(';').next()?.trim();
+    let (name, _) = pair.split_once('=')?;
+    if name.is_empty() {
+        return None;
+    }
+    Some(pair.to_owned())
+}
+
+/// Builds the `Cookie` header from captured pairs, replacing same-named cookies.
+pub fn merge_cookies(existing: &[String], new: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = existing.to_vec();
+    for n in new {
+        let name = n.split('=').next().unwrap_or_default();
+        out.retain(|c| c.split('=').next().unwrap_or_default() != name);
+        out.push(n.clone());
+    }
+    out
+}
+
+/// Builds a `SessionAuth` from a Guid and cookie pairs; `None` if the Guid is not a valid
+/// header value (a gateway sending control characters).
+pub fn session_auth(guid: &str, cookies: &[String]) -> Option<SessionAuth> {
+    let mut guid = HeaderValue::from_str(guid).ok()?;
+    guid.set_sensitive(true);
+    let cookie = if cookies.is_empty() {
+        None
+    } else {
+        let mut c = HeaderValue::from_str(&cookies.join("; ")).ok()?;
+        c.set_sensitive(true);
+        Some(c)
+    };
+    Some(SessionAuth { guid, cookie })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_guid_keeps_node_suffix() {
+        assert_eq!(
+            parse_set_guid("JSESSIONID=1f0e-22.AgentGateway1").as_deref(),
+            Some("1f0e-22.AgentGateway1")
+        );
+        assert_eq!(parse_set_guid("JSESSIONID=abc.AgentGateway0; Path=/").as_deref(), Some("abc.AgentGateway0"));
+        assert_eq!(parse_set_guid("abc.AgentGateway0").as_deref(), Some("abc.AgentGateway0"));
+        assert_eq!(parse_set_guid("JSESSIONID="), None);
+        assert_eq!(parse_set_guid("JSESSIONID=a b"), None);
+    }
+
+    #[test]
+    fn cookies_merge_by_name() {
+        let a = vec![cookie_pair("huaweielbsession=1; Path=/; Secure").unwrap()];
+        let b = vec!["huaweielbsession=2".to_owned(), "other=x".to_owned()];
+        assert_eq!(merge_cookies(&a, &b), vec!["huaweielbsession=2", "other=x"]);
+        assert_eq!(cookie_pair("=x"), None);
+        assert_eq!(cookie_pair("novalue"), None);
+    }
+
+    #[test]
+    fn session_auth_is_sensitive() {
+        let a = session_auth("g.AgentGateway0", &["c=1".into()]).unwrap();
+        assert!(a.guid.is_sensitive());
+        assert_eq!(format!("{a:?}"), "SessionAuth(***)");
+        assert!(session_auth("bad\nguid", &[]).is_none());
+    }
+}

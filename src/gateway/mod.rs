@@ -1,0 +1,40 @@
+//! Everything about talking to the CC-Gateway: the method registry, the envelope and retcodes,
+//! and the HTTPS client.
+
+pub mod client;
+pub mod envelope;
+pub mod methods;
+
+pub use client::{GatewayClient, GatewayReply, GatewayRequest, SessionAuth, UpstreamError};
+pub use envelope::{retcode, Envelope};
+pub use methods::GatewayMethod;
+
+/// Every agent interface lives under this path.
+pub const BASE_PATH: &str = "/agentgateway/resource/";
+
+/// `{agentid}` is the agent's work number, a decimal string in 101..=999999 (API-NOTES §1).
+pub const AGENT_ID_MIN: u32 = 101;
+pub const AGENT_ID_MAX: u32 = 999_999;
+
+/// Parses an agent id as the gateway accepts it: ASCII digits only, no sign, no leading zero,
+/// within range. Returns the canonical string form.
+pub fn parse_agent_id(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 6 || !s.bytes().all(|b| b.is_ascii_digit()) || s.starts_with('0') {
+        return None;
+    }
+    let n: u32 = s.parse().ok()?;
+    (AGENT_ID_MIN..=AGENT_ID_MAX).contains(&n).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn agent_ids() {
+        use super::parse_agent_id as p;
+        assert_eq!(p("101"), Some(101));
+        assert_eq!(p("999999"), Some(999_999));
+        for bad in ["", "100", "1000000", "0153", "+153", "15a", "１５３", " 153"] {
+            assert_eq!(p(bad), None, "{bad:?}");
+        }
+    }
+}

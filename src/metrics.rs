@@ -1,0 +1,316 @@
+//! Prometheus metrics (DESIGN section 7). Every label value comes from a bounded enum or a
+//! fixed list: never an agent id, token subject, raw path or Guid.
+//!
+//! Each `Metrics` owns its own registry so several proxies can live in one process (tests).
+//! Hot-path children are resolved once and cached, so recording a request is a few atomic
+//! adds with no hashing and no allocation.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::gateway::{retcode, GatewayMethod, UpstreamError};
+
+/// Buckets for a gateway round trip and for a whole proxied request. A LAN round trip to the
+/// CC-Gateway is a few milliseconds; CTI operations (conference set-up) take up to a few
+/// hundred; 10 s is our request timeout. Finer steps below 100 ms keep p50/p99 readable where
+/// most requests land; the 10 s bucket makes timeouts visible as such.
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The `method` label: a gateway log name, or a façade route that has no gateway method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodLabel {
+    Gateway(GatewayMethod),
+    /// `GET /v1/session`, answered from the session store.
+    GetSession,
+    /// A path ccgate does not serve.
+    Unmatched,
+}
+
+impl MethodLabel {
+    const EXTRA: usize = 2;
+    pub const COUNT: usize = GatewayMethod::COUNT + Self::EXTRA;
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodLabel::Gateway(m) => m.log_name(),
+            MethodLabel::GetSession => "getSession",
+            MethodLabel::Unmatched => "unmatched",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            MethodLabel::Gateway(m) => m.index(),
+            MethodLabel::GetSession => GatewayMethod::COUNT,
+            MethodLabel::Unmatched => GatewayMethod::COUNT + 1,
+        }
+    }
+}
+
+macro_rules! label_enum {
+    ($(#[$doc:meta])* $name:ident { $($variant:ident => $label:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name { $($variant),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub const COUNT: usize = Self::ALL.len();
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $label),+ }
+            }
+        }
+    };
+}
+
+label_enum! {
+    /// How a request ended; the `outcome` label of `ccgate_requests_total`.
+    Outcome {
+        Ok => "ok",
+        GatewayError => "gateway_error",
+        Unauthenticated => "unauthenticated",
+        Forbidden => "forbidden",
+        NotChairperson => "not_chairperson",
+        NoConference => "no_conference",
+        NoSession => "no_session",
+        SessionLost => "session_lost",
+        RateLimited => "rate_limited",
+        BadRequest => "bad_request",
+        NotFound => "not_found",
+        UpstreamUnavailable => "upstream_unavailable",
+        Timeout => "timeout",
+        Internal => "internal",
+    }
+}
+
+label_enum! {
+    /// Why a token was refused; the `reason` label of `ccgate_auth_failures_total`.
+    AuthFailureReason {
+        MissingToken => "missing_token",
+        Malformed => "malformed",
+        AlgorithmNotAllowed => "algorithm_not_allowed",
+        UnknownKey => "unknown_key",
+        BadSignature => "bad_signature",
+        Expired => "expired",
+        NotYetValid => "not_yet_valid",
+        WrongIssuer => "wrong_issuer",
+        WrongAudience => "wrong_audience",
+        MissingClaim => "missing_claim",
+        MissingAgent => "missing_agent",
+        InvalidAgent => "invalid_agent",
+    }
+}
+
+label_enum! {
+    /// Result of a sign-in attempt; the `result` label of `ccgate_signins_total`.
+    SigninResult {
+        Ok => "ok",
+        AlreadySignedIn => "already_signed_in",
+        Rejected => "rejected",
+        NoCredentials => "no_credentials",
+        UpstreamError => "upstream_error",
+    }
+}
+
+label_enum! {
+    /// Session states; the `state` label of `ccgate_sessions`.
+    SessionState {
+        Active => "active",
+        Lost => "lost",
+    }
+}
+
+label_enum! {
+    /// Why a session was lost; the `reason` label of `ccgate_session_losses_total`.
+    LossReason {
+        GuidRefused => "guid_refused",
+        ShutdownEvent => "shutdown_event",
+    }
+}
+
+label_enum! {
+    /// Transport failure kinds; the `kind` label of `ccgate_upstream_errors_total`.
+    UpstreamErrorKind {
+        Unavailable => "unavailable",
+        Timeout => "timeout",
+        BadStatus => "bad_status",
+        Malformed => "malformed",
+    }
+}
+
+impl From<&UpstreamError> for UpstreamErrorKind {
+    fn from(e: &UpstreamError) -> Self {
+        match e {
+            UpstreamError::Unavailable(_) => Self::Unavailable,
+            UpstreamError::Timeout => Self::Timeout,
+            UpstreamError::BadStatus(_) => Self::BadStatus,
+            UpstreamError::Malformed(_) => Self::Malformed,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+struct Inner {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    upstream_responses: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    rate_limited: IntCounterVec,
+    auth_failures: IntCounterVec,
+    sessions: IntGaugeVec,
+    signins: IntCounterVec,
+    session_losses: IntCounterVec,
+    guid_rotations: IntCounter,
+    // Lazily resolved children: a series appears once it has been used.
+    req_cells: Vec<OnceLock<IntCounter>>,
+    req_dur_cells: Vec<OnceLock<Histogram>>,
+    up_dur_cells: Vec<OnceLock<Histogram>>,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    r.register(Box::new(v.clone())).expect("metric registered once");
+    v
+}
+
+fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let v = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
+        .expect("static metric definition");
+    r.register(Box::new(v.clone())).expect("metric registered once");
+    v
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new_custom(Some("ccgate".into()), None).expect("valid prefix");
+        let requests = counter_vec(&r, "requests_total", "Requests handled, by method and outcome.", &["method", "outcome"]);
+        let request_duration = histogram_vec(&r, "request_duration_seconds", "Whole request time in the proxy, by method.", &["method"]);
+        let upstream_duration = histogram_vec(&r, "upstream_duration_seconds", "Gateway round-trip time, by method.", &["method"]);
+        let upstream_responses = counter_vec(&r, "upstream_responses_total", "Gateway answers by method and retcode (documented codes, else other).", &["method", "retcode"]);
+        let upstream_errors = counter_vec(&r, "upstream_errors_total", "Gateway round trips that failed in transport, by method and kind.", &["method", "kind"]);
+        let rate_limited = counter_vec(&r, "rate_limited_total", "Requests refused by a rate limit, by method and scope.", &["method", "scope"]);
+        let auth_failures = counter_vec(&r, "auth_failures_total", "Refused tokens, by reason.", &["reason"]);
+        let sessions = IntGaugeVec::new(Opts::new("sessions", "Agent gateway sessions held, by state."), &["state"]).expect("static metric definition");
+        r.register(Box::new(sessions.clone())).expect("metric registered once");
+        let signins = counter_vec(&r, "signins_total", "Gateway sign-ins attempted, by result.", &["result"]);
+        let session_losses = counter_vec(&r, "session_losses_total", "Sessions the gateway ended, by reason.", &["reason"]);
+        let guid_rotations = IntCounter::new("guid_rotations_total", "Guid changes picked up from Set-GUID.").expect("static metric definition");
+        r.register(Box::new(guid_rotations.clone())).expect("metric registered once");
+        let build_info = IntGaugeVec::new(Opts::new("build_info", "Build information; always 1."), &["version"]).expect("static metric definition");
+        r.register(Box::new(build_info.clone())).expect("metric registered once");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for s in SessionState::ALL {
+            sessions.with_label_values(&[s.as_str()]).set(0);
+        }
+        Self(Arc::new(Inner {
+            registry: r,
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_responses,
+            upstream_errors,
+            rate_limited,
+            auth_failures,
+            sessions,
+            signins,
+            session_losses,
+            guid_rotations,
+            req_cells: (0..MethodLabel::COUNT * Outcome::COUNT).map(|_| OnceLock::new()).collect(),
+            req_dur_cells: (0..MethodLabel::COUNT).map(|_| OnceLock::new()).collect(),
+            up_dur_cells: (0..GatewayMethod::COUNT).map(|_| OnceLock::new()).collect(),
+        }))
+    }
+
+    /// Records one finished request.
+    pub fn record_request(&self, method: MethodLabel, outcome: Outcome, elapsed: Duration) {
+        let i = &self.0;
+        let cell = method.index() * Outcome::COUNT + outcome as usize;
+        i.req_cells[cell]
+            .get_or_init(|| i.requests.with_label_values(&[method.as_str(), outcome.as_str()]))
+            .inc();
+        i.req_dur_cells[method.index()]
+            .get_or_init(|| i.request_duration.with_label_values(&[method.as_str()]))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_upstream(&self, method: GatewayMethod, elapsed: Duration) {
+        let i = &self.0;
+        i.up_dur_cells[method.index()]
+            .get_or_init(|| i.upstream_duration.with_label_values(&[method.log_name()]))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_upstream_retcode(&self, method: GatewayMethod, code: &str) {
+        self.0.upstream_responses.with_label_values(&[method.log_name(), retcode::label(code)]).inc();
+    }
+
+    pub fn count_upstream_failure(&self, method: GatewayMethod, e: &UpstreamError) {
+        let kind = UpstreamErrorKind::from(e);
+        self.0.upstream_errors.with_label_values(&[method.log_name(), kind.as_str()]).inc();
+    }
+
+    pub fn count_rate_limited(&self, method: MethodLabel, scope: &'static str) {
+        self.0.rate_limited.with_label_values(&[method.as_str(), scope]).inc();
+    }
+
+    pub fn count_auth_failure(&self, reason: AuthFailureReason) {
+        self.0.auth_failures.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn count_signin(&self, result: SigninResult) {
+        self.0.signins.with_label_values(&[result.as_str()]).inc();
+    }
+
+    pub fn count_session_loss(&self, reason: LossReason) {
+        self.0.session_losses.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    pub fn sessions_gauge(&self, state: SessionState) -> IntGauge {
+        self.0.sessions.with_label_values(&[state.as_str()])
+    }
+
+    pub fn count_guid_rotation(&self) {
+        self.0.guid_rotations.inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let families = self.0.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            return format!("# encoding failed: {e}\n");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_bounded_labels() {
+        let m = Metrics::new();
+        m.record_request(MethodLabel::Gateway(GatewayMethod::StopVoiceToConf), Outcome::NotChairperson, Duration::from_millis(2));
+        m.count_upstream_retcode(GatewayMethod::StopVoiceToConf, "totally-new-code");
+        let text = m.render();
+        assert!(text.contains(r#"ccgate_requests_total{method="stopVoiceToConf",outcome="not_chairperson"} 1"#), "{text}");
+        assert!(text.contains(r#"ccgate_upstream_responses_total{method="stopVoiceToConf",retcode="other"} 1"#), "{text}");
+        assert!(text.contains("ccgate_build_info{version="), "{text}");
+    }
+}

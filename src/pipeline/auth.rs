@@ -1,0 +1,252 @@
+//! Phase `authenticate`: bearer JWT → [`Principal`].
+//!
+//! Order of checks, each with its own failure reason so an app developer can tell what is
+//! wrong: header present → three base64url parts → `alg` allow-listed (before any key is
+//! touched, so `alg: none` and HS256-with-an-RSA-public-key die here) → key found by `kid` and
+//! of the algorithm's family → signature → `exp`/`nbf` → `iss` → `aud` → agent claim.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use crate::config::AuthConfig;
+use crate::gateway::parse_agent_id;
+use crate::metrics::AuthFailureReason as Reason;
+
+/// Who is calling: the agent the token acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Work number, canonical decimal string (101..999999).
+    pub agent_id: String,
+}
+
+/// Upper bound on a bearer token's length. Real JWTs are 1-2 KiB; refusing larger ones early
+/// bounds the base64 and JSON work an unauthenticated client can cause.
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+struct Key {
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+pub struct Authenticator {
+    /// Keys by `kid`. A key without `kid` is stored under "" and used only by tokens without
+    /// one.
+    keys: HashMap<String, Vec<Key>>,
+    hs256: Option<DecodingKey>,
+    allowed: Vec<Algorithm>,
+    issuer: String,
+    audience: String,
+    leeway: u64,
+    agent_claim: String,
+}
+
+impl Authenticator {
+    /// Loads keys named by the config. Fails with a message naming the file and the problem.
+    pub fn from_config(cfg: &AuthConfig) -> Result<Self, String> {
+        let jwks = match &cfg.jwks_file {
+            Some(p) => Some(load_jwks(p)?),
+            None => None,
+        };
+        let hs256 = match &cfg.hs256_secret_file {
+            Some(p) => {
+                let s = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                let s = s.trim_end_matches(['\n', '\r']);
+                // RFC 7518 §3.2: the HS256 key must be at least as long as the hash output.
+                if s.len() < 32 {
+                    return Err(format!("{}: HS256 secret must be at least 32 bytes", p.display()));
+                }
+                Some(DecodingKey::from_secret(s.as_bytes()))
+            }
+            None => None,
+        };
+        Self::new(cfg, jwks.as_ref(), hs256)
+    }
+
+    pub fn new(cfg: &AuthConfig, jwks: Option<&JwkSet>, hs256: Option<DecodingKey>) -> Result<Self, String> {
+        let mut allowed = Vec::new();
+        for a in &cfg.algorithms {
+            allowed.push(match a.as_str() {
+                "RS256" => Algorithm::RS256,
+                "ES256" => Algorithm::ES256,
+                "EdDSA" => Algorithm::EdDSA,
+                "HS256" if hs256.is_some() => Algorithm::HS256,
+                other => return Err(format!("auth.algorithms: {other} not usable")),
+            });
+        }
+        let mut keys: HashMap<String, Vec<Key>> = HashMap::new();
+        for jwk in jwks.map(|s| s.keys.as_slice()).unwrap_or_default() {
+            let alg = key_algorithm(jwk)?;
+            if !allowed.contains(&alg) {
+                continue;
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWKS key {:?}: {e}", jwk.common.key_id))?;
+            keys.entry(jwk.common.key_id.clone().unwrap_or_default()).or_default().push(Key { alg, key });
+        }
+        if keys.is_empty() && hs256.is_none() {
+            return Err("no usable key: the JWKS has no key for the allowed algorithms".into());
+        }
+        Ok(Self {
+            keys,
+            hs256,
+            allowed,
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
+            leeway: cfg.leeway_secs,
+            agent_claim: cfg.agent_claim.clone(),
+        })
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.values().map(Vec::len).sum::<usize>() + usize::from(self.hs256.is_some())
+    }
+
+    /// Authenticates a request from its headers.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Reason> {
+        let token = bearer_token(headers)?;
+        self.verify(token)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Principal, Reason> {
+        if token.len() > MAX_TOKEN_LEN || token.split('.').count() != 3 {
+            return Err(Reason::Malformed);
+        }
+        let (alg, kid) = peek_header(token)?;
+        let alg = match alg.as_str() {
+            "RS256" => Algorithm::RS256,
+            "ES256" => Algorithm::ES256,
+            "EdDSA" => Algorithm::EdDSA,
+            "HS256" => Algorithm::HS256,
+            _ => return Err(Reason::AlgorithmNotAllowed),
+        };
+        if !self.allowed.contains(&alg) {
+            return Err(Reason::AlgorithmNotAllowed);
+        }
+        let key = if alg == Algorithm::HS256 {
+            self.hs256.as_ref().ok_or(Reason::AlgorithmNotAllowed)?
+        } else {
+            let candidates = self.keys.get(kid.as_deref().unwrap_or_default()).ok_or(Reason::UnknownKey)?;
+            &candidates.iter().find(|k| k.alg == alg).ok_or(Reason::UnknownKey)?.key
+        };
+        let mut v = Validation::new(alg);
+        v.leeway = self.leeway;
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        // jsonwebtoken checks iss/aud only when set, and presence only when listed here.
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[&self.audience]);
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map_err(|e| match e.kind() {
+            ErrorKind::InvalidSignature => Reason::BadSignature,
+            ErrorKind::ExpiredSignature => Reason::Expired,
+            ErrorKind::ImmatureSignature => Reason::NotYetValid,
+            ErrorKind::InvalidIssuer => Reason::WrongIssuer,
+            ErrorKind::InvalidAudience => Reason::WrongAudience,
+            ErrorKind::MissingRequiredClaim(_) => Reason::MissingClaim,
+            ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => Reason::AlgorithmNotAllowed,
+            ErrorKind::InvalidKeyFormat | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidEcdsaKey => Reason::BadSignature,
+            _ => Reason::Malformed,
+        })?;
+        let agent = match data.claims.get(&self.agent_claim) {
+            None | Some(Value::Null) => return Err(Reason::MissingAgent),
+            Some(Value::String(s)) => parse_agent_id(s),
+            Some(Value::Number(n)) => n.as_u64().and_then(|n| parse_agent_id(&n.to_string())),
+            Some(_) => None,
+        }
+        .ok_or(Reason::InvalidAgent)?;
+        Ok(Principal { agent_id: agent.to_string() })
+    }
+}
+
+/// Extracts the token from `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750).
+fn bearer_token(headers: &HeaderMap) -> Result<&str, Reason> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next().ok_or(Reason::MissingToken)?;
+    if values.next().is_some() {
+        return Err(Reason::Malformed);
+    }
+    let s = value.to_str().map_err(|_| Reason::Malformed)?;
+    let (scheme, token) = s.split_once(' ').ok_or(Reason::MissingToken)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Reason::MissingToken);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(Reason::MissingToken);
+    }
+    Ok(token)
+}
+
+/// Reads `alg` and `kid` from the JOSE header without trusting anything else in it.
+fn peek_header(token: &str) -> Result<(String, Option<String>), Reason> {
+    let head = token.split('.').next().ok_or(Reason::Malformed)?;
+    let raw = URL_SAFE_NO_PAD.decode(head).map_err(|_| Reason::Malformed)?;
+    let v: Map<String, Value> = serde_json::from_slice(&raw).map_err(|_| Reason::Malformed)?;
+    let alg = v.get("alg").and_then(Value::as_str).ok_or(Reason::Malformed)?.to_owned();
+    let kid = match v.get("kid") {
+        None => None,
+        Some(Value::String(k)) => Some(k.clone()),
+        Some(_) => return Err(Reason::Malformed),
+    };
+    Ok((alg, kid))
+}
+
+fn load_jwks(path: &Path) -> Result<JwkSet, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: not a JWK Set: {e}", path.display()))
+}
+
+/// The algorithm a JWK is for: its `alg` if given, else implied by key type and curve.
+fn key_algorithm(jwk: &Jwk) -> Result<Algorithm, String> {
+    let implied = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Algorithm::EdDSA,
+        _ => return Err(format!("JWKS key {:?}: unsupported key type or curve", jwk.common.key_id)),
+    };
+    if let Some(declared) = jwk.common.key_algorithm {
+        let declared = format!("{declared:?}");
+        let implied_name = format!("{implied:?}");
+        if declared != implied_name {
+            return Err(format!("JWKS key {:?}: alg {declared} does not match its key type", jwk.common.key_id));
+        }
+    }
+    Ok(implied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token(&HeaderMap::new()), Err(Reason::MissingToken));
+        assert_eq!(bearer_token(&headers("Basic abc")), Err(Reason::MissingToken));
+        assert_eq!(bearer_token(&headers("Bearer ")), Err(Reason::MissingToken));
+        assert_eq!(bearer_token(&headers("bearer a.b.c")), Ok("a.b.c"));
+    }
+
+    #[test]
+    fn header_peek_rejects_garbage_and_none() {
+        assert_eq!(peek_header("!!!.b.c"), Err(Reason::Malformed));
+        let none = URL_SAFE_NO_PAD.encode(br#"{"alg":"none"}"#);
+        assert_eq!(peek_header(&format!("{none}.e30.")).unwrap().0, "none");
+        let bad_kid = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":5}"#);
+        assert_eq!(peek_header(&format!("{bad_kid}.e30.x")), Err(Reason::Malformed));
+    }
+}

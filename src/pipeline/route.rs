@@ -1,0 +1,66 @@
+//! Phase `route`: which façade operation a request is. Matching is exact on the path (no
+//! trailing-slash or case folding), and ignores the query string.
+
+use http::Method;
+
+use crate::error::ProxyError;
+use crate::gateway::GatewayMethod;
+use crate::metrics::MethodLabel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    SignIn,
+    GetSession,
+    SignOut,
+    CreateConference,
+    StopAnnouncement,
+}
+
+impl Route {
+    /// The metrics `method` label: the gateway log name the route maps to.
+    pub fn label(self) -> MethodLabel {
+        match self {
+            Route::SignIn => MethodLabel::Gateway(GatewayMethod::Login),
+            Route::GetSession => MethodLabel::GetSession,
+            Route::SignOut => MethodLabel::Gateway(GatewayMethod::Logout),
+            Route::CreateConference => MethodLabel::Gateway(GatewayMethod::RequestAgentConf),
+            Route::StopAnnouncement => MethodLabel::Gateway(GatewayMethod::StopVoiceToConf),
+        }
+    }
+}
+
+pub fn match_route(method: &Method, path: &str) -> Result<Route, ProxyError> {
+    match path {
+        "/v1/session" => match *method {
+            Method::POST => Ok(Route::SignIn),
+            Method::GET => Ok(Route::GetSession),
+            Method::DELETE => Ok(Route::SignOut),
+            _ => Err(ProxyError::MethodNotAllowed("GET, POST, DELETE")),
+        },
+        "/v1/conference" => match *method {
+            Method::POST => Ok(Route::CreateConference),
+            _ => Err(ProxyError::MethodNotAllowed("POST")),
+        },
+        "/v1/conference/announcement/stop" => match *method {
+            Method::POST => Ok(Route::StopAnnouncement),
+            _ => Err(ProxyError::MethodNotAllowed("POST")),
+        },
+        _ => Err(ProxyError::NotFound),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Outcome;
+
+    #[test]
+    fn routes() {
+        assert_eq!(match_route(&Method::POST, "/v1/conference/announcement/stop").unwrap(), Route::StopAnnouncement);
+        assert_eq!(Route::StopAnnouncement.label().as_str(), "stopVoiceToConf");
+        assert_eq!(match_route(&Method::GET, "/v1/conference").unwrap_err().status(), 405);
+        for p in ["/v1/session/", "/V1/session", "/v1//session", "/v1/session/../session", "/"] {
+            assert_eq!(match_route(&Method::GET, p).unwrap_err().outcome(), Outcome::NotFound, "{p}");
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Listeners: the app-facing proxy listener, the admin listener, and the shared accept loop.
+
+pub mod admin;
+pub mod body;
+pub mod listener;
+
+pub use listener::{spawn, Handler, ServeOptions, Served, Shutdown};

@@ -1,0 +1,545 @@
+//! A faithful CC-Gateway simulator (DESIGN section 8), used by the demo, the tests and the
+//! benchmarks. HTTPS, `Set-GUID: JSESSIONID=<uuid>.AgentGateway<n>`, a sticky cookie, static
+//! or rotating Guids with an overlap, long-poll events one per response, forced sign-out after
+//! silence, conferences with chair semantics, every documented retcode with HTTP 200, and
+//! fault injection. It counts what it receives per method so tests can prove that a request
+//! refused by ccgate never reached it.
+
+mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use http::{Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::Request;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::gateway::client::{GUID_HEADER, JSON_UTF8, SET_GUID_HEADER};
+use crate::gateway::{parse_agent_id, retcode, GatewayMethod, BASE_PATH};
+use crate::server::body::{self, Body, BoxError};
+use crate::server::{Handler, ServeOptions, Served};
+use state::{event, new_guid, Agent, Answer, GuidCheck, State};
+
+/// The gateway's documented HTTPS port.
+pub const DEFAULT_SIM_LISTEN: &str = "127.0.0.1:8043";
+/// GUIDINTERVAL: dynamic Guids rotate every 60 s.
+pub const DEFAULT_GUID_INTERVAL_MS: u64 = 60_000;
+/// GUIDTIMEOUT: an old Guid is assumed to stay valid this long after rotation ([inferred] in
+/// API-NOTES, hence a setting).
+pub const DEFAULT_GUID_OVERLAP_MS: u64 = 120_000;
+/// The gateway's long poll returns after about 10 s when no event is queued.
+pub const DEFAULT_EVENT_WAIT_MS: u64 = 10_000;
+/// MAXTIME: an agent silent for 120 s is signed out by force.
+pub const DEFAULT_MAX_IDLE_MS: u64 = 120_000;
+/// Entries kept in the received-request log (the per-method counters are unbounded).
+const RECEIVED_LOG_CAP: usize = 10_000;
+/// The simulator reads at most this much of a request body.
+const SIM_MAX_BODY: usize = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// AUTHMODE=1: the sign-in Guid is valid for the whole session.
+    Static,
+    /// AUTHMODE=2 (the gateway's default): Guids rotate every `guid_interval_ms`.
+    #[default]
+    Dynamic,
+}
+
+/// Faults injected into answers, switched on by configuration (or at run time by tests).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    /// Added before every affected answer.
+    pub latency_ms: u64,
+    /// Answer with this HTTP status (e.g. 500, 502) and an HTML body, as a failing servlet
+    /// container would.
+    pub http_status: Option<u16>,
+    /// Break the connection after the status line.
+    pub reset: bool,
+    /// Answer HTTP 200 with a body that is not JSON.
+    pub malformed: bool,
+    /// Fail the operation with retcode 100-007, `message: "Unknown ERROR._<n>"` and
+    /// `result: {"errorReason": n}`, as the routing layer's causes come through.
+    pub error_reason: Option<i64>,
+    /// Log names the faults apply to (`stopVoiceToConf`); empty means every method.
+    pub methods: Vec<String>,
+}
+
+impl Faults {
+    fn applies(&self, m: GatewayMethod) -> bool {
+        self.methods.is_empty() || self.methods.iter().any(|n| n == m.log_name())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SimConfig {
+    pub listen: SocketAddr,
+    /// Server certificate and key. Without them `ccgate sim` makes a throw-away CA and
+    /// prints where its certificate is.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
+    /// The node number in the Guid suffix `.AgentGateway<n>`.
+    pub node: u32,
+    pub auth_mode: AuthMode,
+    pub guid_interval_ms: u64,
+    pub guid_overlap_ms: u64,
+    pub event_wait_ms: u64,
+    pub max_idle_ms: u64,
+    /// Refuse calls without the sticky cookie set at sign-in, as the NSLB would route them to
+    /// a node that does not know the session.
+    pub require_cookie: bool,
+    /// Agents and their CTI passwords.
+    pub agents: HashMap<String, String>,
+    /// If set, any agent id in range signs in with this password.
+    pub default_password: Option<String>,
+    /// Keep a log of received requests (method, agent, Guid) for tests. Off for benchmarks.
+    pub record_requests: bool,
+    pub faults: Faults,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_SIM_LISTEN.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8043))),
+            tls_cert: None,
+            tls_key: None,
+            node: 1,
+            auth_mode: AuthMode::Dynamic,
+            guid_interval_ms: DEFAULT_GUID_INTERVAL_MS,
+            guid_overlap_ms: DEFAULT_GUID_OVERLAP_MS,
+            event_wait_ms: DEFAULT_EVENT_WAIT_MS,
+            max_idle_ms: DEFAULT_MAX_IDLE_MS,
+            require_cookie: true,
+            agents: HashMap::new(),
+            default_password: None,
+            record_requests: true,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// One request as the simulator saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub method: &'static str,
+    pub agent: String,
+    pub guid: Option<String>,
+}
+
+struct Shared {
+    cfg: SimConfig,
+    faults: ArcSwap<Faults>,
+    state: Mutex<State>,
+    counts: Vec<AtomicU64>,
+    unknown: AtomicU64,
+    received: Mutex<Vec<Received>>,
+}
+
+/// The simulator's request handler, and (cloned) the test-facing handle to its state.
+#[derive(Clone)]
+pub struct Sim(Arc<Shared>);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Sim {
+    pub fn new(cfg: SimConfig) -> Self {
+        let faults = ArcSwap::from_pointee(cfg.faults.clone());
+        Self(Arc::new(Shared {
+            cfg,
+            faults,
+            state: Mutex::new(State::default()),
+            counts: (0..GatewayMethod::COUNT).map(|_| AtomicU64::new(0)).collect(),
+            unknown: AtomicU64::new(0),
+            received: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Starts serving HTTPS on `listener`.
+    pub fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> std::io::Result<Served> {
+        crate::server::spawn(listener, Some(tls), Arc::new(self.clone()), ServeOptions::default(), shutdown)
+    }
+
+    /// How many requests for `m` arrived (whatever their outcome).
+    pub fn count(&self, m: GatewayMethod) -> u64 {
+        self.0.counts[m.index()].load(Ordering::Relaxed)
+    }
+
+    /// Requests for paths that are no gateway method.
+    pub fn unknown_count(&self) -> u64 {
+        self.0.unknown.load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum::<u64>() + self.unknown_count()
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        lock(&self.0.received).clone()
+    }
+
+    pub fn set_faults(&self, f: Faults) {
+        self.0.faults.store(Arc::new(f));
+    }
+
+    pub fn current_guid(&self, agent: &str) -> Option<String> {
+        lock(&self.0.state).agents.get(agent).map(|a| a.guid.clone())
+    }
+
+    pub fn is_signed_in(&self, agent: &str) -> bool {
+        lock(&self.0.state).agents.contains_key(agent)
+    }
+
+    pub fn rotations(&self) -> u64 {
+        lock(&self.0.state).rotations
+    }
+
+    /// The chair of `agent`'s conference, if it is in one.
+    pub fn chair_of(&self, agent: &str) -> Option<String> {
+        let st = lock(&self.0.state);
+        let id = st.agents.get(agent)?.conf?;
+        st.confs.get(&id).map(|c| c.chair.clone())
+    }
+
+    /// Signs an agent out as an administrator would (forced, no event).
+    pub fn kick(&self, agent: &str) {
+        lock(&self.0.state).remove_agent(agent);
+    }
+
+    async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_owned();
+        let Some((method, agent)) = resolve(&path) else {
+            self.0.unknown.fetch_add(1, Ordering::Relaxed);
+            return servlet_error(StatusCode::NOT_FOUND);
+        };
+        self.0.counts[method.index()].fetch_add(1, Ordering::Relaxed);
+        let guid = req.headers().get(GUID_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        if self.0.cfg.record_requests {
+            let mut log = lock(&self.0.received);
+            if log.len() < RECEIVED_LOG_CAP {
+                log.push(Received { method: method.log_name(), agent: agent.clone(), guid: guid.clone() });
+            }
+        }
+        if req.method() != method.http_method() {
+            return servlet_error(StatusCode::METHOD_NOT_ALLOWED);
+        }
+        let faults = self.0.faults.load_full();
+        let faulty = faults.applies(method);
+        if faulty && faults.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+        }
+        if faulty && faults.reset {
+            let mut r = Response::new(Body::new(FailingBody));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+            return r;
+        }
+        if faulty {
+            if let Some(s) = faults.http_status.and_then(|s| StatusCode::from_u16(s).ok()) {
+                return servlet_error(s);
+            }
+        }
+        if faulty && faults.malformed {
+            let mut r = Response::new(body::full("<html>{\"retcode\": \"0\", oops"));
+            r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+            return r;
+        }
+        let cookie = req.headers().get(COOKIE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = match http_body_util::Limited::new(req.into_body(), SIM_MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return envelope(Answer::err(retcode::BAD_PARAMETER, "bad body")),
+        };
+        if parse_agent_id(&agent).is_none() {
+            return envelope(Answer::err(retcode::BAD_PARAMETER, "invalid agentid"));
+        }
+        let error_reason = faults.error_reason.filter(|_| faulty);
+        let answer = self.operate(method, &agent, guid.as_deref(), cookie.as_deref(), &body, error_reason).await;
+        envelope(answer)
+    }
+
+    async fn operate(
+        &self,
+        method: GatewayMethod,
+        agent: &str,
+        guid: Option<&str>,
+        cookie: Option<&str>,
+        body: &Bytes,
+        error_reason: Option<i64>,
+    ) -> Answer {
+        let cfg = &self.0.cfg;
+        match method {
+            GatewayMethod::Login | GatewayMethod::ForceLogin => return self.sign_in(method, agent, body),
+            GatewayMethod::GetAgentEvent => return self.poll(agent, guid, cookie).await,
+            _ => {}
+        }
+        let now = Instant::now();
+        let mut st = lock(&self.0.state);
+        if let GuidCheck::Refused(a) = st.check_guid(cfg, agent, guid, cookie, now) {
+            return a;
+        }
+        if let Some(n) = error_reason {
+            return Answer {
+                body: json!({"message": format!("Unknown ERROR._{n}"), "retcode": retcode::INTERNAL, "result": {"errorReason": n}}),
+                set_guid: None,
+                set_cookie: None,
+            };
+        }
+        let json_body: Value = if body.is_empty() {
+            json!({})
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(_) => return Answer::err(retcode::BAD_PARAMETER, "the body is not valid JSON"),
+            }
+        };
+        match method {
+            GatewayMethod::Logout | GatewayMethod::ForceLogout => {
+                st.remove_agent(agent);
+                Answer::ok(json!({}))
+            }
+            GatewayMethod::UpdateGuid => match st.rotate(cfg, agent, now) {
+                Some(g) => Answer::ok(json!({"guid": g})),
+                None => Answer::err(retcode::NOT_SIGNED_IN, "agent not signed in"),
+            },
+            GatewayMethod::HandShake | GatewayMethod::AnswerAgentConf | GatewayMethod::RejectAgentConf => Answer::ok(json!({})),
+            GatewayMethod::RequestAgentConf => match json_body.get("memberNum").and_then(Value::as_u64) {
+                Some(1..=120) => st.request_conf(agent),
+                _ => Answer::err(retcode::BAD_PARAMETER, "memberNum must be 1..120"),
+            },
+            GatewayMethod::RequestLeaveAgentConf => st.leave(agent),
+            GatewayMethod::QueryConfInfos => match json_body.get("confIds").and_then(Value::as_array) {
+                Some(ids) if ids.len() <= 20 => {
+                    let ids: Vec<u64> = ids.iter().filter_map(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok())).collect();
+                    st.query_confs(&ids)
+                }
+                _ => Answer::err(retcode::BAD_PARAMETER, "confIds must be an array of at most 20"),
+            },
+            chair_op => {
+                let conf_id = match st.chair_conf(agent) {
+                    Ok(id) => id,
+                    Err(a) => return a,
+                };
+                match chair_op {
+                    GatewayMethod::StopVoiceToConf => {
+                        st.push_event(agent, event(agent, "AgentConf_StopVoice", json!({"result": 0})));
+                        Answer::ok(json!({}))
+                    }
+                    GatewayMethod::PlayVoiceToConf if json_body.get("voicePath").and_then(Value::as_str).is_none() => {
+                        Answer::err(retcode::BAD_PARAMETER, "voicePath is required")
+                    }
+                    GatewayMethod::ReleaseAgentConf => st.release_conf(conf_id),
+                    GatewayMethod::ApplyToShiftPresident => {
+                        let dest = match json_body.get("destAgentNo") {
+                            Some(Value::Number(n)) => n.to_string(),
+                            Some(Value::String(s)) => s.clone(),
+                            _ => return Answer::err(retcode::BAD_PARAMETER, "destAgentNo is required"),
+                        };
+                        st.shift_president(agent, conf_id, &dest)
+                    }
+                    _ => Answer::ok(json!({})),
+                }
+            }
+        }
+    }
+
+    fn sign_in(&self, method: GatewayMethod, agent: &str, body: &Bytes) -> Answer {
+        let cfg = &self.0.cfg;
+        let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let password = v.get("password").and_then(Value::as_str).unwrap_or_default();
+        let phonenum = v.get("phonenum").and_then(Value::as_str).unwrap_or_default();
+        if password.is_empty() || password.len() > 32 || phonenum.is_empty() || phonenum.len() > 24 {
+            return Answer::err("100-001", "sign-in parameter empty or invalid");
+        }
+        let expected = cfg.agents.get(agent).or(cfg.default_password.as_ref());
+        if expected.map(String::as_str) != Some(password) {
+            return Answer::err(retcode::WRONG_PASSWORD, "wrong user name or password");
+        }
+        let now = Instant::now();
+        let mut st = lock(&self.0.state);
+        if st.agents.contains_key(agent) {
+            if method == GatewayMethod::Login {
+                return Answer::err(retcode::ALREADY_SIGNED_IN, "the agent has signed in");
+            }
+            // forcelogin: the previous holder's Guids stop working; its next poll learns why.
+            if let Some(old) = st.remove_agent(agent) {
+                st.ghosts.insert(old.guid, old.login_time);
+                for (g, _) in old.old_guids {
+                    st.ghosts.insert(g, old.login_time);
+                }
+            }
+        }
+        let guid = new_guid(cfg.node);
+        let cookie = format!("huaweielbsession={}", uuid::Uuid::new_v4().simple());
+        let login_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        st.guids.insert(guid.clone(), agent.to_owned());
+        st.agents.insert(
+            agent.to_owned(),
+            Agent {
+                guid: guid.clone(),
+                old_guids: Vec::new(),
+                guid_issued: now,
+                cookie: cookie.clone(),
+                events: Default::default(),
+                notify: Default::default(),
+                last_seen: now,
+                conf: None,
+                login_time,
+            },
+        );
+        Answer {
+            body: json!({"message": "", "retcode": "0", "result": {
+                "vdnid": 1, "workno": agent, "mediatype": "TTF", "loginTime": login_time.to_string(),
+                "isForceChange": "false", "serverName": "AgentGateway", "timeRemaining": "9",
+            }}),
+            set_guid: Some(guid),
+            set_cookie: Some(format!("{cookie}; Path=/; Secure; HttpOnly")),
+        }
+    }
+
+    /// Long poll: one event per answer, or an empty answer after `event_wait_ms`. Rotates the
+    /// Guid (dynamic mode) when the interval has passed.
+    async fn poll(&self, agent: &str, guid: Option<&str>, cookie: Option<&str>) -> Answer {
+        let cfg = &self.0.cfg;
+        let deadline = Instant::now() + Duration::from_millis(cfg.event_wait_ms);
+        let notify = {
+            let mut st = lock(&self.0.state);
+            if let Some(g) = guid {
+                if let Some(login_time) = st.ghosts.remove(g) {
+                    return Answer {
+                        body: json!({"message": "", "retcode": "0", "event": event(agent, "AgentOther_ShutdownService", json!({"loginTime": login_time}))}),
+                        set_guid: None,
+                        set_cookie: None,
+                    };
+                }
+            }
+            if let GuidCheck::Refused(a) = st.check_guid(cfg, agent, guid, cookie, Instant::now()) {
+                return a;
+            }
+            match st.agents.get(agent) {
+                Some(a) => a.notify.clone(),
+                None => return Answer::err(retcode::NOT_SIGNED_IN, "agent not signed in"),
+            }
+        };
+        loop {
+            {
+                let mut st = lock(&self.0.state);
+                let now = Instant::now();
+                let Some(a) = st.agents.get_mut(agent) else {
+                    return Answer::err(retcode::NOT_SIGNED_IN, "agent not signed in");
+                };
+                a.last_seen = now;
+                let ev = a.events.pop_front();
+                let due = cfg.auth_mode == AuthMode::Dynamic
+                    && now.saturating_duration_since(a.guid_issued) >= Duration::from_millis(cfg.guid_interval_ms);
+                if ev.is_some() || now >= deadline {
+                    if let Some(e) = &ev {
+                        st.delivered(e);
+                    }
+                    let set_guid = if due { st.rotate(cfg, agent, now) } else { None };
+                    return Answer {
+                        body: json!({"message": "", "retcode": "0", "event": ev}),
+                        set_guid,
+                        set_cookie: None,
+                    };
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline, notify.notified()).await;
+        }
+    }
+}
+
+impl Handler for Sim {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        self.answer(req).await
+    }
+}
+
+/// `/agentgateway/resource/{tree}/{agentid}[/{action}]` → method and agent. Exact segments:
+/// anything else is a servlet 404.
+fn resolve(path: &str) -> Option<(GatewayMethod, String)> {
+    let rest = path.strip_prefix(BASE_PATH)?;
+    let mut parts = rest.split('/');
+    let tree = parts.next()?;
+    let agent = parts.next()?;
+    let action = parts.next();
+    if parts.next().is_some() || agent.is_empty() {
+        return None;
+    }
+    GatewayMethod::lookup(tree, action).map(|m| (m, agent.to_owned()))
+}
+
+fn envelope(a: Answer) -> Response<Body> {
+    let mut r = Response::new(body::full(a.body.to_string()));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+    if let Some(g) = a.set_guid {
+        if let Ok(v) = HeaderValue::from_str(&format!("JSESSIONID={g}")) {
+            h.insert(SET_GUID_HEADER, v);
+        }
+    }
+    if let Some(c) = a.set_cookie {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            h.insert(SET_COOKIE, v);
+        }
+    }
+    r
+}
+
+fn servlet_error(status: StatusCode) -> Response<Body> {
+    let mut r = Response::new(body::full(format!(
+        "<html><body><h1>HTTP Status {} - {}</h1></body></html>",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    )));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html;charset=utf-8"));
+    r
+}
+
+/// A body that fails at once: hyper aborts the connection after the head, which the client
+/// sees as a connection reset mid-answer.
+struct FailingBody;
+
+impl hyper::body::Body for FailingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Poll::Ready(Some(Err("simulated connection reset".into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_exact_paths() {
+        assert_eq!(resolve("/agentgateway/resource/agentconf/153/stopvoicetoconf").map(|x| x.0), Some(GatewayMethod::StopVoiceToConf));
+        assert_eq!(resolve("/agentgateway/resource/onlineagent/153").map(|x| x.0), Some(GatewayMethod::Login));
+        assert!(resolve("/agentgateway/resource/agentconf/153/stopvoicetoconf/x").is_none());
+        assert!(resolve("/agentgateway/resource/agentconf//stopvoicetoconf").is_none());
+        assert!(resolve("/agentgateway/resource/agentconf/153/nope").is_none());
+    }
+}

@@ -1,0 +1,68 @@
+//! rustls configuration shared by the proxy, the simulator and the gateway client.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::aws_lc_rs;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// ALPN ids offered by our listeners: h2 first, HTTP/1.1 for everything else.
+const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(aws_lc_rs::default_provider())
+}
+
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate found", path.display()));
+    }
+    Ok(certs)
+}
+
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: no usable private key: {e}", path.display()))
+}
+
+/// Server config: TLS 1.2 and 1.3 (rustls offers nothing older), h2 and HTTP/1.1 by ALPN.
+pub fn server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("certificate and key do not match or are unusable: {e}"))?;
+    cfg.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(cfg))
+}
+
+pub fn server_config_from_files(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
+    server_config(load_certs(cert)?, load_key(key)?)
+}
+
+/// Client config trusting exactly the CAs in `ca_file`. There is no "insecure" mode: gateways
+/// with self-signed certificates are trusted by naming their certificate as the CA.
+pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let ca_file = ca_file.ok_or("gateway.ca_file is required: name the CA bundle that signed the gateway's certificate")?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in load_certs(ca_file)? {
+        roots.add(cert).map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    }
+    client_config_with_roots(roots)
+}
+
+pub fn client_config_with_roots(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, String> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

@@ -2,7 +2,6 @@
 //! `demo` and the tests.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +36,7 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish (within the grace period), stops
     /// pollers, and waits for the listeners to close.
     pub async fn stop(self) {
-        self.readiness.shutting_down.store(true, Ordering::Release);
+        self.readiness.set_shutting_down();
         self.shutdown.trigger();
         self.sessions.stop_all();
         for t in self.tasks {
@@ -88,8 +87,8 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     let served = server::spawn(proxy_listener, server_tls, proxy, opts.clone(), shutdown.subscribe())
         .map_err(|e| format!("server.listen: {e}"))?;
     let admin = Arc::new(Admin { metrics: metrics.clone(), readiness: readiness.clone() });
-    let admin_served =
-        server::spawn(admin_listener, None, admin, opts, shutdown.subscribe()).map_err(|e| format!("admin.listen: {e}"))?;
+    let admin_served = server::spawn(admin_listener, None, admin, opts, shutdown.subscribe())
+        .map_err(|e| format!("admin.listen: {e}"))?;
     let probe = tokio::spawn(probe_gateway(gateway_addr(&config.gateway.url)?, readiness.clone(), shutdown.clone()));
     Ok(Running {
         proxy_addr: served.addr,
@@ -114,11 +113,8 @@ fn gateway_addr(url: &str) -> Result<String, String> {
 async fn probe_gateway(addr: String, readiness: Arc<Readiness>, shutdown: Shutdown) {
     let mut stop = shutdown.subscribe();
     loop {
-        let ok = matches!(
-            tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await,
-            Ok(Ok(_))
-        );
-        if ok != readiness.gateway_reachable.swap(ok, Ordering::AcqRel) {
+        let ok = matches!(tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await, Ok(Ok(_)));
+        if readiness.set_gateway_reachable(ok) {
             tracing::info!(gateway_reachable = ok, "gateway reachability changed");
         }
         tokio::select! {

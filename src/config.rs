@@ -305,12 +305,8 @@ impl Config {
                     );
                 }
             }
-            (_, _, true) => {
-                return invalid("server.plaintext", "set either plaintext or tls_cert/tls_key, not both")
-            }
-            (None, _, false) => {
-                return invalid("server.tls_cert", "required unless server.plaintext = true")
-            }
+            (_, _, true) => return invalid("server.plaintext", "set either plaintext or tls_cert/tls_key, not both"),
+            (None, _, false) => return invalid("server.tls_cert", "required unless server.plaintext = true"),
             (Some(_), None, false) => return invalid("server.tls_key", "required with tls_cert"),
         }
         if self.server.max_body_bytes == 0 {
@@ -392,8 +388,7 @@ pub fn parse_with_env<T: serde::de::DeserializeOwned>(
     env: impl IntoIterator<Item = (String, String)>,
     prefix: &str,
 ) -> Result<T, ConfigError> {
-    let mut doc: toml::Table =
-        text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+    let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
     apply_env_overrides(&mut doc, env, prefix)?;
     let merged = toml::to_string(&doc).map_err(|e| ConfigError::Parse(e.to_string()))?;
     toml::from_str(&merged).map_err(|e| ConfigError::Parse(e.to_string()))
@@ -428,15 +423,13 @@ fn apply_env_overrides(
         }
         let value = parse_env_value(&raw);
         let mut table = &mut *doc;
-        let (last, parents) = path.split_last().ok_or_else(|| {
-            ConfigError::Parse(format!("environment variable {name}: no key"))
-        })?;
+        let (last, parents) =
+            path.split_last().ok_or_else(|| ConfigError::Parse(format!("environment variable {name}: no key")))?;
         for key in parents {
-            let entry =
-                table.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            table = entry.as_table_mut().ok_or_else(|| {
-                ConfigError::Parse(format!("environment variable {name}: `{key}` is not a section"))
-            })?;
+            let entry = table.entry(key.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = entry
+                .as_table_mut()
+                .ok_or_else(|| ConfigError::Parse(format!("environment variable {name}: `{key}` is not a section")))?;
         }
         table.insert(last.clone(), value);
     }
@@ -524,20 +517,15 @@ file = "creds.toml"
 
     #[test]
     fn unknown_key_is_named() {
-        let err = Config::from_toml_with_env(MINIMAL, env(&[("CCGATE__GATEWAY__URLL", "x")]))
-            .unwrap_err()
-            .to_string();
+        let err = Config::from_toml_with_env(MINIMAL, env(&[("CCGATE__GATEWAY__URLL", "x")])).unwrap_err().to_string();
         assert!(err.contains("urll"), "{err}");
     }
 
     #[test]
     fn wrong_type_is_named() {
-        let err = Config::from_toml_with_env(
-            &format!("{MINIMAL}\n[sessions]\npoll_timeout_ms = \"soon\"\n"),
-            env(&[]),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = Config::from_toml_with_env(&format!("{MINIMAL}\n[sessions]\npoll_timeout_ms = \"soon\"\n"), env(&[]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("poll_timeout_ms"), "{err}");
     }
 

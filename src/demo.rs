@@ -116,10 +116,16 @@ async fn start_in(dir: &Path, opts: &DemoOptions) -> Result<Demo, String> {
     let sim_tls = tls::server_config_from_files(&cert_file, &key_file)?;
     let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("simulator: {e}"))?;
     let sim_shutdown = Shutdown::new();
-    let sim_served = sim.serve(sim_listener, sim_tls, sim_shutdown.subscribe()).map_err(|e| format!("simulator: {e}"))?;
+    let sim_served =
+        sim.serve(sim_listener, sim_tls, sim_shutdown.subscribe()).map_err(|e| format!("simulator: {e}"))?;
 
     let config = Config {
-        server: ServerConfig { listen: opts.listen, tls_cert: Some(cert_file), tls_key: Some(key_file), ..ServerConfig::default() },
+        server: ServerConfig {
+            listen: opts.listen,
+            tls_cert: Some(cert_file),
+            tls_key: Some(key_file),
+            ..ServerConfig::default()
+        },
         admin: AdminConfig { listen: opts.admin_listen },
         gateway: GatewayConfig {
             url: format!("https://127.0.0.1:{}", sim_served.addr.port()),

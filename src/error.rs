@@ -180,15 +180,22 @@ impl ProxyError {
             Self::NotChairperson { gateway: None } => {
                 "only the conference chairperson may do this; ccgate refused it without calling the gateway".into()
             }
-            Self::NotChairperson { gateway: Some(_) } => "the gateway says this agent is not the conference chairperson".into(),
-            Self::NoConference { gateway: None } => "the agent has no conference; create one with POST /v1/conference".into(),
+            Self::NotChairperson { gateway: Some(_) } => {
+                "the gateway says this agent is not the conference chairperson".into()
+            }
+            Self::NoConference { gateway: None } => {
+                "the agent has no conference; create one with POST /v1/conference".into()
+            }
             Self::NoConference { gateway: Some(_) } => "the gateway says this agent has no conference".into(),
             Self::NoSession => "the agent is not signed in through ccgate; POST /v1/session first".into(),
             Self::SessionLost => "the gateway ended the agent's session; sign in again with POST /v1/session".into(),
             Self::AlreadySignedIn => {
-                "the agent is signed in elsewhere; POST /v1/session with {\"force\": true} takes the session over".into()
+                "the agent is signed in elsewhere; POST /v1/session with {\"force\": true} takes the session over"
+                    .into()
             }
-            Self::NoCredentials => "ccgate has no gateway credentials for this agent; ask the operator to add them".into(),
+            Self::NoCredentials => {
+                "ccgate has no gateway credentials for this agent; ask the operator to add them".into()
+            }
             Self::GatewayRefused(r) if r.message.is_empty() => format!("the gateway answered retcode {}", r.retcode),
             Self::GatewayRefused(r) => format!("the gateway answered retcode {}: {}", r.retcode, r.message),
             Self::BadRequest(why) => why.clone(),
@@ -205,8 +212,12 @@ impl ProxyError {
 
     fn refusal(&self) -> Option<(&str, Option<i64>)> {
         match self {
-            Self::NotChairperson { gateway } => Some(gateway.as_ref().map_or((retcode::NOT_CHAIRPERSON, None), |g| (g.retcode.as_str(), g.error_reason))),
-            Self::NoConference { gateway } => Some(gateway.as_ref().map_or((retcode::NO_CONFERENCE, None), |g| (g.retcode.as_str(), g.error_reason))),
+            Self::NotChairperson { gateway } => Some(
+                gateway.as_ref().map_or((retcode::NOT_CHAIRPERSON, None), |g| (g.retcode.as_str(), g.error_reason)),
+            ),
+            Self::NoConference { gateway } => {
+                Some(gateway.as_ref().map_or((retcode::NO_CONFERENCE, None), |g| (g.retcode.as_str(), g.error_reason)))
+            }
             Self::AlreadySignedIn => Some((retcode::ALREADY_SIGNED_IN, None)),
             Self::GatewayRefused(g) => Some((g.retcode.as_str(), g.error_reason)),
             _ => None,
@@ -240,7 +251,10 @@ impl ProxyError {
                 h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ccgate\""));
             }
             Self::Unauthenticated(r) => {
-                let v = format!("Bearer realm=\"ccgate\", error=\"invalid_token\", error_description=\"{}\"", auth_detail(*r));
+                let v = format!(
+                    "Bearer realm=\"ccgate\", error=\"invalid_token\", error_description=\"{}\"",
+                    auth_detail(*r)
+                );
                 if let Ok(v) = HeaderValue::from_str(&v) {
                     h.insert(WWW_AUTHENTICATE, v);
                 }
@@ -292,7 +306,11 @@ mod tests {
             (ProxyError::PayloadTooLarge, 413, Outcome::BadRequest),
             (ProxyError::Upstream(UpstreamError::Unavailable("x".into())), 503, Outcome::UpstreamUnavailable),
             (ProxyError::Upstream(UpstreamError::Timeout), 504, Outcome::Timeout),
-            (ProxyError::Upstream(UpstreamError::BadStatus(StatusCode::INTERNAL_SERVER_ERROR)), 502, Outcome::GatewayError),
+            (
+                ProxyError::Upstream(UpstreamError::BadStatus(StatusCode::INTERNAL_SERVER_ERROR)),
+                502,
+                Outcome::GatewayError,
+            ),
             (ProxyError::Upstream(UpstreamError::Malformed("x".into())), 502, Outcome::GatewayError),
         ];
         for (e, status, outcome) in cases {

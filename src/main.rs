@@ -137,14 +137,16 @@ async fn run_sim(cfg: SimConfig) -> Result<(), String> {
             let certs = rustls_pki_types::pem::PemObject::pem_slice_iter(pki.server_cert_pem.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| e.to_string())?;
-            let key = rustls_pki_types::pem::PemObject::from_pem_slice(pki.server_key_pem.as_bytes()).map_err(|e| e.to_string())?;
+            let key = rustls_pki_types::pem::PemObject::from_pem_slice(pki.server_key_pem.as_bytes())
+                .map_err(|e| e.to_string())?;
             (tls::server_config(certs, key)?, Some(ca), Some(dir))
         }
     };
     if cfg.agents.is_empty() && cfg.default_password.is_none() {
         return Err("the simulator has no agents: set [agents] \"153\" = \"password\" or default_password".into());
     }
-    let listener = tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| format!("listen {}: {e}", cfg.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(cfg.listen).await.map_err(|e| format!("listen {}: {e}", cfg.listen))?;
     let shutdown = ccgate::server::Shutdown::new();
     let sim = Sim::new(cfg);
     let served = sim.serve(listener, server_tls, shutdown.subscribe()).map_err(|e| e.to_string())?;

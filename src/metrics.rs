@@ -9,8 +9,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::gateway::{retcode, GatewayMethod, UpstreamError};
@@ -19,8 +19,7 @@ use crate::gateway::{retcode, GatewayMethod, UpstreamError};
 /// CC-Gateway is a few milliseconds; CTI operations (conference set-up) take up to a few
 /// hundred; 10 s is our request timeout. Finer steps below 100 ms keep p50/p99 readable where
 /// most requests land; the 10 s bucket makes timeouts visible as such.
-pub const LATENCY_BUCKETS: &[f64] =
-    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// The `method` label: a gateway log name, or a façade route that has no gateway method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,20 +197,42 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new_custom(Some("ccgate".into()), None).expect("valid prefix");
-        let requests = counter_vec(&r, "requests_total", "Requests handled, by method and outcome.", &["method", "outcome"]);
-        let request_duration = histogram_vec(&r, "request_duration_seconds", "Whole request time in the proxy, by method.", &["method"]);
-        let upstream_duration = histogram_vec(&r, "upstream_duration_seconds", "Gateway round-trip time, by method.", &["method"]);
-        let upstream_responses = counter_vec(&r, "upstream_responses_total", "Gateway answers by method and retcode (documented codes, else other).", &["method", "retcode"]);
-        let upstream_errors = counter_vec(&r, "upstream_errors_total", "Gateway round trips that failed in transport, by method and kind.", &["method", "kind"]);
-        let rate_limited = counter_vec(&r, "rate_limited_total", "Requests refused by a rate limit, by method and scope.", &["method", "scope"]);
+        let requests =
+            counter_vec(&r, "requests_total", "Requests handled, by method and outcome.", &["method", "outcome"]);
+        let request_duration =
+            histogram_vec(&r, "request_duration_seconds", "Whole request time in the proxy, by method.", &["method"]);
+        let upstream_duration =
+            histogram_vec(&r, "upstream_duration_seconds", "Gateway round-trip time, by method.", &["method"]);
+        let upstream_responses = counter_vec(
+            &r,
+            "upstream_responses_total",
+            "Gateway answers by method and retcode (documented codes, else other).",
+            &["method", "retcode"],
+        );
+        let upstream_errors = counter_vec(
+            &r,
+            "upstream_errors_total",
+            "Gateway round trips that failed in transport, by method and kind.",
+            &["method", "kind"],
+        );
+        let rate_limited = counter_vec(
+            &r,
+            "rate_limited_total",
+            "Requests refused by a rate limit, by method and scope.",
+            &["method", "scope"],
+        );
         let auth_failures = counter_vec(&r, "auth_failures_total", "Refused tokens, by reason.", &["reason"]);
-        let sessions = IntGaugeVec::new(Opts::new("sessions", "Agent gateway sessions held, by state."), &["state"]).expect("static metric definition");
+        let sessions = IntGaugeVec::new(Opts::new("sessions", "Agent gateway sessions held, by state."), &["state"])
+            .expect("static metric definition");
         r.register(Box::new(sessions.clone())).expect("metric registered once");
         let signins = counter_vec(&r, "signins_total", "Gateway sign-ins attempted, by result.", &["result"]);
-        let session_losses = counter_vec(&r, "session_losses_total", "Sessions the gateway ended, by reason.", &["reason"]);
-        let guid_rotations = IntCounter::new("guid_rotations_total", "Guid changes picked up from Set-GUID.").expect("static metric definition");
+        let session_losses =
+            counter_vec(&r, "session_losses_total", "Sessions the gateway ended, by reason.", &["reason"]);
+        let guid_rotations = IntCounter::new("guid_rotations_total", "Guid changes picked up from Set-GUID.")
+            .expect("static metric definition");
         r.register(Box::new(guid_rotations.clone())).expect("metric registered once");
-        let build_info = IntGaugeVec::new(Opts::new("build_info", "Build information; always 1."), &["version"]).expect("static metric definition");
+        let build_info = IntGaugeVec::new(Opts::new("build_info", "Build information; always 1."), &["version"])
+            .expect("static metric definition");
         r.register(Box::new(build_info.clone())).expect("metric registered once");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for s in SessionState::ALL {
@@ -240,9 +261,7 @@ impl Metrics {
     pub fn record_request(&self, method: MethodLabel, outcome: Outcome, elapsed: Duration) {
         let i = &self.0;
         let cell = method.index() * Outcome::COUNT + outcome as usize;
-        i.req_cells[cell]
-            .get_or_init(|| i.requests.with_label_values(&[method.as_str(), outcome.as_str()]))
-            .inc();
+        i.req_cells[cell].get_or_init(|| i.requests.with_label_values(&[method.as_str(), outcome.as_str()])).inc();
         i.req_dur_cells[method.index()]
             .get_or_init(|| i.request_duration.with_label_values(&[method.as_str()]))
             .observe(elapsed.as_secs_f64());
@@ -306,11 +325,21 @@ mod tests {
     #[test]
     fn renders_bounded_labels() {
         let m = Metrics::new();
-        m.record_request(MethodLabel::Gateway(GatewayMethod::StopVoiceToConf), Outcome::NotChairperson, Duration::from_millis(2));
+        m.record_request(
+            MethodLabel::Gateway(GatewayMethod::StopVoiceToConf),
+            Outcome::NotChairperson,
+            Duration::from_millis(2),
+        );
         m.count_upstream_retcode(GatewayMethod::StopVoiceToConf, "totally-new-code");
         let text = m.render();
-        assert!(text.contains(r#"ccgate_requests_total{method="stopVoiceToConf",outcome="not_chairperson"} 1"#), "{text}");
-        assert!(text.contains(r#"ccgate_upstream_responses_total{method="stopVoiceToConf",retcode="other"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"ccgate_requests_total{method="stopVoiceToConf",outcome="not_chairperson"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ccgate_upstream_responses_total{method="stopVoiceToConf",retcode="other"} 1"#),
+            "{text}"
+        );
         assert!(text.contains("ccgate_build_info{version="), "{text}");
     }
 }

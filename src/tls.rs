@@ -51,7 +51,8 @@ pub fn server_config_from_files(cert: &Path, key: &Path) -> Result<Arc<rustls::S
 /// Client config trusting exactly the CAs in `ca_file`. There is no "insecure" mode: gateways
 /// with self-signed certificates are trusted by naming their certificate as the CA.
 pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
-    let ca_file = ca_file.ok_or("gateway.ca_file is required: name the CA bundle that signed the gateway's certificate")?;
+    let ca_file =
+        ca_file.ok_or("gateway.ca_file is required: name the CA bundle that signed the gateway's certificate")?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in load_certs(ca_file)? {
         roots.add(cert).map_err(|e| format!("{}: {e}", ca_file.display()))?;

@@ -107,15 +107,14 @@ impl GatewayClient {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(ms(cfg.connect_timeout_ms)));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let resolver: Arc<dyn hyper_rustls::ResolveServerName + Send + Sync> =
-            match &cfg.tls_server_name {
-                Some(name) => {
-                    let name = rustls_pki_types::ServerName::try_from(name.clone())
-                        .map_err(|e| format!("gateway.tls_server_name: {e}"))?;
-                    Arc::new(hyper_rustls::FixedServerNameResolver::new(name))
-                }
-                None => Arc::new(hyper_rustls::DefaultServerNameResolver::default()),
-            };
+        let resolver: Arc<dyn hyper_rustls::ResolveServerName + Send + Sync> = match &cfg.tls_server_name {
+            Some(name) => {
+                let name = rustls_pki_types::ServerName::try_from(name.clone())
+                    .map_err(|e| format!("gateway.tls_server_name: {e}"))?;
+                Arc::new(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => Arc::new(hyper_rustls::DefaultServerNameResolver::default()),
+        };
         let connector = hyper_rustls::HttpsConnector::new(http, tls, true, resolver);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(ms(cfg.pool_idle_timeout_ms))
@@ -167,32 +166,19 @@ impl GatewayClient {
             let resp = self.inner.client.request(request).await.map_err(classify)?;
             let (parts, body) = resp.into_parts();
             let limited = http_body_util::Limited::new(body, MAX_UPSTREAM_BODY);
-            let bytes = limited
-                .collect()
-                .await
-                .map_err(|e| UpstreamError::Malformed(format!("reading body: {e}")))?
-                .to_bytes();
+            let bytes =
+                limited.collect().await.map_err(|e| UpstreamError::Malformed(format!("reading body: {e}")))?.to_bytes();
             Ok::<_, UpstreamError>((parts, bytes))
         };
-        let (parts, bytes) =
-            tokio::time::timeout(timeout, exchange).await.map_err(|_| UpstreamError::Timeout)??;
+        let (parts, bytes) = tokio::time::timeout(timeout, exchange).await.map_err(|_| UpstreamError::Timeout)??;
         if parts.status != StatusCode::OK {
             return Err(UpstreamError::BadStatus(parts.status));
         }
         let envelope: Envelope = serde_json::from_slice(&bytes)
             .map_err(|e| UpstreamError::Malformed(format!("not a gateway envelope: {e}")))?;
-        let set_guid = parts
-            .headers
-            .get(SET_GUID_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_set_guid);
-        let cookies = parts
-            .headers
-            .get_all(SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(cookie_pair)
-            .collect();
+        let set_guid = parts.headers.get(SET_GUID_HEADER).and_then(|v| v.to_str().ok()).and_then(parse_set_guid);
+        let cookies =
+            parts.headers.get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).filter_map(cookie_pair).collect();
         Ok(GatewayReply { envelope, set_guid, cookies, body: bytes })
     }
 }
@@ -270,10 +256,7 @@ mod tests {
 
     #[test]
     fn set_guid_keeps_node_suffix() {
-        assert_eq!(
-            parse_set_guid("JSESSIONID=1f0e-22.AgentGateway1").as_deref(),
-            Some("1f0e-22.AgentGateway1")
-        );
+        assert_eq!(parse_set_guid("JSESSIONID=1f0e-22.AgentGateway1").as_deref(), Some("1f0e-22.AgentGateway1"));
         assert_eq!(parse_set_guid("JSESSIONID=abc.AgentGateway0; Path=/").as_deref(), Some("abc.AgentGateway0"));
         assert_eq!(parse_set_guid("abc.AgentGateway0").as_deref(), Some("abc.AgentGateway0"));
         assert_eq!(parse_set_guid("JSESSIONID="), None);

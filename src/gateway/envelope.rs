@@ -47,9 +47,9 @@ pub mod retcode {
     /// Every documented code (API-NOTES section 6). Anything else is labelled `other` so a
     /// misbehaving gateway cannot blow up metric cardinality.
     pub const KNOWN: &[&str] = &[
-        "0", "000-001", "000-002", "000-003", "000-004", "000-007", "100-001", "100-002",
-        "100-003", "100-004", "100-005", "100-006", "100-007", "100-008", "100-020", "100-021",
-        "101-001", "101-002", "101-003", "101-005", "101-007", "105-005", "105-006", "105-007",
+        "0", "000-001", "000-002", "000-003", "000-004", "000-007", "100-001", "100-002", "100-003", "100-004",
+        "100-005", "100-006", "100-007", "100-008", "100-020", "100-021", "101-001", "101-002", "101-003", "101-005",
+        "101-007", "105-005", "105-006", "105-007",
     ];
 
     /// The label value for a retcode: itself when documented, else `other`.
@@ -69,10 +69,9 @@ mod tests {
 
     #[test]
     fn parses_failure_with_error_reason() {
-        let e: Envelope = serde_json::from_str(
-            r#"{"result":{"errorReason":22},"message":"Unknown ERROR._22","retcode":"100-007"}"#,
-        )
-        .unwrap();
+        let e: Envelope =
+            serde_json::from_str(r#"{"result":{"errorReason":22},"message":"Unknown ERROR._22","retcode":"100-007"}"#)
+                .unwrap();
         assert!(!e.is_success());
         assert_eq!(e.error_reason(), Some(22));
     }

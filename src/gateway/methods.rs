@@ -105,10 +105,7 @@ impl GatewayMethod {
     /// Finds the method for a tree and action segment (exact, case-sensitive match as the
     /// gateway's servlet mapping is), regardless of HTTP method.
     pub fn lookup(tree: &str, action: Option<&str>) -> Option<GatewayMethod> {
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|m| m.tree().segment() == tree && m.action() == action)
+        Self::ALL.iter().copied().find(|m| m.tree().segment() == tree && m.action() == action)
     }
 }
 

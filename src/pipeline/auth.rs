@@ -152,7 +152,9 @@ impl Authenticator {
             ErrorKind::InvalidAudience => Reason::WrongAudience,
             ErrorKind::MissingRequiredClaim(_) => Reason::MissingClaim,
             ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => Reason::AlgorithmNotAllowed,
-            ErrorKind::InvalidKeyFormat | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidEcdsaKey => Reason::BadSignature,
+            ErrorKind::InvalidKeyFormat | ErrorKind::InvalidRsaKey(_) | ErrorKind::InvalidEcdsaKey => {
+                Reason::BadSignature
+            }
             _ => Reason::Malformed,
         })?;
         let agent = match data.claims.get(&self.agent_claim) {

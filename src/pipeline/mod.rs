@@ -79,7 +79,11 @@ impl Handler for Proxy {
 
 impl Proxy {
     /// Phases after routing. Returns the agent (once authenticated) for the access log.
-    async fn run(self: &Arc<Self>, route: Route, req: Request<Incoming>) -> (Option<String>, Result<Response<Body>, ProxyError>) {
+    async fn run(
+        self: &Arc<Self>,
+        route: Route,
+        req: Request<Incoming>,
+    ) -> (Option<String>, Result<Response<Body>, ProxyError>) {
         let who = match self.authenticate(req.headers()) {
             Ok(p) => p,
             Err(e) => return (None, Err(e)),
@@ -95,7 +99,12 @@ impl Proxy {
         })
     }
 
-    async fn dispatch(self: &Arc<Self>, route: Route, who: &Principal, req: Request<Incoming>) -> Result<Response<Body>, ProxyError> {
+    async fn dispatch(
+        self: &Arc<Self>,
+        route: Route,
+        who: &Principal,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, ProxyError> {
         match route {
             Route::SignIn => facade::sign_in(self, who, self.read_body(req).await?).await,
             Route::GetSession => facade::get_session(self, who).await,

@@ -31,7 +31,10 @@ mod tests {
     fn decisions() {
         let f = UnknownChair::Forward;
         assert!(check_chair(ConfState::Chair { conf_id: 1 }, f).is_ok());
-        assert_eq!(check_chair(ConfState::Participant { conf_id: 1 }, f).unwrap_err().outcome(), Outcome::NotChairperson);
+        assert_eq!(
+            check_chair(ConfState::Participant { conf_id: 1 }, f).unwrap_err().outcome(),
+            Outcome::NotChairperson
+        );
         assert_eq!(check_chair(ConfState::None, f).unwrap_err().outcome(), Outcome::NoConference);
         assert_eq!(check_chair(ConfState::Requested, f).unwrap_err().outcome(), Outcome::NoConference);
         assert!(check_chair(ConfState::Unknown, f).is_ok());

@@ -20,13 +20,45 @@ const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Readiness facts, set by whoever knows them.
 #[derive(Debug, Default)]
 pub struct Readiness {
-    pub gateway_reachable: AtomicBool,
-    pub shutting_down: AtomicBool,
+    gateway_reachable: AtomicBool,
+    shutting_down: AtomicBool,
+    changed: tokio::sync::Notify,
 }
 
 impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.gateway_reachable.load(Ordering::Acquire) && !self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub fn gateway_reachable(&self) -> bool {
+        self.gateway_reachable.load(Ordering::Acquire)
+    }
+
+    /// Records the probe result; returns whether it changed.
+    pub fn set_gateway_reachable(&self, ok: bool) -> bool {
+        let changed = self.gateway_reachable.swap(ok, Ordering::AcqRel) != ok;
+        if changed {
+            self.changed.notify_waiters();
+        }
+        changed
+    }
+
+    pub fn set_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once `is_ready()` holds.
+    pub async fn wait_ready(&self) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_ready() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
@@ -57,7 +89,7 @@ impl Handler for Admin {
                         "ready": ready,
                         "config_loaded": true,
                         "keys_loaded": true,
-                        "gateway_reachable": r.gateway_reachable.load(Ordering::Acquire),
+                        "gateway_reachable": r.gateway_reachable(),
                         "shutting_down": r.shutting_down.load(Ordering::Acquire),
                     }),
                 )

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::gateway::GatewayMethod;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
+#[serde(tag = "state", rename_all = "snake_case", rename_all_fields = "camelCase")]
 pub enum ConfState {
     /// Known: the agent is in no conference.
     None,
@@ -15,9 +15,15 @@ pub enum ConfState {
     /// chair yet (the gateway refuses chair operations until then).
     Requested,
     /// The last conference request failed (`AgentConf_RequestFailed`).
-    RequestFailed { cause: Option<i64> },
-    Chair { conf_id: u64 },
-    Participant { conf_id: u64 },
+    RequestFailed {
+        cause: Option<i64>,
+    },
+    Chair {
+        conf_id: u64,
+    },
+    Participant {
+        conf_id: u64,
+    },
     /// ccgate missed events (session taken over with forcelogin).
     Unknown,
 }
@@ -130,7 +136,11 @@ mod tests {
 
     #[test]
     fn president_changed_to_me_and_to_other() {
-        let (s, _) = apply_event(ConfState::Participant { conf_id: 7 }, "153", &ev("AgentConf_PresidentChanged", json!({"confId": 7})));
+        let (s, _) = apply_event(
+            ConfState::Participant { conf_id: 7 },
+            "153",
+            &ev("AgentConf_PresidentChanged", json!({"confId": 7})),
+        );
         assert_eq!(s, ConfState::Chair { conf_id: 7 });
         let pc = ev("AgentConf_ParticipantChanged", json!({"changeType": 2, "participant": "154", "confId": 7}));
         let (s, _) = apply_event(ConfState::Chair { conf_id: 7 }, "153", &pc);
@@ -146,7 +156,11 @@ mod tests {
     fn leave_and_shutdown() {
         let (s, e) = apply_event(ConfState::Chair { conf_id: 7 }, "153", &ev("AgentConf_SelfLeaveResult", Value::Null));
         assert_eq!((s, e), (ConfState::None, EventEffect::Continue));
-        let (_, e) = apply_event(ConfState::Chair { conf_id: 7 }, "153", &ev("AgentOther_ShutdownService", json!({"loginTime": 1})));
+        let (_, e) = apply_event(
+            ConfState::Chair { conf_id: 7 },
+            "153",
+            &ev("AgentOther_ShutdownService", json!({"loginTime": 1})),
+        );
         assert_eq!(e, EventEffect::SessionEnded);
     }
 
@@ -155,13 +169,18 @@ mod tests {
         let chair = ConfState::Chair { conf_id: 7 };
         assert_eq!(apply_success(chair, GatewayMethod::ApplyToShiftPresident), ConfState::Participant { conf_id: 7 });
         assert_eq!(apply_success(chair, GatewayMethod::ReleaseAgentConf), ConfState::None);
-        assert_eq!(apply_success(ConfState::Participant { conf_id: 7 }, GatewayMethod::RequestLeaveAgentConf), ConfState::None);
+        assert_eq!(
+            apply_success(ConfState::Participant { conf_id: 7 }, GatewayMethod::RequestLeaveAgentConf),
+            ConfState::None
+        );
         assert_eq!(apply_success(chair, GatewayMethod::StopVoiceToConf), chair);
     }
 
     #[test]
     fn garbage_events_change_nothing() {
-        for e in [json!(null), json!({"eventType": 5}), json!({"eventType": "AgentConf_RequestSuccess", "content": null})] {
+        for e in
+            [json!(null), json!({"eventType": 5}), json!({"eventType": "AgentConf_RequestSuccess", "content": null})]
+        {
             let (s, eff) = apply_event(ConfState::Chair { conf_id: 1 }, "153", &e);
             assert_eq!(eff, EventEffect::Continue);
             assert!(matches!(s, ConfState::Chair { .. } | ConfState::Unknown));

@@ -101,7 +101,9 @@ impl Session {
         if changed {
             match session_auth(&guid, &cookies) {
                 Some(a) => self.auth.store(Arc::new(a)),
-                None => tracing::warn!(agent = %self.agent_id, "gateway sent a Guid or cookie that is not a valid header value; kept the old one"),
+                None => {
+                    tracing::warn!(agent = %self.agent_id, "gateway sent a Guid or cookie that is not a valid header value; kept the old one")
+                }
             }
         }
     }
@@ -218,7 +220,11 @@ impl SessionStore {
 
     /// Signs the agent in, or returns its existing session. Returns `(session, created)`.
     /// Concurrent callers for one agent wait for the one sign-in in flight and share it.
-    pub async fn sign_in(self: &Arc<Self>, agent: &str, opts: SignInOptions) -> Result<(Arc<Session>, bool), ProxyError> {
+    pub async fn sign_in(
+        self: &Arc<Self>,
+        agent: &str,
+        opts: SignInOptions,
+    ) -> Result<(Arc<Session>, bool), ProxyError> {
         let slot = self.slot(agent);
         let _op = slot.op.lock().await;
         if let Some(s) = slot.session.load_full() {
@@ -242,7 +248,13 @@ impl SessionStore {
         let method = if opts.force { GatewayMethod::ForceLogin } else { GatewayMethod::Login };
         let reply = match self
             .client
-            .call(GatewayRequest { method, agent, auth: None, body: Some(Bytes::from(body.to_string())), timeout: None })
+            .call(GatewayRequest {
+                method,
+                agent,
+                auth: None,
+                body: Some(Bytes::from(body.to_string())),
+                timeout: None,
+            })
             .await
         {
             Ok(r) => r,
@@ -273,7 +285,11 @@ impl SessionStore {
         let conf = if opts.force { ConfState::Unknown } else { ConfState::None };
         let session = Session::new(agent.to_owned(), guid, reply.cookies.clone(), conf, self.metrics.clone())
             .map(Arc::new)
-            .ok_or_else(|| ProxyError::Upstream(crate::gateway::UpstreamError::Malformed("Guid is not a valid header value".into())))?;
+            .ok_or_else(|| {
+                ProxyError::Upstream(crate::gateway::UpstreamError::Malformed(
+                    "Guid is not a valid header value".into(),
+                ))
+            })?;
         let handle = tokio::spawn(poller::run(session.clone(), self.client.clone(), self.poller_settings()));
         *lock(&session.poller) = Some(handle);
         slot.session.store(Some(session.clone()));

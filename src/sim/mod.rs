@@ -221,6 +221,17 @@ impl Sim {
         st.confs.get(&id).map(|c| c.chair.clone())
     }
 
+    /// Hands the chair of `from`'s conference to `to` (signed in), as `applytoshiftpresident`
+    /// would, with the same events. Returns the gateway's retcode.
+    pub fn transfer_chair(&self, from: &str, to: &str) -> String {
+        let mut st = lock(&self.0.state);
+        let answer = match st.chair_conf(from) {
+            Ok(conf_id) => st.shift_president(from, conf_id, to),
+            Err(a) => a,
+        };
+        answer.body.get("retcode").and_then(Value::as_str).unwrap_or_default().to_owned()
+    }
+
     /// Signs an agent out as an administrator would (forced, no event).
     pub fn kick(&self, agent: &str) {
         lock(&self.0.state).remove_agent(agent);
@@ -320,7 +331,9 @@ impl Sim {
                 Some(g) => Answer::ok(json!({"guid": g})),
                 None => Answer::err(retcode::NOT_SIGNED_IN, "agent not signed in"),
             },
-            GatewayMethod::HandShake | GatewayMethod::AnswerAgentConf | GatewayMethod::RejectAgentConf => Answer::ok(json!({})),
+            GatewayMethod::HandShake | GatewayMethod::AnswerAgentConf | GatewayMethod::RejectAgentConf => {
+                Answer::ok(json!({}))
+            }
             GatewayMethod::RequestAgentConf => match json_body.get("memberNum").and_then(Value::as_u64) {
                 Some(1..=120) => st.request_conf(agent),
                 _ => Answer::err(retcode::BAD_PARAMETER, "memberNum must be 1..120"),
@@ -328,7 +341,8 @@ impl Sim {
             GatewayMethod::RequestLeaveAgentConf => st.leave(agent),
             GatewayMethod::QueryConfInfos => match json_body.get("confIds").and_then(Value::as_array) {
                 Some(ids) if ids.len() <= 20 => {
-                    let ids: Vec<u64> = ids.iter().filter_map(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok())).collect();
+                    let ids: Vec<u64> =
+                        ids.iter().filter_map(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok())).collect();
                     st.query_confs(&ids)
                 }
                 _ => Answer::err(retcode::BAD_PARAMETER, "confIds must be an array of at most 20"),
@@ -536,7 +550,10 @@ mod tests {
 
     #[test]
     fn resolves_exact_paths() {
-        assert_eq!(resolve("/agentgateway/resource/agentconf/153/stopvoicetoconf").map(|x| x.0), Some(GatewayMethod::StopVoiceToConf));
+        assert_eq!(
+            resolve("/agentgateway/resource/agentconf/153/stopvoicetoconf").map(|x| x.0),
+            Some(GatewayMethod::StopVoiceToConf)
+        );
         assert_eq!(resolve("/agentgateway/resource/onlineagent/153").map(|x| x.0), Some(GatewayMethod::Login));
         assert!(resolve("/agentgateway/resource/agentconf/153/stopvoicetoconf/x").is_none());
         assert!(resolve("/agentgateway/resource/agentconf//stopvoicetoconf").is_none());

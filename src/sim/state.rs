@@ -68,10 +68,8 @@ pub(super) fn new_guid(node: u32) -> String {
 }
 
 pub(super) fn event(agent: &str, kind: &str, content: Value) -> Value {
-    let gen = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let gen =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     json!({"eventType": kind, "workNo": agent, "content": content, "eventGenTime": gen})
 }
 
@@ -128,7 +126,14 @@ impl State {
 
     /// Validates the Guid (and sticky cookie) presented for `agent` and refreshes its
     /// activity. Signs the agent out first if it has been silent longer than MAXTIME.
-    pub fn check_guid(&mut self, cfg: &SimConfig, agent: &str, guid: Option<&str>, cookie: Option<&str>, now: Instant) -> GuidCheck {
+    pub fn check_guid(
+        &mut self,
+        cfg: &SimConfig,
+        agent: &str,
+        guid: Option<&str>,
+        cookie: Option<&str>,
+        now: Instant,
+    ) -> GuidCheck {
         let Some(guid) = guid else {
             return GuidCheck::Refused(Answer::err(retcode::NO_PERMISSION, "no permission"));
         };
@@ -194,7 +199,10 @@ impl State {
             .get(agent)
             .and_then(|a| a.conf)
             .ok_or_else(|| Answer::err(retcode::NO_CONFERENCE, "the agent has no conference"))?;
-        let conf = self.confs.get(&conf_id).ok_or_else(|| Answer::err(retcode::NO_CONFERENCE, "the agent has no conference"))?;
+        let conf = self
+            .confs
+            .get(&conf_id)
+            .ok_or_else(|| Answer::err(retcode::NO_CONFERENCE, "the agent has no conference"))?;
         if conf.chair != agent {
             return Err(Answer::err(retcode::NOT_CHAIRPERSON, "the agent is not the chairperson"));
         }
@@ -210,7 +218,8 @@ impl State {
         }
         self.next_conf += 1;
         let conf_id = 1_030_400 + self.next_conf;
-        self.confs.insert(conf_id, Conference { chair: agent.to_owned(), members: vec![agent.to_owned()], ready: false });
+        self.confs
+            .insert(conf_id, Conference { chair: agent.to_owned(), members: vec![agent.to_owned()], ready: false });
         if let Some(a) = self.agents.get_mut(agent) {
             a.conf = Some(conf_id);
         }
@@ -236,7 +245,9 @@ impl State {
         }
         match self.agents.get(dest).map(|a| a.conf) {
             None => return Answer::err(retcode::BAD_PARAMETER, "destAgentNo is not signed in"),
-            Some(Some(c)) if c != conf_id => return Answer::err(retcode::ALREADY_IN_CONFERENCE, "destAgentNo is in another conference"),
+            Some(Some(c)) if c != conf_id => {
+                return Answer::err(retcode::ALREADY_IN_CONFERENCE, "destAgentNo is in another conference")
+            }
             Some(_) => {}
         }
         let Some(conf) = self.confs.get_mut(&conf_id) else {

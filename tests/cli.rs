@@ -1,0 +1,102 @@
+//! The binary: `check-config` names the bad key, and `demo --json` prints a line a script can
+//! follow through the whole flow.
+
+mod common;
+
+use std::process::Stdio;
+
+use http::{Method, StatusCode};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ccgate");
+
+fn check_config(toml: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let dir = std::env::temp_dir().join(format!("ccgate-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ccgate.toml");
+    std::fs::write(&path, toml).unwrap();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("check-config").arg("--config").arg(&path);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+    out
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let out = check_config("[gateway]\nurl = \"http://gw\"\n", &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("gateway.url") || err.contains("server."), "{err}");
+
+    let out = check_config("[gateway]\nconect_timeout_ms = 5\n", &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("conect_timeout_ms"));
+
+    let out = check_config("", &[("CCGATE__SESSIONS__POLL_TIMEOUT_MS", "\"soon\"")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("poll_timeout_ms"));
+}
+
+#[tokio::test]
+async fn demo_json_line_drives_the_whole_flow() {
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["demo", "--json", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first =
+        tokio::time::timeout(common::WAIT, lines.next_line()).await.expect("demo printed nothing").unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&first).expect("first line is JSON");
+    for k in ["proxy_url", "admin_url", "ca_file", "token", "agent_id"] {
+        assert!(v[k].is_string(), "missing {k}: {v}");
+    }
+    let ca = std::path::PathBuf::from(v["ca_file"].as_str().unwrap());
+    let tls = ccgate::tls::client_config(Some(&ca)).unwrap();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let proxy = v["proxy_url"].as_str().unwrap();
+    let auth = format!("Bearer {}", v["token"].as_str().unwrap());
+    let steps = [
+        (Method::POST, "/v1/session", "", StatusCode::CREATED),
+        (Method::POST, "/v1/conference", r#"{"memberNum":3}"#, StatusCode::CREATED),
+        (Method::POST, "/v1/conference/announcement/stop", "", StatusCode::OK),
+    ];
+    for (m, path, body, want) in steps {
+        let req = http::Request::builder()
+            .method(m)
+            .uri(format!("{proxy}{path}"))
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), want, "{path}");
+    }
+    // The human instructions follow and name every step.
+    let mut rest = String::new();
+    while let Some(l) = tokio::time::timeout(common::WAIT, lines.next_line()).await.unwrap().unwrap() {
+        rest.push_str(&l);
+        rest.push('\n');
+        if l.contains("curl -s") && l.contains("/metrics") {
+            break;
+        }
+    }
+    for needle in ["--cacert", "/v1/session", "/v1/conference", "announcement/stop", "/metrics"] {
+        assert!(rest.contains(needle), "instructions lack {needle}:\n{rest}");
+    }
+    // SIGTERM: the demo stops and removes its temporary directory (keys included).
+    assert!(ca.exists());
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(common::WAIT, child.wait()).await.expect("demo did not exit on SIGTERM").unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!ca.parent().unwrap().exists(), "temporary directory removed");
+}

@@ -1,0 +1,84 @@
+//! The live `/metrics` output after a full flow: the documented series with bounded labels,
+//! nothing secret, and `promtool check metrics` passes.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use ccgate::session::ConfState;
+use common::{Harness, PASSWORD};
+use http::{Method, StatusCode};
+
+const STOP: &str = "/v1/conference/announcement/stop";
+
+#[tokio::test]
+async fn metrics_after_a_full_flow_pass_promtool_and_leak_nothing() {
+    let h = Harness::start().await;
+    h.chair("153").await;
+    assert_eq!(h.call(Method::POST, STOP, Some("153"), "").await.status, StatusCode::OK);
+    h.sign_in("154").await;
+    assert_eq!(h.call(Method::POST, STOP, Some("154"), "").await.status, StatusCode::CONFLICT);
+    assert_eq!(h.sim.transfer_chair("153", "154"), "0");
+    h.wait_conf("153", |s| matches!(s, ConfState::Participant { .. })).await;
+    assert_eq!(h.call(Method::POST, STOP, Some("153"), "").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(h.call(Method::POST, STOP, None, "").await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.call(Method::GET, "/nope", None, "").await.status, StatusCode::NOT_FOUND);
+
+    let text = h.metrics().await;
+    for line in [
+        r#"ccgate_requests_total{method="stopVoiceToConf",outcome="ok"} 1"#,
+        r#"ccgate_requests_total{method="stopVoiceToConf",outcome="no_conference"} 1"#,
+        r#"ccgate_requests_total{method="stopVoiceToConf",outcome="not_chairperson"} 1"#,
+        r#"ccgate_requests_total{method="stopVoiceToConf",outcome="unauthenticated"} 1"#,
+        r#"ccgate_requests_total{method="unmatched",outcome="not_found"} 1"#,
+        r#"ccgate_requests_total{method="requestAgentConf",outcome="ok"} 1"#,
+        r#"ccgate_upstream_responses_total{method="stopVoiceToConf",retcode="0"} 1"#,
+        r#"ccgate_upstream_responses_total{method="login",retcode="0"} 2"#,
+        r#"ccgate_auth_failures_total{reason="missing_token"} 1"#,
+        r#"ccgate_signins_total{result="ok"} 2"#,
+        r#"ccgate_sessions{state="active"} 2"#,
+        r#"ccgate_request_duration_seconds_bucket{method="stopVoiceToConf",le="0.001"}"#,
+        r#"ccgate_upstream_duration_seconds_count{method="stopVoiceToConf"} 1"#,
+        "ccgate_guid_rotations_total 0",
+        &format!(r#"ccgate_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION")),
+    ] {
+        assert!(text.contains(line), "missing {line}\n{text}");
+    }
+    for agent in ["153", "154"] {
+        let guid = h.sim.current_guid(agent).unwrap();
+        assert!(!text.contains(&guid), "a Guid leaked into metrics");
+        assert!(!text.contains(&format!("\"{agent}\"")), "an agent id is a label value");
+    }
+    assert!(!text.contains(PASSWORD));
+
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is required for this test (Debian package `prometheus`; .ci/run installs it)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let h = Harness::start().await;
+    let r = h.send(Method::GET, &format!("{}/healthz", h.admin), &[], "").await;
+    assert_eq!(r.status, StatusCode::OK);
+    // The readiness probe's first check runs at start; wait for its signal, not a timer.
+    tokio::time::timeout(common::WAIT, h.running().readiness.wait_ready()).await.expect("never ready");
+    let r = h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["gateway_reachable"], true);
+    h.stop().await;
+}

@@ -1,0 +1,78 @@
+//! A gateway that is down, slow, or answers garbage: each becomes a clear problem response
+//! with the right status, and the proxy keeps serving.
+
+mod common;
+
+use ccgate::gateway::GatewayMethod;
+use ccgate::sim::Faults;
+use common::{closed_port, problem, Harness, Options};
+use http::{Method, StatusCode};
+
+const STOP: &str = "/v1/conference/announcement/stop";
+
+#[tokio::test]
+async fn gateway_down_is_503() {
+    let port = closed_port().await;
+    let h =
+        Harness::with(Options { gateway_url: Some(format!("https://127.0.0.1:{port}")), ..Options::default() }).await;
+    let r = h.call(Method::POST, "/v1/session", Some("153"), "").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(problem(&r)["type"], "urn:ccgate:problem:gateway-unavailable");
+    let m = h.metrics().await;
+    assert!(m.contains(r#"ccgate_requests_total{method="login",outcome="upstream_unavailable"} 1"#), "{m}");
+    assert!(m.contains(r#"ccgate_signins_total{result="upstream_error"} 1"#), "{m}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn slow_gateway_is_504() {
+    let h =
+        Harness::with(Options { config: Box::new(|c| c.gateway.request_timeout_ms = 200), ..Options::default() }).await;
+    h.chair("153").await;
+    h.sim.set_faults(Faults { latency_ms: 5_000, methods: vec!["stopVoiceToConf".into()], ..Faults::default() });
+    let r = h.call(Method::POST, STOP, Some("153"), "").await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.text);
+    assert_eq!(problem(&r)["type"], "urn:ccgate:problem:gateway-timeout");
+    assert_eq!(h.sim.count(GatewayMethod::StopVoiceToConf), 1);
+    assert!(h.metrics().await.contains(r#"outcome="timeout"} 1"#));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_5xx_and_reset_are_502_and_the_proxy_recovers() {
+    let h = Harness::start().await;
+    h.chair("153").await;
+    let only_stop = vec!["stopVoiceToConf".to_string()];
+    let faults = [
+        ("HTTP 500", Faults { http_status: Some(500), methods: only_stop.clone(), ..Faults::default() }, "bad-gateway"),
+        ("HTTP 502", Faults { http_status: Some(502), methods: only_stop.clone(), ..Faults::default() }, "bad-gateway"),
+        ("malformed JSON", Faults { malformed: true, methods: only_stop.clone(), ..Faults::default() }, "bad-gateway"),
+        ("connection reset", Faults { reset: true, methods: only_stop.clone(), ..Faults::default() }, "bad-gateway"),
+    ];
+    for (name, f, slug) in faults {
+        h.sim.set_faults(f);
+        let r = h.call(Method::POST, STOP, Some("153"), "").await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{name}: {}", r.text);
+        let p = problem(&r);
+        assert_eq!(p["type"], format!("urn:ccgate:problem:{slug}"), "{name}");
+        assert!(!p["detail"].as_str().unwrap().contains("oops"), "gateway body not echoed: {p}");
+    }
+    h.sim.set_faults(Faults::default());
+    let r = h.call(Method::POST, STOP, Some("153"), "").await;
+    assert_eq!(r.status, StatusCode::OK, "recovered: {}", r.text);
+    assert_eq!(h.sim.count(GatewayMethod::StopVoiceToConf), 5);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_gateway_password_is_a_gateway_refusal_without_the_password() {
+    let mut sim = common::test_sim_config();
+    sim.agents.insert("153".into(), "a-different-password".into());
+    let h = Harness::with(Options { sim, ..Options::default() }).await;
+    let r = h.call(Method::POST, "/v1/session", Some("153"), "").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text);
+    assert_eq!(problem(&r)["retcode"], "100-004");
+    assert!(!r.text.contains(common::PASSWORD));
+    assert!(h.metrics().await.contains(r#"ccgate_signins_total{result="rejected"} 1"#));
+    h.stop().await;
+}

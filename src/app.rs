@@ -20,6 +20,9 @@ use crate::tls;
 
 /// How often `/readyz` re-checks that the gateway accepts TCP connections.
 const READINESS_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// Part of the shutdown grace kept for signing agents out after connections drained: one
+/// logout round trip per agent, all in parallel, takes well under this on a LAN.
+const SIGN_OUT_RESERVE: Duration = Duration::from_secs(2);
 
 /// A running proxy.
 pub struct Running {
@@ -30,18 +33,34 @@ pub struct Running {
     pub sessions: Arc<SessionStore>,
     shutdown: Shutdown,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    drain_delay: Duration,
+    grace: Duration,
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish (within the grace period), stops
-    /// pollers, and waits for the listeners to close.
+    /// Graceful shutdown, all within `server.shutdown_grace_ms`:
+    /// 1. `/readyz` turns 503 at once, but requests are still served for the drain delay, so
+    ///    load balancers stop routing here before connections are refused;
+    /// 2. listeners stop accepting, event streams end, in-flight requests finish;
+    /// 3. pollers stop and (if configured) every agent is signed out at the gateway.
     pub async fn stop(self) {
+        let deadline = tokio::time::Instant::now() + self.grace;
         self.readiness.set_shutting_down();
+        tracing::info!(drain_ms = self.drain_delay.as_millis() as u64, "shutting down: not ready; draining");
+        tokio::time::sleep(self.drain_delay).await;
         self.shutdown.trigger();
-        self.sessions.stop_all();
-        for t in self.tasks {
-            let _ = t.await;
+        let listeners = async {
+            for t in self.tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout_at(deadline, listeners).await.is_err() {
+            tracing::warn!("listeners did not close within the grace period");
         }
+        if tokio::time::timeout_at(deadline, self.sessions.shutdown()).await.is_err() {
+            tracing::warn!("not every agent could be signed out within the grace period");
+        }
+        tracing::info!("shutdown complete");
     }
 
     pub fn shutdown_handle(&self) -> Shutdown {
@@ -59,11 +78,12 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         None => return Err("credentials.file is required".into()),
     };
     let client = GatewayClient::new(&config.gateway, metrics.clone())?;
+    let shutdown = Shutdown::new();
     let server_tls = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(c), Some(k)) => Some(tls::server_config_from_files(c, k)?),
         _ => None,
     };
-    let sessions = Arc::new(SessionStore::new(client.clone(), creds, config.sessions.clone(), metrics.clone()));
+    let sessions = SessionStore::new(client.clone(), creds, config.sessions.clone(), metrics.clone());
     let proxy = Arc::new(Proxy {
         auth,
         sessions: sessions.clone(),
@@ -71,12 +91,16 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         metrics: metrics.clone(),
         max_body_bytes: config.server.max_body_bytes,
         on_unknown_chair: config.policy.on_unknown_chair,
+        resume: config.sessions.resume,
+        shutdown: shutdown.subscribe(),
     });
     let readiness = Arc::new(Readiness::default());
-    let shutdown = Shutdown::new();
+    let grace = ms(config.server.shutdown_grace_ms);
+    let drain_delay = ms(config.server.drain_delay_ms);
     let opts = ServeOptions {
         header_read_timeout: ms(config.server.header_read_timeout_ms),
-        grace: ms(config.server.shutdown_grace_ms),
+        // What is left of the grace after the drain delay, less the sign-out reserve.
+        grace: grace.saturating_sub(drain_delay).saturating_sub(SIGN_OUT_RESERVE),
     };
     let proxy_listener = TcpListener::bind(config.server.listen)
         .await
@@ -98,6 +122,8 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         sessions,
         shutdown,
         tasks: vec![served.task, admin_served.task, probe],
+        drain_delay,
+        grace,
     })
 }
 

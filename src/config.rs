@@ -26,8 +26,13 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// Time a client gets to send its request head; protects against slowloris connections.
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
-/// How long in-flight requests may run after a shutdown signal before the process exits.
+/// Whole budget from a shutdown signal to exit: drain delay, in-flight requests, pollers and
+/// sign-outs all fit in it. 10 s sits well inside Kubernetes' default 30 s termination grace.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
+/// After a shutdown signal `/readyz` turns 503 at once, but new requests are still served
+/// this long, so load balancers (Kubernetes endpoints) stop routing here before we stop
+/// accepting. 3 s covers typical endpoint propagation.
+pub const DEFAULT_DRAIN_DELAY_MS: u64 = 3_000;
 
 /// The CC-Gateway's documented HTTPS port.
 pub const DEFAULT_GATEWAY_URL: &str = "https://127.0.0.1:8043";
@@ -62,8 +67,12 @@ pub const DEFAULT_POLL_BACKOFF_MAX_MS: u64 = 10_000;
 /// How long `POST /v1/conference` waits for the gateway's RequestSuccess/RequestFailed event
 /// before answering 202 (pending). Conference set-up normally completes in under a second.
 pub const DEFAULT_CONFERENCE_WAIT_MS: u64 = 5_000;
-/// Events kept per agent for the app.
+/// Events kept per agent for the app; an app that reconnects within a few minutes of normal
+/// call-center traffic (a few events a minute) can resume without a gap.
 pub const DEFAULT_EVENT_BUFFER: usize = 256;
+/// An agent whose app has sent nothing this long is signed out at the gateway: 120 s is the
+/// gateway's own MAXTIME, so ccgate's polling never keeps alive an agent nobody uses.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -90,6 +99,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub header_read_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
+    pub drain_delay_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +112,7 @@ impl Default for ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
+            drain_delay_ms: DEFAULT_DRAIN_DELAY_MS,
         }
     }
 }
@@ -199,6 +210,13 @@ pub struct SessionsConfig {
     pub poll_backoff_max_ms: u64,
     pub conference_wait_ms: u64,
     pub event_buffer: usize,
+    /// Sign the agent out after this much silence from its app; 0 never does.
+    pub idle_timeout_ms: u64,
+    /// When the gateway ends a session, sign in again (once) and retry the request (once).
+    /// Off by default: an agent forced out by a supervisor should stay out.
+    pub resume: bool,
+    /// Sign every agent out at the gateway when ccgate shuts down.
+    pub sign_out_on_shutdown: bool,
 }
 
 impl Default for SessionsConfig {
@@ -210,6 +228,9 @@ impl Default for SessionsConfig {
             poll_backoff_max_ms: DEFAULT_POLL_BACKOFF_MAX_MS,
             conference_wait_ms: DEFAULT_CONFERENCE_WAIT_MS,
             event_buffer: DEFAULT_EVENT_BUFFER,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
+            resume: false,
+            sign_out_on_shutdown: true,
         }
     }
 }
@@ -308,6 +329,9 @@ impl Config {
             (_, _, true) => return invalid("server.plaintext", "set either plaintext or tls_cert/tls_key, not both"),
             (None, _, false) => return invalid("server.tls_cert", "required unless server.plaintext = true"),
             (Some(_), None, false) => return invalid("server.tls_key", "required with tls_cert"),
+        }
+        if self.server.drain_delay_ms > self.server.shutdown_grace_ms {
+            return invalid("server.drain_delay_ms", "must not exceed server.shutdown_grace_ms");
         }
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes", "must be greater than 0");

@@ -124,6 +124,8 @@ async fn start_in(dir: &Path, opts: &DemoOptions) -> Result<Demo, String> {
             listen: opts.listen,
             tls_cert: Some(cert_file),
             tls_key: Some(key_file),
+            // Nothing routes to a loopback demo, so there is nothing to drain.
+            drain_delay_ms: 0,
             ..ServerConfig::default()
         },
         admin: AdminConfig { listen: opts.admin_listen },

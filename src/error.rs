@@ -28,7 +28,7 @@ impl From<&Envelope> for GatewayRefusal {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
     /// The bearer token is missing or invalid: get a fresh token from the identity provider.
     #[error("unauthenticated: {}", .0.as_str())]

@@ -27,18 +27,21 @@ pub enum MethodLabel {
     Gateway(GatewayMethod),
     /// `GET /v1/session`, answered from the session store.
     GetSession,
+    /// `GET /v1/events`, served from the session's event buffer.
+    Events,
     /// A path ccgate does not serve.
     Unmatched,
 }
 
 impl MethodLabel {
-    const EXTRA: usize = 2;
+    const EXTRA: usize = 3;
     pub const COUNT: usize = GatewayMethod::COUNT + Self::EXTRA;
 
     pub fn as_str(self) -> &'static str {
         match self {
             MethodLabel::Gateway(m) => m.log_name(),
             MethodLabel::GetSession => "getSession",
+            MethodLabel::Events => "events",
             MethodLabel::Unmatched => "unmatched",
         }
     }
@@ -47,7 +50,8 @@ impl MethodLabel {
         match self {
             MethodLabel::Gateway(m) => m.index(),
             MethodLabel::GetSession => GatewayMethod::COUNT,
-            MethodLabel::Unmatched => GatewayMethod::COUNT + 1,
+            MethodLabel::Events => GatewayMethod::COUNT + 1,
+            MethodLabel::Unmatched => GatewayMethod::COUNT + 2,
         }
     }
 }
@@ -169,6 +173,8 @@ struct Inner {
     signins: IntCounterVec,
     session_losses: IntCounterVec,
     guid_rotations: IntCounter,
+    idle_signouts: IntCounter,
+    events_dropped: IntCounter,
     // Lazily resolved children: a series appears once it has been used.
     req_cells: Vec<OnceLock<IntCounter>>,
     req_dur_cells: Vec<OnceLock<Histogram>>,
@@ -231,6 +237,18 @@ impl Metrics {
         let guid_rotations = IntCounter::new("guid_rotations_total", "Guid changes picked up from Set-GUID.")
             .expect("static metric definition");
         r.register(Box::new(guid_rotations.clone())).expect("metric registered once");
+        let idle_signouts = IntCounter::new(
+            "idle_signouts_total",
+            "Agents signed out because their app was silent for sessions.idle_timeout_ms.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(idle_signouts.clone())).expect("metric registered once");
+        let events_dropped = IntCounter::new(
+            "events_dropped_total",
+            "Gateway events dropped from a full per-agent buffer before an app read them.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(events_dropped.clone())).expect("metric registered once");
         let build_info = IntGaugeVec::new(Opts::new("build_info", "Build information; always 1."), &["version"])
             .expect("static metric definition");
         r.register(Box::new(build_info.clone())).expect("metric registered once");
@@ -251,6 +269,8 @@ impl Metrics {
             signins,
             session_losses,
             guid_rotations,
+            idle_signouts,
+            events_dropped,
             req_cells: (0..MethodLabel::COUNT * Outcome::COUNT).map(|_| OnceLock::new()).collect(),
             req_dur_cells: (0..MethodLabel::COUNT).map(|_| OnceLock::new()).collect(),
             up_dur_cells: (0..GatewayMethod::COUNT).map(|_| OnceLock::new()).collect(),
@@ -305,6 +325,14 @@ impl Metrics {
 
     pub fn count_guid_rotation(&self) {
         self.0.guid_rotations.inc();
+    }
+
+    pub fn count_idle_signout(&self) {
+        self.0.idle_signouts.inc();
+    }
+
+    pub fn count_event_dropped(&self) {
+        self.0.events_dropped.inc();
     }
 
     /// The Prometheus text exposition.

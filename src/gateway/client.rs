@@ -67,7 +67,7 @@ pub struct GatewayReply {
 }
 
 /// Why a gateway round trip failed. Each maps to one HTTP status at the edge.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     /// No connection could be made (refused, unreachable, TLS handshake failed): 503.
     #[error("gateway unreachable: {0}")]

@@ -15,7 +15,7 @@ use crate::config::ms;
 use crate::error::ProxyError;
 use crate::gateway::{GatewayMethod, GatewayRequest};
 use crate::server::body::{self, Body};
-use crate::session::{ConfState, SignInOptions};
+use crate::session::{ConfState, Session, SignInOptions};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +34,38 @@ fn parse_body<T: for<'de> Deserialize<'de> + Default>(b: &Bytes) -> Result<T, Pr
     serde_json::from_slice(b).map_err(|e| ProxyError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
+/// Runs `op` with the agent's session, counting it as app activity. With `sessions.resume`,
+/// a session the gateway ended is replaced by one fresh sign-in, and `op` is retried once with
+/// the new Guid; a Guid the gateway refused is never presented again.
+pub async fn with_session<T, F, Fut>(p: &Proxy, agent: &str, mut op: F) -> Result<T, ProxyError>
+where
+    F: FnMut(Arc<Session>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ProxyError>>,
+{
+    let mut resumed = false;
+    let session = match p.sessions.active(agent) {
+        Err(ProxyError::SessionLost) if p.resume => {
+            resumed = true;
+            resume(p, agent).await?
+        }
+        other => other?,
+    };
+    session.touch();
+    match op(session).await {
+        Err(ProxyError::SessionLost) if p.resume && !resumed => {
+            let session = resume(p, agent).await?;
+            session.touch();
+            op(session).await
+        }
+        other => other,
+    }
+}
+
+async fn resume(p: &Proxy, agent: &str) -> Result<Arc<Session>, ProxyError> {
+    tracing::info!(agent, "gateway session lost; signing in again (sessions.resume)");
+    Ok(p.sessions.sign_in(agent, SignInOptions::default()).await?.0)
+}
+
 pub async fn sign_in(p: &Proxy, who: &Principal, b: Bytes) -> Result<Response<Body>, ProxyError> {
     let req: SignInBody = parse_body(&b)?;
     if let Some(n) = &req.phonenum {
@@ -49,13 +81,21 @@ pub async fn sign_in(p: &Proxy, who: &Principal, b: Bytes) -> Result<Response<Bo
     }
     let opts = SignInOptions { force: req.force, phonenum: req.phonenum, status: req.status };
     let (session, created) = p.sessions.sign_in(&who.agent_id, opts).await?;
+    session.touch();
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(body::json(status, &session.view()))
 }
 
 pub async fn get_session(p: &Proxy, who: &Principal) -> Result<Response<Body>, ProxyError> {
     let session = p.sessions.active(&who.agent_id)?;
+    session.touch();
     Ok(body::json(StatusCode::OK, &session.view()))
+}
+
+pub async fn events(p: &Proxy, who: &Principal, headers: &http::HeaderMap) -> Result<Response<Body>, ProxyError> {
+    let session = p.sessions.active(&who.agent_id)?;
+    session.touch();
+    super::events::subscribe(session, headers, p.shutdown.clone())
 }
 
 pub async fn sign_out(p: &Proxy, who: &Principal) -> Result<Response<Body>, ProxyError> {
@@ -80,7 +120,10 @@ pub async fn create_conference(p: &Proxy, who: &Principal, b: Bytes) -> Result<R
         Some(1..=120) => {}
         _ => return Err(ProxyError::BadRequest("memberNum must be an integer in 1..120".into())),
     }
-    let session = p.sessions.active(&who.agent_id)?;
+    with_session(p, &who.agent_id, |session| request_conference(p, session, b.clone())).await
+}
+
+async fn request_conference(p: &Proxy, session: Arc<Session>, b: Bytes) -> Result<Response<Body>, ProxyError> {
     let before = session.conf();
     let mut changes = session.watch_conf();
     session.set_conf(ConfState::Requested);
@@ -89,7 +132,7 @@ pub async fn create_conference(p: &Proxy, who: &Principal, b: Bytes) -> Result<R
         .client
         .call(GatewayRequest {
             method: GatewayMethod::RequestAgentConf,
-            agent: &who.agent_id,
+            agent: &session.agent_id,
             auth: Some(&auth),
             body: Some(b),
             timeout: None,
@@ -126,20 +169,22 @@ pub async fn create_conference(p: &Proxy, who: &Principal, b: Bytes) -> Result<R
 }
 
 /// `stopVoiceToConf`: chair only, checked locally first.
-pub async fn stop_announcement(p: &Arc<Proxy>, who: &Principal) -> Result<Response<Body>, ProxyError> {
-    let session = p.sessions.active(&who.agent_id)?;
-    check_chair(session.conf(), p.on_unknown_chair)?;
-    let auth = session.auth();
-    let reply = p
-        .client
-        .call(GatewayRequest {
-            method: GatewayMethod::StopVoiceToConf,
-            agent: &who.agent_id,
-            auth: Some(&auth),
-            body: None,
-            timeout: None,
-        })
-        .await?;
-    session.check(&reply)?;
-    Ok(body::json(StatusCode::OK, &json!({"stopped": true})))
+pub async fn stop_announcement(p: &Proxy, who: &Principal) -> Result<Response<Body>, ProxyError> {
+    with_session(p, &who.agent_id, |session| async move {
+        check_chair(session.conf(), p.on_unknown_chair)?;
+        let auth = session.auth();
+        let reply = p
+            .client
+            .call(GatewayRequest {
+                method: GatewayMethod::StopVoiceToConf,
+                agent: &session.agent_id,
+                auth: Some(&auth),
+                body: None,
+                timeout: None,
+            })
+            .await?;
+        session.check(&reply)?;
+        Ok(body::json(StatusCode::OK, &json!({"stopped": true})))
+    })
+    .await
 }

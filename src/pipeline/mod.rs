@@ -7,6 +7,7 @@
 //! into the response, the metric outcome and the log line.
 
 pub mod auth;
+pub mod events;
 pub mod facade;
 pub mod policy;
 pub mod route;
@@ -36,6 +37,10 @@ pub struct Proxy {
     pub metrics: Metrics,
     pub max_body_bytes: usize,
     pub on_unknown_chair: UnknownChair,
+    /// `sessions.resume`: sign in again once when the gateway ends a session.
+    pub resume: bool,
+    /// Ends event streams when the process shuts down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Handler for Proxy {
@@ -111,6 +116,7 @@ impl Proxy {
             Route::SignOut => facade::sign_out(self, who).await,
             Route::CreateConference => facade::create_conference(self, who, self.read_body(req).await?).await,
             Route::StopAnnouncement => facade::stop_announcement(self, who).await,
+            Route::Events => facade::events(self, who, req.headers()).await,
         }
     }
 

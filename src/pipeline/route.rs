@@ -14,6 +14,7 @@ pub enum Route {
     SignOut,
     CreateConference,
     StopAnnouncement,
+    Events,
 }
 
 impl Route {
@@ -25,6 +26,7 @@ impl Route {
             Route::SignOut => MethodLabel::Gateway(GatewayMethod::Logout),
             Route::CreateConference => MethodLabel::Gateway(GatewayMethod::RequestAgentConf),
             Route::StopAnnouncement => MethodLabel::Gateway(GatewayMethod::StopVoiceToConf),
+            Route::Events => MethodLabel::Events,
         }
     }
 }
@@ -44,6 +46,10 @@ pub fn match_route(method: &Method, path: &str) -> Result<Route, ProxyError> {
         "/v1/conference/announcement/stop" => match *method {
             Method::POST => Ok(Route::StopAnnouncement),
             _ => Err(ProxyError::MethodNotAllowed("POST")),
+        },
+        "/v1/events" => match *method {
+            Method::GET => Ok(Route::Events),
+            _ => Err(ProxyError::MethodNotAllowed("GET")),
         },
         _ => Err(ProxyError::NotFound),
     }

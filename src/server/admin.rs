@@ -48,6 +48,19 @@ impl Readiness {
         self.changed.notify_waiters();
     }
 
+    /// Resolves once shutdown has begun.
+    pub async fn wait_shutting_down(&self) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.shutting_down.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Resolves once `is_ready()` holds.
     pub async fn wait_ready(&self) {
         loop {

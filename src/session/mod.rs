@@ -1,13 +1,14 @@
 //! Agent gateway sessions: the store, sign-in/sign-out (one at a time per agent), the Guid and
-//! cookies, the conference state, and the poller that keeps it all current.
+//! cookies, the conference state, the event buffer, and the poller that keeps it all current.
 
 pub mod conference;
 pub mod credentials;
+pub mod events;
 mod poller;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -15,45 +16,51 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::{ms, SessionsConfig};
 use crate::error::ProxyError;
 use crate::gateway::client::{merge_cookies, session_auth};
-use crate::gateway::{retcode, Envelope, GatewayClient, GatewayMethod, GatewayReply, GatewayRequest, SessionAuth};
+use crate::gateway::{retcode, GatewayClient, GatewayMethod, GatewayReply, GatewayRequest, SessionAuth, UpstreamError};
 use crate::metrics::{LossReason, Metrics, SessionState, SigninResult};
 pub use conference::ConfState;
 pub use credentials::{AgentCredentials, CredentialStore};
+use events::EventBuffer;
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The gateway refused its Guid or sent `AgentOther_ShutdownService`.
+    Lost(LossReason),
+    /// Signed out: by the app, for idleness, or at shutdown.
+    SignedOut,
+}
 
 /// One agent's gateway session.
 pub struct Session {
     pub agent_id: String,
     /// Guid and cookies; swapped whole on rotation so readers never lock.
     auth: ArcSwap<SessionAuth>,
-    /// Raw cookie pairs, to merge new `Set-Cookie`s by name (rare; guarded by a plain mutex
-    /// never held across an await).
-    cookies: Mutex<Vec<String>>,
-    guid: Mutex<String>,
+    /// Guid and raw cookie pairs, to detect changes and merge new `Set-Cookie`s by name.
+    /// A plain mutex, never held across an await.
+    raw: Mutex<(String, Vec<String>)>,
     conf: watch::Sender<ConfState>,
-    lost: AtomicBool,
+    ended: watch::Sender<Option<Ended>>,
+    pub events: EventBuffer,
+    /// Milliseconds since `born` of the app's last request.
+    last_activity: AtomicU64,
+    born: Instant,
     poller: Mutex<Option<JoinHandle<()>>>,
     metrics: Metrics,
 }
 
-impl Session {
-    fn new(agent_id: String, guid: String, cookies: Vec<String>, conf: ConfState, metrics: Metrics) -> Option<Self> {
-        let auth = session_auth(&guid, &cookies)?;
-        Some(Self {
-            agent_id,
-            auth: ArcSwap::from_pointee(auth),
-            cookies: Mutex::new(cookies),
-            guid: Mutex::new(guid),
-            conf: watch::channel(conf).0,
-            lost: AtomicBool::new(false),
-            poller: Mutex::new(None),
-            metrics,
-        })
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every critical section here is a few assignments that cannot leave data half-written,
+    // so a poisoned lock (a panic elsewhere while holding it) is safe to keep using.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
+impl Session {
     /// The credentials to present on the next gateway call.
     pub fn auth(&self) -> Arc<SessionAuth> {
         self.auth.load_full()
@@ -72,7 +79,31 @@ impl Session {
     }
 
     pub fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::Acquire)
+        matches!(*self.ended.borrow(), Some(Ended::Lost(_)))
+    }
+
+    pub fn ended(&self) -> Option<Ended> {
+        *self.ended.borrow()
+    }
+
+    /// Resolves when the session ends, with why.
+    pub async fn wait_ended(&self) -> Ended {
+        let mut rx = self.ended.subscribe();
+        let ended = match rx.wait_for(Option::is_some).await {
+            Ok(v) => *v,
+            Err(_) => None,
+        };
+        ended.unwrap_or(Ended::SignedOut)
+    }
+
+    /// Records app activity (idle sign-out counts from the last one).
+    pub fn touch(&self) {
+        let since = Instant::now().saturating_duration_since(self.born).as_millis() as u64;
+        self.last_activity.fetch_max(since, Ordering::Relaxed);
+    }
+
+    fn last_activity(&self) -> Instant {
+        self.born + Duration::from_millis(self.last_activity.load(Ordering::Relaxed))
     }
 
     /// Takes a new Guid and cookies from any gateway answer. Every `Set-GUID` counts, in static
@@ -81,25 +112,25 @@ impl Session {
         if reply.set_guid.is_none() && reply.cookies.is_empty() {
             return;
         }
-        let mut guid = lock(&self.guid);
-        let mut cookies = lock(&self.cookies);
+        let mut raw = lock(&self.raw);
+        let (guid, cookies) = &mut *raw;
         let mut changed = false;
         if let Some(new) = &reply.set_guid {
-            if *new != *guid {
+            if new != guid {
                 *guid = new.clone();
                 changed = true;
                 self.metrics.count_guid_rotation();
             }
         }
         if !reply.cookies.is_empty() {
-            let merged = merge_cookies(&cookies, &reply.cookies);
+            let merged = merge_cookies(cookies, &reply.cookies);
             if merged != *cookies {
                 *cookies = merged;
                 changed = true;
             }
         }
         if changed {
-            match session_auth(&guid, &cookies) {
+            match session_auth(guid, cookies) {
                 Some(a) => self.auth.store(Arc::new(a)),
                 None => {
                     tracing::warn!(agent = %self.agent_id, "gateway sent a Guid or cookie that is not a valid header value; kept the old one")
@@ -108,17 +139,34 @@ impl Session {
         }
     }
 
+    /// Ends the session once; later calls change nothing. Returns whether this call did it.
+    /// The one place the `sessions` gauge leaves `active` (and enters `lost`).
+    fn end(&self, why: Ended) -> bool {
+        let mut first = false;
+        self.ended.send_if_modified(|v| {
+            if v.is_none() {
+                *v = Some(why);
+                first = true;
+            }
+            first
+        });
+        if first {
+            self.stop_poller();
+            self.metrics.sessions_gauge(SessionState::Active).dec();
+            if matches!(why, Ended::Lost(_)) {
+                self.metrics.sessions_gauge(SessionState::Lost).inc();
+            }
+        }
+        first
+    }
+
     /// Marks the session lost (the gateway refused its Guid or ended it) and stops polling.
-    /// Returns whether this call did it (only the first one counts).
     pub fn mark_lost(&self, reason: LossReason) -> bool {
-        if self.lost.swap(true, Ordering::AcqRel) {
+        if !self.end(Ended::Lost(reason)) {
             return false;
         }
         tracing::warn!(agent = %self.agent_id, reason = reason.as_str(), "gateway session lost");
         self.metrics.count_session_loss(reason);
-        self.metrics.sessions_gauge(SessionState::Active).dec();
-        self.metrics.sessions_gauge(SessionState::Lost).inc();
-        self.stop_poller();
         true
     }
 
@@ -129,7 +177,7 @@ impl Session {
     }
 
     /// Checks a gateway answer: absorbs Guid/cookies, marks the session lost on a refused
-    /// Guid, and turns a refusal into the fitting error.
+    /// Guid, and turns a refusal into the fitting error. A refused Guid is never retried.
     pub fn check(&self, reply: &GatewayReply) -> Result<(), ProxyError> {
         self.absorb(reply);
         let env = &reply.envelope;
@@ -148,7 +196,7 @@ impl Session {
         let conf = self.conf();
         json!({
             "agentId": self.agent_id,
-            "signedIn": !self.is_lost(),
+            "signedIn": self.ended().is_none(),
             "conference": conf,
             "confId": conf.conf_id(),
             "chairperson": match conf {
@@ -160,17 +208,16 @@ impl Session {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these short critical sections cannot leave the data
-    // half-written (each is a single assignment), so poisoning is safe to ignore.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// The outcome of one sign-in, shared by everyone who waited for it.
+type Flight = watch::Receiver<Option<Result<(Arc<Session>, bool), ProxyError>>>;
 
-/// Per-agent slot: the operation lock makes sign-in and sign-out single-flight.
+/// Per-agent slot. `op` makes sign-in and sign-out mutually exclusive; `flight` lets
+/// concurrent callers join the sign-in in progress instead of starting their own.
 #[derive(Default)]
 struct Slot {
     op: tokio::sync::Mutex<()>,
     session: ArcSwapOption<Session>,
+    flight: Mutex<Option<Flight>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -189,11 +236,21 @@ pub struct SessionStore {
     creds: CredentialStore,
     cfg: SessionsConfig,
     metrics: Metrics,
+    event_ids: Arc<AtomicU64>,
+    me: Weak<SessionStore>,
 }
 
 impl SessionStore {
-    pub fn new(client: GatewayClient, creds: CredentialStore, cfg: SessionsConfig, metrics: Metrics) -> Self {
-        Self { slots: Mutex::new(HashMap::new()), client, creds, cfg, metrics }
+    pub fn new(client: GatewayClient, creds: CredentialStore, cfg: SessionsConfig, metrics: Metrics) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            slots: Mutex::new(HashMap::new()),
+            client,
+            creds,
+            cfg,
+            metrics,
+            event_ids: Arc::new(AtomicU64::new(0)),
+            me: me.clone(),
+        })
     }
 
     fn slot(&self, agent: &str) -> Arc<Slot> {
@@ -204,35 +261,84 @@ impl SessionStore {
         lock(&self.slots).get(agent).cloned()
     }
 
-    /// The agent's live session, or why there is none. A lost session is reported once as
-    /// `SessionLost` and then forgotten, so the next sign-in starts clean.
+    /// The agent's live session, or why there is none. A lost session keeps answering
+    /// `SessionLost` ("sign in again") until the app signs in again or signs out.
     pub fn active(&self, agent: &str) -> Result<Arc<Session>, ProxyError> {
         let slot = self.existing_slot(agent).ok_or(ProxyError::NoSession)?;
         let session = slot.session.load_full().ok_or(ProxyError::NoSession)?;
-        if session.is_lost() {
-            if slot.session.compare_and_swap(&Some(session.clone()), None).is_some() {
-                self.metrics.sessions_gauge(SessionState::Lost).dec();
-            }
-            return Err(ProxyError::SessionLost);
+        match session.ended() {
+            None => Ok(session),
+            Some(Ended::Lost(_)) => Err(ProxyError::SessionLost),
+            Some(Ended::SignedOut) => Err(ProxyError::NoSession),
         }
-        Ok(session)
     }
 
-    /// Signs the agent in, or returns its existing session. Returns `(session, created)`.
-    /// Concurrent callers for one agent wait for the one sign-in in flight and share it.
-    pub async fn sign_in(
-        self: &Arc<Self>,
-        agent: &str,
-        opts: SignInOptions,
-    ) -> Result<(Arc<Session>, bool), ProxyError> {
+    /// Removes `session` from `slot` if it is still there. Returns whether it was. The one
+    /// place a lost session leaves the `lost` gauge: whoever removes it.
+    fn forget(&self, slot: &Slot, session: &Arc<Session>) -> bool {
+        let prev = slot.session.compare_and_swap(&Some(session.clone()), None::<Arc<Session>>);
+        let removed = prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, session));
+        if removed && session.is_lost() {
+            self.metrics.sessions_gauge(SessionState::Lost).dec();
+        }
+        removed
+    }
+
+    /// Signs the agent in, or returns its live session. Returns `(session, created)`.
+    /// Concurrent callers for one agent share one sign-in and its result, success or failure.
+    /// The sign-in runs in its own task, so a caller that gives up does not abandon it.
+    pub async fn sign_in(&self, agent: &str, opts: SignInOptions) -> Result<(Arc<Session>, bool), ProxyError> {
         let slot = self.slot(agent);
-        let _op = slot.op.lock().await;
         if let Some(s) = slot.session.load_full() {
-            if !s.is_lost() {
+            if s.ended().is_none() {
                 return Ok((s, false));
             }
-            slot.session.store(None);
-            self.metrics.sessions_gauge(SessionState::Lost).dec();
+        }
+        let (mut rx, led) = {
+            let mut flight = lock(&slot.flight);
+            match &*flight {
+                Some(rx) => (rx.clone(), false),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    *flight = Some(rx.clone());
+                    let store =
+                        self.me.upgrade().ok_or_else(|| ProxyError::Internal("session store dropped".into()))?;
+                    let (agent, slot) = (agent.to_owned(), slot.clone());
+                    tokio::spawn(async move {
+                        let result = store.lead_sign_in(&agent, &slot, opts).await;
+                        *lock(&slot.flight) = None;
+                        tx.send_replace(Some(result));
+                    });
+                    (rx, true)
+                }
+            }
+        };
+        let shared = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| ProxyError::Internal("sign-in task ended without a result".into()))?
+            .clone();
+        match shared {
+            Some(Ok((s, created))) => Ok((s, created && led)),
+            Some(Err(e)) => Err(e),
+            None => Err(ProxyError::Internal("sign-in result missing".into())),
+        }
+    }
+
+    async fn lead_sign_in(
+        &self,
+        agent: &str,
+        slot: &Slot,
+        opts: SignInOptions,
+    ) -> Result<(Arc<Session>, bool), ProxyError> {
+        let _op = slot.op.lock().await;
+        if let Some(s) = slot.session.load_full() {
+            match s.ended() {
+                None => return Ok((s, false)),
+                Some(_) => {
+                    self.forget(slot, &s);
+                }
+            }
         }
         let Some(creds) = self.creds.get(agent) else {
             self.metrics.count_signin(SigninResult::NoCredentials);
@@ -246,51 +352,34 @@ impl SessionStore {
             body["status"] = json!(status);
         }
         let method = if opts.force { GatewayMethod::ForceLogin } else { GatewayMethod::Login };
-        let reply = match self
-            .client
-            .call(GatewayRequest {
-                method,
-                agent,
-                auth: None,
-                body: Some(Bytes::from(body.to_string())),
-                timeout: None,
-            })
-            .await
-        {
+        let request =
+            GatewayRequest { method, agent, auth: None, body: Some(Bytes::from(body.to_string())), timeout: None };
+        let reply = match self.client.call(request).await {
             Ok(r) => r,
             Err(e) => {
                 self.metrics.count_signin(SigninResult::UpstreamError);
                 return Err(e.into());
             }
         };
-        let env: &Envelope = &reply.envelope;
+        let env = &reply.envelope;
         if !env.is_success() {
-            self.metrics.count_signin(match env.retcode.as_str() {
-                retcode::ALREADY_SIGNED_IN => SigninResult::AlreadySignedIn,
-                _ => SigninResult::Rejected,
-            });
-            return Err(match env.retcode.as_str() {
-                retcode::ALREADY_SIGNED_IN => ProxyError::AlreadySignedIn,
-                _ => ProxyError::from_gateway(env),
-            });
+            let already = env.retcode == retcode::ALREADY_SIGNED_IN;
+            self.metrics.count_signin(if already { SigninResult::AlreadySignedIn } else { SigninResult::Rejected });
+            return Err(if already { ProxyError::AlreadySignedIn } else { ProxyError::from_gateway(env) });
         }
-        let Some(guid) = reply.set_guid.clone() else {
-            self.metrics.count_signin(SigninResult::UpstreamError);
-            return Err(ProxyError::Upstream(crate::gateway::UpstreamError::Malformed(
-                "sign-in succeeded without a Set-GUID header".into(),
-            )));
-        };
-        // A fresh sign-in starts with no conference; a takeover may have inherited one whose
-        // events ccgate never saw.
+        // A fresh sign-in starts with no conference; a takeover may inherit one whose events
+        // ccgate never saw.
         let conf = if opts.force { ConfState::Unknown } else { ConfState::None };
-        let session = Session::new(agent.to_owned(), guid, reply.cookies.clone(), conf, self.metrics.clone())
-            .map(Arc::new)
+        let session = reply
+            .set_guid
+            .as_deref()
+            .and_then(|guid| self.new_session(agent, guid, reply.cookies.clone(), conf))
             .ok_or_else(|| {
-                ProxyError::Upstream(crate::gateway::UpstreamError::Malformed(
-                    "Guid is not a valid header value".into(),
-                ))
+                self.metrics.count_signin(SigninResult::UpstreamError);
+                ProxyError::Upstream(UpstreamError::Malformed("sign-in succeeded without a usable Set-GUID".into()))
             })?;
-        let handle = tokio::spawn(poller::run(session.clone(), self.client.clone(), self.poller_settings()));
+        let handle =
+            tokio::spawn(poller::run(session.clone(), self.me.clone(), self.client.clone(), self.poller_settings()));
         *lock(&session.poller) = Some(handle);
         slot.session.store(Some(session.clone()));
         self.metrics.count_signin(SigninResult::Ok);
@@ -299,35 +388,111 @@ impl SessionStore {
         Ok((session, true))
     }
 
+    fn new_session(&self, agent: &str, guid: &str, cookies: Vec<String>, conf: ConfState) -> Option<Arc<Session>> {
+        let auth = session_auth(guid, &cookies)?;
+        Some(Arc::new(Session {
+            agent_id: agent.to_owned(),
+            auth: ArcSwap::from_pointee(auth),
+            raw: Mutex::new((guid.to_owned(), cookies)),
+            conf: watch::channel(conf).0,
+            ended: watch::channel(None).0,
+            events: EventBuffer::new(self.event_ids.clone(), self.cfg.event_buffer),
+            last_activity: AtomicU64::new(0),
+            born: Instant::now(),
+            poller: Mutex::new(None),
+            metrics: self.metrics.clone(),
+        }))
+    }
+
     /// Signs the agent out at the gateway and forgets the session. The local session ends
-    /// even when the gateway cannot be told (it signs the silent agent out after MAXTIME);
-    /// the error is still returned so the app knows.
+    /// even when the gateway cannot be told (it signs a silent agent out after MAXTIME); the
+    /// error is still returned so the app knows.
     pub async fn sign_out(&self, agent: &str) -> Result<(), ProxyError> {
         let slot = self.existing_slot(agent).ok_or(ProxyError::NoSession)?;
         let _op = slot.op.lock().await;
-        let session = slot.session.swap(None).ok_or(ProxyError::NoSession)?;
+        let session = slot.session.load_full().ok_or(ProxyError::NoSession)?;
+        self.sign_out_locked(&slot, &session).await
+    }
+
+    /// With the slot's op lock held: ends `session` at the gateway and locally. New requests
+    /// see no session at once; the poller stops before the logout so no poll races it; the
+    /// session counts as ended (`wait_ended`) only once the gateway was told.
+    async fn sign_out_locked(&self, slot: &Slot, session: &Arc<Session>) -> Result<(), ProxyError> {
+        // Take it out of the slot first; a lost one leaves the `lost` gauge here.
+        self.forget(slot, session);
         session.stop_poller();
-        if session.is_lost() {
-            self.metrics.sessions_gauge(SessionState::Lost).dec();
+        if session.ended().is_some() {
             return Ok(());
         }
-        self.metrics.sessions_gauge(SessionState::Active).dec();
         let auth = session.auth();
-        let reply = self
-            .client
-            .call(GatewayRequest { method: GatewayMethod::Logout, agent, auth: Some(&auth), body: None, timeout: None })
-            .await?;
-        let code = reply.envelope.retcode.as_str();
-        // Already gone at the gateway: the goal is reached.
-        if reply.envelope.is_success() || retcode::session_gone(code) || code == "100-008" {
-            tracing::info!(agent, "agent signed out");
-            Ok(())
-        } else {
-            Err(ProxyError::from_gateway(&reply.envelope))
+        let agent = session.agent_id.as_str();
+        let request =
+            GatewayRequest { method: GatewayMethod::Logout, agent, auth: Some(&auth), body: None, timeout: None };
+        let result = match self.client.call(request).await {
+            Err(e) => Err(e.into()),
+            Ok(reply) => {
+                let code = reply.envelope.retcode.as_str();
+                // Already gone at the gateway: the goal is reached.
+                if reply.envelope.is_success() || retcode::session_gone(code) || code == "100-008" {
+                    tracing::info!(agent, "agent signed out");
+                    Ok(())
+                } else {
+                    Err(ProxyError::from_gateway(&reply.envelope))
+                }
+            }
+        };
+        if !session.end(Ended::SignedOut) && session.is_lost() {
+            // Lost while the logout was in flight, after it had left the slot.
+            self.metrics.sessions_gauge(SessionState::Lost).dec();
+        }
+        result
+    }
+
+    /// Idle sign-out, started by the session's poller: only if `session` is still the
+    /// agent's current one.
+    async fn sign_out_idle(&self, session: Arc<Session>) {
+        let Some(slot) = self.existing_slot(&session.agent_id) else { return };
+        let _op = slot.op.lock().await;
+        let current = slot.session.load_full();
+        if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &session)) {
+            return;
+        }
+        tracing::info!(agent = %session.agent_id, "signing out an agent whose app has been idle");
+        self.metrics.count_idle_signout();
+        if let Err(e) = self.sign_out_locked(&slot, &session).await {
+            tracing::warn!(agent = %session.agent_id, error = %e, "idle sign-out: the gateway was not told");
         }
     }
 
-    /// Stops every poller (process shutdown).
+    /// Stops every poller and, if configured, signs every agent out (process shutdown).
+    pub async fn shutdown(&self) {
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
+        for slot in &slots {
+            if let Some(s) = slot.session.load_full() {
+                s.stop_poller();
+            }
+        }
+        if !self.cfg.sign_out_on_shutdown {
+            return;
+        }
+        let mut tasks = Vec::new();
+        for slot in slots {
+            let Some(me) = self.me.upgrade() else { return };
+            tasks.push(tokio::spawn(async move {
+                let _op = slot.op.lock().await;
+                if let Some(s) = slot.session.load_full() {
+                    if let Err(e) = me.sign_out_locked(&slot, &s).await {
+                        tracing::warn!(agent = %s.agent_id, error = %e, "sign-out at shutdown failed");
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Stops every poller without signing anyone out.
     pub fn stop_all(&self) {
         for slot in lock(&self.slots).values() {
             if let Some(s) = slot.session.load_full() {
@@ -350,6 +515,7 @@ impl SessionStore {
             pause: ms(self.cfg.poll_pause_ms),
             backoff: ms(self.cfg.poll_backoff_ms),
             backoff_max: ms(self.cfg.poll_backoff_max_ms).max(Duration::from_millis(1)),
+            idle: (self.cfg.idle_timeout_ms > 0).then(|| ms(self.cfg.idle_timeout_ms)),
         }
     }
 }

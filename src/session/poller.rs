@@ -1,13 +1,17 @@
 //! One task per signed-in agent: long-polls the gateway's event queue. Polling is the
 //! gateway's heartbeat, the carrier of rotated Guids (`Set-GUID`), and the only source of
-//! conference state, so ccgate must be the agent's only poller.
+//! conference state, so ccgate must be the agent's only poller. The same task notices when
+//! the agent's app has gone quiet and has the agent signed out.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
+use tokio::time::Instant;
+
 use super::conference::{apply_event, EventEffect};
-use super::Session;
-use crate::gateway::{retcode, GatewayClient, GatewayMethod, GatewayRequest};
+use super::{Session, SessionStore};
+use crate::gateway::{retcode, GatewayClient, GatewayMethod, GatewayReply, GatewayRequest, UpstreamError};
 use crate::metrics::LossReason;
 
 #[derive(Debug, Clone, Copy)]
@@ -19,25 +23,47 @@ pub(super) struct Settings {
     /// First back-off after a failure, doubled up to `backoff_max`.
     pub backoff: Duration,
     pub backoff_max: Duration,
+    /// Sign out after this much app silence.
+    pub idle: Option<Duration>,
 }
 
-pub(super) async fn run(session: Arc<Session>, client: GatewayClient, s: Settings) {
+enum Step {
+    Polled(Result<GatewayReply, UpstreamError>),
+    Idle,
+}
+
+pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, client: GatewayClient, s: Settings) {
     let agent = session.agent_id.clone();
     let mut backoff = s.backoff;
     loop {
+        let idle_at = s.idle.map(|d| session.last_activity() + d);
         let auth = session.auth();
-        let result = client
-            .call(GatewayRequest {
-                method: GatewayMethod::GetAgentEvent,
-                agent: &agent,
-                auth: Some(&auth),
-                body: None,
-                timeout: Some(s.timeout),
-            })
-            .await;
-        let reply = match result {
-            Ok(r) => r,
-            Err(e) => {
+        let poll = client.call(GatewayRequest {
+            method: GatewayMethod::GetAgentEvent,
+            agent: &agent,
+            auth: Some(&auth),
+            body: None,
+            timeout: Some(s.timeout),
+        });
+        let step = match idle_at {
+            Some(at) => tokio::select! {
+                r = poll => Step::Polled(r),
+                _ = tokio::time::sleep_until(at) => Step::Idle,
+            },
+            None => Step::Polled(poll.await),
+        };
+        // Activity may have come in while we waited: re-check before acting on idleness.
+        let reply = match step {
+            Step::Idle if s.idle.is_some_and(|d| Instant::now() >= session.last_activity() + d) => {
+                if let Some(store) = store.upgrade() {
+                    // Signing out stops this task, so it runs in its own.
+                    tokio::spawn(async move { store.sign_out_idle(session).await });
+                }
+                return;
+            }
+            Step::Idle => continue,
+            Step::Polled(Ok(r)) => r,
+            Step::Polled(Err(e)) => {
                 tracing::warn!(agent = %agent, error = %e, backoff_ms = backoff.as_millis() as u64, "event poll failed");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(s.backoff_max);
@@ -58,8 +84,11 @@ pub(super) async fn run(session: Arc<Session>, client: GatewayClient, s: Setting
         }
         backoff = s.backoff;
         if let Some(event) = env.event.as_ref().filter(|e| !e.is_null()) {
-            let kind = event.get("eventType").and_then(|v| v.as_str()).unwrap_or("?");
+            let kind = event.get("eventType").and_then(|v| v.as_str()).unwrap_or("unknown");
             tracing::debug!(agent = %agent, event = kind, "gateway event");
+            if session.events.push(kind, Bytes::from(event.to_string())) {
+                session.metrics.count_event_dropped();
+            }
             let (next, effect) = apply_event(session.conf(), &agent, event);
             session.set_conf(next);
             if effect == EventEffect::SessionEnded {

@@ -74,6 +74,8 @@ pub struct Faults {
     /// Fail the operation with retcode 100-007, `message: "Unknown ERROR._<n>"` and
     /// `result: {"errorReason": n}`, as the routing layer's causes come through.
     pub error_reason: Option<i64>,
+    /// Fail the operation with this retcode (e.g. "000-003", "105-005") after the Guid check.
+    pub retcode: Option<String>,
     /// Log names the faults apply to (`stopVoiceToConf`); empty means every method.
     pub methods: Vec<String>,
 }
@@ -130,6 +132,17 @@ impl Default for SimConfig {
             faults: Faults::default(),
         }
     }
+}
+
+/// What one request asks, after transport-level faults were applied.
+struct Call<'a> {
+    method: GatewayMethod,
+    agent: &'a str,
+    guid: Option<&'a str>,
+    cookie: Option<&'a str>,
+    body: &'a Bytes,
+    error_reason: Option<i64>,
+    forced_retcode: Option<String>,
 }
 
 /// One request as the simulator saw it.
@@ -232,6 +245,28 @@ impl Sim {
         answer.body.get("retcode").and_then(Value::as_str).unwrap_or_default().to_owned()
     }
 
+    /// Ends `agent`'s conference as `releaseagentconf` would (chair only). Returns the retcode.
+    pub fn release_conference(&self, agent: &str) -> String {
+        let mut st = lock(&self.0.state);
+        let a = match st.chair_conf(agent) {
+            Ok(id) => st.release_conf(id),
+            Err(a) => a,
+        };
+        a.body.get("retcode").and_then(Value::as_str).unwrap_or_default().to_owned()
+    }
+
+    /// `agent` leaves its conference as `requestleaveagentconf` would. Returns the retcode.
+    pub fn leave_conference(&self, agent: &str) -> String {
+        let a = lock(&self.0.state).leave(agent);
+        a.body.get("retcode").and_then(Value::as_str).unwrap_or_default().to_owned()
+    }
+
+    /// Queues an event for `agent` (e.g. to fill an app's buffer).
+    pub fn push_event(&self, agent: &str, kind: &str, content: Value) {
+        let mut st = lock(&self.0.state);
+        st.push_event(agent, event(agent, kind, content));
+    }
+
     /// Signs an agent out as an administrator would (forced, no event).
     pub fn kick(&self, agent: &str) {
         lock(&self.0.state).remove_agent(agent);
@@ -282,30 +317,33 @@ impl Sim {
         if parse_agent_id(&agent).is_none() {
             return envelope(Answer::err(retcode::BAD_PARAMETER, "invalid agentid"));
         }
-        let error_reason = faults.error_reason.filter(|_| faulty);
-        let answer = self.operate(method, &agent, guid.as_deref(), cookie.as_deref(), &body, error_reason).await;
-        envelope(answer)
+        let call = Call {
+            method,
+            agent: &agent,
+            guid: guid.as_deref(),
+            cookie: cookie.as_deref(),
+            body: &body,
+            error_reason: faults.error_reason.filter(|_| faulty),
+            forced_retcode: faults.retcode.clone().filter(|_| faulty),
+        };
+        envelope(self.operate(call).await)
     }
 
-    async fn operate(
-        &self,
-        method: GatewayMethod,
-        agent: &str,
-        guid: Option<&str>,
-        cookie: Option<&str>,
-        body: &Bytes,
-        error_reason: Option<i64>,
-    ) -> Answer {
+    async fn operate(&self, call: Call<'_>) -> Answer {
+        let Call { method, agent, guid, cookie, body, error_reason, forced_retcode } = call;
         let cfg = &self.0.cfg;
         match method {
             GatewayMethod::Login | GatewayMethod::ForceLogin => return self.sign_in(method, agent, body),
-            GatewayMethod::GetAgentEvent => return self.poll(agent, guid, cookie).await,
+            GatewayMethod::GetAgentEvent if forced_retcode.is_none() => return self.poll(agent, guid, cookie).await,
             _ => {}
         }
         let now = Instant::now();
         let mut st = lock(&self.0.state);
         if let GuidCheck::Refused(a) = st.check_guid(cfg, agent, guid, cookie, now) {
             return a;
+        }
+        if let Some(code) = forced_retcode {
+            return Answer::err(&code, "injected failure");
         }
         if let Some(n) = error_reason {
             return Answer {
@@ -441,11 +479,7 @@ impl Sim {
             let mut st = lock(&self.0.state);
             if let Some(g) = guid {
                 if let Some(login_time) = st.ghosts.remove(g) {
-                    return Answer {
-                        body: json!({"message": "", "retcode": "0", "event": event(agent, "AgentOther_ShutdownService", json!({"loginTime": login_time}))}),
-                        set_guid: None,
-                        set_cookie: None,
-                    };
+                    return shutdown_event(agent, login_time);
                 }
             }
             if let GuidCheck::Refused(a) = st.check_guid(cfg, agent, guid, cookie, Instant::now()) {
@@ -460,6 +494,10 @@ impl Sim {
             {
                 let mut st = lock(&self.0.state);
                 let now = Instant::now();
+                // Taken over while this poll waited: the holder learns it from this poll.
+                if let Some(login_time) = guid.and_then(|g| st.ghosts.remove(g)) {
+                    return shutdown_event(agent, login_time);
+                }
                 let Some(a) = st.agents.get_mut(agent) else {
                     return Answer::err(retcode::NOT_SIGNED_IN, "agent not signed in");
                 };
@@ -481,6 +519,14 @@ impl Sim {
             }
             let _ = tokio::time::timeout_at(deadline, notify.notified()).await;
         }
+    }
+}
+
+fn shutdown_event(agent: &str, login_time: u64) -> Answer {
+    Answer {
+        body: json!({"message": "", "retcode": "0", "event": event(agent, "AgentOther_ShutdownService", json!({"loginTime": login_time}))}),
+        set_guid: None,
+        set_cookie: None,
     }
 }
 

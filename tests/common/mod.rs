@@ -151,6 +151,8 @@ impl Harness {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 tls_cert: Some(cert),
                 tls_key: Some(key),
+                // Tests stop many proxies; only the shutdown test wants a drain delay.
+                drain_delay_ms: 0,
                 ..ServerConfig::default()
             },
             admin: AdminConfig { listen: "127.0.0.1:0".parse().unwrap() },
@@ -267,6 +269,80 @@ impl Harness {
             let _ = s.task.await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Server-Sent Events stream being read.
+pub struct Sse {
+    body: hyper::body::Incoming,
+    buf: String,
+    pub status: StatusCode,
+}
+
+/// One SSE block: its fields, or a comment.
+#[derive(Debug, Default, Clone)]
+pub struct SseFrame {
+    pub id: Option<u64>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+    pub comment: Option<String>,
+}
+
+impl Sse {
+    /// The next block, waiting at most `WAIT` (real or paused time).
+    pub async fn next(&mut self) -> SseFrame {
+        loop {
+            if let Some(i) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..i + 2).collect();
+                let mut f = SseFrame::default();
+                for line in block.lines() {
+                    if let Some(c) = line.strip_prefix(':') {
+                        f.comment = Some(c.trim().to_owned());
+                    } else if let Some((k, v)) = line.split_once(": ") {
+                        match k {
+                            "id" => f.id = v.parse().ok(),
+                            "event" => f.event = Some(v.to_owned()),
+                            "data" => f.data = Some(v.to_owned()),
+                            _ => {}
+                        }
+                    }
+                }
+                return f;
+            }
+            let frame = tokio::time::timeout(WAIT, self.body.frame()).await.expect("no SSE data in time");
+            let frame = frame.expect("stream ended").expect("stream failed");
+            if let Ok(data) = frame.into_data() {
+                self.buf.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    }
+
+    /// The next block that is an event (skips comments).
+    pub async fn next_event(&mut self) -> SseFrame {
+        loop {
+            let f = self.next().await;
+            if f.event.is_some() {
+                return f;
+            }
+        }
+    }
+}
+
+impl Harness {
+    pub async fn events(&self, agent: &str, last_event_id: Option<u64>) -> Sse {
+        let mut b = Request::builder()
+            .method(Method::GET)
+            .uri(format!("{}/v1/events", self.base))
+            .header("authorization", format!("Bearer {}", self.token(agent)));
+        if let Some(id) = last_event_id {
+            b = b.header("last-event-id", id.to_string());
+        }
+        let resp = tokio::time::timeout(WAIT, self.client.request(b.body(Full::new(Bytes::new())).unwrap()))
+            .await
+            .expect("events request timed out")
+            .expect("events request failed");
+        let status = resp.status();
+        Sse { body: resp.into_body(), buf: String::new(), status }
     }
 }
 

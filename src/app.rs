@@ -31,6 +31,7 @@ pub struct Running {
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
     pub sessions: Arc<SessionStore>,
+    pub limits: Arc<crate::pipeline::ratelimit::Limits>,
     shutdown: Shutdown,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     drain_delay: Duration,
@@ -83,6 +84,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         (Some(c), Some(k)) => Some(tls::server_config_from_files(c, k)?),
         _ => None,
     };
+    let limits = Arc::new(crate::pipeline::ratelimit::Limits::new(&config.rate_limits, metrics.clone()));
     let sessions = SessionStore::new(client.clone(), creds, config.sessions.clone(), metrics.clone());
     let proxy = Arc::new(Proxy {
         auth,
@@ -93,6 +95,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         on_unknown_chair: config.policy.on_unknown_chair,
         resume: config.sessions.resume,
         shutdown: shutdown.subscribe(),
+        limits: limits.clone(),
     });
     let readiness = Arc::new(Readiness::default());
     let grace = ms(config.server.shutdown_grace_ms);
@@ -113,7 +116,13 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     let admin = Arc::new(Admin { metrics: metrics.clone(), readiness: readiness.clone() });
     let admin_served = server::spawn(admin_listener, None, admin, opts, shutdown.subscribe())
         .map_err(|e| format!("admin.listen: {e}"))?;
-    let probe = tokio::spawn(probe_gateway(gateway_addr(&config.gateway.url)?, readiness.clone(), shutdown.clone()));
+    let probe = tokio::spawn(probe_gateway(
+        gateway_addr(&config.gateway.url)?,
+        readiness.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
+    let evictor = tokio::spawn(evict_rate_limit_keys(limits.clone(), shutdown.clone()));
     Ok(Running {
         proxy_addr: served.addr,
         admin_addr: admin_served.addr,
@@ -121,7 +130,8 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         readiness,
         sessions,
         shutdown,
-        tasks: vec![served.task, admin_served.task, probe],
+        tasks: vec![served.task, admin_served.task, probe, evictor],
+        limits,
         drain_delay,
         grace,
     })
@@ -134,12 +144,24 @@ fn gateway_addr(url: &str) -> Result<String, String> {
     Ok(format!("{host}:{port}"))
 }
 
+/// Evicts idle rate-limit keys and refreshes the key gauges, so memory follows live traffic.
+async fn evict_rate_limit_keys(limits: Arc<crate::pipeline::ratelimit::Limits>, shutdown: Shutdown) {
+    let mut stop = shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = triggered(&mut stop) => return,
+            _ = tokio::time::sleep(crate::pipeline::ratelimit::EVICTION_INTERVAL) => limits.evict(),
+        }
+    }
+}
+
 /// Readiness: the gateway accepts TCP connections. A TCP connect is enough to tell "down"
 /// from "up" and costs the gateway nothing (no request, no log line there).
-async fn probe_gateway(addr: String, readiness: Arc<Readiness>, shutdown: Shutdown) {
+async fn probe_gateway(addr: String, readiness: Arc<Readiness>, metrics: Metrics, shutdown: Shutdown) {
     let mut stop = shutdown.subscribe();
     loop {
         let ok = matches!(tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await, Ok(Ok(_)));
+        metrics.set_gateway_up(ok);
         if readiness.set_gateway_reachable(ok) {
             tracing::info!(gateway_reachable = ok, "gateway reachability changed");
         }

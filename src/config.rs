@@ -53,6 +53,8 @@ pub const DEFAULT_POOL_MAX_IDLE: usize = 64;
 pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 /// Claim that names the agent (work number) a token acts for.
 pub const DEFAULT_AGENT_CLAIM: &str = "agent_id";
+/// Claim that names the tenant, for per-tenant rate limits.
+pub const DEFAULT_TENANT_CLAIM: &str = "tenant";
 
 /// The gateway's long poll answers after about 10 s when idle; the read timeout must be above
 /// that or every idle poll would look like a failure.
@@ -84,6 +86,7 @@ pub struct Config {
     pub credentials: CredentialsConfig,
     pub sessions: SessionsConfig,
     pub policy: PolicyConfig,
+    pub rate_limits: crate::pipeline::ratelimit::RateLimitsConfig,
     pub log: LogConfig,
 }
 
@@ -177,6 +180,8 @@ pub struct AuthConfig {
     pub leeway_secs: u64,
     /// Claim naming the agent's work number (string or number, 101..999999).
     pub agent_claim: String,
+    /// Claim naming the tenant (per-tenant rate limits); tokens without it share one bucket.
+    pub tenant_claim: String,
 }
 
 impl Default for AuthConfig {
@@ -189,6 +194,7 @@ impl Default for AuthConfig {
             hs256_secret_file: None,
             leeway_secs: DEFAULT_LEEWAY_SECS,
             agent_claim: DEFAULT_AGENT_CLAIM.to_owned(),
+            tenant_claim: DEFAULT_TENANT_CLAIM.to_owned(),
         }
     }
 }
@@ -391,6 +397,9 @@ impl Config {
         }
         if self.sessions.poll_timeout_ms == 0 {
             return invalid("sessions.poll_timeout_ms", "must be greater than 0");
+        }
+        if let Err((key, reason)) = self.rate_limits.validate() {
+            return Err(ConfigError::Invalid { key, reason });
         }
         if self.sessions.event_buffer == 0 {
             return invalid("sessions.event_buffer", "must be greater than 0");

@@ -62,6 +62,9 @@ pub enum ProxyError {
     /// The request is malformed: fix the body or parameters.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A rate limit refused the request: wait `Retry-After` seconds.
+    #[error("rate limited by {}", .0.name)]
+    RateLimited(Box<crate::pipeline::ratelimit::Refusal>),
     /// The body exceeds `server.max_body_bytes`.
     #[error("body too large")]
     PayloadTooLarge,
@@ -100,6 +103,7 @@ impl ProxyError {
             Self::GatewayRefused(r) if r.retcode == retcode::BAD_PARAMETER => StatusCode::BAD_REQUEST,
             Self::GatewayRefused(_) => StatusCode::BAD_GATEWAY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -120,6 +124,7 @@ impl ProxyError {
             Self::SessionLost => Outcome::SessionLost,
             Self::AlreadySignedIn | Self::GatewayRefused(_) => Outcome::GatewayError,
             Self::BadRequest(_) | Self::PayloadTooLarge | Self::MethodNotAllowed(_) => Outcome::BadRequest,
+            Self::RateLimited(_) => Outcome::RateLimited,
             Self::NotFound => Outcome::NotFound,
             Self::Upstream(UpstreamError::Unavailable(_)) => Outcome::UpstreamUnavailable,
             Self::Upstream(UpstreamError::Timeout) => Outcome::Timeout,
@@ -141,6 +146,7 @@ impl ProxyError {
             Self::NoCredentials => "no-credentials",
             Self::GatewayRefused(_) => "gateway-refused",
             Self::BadRequest(_) => "bad-request",
+            Self::RateLimited(_) => "rate-limited",
             Self::PayloadTooLarge => "payload-too-large",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed(_) => "method-not-allowed",
@@ -163,6 +169,7 @@ impl ProxyError {
             Self::NoCredentials => "Agent not provisioned",
             Self::GatewayRefused(_) => "Gateway refused the operation",
             Self::BadRequest(_) => "Bad request",
+            Self::RateLimited(_) => "Rate limit exceeded",
             Self::PayloadTooLarge => "Request body too large",
             Self::NotFound => "Not found",
             Self::MethodNotAllowed(_) => "Method not allowed",
@@ -199,6 +206,9 @@ impl ProxyError {
             Self::GatewayRefused(r) if r.message.is_empty() => format!("the gateway answered retcode {}", r.retcode),
             Self::GatewayRefused(r) => format!("the gateway answered retcode {}: {}", r.retcode, r.message),
             Self::BadRequest(why) => why.clone(),
+            Self::RateLimited(r) => {
+                format!("limit {} ({} requests) tripped; retry in {} s", r.name, r.scope.as_str(), r.retry_after_secs)
+            }
             Self::PayloadTooLarge => "the request body exceeds the configured limit".into(),
             Self::NotFound => "no such route".into(),
             Self::MethodNotAllowed(allow) => format!("this route accepts {allow}"),
@@ -242,6 +252,9 @@ impl ProxyError {
         if let Self::Unauthenticated(r) = self {
             body["reason"] = json!(r.as_str());
         }
+        if let Self::RateLimited(r) = self {
+            body["limit"] = json!(r.name);
+        }
         let mut resp = Response::new(full(Bytes::from(body.to_string())));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
@@ -262,6 +275,7 @@ impl ProxyError {
             Self::MethodNotAllowed(allow) => {
                 h.insert(ALLOW, HeaderValue::from_static(allow));
             }
+            Self::RateLimited(r) => r.apply(h),
             _ => {}
         }
         resp

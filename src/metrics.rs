@@ -168,6 +168,9 @@ struct Inner {
     upstream_responses: IntCounterVec,
     upstream_errors: IntCounterVec,
     rate_limited: IntCounterVec,
+    rate_limit_shadow: IntCounterVec,
+    rate_limiter_keys: IntGaugeVec,
+    rate_limiter_overflow: IntCounterVec,
     auth_failures: IntCounterVec,
     sessions: IntGaugeVec,
     signins: IntCounterVec,
@@ -175,6 +178,8 @@ struct Inner {
     guid_rotations: IntCounter,
     idle_signouts: IntCounter,
     events_dropped: IntCounter,
+    gateway_up: IntGauge,
+    build_info: IntGaugeVec,
     // Lazily resolved children: a series appears once it has been used.
     req_cells: Vec<OnceLock<IntCounter>>,
     req_dur_cells: Vec<OnceLock<Histogram>>,
@@ -227,6 +232,24 @@ impl Metrics {
             "Requests refused by a rate limit, by method and scope.",
             &["method", "scope"],
         );
+        let rate_limit_shadow = counter_vec(
+            &r,
+            "rate_limit_shadow_total",
+            "Requests a shadow-mode limit would have refused, by method and scope.",
+            &["method", "scope"],
+        );
+        let rate_limiter_keys = IntGaugeVec::new(
+            Opts::new("rate_limiter_keys", "Keys (agents or tenants) tracked by each keyed limit."),
+            &["limit"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(rate_limiter_keys.clone())).expect("metric registered once");
+        let rate_limiter_overflow = counter_vec(
+            &r,
+            "rate_limiter_overflow_total",
+            "Requests judged without tracking their key because the limit's key table was full.",
+            &["limit"],
+        );
         let auth_failures = counter_vec(&r, "auth_failures_total", "Refused tokens, by reason.", &["reason"]);
         let sessions = IntGaugeVec::new(Opts::new("sessions", "Agent gateway sessions held, by state."), &["state"])
             .expect("static metric definition");
@@ -249,6 +272,10 @@ impl Metrics {
         )
         .expect("static metric definition");
         r.register(Box::new(events_dropped.clone())).expect("metric registered once");
+        let gateway_up =
+            IntGauge::new("gateway_up", "1 when the readiness probe reaches the gateway over TCP, else 0.")
+                .expect("static metric definition");
+        r.register(Box::new(gateway_up.clone())).expect("metric registered once");
         let build_info = IntGaugeVec::new(Opts::new("build_info", "Build information; always 1."), &["version"])
             .expect("static metric definition");
         r.register(Box::new(build_info.clone())).expect("metric registered once");
@@ -264,6 +291,9 @@ impl Metrics {
             upstream_responses,
             upstream_errors,
             rate_limited,
+            rate_limit_shadow,
+            rate_limiter_keys,
+            rate_limiter_overflow,
             auth_failures,
             sessions,
             signins,
@@ -271,6 +301,8 @@ impl Metrics {
             guid_rotations,
             idle_signouts,
             events_dropped,
+            gateway_up,
+            build_info,
             req_cells: (0..MethodLabel::COUNT * Outcome::COUNT).map(|_| OnceLock::new()).collect(),
             req_dur_cells: (0..MethodLabel::COUNT).map(|_| OnceLock::new()).collect(),
             up_dur_cells: (0..GatewayMethod::COUNT).map(|_| OnceLock::new()).collect(),
@@ -307,6 +339,19 @@ impl Metrics {
         self.0.rate_limited.with_label_values(&[method.as_str(), scope]).inc();
     }
 
+    pub fn count_rate_limit_shadow(&self, method: MethodLabel, scope: &'static str) {
+        self.0.rate_limit_shadow.with_label_values(&[method.as_str(), scope]).inc();
+    }
+
+    /// `limit` names come from the operator's config: bounded by it.
+    pub fn set_rate_limiter_keys(&self, limit: &str, keys: usize) {
+        self.0.rate_limiter_keys.with_label_values(&[limit]).set(keys as i64);
+    }
+
+    pub fn rate_limiter_overflow(&self, limit: &str) -> IntCounter {
+        self.0.rate_limiter_overflow.with_label_values(&[limit])
+    }
+
     pub fn count_auth_failure(&self, reason: AuthFailureReason) {
         self.0.auth_failures.with_label_values(&[reason.as_str()]).inc();
     }
@@ -327,12 +372,50 @@ impl Metrics {
         self.0.guid_rotations.inc();
     }
 
+    pub fn set_gateway_up(&self, up: bool) {
+        self.0.gateway_up.set(i64::from(up));
+    }
+
     pub fn count_idle_signout(&self) {
         self.0.idle_signouts.inc();
     }
 
     pub fn count_event_dropped(&self) {
         self.0.events_dropped.inc();
+    }
+
+    /// Names of every metric family ccgate exports, including label vectors with no series
+    /// yet (for checking dashboards and alert rules against them).
+    pub fn names(&self) -> Vec<String> {
+        use prometheus::core::Collector;
+        let i = &self.0;
+        let collectors: [&dyn Collector; 19] = [
+            &i.requests,
+            &i.request_duration,
+            &i.upstream_duration,
+            &i.upstream_responses,
+            &i.upstream_errors,
+            &i.rate_limited,
+            &i.rate_limit_shadow,
+            &i.rate_limiter_keys,
+            &i.rate_limiter_overflow,
+            &i.auth_failures,
+            &i.sessions,
+            &i.signins,
+            &i.session_losses,
+            &i.guid_rotations,
+            &i.idle_signouts,
+            &i.events_dropped,
+            &i.gateway_up,
+            &i.build_info,
+            &i.requests,
+        ];
+        // The registry adds the `ccgate_` prefix when gathering; descriptors lack it.
+        let mut v: Vec<String> =
+            collectors.iter().flat_map(|c| c.desc()).map(|d| format!("ccgate_{}", d.fq_name)).collect();
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// The Prometheus text exposition.

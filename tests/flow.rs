@@ -184,7 +184,9 @@ async fn guid_rotation_during_a_stream_of_requests_causes_no_failure() {
         event_wait_ms: 10,
         ..test_sim_config()
     };
-    let h = Harness::with(Options { sim, ..Options::default() }).await;
+    // This test is about rotation: lift the default stopVoiceToConf limits out of the way.
+    let h =
+        Harness::with(Options { sim, config: Box::new(|c| c.rate_limits.limit.clear()), ..Options::default() }).await;
     h.chair("153").await;
     let start_rotations = h.sim.rotations();
     let mut sent = 0;

@@ -21,6 +21,11 @@ use crate::config::{ms, GatewayConfig};
 use crate::metrics::Metrics;
 use crate::tls;
 
+tokio::task_local! {
+    /// Gateway time spent on behalf of the request being served (unset in the poller).
+    pub static UPSTREAM_TIME: std::cell::Cell<Duration>;
+}
+
 /// The header carrying the session's Guid on requests.
 pub const GUID_HEADER: &str = "guid";
 /// The response header carrying a new Guid (`JSESSIONID=<uuid>.AgentGateway<n>`).
@@ -132,12 +137,15 @@ impl GatewayClient {
         })
     }
 
-    /// Sends one request and parses the envelope. Records upstream duration and retcode.
+    /// Sends one request and parses the envelope. Records upstream duration and retcode,
+    /// and adds the round trip to the current request's upstream time (for the access log).
     pub async fn call(&self, req: GatewayRequest<'_>) -> Result<GatewayReply, UpstreamError> {
         let started = Instant::now();
         let result = self.round_trip(&req).await;
+        let elapsed = started.elapsed();
+        let _ = UPSTREAM_TIME.try_with(|t| t.set(t.get() + elapsed));
         let m = &self.inner.metrics;
-        m.observe_upstream(req.method, started.elapsed());
+        m.observe_upstream(req.method, elapsed);
         match &result {
             Ok(reply) => m.count_upstream_retcode(req.method, &reply.envelope.retcode),
             Err(e) => m.count_upstream_failure(req.method, e),

@@ -26,7 +26,13 @@ use crate::metrics::AuthFailureReason as Reason;
 pub struct Principal {
     /// Work number, canonical decimal string (101..999999).
     pub agent_id: String,
+    /// The tenant the token names (`auth.tenant_claim`), for per-tenant rate limits.
+    pub tenant: Option<String>,
 }
+
+/// Longest tenant value kept; longer ones share the "no tenant" bucket rather than letting a
+/// token make ccgate store arbitrary amounts of key data.
+const MAX_TENANT_LEN: usize = 128;
 
 /// Upper bound on a bearer token's length. Real JWTs are 1-2 KiB; refusing larger ones early
 /// bounds the base64 and JSON work an unauthenticated client can cause.
@@ -47,6 +53,7 @@ pub struct Authenticator {
     audience: String,
     leeway: u64,
     agent_claim: String,
+    tenant_claim: String,
 }
 
 impl Authenticator {
@@ -102,6 +109,7 @@ impl Authenticator {
             audience: cfg.audience.clone(),
             leeway: cfg.leeway_secs,
             agent_claim: cfg.agent_claim.clone(),
+            tenant_claim: cfg.tenant_claim.clone(),
         })
     }
 
@@ -164,7 +172,12 @@ impl Authenticator {
             Some(_) => None,
         }
         .ok_or(Reason::InvalidAgent)?;
-        Ok(Principal { agent_id: agent.to_string() })
+        let tenant = match data.claims.get(&self.tenant_claim) {
+            Some(Value::String(t)) if !t.is_empty() && t.len() <= MAX_TENANT_LEN => Some(t.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        Ok(Principal { agent_id: agent.to_string(), tenant })
     }
 }
 

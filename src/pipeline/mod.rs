@@ -10,6 +10,7 @@ pub mod auth;
 pub mod events;
 pub mod facade;
 pub mod policy;
+pub mod ratelimit;
 pub mod route;
 
 use std::sync::Arc;
@@ -41,27 +42,64 @@ pub struct Proxy {
     pub resume: bool,
     /// Ends event streams when the process shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub limits: Arc<ratelimit::Limits>,
+}
+
+/// Request ids accepted from clients: what common tracers emit (UUIDs, W3C trace ids), and
+/// nothing that could smuggle structure into a log line.
+const MAX_REQUEST_ID_LEN: usize = 128;
+pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
+    headers
+        .get(&X_REQUEST_ID)
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty()
+                && b.len() <= MAX_REQUEST_ID_LEN
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+            let id = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
+            http::HeaderValue::from_str(id).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+        })
+}
+
+/// What the access log says about a request beyond its response.
+struct Served {
+    label: MethodLabel,
+    /// The matched route's path template ("-" when none matched): never the raw path.
+    route: &'static str,
+    agent: Option<String>,
+    result: Result<Response<Body>, ProxyError>,
 }
 
 impl Handler for Proxy {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
-        let method = req.method().clone();
-        let (label, agent, result) = match route::match_route(req.method(), req.uri().path()) {
-            Err(e) => (MethodLabel::Unmatched, None, Err(e)),
-            Ok(route) => {
-                let (agent, result) = self.run(route, req).await;
-                (route.label(), agent, result)
-            }
-        };
-        let (resp, outcome) = match result {
+        let http_method = req.method().clone();
+        let rid = request_id(req.headers());
+        let upstream = std::cell::Cell::new(std::time::Duration::ZERO);
+        let (served, upstream) = crate::gateway::client::UPSTREAM_TIME
+            .scope(upstream, async {
+                let served = match route::match_route(req.method(), req.uri().path()) {
+                    Err(e) => Served { label: MethodLabel::Unmatched, route: "-", agent: None, result: Err(e) },
+                    Ok(route) => self.run(route, req).await,
+                };
+                (served, crate::gateway::client::UPSTREAM_TIME.with(|t| t.get()))
+            })
+            .await;
+        let Served { label, route, agent, result } = served;
+        let (mut resp, outcome) = match result {
             Ok(r) => (r, Outcome::Ok),
             Err(e) => {
                 if let ProxyError::Upstream(u) = &e {
-                    tracing::warn!(method = label.as_str(), error = %u, "gateway call failed");
+                    tracing::warn!(request_id = ?rid, method = label.as_str(), error = %u, "gateway call failed");
                 }
                 if let ProxyError::Internal(why) = &e {
-                    tracing::error!(method = label.as_str(), error = %why, "internal error");
+                    tracing::error!(request_id = ?rid, method = label.as_str(), error = %why, "internal error");
                 }
                 (e.to_problem(), e.outcome())
             }
@@ -70,31 +108,42 @@ impl Handler for Proxy {
         self.metrics.record_request(label, outcome, elapsed);
         tracing::info!(
             target: "ccgate::access",
-            http_method = %method,
+            request_id = rid.to_str().unwrap_or("-"),
+            http_method = %http_method,
             method = label.as_str(),
+            route,
             agent = agent.as_deref().unwrap_or("-"),
             status = resp.status().as_u16(),
             outcome = outcome.as_str(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream_ms = upstream.as_secs_f64() * 1000.0,
             "request"
         );
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), rid);
         resp
     }
 }
 
 impl Proxy {
-    /// Phases after routing. Returns the agent (once authenticated) for the access log.
-    async fn run(
-        self: &Arc<Self>,
-        route: Route,
-        req: Request<Incoming>,
-    ) -> (Option<String>, Result<Response<Body>, ProxyError>) {
+    /// Phases after routing: authenticate, rate limit, then the route's own phases.
+    async fn run(self: &Arc<Self>, route: Route, req: Request<Incoming>) -> Served {
+        let (label, path) = (route.label(), route.path());
         let who = match self.authenticate(req.headers()) {
             Ok(p) => p,
-            Err(e) => return (None, Err(e)),
+            Err(e) => return Served { label, route: path, agent: None, result: Err(e) },
         };
-        let result = self.dispatch(route, &who, req).await;
-        (Some(who.agent_id), result)
+        let limits = match self.limits.check(label, &who) {
+            Ok(h) => h,
+            Err(refusal) => {
+                let result = Err(ProxyError::RateLimited(Box::new(refusal)));
+                return Served { label, route: path, agent: Some(who.agent_id), result };
+            }
+        };
+        let mut result = self.dispatch(route, &who, req).await;
+        if let (Ok(resp), Some(h)) = (&mut result, &limits) {
+            h.apply(resp.headers_mut());
+        }
+        Served { label, route: path, agent: Some(who.agent_id), result }
     }
 
     fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, ProxyError> {

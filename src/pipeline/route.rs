@@ -18,6 +18,16 @@ pub enum Route {
 }
 
 impl Route {
+    /// The route's path, for the access log.
+    pub fn path(self) -> &'static str {
+        match self {
+            Route::SignIn | Route::GetSession | Route::SignOut => "/v1/session",
+            Route::CreateConference => "/v1/conference",
+            Route::StopAnnouncement => "/v1/conference/announcement/stop",
+            Route::Events => "/v1/events",
+        }
+    }
+
     /// The metrics `method` label: the gateway log name the route maps to.
     pub fn label(self) -> MethodLabel {
         match self {

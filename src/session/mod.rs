@@ -313,11 +313,14 @@ impl SessionStore {
                 }
             }
         };
+        let waited = Instant::now();
         let shared = rx
             .wait_for(Option::is_some)
             .await
             .map_err(|_| ProxyError::Internal("sign-in task ended without a result".into()))?
             .clone();
+        // The sign-in ran in its own task; the time this request waited on it is gateway time.
+        let _ = crate::gateway::client::UPSTREAM_TIME.try_with(|t| t.set(t.get() + waited.elapsed()));
         match shared {
             Some(Ok((s, created))) => Ok((s, created && led)),
             Some(Err(e)) => Err(e),

@@ -151,6 +151,7 @@ pub struct Received {
     pub method: &'static str,
     pub agent: String,
     pub guid: Option<String>,
+    pub cookie: Option<String>,
 }
 
 struct Shared {
@@ -280,10 +281,12 @@ impl Sim {
         };
         self.0.counts[method.index()].fetch_add(1, Ordering::Relaxed);
         let guid = req.headers().get(GUID_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let cookie = req.headers().get(COOKIE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         if self.0.cfg.record_requests {
             let mut log = lock(&self.0.received);
             if log.len() < RECEIVED_LOG_CAP {
-                log.push(Received { method: method.log_name(), agent: agent.clone(), guid: guid.clone() });
+                let (method, agent, guid, cookie) = (method.log_name(), agent.clone(), guid.clone(), cookie.clone());
+                log.push(Received { method, agent, guid, cookie });
             }
         }
         if req.method() != method.http_method() {
@@ -309,7 +312,6 @@ impl Sim {
             r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
             return r;
         }
-        let cookie = req.headers().get(COOKIE).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let body = match http_body_util::Limited::new(req.into_body(), SIM_MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => return envelope(Answer::err(retcode::BAD_PARAMETER, "bad body")),

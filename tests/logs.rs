@@ -1,0 +1,125 @@
+//! Logs: one access line per request with the documented fields, the request id returned to
+//! the client, and no token, Guid, password or cookie anywhere, even with ccgate at TRACE and
+//! every dependency at DEBUG, in the JSON format operators ship to log stores.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use ccgate::session::ConfState;
+use common::{Harness, PASSWORD};
+use http::{Method, StatusCode};
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
+    type Writer = Capture;
+    fn make_writer(&'a self) -> Capture {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn a_full_flow_logs_every_request_and_no_secret() {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_env_filter("debug,ccgate=trace")
+        .with_writer(capture.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let h = Harness::start().await;
+    let tokens: Vec<String> = vec![h.token("153"), h.token("154")];
+    let stop = "/v1/conference/announcement/stop";
+    h.chair("153").await;
+    let r = h
+        .send(
+            Method::POST,
+            &format!("{}{stop}", h.base),
+            &[("authorization", &format!("Bearer {}", tokens[0])), ("x-request-id", "trace-abc-123")],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers.get("x-request-id").unwrap(), "trace-abc-123", "a sane client id is kept and returned");
+    let r = h
+        .send(
+            Method::GET,
+            &format!("{}/v1/session", h.base),
+            &[("authorization", &format!("Bearer {}", tokens[0])), ("x-request-id", "bad id {with} spaces")],
+            "",
+        )
+        .await;
+    let generated = r.headers.get("x-request-id").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(generated.len(), 32, "an unusable client id is replaced: {generated}");
+    h.sign_in("154").await;
+    assert_eq!(h.sim.transfer_chair("153", "154"), "0");
+    h.wait_conf("153", |s| matches!(s, ConfState::Participant { .. })).await;
+    assert_eq!(h.call(Method::POST, stop, Some("153"), "").await.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        h.call_with_token(Method::POST, stop, Some(&format!("{}x", tokens[1])), "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    h.sim.kick("154");
+    assert_eq!(h.call(Method::POST, stop, Some("154"), "").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(h.call(Method::DELETE, "/v1/session", Some("153"), "").await.status, StatusCode::NO_CONTENT);
+    let secrets = {
+        let mut s: Vec<String> = tokens.clone();
+        s.push(PASSWORD.to_owned());
+        for r in h.sim.received() {
+            s.extend(r.guid);
+            if let Some(c) = r.cookie {
+                s.extend(c.split(';').filter_map(|p| p.split_once('=').map(|(_, v)| v.trim().to_owned())));
+            }
+        }
+        // Token signatures on their own, too.
+        s.extend(tokens.iter().map(|t| t.rsplit('.').next().unwrap().to_owned()));
+        s.retain(|x| x.len() >= 8);
+        s.sort();
+        s.dedup();
+        s
+    };
+    assert!(secrets.iter().any(|s| s.contains(".AgentGateway")), "Guids were collected");
+    h.stop().await;
+    drop(_guard);
+
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.lines().count() > 20, "logs were captured:\n{logs}");
+    for s in &secrets {
+        assert!(!logs.contains(s.as_str()), "secret {}… found in the logs", &s[..6]);
+    }
+    let access: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "ccgate::access")
+        .collect();
+    assert_eq!(access.len(), 9, "exactly one access line per request (9 made)");
+    for line in &access {
+        for field in
+            ["request_id", "http_method", "method", "route", "agent", "status", "outcome", "duration_ms", "upstream_ms"]
+        {
+            assert!(!line[field].is_null(), "access line lacks {field}: {line}");
+        }
+    }
+    let traced = access.iter().find(|l| l["request_id"] == "trace-abc-123").expect("client id in the log");
+    assert_eq!(traced["method"], "stopVoiceToConf");
+    assert_eq!(traced["route"], "/v1/conference/announcement/stop");
+    assert_eq!(traced["outcome"], "ok");
+    assert!(traced["upstream_ms"].as_f64().unwrap() > 0.0, "gateway time is attributed: {traced}");
+    assert!(access.iter().any(|l| l["request_id"] == generated.as_str()));
+    assert!(access.iter().any(|l| l["outcome"] == "not_chairperson" && l["status"] == 403));
+}

@@ -69,6 +69,9 @@ pub const DEFAULT_POLL_BACKOFF_MAX_MS: u64 = 10_000;
 /// How long `POST /v1/conference` waits for the gateway's RequestSuccess/RequestFailed event
 /// before answering 202 (pending). Conference set-up normally completes in under a second.
 pub const DEFAULT_CONFERENCE_WAIT_MS: u64 = 5_000;
+/// How long `agentevent` on the reverse-proxy face waits for an event before answering
+/// empty: the gateway's own long-poll wait, so integrators' pacing stays right.
+pub const DEFAULT_FACE_EVENT_WAIT_MS: u64 = 10_000;
 /// Events kept per agent for the app; an app that reconnects within a few minutes of normal
 /// call-center traffic (a few events a minute) can resume without a gap.
 pub const DEFAULT_EVENT_BUFFER: usize = 256;
@@ -223,6 +226,8 @@ pub struct SessionsConfig {
     pub resume: bool,
     /// Sign every agent out at the gateway when ccgate shuts down.
     pub sign_out_on_shutdown: bool,
+    /// `agentevent` on the reverse-proxy face waits this long for an event.
+    pub face_event_wait_ms: u64,
 }
 
 impl Default for SessionsConfig {
@@ -237,6 +242,7 @@ impl Default for SessionsConfig {
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             resume: false,
             sign_out_on_shutdown: true,
+            face_event_wait_ms: DEFAULT_FACE_EVENT_WAIT_MS,
         }
     }
 }

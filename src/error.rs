@@ -257,8 +257,75 @@ impl ProxyError {
         }
         let mut resp = Response::new(full(Bytes::from(body.to_string())));
         *resp.status_mut() = status;
-        let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        self.apply_headers(resp.headers_mut());
+        resp
+    }
+
+    /// ccgate's own retcode on the reverse-proxy face. Huawei's codes are `NNN-NNN`, so the
+    /// `CCG-` namespace cannot collide with them. `None` where ccgate answers in the gateway's
+    /// own words (chair and conference checks, gateway refusals).
+    pub fn ccg_retcode(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::Unauthenticated(_) => "CCG-401",
+            Self::Forbidden(_) | Self::NoCredentials => "CCG-403",
+            Self::NoSession => "CCG-409",
+            Self::SessionLost => "CCG-410",
+            Self::BadRequest(_) => "CCG-400",
+            Self::RateLimited(_) => "CCG-429",
+            Self::PayloadTooLarge => "CCG-413",
+            Self::NotFound => "CCG-404",
+            Self::MethodNotAllowed(_) => "CCG-405",
+            Self::Upstream(UpstreamError::Unavailable(_)) => "CCG-503",
+            Self::Upstream(UpstreamError::Timeout) => "CCG-504",
+            Self::Upstream(_) => "CCG-502",
+            Self::Internal(_) => "CCG-500",
+            Self::NotChairperson { .. }
+            | Self::NoConference { .. }
+            | Self::AlreadySignedIn
+            | Self::GatewayRefused(_) => return None,
+        })
+    }
+
+    /// The CC-Gateway envelope for the reverse-proxy face (`/agentgateway/resource/...`).
+    /// ccgate's refusals carry a `CCG-nnn` retcode and the fitting HTTP status; a chair,
+    /// conference or sign-in refusal answers exactly as the gateway would: HTTP 200 and its
+    /// retcode.
+    pub fn to_envelope(&self) -> Response<Body> {
+        let (status, code, message) = match (self.ccg_retcode(), self.refusal()) {
+            (Some(code), _) => (self.status(), code.to_owned(), self.detail()),
+            (None, Some((code, _))) => {
+                let message = match self {
+                    Self::GatewayRefused(g) => g.message.clone(),
+                    Self::NotChairperson { .. } => "the agent is not the chairperson".into(),
+                    Self::NoConference { .. } => "the agent has no conference".into(),
+                    _ => "the agent has signed in".into(),
+                };
+                (StatusCode::OK, code.to_owned(), message)
+            }
+            (None, None) => (self.status(), "CCG-500".to_owned(), self.detail()),
+        };
+        let mut result = json!({});
+        if let Some((_, Some(reason))) = self.refusal() {
+            result["errorReason"] = json!(reason);
+        }
+        if let Self::Unauthenticated(r) = self {
+            result["reason"] = json!(r.as_str());
+        }
+        if let Self::RateLimited(r) = self {
+            result["limit"] = json!(r.name);
+            result["retryAfter"] = json!(r.retry_after_secs);
+        }
+        let body = json!({"message": message, "retcode": code, "result": result});
+        let mut resp = Response::new(full(Bytes::from(body.to_string())));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(crate::gateway::client::JSON_UTF8));
+        self.apply_headers(resp.headers_mut());
+        resp
+    }
+
+    /// Headers every rendering of this error carries.
+    fn apply_headers(&self, h: &mut http::HeaderMap) {
         match self {
             Self::Unauthenticated(AuthFailureReason::MissingToken) => {
                 h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ccgate\""));
@@ -278,7 +345,6 @@ impl ProxyError {
             Self::RateLimited(r) => r.apply(h),
             _ => {}
         }
-        resp
     }
 }
 

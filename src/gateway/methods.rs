@@ -84,6 +84,43 @@ methods! {
 impl GatewayMethod {
     pub const COUNT: usize = Self::ALL.len();
 
+    /// The path template, for logs: never the raw path a client sent.
+    pub const fn route(self) -> &'static str {
+        match self {
+            GatewayMethod::Login => "/agentgateway/resource/onlineagent/{agentid}",
+            GatewayMethod::ForceLogin => "/agentgateway/resource/onlineagent/{agentid}/forcelogin",
+            GatewayMethod::UpdateGuid => "/agentgateway/resource/onlineagent/{agentid}/updateGuid",
+            GatewayMethod::HandShake => "/agentgateway/resource/onlineagent/{agentid}/handshake",
+            GatewayMethod::GetAgentEvent => "/agentgateway/resource/agentevent/{agentid}",
+            GatewayMethod::Logout => "/agentgateway/resource/onlineagent/{agentid}/logout",
+            GatewayMethod::ForceLogout => "/agentgateway/resource/onlineagent/{agentid}/forcelogout",
+            GatewayMethod::RequestAgentConf => "/agentgateway/resource/agentconf/{agentid}/requestagentconf",
+            GatewayMethod::AnswerAgentConf => "/agentgateway/resource/agentconf/{agentid}/answeragentconf",
+            GatewayMethod::RejectAgentConf => "/agentgateway/resource/agentconf/{agentid}/rejectagentconf",
+            GatewayMethod::RequestLeaveAgentConf => "/agentgateway/resource/agentconf/{agentid}/requestleaveagentconf",
+            GatewayMethod::ReleaseAgentConf => "/agentgateway/resource/agentconf/{agentid}/releaseagentconf",
+            GatewayMethod::HoldParticipant => "/agentgateway/resource/agentconf/{agentid}/holdparticipant",
+            GatewayMethod::UnholdParticipant => "/agentgateway/resource/agentconf/{agentid}/unholdparticipant",
+            GatewayMethod::ProlongTime => "/agentgateway/resource/agentconf/{agentid}/prolongtime",
+            GatewayMethod::ApplyToShiftPresident => "/agentgateway/resource/agentconf/{agentid}/applytoshiftpresident",
+            GatewayMethod::BatchAddParticipant => "/agentgateway/resource/agentconf/{agentid}/batchaddparticipant",
+            GatewayMethod::BatchRemoveParticipant => {
+                "/agentgateway/resource/agentconf/{agentid}/batchremoveparticipant"
+            }
+            GatewayMethod::ChangeParticipantMode => "/agentgateway/resource/agentconf/{agentid}/changeparticipantmode",
+            GatewayMethod::PlayVoiceToConf => "/agentgateway/resource/agentconf/{agentid}/playvoicetoconf",
+            GatewayMethod::StopVoiceToConf => "/agentgateway/resource/agentconf/{agentid}/stopvoicetoconf",
+            GatewayMethod::PlayVoiceToParticipant => {
+                "/agentgateway/resource/agentconf/{agentid}/playvoicetoparticipant"
+            }
+            GatewayMethod::StopVoiceToParticipant => {
+                "/agentgateway/resource/agentconf/{agentid}/stopvoicetoparticipant"
+            }
+            GatewayMethod::ModifyConfResource => "/agentgateway/resource/agentconf/{agentid}/modifyconfresource",
+            GatewayMethod::QueryConfInfos => "/agentgateway/resource/agentconf/{agentid}/queryconfinfos",
+        }
+    }
+
     pub fn index(self) -> usize {
         self as usize
     }

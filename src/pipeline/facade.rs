@@ -79,7 +79,7 @@ pub async fn sign_in(p: &Proxy, who: &Principal, b: Bytes) -> Result<Response<Bo
             return Err(ProxyError::BadRequest("status must be 3 (busy), 4 (idle) or 5 (wrap-up)".into()));
         }
     }
-    let opts = SignInOptions { force: req.force, phonenum: req.phonenum, status: req.status };
+    let opts = SignInOptions { force: req.force, phonenum: req.phonenum, status: req.status, body: None };
     let (session, created) = p.sessions.sign_in(&who.agent_id, opts).await?;
     session.touch();
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };

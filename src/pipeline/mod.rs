@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod events;
 pub mod facade;
+pub mod face;
 pub mod policy;
 pub mod ratelimit;
 pub mod route;
@@ -73,7 +74,41 @@ struct Served {
     /// The matched route's path template ("-" when none matched): never the raw path.
     route: &'static str,
     agent: Option<String>,
-    result: Result<Response<Body>, ProxyError>,
+    /// The response and its outcome (a gateway refusal passed through on the reverse-proxy
+    /// face is a successful response with a non-`ok` outcome).
+    result: Result<(Response<Body>, Outcome), ProxyError>,
+}
+
+/// What a request is for, once routed.
+enum Target {
+    /// The app-facing façade (`/v1/...`).
+    Facade(Route),
+    /// The reverse-proxy face: a gateway method for an agent.
+    Face(crate::gateway::GatewayMethod, String),
+}
+
+impl Target {
+    fn resolve(method: &http::Method, path: &str) -> Result<Self, ProxyError> {
+        if path.starts_with(crate::gateway::BASE_PATH) {
+            face::match_path(method, path).map(|(m, agent)| Target::Face(m, agent.to_owned()))
+        } else {
+            route::match_route(method, path).map(Target::Facade)
+        }
+    }
+
+    fn label(&self) -> MethodLabel {
+        match self {
+            Target::Facade(r) => r.label(),
+            Target::Face(m, _) => MethodLabel::Gateway(*m),
+        }
+    }
+
+    fn route(&self) -> &'static str {
+        match self {
+            Target::Facade(r) => r.path(),
+            Target::Face(m, _) => m.route(),
+        }
+    }
 }
 
 impl Handler for Proxy {
@@ -81,19 +116,21 @@ impl Handler for Proxy {
         let started = Instant::now();
         let http_method = req.method().clone();
         let rid = request_id(req.headers());
+        // Each face answers errors in its own language: problem+json, or the gateway envelope.
+        let gateway_face = req.uri().path().starts_with(crate::gateway::BASE_PATH);
         let upstream = std::cell::Cell::new(std::time::Duration::ZERO);
         let (served, upstream) = crate::gateway::client::UPSTREAM_TIME
             .scope(upstream, async {
-                let served = match route::match_route(req.method(), req.uri().path()) {
+                let served = match Target::resolve(req.method(), req.uri().path()) {
                     Err(e) => Served { label: MethodLabel::Unmatched, route: "-", agent: None, result: Err(e) },
-                    Ok(route) => self.run(route, req).await,
+                    Ok(target) => self.run(target, req).await,
                 };
                 (served, crate::gateway::client::UPSTREAM_TIME.with(|t| t.get()))
             })
             .await;
         let Served { label, route, agent, result } = served;
         let (mut resp, outcome) = match result {
-            Ok(r) => (r, Outcome::Ok),
+            Ok(r) => r,
             Err(e) => {
                 if let ProxyError::Upstream(u) = &e {
                     tracing::warn!(request_id = ?rid, method = label.as_str(), error = %u, "gateway call failed");
@@ -101,7 +138,8 @@ impl Handler for Proxy {
                 if let ProxyError::Internal(why) = &e {
                     tracing::error!(request_id = ?rid, method = label.as_str(), error = %why, "internal error");
                 }
-                (e.to_problem(), e.outcome())
+                let resp = if gateway_face { e.to_envelope() } else { e.to_problem() };
+                (resp, e.outcome())
             }
         };
         let elapsed = started.elapsed();
@@ -125,9 +163,9 @@ impl Handler for Proxy {
 }
 
 impl Proxy {
-    /// Phases after routing: authenticate, rate limit, then the route's own phases.
-    async fn run(self: &Arc<Self>, route: Route, req: Request<Incoming>) -> Served {
-        let (label, path) = (route.label(), route.path());
+    /// Phases after routing: authenticate, rate limit, then the target's own phases.
+    async fn run(self: &Arc<Self>, target: Target, req: Request<Incoming>) -> Served {
+        let (label, path) = (target.label(), target.route());
         let who = match self.authenticate(req.headers()) {
             Ok(p) => p,
             Err(e) => return Served { label, route: path, agent: None, result: Err(e) },
@@ -139,8 +177,14 @@ impl Proxy {
                 return Served { label, route: path, agent: Some(who.agent_id), result };
             }
         };
-        let mut result = self.dispatch(route, &who, req).await;
-        if let (Ok(resp), Some(h)) = (&mut result, &limits) {
+        let mut result = match target {
+            Target::Facade(route) => self.dispatch(route, &who, req).await.map(|r| (r, Outcome::Ok)),
+            Target::Face(m, agent) => match self.read_body(req).await {
+                Ok(body) => face::handle(self, &who, m, &agent, body).await,
+                Err(e) => Err(e),
+            },
+        };
+        if let (Ok((resp, _)), Some(h)) = (&mut result, &limits) {
             h.apply(resp.headers_mut());
         }
         Served { label, route: path, agent: Some(who.agent_id), result }

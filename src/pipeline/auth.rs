@@ -68,8 +68,11 @@ pub struct Authenticator {
 struct VerifiedCache {
     half: usize,
     ttl: u64,
-    generations: Mutex<(HashMap<[u8; 32], Cached>, HashMap<[u8; 32], Cached>)>,
+    /// (current, previous).
+    generations: Mutex<(Generation, Generation)>,
 }
+
+type Generation = HashMap<[u8; 32], Cached>;
 
 #[derive(Clone)]
 struct Cached {

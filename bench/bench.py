@@ -109,6 +109,7 @@ auth_mode = "static"          # Envoy and nginx inject a fixed Guid: they cannot
 max_idle_ms = 86400000
 event_wait_ms = 10000
 record_requests = false
+operation_events = false      # "events off or cheap": no AgentConf_StopVoice per request
 [agents]
 """ + "".join(f'"{a}" = "{p}"\n' for a, p in agents.items())
     (out / "sim.toml").write_text(sim)

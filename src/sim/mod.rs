@@ -43,6 +43,9 @@ pub const DEFAULT_GUID_OVERLAP_MS: u64 = 120_000;
 pub const DEFAULT_EVENT_WAIT_MS: u64 = 10_000;
 /// MAXTIME: an agent silent for 120 s is signed out by force.
 pub const DEFAULT_MAX_IDLE_MS: u64 = 120_000;
+/// Events queued per agent; the oldest is dropped beyond it, so an agent nobody polls cannot
+/// grow the simulator's memory without bound.
+pub const EVENT_QUEUE_CAP: usize = 1_000;
 /// Entries kept in the received-request log (the per-method counters are unbounded).
 const RECEIVED_LOG_CAP: usize = 10_000;
 /// The simulator reads at most this much of a request body.
@@ -110,6 +113,10 @@ pub struct SimConfig {
     pub default_password: Option<String>,
     /// Keep a log of received requests (method, agent, Guid) for tests. Off for benchmarks.
     pub record_requests: bool,
+    /// Queue the events that follow chair operations (`AgentConf_StopVoice` after
+    /// `stopvoicetoconf`). Benchmarks turn it off, so a proxy's poller is not fed one event per
+    /// request, which no real agent produces.
+    pub operation_events: bool,
     pub faults: Faults,
 }
 
@@ -129,6 +136,7 @@ impl Default for SimConfig {
             agents: HashMap::new(),
             default_password: None,
             record_requests: true,
+            operation_events: true,
             faults: Faults::default(),
         }
     }
@@ -394,7 +402,9 @@ impl Sim {
                 };
                 match chair_op {
                     GatewayMethod::StopVoiceToConf => {
-                        st.push_event(agent, event(agent, "AgentConf_StopVoice", json!({"result": 0})));
+                        if cfg.operation_events {
+                            st.push_event(agent, event(agent, "AgentConf_StopVoice", json!({"result": 0})));
+                        }
                         Answer::ok(json!({}))
                     }
                     GatewayMethod::PlayVoiceToConf if json_body.get("voicePath").and_then(Value::as_str).is_none() => {

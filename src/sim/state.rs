@@ -82,6 +82,9 @@ pub(super) enum GuidCheck {
 impl State {
     pub fn push_event(&mut self, agent: &str, ev: Value) {
         if let Some(a) = self.agents.get_mut(agent) {
+            if a.events.len() >= super::EVENT_QUEUE_CAP {
+                a.events.pop_front();
+            }
             a.events.push_back(ev);
             a.notify.notify_one();
         }

@@ -5,6 +5,8 @@
 # Other flags go to bench/bench.py (--seconds, --rounds, --systems, --scenarios, --json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -c 'import jwt, cryptography' 2>/dev/null || python3 -m pip install -q pyjwt cryptography
+python3 -c 'import jwt, cryptography' 2>/dev/null \
+  || python3 -m pip install -q pyjwt cryptography \
+  || { echo "install pyjwt and cryptography (Debian: apt-get install python3-jwt python3-cryptography)" >&2; exit 1; }
 [ -x target/release/ccgate ] || cargo build --release --quiet
 exec python3 bench/bench.py "$@"

@@ -67,19 +67,10 @@ async fn concurrent_requests_over_several_windows_stay_within_rate_plus_burst() 
     for _ in 0..rounds {
         let mut tasks = Vec::new();
         for _ in 0..per_round {
-            let (client, base, token) = (h.client.clone(), h.base.clone(), h.token("153"));
-            tasks.push(tokio::spawn(async move {
-                let req = http::Request::builder()
-                    .method(Method::POST)
-                    .uri(format!("{base}{STOP}"))
-                    .header("authorization", format!("Bearer {token}"))
-                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                    .unwrap();
-                client.request(req).await.unwrap().status()
-            }));
+            tasks.push(h.spawn_call(Method::POST, STOP, "153"));
         }
         for t in tasks {
-            match t.await.unwrap() {
+            match t.await.unwrap().status {
                 StatusCode::OK => allowed += 1,
                 StatusCode::TOO_MANY_REQUESTS => refused += 1,
                 other => panic!("unexpected {other}"),

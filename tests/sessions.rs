@@ -17,26 +17,7 @@ use serde_json::json;
 const STOP: &str = "/v1/conference/announcement/stop";
 
 async fn concurrent_sign_ins(h: &Harness, agent: &str, n: usize) -> Vec<common::Reply> {
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let (client, base, token) = (h.client.clone(), h.base.clone(), h.token(agent));
-        tasks.push(tokio::spawn(async move {
-            let req = http::Request::builder()
-                .method(Method::POST)
-                .uri(format!("{base}/v1/session"))
-                .header("authorization", format!("Bearer {token}"))
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap();
-            let resp = client.request(req).await.unwrap();
-            let (parts, body) = resp.into_parts();
-            let body = http_body_util::BodyExt::collect(body).await.unwrap().to_bytes();
-            common::Reply {
-                status: parts.status,
-                headers: parts.headers,
-                text: String::from_utf8_lossy(&body).into_owned(),
-            }
-        }));
-    }
+    let tasks: Vec<_> = (0..n).map(|_| h.spawn_call(Method::POST, "/v1/session", agent)).collect();
     let mut out = Vec::new();
     for t in tasks {
         out.push(t.await.unwrap());

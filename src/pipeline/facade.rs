@@ -13,7 +13,7 @@ use super::policy::check_chair;
 use super::Proxy;
 use crate::config::ms;
 use crate::error::ProxyError;
-use crate::gateway::{GatewayMethod, GatewayRequest};
+use crate::gateway::GatewayMethod;
 use crate::server::body::{self, Body};
 use crate::session::{ConfState, Session, SignInOptions};
 
@@ -127,17 +127,7 @@ async fn request_conference(p: &Proxy, session: Arc<Session>, b: Bytes) -> Resul
     let before = session.conf();
     let mut changes = session.watch_conf();
     session.set_conf(ConfState::Requested);
-    let auth = session.auth();
-    let sent = p
-        .client
-        .call(GatewayRequest {
-            method: GatewayMethod::RequestAgentConf,
-            agent: &session.agent_id,
-            auth: Some(&auth),
-            body: Some(b),
-            timeout: None,
-        })
-        .await;
+    let sent = session.call(&p.client, GatewayMethod::RequestAgentConf, Some(b)).await;
     let checked = match sent {
         Ok(reply) => session.check(&reply),
         Err(e) => Err(e.into()),
@@ -172,17 +162,7 @@ async fn request_conference(p: &Proxy, session: Arc<Session>, b: Bytes) -> Resul
 pub async fn stop_announcement(p: &Proxy, who: &Principal) -> Result<Response<Body>, ProxyError> {
     with_session(p, &who.agent_id, |session| async move {
         check_chair(session.conf(), p.on_unknown_chair)?;
-        let auth = session.auth();
-        let reply = p
-            .client
-            .call(GatewayRequest {
-                method: GatewayMethod::StopVoiceToConf,
-                agent: &session.agent_id,
-                auth: Some(&auth),
-                body: None,
-                timeout: None,
-            })
-            .await?;
+        let reply = session.call(&p.client, GatewayMethod::StopVoiceToConf, None).await?;
         session.check(&reply)?;
         Ok(body::json(StatusCode::OK, &json!({"stopped": true})))
     })

@@ -23,7 +23,7 @@ use super::Proxy;
 use crate::config::ms;
 use crate::error::ProxyError;
 use crate::gateway::client::JSON_UTF8;
-use crate::gateway::{retcode, Envelope, GatewayMethod, GatewayRequest, BASE_PATH};
+use crate::gateway::{retcode, Envelope, GatewayMethod, BASE_PATH};
 use crate::metrics::Outcome;
 use crate::server::body::{self, Body};
 use crate::session::conference::apply_success;
@@ -149,12 +149,8 @@ async fn forward(
     if m == GatewayMethod::RequestAgentConf {
         session.set_conf(ConfState::Requested);
     }
-    let auth = session.auth();
     let body = (!body.is_empty()).then_some(body);
-    let sent = p
-        .client
-        .call(GatewayRequest { method: m, agent: &session.agent_id, auth: Some(&auth), body, timeout: None })
-        .await;
+    let sent = session.call(&p.client, m, body).await;
     let reply = match sent {
         Ok(r) => r,
         Err(e) => {

@@ -144,6 +144,17 @@ impl Session {
         }
     }
 
+    /// Calls the gateway as this session: its agent, its current Guid and cookies.
+    pub async fn call(
+        &self,
+        client: &GatewayClient,
+        method: GatewayMethod,
+        body: Option<Bytes>,
+    ) -> Result<GatewayReply, UpstreamError> {
+        let auth = self.auth();
+        client.call(GatewayRequest { method, agent: &self.agent_id, auth: Some(&auth), body, timeout: None }).await
+    }
+
     /// Takes a Guid the gateway returned in a body (`updateGuid`).
     pub fn set_guid(&self, guid: &str) {
         let cookies = lock(&self.raw).1.clone();

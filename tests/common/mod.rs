@@ -221,6 +221,23 @@ impl Harness {
         Reply { status: parts.status, headers: parts.headers, text: String::from_utf8_lossy(&bytes).into_owned() }
     }
 
+    /// Starts a façade call as `agent` on its own task (for concurrent requests).
+    pub fn spawn_call(&self, method: Method, path: &str, agent: &str) -> tokio::task::JoinHandle<Reply> {
+        let (client, url, auth) =
+            (self.client.clone(), format!("{}{path}", self.base), format!("Bearer {}", self.token(agent)));
+        tokio::spawn(async move {
+            let req = Request::builder()
+                .method(method)
+                .uri(url)
+                .header("authorization", auth)
+                .body(Full::new(Bytes::new()))
+                .expect("valid request");
+            let (parts, body) = client.request(req).await.expect("request failed").into_parts();
+            let bytes = body.collect().await.expect("body").to_bytes();
+            Reply { status: parts.status, headers: parts.headers, text: String::from_utf8_lossy(&bytes).into_owned() }
+        })
+    }
+
     /// A façade call as agent `agent` (`None`: no Authorization header).
     pub async fn call(&self, method: Method, path: &str, agent: Option<&str>, body: &str) -> Reply {
         let token = agent.map(|a| self.token(a));

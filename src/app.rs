@@ -63,10 +63,6 @@ impl Running {
         }
         tracing::info!("shutdown complete");
     }
-
-    pub fn shutdown_handle(&self) -> Shutdown {
-        self.shutdown.clone()
-    }
 }
 
 /// Loads keys and credentials, binds both listeners, starts serving. Every error names what

@@ -182,10 +182,6 @@ impl Authenticator {
         })
     }
 
-    pub fn key_count(&self) -> usize {
-        self.keys.values().map(Vec::len).sum::<usize>() + usize::from(self.hs256.is_some())
-    }
-
     /// Authenticates a request from its headers.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Reason> {
         let token = bearer_token(headers)?;

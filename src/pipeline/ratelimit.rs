@@ -390,8 +390,4 @@ impl Limits {
     pub fn tracked_keys(&self) -> usize {
         self.all.iter().map(|l| l.keys()).sum()
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.all.is_empty()
-    }
 }

@@ -69,9 +69,6 @@ impl Shutdown {
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.0.subscribe()
     }
-    pub fn is_triggered(&self) -> bool {
-        *self.0.borrow()
-    }
 }
 
 /// Waits until the signal is triggered (or its sender is gone).

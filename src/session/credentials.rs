@@ -59,20 +59,8 @@ impl CredentialStore {
         Ok(Self { agents: file.agents })
     }
 
-    pub fn from_map(agents: HashMap<String, AgentCredentials>) -> Self {
-        Self { agents }
-    }
-
     pub fn get(&self, agent: &str) -> Option<&AgentCredentials> {
         self.agents.get(agent)
-    }
-
-    pub fn len(&self) -> usize {
-        self.agents.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.agents.is_empty()
     }
 }
 

@@ -560,19 +560,6 @@ impl SessionStore {
         }
     }
 
-    /// Stops every poller without signing anyone out.
-    pub fn stop_all(&self) {
-        for slot in lock(&self.slots).values() {
-            if let Some(s) = slot.session.load_full() {
-                s.stop_poller();
-            }
-        }
-    }
-
-    pub fn client(&self) -> &GatewayClient {
-        &self.client
-    }
-
     pub fn settings(&self) -> &SessionsConfig {
         &self.cfg
     }

@@ -236,13 +236,6 @@ impl Sim {
         lock(&self.0.state).rotations
     }
 
-    /// The chair of `agent`'s conference, if it is in one.
-    pub fn chair_of(&self, agent: &str) -> Option<String> {
-        let st = lock(&self.0.state);
-        let id = st.agents.get(agent)?.conf?;
-        st.confs.get(&id).map(|c| c.chair.clone())
-    }
-
     /// Hands the chair of `from`'s conference to `to` (signed in), as `applytoshiftpresident`
     /// would, with the same events. Returns the gateway's retcode.
     pub fn transfer_chair(&self, from: &str, to: &str) -> String {

@@ -5,14 +5,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::config::{ms, Config};
+use crate::gateway::client::ProbeFailure;
 use crate::gateway::GatewayClient;
 use crate::metrics::Metrics;
 use crate::pipeline::auth::Authenticator;
 use crate::pipeline::Proxy;
-use crate::server::admin::{Admin, Readiness};
+use crate::server::admin::{Admin, Readiness, GATEWAY_UP};
 use crate::server::listener::triggered;
 use crate::server::{self, ServeOptions, Shutdown};
 use crate::session::{CredentialStore, SessionStore};
@@ -85,7 +86,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     let proxy = Arc::new(Proxy {
         auth,
         sessions: sessions.clone(),
-        client,
+        client: client.clone(),
         metrics: metrics.clone(),
         max_body_bytes: config.server.max_body_bytes,
         on_unknown_chair: config.policy.on_unknown_chair,
@@ -112,12 +113,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     let admin = Arc::new(Admin { metrics: metrics.clone(), readiness: readiness.clone() });
     let admin_served = server::spawn(admin_listener, None, admin, opts, shutdown.subscribe())
         .map_err(|e| format!("admin.listen: {e}"))?;
-    let probe = tokio::spawn(probe_gateway(
-        gateway_addr(&config.gateway.url)?,
-        readiness.clone(),
-        metrics.clone(),
-        shutdown.clone(),
-    ));
+    let probe = tokio::spawn(probe_gateway(client.clone(), readiness.clone(), metrics.clone(), shutdown.clone()));
     let evictor = tokio::spawn(evict_rate_limit_keys(limits.clone(), shutdown.clone()));
     Ok(Running {
         proxy_addr: served.addr,
@@ -133,13 +129,6 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     })
 }
 
-fn gateway_addr(url: &str) -> Result<String, String> {
-    let uri: http::Uri = url.parse().map_err(|e| format!("gateway.url: {e}"))?;
-    let host = uri.host().ok_or("gateway.url: no host")?;
-    let port = uri.port_u16().unwrap_or(443);
-    Ok(format!("{host}:{port}"))
-}
-
 /// Evicts idle rate-limit keys and refreshes the key gauges, so memory follows live traffic.
 async fn evict_rate_limit_keys(limits: Arc<crate::pipeline::ratelimit::Limits>, shutdown: Shutdown) {
     let mut stop = shutdown.subscribe();
@@ -151,15 +140,19 @@ async fn evict_rate_limit_keys(limits: Arc<crate::pipeline::ratelimit::Limits>, 
     }
 }
 
-/// Readiness: the gateway accepts TCP connections. A TCP connect is enough to tell "down"
-/// from "up" and costs the gateway nothing (no request, no log line there).
-async fn probe_gateway(addr: String, readiness: Arc<Readiness>, metrics: Metrics, shutdown: Shutdown) {
+/// Readiness: the gateway completes a TLS handshake with the configured CA and server name
+/// (see [`GatewayClient::probe`]). The verdict also drives `ccgate_gateway_up`.
+async fn probe_gateway(client: GatewayClient, readiness: Arc<Readiness>, metrics: Metrics, shutdown: Shutdown) {
     let mut stop = shutdown.subscribe();
     loop {
-        let ok = matches!(tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await, Ok(Ok(_)));
-        metrics.set_gateway_up(ok);
-        if readiness.set_gateway_reachable(ok) {
-            tracing::info!(gateway_reachable = ok, "gateway reachability changed");
+        let result = client.probe().await;
+        metrics.set_gateway_up(result.is_ok());
+        let state = result.as_ref().map_or_else(ProbeFailure::label, |()| GATEWAY_UP);
+        if readiness.set_gateway(state) {
+            match &result {
+                Ok(()) => tracing::info!(gateway = state, "gateway reachable"),
+                Err(e) => tracing::warn!(gateway = state, error = %e, "gateway not reachable"),
+            }
         }
         tokio::select! {
             _ = triggered(&mut stop) => return,

@@ -80,5 +80,6 @@ async fn health_and_readiness() {
     let r = h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json()["gateway_reachable"], true);
+    assert_eq!(r.json()["gateway"], "up");
     h.stop().await;
 }

@@ -25,6 +25,38 @@ async fn gateway_down_is_503() {
 }
 
 #[tokio::test]
+async fn readiness_says_why_the_gateway_is_not_usable() {
+    // Down: nothing listens.
+    let port = closed_port().await;
+    let h =
+        Harness::with(Options { gateway_url: Some(format!("https://127.0.0.1:{port}")), ..Options::default() }).await;
+    tokio::time::timeout(common::WAIT, h.running().readiness.wait_gateway_checked()).await.expect("never probed");
+    let r = h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(r.json()["gateway"], "connect_failed", "{}", r.text);
+    assert_eq!(r.json()["gateway_reachable"], false);
+    assert!(h.metrics().await.contains("ccgate_gateway_up 0"));
+    h.stop().await;
+
+    // Up, but its certificate is not for the name ccgate expects: a TCP check would call this
+    // ready while every request fails.
+    let h = Harness::with(Options {
+        config: Box::new(|c| c.gateway.tls_server_name = Some("gateway.invalid".into())),
+        ..Options::default()
+    })
+    .await;
+    tokio::time::timeout(common::WAIT, h.running().readiness.wait_gateway_checked()).await.expect("never probed");
+    let r = h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(r.json()["gateway"], "tls_failed", "{}", r.text);
+    assert!(h.metrics().await.contains("ccgate_gateway_up 0"));
+    let r = h.call(Method::POST, "/v1/session", Some("153"), "").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "requests fail the same way: {}", r.text);
+    assert_eq!(h.sim.count(GatewayMethod::Login), 0, "no request got through");
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn slow_gateway_is_504() {
     let h =
         Harness::with(Options { config: Box::new(|c| c.gateway.request_timeout_ms = 200), ..Options::default() }).await;

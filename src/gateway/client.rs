@@ -90,6 +90,39 @@ pub enum UpstreamError {
 
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// Why the readiness probe could not reach the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProbeFailure {
+    #[error("TCP connect failed: {0}")]
+    Connect(String),
+    #[error("no answer within the connect timeout")]
+    Timeout,
+    /// The gateway answered but its certificate is not trusted or not for the expected name,
+    /// or the handshake failed otherwise: every request would fail the same way.
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+}
+
+impl ProbeFailure {
+    /// A fixed label for `/readyz`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect_failed",
+            Self::Timeout => "timeout",
+            Self::Tls(_) => "tls_failed",
+        }
+    }
+}
+
+/// What the probe needs to dial the gateway exactly as the pool does: the same address, TLS
+/// settings and server name.
+struct Probe {
+    addr: String,
+    tls: tokio_rustls::TlsConnector,
+    server_name: rustls_pki_types::ServerName<'static>,
+    connect_timeout: Duration,
+}
+
 #[derive(Clone)]
 pub struct GatewayClient {
     inner: Arc<Inner>,
@@ -100,13 +133,14 @@ struct Inner {
     scheme_authority: String,
     request_timeout: Duration,
     metrics: Metrics,
+    probe: Probe,
 }
 
 impl GatewayClient {
     pub fn new(cfg: &GatewayConfig, metrics: Metrics) -> Result<Self, String> {
         let url: Uri = cfg.url.parse().map_err(|e| format!("gateway.url: {e}"))?;
         let authority = url.authority().ok_or("gateway.url: no host")?.to_string();
-        let tls = tls::client_config(cfg.ca_file.as_deref())?;
+        let tls = Arc::new(tls::client_config(cfg.ca_file.as_deref())?);
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -119,6 +153,12 @@ impl GatewayClient {
                 Arc::new(hyper_rustls::FixedServerNameResolver::new(name))
             }
             None => Arc::new(hyper_rustls::DefaultServerNameResolver::default()),
+        };
+        let probe = Probe {
+            addr: format!("{}:{}", url.host().unwrap_or_default(), url.port_u16().unwrap_or(443)),
+            tls: tokio_rustls::TlsConnector::from(tls.clone()),
+            server_name: resolver.resolve(&url).map_err(|e| format!("gateway.url: no TLS server name: {e}"))?,
+            connect_timeout: ms(cfg.connect_timeout_ms),
         };
         let connector = hyper_rustls::HttpsConnector::new(http, tls, true, resolver);
         let client = Client::builder(TokioExecutor::new())
@@ -133,8 +173,26 @@ impl GatewayClient {
                 scheme_authority: format!("https://{authority}"),
                 request_timeout: ms(cfg.request_timeout_ms),
                 metrics,
+                probe,
             }),
         })
+    }
+
+    /// Dials the gateway and completes a TLS handshake, then closes: tells "down" from "up"
+    /// and also catches a certificate the configured CA or server name does not accept. It
+    /// sends no request, so it costs the gateway no session work and no log line.
+    pub async fn probe(&self) -> Result<(), ProbeFailure> {
+        let p = &self.inner.probe;
+        let dial = async {
+            let tcp =
+                tokio::net::TcpStream::connect(&p.addr).await.map_err(|e| ProbeFailure::Connect(e.to_string()))?;
+            let mut tls =
+                p.tls.connect(p.server_name.clone(), tcp).await.map_err(|e| ProbeFailure::Tls(e.to_string()))?;
+            // A polite close_notify; the probe's verdict does not depend on it.
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+            Ok(())
+        };
+        tokio::time::timeout(p.connect_timeout, dial).await.unwrap_or(Err(ProbeFailure::Timeout))
     }
 
     /// Sends one request and parses the envelope. Records upstream duration and retcode,

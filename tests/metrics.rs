@@ -52,13 +52,13 @@ async fn metrics_after_a_full_flow_pass_promtool_and_leak_nothing() {
     }
     assert!(!text.contains(PASSWORD));
 
-    let mut child = Command::new("promtool")
+    let mut child = Command::new(common::tools::require("promtool"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("promtool is required for this test (Debian package `prometheus`; .ci/run installs it)");
+        .expect("promtool did not start");
     child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(

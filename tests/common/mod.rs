@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod tools;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -44,10 +46,7 @@ pub fn rsa() -> &'static Rsa {
         std::fs::create_dir_all(&dir).unwrap();
         let key = dir.join("rsa.pem");
         let run = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .output()
-                .expect("the openssl command is needed by the tests (apt-get install openssl)");
+            let out = tools::command("openssl").args(args).output().expect("openssl did not run");
             assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
             out.stdout
         };

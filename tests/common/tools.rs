@@ -1,0 +1,32 @@
+//! Outside programs the tests run. A missing one fails the test with its name and how to get
+//! it, instead of a bare "No such file or directory" panic. Keep in step with `scripts/test`,
+//! which installs them.
+
+use std::path::PathBuf;
+
+/// (command, Debian package that ships it)
+const KNOWN: &[(&str, &str)] = &[("promtool", "prometheus"), ("openssl", "openssl"), ("kill", "procps")];
+
+/// The path of `name` on PATH; panics naming the package and the command that installs it.
+pub fn require(name: &str) -> PathBuf {
+    let found = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file());
+    match found {
+        Some(path) => path,
+        None => {
+            let package = KNOWN.iter().find(|(cmd, _)| *cmd == name).map_or(name, |(_, pkg)| pkg);
+            panic!(
+                "this test runs `{name}`, which is not on PATH. Run the suite with `scripts/test`, \
+                 which installs it, or install it yourself: apt-get install {package}"
+            )
+        }
+    }
+}
+
+/// A `std::process::Command` for `name`, checked to exist first.
+pub fn command(name: &str) -> std::process::Command {
+    std::process::Command::new(require(name))
+}

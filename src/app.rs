@@ -8,11 +8,13 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::config::{ms, Config};
+use crate::edge::auth::Authenticator;
+use crate::edge::Proxy;
 use crate::gateway::client::ProbeFailure;
 use crate::gateway::GatewayClient;
 use crate::metrics::Metrics;
-use crate::pipeline::auth::Authenticator;
-use crate::pipeline::Proxy;
+use crate::ops::limits::{Limits, EVICTION_INTERVAL};
+use crate::ops::{Core, CoreSettings};
 use crate::server::admin::{Admin, Readiness, GATEWAY_UP};
 use crate::server::listener::triggered;
 use crate::server::{self, ServeOptions, Shutdown};
@@ -32,7 +34,7 @@ pub struct Running {
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
     pub sessions: Arc<SessionStore>,
-    pub limits: Arc<crate::pipeline::ratelimit::Limits>,
+    pub limits: Arc<Limits>,
     shutdown: Shutdown,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     drain_delay: Duration,
@@ -81,18 +83,15 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         (Some(c), Some(k)) => Some(tls::server_config_from_files(c, k)?),
         _ => None,
     };
-    let limits = Arc::new(crate::pipeline::ratelimit::Limits::new(&config.rate_limits, metrics.clone()));
-    let sessions = SessionStore::new(client.clone(), creds, config.sessions.clone(), metrics.clone());
+    let limits = Arc::new(Limits::new(&config.rate_limits, metrics.clone())?);
+    let sessions = SessionStore::new(Arc::new(client.clone()), creds, config.sessions.clone(), metrics.clone());
+    let core = Core::new(sessions.clone(), limits.clone(), CoreSettings::from_config(config));
     let proxy = Arc::new(Proxy {
         auth,
-        sessions: sessions.clone(),
-        client: client.clone(),
+        core,
         metrics: metrics.clone(),
         max_body_bytes: config.server.max_body_bytes,
-        on_unknown_chair: config.policy.on_unknown_chair,
-        resume: config.sessions.resume,
         shutdown: shutdown.subscribe(),
-        limits: limits.clone(),
     });
     let readiness = Arc::new(Readiness::default());
     let grace = ms(config.server.shutdown_grace_ms);
@@ -130,12 +129,12 @@ pub async fn start(config: &Config) -> Result<Running, String> {
 }
 
 /// Evicts idle rate-limit keys and refreshes the key gauges, so memory follows live traffic.
-async fn evict_rate_limit_keys(limits: Arc<crate::pipeline::ratelimit::Limits>, shutdown: Shutdown) {
+async fn evict_rate_limit_keys(limits: Arc<Limits>, shutdown: Shutdown) {
     let mut stop = shutdown.subscribe();
     loop {
         tokio::select! {
             _ = triggered(&mut stop) => return,
-            _ = tokio::time::sleep(crate::pipeline::ratelimit::EVICTION_INTERVAL) => limits.evict(),
+            _ = tokio::time::sleep(EVICTION_INTERVAL) => limits.evict(),
         }
     }
 }

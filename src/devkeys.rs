@@ -111,7 +111,7 @@ pub fn now_secs() -> u64 {
 mod tests {
     use super::*;
     use crate::config::AuthConfig;
-    use crate::pipeline::auth::Authenticator;
+    use crate::edge::auth::Authenticator;
 
     #[test]
     fn es256_and_eddsa_tokens_verify_against_their_jwks() {

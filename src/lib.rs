@@ -2,16 +2,20 @@
 //!
 //! Apps call ccgate with their own JWTs; ccgate holds each agent's gateway session (Guid,
 //! cookies, event polling), enforces the chairperson policy on `stopVoiceToConf`, forwards to
-//! the gateway and reports every method to Prometheus. See `DESIGN.md` for the request flow.
+//! the gateway and reports every method to Prometheus.
+//!
+//! Layers, each depending only on the ones below it (docs/architecture.md):
+//! `edge` (HTTP faces) → `ops` (the operations core) → `session` → `gateway`, with `config`,
+//! `metrics` and `server` (listeners) beside them.
 
 pub mod app;
 pub mod config;
 pub mod demo;
 pub mod devkeys;
-pub mod error;
+pub mod edge;
 pub mod gateway;
 pub mod metrics;
-pub mod pipeline;
+pub mod ops;
 pub mod server;
 pub mod session;
 pub mod sim;

@@ -120,10 +120,11 @@ async fn run(cmd: Command) -> Result<(), String> {
             let config = load_config(config)?;
             // Load keys and credentials too: a config that parses but names unreadable files
             // is not a valid config.
-            ccgate::pipeline::auth::Authenticator::from_config(&config.auth)?;
+            ccgate::edge::auth::Authenticator::from_config(&config.auth)?;
             if let Some(p) = &config.credentials.file {
                 ccgate::session::CredentialStore::load(p)?;
             }
+            ccgate::ops::limits::Limits::new(&config.rate_limits, ccgate::metrics::Metrics::new())?;
             print!("{}", config.to_masked_toml());
             eprintln!("config OK");
             Ok(())

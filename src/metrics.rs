@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN section 7). Every label value comes from a bounded enum or a
+//! Prometheus metrics (the contract is in README, "Metrics"). Every label value comes from a bounded enum or a
 //! fixed list: never an agent id, token subject, raw path or Guid.
 //!
 //! Each `Metrics` owns its own registry so several proxies can live in one process (tests).
@@ -13,7 +13,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::gateway::{retcode, GatewayMethod, UpstreamError};
+use crate::gateway::{GatewayMethod, Retcode};
 
 /// Buckets for a gateway round trip and for a whole proxied request. A LAN round trip to the
 /// CC-Gateway is a few milliseconds; CTI operations (conference set-up) take up to a few
@@ -46,7 +46,22 @@ impl MethodLabel {
         }
     }
 
-    fn index(self) -> usize {
+    /// Every label, in `index` order.
+    pub fn all() -> impl Iterator<Item = MethodLabel> {
+        GatewayMethod::ALL.iter().map(|m| MethodLabel::Gateway(*m)).chain([
+            MethodLabel::GetSession,
+            MethodLabel::Events,
+            MethodLabel::Unmatched,
+        ])
+    }
+
+    /// The label with this name (config time: a limit's `method`).
+    pub fn from_name(name: &str) -> Option<MethodLabel> {
+        Self::all().find(|l| l.as_str() == name)
+    }
+
+    /// Dense index for per-label tables (`0..COUNT`).
+    pub fn index(self) -> usize {
         match self {
             MethodLabel::Gateway(m) => m.index(),
             MethodLabel::GetSession => GatewayMethod::COUNT,
@@ -143,17 +158,6 @@ label_enum! {
         Timeout => "timeout",
         BadStatus => "bad_status",
         Malformed => "malformed",
-    }
-}
-
-impl From<&UpstreamError> for UpstreamErrorKind {
-    fn from(e: &UpstreamError) -> Self {
-        match e {
-            UpstreamError::Unavailable(_) => Self::Unavailable,
-            UpstreamError::Timeout => Self::Timeout,
-            UpstreamError::BadStatus(_) => Self::BadStatus,
-            UpstreamError::Malformed(_) => Self::Malformed,
-        }
     }
 }
 
@@ -326,12 +330,11 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn count_upstream_retcode(&self, method: GatewayMethod, code: &str) {
-        self.0.upstream_responses.with_label_values(&[method.log_name(), retcode::label(code)]).inc();
+    pub fn count_upstream_retcode(&self, method: GatewayMethod, code: Retcode) {
+        self.0.upstream_responses.with_label_values(&[method.log_name(), code.as_str()]).inc();
     }
 
-    pub fn count_upstream_failure(&self, method: GatewayMethod, e: &UpstreamError) {
-        let kind = UpstreamErrorKind::from(e);
+    pub fn count_upstream_failure(&self, method: GatewayMethod, kind: UpstreamErrorKind) {
         self.0.upstream_errors.with_label_values(&[method.log_name(), kind.as_str()]).inc();
     }
 
@@ -441,7 +444,7 @@ mod tests {
             Outcome::NotChairperson,
             Duration::from_millis(2),
         );
-        m.count_upstream_retcode(GatewayMethod::StopVoiceToConf, "totally-new-code");
+        m.count_upstream_retcode(GatewayMethod::StopVoiceToConf, Retcode::parse("totally-new-code"));
         let text = m.render();
         assert!(
             text.contains(r#"ccgate_requests_total{method="stopVoiceToConf",outcome="not_chairperson"} 1"#),

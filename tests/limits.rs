@@ -6,11 +6,12 @@ mod common;
 
 use std::time::Duration;
 
+use ccgate::config::{LimitConfig, RateLimitsConfig, Scope};
 use ccgate::devkeys::now_secs;
 use ccgate::gateway::GatewayMethod;
 use ccgate::metrics::{MethodLabel, Metrics};
-use ccgate::pipeline::auth::Principal;
-use ccgate::pipeline::ratelimit::{LimitConfig, Limits, RateLimitsConfig, Scope};
+use ccgate::ops::limits::Limits;
+use ccgate::ops::Principal;
 use common::{problem, Harness, Options, AUDIENCE, ISSUER};
 use http::{Method, StatusCode};
 use serde_json::json;
@@ -150,7 +151,7 @@ async fn a_hundred_thousand_agents_then_idle_keys_are_evicted_and_the_gauge_fall
     let metrics = Metrics::new();
     let cfg =
         RateLimitsConfig { max_keys: 200_000, limit: vec![limit("stopVoiceToConf", Scope::Agent, 1.0, 5, false)] };
-    let limits = Limits::new(&cfg, metrics.clone());
+    let limits = Limits::new(&cfg, metrics.clone()).expect("valid limits");
     let m = MethodLabel::Gateway(GatewayMethod::StopVoiceToConf);
     for n in 0..100_000 {
         assert!(limits.check(m, &principal(n)).is_ok());
@@ -169,7 +170,7 @@ async fn a_hundred_thousand_agents_then_idle_keys_are_evicted_and_the_gauge_fall
 async fn the_key_table_is_capped_and_overflow_is_counted_not_refused() {
     let metrics = Metrics::new();
     let cfg = RateLimitsConfig { max_keys: 1_000, limit: vec![limit("stopVoiceToConf", Scope::Agent, 1.0, 1, false)] };
-    let limits = Limits::new(&cfg, metrics.clone());
+    let limits = Limits::new(&cfg, metrics.clone()).expect("valid limits");
     let m = MethodLabel::Gateway(GatewayMethod::StopVoiceToConf);
     for n in 0..5_000 {
         assert!(limits.check(m, &principal(n)).is_ok(), "a new key is never refused for lack of room");

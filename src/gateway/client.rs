@@ -1,7 +1,7 @@
 //! HTTPS client for the CC-Gateway: a keep-alive pool, a configured CA bundle, an optional
 //! TLS server name, connect and request timeouts, and envelope parsing.
 //!
-//! Every gateway round trip (façade requests and the poller alike) goes through
+//! Every gateway round trip (app requests and the poller alike) goes through
 //! [`GatewayClient::call`], which is also where upstream metrics are recorded.
 
 use std::sync::Arc;
@@ -17,14 +17,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::envelope::Envelope;
 use super::methods::GatewayMethod;
+use super::{timing, CallFuture, Gateway};
 use crate::config::{ms, GatewayConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::tls;
-
-tokio::task_local! {
-    /// Gateway time spent on behalf of the request being served (unset in the poller).
-    pub static UPSTREAM_TIME: std::cell::Cell<Duration>;
-}
 
 /// The header carrying the session's Guid on requests.
 pub const GUID_HEADER: &str = "guid";
@@ -61,7 +57,6 @@ pub struct GatewayRequest<'a> {
 }
 
 /// A parsed gateway answer (HTTP 200 with an envelope).
-#[derive(Debug)]
 pub struct GatewayReply {
     pub envelope: Envelope,
     /// The new Guid from `Set-GUID`, `JSESSIONID=` removed, node suffix kept.
@@ -69,6 +64,43 @@ pub struct GatewayReply {
     /// `name=value` of each `Set-Cookie`, attributes removed.
     pub cookies: Vec<String>,
     pub body: Bytes,
+}
+
+impl std::fmt::Debug for GatewayReply {
+    /// The envelope only: the Guid and cookies are secrets, and the body repeats the envelope.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayReply").field("envelope", &self.envelope).finish_non_exhaustive()
+    }
+}
+
+impl GatewayReply {
+    /// An answer with this envelope and nothing else (no Guid, no cookie).
+    pub fn from_envelope(envelope: Envelope) -> Self {
+        let body = envelope.to_bytes();
+        Self { envelope, set_guid: None, cookies: Vec::new(), body }
+    }
+}
+
+/// What the gateway said when it refused an operation (retcode != "0"): its words, and its
+/// envelope as it sent it, for the pass-through face. Holds no secret (envelopes carry none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayRefusal {
+    pub retcode: String,
+    pub message: String,
+    pub error_reason: Option<i64>,
+    pub body: Bytes,
+}
+
+impl From<&GatewayReply> for GatewayRefusal {
+    fn from(r: &GatewayReply) -> Self {
+        let e = &r.envelope;
+        Self {
+            retcode: e.retcode.clone(),
+            message: e.message.clone(),
+            error_reason: e.error_reason(),
+            body: r.body.clone(),
+        }
+    }
 }
 
 /// Why a gateway round trip failed. Each maps to one HTTP status at the edge.
@@ -86,6 +118,17 @@ pub enum UpstreamError {
     /// The gateway's body was not a valid envelope, or the connection broke mid-answer: 502.
     #[error("gateway answered garbage: {0}")]
     Malformed(String),
+}
+
+impl UpstreamError {
+    pub fn kind(&self) -> UpstreamErrorKind {
+        match self {
+            Self::Unavailable(_) => UpstreamErrorKind::Unavailable,
+            Self::Timeout => UpstreamErrorKind::Timeout,
+            Self::BadStatus(_) => UpstreamErrorKind::BadStatus,
+            Self::Malformed(_) => UpstreamErrorKind::Malformed,
+        }
+    }
 }
 
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -201,12 +244,12 @@ impl GatewayClient {
         let started = Instant::now();
         let result = self.round_trip(&req).await;
         let elapsed = started.elapsed();
-        let _ = UPSTREAM_TIME.try_with(|t| t.set(t.get() + elapsed));
+        timing::add(elapsed);
         let m = &self.inner.metrics;
         m.observe_upstream(req.method, elapsed);
         match &result {
-            Ok(reply) => m.count_upstream_retcode(req.method, &reply.envelope.retcode),
-            Err(e) => m.count_upstream_failure(req.method, e),
+            Ok(reply) => m.count_upstream_retcode(req.method, reply.envelope.code()),
+            Err(e) => m.count_upstream_failure(req.method, e.kind()),
         }
         result
     }
@@ -246,6 +289,12 @@ impl GatewayClient {
         let cookies =
             parts.headers.get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).filter_map(cookie_pair).collect();
         Ok(GatewayReply { envelope, set_guid, cookies, body: bytes })
+    }
+}
+
+impl Gateway for GatewayClient {
+    fn call<'a>(&'a self, req: GatewayRequest<'a>) -> CallFuture<'a> {
+        Box::pin(GatewayClient::call(self, req))
     }
 }
 

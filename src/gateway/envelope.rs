@@ -1,65 +1,134 @@
-//! The gateway's response envelope and its retcodes.
+//! The gateway's response envelope and its retcodes (docs/gateway.md, "Envelope" and
+//! "Retcodes"). The one type both ccgate and its simulator read and write envelopes with.
 
-use serde::Deserialize;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// `{"message": string, "retcode": string, "result": ..., "event": ...}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Envelope {
     #[serde(default)]
     pub message: String,
+    /// Kept as the gateway sent it (a code ccgate does not know passes through unchanged);
+    /// [`Envelope::code`] classifies it.
     pub retcode: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
-    /// Present on event-poll responses only.
-    #[serde(default)]
+    /// Event-poll answers only; `Some(Value::Null)` writes the empty poll's `"event": null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub event: Option<Value>,
 }
 
 impl Envelope {
+    /// A success carrying `result`.
+    pub fn ok(message: &str, result: Value) -> Self {
+        Self {
+            message: message.to_owned(),
+            retcode: Retcode::Success.as_str().to_owned(),
+            result: Some(result),
+            event: None,
+        }
+    }
+
+    /// A refusal with `code` (a gateway `NNN-NNN` code, or ccgate's own `CCG-nnn`).
+    pub fn error(code: &str, message: impl Into<String>, result: Option<Value>) -> Self {
+        Self { message: message.into(), retcode: code.to_owned(), result, event: None }
+    }
+
+    /// An event-poll answer: one event, or none (`"event": null`).
+    pub fn event(event: Option<Value>) -> Self {
+        Self {
+            message: String::new(),
+            retcode: Retcode::Success.as_str().to_owned(),
+            result: None,
+            event: Some(event.unwrap_or(Value::Null)),
+        }
+    }
+
+    pub fn code(&self) -> Retcode {
+        Retcode::parse(&self.retcode)
+    }
+
     pub fn is_success(&self) -> bool {
-        self.retcode == retcode::SUCCESS
+        self.retcode == Retcode::Success.as_str()
     }
 
     /// `result.errorReason`, the routing layer's cause code passed through on failure.
     pub fn error_reason(&self) -> Option<i64> {
         self.result.as_ref()?.get("errorReason")?.as_i64()
     }
-}
 
-/// Retcodes ccgate acts on, and the bounded set used as a metric label.
-pub mod retcode {
-    pub const SUCCESS: &str = "0";
-    pub const BAD_PARAMETER: &str = "000-002";
-    pub const NO_PERMISSION: &str = "000-003";
-    pub const REPEATED_CALL: &str = "000-007";
-    pub const ALREADY_SIGNED_IN: &str = "100-002";
-    pub const WRONG_PASSWORD: &str = "100-004";
-    pub const NOT_SIGNED_IN: &str = "100-006";
-    pub const INTERNAL: &str = "100-007";
-    pub const SIGNIN_IN_PROGRESS: &str = "100-021";
-    pub const NO_CONFERENCE: &str = "101-001";
-    pub const NOT_CHAIRPERSON: &str = "101-002";
-    pub const ALREADY_IN_CONFERENCE: &str = "101-003";
-    pub const CHAIR_TO_SELF: &str = "101-005";
-    pub const CHAIR_CANNOT_LEAVE: &str = "101-007";
-
-    /// Every documented code (API-NOTES section 6). Anything else is labelled `other` so a
-    /// misbehaving gateway cannot blow up metric cardinality.
-    pub const KNOWN: &[&str] = &[
-        "0", "000-001", "000-002", "000-003", "000-004", "000-007", "100-001", "100-002", "100-003", "100-004",
-        "100-005", "100-006", "100-007", "100-008", "100-020", "100-021", "101-001", "101-002", "101-003", "101-005",
-        "101-007", "105-005", "105-006", "105-007",
-    ];
-
-    /// The label value for a retcode: itself when documented, else `other`.
-    pub fn label(code: &str) -> &'static str {
-        KNOWN.iter().copied().find(|k| *k == code).unwrap_or("other")
+    /// The event of a poll answer, if one came (`null` and absent both mean none).
+    pub fn poll_event(&self) -> Option<&Value> {
+        self.event.as_ref().filter(|e| !e.is_null())
     }
 
-    /// Codes that mean the gateway no longer accepts the session's Guid.
-    pub fn session_gone(code: &str) -> bool {
-        matches!(code, NOT_SIGNED_IN | NO_PERMISSION | "105-005" | "105-006" | "105-007")
+    pub fn to_bytes(&self) -> Bytes {
+        // Serializing strings and JSON values cannot fail.
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+}
+
+macro_rules! retcodes {
+    ($( $(#[$doc:meta])* $variant:ident => $code:literal ),+ $(,)?) => {
+        /// Every documented retcode (docs/gateway.md, "Retcodes"), and `Other` for the rest,
+        /// so a misbehaving gateway cannot blow up metric cardinality.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Retcode { $( $(#[$doc])* $variant, )+ Other }
+
+        impl Retcode {
+            pub fn parse(code: &str) -> Self {
+                match code { $( $code => Self::$variant, )+ _ => Self::Other }
+            }
+            /// The code as the gateway writes it; `other` for an unknown one (the metric label).
+            pub const fn as_str(self) -> &'static str {
+                match self { $( Self::$variant => $code, )+ Self::Other => "other" }
+            }
+        }
+    };
+}
+
+retcodes! {
+    Success => "0",
+    WrongEventFetch => "000-001",
+    BadParameter => "000-002",
+    /// No permission; the Guid may have expired.
+    NoPermission => "000-003",
+    SwitchingOver => "000-004",
+    RepeatedCall => "000-007",
+    SignInParameter => "100-001",
+    AlreadySignedIn => "100-002",
+    ResourceUnavailable => "100-003",
+    WrongPassword => "100-004",
+    SignOutParameter => "100-005",
+    /// Not signed in, or the Guid does not match.
+    NotSignedIn => "100-006",
+    Internal => "100-007",
+    AlreadySignedOut => "100-008",
+    PasswordExpired => "100-020",
+    SignInInProgress => "100-021",
+    NoConference => "101-001",
+    NotChairperson => "101-002",
+    AlreadyInConference => "101-003",
+    ChairToSelf => "101-005",
+    ChairCannotLeave => "101-007",
+    DisasterRecovery5 => "105-005",
+    DisasterRecovery6 => "105-006",
+    DisasterRecovery7 => "105-007",
+}
+
+impl Retcode {
+    /// The gateway no longer accepts the session's Guid: sign in again.
+    pub const fn session_gone(self) -> bool {
+        matches!(
+            self,
+            Self::NotSignedIn
+                | Self::NoPermission
+                | Self::DisasterRecovery5
+                | Self::DisasterRecovery6
+                | Self::DisasterRecovery7
+        )
     }
 }
 
@@ -73,6 +142,7 @@ mod tests {
             serde_json::from_str(r#"{"result":{"errorReason":22},"message":"Unknown ERROR._22","retcode":"100-007"}"#)
                 .unwrap();
         assert!(!e.is_success());
+        assert_eq!(e.code(), Retcode::Internal);
         assert_eq!(e.error_reason(), Some(22));
     }
 
@@ -90,9 +160,25 @@ mod tests {
     }
 
     #[test]
-    fn labels_are_bounded() {
-        assert_eq!(retcode::label("101-002"), "101-002");
-        assert_eq!(retcode::label("999-999"), "other");
-        assert_eq!(retcode::label("<script>"), "other");
+    fn writes_what_it_reads() {
+        assert_eq!(Envelope::event(None).to_bytes(), &br#"{"message":"","retcode":"0","event":null}"#[..]);
+        assert_eq!(
+            Envelope::error("101-002", "not chair", None).to_bytes(),
+            &br#"{"message":"not chair","retcode":"101-002"}"#[..]
+        );
+        let ok = Envelope::ok("success", serde_json::json!({}));
+        assert_eq!(serde_json::from_slice::<Envelope>(&ok.to_bytes()).unwrap(), ok);
+        assert!(Envelope::event(None).poll_event().is_none());
+    }
+
+    #[test]
+    fn codes_are_bounded_and_classified() {
+        assert_eq!(Retcode::parse("101-002").as_str(), "101-002");
+        assert_eq!(Retcode::parse("999-999").as_str(), "other");
+        assert_eq!(Retcode::parse("<script>"), Retcode::Other);
+        for gone in ["100-006", "000-003", "105-005", "105-006", "105-007"] {
+            assert!(Retcode::parse(gone).session_gone(), "{gone}");
+        }
+        assert!(!Retcode::parse("100-007").session_gone());
     }
 }

@@ -1,20 +1,35 @@
-//! Everything about talking to the CC-Gateway: the method registry, the envelope and retcodes,
-//! and the HTTPS client.
+//! Everything about talking to the CC-Gateway: the method registry, the envelope and
+//! retcodes, the HTTPS client, and the [`Gateway`] seam the layers above call it through.
+//! The gateway's behaviour, with sources, is in docs/gateway.md.
 
 pub mod client;
 pub mod envelope;
 pub mod methods;
+pub mod timing;
 
-pub use client::{GatewayClient, GatewayReply, GatewayRequest, SessionAuth, UpstreamError};
-pub use envelope::{retcode, Envelope};
+use std::future::Future;
+use std::pin::Pin;
+
+pub use client::{GatewayClient, GatewayRefusal, GatewayReply, GatewayRequest, SessionAuth, UpstreamError};
+pub use envelope::{Envelope, Retcode};
 pub use methods::GatewayMethod;
 
 /// Every agent interface lives under this path.
 pub const BASE_PATH: &str = "/agentgateway/resource/";
 
-/// `{agentid}` is the agent's work number, a decimal string in 101..=999999 (API-NOTES §1).
+/// `{agentid}` is the agent's work number, a decimal string in 101..=999999.
 pub const AGENT_ID_MIN: u32 = 101;
 pub const AGENT_ID_MAX: u32 = 999_999;
+
+pub type CallFuture<'a> = Pin<Box<dyn Future<Output = Result<GatewayReply, UpstreamError>> + Send + 'a>>;
+
+/// One round trip to the gateway. [`GatewayClient`] is the real one; unit tests of the
+/// session and operations layers put a scripted one behind it, with no sockets and no TLS.
+/// A trait object rather than a type parameter: one boxed future per call is noise beside a
+/// TLS round trip, and no layer above has to carry a generic.
+pub trait Gateway: Send + Sync {
+    fn call<'a>(&'a self, req: GatewayRequest<'a>) -> CallFuture<'a>;
+}
 
 /// Parses an agent id as the gateway accepts it: ASCII digits only, no sign, no leading zero,
 /// within range. Returns the canonical string form.

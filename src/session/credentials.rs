@@ -28,6 +28,11 @@ pub struct CredentialStore {
 }
 
 impl CredentialStore {
+    /// A store holding `agents` (the file's `[agents."153"]` tables).
+    pub fn new(agents: HashMap<String, AgentCredentials>) -> Self {
+        Self { agents }
+    }
+
     /// Loads the file, refusing one that group or others can read: it holds every agent's
     /// CTI password.
     pub fn load(path: &Path) -> Result<Self, String> {

@@ -1,4 +1,7 @@
-//! A session's bounded buffer of gateway events, for apps reading `GET /v1/events`.
+//! A session's bounded buffer of gateway events: apps read it as a stream (`GET /v1/events`,
+//! each reader with its own cursor) or as the gateway's own queue (`agentevent` through the
+//! pass-through face: one shared cursor, each event handed to one poll, as the gateway's
+//! per-agent queue does).
 //!
 //! Ids come from one process-wide counter, so an id never repeats across sessions and a
 //! `Last-Event-ID` from a previous session cannot select events of a new one. When the buffer
@@ -26,6 +29,8 @@ pub struct EventBuffer {
     inner: Mutex<VecDeque<BufferedEvent>>,
     /// The newest id, for readers to wait on.
     latest: watch::Sender<u64>,
+    /// The queue reader's position: the id of the last event it was handed.
+    queue: AtomicU64,
 }
 
 /// What a reader gets: the events after its cursor, and whether some were dropped before it
@@ -39,7 +44,13 @@ pub struct Batch {
 impl EventBuffer {
     pub fn new(ids: Arc<AtomicU64>, cap: usize) -> Self {
         let start = ids.load(Ordering::Relaxed);
-        Self { ids, cap: cap.max(1), inner: Mutex::new(VecDeque::new()), latest: watch::channel(start).0 }
+        Self {
+            ids,
+            cap: cap.max(1),
+            inner: Mutex::new(VecDeque::new()),
+            latest: watch::channel(start).0,
+            queue: AtomicU64::new(start),
+        }
     }
 
     /// Appends an event; returns whether an old one was dropped to make room.
@@ -74,6 +85,23 @@ impl EventBuffer {
     }
 }
 
+impl EventBuffer {
+    /// The next event for the queue reader, taken off the queue; `None` when it has seen all.
+    /// Concurrent readers never get the same event.
+    pub fn take_next(&self) -> Option<BufferedEvent> {
+        loop {
+            let cursor = self.queue.load(Ordering::Acquire);
+            let next = {
+                let q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+                q.get(q.partition_point(|e| e.id <= cursor)).cloned()
+            }?;
+            if self.queue.compare_exchange(cursor, next.id, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                return Some(next);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +125,18 @@ mod tests {
         let b2 = EventBuffer::new(ids, 3);
         b2.push("x", Bytes::new());
         assert_eq!(b2.latest(), 105);
+    }
+
+    #[test]
+    fn the_queue_hands_each_event_out_once() {
+        let b = EventBuffer::new(Arc::new(AtomicU64::new(7)), 8);
+        assert!(b.take_next().is_none());
+        b.push("a", Bytes::from_static(b"1"));
+        b.push("b", Bytes::from_static(b"2"));
+        assert_eq!(b.take_next().map(|e| e.id), Some(8));
+        assert_eq!(b.take_next().map(|e| e.id), Some(9));
+        assert!(b.take_next().is_none());
+        // Stream readers are not affected by the queue's position.
+        assert_eq!(b.since(7).events.len(), 2);
     }
 }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::conference::{apply_event, EventEffect};
 use super::{Session, SessionStore};
-use crate::gateway::{retcode, GatewayClient, GatewayMethod, GatewayReply, GatewayRequest, UpstreamError};
+use crate::gateway::{Gateway, GatewayMethod, GatewayReply, UpstreamError};
 use crate::metrics::LossReason;
 
 #[derive(Debug, Clone, Copy)]
@@ -32,19 +32,12 @@ enum Step {
     Idle,
 }
 
-pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, client: GatewayClient, s: Settings) {
+pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, gateway: Arc<dyn Gateway>, s: Settings) {
     let agent = session.agent_id.clone();
     let mut backoff = s.backoff;
     loop {
         let idle_at = s.idle.map(|d| session.last_activity() + d);
-        let auth = session.auth();
-        let poll = client.call(GatewayRequest {
-            method: GatewayMethod::GetAgentEvent,
-            agent: &agent,
-            auth: Some(&auth),
-            body: None,
-            timeout: Some(s.timeout),
-        });
+        let poll = session.exchange(&*gateway, GatewayMethod::GetAgentEvent, None, Some(s.timeout), true);
         let step = match idle_at {
             Some(at) => tokio::select! {
                 r = poll => Step::Polled(r),
@@ -70,20 +63,19 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, client
                 continue;
             }
         };
-        session.absorb(&reply);
+        // The exchange took in the Guid, the cookies and a loss.
         let env = &reply.envelope;
-        if retcode::session_gone(&env.retcode) {
-            session.mark_lost(LossReason::GuidRefused);
+        if session.ended().is_some() {
             return;
         }
         if !env.is_success() {
-            tracing::warn!(agent = %agent, retcode = %retcode::label(&env.retcode), "event poll refused");
+            tracing::warn!(agent = %agent, retcode = env.code().as_str(), "event poll refused");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(s.backoff_max);
             continue;
         }
         backoff = s.backoff;
-        if let Some(event) = env.event.as_ref().filter(|e| !e.is_null()) {
+        if let Some(event) = env.poll_event() {
             let kind = event.get("eventType").and_then(|v| v.as_str()).unwrap_or("unknown");
             tracing::debug!(agent = %agent, event = kind, "gateway event");
             if session.events.push(kind, Bytes::from(event.to_string())) {

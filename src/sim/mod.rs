@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use crate::gateway::client::{GUID_HEADER, JSON_UTF8, SET_GUID_HEADER};
-use crate::gateway::{parse_agent_id, retcode, GatewayMethod, BASE_PATH};
+use crate::gateway::{parse_agent_id, Envelope, GatewayMethod, Retcode, BASE_PATH};
 use crate::server::body::{self, Body, BoxError};
 use crate::server::{Handler, ServeOptions, Served};
 use state::{event, new_guid, Agent, Answer, GuidCheck, State};
@@ -244,7 +244,7 @@ impl Sim {
             Ok(conf_id) => st.shift_president(from, conf_id, to),
             Err(a) => a,
         };
-        answer.body.get("retcode").and_then(Value::as_str).unwrap_or_default().to_owned()
+        answer.envelope.retcode.clone()
     }
 
     /// Ends `agent`'s conference as `releaseagentconf` would (chair only). Returns the retcode.
@@ -254,13 +254,13 @@ impl Sim {
             Ok(id) => st.release_conf(id),
             Err(a) => a,
         };
-        a.body.get("retcode").and_then(Value::as_str).unwrap_or_default().to_owned()
+        a.envelope.retcode.clone()
     }
 
     /// `agent` leaves its conference as `requestleaveagentconf` would. Returns the retcode.
     pub fn leave_conference(&self, agent: &str) -> String {
         let a = lock(&self.0.state).leave(agent);
-        a.body.get("retcode").and_then(Value::as_str).unwrap_or_default().to_owned()
+        a.envelope.retcode.clone()
     }
 
     /// Queues an event for `agent` (e.g. to fill an app's buffer).
@@ -315,10 +315,10 @@ impl Sim {
         }
         let body = match http_body_util::Limited::new(req.into_body(), SIM_MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(_) => return envelope(Answer::err(retcode::BAD_PARAMETER, "bad body")),
+            Err(_) => return envelope(Answer::err(Retcode::BadParameter.as_str(), "bad body")),
         };
         if parse_agent_id(&agent).is_none() {
-            return envelope(Answer::err(retcode::BAD_PARAMETER, "invalid agentid"));
+            return envelope(Answer::err(Retcode::BadParameter.as_str(), "invalid agentid"));
         }
         let call = Call {
             method,
@@ -350,7 +350,11 @@ impl Sim {
         }
         if let Some(n) = error_reason {
             return Answer {
-                body: json!({"message": format!("Unknown ERROR._{n}"), "retcode": retcode::INTERNAL, "result": {"errorReason": n}}),
+                envelope: Envelope::error(
+                    Retcode::Internal.as_str(),
+                    format!("Unknown ERROR._{n}"),
+                    Some(json!({"errorReason": n})),
+                ),
                 set_guid: None,
                 set_cookie: None,
             };
@@ -360,7 +364,7 @@ impl Sim {
         } else {
             match serde_json::from_slice(body) {
                 Ok(v) => v,
-                Err(_) => return Answer::err(retcode::BAD_PARAMETER, "the body is not valid JSON"),
+                Err(_) => return Answer::err(Retcode::BadParameter.as_str(), "the body is not valid JSON"),
             }
         };
         match method {
@@ -370,14 +374,14 @@ impl Sim {
             }
             GatewayMethod::UpdateGuid => match st.rotate(cfg, agent, now) {
                 Some(g) => Answer::ok(json!({"guid": g})),
-                None => Answer::err(retcode::NOT_SIGNED_IN, "agent not signed in"),
+                None => Answer::err(Retcode::NotSignedIn.as_str(), "agent not signed in"),
             },
             GatewayMethod::HandShake | GatewayMethod::AnswerAgentConf | GatewayMethod::RejectAgentConf => {
                 Answer::ok(json!({}))
             }
             GatewayMethod::RequestAgentConf => match json_body.get("memberNum").and_then(Value::as_u64) {
                 Some(1..=120) => st.request_conf(agent),
-                _ => Answer::err(retcode::BAD_PARAMETER, "memberNum must be 1..120"),
+                _ => Answer::err(Retcode::BadParameter.as_str(), "memberNum must be 1..120"),
             },
             GatewayMethod::RequestLeaveAgentConf => st.leave(agent),
             GatewayMethod::QueryConfInfos => match json_body.get("confIds").and_then(Value::as_array) {
@@ -386,7 +390,7 @@ impl Sim {
                         ids.iter().filter_map(|v| v.as_u64().or_else(|| v.as_str()?.parse().ok())).collect();
                     st.query_confs(&ids)
                 }
-                _ => Answer::err(retcode::BAD_PARAMETER, "confIds must be an array of at most 20"),
+                _ => Answer::err(Retcode::BadParameter.as_str(), "confIds must be an array of at most 20"),
             },
             chair_op => {
                 let conf_id = match st.chair_conf(agent) {
@@ -401,14 +405,14 @@ impl Sim {
                         Answer::ok(json!({}))
                     }
                     GatewayMethod::PlayVoiceToConf if json_body.get("voicePath").and_then(Value::as_str).is_none() => {
-                        Answer::err(retcode::BAD_PARAMETER, "voicePath is required")
+                        Answer::err(Retcode::BadParameter.as_str(), "voicePath is required")
                     }
                     GatewayMethod::ReleaseAgentConf => st.release_conf(conf_id),
                     GatewayMethod::ApplyToShiftPresident => {
                         let dest = match json_body.get("destAgentNo") {
                             Some(Value::Number(n)) => n.to_string(),
                             Some(Value::String(s)) => s.clone(),
-                            _ => return Answer::err(retcode::BAD_PARAMETER, "destAgentNo is required"),
+                            _ => return Answer::err(Retcode::BadParameter.as_str(), "destAgentNo is required"),
                         };
                         st.shift_president(agent, conf_id, &dest)
                     }
@@ -428,13 +432,13 @@ impl Sim {
         }
         let expected = cfg.agents.get(agent).or(cfg.default_password.as_ref());
         if expected.map(String::as_str) != Some(password) {
-            return Answer::err(retcode::WRONG_PASSWORD, "wrong user name or password");
+            return Answer::err(Retcode::WrongPassword.as_str(), "wrong user name or password");
         }
         let now = Instant::now();
         let mut st = lock(&self.0.state);
         if st.agents.contains_key(agent) {
             if method == GatewayMethod::Login {
-                return Answer::err(retcode::ALREADY_SIGNED_IN, "the agent has signed in");
+                return Answer::err(Retcode::AlreadySignedIn.as_str(), "the agent has signed in");
             }
             // forcelogin: the previous holder's Guids stop working; its next poll learns why.
             if let Some(old) = st.remove_agent(agent) {
@@ -466,10 +470,13 @@ impl Sim {
             },
         );
         Answer {
-            body: json!({"message": "", "retcode": "0", "result": {
-                "vdnid": 1, "workno": agent, "mediatype": "TTF", "loginTime": login_time.to_string(),
-                "isForceChange": "false", "serverName": "AgentGateway", "timeRemaining": "9",
-            }}),
+            envelope: Envelope::ok(
+                "",
+                json!({
+                    "vdnid": 1, "workno": agent, "mediatype": "TTF", "loginTime": login_time.to_string(),
+                    "isForceChange": "false", "serverName": "AgentGateway", "timeRemaining": "9",
+                }),
+            ),
             set_guid: Some(guid),
             set_cookie: Some(format!("{cookie}; Path=/; Secure; HttpOnly")),
         }
@@ -492,7 +499,7 @@ impl Sim {
             }
             match st.agents.get(agent) {
                 Some(a) => a.notify.clone(),
-                None => return Answer::err(retcode::NOT_SIGNED_IN, "agent not signed in"),
+                None => return Answer::err(Retcode::NotSignedIn.as_str(), "agent not signed in"),
             }
         };
         loop {
@@ -504,7 +511,7 @@ impl Sim {
                     return shutdown_event(agent, login_time);
                 }
                 let Some(a) = st.agents.get_mut(agent) else {
-                    return Answer::err(retcode::NOT_SIGNED_IN, "agent not signed in");
+                    return Answer::err(Retcode::NotSignedIn.as_str(), "agent not signed in");
                 };
                 a.last_seen = now;
                 let ev = a.events.pop_front();
@@ -515,11 +522,7 @@ impl Sim {
                         st.delivered(e);
                     }
                     let set_guid = if due { st.rotate(cfg, agent, now) } else { None };
-                    return Answer {
-                        body: json!({"message": "", "retcode": "0", "event": ev}),
-                        set_guid,
-                        set_cookie: None,
-                    };
+                    return Answer { envelope: Envelope::event(ev), set_guid, set_cookie: None };
                 }
             }
             let _ = tokio::time::timeout_at(deadline, notify.notified()).await;
@@ -529,7 +532,7 @@ impl Sim {
 
 fn shutdown_event(agent: &str, login_time: u64) -> Answer {
     Answer {
-        body: json!({"message": "", "retcode": "0", "event": event(agent, "AgentOther_ShutdownService", json!({"loginTime": login_time}))}),
+        envelope: Envelope::event(Some(event(agent, "AgentOther_ShutdownService", json!({"loginTime": login_time})))),
         set_guid: None,
         set_cookie: None,
     }
@@ -556,7 +559,7 @@ fn resolve(path: &str) -> Option<(GatewayMethod, String)> {
 }
 
 fn envelope(a: Answer) -> Response<Body> {
-    let mut r = Response::new(body::full(a.body.to_string()));
+    let mut r = Response::new(body::full(a.envelope.to_bytes()));
     let h = r.headers_mut();
     h.insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
     if let Some(g) = a.set_guid {

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::SimConfig;
-use crate::gateway::retcode;
+use crate::gateway::{Envelope, Retcode};
 
 pub(super) struct Agent {
     pub guid: String,
@@ -49,17 +49,17 @@ pub(super) struct State {
 
 /// A gateway answer: the envelope and an optional `Set-GUID`/`Set-Cookie`.
 pub(super) struct Answer {
-    pub body: Value,
+    pub envelope: Envelope,
     pub set_guid: Option<String>,
     pub set_cookie: Option<String>,
 }
 
 impl Answer {
     pub fn ok(result: Value) -> Self {
-        Self { body: json!({"message": "success", "retcode": "0", "result": result}), set_guid: None, set_cookie: None }
+        Self { envelope: Envelope::ok("success", result), set_guid: None, set_cookie: None }
     }
     pub fn err(code: &str, message: &str) -> Self {
-        Self { body: json!({"message": message, "retcode": code}), set_guid: None, set_cookie: None }
+        Self { envelope: Envelope::error(code, message, None), set_guid: None, set_cookie: None }
     }
 }
 
@@ -138,25 +138,25 @@ impl State {
         now: Instant,
     ) -> GuidCheck {
         let Some(guid) = guid else {
-            return GuidCheck::Refused(Answer::err(retcode::NO_PERMISSION, "no permission"));
+            return GuidCheck::Refused(Answer::err(Retcode::NoPermission.as_str(), "no permission"));
         };
         let idle = self.agents.get(agent).map(|a| now.saturating_duration_since(a.last_seen));
         if idle.is_some_and(|d| d > Duration::from_millis(cfg.max_idle_ms)) {
             self.remove_agent(agent);
         }
         let Some(owner) = self.guids.get(guid) else {
-            return GuidCheck::Refused(Answer::err(retcode::NOT_SIGNED_IN, "agent not signed in"));
+            return GuidCheck::Refused(Answer::err(Retcode::NotSignedIn.as_str(), "agent not signed in"));
         };
         if owner != agent {
-            return GuidCheck::Refused(Answer::err(retcode::NO_PERMISSION, "no permission"));
+            return GuidCheck::Refused(Answer::err(Retcode::NoPermission.as_str(), "no permission"));
         }
         let Some(a) = self.agents.get_mut(agent) else {
-            return GuidCheck::Refused(Answer::err(retcode::NOT_SIGNED_IN, "agent not signed in"));
+            return GuidCheck::Refused(Answer::err(Retcode::NotSignedIn.as_str(), "agent not signed in"));
         };
         if a.guid != guid {
             let valid = a.old_guids.iter().any(|(g, until)| g == guid && *until > now);
             if !valid {
-                return GuidCheck::Refused(Answer::err(retcode::NOT_SIGNED_IN, "agent not signed in"));
+                return GuidCheck::Refused(Answer::err(Retcode::NotSignedIn.as_str(), "agent not signed in"));
             }
         }
         if cfg.require_cookie {
@@ -164,7 +164,7 @@ impl State {
             if !has {
                 // Without the sticky cookie the NSLB would route elsewhere, where the session
                 // does not exist.
-                return GuidCheck::Refused(Answer::err(retcode::NOT_SIGNED_IN, "agent not signed in"));
+                return GuidCheck::Refused(Answer::err(Retcode::NotSignedIn.as_str(), "agent not signed in"));
             }
         }
         a.last_seen = now;
@@ -196,28 +196,30 @@ impl State {
     }
 
     /// Chair check for chair-only operations: returns the conference id.
+    // The refusal is the gateway's answer itself; the simulator is not a hot path.
+    #[allow(clippy::result_large_err)]
     pub fn chair_conf(&self, agent: &str) -> Result<u64, Answer> {
         let conf_id = self
             .agents
             .get(agent)
             .and_then(|a| a.conf)
-            .ok_or_else(|| Answer::err(retcode::NO_CONFERENCE, "the agent has no conference"))?;
+            .ok_or_else(|| Answer::err(Retcode::NoConference.as_str(), "the agent has no conference"))?;
         let conf = self
             .confs
             .get(&conf_id)
-            .ok_or_else(|| Answer::err(retcode::NO_CONFERENCE, "the agent has no conference"))?;
+            .ok_or_else(|| Answer::err(Retcode::NoConference.as_str(), "the agent has no conference"))?;
         if conf.chair != agent {
-            return Err(Answer::err(retcode::NOT_CHAIRPERSON, "the agent is not the chairperson"));
+            return Err(Answer::err(Retcode::NotChairperson.as_str(), "the agent is not the chairperson"));
         }
         if !conf.ready {
-            return Err(Answer::err(retcode::NO_CONFERENCE, "the conference is not ready"));
+            return Err(Answer::err(Retcode::NoConference.as_str(), "the conference is not ready"));
         }
         Ok(conf_id)
     }
 
     pub fn request_conf(&mut self, agent: &str) -> Answer {
         if self.agents.get(agent).and_then(|a| a.conf).is_some() {
-            return Answer::err(retcode::ALREADY_IN_CONFERENCE, "already in a conference");
+            return Answer::err(Retcode::AlreadyInConference.as_str(), "already in a conference");
         }
         self.next_conf += 1;
         let conf_id = 1_030_400 + self.next_conf;
@@ -244,17 +246,17 @@ impl State {
 
     pub fn shift_president(&mut self, agent: &str, conf_id: u64, dest: &str) -> Answer {
         if dest == agent {
-            return Answer::err(retcode::CHAIR_TO_SELF, "the chair cannot pass the chair to itself");
+            return Answer::err(Retcode::ChairToSelf.as_str(), "the chair cannot pass the chair to itself");
         }
         match self.agents.get(dest).map(|a| a.conf) {
-            None => return Answer::err(retcode::BAD_PARAMETER, "destAgentNo is not signed in"),
+            None => return Answer::err(Retcode::BadParameter.as_str(), "destAgentNo is not signed in"),
             Some(Some(c)) if c != conf_id => {
-                return Answer::err(retcode::ALREADY_IN_CONFERENCE, "destAgentNo is in another conference")
+                return Answer::err(Retcode::AlreadyInConference.as_str(), "destAgentNo is in another conference")
             }
             Some(_) => {}
         }
         let Some(conf) = self.confs.get_mut(&conf_id) else {
-            return Answer::err(retcode::NO_CONFERENCE, "the agent has no conference");
+            return Answer::err(Retcode::NoConference.as_str(), "the agent has no conference");
         };
         // The simulator joins a signed-in target on the fly (a real conference would have
         // invited it first with batchaddparticipant).
@@ -288,10 +290,10 @@ impl State {
 
     pub fn leave(&mut self, agent: &str) -> Answer {
         let Some(conf_id) = self.agents.get(agent).and_then(|a| a.conf) else {
-            return Answer::err(retcode::NO_CONFERENCE, "the agent has no conference");
+            return Answer::err(Retcode::NoConference.as_str(), "the agent has no conference");
         };
         if self.confs.get(&conf_id).is_some_and(|c| c.chair == agent) {
-            return Answer::err(retcode::CHAIR_CANNOT_LEAVE, "the chair cannot leave; release the conference");
+            return Answer::err(Retcode::ChairCannotLeave.as_str(), "the chair cannot leave; release the conference");
         }
         self.clear_conf(agent);
         self.leave_conf(agent, conf_id);

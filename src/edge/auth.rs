@@ -21,15 +21,7 @@ use serde_json::{Map, Value};
 use crate::config::AuthConfig;
 use crate::gateway::parse_agent_id;
 use crate::metrics::AuthFailureReason as Reason;
-
-/// Who is calling: the agent the token acts for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// Work number, canonical decimal string (101..999999).
-    pub agent_id: String,
-    /// The tenant the token names (`auth.tenant_claim`), for per-tenant rate limits.
-    pub tenant: Option<String>,
-}
+use crate::ops::Principal;
 
 /// Longest tenant value kept; longer ones share the "no tenant" bucket rather than letting a
 /// token make ccgate store arbitrary amounts of key data.

@@ -14,11 +14,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderMap, Response};
+use http::Response;
 use hyper::body::Frame;
 use tokio::sync::{mpsc, watch};
 
-use crate::error::ProxyError;
 use crate::server::body::{Body, BoxError};
 use crate::server::listener::triggered;
 use crate::session::events::BufferedEvent;
@@ -40,11 +39,6 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
-/// Parses `Last-Event-ID`; absent or unparsable means "from now".
-fn last_event_id(headers: &HeaderMap) -> Option<u64> {
-    headers.get("last-event-id")?.to_str().ok()?.trim().parse().ok()
-}
-
 fn frame(e: &BufferedEvent) -> Bytes {
     let mut s = String::with_capacity(e.data.len() + e.kind.len() + 32);
     // Event types come from the gateway: keep them on one line whatever they contain.
@@ -56,12 +50,9 @@ fn frame(e: &BufferedEvent) -> Bytes {
     Bytes::from(s)
 }
 
-pub fn subscribe(
-    session: Arc<Session>,
-    headers: &HeaderMap,
-    shutdown: watch::Receiver<bool>,
-) -> Result<Response<Body>, ProxyError> {
-    let cursor = last_event_id(headers).unwrap_or_else(|| session.events.latest());
+/// The event stream for `session`, after event `after` (`None`: from now).
+pub fn subscribe(session: Arc<Session>, after: Option<u64>, shutdown: watch::Receiver<bool>) -> Response<Body> {
+    let cursor = after.unwrap_or_else(|| session.events.latest());
     let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
     tokio::spawn(pump(session, cursor, tx, shutdown));
     let mut r = Response::new(Body::new(ChannelBody(rx)));
@@ -70,7 +61,7 @@ pub fn subscribe(
     h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // Tells nginx-style buffering proxies to pass events through at once.
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(r)
+    r
 }
 
 async fn pump(session: Arc<Session>, mut cursor: u64, tx: mpsc::Sender<Bytes>, mut shutdown: watch::Receiver<bool>) {

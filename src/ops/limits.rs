@@ -1,9 +1,9 @@
-//! Phase `rate limit`: per-method limits per agent, per tenant and global, on governor's GCRA.
+//! Rate limits: per-method limits per agent, per tenant and global, on governor's GCRA.
 //!
-//! Each limit is `rate` (requests per second, sustained) plus `burst`. A refused request gets
-//! 429 with `Retry-After` and the IETF `RateLimit-Policy`/`RateLimit` headers and never
-//! reaches the gateway; allowed requests carry `RateLimit` for their tightest limit. A limit in
-//! shadow mode only counts what it would refuse.
+//! Each limit is `rate` (requests per second, sustained) plus `burst`. A refused operation
+//! never reaches the gateway; the edge renders the refusal (429, `Retry-After`, the IETF
+//! `RateLimit-Policy`/`RateLimit` headers) and, for allowed ones, the tightest limit's state.
+//! A limit in shadow mode only counts what it would refuse. Nothing here speaks HTTP.
 //!
 //! Time comes from tokio's clock, so limits behave identically under tokio's paused clock in
 //! tests. Keyed state lives in a capped map: idle keys are evicted periodically, and when the
@@ -21,118 +21,13 @@ use governor::nanos::Nanos;
 use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
-use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
-use http::HeaderMap;
-use serde::{Deserialize, Serialize};
 
-use super::auth::Principal;
+use super::Principal;
+use crate::config::{LimitConfig, RateLimitsConfig, Scope};
 use crate::metrics::{MethodLabel, Metrics};
 
-/// Most keys tracked per keyed limit. At ~100 bytes a key this bounds each limit to ~10 MiB;
-/// 100k is more agents than a CEC tenant has.
-pub const DEFAULT_MAX_KEYS: usize = 100_000;
 /// How often idle keys are evicted and the key gauges refreshed.
 pub const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
-
-pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// One bucket per agent (the token's agent claim).
-    Agent,
-    /// One bucket per tenant (`auth.tenant_claim`); tokens without one share a bucket.
-    Tenant,
-    /// One bucket for everyone.
-    Global,
-}
-
-impl Scope {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Scope::Agent => "agent",
-            Scope::Tenant => "tenant",
-            Scope::Global => "global",
-        }
-    }
-}
-
-/// One configured limit.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LimitConfig {
-    /// Gateway log name (`stopVoiceToConf`), `getSession`, `events`, or `*` for every method.
-    pub method: String,
-    pub scope: Scope,
-    /// Sustained requests per second.
-    pub rate: f64,
-    /// Requests allowed at once on top of the sustained rate.
-    pub burst: u32,
-    /// Count what would be refused, refuse nothing.
-    #[serde(default)]
-    pub shadow: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RateLimitsConfig {
-    pub max_keys: usize,
-    pub limit: Vec<LimitConfig>,
-}
-
-impl Default for RateLimitsConfig {
-    fn default() -> Self {
-        Self { max_keys: DEFAULT_MAX_KEYS, limit: default_limits() }
-    }
-}
-
-/// Defaults for `stopVoiceToConf`, the interface ccgate exists for:
-/// - per agent 1/s, burst 5: a chairperson stops an announcement a few times per conference;
-///   a burst of 5 absorbs double clicks and client retries, 1/s sustained is far above human
-///   use and stops a runaway loop;
-/// - per tenant 20/s, burst 40: one tenant's apps cannot take the whole gateway;
-/// - global 100/s, burst 200: ccgate never forwards conference commands faster than a single
-///   CC-Gateway node is sized for; raise it for a cluster behind the NSLB.
-pub fn default_limits() -> Vec<LimitConfig> {
-    let l = |scope, rate, burst| LimitConfig { method: "stopVoiceToConf".into(), scope, rate, burst, shadow: false };
-    vec![l(Scope::Agent, 1.0, 5), l(Scope::Tenant, 20.0, 40), l(Scope::Global, 100.0, 200)]
-}
-
-impl RateLimitsConfig {
-    /// Checks each limit; returns the key to blame and why.
-    pub fn validate(&self) -> Result<(), (&'static str, String)> {
-        if self.max_keys == 0 {
-            return Err(("rate_limits.max_keys", "must be greater than 0".into()));
-        }
-        for (i, l) in self.limit.iter().enumerate() {
-            if l.method != "*" && label_index(&l.method).is_none() {
-                return Err(("rate_limits.limit.method", format!("limit {i}: unknown method {:?}", l.method)));
-            }
-            if !(l.rate.is_finite() && l.rate > 0.0 && l.rate <= 1e9) {
-                return Err((
-                    "rate_limits.limit.rate",
-                    format!("limit {i}: must be a positive number of requests per second"),
-                ));
-            }
-            if l.burst == 0 {
-                return Err(("rate_limits.limit.burst", format!("limit {i}: must be at least 1")));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Every `method` label value a limit may name, in `MethodLabel` index order.
-fn label_index(name: &str) -> Option<usize> {
-    all_labels().iter().position(|l| l.as_str() == name)
-}
-
-fn all_labels() -> Vec<MethodLabel> {
-    let mut v: Vec<MethodLabel> = crate::gateway::GatewayMethod::ALL.iter().map(|m| MethodLabel::Gateway(*m)).collect();
-    v.extend([MethodLabel::GetSession, MethodLabel::Events, MethodLabel::Unmatched]);
-    v
-}
 
 // --- time: tokio's clock for governor -------------------------------------------------------
 
@@ -219,39 +114,34 @@ pub struct Limit {
     /// Bucket key for tokens that name no tenant.
     no_tenant: String,
     /// `stopVoiceToConf.agent`: the policy name in headers and problem bodies.
-    pub name: String,
+    pub name: Arc<str>,
     /// Seconds to refill the whole burst: the policy's window.
     window_secs: u64,
     limiter: Limiter,
 }
 
-/// What an allowed request reports: the tightest applicable limit.
-#[derive(Debug, Clone)]
-pub struct RateHeaders {
-    pub policy: HeaderValue,
-    pub state: HeaderValue,
-}
-
-impl RateHeaders {
-    pub fn apply(&self, h: &mut HeaderMap) {
-        h.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
-        h.insert(RATELIMIT.clone(), self.state.clone());
-    }
+/// One limit's state after a decision, as the IETF RateLimit headers describe it: quota `q`
+/// over window `w` seconds, `r` left, full again in `t` seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitState {
+    pub name: Arc<str>,
+    pub quota: u32,
+    pub window_secs: u64,
+    pub remaining: u32,
+    pub reset_secs: u64,
 }
 
 /// A refusal: which limit, and when to come back.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    pub name: String,
     pub scope: Scope,
     pub retry_after_secs: u64,
-    pub headers: RateHeaders,
+    pub state: LimitState,
 }
 
 impl Refusal {
-    pub fn apply(&self, h: &mut HeaderMap) {
-        self.headers.apply(h);
-        h.insert(RETRY_AFTER, HeaderValue::from(self.retry_after_secs));
+    pub fn name(&self) -> &str {
+        &self.state.name
     }
 }
 
@@ -265,7 +155,7 @@ impl Limit {
         let period = Duration::from_secs_f64(1.0 / cfg.rate).max(Duration::from_nanos(1));
         let burst = NonZeroU32::new(cfg.burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN)).allow_burst(burst);
-        let name = format!("{}.{}", cfg.method.replace('*', "all"), cfg.scope.as_str());
+        let name: Arc<str> = format!("{}.{}", cfg.method.replace('*', "all"), cfg.scope.as_str()).into();
         let limiter = match cfg.scope {
             Scope::Global => Limiter::Global(RateLimiter::direct_with_clock(quota, TokioClock).with_middleware()),
             Scope::Agent | Scope::Tenant => {
@@ -280,15 +170,14 @@ impl Limit {
         Self { cfg, no_tenant: "-".into(), name, window_secs, limiter }
     }
 
-    fn policy(&self) -> HeaderValue {
-        // draft-ietf-httpapi-ratelimit-headers: quota q over window w seconds.
-        HeaderValue::from_str(&format!("\"{}\";q={};w={}", self.name, self.cfg.burst, self.window_secs))
-            .unwrap_or_else(|_| HeaderValue::from_static("\"limit\""))
-    }
-
-    fn state(&self, remaining: u32, reset_secs: u64) -> HeaderValue {
-        HeaderValue::from_str(&format!("\"{}\";r={};t={}", self.name, remaining, reset_secs))
-            .unwrap_or_else(|_| HeaderValue::from_static("\"limit\""))
+    fn state(&self, remaining: u32, reset_secs: u64) -> LimitState {
+        LimitState {
+            name: self.name.clone(),
+            quota: self.cfg.burst,
+            window_secs: self.window_secs,
+            remaining,
+            reset_secs,
+        }
     }
 
     /// `Ok(remaining)` or `Err(wait)`.
@@ -316,31 +205,39 @@ impl Limit {
 }
 
 pub struct Limits {
-    /// Limits applying to each method label, by `MethodLabel` index.
+    /// Limits applying to each method label, by `MethodLabel::index`.
     by_method: Vec<Vec<Arc<Limit>>>,
     all: Vec<Arc<Limit>>,
     metrics: Metrics,
 }
 
 impl Limits {
-    pub fn new(cfg: &RateLimitsConfig, metrics: Metrics) -> Self {
-        let labels = all_labels();
+    /// Builds every configured limit. Fails naming the key when a limit names no method
+    /// ccgate knows (`check-config` builds them too, so it reports the same error as `serve`).
+    pub fn new(cfg: &RateLimitsConfig, metrics: Metrics) -> Result<Self, String> {
+        for (i, l) in cfg.limit.iter().enumerate() {
+            if l.method != "*" && MethodLabel::from_name(&l.method).is_none() {
+                return Err(format!("rate_limits.limit.method: limit {i}: unknown method {:?}", l.method));
+            }
+        }
         let all: Vec<Arc<Limit>> =
             cfg.limit.iter().map(|l| Arc::new(Limit::new(l.clone(), cfg.max_keys, &metrics))).collect();
-        let mut by_method: Vec<Vec<Arc<Limit>>> = vec![Vec::new(); labels.len()];
-        for (i, label) in labels.iter().enumerate() {
-            // Agent, then tenant, then global: the most specific limit trips first.
-            let mut ls: Vec<Arc<Limit>> =
-                all.iter().filter(|l| l.cfg.method == "*" || l.cfg.method == label.as_str()).cloned().collect();
-            ls.sort_by_key(|l| l.cfg.scope as u8);
-            by_method[i] = ls;
-        }
-        Self { by_method, all, metrics }
+        let by_method = MethodLabel::all()
+            .map(|label| {
+                // Agent, then tenant, then global: the most specific limit trips first.
+                let mut ls: Vec<Arc<Limit>> =
+                    all.iter().filter(|l| l.cfg.method == "*" || l.cfg.method == label.as_str()).cloned().collect();
+                ls.sort_by_key(|l| l.cfg.scope as u8);
+                ls
+            })
+            .collect();
+        Ok(Self { by_method, all, metrics })
     }
 
-    /// Checks every limit for `method`. `Ok(None)` when no limit applies.
-    pub fn check(&self, method: MethodLabel, who: &Principal) -> Result<Option<RateHeaders>, Refusal> {
-        let Some(limits) = label_index(method.as_str()).and_then(|i| self.by_method.get(i)) else {
+    /// Checks every limit for `method`: the tightest limit's state when allowed (`None` when
+    /// no limit applies), or the refusal.
+    pub fn check(&self, method: MethodLabel, who: &Principal) -> Result<Option<LimitState>, Refusal> {
+        let Some(limits) = self.by_method.get(method.index()) else {
             return Ok(None);
         };
         let mut tightest: Option<(u32, &Limit)> = None;
@@ -358,10 +255,9 @@ impl Limits {
                     self.metrics.count_rate_limited(method, limit.cfg.scope.as_str());
                     let retry = ceil_secs(wait);
                     return Err(Refusal {
-                        name: limit.name.clone(),
                         scope: limit.cfg.scope,
                         retry_after_secs: retry,
-                        headers: RateHeaders { policy: limit.policy(), state: limit.state(0, retry) },
+                        state: limit.state(0, retry),
                     });
                 }
             }
@@ -371,7 +267,7 @@ impl Limits {
             let missing = l.cfg.burst.saturating_sub(remaining);
             let reset =
                 if missing == 0 { 0 } else { ceil_secs(Duration::from_secs_f64(f64::from(missing) / l.cfg.rate)) };
-            RateHeaders { policy: l.policy(), state: l.state(remaining, reset) }
+            l.state(remaining, reset)
         }))
     }
 

@@ -1,0 +1,134 @@
+//! The REST API face (`/v1/...`): parses a request into an [`Operation`] and renders its
+//! [`Done`] as JSON (failures become problem+json in `render.rs`). No session logic here.
+
+use bytes::Bytes;
+use http::{HeaderMap, Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::route::Route;
+use crate::metrics::Outcome;
+use crate::ops::{Done, Failure, Operation};
+use crate::server::body::{self, Body};
+use crate::session::{ConfState, Session, SignInOptions};
+
+/// A phone number the gateway accepts: at most 24 characters (docs/gateway.md, "Sign-in").
+const MAX_PHONENUM_LEN: usize = 24;
+/// `memberNum` bounds of `requestagentconf`.
+const MEMBER_NUM: std::ops::RangeInclusive<u64> = 1..=120;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignInBody {
+    phonenum: Option<String>,
+    status: Option<u8>,
+    #[serde(default)]
+    force: bool,
+}
+
+fn is_blank(b: &Bytes) -> bool {
+    b.iter().all(u8::is_ascii_whitespace)
+}
+
+/// The operation a route asks for.
+pub fn parse(route: Route, body: Bytes) -> Result<Operation, Failure> {
+    Ok(match route {
+        Route::SignIn => Operation::SignIn { opts: sign_in_options(&body)?, refuse_if_signed_in: false },
+        Route::GetSession => Operation::GetSession,
+        Route::SignOut => Operation::SignOut(crate::gateway::GatewayMethod::Logout),
+        Route::CreateConference => {
+            check_conference_body(&body)?;
+            Operation::CreateConference { body }
+        }
+        Route::StopAnnouncement => {
+            Operation::Call { method: crate::gateway::GatewayMethod::StopVoiceToConf, body: None }
+        }
+        Route::Events => Operation::Subscribe,
+    })
+}
+
+fn sign_in_options(body: &Bytes) -> Result<SignInOptions, Failure> {
+    let req: SignInBody = if is_blank(body) {
+        SignInBody::default()
+    } else {
+        serde_json::from_slice(body).map_err(|e| Failure::BadRequest(format!("invalid JSON body: {e}")))?
+    };
+    if let Some(n) = &req.phonenum {
+        if n.is_empty()
+            || n.len() > MAX_PHONENUM_LEN
+            || !n.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'*' || c == b'#')
+        {
+            return Err(Failure::BadRequest("phonenum must be 1-24 digits".into()));
+        }
+    }
+    if let Some(s) = req.status {
+        if !(3..=5).contains(&s) {
+            return Err(Failure::BadRequest("status must be 3 (busy), 4 (idle) or 5 (wrap-up)".into()));
+        }
+    }
+    Ok(SignInOptions { force: req.force, phonenum: req.phonenum, status: req.status, body: None })
+}
+
+/// The gateway's own body for `requestagentconf`; `memberNum` is checked here so a bad one
+/// never costs a gateway call, the rest (`time`, `playMode`, ...) passes through.
+fn check_conference_body(body: &Bytes) -> Result<(), Failure> {
+    if is_blank(body) {
+        return Err(Failure::BadRequest("body required: {\"memberNum\": 1..120}".into()));
+    }
+    let v: Value = serde_json::from_slice(body).map_err(|e| Failure::BadRequest(format!("invalid JSON body: {e}")))?;
+    let Some(obj) = v.as_object() else {
+        return Err(Failure::BadRequest("body must be a JSON object".into()));
+    };
+    match obj.get("memberNum").and_then(Value::as_u64) {
+        Some(n) if MEMBER_NUM.contains(&n) => Ok(()),
+        _ => Err(Failure::BadRequest("memberNum must be an integer in 1..120".into())),
+    }
+}
+
+/// The response for a finished operation. `Subscribed` is rendered by the caller (it needs
+/// the request's `Last-Event-ID` and the shutdown signal).
+pub fn render(done: Done) -> (Response<Body>, Outcome) {
+    let resp = match done {
+        Done::SignedIn { session, created } => {
+            body::json(if created { StatusCode::CREATED } else { StatusCode::OK }, &view(&session))
+        }
+        Done::Session(session) | Done::Subscribed(session) => body::json(StatusCode::OK, &view(&session)),
+        Done::SignedOut(_) => {
+            let mut r = Response::new(body::empty());
+            *r.status_mut() = StatusCode::NO_CONTENT;
+            r
+        }
+        Done::Replied { .. } => body::json(StatusCode::OK, &json!({"stopped": true})),
+        Done::Conference(state) => body::json(
+            StatusCode::CREATED,
+            &json!({"confId": state.conf_id(), "chairperson": matches!(state, ConfState::Chair { .. }), "conference": state}),
+        ),
+        Done::ConferencePending => body::json(
+            StatusCode::ACCEPTED,
+            &json!({"confId": null, "chairperson": false, "conference": ConfState::Requested, "pending": true}),
+        ),
+        Done::Event(_) => body::json(StatusCode::OK, &json!({})),
+    };
+    (resp, Outcome::Ok)
+}
+
+/// The session state shown to the app.
+fn view(s: &Session) -> Value {
+    let conf = s.conf();
+    json!({
+        "agentId": s.agent_id,
+        "signedIn": s.ended().is_none(),
+        "conference": conf,
+        "confId": conf.conf_id(),
+        "chairperson": match conf {
+            ConfState::Chair { .. } => json!(true),
+            ConfState::Unknown => Value::Null,
+            _ => json!(false),
+        },
+    })
+}
+
+/// `Last-Event-ID`; absent or unparsable means "from now".
+pub fn last_event_id(headers: &HeaderMap) -> Option<u64> {
+    headers.get("last-event-id")?.to_str().ok()?.trim().parse().ok()
+}

@@ -1,0 +1,229 @@
+//! The edge: what turns an HTTP request into an operation and its result into a response.
+//! One pipeline of named phases (docs/architecture.md):
+//!
+//! `route` (which face, which operation; the metrics label) → `authenticate` (JWT →
+//! [`Principal`]) → `read body` → `parse` (the face: request → [`Operation`]) → `run` (the
+//! operations core) → `render` (the face: [`Done`] → response; a [`Failure`] → response from
+//! the table in `render.rs`) → `record` (metrics and the access log, here only).
+//!
+//! The two faces: [`api`] (`/v1/...`, JSON and problem+json) and [`passthrough`]
+//! (`/agentgateway/resource/...`, the gateway's own envelope).
+
+pub mod api;
+pub mod auth;
+pub mod passthrough;
+pub mod render;
+pub mod route;
+pub mod sse;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use crate::gateway::{timing, GatewayMethod, BASE_PATH};
+use crate::metrics::{MethodLabel, Metrics, Outcome};
+use crate::ops::{Core, Done, Failure, Principal};
+use crate::server::body::Body;
+use crate::server::Handler;
+use auth::Authenticator;
+use route::Route;
+
+pub struct Proxy {
+    pub auth: Authenticator,
+    pub core: Core,
+    pub metrics: Metrics,
+    pub max_body_bytes: usize,
+    /// Ends event streams when the process shuts down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Request ids accepted from clients: what common tracers emit (UUIDs, W3C trace ids), and
+/// nothing that could smuggle structure into a log line.
+const MAX_REQUEST_ID_LEN: usize = 128;
+pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
+    headers
+        .get(&X_REQUEST_ID)
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty()
+                && b.len() <= MAX_REQUEST_ID_LEN
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
+        })
+        .cloned()
+        .unwrap_or_else(|| {
+            let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
+            let id = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
+            http::HeaderValue::from_str(id).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+        })
+}
+
+/// What a request is for, once routed.
+enum Target {
+    /// The REST API (`/v1/...`).
+    Api(Route),
+    /// The pass-through face: a gateway method for an agent.
+    Passthrough(GatewayMethod, String),
+}
+
+impl Target {
+    fn resolve(method: &http::Method, path: &str) -> Result<Self, Failure> {
+        if path.starts_with(BASE_PATH) {
+            passthrough::match_path(method, path).map(|(m, agent)| Target::Passthrough(m, agent.to_owned()))
+        } else {
+            route::match_route(method, path).map(Target::Api)
+        }
+    }
+
+    fn label(&self) -> MethodLabel {
+        match self {
+            Target::Api(r) => r.label(),
+            Target::Passthrough(m, _) => MethodLabel::Gateway(*m),
+        }
+    }
+
+    fn route(&self) -> &'static str {
+        match self {
+            Target::Api(r) => r.path(),
+            Target::Passthrough(m, _) => m.route(),
+        }
+    }
+}
+
+/// A request as the access log and the metrics see it once it is answered.
+struct Handled {
+    label: MethodLabel,
+    /// The matched route's path template ("-" when none matched): never the raw path.
+    route: &'static str,
+    agent: Option<String>,
+    response: Response<Body>,
+    outcome: Outcome,
+}
+
+impl Handler for Proxy {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let http_method = req.method().clone();
+        let rid = request_id(req.headers());
+        let (handled, upstream) = timing::measure(self.serve(req, &rid)).await;
+        let Handled { label, route, agent, mut response, outcome } = handled;
+        let elapsed = started.elapsed();
+        self.metrics.record_request(label, outcome, elapsed);
+        tracing::info!(
+            target: "ccgate::access",
+            request_id = rid.to_str().unwrap_or("-"),
+            http_method = %http_method,
+            method = label.as_str(),
+            route,
+            agent = agent.as_deref().unwrap_or("-"),
+            status = response.status().as_u16(),
+            outcome = outcome.as_str(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream_ms = upstream.as_secs_f64() * 1000.0,
+            "request"
+        );
+        response.headers_mut().insert(X_REQUEST_ID.clone(), rid);
+        response
+    }
+}
+
+impl Proxy {
+    /// The phases from routing to rendering. Each face answers in its own language,
+    /// decided by the path before anything else can fail.
+    async fn serve(&self, req: Request<Incoming>, rid: &http::HeaderValue) -> Handled {
+        let passthrough_face = req.uri().path().starts_with(BASE_PATH);
+        let (label, route, agent, result, limit) = match Target::resolve(req.method(), req.uri().path()) {
+            Err(f) => (MethodLabel::Unmatched, "-", None, Err(f), None),
+            Ok(target) => {
+                let (label, route) = (target.label(), target.route());
+                match self.authenticate(req.headers()) {
+                    Err(f) => (label, route, None, Err(f), None),
+                    Ok(who) => {
+                        let (result, limit) = self.operate(target, &who, label, req).await;
+                        (label, route, Some(who.agent_id), result, limit)
+                    }
+                }
+            }
+        };
+        let (mut response, outcome) = match result {
+            Ok(r) => r,
+            Err(f) => {
+                log_failure(&f, label, rid);
+                let response = if passthrough_face { render::envelope(&f) } else { render::problem(&f) };
+                (response, render::spec(&f).outcome)
+            }
+        };
+        if let Some(state) = &limit {
+            render::limit_headers(state, response.headers_mut());
+        }
+        Handled { label, route, agent, response, outcome }
+    }
+
+    /// Body, parse, run, render: the phases after authentication.
+    async fn operate(
+        &self,
+        target: Target,
+        who: &Principal,
+        label: MethodLabel,
+        req: Request<Incoming>,
+    ) -> (Result<(Response<Body>, Outcome), Failure>, Option<crate::ops::limits::LimitState>) {
+        let last_event_id = api::last_event_id(req.headers());
+        let body = match self.read_body(req).await {
+            Ok(b) => b,
+            Err(f) => return (Err(f), None),
+        };
+        let op = match &target {
+            Target::Api(route) => api::parse(*route, body),
+            Target::Passthrough(m, agent) => passthrough::parse(who, *m, agent, body),
+        };
+        let op = match op {
+            Ok(op) => op,
+            Err(f) => return (Err(f), None),
+        };
+        let answer = self.core.run(who, label, op).await;
+        let rendered = answer.result.map(|done| match (&target, done) {
+            (Target::Api(_), Done::Subscribed(session)) => {
+                (sse::subscribe(session, last_event_id, self.shutdown.clone()), Outcome::Ok)
+            }
+            (Target::Api(_), done) => api::render(done),
+            (Target::Passthrough(..), done) => passthrough::render(done),
+        });
+        (rendered, answer.limit)
+    }
+
+    fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, Failure> {
+        self.auth.authenticate(headers).map_err(|reason| {
+            self.metrics.count_auth_failure(reason);
+            Failure::Unauthenticated(reason)
+        })
+    }
+
+    /// Reads the body up to `max_body_bytes`. Called after authentication so an anonymous
+    /// client cannot make ccgate buffer anything.
+    async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Failure> {
+        let limited = http_body_util::Limited::new(req.into_body(), self.max_body_bytes);
+        match limited.collect().await {
+            Ok(c) => Ok(c.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::PayloadTooLarge),
+            Err(e) => Err(Failure::BadRequest(format!("could not read body: {e}"))),
+        }
+    }
+}
+
+/// The log line for a failure worth an operator's attention; the access line covers the rest.
+fn log_failure(f: &Failure, label: MethodLabel, rid: &http::HeaderValue) {
+    match f {
+        Failure::Upstream(u) => {
+            tracing::warn!(request_id = ?rid, method = label.as_str(), error = %u, "gateway call failed")
+        }
+        Failure::Internal(why) => {
+            tracing::error!(request_id = ?rid, method = label.as_str(), error = %why, "internal error")
+        }
+        _ => {}
+    }
+}

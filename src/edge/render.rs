@@ -1,0 +1,435 @@
+//! Where a [`Failure`] becomes a response, a metric outcome and a log line, from one table:
+//! [`spec`] gives each kind its status, outcome label, problem type, title, default detail and
+//! the retcode the pass-through face answers with. Adding a kind is one row there.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderMap, Response, StatusCode};
+use serde_json::json;
+
+use crate::gateway::client::JSON_UTF8;
+use crate::gateway::{Envelope, Retcode, UpstreamError};
+use crate::metrics::{AuthFailureReason, Outcome};
+use crate::ops::limits::LimitState;
+use crate::ops::Failure;
+use crate::server::body::{full, Body};
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// How the pass-through face words a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// ccgate's own refusal: this `CCG-nnn` retcode with the kind's HTTP status. Huawei's
+    /// codes are `NNN-NNN`, so the namespace cannot collide with them.
+    Ccg(&'static str),
+    /// Answered exactly as the gateway would: HTTP 200 with the gateway's own envelope when it
+    /// refused, else this retcode (a chair or conference check ccgate made itself).
+    Gateway(Retcode),
+}
+
+/// One row of the table.
+#[derive(Debug)]
+pub struct Spec {
+    pub status: StatusCode,
+    pub outcome: Outcome,
+    /// The last part of the problem `type` (`urn:ccgate:problem:{slug}`).
+    pub slug: &'static str,
+    pub title: &'static str,
+    /// The problem `detail` unless the failure carries a more specific one.
+    pub detail: &'static str,
+    pub wire: Wire,
+}
+
+macro_rules! row {
+    ($status:ident, $outcome:ident, $slug:literal, $title:literal, $detail:literal, $wire:expr) => {
+        &Spec {
+            status: StatusCode::$status,
+            outcome: Outcome::$outcome,
+            slug: $slug,
+            title: $title,
+            detail: $detail,
+            wire: $wire,
+        }
+    };
+}
+
+/// The table. The status of every kind is part of the public contract (README, "Errors").
+pub fn spec(f: &Failure) -> &'static Spec {
+    use Wire::{Ccg, Gateway};
+    match f {
+        Failure::Unauthenticated(_) => row!(
+            UNAUTHORIZED,
+            Unauthenticated,
+            "invalid-token",
+            "Invalid or missing bearer token",
+            "the token is not valid",
+            Ccg("CCG-401")
+        ),
+        Failure::Forbidden(_) => row!(FORBIDDEN, Forbidden, "forbidden", "Forbidden", "forbidden", Ccg("CCG-403")),
+        Failure::NotChairperson(None) => row!(
+            FORBIDDEN,
+            NotChairperson,
+            "not-chairperson",
+            "Not the conference chairperson",
+            "only the conference chairperson may do this; ccgate refused it without calling the gateway",
+            Gateway(Retcode::NotChairperson)
+        ),
+        Failure::NotChairperson(Some(_)) => row!(
+            FORBIDDEN,
+            NotChairperson,
+            "not-chairperson",
+            "Not the conference chairperson",
+            "the gateway says this agent is not the conference chairperson",
+            Gateway(Retcode::NotChairperson)
+        ),
+        Failure::NoConference(None) => row!(
+            CONFLICT,
+            NoConference,
+            "no-conference",
+            "No conference",
+            "the agent has no conference; create one with POST /v1/conference",
+            Gateway(Retcode::NoConference)
+        ),
+        Failure::NoConference(Some(_)) => row!(
+            CONFLICT,
+            NoConference,
+            "no-conference",
+            "No conference",
+            "the gateway says this agent has no conference",
+            Gateway(Retcode::NoConference)
+        ),
+        Failure::NoSession => row!(
+            CONFLICT,
+            NoSession,
+            "no-session",
+            "No gateway session",
+            "the agent is not signed in through ccgate; POST /v1/session first",
+            Ccg("CCG-409")
+        ),
+        // The pass-through face relays the gateway's own answer when this request's call
+        // learned of the loss; otherwise it says so in its own code.
+        Failure::SessionLost(Some(_)) => row!(
+            SERVICE_UNAVAILABLE,
+            SessionLost,
+            "session-lost",
+            "Gateway session lost",
+            "the gateway ended the agent's session; sign in again with POST /v1/session",
+            Gateway(Retcode::NotSignedIn)
+        ),
+        Failure::SessionLost(None) => row!(
+            SERVICE_UNAVAILABLE,
+            SessionLost,
+            "session-lost",
+            "Gateway session lost",
+            "the gateway ended the agent's session; sign in again with POST /v1/session",
+            Ccg("CCG-410")
+        ),
+        Failure::AlreadySignedIn(_) => row!(
+            CONFLICT,
+            GatewayError,
+            "already-signed-in",
+            "Agent already signed in",
+            "the agent is signed in elsewhere; POST /v1/session with {\"force\": true} takes the session over",
+            Gateway(Retcode::AlreadySignedIn)
+        ),
+        Failure::NoCredentials => row!(
+            FORBIDDEN,
+            Forbidden,
+            "no-credentials",
+            "Agent not provisioned",
+            "ccgate has no gateway credentials for this agent; ask the operator to add them",
+            Ccg("CCG-403")
+        ),
+        Failure::Refused(r) if Retcode::parse(&r.retcode) == Retcode::BadParameter => row!(
+            BAD_REQUEST,
+            GatewayError,
+            "gateway-refused",
+            "Gateway refused the operation",
+            "the gateway refused the parameters",
+            Gateway(Retcode::BadParameter)
+        ),
+        Failure::Refused(_) => row!(
+            BAD_GATEWAY,
+            GatewayError,
+            "gateway-refused",
+            "Gateway refused the operation",
+            "the gateway refused the operation",
+            Gateway(Retcode::Other)
+        ),
+        Failure::BadRequest(_) => {
+            row!(BAD_REQUEST, BadRequest, "bad-request", "Bad request", "bad request", Ccg("CCG-400"))
+        }
+        Failure::RateLimited(_) => {
+            row!(TOO_MANY_REQUESTS, RateLimited, "rate-limited", "Rate limit exceeded", "rate limited", Ccg("CCG-429"))
+        }
+        Failure::PayloadTooLarge => row!(
+            PAYLOAD_TOO_LARGE,
+            BadRequest,
+            "payload-too-large",
+            "Request body too large",
+            "the request body exceeds the configured limit",
+            Ccg("CCG-413")
+        ),
+        Failure::NotFound => row!(NOT_FOUND, NotFound, "not-found", "Not found", "no such route", Ccg("CCG-404")),
+        Failure::MethodNotAllowed(_) => row!(
+            METHOD_NOT_ALLOWED,
+            BadRequest,
+            "method-not-allowed",
+            "Method not allowed",
+            "wrong HTTP method",
+            Ccg("CCG-405")
+        ),
+        Failure::Upstream(UpstreamError::Unavailable(_)) => row!(
+            SERVICE_UNAVAILABLE,
+            UpstreamUnavailable,
+            "gateway-unavailable",
+            "Gateway unavailable",
+            "the CC-Gateway could not be reached",
+            Ccg("CCG-503")
+        ),
+        Failure::Upstream(UpstreamError::Timeout) => row!(
+            GATEWAY_TIMEOUT,
+            Timeout,
+            "gateway-timeout",
+            "Gateway timeout",
+            "the CC-Gateway did not answer in time",
+            Ccg("CCG-504")
+        ),
+        Failure::Upstream(UpstreamError::BadStatus(_)) => row!(
+            BAD_GATEWAY,
+            GatewayError,
+            "bad-gateway",
+            "Bad gateway",
+            "the CC-Gateway answered an unexpected HTTP status",
+            Ccg("CCG-502")
+        ),
+        Failure::Upstream(UpstreamError::Malformed(_)) => row!(
+            BAD_GATEWAY,
+            GatewayError,
+            "bad-gateway",
+            "Bad gateway",
+            "the CC-Gateway's answer was not a valid envelope",
+            Ccg("CCG-502")
+        ),
+        Failure::Internal(_) => row!(
+            INTERNAL_SERVER_ERROR,
+            Internal,
+            "internal",
+            "Internal error",
+            "internal error; see the proxy log",
+            Ccg("CCG-500")
+        ),
+    }
+}
+
+/// The problem `detail`: the table's, or one that names what this failure carries.
+fn detail(f: &Failure) -> Cow<'static, str> {
+    match f {
+        Failure::Unauthenticated(r) => auth_detail(*r).into(),
+        Failure::Forbidden(why) => (*why).into(),
+        Failure::Refused(r) if r.message.is_empty() => format!("the gateway answered retcode {}", r.retcode).into(),
+        Failure::Refused(r) => format!("the gateway answered retcode {}: {}", r.retcode, r.message).into(),
+        Failure::BadRequest(why) => why.clone().into(),
+        Failure::RateLimited(r) => {
+            format!("limit {} ({} requests) tripped; retry in {} s", r.name(), r.scope.as_str(), r.retry_after_secs)
+                .into()
+        }
+        Failure::MethodNotAllowed(allow) => format!("this route accepts {allow}").into(),
+        Failure::Upstream(UpstreamError::BadStatus(s)) => format!("the CC-Gateway answered HTTP {}", s.as_u16()).into(),
+        _ => spec(f).detail.into(),
+    }
+}
+
+/// The retcode and `errorReason` a problem body carries: the gateway's when it refused, the
+/// table's when ccgate answered in the gateway's name.
+fn retcode_of(f: &Failure) -> Option<(&str, Option<i64>)> {
+    if let Some(r) = f.gateway_refusal() {
+        return Some((r.retcode.as_str(), r.error_reason));
+    }
+    match spec(f).wire {
+        Wire::Gateway(code) if code != Retcode::Other && !matches!(f, Failure::SessionLost(_)) => {
+            Some((code.as_str(), None))
+        }
+        _ => None,
+    }
+}
+
+/// The RFC 9457 problem response for the REST API.
+pub fn problem(f: &Failure) -> Response<Body> {
+    let s = spec(f);
+    let mut body = json!({
+        "type": format!("urn:ccgate:problem:{}", s.slug),
+        "title": s.title,
+        "status": s.status.as_u16(),
+        "detail": detail(f),
+    });
+    if let Some((code, reason)) = retcode_of(f) {
+        body["retcode"] = json!(code);
+        if let Some(r) = reason {
+            body["errorReason"] = json!(r);
+        }
+    }
+    if let Failure::Unauthenticated(r) = f {
+        body["reason"] = json!(r.as_str());
+    }
+    if let Failure::RateLimited(r) = f {
+        body["limit"] = json!(r.name());
+    }
+    respond(s.status, PROBLEM_JSON, Bytes::from(body.to_string()), f)
+}
+
+/// The gateway envelope for the pass-through face (`/agentgateway/resource/...`).
+pub fn envelope(f: &Failure) -> Response<Body> {
+    let s = spec(f);
+    match s.wire {
+        Wire::Gateway(_) if f.gateway_refusal().is_some_and(|r| !r.body.is_empty()) => {
+            let body = f.gateway_refusal().map(|r| r.body.clone()).unwrap_or_default();
+            respond(StatusCode::OK, JSON_UTF8, body, f)
+        }
+        Wire::Gateway(code) => {
+            let (code, reason) = retcode_of(f).unwrap_or((code.as_str(), None));
+            let result = reason.map(|r| json!({"errorReason": r})).unwrap_or_else(|| json!({}));
+            let message = f.gateway_refusal().map_or_else(|| gateway_words(code).to_owned(), |r| r.message.clone());
+            respond(StatusCode::OK, JSON_UTF8, Envelope::error(code, message, Some(result)).to_bytes(), f)
+        }
+        Wire::Ccg(code) => {
+            let mut result = json!({});
+            if let Failure::Unauthenticated(r) = f {
+                result["reason"] = json!(r.as_str());
+            }
+            if let Failure::RateLimited(r) = f {
+                result["limit"] = json!(r.name());
+                result["retryAfter"] = json!(r.retry_after_secs);
+            }
+            respond(s.status, JSON_UTF8, Envelope::error(code, detail(f), Some(result)).to_bytes(), f)
+        }
+    }
+}
+
+/// What the gateway itself says with `code`, for checks ccgate makes in its name.
+fn gateway_words(code: &str) -> &'static str {
+    match Retcode::parse(code) {
+        Retcode::NotChairperson => "the agent is not the chairperson",
+        Retcode::NoConference => "the agent has no conference",
+        Retcode::AlreadySignedIn => "the agent has signed in",
+        _ => "",
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Bytes, f: &Failure) -> Response<Body> {
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    match f {
+        Failure::Unauthenticated(AuthFailureReason::MissingToken) => {
+            h.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"ccgate\""));
+        }
+        Failure::Unauthenticated(r) => {
+            let v =
+                format!("Bearer realm=\"ccgate\", error=\"invalid_token\", error_description=\"{}\"", auth_detail(*r));
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                h.insert(WWW_AUTHENTICATE, v);
+            }
+        }
+        Failure::MethodNotAllowed(allow) => {
+            h.insert(ALLOW, HeaderValue::from_static(allow));
+        }
+        Failure::RateLimited(r) => {
+            limit_headers(&r.state, h);
+            h.insert(RETRY_AFTER, HeaderValue::from(r.retry_after_secs));
+        }
+        _ => {}
+    }
+    resp
+}
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for a limit's
+/// state: quota `q` over window `w` seconds; `r` left, full again in `t` seconds.
+pub fn limit_headers(s: &LimitState, h: &mut HeaderMap) {
+    let policy = format!("\"{}\";q={};w={}", s.name, s.quota, s.window_secs);
+    let state = format!("\"{}\";r={};t={}", s.name, s.remaining, s.reset_secs);
+    if let (Ok(p), Ok(v)) = (HeaderValue::from_str(&policy), HeaderValue::from_str(&state)) {
+        h.insert(RATELIMIT_POLICY.clone(), p);
+        h.insert(RATELIMIT.clone(), v);
+    }
+}
+
+/// Human text for each token failure. Never includes any part of the token.
+pub fn auth_detail(r: AuthFailureReason) -> &'static str {
+    match r {
+        AuthFailureReason::MissingToken => "no bearer token in the Authorization header",
+        AuthFailureReason::Malformed => "the token is not a well-formed JWT",
+        AuthFailureReason::AlgorithmNotAllowed => "the token's signature algorithm is not allowed",
+        AuthFailureReason::UnknownKey => "the token's key id (kid) is not in the key set",
+        AuthFailureReason::BadSignature => "the token's signature does not verify",
+        AuthFailureReason::Expired => "the token has expired",
+        AuthFailureReason::NotYetValid => "the token is not valid yet (nbf)",
+        AuthFailureReason::WrongIssuer => "the token's issuer (iss) is not the configured one",
+        AuthFailureReason::WrongAudience => "the token's audience (aud) does not include ccgate",
+        AuthFailureReason::MissingClaim => "the token lacks a required claim (exp, iss and aud are required)",
+        AuthFailureReason::MissingAgent => "the token does not name an agent",
+        AuthFailureReason::InvalidAgent => "the token's agent is not a work number in 101..999999",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::GatewayRefusal;
+
+    fn refusal(code: &str) -> GatewayRefusal {
+        GatewayRefusal { retcode: code.into(), message: String::new(), error_reason: Some(7), body: Bytes::new() }
+    }
+
+    /// The status and outcome of every kind are part of the public contract.
+    #[test]
+    fn statuses_are_pinned() {
+        let cases: Vec<(Failure, u16, Outcome)> = vec![
+            (Failure::Unauthenticated(AuthFailureReason::Expired), 401, Outcome::Unauthenticated),
+            (Failure::Forbidden("x"), 403, Outcome::Forbidden),
+            (Failure::NotChairperson(None), 403, Outcome::NotChairperson),
+            (Failure::NoConference(None), 409, Outcome::NoConference),
+            (Failure::NoSession, 409, Outcome::NoSession),
+            (Failure::SessionLost(None), 503, Outcome::SessionLost),
+            (Failure::AlreadySignedIn(None), 409, Outcome::GatewayError),
+            (Failure::NoCredentials, 403, Outcome::Forbidden),
+            (Failure::Refused(refusal("100-007")), 502, Outcome::GatewayError),
+            (Failure::Refused(refusal("000-002")), 400, Outcome::GatewayError),
+            (Failure::BadRequest("x".into()), 400, Outcome::BadRequest),
+            (Failure::PayloadTooLarge, 413, Outcome::BadRequest),
+            (Failure::NotFound, 404, Outcome::NotFound),
+            (Failure::MethodNotAllowed("GET"), 405, Outcome::BadRequest),
+            (Failure::Upstream(UpstreamError::Unavailable("x".into())), 503, Outcome::UpstreamUnavailable),
+            (Failure::Upstream(UpstreamError::Timeout), 504, Outcome::Timeout),
+            (
+                Failure::Upstream(UpstreamError::BadStatus(StatusCode::INTERNAL_SERVER_ERROR)),
+                502,
+                Outcome::GatewayError,
+            ),
+            (Failure::Upstream(UpstreamError::Malformed("x".into())), 502, Outcome::GatewayError),
+            (Failure::Internal("x"), 500, Outcome::Internal),
+        ];
+        for (f, status, outcome) in cases {
+            assert_eq!(spec(&f).status.as_u16(), status, "{f}");
+            assert_eq!(spec(&f).outcome, outcome, "{f}");
+            assert_eq!(problem(&f).status().as_u16(), status, "{f}");
+        }
+    }
+
+    #[test]
+    fn gateway_refusals_keep_retcode_and_reason() {
+        let f = Failure::refused(refusal("101-002"));
+        assert!(matches!(f, Failure::NotChairperson(Some(_))));
+        assert_eq!(retcode_of(&f), Some(("101-002", Some(7))));
+        // A local chair refusal answers in the gateway's words on the pass-through face.
+        let local = envelope(&Failure::NotChairperson(None));
+        assert_eq!(local.status(), StatusCode::OK);
+        assert_eq!(retcode_of(&Failure::NotChairperson(None)), Some(("101-002", None)));
+        assert_eq!(envelope(&Failure::NoSession).status(), StatusCode::CONFLICT);
+    }
+}

@@ -1,0 +1,288 @@
+//! The operations core: every operation either face offers is one [`Operation`] value, and
+//! [`Core::run`] is the one function that runs it: rate limits, session lookup and activity,
+//! the chairperson check, conference bookkeeping and resume. Nothing here speaks HTTP: the
+//! faces in `edge/` parse requests into operations and render [`Done`] or [`Failure`].
+//! docs/architecture.md walks a request through it.
+
+pub mod failure;
+pub mod limits;
+pub mod policy;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::config::{ms, UnknownChair};
+use crate::gateway::{GatewayMethod, GatewayRefusal, GatewayReply, UpstreamError};
+use crate::metrics::MethodLabel;
+use crate::session::conference::apply_success;
+use crate::session::events::BufferedEvent;
+use crate::session::{ConfState, Session, SessionError, SessionStore, SignInOptions};
+pub use failure::Failure;
+use limits::{LimitState, Limits};
+use policy::check_chair;
+
+/// Who is calling: the agent the token acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Work number, canonical decimal string (101..999999).
+    pub agent_id: String,
+    /// The tenant the token names (`auth.tenant_claim`), for per-tenant rate limits.
+    pub tenant: Option<String>,
+}
+
+/// What an app asks ccgate to do for its agent.
+#[derive(Debug)]
+pub enum Operation {
+    /// Sign in (or join the sign-in in progress, or get the live session).
+    SignIn {
+        opts: SignInOptions,
+        /// Refuse with `100-002` when ccgate already holds a session, as the gateway does for
+        /// a second plain sign-in (the pass-through face); otherwise answer that session.
+        refuse_if_signed_in: bool,
+    },
+    /// The session's state, from ccgate alone.
+    GetSession,
+    /// `logout` or `forcelogout`.
+    SignOut(GatewayMethod),
+    /// Any gateway method of the registry, as the session.
+    Call { method: GatewayMethod, body: Option<Bytes> },
+    /// `requestagentconf`, then wait for the gateway's verdict event so the app learns the
+    /// conference id (and that it is chair) in one call.
+    CreateConference { body: Bytes },
+    /// The next event of the agent's queue, with the gateway's long-poll wait.
+    NextEvent,
+    /// Follow the agent's events as a stream.
+    Subscribe,
+}
+
+/// What a successful operation produced; the faces render it.
+#[derive(Debug)]
+pub enum Done {
+    SignedIn {
+        session: Arc<Session>,
+        created: bool,
+    },
+    Session(Arc<Session>),
+    /// The gateway's answer to the sign-out.
+    SignedOut(Bytes),
+    /// The gateway's answer (retcode "0") to a call.
+    Replied {
+        method: GatewayMethod,
+        reply: GatewayReply,
+    },
+    /// The conference request settled: chair (or whatever the events said).
+    Conference(ConfState),
+    /// The conference request was accepted but its verdict has not arrived yet.
+    ConferencePending,
+    /// `None`: no event within the wait.
+    Event(Option<BufferedEvent>),
+    Subscribed(Arc<Session>),
+}
+
+/// An operation's result, with the state of the tightest rate limit that admitted it.
+#[derive(Debug)]
+pub struct Answer {
+    pub result: Result<Done, Failure>,
+    pub limit: Option<LimitState>,
+}
+
+/// What the core needs beyond the session store and the limits; parsed once from config.
+#[derive(Debug, Clone, Copy)]
+pub struct CoreSettings {
+    pub on_unknown_chair: UnknownChair,
+    /// `sessions.resume`: sign in again once (and retry once) when the gateway ends a session
+    /// that ccgate signed in with the credentials file.
+    pub resume: bool,
+    /// How long `CreateConference` waits for the verdict event.
+    pub conference_wait: Duration,
+    /// How long `NextEvent` waits for an event (the gateway's own long-poll wait).
+    pub event_wait: Duration,
+}
+
+impl CoreSettings {
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        Self {
+            on_unknown_chair: c.policy.on_unknown_chair,
+            resume: c.sessions.resume,
+            conference_wait: ms(c.sessions.conference_wait_ms),
+            event_wait: ms(c.sessions.face_event_wait_ms),
+        }
+    }
+}
+
+pub struct Core {
+    pub sessions: Arc<SessionStore>,
+    pub limits: Arc<Limits>,
+    settings: CoreSettings,
+}
+
+impl Core {
+    pub fn new(sessions: Arc<SessionStore>, limits: Arc<Limits>, settings: CoreSettings) -> Self {
+        Self { sessions, limits, settings }
+    }
+
+    /// Runs `op` for `who`. `label` is the operation's metrics name (the route's, so a forced
+    /// sign-in through `/v1/session` stays `login`), which the limits are keyed by.
+    pub async fn run(&self, who: &Principal, label: MethodLabel, op: Operation) -> Answer {
+        let limit = match self.limits.check(label, who) {
+            Ok(state) => state,
+            Err(refusal) => return Answer { result: Err(Failure::RateLimited(Box::new(refusal))), limit: None },
+        };
+        Answer { result: self.execute(&who.agent_id, op).await, limit }
+    }
+
+    async fn execute(&self, agent: &str, op: Operation) -> Result<Done, Failure> {
+        match op {
+            Operation::SignIn { opts, refuse_if_signed_in } => {
+                if refuse_if_signed_in && self.sessions.active(agent).is_ok() {
+                    return Err(Failure::AlreadySignedIn(None));
+                }
+                let (session, created) = self.sessions.sign_in(agent, opts).await?;
+                session.touch();
+                Ok(Done::SignedIn { session, created })
+            }
+            Operation::GetSession => Ok(Done::Session(self.session(agent)?)),
+            Operation::SignOut(method) => Ok(Done::SignedOut(self.sessions.sign_out(agent, method).await?)),
+            Operation::Call { method, body } => {
+                self.with_session(agent, |s| {
+                    let body = body.clone();
+                    async move {
+                        let reply = self.call(&s, method, body).await?;
+                        Ok(Done::Replied { method, reply })
+                    }
+                })
+                .await
+            }
+            Operation::CreateConference { body } => {
+                self.with_session(agent, |s| self.create_conference(s, body.clone())).await
+            }
+            Operation::NextEvent => {
+                let session = self.session(agent)?;
+                Ok(Done::Event(self.next_event(&session).await))
+            }
+            Operation::Subscribe => Ok(Done::Subscribed(self.session(agent)?)),
+        }
+    }
+
+    /// The agent's live session, counting the request as activity.
+    fn session(&self, agent: &str) -> Result<Arc<Session>, Failure> {
+        let session = self.sessions.active(agent)?;
+        session.touch();
+        Ok(session)
+    }
+
+    /// Runs `op` with the agent's session, counting it as activity. With `sessions.resume`,
+    /// a session the gateway ended is replaced by one fresh sign-in and `op` is retried once
+    /// with the new Guid: never a loop, and a Guid the gateway refused is never presented
+    /// again. Only sessions signed in with the credentials file are resumed; ccgate does not
+    /// keep a password a client sent.
+    async fn with_session<F, Fut>(&self, agent: &str, mut op: F) -> Result<Done, Failure>
+    where
+        F: FnMut(Arc<Session>) -> Fut,
+        Fut: Future<Output = Result<Done, Failure>>,
+    {
+        let mut resumed = false;
+        let session = match self.sessions.active(agent) {
+            Err(SessionError::Lost) if self.may_resume(agent) => {
+                resumed = true;
+                self.resume(agent).await?
+            }
+            other => other?,
+        };
+        session.touch();
+        let resumable = session.resumable;
+        match op(session).await {
+            Err(Failure::SessionLost(_)) if self.settings.resume && resumable && !resumed => {
+                let session = self.resume(agent).await?;
+                session.touch();
+                op(session).await
+            }
+            other => other,
+        }
+    }
+
+    fn may_resume(&self, agent: &str) -> bool {
+        self.settings.resume && self.sessions.current(agent).is_some_and(|s| s.resumable)
+    }
+
+    async fn resume(&self, agent: &str) -> Result<Arc<Session>, Failure> {
+        tracing::info!(agent, "gateway session lost; signing in again (sessions.resume)");
+        Ok(self.sessions.sign_in(agent, SignInOptions::default()).await?.0)
+    }
+
+    /// One gateway call as the session: the chair check first for chair-only methods, then
+    /// the conference bookkeeping a successful (or failed) answer implies.
+    async fn call(&self, s: &Session, method: GatewayMethod, body: Option<Bytes>) -> Result<GatewayReply, Failure> {
+        if method.chair_only() {
+            check_chair(s.conf(), self.settings.on_unknown_chair)?;
+        }
+        let before = s.conf();
+        let requesting = method == GatewayMethod::RequestAgentConf;
+        if requesting {
+            // Until the verdict event, the agent is not chair: chair calls are refused locally.
+            s.set_conf(ConfState::Requested);
+        }
+        let result = judge(s.call(self.sessions.gateway(), method, body).await);
+        match &result {
+            Ok(_) => s.set_conf(apply_success(s.conf(), method)),
+            // The request did not happen; unless an event moved the state meanwhile, go back.
+            Err(_) if requesting && s.conf() == ConfState::Requested => s.set_conf(before),
+            Err(_) => {}
+        }
+        result
+    }
+
+    async fn create_conference(&self, s: Arc<Session>, body: Bytes) -> Result<Done, Failure> {
+        let mut changes = s.watch_conf();
+        self.call(&s, GatewayMethod::RequestAgentConf, Some(body)).await?;
+        let settled =
+            tokio::time::timeout(self.settings.conference_wait, changes.wait_for(|c| *c != ConfState::Requested)).await;
+        match settled.ok().and_then(Result::ok).map(|c| *c) {
+            Some(ConfState::RequestFailed { cause }) => Err(Failure::Refused(GatewayRefusal {
+                retcode: "0".into(),
+                message: "conference request failed (AgentConf_RequestFailed)".into(),
+                error_reason: cause,
+                body: Bytes::new(),
+            })),
+            Some(state) => Ok(Done::Conference(state)),
+            None => Ok(Done::ConferencePending),
+        }
+    }
+
+    /// The gateway's long poll, replayed from the session's buffer: the next queued event,
+    /// or `None` after the wait (or when the session ends).
+    async fn next_event(&self, session: &Session) -> Option<BufferedEvent> {
+        let deadline = tokio::time::Instant::now() + self.settings.event_wait;
+        // Subscribed before looking, so an event pushed in between still wakes us.
+        let mut latest = session.events.subscribe();
+        loop {
+            if let Some(e) = session.events.take_next() {
+                return Some(e);
+            }
+            let woke = tokio::select! {
+                r = tokio::time::timeout_at(deadline, latest.changed()) => matches!(r, Ok(Ok(()))),
+                _ = session.wait_ended() => false,
+            };
+            if !woke {
+                return None;
+            }
+        }
+    }
+}
+
+/// A gateway answer as an operation's result: retcode "0" is success; anything else is the
+/// gateway's refusal, classified.
+fn judge(sent: Result<GatewayReply, UpstreamError>) -> Result<GatewayReply, Failure> {
+    let reply = sent?;
+    if reply.envelope.is_success() {
+        Ok(reply)
+    } else {
+        Err(Failure::refused(GatewayRefusal::from(&reply)))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -12,10 +12,10 @@ use crate::edge::auth::Authenticator;
 use crate::edge::Proxy;
 use crate::gateway::client::ProbeFailure;
 use crate::gateway::GatewayClient;
-use crate::metrics::Metrics;
+use crate::metrics::{Metered, Metrics};
 use crate::ops::limits::{Limits, EVICTION_INTERVAL};
 use crate::ops::{Core, CoreSettings};
-use crate::server::admin::{Admin, Readiness, GATEWAY_UP};
+use crate::server::admin::{Admin, GatewayState, Readiness};
 use crate::server::listener::triggered;
 use crate::server::{self, ServeOptions, Shutdown};
 use crate::session::{CredentialStore, SessionStore};
@@ -77,14 +77,15 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         Some(p) => CredentialStore::load(p)?,
         None => return Err("credentials.file is required".into()),
     };
-    let client = GatewayClient::new(&config.gateway, metrics.clone())?;
+    let client = GatewayClient::new(&config.gateway)?;
     let shutdown = Shutdown::new();
     let server_tls = match (&config.server.tls_cert, &config.server.tls_key) {
         (Some(c), Some(k)) => Some(tls::server_config_from_files(c, k)?),
         _ => None,
     };
     let limits = Arc::new(Limits::new(&config.rate_limits, metrics.clone())?);
-    let sessions = SessionStore::new(Arc::new(client.clone()), creds, config.sessions.clone(), metrics.clone());
+    let gateway = Arc::new(Metered::new(client.clone(), metrics.clone()));
+    let sessions = SessionStore::new(gateway, creds, config.sessions.clone(), metrics.clone());
     let core = Core::new(sessions.clone(), limits.clone(), CoreSettings::from_config(config));
     let proxy = Arc::new(Proxy {
         auth,
@@ -146,11 +147,16 @@ async fn probe_gateway(client: GatewayClient, readiness: Arc<Readiness>, metrics
     loop {
         let result = client.probe().await;
         metrics.set_gateway_up(result.is_ok());
-        let state = result.as_ref().map_or_else(ProbeFailure::label, |()| GATEWAY_UP);
+        let state = match &result {
+            Ok(()) => GatewayState::Up,
+            Err(ProbeFailure::Connect(_)) => GatewayState::ConnectFailed,
+            Err(ProbeFailure::Timeout) => GatewayState::Timeout,
+            Err(ProbeFailure::Tls(_)) => GatewayState::TlsFailed,
+        };
         if readiness.set_gateway(state) {
             match &result {
-                Ok(()) => tracing::info!(gateway = state, "gateway reachable"),
-                Err(e) => tracing::warn!(gateway = state, error = %e, "gateway not reachable"),
+                Ok(()) => tracing::info!(gateway = state.as_str(), "gateway reachable"),
+                Err(e) => tracing::warn!(gateway = state.as_str(), error = %e, "gateway not reachable"),
             }
         }
         tokio::select! {

@@ -13,7 +13,7 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::gateway::{GatewayMethod, Retcode};
+use crate::gateway::{CallFuture, Gateway, GatewayMethod, GatewayRequest, Retcode, UpstreamError};
 
 /// Buckets for a gateway round trip and for a whole proxied request. A LAN round trip to the
 /// CC-Gateway is a few milliseconds; CTI operations (conference set-up) take up to a few
@@ -158,6 +158,48 @@ label_enum! {
         Timeout => "timeout",
         BadStatus => "bad_status",
         Malformed => "malformed",
+    }
+}
+
+impl From<&UpstreamError> for UpstreamErrorKind {
+    fn from(e: &UpstreamError) -> Self {
+        match e {
+            UpstreamError::Unavailable(_) => Self::Unavailable,
+            UpstreamError::Timeout => Self::Timeout,
+            UpstreamError::BadStatus(_) => Self::BadStatus,
+            UpstreamError::Malformed(_) => Self::Malformed,
+        }
+    }
+}
+
+/// A gateway whose every round trip is recorded: duration, and retcode or failure kind, per
+/// method. The session layer calls the gateway through it, so app requests and the poller
+/// alike are counted, and the gateway layer itself knows nothing of metrics.
+pub struct Metered<G> {
+    inner: G,
+    metrics: Metrics,
+}
+
+impl<G: Gateway> Metered<G> {
+    pub fn new(inner: G, metrics: Metrics) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+impl<G: Gateway> Gateway for Metered<G> {
+    fn call<'a>(&'a self, req: GatewayRequest<'a>) -> CallFuture<'a> {
+        let method = req.method;
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let result = self.inner.call(req).await;
+            let m = &self.metrics;
+            m.observe_upstream(method, started.elapsed());
+            match &result {
+                Ok(reply) => m.count_upstream_retcode(method, reply.envelope.code()),
+                Err(e) => m.count_upstream_failure(method, e.into()),
+            }
+            result
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! TLS server name, connect and request timeouts, and envelope parsing.
 //!
 //! Every gateway round trip (app requests and the poller alike) goes through
-//! [`GatewayClient::call`], which is also where upstream metrics are recorded.
+//! [`GatewayClient::call`]; `metrics::Metered` records each one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,6 @@ use super::envelope::Envelope;
 use super::methods::GatewayMethod;
 use super::{timing, CallFuture, Gateway};
 use crate::config::{ms, GatewayConfig};
-use crate::metrics::{Metrics, UpstreamErrorKind};
 use crate::tls;
 
 /// The header carrying the session's Guid on requests.
@@ -120,17 +119,6 @@ pub enum UpstreamError {
     Malformed(String),
 }
 
-impl UpstreamError {
-    pub fn kind(&self) -> UpstreamErrorKind {
-        match self {
-            Self::Unavailable(_) => UpstreamErrorKind::Unavailable,
-            Self::Timeout => UpstreamErrorKind::Timeout,
-            Self::BadStatus(_) => UpstreamErrorKind::BadStatus,
-            Self::Malformed(_) => UpstreamErrorKind::Malformed,
-        }
-    }
-}
-
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Why the readiness probe could not reach the gateway.
@@ -144,17 +132,6 @@ pub enum ProbeFailure {
     /// or the handshake failed otherwise: every request would fail the same way.
     #[error("TLS handshake failed: {0}")]
     Tls(String),
-}
-
-impl ProbeFailure {
-    /// A fixed label for `/readyz`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            Self::Connect(_) => "connect_failed",
-            Self::Timeout => "timeout",
-            Self::Tls(_) => "tls_failed",
-        }
-    }
 }
 
 /// What the probe needs to dial the gateway exactly as the pool does: the same address, TLS
@@ -175,12 +152,11 @@ struct Inner {
     client: HttpsClient,
     scheme_authority: String,
     request_timeout: Duration,
-    metrics: Metrics,
     probe: Probe,
 }
 
 impl GatewayClient {
-    pub fn new(cfg: &GatewayConfig, metrics: Metrics) -> Result<Self, String> {
+    pub fn new(cfg: &GatewayConfig) -> Result<Self, String> {
         let url: Uri = cfg.url.parse().map_err(|e| format!("gateway.url: {e}"))?;
         let authority = url.authority().ok_or("gateway.url: no host")?.to_string();
         let tls = Arc::new(tls::client_config(cfg.ca_file.as_deref())?);
@@ -215,7 +191,6 @@ impl GatewayClient {
                 client,
                 scheme_authority: format!("https://{authority}"),
                 request_timeout: ms(cfg.request_timeout_ms),
-                metrics,
                 probe,
             }),
         })
@@ -238,19 +213,12 @@ impl GatewayClient {
         tokio::time::timeout(p.connect_timeout, dial).await.unwrap_or(Err(ProbeFailure::Timeout))
     }
 
-    /// Sends one request and parses the envelope. Records upstream duration and retcode,
-    /// and adds the round trip to the current request's upstream time (for the access log).
+    /// Sends one request and parses the envelope. Adds the round trip to the current
+    /// request's gateway time (for the access log).
     pub async fn call(&self, req: GatewayRequest<'_>) -> Result<GatewayReply, UpstreamError> {
         let started = Instant::now();
         let result = self.round_trip(&req).await;
-        let elapsed = started.elapsed();
-        timing::add(elapsed);
-        let m = &self.inner.metrics;
-        m.observe_upstream(req.method, elapsed);
-        match &result {
-            Ok(reply) => m.count_upstream_retcode(req.method, reply.envelope.code()),
-            Err(e) => m.count_upstream_failure(req.method, e.kind()),
-        }
+        timing::add(started.elapsed());
         result
     }
 

@@ -17,15 +17,35 @@ use crate::metrics::Metrics;
 /// Prometheus text exposition format 0.0.4.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// What the last gateway probe found: `"unchecked"` until the first probe ends, then `"up"`
-/// or the probe's failure label (`connect_failed`, `timeout`, `tls_failed`).
-pub const GATEWAY_UNCHECKED: &str = "unchecked";
-pub const GATEWAY_UP: &str = "up";
+/// What the last gateway probe found; `/readyz` shows it as `"gateway"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatewayState {
+    /// No probe has finished yet.
+    Unchecked,
+    /// TCP and a TLS handshake with the configured CA and server name succeeded.
+    Up,
+    ConnectFailed,
+    Timeout,
+    /// The gateway answered but its certificate or handshake was refused.
+    TlsFailed,
+}
+
+impl GatewayState {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Unchecked => "unchecked",
+            Self::Up => "up",
+            Self::ConnectFailed => "connect_failed",
+            Self::Timeout => "timeout",
+            Self::TlsFailed => "tls_failed",
+        }
+    }
+}
 
 /// Readiness facts, set by whoever knows them.
 #[derive(Debug)]
 pub struct Readiness {
-    gateway: Mutex<&'static str>,
+    gateway: Mutex<GatewayState>,
     shutting_down: AtomicBool,
     changed: tokio::sync::Notify,
 }
@@ -33,7 +53,7 @@ pub struct Readiness {
 impl Default for Readiness {
     fn default() -> Self {
         Self {
-            gateway: Mutex::new(GATEWAY_UNCHECKED),
+            gateway: Mutex::new(GatewayState::Unchecked),
             shutting_down: AtomicBool::new(false),
             changed: Default::default(),
         }
@@ -45,17 +65,17 @@ impl Readiness {
         self.gateway_reachable() && !self.shutting_down.load(Ordering::Acquire)
     }
 
-    /// The last probe's verdict (see [`GATEWAY_UNCHECKED`]).
-    pub fn gateway(&self) -> &'static str {
+    /// The last probe's verdict.
+    pub fn gateway(&self) -> GatewayState {
         *self.gateway.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn gateway_reachable(&self) -> bool {
-        self.gateway() == GATEWAY_UP
+        self.gateway() == GatewayState::Up
     }
 
     /// Records a probe's verdict; returns whether it changed.
-    pub fn set_gateway(&self, state: &'static str) -> bool {
+    pub fn set_gateway(&self, state: GatewayState) -> bool {
         let previous =
             std::mem::replace(&mut *self.gateway.lock().unwrap_or_else(std::sync::PoisonError::into_inner), state);
         let changed = previous != state;
@@ -67,7 +87,7 @@ impl Readiness {
 
     /// Resolves once a probe has given a verdict.
     pub async fn wait_gateway_checked(&self) {
-        self.wait_for(|r| r.gateway() != GATEWAY_UNCHECKED).await
+        self.wait_for(|r| r.gateway() != GatewayState::Unchecked).await
     }
 
     pub fn set_shutting_down(&self) {
@@ -127,7 +147,7 @@ impl Handler for Admin {
                         "config_loaded": true,
                         "keys_loaded": true,
                         "gateway_reachable": r.gateway_reachable(),
-                        "gateway": r.gateway(),
+                        "gateway": r.gateway().as_str(),
                         "shutting_down": r.shutting_down.load(Ordering::Acquire),
                     }),
                 )

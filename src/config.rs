@@ -79,7 +79,7 @@ pub const DEFAULT_POLL_BACKOFF_MAX_MS: u64 = 10_000;
 /// How long `POST /v1/conference` waits for the gateway's RequestSuccess/RequestFailed event
 /// before answering 202 (pending). Conference set-up normally completes in under a second.
 pub const DEFAULT_CONFERENCE_WAIT_MS: u64 = 5_000;
-/// How long `agentevent` on the reverse-proxy face waits for an event before answering
+/// How long `agentevent` on the pass-through face waits for an event before answering
 /// empty: the gateway's own long-poll wait, so integrators' pacing stays right.
 pub const DEFAULT_FACE_EVENT_WAIT_MS: u64 = 10_000;
 /// Events kept per agent for the app; an app that reconnects within a few minutes of normal
@@ -245,7 +245,7 @@ pub struct SessionsConfig {
     pub resume: bool,
     /// Sign every agent out at the gateway when ccgate shuts down.
     pub sign_out_on_shutdown: bool,
-    /// `agentevent` on the reverse-proxy face waits this long for an event.
+    /// `agentevent` on the pass-through face waits this long for an event.
     pub face_event_wait_ms: u64,
 }
 

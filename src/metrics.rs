@@ -21,7 +21,7 @@ use crate::gateway::{CallFuture, Gateway, GatewayMethod, GatewayRequest, Retcode
 /// most requests land; the 10 s bucket makes timeouts visible as such.
 pub const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// The `method` label: a gateway log name, or a façade route that has no gateway method.
+/// The `method` label: a gateway log name, or a REST API route that has no gateway method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MethodLabel {
     Gateway(GatewayMethod),

@@ -1,4 +1,4 @@
-//! The façade end to end: sign in, conference, stopVoiceToConf, and the chairperson policy,
+//! The REST API end to end: sign in, conference, stopVoiceToConf, and the chairperson policy,
 //! with the simulator's counters proving what reached the gateway.
 
 mod common;

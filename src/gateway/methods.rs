@@ -1,6 +1,6 @@
-//! The CC-Gateway agent methods ccgate knows (API-NOTES section 7): HTTP method, path under
-//! `/agentgateway/resource/`, log name (the metrics vocabulary) and whether only the
-//! conference chairperson may call it.
+//! The CC-Gateway agent methods ccgate knows (docs/gateway.md, "Method names in logs"): HTTP
+//! method, path under `/agentgateway/resource/`, log name (the metrics vocabulary) and
+//! whether only the conference chairperson may call it.
 
 use http::Method;
 

@@ -1,4 +1,4 @@
-//! A faithful CC-Gateway simulator (DESIGN section 8), used by the demo, the tests and the
+//! A faithful CC-Gateway simulator (docs/gateway.md says what it imitates), used by the demo, the tests and the
 //! benchmarks. HTTPS, `Set-GUID: JSESSIONID=<uuid>.AgentGateway<n>`, a sticky cookie, static
 //! or rotating Guids with an overlap, long-poll events one per response, forced sign-out after
 //! silence, conferences with chair semantics, every documented retcode with HTTP 200, and
@@ -36,8 +36,8 @@ use state::{event, new_guid, Agent, Answer, GuidCheck, State};
 pub const DEFAULT_SIM_LISTEN: &str = "127.0.0.1:8043";
 /// GUIDINTERVAL: dynamic Guids rotate every 60 s.
 pub const DEFAULT_GUID_INTERVAL_MS: u64 = 60_000;
-/// GUIDTIMEOUT: an old Guid is assumed to stay valid this long after rotation ([inferred] in
-/// API-NOTES, hence a setting).
+/// GUIDTIMEOUT: an old Guid is assumed to stay valid this long after rotation (an assumption,
+/// see docs/gateway.md "Static and dynamic Guids", hence a setting).
 pub const DEFAULT_GUID_OVERLAP_MS: u64 = 120_000;
 /// The gateway's long poll returns after about 10 s when no event is queued.
 pub const DEFAULT_EVENT_WAIT_MS: u64 = 10_000;

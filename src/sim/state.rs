@@ -1,5 +1,5 @@
 //! The simulated gateway's state: agents and their sessions, Guids (static or rotating),
-//! per-agent event queues, and conferences with chair semantics (API-NOTES sections 2-6).
+//! per-agent event queues, and conferences with chair semantics (docs/gateway.md).
 //!
 //! All of it sits behind one `std::sync::Mutex` in [`super::Sim`]; no method here awaits.
 

@@ -220,7 +220,7 @@ impl Harness {
         Reply { status: parts.status, headers: parts.headers, text: String::from_utf8_lossy(&bytes).into_owned() }
     }
 
-    /// Starts a façade call as `agent` on its own task (for concurrent requests).
+    /// Starts a REST API call as `agent` on its own task (for concurrent requests).
     pub fn spawn_call(&self, method: Method, path: &str, agent: &str) -> tokio::task::JoinHandle<Reply> {
         let (client, url, auth) =
             (self.client.clone(), format!("{}{path}", self.base), format!("Bearer {}", self.token(agent)));
@@ -237,7 +237,7 @@ impl Harness {
         })
     }
 
-    /// A façade call as agent `agent` (`None`: no Authorization header).
+    /// A REST API call as agent `agent` (`None`: no Authorization header).
     pub async fn call(&self, method: Method, path: &str, agent: Option<&str>, body: &str) -> Reply {
         let token = agent.map(|a| self.token(a));
         self.call_with_token(method, path, token.as_deref(), body).await

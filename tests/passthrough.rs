@@ -1,4 +1,4 @@
-//! The reverse-proxy face: an existing CC-Gateway client, with a JWT instead of a Guid.
+//! The pass-through face: an existing CC-Gateway client, with a JWT instead of a Guid.
 
 mod common;
 
@@ -198,7 +198,7 @@ async fn local_chair_refusal_answers_exactly_like_the_gateway() {
     let h = Harness::with(opts()).await;
     h.chair("153").await;
     h.sign_in("154").await;
-    // Through the face: 153 hands the chair to 154 (applyToShiftPresident).
+    // Through the pass-through face: 153 hands the chair to 154 (applyToShiftPresident).
     let r = h.gw(Method::POST, "agentconf/153/applytoshiftpresident", "153", r#"{"destAgentNo":154}"#, &[]).await;
     assert_eq!(env(&r)["retcode"], "0", "{}", r.text);
     h.wait_conf("153", |s| matches!(s, ConfState::Participant { .. })).await;
@@ -207,7 +207,7 @@ async fn local_chair_refusal_answers_exactly_like_the_gateway() {
     assert_eq!(r.status, StatusCode::OK, "HTTP 200, as the gateway");
     assert_eq!(env(&r)["retcode"], "101-002");
     assert_eq!(h.sim.count(GatewayMethod::StopVoiceToConf), 0, "refused locally");
-    // Leave, then release: the state follows successful calls through the face.
+    // Leave, then release: the state follows successful calls through the pass-through face.
     let r = h.gw(Method::POST, "agentconf/153/requestleaveagentconf", "153", "", &[]).await;
     assert_eq!(env(&r)["retcode"], "0");
     assert_eq!(h.running().sessions.active("153").unwrap().conf(), ConfState::None);
@@ -251,7 +251,7 @@ async fn gateway_refusals_pass_through_and_limits_and_metrics_apply_per_method()
 }
 
 #[tokio::test]
-async fn push_mode_sign_in_is_refused_and_the_facade_shares_the_session() {
+async fn push_mode_sign_in_is_refused_and_the_rest_api_shares_the_session() {
     let h = Harness::with(opts()).await;
     let r = h
         .gw(

@@ -85,14 +85,22 @@ fn check_conference_body(body: &Bytes) -> Result<(), Failure> {
     }
 }
 
-/// The response for a finished operation. `Subscribed` is rendered by the caller (it needs
-/// the request's `Last-Event-ID` and the shutdown signal).
-pub fn render(done: Done) -> (Response<Body>, Outcome) {
+/// What an event stream needs from the request and the process.
+pub struct StreamContext {
+    /// `Last-Event-ID`: resume after this event (`None`: from now).
+    pub after: Option<u64>,
+    /// Ends the stream when the process shuts down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The response for a finished operation.
+pub fn render(done: Done, stream: StreamContext) -> (Response<Body>, Outcome) {
     let resp = match done {
         Done::SignedIn { session, created } => {
             body::json(if created { StatusCode::CREATED } else { StatusCode::OK }, &view(&session))
         }
-        Done::Session(session) | Done::Subscribed(session) => body::json(StatusCode::OK, &view(&session)),
+        Done::Session(session) => body::json(StatusCode::OK, &view(&session)),
+        Done::Subscribed(session) => super::sse::subscribe(session, stream.after, stream.shutdown),
         Done::SignedOut(_) => {
             let mut r = Response::new(body::empty());
             *r.status_mut() = StatusCode::NO_CONTENT;
@@ -107,6 +115,7 @@ pub fn render(done: Done) -> (Response<Body>, Outcome) {
             StatusCode::ACCEPTED,
             &json!({"confId": null, "chairperson": false, "conference": ConfState::Requested, "pending": true}),
         ),
+        // Not an operation this face asks for.
         Done::Event(_) => body::json(StatusCode::OK, &json!({})),
     };
     (resp, Outcome::Ok)

@@ -26,7 +26,8 @@ use hyper::{Request, Response};
 
 use crate::gateway::{timing, GatewayMethod, BASE_PATH};
 use crate::metrics::{MethodLabel, Metrics, Outcome};
-use crate::ops::{Core, Done, Failure, Principal};
+use crate::ops::limits::LimitState;
+use crate::ops::{Core, Failure, Principal};
 use crate::server::body::Body;
 use crate::server::Handler;
 use auth::Authenticator;
@@ -171,8 +172,8 @@ impl Proxy {
         who: &Principal,
         label: MethodLabel,
         req: Request<Incoming>,
-    ) -> (Result<(Response<Body>, Outcome), Failure>, Option<crate::ops::limits::LimitState>) {
-        let last_event_id = api::last_event_id(req.headers());
+    ) -> (Result<(Response<Body>, Outcome), Failure>, Option<LimitState>) {
+        let stream = api::StreamContext { after: api::last_event_id(req.headers()), shutdown: self.shutdown.clone() };
         let body = match self.read_body(req).await {
             Ok(b) => b,
             Err(f) => return (Err(f), None),
@@ -186,12 +187,9 @@ impl Proxy {
             Err(f) => return (Err(f), None),
         };
         let answer = self.core.run(who, label, op).await;
-        let rendered = answer.result.map(|done| match (&target, done) {
-            (Target::Api(_), Done::Subscribed(session)) => {
-                (sse::subscribe(session, last_event_id, self.shutdown.clone()), Outcome::Ok)
-            }
-            (Target::Api(_), done) => api::render(done),
-            (Target::Passthrough(..), done) => passthrough::render(done),
+        let rendered = answer.result.map(|done| match target {
+            Target::Api(_) => api::render(done, stream),
+            Target::Passthrough(..) => passthrough::render(done),
         });
         (rendered, answer.limit)
     }

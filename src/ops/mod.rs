@@ -225,7 +225,7 @@ impl Core {
             // Until the verdict event, the agent is not chair: chair calls are refused locally.
             s.set_conf(ConfState::Requested);
         }
-        let result = judge(s.call(self.sessions.gateway(), method, body).await);
+        let result = judge(s.call(method, body).await);
         match &result {
             Ok(_) => s.set_conf(apply_success(s.conf(), method)),
             // The request did not happen; unless an event moved the state meanwhile, go back.

@@ -81,6 +81,8 @@ pub struct Session {
     conf: watch::Sender<ConfState>,
     ended: watch::Sender<Option<Ended>>,
     pub events: EventBuffer,
+    /// The gateway this session talks to.
+    gateway: Arc<dyn Gateway>,
     /// The gateway's answer to the sign-in that made this session (work number, login time,
     /// media type...; no secret). A client that signs in to a session ccgate already holds
     /// gets the same answer the gateway gave.
@@ -158,18 +160,12 @@ impl Session {
     /// the Guid is no longer accepted marks the session lost and stops its poller). The
     /// answer is returned whatever its retcode, so the pass-through face can relay it; a
     /// Guid the gateway refused is never presented again.
-    pub async fn call(
-        &self,
-        gateway: &dyn Gateway,
-        method: GatewayMethod,
-        body: Option<Bytes>,
-    ) -> Result<GatewayReply, UpstreamError> {
-        self.exchange(gateway, method, body, None, true).await
+    pub async fn call(&self, method: GatewayMethod, body: Option<Bytes>) -> Result<GatewayReply, UpstreamError> {
+        self.exchange(method, body, None, true).await
     }
 
     async fn exchange(
         &self,
-        gateway: &dyn Gateway,
         method: GatewayMethod,
         body: Option<Bytes>,
         timeout: Option<Duration>,
@@ -177,7 +173,7 @@ impl Session {
     ) -> Result<GatewayReply, UpstreamError> {
         let auth = self.auth.load_full();
         let req = GatewayRequest { method, agent: &self.agent_id, auth: Some(&auth), body, timeout };
-        let reply = gateway.call(req).await?;
+        let reply = self.gateway.call(req).await?;
         self.absorb(&reply);
         let env = &reply.envelope;
         if method == GatewayMethod::UpdateGuid && env.is_success() {

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::conference::{apply_event, EventEffect};
 use super::{Session, SessionStore};
-use crate::gateway::{Gateway, GatewayMethod, GatewayReply, UpstreamError};
+use crate::gateway::{GatewayMethod, GatewayReply, UpstreamError};
 use crate::metrics::LossReason;
 
 #[derive(Debug, Clone, Copy)]
@@ -32,12 +32,12 @@ enum Step {
     Idle,
 }
 
-pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, gateway: Arc<dyn Gateway>, s: Settings) {
+pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Settings) {
     let agent = session.agent_id.clone();
     let mut backoff = s.backoff;
     loop {
         let idle_at = s.idle.map(|d| session.last_activity() + d);
-        let poll = session.exchange(&*gateway, GatewayMethod::GetAgentEvent, None, Some(s.timeout), true);
+        let poll = session.exchange(GatewayMethod::GetAgentEvent, None, Some(s.timeout), true);
         let step = match idle_at {
             Some(at) => tokio::select! {
                 r = poll => Step::Polled(r),

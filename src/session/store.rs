@@ -83,11 +83,6 @@ impl SessionStore {
         })
     }
 
-    /// The gateway the sessions call.
-    pub fn gateway(&self) -> &dyn Gateway {
-        &*self.gateway
-    }
-
     pub fn settings(&self) -> &SessionsConfig {
         &self.cfg
     }
@@ -229,8 +224,7 @@ impl SessionStore {
             self.metrics.count_signin(SigninResult::UpstreamError);
             return Err(UpstreamError::Malformed("sign-in succeeded without a usable Set-GUID".into()).into());
         };
-        let handle =
-            tokio::spawn(poller::run(session.clone(), self.me.clone(), self.gateway.clone(), self.poller_settings()));
+        let handle = tokio::spawn(poller::run(session.clone(), self.me.clone(), self.poller_settings()));
         *lock(&session.poller) = Some(handle);
         slot.session.store(Some(session.clone()));
         self.metrics.count_signin(SigninResult::Ok);
@@ -249,6 +243,7 @@ impl SessionStore {
             conf: watch::channel(conf).0,
             ended: watch::channel(None).0,
             events: EventBuffer::new(self.event_ids.clone(), self.cfg.event_buffer),
+            gateway: self.gateway.clone(),
             login_answer: reply.body.clone(),
             resumable,
             last_activity: AtomicU64::new(0),
@@ -285,7 +280,7 @@ impl SessionStore {
             return Ok(Envelope::ok("success", json!({})).to_bytes());
         }
         // Not `call`: a "not signed in" answer here means the goal is reached, not a loss.
-        let result = match session.exchange(&*self.gateway, method, None, None, false).await {
+        let result = match session.exchange(method, None, None, false).await {
             Err(e) => Err(e.into()),
             Ok(reply) => {
                 let code = reply.envelope.code();

@@ -68,7 +68,7 @@ async fn every_session_gone_retcode_marks_the_session_lost() {
         let sessions = store(&gw, |_| {});
         let (s, _) = sessions.sign_in(AGENT, SignInOptions::default()).await.unwrap();
         gw.refuse(GatewayMethod::StopVoiceToConf, code);
-        let reply = s.call(&*gw, GatewayMethod::StopVoiceToConf, None).await.unwrap();
+        let reply = s.call(GatewayMethod::StopVoiceToConf, None).await.unwrap();
         assert_eq!(reply.envelope.retcode, code, "the answer is returned for relaying");
         assert!(s.is_lost(), "{code}");
         assert!(matches!(sessions.active(AGENT), Err(SessionError::Lost)), "{code}");
@@ -78,7 +78,7 @@ async fn every_session_gone_retcode_marks_the_session_lost() {
     let sessions = store(&gw, |_| {});
     let (s, _) = sessions.sign_in(AGENT, SignInOptions::default()).await.unwrap();
     gw.refuse(GatewayMethod::StopVoiceToConf, "100-007");
-    s.call(&*gw, GatewayMethod::StopVoiceToConf, None).await.unwrap();
+    s.call(GatewayMethod::StopVoiceToConf, None).await.unwrap();
     assert!(!s.is_lost());
 }
 
@@ -97,15 +97,15 @@ async fn the_session_presents_the_newest_guid_and_cookie() {
     let gw = FakeGateway::new();
     let sessions = store(&gw, |_| {});
     let (s, _) = sessions.sign_in(AGENT, SignInOptions::default()).await.unwrap();
-    s.call(&*gw, GatewayMethod::StopVoiceToConf, None).await.unwrap();
+    s.call(GatewayMethod::StopVoiceToConf, None).await.unwrap();
     // A rotation on any answer, then updateGuid's Guid from the body.
     let mut rotated = GatewayReply::from_envelope(Envelope::ok("", json!({})));
     rotated.set_guid = Some("rotated.AgentGateway1".into());
     s.absorb(&rotated);
-    s.call(&*gw, GatewayMethod::StopVoiceToConf, None).await.unwrap();
+    s.call(GatewayMethod::StopVoiceToConf, None).await.unwrap();
     gw.script(GatewayMethod::UpdateGuid, Ok(Envelope::ok("success", json!({"guid": "fromBody.AgentGateway1"}))));
-    s.call(&*gw, GatewayMethod::UpdateGuid, None).await.unwrap();
-    s.call(&*gw, GatewayMethod::StopVoiceToConf, None).await.unwrap();
+    s.call(GatewayMethod::UpdateGuid, None).await.unwrap();
+    s.call(GatewayMethod::StopVoiceToConf, None).await.unwrap();
     let guids: Vec<_> = gw.guids(GatewayMethod::StopVoiceToConf).into_iter().flatten().collect();
     assert_eq!(guids, ["guid-1.AgentGateway0", "rotated.AgentGateway1", "fromBody.AgentGateway1"]);
 }

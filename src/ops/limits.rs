@@ -287,3 +287,34 @@ impl Limits {
         self.all.iter().map(|l| l.keys()).sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(method: &str) -> LimitConfig {
+        LimitConfig { method: method.into(), scope: Scope::Agent, rate: 1.0, burst: 1, shadow: false }
+    }
+
+    #[test]
+    fn a_limit_must_name_a_method_ccgate_knows() {
+        let cfg = |l| RateLimitsConfig { limit: vec![l], ..RateLimitsConfig::default() };
+        let err = Limits::new(&cfg(limit("stopVoiceToconf")), Metrics::new()).err().unwrap();
+        assert!(err.starts_with("rate_limits.limit.method"), "{err}");
+        for ok in ["stopVoiceToConf", "getSession", "events", "*"] {
+            assert!(Limits::new(&cfg(limit(ok)), Metrics::new()).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn each_label_gets_its_own_limits_most_specific_first() {
+        let mut global = limit("stopVoiceToConf");
+        global.scope = Scope::Global;
+        let cfg = RateLimitsConfig { limit: vec![global, limit("*")], ..RateLimitsConfig::default() };
+        let limits = Limits::new(&cfg, Metrics::new()).unwrap();
+        let stop = &limits.by_method[MethodLabel::Gateway(crate::gateway::GatewayMethod::StopVoiceToConf).index()];
+        assert_eq!(stop.iter().map(|l| l.cfg.scope).collect::<Vec<_>>(), [Scope::Agent, Scope::Global]);
+        assert_eq!(limits.by_method[MethodLabel::Events.index()].len(), 1, "only the `*` limit");
+        assert_eq!(limits.by_method.len(), MethodLabel::COUNT);
+    }
+}

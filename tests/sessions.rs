@@ -217,6 +217,28 @@ async fn a_full_buffer_drops_the_oldest_counts_it_and_tells_the_reader() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_open_event_stream_keeps_the_agent_signed_in() {
+    let h = Harness::start().await; // idle_timeout_ms: default 120 s
+    h.sign_in("153").await;
+    let session = h.running().sessions.active("153").unwrap();
+    let mut s = h.events("153", None).await;
+    s.next().await; // greeting
+    for _ in 0..20 {
+        // 300 s of nothing but keep-alives: the app is listening, so it is not idle.
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        assert_eq!(s.next().await.comment.as_deref(), Some("keep-alive"));
+    }
+    assert!(session.ended().is_none(), "signed out while its app was listening");
+    assert_eq!(h.sim.count(GatewayMethod::Logout), 0);
+    drop(s);
+    // The app went away: the idle clock runs from its last sign of life.
+    let why = tokio::time::timeout(Duration::from_secs(180), session.wait_ended()).await.expect("idle sign-out");
+    assert_eq!(why, Ended::SignedOut);
+    assert_eq!(h.sim.count(GatewayMethod::Logout), 1);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn idle_event_stream_gets_a_keep_alive_every_15_seconds_and_ends_with_the_session() {
     let h = Harness::start().await;
     h.sign_in("153").await;

@@ -4,7 +4,8 @@
 //! bounded channel feeding the response body; a slow reader back-pressures only its own task.
 //! `id:` is the event id, `Last-Event-ID` resumes after it (a `: missed` comment says when the
 //! buffer dropped events first), a comment every 15 s keeps proxies from closing an idle
-//! stream, and a final `ccgate.session_ended` event tells the app its session is gone.
+//! stream, and a final `ccgate.session_ended` event tells the app its session is gone. While
+//! a stream is open the agent counts as active (no idle sign-out).
 
 use std::fmt::Write as _;
 use std::pin::Pin;
@@ -71,6 +72,9 @@ async fn pump(session: Arc<Session>, mut cursor: u64, tx: mpsc::Sender<Bytes>, m
         return;
     }
     loop {
+        // An app that only listens is still there: an open stream counts as activity, so the
+        // agent is not signed out as idle while its app reads its events.
+        session.touch();
         let batch = session.events.since(cursor);
         if batch.missed && tx.send(Bytes::from_static(b": missed events: the buffer was full\n\n")).await.is_err() {
             return;

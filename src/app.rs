@@ -61,7 +61,7 @@ impl Running {
         if tokio::time::timeout_at(deadline, listeners).await.is_err() {
             tracing::warn!("listeners did not close within the grace period");
         }
-        if tokio::time::timeout_at(deadline, self.sessions.shutdown()).await.is_err() {
+        if tokio::time::timeout_at(deadline, self.sessions.shutdown(deadline)).await.is_err() {
             tracing::warn!("not every agent could be signed out within the grace period");
         }
         tracing::info!("shutdown complete");

@@ -136,6 +136,15 @@ label_enum! {
 }
 
 label_enum! {
+    /// What asked for a sign-out; the `trigger` label of `ccgate_signout_failures_total`.
+    SignoutTrigger {
+        App => "app",
+        Idle => "idle",
+        Shutdown => "shutdown",
+    }
+}
+
+label_enum! {
     /// Session states; the `state` label of `ccgate_sessions`.
     SessionState {
         Active => "active",
@@ -223,6 +232,7 @@ struct Inner {
     session_losses: IntCounterVec,
     guid_rotations: IntCounter,
     idle_signouts: IntCounter,
+    signout_failures: IntCounterVec,
     events_dropped: IntCounter,
     gateway_up: IntGauge,
     build_info: IntGaugeVec,
@@ -306,6 +316,12 @@ impl Metrics {
         let guid_rotations = IntCounter::new("guid_rotations_total", "Guid changes picked up from Set-GUID.")
             .expect("static metric definition");
         r.register(Box::new(guid_rotations.clone())).expect("metric registered once");
+        let signout_failures = counter_vec(
+            &r,
+            "signout_failures_total",
+            "Sign-outs the gateway could not be told of (each attempt), by what asked for them.",
+            &["trigger"],
+        );
         let idle_signouts = IntCounter::new(
             "idle_signouts_total",
             "Agents signed out because their app was silent for sessions.idle_timeout_ms.",
@@ -346,6 +362,7 @@ impl Metrics {
             session_losses,
             guid_rotations,
             idle_signouts,
+            signout_failures,
             events_dropped,
             gateway_up,
             build_info,
@@ -425,6 +442,10 @@ impl Metrics {
         self.0.idle_signouts.inc();
     }
 
+    pub fn count_signout_failure(&self, trigger: SignoutTrigger) {
+        self.0.signout_failures.with_label_values(&[trigger.as_str()]).inc();
+    }
+
     pub fn count_event_dropped(&self) {
         self.0.events_dropped.inc();
     }
@@ -434,7 +455,7 @@ impl Metrics {
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
         let i = &self.0;
-        let collectors: [&dyn Collector; 19] = [
+        let collectors: [&dyn Collector; 20] = [
             &i.requests,
             &i.request_duration,
             &i.upstream_duration,
@@ -450,6 +471,7 @@ impl Metrics {
             &i.session_losses,
             &i.guid_rotations,
             &i.idle_signouts,
+            &i.signout_failures,
             &i.events_dropped,
             &i.gateway_up,
             &i.build_info,

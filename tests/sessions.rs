@@ -216,6 +216,23 @@ async fn a_full_buffer_drops_the_oldest_counts_it_and_tells_the_reader() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn a_failed_sign_out_keeps_the_session_so_the_app_can_retry() {
+    let h = Harness::start().await;
+    h.sign_in("153").await;
+    h.sim.set_faults(Faults { http_status: Some(500), methods: vec!["logout".into()], ..Faults::default() });
+    let r = h.call(Method::DELETE, "/v1/session", Some("153"), "").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text);
+    assert!(h.sim.is_signed_in("153"), "the gateway was not told");
+    let r = h.call(Method::GET, "/v1/session", Some("153"), "").await;
+    assert_eq!(r.status, StatusCode::OK, "still signed in through ccgate: {}", r.text);
+    h.sim.set_faults(Faults::default());
+    assert_eq!(h.call(Method::DELETE, "/v1/session", Some("153"), "").await.status, StatusCode::NO_CONTENT);
+    assert!(!h.sim.is_signed_in("153"));
+    assert!(h.metrics().await.contains(r#"ccgate_signout_failures_total{trigger="app"} 1"#));
+    h.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_open_event_stream_keeps_the_agent_signed_in() {
     let h = Harness::start().await; // idle_timeout_ms: default 120 s

@@ -11,7 +11,7 @@ pub mod events;
 mod poller;
 mod store;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -92,6 +92,8 @@ pub struct Session {
     pub resumable: bool,
     /// Milliseconds since `born` of the app's last request.
     last_activity: AtomicU64,
+    /// An idle sign-out is under way (retrying); the poller does not start another.
+    idle_signout: AtomicBool,
     born: Instant,
     poller: Mutex<Option<JoinHandle<()>>>,
     metrics: Metrics,

@@ -3,6 +3,7 @@
 //! conference state, so ccgate must be the agent's only poller. The same task notices when
 //! the agent's app has gone quiet and has the agent signed out.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -36,7 +37,10 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Set
     let agent = session.agent_id.clone();
     let mut backoff = s.backoff;
     loop {
-        let idle_at = s.idle.map(|d| session.last_activity() + d);
+        // While an idle sign-out is retrying, this task keeps the session alive and does not
+        // start another.
+        let idle_at =
+            s.idle.filter(|_| !session.idle_signout.load(Ordering::Acquire)).map(|d| session.last_activity() + d);
         let poll = session.exchange(GatewayMethod::GetAgentEvent, None, Some(s.timeout), true);
         let step = match idle_at {
             Some(at) => tokio::select! {
@@ -47,14 +51,18 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Set
         };
         // Activity may have come in while we waited: re-check before acting on idleness.
         let reply = match step {
-            Step::Idle if s.idle.is_some_and(|d| Instant::now() >= session.last_activity() + d) => {
-                if let Some(store) = store.upgrade() {
-                    // Signing out stops this task, so it runs in its own.
-                    tokio::spawn(async move { store.sign_out_idle(session).await });
+            Step::Idle => {
+                if let Some(idle) = s.idle.filter(|d| Instant::now() >= session.last_activity() + *d) {
+                    if !session.idle_signout.swap(true, Ordering::AcqRel) {
+                        if let Some(store) = store.upgrade() {
+                            // Signing out stops this task, so it runs in its own.
+                            let session = session.clone();
+                            tokio::spawn(async move { store.sign_out_idle(session, idle).await });
+                        }
+                    }
                 }
-                return;
+                continue;
             }
-            Step::Idle => continue,
             Step::Polled(Ok(r)) => r,
             Step::Polled(Err(e)) => {
                 tracing::warn!(agent = %agent, error = %e, backoff_ms = backoff.as_millis() as u64, "event poll failed");

@@ -3,7 +3,7 @@
 //! (`100-021`, `000-007`).
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use crate::gateway::client::session_auth;
 use crate::gateway::{
     timing, Envelope, Gateway, GatewayMethod, GatewayRefusal, GatewayReply, GatewayRequest, Retcode, UpstreamError,
 };
-use crate::metrics::{Metrics, SessionState, SigninResult};
+use crate::metrics::{Metrics, SessionState, SigninResult, SignoutTrigger};
 
 /// The outcome of one sign-in, shared by everyone who waited for it.
 type Flight = watch::Receiver<Option<Result<(Arc<Session>, bool), SessionError>>>;
@@ -32,6 +32,9 @@ struct Slot {
     op: tokio::sync::Mutex<()>,
     session: ArcSwapOption<Session>,
     flight: Mutex<Option<Flight>>,
+    /// The last sign-in went out but its answer never came back (timeout, broken
+    /// connection): the gateway may hold a session for the agent that ccgate never saw.
+    uncertain: AtomicBool,
 }
 
 #[derive(Default, Clone)]
@@ -198,15 +201,16 @@ impl SessionStore {
                 Bytes::from(body.to_string())
             }
         };
-        let method = if opts.force { GatewayMethod::ForceLogin } else { GatewayMethod::Login };
-        let request = GatewayRequest { method, agent, auth: None, body: Some(body), timeout: None };
-        let reply = match self.gateway.call(request).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.metrics.count_signin(SigninResult::UpstreamError);
-                return Err(e.into());
-            }
-        };
+        let mut force = opts.force;
+        let ghost_possible = slot.uncertain.load(Ordering::Acquire);
+        let mut reply = self.send_sign_in(agent, slot, force, body.clone()).await?;
+        if !force && ghost_possible && reply.envelope.code() == Retcode::AlreadySignedIn {
+            // Most likely the session our own unanswered sign-in created: take it over
+            // rather than leave it signed in at the gateway with nobody holding its Guid.
+            tracing::info!(agent, "taking over the session an unanswered sign-in left at the gateway");
+            force = true;
+            reply = self.send_sign_in(agent, slot, force, body).await?;
+        }
         if !reply.envelope.is_success() {
             let already = reply.envelope.code() == Retcode::AlreadySignedIn;
             self.metrics.count_signin(if already { SigninResult::AlreadySignedIn } else { SigninResult::Rejected });
@@ -219,18 +223,51 @@ impl SessionStore {
         }
         // A fresh sign-in starts with no conference; a takeover may inherit one whose events
         // ccgate never saw.
-        let conf = if opts.force { ConfState::Unknown } else { ConfState::None };
+        let conf = if force { ConfState::Unknown } else { ConfState::None };
         let Some(session) = self.new_session(agent, &reply, conf, resumable) else {
             self.metrics.count_signin(SigninResult::UpstreamError);
             return Err(UpstreamError::Malformed("sign-in succeeded without a usable Set-GUID".into()).into());
         };
-        let handle = tokio::spawn(poller::run(session.clone(), self.me.clone(), self.poller_settings()));
-        *lock(&session.poller) = Some(handle);
+        self.start_poller(&session);
         slot.session.store(Some(session.clone()));
         self.metrics.count_signin(SigninResult::Ok);
         self.metrics.sessions_gauge(SessionState::Active).inc();
-        tracing::info!(agent, force = opts.force, "agent signed in");
+        tracing::info!(agent, force, "agent signed in");
         Ok((session, true))
+    }
+
+    /// One sign-in request. Remembers whether its outcome is unknown: the request left but
+    /// no answer came back, so the gateway may have signed the agent in.
+    async fn send_sign_in(
+        &self,
+        agent: &str,
+        slot: &Slot,
+        force: bool,
+        body: Bytes,
+    ) -> Result<GatewayReply, SessionError> {
+        let method = if force { GatewayMethod::ForceLogin } else { GatewayMethod::Login };
+        let request = GatewayRequest { method, agent, auth: None, body: Some(body), timeout: None };
+        match self.gateway.call(request).await {
+            Ok(reply) => {
+                slot.uncertain.store(false, Ordering::Release);
+                Ok(reply)
+            }
+            Err(e) => {
+                // A connection that was never made carried no request; anything later might
+                // have reached the gateway.
+                let unanswered = !matches!(e, UpstreamError::Unavailable(_));
+                slot.uncertain.store(unanswered, Ordering::Release);
+                self.metrics.count_signin(SigninResult::UpstreamError);
+                Err(e.into())
+            }
+        }
+    }
+
+    fn start_poller(&self, session: &Arc<Session>) {
+        let handle = tokio::spawn(poller::run(session.clone(), self.me.clone(), self.poller_settings()));
+        if let Some(old) = lock(&session.poller).replace(handle) {
+            old.abort();
+        }
     }
 
     fn new_session(&self, agent: &str, reply: &GatewayReply, conf: ConfState, resumable: bool) -> Option<Arc<Session>> {
@@ -247,76 +284,107 @@ impl SessionStore {
             login_answer: reply.body.clone(),
             resumable,
             last_activity: AtomicU64::new(0),
+            idle_signout: AtomicBool::new(false),
             born: Instant::now(),
             poller: Mutex::new(None),
             metrics: self.metrics.clone(),
         }))
     }
 
-    /// Signs out with `logout` or `forcelogout`; returns the gateway's answer. The local
-    /// session ends even when the gateway cannot be told (it signs a silent agent out after
-    /// MAXTIME); the error is still returned so the app knows.
+    /// Signs out with `logout` or `forcelogout`; returns the gateway's answer. When the
+    /// gateway cannot be told, the session stays as it was (still polled, still usable) and
+    /// the error is returned, so the app can retry: an agent is never left signed in at the
+    /// gateway with nobody holding its Guid.
     pub async fn sign_out(&self, agent: &str, method: GatewayMethod) -> Result<Bytes, SessionError> {
         let slot = self.existing_slot(agent).ok_or(SessionError::NoSession)?;
         let _op = slot.op.lock().await;
         let session = slot.session.load_full().ok_or(SessionError::NoSession)?;
-        self.sign_out_locked(&slot, &session, method).await
+        let result = self.sign_out_locked(&slot, &session, method).await;
+        if let Err(e) = &result {
+            tracing::warn!(agent, error = %e, "sign-out failed; the session stays");
+            self.metrics.count_signout_failure(SignoutTrigger::App);
+            self.resume_polling(&session);
+        }
+        result
     }
 
-    /// With the slot's op lock held: ends `session` at the gateway and locally. New requests
-    /// see no session at once; the poller stops before the logout so no poll races it; the
-    /// session counts as ended (`wait_ended`) only once the gateway was told.
+    /// With the slot's op lock held: tells the gateway, then ends `session` locally. The
+    /// poller pauses for the logout so no poll races it; on failure nothing else changed and
+    /// the caller decides whether polling resumes.
     async fn sign_out_locked(
         &self,
         slot: &Slot,
         session: &Arc<Session>,
         method: GatewayMethod,
     ) -> Result<Bytes, SessionError> {
-        // Take it out of the slot first; a lost one leaves the `lost` gauge here.
-        self.forget(slot, session);
-        session.stop_poller();
         if session.ended().is_some() {
-            // Nothing left to tell the gateway: answer as it answers a sign-out.
+            // Lost already: nothing left to tell the gateway; answer as it answers a sign-out.
+            self.forget(slot, session);
             return Ok(Envelope::ok("success", json!({})).to_bytes());
         }
+        session.stop_poller();
         // Not `call`: a "not signed in" answer here means the goal is reached, not a loss.
-        let result = match session.exchange(method, None, None, false).await {
-            Err(e) => Err(e.into()),
-            Ok(reply) => {
-                let code = reply.envelope.code();
-                if reply.envelope.is_success() || code.session_gone() || code == Retcode::AlreadySignedOut {
-                    tracing::info!(agent = %session.agent_id, "agent signed out");
-                    Ok(reply.body)
-                } else {
-                    Err(SessionError::Refused(GatewayRefusal::from(&reply)))
+        let reply = session.exchange(method, None, None, false).await?;
+        let code = reply.envelope.code();
+        if !(reply.envelope.is_success() || code.session_gone() || code == Retcode::AlreadySignedOut) {
+            return Err(SessionError::Refused(GatewayRefusal::from(&reply)));
+        }
+        tracing::info!(agent = %session.agent_id, "agent signed out");
+        // A session lost while the logout was in flight leaves the `lost` gauge in `forget`.
+        self.forget(slot, session);
+        session.end(Ended::SignedOut);
+        Ok(reply.body)
+    }
+
+    /// After a failed sign-out: the session carries on as before, unless it ended meanwhile.
+    fn resume_polling(&self, session: &Arc<Session>) {
+        if session.ended().is_none() {
+            self.start_poller(session);
+        }
+    }
+
+    /// Idle sign-out, started by the session's poller (which keeps polling meanwhile). Retries
+    /// with back-off until the gateway is told, the app comes back, or the session ends or is
+    /// replaced: a silent app must not leave its agent taking calls.
+    pub(super) async fn sign_out_idle(&self, session: Arc<Session>, idle: Duration) {
+        let settings = self.poller_settings();
+        let mut backoff = settings.backoff;
+        let mut counted = false;
+        loop {
+            let Some(slot) = self.existing_slot(&session.agent_id) else { return };
+            {
+                let _op = slot.op.lock().await;
+                let current = slot.session.load_full();
+                if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &session)) || session.ended().is_some() {
+                    return;
+                }
+                if Instant::now() < session.last_activity() + idle {
+                    // The app came back while we retried.
+                    session.idle_signout.store(false, Ordering::Release);
+                    return;
+                }
+                if !counted {
+                    tracing::info!(agent = %session.agent_id, "signing out an agent whose app has been idle");
+                    self.metrics.count_idle_signout();
+                    counted = true;
+                }
+                match self.sign_out_locked(&slot, &session, GatewayMethod::Logout).await {
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::warn!(agent = %session.agent_id, error = %e, retry_ms = backoff.as_millis() as u64, "idle sign-out failed; retrying");
+                        self.metrics.count_signout_failure(SignoutTrigger::Idle);
+                        self.resume_polling(&session);
+                    }
                 }
             }
-        };
-        if !session.end(Ended::SignedOut) && session.is_lost() {
-            // Lost while the logout was in flight, after it had left the slot.
-            self.metrics.sessions_gauge(SessionState::Lost).dec();
-        }
-        result
-    }
-
-    /// Idle sign-out, started by the session's poller: only if `session` is still the
-    /// agent's current one.
-    pub(super) async fn sign_out_idle(&self, session: Arc<Session>) {
-        let Some(slot) = self.existing_slot(&session.agent_id) else { return };
-        let _op = slot.op.lock().await;
-        let current = slot.session.load_full();
-        if !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &session)) {
-            return;
-        }
-        tracing::info!(agent = %session.agent_id, "signing out an agent whose app has been idle");
-        self.metrics.count_idle_signout();
-        if let Err(e) = self.sign_out_locked(&slot, &session, GatewayMethod::Logout).await {
-            tracing::warn!(agent = %session.agent_id, error = %e, "idle sign-out: the gateway was not told");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(settings.backoff_max);
         }
     }
 
-    /// Stops every poller and, if configured, signs every agent out (process shutdown).
-    pub async fn shutdown(&self) {
+    /// Stops every poller and, if configured, signs every agent out (process shutdown),
+    /// retrying with back-off until `deadline`.
+    pub async fn shutdown(&self, deadline: Instant) {
         let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
         for slot in &slots {
             if let Some(s) = slot.session.load_full() {
@@ -326,15 +394,24 @@ impl SessionStore {
         if !self.cfg.sign_out_on_shutdown {
             return;
         }
+        let settings = self.poller_settings();
         let mut tasks = Vec::new();
         for slot in slots {
             let Some(me) = self.me.upgrade() else { return };
             tasks.push(tokio::spawn(async move {
                 let _op = slot.op.lock().await;
-                if let Some(s) = slot.session.load_full() {
-                    if let Err(e) = me.sign_out_locked(&slot, &s, GatewayMethod::Logout).await {
-                        tracing::warn!(agent = %s.agent_id, error = %e, "sign-out at shutdown failed");
+                let Some(s) = slot.session.load_full() else { return };
+                let mut backoff = settings.backoff;
+                loop {
+                    let Err(e) = me.sign_out_locked(&slot, &s, GatewayMethod::Logout).await else { return };
+                    me.metrics.count_signout_failure(SignoutTrigger::Shutdown);
+                    if Instant::now() + backoff >= deadline {
+                        tracing::warn!(agent = %s.agent_id, error = %e, "sign-out at shutdown failed; out of time");
+                        return;
                     }
+                    tracing::warn!(agent = %s.agent_id, error = %e, "sign-out at shutdown failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(settings.backoff_max);
                 }
             }));
         }

@@ -140,3 +140,102 @@ async fn sign_out_counts_not_signed_in_as_done_and_ends_the_session() {
     assert_eq!(s.ended(), Some(Ended::SignedOut), "not counted as lost");
     assert!(matches!(sessions.sign_out(AGENT, GatewayMethod::Logout).await, Err(SessionError::NoSession)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_sign_out_keeps_the_session_and_its_poller_and_can_be_retried() {
+    let gw = FakeGateway::new();
+    let sessions = store(&gw, |_| {});
+    let (s, _) = sessions.sign_in(AGENT, SignInOptions::default()).await.unwrap();
+    gw.script(GatewayMethod::Logout, Err(UpstreamError::BadStatus(http::StatusCode::BAD_GATEWAY)));
+    let e = sessions.sign_out(AGENT, GatewayMethod::Logout).await.unwrap_err();
+    assert!(matches!(e, SessionError::Upstream(_)), "{e:?}");
+    assert!(Arc::ptr_eq(&sessions.active(AGENT).unwrap(), &s), "the session stays");
+    let polls = gw.count(GatewayMethod::GetAgentEvent);
+    tokio::time::sleep(super::testing::POLL_WAIT * 2).await;
+    assert!(gw.count(GatewayMethod::GetAgentEvent) > polls, "still polled (the gateway's heartbeat)");
+    sessions.sign_out(AGENT, GatewayMethod::Logout).await.unwrap();
+    assert_eq!(s.ended(), Some(Ended::SignedOut));
+    assert_eq!(gw.count(GatewayMethod::Logout), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_sign_out_retries_until_the_gateway_is_told() {
+    let gw = FakeGateway::new();
+    let sessions = store(&gw, |c| c.idle_timeout_ms = 120_000);
+    let (s, _) = sessions.sign_in(AGENT, SignInOptions::default()).await.unwrap();
+    for _ in 0..3 {
+        gw.script(GatewayMethod::Logout, Err(UpstreamError::Timeout));
+    }
+    assert_eq!(s.wait_ended().await, Ended::SignedOut);
+    assert_eq!(gw.count(GatewayMethod::Logout), 4, "three failures, then told");
+    assert!(matches!(sessions.active(AGENT), Err(SessionError::NoSession)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_app_that_comes_back_stops_a_retrying_idle_sign_out() {
+    let gw = FakeGateway::new();
+    let sessions = store(&gw, |c| {
+        c.idle_timeout_ms = 120_000;
+        c.poll_backoff_ms = 5_000;
+    });
+    let (s, _) = sessions.sign_in(AGENT, SignInOptions::default()).await.unwrap();
+    gw.script(GatewayMethod::Logout, Err(UpstreamError::Timeout));
+    tokio::time::sleep(Duration::from_secs(121)).await;
+    assert_eq!(gw.count(GatewayMethod::Logout), 1, "tried once, failed, waiting to retry");
+    s.touch();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(s.ended().is_none(), "the app is back");
+    assert_eq!(gw.count(GatewayMethod::Logout), 1, "no retry after the app came back");
+    // And the idle clock starts over from the new activity.
+    assert_eq!(s.wait_ended().await, Ended::SignedOut);
+    assert_eq!(gw.count(GatewayMethod::Logout), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_retries_sign_outs_until_its_deadline() {
+    let gw = FakeGateway::new();
+    let sessions = store(&gw, |_| {});
+    let (s, _) = sessions.sign_in(AGENT, SignInOptions::default()).await.unwrap();
+    gw.script(GatewayMethod::Logout, Err(UpstreamError::Unavailable("down".into())));
+    sessions.shutdown(tokio::time::Instant::now() + Duration::from_secs(5)).await;
+    assert_eq!(s.ended(), Some(Ended::SignedOut));
+    assert_eq!(gw.count(GatewayMethod::Logout), 2);
+
+    // A gateway that stays down: attempts stop at the deadline.
+    let gw = FakeGateway::new();
+    let sessions = store(&gw, |_| {});
+    let (s, _) = sessions.sign_in(AGENT, SignInOptions::default()).await.unwrap();
+    for _ in 0..100 {
+        gw.script(GatewayMethod::Logout, Err(UpstreamError::Unavailable("down".into())));
+    }
+    let started = tokio::time::Instant::now();
+    sessions.shutdown(started + Duration::from_secs(5)).await;
+    assert!(started.elapsed() <= Duration::from_secs(5));
+    assert!(s.ended().is_none());
+    assert!(gw.count(GatewayMethod::Logout) >= 3, "retried with back-off");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sign_in_whose_answer_was_lost_is_taken_over_not_left_as_a_ghost() {
+    let gw = FakeGateway::new();
+    let sessions = store(&gw, |_| {});
+    // The gateway signed the agent in, but the answer never came back.
+    gw.script(GatewayMethod::Login, Err(UpstreamError::Timeout));
+    assert!(sessions.sign_in(AGENT, SignInOptions::default()).await.is_err());
+    // The next plain sign-in meets that ghost session.
+    gw.refuse(GatewayMethod::Login, "100-002");
+    let (s, created) = sessions.sign_in(AGENT, SignInOptions::default()).await.unwrap();
+    assert!(created);
+    assert_eq!(gw.count(GatewayMethod::ForceLogin), 1, "taken over");
+    assert_eq!(s.conf(), ConfState::Unknown);
+
+    // A connection that was never made sent nothing: a later 100-002 is someone else's.
+    let gw = FakeGateway::new();
+    let sessions = store(&gw, |_| {});
+    gw.script(GatewayMethod::Login, Err(UpstreamError::Unavailable("refused".into())));
+    assert!(sessions.sign_in(AGENT, SignInOptions::default()).await.is_err());
+    gw.refuse(GatewayMethod::Login, "100-002");
+    let e = sessions.sign_in(AGENT, SignInOptions::default()).await.unwrap_err();
+    assert!(matches!(e, SessionError::AlreadySignedIn(_)), "{e:?}");
+    assert_eq!(gw.count(GatewayMethod::ForceLogin), 0);
+}

@@ -16,13 +16,15 @@ use crate::metrics::{Metered, Metrics};
 use crate::ops::limits::{Limits, EVICTION_INTERVAL};
 use crate::ops::{Core, CoreSettings};
 use crate::server::admin::{Admin, GatewayState, Readiness};
-use crate::server::listener::triggered;
+use crate::server::listener::{triggered, ConnectionMetrics};
 use crate::server::{self, ServeOptions, Shutdown};
 use crate::session::{CredentialStore, SessionStore};
 use crate::tls;
 
 /// How often `/readyz` re-checks that the gateway accepts TCP connections.
 const READINESS_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// Connections the admin listener accepts: Prometheus, the kubelet's probes and an operator.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Part of the shutdown grace kept for signing agents out after connections drained: one
 /// logout round trip per agent, all in parallel, takes well under this on a LAN.
 const SIGN_OUT_RESERVE: Duration = Duration::from_secs(2);
@@ -92,6 +94,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         core,
         metrics: metrics.clone(),
         max_body_bytes: config.server.max_body_bytes,
+        body_read_timeout: ms(config.server.body_read_timeout_ms),
         shutdown: shutdown.subscribe(),
     });
     let readiness = Arc::new(Readiness::default());
@@ -99,9 +102,14 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     let drain_delay = ms(config.server.drain_delay_ms);
     let opts = ServeOptions {
         header_read_timeout: ms(config.server.header_read_timeout_ms),
+        idle_timeout: ms(config.server.idle_timeout_ms),
+        max_connections: config.server.max_connections,
+        metrics: Some(ConnectionMetrics { open: metrics.connections_gauge(), refused: metrics.connections_refused() }),
         // What is left of the grace after the drain delay, less the sign-out reserve.
         grace: grace.saturating_sub(drain_delay).saturating_sub(SIGN_OUT_RESERVE),
     };
+    // The admin listener serves a scraper and a few probes.
+    let admin_opts = ServeOptions { max_connections: ADMIN_MAX_CONNECTIONS, metrics: None, ..opts.clone() };
     let proxy_listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
@@ -111,7 +119,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     let served = server::spawn(proxy_listener, server_tls, proxy, opts.clone(), shutdown.subscribe())
         .map_err(|e| format!("server.listen: {e}"))?;
     let admin = Arc::new(Admin { metrics: metrics.clone(), readiness: readiness.clone() });
-    let admin_served = server::spawn(admin_listener, None, admin, opts, shutdown.subscribe())
+    let admin_served = server::spawn(admin_listener, None, admin, admin_opts, shutdown.subscribe())
         .map_err(|e| format!("admin.listen: {e}"))?;
     let probe = tokio::spawn(probe_gateway(client.clone(), readiness.clone(), metrics.clone(), shutdown.clone()));
     let evictor = tokio::spawn(evict_rate_limit_keys(limits.clone(), shutdown.clone()));

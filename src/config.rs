@@ -24,8 +24,21 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 /// Request bodies of the agent API are small JSON objects (the largest, batchaddparticipant,
 /// lists at most 120 members); 64 KiB leaves ample headroom and bounds memory per request.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
-/// Time a client gets to send its request head; protects against slowloris connections.
+/// Time a client gets to send its request head; protects against slowloris connections. Also
+/// the time a new connection gets to start its first request (after TLS): HTTP/2's preface
+/// and request headers, or HTTP/1's head.
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Time a request body may take to arrive whole. Bodies here are small JSON objects sent at
+/// once; a body still trickling after 10 s is a client holding a connection, not a slow one.
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 10_000;
+/// A connection with no request in flight is closed after this long. nginx's keep-alive
+/// default (75 s): above the 60 s idle timeout of common load balancers, so they close first,
+/// and below the 90 s after which common client pools drop idle connections themselves.
+pub const DEFAULT_CONNECTION_IDLE_TIMEOUT_MS: u64 = 75_000;
+/// Open connections the app-facing listener accepts; past it new ones are closed at once.
+/// A sidecar serves one app's connection pool; 512 leaves the rest of the usual 1024 file
+/// descriptors for the gateway pool and the process (the systemd unit raises the limit).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 /// Whole budget from a shutdown signal to exit: drain delay, in-flight requests, pollers and
 /// sign-outs all fit in it. 10 s sits well inside Kubernetes' default 30 s termination grace.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
@@ -114,6 +127,9 @@ pub struct ServerConfig {
     pub plaintext: bool,
     pub max_body_bytes: usize,
     pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_connections: usize,
     pub shutdown_grace_ms: u64,
     pub drain_delay_ms: u64,
     /// Runtime worker threads: 0 = one per core; 1 = a single-threaded runtime (a sidecar
@@ -130,6 +146,9 @@ impl Default for ServerConfig {
             plaintext: false,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
+            body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
+            idle_timeout_ms: DEFAULT_CONNECTION_IDLE_TIMEOUT_MS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             drain_delay_ms: DEFAULT_DRAIN_DELAY_MS,
             worker_threads: 0,
@@ -363,6 +382,18 @@ impl Config {
         }
         if self.server.drain_delay_ms > self.server.shutdown_grace_ms {
             return invalid("server.drain_delay_ms", "must not exceed server.shutdown_grace_ms");
+        }
+        for (key, v) in [
+            ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
+            ("server.body_read_timeout_ms", self.server.body_read_timeout_ms),
+            ("server.idle_timeout_ms", self.server.idle_timeout_ms),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be greater than 0: a connection needs a deadline for each step");
+            }
+        }
+        if self.server.max_connections == 0 {
+            return invalid("server.max_connections", "must be greater than 0");
         }
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes", "must be greater than 0");

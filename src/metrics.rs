@@ -233,6 +233,8 @@ struct Inner {
     guid_rotations: IntCounter,
     idle_signouts: IntCounter,
     signout_failures: IntCounterVec,
+    connections: IntGauge,
+    connections_refused: IntCounter,
     events_dropped: IntCounter,
     gateway_up: IntGauge,
     build_info: IntGaugeVec,
@@ -322,6 +324,15 @@ impl Metrics {
             "Sign-outs the gateway could not be told of (each attempt), by what asked for them.",
             &["trigger"],
         );
+        let connections = IntGauge::new("connections", "Open connections on the app-facing listener.")
+            .expect("static metric definition");
+        r.register(Box::new(connections.clone())).expect("metric registered once");
+        let connections_refused = IntCounter::new(
+            "connections_refused_total",
+            "Connections closed at once because server.max_connections were open.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(connections_refused.clone())).expect("metric registered once");
         let idle_signouts = IntCounter::new(
             "idle_signouts_total",
             "Agents signed out because their app was silent for sessions.idle_timeout_ms.",
@@ -363,6 +374,8 @@ impl Metrics {
             guid_rotations,
             idle_signouts,
             signout_failures,
+            connections,
+            connections_refused,
             events_dropped,
             gateway_up,
             build_info,
@@ -442,6 +455,16 @@ impl Metrics {
         self.0.idle_signouts.inc();
     }
 
+    /// The app-facing listener's open connections (`ccgate_connections`).
+    pub fn connections_gauge(&self) -> IntGauge {
+        self.0.connections.clone()
+    }
+
+    /// Connections refused at the cap (`ccgate_connections_refused_total`).
+    pub fn connections_refused(&self) -> IntCounter {
+        self.0.connections_refused.clone()
+    }
+
     pub fn count_signout_failure(&self, trigger: SignoutTrigger) {
         self.0.signout_failures.with_label_values(&[trigger.as_str()]).inc();
     }
@@ -455,7 +478,7 @@ impl Metrics {
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
         let i = &self.0;
-        let collectors: [&dyn Collector; 20] = [
+        let collectors: [&dyn Collector; 22] = [
             &i.requests,
             &i.request_duration,
             &i.upstream_duration,
@@ -472,6 +495,8 @@ impl Metrics {
             &i.guid_rotations,
             &i.idle_signouts,
             &i.signout_failures,
+            &i.connections,
+            &i.connections_refused,
             &i.events_dropped,
             &i.gateway_up,
             &i.build_info,

@@ -38,6 +38,8 @@ pub struct Proxy {
     pub core: Core,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
+    /// A body must arrive whole within this (`server.body_read_timeout_ms`).
+    pub body_read_timeout: std::time::Duration,
     /// Ends event streams when the process shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -201,14 +203,16 @@ impl Proxy {
         })
     }
 
-    /// Reads the body up to `max_body_bytes`. Called after authentication so an anonymous
-    /// client cannot make ccgate buffer anything.
+    /// Reads the body up to `max_body_bytes`, within `body_read_timeout` however it
+    /// trickles. Called after authentication so an anonymous client cannot make ccgate buffer
+    /// or wait for anything.
     async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Failure> {
         let limited = http_body_util::Limited::new(req.into_body(), self.max_body_bytes);
-        match limited.collect().await {
-            Ok(c) => Ok(c.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::PayloadTooLarge),
-            Err(e) => Err(Failure::BadRequest(format!("could not read body: {e}"))),
+        match tokio::time::timeout(self.body_read_timeout, limited.collect()).await {
+            Err(_) => Err(Failure::BodyTimeout),
+            Ok(Ok(c)) => Ok(c.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::PayloadTooLarge),
+            Ok(Err(e)) => Err(Failure::BadRequest(format!("could not read body: {e}"))),
         }
     }
 }

@@ -174,6 +174,14 @@ pub fn spec(f: &Failure) -> &'static Spec {
             "the request body exceeds the configured limit",
             Ccg("CCG-413")
         ),
+        Failure::BodyTimeout => row!(
+            REQUEST_TIMEOUT,
+            BadRequest,
+            "request-timeout",
+            "Request body too slow",
+            "the request body did not arrive within the configured time",
+            Ccg("CCG-408")
+        ),
         Failure::NotFound => row!(NOT_FOUND, NotFound, "not-found", "Not found", "no such route", Ccg("CCG-404")),
         Failure::MethodNotAllowed(_) => row!(
             METHOD_NOT_ALLOWED,
@@ -402,6 +410,7 @@ mod tests {
             (Failure::Refused(refusal("000-002")), 400, Outcome::GatewayError),
             (Failure::BadRequest("x".into()), 400, Outcome::BadRequest),
             (Failure::PayloadTooLarge, 413, Outcome::BadRequest),
+            (Failure::BodyTimeout, 408, Outcome::BadRequest),
             (Failure::NotFound, 404, Outcome::NotFound),
             (Failure::MethodNotAllowed("GET"), 405, Outcome::BadRequest),
             (Failure::Upstream(UpstreamError::Unavailable("x".into())), 503, Outcome::UpstreamUnavailable),

@@ -50,6 +50,9 @@ pub enum Failure {
     /// The body exceeds `server.max_body_bytes`.
     #[error("body too large")]
     PayloadTooLarge,
+    /// The body did not arrive whole within `server.body_read_timeout_ms`: send it at once.
+    #[error("body too slow")]
+    BodyTimeout,
     /// No such route or gateway method.
     #[error("not found")]
     NotFound,

@@ -1,28 +1,53 @@
 //! Accept loop shared by the proxy, the admin endpoint and the simulator: optional TLS
-//! (h2 and HTTP/1.1 by ALPN), header-read and handshake timeouts, graceful shutdown.
+//! (h2 and HTTP/1.1 by ALPN), a connection cap, a deadline for every step of a connection,
+//! graceful shutdown.
+//!
+//! The deadlines, in the order a connection meets them:
+//! - TLS handshake: [`TLS_HANDSHAKE_TIMEOUT`];
+//! - the first request (HTTP/2 preface, SETTINGS and request headers, or the HTTP/1 head):
+//!   `header_read_timeout` from the end of the handshake, however the bytes trickle in;
+//! - each later HTTP/1 head: hyper's `header_read_timeout`, which runs from the end of the
+//!   previous response, so it is also HTTP/1's keep-alive idle limit;
+//! - the request body: the edge's body timeout (`server.body_read_timeout_ms`);
+//! - no request in flight: `idle_timeout` from the last request's start or end (HTTP/2's
+//!   keep-alive idle limit; a half-sent HEADERS block is not a request yet);
+//! - a peer that vanished mid-stream: HTTP/2 PINGs ([`H2_PING_INTERVAL`]).
+//!
+//! A connection past its deadline is dropped. Requests in flight (a long poll, an event
+//! stream) keep their connection: they are bounded by their own timeouts.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use bytes::Bytes;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::body::Body;
+use super::body::{Body, BoxError};
 
 /// A TLS handshake that has not finished in this time is abandoned: it is either a broken
 /// client or a slowloris, and each one holds a socket.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/2 peer is pinged after this much silence on its connection, and dropped if the
+/// PING is not answered within [`H2_PING_TIMEOUT`]: a phone app that lost its network must
+/// not hold an event stream (and its connection) forever.
+pub const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Back-off after a failed accept (EMFILE and friends), so a full descriptor table does not
 /// turn the loop into a busy spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -35,17 +60,118 @@ pub trait Handler: Send + Sync + 'static {
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// The first request's deadline on a new connection, and each later HTTP/1 head's.
     pub header_read_timeout: Duration,
+    /// A connection with no request in flight is dropped after this long.
+    pub idle_timeout: Duration,
+    /// Connections open at once; past it new ones are closed at once.
+    pub max_connections: usize,
+    /// `ccgate_connections` and `ccgate_connections_refused_total`, for the listener that
+    /// reports them.
+    pub metrics: Option<ConnectionMetrics>,
     /// How long in-flight requests may finish after shutdown before connections are dropped.
     pub grace: Duration,
 }
 
+#[derive(Debug, Clone)]
+pub struct ConnectionMetrics {
+    pub open: prometheus::IntGauge,
+    pub refused: prometheus::IntCounter,
+}
+
 impl Default for ServeOptions {
     fn default() -> Self {
+        use crate::config::{
+            ms, DEFAULT_CONNECTION_IDLE_TIMEOUT_MS, DEFAULT_HEADER_READ_TIMEOUT_MS, DEFAULT_SHUTDOWN_GRACE_MS,
+        };
         Self {
-            header_read_timeout: crate::config::ms(crate::config::DEFAULT_HEADER_READ_TIMEOUT_MS),
-            grace: crate::config::ms(crate::config::DEFAULT_SHUTDOWN_GRACE_MS),
+            header_read_timeout: ms(DEFAULT_HEADER_READ_TIMEOUT_MS),
+            idle_timeout: ms(DEFAULT_CONNECTION_IDLE_TIMEOUT_MS),
+            max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+            metrics: None,
+            grace: ms(DEFAULT_SHUTDOWN_GRACE_MS),
         }
+    }
+}
+
+/// What a connection has done, for its deadlines: shared by its requests and its watchdog.
+struct Progress {
+    opened: Instant,
+    /// Milliseconds after `opened` of the last request's start or end.
+    last_boundary: AtomicU64,
+    in_flight: AtomicUsize,
+    any_request: AtomicBool,
+}
+
+impl Progress {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            opened: Instant::now(),
+            last_boundary: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            any_request: AtomicBool::new(false),
+        })
+    }
+
+    fn mark(&self) {
+        let ms = Instant::now().saturating_duration_since(self.opened).as_millis() as u64;
+        self.last_boundary.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn start(self: &Arc<Self>) -> InFlight {
+        self.any_request.store(true, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.mark();
+        InFlight(self.clone())
+    }
+
+    /// Resolves when the connection has passed its deadline with no request in flight.
+    async fn expired(&self, first_request: Duration, idle: Duration) {
+        loop {
+            let now = Instant::now();
+            let deadline = if self.in_flight.load(Ordering::Acquire) > 0 {
+                // Busy: look again later; the idle clock restarts when the request ends.
+                now + idle
+            } else if !self.any_request.load(Ordering::Relaxed) {
+                self.opened + first_request
+            } else {
+                self.opened + Duration::from_millis(self.last_boundary.load(Ordering::Relaxed)) + idle
+            };
+            if now >= deadline && self.in_flight.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// A request in flight on its connection, until its response body is done or dropped.
+struct InFlight(Arc<Progress>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.mark();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The response body, carrying its request's [`InFlight`] until hyper has sent it all.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -103,9 +229,15 @@ async fn accept_loop<H: Handler>(
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let (first_request, idle) = (opts.header_read_timeout, opts.idle_timeout);
     loop {
         let (stream, _peer) = tokio::select! {
             biased;
@@ -119,48 +251,86 @@ async fn accept_loop<H: Handler>(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let h = handler.clone();
-            async move { Ok::<_, Infallible>(h.handle(req).await) }
-        });
-        let builder = builder.clone();
-        match &tls {
-            None => {
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with error");
-                    }
-                });
+        // Past the cap the connection is closed at once: the clients already connected keep
+        // working, and the process never runs out of file descriptors.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Some(m) = &opts.metrics {
+                m.refused.inc();
             }
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
-                    let tls_stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let conn = builder.serve_connection(TokioIo::new(tls_stream), service).into_owned();
-                    if let Err(e) = watcher.watch(conn).await {
-                        tracing::debug!(error = %e, "connection ended with error");
-                    }
-                });
-            }
+            tracing::debug!("connection refused: server.max_connections reached");
+            drop(stream);
+            continue;
+        };
+        let open = opts.metrics.as_ref().map(|m| m.open.clone());
+        if let Some(g) = &open {
+            g.inc();
         }
+        let _ = stream.set_nodelay(true);
+        let (handler, builder, watcher) = (handler.clone(), builder.clone(), graceful.watcher());
+        let acceptor = tls.clone();
+        tokio::spawn(async move {
+            // The slot and the gauge are released however this task ends.
+            let _closed = OnDrop(Some(move || {
+                drop(slot);
+                if let Some(g) = &open {
+                    g.dec();
+                }
+            }));
+            match acceptor {
+                None => run_connection(builder, stream, handler, watcher, first_request, idle).await,
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => run_connection(builder, s, handler, watcher, first_request, idle).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                },
+            }
+        });
     }
     drop(listener);
     if tokio::time::timeout(opts.grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over; dropping remaining connections");
+    }
+}
+
+/// Serves one connection until it closes or passes its deadline (see the module docs).
+async fn run_connection<I, H>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    io: I,
+    handler: Arc<H>,
+    watcher: Watcher,
+    first_request: Duration,
+    idle: Duration,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
+{
+    // Made after the TLS handshake, so the first-request deadline runs from its end.
+    let progress = Progress::new();
+    let requests = progress.clone();
+    let service = service_fn(move |req| {
+        let (h, in_flight) = (handler.clone(), requests.start());
+        async move {
+            let resp = h.handle(req).await;
+            Ok::<_, Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight }))
+        }
+    });
+    let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service).into_owned());
+    tokio::select! {
+        r = conn => if let Err(e) = r {
+            tracing::debug!(error = %e, "connection ended with error");
+        },
+        _ = progress.expired(first_request, idle) => tracing::debug!("connection past its deadline; dropped"),
+    }
+}
+
+/// Runs its closure when dropped: the connection's slot and gauge are released however its
+/// task ends (handshake failure, deadline, normal close).
+struct OnDrop<F: FnOnce()>(Option<F>);
+
+impl<F: FnOnce()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
     }
 }

@@ -39,6 +39,8 @@ pub const DEFAULT_GUID_INTERVAL_MS: u64 = 60_000;
 /// GUIDTIMEOUT: an old Guid is assumed to stay valid this long after rotation (an assumption,
 /// see docs/gateway.md "Static and dynamic Guids", hence a setting).
 pub const DEFAULT_GUID_OVERLAP_MS: u64 = 120_000;
+/// Connections the simulator accepts at once.
+const SIM_MAX_CONNECTIONS: usize = 65_536;
 /// The gateway's long poll returns after about 10 s when no event is queued.
 pub const DEFAULT_EVENT_WAIT_MS: u64 = 10_000;
 /// MAXTIME: an agent silent for 120 s is signed out by force.
@@ -199,7 +201,10 @@ impl Sim {
         tls: Arc<rustls::ServerConfig>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> std::io::Result<Served> {
-        crate::server::spawn(listener, Some(tls), Arc::new(self.clone()), ServeOptions::default(), shutdown)
+        // The simulator stands in for a gateway that many agents' pollers and the benchmark's
+        // load generator reach at once.
+        let opts = ServeOptions { max_connections: SIM_MAX_CONNECTIONS, ..ServeOptions::default() };
+        crate::server::spawn(listener, Some(tls), Arc::new(self.clone()), opts, shutdown)
     }
 
     /// How many requests for `m` arrived (whatever their outcome).

@@ -86,21 +86,21 @@ fn check_conference_body(body: &Bytes) -> Result<(), Failure> {
 }
 
 /// What an event stream needs from the request and the process.
-pub struct StreamContext {
+pub struct StreamContext<'a> {
     /// `Last-Event-ID`: resume after this event (`None`: from now).
     pub after: Option<u64>,
     /// Ends the stream when the process shuts down.
-    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub shutdown: &'a tokio::sync::watch::Receiver<bool>,
 }
 
 /// The response for a finished operation.
-pub fn render(done: Done, stream: StreamContext) -> (Response<Body>, Outcome) {
+pub fn render(done: Done, stream: StreamContext<'_>) -> (Response<Body>, Outcome) {
     let resp = match done {
         Done::SignedIn { session, created } => {
             body::json(if created { StatusCode::CREATED } else { StatusCode::OK }, &view(&session))
         }
         Done::Session(session) => body::json(StatusCode::OK, &view(&session)),
-        Done::Subscribed(session) => super::sse::subscribe(session, stream.after, stream.shutdown),
+        Done::Subscribed(session) => super::sse::subscribe(session, stream.after, stream.shutdown.clone()),
         Done::SignedOut(_) => {
             let mut r = Response::new(body::empty());
             *r.status_mut() = StatusCode::NO_CONTENT;

@@ -113,7 +113,7 @@ impl Handler for Proxy {
         let started = Instant::now();
         let http_method = req.method().clone();
         let rid = request_id(req.headers());
-        let (handled, upstream) = timing::measure(self.serve(req, &rid)).await;
+        let (handled, upstream) = timing::measure(|| self.serve(req, &rid)).await;
         let Handled { label, route, agent, mut response, outcome } = handled;
         let elapsed = started.elapsed();
         self.metrics.record_request(label, outcome, elapsed);
@@ -175,7 +175,11 @@ impl Proxy {
         label: MethodLabel,
         req: Request<Incoming>,
     ) -> (Result<(Response<Body>, Outcome), Failure>, Option<LimitState>) {
-        let stream = api::StreamContext { after: api::last_event_id(req.headers()), shutdown: self.shutdown.clone() };
+        let after = match target {
+            Target::Api(Route::Events) => api::last_event_id(req.headers()),
+            _ => None,
+        };
+        let stream = api::StreamContext { after, shutdown: &self.shutdown };
         let body = match self.read_body(req).await {
             Ok(b) => b,
             Err(f) => return (Err(f), None),
@@ -207,6 +211,10 @@ impl Proxy {
     /// trickles. Called after authentication so an anonymous client cannot make ccgate buffer
     /// or wait for anything.
     async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Failure> {
+        if hyper::body::Body::is_end_stream(req.body()) {
+            // No body (most requests): no timer, no buffer.
+            return Ok(Bytes::new());
+        }
         let limited = http_body_util::Limited::new(req.into_body(), self.max_body_bytes);
         match tokio::time::timeout(self.body_read_timeout, limited.collect()).await {
             Err(_) => Err(Failure::BodyTimeout),

@@ -74,7 +74,7 @@ impl Running {
 /// to fix.
 pub async fn start(config: &Config) -> Result<Running, String> {
     let metrics = Metrics::new();
-    let auth = Authenticator::from_config(&config.auth)?;
+    let auth = Arc::new(Authenticator::from_config(&config.auth)?.with_metrics(&metrics));
     let creds = match &config.credentials.file {
         Some(p) => CredentialStore::load(p)?,
         None => return Err("credentials.file is required".into()),
@@ -90,7 +90,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     let sessions = SessionStore::new(gateway, creds, config.sessions.clone(), metrics.clone());
     let core = Core::new(sessions.clone(), limits.clone(), CoreSettings::from_config(config));
     let proxy = Arc::new(Proxy {
-        auth,
+        auth: auth.clone(),
         core,
         metrics: metrics.clone(),
         max_body_bytes: config.server.max_body_bytes,
@@ -122,7 +122,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     let admin_served = server::spawn(admin_listener, None, admin, admin_opts, shutdown.subscribe())
         .map_err(|e| format!("admin.listen: {e}"))?;
     let probe = tokio::spawn(probe_gateway(client.clone(), readiness.clone(), metrics.clone(), shutdown.clone()));
-    let evictor = tokio::spawn(evict_rate_limit_keys(limits.clone(), shutdown.clone()));
+    let evictor = tokio::spawn(evict_idle_keys(limits.clone(), auth, shutdown.clone()));
     Ok(Running {
         proxy_addr: served.addr,
         admin_addr: admin_served.addr,
@@ -137,13 +137,17 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     })
 }
 
-/// Evicts idle rate-limit keys and refreshes the key gauges, so memory follows live traffic.
-async fn evict_rate_limit_keys(limits: Arc<Limits>, shutdown: Shutdown) {
+/// Evicts idle rate-limit keys (and client addresses whose refused-token budget refilled) and
+/// refreshes the key gauges, so memory follows live traffic.
+async fn evict_idle_keys(limits: Arc<Limits>, auth: Arc<Authenticator>, shutdown: Shutdown) {
     let mut stop = shutdown.subscribe();
     loop {
         tokio::select! {
             _ = triggered(&mut stop) => return,
-            _ = tokio::time::sleep(EVICTION_INTERVAL) => limits.evict(),
+            _ = tokio::time::sleep(EVICTION_INTERVAL) => {
+                limits.evict();
+                auth.evict();
+            }
         }
     }
 }

@@ -121,6 +121,7 @@ label_enum! {
         MissingClaim => "missing_claim",
         MissingAgent => "missing_agent",
         InvalidAgent => "invalid_agent",
+        Crit => "crit",
     }
 }
 
@@ -236,6 +237,8 @@ struct Inner {
     signout_failures: IntCounterVec,
     connections: IntGauge,
     connections_refused: IntCounter,
+    auth_throttled: IntCounter,
+    auth_refusals_remembered: IntCounter,
     events_dropped: IntCounter,
     gateway_up: IntGauge,
     build_info: IntGaugeVec,
@@ -334,6 +337,18 @@ impl Metrics {
         )
         .expect("static metric definition");
         r.register(Box::new(connections_refused.clone())).expect("metric registered once");
+        let auth_throttled = IntCounter::new(
+            "auth_throttled_total",
+            "Requests answered 429 without a signature check: their address had too many tokens refused.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(auth_throttled.clone())).expect("metric registered once");
+        let auth_refusals_remembered = IntCounter::new(
+            "auth_refusals_remembered_total",
+            "Tokens refused again from memory (a forged signature seen before) without a check.",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(auth_refusals_remembered.clone())).expect("metric registered once");
         let idle_signouts = IntCounter::new(
             "idle_signouts_total",
             "Agents signed out because their app was silent for sessions.idle_timeout_ms.",
@@ -377,6 +392,8 @@ impl Metrics {
             signout_failures,
             connections,
             connections_refused,
+            auth_throttled,
+            auth_refusals_remembered,
             events_dropped,
             gateway_up,
             build_info,
@@ -456,6 +473,14 @@ impl Metrics {
         self.0.idle_signouts.inc();
     }
 
+    pub fn auth_throttled(&self) -> IntCounter {
+        self.0.auth_throttled.clone()
+    }
+
+    pub fn auth_refusals_remembered(&self) -> IntCounter {
+        self.0.auth_refusals_remembered.clone()
+    }
+
     /// The app-facing listener's open connections (`ccgate_connections`).
     pub fn connections_gauge(&self) -> IntGauge {
         self.0.connections.clone()
@@ -479,7 +504,7 @@ impl Metrics {
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
         let i = &self.0;
-        let collectors: [&dyn Collector; 22] = [
+        let collectors: [&dyn Collector; 24] = [
             &i.requests,
             &i.request_duration,
             &i.upstream_duration,
@@ -498,6 +523,8 @@ impl Metrics {
             &i.signout_failures,
             &i.connections,
             &i.connections_refused,
+            &i.auth_throttled,
+            &i.auth_refusals_remembered,
             &i.events_dropped,
             &i.gateway_up,
             &i.build_info,

@@ -3,9 +3,17 @@
 //! Order of checks, each with its own failure reason so an app developer can tell what is
 //! wrong: header present → three base64url parts → `alg` allow-listed (before any key is
 //! touched, so `alg: none` and HS256-with-an-RSA-public-key die here) → key found by `kid` and
-//! of the algorithm's family → signature → `exp`/`nbf` → `iss` → `aud` → agent claim.
+//! of the algorithm's family → signature → `exp`/`nbf` → `iss` → `aud` → agent claim. A
+//! header with `crit` is refused: ccgate understands no JOSE extension (RFC 7515 §4.1.11).
+//!
+//! A signature check is the one costly step an anonymous client can trigger, so its cost is
+//! bounded twice: a token refused for its signature is remembered for a while (the same bad
+//! token is refused without checking again), and each client address has a budget of refused
+//! tokens; past it, tokens that are not already known good get 429 without any check.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -14,7 +22,7 @@ use base64::Engine;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
@@ -47,7 +55,13 @@ pub struct Authenticator {
     leeway: u64,
     agent_claim: String,
     tenant_claim: String,
-    cache: Option<VerifiedCache>,
+    cache: Option<TokenCache<Principal>>,
+    /// Signature-refused tokens, by hash.
+    refused: TokenCache<Reason>,
+    budget: RefusalBudget,
+    /// `ccgate_auth_throttled_total`, `ccgate_auth_refusals_remembered_total`.
+    counters: Option<(prometheus::IntCounter, prometheus::IntCounter)>,
+    ttl: u64,
 }
 
 /// Tokens already verified, keyed by the SHA-256 of the token so the cache never holds a
@@ -57,25 +71,42 @@ pub struct Authenticator {
 /// its verification. Two generations bound the size: when the current one holds half the
 /// capacity it becomes the previous one, and the old previous is dropped (approximate LRU,
 /// O(1), no per-entry bookkeeping).
-struct VerifiedCache {
+/// The same structure remembers tokens refused for their signature ([`REFUSED_TOKENS`]).
+struct TokenCache<V> {
     half: usize,
-    ttl: u64,
     /// (current, previous).
-    generations: Mutex<(Generation, Generation)>,
+    generations: Mutex<(Generation<V>, Generation<V>)>,
 }
 
-type Generation = HashMap<[u8; 32], Cached>;
+type Generation<V> = HashMap<[u8; 32], Cached<V>>;
 
 #[derive(Clone)]
-struct Cached {
-    principal: Principal,
+struct Cached<V> {
+    value: V,
     valid_until: u64,
 }
+
+/// Tokens refused for their signature, remembered this many at most and this long, so the
+/// same forged token sent again costs a hash, not a signature check.
+const REFUSED_TOKENS: usize = 1024;
+const REFUSED_TOKEN_TTL_SECS: u64 = 60;
+/// Each client address may have this many tokens refused at once, then one more per second;
+/// the refusal that overdraws the budget closes it: until it refills, the address's tokens
+/// that are not already known good get 429 without a signature check.
+/// A real app refuses a token rarely (expiry); 20 covers a restart storm.
+const REFUSED_PER_ADDRESS_BURST: u32 = 20;
+const REFUSED_PER_ADDRESS_PER_SEC: u32 = 1;
+/// Client addresses tracked for that budget; more are not blocked (fail open, bounded memory).
+const MAX_BLOCKED_ADDRESSES: usize = 10_000;
 
 /// Tokens longer than this are verified every time rather than cached.
 const MAX_CACHED_TOKEN_LEN: usize = 4096;
 
-impl VerifiedCache {
+impl<V: Clone> TokenCache<V> {
+    fn new(capacity: usize) -> Self {
+        Self { half: (capacity / 2).max(1), generations: Mutex::new((HashMap::new(), HashMap::new())) }
+    }
+
     fn key(token: &str) -> [u8; 32] {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
         let mut k = [0u8; 32];
@@ -83,12 +114,12 @@ impl VerifiedCache {
         k
     }
 
-    fn get(&self, key: &[u8; 32], now: u64) -> Option<Principal> {
+    fn get(&self, key: &[u8; 32], now: u64) -> Option<V> {
         let mut g = self.generations.lock().unwrap_or_else(|p| p.into_inner());
         let (current, previous) = &mut *g;
         if let Some(c) = current.get(key) {
             if now <= c.valid_until {
-                return Some(c.principal.clone());
+                return Some(c.value.clone());
             }
             current.remove(key);
             return None;
@@ -97,18 +128,85 @@ impl VerifiedCache {
         if now > c.valid_until {
             return None;
         }
-        let p = c.principal.clone();
+        let v = c.value.clone();
         current.insert(*key, c);
-        Some(p)
+        Some(v)
     }
 
-    fn put(&self, key: [u8; 32], principal: &Principal, exp: u64, leeway: u64, now: u64) {
-        let valid_until = exp.saturating_add(leeway).min(now.saturating_add(self.ttl));
+    fn put(&self, key: [u8; 32], value: &V, valid_until: u64) {
         let mut g = self.generations.lock().unwrap_or_else(|p| p.into_inner());
         if g.0.len() >= self.half {
             g.1 = std::mem::take(&mut g.0);
         }
-        g.0.insert(key, Cached { principal: principal.clone(), valid_until });
+        g.0.insert(key, Cached { value: value.clone(), valid_until });
+    }
+}
+
+/// Why a request's token was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The token is missing or invalid.
+    Token(Reason),
+    /// The client's address had too many tokens refused: come back after this long.
+    Throttled(std::time::Duration),
+}
+
+type AddressLimiter = governor::RateLimiter<
+    IpAddr,
+    governor::state::keyed::DashMapStateStore<IpAddr>,
+    crate::ops::limits::TokioClock,
+    governor::middleware::NoOpMiddleware<crate::ops::limits::TokioInstant>,
+>;
+
+/// The per-address budget of refused tokens.
+struct RefusalBudget {
+    limiter: AddressLimiter,
+    /// Addresses over budget, until when.
+    blocked: Mutex<HashMap<IpAddr, tokio::time::Instant>>,
+}
+
+impl RefusalBudget {
+    fn new() -> Self {
+        let quota =
+            governor::Quota::per_second(NonZeroU32::new(REFUSED_PER_ADDRESS_PER_SEC).unwrap_or(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::new(REFUSED_PER_ADDRESS_BURST).unwrap_or(NonZeroU32::MIN));
+        Self {
+            limiter: governor::RateLimiter::new(quota, Default::default(), crate::ops::limits::TokioClock),
+            blocked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long `ip` must still wait, if it is over budget.
+    fn blocked_for(&self, ip: IpAddr) -> Option<std::time::Duration> {
+        let now = tokio::time::Instant::now();
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        match blocked.get(&ip) {
+            Some(until) if *until > now => Some(*until - now),
+            Some(_) => {
+                blocked.remove(&ip);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Counts a refused token against `ip`.
+    fn refused(&self, ip: IpAddr) {
+        use governor::clock::Clock;
+        if let Err(not_until) = self.limiter.check_key(&ip) {
+            let wait = not_until.wait_time_from(crate::ops::limits::TokioClock.now());
+            let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+            if blocked.len() < MAX_BLOCKED_ADDRESSES || blocked.contains_key(&ip) {
+                blocked.insert(ip, tokio::time::Instant::now() + wait);
+            }
+        }
+    }
+
+    /// Forgets addresses whose budget has refilled (called with the rate limiter eviction).
+    fn evict(&self) {
+        self.limiter.retain_recent();
+        let now = tokio::time::Instant::now();
+        self.blocked.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, until| *until > now);
     }
 }
 
@@ -116,8 +214,8 @@ impl Authenticator {
     /// Loads keys named by the config. Fails with a message naming the file and the problem.
     pub fn from_config(cfg: &AuthConfig) -> Result<Self, String> {
         let jwks = match &cfg.jwks_file {
-            Some(p) => Some(load_jwks(p)?),
-            None => None,
+            Some(p) => load_jwks(p)?,
+            None => Vec::new(),
         };
         let hs256 = match &cfg.hs256_secret_file {
             Some(p) => {
@@ -131,10 +229,11 @@ impl Authenticator {
             }
             None => None,
         };
-        Self::new(cfg, jwks.as_ref(), hs256)
+        Self::new(cfg, &jwks, hs256)
     }
 
-    pub fn new(cfg: &AuthConfig, jwks: Option<&JwkSet>, hs256: Option<DecodingKey>) -> Result<Self, String> {
+    /// Builds the verifier from raw JWKs (each judged on its own: see [`usable_key`]).
+    pub fn new(cfg: &AuthConfig, jwks: &[Value], hs256: Option<DecodingKey>) -> Result<Self, String> {
         let mut allowed = Vec::new();
         for a in &cfg.algorithms {
             allowed.push(match a.as_str() {
@@ -146,16 +245,27 @@ impl Authenticator {
             });
         }
         let mut keys: HashMap<String, Vec<Key>> = HashMap::new();
-        for jwk in jwks.map(|s| s.keys.as_slice()).unwrap_or_default() {
-            let alg = key_algorithm(jwk)?;
-            if !allowed.contains(&alg) {
-                continue;
+        let mut skipped = Vec::new();
+        for raw in jwks {
+            let kid = raw.get("kid").and_then(Value::as_str).unwrap_or("(no kid)").to_owned();
+            let usable = usable_key(raw).and_then(|(jwk, alg)| {
+                if !allowed.contains(&alg) {
+                    return Err(format!("{alg:?}, which auth.algorithms does not allow"));
+                }
+                let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("unreadable ({e})"))?;
+                Ok((alg, key))
+            });
+            match usable {
+                Ok((alg, key)) => keys.entry(kid_of(raw)).or_default().push(Key { alg, key }),
+                Err(why) => {
+                    tracing::warn!(kid = %kid, reason = %why, "JWKS key skipped");
+                    skipped.push(format!("{kid}: {why}"));
+                }
             }
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWKS key {:?}: {e}", jwk.common.key_id))?;
-            keys.entry(jwk.common.key_id.clone().unwrap_or_default()).or_default().push(Key { alg, key });
         }
         if keys.is_empty() && hs256.is_none() {
-            return Err("no usable key: the JWKS has no key for the allowed algorithms".into());
+            let why = if skipped.is_empty() { "the JWKS is empty".to_owned() } else { skipped.join("; ") };
+            return Err(format!("no usable signing key ({why})"));
         }
         Ok(Self {
             keys,
@@ -166,37 +276,80 @@ impl Authenticator {
             leeway: cfg.leeway_secs,
             agent_claim: cfg.agent_claim.clone(),
             tenant_claim: cfg.tenant_claim.clone(),
-            cache: (cfg.cache_size > 0).then(|| VerifiedCache {
-                half: (cfg.cache_size / 2).max(1),
-                ttl: cfg.cache_ttl_secs,
-                generations: Mutex::new((HashMap::new(), HashMap::new())),
-            }),
+            cache: (cfg.cache_size > 0).then(|| TokenCache::new(cfg.cache_size)),
+            refused: TokenCache::new(REFUSED_TOKENS),
+            budget: RefusalBudget::new(),
+            counters: None,
+            ttl: cfg.cache_ttl_secs,
         })
     }
 
-    /// Authenticates a request from its headers.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Reason> {
-        let token = bearer_token(headers)?;
-        self.verify(token)
+    /// Counts throttled requests and remembered refusals in these metrics.
+    pub fn with_metrics(mut self, m: &crate::metrics::Metrics) -> Self {
+        self.counters = Some((m.auth_throttled(), m.auth_refusals_remembered()));
+        self
     }
 
+    /// Authenticates a request from its headers, sent from `client` (when known).
+    pub fn authenticate(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Principal, Refused> {
+        let token = bearer_token(headers).map_err(Refused::Token)?;
+        self.check(token, client)
+    }
+
+    /// [`Self::authenticate`] for a bare token, with no client address (tools and tests).
     pub fn verify(&self, token: &str) -> Result<Principal, Reason> {
+        self.check(token, None).map_err(|r| match r {
+            Refused::Token(reason) => reason,
+            Refused::Throttled(_) => Reason::BadSignature,
+        })
+    }
+
+    fn check(&self, token: &str, client: Option<IpAddr>) -> Result<Principal, Refused> {
         if token.len() > MAX_TOKEN_LEN || token.split('.').count() != 3 {
-            return Err(Reason::Malformed);
+            return Err(Refused::Token(Reason::Malformed));
         }
-        let cache = self.cache.as_ref().filter(|_| token.len() <= MAX_CACHED_TOKEN_LEN);
         let now = unix_now();
-        let key = cache.map(|_| VerifiedCache::key(token));
-        if let (Some(c), Some(k)) = (cache, &key) {
+        let key = (token.len() <= MAX_CACHED_TOKEN_LEN).then(|| TokenCache::<Principal>::key(token));
+        if let (Some(c), Some(k)) = (&self.cache, &key) {
             if let Some(p) = c.get(k, now) {
                 return Ok(p);
             }
         }
-        let (principal, exp) = self.verify_uncached(token)?;
-        if let (Some(c), Some(k)) = (cache, key) {
-            c.put(k, &principal, exp, self.leeway, now);
+        // Past here the token may cost a signature check.
+        if let Some(wait) = client.and_then(|ip| self.budget.blocked_for(ip)) {
+            if let Some((throttled, _)) = &self.counters {
+                throttled.inc();
+            }
+            return Err(Refused::Throttled(wait));
         }
-        Ok(principal)
+        if let Some(reason) = key.as_ref().and_then(|k| self.refused.get(k, now)) {
+            if let Some((_, remembered)) = &self.counters {
+                remembered.inc();
+            }
+            return Err(Refused::Token(reason));
+        }
+        match self.verify_uncached(token) {
+            Ok((principal, exp)) => {
+                if let (Some(c), Some(k)) = (&self.cache, key) {
+                    c.put(k, &principal, exp.saturating_add(self.leeway).min(now.saturating_add(self.ttl)));
+                }
+                Ok(principal)
+            }
+            Err(reason) => {
+                if let Some(ip) = client {
+                    self.budget.refused(ip);
+                }
+                if let (Reason::BadSignature, Some(k)) = (reason, key) {
+                    self.refused.put(k, &reason, now.saturating_add(REFUSED_TOKEN_TTL_SECS));
+                }
+                Err(Refused::Token(reason))
+            }
+        }
+    }
+
+    /// Forgets client addresses whose refusal budget has refilled.
+    pub fn evict(&self) {
+        self.budget.evict();
     }
 
     /// Full verification; returns the principal and the token's `exp`.
@@ -256,6 +409,11 @@ impl Authenticator {
     }
 }
 
+/// The `kid` a key is stored under ("" for a key without one: used only by tokens without).
+fn kid_of(raw: &Value) -> String {
+    raw.get("kid").and_then(Value::as_str).unwrap_or_default().to_owned()
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
@@ -284,6 +442,11 @@ fn peek_header(token: &str) -> Result<(String, Option<String>), Reason> {
     let head = token.split('.').next().ok_or(Reason::Malformed)?;
     let raw = URL_SAFE_NO_PAD.decode(head).map_err(|_| Reason::Malformed)?;
     let v: Map<String, Value> = serde_json::from_slice(&raw).map_err(|_| Reason::Malformed)?;
+    if v.contains_key("crit") {
+        // Whatever it lists, ccgate implements no extension, so it must refuse (RFC 7515
+        // §4.1.11); an empty or malformed `crit` is invalid anyway.
+        return Err(Reason::Crit);
+    }
     let alg = v.get("alg").and_then(Value::as_str).ok_or(Reason::Malformed)?.to_owned();
     let kid = match v.get("kid") {
         None => None,
@@ -293,27 +456,47 @@ fn peek_header(token: &str) -> Result<(String, Option<String>), Reason> {
     Ok((alg, kid))
 }
 
-fn load_jwks(path: &Path) -> Result<JwkSet, String> {
+/// Reads a JWK Set file. Only the set's shape must be right; each key is judged on its own.
+fn load_jwks(path: &Path) -> Result<Vec<Value>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: not a JWK Set: {e}", path.display()))
+    let set: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+    match set.get("keys") {
+        Some(Value::Array(keys)) => Ok(keys.clone()),
+        _ => Err(format!("{}: not a JWK Set (no \"keys\" array)", path.display())),
+    }
 }
 
-/// The algorithm a JWK is for: its `alg` if given, else implied by key type and curve.
-fn key_algorithm(jwk: &Jwk) -> Result<Algorithm, String> {
+/// Smallest RSA modulus accepted (NIST SP 800-57: 2048 bits until 2030).
+const MIN_RSA_BITS: usize = 2048;
+
+/// A key ccgate can verify signatures with, and for which algorithm; or why not. Identity
+/// providers publish encryption keys and other algorithms beside their signing keys, so a key
+/// that does not fit is skipped, not fatal.
+fn usable_key(raw: &Value) -> Result<(Jwk, Algorithm), String> {
+    let jwk: Jwk = serde_json::from_value(raw.clone()).map_err(|e| format!("not a JWK ccgate can read ({e})"))?;
+    if jwk.common.public_key_use == Some(jsonwebtoken::jwk::PublicKeyUse::Encryption) {
+        return Err("an encryption key (use: enc)".into());
+    }
     let implied = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::RSA(p) => {
+            let n = URL_SAFE_NO_PAD.decode(p.n.trim_end_matches('=')).map_err(|_| "RSA modulus is not base64url")?;
+            let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
+            if bits < MIN_RSA_BITS {
+                return Err(format!("an RSA key of about {bits} bits; at least {MIN_RSA_BITS} are required"));
+            }
+            Algorithm::RS256
+        }
         AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
         AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Algorithm::EdDSA,
-        _ => return Err(format!("JWKS key {:?}: unsupported key type or curve", jwk.common.key_id)),
+        _ => return Err("a key type or curve ccgate does not verify with (RSA, P-256, Ed25519 only)".into()),
     };
     if let Some(declared) = jwk.common.key_algorithm {
-        let declared = format!("{declared:?}");
-        let implied_name = format!("{implied:?}");
+        let (declared, implied_name) = (format!("{declared:?}"), format!("{implied:?}"));
         if declared != implied_name {
-            return Err(format!("JWKS key {:?}: alg {declared} does not match its key type", jwk.common.key_id));
+            return Err(format!("alg {declared}, which ccgate does not verify"));
         }
     }
-    Ok(implied)
+    Ok((jwk, implied))
 }
 
 #[cfg(test)]
@@ -327,8 +510,13 @@ mod tests {
         h
     }
 
-    fn cache(size: usize) -> VerifiedCache {
-        VerifiedCache { half: size / 2, ttl: 60, generations: Mutex::new((HashMap::new(), HashMap::new())) }
+    fn cache(size: usize) -> TokenCache<Principal> {
+        TokenCache::new(size)
+    }
+
+    /// As `check` computes it: the earlier of exp + leeway and now + ttl (60 s).
+    fn until(exp: u64, leeway: u64, now: u64) -> u64 {
+        exp.saturating_add(leeway).min(now.saturating_add(60))
     }
 
     fn who(a: &str) -> Principal {
@@ -338,24 +526,24 @@ mod tests {
     #[test]
     fn cache_honours_expiry_and_ttl() {
         let c = cache(10);
-        let k = VerifiedCache::key("t1");
-        c.put(k, &who("153"), 1_000, 30, 900);
+        let k = TokenCache::<Principal>::key("t1");
+        c.put(k, &who("153"), until(1_000, 30, 900));
         assert_eq!(c.get(&k, 960), Some(who("153")), "within ttl (900+60) and exp+leeway (1030)");
         assert_eq!(c.get(&k, 961), None, "the 60 s reuse cap is over");
-        let k2 = VerifiedCache::key("t2");
-        c.put(k2, &who("154"), 1_000, 30, 990);
+        let k2 = TokenCache::<Principal>::key("t2");
+        c.put(k2, &who("154"), until(1_000, 30, 990));
         assert_eq!(c.get(&k2, 1_030), Some(who("154")));
         assert_eq!(c.get(&k2, 1_031), None, "expired (with leeway) even though the ttl is not over");
-        assert_eq!(c.get(&VerifiedCache::key("t3"), 0), None);
+        assert_eq!(c.get(&TokenCache::<Principal>::key("t3"), 0), None);
     }
 
     #[test]
     fn cache_size_is_bounded_and_recent_entries_survive() {
         let c = cache(100);
-        let hot = VerifiedCache::key("hot");
-        c.put(hot, &who("153"), u64::MAX / 2, 0, 0);
+        let hot = TokenCache::<Principal>::key("hot");
+        c.put(hot, &who("153"), u64::MAX / 2);
         for i in 0..10_000 {
-            c.put(VerifiedCache::key(&format!("cold-{i}")), &who("154"), u64::MAX / 2, 0, 0);
+            c.put(TokenCache::<Principal>::key(&format!("cold-{i}")), &who("154"), u64::MAX / 2);
             if i % 40 == 0 {
                 assert!(c.get(&hot, 1).is_some(), "a token in use stays cached");
             }
@@ -379,5 +567,104 @@ mod tests {
         assert_eq!(peek_header(&format!("{none}.e30.")).unwrap().0, "none");
         let bad_kid = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":5}"#);
         assert_eq!(peek_header(&format!("{bad_kid}.e30.x")), Err(Reason::Malformed));
+    }
+
+    fn config() -> AuthConfig {
+        AuthConfig { issuer: "https://idp.test".into(), audience: "ccgate".into(), ..AuthConfig::default() }
+    }
+
+    fn good() -> (crate::devkeys::DevSigner, Authenticator) {
+        let es = crate::devkeys::DevSigner::es256("es-1").unwrap();
+        let keys = crate::devkeys::jwks(&[&es])["keys"].as_array().unwrap().clone();
+        let a = Authenticator::new(&config(), &keys, None).unwrap();
+        (es, a)
+    }
+
+    /// A token whose signature is valid in form but wrong: the last part of another token.
+    fn forged(es: &crate::devkeys::DevSigner, agent: &str) -> String {
+        let t = es.token("https://idp.test", "ccgate", agent, 600).unwrap();
+        let other = es.token("https://idp.test", "ccgate", "999", 600).unwrap();
+        let (head_payload, _) = t.rsplit_once('.').unwrap();
+        format!("{head_payload}.{}", other.rsplit_once('.').unwrap().1)
+    }
+
+    #[test]
+    fn a_crit_header_is_refused_whatever_it_lists() {
+        let (es, a) = good();
+        let t = es.token("https://idp.test", "ccgate", "153", 600).unwrap();
+        assert!(a.verify(&t).is_ok());
+        let (_, rest) = t.split_once('.').unwrap();
+        for crit in [r#"["exp"]"#, r#"["x-unknown"]"#, "[]", r#""b64""#] {
+            let head = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"ES256","kid":"es-1","crit":{crit}}}"#));
+            assert_eq!(a.verify(&format!("{head}.{rest}")), Err(Reason::Crit), "{crit}");
+        }
+    }
+
+    #[test]
+    fn keys_ccgate_cannot_use_are_skipped_and_only_none_left_is_fatal() {
+        let b64 = |n: usize, first: u8| {
+            let mut v = vec![0x5au8; n];
+            v[0] = first;
+            URL_SAFE_NO_PAD.encode(v)
+        };
+        let unusable = vec![
+            serde_json::json!({"kty": "EC", "crv": "P-384", "kid": "p384", "x": b64(48, 1), "y": b64(48, 2)}),
+            serde_json::json!({"kty": "RSA", "use": "enc", "alg": "RSA-OAEP", "kid": "enc", "n": b64(256, 0xc1), "e": "AQAB"}),
+            serde_json::json!({"kty": "RSA", "alg": "PS256", "kid": "ps", "n": b64(256, 0xc1), "e": "AQAB"}),
+            serde_json::json!({"kty": "RSA", "kid": "weak", "n": b64(128, 0xc1), "e": "AQAB"}),
+            serde_json::json!({"kty": "AKP", "kid": "future"}),
+        ];
+        let err = Authenticator::new(&config(), &unusable, None).err().unwrap();
+        for (kid, why) in [("p384", "curve"), ("enc", "use: enc"), ("ps", "PS256"), ("weak", "2048"), ("future", "JWK")]
+        {
+            assert!(err.contains(kid) && err.contains(why), "{kid}/{why} in: {err}");
+        }
+        let (es, _) = good();
+        let mut keys = unusable.clone();
+        keys.extend(crate::devkeys::jwks(&[&es])["keys"].as_array().unwrap().iter().cloned());
+        let a = Authenticator::new(&config(), &keys, None).unwrap();
+        assert!(a.verify(&es.token("https://idp.test", "ccgate", "153", 600).unwrap()).is_ok());
+        assert_eq!(a.keys.values().map(Vec::len).sum::<usize>(), 1, "only the usable key was loaded");
+    }
+
+    #[test]
+    fn a_forged_token_sent_again_is_refused_from_memory() {
+        let (es, a) = good();
+        let m = crate::metrics::Metrics::new();
+        let a = a.with_metrics(&m);
+        let t = forged(&es, "153");
+        assert_eq!(a.verify(&t), Err(Reason::BadSignature));
+        assert_eq!(a.verify(&t), Err(Reason::BadSignature));
+        assert!(m.render().contains("ccgate_auth_refusals_remembered_total 1"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_address_with_too_many_refused_tokens_is_throttled_but_known_good_tokens_pass() {
+        let (es, a) = good();
+        let (attacker, other): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let mut h = HeaderMap::new();
+        let mut bearer = |t: &str| {
+            h.insert(AUTHORIZATION, http::HeaderValue::from_str(&format!("Bearer {t}")).unwrap());
+            h.clone()
+        };
+        let valid = es.token("https://idp.test", "ccgate", "153", 600).unwrap();
+        assert!(a.authenticate(&bearer(&valid), Some(attacker)).is_ok(), "known good from now on");
+        // The burst's refusals fit the budget; the one after it is checked and closes it.
+        for i in 0..=REFUSED_PER_ADDRESS_BURST {
+            let r = a.authenticate(&bearer(&forged(&es, &format!("{}", 200 + i))), Some(attacker));
+            assert_eq!(r, Err(Refused::Token(Reason::BadSignature)), "refusal {i} is checked");
+        }
+        let r = a.authenticate(&bearer(&forged(&es, "300")), Some(attacker));
+        assert!(matches!(r, Err(Refused::Throttled(_))), "{r:?}");
+        // Another address is not affected; a token already verified still passes.
+        assert_eq!(
+            a.authenticate(&bearer(&forged(&es, "301")), Some(other)),
+            Err(Refused::Token(Reason::BadSignature))
+        );
+        assert!(a.authenticate(&bearer(&valid), Some(attacker)).is_ok());
+        // The budget refills.
+        tokio::time::advance(std::time::Duration::from_secs(2)).await;
+        let r = a.authenticate(&bearer(&forged(&es, "302")), Some(attacker));
+        assert_eq!(r, Err(Refused::Token(Reason::BadSignature)));
     }
 }

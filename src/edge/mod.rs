@@ -34,7 +34,7 @@ use auth::Authenticator;
 use route::Route;
 
 pub struct Proxy {
-    pub auth: Authenticator,
+    pub auth: Arc<Authenticator>,
     pub core: Core,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
@@ -144,7 +144,8 @@ impl Proxy {
             Err(f) => (MethodLabel::Unmatched, "-", None, Err(f), None),
             Ok(target) => {
                 let (label, route) = (target.label(), target.route());
-                match self.authenticate(req.headers()) {
+                let client = req.extensions().get::<crate::server::listener::ClientAddr>().map(|a| a.0.ip());
+                match self.authenticate(req.headers(), client) {
                     Err(f) => (label, route, None, Err(f), None),
                     Ok(who) => {
                         let (result, limit) = self.operate(target, &who, label, req).await;
@@ -200,10 +201,14 @@ impl Proxy {
         (rendered, answer.limit)
     }
 
-    fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, Failure> {
-        self.auth.authenticate(headers).map_err(|reason| {
-            self.metrics.count_auth_failure(reason);
-            Failure::Unauthenticated(reason)
+    fn authenticate(&self, headers: &http::HeaderMap, client: Option<std::net::IpAddr>) -> Result<Principal, Failure> {
+        self.auth.authenticate(headers, client).map_err(|refused| match refused {
+            auth::Refused::Token(reason) => {
+                self.metrics.count_auth_failure(reason);
+                Failure::Unauthenticated(reason)
+            }
+            // Whole seconds, rounded up, at least 1 (as Retry-After wants).
+            auth::Refused::Throttled(wait) => Failure::Throttled(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
         })
     }
 

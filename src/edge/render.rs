@@ -166,6 +166,14 @@ pub fn spec(f: &Failure) -> &'static Spec {
         Failure::RateLimited(_) => {
             row!(TOO_MANY_REQUESTS, RateLimited, "rate-limited", "Rate limit exceeded", "rate limited", Ccg("CCG-429"))
         }
+        Failure::Throttled(_) => row!(
+            TOO_MANY_REQUESTS,
+            RateLimited,
+            "too-many-bad-tokens",
+            "Too many refused tokens",
+            "too many tokens from this address were refused; no token is checked from it for a while",
+            Ccg("CCG-429")
+        ),
         Failure::PayloadTooLarge => row!(
             PAYLOAD_TOO_LARGE,
             BadRequest,
@@ -351,6 +359,9 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes, f: &Fail
             limit_headers(&r.state, h);
             h.insert(RETRY_AFTER, HeaderValue::from(r.retry_after_secs));
         }
+        Failure::Throttled(secs) => {
+            h.insert(RETRY_AFTER, HeaderValue::from(*secs));
+        }
         _ => {}
     }
     resp
@@ -382,6 +393,7 @@ pub fn auth_detail(r: AuthFailureReason) -> &'static str {
         AuthFailureReason::MissingClaim => "the token lacks a required claim (exp, iss and aud are required)",
         AuthFailureReason::MissingAgent => "the token does not name an agent",
         AuthFailureReason::InvalidAgent => "the token's agent is not a work number in 101..999999",
+        AuthFailureReason::Crit => "the token's crit header names an extension ccgate does not understand",
     }
 }
 
@@ -409,6 +421,7 @@ mod tests {
             (Failure::Refused(refusal("100-007")), 502, Outcome::GatewayError),
             (Failure::Refused(refusal("000-002")), 400, Outcome::GatewayError),
             (Failure::BadRequest("x".into()), 400, Outcome::BadRequest),
+            (Failure::Throttled(3), 429, Outcome::RateLimited),
             (Failure::PayloadTooLarge, 413, Outcome::BadRequest),
             (Failure::BodyTimeout, 408, Outcome::BadRequest),
             (Failure::NotFound, 404, Outcome::NotFound),

@@ -44,6 +44,10 @@ pub enum Failure {
     /// The request is malformed: fix the body or parameters.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The client's address had too many tokens refused; no token is checked from it for this
+    /// many seconds (unless already known good): fix the app's tokens.
+    #[error("too many refused tokens from this address")]
+    Throttled(u64),
     /// A rate limit refused the request: wait `Retry-After` seconds.
     #[error("rate limited by {}", .0.name())]
     RateLimited(Box<LimitRefusal>),

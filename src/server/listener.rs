@@ -52,6 +52,10 @@ pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// turn the loop into a busy spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// The peer address of a request's connection, in its extensions.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
 /// Something that answers requests. Implemented by the proxy, the admin endpoint and the
 /// simulator.
 pub trait Handler: Send + Sync + 'static {
@@ -239,7 +243,7 @@ async fn accept_loop<H: Handler>(
     let slots = Arc::new(Semaphore::new(opts.max_connections));
     let (first_request, idle) = (opts.header_read_timeout, opts.idle_timeout);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
             _ = triggered(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
@@ -277,9 +281,9 @@ async fn accept_loop<H: Handler>(
                 }
             }));
             match acceptor {
-                None => run_connection(builder, stream, handler, watcher, first_request, idle).await,
+                None => run_connection(builder, stream, peer, handler, watcher, first_request, idle).await,
                 Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => run_connection(builder, s, handler, watcher, first_request, idle).await,
+                    Ok(Ok(s)) => run_connection(builder, s, peer, handler, watcher, first_request, idle).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
                 },
@@ -296,6 +300,7 @@ async fn accept_loop<H: Handler>(
 async fn run_connection<I, H>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     io: I,
+    peer: SocketAddr,
     handler: Arc<H>,
     watcher: Watcher,
     first_request: Duration,
@@ -307,7 +312,8 @@ async fn run_connection<I, H>(
     // Made after the TLS handshake, so the first-request deadline runs from its end.
     let progress = Progress::new();
     let requests = progress.clone();
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(ClientAddr(peer));
         let (h, in_flight) = (handler.clone(), requests.start());
         async move {
             let resp = h.handle(req).await;

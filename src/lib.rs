@@ -16,6 +16,7 @@ pub mod edge;
 pub mod gateway;
 pub mod metrics;
 pub mod ops;
+pub mod secret_file;
 pub mod server;
 pub mod session;
 pub mod sim;

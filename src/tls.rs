@@ -25,8 +25,10 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
+/// The TLS private key, read under the secret-file rules (`secret_file`).
 pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: no usable private key: {e}", path.display()))
+    let pem = crate::secret_file::read(path, "TLS key")?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| format!("{}: no usable private key: {e}", path.display()))
 }
 
 /// The server's cipher suites, in its order of preference. AES-128-GCM with SHA-256 first: as

@@ -219,7 +219,8 @@ impl Authenticator {
         };
         let hs256 = match &cfg.hs256_secret_file {
             Some(p) => {
-                let s = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                let raw = crate::secret_file::read(p, "HS256 secret file")?;
+                let s = String::from_utf8(raw).map_err(|_| format!("{}: not UTF-8", p.display()))?;
                 let s = s.trim_end_matches(['\n', '\r']);
                 // RFC 7518 §3.2: the HS256 key must be at least as long as the hash output.
                 if s.len() < 32 {

@@ -33,23 +33,11 @@ impl CredentialStore {
         Self { agents }
     }
 
-    /// Loads the file, refusing one that group or others can read: it holds every agent's
+    /// Loads the file under the secret-file rules (`secret_file`): it holds every agent's
     /// CTI password.
     pub fn load(path: &Path) -> Result<Self, String> {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let mode = meta.permissions().mode();
-            if mode & 0o077 != 0 {
-                return Err(format!(
-                    "{}: readable by group or others (mode {:o}); run chmod 600 on it",
-                    path.display(),
-                    mode & 0o777
-                ));
-            }
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let raw = crate::secret_file::read(path, "credentials file")?;
+        let text = String::from_utf8(raw).map_err(|_| format!("{}: not UTF-8", path.display()))?;
         // toml's error would quote the offending line, which may hold a password: say where,
         // not what.
         let file: File = toml::from_str(&text).map_err(|e| {
@@ -83,10 +71,15 @@ mod tests {
     }
 
     #[test]
-    fn refuses_group_readable_file() {
-        let p = write(0o640, "[agents.\"153\"]\npassword = \"pw\"\nphonenum = \"1\"\n");
+    fn refuses_a_world_readable_file_and_accepts_its_own_groups() {
+        let body = "[agents.\"153\"]\npassword = \"pw\"\nphonenum = \"1\"\n";
+        let p = write(0o644, body);
         let err = CredentialStore::load(&p).unwrap_err();
         assert!(err.contains("chmod 600"), "{err}");
+        std::fs::remove_file(p).unwrap();
+        // A file we create has our group: group-readable is what a Kubernetes fsGroup gives.
+        let p = write(0o640, body);
+        assert!(CredentialStore::load(&p).is_ok());
         std::fs::remove_file(p).unwrap();
     }
 

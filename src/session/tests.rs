@@ -239,3 +239,25 @@ async fn a_sign_in_whose_answer_was_lost_is_taken_over_not_left_as_a_ghost() {
     assert!(matches!(e, SessionError::AlreadySignedIn(_)), "{e:?}");
     assert_eq!(gw.count(GatewayMethod::ForceLogin), 0);
 }
+
+/// Every type here that holds a Guid, a cookie or a password prints it masked.
+#[tokio::test(start_paused = true)]
+async fn debug_output_never_shows_a_guid_cookie_or_password() {
+    let gw = FakeGateway::new();
+    let sessions = store(&gw, |_| {});
+    let (s, _) = sessions.sign_in(AGENT, SignInOptions::default()).await.unwrap();
+    let session = format!("{s:?}");
+    assert!(!session.contains("guid-1") && !session.contains("lb=node0"), "{session}");
+
+    let opts = SignInOptions { body: Some(Bytes::from_static(br#"{"password":"hunter2"}"#)), ..Default::default() };
+    assert!(!format!("{opts:?}").contains("hunter2"));
+
+    let mut reply = GatewayReply::from_envelope(Envelope::ok("", json!({})));
+    reply.set_guid = Some("secret-guid.AgentGateway0".into());
+    reply.cookies = vec!["huaweielbsession=secret-cookie".into()];
+    let shown = format!("{reply:?}");
+    assert!(!shown.contains("secret-guid") && !shown.contains("secret-cookie"), "{shown}");
+
+    let creds = super::testing::credentials();
+    assert!(!format!("{creds:?}").contains("\"pw\""));
+}

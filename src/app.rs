@@ -101,6 +101,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
     let grace = ms(config.server.shutdown_grace_ms);
     let drain_delay = ms(config.server.drain_delay_ms);
     let opts = ServeOptions {
+        tls_handshake_timeout: ms(config.server.tls_handshake_timeout_ms),
         header_read_timeout: ms(config.server.header_read_timeout_ms),
         idle_timeout: ms(config.server.idle_timeout_ms),
         max_connections: config.server.max_connections,

@@ -28,6 +28,10 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// the time a new connection gets to start its first request (after TLS): HTTP/2's preface
 /// and request headers, or HTTP/1's head.
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Time a client gets to complete the TLS handshake; one that has not is either broken or a
+/// slowloris holding a socket. A handshake is two round trips: 10 s covers the worst mobile
+/// network.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Time a request body may take to arrive whole. Bodies here are small JSON objects sent at
 /// once; a body still trickling after 10 s is a client holding a connection, not a slow one.
 pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 10_000;
@@ -126,6 +130,7 @@ pub struct ServerConfig {
     /// Plain HTTP for a sidecar reached only over loopback. Refused on other addresses.
     pub plaintext: bool,
     pub max_body_bytes: usize,
+    pub tls_handshake_timeout_ms: u64,
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
     pub idle_timeout_ms: u64,
@@ -145,6 +150,7 @@ impl Default for ServerConfig {
             tls_key: None,
             plaintext: false,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            tls_handshake_timeout_ms: DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
             header_read_timeout_ms: DEFAULT_HEADER_READ_TIMEOUT_MS,
             body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_CONNECTION_IDLE_TIMEOUT_MS,
@@ -384,6 +390,7 @@ impl Config {
             return invalid("server.drain_delay_ms", "must not exceed server.shutdown_grace_ms");
         }
         for (key, v) in [
+            ("server.tls_handshake_timeout_ms", self.server.tls_handshake_timeout_ms),
             ("server.header_read_timeout_ms", self.server.header_read_timeout_ms),
             ("server.body_read_timeout_ms", self.server.body_read_timeout_ms),
             ("server.idle_timeout_ms", self.server.idle_timeout_ms),

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+const HANDSHAKE: Duration = Duration::from_millis(400);
 const FIRST_REQUEST: Duration = Duration::from_millis(400);
 const IDLE: Duration = Duration::from_millis(1500);
 const BODY: Duration = Duration::from_millis(400);
@@ -25,6 +26,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00
 async fn harness(max_connections: usize) -> Harness {
     Harness::with(Options {
         config: Box::new(move |c| {
+            c.server.tls_handshake_timeout_ms = HANDSHAKE.as_millis() as u64;
             c.server.header_read_timeout_ms = FIRST_REQUEST.as_millis() as u64;
             c.server.idle_timeout_ms = IDLE.as_millis() as u64;
             c.server.body_read_timeout_ms = BODY.as_millis() as u64;
@@ -64,6 +66,19 @@ async fn assert_closed_within(s: &mut TlsStream<TcpStream>, since: Instant, dead
     assert!(took >= deadline.mul_f32(0.9), "closed too early: {took:?} < {deadline:?}");
     assert!(took <= deadline + SLACK, "closed too late: {took:?} for a deadline of {deadline:?}");
     sent
+}
+
+#[tokio::test]
+async fn a_connection_that_never_starts_its_tls_handshake_is_closed_at_the_handshake_deadline() {
+    let h = harness(64).await;
+    let mut tcp = TcpStream::connect(h.running().proxy_addr).await.unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await.expect("the connection stayed open").unwrap_or(0);
+    assert_eq!(n, 0, "closed without a word");
+    let took = t.elapsed();
+    assert!(took >= HANDSHAKE.mul_f32(0.9) && took <= HANDSHAKE + SLACK, "{took:?}");
+    h.stop().await;
 }
 
 #[tokio::test]

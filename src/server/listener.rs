@@ -3,7 +3,7 @@
 //! graceful shutdown.
 //!
 //! The deadlines, in the order a connection meets them:
-//! - TLS handshake: [`TLS_HANDSHAKE_TIMEOUT`];
+//! - TLS handshake: `tls_handshake_timeout` from the accept;
 //! - the first request (HTTP/2 preface, SETTINGS and request headers, or the HTTP/1 head):
 //!   `header_read_timeout` from the end of the handshake, however the bytes trickle in;
 //! - each later HTTP/1 head: hyper's `header_read_timeout`, which runs from the end of the
@@ -40,9 +40,6 @@ use tokio_rustls::TlsAcceptor;
 
 use super::body::{Body, BoxError};
 
-/// A TLS handshake that has not finished in this time is abandoned: it is either a broken
-/// client or a slowloris, and each one holds a socket.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// An HTTP/2 peer is pinged after this much silence on its connection, and dropped if the
 /// PING is not answered within [`H2_PING_TIMEOUT`]: a phone app that lost its network must
 /// not hold an event stream (and its connection) forever.
@@ -64,6 +61,8 @@ pub trait Handler: Send + Sync + 'static {
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// A TLS handshake not finished in this time is abandoned.
+    pub tls_handshake_timeout: Duration,
     /// The first request's deadline on a new connection, and each later HTTP/1 head's.
     pub header_read_timeout: Duration,
     /// A connection with no request in flight is dropped after this long.
@@ -89,6 +88,7 @@ impl Default for ServeOptions {
             ms, DEFAULT_CONNECTION_IDLE_TIMEOUT_MS, DEFAULT_HEADER_READ_TIMEOUT_MS, DEFAULT_SHUTDOWN_GRACE_MS,
         };
         Self {
+            tls_handshake_timeout: ms(crate::config::DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS),
             header_read_timeout: ms(DEFAULT_HEADER_READ_TIMEOUT_MS),
             idle_timeout: ms(DEFAULT_CONNECTION_IDLE_TIMEOUT_MS),
             max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
@@ -241,7 +241,7 @@ async fn accept_loop<H: Handler>(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(opts.max_connections));
-    let (first_request, idle) = (opts.header_read_timeout, opts.idle_timeout);
+    let (handshake, first_request, idle) = (opts.tls_handshake_timeout, opts.header_read_timeout, opts.idle_timeout);
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -282,7 +282,7 @@ async fn accept_loop<H: Handler>(
             }));
             match acceptor {
                 None => run_connection(builder, stream, peer, handler, watcher, first_request, idle).await,
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
                     Ok(Ok(s)) => run_connection(builder, s, peer, handler, watcher, first_request, idle).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),

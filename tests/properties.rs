@@ -117,7 +117,7 @@ proptest! {
         prop_assert_eq!(seen.len(), before, "one cookie per name");
         // The last value sent for a name wins.
         for (n, v) in names.iter().zip(&values) {
-            let last = names.iter().zip(&values).filter(|(m, _)| *m == n).last().map(|(_, w)| w).unwrap();
+            let last = names.iter().zip(&values).rfind(|(m, _)| *m == n).map(|(_, w)| w).unwrap();
             if v == last {
                 let expected = format!("{n}={v}");
                 prop_assert!(merged.contains(&expected), "{expected} in {merged:?}");

@@ -254,6 +254,18 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     v
 }
 
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("static metric definition");
+    r.register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("static metric definition");
+    r.register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
 fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let v = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
         .expect("static metric definition");
@@ -319,52 +331,40 @@ impl Metrics {
         let signins = counter_vec(&r, "signins_total", "Gateway sign-ins attempted, by result.", &["result"]);
         let session_losses =
             counter_vec(&r, "session_losses_total", "Sessions the gateway ended, by reason.", &["reason"]);
-        let guid_rotations = IntCounter::new("guid_rotations_total", "Guid changes picked up from Set-GUID.")
-            .expect("static metric definition");
-        r.register(Box::new(guid_rotations.clone())).expect("metric registered once");
+        let guid_rotations = counter(&r, "guid_rotations_total", "Guid changes picked up from Set-GUID.");
         let signout_failures = counter_vec(
             &r,
             "signout_failures_total",
             "Sign-outs the gateway could not be told of (each attempt), by what asked for them.",
             &["trigger"],
         );
-        let connections = IntGauge::new("connections", "Open connections on the app-facing listener.")
-            .expect("static metric definition");
-        r.register(Box::new(connections.clone())).expect("metric registered once");
-        let connections_refused = IntCounter::new(
+        let connections = gauge(&r, "connections", "Open connections on the app-facing listener.");
+        let connections_refused = counter(
+            &r,
             "connections_refused_total",
             "Connections closed at once because server.max_connections were open.",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(connections_refused.clone())).expect("metric registered once");
-        let auth_throttled = IntCounter::new(
+        );
+        let auth_throttled = counter(
+            &r,
             "auth_throttled_total",
             "Requests answered 429 without a signature check: their address had too many tokens refused.",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(auth_throttled.clone())).expect("metric registered once");
-        let auth_refusals_remembered = IntCounter::new(
+        );
+        let auth_refusals_remembered = counter(
+            &r,
             "auth_refusals_remembered_total",
             "Tokens refused again from memory (a forged signature seen before) without a check.",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(auth_refusals_remembered.clone())).expect("metric registered once");
-        let idle_signouts = IntCounter::new(
+        );
+        let idle_signouts = counter(
+            &r,
             "idle_signouts_total",
             "Agents signed out because their app was silent for sessions.idle_timeout_ms.",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(idle_signouts.clone())).expect("metric registered once");
-        let events_dropped = IntCounter::new(
+        );
+        let events_dropped = counter(
+            &r,
             "events_dropped_total",
             "Gateway events dropped from a full per-agent buffer before an app read them.",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(events_dropped.clone())).expect("metric registered once");
-        let gateway_up =
-            IntGauge::new("gateway_up", "1 when the readiness probe reaches the gateway over TCP, else 0.")
-                .expect("static metric definition");
-        r.register(Box::new(gateway_up.clone())).expect("metric registered once");
+        );
+        let gateway_up = gauge(&r, "gateway_up", "1 when the readiness probe reaches the gateway over TCP, else 0.");
         let build_info = IntGaugeVec::new(Opts::new("build_info", "Build information; always 1."), &["version"])
             .expect("static metric definition");
         r.register(Box::new(build_info.clone())).expect("metric registered once");

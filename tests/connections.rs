@@ -37,15 +37,17 @@ async fn harness(max_connections: usize) -> Harness {
     .await
 }
 
-async fn connect(h: &Harness, alpn: &[u8]) -> TlsStream<TcpStream> {
+/// A TLS connection to the proxy offering `alpn`; the handshake's own result.
+async fn try_connect(h: &Harness, alpn: &[u8]) -> std::io::Result<TlsStream<TcpStream>> {
     let mut tls = ccgate::tls::client_config(Some(&h.dir.join("ca.pem"))).unwrap();
     tls.alpn_protocols = vec![alpn.to_vec()];
     let tcp = TcpStream::connect(h.running().proxy_addr).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    tokio::time::timeout(WAIT, TlsConnector::from(Arc::new(tls)).connect(name, tcp))
-        .await
-        .expect("handshake timed out")
-        .expect("handshake failed")
+    tokio::time::timeout(WAIT, TlsConnector::from(Arc::new(tls)).connect(name, tcp)).await.expect("handshake timed out")
+}
+
+async fn connect(h: &Harness, alpn: &[u8]) -> TlsStream<TcpStream> {
+    try_connect(h, alpn).await.expect("handshake failed")
 }
 
 /// Reads until the server closes the connection; returns what it sent.
@@ -172,12 +174,7 @@ async fn past_the_connection_cap_new_connections_are_closed_and_served_again_onc
     }
     let t = Instant::now();
     // The fourth is closed at once: its handshake fails or it reads end-of-stream.
-    let mut tls = ccgate::tls::client_config(Some(&h.dir.join("ca.pem"))).unwrap();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = TcpStream::connect(h.running().proxy_addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let refused = tokio::time::timeout(WAIT, TlsConnector::from(Arc::new(tls)).connect(name, tcp)).await.unwrap();
-    if let Ok(mut s) = refused {
+    if let Ok(mut s) = try_connect(&h, b"http/1.1").await {
         until_closed(&mut s).await;
     }
     assert!(t.elapsed() < FIRST_REQUEST, "closed at once, not at a deadline");

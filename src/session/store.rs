@@ -86,10 +86,6 @@ impl SessionStore {
         })
     }
 
-    pub fn settings(&self) -> &SessionsConfig {
-        &self.cfg
-    }
-
     fn slot(&self, agent: &str) -> Arc<Slot> {
         lock(&self.slots).entry(agent.to_owned()).or_default().clone()
     }

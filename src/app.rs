@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::config::{ms, Config};
+use crate::config::{ms, Config, StoreBackend};
 use crate::edge::auth::Authenticator;
 use crate::edge::Proxy;
 use crate::gateway::client::ProbeFailure;
@@ -19,10 +19,14 @@ use crate::server::admin::{Admin, GatewayState, Readiness};
 use crate::server::listener::{triggered, ConnectionMetrics};
 use crate::server::{self, ServeOptions, Shutdown};
 use crate::session::{CredentialStore, SessionStore};
+use crate::shared::Shared;
 use crate::tls;
 
 /// How often `/readyz` re-checks that the gateway accepts TCP connections.
 const READINESS_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often `/readyz` re-checks that the shared store answers: Redis is on the path of new
+/// sign-ins, so its loss should show quickly.
+const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Connections the admin listener accepts: Prometheus, the kubelet's probes and an operator.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
 /// Part of the shutdown grace kept for signing agents out after connections drained: one
@@ -85,9 +89,33 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         (Some(c), Some(k)) => Some(tls::server_config_from_files(c, k)?),
         _ => None,
     };
-    let limits = Arc::new(Limits::new(&config.rate_limits, metrics.clone())?);
+    let shared = match config.store.backend {
+        StoreBackend::Memory => None,
+        StoreBackend::Redis => {
+            let shared = Shared::new(&config.store, metrics.clone())?;
+            // Not fatal: a replica that starts while Redis is away serves once it is back
+            // (and says so on /readyz meanwhile).
+            if let Err(e) = shared.connect().await {
+                tracing::warn!(error = %e, "shared store not reachable yet; retrying in the background");
+            }
+            Some(shared)
+        }
+    };
+    let mut limits = Limits::new(&config.rate_limits, metrics.clone())?;
+    if let Some(shared) = &shared {
+        limits = limits.shared(shared.clone(), config.store.limits_fallback);
+    }
+    let limits = Arc::new(limits);
     let gateway = Arc::new(Metered::new(client.clone(), metrics.clone()));
-    let sessions = SessionStore::new(gateway, creds, config.sessions.clone(), metrics.clone());
+    let sessions = SessionStore::with_shared(
+        gateway,
+        creds,
+        config.sessions.clone(),
+        metrics.clone(),
+        shared.clone(),
+        config.store.on_shutdown,
+    );
+    sessions.start_replication();
     let core = Core::new(sessions.clone(), limits.clone(), CoreSettings::from_config(config));
     let proxy = Arc::new(Proxy {
         auth: auth.clone(),
@@ -124,6 +152,9 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         .map_err(|e| format!("admin.listen: {e}"))?;
     let probe = tokio::spawn(probe_gateway(client.clone(), readiness.clone(), metrics.clone(), shutdown.clone()));
     let evictor = tokio::spawn(evict_idle_keys(limits.clone(), auth, shutdown.clone()));
+    if let Some(shared) = shared {
+        tokio::spawn(probe_store(shared, readiness.clone(), shutdown.clone()));
+    }
     Ok(Running {
         proxy_addr: served.addr,
         admin_addr: admin_served.addr,
@@ -149,6 +180,25 @@ async fn evict_idle_keys(limits: Arc<Limits>, auth: Arc<Authenticator>, shutdown
                 limits.evict();
                 auth.evict();
             }
+        }
+    }
+}
+
+/// Readiness of the shared store: Redis answers PING. Between probes, every failed command
+/// also turns `ccgate_store_up` to 0.
+async fn probe_store(shared: Arc<Shared>, readiness: Arc<Readiness>, shutdown: Shutdown) {
+    let mut stop = shutdown.subscribe();
+    loop {
+        let result = shared.ping().await;
+        if readiness.set_store(result.is_ok()) {
+            match &result {
+                Ok(()) => tracing::info!("shared store reachable"),
+                Err(e) => tracing::warn!(error = %e, "shared store not reachable"),
+            }
+        }
+        tokio::select! {
+            _ = triggered(&mut stop) => return,
+            _ = tokio::time::sleep(STORE_PROBE_INTERVAL) => {}
         }
     }
 }

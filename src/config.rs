@@ -105,6 +105,18 @@ pub const DEFAULT_EVENT_BUFFER: usize = 256;
 /// An agent whose app has sent nothing this long is signed out at the gateway: 120 s is the
 /// gateway's own MAXTIME, so ccgate's polling never keeps alive an agent nobody uses.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
+/// Every key ccgate writes in Redis starts with this, so one Redis can serve other apps (or
+/// several ccgate deployments, each with its own prefix).
+pub const DEFAULT_KEY_PREFIX: &str = "ccgate:";
+/// Redis answers in well under a millisecond; a second means it is down or overloaded, and a
+/// request should not wait longer than that on it before falling back.
+pub const DEFAULT_STORE_COMMAND_TIMEOUT_MS: u64 = 1_000;
+/// Connecting to Redis on start-up and after a failure.
+pub const DEFAULT_STORE_CONNECT_TIMEOUT_MS: u64 = 2_000;
+/// A poller's lease lives this long without renewal. The gateway's long poll waits about 10 s,
+/// so a dead owner's agent is polled again within two poll intervals, far inside the
+/// gateway's 120 s MAXTIME.
+pub const DEFAULT_LEASE_TTL_MS: u64 = 10_000;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -117,6 +129,7 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub policy: PolicyConfig,
     pub rate_limits: RateLimitsConfig,
+    pub store: StoreConfig,
     pub log: LogConfig,
 }
 
@@ -287,6 +300,75 @@ impl Default for SessionsConfig {
             resume: false,
             sign_out_on_shutdown: true,
             face_event_wait_ms: DEFAULT_FACE_EVENT_WAIT_MS,
+        }
+    }
+}
+
+/// Where agents' sessions live: in this process, or in Redis shared by every replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Each replica holds its own agents; an agent must stick to one replica.
+    #[default]
+    Memory,
+    /// Sessions, events, conference state, activity and limits shared through Redis.
+    Redis,
+}
+
+/// What a rate limit does while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitsFallback {
+    /// Each replica applies the limit by itself (N replicas: up to N times the limit).
+    #[default]
+    Local,
+    /// Refuse limited operations with 503 until Redis is back.
+    Closed,
+}
+
+/// What a replica in Redis mode does with its agents when it stops.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShutdownMode {
+    /// Hand the pollers over to the other replicas; sign agents out only when no other
+    /// replica is alive (and `sessions.sign_out_on_shutdown` is on). Rollouts sign nobody out.
+    #[default]
+    Handover,
+    /// Sign out the agents this replica polls, as the memory store does.
+    SignOut,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub backend: StoreBackend,
+    /// `redis://[user:password@]host:port/db` or `rediss://...` (TLS). Required for Redis.
+    /// Secret because it may carry the Redis password; `check-config` prints it without.
+    #[serde(serialize_with = "serialize_store_url")]
+    pub url: Option<Secret>,
+    /// PEM bundle of CAs trusted for `rediss://` (as `gateway.ca_file`); the system roots
+    /// when unset.
+    pub ca_file: Option<PathBuf>,
+    pub key_prefix: String,
+    pub command_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    pub lease_ttl_ms: u64,
+    pub limits_fallback: LimitsFallback,
+    pub on_shutdown: ShutdownMode,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::Memory,
+            url: None,
+            ca_file: None,
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            command_timeout_ms: DEFAULT_STORE_COMMAND_TIMEOUT_MS,
+            connect_timeout_ms: DEFAULT_STORE_CONNECT_TIMEOUT_MS,
+            lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
+            limits_fallback: LimitsFallback::Local,
+            on_shutdown: ShutdownMode::Handover,
         }
     }
 }
@@ -467,6 +549,40 @@ impl Config {
         if self.sessions.event_buffer == 0 {
             return invalid("sessions.event_buffer", "must be greater than 0");
         }
+        self.validate_store()
+    }
+
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
+        let st = &self.store;
+        if st.backend == StoreBackend::Memory {
+            return Ok(());
+        }
+        let Some(url) = &st.url else {
+            return invalid("store.url", "required with backend = \"redis\" (redis://host:port/db or rediss://...)");
+        };
+        let url = url.expose();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return invalid("store.url", "must start with redis:// or rediss:// (TLS)");
+        }
+        if st.ca_file.is_some() && !url.starts_with("rediss://") {
+            return invalid("store.ca_file", "only used with a rediss:// URL");
+        }
+        if st.key_prefix.contains(['{', '}']) {
+            return invalid("store.key_prefix", "must not contain { or }: ccgate adds its own Redis Cluster hash tags");
+        }
+        for (key, v) in [
+            ("store.command_timeout_ms", st.command_timeout_ms),
+            ("store.connect_timeout_ms", st.connect_timeout_ms),
+            ("store.lease_ttl_ms", st.lease_ttl_ms),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be greater than 0");
+            }
+        }
+        if st.lease_ttl_ms < 300 {
+            return invalid("store.lease_ttl_ms", "must be at least 300: the lease is renewed every third of it");
+        }
         Ok(())
     }
 
@@ -562,6 +678,24 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
+    }
+}
+
+/// The store URL with any user info replaced by `***`.
+pub fn masked_store_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        None => "***".to_owned(),
+    }
+}
+
+fn serialize_store_url<S: serde::Serializer>(url: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_some(&masked_store_url(u.expose())),
+        None => s.serialize_none(),
     }
 }
 

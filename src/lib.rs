@@ -19,5 +19,6 @@ pub mod ops;
 pub mod secret_file;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod sim;
 pub mod tls;

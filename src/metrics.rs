@@ -82,6 +82,10 @@ macro_rules! label_enum {
             pub const fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $label),+ }
             }
+            /// The value with this label (state read back from the shared store).
+            pub fn from_label(s: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.as_str() == s)
+            }
         }
     };
 }
@@ -101,6 +105,7 @@ label_enum! {
         BadRequest => "bad_request",
         NotFound => "not_found",
         UpstreamUnavailable => "upstream_unavailable",
+        StoreUnavailable => "store_unavailable",
         Timeout => "timeout",
         Internal => "internal",
     }
@@ -158,6 +163,20 @@ label_enum! {
     LossReason {
         GuidRefused => "guid_refused",
         ShutdownEvent => "shutdown_event",
+    }
+}
+
+label_enum! {
+    /// What ccgate was doing in Redis when it failed; the `op` label of
+    /// `ccgate_store_errors_total`.
+    StoreOp {
+        Connect => "connect",
+        Read => "read",
+        Write => "write",
+        Lease => "lease",
+        Limit => "limit",
+        Events => "events",
+        Subscribe => "subscribe",
     }
 }
 
@@ -241,6 +260,11 @@ struct Inner {
     auth_refusals_remembered: IntCounter,
     events_dropped: IntCounter,
     gateway_up: IntGauge,
+    store_up: IntGauge,
+    store_errors: IntCounterVec,
+    leases: IntGauge,
+    lease_takeovers: IntCounter,
+    lease_losses: IntCounter,
     build_info: IntGaugeVec,
     // Lazily resolved children: a series appears once it has been used.
     req_cells: Vec<OnceLock<IntCounter>>,
@@ -365,6 +389,21 @@ impl Metrics {
             "Gateway events dropped from a full per-agent buffer before an app read them.",
         );
         let gateway_up = gauge(&r, "gateway_up", "1 when the readiness probe reaches the gateway over TCP, else 0.");
+        let store_up = gauge(&r, "store_up", "1 while the shared store (Redis) answers, else 0; 1 with the memory store.");
+        store_up.set(1);
+        let store_errors =
+            counter_vec(&r, "store_errors_total", "Shared store (Redis) operations that failed, by operation.", &["op"]);
+        for op in StoreOp::ALL {
+            store_errors.with_label_values(&[op.as_str()]).reset();
+        }
+        let leases = gauge(&r, "leases", "Agents whose gateway events this replica polls (the memory store: all of them).");
+        let lease_takeovers = counter(
+            &r,
+            "lease_takeovers_total",
+            "Pollers this replica took over from a replica that stopped renewing its lease.",
+        );
+        let lease_losses =
+            counter(&r, "lease_losses_total", "Pollers this replica stopped because another replica holds the lease.");
         let build_info = IntGaugeVec::new(Opts::new("build_info", "Build information; always 1."), &["version"])
             .expect("static metric definition");
         r.register(Box::new(build_info.clone())).expect("metric registered once");
@@ -396,6 +435,11 @@ impl Metrics {
             auth_refusals_remembered,
             events_dropped,
             gateway_up,
+            store_up,
+            store_errors,
+            leases,
+            lease_takeovers,
+            lease_losses,
             build_info,
             req_cells: (0..MethodLabel::COUNT * Outcome::COUNT).map(|_| OnceLock::new()).collect(),
             req_dur_cells: (0..MethodLabel::COUNT).map(|_| OnceLock::new()).collect(),
@@ -469,6 +513,30 @@ impl Metrics {
         self.0.gateway_up.set(i64::from(up));
     }
 
+    pub fn set_store_up(&self, up: bool) {
+        self.0.store_up.set(i64::from(up));
+    }
+
+    pub fn store_up(&self) -> bool {
+        self.0.store_up.get() == 1
+    }
+
+    pub fn count_store_error(&self, op: StoreOp) {
+        self.0.store_errors.with_label_values(&[op.as_str()]).inc();
+    }
+
+    pub fn leases(&self) -> IntGauge {
+        self.0.leases.clone()
+    }
+
+    pub fn count_lease_takeover(&self) {
+        self.0.lease_takeovers.inc();
+    }
+
+    pub fn count_lease_loss(&self) {
+        self.0.lease_losses.inc();
+    }
+
     pub fn count_idle_signout(&self) {
         self.0.idle_signouts.inc();
     }
@@ -504,7 +572,7 @@ impl Metrics {
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
         let i = &self.0;
-        let collectors: [&dyn Collector; 24] = [
+        let collectors: [&dyn Collector; 29] = [
             &i.requests,
             &i.request_duration,
             &i.upstream_duration,
@@ -527,6 +595,11 @@ impl Metrics {
             &i.auth_refusals_remembered,
             &i.events_dropped,
             &i.gateway_up,
+            &i.store_up,
+            &i.store_errors,
+            &i.leases,
+            &i.lease_takeovers,
+            &i.lease_losses,
             &i.build_info,
             &i.requests,
         ];

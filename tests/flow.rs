@@ -104,7 +104,7 @@ async fn unknown_chair_state_is_forwarded_by_default_and_the_gateway_judges() {
     assert_eq!(h.sim.transfer_chair("153", "154"), "0");
     h.wait_conf("153", |s| matches!(s, ConfState::Participant { .. })).await;
     // ccgate loses track (as after a takeover): the gateway must decide.
-    h.running().sessions.active("153").unwrap().set_conf(ConfState::Unknown);
+    h.running().sessions.active("153").unwrap().update_conf(|_| ConfState::Unknown).await;
     let r = h.call(Method::POST, STOP, Some("153"), "").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
     let p = problem(&r);
@@ -122,7 +122,7 @@ async fn unknown_chair_state_with_deny_policy_is_refused_locally() {
     })
     .await;
     h.chair("153").await;
-    h.running().sessions.active("153").unwrap().set_conf(ConfState::Unknown);
+    h.running().sessions.active("153").unwrap().update_conf(|_| ConfState::Unknown).await;
     let r = h.call(Method::POST, STOP, Some("153"), "").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(problem(&r)["retcode"], "101-002");

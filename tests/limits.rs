@@ -154,7 +154,7 @@ async fn a_hundred_thousand_agents_then_idle_keys_are_evicted_and_the_gauge_fall
     let limits = Limits::new(&cfg, metrics.clone()).expect("valid limits");
     let m = MethodLabel::Gateway(GatewayMethod::StopVoiceToConf);
     for n in 0..100_000 {
-        assert!(limits.check(m, &principal(n)).is_ok());
+        assert!(limits.check(m, &principal(n)).await.is_ok());
     }
     limits.evict();
     assert_eq!(limits.tracked_keys(), 100_000, "every agent is still within its window");
@@ -173,10 +173,10 @@ async fn the_key_table_is_capped_and_overflow_is_counted_not_refused() {
     let limits = Limits::new(&cfg, metrics.clone()).expect("valid limits");
     let m = MethodLabel::Gateway(GatewayMethod::StopVoiceToConf);
     for n in 0..5_000 {
-        assert!(limits.check(m, &principal(n)).is_ok(), "a new key is never refused for lack of room");
+        assert!(limits.check(m, &principal(n)).await.is_ok(), "a new key is never refused for lack of room");
     }
     assert_eq!(limits.tracked_keys(), 1_000);
     assert!(metrics.render().contains(r#"ccgate_rate_limiter_overflow_total{limit="stopVoiceToConf.agent"} 4000"#));
     // Tracked keys are still limited.
-    assert!(limits.check(m, &principal(0)).is_err());
+    assert!(limits.check(m, &principal(0)).await.is_err());
 }

@@ -190,6 +190,14 @@ pub fn spec(f: &Failure) -> &'static Spec {
             "the request body did not arrive within the configured time",
             Ccg("CCG-408")
         ),
+        Failure::StoreUnavailable => row!(
+            SERVICE_UNAVAILABLE,
+            StoreUnavailable,
+            "store-unavailable",
+            "Shared store unavailable",
+            "ccgate cannot reach its shared store (Redis) and holds no copy of this agent's session; retry shortly",
+            Ccg("CCG-503")
+        ),
         Failure::NotFound => row!(NOT_FOUND, NotFound, "not-found", "Not found", "no such route", Ccg("CCG-404")),
         Failure::MethodNotAllowed(_) => row!(
             METHOD_NOT_ALLOWED,

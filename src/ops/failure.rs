@@ -57,6 +57,10 @@ pub enum Failure {
     /// The body did not arrive whole within `server.body_read_timeout_ms`: send it at once.
     #[error("body too slow")]
     BodyTimeout,
+    /// The shared store (Redis) cannot be reached and this replica holds no copy of what the
+    /// request needs: retry shortly; another replica may serve it.
+    #[error("shared store unavailable")]
+    StoreUnavailable,
     /// No such route or gateway method.
     #[error("not found")]
     NotFound,
@@ -107,6 +111,7 @@ impl From<SessionError> for Failure {
             SessionError::Refused(r) => Self::refused(r),
             SessionError::Upstream(u) => Self::Upstream(u),
             SessionError::Internal(why) => Self::Internal(why),
+            SessionError::Store(_) => Self::StoreUnavailable,
         }
     }
 }

@@ -22,8 +22,9 @@ use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 
-use super::Principal;
-use crate::config::{LimitConfig, RateLimitsConfig, Scope};
+use super::{Failure, Principal};
+use crate::config::{LimitConfig, LimitsFallback, RateLimitsConfig, Scope};
+use crate::shared::{Shared, StoreError};
 use crate::metrics::{MethodLabel, Metrics};
 
 /// How often idle keys are evicted and the key gauges refreshed.
@@ -117,6 +118,8 @@ pub struct Limit {
     pub name: Arc<str>,
     /// Seconds to refill the whole burst: the policy's window.
     window_secs: u64,
+    /// Time between two requests at the sustained rate (GCRA's emission interval).
+    interval: Duration,
     limiter: Limiter,
 }
 
@@ -167,7 +170,7 @@ impl Limit {
             }
         };
         let window_secs = ceil_secs(period * cfg.burst);
-        Self { cfg, no_tenant: "-".into(), name, window_secs, limiter }
+        Self { cfg, no_tenant: "-".into(), name, window_secs, interval: period, limiter }
     }
 
     fn state(&self, remaining: u32, reset_secs: u64) -> LimitState {
@@ -196,6 +199,17 @@ impl Limit {
         }
     }
 
+    /// The same decision on the limit's bucket in Redis, shared by every replica.
+    async fn check_shared(&self, shared: &Shared, who: &Principal) -> Result<Result<u32, Duration>, StoreError> {
+        let key = match self.cfg.scope {
+            Scope::Agent => who.agent_id.as_str(),
+            Scope::Tenant => who.tenant.as_deref().unwrap_or(&self.no_tenant),
+            Scope::Global => "",
+        };
+        let key = shared.limit_key(&self.name, self.cfg.scope.as_str(), key);
+        shared.gcra(&key, self.interval, self.cfg.burst).await
+    }
+
     fn keys(&self) -> usize {
         match &self.limiter {
             Limiter::Keyed(l) => l.len(),
@@ -209,6 +223,9 @@ pub struct Limits {
     by_method: Vec<Vec<Arc<Limit>>>,
     all: Vec<Arc<Limit>>,
     metrics: Metrics,
+    /// With the shared store, buckets live in Redis (global across replicas); the local ones
+    /// serve as the fallback while Redis is away, if so configured.
+    shared: Option<(Arc<Shared>, LimitsFallback)>,
 }
 
 impl Limits {
@@ -231,18 +248,32 @@ impl Limits {
                 ls
             })
             .collect();
-        Ok(Self { by_method, all, metrics })
+        Ok(Self { by_method, all, metrics, shared: None })
+    }
+
+    /// Keeps the buckets in Redis, shared by every replica.
+    pub fn shared(mut self, shared: Arc<Shared>, fallback: LimitsFallback) -> Self {
+        self.shared = Some((shared, fallback));
+        self
     }
 
     /// Checks every limit for `method`: the tightest limit's state when allowed (`None` when
     /// no limit applies), or the refusal.
-    pub fn check(&self, method: MethodLabel, who: &Principal) -> Result<Option<LimitState>, Refusal> {
+    pub async fn check(&self, method: MethodLabel, who: &Principal) -> Result<Option<LimitState>, Failure> {
         let Some(limits) = self.by_method.get(method.index()) else {
             return Ok(None);
         };
         let mut tightest: Option<(u32, &Limit)> = None;
         for limit in limits {
-            match limit.check(who) {
+            let outcome = match &self.shared {
+                None => limit.check(who),
+                Some((shared, fallback)) => match limit.check_shared(shared, who).await {
+                    Ok(outcome) => outcome,
+                    Err(_) if *fallback == LimitsFallback::Local => limit.check(who),
+                    Err(_) => return Err(Failure::StoreUnavailable),
+                },
+            };
+            match outcome {
                 Ok(remaining) => {
                     if tightest.is_none_or(|(r, _)| remaining < r) {
                         tightest = Some((remaining, limit));
@@ -254,11 +285,11 @@ impl Limits {
                 Err(wait) => {
                     self.metrics.count_rate_limited(method, limit.cfg.scope.as_str());
                     let retry = ceil_secs(wait);
-                    return Err(Refusal {
+                    return Err(Failure::RateLimited(Box::new(Refusal {
                         scope: limit.cfg.scope,
                         retry_after_secs: retry,
                         state: limit.state(0, retry),
-                    });
+                    })));
                 }
             }
         }

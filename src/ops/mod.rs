@@ -127,9 +127,9 @@ impl Core {
     /// Runs `op` for `who`. `label` is the operation's metrics name (the route's, so a forced
     /// sign-in through `/v1/session` stays `login`), which the limits are keyed by.
     pub async fn run(&self, who: &Principal, label: MethodLabel, op: Operation) -> Answer {
-        let limit = match self.limits.check(label, who) {
+        let limit = match self.limits.check(label, who).await {
             Ok(state) => state,
-            Err(refusal) => return Answer { result: Err(Failure::RateLimited(Box::new(refusal))), limit: None },
+            Err(failure) => return Answer { result: Err(failure), limit: None },
         };
         Answer { result: self.execute(&who.agent_id, op).await, limit }
     }
@@ -137,14 +137,14 @@ impl Core {
     async fn execute(&self, agent: &str, op: Operation) -> Result<Done, Failure> {
         match op {
             Operation::SignIn { opts, refuse_if_signed_in } => {
-                if refuse_if_signed_in && self.sessions.active(agent).is_ok() {
+                if refuse_if_signed_in && self.sessions.lookup(agent).await.is_ok() {
                     return Err(Failure::AlreadySignedIn(None));
                 }
                 let (session, created) = self.sessions.sign_in(agent, opts).await?;
                 session.touch();
                 Ok(Done::SignedIn { session, created })
             }
-            Operation::GetSession => Ok(Done::Session(self.session(agent)?)),
+            Operation::GetSession => Ok(Done::Session(self.session(agent).await?)),
             Operation::SignOut(method) => Ok(Done::SignedOut(self.sessions.sign_out(agent, method).await?)),
             Operation::Call { method, body } => {
                 self.with_session(agent, |s| {
@@ -160,16 +160,16 @@ impl Core {
                 self.with_session(agent, |s| self.create_conference(s, body.clone())).await
             }
             Operation::NextEvent => {
-                let session = self.session(agent)?;
+                let session = self.session(agent).await?;
                 Ok(Done::Event(self.next_event(&session).await))
             }
-            Operation::Subscribe => Ok(Done::Subscribed(self.session(agent)?)),
+            Operation::Subscribe => Ok(Done::Subscribed(self.session(agent).await?)),
         }
     }
 
     /// The agent's live session, counting the request as activity.
-    fn session(&self, agent: &str) -> Result<Arc<Session>, Failure> {
-        let session = self.sessions.active(agent)?;
+    async fn session(&self, agent: &str) -> Result<Arc<Session>, Failure> {
+        let session = self.sessions.lookup(agent).await?;
         session.touch();
         Ok(session)
     }
@@ -185,7 +185,7 @@ impl Core {
         Fut: Future<Output = Result<Done, Failure>>,
     {
         let mut resumed = false;
-        let session = match self.sessions.active(agent) {
+        let session = match self.sessions.lookup(agent).await {
             Err(SessionError::Lost) if self.may_resume(agent) => {
                 resumed = true;
                 self.resume(agent).await?
@@ -217,19 +217,24 @@ impl Core {
     /// the conference bookkeeping a successful (or failed) answer implies.
     async fn call(&self, s: &Session, method: GatewayMethod, body: Option<Bytes>) -> Result<GatewayReply, Failure> {
         if method.chair_only() {
-            check_chair(s.conf(), self.settings.on_unknown_chair)?;
+            check_chair(s.current_conf().await, self.settings.on_unknown_chair)?;
         }
         let before = s.conf();
         let requesting = method == GatewayMethod::RequestAgentConf;
         if requesting {
             // Until the verdict event, the agent is not chair: chair calls are refused locally.
-            s.set_conf(ConfState::Requested);
+            s.update_conf(|_| ConfState::Requested).await;
         }
         let result = judge(s.call(method, body).await);
         match &result {
-            Ok(_) => s.set_conf(apply_success(s.conf(), method)),
+            Ok(_) if apply_success(s.conf(), method) != s.conf() => {
+                s.update_conf(|c| apply_success(c, method)).await;
+            }
+            Ok(_) => {}
             // The request did not happen; unless an event moved the state meanwhile, go back.
-            Err(_) if requesting && s.conf() == ConfState::Requested => s.set_conf(before),
+            Err(_) if requesting => {
+                s.update_conf(|c| if c == ConfState::Requested { before } else { c }).await;
+            }
             Err(_) => {}
         }
         result
@@ -259,7 +264,7 @@ impl Core {
         // Subscribed before looking, so an event pushed in between still wakes us.
         let mut latest = session.events.subscribe();
         loop {
-            if let Some(e) = session.events.take_next() {
+            if let Some(e) = session.take_next_event().await {
                 return Some(e);
             }
             let woke = tokio::select! {

@@ -65,7 +65,7 @@ async fn the_chair_check_decides_per_conference_state_before_any_gateway_call() 
     for (state, on_unknown, forwarded) in cases {
         let gw = FakeGateway::new();
         let core = core_with(&gw, CoreSettings { on_unknown_chair: on_unknown, ..settings(false) }, Vec::new());
-        sign_in(&core).await.set_conf(state);
+        sign_in(&core).await.update_conf(|_| state).await;
         let result = core.run(&who(), STOP, stop()).await.result;
         assert_eq!(gw.count(GatewayMethod::StopVoiceToConf), usize::from(forwarded), "{state:?} {on_unknown:?}");
         match (state, result) {
@@ -81,7 +81,7 @@ async fn the_chair_check_decides_per_conference_state_before_any_gateway_call() 
 async fn a_gateway_chair_refusal_is_the_same_kind_with_the_gateways_words() {
     let gw = FakeGateway::new();
     let core = new_core(&gw, false);
-    sign_in(&core).await.set_conf(ConfState::Chair { conf_id: 7 });
+    sign_in(&core).await.update_conf(|_| ConfState::Chair { conf_id: 7 }).await;
     gw.script(
         GatewayMethod::StopVoiceToConf,
         Ok(Envelope::error("101-002", "not chair", Some(json!({"errorReason": 3})))),
@@ -143,7 +143,7 @@ async fn resume_also_replaces_a_session_found_lost_before_the_call() {
 async fn without_resume_or_with_a_clients_own_password_a_lost_session_stays_lost() {
     let gw = FakeGateway::new();
     let core = new_core(&gw, false);
-    sign_in(&core).await.set_conf(ConfState::Unknown);
+    sign_in(&core).await.update_conf(|_| ConfState::Unknown).await;
     gw.refuse(GatewayMethod::StopVoiceToConf, "100-006");
     assert!(matches!(core.run(&who(), STOP, stop()).await.result, Err(Failure::SessionLost(Some(_)))));
     assert!(matches!(core.run(&who(), STOP, stop()).await.result, Err(Failure::SessionLost(None))));
@@ -156,7 +156,7 @@ async fn without_resume_or_with_a_clients_own_password_a_lost_session_stays_lost
         SignInOptions { body: Some(Bytes::from_static(br#"{"password":"p","phonenum":"1"}"#)), ..Default::default() };
     let op = Operation::SignIn { opts, refuse_if_signed_in: true };
     assert!(core.run(&who(), MethodLabel::Gateway(GatewayMethod::Login), op).await.result.is_ok());
-    core.sessions.active(AGENT).unwrap().set_conf(ConfState::Unknown);
+    core.sessions.active(AGENT).unwrap().update_conf(|_| ConfState::Unknown).await;
     gw.refuse(GatewayMethod::StopVoiceToConf, "100-006");
     assert!(matches!(core.run(&who(), STOP, stop()).await.result, Err(Failure::SessionLost(Some(_)))));
     assert_eq!(gw.count(GatewayMethod::Login), 1, "ccgate keeps no client password to sign in again with");
@@ -191,7 +191,7 @@ async fn creating_a_conference_waits_for_the_verdict_and_rolls_back_on_refusal()
     assert!(matches!(result, Ok(Done::Conference(ConfState::Chair { conf_id: 9 }))), "{result:?}");
 
     // A refused request leaves the state where it was.
-    session.set_conf(ConfState::None);
+    session.update_conf(|_| ConfState::None).await;
     gw.refuse(GatewayMethod::RequestAgentConf, "101-003");
     let result = core.run(&who(), label, Operation::CreateConference { body }).await.result;
     assert!(matches!(result, Err(Failure::Refused(_))), "{result:?}");
@@ -204,7 +204,7 @@ async fn a_limit_refuses_before_the_gateway_is_called() {
     let limit =
         LimitConfig { method: "stopVoiceToConf".into(), scope: Scope::Agent, rate: 1.0, burst: 1, shadow: false };
     let core = core_with(&gw, settings(false), vec![limit]);
-    sign_in(&core).await.set_conf(ConfState::Chair { conf_id: 7 });
+    sign_in(&core).await.update_conf(|_| ConfState::Chair { conf_id: 7 }).await;
     let first = core.run(&who(), STOP, stop()).await;
     assert!(first.result.is_ok());
     assert_eq!(first.limit.map(|l| l.remaining), Some(0));

@@ -46,6 +46,8 @@ impl GatewayState {
 #[derive(Debug)]
 pub struct Readiness {
     gateway: Mutex<GatewayState>,
+    /// The shared store: `None` with the memory store, else whether Redis answered last.
+    store: Mutex<Option<bool>>,
     shutting_down: AtomicBool,
     changed: tokio::sync::Notify,
 }
@@ -54,6 +56,7 @@ impl Default for Readiness {
     fn default() -> Self {
         Self {
             gateway: Mutex::new(GatewayState::Unchecked),
+            store: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
             changed: Default::default(),
         }
@@ -62,7 +65,23 @@ impl Default for Readiness {
 
 impl Readiness {
     pub fn is_ready(&self) -> bool {
-        self.gateway_reachable() && !self.shutting_down.load(Ordering::Acquire)
+        self.gateway_reachable() && self.store() != Some(false) && !self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// `None` with the memory store; else whether the shared store answered last.
+    pub fn store(&self) -> Option<bool> {
+        *self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records whether the shared store answers; returns whether that changed.
+    pub fn set_store(&self, up: bool) -> bool {
+        let previous =
+            std::mem::replace(&mut *self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner), Some(up));
+        let changed = previous != Some(up);
+        if changed {
+            self.changed.notify_waiters();
+        }
+        changed
     }
 
     /// The last probe's verdict.
@@ -148,6 +167,7 @@ impl Handler for Admin {
                         "keys_loaded": true,
                         "gateway_reachable": r.gateway_reachable(),
                         "gateway": r.gateway().as_str(),
+                        "store": match r.store() { None => "memory", Some(true) => "up", Some(false) => "down" },
                         "shutting_down": r.shutting_down.load(Ordering::Acquire),
                     }),
                 )

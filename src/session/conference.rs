@@ -1,12 +1,12 @@
 //! Conference state of one agent, driven by gateway events and by successful operations.
 //! Pure functions, so every documented transition is unit-tested without a gateway.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::gateway::GatewayMethod;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case", rename_all_fields = "camelCase")]
 pub enum ConfState {
     /// Known: the agent is in no conference.

@@ -3,10 +3,12 @@
 //! pass-through face: one shared cursor, each event handed to one poll, as the gateway's
 //! per-agent queue does).
 //!
-//! Ids come from one process-wide counter, so an id never repeats across sessions and a
-//! `Last-Event-ID` from a previous session cannot select events of a new one. When the buffer
-//! is full the oldest event is dropped and counted; a reader that fell behind learns it
-//! missed some.
+//! With the memory store, ids come from one process-wide counter, so an id never repeats
+//! across sessions and a `Last-Event-ID` from a previous session cannot select events of a
+//! new one. With the shared store the buffer mirrors the agent's Redis stream and ids are the
+//! stream's (packed into a u64), so they mean the same on every replica and after restarts.
+//! When the buffer is full the oldest event is dropped and counted; a reader that fell behind
+//! learns it missed some.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,10 +25,16 @@ pub struct BufferedEvent {
     pub data: Bytes,
 }
 
+struct Inner {
+    events: VecDeque<BufferedEvent>,
+    /// The newest id dropped (or known missing) before any reader could be sure to see it.
+    evicted: u64,
+}
+
 pub struct EventBuffer {
     ids: Arc<AtomicU64>,
     cap: usize,
-    inner: Mutex<VecDeque<BufferedEvent>>,
+    inner: Mutex<Inner>,
     /// The newest id, for readers to wait on.
     latest: watch::Sender<u64>,
     /// The queue reader's position: the id of the last event it was handed.
@@ -47,23 +55,52 @@ impl EventBuffer {
         Self {
             ids,
             cap: cap.max(1),
-            inner: Mutex::new(VecDeque::new()),
+            inner: Mutex::new(Inner { events: VecDeque::new(), evicted: 0 }),
             latest: watch::channel(start).0,
             queue: AtomicU64::new(start),
         }
     }
 
-    /// Appends an event; returns whether an old one was dropped to make room.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends an event with the next id of the process-wide counter; returns whether an old
+    /// one was dropped to make room.
     pub fn push(&self, kind: &str, data: Bytes) -> bool {
         let id = self.ids.fetch_add(1, Ordering::Relaxed) + 1;
+        self.insert(id, kind, data).unwrap_or(false)
+    }
+
+    /// Appends an event whose id the shared store gave it. `None` (nothing done) when the
+    /// buffer already has it, or a newer one; otherwise whether an old event was dropped.
+    pub fn insert(&self, id: u64, kind: &str, data: Bytes) -> Option<bool> {
         let dropped = {
-            let mut q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-            let dropped = if q.len() >= self.cap { q.pop_front().is_some() } else { false };
-            q.push_back(BufferedEvent { id, kind: Arc::from(kind), data });
-            dropped
+            let mut q = self.lock();
+            if q.events.back().is_some_and(|last| last.id >= id) || id <= q.evicted {
+                return None;
+            }
+            let dropped = if q.events.len() >= self.cap { q.events.pop_front() } else { None };
+            if let Some(d) = &dropped {
+                q.evicted = q.evicted.max(d.id);
+            }
+            q.events.push_back(BufferedEvent { id, kind: Arc::from(kind), data });
+            dropped.is_some()
         };
-        self.latest.send_replace(id);
-        dropped
+        self.latest.send_modify(|l| *l = (*l).max(id));
+        Some(dropped)
+    }
+
+    /// Records that events up to `id` may exist that this buffer never held (a mirror that
+    /// could not read them all): readers from before `id` are told they missed some.
+    pub fn missing_up_to(&self, id: u64) {
+        let mut q = self.lock();
+        q.evicted = q.evicted.max(id);
+    }
+
+    /// The capacity (the mirror reads this many from the store).
+    pub fn capacity(&self) -> usize {
+        self.cap
     }
 
     /// The newest id so far (a reader starting "from now" uses it as its cursor).
@@ -77,11 +114,11 @@ impl EventBuffer {
 
     /// Events with id > `cursor`.
     pub fn since(&self, cursor: u64) -> Batch {
-        let q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let missed = q.front().is_some_and(|first| first.id > cursor.saturating_add(1));
+        let q = self.lock();
+        let missed = q.evicted > cursor;
         // Ids are increasing, so skip by binary search rather than scanning.
-        let start = q.partition_point(|e| e.id <= cursor);
-        Batch { events: q.range(start..).cloned().collect(), missed }
+        let start = q.events.partition_point(|e| e.id <= cursor);
+        Batch { events: q.events.range(start..).cloned().collect(), missed }
     }
 }
 
@@ -92,8 +129,8 @@ impl EventBuffer {
         loop {
             let cursor = self.queue.load(Ordering::Acquire);
             let next = {
-                let q = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-                q.get(q.partition_point(|e| e.id <= cursor)).cloned()
+                let q = self.lock();
+                q.events.get(q.events.partition_point(|e| e.id <= cursor)).cloned()
             }?;
             if self.queue.compare_exchange(cursor, next.id, Ordering::AcqRel, Ordering::Acquire).is_ok() {
                 return Some(next);
@@ -121,10 +158,27 @@ mod tests {
         assert!(!tail.missed);
         assert_eq!(tail.events.len(), 1);
         assert!(b.since(104).events.is_empty());
+        let fresh = b.since(104);
+        assert!(!fresh.missed);
         // A second buffer continues the same id sequence.
         let b2 = EventBuffer::new(ids, 3);
         b2.push("x", Bytes::new());
         assert_eq!(b2.latest(), 105);
+    }
+
+    #[test]
+    fn a_mirror_takes_the_stores_ids_once_and_in_order() {
+        let b = EventBuffer::new(Arc::new(AtomicU64::new(0)), 2);
+        assert_eq!(b.insert(10 << 20, "a", Bytes::new()), Some(false));
+        assert_eq!(b.insert(10 << 20, "a", Bytes::new()), None, "already there");
+        assert_eq!(b.insert(11 << 20, "b", Bytes::new()), Some(false));
+        assert_eq!(b.insert(12 << 20, "c", Bytes::new()), Some(true));
+        assert_eq!(b.insert(10 << 20, "a", Bytes::new()), None, "evicted ids stay out");
+        assert!(b.since(0).missed);
+        assert!(!b.since(10 << 20).missed);
+        b.missing_up_to(11 << 20);
+        assert!(b.since(10 << 20).missed);
+        assert_eq!(b.latest(), 12 << 20);
     }
 
     #[test]

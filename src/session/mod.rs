@@ -9,6 +9,7 @@ pub mod conference;
 pub mod credentials;
 pub mod events;
 mod poller;
+mod replicas;
 mod store;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,6 +57,9 @@ pub enum SessionError {
     /// The gateway could not be reached, timed out or answered garbage.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The shared store (Redis) is needed and cannot be reached.
+    #[error(transparent)]
+    Store(#[from] crate::shared::StoreError),
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(&'static str),
@@ -97,6 +101,8 @@ pub struct Session {
     born: Instant,
     poller: Mutex<Option<JoinHandle<()>>>,
     metrics: Metrics,
+    /// With the shared store: this session's record in Redis and this replica's part in it.
+    link: Option<replicas::Link>,
 }
 
 impl std::fmt::Debug for Session {
@@ -121,12 +127,41 @@ impl Session {
         *self.conf.borrow()
     }
 
-    pub fn set_conf(&self, s: ConfState) {
-        self.conf.send_replace(s);
+    /// Changes the conference state by `f` and returns the new state. With the shared store
+    /// the change is made on the record (compare-and-set on its version, so a change another
+    /// replica made first is never overwritten) and every replica sees it.
+    pub async fn update_conf(&self, f: impl Fn(ConfState) -> ConfState) -> ConfState {
+        match &self.link {
+            Some(link) => link.update_conf(self, f).await,
+            None => {
+                let mut next = ConfState::Unknown;
+                self.conf.send_modify(|c| {
+                    *c = f(*c);
+                    next = *c;
+                });
+                next
+            }
+        }
+    }
+
+    /// The conference state, read from the shared store when there is one (the chair check
+    /// must see a conference created through another replica a moment ago); the local copy
+    /// when Redis cannot be reached.
+    pub async fn current_conf(&self) -> ConfState {
+        if let Some(link) = &self.link {
+            link.refresh(self).await;
+        }
+        self.conf()
     }
 
     pub fn watch_conf(&self) -> watch::Receiver<ConfState> {
         self.conf.subscribe()
+    }
+
+    /// The session's id in the shared store (the same on every replica); `None` with the
+    /// memory store.
+    pub fn shared_id(&self) -> Option<&str> {
+        self.link.as_ref().map(replicas::Link::sid)
     }
 
     pub fn is_lost(&self) -> bool {
@@ -151,6 +186,46 @@ impl Session {
     pub fn touch(&self) {
         let since = Instant::now().saturating_duration_since(self.born).as_millis() as u64;
         self.last_activity.fetch_max(since, Ordering::Relaxed);
+        if let Some(link) = &self.link {
+            link.touched();
+        }
+    }
+
+    /// Takes in activity seen on other replicas (the shared store's idle time) before the
+    /// poller or an idle sign-out judges this session idle.
+    async fn refresh_activity(&self) {
+        if let Some(idle) = match &self.link {
+            Some(link) => link.idle_for(self).await,
+            None => None,
+        } {
+            let at = Instant::now().checked_sub(idle).unwrap_or(self.born);
+            let since = at.saturating_duration_since(self.born).as_millis() as u64;
+            self.last_activity.fetch_max(since, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this replica polls the gateway for this session (always, with the memory
+    /// store; the lease holder, with the shared store).
+    fn polls_here(&self) -> bool {
+        self.link.as_ref().is_none_or(replicas::Link::owns)
+    }
+
+    /// Records a gateway event for the apps: in the buffer, and with the shared store in the
+    /// agent's stream first. Returns whether an old event was dropped to make room.
+    async fn record_event(&self, kind: &str, data: Bytes) -> bool {
+        match &self.link {
+            Some(link) => link.append(self, kind, data).await,
+            None => self.events.push(kind, data),
+        }
+    }
+
+    /// The next event of the agent's queue (the pass-through face's `agentevent`), shared by
+    /// every replica with the shared store.
+    pub async fn take_next_event(&self) -> Option<events::BufferedEvent> {
+        match &self.link {
+            Some(link) => link.take_next(self).await,
+            None => self.events.take_next(),
+        }
     }
 
     fn last_activity(&self) -> Instant {
@@ -176,35 +251,42 @@ impl Session {
         let auth = self.auth.load_full();
         let req = GatewayRequest { method, agent: &self.agent_id, auth: Some(&auth), body, timeout };
         let reply = self.gateway.call(req).await?;
-        self.absorb(&reply);
+        let mut replaced = self.take_credentials(reply.set_guid.as_deref(), &reply.cookies);
         let env = &reply.envelope;
         if method == GatewayMethod::UpdateGuid && env.is_success() {
             if let Some(g) = env.result.as_ref().and_then(|r| r.get("guid")).and_then(Value::as_str) {
-                self.take_credentials(Some(g), &[]);
+                replaced = replaced.or(self.take_credentials(Some(g), &[]));
             }
         }
+        if let (Some(link), Some(old)) = (&self.link, replaced) {
+            link.publish_auth(self, &old).await;
+        }
         if loss_ends_session && env.code().session_gone() {
-            self.mark_lost(LossReason::GuidRefused);
+            match &self.link {
+                // Only if the refused Guid is still the session's: another replica may
+                // already have a newer one.
+                Some(link) => link.lost(self, LossReason::GuidRefused, auth.guid.to_str().ok()).await,
+                None => {
+                    self.mark_lost(LossReason::GuidRefused);
+                }
+            }
         }
         Ok(reply)
     }
 
-    fn absorb(&self, reply: &GatewayReply) {
-        self.take_credentials(reply.set_guid.as_deref(), &reply.cookies);
-    }
-
     /// Takes a new Guid and cookies. Every new Guid counts, in static and dynamic mode alike,
-    /// so no setting is needed.
-    fn take_credentials(&self, new_guid: Option<&str>, new_cookies: &[String]) {
+    /// so no setting is needed. Returns the Guid the session had before, when anything changed.
+    fn take_credentials(&self, new_guid: Option<&str>, new_cookies: &[String]) -> Option<String> {
         if new_guid.is_none() && new_cookies.is_empty() {
-            return;
+            return None;
         }
         let mut raw = lock(&self.raw);
         let (guid, cookies) = &mut *raw;
         let mut changed = false;
+        let mut before = None;
         if let Some(new) = new_guid {
             if new != guid {
-                *guid = new.to_owned();
+                before = Some(std::mem::replace(guid, new.to_owned()));
                 changed = true;
                 self.metrics.count_guid_rotation();
             }
@@ -216,13 +298,32 @@ impl Session {
                 changed = true;
             }
         }
-        if changed {
-            match session_auth(guid, cookies) {
-                Some(a) => self.auth.store(Arc::new(a)),
-                None => {
-                    tracing::warn!(agent = %self.agent_id, "gateway sent a Guid or cookie that is not a valid header value; kept the old one")
-                }
+        if !changed {
+            return None;
+        }
+        match session_auth(guid, cookies) {
+            Some(a) => self.auth.store(Arc::new(a)),
+            None => {
+                tracing::warn!(agent = %self.agent_id, "gateway sent a Guid or cookie that is not a valid header value; kept the old one")
             }
+        }
+        Some(before.unwrap_or_else(|| guid.clone()))
+    }
+
+    /// The Guid and cookies as stored (for the shared store's record).
+    fn raw_auth(&self) -> (String, Vec<String>) {
+        lock(&self.raw).clone()
+    }
+
+    /// Replaces the Guid and cookies with what another replica stored, without announcing it.
+    fn adopt_auth(&self, guid: &str, cookies: &[String]) {
+        let mut raw = lock(&self.raw);
+        if raw.0 == guid && raw.1 == cookies {
+            return;
+        }
+        if let Some(a) = session_auth(guid, cookies) {
+            *raw = (guid.to_owned(), cookies.to_vec());
+            self.auth.store(Arc::new(a));
         }
     }
 

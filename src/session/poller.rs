@@ -33,10 +33,32 @@ enum Step {
     Idle,
 }
 
+/// Counts this replica's running pollers (`ccgate_leases`) for as long as one lives.
+struct Polling(prometheus::IntGauge);
+
+impl Polling {
+    fn start(g: prometheus::IntGauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for Polling {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Settings) {
+    let _polling = Polling::start(session.metrics.leases());
     let agent = session.agent_id.clone();
     let mut backoff = s.backoff;
     loop {
+        // With the shared store, only the lease holder polls; the maintenance round stops
+        // this task when another replica takes the lease, and this check covers the rest.
+        if !session.polls_here() {
+            return;
+        }
         // While an idle sign-out is retrying, this task keeps the session alive and does not
         // start another.
         let idle_at =
@@ -52,6 +74,8 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Set
         // Activity may have come in while we waited: re-check before acting on idleness.
         let reply = match step {
             Step::Idle => {
+                // Activity on other replicas counts too.
+                session.refresh_activity().await;
                 if let Some(idle) = s.idle.filter(|d| Instant::now() >= session.last_activity() + *d) {
                     if !session.idle_signout.swap(true, Ordering::AcqRel) {
                         if let Some(store) = store.upgrade() {
@@ -86,15 +110,21 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Set
         if let Some(event) = env.poll_event() {
             let kind = event.get("eventType").and_then(|v| v.as_str()).unwrap_or("unknown");
             tracing::debug!(agent = %agent, event = kind, "gateway event");
-            if session.events.push(kind, Bytes::from(event.to_string())) {
+            if session.record_event(kind, Bytes::from(event.to_string())).await {
                 session.metrics.count_event_dropped();
             }
-            let (next, effect) = apply_event(session.conf(), &agent, event);
-            session.set_conf(next);
+            let (_, effect) = apply_event(session.conf(), &agent, event);
             if effect == EventEffect::SessionEnded {
-                session.mark_lost(LossReason::ShutdownEvent);
+                match &session.link {
+                    Some(link) => link.lost(&session, LossReason::ShutdownEvent, None).await,
+                    None => {
+                        session.mark_lost(LossReason::ShutdownEvent);
+                    }
+                }
                 return;
             }
+            // Computed on the state as it is when written (another replica may have changed it).
+            session.update_conf(|c| apply_event(c, &agent, event).0).await;
             // More events may be queued: fetch the next at once.
             continue;
         }

@@ -15,12 +15,13 @@ use tokio::time::Instant;
 
 use super::events::EventBuffer;
 use super::{lock, poller, ConfState, CredentialStore, Ended, Session, SessionError};
-use crate::config::{ms, SessionsConfig};
+use crate::config::{ms, SessionsConfig, ShutdownMode};
 use crate::gateway::client::session_auth;
 use crate::gateway::{
     timing, Envelope, Gateway, GatewayMethod, GatewayRefusal, GatewayReply, GatewayRequest, Retcode, UpstreamError,
 };
 use crate::metrics::{Metrics, SessionState, SigninResult, SignoutTrigger};
+use crate::shared::Shared;
 
 /// The outcome of one sign-in, shared by everyone who waited for it.
 type Flight = watch::Receiver<Option<Result<(Arc<Session>, bool), SessionError>>>;
@@ -28,9 +29,9 @@ type Flight = watch::Receiver<Option<Result<(Arc<Session>, bool), SessionError>>
 /// Per-agent slot. `op` makes sign-in and sign-out mutually exclusive; `flight` lets
 /// concurrent callers join the sign-in in progress instead of starting their own.
 #[derive(Default)]
-struct Slot {
+pub(super) struct Slot {
     op: tokio::sync::Mutex<()>,
-    session: ArcSwapOption<Session>,
+    pub(super) session: ArcSwapOption<Session>,
     flight: Mutex<Option<Flight>>,
     /// The last sign-in went out but its answer never came back (timeout, broken
     /// connection): the gateway may hold a session for the agent that ccgate never saw.
@@ -64,17 +65,34 @@ impl std::fmt::Debug for SignInOptions {
 }
 
 pub struct SessionStore {
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
+    pub(super) slots: Mutex<HashMap<String, Arc<Slot>>>,
     gateway: Arc<dyn Gateway>,
     creds: CredentialStore,
     cfg: SessionsConfig,
-    metrics: Metrics,
+    pub(super) metrics: Metrics,
     event_ids: Arc<AtomicU64>,
     me: Weak<SessionStore>,
+    /// The shared store (`store.backend = "redis"`), and what to do with agents at shutdown.
+    pub(super) shared: Option<Arc<Shared>>,
+    on_shutdown: ShutdownMode,
 }
 
 impl SessionStore {
+    /// A store whose sessions live in this process only.
     pub fn new(gateway: Arc<dyn Gateway>, creds: CredentialStore, cfg: SessionsConfig, metrics: Metrics) -> Arc<Self> {
+        Self::with_shared(gateway, creds, cfg, metrics, None, ShutdownMode::default())
+    }
+
+    /// A store whose sessions are shared with other replicas through `shared` (when given).
+    /// Call [`SessionStore::start_replication`] once a runtime is up.
+    pub fn with_shared(
+        gateway: Arc<dyn Gateway>,
+        creds: CredentialStore,
+        cfg: SessionsConfig,
+        metrics: Metrics,
+        shared: Option<Arc<Shared>>,
+        on_shutdown: ShutdownMode,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             slots: Mutex::new(HashMap::new()),
             gateway,
@@ -83,10 +101,12 @@ impl SessionStore {
             metrics,
             event_ids: Arc::new(AtomicU64::new(0)),
             me: me.clone(),
+            shared,
+            on_shutdown,
         })
     }
 
-    fn slot(&self, agent: &str) -> Arc<Slot> {
+    pub(super) fn slot(&self, agent: &str) -> Arc<Slot> {
         lock(&self.slots).entry(agent.to_owned()).or_default().clone()
     }
 
@@ -115,10 +135,16 @@ impl SessionStore {
     fn forget(&self, slot: &Slot, session: &Arc<Session>) -> bool {
         let prev = slot.session.compare_and_swap(&Some(session.clone()), None::<Arc<Session>>);
         let removed = prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, session));
-        if removed && session.is_lost() {
-            self.metrics.sessions_gauge(SessionState::Lost).dec();
+        if removed {
+            self.forget_lost_gauge(session);
         }
         removed
+    }
+
+    pub(super) fn forget_lost_gauge(&self, session: &Session) {
+        if session.is_lost() {
+            self.metrics.sessions_gauge(SessionState::Lost).dec();
+        }
     }
 
     /// Signs the agent in, or returns its live session. Returns `(session, created)`.
@@ -179,6 +205,23 @@ impl SessionStore {
                 }
             }
         }
+        if let Some(shared) = self.shared.clone() {
+            return self.lead_sign_in_shared(agent, slot, opts, &shared).await;
+        }
+        let (reply, conf, resumable) = self.sign_in_at_gateway(agent, slot, opts).await?;
+        self.finish_sign_in(agent, slot, &reply, conf, resumable, None).map(|s| (s, true))
+    }
+
+    /// The gateway part of a sign-in: the body (from the credentials file unless the caller
+    /// sent one), `login` or `forcelogin`, and the ghost check. Returns the successful answer,
+    /// the conference state the session starts with, and whether ccgate can sign it in again
+    /// by itself.
+    pub(super) async fn sign_in_at_gateway(
+        &self,
+        agent: &str,
+        slot: &Slot,
+        opts: SignInOptions,
+    ) -> Result<(GatewayReply, ConfState, bool), SessionError> {
         let resumable = opts.body.is_none();
         let body = match opts.body.clone() {
             Some(b) => b,
@@ -217,19 +260,54 @@ impl SessionStore {
                 SessionError::Refused(refusal)
             });
         }
+        if reply.set_guid.as_deref().and_then(|g| session_auth(g, &reply.cookies)).is_none() {
+            self.metrics.count_signin(SigninResult::UpstreamError);
+            return Err(UpstreamError::Malformed("sign-in succeeded without a usable Set-GUID".into()).into());
+        }
+        tracing::info!(agent, force, "agent signed in");
         // A fresh sign-in starts with no conference; a takeover may inherit one whose events
         // ccgate never saw.
         let conf = if force { ConfState::Unknown } else { ConfState::None };
-        let Some(session) = self.new_session(agent, &reply, conf, resumable) else {
-            self.metrics.count_signin(SigninResult::UpstreamError);
-            return Err(UpstreamError::Malformed("sign-in succeeded without a usable Set-GUID".into()).into());
-        };
+        Ok((reply, conf, resumable))
+    }
+
+    /// Makes the local session of a successful sign-in and starts its poller.
+    pub(super) fn finish_sign_in(
+        &self,
+        agent: &str,
+        slot: &Slot,
+        reply: &GatewayReply,
+        conf: ConfState,
+        resumable: bool,
+        link: Option<super::replicas::Link>,
+    ) -> Result<Arc<Session>, SessionError> {
+        let guid = reply.set_guid.as_deref().unwrap_or_default();
+        let session = self
+            .build_session(agent, guid, &reply.cookies, reply.body.clone(), conf, resumable, link)
+            .ok_or_else(|| SessionError::from(UpstreamError::Malformed("unusable Set-GUID".into())))?;
         self.start_poller(&session);
-        slot.session.store(Some(session.clone()));
+        if let Some(old) = slot.session.swap(Some(session.clone())) {
+            old.end(Ended::SignedOut);
+            self.forget_lost_gauge(&old);
+        }
         self.metrics.count_signin(SigninResult::Ok);
         self.metrics.sessions_gauge(SessionState::Active).inc();
-        tracing::info!(agent, force, "agent signed in");
-        Ok((session, true))
+        Ok(session)
+    }
+
+    /// Signs out a session the gateway just gave us but ccgate could not record (best effort).
+    pub(super) async fn abandon(&self, agent: &str, reply: &GatewayReply) {
+        let Some(auth) = reply.set_guid.as_deref().and_then(|g| session_auth(g, &reply.cookies)) else { return };
+        let request = GatewayRequest { method: GatewayMethod::Logout, agent, auth: Some(&auth), body: None, timeout: None };
+        if let Err(e) = self.gateway.call(request).await {
+            tracing::warn!(agent, error = %e, "could not sign out a session the shared store could not record");
+        }
+    }
+
+    /// How long sign-in waits for another replica's sign-in of the same agent, and how long
+    /// the cluster-wide sign-in lock lives: beyond a poll's timeout, so beyond the gateway's.
+    pub(super) fn sign_in_wait(&self) -> Duration {
+        ms(self.cfg.poll_timeout_ms) + Duration::from_secs(1)
     }
 
     /// One sign-in request. Remembers whether its outcome is unknown: the request left but
@@ -259,31 +337,41 @@ impl SessionStore {
         }
     }
 
-    fn start_poller(&self, session: &Arc<Session>) {
+    pub(super) fn start_poller(&self, session: &Arc<Session>) {
         let handle = tokio::spawn(poller::run(session.clone(), self.me.clone(), self.poller_settings()));
         if let Some(old) = lock(&session.poller).replace(handle) {
             old.abort();
         }
     }
 
-    fn new_session(&self, agent: &str, reply: &GatewayReply, conf: ConfState, resumable: bool) -> Option<Arc<Session>> {
-        let guid = reply.set_guid.as_deref()?;
-        let auth = session_auth(guid, &reply.cookies)?;
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn build_session(
+        &self,
+        agent: &str,
+        guid: &str,
+        cookies: &[String],
+        login_answer: Bytes,
+        conf: ConfState,
+        resumable: bool,
+        link: Option<super::replicas::Link>,
+    ) -> Option<Arc<Session>> {
+        let auth = session_auth(guid, cookies)?;
         Some(Arc::new(Session {
             agent_id: agent.to_owned(),
             auth: ArcSwap::from_pointee(auth),
-            raw: Mutex::new((guid.to_owned(), reply.cookies.clone())),
+            raw: Mutex::new((guid.to_owned(), cookies.to_vec())),
             conf: watch::channel(conf).0,
             ended: watch::channel(None).0,
             events: EventBuffer::new(self.event_ids.clone(), self.cfg.event_buffer),
             gateway: self.gateway.clone(),
-            login_answer: reply.body.clone(),
+            login_answer,
             resumable,
             last_activity: AtomicU64::new(0),
             idle_signout: AtomicBool::new(false),
             born: Instant::now(),
             poller: Mutex::new(None),
             metrics: self.metrics.clone(),
+            link,
         }))
     }
 
@@ -292,6 +380,38 @@ impl SessionStore {
     /// the error is returned, so the app can retry: an agent is never left signed in at the
     /// gateway with nobody holding its Guid.
     pub async fn sign_out(&self, agent: &str, method: GatewayMethod) -> Result<Bytes, SessionError> {
+        let mut cluster_lock = None;
+        if let Some(shared) = &self.shared {
+            // Signed in through another replica: adopt it here to sign it out.
+            match self.lookup(agent).await {
+                Ok(_) | Err(SessionError::Lost) => {}
+                Err(e) => return Err(e),
+            }
+            cluster_lock = Some(self.cluster_lock(shared, agent).await?);
+        }
+        let result = self.sign_out_here(agent, method).await;
+        if let (Some(shared), Some(token)) = (&self.shared, cluster_lock) {
+            shared.unlock_op(agent, &token).await;
+        }
+        result
+    }
+
+    /// The cluster-wide sign-in/sign-out lock of `agent`, waiting for another replica's.
+    async fn cluster_lock(&self, shared: &Shared, agent: &str) -> Result<String, SessionError> {
+        let wait = self.sign_in_wait();
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(token) = shared.lock_op(agent, wait).await? {
+                return Ok(token);
+            }
+            if Instant::now() >= deadline {
+                return Err(UpstreamError::Timeout.into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn sign_out_here(&self, agent: &str, method: GatewayMethod) -> Result<Bytes, SessionError> {
         let slot = self.existing_slot(agent).ok_or(SessionError::NoSession)?;
         let _op = slot.op.lock().await;
         let session = slot.session.load_full().ok_or(SessionError::NoSession)?;
@@ -316,6 +436,7 @@ impl SessionStore {
         if session.ended().is_some() {
             // Lost already: nothing left to tell the gateway; answer as it answers a sign-out.
             self.forget(slot, session);
+            self.record_sign_out(session).await;
             return Ok(Envelope::ok("success", json!({})).to_bytes());
         }
         session.stop_poller();
@@ -329,7 +450,17 @@ impl SessionStore {
         // A session lost while the logout was in flight leaves the `lost` gauge in `forget`.
         self.forget(slot, session);
         session.end(Ended::SignedOut);
+        self.record_sign_out(session).await;
         Ok(reply.body)
+    }
+
+    /// With the shared store: the sign-out ends the session on every replica.
+    async fn record_sign_out(&self, session: &Session) {
+        if let (Some(shared), Some(link)) = (&self.shared, &session.link) {
+            if let Err(e) = shared.end(&session.agent_id, link.sid(), None, None).await {
+                tracing::warn!(agent = %session.agent_id, error = %e, "signed out, but could not tell the other replicas");
+            }
+        }
     }
 
     /// After a failed sign-out: the session carries on as before, unless it ended meanwhile.
@@ -382,14 +513,29 @@ impl SessionStore {
     /// retrying with back-off until `deadline`.
     pub async fn shutdown(&self, deadline: Instant) {
         let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
+        // With the shared store, only the agents this replica polled are its to sign out.
+        let polled: Vec<bool> =
+            slots.iter().map(|s| s.session.load().as_ref().is_some_and(|s| s.polls_here())).collect();
         for slot in &slots {
             if let Some(s) = slot.session.load_full() {
                 s.stop_poller();
             }
         }
-        if !self.cfg.sign_out_on_shutdown {
+        let (sign_out, only_polled) = match &self.shared {
+            None => (self.cfg.sign_out_on_shutdown, false),
+            Some(shared) if self.on_shutdown == ShutdownMode::SignOut => {
+                let _ = shared.leave().await;
+                (true, true)
+            }
+            // Rollouts sign nobody out: the other replicas take the agents over. The last
+            // replica standing signs them out, as one replica with the memory store does.
+            Some(_) => (self.hand_over().await && self.cfg.sign_out_on_shutdown, false),
+        };
+        if !sign_out {
             return;
         }
+        let slots: Vec<Arc<Slot>> =
+            slots.into_iter().zip(polled).filter(|(_, polled)| !only_polled || *polled).map(|(s, _)| s).collect();
         let settings = self.poller_settings();
         let mut tasks = Vec::new();
         for slot in slots {

@@ -101,7 +101,7 @@ async fn the_session_presents_the_newest_guid_and_cookie() {
     // A rotation on any answer, then updateGuid's Guid from the body.
     let mut rotated = GatewayReply::from_envelope(Envelope::ok("", json!({})));
     rotated.set_guid = Some("rotated.AgentGateway1".into());
-    s.absorb(&rotated);
+    s.take_credentials(rotated.set_guid.as_deref(), &rotated.cookies);
     s.call(GatewayMethod::StopVoiceToConf, None).await.unwrap();
     gw.script(GatewayMethod::UpdateGuid, Ok(Envelope::ok("success", json!({"guid": "fromBody.AgentGateway1"}))));
     s.call(GatewayMethod::UpdateGuid, None).await.unwrap();

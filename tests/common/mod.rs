@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod tools;
 
 use std::collections::HashMap;
@@ -96,6 +97,8 @@ pub struct Harness {
     pub client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>,
     pub base: String,
     pub admin: String,
+    /// The proxy's config (after `Options::config`), for starting more replicas like it.
+    pub config: Config,
 }
 
 pub struct Reply {
@@ -176,6 +179,7 @@ impl Harness {
         (opts.config)(&mut config);
         config.validate().unwrap();
         let proxy = app::start(&config).await.unwrap();
+        let config = config.clone();
         // An IP, not "localhost": name resolution runs on a blocking thread, which tokio's paused
         // clock cannot see, so it would jump ahead while a test waits for it.
         let base = format!("https://127.0.0.1:{}", proxy.proxy_addr.port());
@@ -190,7 +194,19 @@ impl Harness {
         let connector =
             if http1_only { connector.wrap_connector(http) } else { connector.enable_http2().wrap_connector(http) };
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Self { dir, sim, sim_served: Some(sim_served), sim_shutdown, proxy: Some(proxy), es, ed, client, base, admin }
+        Self {
+            dir,
+            sim,
+            sim_served: Some(sim_served),
+            sim_shutdown,
+            proxy: Some(proxy),
+            es,
+            ed,
+            client,
+            base,
+            admin,
+            config,
+        }
     }
 
     pub fn sim_url(&self) -> String {
@@ -244,12 +260,26 @@ impl Harness {
     }
 
     pub async fn call_with_token(&self, method: Method, path: &str, token: Option<&str>, body: &str) -> Reply {
+        self.call_at(&self.base, method, path, token, body).await
+    }
+
+    /// A REST API call to the proxy at `base` (another replica).
+    pub async fn call_at(&self, base: &str, method: Method, path: &str, token: Option<&str>, body: &str) -> Reply {
         let auth = token.map(|t| format!("Bearer {t}"));
         let mut h: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         if let Some(a) = &auth {
             h.push(("authorization", a));
         }
-        self.send(method, &format!("{}{path}", self.base), &h, body).await
+        self.send(method, &format!("{base}{path}"), &h, body).await
+    }
+
+    /// Another replica with the same config (and `change` applied); its base URL.
+    pub async fn replica(&self, change: impl FnOnce(&mut Config)) -> (Running, String) {
+        let mut config = self.config.clone();
+        change(&mut config);
+        let r = app::start(&config).await.unwrap();
+        let base = format!("https://127.0.0.1:{}", r.proxy_addr.port());
+        (r, base)
     }
 
     pub async fn sign_in(&self, agent: &str) {
@@ -351,9 +381,13 @@ impl Sse {
 
 impl Harness {
     pub async fn events(&self, agent: &str, last_event_id: Option<u64>) -> Sse {
+        self.events_at(&self.base, agent, last_event_id).await
+    }
+
+    pub async fn events_at(&self, base: &str, agent: &str, last_event_id: Option<u64>) -> Sse {
         let mut b = Request::builder()
             .method(Method::GET)
-            .uri(format!("{}/v1/events", self.base))
+            .uri(format!("{base}/v1/events"))
             .header("authorization", format!("Bearer {}", self.token(agent)));
         if let Some(id) = last_event_id {
             b = b.header("last-event-id", id.to_string());

@@ -1,0 +1,617 @@
+//! Sessions shared by replicas (`store.backend = "redis"`). Redis holds each agent's session
+//! record, event stream and poller lease (`crate::shared`); every replica keeps a local copy
+//! of the sessions it serves, so a request needs no Redis round trip, and keeps that copy
+//! current from the change channel. docs/redis.md has the whole design; in short:
+//!
+//! - One replica at a time polls an agent: the holder of its lease. The lease carries an
+//!   epoch (the fencing token) that Redis checks on the poller's writes, so an owner that was
+//!   paused or cut off cannot overwrite what its successor wrote.
+//! - A maintenance round every third of a lease renews this replica's leases, writes what it
+//!   could not write while Redis was away, and takes over agents whose owner stopped renewing.
+//! - Guid, cookies and conference state are written with compare-and-set (on the Guid, on a
+//!   version), so concurrent replicas never move them backwards.
+//! - Events go to the agent's Redis stream first; each replica's buffer mirrors it.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::events::BufferedEvent;
+use super::{lock, ConfState, Ended, Session, SessionError, SessionStore};
+use crate::metrics::LossReason;
+use crate::shared::{provisional_id, Change, ConfWrite, Lease, NewRecord, Record, Shared};
+
+/// What a replica could not write while Redis was away; written by the next maintenance round.
+const DIRTY_AUTH: u8 = 1;
+const DIRTY_CONF: u8 = 2;
+const DIRTY_ACTIVITY: u8 = 4;
+
+/// Attempts at a conference compare-and-set before settling for the local copy.
+const CONF_CAS_ATTEMPTS: usize = 8;
+/// Orphaned agents taken over per maintenance round (the rest wait for the next round).
+const TAKEOVERS_PER_ROUND: usize = 256;
+/// How often a replica waiting for another replica's sign-in looks again.
+const SIGN_IN_LOOK_AGAIN: Duration = Duration::from_millis(20);
+
+/// One session's part in the shared store.
+pub(crate) struct Link {
+    shared: Arc<Shared>,
+    sid: String,
+    /// The lease epoch while this replica polls the agent; 0 while another one does.
+    epoch: AtomicU64,
+    /// The version of the conference state this copy has.
+    confv: AtomicU64,
+    dirty: AtomicU8,
+    /// Events recorded while Redis was away, with the ids this replica gave them.
+    pending: Mutex<Vec<(u64, Arc<str>, Bytes)>>,
+}
+
+/// What a session record said about the local copy.
+pub(super) enum Applied {
+    Current,
+    /// The session ended, or was replaced by a newer sign-in.
+    Ended,
+    /// Redis has no record (it lost its data): the local copy is all there is.
+    Missing,
+}
+
+impl Link {
+    pub(super) fn new(shared: Arc<Shared>, sid: String, epoch: u64, confv: u64) -> Self {
+        Self {
+            shared,
+            sid,
+            epoch: AtomicU64::new(epoch),
+            confv: AtomicU64::new(confv),
+            dirty: AtomicU8::new(0),
+            pending: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn sid(&self) -> &str {
+        &self.sid
+    }
+
+    pub(super) fn owns(&self) -> bool {
+        self.epoch.load(Ordering::Acquire) != 0
+    }
+
+    fn epoch(&self) -> Option<u64> {
+        Some(self.epoch.load(Ordering::Acquire)).filter(|e| *e != 0)
+    }
+
+    fn mark(&self, what: u8) {
+        // Most requests find the bit set already; reading first keeps them off the cache line.
+        if self.dirty.load(Ordering::Relaxed) & what == 0 {
+            self.dirty.fetch_or(what, Ordering::Relaxed);
+        }
+    }
+
+    /// App activity: written to Redis by the next maintenance round, so a busy agent costs
+    /// one write per round, not one per request.
+    pub(super) fn touched(&self) {
+        self.mark(DIRTY_ACTIVITY);
+    }
+
+    /// Writes the session's new Guid and cookies (`old`: the Guid the answer replied to).
+    pub(super) async fn publish_auth(&self, s: &Session, old: &str) {
+        let (guid, cookies) = s.raw_auth();
+        match self.shared.write_auth(&s.agent_id, &self.sid, old, &guid, &cookies, self.epoch()).await {
+            Ok(true) => {}
+            // Another replica stored a newer one, or this one lost its lease: take theirs.
+            Ok(false) => {
+                self.refresh(s).await;
+            }
+            Err(_) => self.mark(DIRTY_AUTH),
+        }
+    }
+
+    /// The gateway refused `refused` (or ended the session): ends the session everywhere,
+    /// unless the record has already moved on to a newer Guid or session.
+    pub(super) async fn lost(&self, s: &Session, reason: LossReason, refused: Option<&str>) {
+        match self.shared.end(&s.agent_id, &self.sid, Some(reason.as_str()), refused).await {
+            Ok(true) | Err(_) => {
+                s.mark_lost(reason);
+            }
+            Ok(false) => {
+                if matches!(self.refresh(s).await, Applied::Current) && refused.is_none() {
+                    s.mark_lost(reason);
+                }
+            }
+        }
+    }
+
+    /// Reloads the record and applies it; keeps the local copy when Redis cannot be reached.
+    pub(super) async fn refresh(&self, s: &Session) -> Applied {
+        match self.shared.load(&s.agent_id).await {
+            Ok(rec) => self.apply(s, rec),
+            Err(_) => Applied::Current,
+        }
+    }
+
+    /// Takes in the record as Redis has it.
+    fn apply(&self, s: &Session, rec: Option<Record>) -> Applied {
+        let Some(r) = rec else { return Applied::Missing };
+        if r.sid != self.sid {
+            s.end(Ended::SignedOut);
+            return Applied::Ended;
+        }
+        if let Some(reason) = r.state.strip_prefix("lost:") {
+            s.end(Ended::Lost(LossReason::from_label(reason).unwrap_or(LossReason::GuidRefused)));
+            return Applied::Ended;
+        }
+        if r.state != "active" {
+            s.end(Ended::SignedOut);
+            return Applied::Ended;
+        }
+        s.adopt_auth(&r.guid, &r.cookies);
+        if r.confv > self.confv.load(Ordering::Acquire) {
+            self.confv.store(r.confv, Ordering::Release);
+            s.conf.send_replace(serde_json::from_str(&r.conf).unwrap_or(ConfState::Unknown));
+        }
+        if let Some(mine) = self.epoch() {
+            if r.epoch != mine {
+                self.lose_lease(s);
+            }
+        }
+        Applied::Current
+    }
+
+    fn lose_lease(&self, s: &Session) {
+        if self.epoch.swap(0, Ordering::AcqRel) != 0 {
+            tracing::info!(agent = %s.agent_id, "another replica polls this agent now");
+            s.metrics.count_lease_loss();
+            s.stop_poller();
+        }
+    }
+
+    pub(super) async fn update_conf(&self, s: &Session, f: impl Fn(ConfState) -> ConfState) -> ConfState {
+        let mut current = s.conf();
+        let mut version = self.confv.load(Ordering::Acquire);
+        for _ in 0..CONF_CAS_ATTEMPTS {
+            let next = f(current);
+            let json = serde_json::to_string(&next).unwrap_or_default();
+            match self.shared.write_conf(&s.agent_id, &self.sid, version, &json).await {
+                Ok(ConfWrite::Written(v)) => {
+                    self.confv.store(v, Ordering::Release);
+                    s.conf.send_replace(next);
+                    return next;
+                }
+                Ok(ConfWrite::Conflict { version: v, conf }) => {
+                    current = serde_json::from_str(&conf).unwrap_or(ConfState::Unknown);
+                    version = v;
+                    self.confv.store(v, Ordering::Release);
+                    s.conf.send_replace(current);
+                }
+                Ok(ConfWrite::Gone) => break,
+                Err(_) => {
+                    self.mark(DIRTY_CONF);
+                    break;
+                }
+            }
+        }
+        // Redis is away or the record is gone: this copy is what there is.
+        let next = f(s.conf());
+        s.conf.send_replace(next);
+        next
+    }
+
+    pub(super) async fn idle_for(&self, s: &Session) -> Option<Duration> {
+        if self.dirty.load(Ordering::Relaxed) & DIRTY_ACTIVITY != 0 {
+            // This replica saw activity the store has not: it is not idle.
+            return Some(Duration::ZERO);
+        }
+        self.shared.idle_for(&s.agent_id, &self.sid).await.ok().flatten()
+    }
+
+    pub(super) async fn append(&self, s: &Session, kind: &str, data: Bytes) -> bool {
+        self.flush_pending(s).await;
+        let waiting = !lock(&self.pending).is_empty();
+        if !waiting {
+            match self.shared.append(&s.agent_id, &self.sid, s.events.capacity(), None, kind, &data).await {
+                Ok(Some(id)) => return s.events.insert(id, kind, data).unwrap_or(false),
+                // The session ended elsewhere meanwhile; its apps still get the event here.
+                Ok(None) => {}
+                Err(_) => {}
+            }
+        }
+        let id = provisional_id(s.events.latest());
+        lock(&self.pending).push((id, Arc::from(kind), data.clone()));
+        s.events.insert(id, kind, data).unwrap_or(false)
+    }
+
+    /// Appends what was recorded while Redis was away, in order, with the ids apps saw.
+    async fn flush_pending(&self, s: &Session) {
+        loop {
+            let Some((id, kind, data)) = lock(&self.pending).first().cloned() else { return };
+            match self.shared.append(&s.agent_id, &self.sid, s.events.capacity(), Some(id), &kind, &data).await {
+                Ok(_) => {
+                    lock(&self.pending).remove(0);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    pub(super) async fn take_next(&self, s: &Session) -> Option<BufferedEvent> {
+        match self.shared.take_next(&s.agent_id, &self.sid).await {
+            Ok(next) => next.map(|(id, kind, data)| BufferedEvent { id, kind: Arc::from(kind), data }),
+            // Redis is away: this replica's copy of the queue.
+            Err(_) => s.events.take_next(),
+        }
+    }
+
+    /// Copies new events from the stream into the local buffer.
+    async fn mirror(&self, s: &Session) {
+        let cap = s.events.capacity();
+        let after = s.events.latest();
+        let Ok(events) = self.shared.events_after(&s.agent_id, after, cap + 1).await else { return };
+        if events.len() > cap {
+            // More than a buffer's worth arrived: some were never mirrored.
+            if let Some((id, _, _)) = events.first() {
+                s.events.missing_up_to(*id);
+            }
+        }
+        for (id, kind, data) in events {
+            s.events.insert(id, &kind, data);
+        }
+    }
+
+    /// Writes what could not be written while Redis was away.
+    async fn flush(&self, s: &Session) {
+        let dirty = self.dirty.swap(0, Ordering::AcqRel);
+        if dirty & DIRTY_ACTIVITY != 0 && self.shared.touch(&s.agent_id, &self.sid).await.is_err() {
+            self.mark(DIRTY_ACTIVITY);
+        }
+        if dirty & DIRTY_AUTH != 0 {
+            match self.shared.load(&s.agent_id).await {
+                Ok(Some(r)) if r.sid == self.sid => {
+                    if r.guid != s.raw_auth().0 && self.owns() {
+                        self.publish_auth(s, &r.guid).await;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => self.mark(DIRTY_AUTH),
+            }
+        }
+        if dirty & DIRTY_CONF != 0 {
+            let local = s.conf();
+            match self.shared.load(&s.agent_id).await {
+                Ok(Some(r)) if r.sid == self.sid => {
+                    self.confv.store(r.confv, Ordering::Release);
+                    self.update_conf(s, |_| local).await;
+                }
+                Ok(_) => {}
+                Err(_) => self.mark(DIRTY_CONF),
+            }
+        }
+        self.flush_pending(s).await;
+    }
+}
+
+impl SessionStore {
+    /// The agent's live session from any replica: the local copy, else the record in Redis
+    /// (adopted as a local copy). With the memory store, `active`.
+    pub async fn lookup(&self, agent: &str) -> Result<Arc<Session>, SessionError> {
+        let Some(shared) = &self.shared else { return self.active(agent) };
+        let local = self.current(agent);
+        if let Some(s) = &local {
+            if s.ended().is_none() {
+                return Ok(s.clone());
+            }
+        }
+        // Ended here: a newer session may have been signed in through another replica.
+        let record = match shared.load(agent).await {
+            Ok(r) => r,
+            Err(e) => return if local.is_some() { self.active(agent) } else { Err(e.into()) },
+        };
+        match record {
+            Some(r) if r.state != "out" => {
+                if local.as_ref().is_some_and(|s| s.link.as_ref().is_some_and(|l| l.sid == r.sid)) {
+                    return self.active(agent);
+                }
+                self.adopt(agent, r, 0).await?;
+                self.active(agent)
+            }
+            _ => Err(SessionError::NoSession),
+        }
+    }
+
+    /// Makes `r` this replica's local copy of the agent's session (`epoch`: the lease, when
+    /// this replica holds it).
+    pub(super) async fn adopt(&self, agent: &str, r: Record, epoch: u64) -> Result<Arc<Session>, SessionError> {
+        let shared = self.shared.clone().ok_or(SessionError::Internal("adopt without a shared store"))?;
+        let slot = self.slot(agent);
+        let existing = slot.session.load_full();
+        if let Some(s) = &existing {
+            if let Some(link) = s.link.as_ref().filter(|l| l.sid == r.sid) {
+                if epoch != 0 {
+                    link.epoch.store(epoch, Ordering::Release);
+                }
+                link.apply(s, Some(r));
+                return Ok(s.clone());
+            }
+        }
+        let conf = serde_json::from_str(&r.conf).unwrap_or(ConfState::Unknown);
+        let link = Link::new(shared.clone(), r.sid.clone(), epoch, r.confv);
+        let session = self
+            .build_session(agent, &r.guid, &r.cookies, r.answer.clone(), conf, r.resumable, Some(link))
+            .ok_or(SessionError::Internal("stored Guid is not a valid header value"))?;
+        // The newest events, so `Last-Event-ID` from another replica resumes here.
+        let cap = session.events.capacity();
+        if let Ok(events) = shared.latest_events(agent, cap + 1).await {
+            let skip = events.len().saturating_sub(cap);
+            if let Some((id, _, _)) = events.first().filter(|_| skip > 0) {
+                session.events.missing_up_to(*id);
+            }
+            for (id, kind, data) in events.into_iter().skip(skip) {
+                session.events.insert(id, &kind, data);
+            }
+        }
+        self.metrics.sessions_gauge(crate::metrics::SessionState::Active).inc();
+        if let Some(reason) = r.state.strip_prefix("lost:") {
+            session.end(Ended::Lost(LossReason::from_label(reason).unwrap_or(LossReason::GuidRefused)));
+        }
+        // Two requests adopting at once: the first one's copy wins.
+        let prev = slot.session.compare_and_swap(&existing, Some(session.clone()));
+        let stored = match (&*prev, &existing) {
+            (Some(p), Some(e)) => Arc::ptr_eq(p, e),
+            (None, None) => true,
+            _ => false,
+        };
+        if !stored {
+            session.end(Ended::SignedOut);
+            return slot.session.load_full().ok_or(SessionError::NoSession);
+        }
+        if let Some(old) = existing {
+            old.end(Ended::SignedOut);
+            self.forget_lost_gauge(&old);
+        }
+        Ok(session)
+    }
+
+    /// Sign-in with the shared store: at most one replica signs an agent in at a time
+    /// (a lock in Redis), and a replica finding a live session in Redis adopts it instead.
+    pub(super) async fn lead_sign_in_shared(
+        &self,
+        agent: &str,
+        slot: &super::store::Slot,
+        opts: super::SignInOptions,
+        shared: &Arc<Shared>,
+    ) -> Result<(Arc<Session>, bool), SessionError> {
+        let wait = self.sign_in_wait();
+        let deadline = tokio::time::Instant::now() + wait;
+        let token = loop {
+            if !opts.force {
+                if let Some(r) = shared.load(agent).await?.filter(|r| r.state == "active") {
+                    return Ok((self.adopt(agent, r, 0).await?, false));
+                }
+            }
+            if let Some(token) = shared.lock_op(agent, wait).await? {
+                break token;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(crate::gateway::UpstreamError::Timeout.into());
+            }
+            // Another replica is signing this agent in (or out): look again shortly.
+            tokio::time::sleep(SIGN_IN_LOOK_AGAIN).await;
+        };
+        let result = async {
+            if !opts.force {
+                if let Some(r) = shared.load(agent).await?.filter(|r| r.state == "active") {
+                    return Ok((self.adopt(agent, r, 0).await?, false));
+                }
+            }
+            let (reply, conf, resumable) = self.sign_in_at_gateway(agent, slot, opts).await?;
+            let guid = reply.set_guid.clone().unwrap_or_default();
+            let sid = uuid::Uuid::new_v4().simple().to_string();
+            let conf_json = serde_json::to_string(&conf).unwrap_or_default();
+            let record = NewRecord {
+                sid: &sid,
+                guid: &guid,
+                cookies: &reply.cookies,
+                answer: &reply.body,
+                resumable,
+                conf: &conf_json,
+            };
+            let epoch = match shared.create(agent, &record, false).await {
+                Ok(e) => e,
+                Err(e) => {
+                    // Signed in at the gateway but nobody else could find the session: sign
+                    // it out again rather than leave an agent nobody polls.
+                    self.abandon(agent, &reply).await;
+                    return Err(e.into());
+                }
+            };
+            let link = Link::new(shared.clone(), sid, epoch, 1);
+            self.finish_sign_in(agent, slot, &reply, conf, resumable, Some(link)).map(|s| (s, true))
+        }
+        .await;
+        shared.unlock_op(agent, &token).await;
+        result
+    }
+
+    /// Follows the change channel and runs the maintenance rounds, for the process's life.
+    pub fn start_replication(self: &Arc<Self>) {
+        let Some(shared) = self.shared.clone() else { return };
+        let me = Arc::downgrade(self);
+        tokio::spawn(shared.clone().follow(move |change| {
+            if let Some(store) = me.upgrade() {
+                tokio::spawn(async move { store.on_change(change).await });
+            }
+        }));
+        let me = Arc::downgrade(self);
+        let every = shared.lease_ttl / 3;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(store) = me.upgrade() else { return };
+                store.maintain().await;
+            }
+        });
+    }
+
+    async fn on_change(&self, change: Change) {
+        match change {
+            Change::Resync => {
+                for agent in self.local_agents() {
+                    self.resync(&agent).await;
+                    if let Some(s) = self.current(&agent) {
+                        if let Some(link) = &s.link {
+                            link.mirror(&s).await;
+                        }
+                    }
+                }
+            }
+            Change::Session(agent) => self.resync(&agent).await,
+            Change::Events(agent) => {
+                if let Some(s) = self.current(&agent) {
+                    if let Some(link) = &s.link {
+                        link.mirror(&s).await;
+                    }
+                }
+            }
+        }
+    }
+
+    fn local_agents(&self) -> Vec<String> {
+        lock(&self.slots).iter().filter(|(_, s)| s.session.load().is_some()).map(|(a, _)| a.clone()).collect()
+    }
+
+    /// Brings the local copy of `agent` in line with Redis; puts back a live session Redis lost.
+    async fn resync(&self, agent: &str) {
+        let Some(s) = self.current(agent) else { return };
+        let Some(link) = &s.link else { return };
+        if s.ended().is_some() {
+            return;
+        }
+        if let Applied::Missing = link.refresh(&s).await {
+            self.restore(&s, link).await;
+        }
+    }
+
+    /// Redis lost the record of a session this replica holds: put it back (first replica
+    /// wins) with this replica polling.
+    async fn restore(&self, s: &Arc<Session>, link: &Link) {
+        let (guid, cookies) = s.raw_auth();
+        let conf = serde_json::to_string(&s.conf()).unwrap_or_default();
+        let record = NewRecord {
+            sid: &link.sid,
+            guid: &guid,
+            cookies: &cookies,
+            answer: &s.login_answer,
+            resumable: s.resumable,
+            conf: &conf,
+        };
+        match link.shared.create(&s.agent_id, &record, true).await {
+            Ok(0) | Err(_) => {}
+            Ok(epoch) => {
+                tracing::warn!(agent = %s.agent_id, "shared store had lost this session; restored it from this replica's copy");
+                link.confv.store(1, Ordering::Release);
+                let had = link.epoch.swap(epoch, Ordering::AcqRel);
+                if had == 0 {
+                    self.start_poller(s);
+                }
+            }
+        }
+    }
+
+    /// One maintenance round: heartbeat, lease renewals, deferred writes, takeovers.
+    async fn maintain(&self) {
+        let Some(shared) = self.shared.clone() else { return };
+        if shared.heartbeat().await.is_err() {
+            // Redis is away: owners keep polling from their copies; nothing else to do.
+            return;
+        }
+        for agent in self.local_agents() {
+            let Some(s) = self.current(&agent) else { continue };
+            let Some(link) = &s.link else { continue };
+            if s.ended().is_some() {
+                continue;
+            }
+            if let Some(epoch) = link.epoch() {
+                match shared.renew(&agent, epoch).await {
+                    Ok(Lease::Held(_)) => shared.index_agent(&agent).await,
+                    Ok(Lease::Taken) => link.lose_lease(&s),
+                    Ok(Lease::Absent) => self.reclaim(&s, link).await,
+                    Err(_) => {}
+                }
+            }
+            link.flush(&s).await;
+        }
+        let Ok(orphans) = shared.stale_agents(TAKEOVERS_PER_ROUND).await else { return };
+        for agent in orphans {
+            self.take_over(&shared, &agent).await;
+        }
+    }
+
+    /// This replica's lease expired without anyone taking it (a pause, or Redis lost it):
+    /// take it again, or put the session back.
+    async fn reclaim(&self, s: &Arc<Session>, link: &Link) {
+        match link.shared.acquire(&s.agent_id).await {
+            Ok(Lease::Held(epoch)) => link.epoch.store(epoch, Ordering::Release),
+            Ok(Lease::Taken) => link.lose_lease(s),
+            Ok(Lease::Absent) => match link.shared.load(&s.agent_id).await {
+                Ok(None) => self.restore(s, link).await,
+                Ok(rec) => {
+                    link.apply(s, rec);
+                }
+                Err(_) => {}
+            },
+            Err(_) => {}
+        }
+    }
+
+    /// Takes over polling an agent whose owner stopped renewing its lease.
+    async fn take_over(&self, shared: &Arc<Shared>, agent: &str) {
+        match shared.acquire(agent).await {
+            Ok(Lease::Held(epoch)) => {
+                let record = match shared.load(agent).await {
+                    Ok(Some(r)) => r,
+                    _ => {
+                        let _ = shared.release(agent, epoch).await;
+                        return;
+                    }
+                };
+                match self.adopt(agent, record, epoch).await {
+                    Ok(s) if s.ended().is_none() => {
+                        tracing::info!(agent, epoch, "took over polling an agent whose replica stopped");
+                        self.metrics.count_lease_takeover();
+                        shared.index_agent(agent).await;
+                        self.start_poller(&s);
+                    }
+                    _ => {
+                        let _ = shared.release(agent, epoch).await;
+                    }
+                }
+            }
+            // No active session: nothing to poll; drop it from the index.
+            Ok(Lease::Absent) => shared.unindex_agent(agent).await,
+            Ok(Lease::Taken) | Err(_) => {}
+        }
+    }
+
+    /// Shutdown with the shared store: hands the leases over (another replica takes each
+    /// agent at its next round) and says whether this replica was the last one alive.
+    pub(super) async fn hand_over(&self) -> bool {
+        let Some(shared) = self.shared.clone() else { return true };
+        for agent in self.local_agents() {
+            let Some(s) = self.current(&agent) else { continue };
+            let Some(link) = &s.link else { continue };
+            s.stop_poller();
+            link.flush(&s).await;
+            if let Some(epoch) = link.epoch() {
+                let _ = shared.release(&agent, epoch).await;
+            }
+        }
+        match shared.leave().await {
+            Ok(others) => others == 0,
+            // Redis is away: nobody can take over, and nobody can tell whether others live.
+            // Keep the agents signed in; a replica that comes back takes them over.
+            Err(_) => false,
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Replicas sharing agents through a real `redis-server` (issue 11): each test starts Redis on
+//! a free port, the simulator, and several ccgate replicas in this process (or as separate
+//! processes where a replica must be killed or paused), all on real sockets with real TLS.
+
+mod common;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use ccgate::config::{LimitConfig, Scope, Secret, StoreBackend};
+use ccgate::gateway::GatewayMethod;
+use common::redis::RedisServer;
+use common::{problem, test_sim_config, Harness, Options, Reply, WAIT};
+use http::{Method, StatusCode};
+use serde_json::json;
+
+/// Lease lifetime in these tests: the maintenance round runs every third of it.
+const LEASE_TTL_MS: u64 = 900;
+/// The simulator's long-poll wait: one poll interval.
+const POLL_WAIT_MS: u64 = 1_000;
+
+async fn cluster(redis: &RedisServer) -> Harness {
+    cluster_with(redis, |_| {}).await
+}
+
+async fn cluster_with(redis: &RedisServer, more: impl FnOnce(&mut ccgate::config::Config) + Send + 'static) -> Harness {
+    let url = redis.url();
+    let mut sim = test_sim_config();
+    sim.event_wait_ms = POLL_WAIT_MS;
+    // Dynamic Guids that rotate at about every poll and outlive rotation only briefly: a
+    // replica forwarding with a stale Guid is refused.
+    sim.guid_interval_ms = 300;
+    sim.guid_overlap_ms = 400;
+    Harness::with(Options {
+        sim,
+        config: Box::new(move |c| {
+            c.store.backend = StoreBackend::Redis;
+            c.store.url = Some(Secret::new(url));
+            c.store.lease_ttl_ms = LEASE_TTL_MS;
+            more(c);
+        }),
+        ..Options::default()
+    })
+    .await
+}
+
+/// Waits for `check` to hold, looking again every 20 ms, at most `WAIT`: for state another
+/// replica changes in the background, with no signal this test can await.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn ok(r: &Reply) {
+    assert!(r.status.is_success(), "{} {}", r.status, r.text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_serves_any_agent_through_rotation_and_sign_out_ends_it_everywhere() {
+    let redis = RedisServer::start().await;
+    let h = cluster(&redis).await;
+    let (b, b_url) = h.replica(|_| {}).await;
+    let (c, c_url) = h.replica(|_| {}).await;
+    let token = h.token("153");
+
+    // Signed in and chair through A.
+    let conf_id = h.chair("153").await;
+    // B sees the session and the chair: the stop goes to the gateway, which accepts it.
+    let r = h.call_at(&b_url, Method::POST, "/v1/conference/announcement/stop", Some(&token), "{}").await;
+    ok(&r);
+    let r = h.call_at(&c_url, Method::GET, "/v1/session", Some(&token), "").await;
+    ok(&r);
+    assert_eq!(r.json()["conference"]["confId"], conf_id, "{}", r.text);
+    assert_eq!(h.sim.count(GatewayMethod::Login), 1, "one sign-in at the gateway");
+
+    // The Guid rotates (dynamic mode) and the sign-in Guid expires; every replica keeps
+    // forwarding with a current one.
+    let rotations = h.sim.rotations();
+    eventually("two Guid rotations", || async { h.sim.rotations() >= rotations + 2 }).await;
+    for url in [&h.base, &b_url, &c_url] {
+        let r = h.call_at(url, Method::POST, "/v1/conference/announcement/stop", Some(&token), "{}").await;
+        ok(&r);
+    }
+
+    // Signed out through C: A and B answer "no session" at once.
+    let r = h.call_at(&c_url, Method::DELETE, "/v1/session", Some(&token), "").await;
+    ok(&r);
+    assert!(!h.sim.is_signed_in("153"));
+    for url in [&h.base, &b_url] {
+        let r = h.call_at(url, Method::POST, "/v1/conference/announcement/stop", Some(&token), "{}").await;
+        assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+        assert_eq!(problem(&r)["type"].as_str().map(|t| t.ends_with("no-session")), Some(true), "{}", r.text);
+    }
+    b.stop().await;
+    c.stop().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_first_sign_ins_over_three_replicas_make_one_gateway_sign_in() {
+    let redis = RedisServer::start().await;
+    let h = cluster(&redis).await;
+    let (b, b_url) = h.replica(|_| {}).await;
+    let (c, c_url) = h.replica(|_| {}).await;
+    let token = h.token("154");
+    let urls = [h.base.clone(), b_url.clone(), c_url.clone()];
+    let calls = (0..300).map(|i| {
+        let url = format!("{}/v1/session", urls[i % 3]);
+        let (client, auth) = (h.client.clone(), format!("Bearer {token}"));
+        tokio::spawn(async move {
+            let req = http::Request::builder()
+                .method(Method::POST)
+                .uri(url)
+                .header("authorization", auth)
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap();
+            let resp = client.request(req).await.expect("request failed");
+            let status = resp.status();
+            let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+            (status, body)
+        })
+    });
+    let mut created = 0;
+    for call in calls.collect::<Vec<_>>() {
+        let (status, body) = call.await.unwrap();
+        assert!(status == StatusCode::CREATED || status == StatusCode::OK, "{status} {body:?}");
+        created += usize::from(status == StatusCode::CREATED);
+    }
+    assert_eq!(h.sim.count(GatewayMethod::Login) + h.sim.count(GatewayMethod::ForceLogin), 1);
+    assert_eq!(created, 1, "one caller made the session; the rest joined it");
+    let ids: std::collections::HashSet<_> = [h.running(), &b, &c]
+        .iter()
+        .map(|r| r.sessions.current("154").and_then(|s| s.shared_id().map(str::to_owned)))
+        .collect();
+    assert_eq!(ids.len(), 1, "every replica holds the same session: {ids:?}");
+    assert!(ids.iter().all(Option::is_some));
+    b.stop().await;
+    c.stop().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_every_replica_and_last_event_id_resumes_across_replicas() {
+    let redis = RedisServer::start().await;
+    let h = cluster(&redis).await;
+    let (b, b_url) = h.replica(|_| {}).await;
+    let (c, c_url) = h.replica(|_| {}).await;
+    h.sign_in("155").await;
+    let mut on_b = h.events_at(&b_url, "155", None).await;
+    assert_eq!(on_b.status, StatusCode::OK);
+    for n in 0..3 {
+        h.sim.push_event("155", "AgentState_Ready", json!({"n": n}));
+    }
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let f = on_b.next_event().await;
+        assert_eq!(f.event.as_deref(), Some("AgentState_Ready"));
+        assert!(f.data.as_deref().unwrap().contains(&format!("\"n\":{n}")), "{f:?}");
+        ids.push(f.id.unwrap());
+    }
+    // Resume on C after the first: the second and third, with the same ids.
+    let mut on_c = h.events_at(&c_url, "155", Some(ids[0])).await;
+    for want in &ids[1..] {
+        assert_eq!(on_c.next_event().await.id, Some(*want));
+    }
+    // The pass-through queue is one queue: each event goes to one poll, whichever replica.
+    let token = h.token("155");
+    let mut seen = Vec::new();
+    for url in [&h.base, &b_url, &c_url] {
+        let r = h.call_at(url, Method::GET, "/agentgateway/resource/agentevent/155", Some(&token), "").await;
+        ok(&r);
+        seen.push(r.json()["event"]["content"]["n"].as_i64());
+    }
+    assert_eq!(seen, vec![Some(0), Some(1), Some(2)]);
+    b.stop().await;
+    c.stop().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activity_on_any_replica_keeps_the_agent_and_silence_signs_it_out() {
+    let redis = RedisServer::start().await;
+    let h = cluster_with(&redis, |c| c.sessions.idle_timeout_ms = 1_500).await;
+    let (b, b_url) = h.replica(|_| {}).await;
+    h.sign_in("153").await; // A polls.
+    let token = h.token("153");
+    // Only B hears from the app, for twice the idle timeout.
+    let until = Instant::now() + Duration::from_millis(3_000);
+    while Instant::now() < until {
+        let r = h.call_at(&b_url, Method::GET, "/v1/session", Some(&token), "").await;
+        ok(&r);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(h.sim.is_signed_in("153"), "activity through B counted on A");
+    eventually("the idle agent is signed out", || async { !h.sim.is_signed_in("153") }).await;
+    b.stop().await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_holds_across_three_replicas_within_two_percent() {
+    let redis = RedisServer::start().await;
+    let (rate, burst) = (10.0, 5);
+    let h = cluster_with(&redis, move |c| {
+        c.rate_limits.limit =
+            vec![LimitConfig { method: "getSession".into(), scope: Scope::Agent, rate, burst, shadow: false }];
+    })
+    .await;
+    let (b, b_url) = h.replica(|_| {}).await;
+    let (c, c_url) = h.replica(|_| {}).await;
+    h.sign_in("153").await;
+    let token = h.token("153");
+    let urls = [h.base.clone(), b_url.clone(), c_url.clone()];
+    // Three clients, one per replica, each well above the limit (~30/s each).
+    let started = Instant::now();
+    let run_for = Duration::from_secs(30);
+    let mut clients = Vec::new();
+    for url in urls {
+        let (client, auth) = (h.client.clone(), format!("Bearer {token}"));
+        clients.push(tokio::spawn(async move {
+            let (mut allowed, mut refused) = (0u64, 0u64);
+            while started.elapsed() < run_for {
+                let req = http::Request::builder()
+                    .uri(format!("{url}/v1/session"))
+                    .header("authorization", &auth)
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap();
+                let status = client.request(req).await.expect("request failed").status();
+                match status {
+                    StatusCode::OK => allowed += 1,
+                    StatusCode::TOO_MANY_REQUESTS => refused += 1,
+                    other => panic!("unexpected {other}"),
+                }
+                tokio::time::sleep(Duration::from_millis(33)).await;
+            }
+            (allowed, refused)
+        }));
+    }
+    let (mut allowed, mut refused) = (0, 0);
+    for c in clients {
+        let (a, r) = c.await.unwrap();
+        allowed += a;
+        refused += r;
+    }
+    let t = started.elapsed().as_secs_f64();
+    let expected = rate * t + f64::from(burst);
+    let error = (allowed as f64 - expected) / expected;
+    eprintln!("limit accuracy: allowed {allowed}, refused {refused}, expected {expected:.1} over {t:.1} s: {:+.2}%", error * 100.0);
+    assert!(refused > allowed, "the clients did push above the limit");
+    assert!(error.abs() <= 0.02, "allowed {allowed}, expected {expected:.1} ({:+.2}%)", error * 100.0);
+    b.stop().await;
+    c.stop().await;
+    h.stop().await;
+}

@@ -259,3 +259,240 @@ async fn a_limit_holds_across_three_replicas_within_two_percent() {
     c.stop().await;
     h.stop().await;
 }
+
+/// A replica in its own process (`ccgate serve`), so it can be killed or paused.
+struct Process {
+    child: std::process::Child,
+    base: String,
+    admin: String,
+}
+
+impl Process {
+    fn start(h: &Harness) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut config = h.config.clone();
+        config.log.format = ccgate::config::LogFormat::Json;
+        let path = h.dir.join(format!("replica-{}.toml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ccgate"))
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("ccgate serve did not start");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let serving = loop {
+            let line = lines.next().expect("ccgate exited before serving").unwrap();
+            if line.contains("ccgate serving") {
+                break serde_json::from_str::<serde_json::Value>(&line).unwrap();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        let base = format!("https://{}", serving["proxy"].as_str().unwrap());
+        let admin = format!("http://{}", serving["admin"].as_str().unwrap());
+        Self { child, base, admin }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = common::tools::command("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn metric(h: &Harness, admin: &str, name: &str) -> f64 {
+    let r = h.send(Method::GET, &format!("{admin}/metrics"), &[], "").await;
+    r.text
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Pushes `n` events at the gateway and reads them on `sse`: each once, in order, and the
+/// sentinel after them proves none came twice.
+async fn each_event_once(h: &Harness, sse: &mut common::Sse, agent: &str, tag: &str, n: usize) {
+    for i in 0..n {
+        h.sim.push_event(agent, "AgentState_Ready", json!({"tag": tag, "n": i}));
+    }
+    h.sim.push_event(agent, "AgentState_Ready", json!({"tag": tag, "sentinel": true}));
+    for i in 0..n {
+        let data = sse.next_event().await.data.unwrap();
+        assert!(data.contains(&format!("\"n\":{i}")) && data.contains(tag), "event {i} of {tag}: {data}");
+    }
+    let data = sse.next_event().await.data.unwrap();
+    assert!(data.contains("sentinel") && data.contains(tag), "no duplicate before the sentinel: {data}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_owner_is_killed_another_replica_polls_within_two_poll_intervals() {
+    let redis = RedisServer::start().await;
+    let h = cluster(&redis).await;
+    let p = Process::start(&h);
+    let token = h.token("153");
+    let r = h.call_at(&p.base, Method::POST, "/v1/session", Some(&token), "").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(metric(&h, &p.admin, "ccgate_leases").await, 1.0, "the replica that signed in polls");
+    assert_eq!(metric(&h, &h.admin, "ccgate_leases").await, 0.0);
+    let mut on_a = h.events_at(&h.base, "153", None).await;
+    each_event_once(&h, &mut on_a, "153", "before", 2).await;
+
+    p.signal("-KILL");
+    let killed = Instant::now();
+    eventually("A takes over", || async { metric(&h, &h.admin, "ccgate_lease_takeovers_total").await == 1.0 }).await;
+    let takeover = killed.elapsed();
+    eprintln!("takeover after kill -9: {} ms", takeover.as_millis());
+    assert!(takeover < Duration::from_millis(2 * POLL_WAIT_MS), "took {takeover:?}");
+    each_event_once(&h, &mut on_a, "153", "after", 5).await;
+    assert_eq!(h.sim.count(GatewayMethod::Login) + h.sim.count(GatewayMethod::ForceLogin), 1, "no new sign-in");
+    let r = h.call(Method::GET, "/v1/session", Some("153"), "").await;
+    ok(&r);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_is_replaced_and_stands_down_when_it_wakes() {
+    let redis = RedisServer::start().await;
+    let h = cluster(&redis).await;
+    let p = Process::start(&h);
+    let token = h.token("154");
+    let r = h.call_at(&p.base, Method::POST, "/v1/session", Some(&token), "").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let mut on_a = h.events_at(&h.base, "154", None).await;
+
+    p.signal("-STOP");
+    let paused = Instant::now();
+    eventually("A takes over", || async { metric(&h, &h.admin, "ccgate_lease_takeovers_total").await == 1.0 }).await;
+    let takeover = paused.elapsed();
+    eprintln!("takeover after SIGSTOP: {} ms", takeover.as_millis());
+    assert!(takeover < Duration::from_millis(2 * POLL_WAIT_MS), "took {takeover:?}");
+    // The paused replica's last poll was out when it stopped; let the gateway answer it
+    // (A's polls meanwhile show time has passed) so no event goes to a frozen socket.
+    let polls = h.sim.count(GatewayMethod::GetAgentEvent);
+    eventually("A polls twice", || async { h.sim.count(GatewayMethod::GetAgentEvent) >= polls + 2 }).await;
+    each_event_once(&h, &mut on_a, "154", "paused", 3).await;
+
+    p.signal("-CONT");
+    eventually("the woken replica stands down", || async {
+        metric(&h, &p.admin, "ccgate_lease_losses_total").await == 1.0 && metric(&h, &p.admin, "ccgate_leases").await == 0.0
+    })
+    .await;
+    each_event_once(&h, &mut on_a, "154", "woken", 3).await;
+    // Both replicas still serve the agent, with the session A polls.
+    for url in [&h.base, &p.base] {
+        let r = h.call_at(url, Method::GET, "/v1/session", Some(&token), "").await;
+        ok(&r);
+    }
+    assert_eq!(metric(&h, &h.admin, "ccgate_leases").await, 1.0);
+    assert_eq!(h.sim.count(GatewayMethod::Login) + h.sim.count(GatewayMethod::ForceLogin), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_keeps_every_session_and_conference_and_the_last_replica_signs_out() {
+    let redis = RedisServer::start().await;
+    let mut h = cluster(&redis).await;
+    let (b, b_url) = h.replica(|_| {}).await;
+    let (c, c_url) = h.replica(|_| {}).await;
+    let token = h.token("153");
+    let conf_id = h.chair("153").await;
+    let mut replicas = vec![(h.proxy.take().unwrap(), h.base.clone()), (b, b_url), (c, c_url)];
+    for i in 0..replicas.len() {
+        let (old, _) = replicas.remove(i);
+        old.stop().await;
+        let fresh = h.replica(|_| {}).await;
+        replicas.insert(i, fresh);
+        for (_, url) in &replicas {
+            let r = h.call_at(url, Method::GET, "/v1/session", Some(&token), "").await;
+            ok(&r);
+            assert_eq!(r.json()["confId"], conf_id, "{}", r.text);
+            assert_eq!(r.json()["chairperson"], true, "{}", r.text);
+        }
+        let r = h.call_at(&replicas[i].1, Method::POST, "/v1/conference/announcement/stop", Some(&token), "{}").await;
+        ok(&r);
+    }
+    assert!(h.sim.is_signed_in("153"));
+    assert_eq!(h.sim.count(GatewayMethod::Login), 1);
+    assert_eq!(h.sim.count(GatewayMethod::Logout), 0, "a rollout signs nobody out");
+    // Someone polls after the rollout: an event still arrives.
+    let mut sse = h.events_at(&replicas[0].1, "153", None).await;
+    each_event_once(&h, &mut sse, "153", "rolled", 1).await;
+    drop(sse);
+    // Stopping every replica: the last one signs the agent out.
+    for (r, _) in replicas {
+        r.stop().await;
+    }
+    assert!(!h.sim.is_signed_in("153"), "the last replica signed the agent out");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_then_back_empty_loses_nothing() {
+    let mut redis = RedisServer::start().await;
+    let h = cluster_with(&redis, |c| {
+        c.rate_limits.limit =
+            vec![LimitConfig { method: "getSession".into(), scope: Scope::Agent, rate: 100.0, burst: 100, shadow: false }];
+    })
+    .await;
+    let (b, b_url) = h.replica(|_| {}).await;
+    let token = h.token("153");
+    let conf_id = h.chair("153").await; // A signs in and polls.
+    ok(&h.call_at(&b_url, Method::GET, "/v1/session", Some(&token), "").await); // B has a copy.
+    let mut on_a = h.events_at(&h.base, "153", None).await;
+
+    redis.stop();
+    eventually("/readyz says the store is down", || async {
+        let r = h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "").await;
+        r.status == StatusCode::SERVICE_UNAVAILABLE && r.json()["store"] == "down"
+    })
+    .await;
+    assert_eq!(metric(&h, &h.admin, "ccgate_store_up").await, 0.0);
+    // Agents a replica holds are served from its copy; limits fall back to local ones.
+    let r = h.call_at(&b_url, Method::POST, "/v1/conference/announcement/stop", Some(&token), "{}").await;
+    ok(&r);
+    ok(&h.call_at(&b_url, Method::GET, "/v1/session", Some(&token), "").await);
+    // A new sign-in needs the store.
+    let r = h.call(Method::POST, "/v1/session", Some("154"), "").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert!(problem(&r)["type"].as_str().unwrap().ends_with("store-unavailable"), "{}", r.text);
+    // The owner keeps polling: an event during the outage reaches A's apps.
+    h.sim.push_event("153", "AgentState_Ready", json!({"during": "outage"}));
+    // (after whatever the stop above made the gateway send)
+    let during = loop {
+        let f = on_a.next_event().await;
+        if f.data.as_deref().is_some_and(|d| d.contains("outage")) {
+            break f;
+        }
+    };
+
+    // Redis comes back empty: the owner puts the session (and the event) back.
+    redis.restart();
+    eventually("/readyz is ready again", || async {
+        h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "").await.status == StatusCode::OK
+    })
+    .await;
+    let (c, c_url) = h.replica(|_| {}).await;
+    eventually("a new replica finds the restored session", || async {
+        let r = h.call_at(&c_url, Method::GET, "/v1/session", Some(&token), "").await;
+        r.status == StatusCode::OK && r.json()["confId"] == conf_id && r.json()["chairperson"] == true
+    })
+    .await;
+    let mut on_c = h.events_at(&c_url, "153", Some(0)).await;
+    let replayed = loop {
+        let f = on_c.next_event().await;
+        if f.data.as_deref().is_some_and(|d| d.contains("outage")) {
+            break f;
+        }
+    };
+    assert_eq!(replayed.id, during.id, "the outage's event kept its id");
+    each_event_once(&h, &mut on_c, "153", "after", 2).await;
+    assert_eq!(h.sim.count(GatewayMethod::Login), 1, "nobody signed in again");
+    b.stop().await;
+    c.stop().await;
+    h.stop().await;
+}

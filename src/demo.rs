@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::app::{self, Running};
-use crate::config::{AdminConfig, AuthConfig, Config, CredentialsConfig, GatewayConfig, ServerConfig};
+use crate::config::{
+    AdminConfig, AuthConfig, Config, CredentialsConfig, GatewayConfig, Secret, ServerConfig, StoreBackend, StoreConfig,
+};
 use crate::devkeys::{dev_pki, jwks, DevSigner};
 use crate::server::{Served, Shutdown};
 use crate::sim::{Sim, SimConfig};
@@ -27,12 +29,30 @@ pub struct DemoOptions {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub json: bool,
+    /// Proxy replicas sharing agents (more than one needs `redis`).
+    pub replicas: usize,
+    /// The shared store's URL: the replicas keep sessions, events and limits in Redis.
+    pub redis: Option<String>,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:0".parse().expect("literal address"),
+            admin_listen: "127.0.0.1:0".parse().expect("literal address"),
+            json: false,
+            replicas: 1,
+            redis: None,
+        }
+    }
 }
 
 /// Everything a running demo consists of.
 pub struct Demo {
     pub dir: PathBuf,
     pub proxy: Running,
+    /// Replicas beyond the first (`--replicas`).
+    pub more: Vec<Running>,
     pub sim: Sim,
     pub sim_served: Served,
     pub sim_shutdown: Shutdown,
@@ -43,6 +63,9 @@ pub struct Demo {
 
 impl Demo {
     pub async fn stop(self) {
+        for r in self.more {
+            r.stop().await;
+        }
         self.proxy.stop().await;
         self.sim_shutdown.trigger();
         let _ = self.sim_served.task.await;
@@ -87,6 +110,12 @@ pub async fn start(opts: &DemoOptions) -> Result<Demo, String> {
 }
 
 async fn start_in(dir: &Path, opts: &DemoOptions) -> Result<Demo, String> {
+    if opts.replicas == 0 {
+        return Err("--replicas must be at least 1".into());
+    }
+    if opts.replicas > 1 && opts.redis.is_none() {
+        return Err("--replicas needs --redis redis://HOST:PORT/DB: replicas share agents through Redis".into());
+    }
     let pki = dev_pki(&["localhost", "127.0.0.1"])?;
     let ca_file = dir.join("ca.pem");
     let cert_file = dir.join("server.pem");
@@ -141,6 +170,14 @@ async fn start_in(dir: &Path, opts: &DemoOptions) -> Result<Demo, String> {
             ..AuthConfig::default()
         },
         credentials: CredentialsConfig { file: Some(creds_file) },
+        store: match &opts.redis {
+            Some(url) => StoreConfig {
+                backend: StoreBackend::Redis,
+                url: Some(Secret::new(url.clone())),
+                ..StoreConfig::default()
+            },
+            None => StoreConfig::default(),
+        },
         ..Config::default()
     };
     config.validate().map_err(|e| e.to_string())?;
@@ -151,9 +188,27 @@ async fn start_in(dir: &Path, opts: &DemoOptions) -> Result<Demo, String> {
             return Err(format!("{e}\n(hint: another ccgate demo may be running; pick free ports with --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0)"));
         }
     };
+    // Further replicas: the same config on ports of their own.
+    let mut more = Vec::new();
+    for _ in 1..opts.replicas {
+        let mut c = config.clone();
+        c.server.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+        c.admin.listen = "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?;
+        match app::start(&c).await {
+            Ok(r) => more.push(r),
+            Err(e) => {
+                for r in more {
+                    r.stop().await;
+                }
+                proxy.stop().await;
+                sim_shutdown.trigger();
+                return Err(e);
+            }
+        }
+    }
     let token = signer.token(DEMO_ISSUER, DEMO_AUDIENCE, DEMO_AGENT, DEMO_TOKEN_TTL_SECS)?;
     let other_token = signer.token(DEMO_ISSUER, DEMO_AUDIENCE, DEMO_OTHER_AGENT, DEMO_TOKEN_TTL_SECS)?;
-    Ok(Demo { dir: dir.to_owned(), proxy, sim, sim_served, sim_shutdown, ca_file, token, other_token })
+    Ok(Demo { dir: dir.to_owned(), proxy, more, sim, sim_served, sim_shutdown, ca_file, token, other_token })
 }
 
 impl Demo {
@@ -164,11 +219,26 @@ impl Demo {
         format!("http://{}", self.proxy.admin_addr)
     }
 
+    fn replicas(&self) -> impl Iterator<Item = &Running> {
+        std::iter::once(&self.proxy).chain(&self.more)
+    }
+
+    /// Every replica's proxy URL, the first one first.
+    pub fn proxy_urls(&self) -> Vec<String> {
+        self.replicas().map(|r| format!("https://{}", r.proxy_addr)).collect()
+    }
+
+    pub fn admin_urls(&self) -> Vec<String> {
+        self.replicas().map(|r| format!("http://{}", r.admin_addr)).collect()
+    }
+
     /// The one JSON line for scripts.
     pub fn json_line(&self) -> String {
         json!({
             "proxy_url": self.proxy_url(),
             "admin_url": self.admin_url(),
+            "proxy_urls": self.proxy_urls(),
+            "admin_urls": self.admin_urls(),
             "ca_file": self.ca_file,
             "token": self.token,
             "agent_id": DEMO_AGENT,
@@ -182,10 +252,18 @@ impl Demo {
         let a = self.admin_url();
         let ca = self.ca_file.display();
         let sim = self.sim_served.addr;
+        let replicas: String = self
+            .proxy_urls()
+            .iter()
+            .zip(self.admin_urls())
+            .skip(1)
+            .map(|(p, a)| format!("  replica    {p}   admin {a}   (same agents, through Redis)\n"))
+            .collect();
         format!(
             r#"ccgate demo is running (Ctrl-C stops it and deletes its temporary files).
   proxy      {p}   (TLS; certificate from the throw-away CA below)
   admin      {a}   (/metrics /healthz /readyz)
+{replicas}
   simulator  https://{sim}   (CC-Gateway stand-in; agents {DEMO_AGENT} and {DEMO_OTHER_AGENT})
   CA file    {ca}
 

@@ -39,6 +39,13 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = config::DEFAULT_ADMIN_LISTEN)]
         admin_listen: SocketAddr,
+        /// Start this many proxy replicas sharing agents through --redis (the first on
+        /// --listen, the others on free ports; the JSON line lists them all).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        /// The shared store for the replicas, e.g. redis://127.0.0.1:6379/0.
+        #[arg(long)]
+        redis: Option<String>,
     },
     /// Run the CC-Gateway simulator alone.
     Sim {
@@ -125,13 +132,17 @@ async fn run(cmd: Command) -> Result<(), String> {
                 ccgate::session::CredentialStore::load(p)?;
             }
             ccgate::ops::limits::Limits::new(&config.rate_limits, ccgate::metrics::Metrics::new())?;
+            if config.store.backend == config::StoreBackend::Redis {
+                // The URL and CA file, as `serve` reads them (Redis itself may be down now).
+                ccgate::shared::Shared::new(&config.store, ccgate::metrics::Metrics::new())?;
+            }
             print!("{}", config.to_masked_toml());
             eprintln!("config OK");
             Ok(())
         }
-        Command::Demo { json, listen, admin_listen } => {
+        Command::Demo { json, listen, admin_listen, replicas, redis } => {
             init_logging(LogFormat::Human, "warn,ccgate=info");
-            demo::run(demo::DemoOptions { listen, admin_listen, json }).await
+            demo::run(demo::DemoOptions { listen, admin_listen, json, replicas, redis }).await
         }
         Command::Sim { config } => {
             init_logging(LogFormat::Human, "info");

@@ -496,3 +496,62 @@ async fn redis_down_then_back_empty_loses_nothing() {
     c.stop().await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_with_three_replicas_on_redis_serves_one_agent_from_each() {
+    use tokio::io::AsyncBufReadExt;
+    let redis = RedisServer::start().await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccgate"))
+        .args(["demo", "--json", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--replicas", "3", "--redis", &redis.url()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line()).await.expect("demo printed nothing").unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&first).expect("first line is JSON");
+    let proxies: Vec<String> =
+        v["proxy_urls"].as_array().unwrap().iter().map(|u| u.as_str().unwrap().to_owned()).collect();
+    assert_eq!(proxies.len(), 3, "{v}");
+    assert_eq!(v["admin_urls"].as_array().map(Vec::len), Some(3), "{v}");
+    assert_eq!(v["proxy_url"], proxies[0].as_str());
+    let ca = std::path::PathBuf::from(v["ca_file"].as_str().unwrap());
+    let tls = ccgate::tls::client_config(Some(&ca)).unwrap();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let auth = format!("Bearer {}", v["token"].as_str().unwrap());
+    // Sign in on the first, conference on the second, stop on the third.
+    let steps = [
+        (&proxies[0], Method::POST, "/v1/session", "", StatusCode::CREATED),
+        (&proxies[1], Method::POST, "/v1/conference", r#"{"memberNum":3}"#, StatusCode::CREATED),
+        (&proxies[2], Method::POST, "/v1/conference/announcement/stop", "", StatusCode::OK),
+    ];
+    for (base, m, path, body, want) in steps {
+        let req = http::Request::builder()
+            .method(m)
+            .uri(format!("{base}{path}"))
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.status(), want, "{base}{path}");
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(common::tools::command("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("demo did not exit").unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn demo_replicas_without_redis_is_refused_with_the_fix() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ccgate"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--replicas", "3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--redis"), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -6,7 +6,8 @@
 //!
 //! Layers, each depending only on the ones below it (docs/architecture.md):
 //! `edge` (HTTP faces) → `ops` (the operations core) → `session` → `gateway`, with `config`,
-//! `metrics` and `server` (listeners) beside them.
+//! `metrics` and `server` (listeners) beside them, and `shared` (Redis, for replicas that
+//! share agents) under `session` and the limits.
 
 pub mod app;
 pub mod config;

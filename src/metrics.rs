@@ -389,14 +389,20 @@ impl Metrics {
             "Gateway events dropped from a full per-agent buffer before an app read them.",
         );
         let gateway_up = gauge(&r, "gateway_up", "1 when the readiness probe reaches the gateway over TCP, else 0.");
-        let store_up = gauge(&r, "store_up", "1 while the shared store (Redis) answers, else 0; 1 with the memory store.");
+        let store_up =
+            gauge(&r, "store_up", "1 while the shared store (Redis) answers, else 0; 1 with the memory store.");
         store_up.set(1);
-        let store_errors =
-            counter_vec(&r, "store_errors_total", "Shared store (Redis) operations that failed, by operation.", &["op"]);
+        let store_errors = counter_vec(
+            &r,
+            "store_errors_total",
+            "Shared store (Redis) operations that failed, by operation.",
+            &["op"],
+        );
         for op in StoreOp::ALL {
             store_errors.with_label_values(&[op.as_str()]).reset();
         }
-        let leases = gauge(&r, "leases", "Agents whose gateway events this replica polls (the memory store: all of them).");
+        let leases =
+            gauge(&r, "leases", "Agents whose gateway events this replica polls (the memory store: all of them).");
         let lease_takeovers = counter(
             &r,
             "lease_takeovers_total",

@@ -69,3 +69,11 @@ fn alert_rules_use_only_exported_metrics() {
     }
     assert!(used >= 6);
 }
+
+#[test]
+fn every_exported_metric_is_documented_in_the_readme() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    for name in ccgate::metrics::Metrics::new().names() {
+        assert!(readme.contains(&format!("`{name}`")), "README's metrics table lacks {name}");
+    }
+}

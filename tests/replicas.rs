@@ -252,7 +252,10 @@ async fn a_limit_holds_across_three_replicas_within_two_percent() {
     let t = started.elapsed().as_secs_f64();
     let expected = rate * t + f64::from(burst);
     let error = (allowed as f64 - expected) / expected;
-    eprintln!("limit accuracy: allowed {allowed}, refused {refused}, expected {expected:.1} over {t:.1} s: {:+.2}%", error * 100.0);
+    eprintln!(
+        "limit accuracy: allowed {allowed}, refused {refused}, expected {expected:.1} over {t:.1} s: {:+.2}%",
+        error * 100.0
+    );
     assert!(refused > allowed, "the clients did push above the limit");
     assert!(error.abs() <= 0.02, "allowed {allowed}, expected {expected:.1} ({:+.2}%)", error * 100.0);
     b.stop().await;
@@ -379,7 +382,8 @@ async fn a_paused_owner_is_replaced_and_stands_down_when_it_wakes() {
 
     p.signal("-CONT");
     eventually("the woken replica stands down", || async {
-        metric(&h, &p.admin, "ccgate_lease_losses_total").await == 1.0 && metric(&h, &p.admin, "ccgate_leases").await == 0.0
+        metric(&h, &p.admin, "ccgate_lease_losses_total").await == 1.0
+            && metric(&h, &p.admin, "ccgate_leases").await == 0.0
     })
     .await;
     each_event_once(&h, &mut on_a, "154", "woken", 3).await;
@@ -435,8 +439,13 @@ async fn a_rolling_restart_keeps_every_session_and_conference_and_the_last_repli
 async fn redis_down_then_back_empty_loses_nothing() {
     let mut redis = RedisServer::start().await;
     let h = cluster_with(&redis, |c| {
-        c.rate_limits.limit =
-            vec![LimitConfig { method: "getSession".into(), scope: Scope::Agent, rate: 100.0, burst: 100, shadow: false }];
+        c.rate_limits.limit = vec![LimitConfig {
+            method: "getSession".into(),
+            scope: Scope::Agent,
+            rate: 100.0,
+            burst: 100,
+            shadow: false,
+        }];
     })
     .await;
     let (b, b_url) = h.replica(|_| {}).await;

@@ -24,8 +24,8 @@ use governor::{Quota, RateLimiter};
 
 use super::{Failure, Principal};
 use crate::config::{LimitConfig, LimitsFallback, RateLimitsConfig, Scope};
-use crate::shared::{Shared, StoreError};
 use crate::metrics::{MethodLabel, Metrics};
+use crate::shared::{Shared, StoreError};
 
 /// How often idle keys are evicted and the key gauges refreshed.
 pub const EVICTION_INTERVAL: Duration = Duration::from_secs(10);

@@ -75,8 +75,7 @@ impl Readiness {
 
     /// Records whether the shared store answers; returns whether that changed.
     pub fn set_store(&self, up: bool) -> bool {
-        let previous =
-            std::mem::replace(&mut *self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner), Some(up));
+        let previous = self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(up);
         let changed = previous != Some(up);
         if changed {
             self.changed.notify_waiters();

@@ -298,7 +298,8 @@ impl SessionStore {
     /// Signs out a session the gateway just gave us but ccgate could not record (best effort).
     pub(super) async fn abandon(&self, agent: &str, reply: &GatewayReply) {
         let Some(auth) = reply.set_guid.as_deref().and_then(|g| session_auth(g, &reply.cookies)) else { return };
-        let request = GatewayRequest { method: GatewayMethod::Logout, agent, auth: Some(&auth), body: None, timeout: None };
+        let request =
+            GatewayRequest { method: GatewayMethod::Logout, agent, auth: Some(&auth), body: None, timeout: None };
         if let Err(e) = self.gateway.call(request).await {
             tracing::warn!(agent, error = %e, "could not sign out a session the shared store could not record");
         }

@@ -68,7 +68,11 @@ pub struct Record {
 
 impl std::fmt::Debug for Record {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Record").field("sid", &self.sid).field("epoch", &self.epoch).field("state", &self.state).finish()
+        f.debug_struct("Record")
+            .field("sid", &self.sid)
+            .field("epoch", &self.epoch)
+            .field("state", &self.state)
+            .finish()
     }
 }
 
@@ -280,7 +284,9 @@ impl Shared {
                 self.metrics.set_store_up(true);
                 Ok(v)
             }
-            Ok(Err(e)) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() => {
+            Ok(Err(e))
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() =>
+            {
                 Err(self.failed(op, unavailable(e)))
             }
             Ok(Err(e)) => Err(self.failed(op, StoreError::Malformed(e.to_string()))),
@@ -331,7 +337,8 @@ impl Shared {
 
     pub async fn load(&self, agent: &str) -> Result<Option<Record>, StoreError> {
         let key = self.agent_keys(agent).session;
-        let mut h: HashMap<String, Vec<u8>> = self.run(StoreOp::Read, async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await).await?;
+        let mut h: HashMap<String, Vec<u8>> =
+            self.run(StoreOp::Read, async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await).await?;
         if h.is_empty() {
             return Ok(None);
         }
@@ -372,7 +379,9 @@ impl Shared {
     async fn publish_session(&self, agent: &str) {
         let msg = Self::message('s', agent);
         let ch = self.channel.clone();
-        let _ = self.run::<i64>(StoreOp::Write, async |c| redis::cmd("PUBLISH").arg(&ch).arg(&msg).query_async(c).await).await;
+        let _ = self
+            .run::<i64>(StoreOp::Write, async |c| redis::cmd("PUBLISH").arg(&ch).arg(&msg).query_async(c).await)
+            .await;
     }
 
     /// Remembers that `agent` has a poller lease, for replicas looking for orphans.
@@ -386,7 +395,9 @@ impl Shared {
 
     pub async fn unindex_agent(&self, agent: &str) {
         let key = self.agents_key();
-        let _ = self.run::<i64>(StoreOp::Lease, async |c| redis::cmd("ZREM").arg(&key).arg(agent).query_async(c).await).await;
+        let _ = self
+            .run::<i64>(StoreOp::Lease, async |c| redis::cmd("ZREM").arg(&key).arg(agent).query_async(c).await)
+            .await;
     }
 
     /// Agents whose lease index entry has not been refreshed for a lease's lifetime: their
@@ -395,7 +406,15 @@ impl Shared {
         let key = self.agents_key();
         let before = now_ms().saturating_sub(self.lease_ttl.as_millis() as u64);
         self.run(StoreOp::Lease, async |c| {
-            redis::cmd("ZRANGEBYSCORE").arg(&key).arg("-inf").arg(before).arg("LIMIT").arg(0).arg(max).query_async(c).await
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(&key)
+                .arg("-inf")
+                .arg(before)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(max)
+                .query_async(c)
+                .await
         })
         .await
     }
@@ -437,7 +456,9 @@ impl Shared {
         let _: i64 = self.script(StoreOp::Lease, inv).await?;
         // Mark the agent as needing a poller now rather than after a lease's lifetime.
         let key = self.agents_key();
-        let _ = self.run::<i64>(StoreOp::Lease, async |c| redis::cmd("ZADD").arg(&key).arg(0).arg(agent).query_async(c).await).await;
+        let _ = self
+            .run::<i64>(StoreOp::Lease, async |c| redis::cmd("ZADD").arg(&key).arg(0).arg(agent).query_async(c).await)
+            .await;
         Ok(())
     }
 
@@ -447,7 +468,14 @@ impl Shared {
         let token = uuid::Uuid::new_v4().simple().to_string();
         let set: Option<String> = self
             .run(StoreOp::Lease, async |c| {
-                redis::cmd("SET").arg(&key).arg(&token).arg("NX").arg("PX").arg(ttl.as_millis() as u64).query_async(c).await
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64)
+                    .query_async(c)
+                    .await
             })
             .await?;
         Ok(set.map(|_| token))
@@ -468,7 +496,8 @@ impl Shared {
         let key = self.replicas_key();
         let now = now_ms();
         let me = self.replica.clone();
-        self.run::<i64>(StoreOp::Lease, async |c| redis::cmd("ZADD").arg(&key).arg(now).arg(&*me).query_async(c).await).await?;
+        self.run::<i64>(StoreOp::Lease, async |c| redis::cmd("ZADD").arg(&key).arg(now).arg(&*me).query_async(c).await)
+            .await?;
         Ok(())
     }
 
@@ -477,9 +506,12 @@ impl Shared {
         let key = self.replicas_key();
         let me = self.replica.clone();
         let alive_since = now_ms().saturating_sub(3 * self.lease_ttl.as_millis() as u64);
-        let _: i64 = self.run(StoreOp::Lease, async |c| redis::cmd("ZREM").arg(&key).arg(&*me).query_async(c).await).await?;
+        let _: i64 =
+            self.run(StoreOp::Lease, async |c| redis::cmd("ZREM").arg(&key).arg(&*me).query_async(c).await).await?;
         let _: i64 = self
-            .run(StoreOp::Lease, async |c| redis::cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(alive_since).query_async(c).await)
+            .run(StoreOp::Lease, async |c| {
+                redis::cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(alive_since).query_async(c).await
+            })
             .await?;
         self.run(StoreOp::Lease, async |c| redis::cmd("ZCARD").arg(&key).query_async(c).await).await
     }
@@ -513,7 +545,9 @@ impl Shared {
         let num = |i: usize| v.get(i).and_then(|s| s.parse::<u64>().ok());
         Ok(match v.first().map(String::as_str) {
             Some("1") => ConfWrite::Written(num(1).unwrap_or(0)),
-            Some("-1") => ConfWrite::Conflict { version: num(1).unwrap_or(0), conf: v.get(2).cloned().unwrap_or_default() },
+            Some("-1") => {
+                ConfWrite::Conflict { version: num(1).unwrap_or(0), conf: v.get(2).cloned().unwrap_or_default() }
+            }
             _ => ConfWrite::Gone,
         })
     }
@@ -576,7 +610,13 @@ impl Shared {
     /// Ends a session: `lost` keeps the record (every replica answers "sign in again"),
     /// otherwise it is deleted. `refused_guid`: only if the record still has that Guid.
     /// `Ok(false)` when the record had moved on.
-    pub async fn end(&self, agent: &str, sid: &str, lost: Option<&str>, refused_guid: Option<&str>) -> Result<bool, StoreError> {
+    pub async fn end(
+        &self,
+        agent: &str,
+        sid: &str,
+        lost: Option<&str>,
+        refused_guid: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let k = self.agent_keys(agent);
         let state = lost.map_or_else(|| "out".to_owned(), |r| format!("lost:{r}"));
         let mut inv = self.scripts.end.prepare_invoke();

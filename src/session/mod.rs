@@ -144,12 +144,16 @@ impl Session {
         }
     }
 
-    /// The conference state, read from the shared store when there is one (the chair check
-    /// must see a conference created through another replica a moment ago); the local copy
-    /// when Redis cannot be reached.
+    /// The conference state for the chair check. With the shared store, a copy that says
+    /// "not chair" is checked against Redis first (a conference created through another
+    /// replica a moment ago may not have reached this copy yet); a copy that says chair is
+    /// trusted without a round trip, since the gateway itself refuses a stale chair
+    /// (`101-002`). The local copy when Redis cannot be reached.
     pub async fn current_conf(&self) -> ConfState {
         if let Some(link) = &self.link {
-            link.refresh(self).await;
+            if !matches!(self.conf(), ConfState::Chair { .. }) {
+                link.refresh(self).await;
+            }
         }
         self.conf()
     }

@@ -189,7 +189,10 @@ async fn evict_idle_keys(limits: Arc<Limits>, auth: Arc<Authenticator>, shutdown
 async fn probe_store(shared: Arc<Shared>, readiness: Arc<Readiness>, shutdown: Shutdown) {
     let mut stop = shutdown.subscribe();
     loop {
-        let result = shared.ping().await;
+        let result = match shared.connect().await {
+            Ok(()) => shared.ping().await,
+            Err(e) => Err(e),
+        };
         if readiness.set_store(result.is_ok()) {
             match &result {
                 Ok(()) => tracing::info!("shared store reachable"),

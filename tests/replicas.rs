@@ -24,7 +24,10 @@ async fn cluster(redis: &RedisServer) -> Harness {
 }
 
 async fn cluster_with(redis: &RedisServer, more: impl FnOnce(&mut ccgate::config::Config) + Send + 'static) -> Harness {
-    let url = redis.url();
+    cluster_at(redis.url(), more).await
+}
+
+async fn cluster_at(url: String, more: impl FnOnce(&mut ccgate::config::Config) + Send + 'static) -> Harness {
     let mut sim = test_sim_config();
     sim.event_wait_ms = POLL_WAIT_MS;
     // Dynamic Guids that rotate at about every poll and outlive rotation only briefly: a
@@ -563,4 +566,22 @@ fn demo_replicas_without_redis_is_refused_with_the_fix() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--redis"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_started_before_redis_is_unready_and_serves_once_redis_is_up() {
+    let port = common::closed_port().await;
+    let h = cluster_at(format!("redis://127.0.0.1:{port}/0"), |_| {}).await;
+    let readyz = || async { h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "").await };
+    eventually("/readyz says the store is down", || async {
+        let r = readyz().await;
+        r.status == StatusCode::SERVICE_UNAVAILABLE && r.json()["store"] == "down"
+    })
+    .await;
+    let r = h.call(Method::POST, "/v1/session", Some("153"), "").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    let _redis = RedisServer::start_on(port);
+    eventually("/readyz turns ready", || async { readyz().await.status == StatusCode::OK }).await;
+    h.sign_in("153").await;
+    h.stop().await;
 }

@@ -223,7 +223,7 @@ impl Shared {
     }
 
     /// Connects once, within the connect timeout. Afterwards redis-rs's connection manager
-    /// reconnects by itself; until the first success, each command retries the connect.
+    /// reconnects by itself; until the first success, the readiness probe calls this again.
     pub async fn connect(&self) -> Result<(), StoreError> {
         if self.conn.load().is_some() {
             return Ok(());
@@ -261,12 +261,13 @@ impl Shared {
         e
     }
 
+    /// The connection. Until the first connect succeeds (the readiness probe retries it every
+    /// second), commands fail at once rather than each waiting out a connect timeout.
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        if let Some(c) = self.conn.load_full() {
-            return Ok((*c).clone());
+        match self.conn.load_full() {
+            Some(c) => Ok((*c).clone()),
+            None => Err(StoreError::Unavailable("not connected yet".into())),
         }
-        self.connect().await?;
-        self.conn.load_full().map(|c| (*c).clone()).ok_or_else(|| StoreError::Unavailable("not connected".into()))
     }
 
     /// Runs one command or script invocation with the command timeout.

@@ -13,7 +13,10 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub async fn start() -> Self {
-        let port = super::closed_port().await;
+        Self::start_on(super::closed_port().await)
+    }
+
+    pub fn start_on(port: u16) -> Self {
         let mut r = Self { port, child: None };
         r.launch();
         r

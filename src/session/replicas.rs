@@ -459,20 +459,19 @@ impl SessionStore {
             Change::Resync => {
                 for agent in self.local_agents() {
                     self.resync(&agent).await;
-                    if let Some(s) = self.current(&agent) {
-                        if let Some(link) = &s.link {
-                            link.mirror(&s).await;
-                        }
-                    }
+                    self.mirror(&agent).await;
                 }
             }
             Change::Session(agent) => self.resync(&agent).await,
-            Change::Events(agent) => {
-                if let Some(s) = self.current(&agent) {
-                    if let Some(link) = &s.link {
-                        link.mirror(&s).await;
-                    }
-                }
+            Change::Events(agent) => self.mirror(&agent).await,
+        }
+    }
+
+    /// Copies the agent's new events into the local copy's buffer, if this replica has one.
+    async fn mirror(&self, agent: &str) {
+        if let Some(s) = self.current(agent) {
+            if let Some(link) = &s.link {
+                link.mirror(&s).await;
             }
         }
     }

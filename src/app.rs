@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use arc_swap::ArcSwap;
+
 use crate::config::{ms, Config, StoreBackend};
 use crate::edge::auth::Authenticator;
 use crate::edge::Proxy;
@@ -14,11 +16,12 @@ use crate::gateway::client::ProbeFailure;
 use crate::gateway::GatewayClient;
 use crate::metrics::{Metered, Metrics};
 use crate::ops::limits::{Limits, EVICTION_INTERVAL};
-use crate::ops::{Core, CoreSettings};
+use crate::ops::Core;
+use crate::reload::{ConfigSource, Live, Parts, Reloader};
 use crate::server::admin::{Admin, GatewayState, Readiness};
 use crate::server::listener::{triggered, ConnectionMetrics};
 use crate::server::{self, ServeOptions, Shutdown};
-use crate::session::{CredentialStore, SessionStore};
+use crate::session::SessionStore;
 use crate::shared::Shared;
 use crate::tls;
 
@@ -40,7 +43,10 @@ pub struct Running {
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
     pub sessions: Arc<SessionStore>,
-    pub limits: Arc<Limits>,
+    /// The rate limits in force (a reload may replace them).
+    pub limits: Arc<ArcSwap<Limits>>,
+    /// SIGHUP, `ccgate reload` and `POST /-/reload` run this.
+    pub reloader: Arc<Reloader>,
     shutdown: Shutdown,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     drain_delay: Duration,
@@ -75,20 +81,18 @@ impl Running {
 }
 
 /// Loads keys and credentials, binds both listeners, starts serving. Every error names what
-/// to fix.
+/// to fix. A config built in memory (tests, the demo) cannot be reloaded from a file.
 pub async fn start(config: &Config) -> Result<Running, String> {
+    start_from(config, None).await
+}
+
+/// [`start`], remembering where the config came from so a reload can read it again.
+pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result<Running, String> {
     let metrics = Metrics::new();
-    let auth = Arc::new(Authenticator::from_config(&config.auth)?.with_metrics(&metrics));
-    let creds = match &config.credentials.file {
-        Some(p) => CredentialStore::load(p)?,
-        None => return Err("credentials.file is required".into()),
-    };
+    let readiness = Arc::new(Readiness::default());
+    readiness.require_gateway(config.admin.ready_requires_gateway);
     let client = GatewayClient::new(&config.gateway)?;
     let shutdown = Shutdown::new();
-    let server_tls = match (&config.server.tls_cert, &config.server.tls_key) {
-        (Some(c), Some(k)) => Some(tls::server_config_from_files(c, k)?),
-        _ => None,
-    };
     let shared = match config.store.backend {
         StoreBackend::Memory => None,
         StoreBackend::Redis => {
@@ -101,22 +105,55 @@ pub async fn start(config: &Config) -> Result<Running, String> {
             Some(shared)
         }
     };
-    let mut limits = Limits::new(&config.rate_limits, metrics.clone())?;
-    if let Some(shared) = &shared {
-        limits = limits.shared(shared.clone(), config.store.limits_fallback);
+    let on_keys: crate::jwks::remote::OnChange = {
+        let readiness = Arc::downgrade(&readiness);
+        Arc::new(move || {
+            if let Some(r) = readiness.upgrade() {
+                r.notify();
+            }
+        })
+    };
+    let live = Live::build(config, &metrics, shared.as_ref(), None, Some(on_keys.clone()))?;
+    let missing = live.auth.wait_for_keys(ms(config.auth.jwks_startup_wait_ms)).await;
+    if !missing.is_empty() {
+        tracing::warn!(issuers = ?missing, "serving without these providers' keys yet (not ready); their tokens get 503 until the keys are fetched");
     }
-    let limits = Arc::new(limits);
+    let auth = Arc::new(ArcSwap::from_pointee(live.auth));
+    {
+        let auth = Arc::downgrade(&auth);
+        readiness.watch_keys(Box::new(move || auth.upgrade().is_none_or(|a| a.load().keys_loaded())));
+    }
+    let cert = live.cert.map(tls::CertResolver::new);
+    let server_tls = match &cert {
+        Some(resolver) => Some(tls::server_config_with_resolver(resolver.clone())?),
+        None => None,
+    };
     let gateway = Arc::new(Metered::new(client.clone(), metrics.clone()));
     let sessions = SessionStore::with_shared(
         gateway,
-        creds,
+        live.creds,
         config.sessions.clone(),
         metrics.clone(),
         shared.clone(),
         config.store.on_shutdown,
     );
     sessions.start_replication();
-    let core = Core::new(sessions.clone(), limits.clone(), CoreSettings::from_config(config));
+    let core = Core::new(sessions.clone(), Arc::new(live.limits), live.settings);
+    let limits = core.limits.clone();
+    let reloader = Arc::new(Reloader::new(
+        config.clone(),
+        source,
+        Parts {
+            auth: auth.clone(),
+            sessions: sessions.clone(),
+            limits: core.limits.clone(),
+            settings: core.settings.clone(),
+            cert: cert.clone(),
+            shared: shared.clone(),
+            metrics: metrics.clone(),
+            on_keys: Some(on_keys),
+        },
+    ));
     let proxy = Arc::new(Proxy {
         auth: auth.clone(),
         core,
@@ -125,7 +162,6 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         body_read_timeout: ms(config.server.body_read_timeout_ms),
         shutdown: shutdown.subscribe(),
     });
-    let readiness = Arc::new(Readiness::default());
     let grace = ms(config.server.shutdown_grace_ms);
     let drain_delay = ms(config.server.drain_delay_ms);
     let opts = ServeOptions {
@@ -147,14 +183,33 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         .map_err(|e| format!("admin.listen {}: {e}", config.admin.listen))?;
     let served = server::spawn(proxy_listener, server_tls, proxy, opts.clone(), shutdown.subscribe())
         .map_err(|e| format!("server.listen: {e}"))?;
-    let admin = Arc::new(Admin { metrics: metrics.clone(), readiness: readiness.clone() });
+    let admin = Arc::new(Admin {
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        issuers: {
+            let auth = Arc::downgrade(&auth);
+            Some(Box::new(move || auth.upgrade().map(|a| a.load().remote_issuers()).unwrap_or_default()))
+        },
+        reload: {
+            let reloader = Arc::downgrade(&reloader);
+            Some(Arc::new(move || {
+                let reloader = reloader.clone();
+                Box::pin(async move {
+                    let r = reloader.upgrade().ok_or("shutting down")?;
+                    let report = r.reload().await?;
+                    serde_json::to_value(report).map_err(|e| e.to_string())
+                })
+            }))
+        },
+    });
     let admin_served = server::spawn(admin_listener, None, admin, admin_opts, shutdown.subscribe())
         .map_err(|e| format!("admin.listen: {e}"))?;
     let probe = tokio::spawn(probe_gateway(client.clone(), readiness.clone(), metrics.clone(), shutdown.clone()));
-    let evictor = tokio::spawn(evict_idle_keys(limits.clone(), auth, shutdown.clone()));
+    let evictor = tokio::spawn(evict_idle_keys(limits.clone(), auth.clone(), shutdown.clone()));
     if let Some(shared) = shared {
         tokio::spawn(probe_store(shared, readiness.clone(), shutdown.clone()));
     }
+    tokio::spawn(watch_certificate(Arc::downgrade(&reloader), shutdown.clone()));
     Ok(Running {
         proxy_addr: served.addr,
         admin_addr: admin_served.addr,
@@ -164,21 +219,45 @@ pub async fn start(config: &Config) -> Result<Running, String> {
         shutdown,
         tasks: vec![served.task, admin_served.task, probe, evictor],
         limits,
+        reloader,
         drain_delay,
         grace,
     })
 }
 
+/// Loads a renewed server certificate when its files change (`server.tls_watch_interval_ms`).
+async fn watch_certificate(reloader: std::sync::Weak<Reloader>, shutdown: Shutdown) {
+    let mut stop = shutdown.subscribe();
+    loop {
+        let Some(interval) = (match reloader.upgrade() {
+            Some(r) => r.watch_interval().await,
+            None => return,
+        }) else {
+            return;
+        };
+        tokio::select! {
+            _ = triggered(&mut stop) => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        match reloader.upgrade() {
+            Some(r) => {
+                r.check_certificate().await;
+            }
+            None => return,
+        }
+    }
+}
+
 /// Evicts idle rate-limit keys (and client addresses whose refused-token budget refilled) and
 /// refreshes the key gauges, so memory follows live traffic.
-async fn evict_idle_keys(limits: Arc<Limits>, auth: Arc<Authenticator>, shutdown: Shutdown) {
+async fn evict_idle_keys(limits: Arc<ArcSwap<Limits>>, auth: Arc<ArcSwap<Authenticator>>, shutdown: Shutdown) {
     let mut stop = shutdown.subscribe();
     loop {
         tokio::select! {
             _ = triggered(&mut stop) => return,
             _ = tokio::time::sleep(EVICTION_INTERVAL) => {
-                limits.evict();
-                auth.evict();
+                limits.load().evict();
+                auth.load().evict();
             }
         }
     }

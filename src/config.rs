@@ -51,6 +51,10 @@ pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// accepting. 3 s covers typical endpoint propagation.
 pub const DEFAULT_DRAIN_DELAY_MS: u64 = 3_000;
 
+/// Certificate files are checked this often: a renewed certificate is served within 10 s, for
+/// the cost of two `stat` calls.
+pub const DEFAULT_TLS_WATCH_INTERVAL_MS: u64 = 10_000;
+
 /// The CC-Gateway's documented HTTPS port.
 pub const DEFAULT_GATEWAY_URL: &str = "https://127.0.0.1:8043";
 /// A TCP+TLS handshake on a LAN takes milliseconds; 3 s means the gateway is down, and the app
@@ -82,6 +86,21 @@ pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
 pub const DEFAULT_TOKEN_CACHE_TTL_SECS: u64 = 60;
 /// Claim that names the tenant, for per-tenant rate limits.
 pub const DEFAULT_TENANT_CLAIM: &str = "tenant";
+/// Soonest refresh of a remote key set, whatever its cache headers say: a provider answering
+/// `max-age=0` must not be asked on every request's behalf.
+pub const DEFAULT_JWKS_REFRESH_MIN_SECS: u64 = 60;
+/// Latest refresh of a remote key set: a key the provider removed stops verifying within 10
+/// minutes, Envoy's `remote_jwks` default cache duration.
+pub const DEFAULT_JWKS_REFRESH_MAX_SECS: u64 = 600;
+/// A token naming an unknown key triggers at most one fetch this often: the first token
+/// signed with a rotated-in key is accepted at once, and tokens with made-up key ids cannot
+/// make ccgate hammer the provider.
+pub const DEFAULT_JWKS_UNKNOWN_KID_INTERVAL_SECS: u64 = 30;
+/// A JWKS or discovery document is a few KiB; 5 s means the provider is down.
+pub const DEFAULT_JWKS_FETCH_TIMEOUT_MS: u64 = 5_000;
+/// At start-up, serving waits this long for every remote key set; past it ccgate serves
+/// anyway, not ready (`/readyz`), and refuses that provider's tokens with 503 until keys come.
+pub const DEFAULT_JWKS_STARTUP_WAIT_MS: u64 = 10_000;
 
 /// The gateway's long poll answers after about 10 s when idle; the read timeout must be above
 /// that or every idle poll would look like a failure.
@@ -150,6 +169,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     pub shutdown_grace_ms: u64,
     pub drain_delay_ms: u64,
+    /// How often the certificate and key files are checked for a change (a renewal by
+    /// cert-manager or certbot); a changed pair is loaded for new connections. 0: only on
+    /// reload.
+    pub tls_watch_interval_ms: u64,
     /// Runtime worker threads: 0 = one per core; 1 = a single-threaded runtime (a sidecar
     /// pinned to one core, as benchmarks compare it).
     pub worker_threads: usize,
@@ -170,6 +193,7 @@ impl Default for ServerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             drain_delay_ms: DEFAULT_DRAIN_DELAY_MS,
+            tls_watch_interval_ms: DEFAULT_TLS_WATCH_INTERVAL_MS,
             worker_threads: 0,
         }
     }
@@ -180,11 +204,16 @@ impl Default for ServerConfig {
 pub struct AdminConfig {
     /// Plain HTTP; keep it on loopback or a pod-internal address.
     pub listen: SocketAddr,
+    /// `/readyz` also requires the gateway to be reachable. Off by default: in a sidecar pod a
+    /// CC-Gateway outage would otherwise take every app replica out of its Service, though
+    /// the app may have other work; the gateway's state is on `/gatewayz` and
+    /// `ccgate_gateway_up` either way.
+    pub ready_requires_gateway: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: parse_addr(DEFAULT_ADMIN_LISTEN) }
+        Self { listen: parse_addr(DEFAULT_ADMIN_LISTEN), ready_requires_gateway: false }
     }
 }
 
@@ -222,41 +251,272 @@ impl Default for GatewayConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// JSON Web Key Set with the apps' public keys.
-    pub jwks_file: Option<PathBuf>,
-    /// Required `iss`.
+    /// Required `iss` of the one-issuer shorthand: with it, the keys below (`audience`,
+    /// `jwks_file`/`jwks_url`/`oidc_discovery`, `algorithms`, claims) describe one provider.
+    /// More issuers go in `[[auth.providers]]`; both may be used together.
     pub issuer: String,
-    /// Required `aud` (one of the token's audiences must match).
+    /// Required `aud` of the shorthand provider (one of the token's audiences must match).
     pub audience: String,
+    /// JSON Web Key Set file with the apps' public keys (re-read on reload).
+    pub jwks_file: Option<PathBuf>,
+    /// HTTPS URL of the provider's JWKS, fetched and refreshed.
+    pub jwks_url: Option<String>,
+    /// Find the JWKS URL through `{issuer}/.well-known/openid-configuration`.
+    pub oidc_discovery: bool,
+    /// PEM bundle of CAs trusted for `jwks_url`/discovery; the system's roots when unset.
+    pub ca_file: Option<PathBuf>,
     /// Allowed signature algorithms. HS256 is accepted only with `hs256_secret_file`.
     pub algorithms: Vec<String>,
     /// Shared secret for HS256 tokens (file content, trailing newline trimmed).
     pub hs256_secret_file: Option<PathBuf>,
-    pub leeway_secs: u64,
     /// Claim naming the agent's work number (string or number, 101..999999).
     pub agent_claim: String,
     /// Claim naming the tenant (per-tenant rate limits); tokens without it share one bucket.
     pub tenant_claim: String,
+    /// Further identity providers; a token is checked against the one its `iss` names.
+    pub providers: Vec<ProviderConfig>,
+    // Shared by every provider.
+    pub leeway_secs: u64,
     /// Verified tokens remembered; 0 turns the cache off.
     pub cache_size: usize,
     pub cache_ttl_secs: u64,
+    pub jwks_refresh_min_secs: u64,
+    pub jwks_refresh_max_secs: u64,
+    pub jwks_unknown_kid_interval_secs: u64,
+    pub jwks_fetch_timeout_ms: u64,
+    pub jwks_startup_wait_ms: u64,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
-            jwks_file: None,
             issuer: String::new(),
             audience: String::new(),
-            algorithms: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+            jwks_file: None,
+            jwks_url: None,
+            oidc_discovery: false,
+            ca_file: None,
+            algorithms: default_algorithms(),
             hs256_secret_file: None,
-            leeway_secs: DEFAULT_LEEWAY_SECS,
             agent_claim: DEFAULT_AGENT_CLAIM.to_owned(),
             tenant_claim: DEFAULT_TENANT_CLAIM.to_owned(),
+            providers: Vec::new(),
+            leeway_secs: DEFAULT_LEEWAY_SECS,
             cache_size: DEFAULT_TOKEN_CACHE_SIZE,
             cache_ttl_secs: DEFAULT_TOKEN_CACHE_TTL_SECS,
+            jwks_refresh_min_secs: DEFAULT_JWKS_REFRESH_MIN_SECS,
+            jwks_refresh_max_secs: DEFAULT_JWKS_REFRESH_MAX_SECS,
+            jwks_unknown_kid_interval_secs: DEFAULT_JWKS_UNKNOWN_KID_INTERVAL_SECS,
+            jwks_fetch_timeout_ms: DEFAULT_JWKS_FETCH_TIMEOUT_MS,
+            jwks_startup_wait_ms: DEFAULT_JWKS_STARTUP_WAIT_MS,
         }
     }
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
+}
+
+fn default_agent_claim() -> String {
+    DEFAULT_AGENT_CLAIM.to_owned()
+}
+
+fn default_tenant_claim() -> String {
+    DEFAULT_TENANT_CLAIM.to_owned()
+}
+
+/// One identity provider (`[[auth.providers]]`, or the `[auth]` shorthand).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// The `iss` its tokens carry, exactly.
+    pub issuer: String,
+    /// Accepted `aud` values; a token must name one of them.
+    pub audiences: Vec<String>,
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub oidc_discovery: bool,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub hs256_secret_file: Option<PathBuf>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default = "default_agent_claim")]
+    pub agent_claim: String,
+    #[serde(default = "default_tenant_claim")]
+    pub tenant_claim: String,
+}
+
+/// Where a provider's public keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    File(PathBuf),
+    /// Fetched from this HTTPS URL.
+    Url(String),
+    /// Fetched from the `jwks_uri` of the issuer's discovery document.
+    Discovery,
+    /// HS256 only: no public keys.
+    None,
+}
+
+impl ProviderConfig {
+    pub fn key_source(&self) -> KeySource {
+        match (&self.jwks_file, &self.jwks_url, self.oidc_discovery) {
+            (Some(p), _, _) => KeySource::File(p.clone()),
+            (None, Some(u), _) => KeySource::Url(u.clone()),
+            (None, None, true) => KeySource::Discovery,
+            (None, None, false) => KeySource::None,
+        }
+    }
+
+    /// Checks one provider; on error, names the field to blame and why.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let bad = |field, why: &str| Err((field, why.to_owned()));
+        if self.issuer.is_empty() {
+            return bad("issuer", "required: tokens must name their issuer");
+        }
+        if self.audiences.is_empty() || self.audiences.iter().any(String::is_empty) {
+            return bad("audience", "required: tokens must name ccgate's audience");
+        }
+        let sources = [self.jwks_file.is_some(), self.jwks_url.is_some(), self.oidc_discovery];
+        match sources.iter().filter(|s| **s).count() {
+            0 if self.hs256_secret_file.is_none() => {
+                return bad("jwks_file", "name the keys: jwks_file, jwks_url or oidc_discovery = true (or hs256_secret_file)")
+            }
+            0 | 1 => {}
+            _ => return bad("jwks_file", "jwks_file, jwks_url and oidc_discovery are alternatives; set one"),
+        }
+        if let Some(url) = &self.jwks_url {
+            check_https_url(url).map_err(|why| ("jwks_url", why))?;
+        }
+        if self.oidc_discovery {
+            check_https_url(&self.issuer)
+                .map_err(|why| ("oidc_discovery", format!("needs an issuer that is an https:// URL: it {why}")))?;
+        }
+        if self.ca_file.is_some() && self.jwks_url.is_none() && !self.oidc_discovery {
+            return bad("ca_file", "only used with jwks_url or oidc_discovery");
+        }
+        if self.algorithms.is_empty() {
+            return bad("algorithms", "list at least one algorithm");
+        }
+        for alg in &self.algorithms {
+            match alg.as_str() {
+                "RS256" | "ES256" | "EdDSA" => {}
+                "HS256" if self.hs256_secret_file.is_some() => {}
+                "HS256" => return bad("algorithms", "HS256 needs hs256_secret_file"),
+                other => {
+                    return Err(("algorithms", format!("unsupported algorithm {other:?} (RS256, ES256, EdDSA, HS256)")))
+                }
+            }
+        }
+        if self.agent_claim.is_empty() {
+            return bad("agent_claim", "must name a claim");
+        }
+        Ok(())
+    }
+}
+
+/// `Ok` for an `https://` URL with a host; else says why not.
+fn check_https_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("is not a URL ({e})"))?;
+    if uri.scheme_str() != Some("https") || uri.host().is_none() {
+        return Err("must be an https:// URL with a host".into());
+    }
+    Ok(())
+}
+
+impl AuthConfig {
+    /// Every provider: the shorthand's (when `issuer` is set) first, then `[[auth.providers]]`.
+    pub fn all_providers(&self) -> Vec<ProviderConfig> {
+        let mut v = Vec::with_capacity(self.providers.len() + 1);
+        if !self.issuer.is_empty() || self.providers.is_empty() {
+            v.push(ProviderConfig {
+                issuer: self.issuer.clone(),
+                audiences: if self.audience.is_empty() { Vec::new() } else { vec![self.audience.clone()] },
+                jwks_file: self.jwks_file.clone(),
+                jwks_url: self.jwks_url.clone(),
+                oidc_discovery: self.oidc_discovery,
+                ca_file: self.ca_file.clone(),
+                hs256_secret_file: self.hs256_secret_file.clone(),
+                algorithms: self.algorithms.clone(),
+                agent_claim: self.agent_claim.clone(),
+                tenant_claim: self.tenant_claim.clone(),
+            });
+        }
+        v.extend(self.providers.iter().cloned());
+        v
+    }
+
+    /// How remote key sets are refreshed.
+    pub fn refresh(&self) -> JwksRefresh {
+        JwksRefresh {
+            min: Duration::from_secs(self.jwks_refresh_min_secs),
+            max: Duration::from_secs(self.jwks_refresh_max_secs),
+            unknown_kid_interval: Duration::from_secs(self.jwks_unknown_kid_interval_secs),
+            fetch_timeout: ms(self.jwks_fetch_timeout_ms),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        let shorthand_set = self.jwks_file.is_some()
+            || self.jwks_url.is_some()
+            || self.oidc_discovery
+            || self.hs256_secret_file.is_some()
+            || !self.audience.is_empty();
+        if self.issuer.is_empty() && shorthand_set {
+            return invalid("auth.issuer", "required with the other [auth] provider keys (audience, jwks_*)".into());
+        }
+        let providers = self.all_providers();
+        let shorthand = usize::from(!self.issuer.is_empty() || self.providers.is_empty());
+        for (i, p) in providers.iter().enumerate() {
+            if let Err((field, why)) = p.validate() {
+                if i < shorthand {
+                    let key = match field {
+                        "issuer" => "auth.issuer",
+                        "audience" => "auth.audience",
+                        "jwks_url" => "auth.jwks_url",
+                        "oidc_discovery" => "auth.oidc_discovery",
+                        "ca_file" => "auth.ca_file",
+                        "algorithms" => "auth.algorithms",
+                        "agent_claim" => "auth.agent_claim",
+                        _ => "auth.jwks_file",
+                    };
+                    return invalid(key, why);
+                }
+                return invalid("auth.providers", format!("provider {} ({}): {field}: {why}", i - shorthand, p.issuer));
+            }
+            if providers[..i].iter().any(|q| q.issuer == p.issuer) {
+                return invalid("auth.providers", format!("issuer {:?} is configured twice", p.issuer));
+            }
+        }
+        if self.jwks_refresh_min_secs == 0 {
+            return invalid("auth.jwks_refresh_min_secs", "must be at least 1".into());
+        }
+        if self.jwks_refresh_max_secs < self.jwks_refresh_min_secs {
+            return invalid("auth.jwks_refresh_max_secs", "must not be below auth.jwks_refresh_min_secs".into());
+        }
+        if self.jwks_fetch_timeout_ms == 0 {
+            return invalid("auth.jwks_fetch_timeout_ms", "must be greater than 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// How remote key sets are refreshed (from `[auth]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JwksRefresh {
+    /// Never sooner than this, whatever the provider's cache headers say.
+    pub min: Duration,
+    /// Never later than this (also when the provider sends no cache headers).
+    pub max: Duration,
+    /// A token naming a key ccgate does not know triggers a fetch at most this often.
+    pub unknown_kid_interval: Duration,
+    pub fetch_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -509,34 +769,7 @@ impl Config {
                 return invalid("gateway.tls_server_name", "not a valid DNS name or IP address");
             }
         }
-        if self.auth.jwks_file.is_none() && self.auth.hs256_secret_file.is_none() {
-            return invalid("auth.jwks_file", "required (or auth.hs256_secret_file for HS256)");
-        }
-        if self.auth.issuer.is_empty() {
-            return invalid("auth.issuer", "required: tokens must name their issuer");
-        }
-        if self.auth.audience.is_empty() {
-            return invalid("auth.audience", "required: tokens must name ccgate's audience");
-        }
-        if self.auth.algorithms.is_empty() {
-            return invalid("auth.algorithms", "list at least one algorithm");
-        }
-        for alg in &self.auth.algorithms {
-            match alg.as_str() {
-                "RS256" | "ES256" | "EdDSA" => {}
-                "HS256" if self.auth.hs256_secret_file.is_some() => {}
-                "HS256" => return invalid("auth.algorithms", "HS256 needs auth.hs256_secret_file"),
-                other => {
-                    return Err(ConfigError::Invalid {
-                        key: "auth.algorithms",
-                        reason: format!("unsupported algorithm {other:?} (RS256, ES256, EdDSA, HS256)"),
-                    })
-                }
-            }
-        }
-        if self.auth.agent_claim.is_empty() {
-            return invalid("auth.agent_claim", "must name a claim");
-        }
+        self.auth.validate()?;
         if self.credentials.file.is_none() {
             return invalid("credentials.file", "required: agents' CTI passwords and phone numbers");
         }
@@ -595,19 +828,20 @@ impl Config {
 
 /// Parses TOML text into `T` after applying `{prefix}SECTION__KEY` overrides from `env`.
 /// Shared by the proxy's and the simulator's config so both behave alike.
-pub fn parse_with_env<T: serde::de::DeserializeOwned>(
+pub fn parse_with_env<T: serde::de::DeserializeOwned + Serialize + Default>(
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
     prefix: &str,
 ) -> Result<T, ConfigError> {
     let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
-    apply_env_overrides(&mut doc, env, prefix)?;
+    let schema = toml::Table::try_from(T::default()).unwrap_or_default();
+    apply_env_overrides(&mut doc, &schema, env, prefix)?;
     let merged = toml::to_string(&doc).map_err(|e| ConfigError::Parse(e.to_string()))?;
     toml::from_str(&merged).map_err(|e| ConfigError::Parse(e.to_string()))
 }
 
 /// Reads `path` (missing is fine unless `must_exist`) and parses it with overrides.
-pub fn load_with_env<T: serde::de::DeserializeOwned>(
+pub fn load_with_env<T: serde::de::DeserializeOwned + Serialize + Default>(
     path: &Path,
     must_exist: bool,
     prefix: &str,
@@ -620,10 +854,34 @@ pub fn load_with_env<T: serde::de::DeserializeOwned>(
     parse_with_env(&text, std::env::vars(), prefix)
 }
 
-/// Writes `CCGATE__A__B=v` into `doc["a"]["b"]`. The value is read as a TOML value when it
-/// parses as one (numbers, booleans, arrays), else as a string.
+/// Variables that start like ccgate's but set nothing: `CCGATE_GATEWAY_URL` (one underscore)
+/// or any other `CCGATE_` name that is neither an override (`CCGATE__...`), the simulator's
+/// (`CCGATE_SIM__...`) nor one ccgate reads by name. Each comes with a hint. A typo'd
+/// override key (`CCGATE__GATEWAY__URLL`) is not listed here: it fails the parse, naming the key.
+pub fn stray_env_vars(env: impl IntoIterator<Item = (String, String)>) -> Vec<String> {
+    /// Variables read by name (clap's `env`, the test harness's tool directory).
+    const KNOWN: &[&str] = &["CCGATE_CONFIG", "CCGATE_TOOLS_DIR"];
+    let mut stray: Vec<String> = env
+        .into_iter()
+        .map(|(name, _)| name)
+        .filter(|n| n.starts_with("CCGATE_") && !n.starts_with(ENV_PREFIX) && !n.starts_with("CCGATE_SIM__"))
+        .filter(|n| !KNOWN.contains(&n.as_str()))
+        .map(|n| {
+            let guess = n["CCGATE_".len()..].replacen('_', "__", 1);
+            format!("{n} sets nothing (overrides are spelled {ENV_PREFIX}SECTION__KEY, e.g. {ENV_PREFIX}{guess})")
+        })
+        .collect();
+    stray.sort();
+    stray
+}
+
+/// Writes `CCGATE__A__B=v` into `doc["a"]["b"]`. A key whose default (in `schema`, the
+/// defaults as TOML) is a string, or which has no default, takes the value as a string, so
+/// `CCGATE__AUTH__AUDIENCE=12345` is the audience "12345"; other keys read it as a TOML value
+/// (numbers, booleans, arrays).
 fn apply_env_overrides(
     doc: &mut toml::Table,
+    schema: &toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
     prefix: &str,
 ) -> Result<(), ConfigError> {
@@ -633,7 +891,21 @@ fn apply_env_overrides(
         if path.iter().any(|p| p.is_empty()) {
             return Err(ConfigError::Parse(format!("environment variable {name}: empty key segment")));
         }
-        let value = parse_env_value(&raw);
+        let mut default = Some(schema);
+        let mut default_value = None;
+        for (i, key) in path.iter().enumerate() {
+            let v = default.and_then(|t| t.get(key));
+            if i + 1 == path.len() {
+                default_value = v;
+            }
+            default = v.and_then(toml::Value::as_table);
+        }
+        let value = match (default_value, parse_env_value(&raw)) {
+            // A quoted TOML string stays possible (`""` for empty).
+            (Some(toml::Value::String(_)) | None, quoted @ toml::Value::String(_)) => quoted,
+            (Some(toml::Value::String(_)) | None, _) => toml::Value::String(raw.clone()),
+            (Some(_), parsed) => parsed,
+        };
         let mut table = &mut *doc;
         let (last, parents) =
             path.split_last().ok_or_else(|| ConfigError::Parse(format!("environment variable {name}: no key")))?;
@@ -742,7 +1014,7 @@ pub struct LimitConfig {
     pub shadow: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitsConfig {
     pub max_keys: usize,
@@ -869,6 +1141,68 @@ file = "creds.toml"
                 other => panic!("{k}={v}: {other}"),
             }
         }
+    }
+
+    #[test]
+    fn numeric_looking_env_values_of_string_settings_stay_strings() {
+        let c = Config::from_toml_with_env(
+            MINIMAL,
+            env(&[("CCGATE__AUTH__AUDIENCE", "12345"), ("CCGATE__AUTH__TENANT_CLAIM", "true"), ("CCGATE__LOG__LEVEL", "1")]),
+        )
+        .unwrap();
+        assert_eq!(c.auth.audience, "12345");
+        assert_eq!(c.auth.tenant_claim, "true");
+        assert_eq!(c.log.level, "1");
+        // A setting with no default (an optional path) is a string too; numbers stay numbers.
+        let c = Config::from_toml_with_env(
+            MINIMAL,
+            env(&[("CCGATE__GATEWAY__TLS_SERVER_NAME", "10.0.0.1"), ("CCGATE__SERVER__MAX_CONNECTIONS", "7")]),
+        )
+        .unwrap();
+        assert_eq!(c.gateway.tls_server_name.as_deref(), Some("10.0.0.1"));
+        assert_eq!(c.server.max_connections, 7);
+    }
+
+    #[test]
+    fn stray_ccgate_variables_are_reported_with_a_hint() {
+        let stray = stray_env_vars(env(&[
+            ("CCGATE_GATEWAY_URL", "x"),
+            ("CCGATE_CONFIG", "c.toml"),
+            ("CCGATE__GATEWAY__URL", "x"),
+            ("CCGATE_SIM__LISTEN", "x"),
+            ("HOME", "/root"),
+        ]));
+        assert_eq!(stray.len(), 1, "{stray:?}");
+        assert!(stray[0].contains("CCGATE_GATEWAY_URL") && stray[0].contains("CCGATE__GATEWAY__URL"), "{stray:?}");
+    }
+
+    #[test]
+    fn several_providers_and_the_shorthand() {
+        let text = format!(
+            "{MINIMAL}\n[[auth.providers]]\nissuer = \"https://login.example\"\naudiences = [\"api://ccgate\"]\noidc_discovery = true\n"
+        );
+        let c = Config::from_toml_with_env(&text, env(&[])).unwrap();
+        let all = c.auth.all_providers();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].issuer, "https://idp.example");
+        assert_eq!(all[1].key_source(), KeySource::Discovery);
+        // The same issuer twice, two key sources, discovery over http: each refused by name.
+        for (extra, want) in [
+            ("issuer = \"https://idp.example\"\naudiences = [\"a\"]\njwks_file = \"k\"", "twice"),
+            ("issuer = \"https://b\"\naudiences = [\"a\"]\njwks_file = \"k\"\noidc_discovery = true", "alternatives"),
+            ("issuer = \"http://b\"\naudiences = [\"a\"]\noidc_discovery = true", "https"),
+            ("issuer = \"https://b\"\naudiences = []\njwks_file = \"k\"", "audience"),
+            ("issuer = \"https://b\"\naudiences = [\"a\"]\njwks_url = \"http://b/jwks\"", "https"),
+        ] {
+            let err = Config::from_toml_with_env(&format!("{MINIMAL}\n[[auth.providers]]\n{extra}\n"), env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("auth.providers") && err.contains(want), "{extra}: {err}");
+        }
+        // Providers alone, without the shorthand.
+        let only = "[server]\nplaintext = true\n[credentials]\nfile = \"c\"\n[[auth.providers]]\nissuer = \"https://b\"\naudiences = [\"a\"]\njwks_url = \"https://b/jwks\"\n";
+        let c = Config::from_toml_with_env(only, env(&[])).unwrap();
+        assert_eq!(c.auth.all_providers().len(), 1);
     }
 
     #[test]

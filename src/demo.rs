@@ -157,7 +157,7 @@ async fn start_in(dir: &Path, opts: &DemoOptions) -> Result<Demo, String> {
             drain_delay_ms: 0,
             ..ServerConfig::default()
         },
-        admin: AdminConfig { listen: opts.admin_listen },
+        admin: AdminConfig { listen: opts.admin_listen, ..AdminConfig::default() },
         gateway: GatewayConfig {
             url: format!("https://127.0.0.1:{}", sim_served.addr.port()),
             ca_file: Some(ca_file.clone()),

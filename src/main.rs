@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use ccgate::config::{self, Config, LogFormat};
+use ccgate::reload::ConfigSource;
 use ccgate::sim::{Sim, SimConfig};
 use ccgate::{app, demo, devkeys, tls};
 
@@ -25,10 +26,21 @@ enum Command {
         #[arg(long, env = "CCGATE_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Validate the config and print it (secrets live in the files it names, never here).
+    /// Check the config as `serve` would (files, keys, certificates, CAs, the store URL) and
+    /// print it (secrets live in the files it names, never here).
     CheckConfig {
         #[arg(long, env = "CCGATE_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// Make a running ccgate re-read its config, credentials, keys and certificate (as
+    /// SIGHUP does), through its admin listener on loopback; prints what changed.
+    Reload {
+        /// The config of the running instance, to find its admin listener.
+        #[arg(long, env = "CCGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The admin listener's address, instead of reading it from the config.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
     },
     /// Start the simulator and the proxy on loopback with throw-away keys, print what to try.
     Demo {
@@ -82,10 +94,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // `serve` sizes its runtime from the config, so the config is read first.
     let (command, threads) = match cli.command {
-        Command::Serve { config } => match load_config(config) {
+        Command::Serve { config } => match load_config(config.clone()) {
             Ok(c) => {
                 let threads = c.server.worker_threads;
-                (Command::Serve { config: None }, Some((c, threads)))
+                (Command::Serve { config }, Some((c, threads)))
             }
             Err(e) => {
                 eprintln!("ccgate: {e}");
@@ -102,7 +114,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match (command, threads) {
-        (Command::Serve { .. }, Some((config, _))) => rt.block_on(serve(config)),
+        (Command::Serve { config: path }, Some((config, _))) => rt.block_on(serve(config, source_of(path))),
         (command, _) => rt.block_on(run(command)),
     };
     match result {
@@ -114,32 +126,21 @@ fn main() -> ExitCode {
     }
 }
 
+fn source_of(path: Option<PathBuf>) -> ConfigSource {
+    let must_exist = path.is_some();
+    ConfigSource { path: path.unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH)), must_exist }
+}
+
 fn load_config(path: Option<PathBuf>) -> Result<Config, String> {
-    let explicit = path.is_some();
-    let path = path.unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
-    Config::load(&path, explicit).map_err(|e| e.to_string())
+    let source = source_of(path);
+    Config::load(&source.path, source.must_exist).map_err(|e| e.to_string())
 }
 
 async fn run(cmd: Command) -> Result<(), String> {
     match cmd {
-        Command::Serve { config } => serve(load_config(config)?).await,
-        Command::CheckConfig { config } => {
-            let config = load_config(config)?;
-            // Load keys and credentials too: a config that parses but names unreadable files
-            // is not a valid config.
-            ccgate::edge::auth::Authenticator::from_config(&config.auth)?;
-            if let Some(p) = &config.credentials.file {
-                ccgate::session::CredentialStore::load(p)?;
-            }
-            ccgate::ops::limits::Limits::new(&config.rate_limits, ccgate::metrics::Metrics::new())?;
-            if config.store.backend == config::StoreBackend::Redis {
-                // The URL and CA file, as `serve` reads them (Redis itself may be down now).
-                ccgate::shared::Shared::new(&config.store, ccgate::metrics::Metrics::new())?;
-            }
-            print!("{}", config.to_masked_toml());
-            eprintln!("config OK");
-            Ok(())
-        }
+        Command::Serve { config } => serve(load_config(config.clone())?, source_of(config)).await,
+        Command::CheckConfig { config } => check_config(load_config(config)?).await,
+        Command::Reload { config, admin } => reload(config, admin).await,
         Command::Demo { json, listen, admin_listen, replicas, redis } => {
             init_logging(LogFormat::Human, "warn,ccgate=info");
             demo::run(demo::DemoOptions { listen, admin_listen, json, replicas, redis }).await
@@ -154,14 +155,121 @@ async fn run(cmd: Command) -> Result<(), String> {
     }
 }
 
-async fn serve(config: Config) -> Result<(), String> {
+/// Everything `serve` would load, loaded; then the config, masked.
+async fn check_config(config: Config) -> Result<(), String> {
+    init_logging(LogFormat::Human, "warn");
+    for stray in config::stray_env_vars(std::env::vars()) {
+        eprintln!("warning: {stray}");
+    }
+    let metrics = ccgate::metrics::Metrics::new();
+    let shared = match config.store.backend {
+        // The URL and CA file, as `serve` reads them (Redis itself may be down now).
+        config::StoreBackend::Redis => Some(ccgate::shared::Shared::new(&config.store, metrics.clone())?),
+        config::StoreBackend::Memory => None,
+    };
+    // Keys (files read, remote ones fetched), credentials, the TLS certificate and key, limits.
+    let live = ccgate::reload::Live::build(&config, &metrics, shared.as_ref(), None, None)?;
+    // The gateway's CA file and TLS server name.
+    ccgate::gateway::GatewayClient::new(&config.gateway)?;
+    for issuer in live.auth.wait_for_keys(config::ms(config.auth.jwks_startup_wait_ms)).await {
+        eprintln!("warning: the keys of {issuer} cannot be fetched now; serve would start not ready and keep trying");
+    }
+    print!("{}", config.to_masked_toml());
+    eprintln!("config OK");
+    Ok(())
+}
+
+/// `ccgate reload`: asks the running instance's admin listener, on loopback.
+async fn reload(config: Option<PathBuf>, admin: Option<SocketAddr>) -> Result<(), String> {
+    let addr = match admin {
+        Some(a) => a,
+        None => load_config(config).map_err(|e| format!("{e}\n(the running instance keeps its config; fix this and run reload again, or pass --admin)"))?.admin.listen,
+    };
+    // An admin listener on all addresses is reached on loopback, where reloads are accepted.
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        other => other,
+    };
+    let url = format!("http://{}/-/reload", SocketAddr::new(ip, addr.port()));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let req = http::Request::post(&url).body(http_body_util::Empty::new()).map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(RELOAD_WAIT, client.request(req))
+        .await
+        .map_err(|_| format!("{url}: no answer within {} s", RELOAD_WAIT.as_secs()))?
+        .map_err(|e| format!("{url}: {e} (is ccgate running? else send it SIGHUP)"))?;
+    let status = resp.status();
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.map_err(|e| e.to_string())?.to_bytes();
+    println!("{}", String::from_utf8_lossy(&body));
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("reload refused (HTTP {})", status.as_u16()))
+    }
+}
+
+/// How long `ccgate reload` waits: a reload may wait for new providers' keys.
+const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn serve(config: Config, source: ConfigSource) -> Result<(), String> {
     init_logging(config.log.format, &config.log.level);
-    let running = app::start(&config).await?;
+    for stray in config::stray_env_vars(std::env::vars()) {
+        tracing::warn!("{stray}");
+    }
+    // Installed before anything else, so a SIGHUP during start-up does not end the process.
+    let mut signals = Signals::new()?;
+    let running = app::start_from(&config, Some(source)).await?;
     tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, "ccgate serving");
-    demo::wait_for_signal().await;
+    while let Signal::Reload = signals.next().await {
+        tracing::info!("SIGHUP: reloading the config");
+        // The outcome is logged and counted by the reloader.
+        let _ = running.reloader.reload().await;
+    }
     tracing::info!("shutting down");
     running.stop().await;
     Ok(())
+}
+
+enum Signal {
+    Reload,
+    Stop,
+}
+
+/// SIGTERM/SIGINT stop, SIGHUP reloads; registered once for the process's life.
+struct Signals {
+    #[cfg(unix)]
+    streams: (tokio::signal::unix::Signal, tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+}
+
+impl Signals {
+    fn new() -> Result<Self, String> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let s = |k| signal(k).map_err(|e| format!("cannot install signal handlers: {e}"));
+            Ok(Self { streams: (s(SignalKind::terminate())?, s(SignalKind::interrupt())?, s(SignalKind::hangup())?) })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            let (term, int, hup) = &mut self.streams;
+            tokio::select! {
+                _ = term.recv() => Signal::Stop,
+                _ = int.recv() => Signal::Stop,
+                _ = hup.recv() => Signal::Reload,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
+    }
 }
 
 async fn run_sim(cfg: SimConfig) -> Result<(), String> {

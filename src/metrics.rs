@@ -5,7 +5,7 @@
 //! Hot-path children are resolved once and cached, so recording a request is a few atomic
 //! adds with no hashing and no allocation.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use prometheus::{
@@ -106,6 +106,7 @@ label_enum! {
         NotFound => "not_found",
         UpstreamUnavailable => "upstream_unavailable",
         StoreUnavailable => "store_unavailable",
+        KeysUnavailable => "keys_unavailable",
         Timeout => "timeout",
         Internal => "internal",
     }
@@ -177,6 +178,28 @@ label_enum! {
         Limit => "limit",
         Events => "events",
         Subscribe => "subscribe",
+    }
+}
+
+label_enum! {
+    /// How a fetch of an identity provider's keys ended; the `result` label of
+    /// `ccgate_jwks_fetches_total`: `unreachable` (no connection, TLS refused, no answer in
+    /// time), `http_error` (a status other than 200), `invalid` (not a JWK Set, no usable key,
+    /// a discovery document for another issuer).
+    JwksFetchResult {
+        Ok => "ok",
+        Unreachable => "unreachable",
+        HttpError => "http_error",
+        Invalid => "invalid",
+    }
+}
+
+label_enum! {
+    /// How a reload ended; the `result` label of `ccgate_config_reloads_total` and
+    /// `ccgate_tls_certificate_reloads_total`.
+    ReloadResult {
+        Ok => "ok",
+        Failed => "failed",
     }
 }
 
@@ -266,6 +289,12 @@ struct Inner {
     lease_takeovers: IntCounter,
     lease_losses: IntCounter,
     build_info: IntGaugeVec,
+    jwks_fetches: IntCounterVec,
+    jwks_keys: IntGaugeVec,
+    jwks_age: Arc<FreshnessCollector>,
+    config_reloads: IntCounterVec,
+    config_last_reload_ok: IntGauge,
+    certificate_reloads: IntCounterVec,
     // Lazily resolved children: a series appears once it has been used.
     req_cells: Vec<OnceLock<IntCounter>>,
     req_dur_cells: Vec<OnceLock<Histogram>>,
@@ -417,6 +446,39 @@ impl Metrics {
         for s in SessionState::ALL {
             sessions.with_label_values(&[s.as_str()]).set(0);
         }
+        let jwks_fetches = counter_vec(
+            &r,
+            "jwks_fetches_total",
+            "Fetches of an identity provider's keys (discovery included), by issuer and result.",
+            &["issuer", "result"],
+        );
+        let jwks_keys = IntGaugeVec::new(
+            Opts::new("jwks_keys", "Signing keys loaded for each issuer (from a file or fetched)."),
+            &["issuer"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(jwks_keys.clone())).expect("metric registered once");
+        let jwks_age = Arc::new(FreshnessCollector::new());
+        r.register(Box::new(FreshnessRef(jwks_age.clone()))).expect("metric registered once");
+        let config_reloads = counter_vec(
+            &r,
+            "config_reloads_total",
+            "Reloads (SIGHUP, ccgate reload) by result; a failed one left the running config in place.",
+            &["result"],
+        );
+        let config_last_reload_ok =
+            gauge(&r, "config_last_reload_successful", "1 when the last reload succeeded (or none was tried), else 0.");
+        config_last_reload_ok.set(1);
+        let certificate_reloads = counter_vec(
+            &r,
+            "tls_certificate_reloads_total",
+            "Server certificate reloads after its files changed, by result.",
+            &["result"],
+        );
+        for result in ReloadResult::ALL {
+            config_reloads.with_label_values(&[result.as_str()]).reset();
+            certificate_reloads.with_label_values(&[result.as_str()]).reset();
+        }
         Self(Arc::new(Inner {
             registry: r,
             requests,
@@ -447,6 +509,12 @@ impl Metrics {
             lease_takeovers,
             lease_losses,
             build_info,
+            jwks_fetches,
+            jwks_keys,
+            jwks_age,
+            config_reloads,
+            config_last_reload_ok,
+            certificate_reloads,
             req_cells: (0..MethodLabel::COUNT * Outcome::COUNT).map(|_| OnceLock::new()).collect(),
             req_dur_cells: (0..MethodLabel::COUNT).map(|_| OnceLock::new()).collect(),
             up_dur_cells: (0..GatewayMethod::COUNT).map(|_| OnceLock::new()).collect(),
@@ -573,12 +641,42 @@ impl Metrics {
         self.0.events_dropped.inc();
     }
 
+    /// Counts a fetch of `issuer`'s keys. The first call for an issuer also creates its other
+    /// result series at 0, so `increase()` sees the first failure.
+    pub fn count_jwks_fetch(&self, issuer: &str, result: JwksFetchResult) {
+        for r in JwksFetchResult::ALL {
+            let c = self.0.jwks_fetches.with_label_values(&[issuer, r.as_str()]);
+            if *r == result {
+                c.inc();
+            }
+        }
+    }
+
+    pub fn set_jwks_keys(&self, issuer: &str, keys: usize) {
+        self.0.jwks_keys.with_label_values(&[issuer]).set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    /// Exports `ccgate_jwks_age_seconds{issuer}` from `last_success` while it lives.
+    pub fn watch_jwks_age(&self, issuer: &str, last_success: &Arc<std::sync::Mutex<Option<std::time::Instant>>>) {
+        self.0.jwks_age.watch(issuer, last_success);
+    }
+
+    pub fn count_config_reload(&self, result: ReloadResult) {
+        self.0.config_reloads.with_label_values(&[result.as_str()]).inc();
+        self.0.config_last_reload_ok.set(i64::from(result == ReloadResult::Ok));
+    }
+
+    pub fn count_certificate_reload(&self, result: ReloadResult) {
+        self.0.certificate_reloads.with_label_values(&[result.as_str()]).inc();
+    }
+
     /// Names of every metric family ccgate exports, including label vectors with no series
     /// yet (for checking dashboards and alert rules against them).
     pub fn names(&self) -> Vec<String> {
         use prometheus::core::Collector;
         let i = &self.0;
-        let collectors: [&dyn Collector; 29] = [
+        let age = FreshnessRef(i.jwks_age.clone());
+        let collectors: [&dyn Collector; 34] = [
             &i.requests,
             &i.request_duration,
             &i.upstream_duration,
@@ -607,7 +705,12 @@ impl Metrics {
             &i.lease_takeovers,
             &i.lease_losses,
             &i.build_info,
-            &i.requests,
+            &i.jwks_fetches,
+            &i.jwks_keys,
+            &age,
+            &i.config_reloads,
+            &i.config_last_reload_ok,
+            &i.certificate_reloads,
         ];
         // The registry adds the `ccgate_` prefix when gathering; descriptors lack it.
         let mut v: Vec<String> =
@@ -625,6 +728,55 @@ impl Metrics {
             return format!("# encoding failed: {e}\n");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+type LastSuccess = Weak<std::sync::Mutex<Option<std::time::Instant>>>;
+
+/// `ccgate_jwks_age_seconds`: computed when scraped, from each fetcher's last success, so the
+/// value is exact at scrape time without a timer. Fetchers that a reload dropped disappear.
+struct FreshnessCollector {
+    vec: prometheus::GaugeVec,
+    sources: std::sync::Mutex<Vec<(String, LastSuccess)>>,
+}
+
+impl FreshnessCollector {
+    fn new() -> Self {
+        let vec = prometheus::GaugeVec::new(
+            Opts::new("jwks_age_seconds", "Seconds since the last successful fetch of each issuer's remote keys."),
+            &["issuer"],
+        )
+        .expect("static metric definition");
+        Self { vec, sources: std::sync::Mutex::new(Vec::new()) }
+    }
+
+    fn watch(&self, issuer: &str, last: &Arc<std::sync::Mutex<Option<std::time::Instant>>>) {
+        let mut sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        sources.retain(|(i, w)| i != issuer && w.strong_count() > 0);
+        sources.push((issuer.to_owned(), Arc::downgrade(last)));
+    }
+}
+
+/// The registry owns a `Box<dyn Collector>`; this lets `Metrics` keep the collector too.
+struct FreshnessRef(Arc<FreshnessCollector>);
+
+impl prometheus::core::Collector for FreshnessRef {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.vec.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let c = &self.0;
+        c.vec.reset();
+        let mut sources = c.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        sources.retain(|(_, w)| w.strong_count() > 0);
+        for (issuer, last) in sources.iter() {
+            let at = last.upgrade().and_then(|m| *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            if let Some(at) = at {
+                c.vec.with_label_values(&[issuer]).set(at.elapsed().as_secs_f64());
+            }
+        }
+        c.vec.collect()
     }
 }
 

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rustls::crypto::aws_lc_rs;
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -73,6 +74,58 @@ pub fn server_config(
 
 pub fn server_config_from_files(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
     server_config(load_certs(cert)?, load_key(key)?)
+}
+
+/// The server's certificate, swappable while serving: a reload or a renewed certificate file
+/// changes what new handshakes get; connections already open keep theirs.
+#[derive(Debug)]
+pub struct CertResolver(arc_swap::ArcSwap<CertifiedKey>);
+
+impl CertResolver {
+    pub fn new(key: CertifiedKey) -> Arc<Self> {
+        Arc::new(Self(arc_swap::ArcSwap::from_pointee(key)))
+    }
+
+    pub fn replace(&self, key: CertifiedKey) {
+        self.0.store(Arc::new(key));
+    }
+
+    /// The certificate served now (its leaf, for tests and logs).
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.0.load_full()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// Reads a certificate chain and its key, and checks that they belong together, as
+/// `with_single_cert` would: the one loading path of start-up, reload and file watching.
+pub fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+    let certs = load_certs(cert)?;
+    let der = load_key(key)?;
+    let signing = server_provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|e| format!("{}: unusable private key: {e}", key.display()))?;
+    let ck = CertifiedKey::new(certs, signing);
+    ck.keys_match().map_err(|e| format!("{} and {} do not match: {e}", cert.display(), key.display()))?;
+    Ok(ck)
+}
+
+/// Server config (as [`server_config`]) whose certificate comes from `resolver`.
+pub fn server_config_with_resolver(resolver: Arc<CertResolver>) -> Result<Arc<rustls::ServerConfig>, String> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(server_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    cfg.ignore_client_order = true;
+    Ok(Arc::new(cfg))
 }
 
 /// Client config trusting exactly the CAs in `ca_file`. There is no "insecure" mode: gateways

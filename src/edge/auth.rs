@@ -1,10 +1,16 @@
 //! Phase `authenticate`: bearer JWT → [`Principal`].
 //!
 //! Order of checks, each with its own failure reason so an app developer can tell what is
-//! wrong: header present → three base64url parts → `alg` allow-listed (before any key is
-//! touched, so `alg: none` and HS256-with-an-RSA-public-key die here) → key found by `kid` and
-//! of the algorithm's family → signature → `exp`/`nbf` → `iss` → `aud` → agent claim. A
-//! header with `crit` is refused: ccgate understands no JOSE extension (RFC 7515 §4.1.11).
+//! wrong: header present → three base64url parts → the provider its `iss` names (with several
+//! providers; an unknown issuer is `wrong_issuer`) → `alg` allow-listed by that provider
+//! (before any key is touched, so `alg: none` and HS256-with-an-RSA-public-key die here) → key
+//! found by `kid` and of the algorithm's family → signature → `exp`/`nbf` → `iss` → `aud` →
+//! agent claim. A header with `crit` is refused: ccgate understands no JOSE extension (RFC
+//! 7515 §4.1.11).
+//!
+//! A token naming a key a remote provider has not published (yet) makes the provider's keys
+//! be fetched again, at most once per short interval (`jwks::remote`), and is checked again:
+//! a key rotation needs no restart.
 //!
 //! A signature check is the one costly step an anonymous client can trigger, so its cost is
 //! bounded twice: a token refused for its signature is remembered for a while (the same bad
@@ -14,21 +20,21 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, KeySource, ProviderConfig};
 use crate::gateway::parse_agent_id;
-use crate::metrics::AuthFailureReason as Reason;
+use crate::jwks::remote::{OnChange, RemoteKeys};
+use crate::jwks::KeySet;
+use crate::metrics::{AuthFailureReason as Reason, Metrics};
 use crate::ops::Principal;
 
 /// Longest tenant value kept; longer ones share the "no tenant" bucket rather than letting a
@@ -39,29 +45,57 @@ const MAX_TENANT_LEN: usize = 128;
 /// bounds the base64 and JSON work an unauthenticated client can cause.
 const MAX_TOKEN_LEN: usize = 8 * 1024;
 
-struct Key {
-    alg: Algorithm,
-    key: DecodingKey,
-}
-
 pub struct Authenticator {
-    /// Keys by `kid`. A key without `kid` is stored under "" and used only by tokens without
-    /// one.
-    keys: HashMap<String, Vec<Key>>,
-    hs256: Option<DecodingKey>,
-    allowed: Vec<Algorithm>,
-    issuer: String,
-    audience: String,
+    /// In config order: the `[auth]` shorthand first.
+    providers: Vec<Provider>,
     leeway: u64,
-    agent_claim: String,
-    tenant_claim: String,
-    cache: Option<TokenCache<Principal>>,
+    cache: Option<TokenCache<Verified>>,
     /// Signature-refused tokens, by hash.
     refused: TokenCache<Reason>,
     budget: RefusalBudget,
     /// `ccgate_auth_throttled_total`, `ccgate_auth_refusals_remembered_total`.
     counters: Option<(prometheus::IntCounter, prometheus::IntCounter)>,
     ttl: u64,
+}
+
+/// One identity provider, ready to verify.
+struct Provider {
+    issuer: String,
+    audiences: Vec<String>,
+    keys: Keys,
+    hs256: Option<DecodingKey>,
+    allowed: Vec<Algorithm>,
+    agent_claim: String,
+    tenant_claim: String,
+}
+
+enum Keys {
+    /// Read from a file (re-read on reload only).
+    Static(KeySet),
+    /// Fetched and refreshed.
+    Remote(Arc<RemoteKeys>),
+    /// HS256 only.
+    None,
+}
+
+impl Provider {
+    /// Bumped whenever a key this provider verified with may have gone: cached verifications
+    /// made before are void.
+    fn removals(&self) -> u64 {
+        match &self.keys {
+            Keys::Remote(r) => r.removals(),
+            _ => 0,
+        }
+    }
+}
+
+/// A cached verification: who, by which provider, and that provider's [`Provider::removals`]
+/// at the time.
+#[derive(Clone)]
+struct Verified {
+    principal: Principal,
+    provider: usize,
+    removals: u64,
 }
 
 /// Tokens already verified, keyed by the SHA-256 of the token so the cache never holds a
@@ -149,6 +183,8 @@ pub enum Refused {
     Token(Reason),
     /// The client's address had too many tokens refused: come back after this long.
     Throttled(std::time::Duration),
+    /// The token's provider has no keys yet (its keys could not be fetched since start).
+    KeysUnavailable,
 }
 
 type AddressLimiter = governor::RateLimiter<
@@ -211,72 +247,90 @@ impl RefusalBudget {
 }
 
 impl Authenticator {
-    /// Loads keys named by the config. Fails with a message naming the file and the problem.
-    pub fn from_config(cfg: &AuthConfig) -> Result<Self, String> {
-        let jwks = match &cfg.jwks_file {
-            Some(p) => load_jwks(p)?,
-            None => Vec::new(),
-        };
-        let hs256 = match &cfg.hs256_secret_file {
-            Some(p) => {
-                let raw = crate::secret_file::read(p, "HS256 secret file")?;
-                let s = String::from_utf8(raw).map_err(|_| format!("{}: not UTF-8", p.display()))?;
-                let s = s.trim_end_matches(['\n', '\r']);
-                // RFC 7518 §3.2: the HS256 key must be at least as long as the hash output.
-                if s.len() < 32 {
-                    return Err(format!("{}: HS256 secret must be at least 32 bytes", p.display()));
+    /// Builds every provider of the config, loading files and starting remote fetchers.
+    /// `previous` (on reload) lends its fetchers for providers whose key settings did not
+    /// change, so a reload does not refetch or lose keys. Errors name the provider and file.
+    pub fn from_config(
+        cfg: &AuthConfig,
+        metrics: &Metrics,
+        previous: Option<&Authenticator>,
+        on_change: Option<OnChange>,
+    ) -> Result<Self, String> {
+        let mut providers = Vec::new();
+        for p in cfg.all_providers() {
+            let allowed = algorithms(&p)?;
+            let hs256 = match &p.hs256_secret_file {
+                Some(path) => Some(hs256_key(path)?),
+                None => None,
+            };
+            let keys = match p.key_source() {
+                KeySource::File(path) => {
+                    let (set, skipped) = KeySet::from_file(&path).map_err(|e| format!("{}: {e}", p.issuer))?;
+                    if set.usable_with(&allowed) == 0 && hs256.is_none() {
+                        let why = if skipped.is_empty() { "the JWKS is empty".to_owned() } else { skipped.join("; ") };
+                        return Err(format!("{}: no usable signing key ({why})", path.display()));
+                    }
+                    metrics.set_jwks_keys(&p.issuer, set.len());
+                    Keys::Static(set)
                 }
-                Some(DecodingKey::from_secret(s.as_bytes()))
-            }
-            None => None,
-        };
-        Self::new(cfg, &jwks, hs256)
+                KeySource::Url(_) | KeySource::Discovery => {
+                    let reused = previous.and_then(|prev| {
+                        prev.providers.iter().find_map(|q| match &q.keys {
+                            Keys::Remote(r) if r.serves(&p, &allowed, cfg.refresh()) => Some(r.clone()),
+                            _ => None,
+                        })
+                    });
+                    match reused {
+                        Some(r) => Keys::Remote(r),
+                        None => Keys::Remote(RemoteKeys::start(&p, allowed.clone(), cfg.refresh(), metrics, on_change.clone())?),
+                    }
+                }
+                KeySource::None => Keys::None,
+            };
+            providers.push(Provider {
+                issuer: p.issuer.clone(),
+                audiences: p.audiences.clone(),
+                keys,
+                hs256,
+                allowed,
+                agent_claim: p.agent_claim.clone(),
+                tenant_claim: p.tenant_claim.clone(),
+            });
+        }
+        if providers.is_empty() {
+            return Err("no identity provider configured".into());
+        }
+        Ok(Self {
+            providers,
+            leeway: cfg.leeway_secs,
+            cache: (cfg.cache_size > 0).then(|| TokenCache::new(cfg.cache_size)),
+            refused: TokenCache::new(REFUSED_TOKENS),
+            budget: RefusalBudget::new(),
+            counters: Some((metrics.auth_throttled(), metrics.auth_refusals_remembered())),
+            ttl: cfg.cache_ttl_secs,
+        })
     }
 
-    /// Builds the verifier from raw JWKs (each judged on its own: see [`usable_key`]).
+    /// One provider (`cfg`'s shorthand) with keys given as JWKs (tests and tools).
     pub fn new(cfg: &AuthConfig, jwks: &[Value], hs256: Option<DecodingKey>) -> Result<Self, String> {
-        let mut allowed = Vec::new();
-        for a in &cfg.algorithms {
-            allowed.push(match a.as_str() {
-                "RS256" => Algorithm::RS256,
-                "ES256" => Algorithm::ES256,
-                "EdDSA" => Algorithm::EdDSA,
-                "HS256" if hs256.is_some() => Algorithm::HS256,
-                other => return Err(format!("auth.algorithms: {other} not usable")),
-            });
-        }
-        let mut keys: HashMap<String, Vec<Key>> = HashMap::new();
-        let mut skipped = Vec::new();
-        for raw in jwks {
-            let kid = raw.get("kid").and_then(Value::as_str).unwrap_or("(no kid)").to_owned();
-            let usable = usable_key(raw).and_then(|(jwk, alg)| {
-                if !allowed.contains(&alg) {
-                    return Err(format!("{alg:?}, which auth.algorithms does not allow"));
-                }
-                let key = DecodingKey::from_jwk(&jwk).map_err(|e| format!("unreadable ({e})"))?;
-                Ok((alg, key))
-            });
-            match usable {
-                Ok((alg, key)) => keys.entry(kid_of(raw)).or_default().push(Key { alg, key }),
-                Err(why) => {
-                    tracing::warn!(kid = %kid, reason = %why, "JWKS key skipped");
-                    skipped.push(format!("{kid}: {why}"));
-                }
-            }
-        }
-        if keys.is_empty() && hs256.is_none() {
+        let p = cfg.all_providers().into_iter().next().ok_or("no provider")?;
+        let allowed = algorithms(&p)?;
+        let (set, skipped) = KeySet::from_jwks(jwks);
+        if set.usable_with(&allowed) == 0 && hs256.is_none() {
             let why = if skipped.is_empty() { "the JWKS is empty".to_owned() } else { skipped.join("; ") };
             return Err(format!("no usable signing key ({why})"));
         }
         Ok(Self {
-            keys,
-            hs256,
-            allowed,
-            issuer: cfg.issuer.clone(),
-            audience: cfg.audience.clone(),
+            providers: vec![Provider {
+                issuer: p.issuer,
+                audiences: p.audiences,
+                keys: Keys::Static(set),
+                hs256,
+                allowed,
+                agent_claim: p.agent_claim,
+                tenant_claim: p.tenant_claim,
+            }],
             leeway: cfg.leeway_secs,
-            agent_claim: cfg.agent_claim.clone(),
-            tenant_claim: cfg.tenant_claim.clone(),
             cache: (cfg.cache_size > 0).then(|| TokenCache::new(cfg.cache_size)),
             refused: TokenCache::new(REFUSED_TOKENS),
             budget: RefusalBudget::new(),
@@ -286,23 +340,101 @@ impl Authenticator {
     }
 
     /// Counts throttled requests and remembered refusals in these metrics.
-    pub fn with_metrics(mut self, m: &crate::metrics::Metrics) -> Self {
+    pub fn with_metrics(mut self, m: &Metrics) -> Self {
         self.counters = Some((m.auth_throttled(), m.auth_refusals_remembered()));
         self
     }
 
-    /// Authenticates a request from its headers, sent from `client` (when known).
-    pub fn authenticate(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Principal, Refused> {
+    /// Waits (at most `wait` in all) for every remote provider's first key set; the issuers
+    /// still without keys.
+    pub async fn wait_for_keys(&self, wait: std::time::Duration) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut missing = Vec::new();
+        for p in &self.providers {
+            if let Keys::Remote(r) = &p.keys {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if !r.wait_loaded(left).await {
+                    missing.push(p.issuer.clone());
+                }
+            }
+        }
+        missing
+    }
+
+    /// Every provider has keys to verify with (`/readyz`).
+    pub fn keys_loaded(&self) -> bool {
+        self.providers.iter().all(|p| match &p.keys {
+            Keys::Remote(r) => r.is_loaded(),
+            _ => true,
+        })
+    }
+
+    /// Issuers whose keys are fetched, and whether they are loaded (`/readyz`).
+    pub fn remote_issuers(&self) -> Vec<(String, bool)> {
+        self.providers
+            .iter()
+            .filter_map(|p| match &p.keys {
+                Keys::Remote(r) => Some((p.issuer.clone(), r.is_loaded())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Authenticates a request from its headers, sent from `client` (when known). A token
+    /// naming a key its remote provider has not published makes that provider fetch its keys
+    /// (see `jwks::remote`), then is checked once more.
+    pub async fn authenticate(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Principal, Refused> {
+        let token = bearer_token(headers).map_err(Refused::Token)?;
+        match self.check(token, client) {
+            Err(Refused::Token(Reason::UnknownKey)) => match self.remote_for(token) {
+                Some(remote) => {
+                    remote.refresh_for_unknown_key().await;
+                    self.check(token, client)
+                }
+                None => Err(Refused::Token(Reason::UnknownKey)),
+            },
+            other => other,
+        }
+    }
+
+    /// The synchronous part of [`Self::authenticate`]: everything but fetching keys.
+    pub fn authenticate_now(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Principal, Refused> {
         let token = bearer_token(headers).map_err(Refused::Token)?;
         self.check(token, client)
     }
 
-    /// [`Self::authenticate`] for a bare token, with no client address (tools and tests).
+    /// Whether the token's provider fetches its keys (so an unknown key may be worth a fetch).
+    pub fn may_refresh(&self, headers: &HeaderMap) -> bool {
+        bearer_token(headers).ok().and_then(|t| self.remote_for(t)).is_some()
+    }
+
+    /// [`Self::authenticate`] for a bare token, with no client address and no fetch (tools and
+    /// tests).
     pub fn verify(&self, token: &str) -> Result<Principal, Reason> {
         self.check(token, None).map_err(|r| match r {
             Refused::Token(reason) => reason,
-            Refused::Throttled(_) => Reason::BadSignature,
+            Refused::Throttled(_) | Refused::KeysUnavailable => Reason::UnknownKey,
         })
+    }
+
+    /// The remote key source of the token's provider, if it has one.
+    fn remote_for(&self, token: &str) -> Option<Arc<RemoteKeys>> {
+        let p = &self.providers[self.provider_of(token).ok()?];
+        match &p.keys {
+            Keys::Remote(r) => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// The provider a token's `iss` names. With one provider, that one (its check of `iss`
+    /// then says `wrong_issuer` if the token names another), so the payload is not decoded
+    /// twice.
+    fn provider_of(&self, token: &str) -> Result<usize, Reason> {
+        if self.providers.len() == 1 {
+            return Ok(0);
+        }
+        let iss = peek_issuer(token)?;
+        self.providers.iter().position(|p| p.issuer == iss).ok_or(Reason::WrongIssuer)
     }
 
     fn check(&self, token: &str, client: Option<IpAddr>) -> Result<Principal, Refused> {
@@ -310,10 +442,14 @@ impl Authenticator {
             return Err(Refused::Token(Reason::Malformed));
         }
         let now = unix_now();
-        let key = (token.len() <= MAX_CACHED_TOKEN_LEN).then(|| TokenCache::<Principal>::key(token));
+        let key = (token.len() <= MAX_CACHED_TOKEN_LEN).then(|| TokenCache::<Verified>::key(token));
         if let (Some(c), Some(k)) = (&self.cache, &key) {
-            if let Some(p) = c.get(k, now) {
-                return Ok(p);
+            if let Some(v) = c.get(k, now) {
+                // Void if a key of its provider was removed since (or a reload changed the
+                // providers: the cache is new then anyway).
+                if self.providers.get(v.provider).is_some_and(|p| p.removals() == v.removals) {
+                    return Ok(v.principal);
+                }
             }
         }
         // Past here the token may cost a signature check.
@@ -329,15 +465,22 @@ impl Authenticator {
             }
             return Err(Refused::Token(reason));
         }
-        match self.verify_uncached(token) {
+        let index = self.provider_of(token).map_err(Refused::Token)?;
+        let provider = &self.providers[index];
+        // Read before the keys, so a removal racing this check voids what it caches.
+        let removals = provider.removals();
+        match verify_with(provider, token, self.leeway) {
             Ok((principal, exp)) => {
                 if let (Some(c), Some(k)) = (&self.cache, key) {
-                    c.put(k, &principal, exp.saturating_add(self.leeway).min(now.saturating_add(self.ttl)));
+                    let until = exp.saturating_add(self.leeway).min(now.saturating_add(self.ttl));
+                    c.put(k, &Verified { principal: principal.clone(), provider: index, removals }, until);
                 }
                 Ok(principal)
             }
-            Err(reason) => {
-                if let Some(ip) = client {
+            Err(Refused::Token(reason)) => {
+                // An unknown key costs no signature check, and a rotation makes every app
+                // send one at once: not counted against the address.
+                if let (Some(ip), false) = (client, reason == Reason::UnknownKey) {
                     self.budget.refused(ip);
                 }
                 if let (Reason::BadSignature, Some(k)) = (reason, key) {
@@ -345,6 +488,7 @@ impl Authenticator {
                 }
                 Err(Refused::Token(reason))
             }
+            Err(other) => Err(other),
         }
     }
 
@@ -352,35 +496,71 @@ impl Authenticator {
     pub fn evict(&self) {
         self.budget.evict();
     }
+}
 
-    /// Full verification; returns the principal and the token's `exp`.
-    fn verify_uncached(&self, token: &str) -> Result<(Principal, u64), Reason> {
-        let (alg, kid) = peek_header(token)?;
-        let alg = match alg.as_str() {
-            "RS256" => Algorithm::RS256,
-            "ES256" => Algorithm::ES256,
-            "EdDSA" => Algorithm::EdDSA,
-            "HS256" => Algorithm::HS256,
-            _ => return Err(Reason::AlgorithmNotAllowed),
+/// The provider's algorithms as `jsonwebtoken` names them.
+fn algorithms(p: &ProviderConfig) -> Result<Vec<Algorithm>, String> {
+    p.algorithms
+        .iter()
+        .map(|a| match a.as_str() {
+            "RS256" => Ok(Algorithm::RS256),
+            "ES256" => Ok(Algorithm::ES256),
+            "EdDSA" => Ok(Algorithm::EdDSA),
+            "HS256" if p.hs256_secret_file.is_some() => Ok(Algorithm::HS256),
+            other => Err(format!("{}: algorithm {other} not usable", p.issuer)),
+        })
+        .collect()
+}
+
+fn hs256_key(path: &std::path::Path) -> Result<DecodingKey, String> {
+    let raw = crate::secret_file::read(path, "HS256 secret file")?;
+    let s = String::from_utf8(raw).map_err(|_| format!("{}: not UTF-8", path.display()))?;
+    let s = s.trim_end_matches(['\n', '\r']);
+    // RFC 7518 §3.2: the HS256 key must be at least as long as the hash output.
+    if s.len() < 32 {
+        return Err(format!("{}: HS256 secret must be at least 32 bytes", path.display()));
+    }
+    Ok(DecodingKey::from_secret(s.as_bytes()))
+}
+
+/// Full verification by one provider; returns the principal and the token's `exp`.
+fn verify_with(p: &Provider, token: &str, leeway: u64) -> Result<(Principal, u64), Refused> {
+    let refuse = |r| Refused::Token(r);
+    let (alg, kid) = peek_header(token).map_err(refuse)?;
+    let alg = match alg.as_str() {
+        "RS256" => Algorithm::RS256,
+        "ES256" => Algorithm::ES256,
+        "EdDSA" => Algorithm::EdDSA,
+        "HS256" => Algorithm::HS256,
+        _ => return Err(refuse(Reason::AlgorithmNotAllowed)),
+    };
+    if !p.allowed.contains(&alg) {
+        return Err(refuse(Reason::AlgorithmNotAllowed));
+    }
+    let remote_set;
+    let key = if alg == Algorithm::HS256 {
+        p.hs256.as_ref().ok_or(refuse(Reason::AlgorithmNotAllowed))?
+    } else {
+        let set = match &p.keys {
+            Keys::Static(set) => set,
+            Keys::Remote(r) => {
+                remote_set = r.keys().ok_or(Refused::KeysUnavailable)?;
+                &*remote_set
+            }
+            Keys::None => return Err(refuse(Reason::UnknownKey)),
         };
-        if !self.allowed.contains(&alg) {
-            return Err(Reason::AlgorithmNotAllowed);
-        }
-        let key = if alg == Algorithm::HS256 {
-            self.hs256.as_ref().ok_or(Reason::AlgorithmNotAllowed)?
-        } else {
-            let candidates = self.keys.get(kid.as_deref().unwrap_or_default()).ok_or(Reason::UnknownKey)?;
-            &candidates.iter().find(|k| k.alg == alg).ok_or(Reason::UnknownKey)?.key
-        };
-        let mut v = Validation::new(alg);
-        v.leeway = self.leeway;
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        // jsonwebtoken checks iss/aud only when set, and presence only when listed here.
-        v.set_required_spec_claims(&["exp", "iss", "aud"]);
-        v.set_issuer(&[&self.issuer]);
-        v.set_audience(&[&self.audience]);
-        let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map_err(|e| match e.kind() {
+        set.find(kid.as_deref().unwrap_or_default(), alg).ok_or(refuse(Reason::UnknownKey))?
+    };
+    let mut v = Validation::new(alg);
+    v.leeway = leeway;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    // jsonwebtoken checks iss/aud only when set, and presence only when listed here.
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    v.set_issuer(&[&p.issuer]);
+    v.set_audience(&p.audiences);
+    let data = jsonwebtoken::decode::<Map<String, Value>>(token, key, &v).map_err(|e| {
+        refuse(match e.kind() {
             ErrorKind::InvalidSignature => Reason::BadSignature,
             ErrorKind::ExpiredSignature => Reason::Expired,
             ErrorKind::ImmatureSignature => Reason::NotYetValid,
@@ -392,27 +572,34 @@ impl Authenticator {
                 Reason::BadSignature
             }
             _ => Reason::Malformed,
-        })?;
-        let agent = match data.claims.get(&self.agent_claim) {
-            None | Some(Value::Null) => return Err(Reason::MissingAgent),
-            Some(Value::String(s)) => parse_agent_id(s),
-            Some(Value::Number(n)) => n.as_u64().and_then(|n| parse_agent_id(&n.to_string())),
-            Some(_) => None,
-        }
-        .ok_or(Reason::InvalidAgent)?;
-        let tenant = match data.claims.get(&self.tenant_claim) {
-            Some(Value::String(t)) if !t.is_empty() && t.len() <= MAX_TENANT_LEN => Some(t.clone()),
-            Some(Value::Number(n)) => Some(n.to_string()),
-            _ => None,
-        };
-        let exp = data.claims.get("exp").and_then(Value::as_u64).ok_or(Reason::MissingClaim)?;
-        Ok((Principal { agent_id: agent.to_string(), tenant }, exp))
+        })
+    })?;
+    let agent = match data.claims.get(&p.agent_claim) {
+        None | Some(Value::Null) => return Err(refuse(Reason::MissingAgent)),
+        Some(Value::String(s)) => parse_agent_id(s),
+        Some(Value::Number(n)) => n.as_u64().and_then(|n| parse_agent_id(&n.to_string())),
+        Some(_) => None,
     }
+    .ok_or(refuse(Reason::InvalidAgent))?;
+    let tenant = match data.claims.get(&p.tenant_claim) {
+        Some(Value::String(t)) if !t.is_empty() && t.len() <= MAX_TENANT_LEN => Some(t.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let exp = data.claims.get("exp").and_then(Value::as_u64).ok_or(refuse(Reason::MissingClaim))?;
+    Ok((Principal { agent_id: agent.to_string(), tenant }, exp))
 }
 
-/// The `kid` a key is stored under ("" for a key without one: used only by tokens without).
-fn kid_of(raw: &Value) -> String {
-    raw.get("kid").and_then(Value::as_str).unwrap_or_default().to_owned()
+/// The payload's `iss`, unverified: only to pick the provider that then verifies everything.
+fn peek_issuer(token: &str) -> Result<String, Reason> {
+    let payload = token.split('.').nth(1).ok_or(Reason::Malformed)?;
+    let raw = URL_SAFE_NO_PAD.decode(payload).map_err(|_| Reason::Malformed)?;
+    #[derive(serde::Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    let claims: Iss = serde_json::from_slice(&raw).map_err(|_| Reason::Malformed)?;
+    claims.iss.ok_or(Reason::MissingClaim)
 }
 
 fn unix_now() -> u64 {
@@ -455,49 +642,6 @@ fn peek_header(token: &str) -> Result<(String, Option<String>), Reason> {
         Some(_) => return Err(Reason::Malformed),
     };
     Ok((alg, kid))
-}
-
-/// Reads a JWK Set file. Only the set's shape must be right; each key is judged on its own.
-fn load_jwks(path: &Path) -> Result<Vec<Value>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let set: Value = serde_json::from_str(&text).map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
-    match set.get("keys") {
-        Some(Value::Array(keys)) => Ok(keys.clone()),
-        _ => Err(format!("{}: not a JWK Set (no \"keys\" array)", path.display())),
-    }
-}
-
-/// Smallest RSA modulus accepted (NIST SP 800-57: 2048 bits until 2030).
-const MIN_RSA_BITS: usize = 2048;
-
-/// A key ccgate can verify signatures with, and for which algorithm; or why not. Identity
-/// providers publish encryption keys and other algorithms beside their signing keys, so a key
-/// that does not fit is skipped, not fatal.
-fn usable_key(raw: &Value) -> Result<(Jwk, Algorithm), String> {
-    let jwk: Jwk = serde_json::from_value(raw.clone()).map_err(|e| format!("not a JWK ccgate can read ({e})"))?;
-    if jwk.common.public_key_use == Some(jsonwebtoken::jwk::PublicKeyUse::Encryption) {
-        return Err("an encryption key (use: enc)".into());
-    }
-    let implied = match &jwk.algorithm {
-        AlgorithmParameters::RSA(p) => {
-            let n = URL_SAFE_NO_PAD.decode(p.n.trim_end_matches('=')).map_err(|_| "RSA modulus is not base64url")?;
-            let bits = n.iter().skip_while(|b| **b == 0).count() * 8;
-            if bits < MIN_RSA_BITS {
-                return Err(format!("an RSA key of about {bits} bits; at least {MIN_RSA_BITS} are required"));
-            }
-            Algorithm::RS256
-        }
-        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
-        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Algorithm::EdDSA,
-        _ => return Err("a key type or curve ccgate does not verify with (RSA, P-256, Ed25519 only)".into()),
-    };
-    if let Some(declared) = jwk.common.key_algorithm {
-        let (declared, implied_name) = (format!("{declared:?}"), format!("{implied:?}"));
-        if declared != implied_name {
-            return Err(format!("alg {declared}, which ccgate does not verify"));
-        }
-    }
-    Ok((jwk, implied))
 }
 
 #[cfg(test)]
@@ -625,7 +769,8 @@ mod tests {
         keys.extend(crate::devkeys::jwks(&[&es])["keys"].as_array().unwrap().iter().cloned());
         let a = Authenticator::new(&config(), &keys, None).unwrap();
         assert!(a.verify(&es.token("https://idp.test", "ccgate", "153", 600).unwrap()).is_ok());
-        assert_eq!(a.keys.values().map(Vec::len).sum::<usize>(), 1, "only the usable key was loaded");
+        let Keys::Static(set) = &a.providers[0].keys else { panic!("static keys") };
+        assert_eq!(set.len(), 1, "only the usable key was loaded");
     }
 
     #[test]
@@ -649,23 +794,23 @@ mod tests {
             h.clone()
         };
         let valid = es.token("https://idp.test", "ccgate", "153", 600).unwrap();
-        assert!(a.authenticate(&bearer(&valid), Some(attacker)).is_ok(), "known good from now on");
+        assert!(a.authenticate_now(&bearer(&valid), Some(attacker)).is_ok(), "known good from now on");
         // The burst's refusals fit the budget; the one after it is checked and closes it.
         for i in 0..=REFUSED_PER_ADDRESS_BURST {
-            let r = a.authenticate(&bearer(&forged(&es, &format!("{}", 200 + i))), Some(attacker));
+            let r = a.authenticate_now(&bearer(&forged(&es, &format!("{}", 200 + i))), Some(attacker));
             assert_eq!(r, Err(Refused::Token(Reason::BadSignature)), "refusal {i} is checked");
         }
-        let r = a.authenticate(&bearer(&forged(&es, "300")), Some(attacker));
+        let r = a.authenticate_now(&bearer(&forged(&es, "300")), Some(attacker));
         assert!(matches!(r, Err(Refused::Throttled(_))), "{r:?}");
         // Another address is not affected; a token already verified still passes.
         assert_eq!(
-            a.authenticate(&bearer(&forged(&es, "301")), Some(other)),
+            a.authenticate_now(&bearer(&forged(&es, "301")), Some(other)),
             Err(Refused::Token(Reason::BadSignature))
         );
-        assert!(a.authenticate(&bearer(&valid), Some(attacker)).is_ok());
+        assert!(a.authenticate_now(&bearer(&valid), Some(attacker)).is_ok());
         // The budget refills.
         tokio::time::advance(std::time::Duration::from_secs(2)).await;
-        let r = a.authenticate(&bearer(&forged(&es, "302")), Some(attacker));
+        let r = a.authenticate_now(&bearer(&forged(&es, "302")), Some(attacker));
         assert_eq!(r, Err(Refused::Token(Reason::BadSignature)));
     }
 }

@@ -34,7 +34,8 @@ use auth::Authenticator;
 use route::Route;
 
 pub struct Proxy {
-    pub auth: Arc<Authenticator>,
+    /// Swapped whole by a reload.
+    pub auth: Arc<arc_swap::ArcSwap<Authenticator>>,
     pub core: Core,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
@@ -145,7 +146,7 @@ impl Proxy {
             Ok(target) => {
                 let (label, route) = (target.label(), target.route());
                 let client = req.extensions().get::<crate::server::listener::ClientAddr>().map(|a| a.0.ip());
-                match self.authenticate(req.headers(), client) {
+                match self.authenticate(req.headers(), client).await {
                     Err(f) => (label, route, None, Err(f), None),
                     Ok(who) => {
                         let (result, limit) = self.operate(target, &who, label, req).await;
@@ -201,14 +202,36 @@ impl Proxy {
         (rendered, answer.limit)
     }
 
-    fn authenticate(&self, headers: &http::HeaderMap, client: Option<std::net::IpAddr>) -> Result<Principal, Failure> {
-        self.auth.authenticate(headers, client).map_err(|refused| match refused {
+    async fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        client: Option<std::net::IpAddr>,
+    ) -> Result<Principal, Failure> {
+        let now = {
+            let auth = self.auth.load();
+            match auth.authenticate_now(headers, client) {
+                // The slow path: the provider may have rotated its keys; fetching them may
+                // take a while, so hold the authenticator itself, not the swap's guard.
+                Err(auth::Refused::Token(crate::metrics::AuthFailureReason::UnknownKey))
+                    if auth.may_refresh(headers) =>
+                {
+                    None
+                }
+                other => Some(other),
+            }
+        };
+        let result = match now {
+            Some(r) => r,
+            None => self.auth.load_full().authenticate(headers, client).await,
+        };
+        result.map_err(|refused| match refused {
             auth::Refused::Token(reason) => {
                 self.metrics.count_auth_failure(reason);
                 Failure::Unauthenticated(reason)
             }
             // Whole seconds, rounded up, at least 1 (as Retry-After wants).
             auth::Refused::Throttled(wait) => Failure::Throttled(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
+            auth::Refused::KeysUnavailable => Failure::KeysUnavailable,
         })
     }
 

@@ -17,6 +17,8 @@ use crate::ops::Failure;
 use crate::server::body::{full, Body};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
+/// `Retry-After` of `keys-unavailable`: a failed key fetch is retried within a few seconds.
+const KEYS_RETRY_AFTER_SECS: u64 = 5;
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
@@ -198,6 +200,14 @@ pub fn spec(f: &Failure) -> &'static Spec {
             "ccgate cannot reach its shared store (Redis) and holds no copy of this agent's session; retry shortly",
             Ccg("CCG-503")
         ),
+        Failure::KeysUnavailable => row!(
+            SERVICE_UNAVAILABLE,
+            KeysUnavailable,
+            "keys-unavailable",
+            "Identity provider keys unavailable",
+            "ccgate could not fetch the keys of this token's identity provider yet; retry shortly",
+            Ccg("CCG-503")
+        ),
         Failure::NotFound => row!(NOT_FOUND, NotFound, "not-found", "Not found", "no such route", Ccg("CCG-404")),
         Failure::MethodNotAllowed(_) => row!(
             METHOD_NOT_ALLOWED,
@@ -369,6 +379,9 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes, f: &Fail
         }
         Failure::Throttled(secs) => {
             h.insert(RETRY_AFTER, HeaderValue::from(*secs));
+        }
+        Failure::KeysUnavailable => {
+            h.insert(RETRY_AFTER, HeaderValue::from(KEYS_RETRY_AFTER_SECS));
         }
         _ => {}
     }

@@ -61,6 +61,10 @@ pub enum Failure {
     /// request needs: retry shortly; another replica may serve it.
     #[error("shared store unavailable")]
     StoreUnavailable,
+    /// The token's identity provider has published no keys ccgate could fetch since it
+    /// started: retry shortly; an operator should check the provider and `auth.*`.
+    #[error("identity provider keys unavailable")]
+    KeysUnavailable,
     /// No such route or gateway method.
     #[error("not found")]
     NotFound,

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use crate::config::{ms, UnknownChair};
@@ -115,19 +116,25 @@ impl CoreSettings {
 
 pub struct Core {
     pub sessions: Arc<SessionStore>,
-    pub limits: Arc<Limits>,
-    settings: CoreSettings,
+    /// Both swapped whole by a reload; a request uses the ones it started with.
+    pub limits: Arc<ArcSwap<Limits>>,
+    pub settings: Arc<ArcSwap<CoreSettings>>,
 }
 
 impl Core {
     pub fn new(sessions: Arc<SessionStore>, limits: Arc<Limits>, settings: CoreSettings) -> Self {
-        Self { sessions, limits, settings }
+        Self { sessions, limits: Arc::new(ArcSwap::new(limits)), settings: Arc::new(ArcSwap::from_pointee(settings)) }
+    }
+
+    fn settings(&self) -> CoreSettings {
+        **self.settings.load()
     }
 
     /// Runs `op` for `who`. `label` is the operation's metrics name (the route's, so a forced
     /// sign-in through `/v1/session` stays `login`), which the limits are keyed by.
     pub async fn run(&self, who: &Principal, label: MethodLabel, op: Operation) -> Answer {
-        let limit = match self.limits.check(label, who).await {
+        let limits = self.limits.load_full();
+        let limit = match limits.check(label, who).await {
             Ok(state) => state,
             Err(failure) => return Answer { result: Err(failure), limit: None },
         };
@@ -195,7 +202,7 @@ impl Core {
         session.touch();
         let resumable = session.resumable;
         match op(session).await {
-            Err(Failure::SessionLost(_)) if self.settings.resume && resumable && !resumed => {
+            Err(Failure::SessionLost(_)) if self.settings().resume && resumable && !resumed => {
                 let session = self.resume(agent).await?;
                 session.touch();
                 op(session).await
@@ -205,7 +212,7 @@ impl Core {
     }
 
     fn may_resume(&self, agent: &str) -> bool {
-        self.settings.resume && self.sessions.current(agent).is_some_and(|s| s.resumable)
+        self.settings().resume && self.sessions.current(agent).is_some_and(|s| s.resumable)
     }
 
     async fn resume(&self, agent: &str) -> Result<Arc<Session>, Failure> {
@@ -217,7 +224,7 @@ impl Core {
     /// the conference bookkeeping a successful (or failed) answer implies.
     async fn call(&self, s: &Session, method: GatewayMethod, body: Option<Bytes>) -> Result<GatewayReply, Failure> {
         if method.chair_only() {
-            check_chair(s.current_conf().await, self.settings.on_unknown_chair)?;
+            check_chair(s.current_conf().await, self.settings().on_unknown_chair)?;
         }
         let before = s.conf();
         let requesting = method == GatewayMethod::RequestAgentConf;
@@ -244,7 +251,7 @@ impl Core {
         let mut changes = s.watch_conf();
         self.call(&s, GatewayMethod::RequestAgentConf, Some(body)).await?;
         let settled =
-            tokio::time::timeout(self.settings.conference_wait, changes.wait_for(|c| *c != ConfState::Requested)).await;
+            tokio::time::timeout(self.settings().conference_wait, changes.wait_for(|c| *c != ConfState::Requested)).await;
         match settled.ok().and_then(Result::ok).map(|c| *c) {
             Some(ConfState::RequestFailed { cause }) => Err(Failure::Refused(GatewayRefusal {
                 retcode: "0".into(),
@@ -260,7 +267,7 @@ impl Core {
     /// The gateway's long poll, replayed from the session's buffer: the next queued event,
     /// or `None` after the wait (or when the session ends).
     async fn next_event(&self, session: &Session) -> Option<BufferedEvent> {
-        let deadline = tokio::time::Instant::now() + self.settings.event_wait;
+        let deadline = tokio::time::Instant::now() + self.settings().event_wait;
         // Subscribed before looking, so an event pushed in between still wakes us.
         let mut latest = session.events.subscribe();
         loop {

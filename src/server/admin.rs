@@ -1,5 +1,7 @@
-//! Admin listener: `/metrics` (Prometheus text), `/healthz` (process alive), `/readyz`
-//! (config and keys loaded, gateway reachable, not shutting down).
+//! Admin listener: `/metrics` (Prometheus text), `/livez` (the process serves; `/healthz` is
+//! the old name), `/readyz` (ccgate can serve: keys loaded, store reachable, not shutting down;
+//! the gateway only with `admin.ready_requires_gateway`), `/gatewayz` (the CC-Gateway's state
+//! on its own), and `POST /-/reload` from loopback (what SIGHUP does).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,10 +44,15 @@ impl GatewayState {
     }
 }
 
+/// Whether every identity provider has keys; set once the authenticator exists, read per probe.
+pub type KeysLoaded = Box<dyn Fn() -> bool + Send + Sync>;
+
 /// Readiness facts, set by whoever knows them.
-#[derive(Debug)]
 pub struct Readiness {
     gateway: Mutex<GatewayState>,
+    /// `admin.ready_requires_gateway`.
+    requires_gateway: AtomicBool,
+    keys: std::sync::OnceLock<KeysLoaded>,
     /// The shared store: `None` with the memory store, else whether Redis answered last.
     store: Mutex<Option<bool>>,
     shutting_down: AtomicBool,
@@ -56,6 +63,8 @@ impl Default for Readiness {
     fn default() -> Self {
         Self {
             gateway: Mutex::new(GatewayState::Unchecked),
+            requires_gateway: AtomicBool::new(false),
+            keys: std::sync::OnceLock::new(),
             store: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
             changed: Default::default(),
@@ -63,9 +72,41 @@ impl Default for Readiness {
     }
 }
 
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness").field("gateway", &self.gateway()).field("store", &self.store()).finish_non_exhaustive()
+    }
+}
+
 impl Readiness {
+    /// Ready to serve: keys loaded, store reachable, not shutting down, and the gateway
+    /// reachable when configured to require it.
     pub fn is_ready(&self) -> bool {
-        self.gateway_reachable() && self.store() != Some(false) && !self.shutting_down.load(Ordering::Acquire)
+        (self.gateway_reachable() || !self.requires_gateway.load(Ordering::Acquire))
+            && self.keys_loaded()
+            && self.store() != Some(false)
+            && !self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// `admin.ready_requires_gateway`.
+    pub fn require_gateway(&self, on: bool) {
+        self.requires_gateway.store(on, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Where `keys_loaded` asks (once, at start).
+    pub fn watch_keys(&self, loaded: KeysLoaded) {
+        let _ = self.keys.set(loaded);
+        self.changed.notify_waiters();
+    }
+
+    pub fn keys_loaded(&self) -> bool {
+        self.keys.get().is_none_or(|f| f())
+    }
+
+    /// Something readiness depends on changed (a key set arrived): wake the waiters.
+    pub fn notify(&self) {
+        self.changed.notify_waiters();
     }
 
     /// `None` with the memory store; else whether the shared store answered last.
@@ -137,41 +178,93 @@ impl Readiness {
     }
 }
 
+/// What `POST /-/reload` runs: the reload SIGHUP runs, answered as JSON.
+pub type ReloadFn = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<serde_json::Value, String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Issuers with fetched keys, and whether each has them.
+pub type IssuersFn = Box<dyn Fn() -> Vec<(String, bool)> + Send + Sync>;
+
 pub struct Admin {
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
+    /// Issuers with fetched keys and whether each has them, for `/readyz`.
+    pub issuers: Option<IssuersFn>,
+    pub reload: Option<ReloadFn>,
 }
 
 impl Handler for Admin {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            return body::json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "GET only"}));
+        let path = req.uri().path();
+        if req.method() == Method::POST && path == "/-/reload" {
+            return self.reload(&req).await;
         }
-        match req.uri().path() {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return body::json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "GET only (POST for /-/reload)"}));
+        }
+        match path {
             "/metrics" => {
                 let mut r = Response::new(body::full(self.metrics.render()));
                 r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
                 r
             }
-            "/healthz" => body::json(StatusCode::OK, &json!({"status": "ok"})),
+            "/livez" | "/healthz" => body::json(StatusCode::OK, &json!({"status": "ok"})),
             "/readyz" => {
                 let r = &self.readiness;
                 let ready = r.is_ready();
                 let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                let issuers: serde_json::Map<String, serde_json::Value> = self
+                    .issuers
+                    .as_ref()
+                    .map(|f| f())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(issuer, loaded)| (issuer, json!(if loaded { "loaded" } else { "missing" })))
+                    .collect();
                 body::json(
                     status,
                     &json!({
                         "ready": ready,
                         "config_loaded": true,
-                        "keys_loaded": true,
-                        "gateway_reachable": r.gateway_reachable(),
-                        "gateway": r.gateway().as_str(),
+                        "keys_loaded": r.keys_loaded(),
+                        "remote_keys": issuers,
                         "store": match r.store() { None => "memory", Some(true) => "up", Some(false) => "down" },
                         "shutting_down": r.shutting_down.load(Ordering::Acquire),
+                        // Reported, and part of the verdict only with admin.ready_requires_gateway.
+                        "gateway": r.gateway().as_str(),
+                        "gateway_reachable": r.gateway_reachable(),
+                        "gateway_required": r.requires_gateway.load(Ordering::Acquire),
                     }),
                 )
             }
+            "/gatewayz" => {
+                let r = &self.readiness;
+                let status = if r.gateway_reachable() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                body::json(status, &json!({"gateway": r.gateway().as_str(), "reachable": r.gateway_reachable()}))
+            }
             _ => body::json(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+        }
+    }
+}
+
+impl Admin {
+    /// Reload on request, from loopback only: the admin listener may listen on the pod's
+    /// address for probes and scrapes, but changing what ccgate runs stays a local act (as
+    /// SIGHUP is).
+    async fn reload(&self, req: &Request<Incoming>) -> Response<Body> {
+        let local = req.extensions().get::<super::listener::ClientAddr>().is_some_and(|a| a.0.ip().is_loopback());
+        if !local {
+            return body::json(StatusCode::FORBIDDEN, &json!({"error": "reload is accepted from loopback only"}));
+        }
+        let Some(reload) = &self.reload else {
+            return body::json(StatusCode::NOT_FOUND, &json!({"error": "this instance cannot reload"}));
+        };
+        match reload().await {
+            Ok(report) => body::json(StatusCode::OK, &report),
+            Err(e) => body::json(StatusCode::UNPROCESSABLE_ENTITY, &json!({"reloaded": false, "error": e})),
         }
     }
 }

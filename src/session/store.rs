@@ -67,7 +67,8 @@ impl std::fmt::Debug for SignInOptions {
 pub struct SessionStore {
     pub(super) slots: Mutex<HashMap<String, Arc<Slot>>>,
     gateway: Arc<dyn Gateway>,
-    creds: CredentialStore,
+    /// Swapped whole by a reload; sign-ins in flight keep the file they started with.
+    creds: ArcSwap<CredentialStore>,
     cfg: SessionsConfig,
     pub(super) metrics: Metrics,
     event_ids: Arc<AtomicU64>,
@@ -83,6 +84,12 @@ impl SessionStore {
         Self::with_shared(gateway, creds, cfg, metrics, None, ShutdownMode::default())
     }
 
+    /// Uses these credentials for sign-ins from now on (a reload). Sessions already signed in
+    /// are not touched: the gateway knows them by Guid, not by password.
+    pub fn replace_credentials(&self, creds: CredentialStore) {
+        self.creds.store(Arc::new(creds));
+    }
+
     /// A store whose sessions are shared with other replicas through `shared` (when given).
     /// Call [`SessionStore::start_replication`] once a runtime is up.
     pub fn with_shared(
@@ -96,7 +103,7 @@ impl SessionStore {
         Arc::new_cyclic(|me| Self {
             slots: Mutex::new(HashMap::new()),
             gateway,
-            creds,
+            creds: ArcSwap::from_pointee(creds),
             cfg,
             metrics,
             event_ids: Arc::new(AtomicU64::new(0)),
@@ -226,7 +233,8 @@ impl SessionStore {
         let body = match opts.body.clone() {
             Some(b) => b,
             None => {
-                let Some(creds) = self.creds.get(agent) else {
+                let all = self.creds.load();
+                let Some(creds) = all.get(agent) else {
                     self.metrics.count_signin(SigninResult::NoCredentials);
                     return Err(SessionError::NoCredentials);
                 };

@@ -160,7 +160,7 @@ impl Harness {
                 drain_delay_ms: 0,
                 ..ServerConfig::default()
             },
-            admin: AdminConfig { listen: "127.0.0.1:0".parse().unwrap() },
+            admin: AdminConfig { listen: "127.0.0.1:0".parse().unwrap(), ..AdminConfig::default() },
             gateway: GatewayConfig {
                 url: opts.gateway_url.unwrap_or_else(|| format!("https://127.0.0.1:{}", sim_served.addr.port())),
                 ca_file: Some(ca.clone()),

@@ -1,0 +1,333 @@
+//! Changing what a running ccgate uses without a restart (SIGHUP, `ccgate reload`,
+//! `POST /-/reload`, and a renewed certificate file).
+//!
+//! A reload reads the config as start-up does ([`Config::load`]), then builds every live part
+//! through the same functions start-up uses ([`Live::build`]): the authenticator (JWKS files
+//! re-read; remote key sets kept when their settings did not change), the credentials, the
+//! server certificate, the rate limits and the core's settings. Only when all of them built
+//! does it swap them in, each atomically; a request in flight finishes with what it started
+//! with, and sessions, pollers, connections and event streams are not touched. Anything that
+//! fails to build refuses the whole reload: the old config keeps running, a log line says why
+//! and `ccgate_config_reloads_total{result="failed"}` counts it.
+//!
+//! Settings that cannot change while running (listen addresses, the gateway, the store, the
+//! poller's timing...) are compared and reported as needing a restart; their old values stay
+//! in force.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::edge::auth::Authenticator;
+use crate::jwks::remote::OnChange;
+use crate::metrics::{Metrics, ReloadResult};
+use crate::ops::limits::Limits;
+use crate::ops::CoreSettings;
+use crate::session::{CredentialStore, SessionStore};
+use crate::shared::Shared;
+use crate::tls::{self, CertResolver};
+
+/// Config keys (dotted, or prefixes ending in `.`) a reload applies. Everything else needs a
+/// restart.
+const LIVE_KEYS: &[&str] = &[
+    "auth.",
+    "credentials.",
+    "rate_limits.",
+    "policy.",
+    "server.tls_cert",
+    "server.tls_key",
+    "server.tls_watch_interval_ms",
+    "sessions.resume",
+    "sessions.conference_wait_ms",
+    "sessions.face_event_wait_ms",
+];
+
+fn is_live(key: &str) -> bool {
+    LIVE_KEYS.iter().any(|k| if k.ends_with('.') { key.starts_with(k) } else { key == *k })
+}
+
+/// Where the config came from, to read it again.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// As at start: a missing file is an error only when it was named explicitly.
+    pub must_exist: bool,
+}
+
+/// The parts of a running ccgate a reload replaces, each built from a config.
+pub struct Live {
+    pub auth: Authenticator,
+    pub creds: CredentialStore,
+    pub cert: Option<rustls::sign::CertifiedKey>,
+    pub limits: Limits,
+    pub settings: CoreSettings,
+}
+
+impl Live {
+    /// Builds every live part from `config`; the one path of start-up and reload. `previous`
+    /// lends its remote key sets.
+    pub fn build(
+        config: &Config,
+        metrics: &Metrics,
+        shared: Option<&Arc<Shared>>,
+        previous: Option<&Authenticator>,
+        on_keys: Option<OnChange>,
+    ) -> Result<Self, String> {
+        let auth = Authenticator::from_config(&config.auth, metrics, previous, on_keys)?;
+        let creds = match &config.credentials.file {
+            Some(p) => CredentialStore::load(p)?,
+            None => return Err("credentials.file is required".into()),
+        };
+        let cert = match (&config.server.tls_cert, &config.server.tls_key) {
+            (Some(c), Some(k)) => Some(tls::certified_key(c, k)?),
+            _ => None,
+        };
+        let mut limits = Limits::new(&config.rate_limits, metrics.clone())?;
+        if let Some(shared) = shared {
+            limits = limits.shared(shared.clone(), config.store.limits_fallback);
+        }
+        Ok(Self { auth, creds, cert, limits, settings: CoreSettings::from_config(config) })
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadReport {
+    pub reloaded: bool,
+    /// Keys whose new values are in force.
+    pub changed: Vec<String>,
+    /// Keys whose new values wait for a restart (the old ones stay in force).
+    pub restart_required: Vec<String>,
+    /// Issuers whose keys could not be fetched yet (their tokens get 503 until they can).
+    pub missing_keys: Vec<String>,
+}
+
+/// The swappable parts of a running ccgate, and the config they came from.
+pub struct Reloader {
+    source: Option<ConfigSource>,
+    /// The config in force (live keys from the last reload, the rest from start-up); the lock
+    /// also makes reloads one at a time.
+    running: tokio::sync::Mutex<Config>,
+    pub(crate) auth: Arc<ArcSwap<Authenticator>>,
+    sessions: Arc<SessionStore>,
+    limits: Arc<ArcSwap<Limits>>,
+    settings: Arc<ArcSwap<CoreSettings>>,
+    cert: Option<Arc<CertResolver>>,
+    /// The certificate files as last loaded, to notice a renewal.
+    cert_stamp: Mutex<Option<FileStamp>>,
+    shared: Option<Arc<Shared>>,
+    metrics: Metrics,
+    on_keys: Option<OnChange>,
+}
+
+/// The parts a [`Reloader`] swaps, as `app::start` built them.
+pub struct Parts {
+    pub auth: Arc<ArcSwap<Authenticator>>,
+    pub sessions: Arc<SessionStore>,
+    pub limits: Arc<ArcSwap<Limits>>,
+    pub settings: Arc<ArcSwap<CoreSettings>>,
+    pub cert: Option<Arc<CertResolver>>,
+    pub shared: Option<Arc<Shared>>,
+    pub metrics: Metrics,
+    pub on_keys: Option<OnChange>,
+}
+
+impl Reloader {
+    pub fn new(config: Config, source: Option<ConfigSource>, parts: Parts) -> Self {
+        let stamp = FileStamp::of(&config);
+        Self {
+            source,
+            running: tokio::sync::Mutex::new(config),
+            auth: parts.auth,
+            sessions: parts.sessions,
+            limits: parts.limits,
+            settings: parts.settings,
+            cert: parts.cert,
+            cert_stamp: Mutex::new(stamp),
+            shared: parts.shared,
+            metrics: parts.metrics,
+            on_keys: parts.on_keys,
+        }
+    }
+
+    /// Reads the config file again (with the environment's overrides) and applies it.
+    pub async fn reload(&self) -> Result<ReloadReport, String> {
+        let Some(source) = &self.source else {
+            return self.refused("this instance was not started from a config file".into());
+        };
+        match Config::load(&source.path, source.must_exist) {
+            Ok(config) => self.reload_with(config).await,
+            Err(e) => self.refused(e.to_string()),
+        }
+    }
+
+    /// Applies `new` (already parsed and validated).
+    pub async fn reload_with(&self, new: Config) -> Result<ReloadReport, String> {
+        let mut running = self.running.lock().await;
+        let previous = self.auth.load_full();
+        let live = match Live::build(&new, &self.metrics, self.shared.as_ref(), Some(&previous), self.on_keys.clone()) {
+            Ok(l) => l,
+            Err(e) => return self.refused(e),
+        };
+        if live.cert.is_some() != self.cert.is_some() {
+            return self.refused("server.tls_cert/tls_key: switching between TLS and plain HTTP needs a restart".into());
+        }
+        let (changed, restart_required) = diff(&running, &new);
+        // New remote providers get the start-up's bounded wait; not fatal either way.
+        let missing_keys = live.auth.wait_for_keys(crate::config::ms(new.auth.jwks_startup_wait_ms)).await;
+
+        // Everything built: swap, each part at once.
+        self.auth.store(Arc::new(live.auth));
+        self.sessions.replace_credentials(live.creds);
+        if let (Some(resolver), Some(cert)) = (&self.cert, live.cert) {
+            resolver.replace(cert);
+        }
+        if running.rate_limits != new.rate_limits {
+            // Buckets start full again: a changed limit is a new limit.
+            self.limits.store(Arc::new(live.limits));
+        }
+        self.settings.store(Arc::new(live.settings));
+        *self.cert_stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = FileStamp::of(&new);
+
+        running.auth = new.auth;
+        running.credentials = new.credentials;
+        running.rate_limits = new.rate_limits;
+        running.policy = new.policy;
+        running.server.tls_cert = new.server.tls_cert;
+        running.server.tls_key = new.server.tls_key;
+        running.server.tls_watch_interval_ms = new.server.tls_watch_interval_ms;
+        running.sessions.resume = new.sessions.resume;
+        running.sessions.conference_wait_ms = new.sessions.conference_wait_ms;
+        running.sessions.face_event_wait_ms = new.sessions.face_event_wait_ms;
+
+        self.metrics.count_config_reload(ReloadResult::Ok);
+        tracing::info!(changed = ?changed, restart_required = ?restart_required, missing_keys = ?missing_keys,
+            "config reloaded");
+        if !restart_required.is_empty() {
+            tracing::warn!(keys = ?restart_required, "these settings changed but need a restart; the old values stay in force");
+        }
+        Ok(ReloadReport { reloaded: true, changed, restart_required, missing_keys })
+    }
+
+    fn refused(&self, why: String) -> Result<ReloadReport, String> {
+        self.metrics.count_config_reload(ReloadResult::Failed);
+        tracing::error!(error = %why, "reload refused; the running config stays in force");
+        Err(why)
+    }
+
+    /// How often the certificate files are checked (`server.tls_watch_interval_ms`), if at all.
+    pub async fn watch_interval(&self) -> Option<std::time::Duration> {
+        let r = self.running.lock().await;
+        (self.cert.is_some() && r.server.tls_watch_interval_ms > 0)
+            .then(|| crate::config::ms(r.server.tls_watch_interval_ms))
+    }
+
+    /// Loads the certificate again if its files changed since last loaded; whether it did.
+    /// A pair that does not load (a renewal caught half-written) is retried at the next check.
+    pub async fn check_certificate(&self) -> bool {
+        let Some(resolver) = &self.cert else { return false };
+        let running = self.running.lock().await;
+        let now = FileStamp::of(&running);
+        if now == *self.cert_stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+            return false;
+        }
+        let (Some(c), Some(k)) = (&running.server.tls_cert, &running.server.tls_key) else { return false };
+        match tls::certified_key(c, k) {
+            Ok(cert) => {
+                resolver.replace(cert);
+                *self.cert_stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+                self.metrics.count_certificate_reload(ReloadResult::Ok);
+                tracing::info!(cert = %c.display(), "server certificate files changed; new connections get the new certificate");
+                true
+            }
+            Err(e) => {
+                self.metrics.count_certificate_reload(ReloadResult::Failed);
+                tracing::warn!(error = %e, "server certificate files changed but do not load; still serving the old certificate");
+                *self.cert_stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+                false
+            }
+        }
+    }
+}
+
+/// What identifies the contents of the certificate and key files without reading them:
+/// size, modification time and inode of each (through symlinks, so a Kubernetes Secret's
+/// `..data` swap counts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp(Vec<(u64, Option<std::time::SystemTime>, u64)>);
+
+impl FileStamp {
+    fn of(config: &Config) -> Option<Self> {
+        let files = [config.server.tls_cert.as_ref()?, config.server.tls_key.as_ref()?];
+        Some(Self(
+            files
+                .iter()
+                .map(|p| match std::fs::metadata(p) {
+                    Ok(m) => {
+                        #[cfg(unix)]
+                        let ino = std::os::unix::fs::MetadataExt::ino(&m);
+                        #[cfg(not(unix))]
+                        let ino = 0;
+                        (m.len(), m.modified().ok(), ino)
+                    }
+                    Err(_) => (0, None, 0),
+                })
+                .collect(),
+        ))
+    }
+}
+
+/// Keys whose values differ between `old` and `new`: (applied live, needing a restart).
+fn diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
+    let (a, b) = (flatten(old), flatten(new));
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let changed: Vec<String> = keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
+    changed.into_iter().partition(|k| is_live(k))
+}
+
+/// Every leaf of the config as `section.key` → its TOML text (arrays whole).
+fn flatten(c: &Config) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match v {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    walk(&key, v, out);
+                }
+            }
+            leaf => {
+                out.insert(prefix.to_owned(), leaf.to_string());
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(v) = toml::Value::try_from(c) {
+        walk("", &v, &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_split_into_live_and_restart_required() {
+        let old = Config::default();
+        let mut new = old.clone();
+        new.auth.leeway_secs += 1;
+        new.policy.on_unknown_chair = crate::config::UnknownChair::Deny;
+        new.server.listen = "127.0.0.1:1".parse().unwrap();
+        new.sessions.poll_pause_ms += 1;
+        new.sessions.resume = true;
+        let (live, restart) = diff(&old, &new);
+        assert_eq!(live, vec!["auth.leeway_secs", "policy.on_unknown_chair", "sessions.resume"]);
+        assert_eq!(restart, vec!["server.listen", "sessions.poll_pause_ms"]);
+        assert_eq!(diff(&old, &old.clone()), (vec![], vec![]));
+    }
+}

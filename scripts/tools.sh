@@ -1,13 +1,14 @@
 # Sourced by scripts/test and bench/run.sh: makes sure the outside programs they run are
 # present, installing only what is missing, then puts the local installs on PATH.
 #
-#   require_tools "deb:promtool=prometheus" "pip:jwt=pyjwt" "npm:oidc-provider" ...
+#   require_tools "deb:promtool=prometheus" "pip:jwt=pyjwt" "npm:oidc-provider=oidc-provider@9" ...
 #
 #   deb:COMMAND=PACKAGE   a command from a Debian package: apt-get when root (or password-less
 #                         sudo), else stop with the exact command to run
 #   pip:NAME=PACKAGE      a Python package, into .tools/venv (ignored by git); NAME is the
 #                         module it provides or the command it installs
-#   npm:PACKAGE           a node package, into .tools/node (ignored by git)
+#   npm:NAME=SPEC         a node package, into .tools/node (ignored by git); SPEC may pin a
+#                         version (oidc-provider@9.13.3)
 #
 # Everything is checked before anything is installed, so a second run installs nothing and
 # says so. CCGATE_TOOLS_DIR moves the local folder (default .tools beside this repo).
@@ -51,7 +52,7 @@ require_tools() {
           || { [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import $name" 2>/dev/null; }; then
           present+=("$pkg"); else pips+=("$pkg"); fi ;;
       npm)
-        if [ -f "$node/node_modules/$name/package.json" ]; then present+=("$name"); else npms+=("$name"); fi ;;
+        if [ -f "$node/node_modules/$name/package.json" ]; then present+=("$name"); else npms+=("$pkg"); fi ;;
       *)
         _tools_log "unknown tool spec '$spec'"; return 2 ;;
     esac

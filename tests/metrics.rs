@@ -73,13 +73,19 @@ async fn metrics_after_a_full_flow_pass_promtool_and_leak_nothing() {
 #[tokio::test]
 async fn health_and_readiness() {
     let h = Harness::start().await;
-    let r = h.send(Method::GET, &format!("{}/healthz", h.admin), &[], "").await;
-    assert_eq!(r.status, StatusCode::OK);
-    // The readiness probe's first check runs at start; wait for its signal, not a timer.
-    tokio::time::timeout(common::WAIT, h.running().readiness.wait_ready()).await.expect("never ready");
+    for path in ["/livez", "/healthz"] {
+        let r = h.send(Method::GET, &format!("{}{path}", h.admin), &[], "").await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+    }
+    // The gateway probe's first check runs at start; wait for its signal, not a timer.
+    tokio::time::timeout(common::WAIT, h.running().readiness.wait_gateway_checked()).await.expect("never probed");
+    assert!(h.running().readiness.is_ready());
     let r = h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json()["gateway_reachable"], true);
     assert_eq!(r.json()["gateway"], "up");
+    assert_eq!(r.json()["keys_loaded"], true);
+    let r = h.send(Method::GET, &format!("{}/gatewayz", h.admin), &[], "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     h.stop().await;
 }

@@ -4,13 +4,12 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use ccgate::config::{LimitConfig, Scope, Secret, StoreBackend};
 use ccgate::gateway::GatewayMethod;
 use common::redis::RedisServer;
-use common::{problem, test_sim_config, Harness, Options, Reply, WAIT};
+use common::{eventually, problem, test_sim_config, Harness, Options, Reply, WAIT};
 use http::{Method, StatusCode};
 use serde_json::json;
 
@@ -49,18 +48,6 @@ async fn cluster_at(url: String, more: impl FnOnce(&mut ccgate::config::Config) 
 
 /// Waits for `check` to hold, looking again every 20 ms, at most `WAIT`: for state another
 /// replica changes in the background, with no signal this test can await.
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !check().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn ok(r: &Reply) {
     assert!(r.status.is_success(), "{} {}", r.status, r.text);
 }

@@ -26,16 +26,34 @@ async fn gateway_down_is_503() {
 
 #[tokio::test]
 async fn readiness_says_why_the_gateway_is_not_usable() {
-    // Down: nothing listens.
+    // Down: nothing listens. ccgate itself can serve (a sidecar's app stays in its Service);
+    // the gateway's state is reported beside the verdict, on /gatewayz and in the metric.
     let port = closed_port().await;
     let h =
         Harness::with(Options { gateway_url: Some(format!("https://127.0.0.1:{port}")), ..Options::default() }).await;
     tokio::time::timeout(common::WAIT, h.running().readiness.wait_gateway_checked()).await.expect("never probed");
     let r = h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "").await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.json()["gateway"], "connect_failed", "{}", r.text);
     assert_eq!(r.json()["gateway_reachable"], false);
+    assert_eq!(r.json()["gateway_required"], false);
+    let r = h.send(Method::GET, &format!("{}/gatewayz", h.admin), &[], "").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(r.json()["gateway"], "connect_failed", "{}", r.text);
     assert!(h.metrics().await.contains("ccgate_gateway_up 0"));
+    h.stop().await;
+
+    // Configured to require the gateway: not ready.
+    let h = Harness::with(Options {
+        gateway_url: Some(format!("https://127.0.0.1:{port}")),
+        config: Box::new(|c| c.admin.ready_requires_gateway = true),
+        ..Options::default()
+    })
+    .await;
+    tokio::time::timeout(common::WAIT, h.running().readiness.wait_gateway_checked()).await.expect("never probed");
+    let r = h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(r.json()["gateway_required"], true);
     h.stop().await;
 
     // Up, but its certificate is not for the name ccgate expects: a TCP check would call this
@@ -46,7 +64,7 @@ async fn readiness_says_why_the_gateway_is_not_usable() {
     })
     .await;
     tokio::time::timeout(common::WAIT, h.running().readiness.wait_gateway_checked()).await.expect("never probed");
-    let r = h.send(Method::GET, &format!("{}/readyz", h.admin), &[], "").await;
+    let r = h.send(Method::GET, &format!("{}/gatewayz", h.admin), &[], "").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
     assert_eq!(r.json()["gateway"], "tls_failed", "{}", r.text);
     assert!(h.metrics().await.contains("ccgate_gateway_up 0"));

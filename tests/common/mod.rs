@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod oidc;
 pub mod redis;
 pub mod tools;
 
@@ -398,6 +399,20 @@ impl Harness {
             .expect("events request failed");
         let status = resp.status();
         Sse { body: resp.into_body(), buf: String::new(), status }
+    }
+}
+
+/// Polls `check` until it holds, failing the test after [`WAIT`]: for effects of background
+/// work (a refresh, a takeover) that no signal announces to a test outside the process.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + WAIT;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -6,7 +6,13 @@ use std::path::PathBuf;
 
 /// (command, Debian package that ships it)
 const KNOWN: &[(&str, &str)] =
-    &[("promtool", "prometheus"), ("openssl", "openssl"), ("kill", "procps"), ("redis-server", "redis-server")];
+    &[
+    ("promtool", "prometheus"),
+    ("openssl", "openssl"),
+    ("kill", "procps"),
+    ("redis-server", "redis-server"),
+    ("node", "nodejs"),
+];
 
 /// The path of `name` on PATH; panics naming the package and the command that installs it.
 pub fn require(name: &str) -> PathBuf {

@@ -2,7 +2,7 @@
 // implementation) issuing JWT access tokens by the client credentials grant, with a resource
 // indicator for ccgate. Started by tests/oidc.rs on a free port over HTTPS.
 //
-//   node provider.mjs <modules-dir> <cert.pem> <key.pem>
+//   node provider.mjs <modules-dir> <cert.pem> <key.pem> [port]
 //
 // Prints one JSON line {"issuer", "control"} once both servers listen. The control server
 // (plain HTTP, loopback) lets a test act as the provider's operator:
@@ -16,7 +16,7 @@ import path from 'node:path';
 import crypto from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 
-const [modules, certFile, keyFile] = process.argv.slice(2);
+const [modules, certFile, keyFile, port = '0'] = process.argv.slice(2);
 const { default: Provider } = await import(pathToFileURL(path.join(modules, 'oidc-provider', 'lib', 'index.js')));
 
 const RESOURCE = 'urn:ccgate';
@@ -73,7 +73,7 @@ function build(issuer) {
 }
 
 const server = https.createServer({ cert: fs.readFileSync(certFile), key: fs.readFileSync(keyFile) }, (req, res) => handler(req, res));
-await new Promise((ok) => server.listen(0, '127.0.0.1', ok));
+await new Promise((ok) => server.listen(Number(port), '127.0.0.1', ok));
 const issuer = `https://localhost:${server.address().port}`;
 handler = build(issuer);
 

@@ -385,7 +385,10 @@ impl ProviderConfig {
         let sources = [self.jwks_file.is_some(), self.jwks_url.is_some(), self.oidc_discovery];
         match sources.iter().filter(|s| **s).count() {
             0 if self.hs256_secret_file.is_none() => {
-                return bad("jwks_file", "name the keys: jwks_file, jwks_url or oidc_discovery = true (or hs256_secret_file)")
+                return bad(
+                    "jwks_file",
+                    "name the keys: jwks_file, jwks_url or oidc_discovery = true (or hs256_secret_file)",
+                )
             }
             0 | 1 => {}
             _ => return bad("jwks_file", "jwks_file, jwks_url and oidc_discovery are alternatives; set one"),
@@ -1147,7 +1150,11 @@ file = "creds.toml"
     fn numeric_looking_env_values_of_string_settings_stay_strings() {
         let c = Config::from_toml_with_env(
             MINIMAL,
-            env(&[("CCGATE__AUTH__AUDIENCE", "12345"), ("CCGATE__AUTH__TENANT_CLAIM", "true"), ("CCGATE__LOG__LEVEL", "1")]),
+            env(&[
+                ("CCGATE__AUTH__AUDIENCE", "12345"),
+                ("CCGATE__AUTH__TENANT_CLAIM", "true"),
+                ("CCGATE__LOG__LEVEL", "1"),
+            ]),
         )
         .unwrap();
         assert_eq!(c.auth.audience, "12345");

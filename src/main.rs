@@ -181,10 +181,23 @@ async fn check_config(config: Config) -> Result<(), String> {
 
 /// `ccgate reload`: asks the running instance's admin listener, on loopback.
 async fn reload(config: Option<PathBuf>, admin: Option<SocketAddr>) -> Result<(), String> {
-    let addr = match admin {
-        Some(a) => a,
-        None => load_config(config).map_err(|e| format!("{e}\n(the running instance keeps its config; fix this and run reload again, or pass --admin)"))?.admin.listen,
-    };
+    let addr =
+        match admin {
+            Some(a) => a,
+            None => load_config(config)
+                .map_err(|e| {
+                    format!(
+                        "{e}\n(the running instance keeps its config; fix this and run reload again, or pass --admin)"
+                    )
+                })?
+                .admin
+                .listen,
+        };
+    if addr.port() == 0 {
+        return Err(
+            "admin.listen has port 0 (chosen at start); pass the running instance's address with --admin".into()
+        );
+    }
     // An admin listener on all addresses is reached on loopback, where reloads are accepted.
     let ip = match addr.ip() {
         std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),

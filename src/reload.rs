@@ -173,7 +173,8 @@ impl Reloader {
             Err(e) => return self.refused(e),
         };
         if live.cert.is_some() != self.cert.is_some() {
-            return self.refused("server.tls_cert/tls_key: switching between TLS and plain HTTP needs a restart".into());
+            return self
+                .refused("server.tls_cert/tls_key: switching between TLS and plain HTTP needs a restart".into());
         }
         let (changed, restart_required) = diff(&running, &new);
         // New remote providers get the start-up's bounded wait; not fatal either way.

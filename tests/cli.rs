@@ -41,6 +41,68 @@ fn check_config_names_the_bad_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("poll_timeout_ms"));
 }
 
+/// A config whose files all exist, except what `missing` names.
+fn config_with_files(dir: &std::path::Path, missing: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let pki = ccgate::devkeys::dev_pki(&["localhost"]).unwrap();
+    let es = ccgate::devkeys::DevSigner::es256("k").unwrap();
+    let files = [
+        ("ca.pem", pki.ca_pem.clone()),
+        ("cert.pem", pki.server_cert_pem.clone()),
+        ("key.pem", pki.server_key_pem.clone()),
+        ("jwks.json", ccgate::devkeys::jwks(&[&es]).to_string()),
+        ("creds.toml", "[agents.\"153\"]\npassword = \"pw\"\nphonenum = \"1\"\n".to_owned()),
+    ];
+    for (name, text) in files {
+        if name != missing {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
+    let d = dir.display();
+    format!(
+        "[server]\nlisten = \"0.0.0.0:8443\"\ntls_cert = \"{d}/cert.pem\"\ntls_key = \"{d}/key.pem\"\n\
+         [gateway]\nca_file = \"{d}/ca.pem\"\n\
+         [auth]\njwks_file = \"{d}/jwks.json\"\nissuer = \"https://idp\"\naudience = \"ccgate\"\n\
+         [credentials]\nfile = \"{d}/creds.toml\"\n"
+    )
+}
+
+#[test]
+fn check_config_loads_every_file_serve_would() {
+    let dir = std::env::temp_dir().join(format!("ccgate-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = check_config(&config_with_files(&dir, ""), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for missing in ["cert.pem", "key.pem", "ca.pem", "jwks.json", "creds.toml"] {
+        let sub = dir.join(missing.replace('.', "-"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let out = check_config(&config_with_files(&sub, missing), &[]);
+        assert!(!out.status.success(), "{missing} is missing, yet check-config said OK");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(missing), "the error names {missing}: {err}");
+    }
+    // A variable that sets nothing is reported; a number given to a string setting stays a
+    // string.
+    let out = check_config(
+        &config_with_files(&dir, ""),
+        &[("CCGATE_GATEWAY_URL", "https://gw:8043"), ("CCGATE__AUTH__AUDIENCE", "12345")],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("warning: CCGATE_GATEWAY_URL sets nothing") && err.contains("CCGATE__GATEWAY__URL"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("audience = \"12345\""));
+    // A store URL that is not one.
+    let out = check_config(
+        &config_with_files(&dir, ""),
+        &[("CCGATE__STORE__BACKEND", "redis"), ("CCGATE__STORE__URL", "http://redis:6379")],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("store.url"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[tokio::test]
 async fn demo_json_line_drives_the_whole_flow() {
     let mut child = tokio::process::Command::new(BIN)

@@ -82,8 +82,10 @@ async fn keys_follow_the_provider_through_rotation_removal_and_outage() {
     // Removal: once ccgate refreshes, the old key's tokens are refused, though one of them
     // was verified (and cached) a moment ago.
     idp.retire_old_keys().await;
-    eventually("the removed key's token is refused", || async { session(&h, &first).await.status == StatusCode::UNAUTHORIZED })
-        .await;
+    eventually("the removed key's token is refused", || async {
+        session(&h, &first).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
     let r = session(&h, &first).await;
     assert_eq!(problem(&r)["reason"], "unknown_key", "{}", r.text);
     assert_eq!(session(&h, &rotated).await.status, StatusCode::OK);
@@ -148,7 +150,10 @@ async fn each_token_is_checked_by_the_provider_its_issuer_names_only() {
     let before = sample(&m, &series);
     for i in 0..20 {
         let t = ccgate::devkeys::DevSigner::es256(&format!("made-up-{i}")).unwrap();
-        assert_eq!(session(&h, &t.token(&idp.issuer, RESOURCE, "153", 600).unwrap()).await.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            session(&h, &t.token(&idp.issuer, RESOURCE, "153", 600).unwrap()).await.status,
+            StatusCode::UNAUTHORIZED
+        );
     }
     let after = sample(&h.metrics().await, &series);
     assert!(after - before <= 3.0, "20 unknown keys caused {} fetches", after - before);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use ccgate::config::{LimitConfig, Scope, Secret, StoreBackend};
 use ccgate::gateway::GatewayMethod;
+use common::process::Process;
 use common::redis::RedisServer;
 use common::{eventually, problem, test_sim_config, Harness, Options, Reply, WAIT};
 use http::{Method, StatusCode};
@@ -254,51 +255,6 @@ async fn a_limit_holds_across_three_replicas_within_two_percent() {
 }
 
 /// A replica in its own process (`ccgate serve`), so it can be killed or paused.
-struct Process {
-    child: std::process::Child,
-    base: String,
-    admin: String,
-}
-
-impl Process {
-    fn start(h: &Harness) -> Self {
-        use std::io::{BufRead, BufReader};
-        let mut config = h.config.clone();
-        config.log.format = ccgate::config::LogFormat::Json;
-        let path = h.dir.join(format!("replica-{}.toml", uuid::Uuid::new_v4().simple()));
-        std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ccgate"))
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .env_remove("RUST_LOG")
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("ccgate serve did not start");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let serving = loop {
-            let line = lines.next().expect("ccgate exited before serving").unwrap();
-            if line.contains("ccgate serving") {
-                break serde_json::from_str::<serde_json::Value>(&line).unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        let base = format!("https://{}", serving["proxy"].as_str().unwrap());
-        let admin = format!("http://{}", serving["admin"].as_str().unwrap());
-        Self { child, base, admin }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = common::tools::command("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success();
-        assert!(ok, "kill {sig}");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn metric(h: &Harness, admin: &str, name: &str) -> f64 {
     let r = h.send(Method::GET, &format!("{admin}/metrics"), &[], "").await;
     r.text
@@ -326,7 +282,7 @@ async fn each_event_once(h: &Harness, sse: &mut common::Sse, agent: &str, tag: &
 async fn when_the_owner_is_killed_another_replica_polls_within_two_poll_intervals() {
     let redis = RedisServer::start().await;
     let h = cluster(&redis).await;
-    let p = Process::start(&h);
+    let p = Process::start(&h.config, &h.dir);
     let token = h.token("153");
     let r = h.call_at(&p.base, Method::POST, "/v1/session", Some(&token), "").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
@@ -352,7 +308,7 @@ async fn when_the_owner_is_killed_another_replica_polls_within_two_poll_interval
 async fn a_paused_owner_is_replaced_and_stands_down_when_it_wakes() {
     let redis = RedisServer::start().await;
     let h = cluster(&redis).await;
-    let p = Process::start(&h);
+    let p = Process::start(&h.config, &h.dir);
     let token = h.token("154");
     let r = h.call_at(&p.base, Method::POST, "/v1/session", Some(&token), "").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);

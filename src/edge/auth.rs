@@ -282,7 +282,13 @@ impl Authenticator {
                     });
                     match reused {
                         Some(r) => Keys::Remote(r),
-                        None => Keys::Remote(RemoteKeys::start(&p, allowed.clone(), cfg.refresh(), metrics, on_change.clone())?),
+                        None => Keys::Remote(RemoteKeys::start(
+                            &p,
+                            allowed.clone(),
+                            cfg.refresh(),
+                            metrics,
+                            on_change.clone(),
+                        )?),
                     }
                 }
                 KeySource::None => Keys::None,

@@ -88,7 +88,10 @@ impl KeySet {
             .iter()
             .filter(|(kid, keys)| {
                 keys.iter().any(|k| {
-                    newer.keys.get(*kid).is_none_or(|n| !n.iter().any(|m| m.alg == k.alg && m.fingerprint == k.fingerprint))
+                    newer
+                        .keys
+                        .get(*kid)
+                        .is_none_or(|n| !n.iter().any(|m| m.alg == k.alg && m.fingerprint == k.fingerprint))
                 })
             })
             .map(|(kid, _)| kid.clone())

@@ -265,7 +265,8 @@ impl RemoteKeys {
                 if named != self.issuer {
                     return Err(invalid(format!("{at}: names issuer {named:?}, not {:?}", self.issuer)));
                 }
-                let jwks = doc.get("jwks_uri").and_then(Value::as_str).ok_or_else(|| invalid(format!("{at}: no jwks_uri")))?;
+                let jwks =
+                    doc.get("jwks_uri").and_then(Value::as_str).ok_or_else(|| invalid(format!("{at}: no jwks_uri")))?;
                 let jwks: Uri = jwks.parse().map_err(|e| invalid(format!("{at}: jwks_uri: {e}")))?;
                 if jwks.scheme_str() != Some("https") {
                     return Err(invalid(format!("{at}: jwks_uri is not https")));

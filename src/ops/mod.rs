@@ -251,7 +251,8 @@ impl Core {
         let mut changes = s.watch_conf();
         self.call(&s, GatewayMethod::RequestAgentConf, Some(body)).await?;
         let settled =
-            tokio::time::timeout(self.settings().conference_wait, changes.wait_for(|c| *c != ConfState::Requested)).await;
+            tokio::time::timeout(self.settings().conference_wait, changes.wait_for(|c| *c != ConfState::Requested))
+                .await;
         match settled.ok().and_then(Result::ok).map(|c| *c) {
             Some(ConfState::RequestFailed { cause }) => Err(Failure::Refused(GatewayRefusal {
                 retcode: "0".into(),

@@ -74,7 +74,10 @@ impl Default for Readiness {
 
 impl std::fmt::Debug for Readiness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Readiness").field("gateway", &self.gateway()).field("store", &self.store()).finish_non_exhaustive()
+        f.debug_struct("Readiness")
+            .field("gateway", &self.gateway())
+            .field("store", &self.store())
+            .finish_non_exhaustive()
     }
 }
 

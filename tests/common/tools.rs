@@ -5,8 +5,7 @@
 use std::path::PathBuf;
 
 /// (command, Debian package that ships it)
-const KNOWN: &[(&str, &str)] =
-    &[
+const KNOWN: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
     ("openssl", "openssl"),
     ("kill", "procps"),

@@ -262,7 +262,7 @@ impl Demo {
         format!(
             r#"ccgate demo is running (Ctrl-C stops it and deletes its temporary files).
   proxy      {p}   (TLS; certificate from the throw-away CA below)
-  admin      {a}   (/metrics /healthz /readyz)
+  admin      {a}   (/metrics /livez /readyz /gatewayz)
 {replicas}
   simulator  https://{sim}   (CC-Gateway stand-in; agents {DEMO_AGENT} and {DEMO_OTHER_AGENT})
   CA file    {ca}

@@ -181,18 +181,19 @@ async fn check_config(config: Config) -> Result<(), String> {
 
 /// `ccgate reload`: asks the running instance's admin listener, on loopback.
 async fn reload(config: Option<PathBuf>, admin: Option<SocketAddr>) -> Result<(), String> {
-    let addr =
-        match admin {
-            Some(a) => a,
-            None => load_config(config)
+    let addr = match admin {
+        Some(a) => a,
+        None => {
+            load_config(config)
                 .map_err(|e| {
                     format!(
                         "{e}\n(the running instance keeps its config; fix this and run reload again, or pass --admin)"
                     )
                 })?
                 .admin
-                .listen,
-        };
+                .listen
+        }
+    };
     if addr.port() == 0 {
         return Err(
             "admin.listen has port 0 (chosen at start); pass the running instance's address with --admin".into()

@@ -114,6 +114,10 @@ async fn a_provider_absent_at_start_makes_ccgate_unready_until_its_keys_arrive()
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
     assert_eq!(r.json()["keys_loaded"], false);
     assert_eq!(r.json()["remote_keys"][&issuer], "missing", "{}", r.text);
+    // Waiting for keys is not fetching them: the attempts keep their back-off (1 s here).
+    let failed = format!("ccgate_jwks_fetches_total{{issuer=\"{issuer}\",result=\"unreachable\"}}");
+    let attempts = sample(&h.metrics().await, &failed);
+    assert!((1.0..=2.0).contains(&attempts), "{attempts} fetches within the 300 ms start-up wait");
     let dev = ccgate::devkeys::DevSigner::es256("k").unwrap();
     let r = session(&h, &dev.token(&issuer, RESOURCE, "153", 600).unwrap()).await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);

@@ -65,6 +65,8 @@ pub struct RemoteKeys {
     last_forced: Mutex<Option<Instant>>,
     /// One fetch at a time; unknown-key requests wait on it for the fetch in flight.
     fetching: tokio::sync::Mutex<()>,
+    /// Woken after every fetch attempt (start-up waits on it; it never fetches itself).
+    attempted: tokio::sync::Notify,
     metrics: Metrics,
     on_change: Option<OnChange>,
 }
@@ -100,6 +102,7 @@ impl RemoteKeys {
             last_success: Arc::new(Mutex::new(None)),
             last_forced: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            attempted: tokio::sync::Notify::new(),
             metrics: metrics.clone(),
             on_change,
         });
@@ -136,28 +139,21 @@ impl RemoteKeys {
         self.removals.load(Ordering::SeqCst)
     }
 
-    /// Waits for the first key set, at most `wait`; whether it came.
+    /// Waits for the first key set, at most `wait`; whether it came. The refresh task makes
+    /// the attempts (with its back-off); this only watches them.
     pub async fn wait_loaded(&self, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            // Registered before the check, so an attempt between check and wait is not missed.
+            let attempt = self.attempted.notified();
+            tokio::pin!(attempt);
+            attempt.as_mut().enable();
             if self.is_loaded() {
                 return true;
             }
-            // Each fetch attempt ends with the lock released; wait for the next one to finish.
-            match tokio::time::timeout_at(deadline, self.fetch_or_wait()).await {
-                Ok(()) => continue,
-                Err(_) => return self.is_loaded(),
+            if tokio::time::timeout_at(deadline, attempt).await.is_err() {
+                return self.is_loaded();
             }
-        }
-    }
-
-    /// Fetches unless the refresh task is already at it, in which case waits for that.
-    async fn fetch_or_wait(&self) {
-        match self.fetching.try_lock() {
-            Ok(guard) => {
-                let _ = self.fetch_locked(guard).await;
-            }
-            Err(_) => drop(self.fetching.lock().await),
         }
     }
 
@@ -202,9 +198,12 @@ impl RemoteKeys {
                     "JWKS fetch failed; keeping the last good keys");
             }
         }
-        let (set, max_age) = result?;
-        self.install(set);
-        Ok(max_age.unwrap_or(self.refresh.max).clamp(self.refresh.min, self.refresh.max))
+        let next = result.map(|(set, max_age)| {
+            self.install(set);
+            max_age.unwrap_or(self.refresh.max).clamp(self.refresh.min, self.refresh.max)
+        });
+        self.attempted.notify_waiters();
+        next
     }
 
     /// Puts a fetched set in place; logs and counts what changed.

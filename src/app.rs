@@ -226,23 +226,24 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
 }
 
 /// Loads a renewed server certificate when its files change (`server.tls_watch_interval_ms`).
+/// While watching is off (0, or plain HTTP) it looks again at this pace, so a reload that
+/// turns it on takes effect.
 async fn watch_certificate(reloader: std::sync::Weak<Reloader>, shutdown: Shutdown) {
     let mut stop = shutdown.subscribe();
     loop {
-        let Some(interval) = (match reloader.upgrade() {
+        let interval = match reloader.upgrade() {
             Some(r) => r.watch_interval().await,
             None => return,
-        }) else {
-            return;
         };
         tokio::select! {
             _ = triggered(&mut stop) => return,
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(interval.unwrap_or(ms(crate::config::DEFAULT_TLS_WATCH_INTERVAL_MS))) => {}
         }
         match reloader.upgrade() {
-            Some(r) => {
+            Some(r) if interval.is_some() => {
                 r.check_certificate().await;
             }
+            Some(_) => {}
             None => return,
         }
     }

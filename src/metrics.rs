@@ -641,19 +641,25 @@ impl Metrics {
         self.0.events_dropped.inc();
     }
 
-    /// Counts a fetch of `issuer`'s keys. The first call for an issuer also creates its other
-    /// result series at 0, so `increase()` sees the first failure.
-    pub fn count_jwks_fetch(&self, issuer: &str, result: JwksFetchResult) {
+    /// Creates `issuer`'s fetch series at 0 for every result (before its first fetch), so
+    /// `increase()` sees the first failure.
+    pub fn init_jwks_fetches(&self, issuer: &str) {
         for r in JwksFetchResult::ALL {
-            let c = self.0.jwks_fetches.with_label_values(&[issuer, r.as_str()]);
-            if *r == result {
-                c.inc();
-            }
+            self.0.jwks_fetches.with_label_values(&[issuer, r.as_str()]);
         }
+    }
+
+    pub fn count_jwks_fetch(&self, issuer: &str, result: JwksFetchResult) {
+        self.0.jwks_fetches.with_label_values(&[issuer, result.as_str()]).inc();
     }
 
     pub fn set_jwks_keys(&self, issuer: &str, keys: usize) {
         self.0.jwks_keys.with_label_values(&[issuer]).set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    /// Forgets every issuer's key count (a reload sets them again for the providers it keeps).
+    pub fn clear_jwks_keys(&self) {
+        self.0.jwks_keys.reset();
     }
 
     /// Exports `ccgate_jwks_age_seconds{issuer}` from `last_success` while it lives.

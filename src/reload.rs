@@ -76,7 +76,6 @@ impl Live {
         previous: Option<&Authenticator>,
         on_keys: Option<OnChange>,
     ) -> Result<Self, String> {
-        let auth = Authenticator::from_config(&config.auth, metrics, previous, on_keys)?;
         let creds = match &config.credentials.file {
             Some(p) => CredentialStore::load(p)?,
             None => return Err("credentials.file is required".into()),
@@ -89,6 +88,9 @@ impl Live {
         if let Some(shared) = shared {
             limits = limits.shared(shared.clone(), config.store.limits_fallback);
         }
+        // Last: it starts fetchers for new providers and sets the key gauges, which a failure
+        // above should not leave behind.
+        let auth = Authenticator::from_config(&config.auth, metrics, previous, on_keys)?;
         Ok(Self { auth, creds, cert, limits, settings: CoreSettings::from_config(config) })
     }
 }

@@ -257,6 +257,7 @@ impl Authenticator {
         on_change: Option<OnChange>,
     ) -> Result<Self, String> {
         let mut providers = Vec::new();
+        metrics.clear_jwks_keys();
         for p in cfg.all_providers() {
             let allowed = algorithms(&p)?;
             let hs256 = match &p.hs256_secret_file {
@@ -281,7 +282,12 @@ impl Authenticator {
                         })
                     });
                     match reused {
-                        Some(r) => Keys::Remote(r),
+                        Some(r) => {
+                            if let Some(set) = r.keys() {
+                                metrics.set_jwks_keys(&p.issuer, set.len());
+                            }
+                            Keys::Remote(r)
+                        }
                         None => Keys::Remote(RemoteKeys::start(
                             &p,
                             allowed.clone(),

@@ -107,6 +107,7 @@ impl RemoteKeys {
             on_change,
         });
         metrics.watch_jwks_age(&this.issuer, &this.last_success);
+        metrics.init_jwks_fetches(&this.issuer);
         tokio::spawn(refresh_loop(Arc::downgrade(&this)));
         Ok(this)
     }

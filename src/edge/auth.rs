@@ -45,6 +45,8 @@ const MAX_TENANT_LEN: usize = 128;
 /// bounds the base64 and JSON work an unauthenticated client can cause.
 const MAX_TOKEN_LEN: usize = 8 * 1024;
 
+/// Every configured identity provider, and the caches and budgets shared by them. Built
+/// whole from the config ([`Authenticator::from_config`]) and replaced whole on reload.
 pub struct Authenticator {
     /// In config order: the `[auth]` shorthand first.
     providers: Vec<Provider>,

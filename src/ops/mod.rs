@@ -116,7 +116,8 @@ impl CoreSettings {
 
 pub struct Core {
     pub sessions: Arc<SessionStore>,
-    /// Both swapped whole by a reload; a request uses the ones it started with.
+    /// Both swapped whole by a reload: a request keeps the limits it started with; settings
+    /// are read where used.
     pub limits: Arc<ArcSwap<Limits>>,
     pub settings: Arc<ArcSwap<CoreSettings>>,
 }

@@ -124,6 +124,20 @@ pub const DEFAULT_EVENT_BUFFER: usize = 256;
 /// An agent whose app has sent nothing this long is signed out at the gateway: 120 s is the
 /// gateway's own MAXTIME, so ccgate's polling never keeps alive an agent nobody uses.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 120_000;
+/// Agents one replica holds at most: memory is bounded by configuration, not by traffic.
+/// 10,000 is the scale the benchmark measures (bench/RESULTS.md, scenario d); raise it with
+/// the memory the README's sizing table gives.
+pub const DEFAULT_MAX_AGENTS: usize = 10_000;
+/// Gateway sign-ins in flight at once. A sign-in is one round trip of a few milliseconds, so
+/// 32 at once sign 10,000 agents in within seconds while never opening thousands of
+/// connections and sign-ins at the gateway in the same instant.
+pub const DEFAULT_SIGNIN_CONCURRENCY: usize = 32;
+/// Sign-ins queued behind those: a whole 10,000-agent storm waits its turn instead of failing.
+pub const DEFAULT_SIGNIN_QUEUE: usize = 10_000;
+/// Re-polls after a failure start at most 200 a second: 10,000 agents are all polling again
+/// within 50 s of a gateway's return, well inside its 120 s MAXTIME, and it never gets more
+/// than 20 of them in any 100 ms.
+pub const DEFAULT_REPOLL_RATE: u32 = 200;
 /// Every key ccgate writes in Redis starts with this, so one Redis can serve other apps (or
 /// several ccgate deployments, each with its own prefix).
 pub const DEFAULT_KEY_PREFIX: &str = "ccgate:";
@@ -548,6 +562,15 @@ pub struct SessionsConfig {
     pub sign_out_on_shutdown: bool,
     /// `agentevent` on the pass-through face waits this long for an event.
     pub face_event_wait_ms: u64,
+    /// Agents this replica holds at most; a sign-in past it gets 503 `too-many-agents`.
+    pub max_agents: usize,
+    /// Gateway sign-ins in flight at once; more wait in a queue.
+    pub signin_concurrency: usize,
+    /// Sign-ins waiting for a turn at most; past it 503 `sign-in-busy`.
+    pub signin_queue: usize,
+    /// Polls after a failure start at most this many per second (all agents together); 0
+    /// does not pace.
+    pub repoll_rate: u32,
 }
 
 impl Default for SessionsConfig {
@@ -563,6 +586,10 @@ impl Default for SessionsConfig {
             resume: false,
             sign_out_on_shutdown: true,
             face_event_wait_ms: DEFAULT_FACE_EVENT_WAIT_MS,
+            max_agents: DEFAULT_MAX_AGENTS,
+            signin_concurrency: DEFAULT_SIGNIN_CONCURRENCY,
+            signin_queue: DEFAULT_SIGNIN_QUEUE,
+            repoll_rate: DEFAULT_REPOLL_RATE,
         }
     }
 }
@@ -781,6 +808,12 @@ impl Config {
         }
         if let Err((key, reason)) = self.rate_limits.validate() {
             return Err(ConfigError::Invalid { key, reason });
+        }
+        if self.sessions.max_agents == 0 {
+            return invalid("sessions.max_agents", "must be greater than 0");
+        }
+        if self.sessions.signin_concurrency == 0 {
+            return invalid("sessions.signin_concurrency", "must be greater than 0");
         }
         if self.sessions.event_buffer == 0 {
             return invalid("sessions.event_buffer", "must be greater than 0");

@@ -107,6 +107,7 @@ label_enum! {
         UpstreamUnavailable => "upstream_unavailable",
         StoreUnavailable => "store_unavailable",
         KeysUnavailable => "keys_unavailable",
+        Overloaded => "overloaded",
         Timeout => "timeout",
         Internal => "internal",
     }
@@ -139,6 +140,8 @@ label_enum! {
         Rejected => "rejected",
         NoCredentials => "no_credentials",
         UpstreamError => "upstream_error",
+        AtCapacity => "at_capacity",
+        QueueFull => "queue_full",
     }
 }
 
@@ -292,6 +295,7 @@ struct Inner {
     jwks_fetches: IntCounterVec,
     jwks_keys: IntGaugeVec,
     jwks_age: Arc<FreshnessCollector>,
+    signin_wait: Histogram,
     config_reloads: IntCounterVec,
     config_last_reload_ok: IntGauge,
     certificate_reloads: IntCounterVec,
@@ -460,6 +464,15 @@ impl Metrics {
         r.register(Box::new(jwks_keys.clone())).expect("metric registered once");
         let jwks_age = Arc::new(FreshnessCollector::new());
         r.register(Box::new(FreshnessRef(jwks_age.clone()))).expect("metric registered once");
+        let signin_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "signin_wait_seconds",
+                "Time sign-ins waited for a turn at the gateway (sessions.signin_concurrency).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("static metric definition");
+        r.register(Box::new(signin_wait.clone())).expect("metric registered once");
         let config_reloads = counter_vec(
             &r,
             "config_reloads_total",
@@ -512,6 +525,7 @@ impl Metrics {
             jwks_fetches,
             jwks_keys,
             jwks_age,
+            signin_wait,
             config_reloads,
             config_last_reload_ok,
             certificate_reloads,
@@ -667,6 +681,10 @@ impl Metrics {
         self.0.jwks_age.watch(issuer, last_success);
     }
 
+    pub fn observe_signin_wait(&self, waited: Duration) {
+        self.0.signin_wait.observe(waited.as_secs_f64());
+    }
+
     pub fn count_config_reload(&self, result: ReloadResult) {
         self.0.config_reloads.with_label_values(&[result.as_str()]).inc();
         self.0.config_last_reload_ok.set(i64::from(result == ReloadResult::Ok));
@@ -682,7 +700,7 @@ impl Metrics {
         use prometheus::core::Collector;
         let i = &self.0;
         let age = FreshnessRef(i.jwks_age.clone());
-        let collectors: [&dyn Collector; 34] = [
+        let collectors: [&dyn Collector; 35] = [
             &i.requests,
             &i.request_duration,
             &i.upstream_duration,
@@ -714,6 +732,7 @@ impl Metrics {
             &i.jwks_fetches,
             &i.jwks_keys,
             &age,
+            &i.signin_wait,
             &i.config_reloads,
             &i.config_last_reload_ok,
             &i.certificate_reloads,

@@ -328,3 +328,21 @@ async fn shutdown_drains_then_refuses_then_signs_everyone_out() {
     assert!(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(), "no longer accepting");
     h.stop().await;
 }
+
+#[tokio::test]
+async fn past_max_agents_a_new_agent_gets_a_clear_503() {
+    let h = Harness::with(Options { config: Box::new(|c| c.sessions.max_agents = 1), ..Options::default() }).await;
+    h.sign_in("153").await;
+    let r = h.call(Method::POST, "/v1/session", Some("154"), "").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(common::problem(&r)["type"], "urn:ccgate:problem:too-many-agents", "{}", r.text);
+    assert!(r.headers.contains_key("retry-after"));
+    assert_eq!(h.sim.count(GatewayMethod::Login), 1, "the gateway was not asked");
+    let m = h.metrics().await;
+    assert!(m.contains(r#"ccgate_signins_total{result="at_capacity"} 1"#), "{m}");
+    assert!(m.contains(r#"ccgate_requests_total{method="login",outcome="overloaded"} 1"#), "{m}");
+    assert!(m.contains("ccgate_signin_wait_seconds_count 1"), "{m}");
+    // The agent already signed in is not a new one.
+    assert_eq!(h.call(Method::GET, "/v1/session", Some("153"), "").await.status, StatusCode::OK);
+    h.stop().await;
+}

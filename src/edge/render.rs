@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::gateway::client::JSON_UTF8;
 use crate::gateway::{Envelope, Retcode, UpstreamError};
 use crate::metrics::{AuthFailureReason, Outcome};
+use crate::ops::failure::Overload;
 use crate::ops::limits::LimitState;
 use crate::ops::Failure;
 use crate::server::body::{full, Body};
@@ -19,6 +20,8 @@ use crate::server::body::{full, Body};
 pub const PROBLEM_JSON: &str = "application/problem+json";
 /// `Retry-After` of `keys-unavailable`: a failed key fetch is retried within a few seconds.
 const KEYS_RETRY_AFTER_SECS: u64 = 5;
+/// `Retry-After` of `too-many-agents` / `sign-in-busy`: a queue of sign-ins drains in seconds.
+const OVERLOAD_RETRY_AFTER_SECS: u64 = 5;
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
@@ -208,6 +211,22 @@ pub fn spec(f: &Failure) -> &'static Spec {
             "ccgate could not fetch the keys of this token's identity provider yet; retry shortly",
             Ccg("CCG-503")
         ),
+        Failure::Overloaded(Overload::Agents) => row!(
+            SERVICE_UNAVAILABLE,
+            Overloaded,
+            "too-many-agents",
+            "Too many agents on this ccgate",
+            "this ccgate holds sessions.max_agents agents; sign another agent out, or use another replica",
+            Ccg("CCG-503")
+        ),
+        Failure::Overloaded(Overload::SignInQueue) => row!(
+            SERVICE_UNAVAILABLE,
+            Overloaded,
+            "sign-in-busy",
+            "Too many sign-ins waiting",
+            "sessions.signin_queue sign-ins are already waiting for the gateway; retry shortly",
+            Ccg("CCG-503")
+        ),
         Failure::NotFound => row!(NOT_FOUND, NotFound, "not-found", "Not found", "no such route", Ccg("CCG-404")),
         Failure::MethodNotAllowed(_) => row!(
             METHOD_NOT_ALLOWED,
@@ -382,6 +401,9 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes, f: &Fail
         }
         Failure::KeysUnavailable => {
             h.insert(RETRY_AFTER, HeaderValue::from(KEYS_RETRY_AFTER_SECS));
+        }
+        Failure::Overloaded(_) => {
+            h.insert(RETRY_AFTER, HeaderValue::from(OVERLOAD_RETRY_AFTER_SECS));
         }
         _ => {}
     }

@@ -65,6 +65,10 @@ pub enum Failure {
     /// started: retry shortly; an operator should check the provider and `auth.*`.
     #[error("identity provider keys unavailable")]
     KeysUnavailable,
+    /// This replica holds `sessions.max_agents` agents (`AtCapacity`), or its sign-in queue is
+    /// full: retry later, or on another replica.
+    #[error("overloaded: {0:?}")]
+    Overloaded(Overload),
     /// No such route or gateway method.
     #[error("not found")]
     NotFound,
@@ -116,6 +120,17 @@ impl From<SessionError> for Failure {
             SessionError::Upstream(u) => Self::Upstream(u),
             SessionError::Internal(why) => Self::Internal(why),
             SessionError::Store(_) => Self::StoreUnavailable,
+            SessionError::AtCapacity => Self::Overloaded(Overload::Agents),
+            SessionError::SignInQueueFull => Self::Overloaded(Overload::SignInQueue),
         }
     }
+}
+
+/// What [`Failure::Overloaded`] ran out of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// `sessions.max_agents`.
+    Agents,
+    /// `sessions.signin_queue`.
+    SignInQueue,
 }

@@ -8,6 +8,7 @@
 pub mod conference;
 pub mod credentials;
 pub mod events;
+mod pacing;
 mod poller;
 mod replicas;
 mod store;
@@ -57,6 +58,12 @@ pub enum SessionError {
     /// The gateway could not be reached, timed out or answered garbage.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// This replica holds `sessions.max_agents` sessions: no new agent until one leaves.
+    #[error("too many agents on this replica")]
+    AtCapacity,
+    /// `sessions.signin_queue` sign-ins are already waiting for the gateway.
+    #[error("sign-in queue full")]
+    SignInQueueFull,
     /// The shared store (Redis) is needed and cannot be reached.
     #[error(transparent)]
     Store(#[from] crate::shared::StoreError),

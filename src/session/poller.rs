@@ -21,7 +21,8 @@ pub(super) struct Settings {
     pub timeout: Duration,
     /// Pause between polls, as Huawei's clients do.
     pub pause: Duration,
-    /// First back-off after a failure, doubled up to `backoff_max`.
+    /// First back-off ceiling after a failure, doubled up to `backoff_max`; the wait itself
+    /// is a random point below the ceiling (full jitter).
     pub backoff: Duration,
     pub backoff_max: Duration,
     /// Sign out after this much app silence.
@@ -90,8 +91,7 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Set
             Step::Polled(Ok(r)) => r,
             Step::Polled(Err(e)) => {
                 tracing::warn!(agent = %agent, error = %e, backoff_ms = backoff.as_millis() as u64, "event poll failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(s.backoff_max);
+                back_off(&store, &mut backoff, s.backoff_max).await;
                 continue;
             }
         };
@@ -102,8 +102,7 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Set
         }
         if !env.is_success() {
             tracing::warn!(agent = %agent, retcode = env.code().as_str(), "event poll refused");
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(s.backoff_max);
+            back_off(&store, &mut backoff, s.backoff_max).await;
             continue;
         }
         backoff = s.backoff;
@@ -129,5 +128,16 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Set
             continue;
         }
         tokio::time::sleep(s.pause).await;
+    }
+}
+
+/// After a failed poll: a random wait below the current ceiling (which then doubles, up to
+/// `max`), then a turn at the store's re-poll pacer, so pollers that failed together neither
+/// retry together nor all at once when the gateway returns.
+async fn back_off(store: &Weak<SessionStore>, ceiling: &mut Duration, max: Duration) {
+    tokio::time::sleep(super::pacing::full_jitter(*ceiling)).await;
+    *ceiling = (*ceiling * 2).min(max);
+    if let Some(store) = store.upgrade() {
+        store.repoll.wait().await;
     }
 }

@@ -76,6 +76,10 @@ pub struct SessionStore {
     /// The shared store (`store.backend = "redis"`), and what to do with agents at shutdown.
     pub(super) shared: Option<Arc<Shared>>,
     on_shutdown: ShutdownMode,
+    /// `sessions.signin_concurrency` / `signin_queue`.
+    signin_gate: super::pacing::SignInGate,
+    /// `sessions.repoll_rate`: every poller's retry after a failure waits its turn here.
+    pub(super) repoll: super::pacing::Pacer,
 }
 
 impl SessionStore {
@@ -104,12 +108,14 @@ impl SessionStore {
             slots: Mutex::new(HashMap::new()),
             gateway,
             creds: ArcSwap::from_pointee(creds),
-            cfg,
             metrics,
             event_ids: Arc::new(AtomicU64::new(0)),
             me: me.clone(),
             shared,
             on_shutdown,
+            signin_gate: super::pacing::SignInGate::new(cfg.signin_concurrency, cfg.signin_queue),
+            repoll: super::pacing::Pacer::new(cfg.repoll_rate),
+            cfg,
         })
     }
 
@@ -248,6 +254,18 @@ impl SessionStore {
                 Bytes::from(body.to_string())
             }
         };
+        let live_here = slot.session.load().as_ref().is_some_and(|s| s.ended().is_none());
+        let max = i64::try_from(self.cfg.max_agents).unwrap_or(i64::MAX);
+        if !live_here && self.metrics.sessions_gauge(SessionState::Active).get() >= max {
+            self.metrics.count_signin(SigninResult::AtCapacity);
+            return Err(SessionError::AtCapacity);
+        }
+        // A turn at the gateway: bounded sign-ins in flight, the rest queued.
+        let (_turn, waited) = self.signin_gate.enter().await.map_err(|_| {
+            self.metrics.count_signin(SigninResult::QueueFull);
+            SessionError::SignInQueueFull
+        })?;
+        self.metrics.observe_signin_wait(waited);
         let mut force = opts.force;
         let ghost_possible = slot.uncertain.load(Ordering::Acquire);
         let mut reply = self.send_sign_in(agent, slot, force, body.clone()).await?;

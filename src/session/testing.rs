@@ -24,6 +24,8 @@ pub const POLL_WAIT: Duration = Duration::from_secs(10);
 pub struct Seen {
     pub method: GatewayMethod,
     pub agent: String,
+    /// When the call arrived (tokio's clock, so paused-clock tests can bucket calls).
+    pub at: tokio::time::Instant,
     /// The `Guid` presented, if any.
     pub guid: Option<String>,
 }
@@ -42,11 +44,18 @@ pub struct FakeGateway {
     /// Time every call but the poll takes.
     latency: Mutex<Duration>,
     guids: AtomicU64,
+    /// Every call fails at once as if the gateway were unreachable.
+    down: std::sync::atomic::AtomicBool,
 }
 
 impl FakeGateway {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// The gateway goes away (every call: connection refused) or comes back.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 
     pub fn set_latency(&self, d: Duration) {
@@ -86,6 +95,9 @@ impl FakeGateway {
     }
 
     async fn answer(&self, method: GatewayMethod) -> Result<GatewayReply, UpstreamError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(UpstreamError::Unavailable("connection refused".into()));
+        }
         let scripted = self.script.lock().unwrap().get_mut(&method).and_then(VecDeque::pop_front);
         if method == GatewayMethod::GetAgentEvent && scripted.is_none() {
             return Ok(GatewayReply::from_envelope(Envelope::event(self.next_event().await)));
@@ -135,6 +147,7 @@ impl Gateway for FakeGateway {
         self.seen.lock().unwrap().push(Seen {
             method: req.method,
             agent: req.agent.to_owned(),
+            at: tokio::time::Instant::now(),
             guid: req.auth.and_then(|a| a.guid.to_str().ok()).map(str::to_owned),
         });
         Box::pin(self.answer(req.method))
@@ -150,6 +163,12 @@ pub fn event(agent: &str, kind: &str, content: Value) -> Value {
 pub fn credentials() -> CredentialStore {
     let entry = |n: &str| AgentCredentials { password: Secret::new("pw"), phonenum: format!("8888{n}") };
     CredentialStore::new(HashMap::from([("153".into(), entry("153")), ("154".into(), entry("154"))]))
+}
+
+/// Credentials for agents 1000.. (`n` of them).
+pub fn many_credentials(n: usize) -> CredentialStore {
+    let entry = |n: &str| AgentCredentials { password: Secret::new("pw"), phonenum: format!("8888{n}") };
+    CredentialStore::new((1000..1000 + n).map(|a| (a.to_string(), entry(&a.to_string()))).collect())
 }
 
 /// A store over `gateway` with the default session settings changed by `tune`.

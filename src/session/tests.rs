@@ -261,3 +261,83 @@ async fn debug_output_never_shows_a_guid_cookie_or_password() {
     let creds = super::testing::credentials();
     assert!(!format!("{creds:?}").contains("\"pw\""));
 }
+
+/// A store for agents 1000.. with `n` credentials and no idle sign-out.
+fn many(gw: &Arc<FakeGateway>, n: usize, tune: impl FnOnce(&mut crate::config::SessionsConfig)) -> Arc<SessionStore> {
+    let mut cfg = crate::config::SessionsConfig { idle_timeout_ms: 0, ..Default::default() };
+    tune(&mut cfg);
+    SessionStore::new(gw.clone(), super::testing::many_credentials(n), cfg, crate::metrics::Metrics::new())
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_an_outage_a_thousand_pollers_come_back_spread_out() {
+    let gw = FakeGateway::new();
+    let sessions = many(&gw, 1000, |_| {});
+    for a in 1000..2000 {
+        sessions.sign_in(&a.to_string(), SignInOptions::default()).await.unwrap();
+    }
+    gw.set_down(true);
+    // Long enough for every poller to fail several times and reach the back-off ceiling.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let up = tokio::time::Instant::now();
+    gw.set_down(false);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    // Each agent's first poll after the gateway came back.
+    let mut first = std::collections::HashMap::new();
+    for s in gw.seen() {
+        if s.method == GatewayMethod::GetAgentEvent && s.at >= up {
+            first.entry(s.agent).or_insert(s.at);
+        }
+    }
+    assert_eq!(first.len(), 1000, "every agent polls again");
+    let mut per_window = std::collections::HashMap::<u128, usize>::new();
+    for at in first.values() {
+        *per_window.entry((*at - up).as_millis() / 100).or_default() += 1;
+    }
+    let busiest = per_window.values().max().copied().unwrap_or(0);
+    let last = first.values().max().map(|t| *t - up).unwrap_or_default();
+    eprintln!("after the outage: busiest 100 ms had {busiest} first polls; the last agent was back after {last:?}");
+    // 200 re-polls a second at most: 20 in a 100 ms window (one more at a window's edge).
+    assert!(busiest <= 21, "{busiest} agents polled again within the same 100 ms");
+    assert!(last <= Duration::from_secs(16), "all back within the jitter ceiling and the pacing: {last:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sign_in_storm_is_paced_and_queued_and_capacity_is_a_bound() {
+    let gw = FakeGateway::new();
+    gw.set_latency(Duration::from_millis(100));
+    let sessions = many(&gw, 40, |c| {
+        c.signin_concurrency = 4;
+        c.signin_queue = 10;
+        c.max_agents = 30;
+    });
+    let start = tokio::time::Instant::now();
+    let storm: Vec<_> = (1000..1020)
+        .map(|a| {
+            let s = sessions.clone();
+            tokio::spawn(async move { s.sign_in(&a.to_string(), SignInOptions::default()).await.map(|_| ()) })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut busy = 0;
+    for t in storm {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(SessionError::SignInQueueFull) => busy += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!((ok, busy), (14, 6), "4 at once, 10 queued, the rest refused at once");
+    assert!(start.elapsed() >= Duration::from_millis(400), "14 sign-ins, 4 at a time, 100 ms each");
+    // Capacity: 30 agents at most.
+    for a in 1014..1030 {
+        sessions.sign_in(&a.to_string(), SignInOptions::default()).await.unwrap();
+    }
+    let e = sessions.sign_in("1030", SignInOptions::default()).await.unwrap_err();
+    assert!(matches!(e, SessionError::AtCapacity), "{e:?}");
+    assert_eq!(gw.count(GatewayMethod::Login), 30, "no gateway call past the capacity");
+    // A signed-in agent signing in again is not a new agent.
+    sessions.sign_in("1000", SignInOptions { force: true, ..Default::default() }).await.unwrap();
+    sessions.sign_out("1001", GatewayMethod::Logout).await.unwrap();
+    sessions.sign_in("1030", SignInOptions::default()).await.unwrap();
+}

@@ -275,7 +275,8 @@ fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// The error and its causes, as one line (hyper's top error says only "client error").
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

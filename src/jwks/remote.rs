@@ -31,6 +31,7 @@ use serde_json::Value;
 
 use super::KeySet;
 use crate::config::{JwksRefresh, KeySource, ProviderConfig};
+use crate::gateway::client::error_chain;
 use crate::metrics::{JwksFetchResult, Metrics};
 
 /// Largest JWKS or discovery document accepted. Real ones are a few KiB (Entra ID's, with
@@ -350,18 +351,6 @@ fn max_age(headers: &HeaderMap) -> Option<Duration> {
         }
     }
     found
-}
-
-/// The error and its causes, as one line (hyper's top error says only "client error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cause = c.source();
-    }
-    s
 }
 
 /// An HTTPS-only client trusting `ca_file`, or the system's roots.

@@ -1000,6 +1000,27 @@ pub fn masked_store_url(url: &str) -> String {
     }
 }
 
+/// `text` with the user info of every URL in it (`scheme://user:password@host`) replaced by
+/// `***`: config error messages quote the offending line, and `store.url` may carry a password.
+pub fn mask_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail.find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '/').unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 fn serialize_store_url<S: serde::Serializer>(url: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
     match url {
         Some(u) => s.serialize_some(&masked_store_url(u.expose())),
@@ -1243,6 +1264,12 @@ file = "creds.toml"
         let only = "[server]\nplaintext = true\n[credentials]\nfile = \"c\"\n[[auth.providers]]\nissuer = \"https://b\"\naudiences = [\"a\"]\njwks_url = \"https://b/jwks\"\n";
         let c = Config::from_toml_with_env(only, env(&[])).unwrap();
         assert_eq!(c.auth.all_providers().len(), 1);
+    }
+
+    #[test]
+    fn user_info_in_messages_is_masked() {
+        let m = mask_userinfo("line 3 | url = \"redis://:hunter2@redis:6379/0\" and https://idp/x");
+        assert!(!m.contains("hunter2") && m.contains("redis://***@redis:6379/0") && m.contains("https://idp/x"), "{m}");
     }
 
     #[test]

@@ -133,7 +133,8 @@ fn source_of(path: Option<PathBuf>) -> ConfigSource {
 
 fn load_config(path: Option<PathBuf>) -> Result<Config, String> {
     let source = source_of(path);
-    Config::load(&source.path, source.must_exist).map_err(|e| e.to_string())
+    // A parse error quotes the offending line; the store URL may carry a password.
+    Config::load(&source.path, source.must_exist).map_err(|e| config::mask_userinfo(&e.to_string()))
 }
 
 async fn run(cmd: Command) -> Result<(), String> {

@@ -216,6 +216,8 @@ impl Reloader {
     }
 
     fn refused(&self, why: String) -> Result<ReloadReport, String> {
+        // The message may quote a config line, and the store URL may hold a password.
+        let why = crate::config::mask_userinfo(&why);
         self.metrics.count_config_reload(ReloadResult::Failed);
         tracing::error!(error = %why, "reload refused; the running config stays in force");
         Err(why)

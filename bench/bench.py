@@ -106,23 +106,10 @@ def mint(key, agents, count):
     return toks
 
 
-def write_configs(out: Path, jwks, direct_sessions):
-    agents = {a: PASSWORD for a in CCGATE_AGENTS + REDIS_AGENTS + [ENVOY_AGENT, NGINX_AGENT, DIRECT_AGENT]}
-    sim = f"""listen = "127.0.0.1:{PORTS['sim']}"
-tls_cert = "{out}/server.pem"
-tls_key = "{out}/server-key.pem"
-auth_mode = "static"          # Envoy and nginx inject a fixed Guid: they cannot follow rotation
-max_idle_ms = 86400000
-event_wait_ms = 10000
-record_requests = false
-operation_events = false      # "events off or cheap": no AgentConf_StopVoice per request
-[agents]
-""" + "".join(f'"{a}" = "{p}"\n' for a, p in agents.items())
-    (out / "sim.toml").write_text(sim)
-    creds = "".join(f'[agents."{a}"]\npassword = "{PASSWORD}"\nphonenum = "8880{a}"\n' for a in CCGATE_AGENTS)
-    (out / "creds.toml").write_text(creds)
-    os.chmod(out / "creds.toml", 0o600)
-    ccgate = f"""[server]
+def ccgate_toml(out: Path):
+    """ccgate's config for every scenario: one worker, RS256 tokens, limits on but never
+    refusing. Scenario d (bench/agents.py) runs the same config."""
+    return f"""[server]
 listen = "127.0.0.1:{PORTS['ccgate']}"
 tls_cert = "{out}/server.pem"
 tls_key = "{out}/server-key.pem"
@@ -157,6 +144,25 @@ scope = "global"
 rate = 1000000.0
 burst = 1000000
 """
+
+
+def write_configs(out: Path, jwks, direct_sessions):
+    agents = {a: PASSWORD for a in CCGATE_AGENTS + REDIS_AGENTS + [ENVOY_AGENT, NGINX_AGENT, DIRECT_AGENT]}
+    sim = f"""listen = "127.0.0.1:{PORTS['sim']}"
+tls_cert = "{out}/server.pem"
+tls_key = "{out}/server-key.pem"
+auth_mode = "static"          # Envoy and nginx inject a fixed Guid: they cannot follow rotation
+max_idle_ms = 86400000
+event_wait_ms = 10000
+record_requests = false
+operation_events = false      # "events off or cheap": no AgentConf_StopVoice per request
+[agents]
+""" + "".join(f'"{a}" = "{p}"\n' for a, p in agents.items())
+    (out / "sim.toml").write_text(sim)
+    creds = "".join(f'[agents."{a}"]\npassword = "{PASSWORD}"\nphonenum = "8880{a}"\n' for a in CCGATE_AGENTS)
+    (out / "creds.toml").write_text(creds)
+    os.chmod(out / "creds.toml", 0o600)
+    ccgate = ccgate_toml(out)
     (out / "ccgate.toml").write_text(ccgate)
     rcreds = "".join(f'[agents."{a}"]\npassword = "{PASSWORD}"\nphonenum = "8880{a}"\n' for a in REDIS_AGENTS)
     (out / "creds-redis.toml").write_text(rcreds)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by callgrind (repeatable where wall-clock numbers are not).
 #   bench/icount.sh [BINARY [N1 N2]]   default target/release/ccgate, 500 and 2500 requests
+#   bench/icount.sh BINARY --polls [S1 S2]   one idle event poll instead (8 agents idle S1 and S2 s)
 # Compare two builds by running it for each. Uses bench/out from a bench run (made here with
 # `bench/run.sh --smoke` if missing). Takes about a minute per binary.
 set -euo pipefail

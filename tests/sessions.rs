@@ -346,3 +346,48 @@ async fn past_max_agents_a_new_agent_gets_a_clear_503() {
     assert_eq!(h.call(Method::GET, "/v1/session", Some("153"), "").await.status, StatusCode::OK);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_poller_holds_one_connection_of_its_own_and_dials_again_when_it_breaks() {
+    let mut sim = test_sim_config();
+    sim.event_wait_ms = 50;
+    let h = Harness::with(Options {
+        sim,
+        config: Box::new(|c| {
+            c.sessions.poll_pause_ms = 10;
+            c.sessions.poll_backoff_ms = 10;
+        }),
+        ..Options::default()
+    })
+    .await;
+    let polls = || h.sim.count(GatewayMethod::GetAgentEvent);
+    h.sign_in("153").await;
+    let first = polls();
+    common::eventually("a few polls", || async { polls() >= first + 3 }).await;
+    // The sign-in's pooled connection and the poller's own.
+    let open = h.sim.open_connections();
+    let before = polls();
+    common::eventually("twenty more polls", || async { polls() >= before + 20 }).await;
+    assert_eq!(h.sim.open_connections(), open, "twenty polls reused one connection; none was opened or leaked");
+
+    // The gateway breaks every poll's connection: each failure closes it and the next dials
+    // again, so the count does not grow.
+    h.sim.set_faults(Faults { reset: true, methods: vec!["getAgentEvent".into()], ..Faults::default() });
+    let broken = polls();
+    common::eventually("polls while the gateway resets them", || async { polls() >= broken + 3 }).await;
+    h.sim.set_faults(Faults::default());
+    let healed = polls();
+    common::eventually("polls after the gateway heals", || async { polls() >= healed + 5 }).await;
+    assert!(h.running().sessions.active("153").is_ok(), "a broken connection is not a lost session");
+    assert!(h.sim.open_connections() <= open, "broken connections were closed, not kept");
+    let metrics = h.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("ccgate_upstream_errors_total{") && l.contains("getAgentEvent")),
+        "the broken polls were counted"
+    );
+
+    // Signing out ends the poller, and its connection with it.
+    assert_eq!(h.call(Method::DELETE, "/v1/session", Some("153"), "").await.status, StatusCode::NO_CONTENT);
+    common::eventually("the poller's connection closed", || async { h.sim.open_connections() < open }).await;
+    h.stop().await;
+}

@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
-use http::{Request, StatusCode, Uri};
+use http::header::{HeaderValue, CONTENT_TYPE, COOKIE, HOST, SET_COOKIE};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::envelope::Envelope;
 use super::methods::GatewayMethod;
@@ -53,6 +55,25 @@ pub struct GatewayRequest<'a> {
     pub body: Option<Bytes>,
     /// Overrides the configured request timeout (the event long poll needs a longer one).
     pub timeout: Option<Duration>,
+    /// The caller's own connection instead of the shared pool (the agent's poller).
+    pub conn: Option<&'a mut PollConnection>,
+}
+
+/// An agent poller's own connection to the gateway. A long poll holds its connection for
+/// the gateway's whole wait, so every signed-in agent needs one anyway; owning it outright
+/// skips the shared pool's per-request work (checkout, key hashing, a connect future built
+/// and dropped, the return to the idle list), which with 10,000 agents is ~1,000 times a
+/// second, and keeps the pool's idle bound (`gateway.pool_max_idle_per_host`) about app
+/// requests alone. Dropped with the poller: the connection closes when the agent signs out.
+#[derive(Default)]
+pub struct PollConnection {
+    sender: Option<http1::SendRequest<Full<Bytes>>>,
+}
+
+impl std::fmt::Debug for PollConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PollConnection").field("open", &self.sender.is_some()).finish()
+    }
 }
 
 /// A parsed gateway answer (HTTP 200 with an envelope).
@@ -134,9 +155,9 @@ pub enum ProbeFailure {
     Tls(String),
 }
 
-/// What the probe needs to dial the gateway exactly as the pool does: the same address, TLS
-/// settings and server name.
-struct Probe {
+/// What the probe and the pollers' own connections need to dial the gateway exactly as the
+/// pool does: the same address, TLS settings and server name.
+struct Dialer {
     addr: String,
     tls: tokio_rustls::TlsConnector,
     server_name: rustls_pki_types::ServerName<'static>,
@@ -152,7 +173,9 @@ struct Inner {
     client: HttpsClient,
     scheme_authority: String,
     request_timeout: Duration,
-    probe: Probe,
+    /// `Host` for requests on a dedicated connection (the pool sets it from the URI).
+    host: HeaderValue,
+    dialer: Dialer,
 }
 
 impl GatewayClient {
@@ -173,7 +196,8 @@ impl GatewayClient {
             }
             None => Arc::new(hyper_rustls::DefaultServerNameResolver::default()),
         };
-        let probe = Probe {
+        let host = HeaderValue::from_str(&authority).map_err(|e| format!("gateway.url: host: {e}"))?;
+        let dialer = Dialer {
             addr: format!("{}:{}", url.host().unwrap_or_default(), url.port_u16().unwrap_or(443)),
             tls: tokio_rustls::TlsConnector::from(tls.clone()),
             server_name: resolver.resolve(&url).map_err(|e| format!("gateway.url: no TLS server name: {e}"))?,
@@ -191,7 +215,8 @@ impl GatewayClient {
                 client,
                 scheme_authority: format!("https://{authority}"),
                 request_timeout: ms(cfg.request_timeout_ms),
-                probe,
+                host,
+                dialer,
             }),
         })
     }
@@ -200,7 +225,7 @@ impl GatewayClient {
     /// and also catches a certificate the configured CA or server name does not accept. It
     /// sends no request, so it costs the gateway no session work and no log line.
     pub async fn probe(&self) -> Result<(), ProbeFailure> {
-        let p = &self.inner.probe;
+        let p = &self.inner.dialer;
         let dial = async {
             let tcp =
                 tokio::net::TcpStream::connect(&p.addr).await.map_err(|e| ProbeFailure::Connect(e.to_string()))?;
@@ -217,36 +242,47 @@ impl GatewayClient {
     /// request's gateway time (for the access log).
     pub async fn call(&self, req: GatewayRequest<'_>) -> Result<GatewayReply, UpstreamError> {
         let started = Instant::now();
-        let result = self.round_trip(&req).await;
+        let result = self.round_trip(req).await;
         timing::add(started.elapsed());
         result
     }
 
-    async fn round_trip(&self, req: &GatewayRequest<'_>) -> Result<GatewayReply, UpstreamError> {
-        let uri = format!("{}{}", self.inner.scheme_authority, req.method.path(req.agent));
-        let mut builder = Request::builder()
-            .method(req.method.http_method())
-            .uri(uri)
-            .header(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+    async fn round_trip(&self, req: GatewayRequest<'_>) -> Result<GatewayReply, UpstreamError> {
+        let path = req.method.path(req.agent);
+        // The pool takes an absolute URI (it picks the connection by it); a connection of our
+        // own takes the origin form and a `Host` header, as on the wire.
+        let mut builder = match req.conn {
+            Some(_) => Request::builder().uri(path).header(HOST, self.inner.host.clone()),
+            None => Request::builder().uri(format!("{}{}", self.inner.scheme_authority, path)),
+        };
+        builder = builder.method(req.method.http_method()).header(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
         if let Some(auth) = req.auth {
             builder = builder.header(GUID_HEADER, auth.guid.clone());
             if let Some(c) = &auth.cookie {
                 builder = builder.header(COOKIE, c.clone());
             }
         }
-        let body = req.body.clone().unwrap_or_default();
         let request = builder
-            .body(Full::new(body))
+            .body(Full::new(req.body.unwrap_or_default()))
             .map_err(|e| UpstreamError::Malformed(format!("cannot build request: {e}")))?;
         let timeout = req.timeout.unwrap_or(self.inner.request_timeout);
+        let conn = req.conn;
         let exchange = async {
-            let resp = self.inner.client.request(request).await.map_err(classify)?;
+            let resp = match conn {
+                // Boxed: dialing (TLS handshake state) would otherwise make every call's future,
+                // pooled ones too, several KiB larger, copied on each move.
+                Some(conn) => Box::pin(self.send_on(conn, request)).await?,
+                None => self.inner.client.request(request).await.map_err(classify)?,
+            };
             let (parts, body) = resp.into_parts();
             let limited = http_body_util::Limited::new(body, MAX_UPSTREAM_BODY);
             let bytes =
                 limited.collect().await.map_err(|e| UpstreamError::Malformed(format!("reading body: {e}")))?.to_bytes();
             Ok::<_, UpstreamError>((parts, bytes))
         };
+        // A timeout drops the exchange mid-flight, which closes a dedicated connection too
+        // (hyper cannot reuse an HTTP/1 connection with an unfinished answer); the next call
+        // dials a new one.
         let (parts, bytes) = tokio::time::timeout(timeout, exchange).await.map_err(|_| UpstreamError::Timeout)??;
         if parts.status != StatusCode::OK {
             return Err(UpstreamError::BadStatus(parts.status));
@@ -257,6 +293,65 @@ impl GatewayClient {
         let cookies =
             parts.headers.get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).filter_map(cookie_pair).collect();
         Ok(GatewayReply { envelope, set_guid, cookies, body: bytes })
+    }
+
+    /// Sends on a dedicated connection, dialing one when there is none or the last one has
+    /// closed (the gateway's keep-alive timeout, a restart, an abandoned poll). A request a
+    /// reused connection could not take (it closed between the check and the send) is sent
+    /// once more on a new one; one already written is not, since the gateway may have acted.
+    async fn send_on(
+        &self,
+        conn: &mut PollConnection,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        loop {
+            let reused = match conn.sender.take() {
+                Some(mut s) if !s.is_closed() => s.ready().await.is_ok().then_some(s),
+                _ => None,
+            };
+            let fresh = reused.is_none();
+            let mut sender = match reused {
+                Some(s) => s,
+                None => self.dial().await?,
+            };
+            match sender.try_send_request(request).await {
+                Ok(resp) => {
+                    conn.sender = Some(sender);
+                    return Ok(resp);
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) if !fresh => request = unsent,
+                    _ => return Err(UpstreamError::Malformed(error_chain(e.error()))),
+                },
+            }
+        }
+    }
+
+    /// A new connection of its own: TCP within the connect timeout, TLS as the pool does it,
+    /// HTTP/1.1 (the gateway speaks nothing else), the connection driven by its own task.
+    async fn dial(&self) -> Result<http1::SendRequest<Full<Bytes>>, UpstreamError> {
+        let d = &self.inner.dialer;
+        let tcp = tokio::time::timeout(d.connect_timeout, tokio::net::TcpStream::connect(&d.addr))
+            .await
+            .map_err(|_| UpstreamError::Unavailable("tcp connect timed out".into()))?
+            .map_err(|e| UpstreamError::Unavailable(format!("tcp connect error: {e}")))?;
+        // As the pool's connector: requests are small and latency-bound.
+        let _ = tcp.set_nodelay(true);
+        let tls = d
+            .tls
+            .connect(d.server_name.clone(), tcp)
+            .await
+            .map_err(|e| UpstreamError::Unavailable(format!("TLS handshake failed: {e}")))?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| UpstreamError::Unavailable(error_chain(&e)))?;
+        tokio::spawn(async move {
+            // Ends when the poller drops its sender or either side closes; a broken
+            // connection shows up as the next request's error, where it is logged.
+            let _ = connection.await;
+        });
+        Ok(sender)
     }
 }
 

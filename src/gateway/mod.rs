@@ -10,7 +10,9 @@ pub mod timing;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use client::{GatewayClient, GatewayRefusal, GatewayReply, GatewayRequest, SessionAuth, UpstreamError};
+pub use client::{
+    GatewayClient, GatewayRefusal, GatewayReply, GatewayRequest, PollConnection, SessionAuth, UpstreamError,
+};
 pub use envelope::{Envelope, Retcode};
 pub use methods::GatewayMethod;
 

@@ -4,4 +4,4 @@ pub mod admin;
 pub mod body;
 pub mod listener;
 
-pub use listener::{spawn, Handler, ServeOptions, Served, Shutdown};
+pub use listener::{spawn, ConnectionMetrics, Handler, ServeOptions, Served, Shutdown};

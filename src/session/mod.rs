@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::gateway::client::{merge_cookies, session_auth};
 use crate::gateway::{
-    Gateway, GatewayMethod, GatewayRefusal, GatewayReply, GatewayRequest, SessionAuth, UpstreamError,
+    Gateway, GatewayMethod, GatewayRefusal, GatewayReply, GatewayRequest, PollConnection, SessionAuth, UpstreamError,
 };
 use crate::metrics::{LossReason, Metrics, SessionState};
 pub use conference::ConfState;
@@ -165,6 +165,11 @@ impl Session {
         self.conf()
     }
 
+    /// The metrics this session reports to (the event stream counts itself there).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn watch_conf(&self) -> watch::Receiver<ConfState> {
         self.conf.subscribe()
     }
@@ -249,7 +254,7 @@ impl Session {
     /// answer is returned whatever its retcode, so the pass-through face can relay it; a
     /// Guid the gateway refused is never presented again.
     pub async fn call(&self, method: GatewayMethod, body: Option<Bytes>) -> Result<GatewayReply, UpstreamError> {
-        self.exchange(method, body, None, true).await
+        self.exchange(method, body, None, None, true).await
     }
 
     async fn exchange(
@@ -257,10 +262,11 @@ impl Session {
         method: GatewayMethod,
         body: Option<Bytes>,
         timeout: Option<Duration>,
+        conn: Option<&mut PollConnection>,
         loss_ends_session: bool,
     ) -> Result<GatewayReply, UpstreamError> {
         let auth = self.auth.load_full();
-        let req = GatewayRequest { method, agent: &self.agent_id, auth: Some(&auth), body, timeout };
+        let req = GatewayRequest { method, agent: &self.agent_id, auth: Some(&auth), body, timeout, conn };
         let reply = self.gateway.call(req).await?;
         let mut replaced = self.take_credentials(reply.set_guid.as_deref(), &reply.cookies);
         let env = &reply.envelope;

@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::conference::{apply_event, EventEffect};
 use super::{Session, SessionStore};
-use crate::gateway::{GatewayMethod, GatewayReply, UpstreamError};
-use crate::metrics::LossReason;
+use crate::gateway::{GatewayMethod, GatewayReply, PollConnection, UpstreamError};
+use crate::metrics::{GaugeGuard, LossReason};
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Settings {
@@ -34,26 +34,13 @@ enum Step {
     Idle,
 }
 
-/// Counts this replica's running pollers (`ccgate_leases`) for as long as one lives.
-struct Polling(prometheus::IntGauge);
-
-impl Polling {
-    fn start(g: prometheus::IntGauge) -> Self {
-        g.inc();
-        Self(g)
-    }
-}
-
-impl Drop for Polling {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
 pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Settings) {
-    let _polling = Polling::start(session.metrics.leases());
+    // This replica's running pollers (`ccgate_leases`).
+    let _polling = GaugeGuard::new(session.metrics.leases());
     let agent = session.agent_id.clone();
     let mut backoff = s.backoff;
+    // The poller's own connection to the gateway, closed with the task.
+    let mut conn = PollConnection::default();
     loop {
         // With the shared store, only the lease holder polls; the maintenance round stops
         // this task when another replica takes the lease, and this check covers the rest.
@@ -64,7 +51,7 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Set
         // start another.
         let idle_at =
             s.idle.filter(|_| !session.idle_signout.load(Ordering::Acquire)).map(|d| session.last_activity() + d);
-        let poll = session.exchange(GatewayMethod::GetAgentEvent, None, Some(s.timeout), true);
+        let poll = session.exchange(GatewayMethod::GetAgentEvent, None, Some(s.timeout), Some(&mut conn), true);
         let step = match idle_at {
             Some(at) => tokio::select! {
                 r = poll => Step::Polled(r),

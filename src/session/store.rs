@@ -324,8 +324,14 @@ impl SessionStore {
     /// Signs out a session the gateway just gave us but ccgate could not record (best effort).
     pub(super) async fn abandon(&self, agent: &str, reply: &GatewayReply) {
         let Some(auth) = reply.set_guid.as_deref().and_then(|g| session_auth(g, &reply.cookies)) else { return };
-        let request =
-            GatewayRequest { method: GatewayMethod::Logout, agent, auth: Some(&auth), body: None, timeout: None };
+        let request = GatewayRequest {
+            method: GatewayMethod::Logout,
+            agent,
+            auth: Some(&auth),
+            body: None,
+            timeout: None,
+            conn: None,
+        };
         if let Err(e) = self.gateway.call(request).await {
             tracing::warn!(agent, error = %e, "could not sign out a session the shared store could not record");
         }
@@ -347,7 +353,7 @@ impl SessionStore {
         body: Bytes,
     ) -> Result<GatewayReply, SessionError> {
         let method = if force { GatewayMethod::ForceLogin } else { GatewayMethod::Login };
-        let request = GatewayRequest { method, agent, auth: None, body: Some(body), timeout: None };
+        let request = GatewayRequest { method, agent, auth: None, body: Some(body), timeout: None, conn: None };
         match self.gateway.call(request).await {
             Ok(reply) => {
                 slot.uncertain.store(false, Ordering::Release);
@@ -468,7 +474,7 @@ impl SessionStore {
         }
         session.stop_poller();
         // Not `call`: a "not signed in" answer here means the goal is reached, not a loss.
-        let reply = session.exchange(method, None, None, false).await?;
+        let reply = session.exchange(method, None, None, None, false).await?;
         let code = reply.envelope.code();
         if !(reply.envelope.is_success() || code.session_gone() || code == Retcode::AlreadySignedOut) {
             return Err(SessionError::Refused(GatewayRefusal::from(&reply)));

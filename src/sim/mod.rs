@@ -171,6 +171,8 @@ struct Shared {
     counts: Vec<AtomicU64>,
     unknown: AtomicU64,
     received: Mutex<Vec<Received>>,
+    /// Connections open at the simulator, for tests of how clients hold theirs.
+    connections: prometheus::IntGauge,
 }
 
 /// The simulator's request handler, and (cloned) the test-facing handle to its state.
@@ -191,6 +193,8 @@ impl Sim {
             counts: (0..GatewayMethod::COUNT).map(|_| AtomicU64::new(0)).collect(),
             unknown: AtomicU64::new(0),
             received: Mutex::new(Vec::new()),
+            connections: prometheus::IntGauge::new("sim_connections", "open connections")
+                .expect("static metric definition"),
         }))
     }
 
@@ -203,13 +207,24 @@ impl Sim {
     ) -> std::io::Result<Served> {
         // The simulator stands in for a gateway that many agents' pollers and the benchmark's
         // load generator reach at once.
-        let opts = ServeOptions { max_connections: SIM_MAX_CONNECTIONS, ..ServeOptions::default() };
+        let metrics = crate::server::ConnectionMetrics {
+            open: self.0.connections.clone(),
+            refused: prometheus::IntCounter::new("sim_refused", "refused connections")
+                .expect("static metric definition"),
+        };
+        let opts =
+            ServeOptions { max_connections: SIM_MAX_CONNECTIONS, metrics: Some(metrics), ..ServeOptions::default() };
         crate::server::spawn(listener, Some(tls), Arc::new(self.clone()), opts, shutdown)
     }
 
     /// How many requests for `m` arrived (whatever their outcome).
     pub fn count(&self, m: GatewayMethod) -> u64 {
         self.0.counts[m.index()].load(Ordering::Relaxed)
+    }
+
+    /// Connections open now (TLS handshake done or under way).
+    pub fn open_connections(&self) -> i64 {
+        self.0.connections.get()
     }
 
     /// Requests for paths that are no gateway method.

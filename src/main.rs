@@ -12,7 +12,7 @@ use ccgate::sim::{Sim, SimConfig};
 use ccgate::{app, demo, devkeys, tls};
 
 #[derive(Parser)]
-#[command(name = "ccgate", version, about = "Authenticating sidecar for the Huawei CEC CC-Gateway")]
+#[command(name = "ccgate", version = VERSION, about = "Authenticating sidecar for the Huawei CEC CC-Gateway")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,6 +42,20 @@ enum Command {
         #[arg(long)]
         admin: Option<SocketAddr>,
     },
+    /// Exit 0 if the local ccgate is ready (`/readyz` on its admin listener answers 200), 1
+    /// otherwise: an exec probe for images without curl (a distroless container's
+    /// HEALTHCHECK, or a Kubernetes probe that cannot reach the pod's port).
+    Healthcheck {
+        /// The config of the running instance, to find its admin listener.
+        #[arg(long, env = "CCGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The admin listener's address, instead of reading it from the config.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Ask `/livez` (the process answers) instead of `/readyz` (it can take traffic).
+        #[arg(long)]
+        live: bool,
+    },
     /// Start the simulator and the proxy on loopback with throw-away keys, print what to try.
     Demo {
         /// Print one JSON line {proxy_url, admin_url, ca_file, token, agent_id} first.
@@ -68,17 +82,35 @@ enum Command {
     },
 }
 
+/// `ccgate --version`: the crate version and the commit it was built from (build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CCGATE_COMMIT"), ")");
+
 /// Environment prefix for the simulator's config overrides.
 const SIM_ENV_PREFIX: &str = "CCGATE_SIM__";
 const DEFAULT_SIM_CONFIG: &str = "config/sim.toml";
 
+/// One precedence for the log filter: `RUST_LOG`, when set and valid, wins over `log.level`
+/// (the Rust convention, for a one-off debug session without editing the config); a start-up
+/// line says so, so an override left in a unit file or manifest is not silent. Colours only
+/// when stderr is a terminal and `NO_COLOR` is unset: journald and `kubectl logs` get plain
+/// text.
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
+    let (filter, overridden) = match from_env.as_deref().map(tracing_subscriber::EnvFilter::try_new) {
+        Some(Ok(f)) => (f, from_env.clone()),
+        _ => (tracing_subscriber::EnvFilter::new(level), None),
+    };
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    match (overridden, from_env) {
+        (Some(v), _) => tracing::info!(rust_log = %v, log_level = level, "RUST_LOG is set and overrides log.level"),
+        (None, Some(v)) => tracing::warn!(rust_log = %v, "RUST_LOG is not a valid filter; using log.level"),
+        (None, None) => {}
     }
 }
 
@@ -142,6 +174,7 @@ async fn run(cmd: Command) -> Result<(), String> {
         Command::Serve { config } => serve(load_config(config.clone())?, source_of(config)).await,
         Command::CheckConfig { config } => check_config(load_config(config)?).await,
         Command::Reload { config, admin } => reload(config, admin).await,
+        Command::Healthcheck { config, admin, live } => healthcheck(config, admin, live).await,
         Command::Demo { json, listen, admin_listen, replicas, redis } => {
             init_logging(LogFormat::Human, "warn,ccgate=info");
             demo::run(demo::DemoOptions { listen, admin_listen, json, replicas, redis }).await
@@ -180,17 +213,14 @@ async fn check_config(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-/// `ccgate reload`: asks the running instance's admin listener, on loopback.
-async fn reload(config: Option<PathBuf>, admin: Option<SocketAddr>) -> Result<(), String> {
+/// The local admin listener's URL for `path`: from `--admin`, else the config's
+/// `admin.listen`; an all-addresses listener is reached on loopback.
+fn local_admin_url(config: Option<PathBuf>, admin: Option<SocketAddr>, path: &str) -> Result<String, String> {
     let addr = match admin {
         Some(a) => a,
         None => {
             load_config(config)
-                .map_err(|e| {
-                    format!(
-                        "{e}\n(the running instance keeps its config; fix this and run reload again, or pass --admin)"
-                    )
-                })?
+                .map_err(|e| format!("{e}\n(pass the admin listener's address with --admin)"))?
                 .admin
                 .listen
         }
@@ -200,29 +230,63 @@ async fn reload(config: Option<PathBuf>, admin: Option<SocketAddr>) -> Result<()
             "admin.listen has port 0 (chosen at start); pass the running instance's address with --admin".into()
         );
     }
-    // An admin listener on all addresses is reached on loopback, where reloads are accepted.
     let ip = match addr.ip() {
         std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
         other => other,
     };
-    let url = format!("http://{}/-/reload", SocketAddr::new(ip, addr.port()));
+    Ok(format!("http://{}{path}", SocketAddr::new(ip, addr.port())))
+}
+
+/// One request to the local admin listener: status and body, within `wait`.
+async fn ask_admin(method: http::Method, url: &str, wait: std::time::Duration) -> Result<(u16, String), String> {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let req = http::Request::post(&url).body(http_body_util::Empty::new()).map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(RELOAD_WAIT, client.request(req))
-        .await
-        .map_err(|_| format!("{url}: no answer within {} s", RELOAD_WAIT.as_secs()))?
-        .map_err(|e| format!("{url}: {e} (is ccgate running? else send it SIGHUP)"))?;
-    let status = resp.status();
-    let body = http_body_util::BodyExt::collect(resp.into_body()).await.map_err(|e| e.to_string())?.to_bytes();
-    println!("{}", String::from_utf8_lossy(&body));
-    if status.is_success() {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(http_body_util::Empty::new())
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let resp = client.request(req).await.map_err(|e| format!("{url}: {e} (is ccgate running?)"))?;
+        let status = resp.status().as_u16();
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.map_err(|e| e.to_string())?.to_bytes();
+        Ok::<_, String>((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(wait, exchange).await.map_err(|_| format!("{url}: no answer within {} s", wait.as_secs()))?
+}
+
+/// `ccgate reload`: asks the running instance's admin listener, on loopback (where reloads
+/// are accepted).
+async fn reload(config: Option<PathBuf>, admin: Option<SocketAddr>) -> Result<(), String> {
+    let url = local_admin_url(config, admin, "/-/reload")
+        .map_err(|e| format!("{e}\n(the running instance keeps its config; fix this and run reload again)"))?;
+    let (status, body) =
+        ask_admin(http::Method::POST, &url, RELOAD_WAIT).await.map_err(|e| format!("{e} (else send it SIGHUP)"))?;
+    println!("{body}");
+    if (200..300).contains(&status) {
         Ok(())
     } else {
-        Err(format!("reload refused (HTTP {})", status.as_u16()))
+        Err(format!("reload refused (HTTP {status})"))
     }
 }
+
+/// `ccgate healthcheck`: exit 0 when the admin listener says ready (or live), else 1 with
+/// the reason on stderr (the body names what is not ready).
+async fn healthcheck(config: Option<PathBuf>, admin: Option<SocketAddr>, live: bool) -> Result<(), String> {
+    let url = local_admin_url(config, admin, if live { "/livez" } else { "/readyz" })?;
+    let (status, body) = ask_admin(http::Method::GET, &url, HEALTHCHECK_WAIT).await?;
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(format!("not {} (HTTP {status}): {}", if live { "live" } else { "ready" }, body.trim()))
+    }
+}
+
+/// Inside the callers' own deadlines (the image's `HEALTHCHECK --timeout=3s`, the probes'
+/// `timeoutSeconds: 3` in deploy/kubernetes), so a slow answer is reported by ccgate with
+/// its reason rather than cut off by the prober.
+const HEALTHCHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long `ccgate reload` waits: a reload may wait for new providers' keys.
 const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);

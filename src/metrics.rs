@@ -264,6 +264,7 @@ pub struct Metrics(Arc<Inner>);
 
 struct Inner {
     registry: Registry,
+    process: Registry,
     requests: IntCounterVec,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
@@ -282,6 +283,8 @@ struct Inner {
     signout_failures: IntCounterVec,
     connections: IntGauge,
     connections_refused: IntCounter,
+    in_flight: IntGauge,
+    event_streams: IntGauge,
     auth_throttled: IntCounter,
     auth_refusals_remembered: IntCounter,
     events_dropped: IntCounter,
@@ -328,6 +331,30 @@ fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> Histo
         .expect("static metric definition");
     r.register(Box::new(v.clone())).expect("metric registered once");
     v
+}
+
+/// Creates each child at 0 (see `Metrics::new`).
+fn zero<const N: usize>(v: &IntCounterVec, labels: impl Iterator<Item = [&'static str; N]>) {
+    for l in labels {
+        v.with_label_values(&l).reset();
+    }
+}
+
+/// Counts something for as long as it lives (a request in flight, an open stream, a
+/// poller): +1 now, -1 when dropped, however its task ends (finished, failed, aborted).
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn new(g: IntGauge) -> Self {
+        g.inc();
+        Self(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl Default for Metrics {
@@ -396,6 +423,8 @@ impl Metrics {
             &["trigger"],
         );
         let connections = gauge(&r, "connections", "Open connections on the app-facing listener.");
+        let in_flight = gauge(&r, "requests_in_flight", "App requests being handled now (both faces).");
+        let event_streams = gauge(&r, "event_streams", "Open SSE event streams (GET /v1/events subscribers).");
         let connections_refused = counter(
             &r,
             "connections_refused_total",
@@ -443,10 +472,11 @@ impl Metrics {
         );
         let lease_losses =
             counter(&r, "lease_losses_total", "Pollers this replica stopped because another replica holds the lease.");
-        let build_info = IntGaugeVec::new(Opts::new("build_info", "Build information; always 1."), &["version"])
-            .expect("static metric definition");
+        let build_info =
+            IntGaugeVec::new(Opts::new("build_info", "Build information; always 1."), &["version", "commit"])
+                .expect("static metric definition");
         r.register(Box::new(build_info.clone())).expect("metric registered once");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CCGATE_COMMIT")]).set(1);
         for s in SessionState::ALL {
             sessions.with_label_values(&[s.as_str()]).set(0);
         }
@@ -492,8 +522,30 @@ impl Metrics {
             config_reloads.with_label_values(&[result.as_str()]).reset();
             certificate_reloads.with_label_values(&[result.as_str()]).reset();
         }
+        // Every series with a known label set exists from the start at 0, so `increase(...)`
+        // and `rate(...)` see the first event after a restart (a series born at 1 has no
+        // increase). Per-method series are made for the stop method, the product's reason to
+        // be, and the poller's method, whose failures the alerts watch; the other methods'
+        // appear when first used, which keeps the exposition a few hundred lines.
+        zero(&auth_failures, AuthFailureReason::ALL.iter().map(|r| [r.as_str()]));
+        zero(&signins, SigninResult::ALL.iter().map(|r| [r.as_str()]));
+        zero(&session_losses, LossReason::ALL.iter().map(|r| [r.as_str()]));
+        zero(&signout_failures, SignoutTrigger::ALL.iter().map(|t| [t.as_str()]));
+        let stop = GatewayMethod::StopVoiceToConf.log_name();
+        zero(&requests, Outcome::ALL.iter().map(|o| [stop, o.as_str()]));
+        for m in [GatewayMethod::StopVoiceToConf, GatewayMethod::GetAgentEvent] {
+            zero(&upstream_errors, UpstreamErrorKind::ALL.iter().map(|k| [m.log_name(), k.as_str()]));
+        }
+        // The standard `process_*` series, without the `ccgate_` prefix dashboards expect
+        // them under, so in a registry of their own.
+        let process = Registry::new();
+        #[cfg(target_os = "linux")]
+        if let Err(e) = process.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())) {
+            tracing::warn!(error = %e, "process metrics unavailable");
+        }
         Self(Arc::new(Inner {
             registry: r,
+            process,
             requests,
             request_duration,
             upstream_duration,
@@ -512,6 +564,8 @@ impl Metrics {
             signout_failures,
             connections,
             connections_refused,
+            in_flight,
+            event_streams,
             auth_throttled,
             auth_refusals_remembered,
             events_dropped,
@@ -638,6 +692,16 @@ impl Metrics {
     }
 
     /// The app-facing listener's open connections (`ccgate_connections`).
+    /// `ccgate_requests_in_flight`, held by [`GaugeGuard`] for a request's life.
+    pub fn in_flight(&self) -> IntGauge {
+        self.0.in_flight.clone()
+    }
+
+    /// `ccgate_event_streams`, held by [`GaugeGuard`] for an SSE stream's life.
+    pub fn event_streams(&self) -> IntGauge {
+        self.0.event_streams.clone()
+    }
+
     pub fn connections_gauge(&self) -> IntGauge {
         self.0.connections.clone()
     }
@@ -700,7 +764,7 @@ impl Metrics {
         use prometheus::core::Collector;
         let i = &self.0;
         let age = FreshnessRef(i.jwks_age.clone());
-        let collectors: [&dyn Collector; 35] = [
+        let collectors: [&dyn Collector; 37] = [
             &i.requests,
             &i.request_duration,
             &i.upstream_duration,
@@ -719,6 +783,8 @@ impl Metrics {
             &i.signout_failures,
             &i.connections,
             &i.connections_refused,
+            &i.in_flight,
+            &i.event_streams,
             &i.auth_throttled,
             &i.auth_refusals_remembered,
             &i.events_dropped,
@@ -748,7 +814,8 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::with_capacity(16 * 1024);
-        let families = self.0.registry.gather();
+        let mut families = self.0.registry.gather();
+        families.extend(self.0.process.gather());
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
             return format!("# encoding failed: {e}\n");
         }
@@ -827,6 +894,28 @@ mod tests {
             text.contains(r#"ccgate_upstream_responses_total{method="stopVoiceToConf",retcode="other"} 1"#),
             "{text}"
         );
-        assert!(text.contains("ccgate_build_info{version="), "{text}");
+        assert!(text.contains("ccgate_build_info{commit=") && text.contains(",version=\""), "{text}");
+    }
+
+    #[test]
+    fn known_label_sets_start_at_zero_and_process_metrics_are_unprefixed() {
+        let text = Metrics::new().render();
+        for series in [
+            r#"ccgate_auth_failures_total{reason="expired"} 0"#,
+            r#"ccgate_signins_total{result="at_capacity"} 0"#,
+            r#"ccgate_session_losses_total{reason="guid_refused"} 0"#,
+            r#"ccgate_signout_failures_total{trigger="idle"} 0"#,
+            r#"ccgate_requests_total{method="stopVoiceToConf",outcome="not_chairperson"} 0"#,
+            r#"ccgate_upstream_errors_total{kind="timeout",method="getAgentEvent"} 0"#,
+            "ccgate_requests_in_flight 0",
+            "ccgate_event_streams 0",
+        ] {
+            assert!(text.lines().any(|l| l == series), "missing {series}:\n{text}");
+        }
+        #[cfg(target_os = "linux")]
+        {
+            assert!(text.lines().any(|l| l.starts_with("process_resident_memory_bytes ")), "{text}");
+            assert!(!text.contains("ccgate_process_"), "{text}");
+        }
     }
 }

@@ -162,3 +162,60 @@ async fn demo_json_line_drives_the_whole_flow() {
     assert!(status.success(), "{status}");
     assert!(!ca.parent().unwrap().exists(), "temporary directory removed");
 }
+
+#[test]
+fn version_names_the_commit() {
+    let out = std::process::Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let want = format!("ccgate {} (", env!("CARGO_PKG_VERSION"));
+    assert!(text.starts_with(&want) && text.trim_end().ends_with(')'), "{text}");
+    // Built from a git checkout (as here), the commit is known.
+    let inside = text.trim_end().trim_end_matches(')').rsplit('(').next().unwrap();
+    assert!(inside == "unknown" || (inside.len() >= 7 && inside.bytes().all(|b| b.is_ascii_hexdigit())), "{text}");
+}
+
+#[test]
+fn rust_log_overrides_log_level_and_says_so_without_colours_into_a_pipe() {
+    // `sim` starts its logging before reading its config; a missing config then ends it.
+    let sim = |rust_log: &str| {
+        let out = std::process::Command::new(BIN)
+            .args(["sim", "--config", "/nonexistent/sim.toml"])
+            .env("RUST_LOG", rust_log)
+            .env_remove("NO_COLOR")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = sim("info");
+    assert!(err.contains("RUST_LOG is set and overrides log.level"), "{err}");
+    assert!(!err.contains('\u{1b}'), "ANSI escapes in a pipe: {err:?}");
+    assert!(sim("warn,ccgate=[").contains("RUST_LOG is not a valid filter"));
+    assert!(!sim("").contains("RUST_LOG"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exits_0_when_ready_and_1_with_the_reason_otherwise() {
+    let h = common::Harness::start().await;
+    let admin = h.admin.trim_start_matches("http://").to_owned();
+    let run = |args: Vec<String>| async move {
+        tokio::process::Command::new(BIN).arg("healthcheck").args(args).output().await.unwrap()
+    };
+    let ready = run(vec!["--admin".into(), admin.clone()]).await;
+    assert!(ready.status.success(), "{}", String::from_utf8_lossy(&ready.stderr));
+    let live = run(vec!["--admin".into(), admin.clone(), "--live".into()]).await;
+    assert!(live.status.success());
+    // Shutting down: /readyz turns 503 at once, and the probe says why.
+    h.running().readiness.set_shutting_down();
+    let draining = run(vec!["--admin".into(), admin.clone()]).await;
+    assert_eq!(draining.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&draining.stderr);
+    assert!(err.contains("not ready (HTTP 503)") && err.contains("shutting_down"), "{err}");
+    // Nothing listening.
+    let port = common::closed_port().await;
+    let down = run(vec!["--admin".into(), format!("127.0.0.1:{port}")]).await;
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("is ccgate running?"));
+    h.stop().await;
+}

@@ -229,7 +229,9 @@ async fn bad_requests_are_refused_before_the_gateway() {
     let h = Harness::start().await;
     h.sign_in("153").await;
     let before = h.sim.count(GatewayMethod::RequestAgentConf);
-    for body in ["", "[]", "{", r#"{"memberNum":0}"#, r#"{"memberNum":121}"#, r#"{"memberNum":"3"}"#] {
+    for body in
+        ["", "[]", "{", r#"{"memberNum":0}"#, r#"{"memberNum":121}"#, r#"{"memberNum":"3"}"#, r#"{"memberNum":2.5}"#]
+    {
         let r = h.call(Method::POST, "/v1/conference", Some("153"), body).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body:?}: {}", r.text);
         problem(&r);
@@ -246,10 +248,29 @@ async fn bad_requests_are_refused_before_the_gateway() {
     let r = h.call(Method::GET, STOP, Some("153"), "").await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(r.headers.get("allow").unwrap(), "POST");
-    // The sign-in body is validated before the session store is consulted.
+    // The sign-in body is validated before the session store is consulted; it is an object
+    // (serde alone would read `[null, null]` as the fields in order).
+    let r = h.call(Method::POST, "/v1/session", Some("153"), "[null, null]").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     let r = h.call(Method::POST, "/v1/session", Some("153"), r#"{"status": 9}"#).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     let r = h.call(Method::POST, "/v1/session", Some("153"), r#"{"unknown": 1}"#).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conference_not_confirmed_in_time_is_202_pending_with_retry_after() {
+    // No wait at all for the gateway's confirming event: the answer is always "pending".
+    let h =
+        Harness::with(Options { config: Box::new(|c| c.sessions.conference_wait_ms = 0), ..Options::default() }).await;
+    h.sign_in("153").await;
+    let r = h.call(Method::POST, "/v1/conference", Some("153"), r#"{"memberNum":3}"#).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    assert_eq!(r.headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    assert_eq!(r.json()["pending"], true);
+    // The event comes in behind the answer; looking again after Retry-After finds the chair.
+    h.wait_conf("153", |c| matches!(c, ConfState::Chair { .. })).await;
+    assert_eq!(h.call(Method::GET, "/v1/session", Some("153"), "").await.json()["chairperson"], true);
     h.stop().await;
 }

@@ -41,7 +41,13 @@ async fn metrics_after_a_full_flow_pass_promtool_and_leak_nothing() {
         r#"ccgate_request_duration_seconds_bucket{method="stopVoiceToConf",le="0.001"}"#,
         r#"ccgate_upstream_duration_seconds_count{method="stopVoiceToConf"} 1"#,
         "ccgate_guid_rotations_total 0",
-        &format!(r#"ccgate_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION")),
+        &format!(r#",version="{}"}} 1"#, env!("CARGO_PKG_VERSION")),
+        "ccgate_build_info{commit=",
+        // Known label sets start at 0; this flow lost no session and refused no token as expired.
+        r#"ccgate_session_losses_total{reason="guid_refused"} 0"#,
+        r#"ccgate_auth_failures_total{reason="expired"} 0"#,
+        "ccgate_requests_in_flight 0",
+        "process_resident_memory_bytes ",
     ] {
         assert!(text.contains(line), "missing {line}\n{text}");
     }

@@ -50,6 +50,9 @@ pub fn parse(route: Route, body: Bytes) -> Result<Operation, Failure> {
 fn sign_in_options(body: &Bytes) -> Result<SignInOptions, Failure> {
     let req: SignInBody = if is_blank(body) {
         SignInBody::default()
+    } else if body.trim_ascii_start().first() != Some(&b'{') {
+        // serde would take `[null, null]` as the struct's fields in order.
+        return Err(Failure::BadRequest("body must be a JSON object".into()));
     } else {
         serde_json::from_slice(body).map_err(|e| Failure::BadRequest(format!("invalid JSON body: {e}")))?
     };
@@ -79,7 +82,11 @@ fn check_conference_body(body: &Bytes) -> Result<(), Failure> {
     let Some(obj) = v.as_object() else {
         return Err(Failure::BadRequest("body must be a JSON object".into()));
     };
-    match obj.get("memberNum").and_then(Value::as_u64) {
+    // A JSON number with no fraction is an integer whatever its spelling (`39.0`, `3.9e1`),
+    // as JSON Schema and the gateway's JSON binding both read it.
+    let whole =
+        |v: &Value| v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64));
+    match obj.get("memberNum").and_then(whole) {
         Some(n) if MEMBER_NUM.contains(&n) => Ok(()),
         _ => Err(Failure::BadRequest("memberNum must be an integer in 1..120".into())),
     }
@@ -92,6 +99,9 @@ pub struct StreamContext<'a> {
     /// Ends the stream when the process shuts down.
     pub shutdown: &'a tokio::sync::watch::Receiver<bool>,
 }
+
+/// `Retry-After` on 202 "conference pending": the smallest whole number of seconds.
+const PENDING_RETRY_AFTER_SECS: u64 = 1;
 
 /// The response for a finished operation.
 pub fn render(done: Done, stream: StreamContext<'_>) -> (Response<Body>, Outcome) {
@@ -111,10 +121,16 @@ pub fn render(done: Done, stream: StreamContext<'_>) -> (Response<Body>, Outcome
             StatusCode::CREATED,
             &json!({"confId": state.conf_id(), "chairperson": matches!(state, ConfState::Chair { .. }), "conference": state}),
         ),
-        Done::ConferencePending => body::json(
-            StatusCode::ACCEPTED,
-            &json!({"confId": null, "chairperson": false, "conference": ConfState::Requested, "pending": true}),
-        ),
+        Done::ConferencePending => {
+            let mut r = body::json(
+                StatusCode::ACCEPTED,
+                &json!({"confId": null, "chairperson": false, "conference": ConfState::Requested, "pending": true}),
+            );
+            // When to look again (GET /v1/session): the gateway's confirmation event is
+            // usually there well within a second.
+            r.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(PENDING_RETRY_AFTER_SECS));
+            r
+        }
         // Not an operation this face asks for.
         Done::Event(_) => body::json(StatusCode::OK, &json!({})),
     };

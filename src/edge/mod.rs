@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 
 use crate::gateway::{timing, GatewayMethod, BASE_PATH};
-use crate::metrics::{MethodLabel, Metrics, Outcome};
+use crate::metrics::{GaugeGuard, MethodLabel, Metrics, Outcome};
 use crate::ops::limits::LimitState;
 use crate::ops::{Core, Failure, Principal};
 use crate::server::body::Body;
@@ -112,6 +112,7 @@ struct Handled {
 impl Handler for Proxy {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
+        let _in_flight = GaugeGuard::new(self.metrics.in_flight());
         let http_method = req.method().clone();
         let rid = request_id(req.headers());
         let (handled, upstream) = timing::measure(|| self.serve(req, &rid)).await;
@@ -159,7 +160,7 @@ impl Proxy {
             Ok(r) => r,
             Err(f) => {
                 log_failure(&f, label, rid);
-                let response = if passthrough_face { render::envelope(&f) } else { render::problem(&f) };
+                let response = if passthrough_face { render::envelope(&f) } else { render::problem(&f, rid) };
                 (response, render::spec(&f).outcome)
             }
         };

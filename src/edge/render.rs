@@ -311,8 +311,9 @@ fn retcode_of(f: &Failure) -> Option<(&str, Option<i64>)> {
     }
 }
 
-/// The RFC 9457 problem response for the REST API.
-pub fn problem(f: &Failure) -> Response<Body> {
+/// The RFC 9457 problem response for the REST API. `instance` is the request id (also in
+/// `x-request-id` and the access line), so a problem an app reports leads to its log line.
+pub fn problem(f: &Failure, request_id: &HeaderValue) -> Response<Body> {
     let s = spec(f);
     let mut body = json!({
         "type": format!("urn:ccgate:problem:{}", s.slug),
@@ -320,6 +321,9 @@ pub fn problem(f: &Failure) -> Response<Body> {
         "status": s.status.as_u16(),
         "detail": detail(f),
     });
+    if let Ok(id) = request_id.to_str() {
+        body["instance"] = json!(format!("urn:ccgate:request:{id}"));
+    }
     if let Some((code, reason)) = retcode_of(f) {
         body["retcode"] = json!(code);
         if let Some(r) = reason {
@@ -482,7 +486,7 @@ mod tests {
         for (f, status, outcome) in cases {
             assert_eq!(spec(&f).status.as_u16(), status, "{f}");
             assert_eq!(spec(&f).outcome, outcome, "{f}");
-            assert_eq!(problem(&f).status().as_u16(), status, "{f}");
+            assert_eq!(problem(&f, &HeaderValue::from_static("r1")).status().as_u16(), status, "{f}");
         }
     }
 

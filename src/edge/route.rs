@@ -18,6 +18,24 @@ pub enum Route {
 }
 
 impl Route {
+    pub const ALL: [Route; 6] = [
+        Route::SignIn,
+        Route::GetSession,
+        Route::SignOut,
+        Route::CreateConference,
+        Route::StopAnnouncement,
+        Route::Events,
+    ];
+
+    /// The HTTP method the route answers.
+    pub fn http_method(self) -> Method {
+        match self {
+            Route::SignIn | Route::CreateConference | Route::StopAnnouncement => Method::POST,
+            Route::GetSession | Route::Events => Method::GET,
+            Route::SignOut => Method::DELETE,
+        }
+    }
+
     /// The route's path, for the access log.
     pub fn path(self) -> &'static str {
         match self {
@@ -68,6 +86,38 @@ pub fn match_route(method: &Method, path: &str) -> Result<Route, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `api/openapi.yaml` describes exactly the routes the router serves: the same
+    /// (method, path) set, each one routed to the route that claims it.
+    #[test]
+    fn the_openapi_description_and_the_router_have_the_same_routes() {
+        let spec = crate::server::admin::OPENAPI;
+        let mut described = Vec::new();
+        let mut path = None;
+        for line in spec.lines() {
+            if let Some(p) = line.strip_prefix("  /").and_then(|p| p.strip_suffix(':')) {
+                path = Some(format!("/{p}"));
+            } else if !line.starts_with("    ") {
+                path = None;
+            }
+            if let (Some(p), Some(m)) = (&path, line.strip_prefix("    ").and_then(|m| m.strip_suffix(':'))) {
+                if let Ok(m) = m.to_uppercase().parse::<Method>() {
+                    if ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"].contains(&m.as_str()) {
+                        described.push((m, p.clone()));
+                    }
+                }
+            }
+        }
+        let mut served: Vec<(Method, String)> =
+            Route::ALL.iter().map(|r| (r.http_method(), r.path().to_owned())).collect();
+        let key = |v: &(Method, String)| format!("{} {}", v.0, v.1);
+        described.sort_by_key(key);
+        served.sort_by_key(key);
+        assert_eq!(described, served);
+        for r in Route::ALL {
+            assert_eq!(match_route(&r.http_method(), r.path()).unwrap(), r);
+        }
+    }
 
     #[test]
     fn routes() {

@@ -66,6 +66,8 @@ pub fn subscribe(session: Arc<Session>, after: Option<u64>, shutdown: watch::Rec
 }
 
 async fn pump(session: Arc<Session>, mut cursor: u64, tx: mpsc::Sender<Bytes>, mut shutdown: watch::Receiver<bool>) {
+    // Open until the app goes away (the send fails), the session ends or ccgate stops.
+    let _open = crate::metrics::GaugeGuard::new(session.metrics().event_streams());
     let mut latest = session.events.subscribe();
     let mut ended = std::pin::pin!(session.wait_ended());
     if tx.send(Bytes::from_static(b": ccgate event stream\nretry: 2000\n\n")).await.is_err() {

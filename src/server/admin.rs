@@ -199,6 +199,10 @@ pub struct Admin {
     pub reload: Option<ReloadFn>,
 }
 
+/// The REST API's OpenAPI 3.1 description (`api/openapi.yaml`), compiled in so the binary
+/// serves the description of exactly the API it implements.
+pub const OPENAPI: &str = include_str!("../../api/openapi.yaml");
+
 impl Handler for Admin {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path();
@@ -215,6 +219,11 @@ impl Handler for Admin {
                 r
             }
             "/livez" | "/healthz" => body::json(StatusCode::OK, &json!({"status": "ok"})),
+            "/openapi.yaml" => {
+                let mut r = Response::new(body::full(OPENAPI));
+                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/yaml"));
+                r
+            }
             "/readyz" => {
                 let r = &self.readiness;
                 let ready = r.is_ready();

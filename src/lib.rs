@@ -25,3 +25,4 @@ pub mod session;
 pub mod shared;
 pub mod sim;
 pub mod tls;
+pub mod x509_expiry;

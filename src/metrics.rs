@@ -298,6 +298,7 @@ struct Inner {
     jwks_fetches: IntCounterVec,
     jwks_keys: IntGaugeVec,
     jwks_age: Arc<FreshnessCollector>,
+    cert_expiry: Arc<CertExpiry>,
     signin_wait: Histogram,
     config_reloads: IntCounterVec,
     config_last_reload_ok: IntGauge,
@@ -493,6 +494,8 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(jwks_keys.clone())).expect("metric registered once");
         let jwks_age = Arc::new(FreshnessCollector::new());
+        let cert_expiry = Arc::new(CertExpiry::new());
+        r.register(Box::new(CertExpiryRef(cert_expiry.clone()))).expect("metric registered once");
         r.register(Box::new(FreshnessRef(jwks_age.clone()))).expect("metric registered once");
         let signin_wait = Histogram::with_opts(
             HistogramOpts::new(
@@ -579,6 +582,7 @@ impl Metrics {
             jwks_fetches,
             jwks_keys,
             jwks_age,
+            cert_expiry,
             signin_wait,
             config_reloads,
             config_last_reload_ok,
@@ -741,6 +745,13 @@ impl Metrics {
     }
 
     /// Exports `ccgate_jwks_age_seconds{issuer}` from `last_success` while it lives.
+    /// Reports the days left on the certificate `resolver` serves, at each scrape (so a
+    /// reload or a renewal picked up by the file watcher shows at once).
+    pub fn watch_certificate(&self, resolver: &Arc<crate::tls::CertResolver>) {
+        *self.0.cert_expiry.source.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Arc::downgrade(resolver));
+    }
+
     pub fn watch_jwks_age(&self, issuer: &str, last_success: &Arc<std::sync::Mutex<Option<std::time::Instant>>>) {
         self.0.jwks_age.watch(issuer, last_success);
     }
@@ -764,7 +775,8 @@ impl Metrics {
         use prometheus::core::Collector;
         let i = &self.0;
         let age = FreshnessRef(i.jwks_age.clone());
-        let collectors: [&dyn Collector; 37] = [
+        let expiry = CertExpiryRef(i.cert_expiry.clone());
+        let collectors: [&dyn Collector; 38] = [
             &i.requests,
             &i.request_duration,
             &i.upstream_duration,
@@ -798,6 +810,7 @@ impl Metrics {
             &i.jwks_fetches,
             &i.jwks_keys,
             &age,
+            &expiry,
             &i.signin_wait,
             &i.config_reloads,
             &i.config_last_reload_ok,
@@ -846,6 +859,44 @@ impl FreshnessCollector {
         let mut sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         sources.retain(|(i, w)| i != issuer && w.strong_count() > 0);
         sources.push((issuer.to_owned(), Arc::downgrade(last)));
+    }
+}
+
+/// `ccgate_tls_certificate_expiry_seconds` (seconds, the Prometheus base unit; alerts and
+/// dashboards divide by 86,400 for days), computed at scrape from the certificate in force
+/// (absent without TLS or when its `notAfter` cannot be read).
+struct CertExpiry {
+    gauge: prometheus::Gauge,
+    source: std::sync::Mutex<Option<std::sync::Weak<crate::tls::CertResolver>>>,
+}
+
+impl CertExpiry {
+    fn new() -> Self {
+        let gauge = prometheus::Gauge::new(
+            "tls_certificate_expiry_seconds",
+            "Seconds until the server certificate in force expires (its notAfter); negative once expired.",
+        )
+        .expect("static metric definition");
+        Self { gauge, source: std::sync::Mutex::new(None) }
+    }
+}
+
+struct CertExpiryRef(Arc<CertExpiry>);
+
+impl prometheus::core::Collector for CertExpiryRef {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.0.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let source = self.0.source.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let not_after = source
+            .and_then(|w| w.upgrade())
+            .and_then(|r| r.current().cert.first().and_then(|c| crate::x509_expiry::not_after(c.as_ref())));
+        let Some(not_after) = not_after else { return Vec::new() };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        self.0.gauge.set((not_after - now) as f64);
+        self.0.gauge.collect()
     }
 }
 

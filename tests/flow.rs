@@ -265,6 +265,13 @@ async fn a_conference_not_confirmed_in_time_is_202_pending_with_retry_after() {
     let h =
         Harness::with(Options { config: Box::new(|c| c.sessions.conference_wait_ms = 0), ..Options::default() }).await;
     h.sign_in("153").await;
+    // The gateway's events arrive half a second late, so the confirmation cannot beat the
+    // answer (with no delay the poller may take it in before the wait is even checked).
+    h.sim.set_faults(Faults { latency_ms: 500, methods: vec!["getAgentEvent".into()], ..Faults::default() });
+    // The latency applies to polls that arrive from now on: wait for one.
+    let polls = h.sim.count(GatewayMethod::GetAgentEvent);
+    common::eventually("a poll under the latency", || async { h.sim.count(GatewayMethod::GetAgentEvent) > polls })
+        .await;
     let r = h.call(Method::POST, "/v1/conference", Some("153"), r#"{"memberNum":3}"#).await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     assert_eq!(r.headers.get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));

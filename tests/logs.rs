@@ -50,7 +50,12 @@ async fn a_full_flow_logs_every_request_and_no_secret() {
         .send(
             Method::POST,
             &format!("{}{stop}", h.base),
-            &[("authorization", &format!("Bearer {}", tokens[0])), ("x-request-id", "trace-abc-123")],
+            &[
+                ("authorization", &format!("Bearer {}", tokens[0])),
+                ("x-request-id", "trace-abc-123"),
+                ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                ("tracestate", "congo=t61rcWkgMzE"),
+            ],
             "",
         )
         .await;
@@ -77,10 +82,11 @@ async fn a_full_flow_logs_every_request_and_no_secret() {
     h.sim.kick("154");
     assert_eq!(h.call(Method::POST, stop, Some("154"), "").await.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(h.call(Method::DELETE, "/v1/session", Some("153"), "").await.status, StatusCode::NO_CONTENT);
+    let received = h.sim.received();
     let secrets = {
         let mut s: Vec<String> = tokens.clone();
         s.push(PASSWORD.to_owned());
-        for r in h.sim.received() {
+        for r in received.clone() {
             s.extend(r.guid);
             if let Some(c) = r.cookie {
                 s.extend(c.split(';').filter_map(|p| p.split_once('=').map(|(_, v)| v.trim().to_owned())));
@@ -120,6 +126,26 @@ async fn a_full_flow_logs_every_request_and_no_secret() {
     assert_eq!(traced["route"], "/v1/conference/announcement/stop");
     assert_eq!(traced["outcome"], "ok");
     assert!(traced["upstream_ms"].as_f64().unwrap() > 0.0, "gateway time is attributed: {traced}");
+    // The app's W3C trace: in the access line, and continued at the gateway with ccgate's
+    // span as the parent; requests without one get a trace of their own.
+    assert_eq!(traced["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    let continued: Vec<String> = received
+        .iter()
+        .filter(|r| r.method == "stopVoiceToConf")
+        .filter_map(|r| r.traceparent.clone())
+        .filter(|t| t.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"))
+        .collect();
+    assert_eq!(continued.len(), 1, "{continued:?}");
+    assert!(continued[0].ends_with("-01") && !continued[0].contains("00f067aa0ba902b7"), "{continued:?}");
+    let ids: std::collections::HashSet<&str> = access.iter().filter_map(|l| l["trace_id"].as_str()).collect();
+    assert_eq!(ids.len(), access.len(), "one trace per request");
+    assert!(ids.iter().all(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit())));
+    assert!(
+        received.iter().filter(|r| r.method == "getAgentEvent").all(|r| r.traceparent.is_none()),
+        "the poller's calls belong to no request"
+    );
+    // Lines logged while serving a request carry its span.
+    assert!(logs.lines().any(|l| l.contains("\"span\":{") && l.contains("4bf92f3577b34da6a3ce929d0e0e4736")));
     assert!(access.iter().any(|l| l["request_id"] == generated.as_str()));
     assert!(access.iter().any(|l| l["outcome"] == "not_chairperson" && l["status"] == 403));
 }

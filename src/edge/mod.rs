@@ -24,6 +24,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
+use tracing::Instrument;
+
+use crate::gateway::trace::TraceContext;
 use crate::gateway::{timing, GatewayMethod, BASE_PATH};
 use crate::metrics::{GaugeGuard, MethodLabel, Metrics, Outcome};
 use crate::ops::limits::LimitState;
@@ -115,13 +118,19 @@ impl Handler for Proxy {
         let _in_flight = GaugeGuard::new(self.metrics.in_flight());
         let http_method = req.method().clone();
         let rid = request_id(req.headers());
-        let (handled, upstream) = timing::measure(|| self.serve(req, &rid)).await;
+        let trace = TraceContext::from_headers(req.headers());
+        // Every log line written while serving the request carries its span's fields.
+        let span =
+            tracing::info_span!("request", trace_id = %trace.trace_id(), request_id = rid.to_str().unwrap_or("-"));
+        let trace_id = trace.trace_id;
+        let (handled, upstream) = timing::measure(trace, || self.serve(req, &rid).instrument(span)).await;
         let Handled { label, route, agent, mut response, outcome } = handled;
         let elapsed = started.elapsed();
         self.metrics.record_request(label, outcome, elapsed);
         tracing::info!(
             target: "ccgate::access",
             request_id = rid.to_str().unwrap_or("-"),
+            trace_id = %crate::gateway::trace::TraceId::new(&trace_id),
             http_method = %http_method,
             method = label.as_str(),
             route,

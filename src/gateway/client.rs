@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, COOKIE, HOST, SET_COOKIE};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, HOST, SET_COOKIE};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -19,12 +19,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::envelope::Envelope;
 use super::methods::GatewayMethod;
+use super::trace::{TRACEPARENT, TRACESTATE};
 use super::{timing, CallFuture, Gateway};
 use crate::config::{ms, GatewayConfig};
 use crate::tls;
 
 /// The header carrying the session's Guid on requests.
 pub const GUID_HEADER: &str = "guid";
+static GUID: HeaderName = HeaderName::from_static(GUID_HEADER);
 /// The response header carrying a new Guid (`JSESSIONID=<uuid>.AgentGateway<n>`).
 pub const SET_GUID_HEADER: &str = "set-guid";
 /// Largest gateway response body accepted; envelopes are a few hundred bytes, conference
@@ -251,20 +253,34 @@ impl GatewayClient {
         let path = req.method.path(req.agent);
         // The pool takes an absolute URI (it picks the connection by it); a connection of our
         // own takes the origin form and a `Host` header, as on the wire.
-        let mut builder = match req.conn {
-            Some(_) => Request::builder().uri(path).header(HOST, self.inner.host.clone()),
-            None => Request::builder().uri(format!("{}{}", self.inner.scheme_authority, path)),
-        };
-        builder = builder.method(req.method.http_method()).header(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+        let uri = match req.conn {
+            Some(_) => Uri::try_from(path),
+            None => Uri::try_from(format!("{}{}", self.inner.scheme_authority, path)),
+        }
+        .map_err(|e| UpstreamError::Malformed(format!("cannot build request: {e}")))?;
+        let mut request = Request::new(Full::new(req.body.unwrap_or_default()));
+        *request.method_mut() = req.method.http_method();
+        *request.uri_mut() = uri;
+        let h = request.headers_mut();
+        // Room for every header below at once: growing the map mid-way is a rehash.
+        h.reserve(6);
+        if req.conn.is_some() {
+            h.insert(HOST, self.inner.host.clone());
+        }
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+        // The app's trace continues at the gateway, with ccgate's span as the parent.
+        timing::with_trace(|t| {
+            h.insert(TRACEPARENT.clone(), t.traceparent());
+            if let Some(state) = t.tracestate() {
+                h.insert(TRACESTATE.clone(), state.clone());
+            }
+        });
         if let Some(auth) = req.auth {
-            builder = builder.header(GUID_HEADER, auth.guid.clone());
+            h.insert(GUID.clone(), auth.guid.clone());
             if let Some(c) = &auth.cookie {
-                builder = builder.header(COOKIE, c.clone());
+                h.insert(COOKIE, c.clone());
             }
         }
-        let request = builder
-            .body(Full::new(req.body.unwrap_or_default()))
-            .map_err(|e| UpstreamError::Malformed(format!("cannot build request: {e}")))?;
         let timeout = req.timeout.unwrap_or(self.inner.request_timeout);
         let conn = req.conn;
         let exchange = async {

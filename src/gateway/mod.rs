@@ -6,6 +6,7 @@ pub mod client;
 pub mod envelope;
 pub mod methods;
 pub mod timing;
+pub mod trace;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,32 +1,46 @@
-//! Time spent waiting on the gateway for the request being served, for the access log's
-//! `upstream_ms`. The edge opens the measurement around a request; whatever waits on the
-//! gateway on its behalf adds to it. Outside a measurement (the poller) adding is a no-op.
+//! What the gateway calls made for the request being served need from it, and what they
+//! give back: its trace context (passed on as `traceparent`), and the time spent waiting on
+//! the gateway, for the access log's `upstream_ms`. The edge opens the scope around a
+//! request; whatever calls the gateway on its behalf reads and adds to it. Outside a scope
+//! (the poller) there is no trace and adding is a no-op.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::time::Duration;
 
-tokio::task_local! {
-    static UPSTREAM_TIME: Cell<Duration>;
+use super::trace::TraceContext;
+
+struct RequestScope {
+    upstream: Cell<Duration>,
+    trace: TraceContext,
 }
 
-/// Runs the future `start` makes, returning its output and the gateway time it recorded.
-/// Takes a constructor rather than a future: a request's future is several KiB, and made
-/// here it is built in place instead of being copied into the measurement.
-pub async fn measure<F, Fut>(start: F) -> (Fut::Output, Duration)
+tokio::task_local! {
+    static SCOPE: RequestScope;
+}
+
+/// Runs the future `start` makes in a request's scope, returning its output and the gateway
+/// time it recorded. Takes a constructor rather than a future: a request's future is several
+/// KiB, and made here it is built in place instead of being copied into the scope.
+pub async fn measure<F, Fut>(trace: TraceContext, start: F) -> (Fut::Output, Duration)
 where
     F: FnOnce() -> Fut,
     Fut: Future,
 {
-    UPSTREAM_TIME
-        .scope(Cell::new(Duration::ZERO), async move {
+    SCOPE
+        .scope(RequestScope { upstream: Cell::new(Duration::ZERO), trace }, async move {
             let out = start().await;
-            (out, UPSTREAM_TIME.with(Cell::get))
+            (out, SCOPE.with(|s| s.upstream.get()))
         })
         .await
 }
 
 /// Adds `d` to the current request's gateway time, if one is being measured.
 pub fn add(d: Duration) {
-    let _ = UPSTREAM_TIME.try_with(|t| t.set(t.get() + d));
+    let _ = SCOPE.try_with(|s| s.upstream.set(s.upstream.get() + d));
+}
+
+/// Runs `f` with the current request's trace context, if there is a request.
+pub fn with_trace<R>(f: impl FnOnce(&TraceContext) -> R) -> Option<R> {
+    SCOPE.try_with(|s| f(&s.trace)).ok()
 }

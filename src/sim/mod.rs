@@ -162,6 +162,8 @@ pub struct Received {
     pub agent: String,
     pub guid: Option<String>,
     pub cookie: Option<String>,
+    /// W3C `traceparent`, as a caller propagating a trace sent it.
+    pub traceparent: Option<String>,
 }
 
 struct Shared {
@@ -307,7 +309,8 @@ impl Sim {
             let mut log = lock(&self.0.received);
             if log.len() < RECEIVED_LOG_CAP {
                 let (method, agent, guid, cookie) = (method.log_name(), agent.clone(), guid.clone(), cookie.clone());
-                log.push(Received { method, agent, guid, cookie });
+                let traceparent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                log.push(Received { method, agent, guid, cookie, traceparent });
             }
         }
         if req.method() != method.http_method() {

@@ -695,11 +695,24 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// `tracing_subscriber::EnvFilter` directives; `RUST_LOG` wins when set.
     pub level: String,
+    /// OTLP/HTTP endpoint for the request spans (`http://127.0.0.1:4318/v1/traces`, an
+    /// OpenTelemetry Collector beside ccgate); none, the default, exports nothing.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub otlp_service_name: String,
 }
+
+/// What traces show ccgate as unless told otherwise.
+pub const DEFAULT_OTLP_SERVICE_NAME: &str = "ccgate";
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { format: LogFormat::Human, level: "info".into() }
+        Self {
+            format: LogFormat::Human,
+            level: "info".into(),
+            otlp_endpoint: None,
+            otlp_service_name: DEFAULT_OTLP_SERVICE_NAME.into(),
+        }
     }
 }
 
@@ -744,6 +757,14 @@ impl Config {
     /// Semantic checks that serde cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
+        if let Some(ep) = &self.log.otlp_endpoint {
+            if !ep.starts_with("http://") || ep.parse::<http::Uri>().is_err() {
+                return invalid(
+                    "log.otlp_endpoint",
+                    "an http:// URL of an OTLP/HTTP receiver, e.g. http://127.0.0.1:4318/v1/traces (a collector beside ccgate)",
+                );
+            }
+        }
         match (&self.server.tls_cert, &self.server.tls_key, self.server.plaintext) {
             (Some(_), Some(_), false) => {}
             (None, None, true) => {

@@ -18,6 +18,7 @@ pub mod gateway;
 pub mod jwks;
 pub mod metrics;
 pub mod ops;
+pub mod otel;
 pub mod reload;
 pub mod secret_file;
 pub mod server;

@@ -95,23 +95,50 @@ const DEFAULT_SIM_CONFIG: &str = "config/sim.toml";
 /// when stderr is a terminal and `NO_COLOR` is unset: journald and `kubectl logs` get plain
 /// text.
 fn init_logging(format: LogFormat, level: &str) {
+    // Only serve exports spans, and an exporter that fails to build is serve's error.
+    let _ = init_logging_with(format, level, None);
+}
+
+/// As [`init_logging`], with the request spans also exported over OTLP/HTTP when `otlp`
+/// names an endpoint (and a service name). The log filter applies to the log lines only:
+/// the exported spans are ccgate's request spans whatever the level.
+fn init_logging_with(
+    format: LogFormat,
+    level: &str,
+    otlp: Option<(&str, &str)>,
+) -> Result<Option<ccgate::otel::Exporter>, String> {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
     let (filter, overridden) = match from_env.as_deref().map(tracing_subscriber::EnvFilter::try_new) {
         Some(Ok(f)) => (f, from_env.clone()),
         _ => (tracing_subscriber::EnvFilter::new(level), None),
     };
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let lines = match format {
+        LogFormat::Human => lines.with_filter(filter).boxed(),
+        LogFormat::Json => lines.json().flatten_event(true).with_filter(filter).boxed(),
+    };
+    let (spans, exporter) = match otlp {
+        Some((endpoint, service)) => {
+            let (layer, exporter) = ccgate::otel::layer(endpoint, service)?;
+            (Some(layer), Some(exporter))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry().with(lines).with(spans).init();
     match (overridden, from_env) {
         (Some(v), _) => tracing::info!(rust_log = %v, log_level = level, "RUST_LOG is set and overrides log.level"),
         (None, Some(v)) => tracing::warn!(rust_log = %v, "RUST_LOG is not a valid filter; using log.level"),
         (None, None) => {}
     }
+    if let Some((endpoint, _)) = otlp {
+        tracing::info!(endpoint, "exporting request spans over OTLP/HTTP");
+    }
+    Ok(exporter)
 }
 
 fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -292,7 +319,8 @@ const HEALTHCHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn serve(config: Config, source: ConfigSource) -> Result<(), String> {
-    init_logging(config.log.format, &config.log.level);
+    let otlp = config.log.otlp_endpoint.as_deref().map(|e| (e, config.log.otlp_service_name.as_str()));
+    let exporter = init_logging_with(config.log.format, &config.log.level, otlp)?;
     for stray in config::stray_env_vars(std::env::vars()) {
         tracing::warn!("{stray}");
     }
@@ -307,6 +335,10 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), String> {
     }
     tracing::info!("shutting down");
     running.stop().await;
+    if let Some(e) = exporter {
+        // The exporter's thread blocks while it sends what is queued.
+        let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
+    }
     Ok(())
 }
 

@@ -118,10 +118,13 @@ impl Handler for Proxy {
         let _in_flight = GaugeGuard::new(self.metrics.in_flight());
         let http_method = req.method().clone();
         let rid = request_id(req.headers());
-        let trace = TraceContext::from_headers(req.headers());
-        // Every log line written while serving the request carries its span's fields.
+        let mut trace = TraceContext::from_headers(req.headers());
+        // Every log line written while serving the request carries its span's fields; with
+        // OTLP export on, the span is exported and the trace context names it.
         let span =
-            tracing::info_span!("request", trace_id = %trace.trace_id(), request_id = rid.to_str().unwrap_or("-"));
+            tracing::info_span!("request", trace_id = tracing::field::Empty, request_id = rid.to_str().unwrap_or("-"));
+        crate::otel::link(&span, &mut trace);
+        span.record("trace_id", tracing::field::display(trace.trace_id()));
         let trace_id = trace.trace_id;
         let (handled, upstream) = timing::measure(trace, || self.serve(req, &rid).instrument(span)).await;
         let Handled { label, route, agent, mut response, outcome } = handled;

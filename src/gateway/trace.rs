@@ -21,6 +21,8 @@ pub struct TraceContext {
     /// ccgate's span for this request: the parent id of its gateway calls.
     pub span_id: [u8; 8],
     pub flags: u8,
+    /// The app's span (its `traceparent`'s parent id), when it sent one.
+    pub parent: Option<[u8; 8]>,
     /// The app's `tracestate`, passed on unchanged (only with a valid `traceparent`).
     state: Option<HeaderValue>,
 }
@@ -31,18 +33,18 @@ impl TraceContext {
     pub fn from_headers(h: &HeaderMap) -> Self {
         let span_id = random_span_id();
         match h.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes())) {
-            Some((trace_id, flags)) => {
+            Some((trace_id, parent, flags)) => {
                 let state = h
                     .get(&TRACESTATE)
                     .filter(|v| v.len() <= MAX_TRACESTATE && v.as_bytes().iter().all(|b| (0x20..0x7f).contains(b)))
                     .cloned();
-                Self { trace_id, span_id, flags, state }
+                Self { trace_id, span_id, flags, parent: Some(parent), state }
             }
             None => {
                 let mut trace_id = [0u8; 16];
                 trace_id[..8].copy_from_slice(&random_u64().to_be_bytes());
                 trace_id[8..].copy_from_slice(&random_u64().to_be_bytes());
-                Self { trace_id, span_id, flags: 0, state: None }
+                Self { trace_id, span_id, flags: 0, parent: None, state: None }
             }
         }
     }
@@ -129,8 +131,8 @@ fn unhex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
-/// The trace id and flags of a valid `traceparent`.
-fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], u8)> {
+/// The trace id, parent id and flags of a valid `traceparent`.
+fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8], u8)> {
     let mut parts = v.split(|b| *b == b'-');
     let version = unhex::<1>(parts.next()?)?[0];
     let trace_id = unhex::<16>(parts.next()?)?;
@@ -141,7 +143,7 @@ fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], u8)> {
     if version == 0xff || (version == 0 && rest.is_some()) || trace_id == [0; 16] || parent == [0; 8] {
         return None;
     }
-    Some((trace_id, flags))
+    Some((trace_id, parent, flags))
 }
 
 #[cfg(test)]

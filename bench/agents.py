@@ -158,6 +158,20 @@ def scenario_a(out, seconds, pid=None, label="a", port=PROXY, tokens="tokens-8.t
     return r
 
 
+def stop_all(procs):
+    """SIGTERM to each process group, SIGKILL to any still there after 30 s."""
+    for p in procs.values():
+        try:
+            os.killpg(p.pid, 15)
+        except ProcessLookupError:
+            pass
+    for p in procs.values():
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, 9)
+
+
 def run_one(out, binary, key, n, seconds, idle_seconds, extra, env, clients, event_wait_ms):
     write_configs(out, n, extra, event_wait_ms)
     procs = {}
@@ -223,16 +237,7 @@ def run_one(out, binary, key, n, seconds, idle_seconds, extra, env, clients, eve
         bench.log(f"N={n}: {json.dumps(res)}")
         return res
     finally:
-        for p in procs.values():
-            try:
-                os.killpg(p.pid, 15)
-            except ProcessLookupError:
-                pass
-        for p in procs.values():
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, 9)
+        stop_all(procs)
 
 
 def pin(pid, core):
@@ -290,16 +295,7 @@ def run_paired(out, binary, key, n, seconds, rounds, env, clients, event_wait_ms
                 bench.log(f"round {r} {name}: {m['rps']:.0f} req/s, {m.get('cpu10k', 0):.3f} CPU-s/10k, errors {m['errors']}")
         return res
     finally:
-        for p in procs.values():
-            try:
-                os.killpg(p.pid, 15)
-            except ProcessLookupError:
-                pass
-        for p in procs.values():
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, 9)
+        stop_all(procs)
 
 
 def median(v):

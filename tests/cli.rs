@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use http::{Method, StatusCode};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ccgate");
 
@@ -105,17 +102,8 @@ fn check_config_loads_every_file_serve_would() {
 
 #[tokio::test]
 async fn demo_json_line_drives_the_whole_flow() {
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["demo", "--json", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first =
-        tokio::time::timeout(common::WAIT, lines.next_line()).await.expect("demo printed nothing").unwrap().unwrap();
-    let v: serde_json::Value = serde_json::from_str(&first).expect("first line is JSON");
+    let mut demo = common::demo::Demo::start().await;
+    let v = demo.json.clone();
     for k in ["proxy_url", "admin_url", "ca_file", "token", "agent_id"] {
         assert!(v[k].is_string(), "missing {k}: {v}");
     }
@@ -144,7 +132,7 @@ async fn demo_json_line_drives_the_whole_flow() {
     }
     // The human instructions follow and name every step.
     let mut rest = String::new();
-    while let Some(l) = tokio::time::timeout(common::WAIT, lines.next_line()).await.unwrap().unwrap() {
+    while let Some(l) = demo.next_line().await {
         rest.push_str(&l);
         rest.push('\n');
         if l.contains("curl -s") && l.contains("/metrics") {
@@ -156,9 +144,7 @@ async fn demo_json_line_drives_the_whole_flow() {
     }
     // SIGTERM: the demo stops and removes its temporary directory (keys included).
     assert!(ca.exists());
-    let pid = child.id().unwrap().to_string();
-    assert!(common::tools::command("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let status = tokio::time::timeout(common::WAIT, child.wait()).await.expect("demo did not exit on SIGTERM").unwrap();
+    let status = demo.stop().await;
     assert!(status.success(), "{status}");
     assert!(!ca.parent().unwrap().exists(), "temporary directory removed");
 }

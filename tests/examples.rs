@@ -4,40 +4,20 @@
 
 mod common;
 
-use std::process::Stdio;
+use common::demo::Demo;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ccgate");
-
-/// A demo on free ports; its first line, and the process (SIGTERM it when done).
-async fn demo() -> (String, tokio::process::Child) {
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["demo", "--json", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(common::WAIT, lines.next_line()).await.expect("demo printed nothing").unwrap();
-    // Keep reading its instructions so the pipe never fills.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (first.unwrap(), child)
-}
-
-async fn stop(mut child: tokio::process::Child) {
-    let pid = child.id().unwrap().to_string();
-    assert!(common::tools::command("kill").args(["-TERM", &pid]).status().unwrap().success());
-    tokio::time::timeout(common::WAIT, child.wait()).await.expect("demo did not exit on SIGTERM").unwrap();
+async fn demo() -> Demo {
+    let mut demo = Demo::start().await;
+    demo.drain();
+    demo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_runs_the_whole_flow_against_the_demo() {
-    let (line, child) = demo().await;
+    let demo = demo().await;
     let out = tokio::process::Command::new(common::tools::require("python3"))
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/client.py"))
-        .args(["--demo-json", &line])
+        .args(["--demo-json", &demo.line])
         .output()
         .await
         .unwrap();
@@ -53,17 +33,16 @@ async fn the_python_client_runs_the_whole_flow_against_the_demo() {
     ] {
         assert!(text.contains(step), "no {step:?} in:\n{text}");
     }
-    stop(child).await;
+    assert!(demo.stop().await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_curl_walk_through_runs_against_the_demo() {
-    let (line, child) = demo().await;
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let demo = demo().await;
     let out = tokio::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/curl.sh"))
-        .env("URL", v["proxy_url"].as_str().unwrap())
-        .env("CA", v["ca_file"].as_str().unwrap())
-        .env("TOKEN", v["token"].as_str().unwrap())
+        .env("URL", demo.field("proxy_url"))
+        .env("CA", demo.field("ca_file"))
+        .env("TOKEN", demo.field("token"))
         .output()
         .await
         .unwrap();
@@ -79,5 +58,5 @@ async fn the_curl_walk_through_runs_against_the_demo() {
     ] {
         assert!(text.contains(want), "no {want:?} in:\n{text}");
     }
-    stop(child).await;
+    assert!(demo.stop().await.success());
 }

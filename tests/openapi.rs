@@ -7,25 +7,10 @@
 
 mod common;
 
-use std::process::Stdio;
-
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-const BIN: &str = env!("CARGO_BIN_EXE_ccgate");
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_conforms_to_the_openapi_description() {
-    let mut demo = tokio::process::Command::new(BIN)
-        .args(["demo", "--json", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(common::WAIT, lines.next_line()).await.expect("demo printed nothing").unwrap();
-    let v: serde_json::Value = serde_json::from_str(&first.unwrap()).unwrap();
-    let field = |k: &str| v[k].as_str().unwrap().to_owned();
+    let demo = common::demo::Demo::start().await;
+    let field = |k: &str| demo.field(k);
 
     let served = http_get(&format!("{}/openapi.yaml", field("admin_url"))).await;
     let spec_path = concat!(env!("CARGO_MANIFEST_DIR"), "/api/openapi.yaml");
@@ -45,10 +30,7 @@ async fn the_demo_conforms_to_the_openapi_description() {
     assert!(out.status.success(), "schemathesis found problems:\n{text}");
     assert!(text.contains("No issues found"), "{text}");
     eprintln!("{}", text.lines().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"));
-    // SIGTERM, so the demo removes its throw-away keys.
-    let pid = demo.id().unwrap().to_string();
-    assert!(common::tools::command("kill").args(["-TERM", &pid]).status().unwrap().success());
-    tokio::time::timeout(common::WAIT, demo.wait()).await.expect("demo did not exit on SIGTERM").unwrap();
+    assert!(demo.stop().await.success());
 }
 
 /// A plain-HTTP GET of the admin listener.

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod demo;
 pub mod oidc;
 pub mod process;
 pub mod redis;

@@ -879,7 +879,8 @@ impl Config {
     /// The effective config as TOML, for `check-config`. Holds paths, never secrets: secrets
     /// live in the files those paths name.
     pub fn to_masked_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        // Secret fields serialize masked; any other URL (log.otlp_endpoint) loses its user info.
+        mask_userinfo(&toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n")))
     }
 }
 

@@ -136,7 +136,8 @@ fn init_logging_with(
         (None, None) => {}
     }
     if let Some((endpoint, _)) = otlp {
-        tracing::info!(endpoint, "exporting request spans over OTLP/HTTP");
+        // A collector URL may carry credentials in its user info.
+        tracing::info!(endpoint = %config::mask_userinfo(endpoint), "exporting request spans over OTLP/HTTP");
     }
     Ok(exporter)
 }

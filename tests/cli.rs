@@ -90,6 +90,14 @@ fn check_config_loads_every_file_serve_would() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("warning: CCGATE_GATEWAY_URL sets nothing") && err.contains("CCGATE__GATEWAY__URL"), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("audience = \"12345\""));
+    // A collector URL's user info is masked in the printed config.
+    let out = check_config(
+        &config_with_files(&dir, ""),
+        &[("CCGATE__LOG__OTLP_ENDPOINT", "http://spans:otlp-secret@127.0.0.1:4318/v1/traces")],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("otlp_endpoint") && !printed.contains("otlp-secret"), "{printed}");
     // A store URL that is not one.
     let out = check_config(
         &config_with_files(&dir, ""),

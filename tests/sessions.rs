@@ -347,6 +347,33 @@ async fn past_max_agents_a_new_agent_gets_a_clear_503() {
     h.stop().await;
 }
 
+/// The poller reads its own connection (not through hyper): a gateway that sends its answers
+/// chunked and closes the connection after each, as a streaming servlet container behind a
+/// draining load balancer does, is polled as well as one that does neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_read_chunked_answers_and_redial_after_a_close() {
+    let mut sim = test_sim_config();
+    sim.event_wait_ms = 50;
+    sim.faults = Faults { chunked: true, close: true, methods: vec!["getAgentEvent".into()], ..Faults::default() };
+    let h =
+        Harness::with(Options { sim, config: Box::new(|c| c.sessions.poll_pause_ms = 10), ..Options::default() }).await;
+    let polls = || h.sim.count(GatewayMethod::GetAgentEvent);
+    h.sign_in("153").await;
+    let open = h.sim.open_connections();
+    // The conference is set up when its RequestSuccess event arrives, in a chunked answer.
+    let r = h.call(Method::POST, "/v1/conference", Some("153"), r#"{"memberNum":3}"#).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.json()["chairperson"], true, "{}", r.text);
+    let before = polls();
+    common::eventually("ten more polls", || async { polls() >= before + 10 }).await;
+    assert!(h.sim.open_connections() <= open, "each closed connection was let go, not kept");
+    let metrics = h.metrics().await;
+    let failed =
+        |l: &&str| l.starts_with("ccgate_upstream_errors_total{") && l.contains("getAgentEvent") && !l.ends_with(" 0");
+    assert!(!metrics.lines().any(|l| failed(&l)), "no poll failed:\n{metrics}");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_poller_holds_one_connection_of_its_own_and_dials_again_when_it_breaks() {
     let mut sim = test_sim_config();

@@ -2,23 +2,27 @@
 //! TLS server name, connect and request timeouts, and envelope parsing.
 //!
 //! Every gateway round trip (app requests and the poller alike) goes through
-//! [`GatewayClient::call`]; `metrics::Metered` records each one.
+//! [`GatewayClient::call`]; `metrics::Metered` records each one. App requests and sign-ins
+//! take the pool (hyper); a poller brings its own connection (`poll_conn.rs`), dialed here
+//! with the pool's address, TLS settings and server name.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, HOST, SET_COOKIE};
-use http::{Request, Response, StatusCode, Uri};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 use super::envelope::Envelope;
 use super::methods::GatewayMethod;
+use super::poll_conn::{self, Answer, PollConnection};
 use super::trace::{TRACEPARENT, TRACESTATE};
 use super::{timing, CallFuture, Gateway};
 use crate::config::{ms, GatewayConfig};
@@ -31,7 +35,7 @@ static GUID: HeaderName = HeaderName::from_static(GUID_HEADER);
 pub const SET_GUID_HEADER: &str = "set-guid";
 /// Largest gateway response body accepted; envelopes are a few hundred bytes, conference
 /// queries a few KiB.
-const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
+pub(super) const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
 pub const JSON_UTF8: &str = "application/json; charset=UTF-8";
 
 /// The credentials a session presents: Guid and the cookies captured at sign-in. Both are
@@ -59,23 +63,6 @@ pub struct GatewayRequest<'a> {
     pub timeout: Option<Duration>,
     /// The caller's own connection instead of the shared pool (the agent's poller).
     pub conn: Option<&'a mut PollConnection>,
-}
-
-/// An agent poller's own connection to the gateway. A long poll holds its connection for
-/// the gateway's whole wait, so every signed-in agent needs one anyway; owning it outright
-/// skips the shared pool's per-request work (checkout, key hashing, a connect future built
-/// and dropped, the return to the idle list), which with 10,000 agents is ~1,000 times a
-/// second, and keeps the pool's idle bound (`gateway.pool_max_idle_per_host`) about app
-/// requests alone. Dropped with the poller: the connection closes when the agent signs out.
-#[derive(Default)]
-pub struct PollConnection {
-    sender: Option<http1::SendRequest<Full<Bytes>>>,
-}
-
-impl std::fmt::Debug for PollConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PollConnection").field("open", &self.sender.is_some()).finish()
-    }
 }
 
 /// A parsed gateway answer (HTTP 200 with an envelope).
@@ -242,31 +229,107 @@ impl GatewayClient {
 
     /// Sends one request and parses the envelope. Adds the round trip to the current
     /// request's gateway time (for the access log).
-    pub async fn call(&self, req: GatewayRequest<'_>) -> Result<GatewayReply, UpstreamError> {
-        let started = Instant::now();
-        let result = self.round_trip(req).await;
-        timing::add(started.elapsed());
-        result
+    ///
+    /// Written as functions returning `async move` blocks, not as `async fn`s: an `async fn`
+    /// keeps two copies of its arguments for its whole life (the argument and the binding
+    /// the body moves it into), and a statement with an `.await` keeps its temporaries. Every
+    /// byte of the call's future is allocated and copied once per call (the [`Gateway`] seam
+    /// boxes it), which a poller does 1,000 times a second at 10,000 agents.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub fn call<'a>(
+        &'a self,
+        req: GatewayRequest<'a>,
+    ) -> impl Future<Output = Result<GatewayReply, UpstreamError>> + Send + 'a {
+        async move {
+            let started = Instant::now();
+            let timeout = req.timeout.unwrap_or(self.inner.request_timeout);
+            // A timeout drops the exchange mid-flight, and the connection with an unfinished
+            // answer with it (hyper closes a pooled one; a poller's own is held by the
+            // exchange); the next call dials a new one.
+            let result = match tokio::time::timeout(timeout, self.exchange(req)).await {
+                Ok(Ok(answer)) => reply(answer),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(UpstreamError::Timeout),
+            };
+            timing::add(started.elapsed());
+            result
+        }
     }
 
-    async fn round_trip(&self, req: GatewayRequest<'_>) -> Result<GatewayReply, UpstreamError> {
-        let path = req.method.path(req.agent);
-        // The pool takes an absolute URI (it picks the connection by it); a connection of our
-        // own takes the origin form and a `Host` header, as on the wire.
-        let uri = match req.conn {
-            Some(_) => Uri::try_from(path),
-            None => Uri::try_from(format!("{}{}", self.inner.scheme_authority, path)),
+    /// Sends the request and reads the whole answer: on the caller's own connection (the
+    /// poller's), or through the pool, where the request (256 bytes) is built just before it
+    /// is handed to hyper, in a statement of its own, so no frame keeps it.
+    #[allow(clippy::manual_async_fn)] // on purpose: see `call`
+    fn exchange<'a>(
+        &'a self,
+        req: GatewayRequest<'a>,
+    ) -> impl Future<Output = Result<Answer, UpstreamError>> + Send + 'a {
+        async move {
+            if let Some(conn) = req.conn {
+                conn.render(req.method, req.agent, &self.inner.host, req.auth, req.body.as_deref().unwrap_or_default());
+                return self.send_on(conn).await;
+            }
+            let uri = Uri::try_from(format!("{}{}", self.inner.scheme_authority, req.method.path(req.agent)))
+                .map_err(|e| UpstreamError::Malformed(format!("cannot build request: {e}")))?;
+            let send = self.inner.client.request(self.request(req.method, uri, req.auth, req.body));
+            let (parts, body) = send.await.map_err(classify)?.into_parts();
+            let collect = http_body_util::Limited::new(body, MAX_UPSTREAM_BODY).collect();
+            let body = collect.await.map_err(|e| UpstreamError::Malformed(format!("reading body: {e}")))?.to_bytes();
+            let h = &parts.headers;
+            Ok(Answer {
+                status: parts.status,
+                set_guid: h.get(SET_GUID_HEADER).and_then(|v| v.to_str().ok()).and_then(parse_set_guid),
+                cookies: h.get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).filter_map(cookie_pair).collect(),
+                body,
+            })
         }
-        .map_err(|e| UpstreamError::Malformed(format!("cannot build request: {e}")))?;
-        let mut request = Request::new(Full::new(req.body.unwrap_or_default()));
-        *request.method_mut() = req.method.http_method();
+    }
+
+    /// The rendered request on the connection, dialed when there is none or the gateway has
+    /// closed it (its keep-alive timeout, a restart, an abandoned poll). A request a reused
+    /// connection could not take is written once more on a new one; one the gateway may have
+    /// read is never sent again.
+    async fn send_on(&self, conn: &mut PollConnection) -> Result<Answer, UpstreamError> {
+        let mut stream = match conn.take_open() {
+            Some(mut s) => match poll_conn::write_request(&mut s, conn.request()).await {
+                Ok(()) => s,
+                Err(_) => self.dial_and_write(conn).await?,
+            },
+            None => self.dial_and_write(conn).await?,
+        };
+        // Taken out of `conn` for the exchange: a timeout that drops this future mid-answer
+        // drops the connection with it, and the next poll dials a new one.
+        let (answer, keep_alive) = conn.read_answer(&mut stream).await?;
+        if keep_alive {
+            conn.keep(stream);
+        }
+        Ok(answer)
+    }
+
+    async fn dial_and_write(&self, conn: &PollConnection) -> Result<Box<TlsStream<TcpStream>>, UpstreamError> {
+        // Boxed: the dial's state (a TLS handshake) is KiBs; inline it would make every call's
+        // future that much larger, for a step taken once per connection.
+        let mut stream = Box::pin(self.dial()).await?;
+        poll_conn::write_request(&mut stream, conn.request())
+            .await
+            .map_err(|e| UpstreamError::Unavailable(format!("writing the request: {e}")))?;
+        Ok(stream)
+    }
+
+    /// The request for the pool, which takes an absolute URI (it picks the connection by it).
+    fn request(
+        &self,
+        method: GatewayMethod,
+        uri: Uri,
+        auth: Option<&SessionAuth>,
+        body: Option<Bytes>,
+    ) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(body.unwrap_or_default()));
+        *request.method_mut() = method.http_method();
         *request.uri_mut() = uri;
         let h = request.headers_mut();
         // Room for every header below at once: growing the map mid-way is a rehash.
-        h.reserve(6);
-        if req.conn.is_some() {
-            h.insert(HOST, self.inner.host.clone());
-        }
+        h.reserve(5);
         h.insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
         // The app's trace continues at the gateway, with ccgate's span as the parent.
         timing::with_trace(|t| {
@@ -275,79 +338,20 @@ impl GatewayClient {
                 h.insert(TRACESTATE.clone(), state.clone());
             }
         });
-        if let Some(auth) = req.auth {
+        if let Some(auth) = auth {
             h.insert(GUID.clone(), auth.guid.clone());
             if let Some(c) = &auth.cookie {
                 h.insert(COOKIE, c.clone());
             }
         }
-        let timeout = req.timeout.unwrap_or(self.inner.request_timeout);
-        let conn = req.conn;
-        let exchange = async {
-            let resp = match conn {
-                // Boxed: dialing (TLS handshake state) would otherwise make every call's future,
-                // pooled ones too, several KiB larger, copied on each move.
-                Some(conn) => Box::pin(self.send_on(conn, request)).await?,
-                None => self.inner.client.request(request).await.map_err(classify)?,
-            };
-            let (parts, body) = resp.into_parts();
-            let limited = http_body_util::Limited::new(body, MAX_UPSTREAM_BODY);
-            let bytes =
-                limited.collect().await.map_err(|e| UpstreamError::Malformed(format!("reading body: {e}")))?.to_bytes();
-            Ok::<_, UpstreamError>((parts, bytes))
-        };
-        // A timeout drops the exchange mid-flight, which closes a dedicated connection too
-        // (hyper cannot reuse an HTTP/1 connection with an unfinished answer); the next call
-        // dials a new one.
-        let (parts, bytes) = tokio::time::timeout(timeout, exchange).await.map_err(|_| UpstreamError::Timeout)??;
-        if parts.status != StatusCode::OK {
-            return Err(UpstreamError::BadStatus(parts.status));
-        }
-        let envelope: Envelope = serde_json::from_slice(&bytes)
-            .map_err(|e| UpstreamError::Malformed(format!("not a gateway envelope: {e}")))?;
-        let set_guid = parts.headers.get(SET_GUID_HEADER).and_then(|v| v.to_str().ok()).and_then(parse_set_guid);
-        let cookies =
-            parts.headers.get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).filter_map(cookie_pair).collect();
-        Ok(GatewayReply { envelope, set_guid, cookies, body: bytes })
+        request
     }
 
-    /// Sends on a dedicated connection, dialing one when there is none or the last one has
-    /// closed (the gateway's keep-alive timeout, a restart, an abandoned poll). A request a
-    /// reused connection could not take (it closed between the check and the send) is sent
-    /// once more on a new one; one already written is not, since the gateway may have acted.
-    async fn send_on(
-        &self,
-        conn: &mut PollConnection,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        loop {
-            let reused = match conn.sender.take() {
-                Some(mut s) if !s.is_closed() => s.ready().await.is_ok().then_some(s),
-                _ => None,
-            };
-            let fresh = reused.is_none();
-            let mut sender = match reused {
-                Some(s) => s,
-                None => self.dial().await?,
-            };
-            match sender.try_send_request(request).await {
-                Ok(resp) => {
-                    conn.sender = Some(sender);
-                    return Ok(resp);
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) if !fresh => request = unsent,
-                    _ => return Err(UpstreamError::Malformed(error_chain(e.error()))),
-                },
-            }
-        }
-    }
-
-    /// A new connection of its own: TCP within the connect timeout, TLS as the pool does it,
-    /// HTTP/1.1 (the gateway speaks nothing else), the connection driven by its own task.
-    async fn dial(&self) -> Result<http1::SendRequest<Full<Bytes>>, UpstreamError> {
+    /// A new connection of its own: TCP within the connect timeout, TLS as the pool does it
+    /// (same CA, server name and protocol versions).
+    async fn dial(&self) -> Result<Box<TlsStream<TcpStream>>, UpstreamError> {
         let d = &self.inner.dialer;
-        let tcp = tokio::time::timeout(d.connect_timeout, tokio::net::TcpStream::connect(&d.addr))
+        let tcp = tokio::time::timeout(d.connect_timeout, TcpStream::connect(&d.addr))
             .await
             .map_err(|_| UpstreamError::Unavailable("tcp connect timed out".into()))?
             .map_err(|e| UpstreamError::Unavailable(format!("tcp connect error: {e}")))?;
@@ -358,16 +362,7 @@ impl GatewayClient {
             .connect(d.server_name.clone(), tcp)
             .await
             .map_err(|e| UpstreamError::Unavailable(format!("TLS handshake failed: {e}")))?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| UpstreamError::Unavailable(error_chain(&e)))?;
-        tokio::spawn(async move {
-            // Ends when the poller drops its sender or either side closes; a broken
-            // connection shows up as the next request's error, where it is logged.
-            let _ = connection.await;
-        });
-        Ok(sender)
+        Ok(Box::new(tls))
     }
 }
 
@@ -375,6 +370,16 @@ impl Gateway for GatewayClient {
     fn call<'a>(&'a self, req: GatewayRequest<'a>) -> CallFuture<'a> {
         Box::pin(GatewayClient::call(self, req))
     }
+}
+
+/// The envelope of an answer read whole, with the new Guid and cookies it carried.
+fn reply(a: Answer) -> Result<GatewayReply, UpstreamError> {
+    if a.status != StatusCode::OK {
+        return Err(UpstreamError::BadStatus(a.status));
+    }
+    let envelope: Envelope = serde_json::from_slice(&a.body)
+        .map_err(|e| UpstreamError::Malformed(format!("not a gateway envelope: {e}")))?;
+    Ok(GatewayReply { envelope, set_guid: a.set_guid, cookies: a.cookies, body: a.body })
 }
 
 fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {

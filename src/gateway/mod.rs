@@ -5,17 +5,17 @@
 pub mod client;
 pub mod envelope;
 pub mod methods;
+pub mod poll_conn;
 pub mod timing;
 pub mod trace;
 
 use std::future::Future;
 use std::pin::Pin;
 
-pub use client::{
-    GatewayClient, GatewayRefusal, GatewayReply, GatewayRequest, PollConnection, SessionAuth, UpstreamError,
-};
+pub use client::{GatewayClient, GatewayRefusal, GatewayReply, GatewayRequest, SessionAuth, UpstreamError};
 pub use envelope::{Envelope, Retcode};
 pub use methods::GatewayMethod;
+pub use poll_conn::PollConnection;
 
 /// Every agent interface lives under this path.
 pub const BASE_PATH: &str = "/agentgateway/resource/";

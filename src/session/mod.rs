@@ -275,14 +275,16 @@ impl Session {
                 replaced = replaced.or(self.take_credentials(Some(g), &[]));
             }
         }
+        // The shared store's round trips are boxed: they happen on a rotation or a loss, not
+        // on every poll, and inline their state would be copied with every poll's future.
         if let (Some(link), Some(old)) = (&self.link, replaced) {
-            link.publish_auth(self, &old).await;
+            Box::pin(link.publish_auth(self, &old)).await;
         }
         if loss_ends_session && env.code().session_gone() {
             match &self.link {
                 // Only if the refused Guid is still the session's: another replica may
                 // already have a newer one.
-                Some(link) => link.lost(self, LossReason::GuidRefused, auth.guid.to_str().ok()).await,
+                Some(link) => Box::pin(link.lost(self, LossReason::GuidRefused, auth.guid.to_str().ok())).await,
                 None => {
                     self.mark_lost(LossReason::GuidRefused);
                 }

@@ -49,8 +49,14 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Set
         }
         // While an idle sign-out is retrying, this task keeps the session alive and does not
         // start another.
-        let idle_at =
-            s.idle.filter(|_| !session.idle_signout.load(Ordering::Acquire)).map(|d| session.last_activity() + d);
+        // Raced against the poll only when it may fall before the poll ends by itself (within
+        // its timeout at the latest): otherwise the next round looks again, and most polls
+        // register one timer, not two.
+        let idle_at = s
+            .idle
+            .filter(|_| !session.idle_signout.load(Ordering::Acquire))
+            .map(|d| session.last_activity() + d)
+            .filter(|at| *at <= Instant::now() + s.timeout);
         let poll = session.exchange(GatewayMethod::GetAgentEvent, None, Some(s.timeout), Some(&mut conn), true);
         let step = match idle_at {
             Some(at) => tokio::select! {

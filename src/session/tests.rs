@@ -125,6 +125,9 @@ async fn an_idle_agent_is_signed_out_and_activity_postpones_it() {
     assert_eq!(s.wait_ended().await, Ended::SignedOut);
     let ended_after = started.elapsed();
     assert!(ended_after >= Duration::from_secs(210), "not before 90 + 120 s: {ended_after:?}");
+    // On time too, though most polls are not raced against the idle deadline (only the ones
+    // it can fall inside): not a poll's wait (10 s) late.
+    assert!(ended_after < Duration::from_secs(211), "at 90 + 120 s, not a poll later: {ended_after:?}");
     assert_eq!(gw.count(GatewayMethod::Logout), 1);
     assert!(matches!(sessions.active(AGENT), Err(SessionError::NoSession)));
     assert!(gw.count(GatewayMethod::GetAgentEvent) >= 20, "polled all along (the gateway's heartbeat)");

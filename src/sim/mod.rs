@@ -81,6 +81,12 @@ pub struct Faults {
     pub error_reason: Option<i64>,
     /// Fail the operation with this retcode (e.g. "000-003", "105-005") after the Guid check.
     pub retcode: Option<String>,
+    /// Answer with a body of unknown length, sent chunked, as a servlet container does when
+    /// the servlet streams its output.
+    pub chunked: bool,
+    /// Answer with `Connection: close` and close the connection after, as a load balancer
+    /// draining its connections does.
+    pub close: bool,
     /// Log names the faults apply to (`stopVoiceToConf`); empty means every method.
     pub methods: Vec<String>,
 }
@@ -563,7 +569,31 @@ fn shutdown_event(agent: &str, login_time: u64) -> Answer {
 
 impl Handler for Sim {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
-        self.answer(req).await
+        let method = resolve(req.uri().path()).map(|(m, _)| m);
+        let mut r = self.answer(req).await;
+        // How the answer travels, whatever it says.
+        let faults = self.0.faults.load_full();
+        if method.is_some_and(|m| faults.applies(m)) {
+            if faults.chunked {
+                let inner = std::mem::replace(r.body_mut(), body::empty());
+                *r.body_mut() = Body::new(UnknownLength(inner));
+            }
+            if faults.close {
+                r.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
+        r
+    }
+}
+
+/// A body that does not tell its length: hyper sends it chunked.
+struct UnknownLength(Body);
+
+impl hyper::body::Body for UnknownLength {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.0).poll_frame(cx)
     }
 }
 

@@ -11,6 +11,12 @@ use ccgate::reload::ConfigSource;
 use ccgate::sim::{Sim, SimConfig};
 use ccgate::{app, demo, devkeys, tls};
 
+/// jemalloc, not the system allocator: see Cargo.toml. Not on MSVC, where the binding does not
+/// build (ccgate is not built for Windows; this keeps `cargo check` working there).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "ccgate", version = VERSION, about = "Authenticating sidecar for the Huawei CEC CC-Gateway")]
 struct Cli {

@@ -65,7 +65,6 @@ impl std::fmt::Debug for PollConnection {
 }
 
 /// An answer read whole: the status, what it says about the session, and the body.
-#[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
     /// The new Guid from `Set-GUID`, `JSESSIONID=` removed.
@@ -73,6 +72,13 @@ pub struct Answer {
     /// `name=value` of each `Set-Cookie`.
     pub cookies: Vec<String>,
     pub body: Bytes,
+}
+
+impl std::fmt::Debug for Answer {
+    /// The status only: the Guid and cookies are secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Answer").field("status", &self.status).finish_non_exhaustive()
+    }
 }
 
 impl PollConnection {
@@ -260,7 +266,6 @@ enum Framing {
     UntilClose,
 }
 
-#[derive(Debug)]
 struct Head {
     status: StatusCode,
     /// Bytes of the head, blank line included.
@@ -269,6 +274,17 @@ struct Head {
     keep_alive: bool,
     set_guid: Option<String>,
     cookies: Vec<String>,
+}
+
+impl std::fmt::Debug for Head {
+    /// Framing only: the Guid and cookies are secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Head")
+            .field("status", &self.status)
+            .field("framing", &self.framing)
+            .field("keep_alive", &self.keep_alive)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -512,6 +528,18 @@ mod tests {
         assert_eq!(head(&huge).framing, Framing::Length(super::super::client::MAX_UPSTREAM_BODY + 1));
         let chunk = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n", 2 * 1024 * 1024);
         assert!(frame(chunk.as_bytes()).unwrap_err().to_string().contains("larger than"));
+    }
+
+    #[test]
+    fn debug_output_holds_no_guid_or_cookie() {
+        let raw = "HTTP/1.1 200 OK\r\nSet-GUID: JSESSIONID=secret-g.AgentGateway1\r\nSet-Cookie: s=secret-c\r\nContent-Length: 0\r\n\r\n";
+        let h = head(raw);
+        assert_eq!(h.set_guid.as_deref(), Some("secret-g.AgentGateway1"));
+        let a =
+            Answer { status: h.status, set_guid: h.set_guid.clone(), cookies: h.cookies.clone(), body: Bytes::new() };
+        for shown in [format!("{h:?}"), format!("{a:?}")] {
+            assert!(!shown.contains("secret"), "{shown}");
+        }
     }
 
     #[test]

@@ -66,11 +66,12 @@ pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
 /// Idle pooled connections are kept for 90 s (below common LB idle timeouts of 120 s, so we
 /// close first and never write into a connection the NSLB already dropped).
 pub const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 90_000;
-/// Idle connections kept per gateway host. Each signed-in agent's poller holds a connection
-/// during its long poll and returns it between polls, so the pool must hold more than the
-/// signed-in agents plus peak concurrency, or connections are closed and re-opened (a TLS
-/// handshake each: the benchmark saw 15 re-opens a second at 64 requests in flight with a
-/// cap of 64). Idle connections still close after `pool_idle_timeout_ms`.
+/// Idle connections kept per gateway host for app requests, sign-ins and sign-outs (each
+/// poller keeps a connection of its own outside the pool). Below the peak number of requests
+/// in flight, connections returned past the cap are closed and re-opened at the next burst, a
+/// TLS handshake each; the pool grows only to the concurrency actually seen (64 connections
+/// at the benchmark's 64 in flight), so a generous cap costs nothing. Idle connections still
+/// close after `pool_idle_timeout_ms`.
 pub const DEFAULT_POOL_MAX_IDLE: usize = 1024;
 
 /// Clock skew tolerated on `exp`/`nbf`. Small on purpose: 30 s covers NTP-synced hosts, and a

@@ -31,7 +31,14 @@ const READINESS_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// sign-ins, so its loss should show quickly.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Connections the admin listener accepts: Prometheus, the kubelet's probes and an operator.
+/// At the cap the longest-idle one is closed for a new one, so probes always get in.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// A probe or scrape sends its request at once; a connection that has not within this is
+/// someone else's and gives its slot back. Also HTTP/1's keep-alive idle limit there
+/// (Prometheus reconnects per scrape at worst).
+const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// An admin connection with no request in flight is closed after this long (HTTP/2).
+const ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Part of the shutdown grace kept for signing agents out after connections drained: one
 /// logout round trip per agent, all in parallel, takes well under this on a LAN.
 const SIGN_OUT_RESERVE: Duration = Duration::from_secs(2);
@@ -91,6 +98,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
     readiness.require_gateway(config.admin.ready_requires_gateway);
+    readiness.require_store(config.admin.ready_requires_store);
     let client = GatewayClient::new(&config.gateway)?;
     let shutdown = Shutdown::new();
     let shared = match config.store.backend {
@@ -175,9 +183,17 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
         metrics: Some(ConnectionMetrics { open: metrics.connections_gauge(), refused: metrics.connections_refused() }),
         // What is left of the grace after the drain delay, less the sign-out reserve.
         grace: grace.saturating_sub(drain_delay).saturating_sub(SIGN_OUT_RESERVE),
+        evict_idle_when_full: false,
     };
     // The admin listener serves a scraper and a few probes.
-    let admin_opts = ServeOptions { max_connections: ADMIN_MAX_CONNECTIONS, metrics: None, ..opts.clone() };
+    let admin_opts = ServeOptions {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        metrics: None,
+        header_read_timeout: ADMIN_HEADER_READ_TIMEOUT.min(opts.header_read_timeout),
+        idle_timeout: ADMIN_IDLE_TIMEOUT.min(opts.idle_timeout),
+        evict_idle_when_full: true,
+        ..opts.clone()
+    };
     let proxy_listener = TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;

@@ -98,6 +98,11 @@ pub const DEFAULT_JWKS_REFRESH_MAX_SECS: u64 = 600;
 /// make ccgate hammer the provider.
 pub const DEFAULT_JWKS_UNKNOWN_KID_INTERVAL_SECS: u64 = 30;
 /// A JWKS or discovery document is a few KiB; 5 s means the provider is down.
+/// Signature checks of tokens ccgate has not verified before that may run at once; 0 picks
+/// half the cores (at least one). A flood of distinct forged tokens then costs at most that
+/// share of the CPU, whoever sends it, while tokens already verified (a hash lookup) are
+/// served on the rest; new valid tokens wait their turn instead of being refused.
+pub const DEFAULT_MAX_CONCURRENT_VERIFICATIONS: usize = 0;
 pub const DEFAULT_JWKS_FETCH_TIMEOUT_MS: u64 = 5_000;
 /// At start-up, serving waits this long for every remote key set; past it ccgate serves
 /// anyway, not ready (`/readyz`), and refuses that provider's tokens with 503 until keys come.
@@ -224,11 +229,16 @@ pub struct AdminConfig {
     /// the app may have other work; the gateway's state is on `/gatewayz` and
     /// `ccgate_gateway_up` either way.
     pub ready_requires_gateway: bool,
+    /// `/readyz` also requires the shared store (Redis) to answer. Off by default: every
+    /// replica keeps serving its agents from its own copies while Redis is away, so taking
+    /// every pod out of its Service for a Redis blip would turn a degraded store into an
+    /// outage. `ccgate_store_up` and the `CcgateStoreDown` alert report it either way.
+    pub ready_requires_store: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: parse_addr(DEFAULT_ADMIN_LISTEN), ready_requires_gateway: false }
+        Self { listen: parse_addr(DEFAULT_ADMIN_LISTEN), ready_requires_gateway: false, ready_requires_store: false }
     }
 }
 
@@ -300,6 +310,16 @@ pub struct AuthConfig {
     pub jwks_unknown_kid_interval_secs: u64,
     pub jwks_fetch_timeout_ms: u64,
     pub jwks_startup_wait_ms: u64,
+    /// Signature checks of not-yet-verified tokens running at once (0: half the cores).
+    pub max_concurrent_verifications: usize,
+    /// A budget of refused tokens per client address (20, then 1/s; past it 429 without a
+    /// check). Off by default: clients share addresses (every app of a pod is 127.0.0.1,
+    /// everyone behind a balancer is the balancer), and a budget keyed on a shared address
+    /// lets one client's bad tokens lock out the others. Loopback clients are never budgeted.
+    pub per_client_refusal_budget: bool,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the client for that
+    /// budget; from any other peer the header is ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -324,6 +344,9 @@ impl Default for AuthConfig {
             jwks_unknown_kid_interval_secs: DEFAULT_JWKS_UNKNOWN_KID_INTERVAL_SECS,
             jwks_fetch_timeout_ms: DEFAULT_JWKS_FETCH_TIMEOUT_MS,
             jwks_startup_wait_ms: DEFAULT_JWKS_STARTUP_WAIT_MS,
+            max_concurrent_verifications: DEFAULT_MAX_CONCURRENT_VERIFICATIONS,
+            per_client_refusal_budget: false,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -520,6 +543,15 @@ impl AuthConfig {
         }
         if self.jwks_fetch_timeout_ms == 0 {
             return invalid("auth.jwks_fetch_timeout_ms", "must be greater than 0".into());
+        }
+        if self.jwks_unknown_kid_interval_secs == 0 {
+            // 0 would let every token with a random kid trigger a fetch from the provider.
+            return invalid("auth.jwks_unknown_kid_interval_secs", "must be at least 1".into());
+        }
+        for p in &self.trusted_proxies {
+            if let Err(why) = parse_cidr(p) {
+                return invalid("auth.trusted_proxies", format!("{p:?}: {why}"));
+            }
         }
         Ok(())
     }
@@ -1012,6 +1044,46 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// An address block: `10.0.0.0/8`, `2001:db8::/32`, or one address (`192.0.2.7`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    net: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is in the block; IPv4-mapped IPv6 addresses count as IPv4.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.net, ip.to_canonical()) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
+    };
+    let net: std::net::IpAddr = addr.trim().parse().map_err(|_| "not an IP address or CIDR block".to_owned())?;
+    let net = net.to_canonical();
+    let max = if net.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        None => max,
+        Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or(format!("prefix must be 0..={max}"))?,
+    };
+    Ok(Cidr { net, prefix })
+}
+
 /// The store URL with any user info replaced by `***`.
 pub fn masked_store_url(url: &str) -> String {
     match url.split_once("://") {
@@ -1287,6 +1359,32 @@ file = "creds.toml"
         let only = "[server]\nplaintext = true\n[credentials]\nfile = \"c\"\n[[auth.providers]]\nissuer = \"https://b\"\naudiences = [\"a\"]\njwks_url = \"https://b/jwks\"\n";
         let c = Config::from_toml_with_env(only, env(&[])).unwrap();
         assert_eq!(c.auth.all_providers().len(), 1);
+    }
+
+    #[test]
+    fn an_unknown_kid_interval_of_zero_and_bad_proxy_blocks_are_refused() {
+        for (k, v, key) in [
+            ("CCGATE__AUTH__JWKS_UNKNOWN_KID_INTERVAL_SECS", "0", "auth.jwks_unknown_kid_interval_secs"),
+            ("CCGATE__AUTH__TRUSTED_PROXIES", "[\"10.0.0.0/33\"]", "auth.trusted_proxies"),
+            ("CCGATE__AUTH__TRUSTED_PROXIES", "[\"proxy.local\"]", "auth.trusted_proxies"),
+        ] {
+            let err = Config::from_toml_with_env(MINIMAL, env(&[(k, v)])).unwrap_err().to_string();
+            assert!(err.contains(key), "{k}={v}: {err}");
+        }
+        let ok =
+            Config::from_toml_with_env(MINIMAL, env(&[("CCGATE__AUTH__TRUSTED_PROXIES", "[\"10.0.0.0/8\", \"::1\"]")]));
+        assert!(ok.is_ok(), "{:?}", ok.err());
+    }
+
+    #[test]
+    fn address_blocks_match_as_cidr_says() {
+        let c = parse_cidr("10.1.0.0/16").unwrap();
+        assert!(c.contains("10.1.2.3".parse().unwrap()) && c.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!c.contains("10.2.0.1".parse().unwrap()));
+        assert!(parse_cidr("0.0.0.0/0").unwrap().contains("192.0.2.1".parse().unwrap()));
+        assert!(parse_cidr("2001:db8::/32").unwrap().contains("2001:db8:1::9".parse().unwrap()));
+        assert!(parse_cidr("192.0.2.7").unwrap().contains("192.0.2.7".parse().unwrap()));
+        assert!(!parse_cidr("192.0.2.7").unwrap().contains("192.0.2.8".parse().unwrap()));
     }
 
     #[test]

@@ -185,6 +185,22 @@ label_enum! {
 }
 
 label_enum! {
+    /// Input from the gateway or the shared store that ccgate discarded to keep its bounds or
+    /// because it was not valid; the `what` label of `ccgate_input_discarded_total`:
+    /// `gateway_cookie` (a `Set-Cookie` past the session's jar bounds), `store_agent_id` (an
+    /// agent id in Redis that is not a work number), `store_record` (a session record with a
+    /// field that fails validation), `store_event` (a stream entry that fails validation),
+    /// `pending_event` (recorded while Redis was away, dropped from the full pending queue).
+    Discarded {
+        GatewayCookie => "gateway_cookie",
+        StoreAgentId => "store_agent_id",
+        StoreRecord => "store_record",
+        StoreEvent => "store_event",
+        PendingEvent => "pending_event",
+    }
+}
+
+label_enum! {
     /// How a fetch of an identity provider's keys ended; the `result` label of
     /// `ccgate_jwks_fetches_total`: `unreachable` (no connection, TLS refused, no answer in
     /// time), `http_error` (a status other than 200), `invalid` (not a JWK Set, no usable key,
@@ -288,6 +304,7 @@ struct Inner {
     auth_throttled: IntCounter,
     auth_refusals_remembered: IntCounter,
     events_dropped: IntCounter,
+    input_discarded: IntCounterVec,
     gateway_up: IntGauge,
     store_up: IntGauge,
     store_errors: IntCounterVec,
@@ -454,6 +471,15 @@ impl Metrics {
             "events_dropped_total",
             "Gateway events dropped from a full per-agent buffer before an app read them.",
         );
+        let input_discarded = counter_vec(
+            &r,
+            "input_discarded_total",
+            "Input from the gateway or Redis discarded to keep a bound or because it was invalid, by what it was.",
+            &["what"],
+        );
+        for d in Discarded::ALL {
+            input_discarded.with_label_values(&[d.as_str()]).reset();
+        }
         let gateway_up = gauge(&r, "gateway_up", "1 when the readiness probe reaches the gateway over TCP, else 0.");
         let store_up =
             gauge(&r, "store_up", "1 while the shared store (Redis) answers, else 0; 1 with the memory store.");
@@ -575,6 +601,7 @@ impl Metrics {
             auth_throttled,
             auth_refusals_remembered,
             events_dropped,
+            input_discarded,
             gateway_up,
             store_up,
             store_errors,
@@ -734,6 +761,10 @@ impl Metrics {
         self.0.events_dropped.inc();
     }
 
+    pub fn count_discarded(&self, what: Discarded, n: u64) {
+        self.0.input_discarded.with_label_values(&[what.as_str()]).inc_by(n);
+    }
+
     /// Creates `issuer`'s fetch series at 0 for every result (before its first fetch), so
     /// `increase()` sees the first failure.
     pub fn init_jwks_fetches(&self, issuer: &str) {
@@ -787,7 +818,7 @@ impl Metrics {
         let i = &self.0;
         let age = FreshnessRef(i.jwks_age.clone());
         let expiry = CertExpiryRef(i.cert_expiry.clone());
-        let collectors: [&dyn Collector; 38] = [
+        let collectors: [&dyn Collector; 39] = [
             &i.requests,
             &i.request_duration,
             &i.upstream_duration,
@@ -811,6 +842,7 @@ impl Metrics {
             &i.auth_throttled,
             &i.auth_refusals_remembered,
             &i.events_dropped,
+            &i.input_discarded,
             &i.gateway_up,
             &i.store_up,
             &i.store_errors,

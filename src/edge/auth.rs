@@ -12,10 +12,19 @@
 //! be fetched again, at most once per short interval (`jwks::remote`), and is checked again:
 //! a key rotation needs no restart.
 //!
-//! A signature check is the one costly step an anonymous client can trigger, so its cost is
-//! bounded twice: a token refused for its signature is remembered for a while (the same bad
-//! token is refused without checking again), and each client address has a budget of refused
-//! tokens; past it, tokens that are not already known good get 429 without any check.
+//! A signature check is the one costly step an anonymous client can trigger. Its cost is
+//! bounded without picking victims by address (in a sidecar every app is 127.0.0.1, behind a
+//! balancer everyone is the balancer, so one client's bad tokens must not lock out the rest):
+//! - a refused token is remembered by its hash, whatever the reason (forged, expired, wrong
+//!   audience...), so the same bad token sent again costs a hash, not a check; a client
+//!   looping a stale token is the commonest case;
+//! - signature checks of tokens not seen before share a global allowance of concurrent checks
+//!   (`auth.max_concurrent_verifications`, half the cores by default): a flood of distinct
+//!   forged tokens gets that share of the CPU and no more, tokens already verified are a hash
+//!   lookup on the rest, and a new valid token waits its turn rather than being refused;
+//! - a per-client budget of refused tokens remains as an option (`auth.per_client_refusal_budget`,
+//!   off), keyed on the address `X-Forwarded-For` names when the peer is a trusted proxy, and
+//!   never applied to a loopback client.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -30,7 +39,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use crate::config::{AuthConfig, KeySource, ProviderConfig};
+use crate::config::{AuthConfig, Cidr, KeySource, ProviderConfig};
 use crate::gateway::parse_agent_id;
 use crate::jwks::remote::{OnChange, RemoteKeys};
 use crate::jwks::KeySet;
@@ -52,9 +61,12 @@ pub struct Authenticator {
     providers: Vec<Provider>,
     leeway: u64,
     cache: Option<TokenCache<Verified>>,
-    /// Signature-refused tokens, by hash.
+    /// Refused tokens, by hash, with why.
     refused: TokenCache<Reason>,
-    budget: RefusalBudget,
+    /// The optional per-client budget (`auth.per_client_refusal_budget`).
+    budget: Option<RefusalBudget>,
+    /// Signature checks of unknown tokens running at once (`auth.max_concurrent_verifications`).
+    verifications: tokio::sync::Semaphore,
     /// `ccgate_auth_throttled_total`, `ccgate_auth_refusals_remembered_total`.
     counters: Option<(prometheus::IntCounter, prometheus::IntCounter)>,
     ttl: u64,
@@ -122,16 +134,20 @@ struct Cached<V> {
     valid_until: u64,
 }
 
-/// Tokens refused for their signature, remembered this many at most and this long, so the
-/// same forged token sent again costs a hash, not a signature check.
-const REFUSED_TOKENS: usize = 1024;
+/// Refused tokens remembered this many at most (~80 bytes each) and this long, so the same
+/// bad token sent again costs a hash, not a signature check. 4,096 covers every app instance
+/// of a large deployment looping its own stale token at once.
+const REFUSED_TOKENS: usize = 4096;
 const REFUSED_TOKEN_TTL_SECS: u64 = 60;
-/// Each client address may have this many tokens refused at once, then one more per second;
-/// the refusal that overdraws the budget closes it: until it refills, the address's tokens
-/// that are not already known good get 429 without a signature check.
-/// A real app refuses a token rarely (expiry); 20 covers a restart storm.
+/// With `auth.per_client_refusal_budget`: each client address may have this many tokens
+/// refused at once, then one more per second; the refusal that overdraws the budget closes
+/// it: until it refills, the address's tokens that are not already known good get 429
+/// without a signature check. A real app refuses a token rarely (expiry); 20 covers a
+/// restart storm.
 const REFUSED_PER_ADDRESS_BURST: u32 = 20;
 const REFUSED_PER_ADDRESS_PER_SEC: u32 = 1;
+static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 /// Client addresses tracked for that budget; more are not blocked (fail open, bounded memory).
 const MAX_BLOCKED_ADDRESSES: usize = 10_000;
 
@@ -178,6 +194,14 @@ impl<V: Clone> TokenCache<V> {
     }
 }
 
+/// What is known of a token before any signature work.
+enum Known {
+    /// Verified or refused before (or its client is over budget).
+    Decided(Result<Principal, Refused>),
+    /// Needs a check; the token's cache key (none for tokens too long to cache).
+    Unknown(Option<[u8; 32]>),
+}
+
 /// Why a request's token was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -196,22 +220,52 @@ type AddressLimiter = governor::RateLimiter<
     governor::middleware::NoOpMiddleware<crate::ops::limits::TokioInstant>,
 >;
 
-/// The per-address budget of refused tokens.
+/// The per-client budget of refused tokens (optional, off by default).
 struct RefusalBudget {
     limiter: AddressLimiter,
     /// Addresses over budget, until when.
     blocked: Mutex<HashMap<IpAddr, tokio::time::Instant>>,
+    /// Peers whose `X-Forwarded-For` names the client.
+    trusted: Vec<Cidr>,
 }
 
 impl RefusalBudget {
-    fn new() -> Self {
+    fn new(trusted: Vec<Cidr>) -> Self {
         let quota =
             governor::Quota::per_second(NonZeroU32::new(REFUSED_PER_ADDRESS_PER_SEC).unwrap_or(NonZeroU32::MIN))
                 .allow_burst(NonZeroU32::new(REFUSED_PER_ADDRESS_BURST).unwrap_or(NonZeroU32::MIN));
         Self {
             limiter: governor::RateLimiter::new(quota, Default::default(), crate::ops::limits::TokioClock),
             blocked: Mutex::new(HashMap::new()),
+            trusted,
         }
+    }
+
+    /// The client a request is budgeted as: the peer, or when the peer is a trusted proxy
+    /// the nearest address in `X-Forwarded-For` that is not one. `None` (no budget) for a
+    /// loopback client, and for a trusted proxy's request whose header names no client (the
+    /// proxy itself is shared by everyone behind it).
+    fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
+        let peer = peer.to_canonical();
+        let trusted = |ip: IpAddr| self.trusted.iter().any(|c| c.contains(ip));
+        let client = if trusted(peer) {
+            let mut found = None;
+            'headers: for v in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+                let v = v.to_str().ok()?;
+                for hop in v.rsplit(',') {
+                    let ip: IpAddr = hop.trim().parse().ok()?;
+                    let ip = ip.to_canonical();
+                    if !trusted(ip) {
+                        found = Some(ip);
+                        break 'headers;
+                    }
+                }
+            }
+            found?
+        } else {
+            peer
+        };
+        (!client.is_loopback()).then_some(client)
     }
 
     /// How long `ip` must still wait, if it is over budget.
@@ -314,15 +368,9 @@ impl Authenticator {
         if providers.is_empty() {
             return Err("no identity provider configured".into());
         }
-        Ok(Self {
-            providers,
-            leeway: cfg.leeway_secs,
-            cache: (cfg.cache_size > 0).then(|| TokenCache::new(cfg.cache_size)),
-            refused: TokenCache::new(REFUSED_TOKENS),
-            budget: RefusalBudget::new(),
-            counters: Some((metrics.auth_throttled(), metrics.auth_refusals_remembered())),
-            ttl: cfg.cache_ttl_secs,
-        })
+        let mut a = Self::assemble(cfg, providers)?;
+        a.counters = Some((metrics.auth_throttled(), metrics.auth_refusals_remembered()));
+        Ok(a)
     }
 
     /// One provider (`cfg`'s shorthand) with keys given as JWKs (tests and tools).
@@ -334,20 +382,36 @@ impl Authenticator {
             let why = if skipped.is_empty() { "the JWKS is empty".to_owned() } else { skipped.join("; ") };
             return Err(format!("no usable signing key ({why})"));
         }
+        let provider = Provider {
+            issuer: p.issuer,
+            audiences: p.audiences,
+            keys: Keys::Static(set),
+            hs256,
+            allowed,
+            agent_claim: p.agent_claim,
+            tenant_claim: p.tenant_claim,
+        };
+        Self::assemble(cfg, vec![provider])
+    }
+
+    /// The caches, budgets and allowances around `providers`, as `cfg` sets them.
+    fn assemble(cfg: &AuthConfig, providers: Vec<Provider>) -> Result<Self, String> {
+        let trusted = cfg
+            .trusted_proxies
+            .iter()
+            .map(|p| crate::config::parse_cidr(p).map_err(|e| format!("auth.trusted_proxies {p:?}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let concurrent = match cfg.max_concurrent_verifications {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get() / 2).max(1),
+            n => n,
+        };
         Ok(Self {
-            providers: vec![Provider {
-                issuer: p.issuer,
-                audiences: p.audiences,
-                keys: Keys::Static(set),
-                hs256,
-                allowed,
-                agent_claim: p.agent_claim,
-                tenant_claim: p.tenant_claim,
-            }],
+            providers,
             leeway: cfg.leeway_secs,
             cache: (cfg.cache_size > 0).then(|| TokenCache::new(cfg.cache_size)),
             refused: TokenCache::new(REFUSED_TOKENS),
-            budget: RefusalBudget::new(),
+            budget: cfg.per_client_refusal_budget.then(|| RefusalBudget::new(trusted)),
+            verifications: tokio::sync::Semaphore::new(concurrent),
             counters: None,
             ttl: cfg.cache_ttl_secs,
         })
@@ -394,41 +458,68 @@ impl Authenticator {
             .collect()
     }
 
-    /// Authenticates a request from its headers, sent from `client` (when known). A token
-    /// naming a key its remote provider has not published makes that provider fetch its keys
-    /// (see `jwks::remote`), then is checked once more.
-    pub async fn authenticate(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Principal, Refused> {
+    /// Authenticates a request from its headers, sent from `peer` (when known). A token not
+    /// verified before waits for a verification slot; one naming a key its remote provider
+    /// has not published makes that provider fetch its keys (see `jwks::remote`), then is
+    /// checked once more.
+    pub async fn authenticate(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<Principal, Refused> {
         let token = bearer_token(headers).map_err(Refused::Token)?;
-        match self.check(token, client) {
+        let client = self.client(peer, headers);
+        let key = match self.known(token, client) {
+            Known::Decided(r) => return r,
+            Known::Unknown(key) => key,
+        };
+        let first = self.verify_in_turn(token, key, client).await;
+        match first {
             Err(Refused::Token(Reason::UnknownKey)) => match self.remote_for(token) {
                 Some(remote) => {
                     remote.refresh_for_unknown_key().await;
-                    self.check(token, client)
+                    self.verify_in_turn(token, key, client).await
                 }
-                None => Err(Refused::Token(Reason::UnknownKey)),
+                None => first,
             },
             other => other,
         }
     }
 
-    /// The synchronous part of [`Self::authenticate`]: everything but fetching keys.
-    pub fn authenticate_now(&self, headers: &HeaderMap, client: Option<IpAddr>) -> Result<Principal, Refused> {
-        let token = bearer_token(headers).map_err(Refused::Token)?;
-        self.check(token, client)
+    /// The synchronous part of [`Self::authenticate`]: a decision when it needs no wait (the
+    /// token is known, or a verification slot is free and no key fetch is needed); `None`
+    /// when the caller must await [`Self::authenticate`].
+    pub fn authenticate_now(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<Result<Principal, Refused>> {
+        let token = match bearer_token(headers) {
+            Ok(t) => t,
+            Err(reason) => return Some(Err(Refused::Token(reason))),
+        };
+        let client = self.client(peer, headers);
+        let key = match self.known(token, client) {
+            Known::Decided(r) => return Some(r),
+            Known::Unknown(key) => key,
+        };
+        let slot = self.verifications.try_acquire().ok()?;
+        let r = self.verify_unknown(token, key, client);
+        drop(slot);
+        match r {
+            Err(Refused::Token(Reason::UnknownKey)) if self.remote_for(token).is_some() => None,
+            other => Some(other),
+        }
     }
 
-    /// Whether the token's provider fetches its keys (so an unknown key may be worth a fetch).
-    pub fn may_refresh(&self, headers: &HeaderMap) -> bool {
-        bearer_token(headers).ok().and_then(|t| self.remote_for(t)).is_some()
-    }
-
-    /// [`Self::authenticate`] for a bare token, with no client address and no fetch (tools and
-    /// tests).
+    /// [`Self::authenticate`] for a bare token, with no client address, no wait and no fetch
+    /// (tools and tests).
     pub fn verify(&self, token: &str) -> Result<Principal, Reason> {
-        self.check(token, None).map_err(|r| match r {
+        let r = match self.known(token, None) {
+            Known::Decided(r) => r,
+            Known::Unknown(key) => self.verify_unknown(token, key, None),
+        };
+        r.map_err(|r| match r {
             Refused::Token(reason) => reason,
             Refused::Throttled(_) | Refused::KeysUnavailable => Reason::UnknownKey,
         })
+    }
+
+    /// The address the optional per-client budget counts `peer`'s request against.
+    fn client(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        self.budget.as_ref().and_then(|b| b.client(peer?, headers))
     }
 
     /// The remote key source of the token's provider, if it has one.
@@ -451,34 +542,55 @@ impl Authenticator {
         self.providers.iter().position(|p| p.issuer == iss).ok_or(Reason::WrongIssuer)
     }
 
-    fn check(&self, token: &str, client: Option<IpAddr>) -> Result<Principal, Refused> {
+    /// What is known of a token without checking its signature: verified before, refused
+    /// before, its client over budget, or unknown (with its cache key).
+    fn known(&self, token: &str, client: Option<IpAddr>) -> Known {
         if token.len() > MAX_TOKEN_LEN || token.split('.').count() != 3 {
-            return Err(Refused::Token(Reason::Malformed));
+            return Known::Decided(Err(Refused::Token(Reason::Malformed)));
         }
         let now = unix_now();
         let key = (token.len() <= MAX_CACHED_TOKEN_LEN).then(|| TokenCache::<Verified>::key(token));
-        if let (Some(c), Some(k)) = (&self.cache, &key) {
+        let Some(k) = &key else { return Known::Unknown(None) };
+        if let Some(c) = &self.cache {
             if let Some(v) = c.get(k, now) {
                 // Void if a key of its provider was removed since (or a reload changed the
                 // providers: the cache is new then anyway).
                 if self.providers.get(v.provider).is_some_and(|p| p.removals() == v.removals) {
-                    return Ok(v.principal);
+                    return Known::Decided(Ok(v.principal));
                 }
             }
         }
-        // Past here the token may cost a signature check.
-        if let Some(wait) = client.and_then(|ip| self.budget.blocked_for(ip)) {
-            if let Some((throttled, _)) = &self.counters {
-                throttled.inc();
-            }
-            return Err(Refused::Throttled(wait));
-        }
-        if let Some(reason) = key.as_ref().and_then(|k| self.refused.get(k, now)) {
+        // Before the budget: a token refused before is refused for what it is, not as 429.
+        if let Some(reason) = self.refused.get(k, now) {
             if let Some((_, remembered)) = &self.counters {
                 remembered.inc();
             }
-            return Err(Refused::Token(reason));
+            return Known::Decided(Err(Refused::Token(reason)));
         }
+        if let Some(wait) = client.and_then(|ip| self.budget.as_ref()?.blocked_for(ip)) {
+            if let Some((throttled, _)) = &self.counters {
+                throttled.inc();
+            }
+            return Known::Decided(Err(Refused::Throttled(wait)));
+        }
+        Known::Unknown(key)
+    }
+
+    /// [`Self::verify_unknown`] once a verification slot is free.
+    async fn verify_in_turn(
+        &self,
+        token: &str,
+        key: Option<[u8; 32]>,
+        client: Option<IpAddr>,
+    ) -> Result<Principal, Refused> {
+        // The semaphore is never closed; if it were, verifying unbounded beats refusing.
+        let _slot = self.verifications.acquire().await.ok();
+        self.verify_unknown(token, key, client)
+    }
+
+    /// Full verification of a token not known yet; remembers the verdict.
+    fn verify_unknown(&self, token: &str, key: Option<[u8; 32]>, client: Option<IpAddr>) -> Result<Principal, Refused> {
+        let now = unix_now();
         let index = self.provider_of(token).map_err(Refused::Token)?;
         let provider = &self.providers[index];
         // Read before the keys, so a removal racing this check voids what it caches.
@@ -492,13 +604,17 @@ impl Authenticator {
                 Ok(principal)
             }
             Err(Refused::Token(reason)) => {
-                // An unknown key costs no signature check, and a rotation makes every app
-                // send one at once: not counted against the address.
-                if let (Some(ip), false) = (client, reason == Reason::UnknownKey) {
-                    self.budget.refused(ip);
-                }
-                if let (Reason::BadSignature, Some(k)) = (reason, key) {
-                    self.refused.put(k, &reason, now.saturating_add(REFUSED_TOKEN_TTL_SECS));
+                // An unknown key costs no signature check and may be published by the next
+                // fetch (a rotation makes every app send one at once); a token not yet valid
+                // becomes valid. Every other verdict is final for the token.
+                let lasting = !matches!(reason, Reason::UnknownKey | Reason::NotYetValid);
+                if lasting {
+                    if let Some(k) = key {
+                        self.refused.put(k, &reason, now.saturating_add(REFUSED_TOKEN_TTL_SECS));
+                    }
+                    if let (Some(b), Some(ip)) = (&self.budget, client) {
+                        b.refused(ip);
+                    }
                 }
                 Err(Refused::Token(reason))
             }
@@ -508,7 +624,9 @@ impl Authenticator {
 
     /// Forgets client addresses whose refusal budget has refilled.
     pub fn evict(&self) {
-        self.budget.evict();
+        if let Some(b) = &self.budget {
+            b.evict();
+        }
     }
 }
 
@@ -798,33 +916,120 @@ mod tests {
         assert!(m.render().contains("ccgate_auth_refusals_remembered_total 1"));
     }
 
+    fn bearer(t: &str) -> HeaderMap {
+        headers(&format!("Bearer {t}"))
+    }
+
+    /// An expired token, validly signed.
+    fn expired(es: &crate::devkeys::DevSigner, agent: &str) -> String {
+        let now = unix_now();
+        let claims = serde_json::json!({"iss": "https://idp.test", "aud": "ccgate", "agent_id": agent,
+            "iat": now - 7200, "exp": now - 3600});
+        es.sign(&claims).unwrap()
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn an_address_with_too_many_refused_tokens_is_throttled_but_known_good_tokens_pass() {
+    async fn no_client_can_make_another_clients_valid_token_refused() {
         let (es, a) = good();
+        let m = crate::metrics::Metrics::new();
+        let a = a.with_metrics(&m);
+        let shared: IpAddr = "127.0.0.1".parse().unwrap();
+        // One client on the shared address: distinct forged tokens, and one stale token looped.
+        let stale = expired(&es, "153");
+        for i in 0..200 {
+            let r = a.authenticate_now(&bearer(&forged(&es, &format!("{}", 200 + i))), Some(shared));
+            assert_eq!(r, Some(Err(Refused::Token(Reason::BadSignature))));
+            let r = a.authenticate_now(&bearer(&stale), Some(shared));
+            assert_eq!(r, Some(Err(Refused::Token(Reason::Expired))));
+        }
+        assert!(m.render().contains("ccgate_auth_refusals_remembered_total 199"), "the stale token costs a hash");
+        // Every other client's new valid token is verified and served.
+        for agent in 101..111 {
+            let t = es.token("https://idp.test", "ccgate", &agent.to_string(), 600).unwrap();
+            let who = a.authenticate(&bearer(&t), Some(shared)).await.unwrap();
+            assert_eq!(who.agent_id, agent.to_string());
+        }
+    }
+
+    #[test]
+    fn every_lasting_refusal_is_remembered_and_a_not_yet_valid_token_is_not() {
+        let (es, a) = good();
+        let m = crate::metrics::Metrics::new();
+        let a = a.with_metrics(&m);
+        let wrong_aud = es.token("https://idp.test", "someone-else", "153", 600).unwrap();
+        for t in [expired(&es, "153"), wrong_aud, forged(&es, "154")] {
+            let first = a.verify(&t);
+            assert!(first.is_err());
+            assert_eq!(a.verify(&t), first);
+        }
+        assert!(m.render().contains("ccgate_auth_refusals_remembered_total 3"), "{}", m.render());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_token_waits_for_a_verification_slot_rather_than_being_refused() {
+        let cfg = AuthConfig { max_concurrent_verifications: 1, ..config() };
+        let es = crate::devkeys::DevSigner::es256("es-1").unwrap();
+        let keys = crate::devkeys::jwks(&[&es])["keys"].as_array().unwrap().clone();
+        let a = Arc::new(Authenticator::new(&cfg, &keys, None).unwrap());
+        let t = es.token("https://idp.test", "ccgate", "153", 600).unwrap();
+        let busy = a.verifications.try_acquire().unwrap();
+        assert_eq!(a.authenticate_now(&bearer(&t), None), None, "no free slot: the caller must wait");
+        let waiting = tokio::spawn({
+            let (a, t) = (a.clone(), t.clone());
+            async move { a.authenticate(&bearer(&t), None).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(busy);
+        assert_eq!(waiting.await.unwrap().unwrap().agent_id, "153");
+        // Known now: no slot needed.
+        let _busy = a.verifications.try_acquire().unwrap();
+        assert!(matches!(a.authenticate_now(&bearer(&t), None), Some(Ok(_))));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_optional_per_client_budget_throttles_one_client_but_never_loopback() {
+        let cfg =
+            AuthConfig { per_client_refusal_budget: true, trusted_proxies: vec!["10.0.0.0/8".into()], ..config() };
+        let es = crate::devkeys::DevSigner::es256("es-1").unwrap();
+        let keys = crate::devkeys::jwks(&[&es])["keys"].as_array().unwrap().clone();
+        let a = Authenticator::new(&cfg, &keys, None).unwrap();
         let (attacker, other): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
-        let mut h = HeaderMap::new();
-        let mut bearer = |t: &str| {
-            h.insert(AUTHORIZATION, http::HeaderValue::from_str(&format!("Bearer {t}")).unwrap());
-            h.clone()
-        };
         let valid = es.token("https://idp.test", "ccgate", "153", 600).unwrap();
-        assert!(a.authenticate_now(&bearer(&valid), Some(attacker)).is_ok(), "known good from now on");
+        assert!(matches!(a.authenticate_now(&bearer(&valid), Some(attacker)), Some(Ok(_))), "known good from now on");
         // The burst's refusals fit the budget; the one after it is checked and closes it.
         for i in 0..=REFUSED_PER_ADDRESS_BURST {
             let r = a.authenticate_now(&bearer(&forged(&es, &format!("{}", 200 + i))), Some(attacker));
-            assert_eq!(r, Err(Refused::Token(Reason::BadSignature)), "refusal {i} is checked");
+            assert_eq!(r, Some(Err(Refused::Token(Reason::BadSignature))), "refusal {i} is checked");
         }
         let r = a.authenticate_now(&bearer(&forged(&es, "300")), Some(attacker));
-        assert!(matches!(r, Err(Refused::Throttled(_))), "{r:?}");
+        assert!(matches!(r, Some(Err(Refused::Throttled(_)))), "{r:?}");
         // Another address is not affected; a token already verified still passes.
         assert_eq!(
             a.authenticate_now(&bearer(&forged(&es, "301")), Some(other)),
-            Err(Refused::Token(Reason::BadSignature))
+            Some(Err(Refused::Token(Reason::BadSignature)))
         );
-        assert!(a.authenticate_now(&bearer(&valid), Some(attacker)).is_ok());
+        assert!(matches!(a.authenticate_now(&bearer(&valid), Some(attacker)), Some(Ok(_))));
+        // Loopback (also as an IPv4-mapped IPv6 address) is never budgeted.
+        for lo in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            let lo: IpAddr = lo.parse().unwrap();
+            for i in 0..2 * REFUSED_PER_ADDRESS_BURST {
+                let r = a.authenticate_now(&bearer(&forged(&es, &format!("{}", 400 + i))), Some(lo));
+                assert_eq!(r, Some(Err(Refused::Token(Reason::BadSignature))), "{lo}");
+            }
+        }
+        // Behind a trusted proxy the client is the address X-Forwarded-For names.
+        let mut h = bearer(&forged(&es, "500"));
+        h.insert(X_FORWARDED_FOR.clone(), http::HeaderValue::from_static("192.0.2.1, 10.1.1.1"));
+        assert!(matches!(a.authenticate_now(&h, Some("10.2.2.2".parse().unwrap())), Some(Err(Refused::Throttled(_)))));
+        // From an untrusted peer the header is ignored.
+        assert_eq!(
+            a.authenticate_now(&h, Some("192.0.2.9".parse().unwrap())),
+            Some(Err(Refused::Token(Reason::BadSignature)))
+        );
         // The budget refills.
         tokio::time::advance(std::time::Duration::from_secs(2)).await;
         let r = a.authenticate_now(&bearer(&forged(&es, "302")), Some(attacker));
-        assert_eq!(r, Err(Refused::Token(Reason::BadSignature)));
+        assert_eq!(r, Some(Err(Refused::Token(Reason::BadSignature))));
     }
 }

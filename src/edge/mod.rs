@@ -220,19 +220,9 @@ impl Proxy {
         headers: &http::HeaderMap,
         client: Option<std::net::IpAddr>,
     ) -> Result<Principal, Failure> {
-        let now = {
-            let auth = self.auth.load();
-            match auth.authenticate_now(headers, client) {
-                // The slow path: the provider may have rotated its keys; fetching them may
-                // take a while, so hold the authenticator itself, not the swap's guard.
-                Err(auth::Refused::Token(crate::metrics::AuthFailureReason::UnknownKey))
-                    if auth.may_refresh(headers) =>
-                {
-                    None
-                }
-                other => Some(other),
-            }
-        };
+        // Known tokens (and free verification slots) need no await; a token waiting for a
+        // slot or a key fetch holds the authenticator itself, not the swap's guard.
+        let now = self.auth.load().authenticate_now(headers, client);
         let result = match now {
             Some(r) => r,
             None => self.auth.load_full().authenticate(headers, client).await,
@@ -250,20 +240,80 @@ impl Proxy {
 
     /// Reads the body up to `max_body_bytes`, within `body_read_timeout` however it
     /// trickles. Called after authentication so an anonymous client cannot make ccgate buffer
-    /// or wait for anything.
+    /// or wait for anything. A body refused for its size or its slowness is drained in the
+    /// background ([`linger`]) while the refusal is answered, so the client reads the 413 or
+    /// 408 rather than a reset.
     async fn read_body(&self, req: Request<Incoming>) -> Result<Bytes, Failure> {
         if hyper::body::Body::is_end_stream(req.body()) {
             // No body (most requests): no timer, no buffer.
             return Ok(Bytes::new());
         }
-        let limited = http_body_util::Limited::new(req.into_body(), self.max_body_bytes);
-        match tokio::time::timeout(self.body_read_timeout, limited.collect()).await {
+        let max = self.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let expects_continue =
+            req.headers().get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let mut body = req.into_body();
+        if declared.is_some_and(|n| n > max as u64) {
+            // Refused before a byte is read: 413 before 400, whatever the body holds. A client
+            // waiting for `100 Continue` has sent nothing and is not asked for it.
+            if !expects_continue {
+                tokio::spawn(linger(body));
+            }
+            return Err(Failure::PayloadTooLarge);
+        }
+        let mut buf = bytes::BytesMut::new();
+        let read = async {
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| Failure::BadRequest(format!("could not read body: {e}")))?;
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > max {
+                        return Err(Failure::PayloadTooLarge);
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok(())
+        };
+        let result = match tokio::time::timeout(self.body_read_timeout, read).await {
             Err(_) => Err(Failure::BodyTimeout),
-            Ok(Ok(c)) => Ok(c.to_bytes()),
-            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Failure::PayloadTooLarge),
-            Ok(Err(e)) => Err(Failure::BadRequest(format!("could not read body: {e}"))),
+            Ok(r) => r,
+        };
+        match result {
+            Ok(()) => Ok(buf.freeze()),
+            Err(f @ (Failure::PayloadTooLarge | Failure::BodyTimeout)) => {
+                tokio::spawn(linger(body));
+                Err(f)
+            }
+            Err(f) => Err(f),
         }
     }
+}
+
+/// A refused body is read and thrown away for at most this long and this many bytes after the
+/// refusal (a lingering close, as nginx's `lingering_time`): enough for a client that sends its
+/// whole body before reading the answer to finish and then read it. Past either bound the
+/// body is dropped (HTTP/1: the connection closes; HTTP/2: the stream is reset).
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+const LINGER_MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// Drains what is left of a refused body, within [`LINGER_TIME`] and [`LINGER_MAX_BYTES`].
+async fn linger(mut body: Incoming) {
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                seen += data.len();
+                if seen > LINGER_MAX_BYTES {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 /// The log line for a failure worth an operator's attention; the access line covers the rest.

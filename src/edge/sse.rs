@@ -68,15 +68,15 @@ pub fn subscribe(session: Arc<Session>, after: Option<u64>, shutdown: watch::Rec
 async fn pump(session: Arc<Session>, mut cursor: u64, tx: mpsc::Sender<Bytes>, mut shutdown: watch::Receiver<bool>) {
     // Open until the app goes away (the send fails), the session ends or ccgate stops.
     let _open = crate::metrics::GaugeGuard::new(session.metrics().event_streams());
+    // An app that only listens is still there: while the stream is open the agent is active
+    // (no idle sign-out), and its idle time counts from the close.
+    let _listening = session.listening();
     let mut latest = session.events.subscribe();
     let mut ended = std::pin::pin!(session.wait_ended());
     if tx.send(Bytes::from_static(b": ccgate event stream\nretry: 2000\n\n")).await.is_err() {
         return;
     }
     loop {
-        // An app that only listens is still there: an open stream counts as activity, so the
-        // agent is not signed out as idle while its app reads its events.
-        session.touch();
         let batch = session.events.since(cursor);
         if batch.missed && tx.send(Bytes::from_static(b": missed events: the buffer was full\n\n")).await.is_err() {
             return;

@@ -27,6 +27,7 @@ use super::trace::{TRACEPARENT, TRACESTATE};
 use super::{timing, CallFuture, Gateway};
 use crate::config::{ms, GatewayConfig};
 use crate::tls;
+use std::borrow::Cow;
 
 /// The header carrying the session's Guid on requests.
 pub const GUID_HEADER: &str = "guid";
@@ -35,7 +36,7 @@ static GUID: HeaderName = HeaderName::from_static(GUID_HEADER);
 pub const SET_GUID_HEADER: &str = "set-guid";
 /// Largest gateway response body accepted; envelopes are a few hundred bytes, conference
 /// queries a few KiB.
-pub(super) const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
+pub const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
 pub const JSON_UTF8: &str = "application/json; charset=UTF-8";
 
 /// The credentials a session presents: Guid and the cookies captured at sign-in. Both are
@@ -266,10 +267,17 @@ impl GatewayClient {
     ) -> impl Future<Output = Result<Answer, UpstreamError>> + Send + 'a {
         async move {
             if let Some(conn) = req.conn {
-                conn.render(req.method, req.agent, &self.inner.host, req.auth, req.body.as_deref().unwrap_or_default());
+                conn.render(
+                    req.method,
+                    req.agent,
+                    &self.inner.host,
+                    req.auth,
+                    req.body.as_deref().unwrap_or_default(),
+                )?;
                 return self.send_on(conn).await;
             }
-            let uri = Uri::try_from(format!("{}{}", self.inner.scheme_authority, req.method.path(req.agent)))
+            let path = request_target(req.method, req.agent)?;
+            let uri = Uri::try_from(format!("{}{path}", self.inner.scheme_authority))
                 .map_err(|e| UpstreamError::Malformed(format!("cannot build request: {e}")))?;
             let send = self.inner.client.request(self.request(req.method, uri, req.auth, req.body));
             let (parts, body) = send.await.map_err(classify)?.into_parts();
@@ -328,22 +336,12 @@ impl GatewayClient {
         *request.method_mut() = method.http_method();
         *request.uri_mut() = uri;
         let h = request.headers_mut();
-        // Room for every header below at once: growing the map mid-way is a rehash.
+        // Room for every header at once: growing the map mid-way is a rehash.
         h.reserve(5);
         h.insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
-        // The app's trace continues at the gateway, with ccgate's span as the parent.
-        timing::with_trace(|t| {
-            h.insert(TRACEPARENT.clone(), t.traceparent());
-            if let Some(state) = t.tracestate() {
-                h.insert(TRACESTATE.clone(), state.clone());
-            }
+        session_headers(auth, |name, value| {
+            h.insert(name.clone(), value.into_owned());
         });
-        if let Some(auth) = auth {
-            h.insert(GUID.clone(), auth.guid.clone());
-            if let Some(c) = &auth.cookie {
-                h.insert(COOKIE, c.clone());
-            }
-        }
         request
     }
 
@@ -369,6 +367,36 @@ impl GatewayClient {
 impl Gateway for GatewayClient {
     fn call<'a>(&'a self, req: GatewayRequest<'a>) -> CallFuture<'a> {
         Box::pin(GatewayClient::call(self, req))
+    }
+}
+
+/// The request target of a call: from a work number checked again here, whoever supplied it
+/// (a token, the shared store), so nothing but digits reaches the request line. Both writers
+/// (hyper's pool, the poller's own connection) take it from here.
+pub(super) fn request_target(method: GatewayMethod, agent: &str) -> Result<String, UpstreamError> {
+    match super::parse_agent_id(agent) {
+        Some(_) => Ok(method.path(agent)),
+        None => Err(UpstreamError::Malformed("agent id is not a work number; request not sent".into())),
+    }
+}
+
+/// The headers that carry the session and the trace, in the order both writers send them:
+/// `traceparent`, `tracestate`, `guid`, `cookie` (each a `HeaderValue`, so valid by type).
+/// A value made here is handed over owned, one the session keeps is lent: the pool's writer
+/// then moves the one and clones the other, as it did before there was one writer.
+pub(super) fn session_headers(auth: Option<&SessionAuth>, mut field: impl FnMut(&HeaderName, Cow<'_, HeaderValue>)) {
+    // The app's trace continues at the gateway, with ccgate's span as the parent.
+    timing::with_trace(|t| {
+        field(&TRACEPARENT, Cow::Owned(t.traceparent()));
+        if let Some(state) = t.tracestate() {
+            field(&TRACESTATE, Cow::Borrowed(state));
+        }
+    });
+    if let Some(auth) = auth {
+        field(&GUID, Cow::Borrowed(&auth.guid));
+        if let Some(c) = &auth.cookie {
+            field(&COOKIE, Cow::Borrowed(c));
+        }
     }
 }
 
@@ -408,7 +436,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 pub fn parse_set_guid(v: &str) -> Option<String> {
     let v = v.split(';').next()?.trim();
     let guid = v.strip_prefix("JSESSIONID=").unwrap_or(v).trim();
-    if guid.is_empty() || !guid.bytes().all(|b| b.is_ascii_graphic()) {
+    if !valid_guid(guid) {
         return None;
     }
     Some(guid.to_owned())
@@ -424,16 +452,50 @@ pub fn cookie_pair(v: &str) -> Option<String> {
     Some(pair.to_owned())
 }
 
-/// Builds the `Cookie` header from captured pairs, replacing same-named cookies.
-pub fn merge_cookies(existing: &[String], new: &[String]) -> Vec<String> {
+/// Cookies one session keeps at most, and their total size in `name=value` bytes. The NSLB
+/// sets one sticky cookie; 16 and 4 KiB leave room for a balancer or WAF in front of it, while
+/// a gateway that sets a new cookie on every answer can grow neither the request head nor the
+/// shared store's record. Cookies past either bound are dropped (and counted).
+pub const MAX_COOKIES: usize = 16;
+pub const MAX_COOKIE_BYTES: usize = 4096;
+
+/// Merges new `name=value` pairs into the jar, replacing same-named cookies, within
+/// [`MAX_COOKIES`] and [`MAX_COOKIE_BYTES`]. Returns the jar and how many were dropped.
+pub fn merge_cookies(existing: &[String], new: &[String]) -> (Vec<String>, usize) {
+    let name = |c: &str| c.split('=').next().unwrap_or_default().to_owned();
     let mut out: Vec<String> = existing.to_vec();
+    let mut dropped = 0;
     for n in new {
-        let name = n.split('=').next().unwrap_or_default();
-        out.retain(|c| c.split('=').next().unwrap_or_default() != name);
+        let same = out.iter().position(|c| name(c) == name(n));
+        let others: usize = out.iter().enumerate().filter(|(i, _)| Some(*i) != same).map(|(_, c)| c.len()).sum();
+        if (same.is_none() && out.len() >= MAX_COOKIES) || others + n.len() > MAX_COOKIE_BYTES {
+            dropped += 1;
+            continue;
+        }
+        if let Some(i) = same {
+            out.remove(i);
+        }
         out.push(n.clone());
     }
-    out
+    (out, dropped)
 }
+
+/// Whether a jar read from outside this process (the shared store) is one ccgate could have
+/// made: within the bounds, every entry a `name=value` pair fit for a header.
+pub fn valid_cookie_jar(jar: &[String]) -> bool {
+    jar.len() <= MAX_COOKIES
+        && jar.iter().map(String::len).sum::<usize>() <= MAX_COOKIE_BYTES
+        && jar.iter().all(|c| cookie_pair(c).as_deref() == Some(c.as_str()) && HeaderValue::from_str(c).is_ok())
+}
+
+/// Whether a Guid read from outside this process is one [`parse_set_guid`] could have given,
+/// and of a sane length.
+pub fn valid_guid(g: &str) -> bool {
+    !g.is_empty() && g.len() <= MAX_GUID_LEN && g.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Longest Guid kept: the gateway's are a UUID and a node suffix (~50 bytes).
+pub const MAX_GUID_LEN: usize = 256;
 
 /// Builds a `SessionAuth` from a Guid and cookie pairs; `None` if the Guid is not a valid
 /// header value (a gateway sending control characters).
@@ -467,9 +529,26 @@ mod tests {
     fn cookies_merge_by_name() {
         let a = vec![cookie_pair("huaweielbsession=1; Path=/; Secure").unwrap()];
         let b = vec!["huaweielbsession=2".to_owned(), "other=x".to_owned()];
-        assert_eq!(merge_cookies(&a, &b), vec!["huaweielbsession=2", "other=x"]);
+        assert_eq!(merge_cookies(&a, &b), (vec!["huaweielbsession=2".to_owned(), "other=x".to_owned()], 0));
         assert_eq!(cookie_pair("=x"), None);
         assert_eq!(cookie_pair("novalue"), None);
+    }
+
+    #[test]
+    fn the_cookie_jar_is_bounded_in_count_and_bytes() {
+        let flood: Vec<String> = (0..60).map(|i| format!("c{i}=v")).collect();
+        let (jar, dropped) = merge_cookies(&[], &flood);
+        assert_eq!((jar.len(), dropped), (MAX_COOKIES, 60 - MAX_COOKIES));
+        assert!(valid_cookie_jar(&jar));
+        // A cookie already kept can still be replaced when the jar is full.
+        let (jar, dropped) = merge_cookies(&jar, &["c0=new".to_owned()]);
+        assert_eq!(dropped, 0);
+        assert!(jar.contains(&"c0=new".to_owned()));
+        let big = format!("big={}", "x".repeat(MAX_COOKIE_BYTES));
+        assert_eq!(merge_cookies(&[], std::slice::from_ref(&big)).1, 1);
+        assert!(!valid_cookie_jar(&[big]));
+        assert!(!valid_cookie_jar(&["a=1\r\nX: y".to_owned()]));
+        assert!(!valid_cookie_jar(&["novalue".to_owned()]));
     }
 
     #[test]

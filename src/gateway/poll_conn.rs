@@ -31,13 +31,22 @@ use tokio_rustls::client::TlsStream;
 
 use super::client::{cookie_pair, parse_set_guid, SessionAuth, UpstreamError};
 use super::methods::GatewayMethod;
-use super::timing;
 
 /// Largest answer head accepted: far above a gateway's few hundred bytes, and the size most
 /// servers (Tomcat's `maxHttpResponseHeaderSize`, nginx's buffers) cap their own heads at, x8.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Header fields parsed per answer (and per chunked trailer); more is refused.
 pub const MAX_HEADERS: usize = 64;
+/// Bytes one answer may take on the wire, interim answers, head, chunk framing, extensions
+/// and trailers included: the body's cap, its head's, and a quarter of the body's again for
+/// framing (a legitimate chunked answer spends a few bytes per KiB on it). Without this a
+/// body within its cap could arrive as 1-byte chunks each carrying a 1,000-byte extension,
+/// and the raw answer would be held whole: a GiB for one poll.
+pub const MAX_ANSWER_BYTES: usize = MAX_HEAD + super::client::MAX_UPSTREAM_BODY + super::client::MAX_UPSTREAM_BODY / 4;
+/// Interim (1xx) answers accepted before the real one. A gateway sends none; a proxy in front
+/// may send a `100 Continue` or a `103 Early Hints`. A flood of them is refused rather than
+/// read until the poll's timeout.
+pub const MAX_INTERIM_ANSWERS: usize = 8;
 /// The read buffer keeps at most this much capacity between polls: an answer bigger than that
 /// (a large event) is read, then its buffer given back, so one such answer does not pin its
 /// size for the life of the agent.
@@ -92,12 +101,12 @@ impl PollConnection {
         host: &HeaderValue,
         auth: Option<&SessionAuth>,
         body: &[u8],
-    ) {
+    ) -> Result<(), UpstreamError> {
         if self.head.as_ref().is_none_or(|(m, _)| *m != method) {
             let mut fixed = Vec::with_capacity(128);
             fixed.extend_from_slice(method.http_method().as_str().as_bytes());
             fixed.push(b' ');
-            fixed.extend_from_slice(method.path(agent).as_bytes());
+            fixed.extend_from_slice(super::client::request_target(method, agent)?.as_bytes());
             fixed.extend_from_slice(b" HTTP/1.1\r\n");
             field(&mut fixed, "host", host.as_bytes());
             field(&mut fixed, "content-type", super::client::JSON_UTF8.as_bytes());
@@ -108,38 +117,28 @@ impl PollConnection {
         if let Some((_, fixed)) = &self.head {
             w.extend_from_slice(fixed);
         }
-        timing::with_trace(|t| {
-            field(w, "traceparent", t.traceparent().as_bytes());
-            if let Some(state) = t.tracestate() {
-                field(w, "tracestate", state.as_bytes());
-            }
-        });
-        if let Some(auth) = auth {
-            field(w, super::client::GUID_HEADER, auth.guid.as_bytes());
-            if let Some(c) = &auth.cookie {
-                field(w, "cookie", c.as_bytes());
-            }
-        }
+        super::client::session_headers(auth, |name, value| field(w, name.as_str(), value.as_bytes()));
         if !body.is_empty() || method.http_method() != http::Method::GET {
             field(w, "content-length", body.len().to_string().as_bytes());
         }
         w.extend_from_slice(b"\r\n");
         w.extend_from_slice(body);
+        Ok(())
     }
 
     /// The open connection, if there is one the gateway has not closed meanwhile (it may
     /// have, past its keep-alive timeout: then its FIN or close_notify is waiting to be read).
     /// Costs no system call while the socket has nothing to read, which is the usual case.
     pub(super) fn take_open(&mut self) -> Option<Box<TlsStream<TcpStream>>> {
-        let stream = self.stream.take()?;
+        let mut stream = self.stream.take()?;
         let mut probe = [0u8; 1];
         let mut buf = ReadBuf::new(&mut probe);
         // Any bytes at all are unasked for: a close_notify, most likely; EOF or an error is a
         // close. Only "nothing yet" means open. The no-op waker is replaced by the real one
         // at the next read.
         match stream.get_ref().0.poll_peek(&mut Context::from_waker(Waker::noop()), &mut buf) {
-            Poll::Pending => Some(stream),
-            Poll::Ready(_) => None,
+            Poll::Pending if nothing_buffered(&mut stream) => Some(stream),
+            _ => None,
         }
     }
 
@@ -154,17 +153,26 @@ impl PollConnection {
     ) -> Result<(Answer, bool), UpstreamError> {
         let buf = &mut self.read;
         buf.clear();
+        // Every byte read for this answer counts against MAX_ANSWER_BYTES; `limit` is what the
+        // buffer may hold, less what interim answers took.
+        let mut limit = MAX_ANSWER_BYTES;
+        let mut interim = 0;
         let head = loop {
             match parse_head(buf)? {
                 Parsed::Final(head) => break head,
                 Parsed::Interim(len) => {
+                    interim += 1;
+                    if interim > MAX_INTERIM_ANSWERS {
+                        return Err(malformed(format!("more than {MAX_INTERIM_ANSWERS} interim answers")));
+                    }
                     buf.drain(..len);
+                    limit -= len;
                 }
                 Parsed::Partial => {
                     if buf.len() >= MAX_HEAD {
                         return Err(malformed(format!("answer head larger than {MAX_HEAD} bytes")));
                     }
-                    if read_more(stream, buf).await? == 0 {
+                    if read_more(stream, buf, limit).await? == 0 {
                         return Err(closed(buf.is_empty()));
                     }
                 }
@@ -177,7 +185,7 @@ impl PollConnection {
                     return Err(too_large());
                 }
                 while buf.len() < head.len + n {
-                    if read_more(stream, buf).await? == 0 {
+                    if read_more(stream, buf, limit).await? == 0 {
                         return Err(closed(false));
                     }
                 }
@@ -192,7 +200,7 @@ impl PollConnection {
                         keep_alive &= buf.len() == end;
                         break Bytes::from(chunks.body);
                     }
-                    if read_more(stream, buf).await? == 0 {
+                    if read_more(stream, buf, limit).await? == 0 {
                         return Err(closed(false));
                     }
                 }
@@ -217,6 +225,9 @@ impl PollConnection {
         if buf.capacity() > KEEP_CAPACITY {
             *buf = Vec::new();
         }
+        // Bytes rustls has decrypted (or received) but not handed over were never asked for
+        // either: reading them as the next poll's answer would adopt a Guid nobody sent for it.
+        keep_alive &= nothing_buffered(stream);
         Ok((Answer { status: head.status, set_guid: head.set_guid, cookies: head.cookies, body }, keep_alive))
     }
 
@@ -238,9 +249,26 @@ pub(super) async fn write_request(stream: &mut TlsStream<TcpStream>, request: &[
     stream.flush().await
 }
 
-async fn read_more(stream: &mut TlsStream<TcpStream>, buf: &mut Vec<u8>) -> Result<usize, UpstreamError> {
-    buf.reserve(READ_CHUNK);
-    stream.read_buf(buf).await.map_err(|e| malformed(format!("reading the answer: {e}")))
+/// Whether the TLS layer holds nothing for the reader: no decrypted bytes, no close_notify,
+/// no record that fails to decrypt. Records rustls has received but not processed are
+/// processed here (that reads nothing from the socket), so they count too. The socket itself
+/// is the caller's to check.
+fn nothing_buffered(stream: &mut TlsStream<TcpStream>) -> bool {
+    match stream.get_mut().1.process_new_packets() {
+        Ok(state) => state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed(),
+        Err(_) => false,
+    }
+}
+
+/// Reads what arrives into `buf`, which may hold at most `limit` bytes (the answer's cap).
+async fn read_more(stream: &mut TlsStream<TcpStream>, buf: &mut Vec<u8>, limit: usize) -> Result<usize, UpstreamError> {
+    if buf.len() >= limit {
+        return Err(malformed(format!("answer larger than {MAX_ANSWER_BYTES} bytes on the wire")));
+    }
+    buf.reserve(READ_CHUNK.min(limit - buf.len()));
+    let room = (limit - buf.len()).min(buf.capacity() - buf.len());
+    let mut take = (&mut *stream).take(room as u64);
+    take.read_buf(buf).await.map_err(|e| malformed(format!("reading the answer: {e}")))
 }
 
 fn malformed(why: String) -> UpstreamError {
@@ -547,7 +575,7 @@ mod tests {
         let mut c = PollConnection::default();
         let auth = super::super::client::session_auth("g-1.AgentGateway0", &["a=1".into(), "b=2".into()]).unwrap();
         let host = HeaderValue::from_static("gw.example:8043");
-        c.render(GatewayMethod::GetAgentEvent, "153", &host, Some(&auth), b"");
+        c.render(GatewayMethod::GetAgentEvent, "153", &host, Some(&auth), b"").unwrap();
         assert_eq!(
             String::from_utf8_lossy(c.request()),
             "GET /agentgateway/resource/agentevent/153 HTTP/1.1\r\nhost: gw.example:8043\r\n\
@@ -555,8 +583,19 @@ mod tests {
         );
         // The fixed part is rendered once; the Guid is current each time.
         let rotated = super::super::client::session_auth("g-2.AgentGateway0", &[]).unwrap();
-        c.render(GatewayMethod::GetAgentEvent, "153", &host, Some(&rotated), b"");
+        c.render(GatewayMethod::GetAgentEvent, "153", &host, Some(&rotated), b"").unwrap();
         assert!(String::from_utf8_lossy(c.request()).ends_with("guid: g-2.AgentGateway0\r\n\r\n"));
+        // An agent id that is not a work number (planted in the shared store) never reaches
+        // the request line.
+        let mut c = PollConnection::default();
+        let e = c.render(
+            GatewayMethod::GetAgentEvent,
+            "154/forcelogout HTTP/1.1\r\nX: 1\r\n\r\nDELETE /x",
+            &host,
+            None,
+            b"",
+        );
+        assert!(e.is_err() && c.request().is_empty());
     }
 
     proptest! {

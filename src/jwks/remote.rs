@@ -196,7 +196,8 @@ impl RemoteKeys {
                 self.metrics.count_jwks_fetch(&self.issuer, *kind);
                 *self.jwks_uri.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
                 let kept = self.keys.load().as_ref().map_or(0, |k| k.len());
-                tracing::warn!(issuer = %self.issuer, result = kind.as_str(), error = %why, kept_keys = kept,
+                tracing::warn!(issuer = %self.issuer, result = kind.as_str(),
+                    error = %crate::config::mask_userinfo(why), kept_keys = kept,
                     "JWKS fetch failed; keeping the last good keys");
             }
         }

@@ -1,6 +1,7 @@
 //! Admin listener: `/metrics` (Prometheus text), `/livez` (the process serves; `/healthz` is
-//! the old name), `/readyz` (ccgate can serve: keys loaded, store reachable, not shutting down;
-//! the gateway only with `admin.ready_requires_gateway`), `/gatewayz` (the CC-Gateway's state
+//! the old name), `/readyz` (ccgate can serve: keys loaded, not shutting down; the gateway
+//! only with `admin.ready_requires_gateway`, the shared store only with
+//! `admin.ready_requires_store`), `/gatewayz` (the CC-Gateway's state
 //! on its own), and `POST /-/reload` from loopback (what SIGHUP does).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +53,8 @@ pub struct Readiness {
     gateway: Mutex<GatewayState>,
     /// `admin.ready_requires_gateway`.
     requires_gateway: AtomicBool,
+    /// `admin.ready_requires_store`.
+    requires_store: AtomicBool,
     keys: std::sync::OnceLock<KeysLoaded>,
     /// The shared store: `None` with the memory store, else whether Redis answered last.
     store: Mutex<Option<bool>>,
@@ -64,6 +67,7 @@ impl Default for Readiness {
         Self {
             gateway: Mutex::new(GatewayState::Unchecked),
             requires_gateway: AtomicBool::new(false),
+            requires_store: AtomicBool::new(false),
             keys: std::sync::OnceLock::new(),
             store: Mutex::new(None),
             shutting_down: AtomicBool::new(false),
@@ -82,13 +86,21 @@ impl std::fmt::Debug for Readiness {
 }
 
 impl Readiness {
-    /// Ready to serve: keys loaded, store reachable, not shutting down, and the gateway
-    /// reachable when configured to require it.
+    /// Ready to serve: keys loaded and not shutting down; the gateway reachable and the store
+    /// answering only when configured to require them. A replica serves its agents from its
+    /// own copies while Redis is away, so by default a Redis outage does not take every pod
+    /// out of its Service.
     pub fn is_ready(&self) -> bool {
         (self.gateway_reachable() || !self.requires_gateway.load(Ordering::Acquire))
+            && (self.store() != Some(false) || !self.requires_store.load(Ordering::Acquire))
             && self.keys_loaded()
-            && self.store() != Some(false)
             && !self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// `admin.ready_requires_store`.
+    pub fn require_store(&self, on: bool) {
+        self.requires_store.store(on, Ordering::Release);
+        self.changed.notify_waiters();
     }
 
     /// `admin.ready_requires_gateway`.
@@ -249,6 +261,7 @@ impl Handler for Admin {
                         "gateway": r.gateway().as_str(),
                         "gateway_reachable": r.gateway_reachable(),
                         "gateway_required": r.requires_gateway.load(Ordering::Acquire),
+                        "store_required": r.requires_store.load(Ordering::Acquire),
                     }),
                 )
             }
@@ -267,7 +280,7 @@ impl Admin {
     /// address for probes and scrapes, but changing what ccgate runs stays a local act (as
     /// SIGHUP is).
     async fn reload(&self, req: &Request<Incoming>) -> Response<Body> {
-        let local = req.extensions().get::<super::listener::ClientAddr>().is_some_and(|a| a.0.ip().is_loopback());
+        let local = req.extensions().get::<super::listener::ClientAddr>().is_some_and(|a| is_local(a.0.ip()));
         if !local {
             return body::json(StatusCode::FORBIDDEN, &json!({"error": "reload is accepted from loopback only"}));
         }
@@ -277,6 +290,25 @@ impl Admin {
         match reload().await {
             Ok(report) => body::json(StatusCode::OK, &report),
             Err(e) => body::json(StatusCode::UNPROCESSABLE_ENTITY, &json!({"reloaded": false, "error": e})),
+        }
+    }
+}
+
+/// A loopback peer, also as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`, what an IPv4
+/// client looks like on a `[::]` listener).
+fn is_local(ip: std::net::IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn loopback_in_every_spelling_is_local() {
+        for ip in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {
+            assert!(super::is_local(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["10.0.0.1", "::ffff:10.0.0.1", "2001:db8::1"] {
+            assert!(!super::is_local(ip.parse().unwrap()), "{ip}");
         }
     }
 }

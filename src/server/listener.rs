@@ -15,6 +15,11 @@
 //!
 //! A connection past its deadline is dropped. Requests in flight (a long poll, an event
 //! stream) keep their connection: they are bounded by their own timeouts.
+//!
+//! At the connection cap a new connection is closed at once, except on a listener with
+//! [`ServeOptions::evict_idle_when_full`] (the admin listener): there the connection that has
+//! been idle longest (no request in flight) is closed to make room, so a pile of idle or
+//! trickling sockets cannot keep the kubelet's probes out.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -74,7 +79,12 @@ pub struct ServeOptions {
     pub metrics: Option<ConnectionMetrics>,
     /// How long in-flight requests may finish after shutdown before connections are dropped.
     pub grace: Duration,
+    /// At the cap, close the longest-idle connection for a new one instead of refusing it.
+    pub evict_idle_when_full: bool,
 }
+
+/// How long the accept loop waits for an evicted connection to give its slot back.
+const EVICTION_WAIT: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone)]
 pub struct ConnectionMetrics {
@@ -94,6 +104,7 @@ impl Default for ServeOptions {
             max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
             metrics: None,
             grace: ms(DEFAULT_SHUTDOWN_GRACE_MS),
+            evict_idle_when_full: false,
         }
     }
 }
@@ -105,6 +116,8 @@ struct Progress {
     last_boundary: AtomicU64,
     in_flight: AtomicUsize,
     any_request: AtomicBool,
+    /// Told to close (to make room at the cap).
+    evict: tokio::sync::Notify,
 }
 
 impl Progress {
@@ -114,12 +127,23 @@ impl Progress {
             last_boundary: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             any_request: AtomicBool::new(false),
+            evict: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Its last sign of use: the handshake's end, or a request's start or end.
+    fn idle_since(&self) -> Instant {
+        self.opened + Duration::from_millis(self.last_boundary.load(Ordering::Relaxed))
     }
 
     fn mark(&self) {
         let ms = Instant::now().saturating_duration_since(self.opened).as_millis() as u64;
         self.last_boundary.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// The TLS handshake is done: the first request's deadline runs from now.
+    fn restart(&self) {
+        self.mark();
     }
 
     fn start(self: &Arc<Self>) -> InFlight {
@@ -137,7 +161,8 @@ impl Progress {
                 // Busy: look again later; the idle clock restarts when the request ends.
                 now + idle
             } else if !self.any_request.load(Ordering::Relaxed) {
-                self.opened + first_request
+                // From the end of the TLS handshake (`restart`).
+                self.idle_since() + first_request
             } else {
                 self.opened + Duration::from_millis(self.last_boundary.load(Ordering::Relaxed)) + idle
             };
@@ -241,6 +266,8 @@ async fn accept_loop<H: Handler>(
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(opts.max_connections));
+    // Open connections, for eviction (only on a listener that evicts).
+    let mut open_conns: Vec<std::sync::Weak<Progress>> = Vec::new();
     let (handshake, first_request, idle) = (opts.tls_handshake_timeout, opts.header_read_timeout, opts.idle_timeout);
     loop {
         let (stream, peer) = tokio::select! {
@@ -257,7 +284,14 @@ async fn accept_loop<H: Handler>(
         };
         // Past the cap the connection is closed at once: the clients already connected keep
         // working, and the process never runs out of file descriptors.
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) if opts.evict_idle_when_full && evict_longest_idle(&mut open_conns) => {
+                tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await.ok().and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        let Some(slot) = slot else {
             if let Some(m) = &opts.metrics {
                 m.refused.inc();
             }
@@ -265,6 +299,11 @@ async fn accept_loop<H: Handler>(
             drop(stream);
             continue;
         };
+        let progress = Progress::new();
+        if opts.evict_idle_when_full {
+            open_conns.retain(|p| p.strong_count() > 0);
+            open_conns.push(Arc::downgrade(&progress));
+        }
         let open = opts.metrics.as_ref().map(|m| m.open.clone());
         if let Some(g) = &open {
             g.inc();
@@ -281,9 +320,11 @@ async fn accept_loop<H: Handler>(
                 }
             }));
             match acceptor {
-                None => run_connection(builder, stream, peer, handler, watcher, first_request, idle).await,
+                None => run_connection(builder, stream, peer, handler, watcher, progress, first_request, idle).await,
                 Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => run_connection(builder, s, peer, handler, watcher, first_request, idle).await,
+                    Ok(Ok(s)) => {
+                        run_connection(builder, s, peer, handler, watcher, progress, first_request, idle).await
+                    }
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
                 },
@@ -296,21 +337,41 @@ async fn accept_loop<H: Handler>(
     }
 }
 
+/// Tells the connection idle longest (no request in flight) to close; whether there was one.
+fn evict_longest_idle(open: &mut Vec<std::sync::Weak<Progress>>) -> bool {
+    open.retain(|p| p.strong_count() > 0);
+    let victim = open
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .filter(|p| p.in_flight.load(Ordering::Acquire) == 0)
+        .min_by_key(|p| p.idle_since());
+    match victim {
+        Some(p) => {
+            p.evict.notify_one();
+            tracing::debug!("connection cap reached: closing the longest-idle connection");
+            true
+        }
+        None => false,
+    }
+}
+
 /// Serves one connection until it closes or passes its deadline (see the module docs).
+#[allow(clippy::too_many_arguments)]
 async fn run_connection<I, H>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     io: I,
     peer: SocketAddr,
     handler: Arc<H>,
     watcher: Watcher,
+    progress: Arc<Progress>,
     first_request: Duration,
     idle: Duration,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
-    // Made after the TLS handshake, so the first-request deadline runs from its end.
-    let progress = Progress::new();
+    // Restarted after the TLS handshake, so the first-request deadline runs from its end.
+    progress.restart();
     let requests = progress.clone();
     let service = service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(ClientAddr(peer));
@@ -326,6 +387,7 @@ async fn run_connection<I, H>(
             tracing::debug!(error = %e, "connection ended with error");
         },
         _ = progress.expired(first_request, idle) => tracing::debug!("connection past its deadline; dropped"),
+        _ = progress.evict.notified() => {}
     }
 }
 

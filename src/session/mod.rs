@@ -13,7 +13,7 @@ mod poller;
 mod replicas;
 mod store;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use crate::gateway::client::{merge_cookies, session_auth};
 use crate::gateway::{
     Gateway, GatewayMethod, GatewayRefusal, GatewayReply, GatewayRequest, PollConnection, SessionAuth, UpstreamError,
 };
-use crate::metrics::{LossReason, Metrics, SessionState};
+use crate::metrics::{Discarded, LossReason, Metrics, SessionState};
 pub use conference::ConfState;
 pub use credentials::{AgentCredentials, CredentialStore};
 use events::EventBuffer;
@@ -103,6 +103,8 @@ pub struct Session {
     pub resumable: bool,
     /// Milliseconds since `born` of the app's last request.
     last_activity: AtomicU64,
+    /// Event streams open on this session: while any is, the agent is active.
+    listeners: AtomicU32,
     /// An idle sign-out is under way (retrying); the poller does not start another.
     idle_signout: AtomicBool,
     born: Instant,
@@ -207,6 +209,19 @@ impl Session {
         }
     }
 
+    /// An app listens to this session's events until the guard is dropped: meanwhile the
+    /// agent is active whatever `sessions.idle_timeout_ms` is, and its idle time counts from
+    /// the moment the last stream closes.
+    pub fn listening(self: &Arc<Self>) -> Listening {
+        self.listeners.fetch_add(1, Ordering::AcqRel);
+        self.touch();
+        Listening(self.clone())
+    }
+
+    fn has_listeners(&self) -> bool {
+        self.listeners.load(Ordering::Acquire) > 0
+    }
+
     /// Takes in activity seen on other replicas (the shared store's idle time) before the
     /// poller or an idle sign-out judges this session idle.
     async fn refresh_activity(&self) {
@@ -244,7 +259,11 @@ impl Session {
         }
     }
 
+    /// The app's last sign of life: now, while an event stream is open.
     fn last_activity(&self) -> Instant {
+        if self.has_listeners() {
+            return Instant::now();
+        }
         self.born + Duration::from_millis(self.last_activity.load(Ordering::Relaxed))
     }
 
@@ -311,7 +330,10 @@ impl Session {
             }
         }
         if !new_cookies.is_empty() {
-            let merged = merge_cookies(cookies, new_cookies);
+            let (merged, dropped) = merge_cookies(cookies, new_cookies);
+            if dropped > 0 {
+                self.metrics.count_discarded(Discarded::GatewayCookie, dropped as u64);
+            }
             if merged != *cookies {
                 *cookies = merged;
                 changed = true;
@@ -381,6 +403,17 @@ impl Session {
         if let Some(h) = lock(&self.poller).take() {
             h.abort();
         }
+    }
+}
+
+/// An open event stream on a session (see [`Session::listening`]).
+pub struct Listening(Arc<Session>);
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        // Touched first: the idle time counts from the close.
+        self.0.touch();
+        self.0.listeners.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

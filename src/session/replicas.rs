@@ -12,6 +12,7 @@
 //!   version), so concurrent replicas never move them backwards.
 //! - Events go to the agent's Redis stream first; each replica's buffer mirrors it.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +21,8 @@ use bytes::Bytes;
 
 use super::events::BufferedEvent;
 use super::{lock, ConfState, Ended, Session, SessionError, SessionStore};
-use crate::metrics::LossReason;
-use crate::shared::{provisional_id, Change, ConfWrite, Lease, NewRecord, Record, Shared};
+use crate::metrics::{Discarded, LossReason};
+use crate::shared::{provisional_id, Change, ConfWrite, Lease, NewRecord, Record, RecordState, Shared};
 
 /// What a replica could not write while Redis was away; written by the next maintenance round.
 const DIRTY_AUTH: u8 = 1;
@@ -44,8 +45,9 @@ pub(crate) struct Link {
     /// The version of the conference state this copy has.
     confv: AtomicU64,
     dirty: AtomicU8,
-    /// Events recorded while Redis was away, with the ids this replica gave them.
-    pending: Mutex<Vec<(u64, Arc<str>, Bytes)>>,
+    /// Events recorded while Redis was away, with the ids this replica gave them; at most the
+    /// event buffer's capacity (the oldest dropped first, as the buffer itself does).
+    pending: Mutex<VecDeque<(u64, Arc<str>, Bytes)>>,
 }
 
 /// What a session record said about the local copy.
@@ -65,7 +67,7 @@ impl Link {
             epoch: AtomicU64::new(epoch),
             confv: AtomicU64::new(confv),
             dirty: AtomicU8::new(0),
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -110,7 +112,7 @@ impl Link {
     /// The gateway refused `refused` (or ended the session): ends the session everywhere,
     /// unless the record has already moved on to a newer Guid or session.
     pub(super) async fn lost(&self, s: &Session, reason: LossReason, refused: Option<&str>) {
-        match self.shared.end(&s.agent_id, &self.sid, Some(reason.as_str()), refused).await {
+        match self.shared.end(&s.agent_id, &self.sid, Some(reason), refused).await {
             Ok(true) | Err(_) => {
                 s.mark_lost(reason);
             }
@@ -137,13 +139,16 @@ impl Link {
             s.end(Ended::SignedOut);
             return Applied::Ended;
         }
-        if let Some(reason) = r.state.strip_prefix("lost:") {
-            s.end(Ended::Lost(LossReason::from_label(reason).unwrap_or(LossReason::GuidRefused)));
-            return Applied::Ended;
-        }
-        if r.state != "active" {
-            s.end(Ended::SignedOut);
-            return Applied::Ended;
+        match r.state {
+            RecordState::Active => {}
+            RecordState::Lost(reason) => {
+                s.end(Ended::Lost(reason));
+                return Applied::Ended;
+            }
+            RecordState::Out => {
+                s.end(Ended::SignedOut);
+                return Applied::Ended;
+            }
         }
         s.adopt_auth(&r.guid, &r.cookies);
         if r.confv > self.confv.load(Ordering::Acquire) {
@@ -217,17 +222,31 @@ impl Link {
             }
         }
         let id = provisional_id(s.events.latest());
-        lock(&self.pending).push((id, Arc::from(kind), data.clone()));
+        let dropped = {
+            let mut pending = lock(&self.pending);
+            pending.push_back((id, Arc::from(kind), data.clone()));
+            let excess = pending.len().saturating_sub(s.events.capacity().max(1));
+            pending.drain(..excess);
+            excess
+        };
+        if dropped > 0 {
+            s.metrics.count_discarded(Discarded::PendingEvent, dropped as u64);
+        }
         s.events.insert(id, kind, data).unwrap_or(false)
     }
 
-    /// Appends what was recorded while Redis was away, in order, with the ids apps saw.
+    /// Appends what was recorded while Redis was away, in order, with the ids apps saw. Each
+    /// event leaves the front of the queue once written (O(1) each).
     async fn flush_pending(&self, s: &Session) {
         loop {
-            let Some((id, kind, data)) = lock(&self.pending).first().cloned() else { return };
+            let Some((id, kind, data)) = lock(&self.pending).front().cloned() else { return };
             match self.shared.append(&s.agent_id, &self.sid, s.events.capacity(), Some(id), &kind, &data).await {
                 Ok(_) => {
-                    lock(&self.pending).remove(0);
+                    let mut pending = lock(&self.pending);
+                    // Unless the queue dropped it meanwhile (it overflowed while this was written).
+                    if pending.front().is_some_and(|(first, _, _)| *first == id) {
+                        pending.pop_front();
+                    }
                 }
                 Err(_) => return,
             }
@@ -260,6 +279,11 @@ impl Link {
 
     /// Writes what could not be written while Redis was away.
     async fn flush(&self, s: &Session) {
+        if s.has_listeners() {
+            // An open event stream is activity every round, so the poller's replica (which
+            // judges idleness from the record) sees it too.
+            self.touched();
+        }
         let dirty = self.dirty.swap(0, Ordering::AcqRel);
         if dirty & DIRTY_ACTIVITY != 0 && self.shared.touch(&s.agent_id, &self.sid).await.is_err() {
             self.mark(DIRTY_ACTIVITY);
@@ -307,7 +331,7 @@ impl SessionStore {
             Err(e) => return if local.is_some() { self.active(agent) } else { Err(e.into()) },
         };
         match record {
-            Some(r) if r.state != "out" => {
+            Some(r) if r.state != RecordState::Out => {
                 if local.as_ref().is_some_and(|s| s.link.as_ref().is_some_and(|l| l.sid == r.sid)) {
                     return self.active(agent);
                 }
@@ -350,8 +374,8 @@ impl SessionStore {
             }
         }
         self.metrics.sessions_gauge(crate::metrics::SessionState::Active).inc();
-        if let Some(reason) = r.state.strip_prefix("lost:") {
-            session.end(Ended::Lost(LossReason::from_label(reason).unwrap_or(LossReason::GuidRefused)));
+        if let RecordState::Lost(reason) = r.state {
+            session.end(Ended::Lost(reason));
         }
         // Two requests adopting at once: the first one's copy wins.
         let prev = slot.session.compare_and_swap(&existing, Some(session.clone()));
@@ -384,7 +408,7 @@ impl SessionStore {
         let deadline = tokio::time::Instant::now() + wait;
         let token = loop {
             if !opts.force {
-                if let Some(r) = shared.load(agent).await?.filter(|r| r.state == "active") {
+                if let Some(r) = shared.load(agent).await?.filter(|r| r.state == RecordState::Active) {
                     return Ok((self.adopt(agent, r, 0).await?, false));
                 }
             }
@@ -399,7 +423,7 @@ impl SessionStore {
         };
         let result = async {
             if !opts.force {
-                if let Some(r) = shared.load(agent).await?.filter(|r| r.state == "active") {
+                if let Some(r) = shared.load(agent).await?.filter(|r| r.state == RecordState::Active) {
                     return Ok((self.adopt(agent, r, 0).await?, false));
                 }
             }
@@ -564,8 +588,13 @@ impl SessionStore {
         }
     }
 
-    /// Takes over polling an agent whose owner stopped renewing its lease.
+    /// Takes over polling an agent whose owner stopped renewing its lease, unless this replica
+    /// is full (`sessions.max_agents`): a replica with room takes it instead.
     async fn take_over(&self, shared: &Arc<Shared>, agent: &str) {
+        let has_copy = self.current(agent).is_some_and(|s| s.ended().is_none());
+        if !has_copy && self.at_capacity() {
+            return;
+        }
         match shared.acquire(agent).await {
             Ok(Lease::Held(epoch)) => {
                 let record = match shared.load(agent).await {

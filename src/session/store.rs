@@ -3,7 +3,7 @@
 //! (`100-021`, `000-007`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -255,8 +255,7 @@ impl SessionStore {
             }
         };
         let live_here = slot.session.load().as_ref().is_some_and(|s| s.ended().is_none());
-        let max = i64::try_from(self.cfg.max_agents).unwrap_or(i64::MAX);
-        if !live_here && self.metrics.sessions_gauge(SessionState::Active).get() >= max {
+        if !live_here && self.at_capacity() {
             self.metrics.count_signin(SigninResult::AtCapacity);
             return Err(SessionError::AtCapacity);
         }
@@ -377,6 +376,12 @@ impl SessionStore {
         }
     }
 
+    /// This replica holds `sessions.max_agents` live sessions: no new one, by sign-in or takeover.
+    pub(super) fn at_capacity(&self) -> bool {
+        let max = i64::try_from(self.cfg.max_agents).unwrap_or(i64::MAX);
+        self.metrics.sessions_gauge(SessionState::Active).get() >= max
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn build_session(
         &self,
@@ -388,11 +393,16 @@ impl SessionStore {
         resumable: bool,
         link: Option<super::replicas::Link>,
     ) -> Option<Arc<Session>> {
-        let auth = session_auth(guid, cookies)?;
+        // The sign-in answer's cookies go into the jar under the same bounds as later ones.
+        let (cookies, dropped) = crate::gateway::client::merge_cookies(&[], cookies);
+        if dropped > 0 {
+            self.metrics.count_discarded(crate::metrics::Discarded::GatewayCookie, dropped as u64);
+        }
+        let auth = session_auth(guid, &cookies)?;
         Some(Arc::new(Session {
             agent_id: agent.to_owned(),
             auth: ArcSwap::from_pointee(auth),
-            raw: Mutex::new((guid.to_owned(), cookies.to_vec())),
+            raw: Mutex::new((guid.to_owned(), cookies)),
             conf: watch::channel(conf).0,
             ended: watch::channel(None).0,
             events: EventBuffer::new(self.event_ids.clone(), self.cfg.event_buffer),
@@ -400,6 +410,7 @@ impl SessionStore {
             login_answer,
             resumable,
             last_activity: AtomicU64::new(0),
+            listeners: AtomicU32::new(0),
             idle_signout: AtomicBool::new(false),
             born: Instant::now(),
             poller: Mutex::new(None),

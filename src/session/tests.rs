@@ -134,6 +134,26 @@ async fn an_idle_agent_is_signed_out_and_activity_postpones_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_open_event_stream_keeps_its_agent_whatever_the_idle_timeout_and_idle_counts_from_its_close() {
+    let gw = FakeGateway::new();
+    // Shorter than the stream's 15 s keep-alive, and than a poll's wait.
+    let sessions = store(&gw, |c| c.idle_timeout_ms = 2_000);
+    let (s, _) = sessions.sign_in(AGENT, SignInOptions::default()).await.unwrap();
+    let listening = s.listening();
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(sessions.active(AGENT).is_ok(), "an app that listens keeps its agent");
+    assert_eq!(gw.count(GatewayMethod::Logout), 0);
+    let closed = tokio::time::Instant::now();
+    drop(listening);
+    tokio::time::sleep(Duration::from_millis(1_900)).await;
+    assert!(sessions.active(AGENT).is_ok(), "the idle time counts from the close");
+    assert_eq!(s.wait_ended().await, Ended::SignedOut);
+    let after = closed.elapsed();
+    assert!(after >= Duration::from_secs(2), "not before idle_timeout_ms after the close: {after:?}");
+    assert_eq!(gw.count(GatewayMethod::Logout), 1);
+}
+
+#[tokio::test(start_paused = true)]
 async fn sign_out_counts_not_signed_in_as_done_and_ends_the_session() {
     let gw = FakeGateway::new();
     let sessions = store(&gw, |_| {});

@@ -19,7 +19,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use crate::config::{masked_store_url, ms, StoreConfig};
-use crate::metrics::{Metrics, StoreOp};
+use crate::gateway::client::{valid_cookie_jar, valid_guid, MAX_UPSTREAM_BODY};
+use crate::gateway::parse_agent_id;
+use crate::metrics::{Discarded, LossReason, Metrics, StoreOp};
 
 /// Why a store operation failed. Never carries a key's value (Guids live there).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -62,8 +64,57 @@ pub struct Record {
     /// The conference state as JSON (parsed by the session layer).
     pub conf: String,
     pub confv: u64,
-    /// `active`, or `lost:REASON`.
-    pub state: String,
+    pub state: RecordState,
+}
+
+/// Where a session record stands, as the `state` field spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordState {
+    /// `active`: signed in and polled.
+    Active,
+    /// `out`: signed out (a tombstone).
+    Out,
+    /// `lost:REASON`: the gateway ended it.
+    Lost(LossReason),
+}
+
+impl RecordState {
+    /// The field's text: what the Lua scripts compare against.
+    pub fn as_field(self) -> String {
+        match self {
+            Self::Active => "active".into(),
+            Self::Out => "out".into(),
+            Self::Lost(r) => format!("lost:{}", r.as_str()),
+        }
+    }
+
+    fn parse(field: &str) -> Option<Self> {
+        match field {
+            "active" => Some(Self::Active),
+            "out" => Some(Self::Out),
+            _ => field.strip_prefix("lost:").and_then(LossReason::from_label).map(Self::Lost),
+        }
+    }
+}
+
+/// Bounds on what a session record may hold, checked whenever one is read: a record is input
+/// from the network like any other (another version of ccgate, an operator, or anyone who
+/// can write to Redis may have put it there).
+/// Session ids are the simple form of a UUID (32 hex digits); a little room for other forms.
+const MAX_SID_LEN: usize = 64;
+/// The conference state's JSON is a few dozen bytes.
+const MAX_CONF_LEN: usize = 1024;
+/// An event's type: a gateway event name (`AgentConf_RequestSuccess`) or ccgate's own.
+const MAX_EVENT_KIND_LEN: usize = 128;
+
+fn valid_sid(sid: &str) -> bool {
+    !sid.is_empty() && sid.len() <= MAX_SID_LEN && sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+fn valid_event_kind(kind: &str) -> bool {
+    !kind.is_empty()
+        && kind.len() <= MAX_EVENT_KIND_LEN
+        && kind.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 impl std::fmt::Debug for Record {
@@ -338,25 +389,17 @@ impl Shared {
 
     pub async fn load(&self, agent: &str) -> Result<Option<Record>, StoreError> {
         let key = self.agent_keys(agent).session;
-        let mut h: HashMap<String, Vec<u8>> =
+        let h: HashMap<String, Vec<u8>> =
             self.run(StoreOp::Read, async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await).await?;
         if h.is_empty() {
             return Ok(None);
         }
-        let mut text = |k: &str| String::from_utf8(h.remove(k).unwrap_or_default()).unwrap_or_default();
-        let sid = text("sid");
-        let guid = text("guid");
-        let cookies: Vec<String> = serde_json::from_str(&text("cookies")).unwrap_or_default();
-        let conf = text("conf");
-        let state = text("state");
-        let epoch = text("epoch").parse().map_err(|_| StoreError::Malformed("session epoch".into()))?;
-        let confv = text("confv").parse().unwrap_or(0);
-        let resumable = text("resumable") == "1";
-        let answer = Bytes::from(h.remove("answer").unwrap_or_default());
-        if sid.is_empty() || guid.is_empty() {
-            return Err(StoreError::Malformed("session record without sid or guid".into()));
+        let record = parse_record(h);
+        if record.is_none() {
+            tracing::warn!(agent, "shared store: session record fails validation; ignored");
+            self.metrics.count_discarded(Discarded::StoreRecord, 1);
         }
-        Ok(Some(Record { sid, epoch, guid, cookies, answer, resumable, conf, confv, state }))
+        record.map(Some).ok_or_else(|| StoreError::Malformed("session record fails validation".into()))
     }
 
     /// Stores a new session (a sign-in) with this replica holding its lease; returns the epoch.
@@ -402,22 +445,43 @@ impl Shared {
     }
 
     /// Agents whose lease index entry has not been refreshed for a lease's lifetime: their
-    /// owner may be gone. The lease key decides; this only says where to look.
+    /// owner may be gone. The lease key decides; this only says where to look. An entry that
+    /// is not a work number is dropped from the index, never polled.
     pub async fn stale_agents(&self, max: usize) -> Result<Vec<String>, StoreError> {
         let key = self.agents_key();
         let before = now_ms().saturating_sub(self.lease_ttl.as_millis() as u64);
-        self.run(StoreOp::Lease, async |c| {
-            redis::cmd("ZRANGEBYSCORE")
-                .arg(&key)
-                .arg("-inf")
-                .arg(before)
-                .arg("LIMIT")
-                .arg(0)
-                .arg(max)
-                .query_async(c)
-                .await
-        })
-        .await
+        let raw: Vec<Vec<u8>> = self
+            .run(StoreOp::Lease, async |c| {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(before)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(max)
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        let mut agents = Vec::with_capacity(raw.len());
+        for entry in raw {
+            match std::str::from_utf8(&entry).ok().filter(|a| parse_agent_id(a).is_some()) {
+                Some(agent) => agents.push(agent.to_owned()),
+                None => {
+                    tracing::warn!(
+                        entry = %String::from_utf8_lossy(&entry).escape_debug(),
+                        "shared store: the agents index holds an entry that is not a work number; removed"
+                    );
+                    self.metrics.count_discarded(Discarded::StoreAgentId, 1);
+                    let _ = self
+                        .run::<i64>(StoreOp::Lease, async |c| {
+                            redis::cmd("ZREM").arg(&key).arg(&entry).query_async(c).await
+                        })
+                        .await;
+                }
+            }
+        }
+        Ok(agents)
     }
 
     // --- leases -------------------------------------------------------------------------------
@@ -580,7 +644,7 @@ impl Shared {
                 redis::cmd("XRANGE").arg(&key).arg(&start).arg("+").arg("COUNT").arg(count).query_async(c).await
             })
             .await?;
-        Ok(parse_entries(raw))
+        Ok(parse_entries(raw, &self.metrics))
     }
 
     /// The newest `count` events, oldest first.
@@ -591,7 +655,7 @@ impl Shared {
                 redis::cmd("XREVRANGE").arg(&key).arg("+").arg("-").arg("COUNT").arg(count).query_async(c).await
             })
             .await?;
-        let mut v = parse_entries(raw);
+        let mut v = parse_entries(raw, &self.metrics);
         v.reverse();
         Ok(v)
     }
@@ -604,7 +668,7 @@ impl Shared {
         let raw: redis::Value = self.script(StoreOp::Events, inv).await?;
         Ok(match raw {
             redis::Value::Nil => None,
-            other => parse_entries(redis::Value::Array(vec![other])).pop(),
+            other => parse_entries(redis::Value::Array(vec![other]), &self.metrics).pop(),
         })
     }
 
@@ -615,11 +679,11 @@ impl Shared {
         &self,
         agent: &str,
         sid: &str,
-        lost: Option<&str>,
+        lost: Option<LossReason>,
         refused_guid: Option<&str>,
     ) -> Result<bool, StoreError> {
         let k = self.agent_keys(agent);
-        let state = lost.map_or_else(|| "out".to_owned(), |r| format!("lost:{r}"));
+        let state = lost.map_or(RecordState::Out, RecordState::Lost).as_field();
         let mut inv = self.scripts.end.prepare_invoke();
         inv.key(&k.session).key(&k.lease).key(&k.events).arg(sid).arg(state).arg(refused_guid.unwrap_or(""));
         inv.arg(&self.channel).arg(Self::message('s', agent)).arg(TOMBSTONE.as_millis() as u64);
@@ -677,9 +741,12 @@ impl Shared {
                     while let Some(msg) = messages.next().await {
                         let Ok(text) = msg.get_payload::<String>() else { continue };
                         match text.split_once(' ') {
-                            Some(("e", agent)) => on(Change::Events(agent.to_owned())),
-                            Some((_, agent)) => on(Change::Session(agent.to_owned())),
-                            None => {}
+                            Some((kind, agent)) if parse_agent_id(agent).is_some() => on(if kind == "e" {
+                                Change::Events(agent.into())
+                            } else {
+                                Change::Session(agent.into())
+                            }),
+                            _ => self.metrics.count_discarded(Discarded::StoreAgentId, 1),
                         }
                     }
                     tracing::warn!("shared store: change channel closed; resubscribing");
@@ -709,11 +776,37 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// XRANGE entries (`[[id, [field, value, ...]], ...]`) as events; entries that are not ours
-/// are skipped.
-fn parse_entries(raw: redis::Value) -> Vec<StreamEvent> {
+/// A session record's fields, validated as input from the network: `None` if any is missing
+/// or not what ccgate writes.
+fn parse_record(mut h: HashMap<String, Vec<u8>>) -> Option<Record> {
+    let mut text = |k: &str| String::from_utf8(h.remove(k).unwrap_or_default()).ok();
+    let sid = text("sid").filter(|s| valid_sid(s))?;
+    let guid = text("guid").filter(|g| valid_guid(g))?;
+    let cookies: Vec<String> = match text("cookies")?.as_str() {
+        "" => Vec::new(),
+        json => serde_json::from_str(json).ok().filter(|c: &Vec<String>| valid_cookie_jar(c))?,
+    };
+    let conf = text("conf").filter(|c| c.len() <= MAX_CONF_LEN)?;
+    let state = RecordState::parse(&text("state")?)?;
+    let epoch = text("epoch")?.parse().ok()?;
+    let confv = match text("confv")?.as_str() {
+        "" => 0,
+        v => v.parse().ok()?,
+    };
+    let resumable = text("resumable")? == "1";
+    let answer = h.remove("answer").unwrap_or_default();
+    if answer.len() > MAX_UPSTREAM_BODY {
+        return None;
+    }
+    Some(Record { sid, epoch, guid, cookies, answer: Bytes::from(answer), resumable, conf, confv, state })
+}
+
+/// XRANGE entries (`[[id, [field, value, ...]], ...]`) as events. Entries that are not ours,
+/// or fail validation, are skipped and counted.
+fn parse_entries(raw: redis::Value, metrics: &Metrics) -> Vec<StreamEvent> {
     let redis::Value::Array(entries) = raw else { return Vec::new() };
-    entries
+    let total = entries.len();
+    let events: Vec<StreamEvent> = entries
         .into_iter()
         .filter_map(|e| {
             let redis::Value::Array(mut parts) = e else { return None };
@@ -734,9 +827,14 @@ fn parse_entries(raw: redis::Value) -> Vec<StreamEvent> {
                     _ => {}
                 }
             }
-            Some((id, kind?, data?))
+            let (kind, data) = (kind.filter(|k| valid_event_kind(k))?, data.filter(|d| d.len() <= MAX_UPSTREAM_BODY)?);
+            Some((id, kind, data))
         })
-        .collect()
+        .collect();
+    if events.len() < total {
+        metrics.count_discarded(Discarded::StoreEvent, (total - events.len()) as u64);
+    }
+    events
 }
 
 #[cfg(test)]

@@ -56,6 +56,22 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers; a hung Redis.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a paused server (SIGCONT); its data is intact.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = tools::command("kill").args([sig, &pid]).status().expect("kill did not run").success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     /// A new, empty server on the same port.
     pub fn restart(&mut self) {
         self.stop();

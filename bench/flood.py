@@ -18,7 +18,6 @@ import argparse
 import base64
 import os
 import random
-import signal
 import ssl
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ import http.client
 from pathlib import Path
 
 import bench as B
+from agents import stop_all
 
 
 def forge(token: str, rng: random.Random) -> str:
@@ -135,17 +135,7 @@ def main():
                   f"{pct(lat['known'], 50):7.2f}/{pct(lat['known'], 99):<8.2f} "
                   f"{pct(lat['new'], 50):6.2f}/{pct(lat['new'], 99):<7.2f} {res['bad']:6d} of {res['total']}", flush=True)
     finally:
-        for p in procs.values():
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs.values():
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-
+        stop_all(procs)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,6 +22,9 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 const KEYS_RETRY_AFTER_SECS: u64 = 5;
 /// `Retry-After` of `too-many-agents` / `sign-in-busy`: a queue of sign-ins drains in seconds.
 const OVERLOAD_RETRY_AFTER_SECS: u64 = 5;
+/// `Retry-After` of `store-unavailable`: Redis reconnects within a second or two, and a newer
+/// Guid reaches a replica within a maintenance round once it does.
+const STORE_RETRY_AFTER_SECS: u64 = 1;
 pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
@@ -200,7 +203,7 @@ pub fn spec(f: &Failure) -> &'static Spec {
             StoreUnavailable,
             "store-unavailable",
             "Shared store unavailable",
-            "ccgate cannot reach its shared store (Redis) and holds no copy of this agent's session; retry shortly",
+            "ccgate cannot confirm this agent's session with its shared store (Redis unreachable, or the replica polling the agent has not yet shared a new Guid); nothing was sent in its name: retry shortly",
             Ccg("CCG-503")
         ),
         Failure::KeysUnavailable => row!(
@@ -408,6 +411,9 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes, f: &Fail
         }
         Failure::Overloaded(_) => {
             h.insert(RETRY_AFTER, HeaderValue::from(OVERLOAD_RETRY_AFTER_SECS));
+        }
+        Failure::StoreUnavailable => {
+            h.insert(RETRY_AFTER, HeaderValue::from(STORE_RETRY_AFTER_SECS));
         }
         _ => {}
     }

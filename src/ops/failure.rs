@@ -119,7 +119,7 @@ impl From<SessionError> for Failure {
             SessionError::Refused(r) => Self::refused(r),
             SessionError::Upstream(u) => Self::Upstream(u),
             SessionError::Internal(why) => Self::Internal(why),
-            SessionError::Store(_) => Self::StoreUnavailable,
+            SessionError::Store(_) | SessionError::Unconfirmed => Self::StoreUnavailable,
             SessionError::AtCapacity => Self::Overloaded(Overload::Agents),
             SessionError::SignInQueueFull => Self::Overloaded(Overload::SignInQueue),
         }

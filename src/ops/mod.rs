@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use crate::config::{ms, UnknownChair};
-use crate::gateway::{GatewayMethod, GatewayRefusal, GatewayReply, UpstreamError};
+use crate::gateway::{GatewayMethod, GatewayRefusal, GatewayReply};
 use crate::metrics::MethodLabel;
 use crate::session::conference::apply_success;
 use crate::session::events::BufferedEvent;
@@ -289,7 +289,7 @@ impl Core {
 
 /// A gateway answer as an operation's result: retcode "0" is success; anything else is the
 /// gateway's refusal, classified.
-fn judge(sent: Result<GatewayReply, UpstreamError>) -> Result<GatewayReply, Failure> {
+fn judge(sent: Result<GatewayReply, SessionError>) -> Result<GatewayReply, Failure> {
     let reply = sent?;
     if reply.envelope.is_success() {
         Ok(reply)

@@ -67,9 +67,28 @@ pub enum SessionError {
     /// The shared store (Redis) is needed and cannot be reached.
     #[error(transparent)]
     Store(#[from] crate::shared::StoreError),
+    /// The gateway refused this replica's Guid, and whether the session ended is not this
+    /// replica's to say: the replica polling the agent knows the newest Guid, and Redis could
+    /// not be read or has not heard of a newer one yet. Nothing was done; retry shortly.
+    #[error("the session's current Guid is not confirmed yet")]
+    Unconfirmed,
     /// A bug or an impossible state.
     #[error("internal error: {0}")]
     Internal(&'static str),
+}
+
+/// What a refused Guid meant for the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The Guid was not refused.
+    None,
+    /// The session ended (the gateway's word, from the party that knows the newest Guid).
+    Ended,
+    /// The record holds a newer Guid, now taken: the call may be sent once more.
+    Retry,
+    /// Not this replica's to say (Redis unreadable, or no newer Guid published yet): the copy
+    /// stays, the caller retries later.
+    Unconfirmed,
 }
 
 /// Why a session ended.
@@ -268,12 +287,30 @@ impl Session {
     }
 
     /// Calls the gateway as this session and takes in what the answer says about it: a new
-    /// Guid (`Set-GUID`, or `updateGuid`'s body), new cookies, and loss (a retcode that says
-    /// the Guid is no longer accepted marks the session lost and stops its poller). The
-    /// answer is returned whatever its retcode, so the pass-through face can relay it; a
-    /// Guid the gateway refused is never presented again.
-    pub async fn call(&self, method: GatewayMethod, body: Option<Bytes>) -> Result<GatewayReply, UpstreamError> {
-        self.exchange(method, body, None, None, true).await
+    /// Guid (`Set-GUID`, or `updateGuid`'s body), new cookies, and loss. The answer is
+    /// returned whatever its retcode, so the pass-through face can relay it; a Guid the gateway
+    /// refused is never presented again.
+    ///
+    /// A refused Guid ends the session only when this replica may say so (see
+    /// [`Refusal`]): with the shared store, a replica that does not poll the agent takes a
+    /// newer Guid from the record and sends the call once more, or, when it cannot tell,
+    /// answers [`SessionError::Unconfirmed`] and keeps its copy.
+    pub async fn call(&self, method: GatewayMethod, body: Option<Bytes>) -> Result<GatewayReply, SessionError> {
+        let (reply, refusal) = self.exchange(method, body.clone(), None, None, true).await?;
+        match refusal {
+            Refusal::None | Refusal::Ended => Ok(reply),
+            Refusal::Unconfirmed => Err(SessionError::Unconfirmed),
+            // Boxed: rare, and inline it would enlarge every call's future.
+            Refusal::Retry => Box::pin(self.call_again(method, body)).await,
+        }
+    }
+
+    /// The one retry of a call whose Guid had been replaced meanwhile.
+    async fn call_again(&self, method: GatewayMethod, body: Option<Bytes>) -> Result<GatewayReply, SessionError> {
+        match self.exchange(method, body, None, None, true).await? {
+            (reply, Refusal::None | Refusal::Ended) => Ok(reply),
+            (_, Refusal::Retry | Refusal::Unconfirmed) => Err(SessionError::Unconfirmed),
+        }
     }
 
     async fn exchange(
@@ -283,7 +320,7 @@ impl Session {
         timeout: Option<Duration>,
         conn: Option<&mut PollConnection>,
         loss_ends_session: bool,
-    ) -> Result<GatewayReply, UpstreamError> {
+    ) -> Result<(GatewayReply, Refusal), UpstreamError> {
         let auth = self.auth.load_full();
         let req = GatewayRequest { method, agent: &self.agent_id, auth: Some(&auth), body, timeout, conn };
         let reply = self.gateway.call(req).await?;
@@ -299,17 +336,18 @@ impl Session {
         if let (Some(link), Some(old)) = (&self.link, replaced) {
             Box::pin(link.publish_auth(self, &old)).await;
         }
+        let mut refusal = Refusal::None;
         if loss_ends_session && env.code().session_gone() {
-            match &self.link {
-                // Only if the refused Guid is still the session's: another replica may
-                // already have a newer one.
-                Some(link) => Box::pin(link.lost(self, LossReason::GuidRefused, auth.guid.to_str().ok())).await,
+            let refused = auth.guid.to_str().unwrap_or_default();
+            refusal = match &self.link {
+                Some(link) => Box::pin(link.refused(self, LossReason::GuidRefused, refused)).await,
                 None => {
                     self.mark_lost(LossReason::GuidRefused);
+                    Refusal::Ended
                 }
-            }
+            };
         }
-        Ok(reply)
+        Ok((reply, refusal))
     }
 
     /// Takes a new Guid and cookies. Every new Guid counts, in static and dynamic mode alike,
@@ -354,6 +392,12 @@ impl Session {
     /// The Guid and cookies as stored (for the shared store's record).
     fn raw_auth(&self) -> (String, Vec<String>) {
         lock(&self.raw).clone()
+    }
+
+    /// `f` on the Guid and cookies, under the lock new ones are taken in with.
+    fn with_raw_auth<R>(&self, f: impl FnOnce(&str, &[String]) -> R) -> R {
+        let raw = lock(&self.raw);
+        f(&raw.0, &raw.1)
     }
 
     /// Replaces the Guid and cookies with what another replica stored, without announcing it.

@@ -30,7 +30,7 @@ pub(super) struct Settings {
 }
 
 enum Step {
-    Polled(Result<GatewayReply, UpstreamError>),
+    Polled(Result<(GatewayReply, super::Refusal), UpstreamError>),
     Idle,
 }
 
@@ -81,7 +81,10 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Set
                 }
                 continue;
             }
-            Step::Polled(Ok(r)) => r,
+            // A refusal that did not end the session (this replica lost its lease meanwhile)
+            // is the next round's business: the loop's first check stops a poller that no
+            // longer holds the lease.
+            Step::Polled(Ok((r, _))) => r,
             Step::Polled(Err(e)) => {
                 tracing::warn!(agent = %agent, error = %e, backoff_ms = backoff.as_millis() as u64, "event poll failed");
                 back_off(&store, &mut backoff, s.backoff_max).await;
@@ -108,7 +111,7 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Set
             let (_, effect) = apply_event(session.conf(), &agent, event);
             if effect == EventEffect::SessionEnded {
                 match &session.link {
-                    Some(link) => link.lost(&session, LossReason::ShutdownEvent, None).await,
+                    Some(link) => link.lost(&session, LossReason::ShutdownEvent).await,
                     None => {
                         session.mark_lost(LossReason::ShutdownEvent);
                     }

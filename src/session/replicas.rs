@@ -20,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::events::BufferedEvent;
-use super::{lock, ConfState, Ended, Session, SessionError, SessionStore};
+use super::{lock, ConfState, Ended, Refusal, Session, SessionError, SessionStore};
 use crate::metrics::{Discarded, LossReason};
 use crate::shared::{provisional_id, Change, ConfWrite, Lease, NewRecord, Record, RecordState, Shared};
 
@@ -28,6 +28,8 @@ use crate::shared::{provisional_id, Change, ConfWrite, Lease, NewRecord, Record,
 const DIRTY_AUTH: u8 = 1;
 const DIRTY_CONF: u8 = 2;
 const DIRTY_ACTIVITY: u8 = 4;
+/// The poller concluded the session ended (it holds the newest Guid) while Redis was away.
+const DIRTY_LOST: u8 = 8;
 
 /// Attempts at a conference compare-and-set before settling for the local copy.
 const CONF_CAS_ATTEMPTS: usize = 8;
@@ -44,7 +46,12 @@ pub(crate) struct Link {
     epoch: AtomicU64,
     /// The version of the conference state this copy has.
     confv: AtomicU64,
+    /// The number of this replica's last Guid write as the lease holder (see `WRITE_AUTH`).
+    auth_writes: AtomicU64,
     dirty: AtomicU8,
+    /// When this replica first found the record missing (Redis restarted empty) without
+    /// holding the lease: the owner puts it back; past a lease, this replica may.
+    missing_since: Mutex<Option<tokio::time::Instant>>,
     /// Events recorded while Redis was away, with the ids this replica gave them; at most the
     /// event buffer's capacity (the oldest dropped first, as the buffer itself does).
     pending: Mutex<VecDeque<(u64, Arc<str>, Bytes)>>,
@@ -66,7 +73,9 @@ impl Link {
             sid,
             epoch: AtomicU64::new(epoch),
             confv: AtomicU64::new(confv),
+            auth_writes: AtomicU64::new(0),
             dirty: AtomicU8::new(0),
+            missing_since: Mutex::new(None),
             pending: Mutex::new(VecDeque::new()),
         }
     }
@@ -98,8 +107,13 @@ impl Link {
 
     /// Writes the session's new Guid and cookies (`old`: the Guid the answer replied to).
     pub(super) async fn publish_auth(&self, s: &Session, old: &str) {
-        let (guid, cookies) = s.raw_auth();
-        match self.shared.write_auth(&s.agent_id, &self.sid, old, &guid, &cookies, self.epoch()).await {
+        // Read and numbered under the session's lock, as new Guids are taken in: a later
+        // number never carries an earlier Guid.
+        let (guid, cookies, poller) = s.with_raw_auth(|guid, cookies| {
+            let poller = self.epoch().map(|e| (e, self.auth_writes.fetch_add(1, Ordering::AcqRel) + 1));
+            (guid.to_owned(), cookies.to_vec(), poller)
+        });
+        match self.shared.write_auth(&s.agent_id, &self.sid, old, &guid, &cookies, poller).await {
             Ok(true) => {}
             // Another replica stored a newer one, or this one lost its lease: take theirs.
             Ok(false) => {
@@ -109,19 +123,88 @@ impl Link {
         }
     }
 
-    /// The gateway refused `refused` (or ended the session): ends the session everywhere,
-    /// unless the record has already moved on to a newer Guid or session.
-    pub(super) async fn lost(&self, s: &Session, reason: LossReason, refused: Option<&str>) {
-        match self.shared.end(&s.agent_id, &self.sid, Some(reason), refused).await {
-            Ok(true) | Err(_) => {
-                s.mark_lost(reason);
-            }
-            Ok(false) => {
-                if matches!(self.refresh(s).await, Applied::Current) && refused.is_none() {
-                    s.mark_lost(reason);
-                }
-            }
+    /// The gateway refused `refused`, this copy's Guid. Only the party that knows the newest
+    /// Guid may conclude that the session ended: the lease holder, which polls the gateway and
+    /// takes every new Guid first. Any other replica's Guid may just be older than the
+    /// owner's (a rotation it has not heard of, because Redis was away): it takes a newer Guid
+    /// from the record and retries, or, when the record has none (or cannot be read), keeps
+    /// its copy and says so. The owner's own poll sees a real end within a poll.
+    pub(super) async fn refused(&self, s: &Session, reason: LossReason, refused: &str) -> Refusal {
+        if s.with_raw_auth(|current, _| current != refused) {
+            // A newer Guid arrived while this call was out (the poller's rotation).
+            return Refusal::Retry;
         }
+        if self.owns() {
+            return self.owner_refused(s, reason, refused).await;
+        }
+        let Ok(rec) = self.shared.load(&s.agent_id).await else { return Refusal::Unconfirmed };
+        let newer = rec.as_ref().is_some_and(|r| r.sid == self.sid && r.guid != refused);
+        match self.apply(s, rec) {
+            Applied::Ended => Refusal::Ended,
+            Applied::Current if newer => Refusal::Retry,
+            Applied::Current | Applied::Missing => Refusal::Unconfirmed,
+        }
+    }
+
+    /// The lease holder's Guid was refused: the session ended, unless the record shows a
+    /// successor (a newer epoch) polls it now, in which case this replica is the stale one.
+    async fn owner_refused(&self, s: &Session, reason: LossReason, refused: &str) -> Refusal {
+        match self.shared.end(&s.agent_id, &self.sid, Some(reason), Some(refused)).await {
+            Ok(true) => {}
+            Ok(false) => match self.shared.load(&s.agent_id).await {
+                // The record has another Guid: either a successor's newer one, or an older
+                // one this owner could not publish (Redis was away). The epoch tells which.
+                Ok(Some(r)) if r.sid == self.sid && Some(r.epoch) != self.epoch() => {
+                    return match self.apply(s, Some(r)) {
+                        Applied::Ended => Refusal::Ended,
+                        _ => Refusal::Retry,
+                    };
+                }
+                Ok(Some(r)) if r.sid == self.sid => {
+                    if self.shared.end(&s.agent_id, &self.sid, Some(reason), None).await.is_err() {
+                        self.mark(DIRTY_LOST);
+                    }
+                }
+                Ok(rec) => {
+                    // Signed out or replaced meanwhile (the record says so), or Redis lost
+                    // the record: then there is nothing to write the end into.
+                    if let Applied::Ended = self.apply(s, rec) {
+                        return Refusal::Ended;
+                    }
+                }
+                Err(_) => self.mark(DIRTY_LOST),
+            },
+            Err(_) => self.mark(DIRTY_LOST),
+        }
+        s.mark_lost(reason);
+        Refusal::Ended
+    }
+
+    /// The gateway ended the session by other means (`AgentOther_ShutdownService`, seen by
+    /// the poller): ends it everywhere, now or once Redis answers.
+    pub(super) async fn lost(&self, s: &Session, reason: LossReason) {
+        if self.shared.end(&s.agent_id, &self.sid, Some(reason), None).await.is_err() {
+            self.mark(DIRTY_LOST);
+        }
+        s.mark_lost(reason);
+    }
+
+    /// Writes a loss concluded while Redis was away.
+    async fn flush_lost(&self, s: &Session) {
+        if self.dirty.load(Ordering::Acquire) & DIRTY_LOST == 0 {
+            return;
+        }
+        let Some(Ended::Lost(reason)) = s.ended() else { return };
+        self.dirty.fetch_and(!DIRTY_LOST, Ordering::AcqRel);
+        if self.shared.end(&s.agent_id, &self.sid, Some(reason), None).await.is_err() {
+            self.mark(DIRTY_LOST);
+        }
+    }
+
+    /// Whether this copy ended here only (a loss not yet written, or none at all) as opposed
+    /// to following the record.
+    fn loss_unwritten(&self) -> bool {
+        self.dirty.load(Ordering::Acquire) & DIRTY_LOST != 0
     }
 
     /// Reloads the record and applies it; keeps the local copy when Redis cannot be reached.
@@ -150,7 +233,14 @@ impl Link {
                 return Applied::Ended;
             }
         }
-        s.adopt_auth(&r.guid, &r.cookies);
+        // The lease holder with a Guid it could not publish (Redis was away) knows a newer
+        // one than the record: it writes its own at the next round instead of going back. (A
+        // successor that took the lease meanwhile shows at that round's renewal, which stops
+        // this replica's claim; then it takes the record's Guid.)
+        let unpublished = self.owns() && self.dirty.load(Ordering::Acquire) & DIRTY_AUTH != 0;
+        if !unpublished {
+            s.adopt_auth(&r.guid, &r.cookies);
+        }
         if r.confv > self.confv.load(Ordering::Acquire) {
             self.confv.store(r.confv, Ordering::Release);
             s.conf.send_replace(serde_json::from_str(&r.conf).unwrap_or(ConfState::Unknown));
@@ -213,15 +303,17 @@ impl Link {
     pub(super) async fn append(&self, s: &Session, kind: &str, data: Bytes) -> bool {
         self.flush_pending(s).await;
         let waiting = !lock(&self.pending).is_empty();
+        // Given before the first attempt: an attempt that timed out but that Redis ran after
+        // all is then recognised when the same event is sent again.
+        let id = provisional_id(s.events.latest());
         if !waiting {
-            match self.shared.append(&s.agent_id, &self.sid, s.events.capacity(), None, kind, &data).await {
+            match self.shared.append(&s.agent_id, &self.sid, s.events.capacity(), id, kind, &data).await {
                 Ok(Some(id)) => return s.events.insert(id, kind, data).unwrap_or(false),
                 // The session ended elsewhere meanwhile; its apps still get the event here.
                 Ok(None) => {}
                 Err(_) => {}
             }
         }
-        let id = provisional_id(s.events.latest());
         let dropped = {
             let mut pending = lock(&self.pending);
             pending.push_back((id, Arc::from(kind), data.clone()));
@@ -240,7 +332,7 @@ impl Link {
     async fn flush_pending(&self, s: &Session) {
         loop {
             let Some((id, kind, data)) = lock(&self.pending).front().cloned() else { return };
-            match self.shared.append(&s.agent_id, &self.sid, s.events.capacity(), Some(id), &kind, &data).await {
+            match self.shared.append(&s.agent_id, &self.sid, s.events.capacity(), id, &kind, &data).await {
                 Ok(_) => {
                     let mut pending = lock(&self.pending);
                     // Unless the queue dropped it meanwhile (it overflowed while this was written).
@@ -290,12 +382,16 @@ impl Link {
         }
         if dirty & DIRTY_AUTH != 0 {
             match self.shared.load(&s.agent_id).await {
-                Ok(Some(r)) if r.sid == self.sid => {
-                    if r.guid != s.raw_auth().0 && self.owns() {
+                // Only the lease holder's Guid is known to be the newest; any other replica
+                // takes the record's (`apply`).
+                Ok(Some(r)) if r.sid == self.sid && self.owns() => {
+                    if r.guid != s.raw_auth().0 {
                         self.publish_auth(s, &r.guid).await;
                     }
                 }
-                Ok(_) => {}
+                Ok(rec) => {
+                    self.apply(s, rec);
+                }
                 Err(_) => self.mark(DIRTY_AUTH),
             }
         }
@@ -332,7 +428,10 @@ impl SessionStore {
         };
         match record {
             Some(r) if r.state != RecordState::Out => {
-                if local.as_ref().is_some_and(|s| s.link.as_ref().is_some_and(|l| l.sid == r.sid)) {
+                let same = local.as_ref().and_then(|s| s.link.as_ref().filter(|l| l.sid == r.sid));
+                // The same session, ended here: final if the record says so or this replica
+                // has a loss to write; otherwise it ended here only, and the record revives it.
+                if same.is_some_and(|l| r.state != RecordState::Active || l.loss_unwritten()) {
                     return self.active(agent);
                 }
                 self.adopt(agent, r, 0).await?;
@@ -349,7 +448,10 @@ impl SessionStore {
         let slot = self.slot(agent);
         let existing = slot.session.load_full();
         if let Some(s) = &existing {
-            if let Some(link) = s.link.as_ref().filter(|l| l.sid == r.sid) {
+            // A copy of this session that ended here only, while the record is active, is
+            // replaced by a fresh one (a copy's end cannot be undone); any other is updated.
+            let revive = s.ended().is_some() && r.state == RecordState::Active;
+            if let Some(link) = s.link.as_ref().filter(|l| l.sid == r.sid && !revive) {
                 if epoch != 0 {
                     link.epoch.store(epoch, Ordering::Release);
                 }
@@ -504,15 +606,36 @@ impl SessionStore {
         lock(&self.slots).iter().filter(|(_, s)| s.session.load().is_some()).map(|(a, _)| a.clone()).collect()
     }
 
-    /// Brings the local copy of `agent` in line with Redis; puts back a live session Redis lost.
+    /// Brings the local copy of `agent` in line with Redis, in both directions: a copy that
+    /// ended here only is revived from an active record; a live session Redis lost is put
+    /// back, by the replica that polls it (it has the newest Guid), or by any replica once
+    /// the record has been missing for a lease (the owner is gone too).
     async fn resync(&self, agent: &str) {
         let Some(s) = self.current(agent) else { return };
         let Some(link) = &s.link else { return };
         if s.ended().is_some() {
+            if link.loss_unwritten() {
+                link.flush_lost(&s).await;
+            } else if let Ok(Some(r)) = link.shared.load(agent).await {
+                if r.sid == link.sid && r.state == RecordState::Active {
+                    tracing::info!(agent, "a copy that ended on this replica only follows the active record again");
+                    let _ = self.adopt(agent, r, 0).await;
+                }
+            }
             return;
         }
-        if let Applied::Missing = link.refresh(&s).await {
-            self.restore(&s, link).await;
+        match link.refresh(&s).await {
+            Applied::Missing => {
+                let due = {
+                    let mut since = lock(&link.missing_since);
+                    let first = *since.get_or_insert_with(tokio::time::Instant::now);
+                    link.owns() || first.elapsed() >= link.shared.lease_ttl
+                };
+                if due {
+                    self.restore(&s, link).await;
+                }
+            }
+            _ => *lock(&link.missing_since) = None,
         }
     }
 
@@ -542,17 +665,34 @@ impl SessionStore {
         }
     }
 
-    /// One maintenance round: heartbeat, lease renewals, deferred writes, takeovers.
+    /// One maintenance round: heartbeat, lease renewals, deferred writes, takeovers; after
+    /// an outage, every copy reconciled with its record.
     async fn maintain(&self) {
         let Some(shared) = self.shared.clone() else { return };
         if shared.heartbeat().await.is_err() {
             // Redis is away: owners keep polling from their copies; nothing else to do.
+            self.store_was_away.store(true, Ordering::Release);
             return;
+        }
+        if self.store_was_away.swap(false, Ordering::AcqRel) {
+            // Every lease expired while Redis was away, the live owners' too, and each live
+            // owner holds Guids it could not share. Leave it a lease to take its own back
+            // before anyone takes over: a taker would poll with the record's older Guid, be
+            // refused, and end a session the gateway still honours.
+            *lock(&self.takeovers_after) = Some(tokio::time::Instant::now() + shared.lease_ttl);
+            tracing::info!("shared store back: every copy follows its record again; takeovers wait a lease");
+            // Redis is back (its change channel may not be yet): every copy follows its
+            // record again this round, whatever happened meanwhile.
+            for agent in self.local_agents() {
+                self.resync(&agent).await;
+                self.mirror(&agent).await;
+            }
         }
         for agent in self.local_agents() {
             let Some(s) = self.current(&agent) else { continue };
             let Some(link) = &s.link else { continue };
             if s.ended().is_some() {
+                link.flush_lost(&s).await;
                 continue;
             }
             if let Some(epoch) = link.epoch() {
@@ -564,6 +704,9 @@ impl SessionStore {
                 }
             }
             link.flush(&s).await;
+        }
+        if lock(&self.takeovers_after).is_some_and(|at| tokio::time::Instant::now() < at) {
+            return;
         }
         let Ok(orphans) = shared.stale_agents(TAKEOVERS_PER_ROUND).await else { return };
         for agent in orphans {

@@ -80,6 +80,11 @@ pub struct SessionStore {
     signin_gate: super::pacing::SignInGate,
     /// `sessions.repoll_rate`: every poller's retry after a failure waits its turn here.
     pub(super) repoll: super::pacing::Pacer,
+    /// A maintenance round found the shared store away: the first round after it reconciles
+    /// every copy.
+    pub(super) store_was_away: AtomicBool,
+    /// Until when takeovers wait after the shared store came back (see `maintain`).
+    pub(super) takeovers_after: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl SessionStore {
@@ -115,6 +120,8 @@ impl SessionStore {
             on_shutdown,
             signin_gate: super::pacing::SignInGate::new(cfg.signin_concurrency, cfg.signin_queue),
             repoll: super::pacing::Pacer::new(cfg.repoll_rate),
+            store_was_away: AtomicBool::new(false),
+            takeovers_after: Mutex::new(None),
             cfg,
         })
     }
@@ -485,7 +492,7 @@ impl SessionStore {
         }
         session.stop_poller();
         // Not `call`: a "not signed in" answer here means the goal is reached, not a loss.
-        let reply = session.exchange(method, None, None, None, false).await?;
+        let (reply, _) = session.exchange(method, None, None, None, false).await?;
         let code = reply.envelope.code();
         if !(reply.envelope.is_success() || code.session_gone() || code == Retcode::AlreadySignedOut) {
             return Err(SessionError::Refused(GatewayRefusal::from(&reply)));

@@ -178,8 +178,8 @@ pub fn unpack_id(id: u64) -> String {
     format!("{}-{}", id >> SEQ_BITS, id & ((1 << SEQ_BITS) - 1))
 }
 
-/// An id for an event recorded while Redis was away, after `last`, from this clock: Redis
-/// takes it as the event's id if it is still above the stream's newest.
+/// An id for a new event, after `last`, from this clock: Redis takes it as the event's id if
+/// it is still above the stream's newest, and it makes an append idempotent.
 pub fn provisional_id(last: u64) -> u64 {
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     (now_ms << SEQ_BITS).max(last + 1)
@@ -583,7 +583,8 @@ impl Shared {
 
     // --- writes -------------------------------------------------------------------------------
 
-    /// A new Guid/cookies: `Ok(true)` written, `Ok(false)` stale or gone.
+    /// A new Guid/cookies: `Ok(true)` written, `Ok(false)` stale or gone. `poller`: the
+    /// lease epoch and this write's number when the lease holder writes (see the script).
     pub async fn write_auth(
         &self,
         agent: &str,
@@ -591,13 +592,14 @@ impl Shared {
         old_guid: &str,
         guid: &str,
         cookies: &[String],
-        epoch: Option<u64>,
+        poller: Option<(u64, u64)>,
     ) -> Result<bool, StoreError> {
         let k = self.agent_keys(agent);
         let cookies = serde_json::to_string(cookies).unwrap_or_else(|_| "[]".into());
         let mut inv = self.scripts.write_auth.prepare_invoke();
         inv.key(&k.session).arg(sid).arg(old_guid).arg(guid).arg(cookies);
-        inv.arg(epoch.map(|e| e.to_string()).unwrap_or_default()).arg(&self.channel).arg(Self::message('s', agent));
+        let (epoch, seq) = poller.map_or((String::new(), 0), |(e, n)| (e.to_string(), n));
+        inv.arg(epoch).arg(seq).arg(&self.channel).arg(Self::message('s', agent));
         let code: i64 = self.script(StoreOp::Write, inv).await?;
         Ok(code == 1)
     }
@@ -617,19 +619,20 @@ impl Shared {
         })
     }
 
-    /// Appends an event; its packed id, or `None` when the session is gone.
+    /// Appends an event under the id this replica gave it (see `provisional_id`); its packed
+    /// id in the stream, or `None` when the session is gone. Sending it again is harmless.
     pub async fn append(
         &self,
         agent: &str,
         sid: &str,
         cap: usize,
-        id: Option<u64>,
+        id: u64,
         kind: &str,
         data: &[u8],
     ) -> Result<Option<u64>, StoreError> {
         let k = self.agent_keys(agent);
         let mut inv = self.scripts.append.prepare_invoke();
-        inv.key(&k.session).key(&k.events).arg(sid).arg(cap).arg(id.map_or_else(|| "*".to_owned(), unpack_id));
+        inv.key(&k.session).key(&k.events).arg(sid).arg(cap).arg(unpack_id(id));
         inv.arg(kind).arg(data).arg(&self.channel).arg(Self::message('e', agent));
         let id: Option<String> = self.script(StoreOp::Events, inv).await?;
         Ok(id.as_deref().and_then(pack_id))
@@ -688,6 +691,7 @@ impl Shared {
         inv.key(&k.session).key(&k.lease).key(&k.events).arg(sid).arg(state).arg(refused_guid.unwrap_or(""));
         inv.arg(&self.channel).arg(Self::message('s', agent)).arg(TOMBSTONE.as_millis() as u64);
         let code: i64 = self.script(StoreOp::Write, inv).await?;
+        tracing::debug!(agent, lost = ?lost, conditional = refused_guid.is_some(), ended = code == 1, "session end written");
         if code == 1 {
             self.unindex_agent(agent).await;
         }

@@ -53,16 +53,28 @@ return 0
 "#;
 
 /// KEYS: session. ARGV: sid, the Guid the answer replied to, new Guid, cookies, epoch (''
-/// when not the poller), channel, message. The Guid must still be the one the call used (so
-/// two rotations never go backwards) and, for the poller, the epoch its own (so an owner
-/// that lost its lease writes nothing). 1 written, 0 gone, -1 stale.
+/// when not the poller), the poller's write number, channel, message. 1 written, 0 gone,
+/// -1 stale.
+/// - Another replica's write must find the Guid its call used (so two rotations never go
+///   backwards).
+/// - The poller's write must carry the record's epoch (an owner that lost its lease writes
+///   nothing) and a write number above the last one of that epoch: the poller takes every
+///   new Guid first, so its newest write is the newest Guid, and a write of its that Redis
+///   runs late (sent while Redis was paused, given up on, run when it woke) cannot put an
+///   older Guid back over a newer one.
 pub const WRITE_AUTH: &str = r#"
 if redis.call('HGET', KEYS[1], 'sid') ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
-if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[5] then return -1 end
-if redis.call('HGET', KEYS[1], 'guid') ~= ARGV[2] then return -1 end
-redis.call('HSET', KEYS[1], 'guid', ARGV[3], 'cookies', ARGV[4])
-redis.call('PUBLISH', ARGV[6], ARGV[7])
+if ARGV[5] ~= '' then
+  if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[5] then return -1 end
+  if redis.call('HGET', KEYS[1], 'authepoch') == ARGV[5]
+     and tonumber(ARGV[6]) <= (tonumber(redis.call('HGET', KEYS[1], 'authseq')) or 0) then return -1 end
+  redis.call('HSET', KEYS[1], 'guid', ARGV[3], 'cookies', ARGV[4], 'authepoch', ARGV[5], 'authseq', ARGV[6])
+else
+  if redis.call('HGET', KEYS[1], 'guid') ~= ARGV[2] then return -1 end
+  redis.call('HSET', KEYS[1], 'guid', ARGV[3], 'cookies', ARGV[4])
+end
+redis.call('PUBLISH', ARGV[7], ARGV[8])
 return 1
 "#;
 
@@ -78,18 +90,23 @@ redis.call('PUBLISH', ARGV[4], ARGV[5])
 return {1, tostring(nv)}
 "#;
 
-/// KEYS: session, events. ARGV: sid, max length, id (`*`, or the id a replica gave an event
-/// while Redis was away), type, data, channel, message. Appends one event; returns its id,
-/// or nil when the session is gone. Not fenced by epoch: an event the gateway handed to a
-/// poll exists once, so an owner that lost its lease while that poll was out still records it.
+/// KEYS: session, events. ARGV: sid, max length, id (the one the replica gave the event: its
+/// clock, after the newest it knows), type, data, channel, message. Appends one event; returns
+/// its id (the given one, or Redis's own when the stream is already past it), or nil when
+/// the session is gone. Idempotent: the session remembers the last given id (`evtok`) and
+/// what it became (`evid`), so an append sent again because its answer timed out (Redis may
+/// still run a command whose client gave up, as a paused Redis does when it wakes) is not
+/// recorded twice. Not fenced by epoch: an event the gateway handed to a poll exists once,
+/// so an owner that lost its lease while that poll was out still records it.
 pub const APPEND: &str = r#"
 if redis.call('HGET', KEYS[1], 'sid') ~= ARGV[1] then return false end
-local id = ARGV[3]
-if id ~= '*' then
-  local r = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[2], id, 'k', ARGV[4], 'd', ARGV[5])
-  if type(r) == 'table' and r.err then id = '*' else id = r end
+if redis.call('HGET', KEYS[1], 'evtok') == ARGV[3] then return redis.call('HGET', KEYS[1], 'evid') end
+local r = redis.pcall('XADD', KEYS[2], 'MAXLEN', ARGV[2], ARGV[3], 'k', ARGV[4], 'd', ARGV[5])
+local id = r
+if type(r) == 'table' and r.err then
+  id = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '*', 'k', ARGV[4], 'd', ARGV[5])
 end
-if id == '*' then id = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '*', 'k', ARGV[4], 'd', ARGV[5]) end
+redis.call('HSET', KEYS[1], 'evtok', ARGV[3], 'evid', id)
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return id
 "#;

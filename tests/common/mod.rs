@@ -371,6 +371,20 @@ impl Sse {
         }
     }
 
+    /// The next block, or `None` when none comes within `wait` or the stream ends: for a
+    /// reader that watches a stream in the background.
+    pub async fn try_next(&mut self, wait: Duration) -> Option<SseFrame> {
+        loop {
+            if self.buf.contains("\n\n") {
+                return Some(self.next().await);
+            }
+            let frame = tokio::time::timeout(wait, self.body.frame()).await.ok()??.ok()?;
+            if let Ok(data) = frame.into_data() {
+                self.buf.push_str(&String::from_utf8_lossy(&data));
+            }
+        }
+    }
+
     /// The next block that is an event (skips comments).
     pub async fn next_event(&mut self) -> SseFrame {
         loop {

@@ -164,7 +164,7 @@ impl Progress {
                 // From the end of the TLS handshake (`restart`).
                 self.idle_since() + first_request
             } else {
-                self.opened + Duration::from_millis(self.last_boundary.load(Ordering::Relaxed)) + idle
+                self.idle_since() + idle
             };
             if now >= deadline && self.in_flight.load(Ordering::Acquire) == 0 {
                 return;

@@ -265,6 +265,15 @@ def https(ctx, method, url, headers=None, body=None):
         return r.status, r.headers, r.read()
 
 
+def start_pinned(procs, out, name, cmd, core, port):
+    """Starts `cmd` pinned to `core` in a process group of its own, its output in
+    out/NAME.log, and waits until it listens on `port`."""
+    logf = open(out / f"{name}.log", "w")
+    procs[name] = subprocess.Popen(["taskset", "-c", core] + cmd, stdout=logf, stderr=logf, cwd=out,
+                                   start_new_session=True)
+    wait_port(port)
+
+
 def wait_port(port, timeout=20):
     import socket
     end = time.time() + timeout
@@ -430,10 +439,7 @@ def main():
     procs = {}
 
     def start(name, cmd, core, port):
-        logf = open(out / f"{name}.log", "w")
-        procs[name] = subprocess.Popen(["taskset", "-c", core] + cmd, stdout=logf, stderr=logf, cwd=out,
-                                       start_new_session=True)
-        wait_port(port)
+        start_pinned(procs, out, name, cmd, core, port)
 
     try:
         # The simulator first (its config names no Guids), then the direct sessions.

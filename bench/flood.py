@@ -19,12 +19,11 @@ import base64
 import os
 import random
 import ssl
-import statistics
-import subprocess
 import sys
 import threading
 import time
 import http.client
+import shutil
 from pathlib import Path
 
 import bench as B
@@ -79,7 +78,6 @@ def main():
     B.ensure_tools(["ccgate"])
     binary = Path(a.binary).resolve()
     out = B.BENCH / "out-flood"
-    import shutil
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     (out / "bench.lua").write_text(B.WRK_LUA)
@@ -89,10 +87,7 @@ def main():
     procs = {}
 
     def start(name, cmd, core, port):
-        logf = open(out / f"{name}.log", "w")
-        procs[name] = subprocess.Popen(["taskset", "-c", core] + cmd, stdout=logf, stderr=logf, cwd=out,
-                                       start_new_session=True)
-        B.wait_port(port)
+        B.start_pinned(procs, out, name, cmd, core, port)
 
     try:
         start("sim", [str(binary), "sim", "--config", str(out / "sim.toml")], B.LOAD_CORE, B.PORTS["sim"])

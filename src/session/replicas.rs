@@ -201,8 +201,8 @@ impl Link {
         }
     }
 
-    /// Whether this copy ended here only (a loss not yet written, or none at all) as opposed
-    /// to following the record.
+    /// Whether this replica concluded a loss it has not yet written into the record: its
+    /// ended copy is then final, not one to revive from an active record.
     fn loss_unwritten(&self) -> bool {
         self.dirty.load(Ordering::Acquire) & DIRTY_LOST != 0
     }

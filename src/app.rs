@@ -22,7 +22,8 @@ use crate::server::admin::{Admin, GatewayState, Readiness};
 use crate::server::listener::{triggered, ConnectionMetrics};
 use crate::server::{self, ServeOptions, Shutdown};
 use crate::session::SessionStore;
-use crate::shared::Shared;
+use crate::shared::redis::RedisStore;
+use crate::shared::SharedStore;
 use crate::tls;
 
 /// How often `/readyz` re-checks that the gateway accepts TCP connections.
@@ -104,7 +105,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
     let shared = match config.store.backend {
         StoreBackend::Memory => None,
         StoreBackend::Redis => {
-            let shared = Shared::new(&config.store, metrics.clone())?;
+            let shared: Arc<dyn SharedStore> = RedisStore::new(&config.store, metrics.clone())?;
             // Not fatal: a replica that starts while Redis is away serves once it is back
             // (and says so on /readyz meanwhile).
             if let Err(e) = shared.connect().await {
@@ -285,7 +286,7 @@ async fn evict_idle_keys(limits: Arc<ArcSwap<Limits>>, auth: Arc<ArcSwap<Authent
 
 /// Readiness of the shared store: Redis answers PING. Between probes, every failed command
 /// also turns `ccgate_store_up` to 0.
-async fn probe_store(shared: Arc<Shared>, readiness: Arc<Readiness>, shutdown: Shutdown) {
+async fn probe_store(shared: Arc<dyn SharedStore>, readiness: Arc<Readiness>, shutdown: Shutdown) {
     let mut stop = shutdown.subscribe();
     loop {
         let result = match shared.connect().await {

@@ -16,6 +16,7 @@ pub mod devkeys;
 pub mod edge;
 pub mod gateway;
 pub mod jwks;
+mod labels;
 pub mod metrics;
 pub mod ops;
 pub mod otel;

@@ -232,7 +232,11 @@ async fn check_config(config: Config) -> Result<(), String> {
     let metrics = ccgate::metrics::Metrics::new();
     let shared = match config.store.backend {
         // The URL and CA file, as `serve` reads them (Redis itself may be down now).
-        config::StoreBackend::Redis => Some(ccgate::shared::Shared::new(&config.store, metrics.clone())?),
+        config::StoreBackend::Redis => {
+            let store: std::sync::Arc<dyn ccgate::shared::SharedStore> =
+                ccgate::shared::redis::RedisStore::new(&config.store, metrics.clone())?;
+            Some(store)
+        }
         config::StoreBackend::Memory => None,
     };
     // Keys (files read, remote ones fetched), credentials, the TLS certificate and key, limits.

@@ -14,81 +14,16 @@ use prometheus::{
 };
 
 use crate::gateway::{CallFuture, Gateway, GatewayClient, GatewayMethod, GatewayRequest, Retcode, UpstreamError};
+use crate::labels::label_enum;
+use crate::ops::method::MethodLabel;
+use crate::ops::principal::AuthFailureReason;
+use crate::session::{LossReason, SessionState};
 
 /// Buckets for a gateway round trip and for a whole proxied request. A LAN round trip to the
 /// CC-Gateway is a few milliseconds; CTI operations (conference set-up) take up to a few
 /// hundred; 10 s is our request timeout. Finer steps below 100 ms keep p50/p99 readable where
 /// most requests land; the 10 s bucket makes timeouts visible as such.
 pub const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
-/// The `method` label: a gateway log name, or a REST API route that has no gateway method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MethodLabel {
-    Gateway(GatewayMethod),
-    /// `GET /v1/session`, answered from the session store.
-    GetSession,
-    /// `GET /v1/events`, served from the session's event buffer.
-    Events,
-    /// A path ccgate does not serve.
-    Unmatched,
-}
-
-impl MethodLabel {
-    const EXTRA: usize = 3;
-    pub const COUNT: usize = GatewayMethod::COUNT + Self::EXTRA;
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MethodLabel::Gateway(m) => m.log_name(),
-            MethodLabel::GetSession => "getSession",
-            MethodLabel::Events => "events",
-            MethodLabel::Unmatched => "unmatched",
-        }
-    }
-
-    /// Every label, in `index` order.
-    pub fn all() -> impl Iterator<Item = MethodLabel> {
-        GatewayMethod::ALL.iter().map(|m| MethodLabel::Gateway(*m)).chain([
-            MethodLabel::GetSession,
-            MethodLabel::Events,
-            MethodLabel::Unmatched,
-        ])
-    }
-
-    /// The label with this name (config time: a limit's `method`).
-    pub fn from_name(name: &str) -> Option<MethodLabel> {
-        Self::all().find(|l| l.as_str() == name)
-    }
-
-    /// Dense index for per-label tables (`0..COUNT`).
-    pub fn index(self) -> usize {
-        match self {
-            MethodLabel::Gateway(m) => m.index(),
-            MethodLabel::GetSession => GatewayMethod::COUNT,
-            MethodLabel::Events => GatewayMethod::COUNT + 1,
-            MethodLabel::Unmatched => GatewayMethod::COUNT + 2,
-        }
-    }
-}
-
-macro_rules! label_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident => $label:literal),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum $name { $($variant),+ }
-        impl $name {
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            pub const COUNT: usize = Self::ALL.len();
-            pub const fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $label),+ }
-            }
-            /// The value with this label (state read back from the shared store).
-            pub fn from_label(s: &str) -> Option<Self> {
-                Self::ALL.iter().copied().find(|v| v.as_str() == s)
-            }
-        }
-    };
-}
 
 label_enum! {
     /// How a request ended; the `outcome` label of `ccgate_requests_total`.
@@ -114,25 +49,6 @@ label_enum! {
 }
 
 label_enum! {
-    /// Why a token was refused; the `reason` label of `ccgate_auth_failures_total`.
-    AuthFailureReason {
-        MissingToken => "missing_token",
-        Malformed => "malformed",
-        AlgorithmNotAllowed => "algorithm_not_allowed",
-        UnknownKey => "unknown_key",
-        BadSignature => "bad_signature",
-        Expired => "expired",
-        NotYetValid => "not_yet_valid",
-        WrongIssuer => "wrong_issuer",
-        WrongAudience => "wrong_audience",
-        MissingClaim => "missing_claim",
-        MissingAgent => "missing_agent",
-        InvalidAgent => "invalid_agent",
-        Crit => "crit",
-    }
-}
-
-label_enum! {
     /// Result of a sign-in attempt; the `result` label of `ccgate_signins_total`.
     SigninResult {
         Ok => "ok",
@@ -151,22 +67,6 @@ label_enum! {
         App => "app",
         Idle => "idle",
         Shutdown => "shutdown",
-    }
-}
-
-label_enum! {
-    /// Session states; the `state` label of `ccgate_sessions`.
-    SessionState {
-        Active => "active",
-        Lost => "lost",
-    }
-}
-
-label_enum! {
-    /// Why a session was lost; the `reason` label of `ccgate_session_losses_total`.
-    LossReason {
-        GuidRefused => "guid_refused",
-        ShutdownEvent => "shutdown_event",
     }
 }
 
@@ -278,48 +178,139 @@ impl Gateway for Metered {
 #[derive(Clone)]
 pub struct Metrics(Arc<Inner>);
 
+/// Every metric family ccgate exports, declared once: its field, type, name (after the
+/// `ccgate_` prefix), help and labels. The macro makes the struct, registers each family and
+/// lists them for [`Metrics::names`]; the typed methods below are the only way to write them.
+macro_rules! families {
+    ($($field:ident: $kind:ty = ($name:literal, $help:literal $(, [$($label:literal),+])?);)+) => {
+        struct Families { $($field: $kind,)+ }
+
+        impl Families {
+            fn register(r: &Registry) -> Self {
+                Self { $($field: register::<$kind>(r, $name, $help, &[$($($label),+)?]),)+ }
+            }
+
+            fn collectors(&self) -> Vec<&dyn prometheus::core::Collector> {
+                vec![$(&self.$field),+]
+            }
+        }
+    };
+}
+
+families! {
+    requests: IntCounterVec = ("requests_total", "Requests handled, by method and outcome.", ["method", "outcome"]);
+    request_duration: HistogramVec =
+        ("request_duration_seconds", "Whole request time in the proxy, by method.", ["method"]);
+    upstream_duration: HistogramVec = ("upstream_duration_seconds", "Gateway round-trip time, by method.", ["method"]);
+    upstream_responses: IntCounterVec = (
+        "upstream_responses_total",
+        "Gateway answers by method and retcode (documented codes, else other).",
+        ["method", "retcode"]
+    );
+    upstream_errors: IntCounterVec = (
+        "upstream_errors_total",
+        "Gateway round trips that failed in transport, by method and kind.",
+        ["method", "kind"]
+    );
+    rate_limited: IntCounterVec =
+        ("rate_limited_total", "Requests refused by a rate limit, by method and scope.", ["method", "scope"]);
+    rate_limit_shadow: IntCounterVec = (
+        "rate_limit_shadow_total",
+        "Requests a shadow-mode limit would have refused, by method and scope.",
+        ["method", "scope"]
+    );
+    rate_limiter_keys: IntGaugeVec =
+        ("rate_limiter_keys", "Keys (agents or tenants) tracked by each keyed limit.", ["limit"]);
+    rate_limiter_overflow: IntCounterVec = (
+        "rate_limiter_overflow_total",
+        "Requests judged without tracking their key because the limit's key table was full.",
+        ["limit"]
+    );
+    auth_failures: IntCounterVec = ("auth_failures_total", "Refused tokens, by reason.", ["reason"]);
+    sessions: IntGaugeVec = ("sessions", "Agent gateway sessions held, by state.", ["state"]);
+    signins: IntCounterVec = ("signins_total", "Gateway sign-ins attempted, by result.", ["result"]);
+    session_losses: IntCounterVec = ("session_losses_total", "Sessions the gateway ended, by reason.", ["reason"]);
+    guid_rotations: IntCounter = ("guid_rotations_total", "Guid changes picked up from Set-GUID.");
+    idle_signouts: IntCounter = (
+        "idle_signouts_total",
+        "Agents signed out because their app was silent for sessions.idle_timeout_ms."
+    );
+    signout_failures: IntCounterVec = (
+        "signout_failures_total",
+        "Sign-outs the gateway could not be told of (each attempt), by what asked for them.",
+        ["trigger"]
+    );
+    connections: IntGauge = ("connections", "Open connections on the app-facing listener.");
+    connections_refused: IntCounter = (
+        "connections_refused_total",
+        "Connections closed at once because server.max_connections were open."
+    );
+    in_flight: IntGauge = ("requests_in_flight", "App requests being handled now (both faces).");
+    event_streams: IntGauge = ("event_streams", "Open SSE event streams (GET /v1/events subscribers).");
+    auth_throttled: IntCounter = (
+        "auth_throttled_total",
+        "Requests answered 429 without a signature check: their address had too many tokens refused."
+    );
+    auth_refusals_remembered: IntCounter = (
+        "auth_refusals_remembered_total",
+        "Tokens refused again from memory (a forged signature seen before) without a check."
+    );
+    events_dropped: IntCounter = (
+        "events_dropped_total",
+        "Gateway events dropped from a full per-agent buffer before an app read them."
+    );
+    input_discarded: IntCounterVec = (
+        "input_discarded_total",
+        "Input from the gateway or Redis discarded to keep a bound or because it was invalid, by what it was.",
+        ["what"]
+    );
+    gateway_up: IntGauge = ("gateway_up", "1 when the readiness probe reaches the gateway over TCP, else 0.");
+    store_up: IntGauge = ("store_up", "1 while the shared store (Redis) answers, else 0; 1 with the memory store.");
+    store_errors: IntCounterVec =
+        ("store_errors_total", "Shared store (Redis) operations that failed, by operation.", ["op"]);
+    leases: IntGauge =
+        ("leases", "Agents whose gateway events this replica polls (the memory store: all of them).");
+    lease_takeovers: IntCounter = (
+        "lease_takeovers_total",
+        "Pollers this replica took over from a replica that stopped renewing its lease."
+    );
+    lease_losses: IntCounter =
+        ("lease_losses_total", "Pollers this replica stopped because another replica holds the lease.");
+    build_info: IntGaugeVec = ("build_info", "Build information; always 1.", ["version", "commit"]);
+    jwks_fetches: IntCounterVec = (
+        "jwks_fetches_total",
+        "Fetches of an identity provider's keys (discovery included), by issuer and result.",
+        ["issuer", "result"]
+    );
+    jwks_keys: IntGaugeVec =
+        ("jwks_keys", "Signing keys loaded for each issuer (from a file or fetched).", ["issuer"]);
+    signin_wait: Histogram = (
+        "signin_wait_seconds",
+        "Time sign-ins waited for a turn at the gateway (sessions.signin_concurrency)."
+    );
+    config_reloads: IntCounterVec = (
+        "config_reloads_total",
+        "Reloads (SIGHUP, ccgate reload) by result; a failed one left the running config in place.",
+        ["result"]
+    );
+    config_last_reload_ok: IntGauge = (
+        "config_last_reload_successful",
+        "1 when the last reload succeeded (or none was tried), else 0."
+    );
+    certificate_reloads: IntCounterVec = (
+        "tls_certificate_reloads_total",
+        "Server certificate reloads after its files changed, by result.",
+        ["result"]
+    );
+}
+
 struct Inner {
     registry: Registry,
     process: Registry,
-    requests: IntCounterVec,
-    request_duration: HistogramVec,
-    upstream_duration: HistogramVec,
-    upstream_responses: IntCounterVec,
-    upstream_errors: IntCounterVec,
-    rate_limited: IntCounterVec,
-    rate_limit_shadow: IntCounterVec,
-    rate_limiter_keys: IntGaugeVec,
-    rate_limiter_overflow: IntCounterVec,
-    auth_failures: IntCounterVec,
-    sessions: IntGaugeVec,
-    signins: IntCounterVec,
-    session_losses: IntCounterVec,
-    guid_rotations: IntCounter,
-    idle_signouts: IntCounter,
-    signout_failures: IntCounterVec,
-    connections: IntGauge,
-    connections_refused: IntCounter,
-    in_flight: IntGauge,
-    event_streams: IntGauge,
-    auth_throttled: IntCounter,
-    auth_refusals_remembered: IntCounter,
-    events_dropped: IntCounter,
-    input_discarded: IntCounterVec,
-    gateway_up: IntGauge,
-    store_up: IntGauge,
-    store_errors: IntCounterVec,
-    leases: IntGauge,
-    lease_takeovers: IntCounter,
-    lease_losses: IntCounter,
-    build_info: IntGaugeVec,
-    jwks_fetches: IntCounterVec,
-    jwks_keys: IntGaugeVec,
+    f: Families,
+    /// Computed at scrape time (see their types).
     jwks_age: Arc<FreshnessCollector>,
     cert_expiry: Arc<CertExpiry>,
-    signin_wait: Histogram,
-    config_reloads: IntCounterVec,
-    config_last_reload_ok: IntGauge,
-    certificate_reloads: IntCounterVec,
     // Lazily resolved children: a series appears once it has been used.
     req_cells: Vec<OnceLock<IntCounter>>,
     req_dur_cells: Vec<OnceLock<Histogram>>,
@@ -329,29 +320,60 @@ struct Inner {
     up_ok_cells: Vec<OnceLock<IntCounter>>,
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
-    r.register(Box::new(v.clone())).expect("metric registered once");
-    v
+impl std::ops::Deref for Inner {
+    type Target = Families;
+    fn deref(&self) -> &Families {
+        &self.f
+    }
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("static metric definition");
-    r.register(Box::new(c.clone())).expect("metric registered once");
-    c
+/// A metric family type the table can declare. Histograms take the latency buckets.
+trait Family: prometheus::core::Collector + Clone + 'static {
+    fn make(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<Self>;
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("static metric definition");
-    r.register(Box::new(g.clone())).expect("metric registered once");
-    g
+impl Family for IntCounter {
+    fn make(name: &str, help: &str, _: &[&str]) -> prometheus::Result<Self> {
+        IntCounter::new(name, help)
+    }
 }
 
-fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    let v = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
-        .expect("static metric definition");
-    r.register(Box::new(v.clone())).expect("metric registered once");
-    v
+impl Family for IntCounterVec {
+    fn make(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<Self> {
+        IntCounterVec::new(Opts::new(name, help), labels)
+    }
+}
+
+impl Family for IntGauge {
+    fn make(name: &str, help: &str, _: &[&str]) -> prometheus::Result<Self> {
+        IntGauge::new(name, help)
+    }
+}
+
+impl Family for IntGaugeVec {
+    fn make(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<Self> {
+        IntGaugeVec::new(Opts::new(name, help), labels)
+    }
+}
+
+impl Family for Histogram {
+    fn make(name: &str, help: &str, _: &[&str]) -> prometheus::Result<Self> {
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()))
+    }
+}
+
+impl Family for HistogramVec {
+    fn make(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<Self> {
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
+    }
+}
+
+fn register<F: Family>(r: &Registry, name: &str, help: &str, labels: &[&str]) -> F {
+    // Names, help and labels are literals of the table above: a failure is a bug the first
+    // test run finds, not input.
+    let f = F::make(name, help, labels).expect("static metric definition");
+    r.register(Box::new(f.clone())).expect("metric registered once");
+    f
 }
 
 /// Creates each child at 0 (see `Metrics::new`).
@@ -387,186 +409,34 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new_custom(Some("ccgate".into()), None).expect("valid prefix");
-        let requests =
-            counter_vec(&r, "requests_total", "Requests handled, by method and outcome.", &["method", "outcome"]);
-        let request_duration =
-            histogram_vec(&r, "request_duration_seconds", "Whole request time in the proxy, by method.", &["method"]);
-        let upstream_duration =
-            histogram_vec(&r, "upstream_duration_seconds", "Gateway round-trip time, by method.", &["method"]);
-        let upstream_responses = counter_vec(
-            &r,
-            "upstream_responses_total",
-            "Gateway answers by method and retcode (documented codes, else other).",
-            &["method", "retcode"],
-        );
-        let upstream_errors = counter_vec(
-            &r,
-            "upstream_errors_total",
-            "Gateway round trips that failed in transport, by method and kind.",
-            &["method", "kind"],
-        );
-        let rate_limited = counter_vec(
-            &r,
-            "rate_limited_total",
-            "Requests refused by a rate limit, by method and scope.",
-            &["method", "scope"],
-        );
-        let rate_limit_shadow = counter_vec(
-            &r,
-            "rate_limit_shadow_total",
-            "Requests a shadow-mode limit would have refused, by method and scope.",
-            &["method", "scope"],
-        );
-        let rate_limiter_keys = IntGaugeVec::new(
-            Opts::new("rate_limiter_keys", "Keys (agents or tenants) tracked by each keyed limit."),
-            &["limit"],
-        )
-        .expect("static metric definition");
-        r.register(Box::new(rate_limiter_keys.clone())).expect("metric registered once");
-        let rate_limiter_overflow = counter_vec(
-            &r,
-            "rate_limiter_overflow_total",
-            "Requests judged without tracking their key because the limit's key table was full.",
-            &["limit"],
-        );
-        let auth_failures = counter_vec(&r, "auth_failures_total", "Refused tokens, by reason.", &["reason"]);
-        let sessions = IntGaugeVec::new(Opts::new("sessions", "Agent gateway sessions held, by state."), &["state"])
-            .expect("static metric definition");
-        r.register(Box::new(sessions.clone())).expect("metric registered once");
-        let signins = counter_vec(&r, "signins_total", "Gateway sign-ins attempted, by result.", &["result"]);
-        let session_losses =
-            counter_vec(&r, "session_losses_total", "Sessions the gateway ended, by reason.", &["reason"]);
-        let guid_rotations = counter(&r, "guid_rotations_total", "Guid changes picked up from Set-GUID.");
-        let signout_failures = counter_vec(
-            &r,
-            "signout_failures_total",
-            "Sign-outs the gateway could not be told of (each attempt), by what asked for them.",
-            &["trigger"],
-        );
-        let connections = gauge(&r, "connections", "Open connections on the app-facing listener.");
-        let in_flight = gauge(&r, "requests_in_flight", "App requests being handled now (both faces).");
-        let event_streams = gauge(&r, "event_streams", "Open SSE event streams (GET /v1/events subscribers).");
-        let connections_refused = counter(
-            &r,
-            "connections_refused_total",
-            "Connections closed at once because server.max_connections were open.",
-        );
-        let auth_throttled = counter(
-            &r,
-            "auth_throttled_total",
-            "Requests answered 429 without a signature check: their address had too many tokens refused.",
-        );
-        let auth_refusals_remembered = counter(
-            &r,
-            "auth_refusals_remembered_total",
-            "Tokens refused again from memory (a forged signature seen before) without a check.",
-        );
-        let idle_signouts = counter(
-            &r,
-            "idle_signouts_total",
-            "Agents signed out because their app was silent for sessions.idle_timeout_ms.",
-        );
-        let events_dropped = counter(
-            &r,
-            "events_dropped_total",
-            "Gateway events dropped from a full per-agent buffer before an app read them.",
-        );
-        let input_discarded = counter_vec(
-            &r,
-            "input_discarded_total",
-            "Input from the gateway or Redis discarded to keep a bound or because it was invalid, by what it was.",
-            &["what"],
-        );
-        for d in Discarded::ALL {
-            input_discarded.with_label_values(&[d.as_str()]).reset();
-        }
-        let gateway_up = gauge(&r, "gateway_up", "1 when the readiness probe reaches the gateway over TCP, else 0.");
-        let store_up =
-            gauge(&r, "store_up", "1 while the shared store (Redis) answers, else 0; 1 with the memory store.");
-        store_up.set(1);
-        let store_errors = counter_vec(
-            &r,
-            "store_errors_total",
-            "Shared store (Redis) operations that failed, by operation.",
-            &["op"],
-        );
-        for op in StoreOp::ALL {
-            store_errors.with_label_values(&[op.as_str()]).reset();
-        }
-        let leases =
-            gauge(&r, "leases", "Agents whose gateway events this replica polls (the memory store: all of them).");
-        let lease_takeovers = counter(
-            &r,
-            "lease_takeovers_total",
-            "Pollers this replica took over from a replica that stopped renewing its lease.",
-        );
-        let lease_losses =
-            counter(&r, "lease_losses_total", "Pollers this replica stopped because another replica holds the lease.");
-        let build_info =
-            IntGaugeVec::new(Opts::new("build_info", "Build information; always 1."), &["version", "commit"])
-                .expect("static metric definition");
-        r.register(Box::new(build_info.clone())).expect("metric registered once");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CCGATE_COMMIT")]).set(1);
-        for s in SessionState::ALL {
-            sessions.with_label_values(&[s.as_str()]).set(0);
-        }
-        let jwks_fetches = counter_vec(
-            &r,
-            "jwks_fetches_total",
-            "Fetches of an identity provider's keys (discovery included), by issuer and result.",
-            &["issuer", "result"],
-        );
-        let jwks_keys = IntGaugeVec::new(
-            Opts::new("jwks_keys", "Signing keys loaded for each issuer (from a file or fetched)."),
-            &["issuer"],
-        )
-        .expect("static metric definition");
-        r.register(Box::new(jwks_keys.clone())).expect("metric registered once");
+        let f = Families::register(&r);
+        f.store_up.set(1);
+        f.config_last_reload_ok.set(1);
+        f.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CCGATE_COMMIT")]).set(1);
         let jwks_age = Arc::new(FreshnessCollector::new());
         let cert_expiry = Arc::new(CertExpiry::new());
         r.register(Box::new(CertExpiryRef(cert_expiry.clone()))).expect("metric registered once");
         r.register(Box::new(FreshnessRef(jwks_age.clone()))).expect("metric registered once");
-        let signin_wait = Histogram::with_opts(
-            HistogramOpts::new(
-                "signin_wait_seconds",
-                "Time sign-ins waited for a turn at the gateway (sessions.signin_concurrency).",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("static metric definition");
-        r.register(Box::new(signin_wait.clone())).expect("metric registered once");
-        let config_reloads = counter_vec(
-            &r,
-            "config_reloads_total",
-            "Reloads (SIGHUP, ccgate reload) by result; a failed one left the running config in place.",
-            &["result"],
-        );
-        let config_last_reload_ok =
-            gauge(&r, "config_last_reload_successful", "1 when the last reload succeeded (or none was tried), else 0.");
-        config_last_reload_ok.set(1);
-        let certificate_reloads = counter_vec(
-            &r,
-            "tls_certificate_reloads_total",
-            "Server certificate reloads after its files changed, by result.",
-            &["result"],
-        );
-        for result in ReloadResult::ALL {
-            config_reloads.with_label_values(&[result.as_str()]).reset();
-            certificate_reloads.with_label_values(&[result.as_str()]).reset();
-        }
         // Every series with a known label set exists from the start at 0, so `increase(...)`
         // and `rate(...)` see the first event after a restart (a series born at 1 has no
         // increase). Per-method series are made for the stop method, the product's reason to
         // be, and the poller's method, whose failures the alerts watch; the other methods'
         // appear when first used, which keeps the exposition a few hundred lines.
-        zero(&auth_failures, AuthFailureReason::ALL.iter().map(|r| [r.as_str()]));
-        zero(&signins, SigninResult::ALL.iter().map(|r| [r.as_str()]));
-        zero(&session_losses, LossReason::ALL.iter().map(|r| [r.as_str()]));
-        zero(&signout_failures, SignoutTrigger::ALL.iter().map(|t| [t.as_str()]));
+        for s in SessionState::ALL {
+            f.sessions.with_label_values(&[s.as_str()]).set(0);
+        }
+        zero(&f.input_discarded, Discarded::ALL.iter().map(|d| [d.as_str()]));
+        zero(&f.store_errors, StoreOp::ALL.iter().map(|op| [op.as_str()]));
+        zero(&f.config_reloads, ReloadResult::ALL.iter().map(|r| [r.as_str()]));
+        zero(&f.certificate_reloads, ReloadResult::ALL.iter().map(|r| [r.as_str()]));
+        zero(&f.auth_failures, AuthFailureReason::ALL.iter().map(|r| [r.as_str()]));
+        zero(&f.signins, SigninResult::ALL.iter().map(|r| [r.as_str()]));
+        zero(&f.session_losses, LossReason::ALL.iter().map(|r| [r.as_str()]));
+        zero(&f.signout_failures, SignoutTrigger::ALL.iter().map(|t| [t.as_str()]));
         let stop = GatewayMethod::StopVoiceToConf.log_name();
-        zero(&requests, Outcome::ALL.iter().map(|o| [stop, o.as_str()]));
+        zero(&f.requests, Outcome::ALL.iter().map(|o| [stop, o.as_str()]));
         for m in [GatewayMethod::StopVoiceToConf, GatewayMethod::GetAgentEvent] {
-            zero(&upstream_errors, UpstreamErrorKind::ALL.iter().map(|k| [m.log_name(), k.as_str()]));
+            zero(&f.upstream_errors, UpstreamErrorKind::ALL.iter().map(|k| [m.log_name(), k.as_str()]));
         }
         // The standard `process_*` series, without the `ccgate_` prefix dashboards expect
         // them under, so in a registry of their own.
@@ -578,45 +448,9 @@ impl Metrics {
         Self(Arc::new(Inner {
             registry: r,
             process,
-            requests,
-            request_duration,
-            upstream_duration,
-            upstream_responses,
-            upstream_errors,
-            rate_limited,
-            rate_limit_shadow,
-            rate_limiter_keys,
-            rate_limiter_overflow,
-            auth_failures,
-            sessions,
-            signins,
-            session_losses,
-            guid_rotations,
-            idle_signouts,
-            signout_failures,
-            connections,
-            connections_refused,
-            in_flight,
-            event_streams,
-            auth_throttled,
-            auth_refusals_remembered,
-            events_dropped,
-            input_discarded,
-            gateway_up,
-            store_up,
-            store_errors,
-            leases,
-            lease_takeovers,
-            lease_losses,
-            build_info,
-            jwks_fetches,
-            jwks_keys,
+            f,
             jwks_age,
             cert_expiry,
-            signin_wait,
-            config_reloads,
-            config_last_reload_ok,
-            certificate_reloads,
             req_cells: (0..MethodLabel::COUNT * Outcome::COUNT).map(|_| OnceLock::new()).collect(),
             req_dur_cells: (0..MethodLabel::COUNT).map(|_| OnceLock::new()).collect(),
             up_dur_cells: (0..GatewayMethod::COUNT).map(|_| OnceLock::new()).collect(),
@@ -715,6 +549,14 @@ impl Metrics {
 
     pub fn count_lease_takeover(&self) {
         self.0.lease_takeovers.inc();
+    }
+
+    pub fn lease_takeovers(&self) -> u64 {
+        self.0.lease_takeovers.get()
+    }
+
+    pub fn lease_losses(&self) -> u64 {
+        self.0.lease_losses.get()
     }
 
     pub fn count_lease_loss(&self) {
@@ -818,47 +660,8 @@ impl Metrics {
         let i = &self.0;
         let age = FreshnessRef(i.jwks_age.clone());
         let expiry = CertExpiryRef(i.cert_expiry.clone());
-        let collectors: [&dyn Collector; 39] = [
-            &i.requests,
-            &i.request_duration,
-            &i.upstream_duration,
-            &i.upstream_responses,
-            &i.upstream_errors,
-            &i.rate_limited,
-            &i.rate_limit_shadow,
-            &i.rate_limiter_keys,
-            &i.rate_limiter_overflow,
-            &i.auth_failures,
-            &i.sessions,
-            &i.signins,
-            &i.session_losses,
-            &i.guid_rotations,
-            &i.idle_signouts,
-            &i.signout_failures,
-            &i.connections,
-            &i.connections_refused,
-            &i.in_flight,
-            &i.event_streams,
-            &i.auth_throttled,
-            &i.auth_refusals_remembered,
-            &i.events_dropped,
-            &i.input_discarded,
-            &i.gateway_up,
-            &i.store_up,
-            &i.store_errors,
-            &i.leases,
-            &i.lease_takeovers,
-            &i.lease_losses,
-            &i.build_info,
-            &i.jwks_fetches,
-            &i.jwks_keys,
-            &age,
-            &expiry,
-            &i.signin_wait,
-            &i.config_reloads,
-            &i.config_last_reload_ok,
-            &i.certificate_reloads,
-        ];
+        let mut collectors = i.f.collectors();
+        collectors.extend([&age as &dyn Collector, &expiry]);
         // The registry adds the `ccgate_` prefix when gathering; descriptors lack it.
         let mut v: Vec<String> =
             collectors.iter().flat_map(|c| c.desc()).map(|d| format!("ccgate_{}", d.fq_name)).collect();

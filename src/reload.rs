@@ -27,26 +27,19 @@ use crate::metrics::{Metrics, ReloadResult};
 use crate::ops::limits::Limits;
 use crate::ops::CoreSettings;
 use crate::session::{CredentialStore, SessionStore};
-use crate::shared::Shared;
+use crate::shared::SharedStore;
 use crate::tls::{self, CertResolver};
 
-/// Config keys (dotted, or prefixes ending in `.`) a reload applies. Everything else needs a
-/// restart.
-const LIVE_KEYS: &[&str] = &[
-    "auth.",
-    "credentials.",
-    "rate_limits.",
-    "policy.",
-    "server.tls_cert",
-    "server.tls_key",
-    "server.tls_watch_interval_ms",
-    "sessions.resume",
-    "sessions.conference_wait_ms",
-    "sessions.face_event_wait_ms",
-];
+/// Config keys (dotted, or prefixes ending in `.`) of the parts a reload rebuilds whole from
+/// the new config ([`Live::build`]): the authenticator, the credentials, the limits and the
+/// server certificate. With [`CoreSettings::KEYS`], what a reload applies; everything else
+/// needs a restart.
+const REBUILT_KEYS: &[&str] =
+    &["auth.", "credentials.", "rate_limits.", "server.tls_cert", "server.tls_key", "server.tls_watch_interval_ms"];
 
 fn is_live(key: &str) -> bool {
-    LIVE_KEYS.iter().any(|k| if k.ends_with('.') { key.starts_with(k) } else { key == *k })
+    let matches = |k: &&str| if k.ends_with('.') { key.starts_with(*k) } else { key == *k };
+    REBUILT_KEYS.iter().any(matches) || CoreSettings::KEYS.iter().any(matches)
 }
 
 /// Where the config came from, to read it again.
@@ -72,7 +65,7 @@ impl Live {
     pub fn build(
         config: &Config,
         metrics: &Metrics,
-        shared: Option<&Arc<Shared>>,
+        shared: Option<&Arc<dyn SharedStore>>,
         previous: Option<&Authenticator>,
         on_keys: Option<OnChange>,
     ) -> Result<Self, String> {
@@ -120,7 +113,7 @@ pub struct Reloader {
     cert: Option<Arc<CertResolver>>,
     /// The certificate files as last loaded, to notice a renewal.
     cert_stamp: Mutex<Option<FileStamp>>,
-    shared: Option<Arc<Shared>>,
+    shared: Option<Arc<dyn SharedStore>>,
     metrics: Metrics,
     on_keys: Option<OnChange>,
 }
@@ -132,7 +125,7 @@ pub struct Parts {
     pub limits: Arc<ArcSwap<Limits>>,
     pub settings: Arc<ArcSwap<CoreSettings>>,
     pub cert: Option<Arc<CertResolver>>,
-    pub shared: Option<Arc<Shared>>,
+    pub shared: Option<Arc<dyn SharedStore>>,
     pub metrics: Metrics,
     pub on_keys: Option<OnChange>,
 }
@@ -334,5 +327,48 @@ mod tests {
         assert_eq!(live, vec!["auth.leeway_secs", "policy.on_unknown_chair", "sessions.resume"]);
         assert_eq!(restart, vec!["server.listen", "sessions.poll_pause_ms"]);
         assert_eq!(diff(&old, &old.clone()), (vec![], vec![]));
+    }
+
+    /// A leaf changed to another value its type allows, if one deserializes.
+    fn changed(v: &toml::Value) -> Vec<toml::Value> {
+        match v {
+            toml::Value::Boolean(b) => vec![toml::Value::Boolean(!b)],
+            toml::Value::Integer(i) => vec![toml::Value::Integer(i + 1)],
+            toml::Value::Float(f) => vec![toml::Value::Float(f * 2.0 + 1.0)],
+            // Enum settings: one of these is another variant.
+            toml::Value::String(_) => ["deny", "forward", "sign_out", "handover", "closed", "open", "redis", "memory"]
+                .iter()
+                .map(|s| toml::Value::String((*s).into()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The live keys the core's settings are made of are exactly those `from_config` reads:
+    /// every other `sessions.` and `policy.` key leaves them unchanged (it needs a restart).
+    #[test]
+    fn the_settings_a_reload_applies_are_those_the_settings_read() {
+        let base = toml::Value::try_from(Config::default()).unwrap();
+        let before = CoreSettings::from_config(&Config::default());
+        let mut checked = Vec::new();
+        for section in ["sessions", "policy"] {
+            let Some(toml::Value::Table(t)) = base.get(section) else { panic!("no [{section}]") };
+            for (k, v) in t {
+                let key = format!("{section}.{k}");
+                let mut differs = false;
+                for new in changed(v) {
+                    let mut doc = base.clone();
+                    doc[section][k.as_str()] = new;
+                    if let Ok(c) = doc.try_into::<Config>() {
+                        differs |= CoreSettings::from_config(&c) != before;
+                    }
+                }
+                assert_eq!(differs, is_live(&key), "{key}: read by the settings vs listed live");
+                checked.push(key);
+            }
+        }
+        for key in CoreSettings::KEYS {
+            assert!(checked.iter().any(|c| c == key), "{key} is not a config key");
+        }
     }
 }

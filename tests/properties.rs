@@ -2,7 +2,7 @@
 //! not panic, and what they accept round-trips (or is refused for the right reason).
 
 use ccgate::edge::passthrough::match_path;
-use ccgate::gateway::client::{cookie_pair, merge_cookies, parse_set_guid};
+use ccgate::gateway::wire::{cookie_pair, merge_cookies, parse_set_guid};
 use ccgate::gateway::{parse_agent_id, Envelope, GatewayMethod, BASE_PATH};
 use ccgate::ops::Failure;
 use ccgate::session::conference::apply_event;

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use ccgate::gateway::GatewayMethod;
-use ccgate::metrics::LossReason;
+use ccgate::session::LossReason;
 use ccgate::session::{ConfState, Ended};
 use ccgate::sim::Faults;
 use common::{problem, test_sim_config, Harness, Options, WAIT};

@@ -10,7 +10,7 @@ use super::route::Route;
 use crate::metrics::Outcome;
 use crate::ops::{Done, Failure, Operation};
 use crate::server::body::{self, Body};
-use crate::session::{ConfState, Session, SignInOptions};
+use crate::session::{ConfState, SignInOptions, Snapshot};
 
 /// A phone number the gateway accepts: at most 24 characters (docs/gateway.md, "Sign-in").
 const MAX_PHONENUM_LEN: usize = 24;
@@ -138,11 +138,11 @@ pub fn render(done: Done, stream: StreamContext<'_>) -> (Response<Body>, Outcome
 }
 
 /// The session state shown to the app.
-fn view(s: &Session) -> Value {
-    let conf = s.conf();
+fn view(s: &Snapshot) -> Value {
+    let conf = s.conf;
     json!({
         "agentId": s.agent_id,
-        "signedIn": s.ended().is_none(),
+        "signedIn": s.signed_in,
         "conference": conf,
         "confId": conf.conf_id(),
         "chairperson": match conf {

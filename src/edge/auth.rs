@@ -43,7 +43,8 @@ use crate::config::{AuthConfig, Cidr, KeySource, ProviderConfig};
 use crate::gateway::parse_agent_id;
 use crate::jwks::remote::{OnChange, RemoteKeys};
 use crate::jwks::KeySet;
-use crate::metrics::{AuthFailureReason as Reason, Metrics};
+use crate::metrics::Metrics;
+use crate::ops::principal::AuthFailureReason as Reason;
 use crate::ops::Principal;
 
 /// Longest tenant value kept; longer ones share the "no tenant" bucket rather than letting a

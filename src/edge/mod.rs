@@ -28,8 +28,9 @@ use tracing::Instrument;
 
 use crate::gateway::trace::TraceContext;
 use crate::gateway::{timing, GatewayMethod, BASE_PATH};
-use crate::metrics::{GaugeGuard, MethodLabel, Metrics, Outcome};
+use crate::metrics::{GaugeGuard, Metrics, Outcome};
 use crate::ops::limits::LimitState;
+use crate::ops::method::MethodLabel;
 use crate::ops::{Core, Failure, Principal};
 use crate::server::body::Body;
 use crate::server::Handler;

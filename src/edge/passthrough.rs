@@ -15,7 +15,7 @@ use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Response};
 use serde_json::Value;
 
-use crate::gateway::client::JSON_UTF8;
+use crate::gateway::wire::JSON_UTF8;
 use crate::gateway::{Envelope, GatewayMethod, BASE_PATH};
 use crate::metrics::Outcome;
 use crate::ops::{Done, Failure, Operation, Principal};
@@ -93,7 +93,7 @@ pub fn parse(who: &Principal, m: GatewayMethod, agent: &str, body: Bytes) -> Res
 /// have said. Refusals are rendered in `render.rs`.
 pub fn render(done: Done) -> (Response<Body>, Outcome) {
     let body = match done {
-        Done::SignedIn { session, .. } => session.login_answer.clone(),
+        Done::SignedIn { session, .. } => session.login_answer,
         Done::SignedOut(answer) => answer,
         Done::Replied { method: GatewayMethod::UpdateGuid, reply } => {
             // The new Guid is in the body: the session keeps it, the client never sees it.

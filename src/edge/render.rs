@@ -9,11 +9,12 @@ use http::header::{HeaderName, HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER, WW
 use http::{HeaderMap, Response, StatusCode};
 use serde_json::json;
 
-use crate::gateway::client::JSON_UTF8;
+use crate::gateway::wire::JSON_UTF8;
 use crate::gateway::{Envelope, Retcode, UpstreamError};
-use crate::metrics::{AuthFailureReason, Outcome};
+use crate::metrics::Outcome;
 use crate::ops::failure::Overload;
 use crate::ops::limits::LimitState;
+use crate::ops::principal::AuthFailureReason;
 use crate::ops::Failure;
 use crate::server::body::{full, Body};
 

@@ -4,7 +4,7 @@
 use http::Method;
 
 use crate::gateway::GatewayMethod;
-use crate::metrics::MethodLabel;
+use crate::ops::method::MethodLabel;
 use crate::ops::Failure;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

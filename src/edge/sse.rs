@@ -9,7 +9,6 @@
 
 use std::fmt::Write as _;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +21,7 @@ use tokio::sync::{mpsc, watch};
 use crate::server::body::{Body, BoxError};
 use crate::server::listener::triggered;
 use crate::session::events::BufferedEvent;
-use crate::session::{Ended, Session};
+use crate::session::{Ended, Listening};
 
 /// A comment line this often keeps intermediaries from timing out an idle stream.
 pub const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -52,8 +51,8 @@ fn frame(e: &BufferedEvent) -> Bytes {
 }
 
 /// The event stream for `session`, after event `after` (`None`: from now).
-pub fn subscribe(session: Arc<Session>, after: Option<u64>, shutdown: watch::Receiver<bool>) -> Response<Body> {
-    let cursor = after.unwrap_or_else(|| session.events.latest());
+pub fn subscribe(session: Listening, after: Option<u64>, shutdown: watch::Receiver<bool>) -> Response<Body> {
+    let cursor = after.unwrap_or_else(|| session.events().latest());
     let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
     tokio::spawn(pump(session, cursor, tx, shutdown));
     let mut r = Response::new(Body::new(ChannelBody(rx)));
@@ -65,19 +64,18 @@ pub fn subscribe(session: Arc<Session>, after: Option<u64>, shutdown: watch::Rec
     r
 }
 
-async fn pump(session: Arc<Session>, mut cursor: u64, tx: mpsc::Sender<Bytes>, mut shutdown: watch::Receiver<bool>) {
+/// Runs while the stream is open, holding `session` (the agent counts as active meanwhile:
+/// the session layer's rule, carried by `Listening`).
+async fn pump(session: Listening, mut cursor: u64, tx: mpsc::Sender<Bytes>, mut shutdown: watch::Receiver<bool>) {
     // Open until the app goes away (the send fails), the session ends or ccgate stops.
     let _open = crate::metrics::GaugeGuard::new(session.metrics().event_streams());
-    // An app that only listens is still there: while the stream is open the agent is active
-    // (no idle sign-out), and its idle time counts from the close.
-    let _listening = session.listening();
-    let mut latest = session.events.subscribe();
+    let mut latest = session.events().subscribe();
     let mut ended = std::pin::pin!(session.wait_ended());
     if tx.send(Bytes::from_static(b": ccgate event stream\nretry: 2000\n\n")).await.is_err() {
         return;
     }
     loop {
-        let batch = session.events.since(cursor);
+        let batch = session.events().since(cursor);
         if batch.missed && tx.send(Bytes::from_static(b": missed events: the buffer was full\n\n")).await.is_err() {
             return;
         }
@@ -91,7 +89,7 @@ async fn pump(session: Arc<Session>, mut cursor: u64, tx: mpsc::Sender<Bytes>, m
             changed = latest.changed() => if changed.is_err() { return },
             why = &mut ended => {
                 // Deliver what arrived before the end, then say so.
-                for e in &session.events.since(cursor).events {
+                for e in &session.events().since(cursor).events {
                     if tx.send(frame(e)).await.is_err() {
                         return;
                     }

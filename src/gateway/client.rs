@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -22,37 +22,14 @@ use tokio_rustls::client::TlsStream;
 
 use super::envelope::Envelope;
 use super::methods::GatewayMethod;
-use super::poll_conn::{self, Answer, PollConnection};
-use super::trace::{TRACEPARENT, TRACESTATE};
+use super::poll_conn::{self, PollConnection};
+use super::wire::{
+    cookie_pair, parse_set_guid, request_target, session_headers, Answer, SessionAuth, UpstreamError, JSON_UTF8,
+    MAX_UPSTREAM_BODY, SET_GUID_HEADER,
+};
 use super::{timing, CallFuture, Gateway};
 use crate::config::{ms, GatewayConfig};
 use crate::tls;
-use std::borrow::Cow;
-
-/// The header carrying the session's Guid on requests.
-pub const GUID_HEADER: &str = "guid";
-static GUID: HeaderName = HeaderName::from_static(GUID_HEADER);
-/// The response header carrying a new Guid (`JSESSIONID=<uuid>.AgentGateway<n>`).
-pub const SET_GUID_HEADER: &str = "set-guid";
-/// Largest gateway response body accepted; envelopes are a few hundred bytes, conference
-/// queries a few KiB.
-pub const MAX_UPSTREAM_BODY: usize = 1024 * 1024;
-pub const JSON_UTF8: &str = "application/json; charset=UTF-8";
-
-/// The credentials a session presents: Guid and the cookies captured at sign-in. Both are
-/// kept as ready `HeaderValue`s (marked sensitive so they never appear in debug output) so the
-/// hot path copies no strings.
-#[derive(Clone)]
-pub struct SessionAuth {
-    pub guid: HeaderValue,
-    pub cookie: Option<HeaderValue>,
-}
-
-impl std::fmt::Debug for SessionAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SessionAuth(***)")
-    }
-}
 
 /// One request to the gateway.
 pub struct GatewayRequest<'a> {
@@ -111,23 +88,6 @@ impl From<&GatewayReply> for GatewayRefusal {
             body: r.body.clone(),
         }
     }
-}
-
-/// Why a gateway round trip failed. Each maps to one HTTP status at the edge.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum UpstreamError {
-    /// No connection could be made (refused, unreachable, TLS handshake failed): 503.
-    #[error("gateway unreachable: {0}")]
-    Unavailable(String),
-    /// No complete answer within the timeout: 504.
-    #[error("gateway timed out")]
-    Timeout,
-    /// The gateway answered with a non-200 status: 502.
-    #[error("gateway answered HTTP {0}")]
-    BadStatus(StatusCode),
-    /// The gateway's body was not a valid envelope, or the connection broke mid-answer: 502.
-    #[error("gateway answered garbage: {0}")]
-    Malformed(String),
 }
 
 pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -370,36 +330,6 @@ impl Gateway for GatewayClient {
     }
 }
 
-/// The request target of a call: from a work number checked again here, whoever supplied it
-/// (a token, the shared store), so nothing but digits reaches the request line. Both writers
-/// (hyper's pool, the poller's own connection) take it from here.
-pub(super) fn request_target(method: GatewayMethod, agent: &str) -> Result<String, UpstreamError> {
-    match super::parse_agent_id(agent) {
-        Some(_) => Ok(method.path(agent)),
-        None => Err(UpstreamError::Malformed("agent id is not a work number; request not sent".into())),
-    }
-}
-
-/// The headers that carry the session and the trace, in the order both writers send them:
-/// `traceparent`, `tracestate`, `guid`, `cookie` (each a `HeaderValue`, so valid by type).
-/// A value made here is handed over owned, one the session keeps is lent: the pool's writer
-/// then moves the one and clones the other, as it did before there was one writer.
-pub(super) fn session_headers(auth: Option<&SessionAuth>, mut field: impl FnMut(&HeaderName, Cow<'_, HeaderValue>)) {
-    // The app's trace continues at the gateway, with ccgate's span as the parent.
-    timing::with_trace(|t| {
-        field(&TRACEPARENT, Cow::Owned(t.traceparent()));
-        if let Some(state) = t.tracestate() {
-            field(&TRACESTATE, Cow::Borrowed(state));
-        }
-    });
-    if let Some(auth) = auth {
-        field(&GUID, Cow::Borrowed(&auth.guid));
-        if let Some(c) = &auth.cookie {
-            field(&COOKIE, Cow::Borrowed(c));
-        }
-    }
-}
-
 /// The envelope of an answer read whole, with the new Guid and cookies it carried.
 fn reply(a: Answer) -> Result<GatewayReply, UpstreamError> {
     if a.status != StatusCode::OK {
@@ -429,133 +359,4 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-/// `JSESSIONID=<uuid>.AgentGateway0` → `<uuid>.AgentGateway0`. Attributes after `;` are
-/// dropped; the node suffix is kept because it routes the session to its node.
-pub fn parse_set_guid(v: &str) -> Option<String> {
-    let v = v.split(';').next()?.trim();
-    let guid = v.strip_prefix("JSESSIONID=").unwrap_or(v).trim();
-    if !valid_guid(guid) {
-        return None;
-    }
-    Some(guid.to_owned())
-}
-
-/// `name=value; Path=/; Secure` → `name=value`.
-pub fn cookie_pair(v: &str) -> Option<String> {
-    let pair = v.split(';').next()?.trim();
-    let (name, _) = pair.split_once('=')?;
-    if name.is_empty() {
-        return None;
-    }
-    Some(pair.to_owned())
-}
-
-/// Cookies one session keeps at most, and their total size in `name=value` bytes. The NSLB
-/// sets one sticky cookie; 16 and 4 KiB leave room for a balancer or WAF in front of it, while
-/// a gateway that sets a new cookie on every answer can grow neither the request head nor the
-/// shared store's record. Cookies past either bound are dropped (and counted).
-pub const MAX_COOKIES: usize = 16;
-pub const MAX_COOKIE_BYTES: usize = 4096;
-
-/// Merges new `name=value` pairs into the jar, replacing same-named cookies, within
-/// [`MAX_COOKIES`] and [`MAX_COOKIE_BYTES`]. Returns the jar and how many were dropped.
-pub fn merge_cookies(existing: &[String], new: &[String]) -> (Vec<String>, usize) {
-    let name = |c: &str| c.split('=').next().unwrap_or_default().to_owned();
-    let mut out: Vec<String> = existing.to_vec();
-    let mut dropped = 0;
-    for n in new {
-        let same = out.iter().position(|c| name(c) == name(n));
-        let others: usize = out.iter().enumerate().filter(|(i, _)| Some(*i) != same).map(|(_, c)| c.len()).sum();
-        if (same.is_none() && out.len() >= MAX_COOKIES) || others + n.len() > MAX_COOKIE_BYTES {
-            dropped += 1;
-            continue;
-        }
-        if let Some(i) = same {
-            out.remove(i);
-        }
-        out.push(n.clone());
-    }
-    (out, dropped)
-}
-
-/// Whether a jar read from outside this process (the shared store) is one ccgate could have
-/// made: within the bounds, every entry a `name=value` pair fit for a header.
-pub fn valid_cookie_jar(jar: &[String]) -> bool {
-    jar.len() <= MAX_COOKIES
-        && jar.iter().map(String::len).sum::<usize>() <= MAX_COOKIE_BYTES
-        && jar.iter().all(|c| cookie_pair(c).as_deref() == Some(c.as_str()) && HeaderValue::from_str(c).is_ok())
-}
-
-/// Whether a Guid read from outside this process is one [`parse_set_guid`] could have given,
-/// and of a sane length.
-pub fn valid_guid(g: &str) -> bool {
-    !g.is_empty() && g.len() <= MAX_GUID_LEN && g.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// Longest Guid kept: the gateway's are a UUID and a node suffix (~50 bytes).
-pub const MAX_GUID_LEN: usize = 256;
-
-/// Builds a `SessionAuth` from a Guid and cookie pairs; `None` if the Guid is not a valid
-/// header value (a gateway sending control characters).
-pub fn session_auth(guid: &str, cookies: &[String]) -> Option<SessionAuth> {
-    let mut guid = HeaderValue::from_str(guid).ok()?;
-    guid.set_sensitive(true);
-    let cookie = if cookies.is_empty() {
-        None
-    } else {
-        let mut c = HeaderValue::from_str(&cookies.join("; ")).ok()?;
-        c.set_sensitive(true);
-        Some(c)
-    };
-    Some(SessionAuth { guid, cookie })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn set_guid_keeps_node_suffix() {
-        assert_eq!(parse_set_guid("JSESSIONID=1f0e-22.AgentGateway1").as_deref(), Some("1f0e-22.AgentGateway1"));
-        assert_eq!(parse_set_guid("JSESSIONID=abc.AgentGateway0; Path=/").as_deref(), Some("abc.AgentGateway0"));
-        assert_eq!(parse_set_guid("abc.AgentGateway0").as_deref(), Some("abc.AgentGateway0"));
-        assert_eq!(parse_set_guid("JSESSIONID="), None);
-        assert_eq!(parse_set_guid("JSESSIONID=a b"), None);
-    }
-
-    #[test]
-    fn cookies_merge_by_name() {
-        let a = vec![cookie_pair("huaweielbsession=1; Path=/; Secure").unwrap()];
-        let b = vec!["huaweielbsession=2".to_owned(), "other=x".to_owned()];
-        assert_eq!(merge_cookies(&a, &b), (vec!["huaweielbsession=2".to_owned(), "other=x".to_owned()], 0));
-        assert_eq!(cookie_pair("=x"), None);
-        assert_eq!(cookie_pair("novalue"), None);
-    }
-
-    #[test]
-    fn the_cookie_jar_is_bounded_in_count_and_bytes() {
-        let flood: Vec<String> = (0..60).map(|i| format!("c{i}=v")).collect();
-        let (jar, dropped) = merge_cookies(&[], &flood);
-        assert_eq!((jar.len(), dropped), (MAX_COOKIES, 60 - MAX_COOKIES));
-        assert!(valid_cookie_jar(&jar));
-        // A cookie already kept can still be replaced when the jar is full.
-        let (jar, dropped) = merge_cookies(&jar, &["c0=new".to_owned()]);
-        assert_eq!(dropped, 0);
-        assert!(jar.contains(&"c0=new".to_owned()));
-        let big = format!("big={}", "x".repeat(MAX_COOKIE_BYTES));
-        assert_eq!(merge_cookies(&[], std::slice::from_ref(&big)).1, 1);
-        assert!(!valid_cookie_jar(&[big]));
-        assert!(!valid_cookie_jar(&["a=1\r\nX: y".to_owned()]));
-        assert!(!valid_cookie_jar(&["novalue".to_owned()]));
-    }
-
-    #[test]
-    fn session_auth_is_sensitive() {
-        let a = session_auth("g.AgentGateway0", &["c=1".into()]).unwrap();
-        assert!(a.guid.is_sensitive());
-        assert_eq!(format!("{a:?}"), "SessionAuth(***)");
-        assert!(session_auth("bad\nguid", &[]).is_none());
-    }
 }

@@ -8,14 +8,16 @@ pub mod methods;
 pub mod poll_conn;
 pub mod timing;
 pub mod trace;
+pub mod wire;
 
 use std::future::Future;
 use std::pin::Pin;
 
-pub use client::{GatewayClient, GatewayRefusal, GatewayReply, GatewayRequest, SessionAuth, UpstreamError};
+pub use client::{GatewayClient, GatewayRefusal, GatewayReply, GatewayRequest};
 pub use envelope::{Envelope, Retcode};
 pub use methods::GatewayMethod;
 pub use poll_conn::PollConnection;
+pub use wire::{SessionAuth, UpstreamError};
 
 /// Every agent interface lives under this path.
 pub const BASE_PATH: &str = "/agentgateway/resource/";

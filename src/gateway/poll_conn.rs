@@ -29,8 +29,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use super::client::{cookie_pair, parse_set_guid, SessionAuth, UpstreamError};
 use super::methods::GatewayMethod;
+use super::wire::{self, cookie_pair, parse_set_guid, Answer, SessionAuth, UpstreamError, MAX_UPSTREAM_BODY};
 
 /// Largest answer head accepted: far above a gateway's few hundred bytes, and the size most
 /// servers (Tomcat's `maxHttpResponseHeaderSize`, nginx's buffers) cap their own heads at, x8.
@@ -42,7 +42,7 @@ pub const MAX_HEADERS: usize = 64;
 /// framing (a legitimate chunked answer spends a few bytes per KiB on it). Without this a
 /// body within its cap could arrive as 1-byte chunks each carrying a 1,000-byte extension,
 /// and the raw answer would be held whole: a GiB for one poll.
-pub const MAX_ANSWER_BYTES: usize = MAX_HEAD + super::client::MAX_UPSTREAM_BODY + super::client::MAX_UPSTREAM_BODY / 4;
+pub const MAX_ANSWER_BYTES: usize = MAX_HEAD + MAX_UPSTREAM_BODY + MAX_UPSTREAM_BODY / 4;
 /// Interim (1xx) answers accepted before the real one. A gateway sends none; a proxy in front
 /// may send a `100 Continue` or a `103 Early Hints`. A flood of them is refused rather than
 /// read until the poll's timeout.
@@ -73,23 +73,6 @@ impl std::fmt::Debug for PollConnection {
     }
 }
 
-/// An answer read whole: the status, what it says about the session, and the body.
-pub struct Answer {
-    pub status: StatusCode,
-    /// The new Guid from `Set-GUID`, `JSESSIONID=` removed.
-    pub set_guid: Option<String>,
-    /// `name=value` of each `Set-Cookie`.
-    pub cookies: Vec<String>,
-    pub body: Bytes,
-}
-
-impl std::fmt::Debug for Answer {
-    /// The status only: the Guid and cookies are secrets.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Answer").field("status", &self.status).finish_non_exhaustive()
-    }
-}
-
 impl PollConnection {
     /// Renders the request into the write buffer: the fixed part once, then the session's
     /// Guid and cookie and the trace context, as hyper would send them (lowercase names, no
@@ -106,10 +89,10 @@ impl PollConnection {
             let mut fixed = Vec::with_capacity(128);
             fixed.extend_from_slice(method.http_method().as_str().as_bytes());
             fixed.push(b' ');
-            fixed.extend_from_slice(super::client::request_target(method, agent)?.as_bytes());
+            fixed.extend_from_slice(wire::request_target(method, agent)?.as_bytes());
             fixed.extend_from_slice(b" HTTP/1.1\r\n");
             field(&mut fixed, "host", host.as_bytes());
-            field(&mut fixed, "content-type", super::client::JSON_UTF8.as_bytes());
+            field(&mut fixed, "content-type", wire::JSON_UTF8.as_bytes());
             self.head = Some((method, fixed));
         }
         let w = &mut self.write;
@@ -117,7 +100,7 @@ impl PollConnection {
         if let Some((_, fixed)) = &self.head {
             w.extend_from_slice(fixed);
         }
-        super::client::session_headers(auth, |name, value| field(w, name.as_str(), value.as_bytes()));
+        wire::session_headers(auth, |name, value| field(w, name.as_str(), value.as_bytes()));
         if !body.is_empty() || method.http_method() != http::Method::GET {
             field(w, "content-length", body.len().to_string().as_bytes());
         }
@@ -181,7 +164,7 @@ impl PollConnection {
         let mut keep_alive = head.keep_alive;
         let body = match head.framing {
             Framing::Length(n) => {
-                if n > super::client::MAX_UPSTREAM_BODY {
+                if n > MAX_UPSTREAM_BODY {
                     return Err(too_large());
                 }
                 while buf.len() < head.len + n {
@@ -215,7 +198,7 @@ impl PollConnection {
                         // an envelope cut short fails its JSON parse.
                         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
                         Err(e) => return Err(malformed(format!("reading the answer: {e}"))),
-                        Ok(_) if buf.len() - head.len > super::client::MAX_UPSTREAM_BODY => return Err(too_large()),
+                        Ok(_) if buf.len() - head.len > MAX_UPSTREAM_BODY => return Err(too_large()),
                         Ok(_) => {}
                     }
                 }
@@ -276,7 +259,7 @@ fn malformed(why: String) -> UpstreamError {
 }
 
 fn too_large() -> UpstreamError {
-    malformed(format!("answer body larger than {} bytes", super::client::MAX_UPSTREAM_BODY))
+    malformed(format!("answer body larger than {} bytes", MAX_UPSTREAM_BODY))
 }
 
 /// The connection ended before the answer did. With nothing received at all on a reused
@@ -376,7 +359,7 @@ fn parse_head(buf: &[u8]) -> Result<Parsed, UpstreamError> {
             if text(h.value).is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))) {
                 keep_alive = false;
             }
-        } else if name.eq_ignore_ascii_case(super::client::SET_GUID_HEADER) {
+        } else if name.eq_ignore_ascii_case(wire::SET_GUID_HEADER) {
             if set_guid.is_none() {
                 set_guid = text(h.value).and_then(parse_set_guid);
             }
@@ -439,7 +422,7 @@ impl Chunked {
             }
             let size = usize::try_from(size)
                 .ok()
-                .filter(|s| self.body.len().checked_add(*s).is_some_and(|t| t <= super::client::MAX_UPSTREAM_BODY))
+                .filter(|s| self.body.len().checked_add(*s).is_some_and(|t| t <= MAX_UPSTREAM_BODY))
                 .ok_or_else(too_large)?;
             // The chunk's data and its CRLF must all be here before it counts.
             if rest.len() < line + size + 2 {
@@ -551,9 +534,8 @@ mod tests {
             "data past its size"
         );
         assert!(frame(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err(), "not hex");
-        let huge =
-            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", super::super::client::MAX_UPSTREAM_BODY + 1);
-        assert_eq!(head(&huge).framing, Framing::Length(super::super::client::MAX_UPSTREAM_BODY + 1));
+        let huge = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", super::super::wire::MAX_UPSTREAM_BODY + 1);
+        assert_eq!(head(&huge).framing, Framing::Length(super::super::wire::MAX_UPSTREAM_BODY + 1));
         let chunk = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n", 2 * 1024 * 1024);
         assert!(frame(chunk.as_bytes()).unwrap_err().to_string().contains("larger than"));
     }
@@ -573,7 +555,7 @@ mod tests {
     #[test]
     fn the_request_is_what_hyper_would_send() {
         let mut c = PollConnection::default();
-        let auth = super::super::client::session_auth("g-1.AgentGateway0", &["a=1".into(), "b=2".into()]).unwrap();
+        let auth = super::super::wire::session_auth("g-1.AgentGateway0", &["a=1".into(), "b=2".into()]).unwrap();
         let host = HeaderValue::from_static("gw.example:8043");
         c.render(GatewayMethod::GetAgentEvent, "153", &host, Some(&auth), b"").unwrap();
         assert_eq!(
@@ -582,7 +564,7 @@ mod tests {
              content-type: application/json; charset=UTF-8\r\nguid: g-1.AgentGateway0\r\ncookie: a=1; b=2\r\n\r\n"
         );
         // The fixed part is rendered once; the Guid is current each time.
-        let rotated = super::super::client::session_auth("g-2.AgentGateway0", &[]).unwrap();
+        let rotated = super::super::wire::session_auth("g-2.AgentGateway0", &[]).unwrap();
         c.render(GatewayMethod::GetAgentEvent, "153", &host, Some(&rotated), b"").unwrap();
         assert!(String::from_utf8_lossy(c.request()).ends_with("guid: g-2.AgentGateway0\r\n\r\n"));
         // An agent id that is not a work number (planted in the shared store) never reaches

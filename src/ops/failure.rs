@@ -3,11 +3,11 @@
 //! retcode from one table (`edge/render.rs`). No variant carries a token, Guid, password or
 //! cookie, so no rendering of one can leak a secret.
 
+use super::principal::AuthFailureReason;
 use crate::gateway::{GatewayRefusal, Retcode, UpstreamError};
-use crate::metrics::AuthFailureReason;
 use crate::session::SessionError;
 
-use super::limits::Refusal as LimitRefusal;
+use super::limit_state::Refusal as LimitRefusal;
 
 /// Each variant's doc says what the caller can do about it.
 #[derive(Debug, thiserror::Error)]

@@ -22,10 +22,13 @@ use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 
-use super::{Failure, Principal};
+use super::failure::Failure;
+pub use super::limit_state::{LimitState, Refusal};
+use super::method::MethodLabel;
+use super::principal::Principal;
 use crate::config::{LimitConfig, LimitsFallback, RateLimitsConfig, Scope};
-use crate::metrics::{MethodLabel, Metrics};
-use crate::shared::{Shared, StoreError};
+use crate::metrics::Metrics;
+use crate::shared::{Bucket, SharedStore, StoreError};
 
 /// How often idle keys are evicted and the key gauges refreshed.
 pub const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
@@ -123,31 +126,6 @@ pub struct Limit {
     limiter: Limiter,
 }
 
-/// One limit's state after a decision, as the IETF RateLimit headers describe it: quota `q`
-/// over window `w` seconds, `r` left, full again in `t` seconds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitState {
-    pub name: Arc<str>,
-    pub quota: u32,
-    pub window_secs: u64,
-    pub remaining: u32,
-    pub reset_secs: u64,
-}
-
-/// A refusal: which limit, and when to come back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub scope: Scope,
-    pub retry_after_secs: u64,
-    pub state: LimitState,
-}
-
-impl Refusal {
-    pub fn name(&self) -> &str {
-        &self.state.name
-    }
-}
-
 fn ceil_secs(d: Duration) -> u64 {
     let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     s.max(1)
@@ -200,14 +178,18 @@ impl Limit {
     }
 
     /// The same decision on the limit's bucket in Redis, shared by every replica.
-    async fn check_shared(&self, shared: &Shared, who: &Principal) -> Result<Result<u32, Duration>, StoreError> {
+    async fn check_shared(
+        &self,
+        shared: &dyn SharedStore,
+        who: &Principal,
+    ) -> Result<Result<u32, Duration>, StoreError> {
         let key = match self.cfg.scope {
             Scope::Agent => who.agent_id.as_str(),
             Scope::Tenant => who.tenant.as_deref().unwrap_or(&self.no_tenant),
             Scope::Global => "",
         };
-        let key = shared.limit_key(&self.name, self.cfg.scope.as_str(), key);
-        shared.gcra(&key, self.interval, self.cfg.burst).await
+        let bucket = Bucket { limit: &self.name, scope: self.cfg.scope, key };
+        shared.gcra(bucket, self.interval, self.cfg.burst).await
     }
 
     fn keys(&self) -> usize {
@@ -225,7 +207,7 @@ pub struct Limits {
     metrics: Metrics,
     /// With the shared store, buckets live in Redis (global across replicas); the local ones
     /// serve as the fallback while Redis is away, if so configured.
-    shared: Option<(Arc<Shared>, LimitsFallback)>,
+    shared: Option<(Arc<dyn SharedStore>, LimitsFallback)>,
 }
 
 impl Limits {
@@ -252,7 +234,7 @@ impl Limits {
     }
 
     /// Keeps the buckets in Redis, shared by every replica.
-    pub fn shared(mut self, shared: Arc<Shared>, fallback: LimitsFallback) -> Self {
+    pub fn shared(mut self, shared: Arc<dyn SharedStore>, fallback: LimitsFallback) -> Self {
         self.shared = Some((shared, fallback));
         self
     }
@@ -272,7 +254,7 @@ impl Limits {
         let shared_outcomes = match &self.shared {
             None => None,
             Some((shared, _)) => {
-                Some(futures_util::future::join_all(limits.iter().map(|l| l.check_shared(shared, who))).await)
+                Some(futures_util::future::join_all(limits.iter().map(|l| l.check_shared(&**shared, who))).await)
             }
         };
         let mut tightest: Option<(u32, &Limit)> = None;
@@ -356,5 +338,38 @@ mod tests {
         assert_eq!(stop.iter().map(|l| l.cfg.scope).collect::<Vec<_>>(), [Scope::Agent, Scope::Global]);
         assert_eq!(limits.by_method[MethodLabel::Events.index()].len(), 1, "only the `*` limit");
         assert_eq!(limits.by_method.len(), MethodLabel::COUNT);
+    }
+
+    /// Three replicas' limits on one shared store (the in-memory one, Redis's semantics),
+    /// under the paused clock: one bucket for all of them, refilled by the store's clock, and
+    /// the configured fallback while the store is away.
+    #[tokio::test(start_paused = true)]
+    async fn a_shared_bucket_holds_across_replicas_and_falls_back_as_configured() {
+        use crate::shared::memory::MemoryHub;
+        let hub = MemoryHub::new(Duration::from_secs(3));
+        let stop = MethodLabel::Gateway(crate::gateway::GatewayMethod::StopVoiceToConf);
+        let who = Principal { agent_id: "153".into(), tenant: None };
+        let cfg = RateLimitsConfig {
+            limit: vec![LimitConfig { rate: 1.0, burst: 2, ..limit("stopVoiceToConf") }],
+            ..RateLimitsConfig::default()
+        };
+        let replica = |fallback| {
+            let store: Arc<dyn SharedStore> = hub.replica();
+            Limits::new(&cfg, Metrics::new()).unwrap().shared(store, fallback)
+        };
+        let replicas =
+            [replica(LimitsFallback::Local), replica(LimitsFallback::Local), replica(LimitsFallback::Closed)];
+        let mut allowed = 0;
+        for r in replicas.iter().cycle().take(6) {
+            allowed += usize::from(r.check(stop, &who).await.is_ok());
+        }
+        assert_eq!(allowed, 2, "the burst, shared");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(replicas[1].check(stop, &who).await.is_ok(), "one more a second later, on any replica");
+        assert!(replicas[2].check(stop, &who).await.is_err());
+        // The store away: `local` judges by the replica's own bucket, `closed` refuses.
+        hub.set_down(true);
+        assert!(replicas[0].check(stop, &who).await.is_ok());
+        assert!(matches!(replicas[2].check(stop, &who).await, Err(Failure::StoreUnavailable)));
     }
 }

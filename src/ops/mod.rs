@@ -5,8 +5,11 @@
 //! docs/architecture.md walks a request through it.
 
 pub mod failure;
+mod limit_state;
 pub mod limits;
+pub mod method;
 pub mod policy;
+pub mod principal;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,22 +20,14 @@ use bytes::Bytes;
 
 use crate::config::{ms, UnknownChair};
 use crate::gateway::{GatewayMethod, GatewayRefusal, GatewayReply};
-use crate::metrics::MethodLabel;
 use crate::session::conference::apply_success;
 use crate::session::events::BufferedEvent;
-use crate::session::{ConfState, Session, SessionError, SessionStore, SignInOptions};
+use crate::session::{ConfState, Listening, Session, SessionError, SessionStore, SignInOptions, Snapshot};
 pub use failure::Failure;
 use limits::{LimitState, Limits};
+use method::MethodLabel;
 use policy::check_chair;
-
-/// Who is calling: the agent the token acts for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    /// Work number, canonical decimal string (101..999999).
-    pub agent_id: String,
-    /// The tenant the token names (`auth.tenant_claim`), for per-tenant rate limits.
-    pub tenant: Option<String>,
-}
+pub use principal::Principal;
 
 /// What an app asks ccgate to do for its agent.
 #[derive(Debug)]
@@ -63,10 +58,10 @@ pub enum Operation {
 #[derive(Debug)]
 pub enum Done {
     SignedIn {
-        session: Arc<Session>,
+        session: Snapshot,
         created: bool,
     },
-    Session(Arc<Session>),
+    Session(Snapshot),
     /// The gateway's answer to the sign-out.
     SignedOut(Bytes),
     /// The gateway's answer (retcode "0") to a call.
@@ -80,7 +75,8 @@ pub enum Done {
     ConferencePending,
     /// `None`: no event within the wait.
     Event(Option<BufferedEvent>),
-    Subscribed(Arc<Session>),
+    /// An event stream, open: the agent counts as active until it is dropped.
+    Subscribed(Listening),
 }
 
 /// An operation's result, with the state of the tightest rate limit that admitted it.
@@ -91,7 +87,7 @@ pub struct Answer {
 }
 
 /// What the core needs beyond the session store and the limits; parsed once from config.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CoreSettings {
     pub on_unknown_chair: UnknownChair,
     /// `sessions.resume`: sign in again once (and retry once) when the gateway ends a session
@@ -104,6 +100,11 @@ pub struct CoreSettings {
 }
 
 impl CoreSettings {
+    /// The config keys these settings are made of: what a reload applies to them (the reload's
+    /// list of live keys includes these; a test holds the two to `from_config`).
+    pub const KEYS: &'static [&'static str] =
+        &["policy.on_unknown_chair", "sessions.resume", "sessions.conference_wait_ms", "sessions.face_event_wait_ms"];
+
     pub fn from_config(c: &crate::config::Config) -> Self {
         Self {
             on_unknown_chair: c.policy.on_unknown_chair,
@@ -150,9 +151,9 @@ impl Core {
                 }
                 let (session, created) = self.sessions.sign_in(agent, opts).await?;
                 session.touch();
-                Ok(Done::SignedIn { session, created })
+                Ok(Done::SignedIn { session: session.snapshot(), created })
             }
-            Operation::GetSession => Ok(Done::Session(self.session(agent).await?)),
+            Operation::GetSession => Ok(Done::Session(self.session(agent).await?.snapshot())),
             Operation::SignOut(method) => Ok(Done::SignedOut(self.sessions.sign_out(agent, method).await?)),
             Operation::Call { method, body } => {
                 self.with_session(agent, |s| {
@@ -171,7 +172,7 @@ impl Core {
                 let session = self.session(agent).await?;
                 Ok(Done::Event(self.next_event(&session).await))
             }
-            Operation::Subscribe => Ok(Done::Subscribed(self.session(agent).await?)),
+            Operation::Subscribe => Ok(Done::Subscribed(self.session(agent).await?.listening())),
         }
     }
 

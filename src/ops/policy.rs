@@ -1,7 +1,7 @@
 //! The chairperson policy: a chair-only operation from an agent ccgate knows is not chair is
 //! refused here and never reaches the gateway.
 
-use super::Failure;
+use super::failure::Failure;
 use crate::config::UnknownChair;
 use crate::session::ConfState;
 

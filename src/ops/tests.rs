@@ -42,7 +42,7 @@ fn new_core(gw: &Arc<FakeGateway>, resume: bool) -> Core {
 async fn sign_in(core: &Core) -> Arc<Session> {
     let op = Operation::SignIn { opts: SignInOptions::default(), refuse_if_signed_in: false };
     match core.run(&who(), MethodLabel::Gateway(GatewayMethod::Login), op).await.result {
-        Ok(Done::SignedIn { session, .. }) => session,
+        Ok(Done::SignedIn { session, .. }) => core.sessions.active(&session.agent_id).unwrap(),
         other => panic!("sign-in: {other:?}"),
     }
 }

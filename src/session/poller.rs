@@ -10,10 +10,22 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::agent::Session;
 use super::conference::{apply_event, EventEffect};
-use super::{Session, SessionStore};
+use super::error::Refusal;
+use super::pacing::Pacer;
+use super::state::LossReason;
 use crate::gateway::{GatewayMethod, GatewayReply, PollConnection, UpstreamError};
-use crate::metrics::{GaugeGuard, LossReason};
+use crate::metrics::GaugeGuard;
+
+/// What a poller needs of the store that started it.
+pub(super) trait Poller: Send + Sync {
+    /// The app has been silent for `idle`: sign the agent out (in a task of its own, since
+    /// that stops this poller), retrying until the gateway is told or the app returns.
+    fn sign_out_idle(&self, session: Arc<Session>, idle: Duration);
+    /// The pacer every retry after a failed poll waits its turn at.
+    fn repoll(&self) -> &Pacer;
+}
 
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Settings {
@@ -30,11 +42,11 @@ pub(super) struct Settings {
 }
 
 enum Step {
-    Polled(Result<(GatewayReply, super::Refusal), UpstreamError>),
+    Polled(Result<(GatewayReply, Refusal), UpstreamError>),
     Idle,
 }
 
-pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Settings) {
+pub(super) async fn run(session: Arc<Session>, store: Weak<dyn Poller>, s: Settings) {
     // This replica's running pollers (`ccgate_leases`).
     let _polling = GaugeGuard::new(session.metrics.leases());
     let agent = session.agent_id.clone();
@@ -73,9 +85,7 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Set
                 if let Some(idle) = s.idle.filter(|d| Instant::now() >= session.last_activity() + *d) {
                     if !session.idle_signout.swap(true, Ordering::AcqRel) {
                         if let Some(store) = store.upgrade() {
-                            // Signing out stops this task, so it runs in its own.
-                            let session = session.clone();
-                            tokio::spawn(async move { store.sign_out_idle(session, idle).await });
+                            store.sign_out_idle(session.clone(), idle);
                         }
                     }
                 }
@@ -110,12 +120,7 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Set
             }
             let (_, effect) = apply_event(session.conf(), &agent, event);
             if effect == EventEffect::SessionEnded {
-                match &session.link {
-                    Some(link) => link.lost(&session, LossReason::ShutdownEvent).await,
-                    None => {
-                        session.mark_lost(LossReason::ShutdownEvent);
-                    }
-                }
+                session.lost(LossReason::ShutdownEvent).await;
                 return;
             }
             // Computed on the state as it is when written (another replica may have changed it).
@@ -130,10 +135,10 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<SessionStore>, s: Set
 /// After a failed poll: a random wait below the current ceiling (which then doubles, up to
 /// `max`), then a turn at the store's re-poll pacer, so pollers that failed together neither
 /// retry together nor all at once when the gateway returns.
-async fn back_off(store: &Weak<SessionStore>, ceiling: &mut Duration, max: Duration) {
+async fn back_off(store: &Weak<dyn Poller>, ceiling: &mut Duration, max: Duration) {
     tokio::time::sleep(super::pacing::full_jitter(*ceiling)).await;
     *ceiling = (*ceiling * 2).min(max);
     if let Some(store) = store.upgrade() {
-        store.repoll.wait().await;
+        store.repoll().wait().await;
     }
 }

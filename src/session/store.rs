@@ -13,15 +13,25 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::agent::{lock, Session};
+use super::cluster::{Claim, Host};
+use super::conference::ConfState;
+use super::credentials::CredentialStore;
+use super::error::{Ended, SessionError};
 use super::events::EventBuffer;
-use super::{lock, poller, ConfState, CredentialStore, Ended, Session, SessionError};
+use super::link::Link;
+use super::pacing::{Pacer, SignInGate};
+use super::poller::{self, Poller};
+use super::replica::Replica;
+use super::replication::Replication;
+use super::state::SessionState;
 use crate::config::{ms, SessionsConfig, ShutdownMode};
-use crate::gateway::client::session_auth;
+use crate::gateway::wire::session_auth;
 use crate::gateway::{
     timing, Envelope, Gateway, GatewayMethod, GatewayRefusal, GatewayReply, GatewayRequest, Retcode, UpstreamError,
 };
-use crate::metrics::{Metrics, SessionState, SigninResult, SignoutTrigger};
-use crate::shared::Shared;
+use crate::metrics::{Metrics, SigninResult, SignoutTrigger};
+use crate::shared::{Record, SharedStore, StreamEvent};
 
 /// The outcome of one sign-in, shared by everyone who waited for it.
 type Flight = watch::Receiver<Option<Result<(Arc<Session>, bool), SessionError>>>;
@@ -29,9 +39,9 @@ type Flight = watch::Receiver<Option<Result<(Arc<Session>, bool), SessionError>>
 /// Per-agent slot. `op` makes sign-in and sign-out mutually exclusive; `flight` lets
 /// concurrent callers join the sign-in in progress instead of starting their own.
 #[derive(Default)]
-pub(super) struct Slot {
+struct Slot {
     op: tokio::sync::Mutex<()>,
-    pub(super) session: ArcSwapOption<Session>,
+    session: ArcSwapOption<Session>,
     flight: Mutex<Option<Flight>>,
     /// The last sign-in went out but its answer never came back (timeout, broken
     /// connection): the gateway may hold a session for the agent that ccgate never saw.
@@ -65,26 +75,20 @@ impl std::fmt::Debug for SignInOptions {
 }
 
 pub struct SessionStore {
-    pub(super) slots: Mutex<HashMap<String, Arc<Slot>>>,
+    slots: Mutex<HashMap<String, Arc<Slot>>>,
     gateway: Arc<dyn Gateway>,
     /// Swapped whole by a reload; sign-ins in flight keep the file they started with.
     creds: ArcSwap<CredentialStore>,
     cfg: SessionsConfig,
-    pub(super) metrics: Metrics,
+    metrics: Metrics,
     event_ids: Arc<AtomicU64>,
     me: Weak<SessionStore>,
-    /// The shared store (`store.backend = "redis"`), and what to do with agents at shutdown.
-    pub(super) shared: Option<Arc<Shared>>,
-    on_shutdown: ShutdownMode,
+    /// In process, or shared with other replicas (`store.backend`); chosen once, here.
+    replication: Replication,
     /// `sessions.signin_concurrency` / `signin_queue`.
-    signin_gate: super::pacing::SignInGate,
+    signin_gate: SignInGate,
     /// `sessions.repoll_rate`: every poller's retry after a failure waits its turn here.
-    pub(super) repoll: super::pacing::Pacer,
-    /// A maintenance round found the shared store away: the first round after it reconciles
-    /// every copy.
-    pub(super) store_was_away: AtomicBool,
-    /// Until when takeovers wait after the shared store came back (see `maintain`).
-    pub(super) takeovers_after: Mutex<Option<tokio::time::Instant>>,
+    repoll: Pacer,
 }
 
 impl SessionStore {
@@ -106,9 +110,12 @@ impl SessionStore {
         creds: CredentialStore,
         cfg: SessionsConfig,
         metrics: Metrics,
-        shared: Option<Arc<Shared>>,
+        shared: Option<Arc<dyn SharedStore>>,
         on_shutdown: ShutdownMode,
     ) -> Arc<Self> {
+        // Sign-in and sign-out wait this long for another replica's, and the cluster-wide
+        // lock lives as long: beyond a poll's timeout, so beyond the gateway's.
+        let op_wait = ms(cfg.poll_timeout_ms) + Duration::from_secs(1);
         Arc::new_cyclic(|me| Self {
             slots: Mutex::new(HashMap::new()),
             gateway,
@@ -116,17 +123,25 @@ impl SessionStore {
             metrics,
             event_ids: Arc::new(AtomicU64::new(0)),
             me: me.clone(),
-            shared,
-            on_shutdown,
-            signin_gate: super::pacing::SignInGate::new(cfg.signin_concurrency, cfg.signin_queue),
-            repoll: super::pacing::Pacer::new(cfg.repoll_rate),
-            store_was_away: AtomicBool::new(false),
-            takeovers_after: Mutex::new(None),
+            replication: Replication::new(shared, op_wait, on_shutdown),
+            signin_gate: SignInGate::new(cfg.signin_concurrency, cfg.signin_queue),
+            repoll: Pacer::new(cfg.repoll_rate),
             cfg,
         })
     }
 
-    pub(super) fn slot(&self, agent: &str) -> Arc<Slot> {
+    /// Follows the other replicas (with the shared store), for the process's life.
+    pub fn start_replication(self: &Arc<Self>) {
+        self.replication.start(Arc::downgrade(self));
+    }
+
+    /// The agent's live session from any replica: the local copy, else (with the shared
+    /// store) the record another replica made, adopted as a local copy.
+    pub async fn lookup(&self, agent: &str) -> Result<Arc<Session>, SessionError> {
+        self.replication.lookup(self, agent).await
+    }
+
+    fn slot(&self, agent: &str) -> Arc<Slot> {
         lock(&self.slots).entry(agent.to_owned()).or_default().clone()
     }
 
@@ -161,7 +176,7 @@ impl SessionStore {
         removed
     }
 
-    pub(super) fn forget_lost_gauge(&self, session: &Session) {
+    fn forget_lost_gauge(&self, session: &Session) {
         if session.is_lost() {
             self.metrics.sessions_gauge(SessionState::Lost).dec();
         }
@@ -225,18 +240,33 @@ impl SessionStore {
                 }
             }
         }
-        if let Some(shared) = self.shared.clone() {
-            return self.lead_sign_in_shared(agent, slot, opts, &shared).await;
+        let lock = match self.replication.claim(self, agent, opts.force).await? {
+            Claim::Adopted(s) => return Ok((s, false)),
+            Claim::Granted(lock) => lock,
+        };
+        let result = async {
+            let (reply, conf, resumable) = self.sign_in_at_gateway(agent, slot, opts).await?;
+            let replica = match self.replication.record_sign_in(agent, &reply, conf, resumable).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Signed in at the gateway but nobody else could find the session: sign
+                    // it out again rather than leave an agent nobody polls.
+                    self.abandon(agent, &reply).await;
+                    return Err(e);
+                }
+            };
+            self.finish_sign_in(agent, slot, &reply, conf, resumable, replica).map(|s| (s, true))
         }
-        let (reply, conf, resumable) = self.sign_in_at_gateway(agent, slot, opts).await?;
-        self.finish_sign_in(agent, slot, &reply, conf, resumable, None).map(|s| (s, true))
+        .await;
+        self.replication.unlock(agent, lock).await;
+        result
     }
 
     /// The gateway part of a sign-in: the body (from the credentials file unless the caller
     /// sent one), `login` or `forcelogin`, and the ghost check. Returns the successful answer,
     /// the conference state the session starts with, and whether ccgate can sign it in again
     /// by itself.
-    pub(super) async fn sign_in_at_gateway(
+    async fn sign_in_at_gateway(
         &self,
         agent: &str,
         slot: &Slot,
@@ -304,18 +334,18 @@ impl SessionStore {
     }
 
     /// Makes the local session of a successful sign-in and starts its poller.
-    pub(super) fn finish_sign_in(
+    fn finish_sign_in(
         &self,
         agent: &str,
         slot: &Slot,
         reply: &GatewayReply,
         conf: ConfState,
         resumable: bool,
-        link: Option<super::replicas::Link>,
+        replica: Replica,
     ) -> Result<Arc<Session>, SessionError> {
         let guid = reply.set_guid.as_deref().unwrap_or_default();
         let session = self
-            .build_session(agent, guid, &reply.cookies, reply.body.clone(), conf, resumable, link)
+            .build_session(agent, guid, &reply.cookies, reply.body.clone(), conf, resumable, replica)
             .ok_or_else(|| SessionError::from(UpstreamError::Malformed("unusable Set-GUID".into())))?;
         self.start_poller(&session);
         if let Some(old) = slot.session.swap(Some(session.clone())) {
@@ -328,7 +358,7 @@ impl SessionStore {
     }
 
     /// Signs out a session the gateway just gave us but ccgate could not record (best effort).
-    pub(super) async fn abandon(&self, agent: &str, reply: &GatewayReply) {
+    async fn abandon(&self, agent: &str, reply: &GatewayReply) {
         let Some(auth) = reply.set_guid.as_deref().and_then(|g| session_auth(g, &reply.cookies)) else { return };
         let request = GatewayRequest {
             method: GatewayMethod::Logout,
@@ -341,12 +371,6 @@ impl SessionStore {
         if let Err(e) = self.gateway.call(request).await {
             tracing::warn!(agent, error = %e, "could not sign out a session the shared store could not record");
         }
-    }
-
-    /// How long sign-in waits for another replica's sign-in of the same agent, and how long
-    /// the cluster-wide sign-in lock lives: beyond a poll's timeout, so beyond the gateway's.
-    pub(super) fn sign_in_wait(&self) -> Duration {
-        ms(self.cfg.poll_timeout_ms) + Duration::from_secs(1)
     }
 
     /// One sign-in request. Remembers whether its outcome is unknown: the request left but
@@ -376,21 +400,22 @@ impl SessionStore {
         }
     }
 
-    pub(super) fn start_poller(&self, session: &Arc<Session>) {
-        let handle = tokio::spawn(poller::run(session.clone(), self.me.clone(), self.poller_settings()));
+    fn start_poller(&self, session: &Arc<Session>) {
+        let host: Weak<dyn Poller> = self.me.clone();
+        let handle = tokio::spawn(poller::run(session.clone(), host, self.poller_settings()));
         if let Some(old) = lock(&session.poller).replace(handle) {
             old.abort();
         }
     }
 
     /// This replica holds `sessions.max_agents` live sessions: no new one, by sign-in or takeover.
-    pub(super) fn at_capacity(&self) -> bool {
+    fn at_capacity(&self) -> bool {
         let max = i64::try_from(self.cfg.max_agents).unwrap_or(i64::MAX);
         self.metrics.sessions_gauge(SessionState::Active).get() >= max
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn build_session(
+    fn build_session(
         &self,
         agent: &str,
         guid: &str,
@@ -398,10 +423,10 @@ impl SessionStore {
         login_answer: Bytes,
         conf: ConfState,
         resumable: bool,
-        link: Option<super::replicas::Link>,
+        replica: Replica,
     ) -> Option<Arc<Session>> {
         // The sign-in answer's cookies go into the jar under the same bounds as later ones.
-        let (cookies, dropped) = crate::gateway::client::merge_cookies(&[], cookies);
+        let (cookies, dropped) = crate::gateway::wire::merge_cookies(&[], cookies);
         if dropped > 0 {
             self.metrics.count_discarded(crate::metrics::Discarded::GatewayCookie, dropped as u64);
         }
@@ -422,7 +447,7 @@ impl SessionStore {
             born: Instant::now(),
             poller: Mutex::new(None),
             metrics: self.metrics.clone(),
-            link,
+            replica,
         }))
     }
 
@@ -431,35 +456,10 @@ impl SessionStore {
     /// the error is returned, so the app can retry: an agent is never left signed in at the
     /// gateway with nobody holding its Guid.
     pub async fn sign_out(&self, agent: &str, method: GatewayMethod) -> Result<Bytes, SessionError> {
-        let mut cluster_lock = None;
-        if let Some(shared) = &self.shared {
-            // Signed in through another replica: adopt it here to sign it out.
-            match self.lookup(agent).await {
-                Ok(_) | Err(SessionError::Lost) => {}
-                Err(e) => return Err(e),
-            }
-            cluster_lock = Some(self.cluster_lock(shared, agent).await?);
-        }
+        let lock = self.replication.lock_for_sign_out(self, agent).await?;
         let result = self.sign_out_here(agent, method).await;
-        if let (Some(shared), Some(token)) = (&self.shared, cluster_lock) {
-            shared.unlock_op(agent, &token).await;
-        }
+        self.replication.unlock(agent, lock).await;
         result
-    }
-
-    /// The cluster-wide sign-in/sign-out lock of `agent`, waiting for another replica's.
-    async fn cluster_lock(&self, shared: &Shared, agent: &str) -> Result<String, SessionError> {
-        let wait = self.sign_in_wait();
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Some(token) = shared.lock_op(agent, wait).await? {
-                return Ok(token);
-            }
-            if Instant::now() >= deadline {
-                return Err(UpstreamError::Timeout.into());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     async fn sign_out_here(&self, agent: &str, method: GatewayMethod) -> Result<Bytes, SessionError> {
@@ -505,13 +505,9 @@ impl SessionStore {
         Ok(reply.body)
     }
 
-    /// With the shared store: the sign-out ends the session on every replica.
+    /// The sign-out ends the session on every replica.
     async fn record_sign_out(&self, session: &Session) {
-        if let (Some(shared), Some(link)) = (&self.shared, &session.link) {
-            if let Err(e) = shared.end(&session.agent_id, link.sid(), None, None).await {
-                tracing::warn!(agent = %session.agent_id, error = %e, "signed out, but could not tell the other replicas");
-            }
-        }
+        session.signed_out().await;
     }
 
     /// After a failed sign-out: the session carries on as before, unless it ended meanwhile.
@@ -524,7 +520,7 @@ impl SessionStore {
     /// Idle sign-out, started by the session's poller (which keeps polling meanwhile). Retries
     /// with back-off until the gateway is told, the app comes back, or the session ends or is
     /// replaced: a silent app must not leave its agent taking calls.
-    pub(super) async fn sign_out_idle(&self, session: Arc<Session>, idle: Duration) {
+    async fn sign_out_idle(&self, session: Arc<Session>, idle: Duration) {
         let settings = self.poller_settings();
         let mut backoff = settings.backoff;
         let mut counted = false;
@@ -572,21 +568,12 @@ impl SessionStore {
                 s.stop_poller();
             }
         }
-        let (sign_out, only_polled) = match &self.shared {
-            None => (self.cfg.sign_out_on_shutdown, false),
-            Some(shared) if self.on_shutdown == ShutdownMode::SignOut => {
-                let _ = shared.leave().await;
-                (true, true)
-            }
-            // Rollouts sign nobody out: the other replicas take the agents over. The last
-            // replica standing signs them out, as one replica with the memory store does.
-            Some(_) => (self.hand_over().await && self.cfg.sign_out_on_shutdown, false),
-        };
-        if !sign_out {
+        let plan = self.replication.shutdown_plan(self, self.cfg.sign_out_on_shutdown).await;
+        if !plan.sign_out {
             return;
         }
         let slots: Vec<Arc<Slot>> =
-            slots.into_iter().zip(polled).filter(|(_, polled)| !only_polled || *polled).map(|(s, _)| s).collect();
+            slots.into_iter().zip(polled).filter(|(_, polled)| !plan.only_polled || *polled).map(|(s, _)| s).collect();
         let settings = self.poller_settings();
         let mut tasks = Vec::new();
         for slot in slots {
@@ -620,6 +607,130 @@ impl SessionStore {
             backoff: ms(self.cfg.poll_backoff_ms),
             backoff_max: ms(self.cfg.poll_backoff_max_ms).max(Duration::from_millis(1)),
             idle: (self.cfg.idle_timeout_ms > 0).then(|| ms(self.cfg.idle_timeout_ms)),
+        }
+    }
+}
+
+/// What the poller needs of the store: idle sign-outs and the re-poll pacer.
+impl Poller for SessionStore {
+    fn sign_out_idle(&self, session: Arc<Session>, idle: Duration) {
+        // Signing out stops the poller that asks, so it runs in its own task.
+        if let Some(me) = self.me.upgrade() {
+            tokio::spawn(async move { me.sign_out_idle(session, idle).await });
+        }
+    }
+
+    fn repoll(&self) -> &Pacer {
+        &self.repoll
+    }
+}
+
+/// What replication needs of the store: the local copies.
+impl Host for SessionStore {
+    type Session = Session;
+
+    fn current(&self, agent: &str) -> Option<Arc<Session>> {
+        SessionStore::current(self, agent)
+    }
+
+    fn active(&self, agent: &str) -> Result<Arc<Session>, SessionError> {
+        SessionStore::active(self, agent)
+    }
+
+    fn link<'a>(&self, s: &'a Session) -> Option<&'a Link> {
+        s.replica.link()
+    }
+
+    fn local_agents(&self) -> Vec<String> {
+        lock(&self.slots).iter().filter(|(_, s)| s.session.load().is_some()).map(|(a, _)| a.clone()).collect()
+    }
+
+    fn start_poller(&self, s: &Arc<Session>) {
+        SessionStore::start_poller(self, s);
+    }
+
+    fn at_capacity(&self) -> bool {
+        SessionStore::at_capacity(self)
+    }
+
+    fn install(
+        &self,
+        agent: &str,
+        expected: Option<Arc<Session>>,
+        r: Record,
+        link: Link,
+        events: Vec<StreamEvent>,
+    ) -> Result<Arc<Session>, SessionError> {
+        let conf = serde_json::from_str(&r.conf).unwrap_or(ConfState::Unknown);
+        let session = self
+            .build_session(agent, &r.guid, &r.cookies, r.answer.clone(), conf, r.resumable, Replica::Shared(link))
+            .ok_or(SessionError::Internal("stored Guid is not a valid header value"))?;
+        // `events` holds one more than the buffer when some are missing before the newest.
+        let cap = session.events.capacity();
+        let skip = events.len().saturating_sub(cap);
+        if let Some((id, _, _)) = events.first().filter(|_| skip > 0) {
+            session.events.missing_up_to(*id);
+        }
+        for (id, kind, data) in events.into_iter().skip(skip) {
+            session.events.insert(id, &kind, data);
+        }
+        self.metrics.sessions_gauge(SessionState::Active).inc();
+        if let crate::shared::RecordState::Lost(reason) = r.state {
+            session.end(Ended::Lost(reason));
+        }
+        // Two requests adopting at once: the first one's copy wins.
+        let slot = self.slot(agent);
+        let prev = slot.session.compare_and_swap(&expected, Some(session.clone()));
+        let stored = match (&*prev, &expected) {
+            (Some(p), Some(e)) => Arc::ptr_eq(p, e),
+            (None, None) => true,
+            _ => false,
+        };
+        if !stored {
+            session.end(Ended::SignedOut);
+            return slot.session.load_full().ok_or(SessionError::NoSession);
+        }
+        if let Some(old) = expected {
+            old.end(Ended::SignedOut);
+            self.forget_lost_gauge(&old);
+        }
+        Ok(session)
+    }
+
+    fn count_takeover(&self) {
+        self.metrics.count_lease_takeover();
+    }
+
+    fn event_capacity(&self) -> usize {
+        // As the buffer itself rounds it.
+        self.cfg.event_buffer.max(1)
+    }
+}
+
+/// Hooks for the in-process replication tests, which drive rounds and follow changes
+/// themselves instead of on the timer.
+#[cfg(test)]
+impl SessionStore {
+    /// One maintenance round, now.
+    pub(crate) async fn maintenance_round(&self) {
+        if let Some(cluster) = self.replication.cluster() {
+            cluster.maintain(self).await;
+        }
+    }
+
+    /// Follows the other replicas' changes (no maintenance timer).
+    pub(crate) fn follow_changes(self: &Arc<Self>) {
+        if let Some(cluster) = self.replication.cluster() {
+            cluster.follow(Arc::downgrade(self));
+        }
+    }
+
+    /// The process dies: every poller stops and nobody is told anything.
+    pub(crate) fn halt(&self) {
+        for slot in lock(&self.slots).values() {
+            if let Some(s) = slot.session.load_full() {
+                s.stop_poller();
+            }
         }
     }
 }

@@ -3,11 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde_json::json;
 
 use super::testing::{event, store, FakeGateway};
 use super::*;
-use crate::gateway::Envelope;
+use crate::gateway::{Envelope, GatewayMethod, GatewayReply, UpstreamError};
 
 const AGENT: &str = "153";
 
@@ -88,7 +89,7 @@ async fn shutdown_event_from_the_poll_ends_the_session() {
     let sessions = store(&gw, |_| {});
     let (s, _) = sessions.sign_in(AGENT, SignInOptions::default()).await.unwrap();
     gw.push_event(event(AGENT, "AgentOther_ShutdownService", json!({"loginTime": 1})));
-    assert_eq!(s.wait_ended().await, Ended::Lost(crate::metrics::LossReason::ShutdownEvent));
+    assert_eq!(s.wait_ended().await, Ended::Lost(LossReason::ShutdownEvent));
     assert!(matches!(sessions.active(AGENT), Err(SessionError::Lost)));
 }
 

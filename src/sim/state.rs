@@ -1,7 +1,7 @@
 //! The simulated gateway's state: agents and their sessions, Guids (static or rotating),
 //! per-agent event queues, and conferences with chair semantics (docs/gateway.md).
 //!
-//! All of it sits behind one `std::sync::Mutex` in [`super::Sim`]; no method here awaits.
+//! All of it sits behind one `std::sync::Mutex` in `Sim`; no method here awaits.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::SimConfig;
+use super::config::{SimConfig, EVENT_QUEUE_CAP};
 use crate::gateway::{Envelope, Retcode};
 
 pub(super) struct Agent {
@@ -82,7 +82,7 @@ pub(super) enum GuidCheck {
 impl State {
     pub fn push_event(&mut self, agent: &str, ev: Value) {
         if let Some(a) = self.agents.get_mut(agent) {
-            if a.events.len() >= super::EVENT_QUEUE_CAP {
+            if a.events.len() >= EVENT_QUEUE_CAP {
                 a.events.pop_front();
             }
             a.events.push_back(ev);

@@ -1,0 +1,469 @@
+//! The store-wide half of replication on the shared store: finding a session another replica
+//! signed in, the cluster-wide sign-in lock, the maintenance round (heartbeat, lease renewals,
+//! deferred writes, takeovers, reconciling after an outage), the change channel, and hand-over
+//! at shutdown. It works on the local sessions through [`Host`], which the session store
+//! implements, so this module sits below the store in the module graph. docs/redis.md has
+//! the design.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::copy::LocalCopy;
+use super::error::SessionError;
+use super::link::{Applied, Link};
+use crate::gateway::UpstreamError;
+use crate::shared::{Change, CreateMode, Lease, NewRecord, OpLock, Record, RecordState, SharedStore, StreamEvent};
+
+/// Orphaned agents taken over per maintenance round (the rest wait for the next round).
+const TAKEOVERS_PER_ROUND: usize = 256;
+/// How often a replica waiting for another replica's sign-in (or sign-out) looks again.
+const LOOK_AGAIN: Duration = Duration::from_millis(20);
+
+/// What replication needs of the session store that holds the local copies.
+pub(crate) trait Host: Send + Sync + 'static {
+    type Session: LocalCopy + 'static;
+
+    /// The agent's local copy, live or ended.
+    fn current(&self, agent: &str) -> Option<Arc<Self::Session>>;
+    /// The agent's live local copy, or why there is none.
+    fn active(&self, agent: &str) -> Result<Arc<Self::Session>, SessionError>;
+    /// The copy's link to the shared store.
+    fn link<'a>(&self, s: &'a Self::Session) -> Option<&'a Link>;
+    /// Agents with a local copy.
+    fn local_agents(&self) -> Vec<String>;
+    fn start_poller(&self, s: &Arc<Self::Session>);
+    /// This replica holds `sessions.max_agents` live sessions.
+    fn at_capacity(&self) -> bool;
+    /// Makes a local copy of record `r` with `link` and `events` (the newest of its stream),
+    /// and puts it in place of `expected` (unless another request replaced that first: then
+    /// the copy in place is returned).
+    fn install(
+        &self,
+        agent: &str,
+        expected: Option<Arc<Self::Session>>,
+        r: Record,
+        link: Link,
+        events: Vec<StreamEvent>,
+    ) -> Result<Arc<Self::Session>, SessionError>;
+    fn count_takeover(&self);
+    /// A session's event buffer capacity (`sessions.event_buffer`).
+    fn event_capacity(&self) -> usize;
+}
+
+/// What a sign-in found when it asked the cluster.
+pub(crate) enum Claim<S> {
+    /// Another replica's sign-in of the agent is live: use it.
+    Adopted(Arc<S>),
+    /// This replica signs the agent in, holding the lock (released with `unlock`).
+    Granted(Option<OpLock>),
+}
+
+pub(crate) struct Cluster {
+    store: Arc<dyn SharedStore>,
+    /// How long sign-in and sign-out wait for another replica's, and how long the lock lives.
+    op_wait: Duration,
+    /// A maintenance round found the store away: the first round after it reconciles every copy.
+    store_was_away: AtomicBool,
+    /// Until when takeovers wait after the store came back (see `maintain`).
+    takeovers_after: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // One assignment per critical section; a poisoned lock is safe to keep using.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cluster {
+    pub(crate) fn new(store: Arc<dyn SharedStore>, op_wait: Duration) -> Self {
+        Self { store, op_wait, store_was_away: AtomicBool::new(false), takeovers_after: Mutex::new(None) }
+    }
+
+    /// A link for a session this replica has just signed in, recorded in the store.
+    pub(crate) async fn record_sign_in(&self, agent: &str, r: &NewRecord<'_>) -> Result<Link, SessionError> {
+        let epoch = self.store.create(agent, r, CreateMode::SignIn).await?;
+        Ok(Link::new(self.store.clone(), r.sid.to_owned(), epoch, 1))
+    }
+
+    /// The agent's live session from any replica: the local copy, else the record in the
+    /// store (adopted as a local copy).
+    pub(crate) async fn lookup<H: Host>(&self, host: &H, agent: &str) -> Result<Arc<H::Session>, SessionError> {
+        let local = host.current(agent);
+        if let Some(s) = &local {
+            if s.ended().is_none() {
+                return Ok(s.clone());
+            }
+        }
+        // Ended here: a newer session may have been signed in through another replica.
+        let record = match self.store.load(agent).await {
+            Ok(r) => r,
+            Err(e) => return if local.is_some() { host.active(agent) } else { Err(e.into()) },
+        };
+        match record {
+            Some(r) if r.state != RecordState::Out => {
+                let same = local.as_deref().and_then(|s| host.link(s)).filter(|l| l.sid() == r.sid);
+                // The same session, ended here: final if the record says so or this replica
+                // has a loss to write; otherwise it ended here only, and the record revives it.
+                if same.is_some_and(|l| r.state != RecordState::Active || l.loss_unwritten()) {
+                    return host.active(agent);
+                }
+                self.adopt(host, agent, r, 0).await?;
+                host.active(agent)
+            }
+            _ => Err(SessionError::NoSession),
+        }
+    }
+
+    /// Makes `r` this replica's local copy of the agent's session (`epoch`: the lease, when
+    /// this replica holds it).
+    async fn adopt<H: Host>(
+        &self,
+        host: &H,
+        agent: &str,
+        r: Record,
+        epoch: u64,
+    ) -> Result<Arc<H::Session>, SessionError> {
+        let existing = host.current(agent);
+        if let Some(s) = &existing {
+            // A copy of this session that ended here only, while the record is active, is
+            // replaced by a fresh one (a copy's end cannot be undone); any other is updated.
+            let revive = s.ended().is_some() && r.state == RecordState::Active;
+            if let Some(link) = host.link(s).filter(|l| l.sid() == r.sid && !revive) {
+                if epoch != 0 {
+                    link.hold(epoch);
+                }
+                link.apply(&**s, Some(r));
+                return Ok(s.clone());
+            }
+        }
+        let link = Link::new(self.store.clone(), r.sid.clone(), epoch, r.confv);
+        // The newest events (one more than the buffer holds, to tell whether some are missing),
+        // so `Last-Event-ID` from another replica resumes here.
+        let events = match self.store.latest_events(agent, host.event_capacity() + 1).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::debug!(agent, error = %e, "shared store: events not read; the copy starts without them");
+                Vec::new()
+            }
+        };
+        host.install(agent, existing, r, link, events)
+    }
+
+    /// Sign-in: at most one replica signs an agent in at a time (a lock in the store), and a
+    /// replica finding a live session there adopts it instead (unless `force`).
+    pub(crate) async fn claim<H: Host>(
+        &self,
+        host: &H,
+        agent: &str,
+        force: bool,
+    ) -> Result<Claim<H::Session>, SessionError> {
+        let deadline = Instant::now() + self.op_wait;
+        let lock = loop {
+            if let Some(s) = self.adopt_active(host, agent, force).await? {
+                return Ok(Claim::Adopted(s));
+            }
+            if let Some(lock) = self.store.lock_op(agent, self.op_wait).await? {
+                break lock;
+            }
+            if Instant::now() >= deadline {
+                return Err(UpstreamError::Timeout.into());
+            }
+            // Another replica is signing this agent in (or out): look again shortly.
+            tokio::time::sleep(LOOK_AGAIN).await;
+        };
+        // Looked again under the lock: a sign-in that finished just before it counts.
+        let found = self.adopt_active(host, agent, force).await;
+        if !matches!(found, Ok(None)) {
+            self.store.unlock_op(agent, &lock).await;
+        }
+        match found? {
+            Some(s) => Ok(Claim::Adopted(s)),
+            None => Ok(Claim::Granted(Some(lock))),
+        }
+    }
+
+    async fn adopt_active<H: Host>(
+        &self,
+        host: &H,
+        agent: &str,
+        force: bool,
+    ) -> Result<Option<Arc<H::Session>>, SessionError> {
+        if force {
+            return Ok(None);
+        }
+        match self.store.load(agent).await?.filter(|r| r.state == RecordState::Active) {
+            Some(r) => Ok(Some(self.adopt(host, agent, r, 0).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Sign-out: adopts a session signed in through another replica (so it can be signed out
+    /// here) and takes the cluster-wide lock.
+    pub(crate) async fn lock_for_sign_out<H: Host>(&self, host: &H, agent: &str) -> Result<OpLock, SessionError> {
+        match self.lookup(host, agent).await {
+            Ok(_) | Err(SessionError::Lost) => {}
+            Err(e) => return Err(e),
+        }
+        let deadline = Instant::now() + self.op_wait;
+        loop {
+            if let Some(lock) = self.store.lock_op(agent, self.op_wait).await? {
+                return Ok(lock);
+            }
+            if Instant::now() >= deadline {
+                return Err(UpstreamError::Timeout.into());
+            }
+            tokio::time::sleep(LOOK_AGAIN).await;
+        }
+    }
+
+    pub(crate) async fn unlock(&self, agent: &str, lock: &OpLock) {
+        self.store.unlock_op(agent, lock).await;
+    }
+
+    /// Follows the change channel and runs the maintenance rounds, for the process's life.
+    pub(crate) fn start<H: Host>(self: &Arc<Self>, host: Weak<H>) {
+        self.follow(host.clone());
+        let me = Arc::downgrade(self);
+        let every = self.store.lease_ttl() / 3;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (Some(cluster), Some(host)) = (me.upgrade(), host.upgrade()) else { return };
+                cluster.maintain(&*host).await;
+            }
+        });
+    }
+
+    /// Applies every change other replicas announce, for the process's life.
+    pub(crate) fn follow<H: Host>(self: &Arc<Self>, host: Weak<H>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(self.store.clone().follow(Box::new(move |change| {
+            if let (Some(cluster), Some(host)) = (me.upgrade(), host.upgrade()) {
+                tokio::spawn(async move { cluster.on_change(&*host, change).await });
+            }
+        })));
+    }
+
+    async fn on_change<H: Host>(&self, host: &H, change: Change) {
+        match change {
+            Change::Resync => {
+                for agent in host.local_agents() {
+                    self.resync(host, &agent).await;
+                    self.mirror(host, &agent).await;
+                }
+            }
+            Change::Session(agent) => self.resync(host, &agent).await,
+            Change::Events(agent) => self.mirror(host, &agent).await,
+        }
+    }
+
+    /// Copies the agent's new events into the local copy's buffer, if this replica has one.
+    async fn mirror<H: Host>(&self, host: &H, agent: &str) {
+        if let Some(s) = host.current(agent) {
+            if let Some(link) = host.link(&s) {
+                link.mirror(&*s).await;
+            }
+        }
+    }
+
+    /// Brings the local copy of `agent` in line with the store, in both directions: a copy
+    /// that ended here only is revived from an active record; a live session the store lost
+    /// is put back, by the replica that polls it (it has the newest Guid), or by any replica
+    /// once the record has been missing for a lease (the owner is gone too).
+    async fn resync<H: Host>(&self, host: &H, agent: &str) {
+        let Some(s) = host.current(agent) else { return };
+        let Some(link) = host.link(&s) else { return };
+        if s.ended().is_some() {
+            if link.loss_unwritten() {
+                link.flush_lost(&*s).await;
+                return;
+            }
+            match self.store.load(agent).await {
+                Ok(Some(r)) if r.sid == link.sid() && r.state == RecordState::Active => {
+                    tracing::info!(agent, "a copy that ended on this replica only follows the active record again");
+                    if let Err(e) = self.adopt(host, agent, r, 0).await {
+                        tracing::warn!(agent, error = %e, "could not revive the local copy from its record");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(agent, error = %e, "shared store away; resynced later"),
+            }
+            return;
+        }
+        match link.refresh(&*s).await {
+            Applied::Missing => {
+                if link.missing_for(self.store.lease_ttl()) {
+                    self.restore(host, &s, link).await;
+                }
+            }
+            _ => link.found(),
+        }
+    }
+
+    /// The store lost the record of a session this replica holds: put it back (first replica
+    /// wins) with this replica polling.
+    async fn restore<H: Host>(&self, host: &H, s: &Arc<H::Session>, link: &Link) {
+        let (guid, cookies) = s.with_raw_auth(|g, c| (g.to_owned(), c.to_vec()));
+        let conf = Link::conf_json(s.conf());
+        let (answer, resumable) = s.login();
+        let record = NewRecord { sid: link.sid(), guid: &guid, cookies: &cookies, answer, resumable, conf: &conf };
+        match self.store.create(s.agent_id(), &record, CreateMode::Restore).await {
+            Ok(0) => {}
+            Ok(epoch) => {
+                tracing::warn!(
+                    agent = s.agent_id(),
+                    "shared store had lost this session; restored it from this replica's copy"
+                );
+                if !link.restored(epoch) {
+                    host.start_poller(s);
+                }
+            }
+            Err(e) => tracing::debug!(agent = s.agent_id(), error = %e, "shared store away; restored later"),
+        }
+    }
+
+    /// One maintenance round: heartbeat, lease renewals, deferred writes, takeovers; after
+    /// an outage, every copy reconciled with its record.
+    pub(crate) async fn maintain<H: Host>(&self, host: &H) {
+        if let Err(e) = self.store.heartbeat().await {
+            // The store is away: owners keep polling from their copies; nothing else to do.
+            tracing::debug!(error = %e, "shared store away; maintenance round skipped");
+            self.store_was_away.store(true, Ordering::Release);
+            return;
+        }
+        if self.store_was_away.swap(false, Ordering::AcqRel) {
+            // Every lease expired while the store was away, the live owners' too, and each
+            // live owner holds Guids it could not share. Leave it a lease to take its own back
+            // before anyone takes over: a taker would poll with the record's older Guid, be
+            // refused, and end a session the gateway still honours.
+            *lock(&self.takeovers_after) = Some(Instant::now() + self.store.lease_ttl());
+            tracing::info!("shared store back: every copy follows its record again; takeovers wait a lease");
+            // Its change channel may not be back yet: every copy follows its record again
+            // this round, whatever happened meanwhile.
+            for agent in host.local_agents() {
+                self.resync(host, &agent).await;
+                self.mirror(host, &agent).await;
+            }
+        }
+        for agent in host.local_agents() {
+            let Some(s) = host.current(&agent) else { continue };
+            let Some(link) = host.link(&s) else { continue };
+            if s.ended().is_some() {
+                link.flush_lost(&*s).await;
+                continue;
+            }
+            if let Some(epoch) = link.epoch() {
+                match self.store.renew(&agent, epoch).await {
+                    Ok(Lease::Held(_)) => self.store.index_agent(&agent).await,
+                    Ok(Lease::Taken) => link.lose_lease(&*s),
+                    Ok(Lease::Absent) => self.reclaim(host, &s, link).await,
+                    Err(e) => tracing::debug!(agent, error = %e, "lease not renewed this round"),
+                }
+            }
+            link.flush(&*s).await;
+        }
+        if lock(&self.takeovers_after).is_some_and(|at| Instant::now() < at) {
+            return;
+        }
+        let orphans = match self.store.stale_agents(TAKEOVERS_PER_ROUND).await {
+            Ok(orphans) => orphans,
+            Err(e) => {
+                tracing::debug!(error = %e, "orphaned agents not read this round");
+                return;
+            }
+        };
+        for agent in orphans {
+            self.take_over(host, &agent).await;
+        }
+    }
+
+    /// This replica's lease expired without anyone taking it (a pause, or the store lost
+    /// it): take it again, or put the session back.
+    async fn reclaim<H: Host>(&self, host: &H, s: &Arc<H::Session>, link: &Link) {
+        let agent = s.agent_id();
+        match self.store.acquire(agent).await {
+            Ok(Lease::Held(epoch)) => {
+                link.hold(epoch);
+            }
+            Ok(Lease::Taken) => link.lose_lease(&**s),
+            Ok(Lease::Absent) => match self.store.load(agent).await {
+                Ok(None) => self.restore(host, s, link).await,
+                Ok(rec) => {
+                    link.apply(&**s, rec);
+                }
+                Err(e) => tracing::debug!(agent, error = %e, "lease not reclaimed this round"),
+            },
+            Err(e) => tracing::debug!(agent, error = %e, "lease not reclaimed this round"),
+        }
+    }
+
+    /// Takes over polling an agent whose owner stopped renewing its lease, unless this replica
+    /// is full (`sessions.max_agents`): a replica with room takes it instead.
+    async fn take_over<H: Host>(&self, host: &H, agent: &str) {
+        let has_copy = host.current(agent).is_some_and(|s| s.ended().is_none());
+        if !has_copy && host.at_capacity() {
+            return;
+        }
+        match self.store.acquire(agent).await {
+            Ok(Lease::Held(epoch)) => {
+                let adopted = match self.store.load(agent).await {
+                    Ok(Some(r)) => self.adopt(host, agent, r, epoch).await.ok().filter(|s| s.ended().is_none()),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::debug!(agent, error = %e, "takeover: the record cannot be read");
+                        None
+                    }
+                };
+                match adopted {
+                    Some(s) => {
+                        tracing::info!(agent, epoch, "took over polling an agent whose replica stopped");
+                        host.count_takeover();
+                        self.store.index_agent(agent).await;
+                        host.start_poller(&s);
+                    }
+                    None => self.release(agent, epoch).await,
+                }
+            }
+            // No active session: nothing to poll; drop it from the index.
+            Ok(Lease::Absent) => self.store.unindex_agent(agent).await,
+            Ok(Lease::Taken) => {}
+            Err(e) => tracing::debug!(agent, error = %e, "takeover not attempted this round"),
+        }
+    }
+
+    async fn release(&self, agent: &str, epoch: u64) {
+        if let Err(e) = self.store.release(agent, epoch).await {
+            // It expires by itself within a lease.
+            tracing::debug!(agent, error = %e, "lease not released");
+        }
+    }
+
+    /// Shutdown: hands the leases over (another replica takes each agent at its next round)
+    /// and says whether this replica was the last one alive.
+    pub(crate) async fn hand_over<H: Host>(&self, host: &H) -> bool {
+        for agent in host.local_agents() {
+            let Some(s) = host.current(&agent) else { continue };
+            let Some(link) = host.link(&s) else { continue };
+            s.stop_poller();
+            link.flush(&*s).await;
+            if let Some(epoch) = link.epoch() {
+                self.release(&agent, epoch).await;
+            }
+        }
+        self.leave().await.is_ok_and(|others| others == 0)
+    }
+
+    /// Leaves the replica set: how many others are alive. The store away: nobody can take
+    /// over and nobody can tell whether others live, so the agents stay signed in (a replica
+    /// that comes back takes them over).
+    pub(crate) async fn leave(&self) -> Result<usize, SessionError> {
+        self.store.leave().await.map_err(|e| {
+            tracing::warn!(error = %e, "shared store away at shutdown; agents stay signed in for the other replicas");
+            SessionError::from(e)
+        })
+    }
+}

@@ -1,0 +1,571 @@
+//! The shared store in process: the same operations as the Redis scripts, with the same
+//! semantics (compare-and-set on sid, Guid, epoch, write number and conference version; lease
+//! and lock expiry; tombstones; idempotent appends; GCRA), on tokio's clock, so replication
+//! is unit-tested under a paused clock with several replicas in one process. A [`MemoryHub`]
+//! is one "Redis"; each [`MemoryHub::replica`] is one replica's connection to it. The hub can
+//! be taken down and brought back (every operation fails meanwhile, as with Redis away) and
+//! flushed (Redis restarted empty). `tests/store_contract.rs` runs the same cases against
+//! this store and a real redis-server, so the two cannot drift apart.
+//!
+//! Bounds: one entry per agent that has a record (the sessions' own bound), each stream at
+//! its `cap`, the change channel at [`CHANGES`] (a replica that falls behind resyncs, as one
+//! whose Redis subscription dropped does).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::{
+    AuthWrite, AuthWritten, Bucket, Change, ConfWrite, CreateMode, EndAs, Ended, Gcra, Lease, NewEvent, NewRecord,
+    OpLock, Record, RecordState, SharedStore, StoreError, StreamEvent, SEQ_BITS, TOMBSTONE,
+};
+use crate::config::Scope;
+
+/// Changes buffered per follower before it must resync.
+const CHANGES: usize = 1024;
+
+/// One agent's session hash, as the scripts keep it.
+#[derive(Clone)]
+struct Hash {
+    sid: String,
+    epoch: u64,
+    guid: String,
+    cookies: Vec<String>,
+    answer: Bytes,
+    resumable: bool,
+    conf: String,
+    confv: u64,
+    activity_ms: u64,
+    qcursor: u64,
+    state: RecordState,
+    /// The lease holder's last Guid write: its epoch and number.
+    auth: Option<(u64, u64)>,
+    /// The last append's given id and the id it became.
+    last_append: Option<(u64, u64)>,
+    /// A tombstone's expiry.
+    expires: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Agent {
+    session: Option<Hash>,
+    /// `replica epoch`, and when it expires.
+    lease: Option<(String, Instant)>,
+    events: VecDeque<StreamEvent>,
+    /// The stream's last id, kept when entries are trimmed (as Redis does), reset with the stream.
+    last_id: u64,
+    op: Option<(String, Instant)>,
+}
+
+impl Agent {
+    /// Drops what has expired by `now`, as Redis does on access.
+    fn expire(&mut self, now: Instant) {
+        if self.lease.as_ref().is_some_and(|(_, at)| *at <= now) {
+            self.lease = None;
+        }
+        if self.op.as_ref().is_some_and(|(_, at)| *at <= now) {
+            self.op = None;
+        }
+        if self.session.as_ref().and_then(|h| h.expires).is_some_and(|at| at <= now) {
+            self.session = None;
+        }
+    }
+
+    fn live_hash(&mut self, sid: &str) -> Option<&mut Hash> {
+        self.session.as_mut().filter(|h| h.sid == sid)
+    }
+
+    fn clear_events(&mut self) {
+        self.events.clear();
+        self.last_id = 0;
+    }
+}
+
+#[derive(Default)]
+struct State {
+    agents: HashMap<String, Agent>,
+    /// The agents index: agent → ms score.
+    index: HashMap<String, u64>,
+    /// Live replicas: name → ms of the last heartbeat.
+    replicas: HashMap<String, u64>,
+    /// GCRA buckets: key → (theoretical arrival time µs, expiry).
+    limits: HashMap<String, (u64, Instant)>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    changes: broadcast::Sender<Change>,
+    lease_ttl: Duration,
+    /// The hub's clock: wall-clock ms at creation plus tokio's time since (paused-clock aware).
+    born: Instant,
+    born_ms: u64,
+    down: AtomicBool,
+    replicas: AtomicU64,
+}
+
+/// One in-process "Redis", shared by the replicas made from it.
+#[derive(Clone)]
+pub struct MemoryHub(Arc<Inner>);
+
+impl std::fmt::Debug for MemoryHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryHub").finish_non_exhaustive()
+    }
+}
+
+impl MemoryHub {
+    pub fn new(lease_ttl: Duration) -> Self {
+        Self(Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            changes: broadcast::channel(CHANGES).0,
+            lease_ttl,
+            born: Instant::now(),
+            born_ms: super::now_ms(),
+            down: AtomicBool::new(false),
+            replicas: AtomicU64::new(0),
+        }))
+    }
+
+    /// A new replica's connection to this hub.
+    pub fn replica(&self) -> Arc<MemoryStore> {
+        let n = self.0.replicas.fetch_add(1, Ordering::Relaxed) + 1;
+        Arc::new(MemoryStore { hub: self.0.clone(), replica: format!("replica-{n}").into() })
+    }
+
+    /// The store goes away (every operation fails as unreachable) or comes back (every
+    /// follower resyncs, as after Redis's subscription came back).
+    pub fn set_down(&self, down: bool) {
+        let was = self.0.down.swap(down, Ordering::SeqCst);
+        if was && !down {
+            let _ = self.0.changes.send(Change::Resync);
+        }
+    }
+
+    /// Everything is lost (Redis restarted empty).
+    pub fn flush_all(&self) {
+        *self.0.lock() = State::default();
+    }
+
+    /// The agent's lease ends now, as if its time had run out.
+    pub fn expire_lease(&self, agent: &str) {
+        if let Some(a) = self.0.lock().agents.get_mut(agent) {
+            a.lease = None;
+        }
+    }
+
+    /// The lease's holder (`replica epoch`), if any.
+    pub fn lease_holder(&self, agent: &str) -> Option<String> {
+        let now = Instant::now();
+        let mut st = self.0.lock();
+        let a = st.agents.get_mut(agent)?;
+        a.expire(now);
+        a.lease.as_ref().map(|(t, _)| t.clone())
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Every critical section below completes its writes; a poisoned lock is safe to reuse.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.born_ms + Instant::now().saturating_duration_since(self.born).as_millis() as u64
+    }
+
+    fn now_us(&self) -> u64 {
+        self.born_ms * 1000 + Instant::now().saturating_duration_since(self.born).as_micros() as u64
+    }
+
+    fn up(&self) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable("in-memory store is down".into()));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the state with every expiry applied, when the store is up.
+    fn with<T>(&self, agent: &str, f: impl FnOnce(&mut Agent, &Self) -> T) -> Result<T, StoreError> {
+        self.up()?;
+        let now = Instant::now();
+        let mut st = self.lock();
+        let a = st.agents.entry(agent.to_owned()).or_default();
+        a.expire(now);
+        let out = f(a, self);
+        if a.session.is_none() && a.lease.is_none() && a.op.is_none() && a.events.is_empty() {
+            st.agents.remove(agent);
+        }
+        Ok(out)
+    }
+
+    fn announce(&self, change: Change) {
+        // No follower is not an error, as with PUBLISH to a channel nobody follows.
+        let _ = self.changes.send(change);
+    }
+}
+
+/// One replica's connection to a [`MemoryHub`].
+pub struct MemoryStore {
+    hub: Arc<Inner>,
+    replica: Arc<str>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore").field("replica", &self.replica).finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    fn token(&self, epoch: u64) -> String {
+        format!("{} {epoch}", self.replica)
+    }
+
+    fn lease_until(&self) -> Instant {
+        Instant::now() + self.hub.lease_ttl
+    }
+}
+
+fn record(h: &Hash) -> Record {
+    Record {
+        sid: h.sid.clone(),
+        epoch: h.epoch,
+        guid: h.guid.clone(),
+        cookies: h.cookies.clone(),
+        answer: h.answer.clone(),
+        resumable: h.resumable,
+        conf: h.conf.clone(),
+        confv: h.confv,
+        state: h.state,
+    }
+}
+
+#[async_trait::async_trait]
+impl SharedStore for MemoryStore {
+    fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        self.hub.lease_ttl
+    }
+
+    async fn connect(&self) -> Result<(), StoreError> {
+        self.hub.up()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.hub.up()
+    }
+
+    async fn load(&self, agent: &str) -> Result<Option<Record>, StoreError> {
+        self.hub.with(agent, |a, _| a.session.as_ref().map(record))
+    }
+
+    async fn create(&self, agent: &str, r: &NewRecord<'_>, mode: CreateMode) -> Result<u64, StoreError> {
+        let (token_of, until) = (|e| self.token(e), self.lease_until());
+        let epoch = self.hub.with(agent, |a, hub| {
+            if mode == CreateMode::Restore && a.session.is_some() {
+                return 0;
+            }
+            let epoch = a.session.as_ref().map_or(0, |h| h.epoch) + 1;
+            if mode == CreateMode::SignIn {
+                a.clear_events();
+            }
+            a.session = Some(Hash {
+                sid: r.sid.to_owned(),
+                epoch,
+                guid: r.guid.to_owned(),
+                cookies: r.cookies.to_vec(),
+                answer: Bytes::copy_from_slice(r.answer),
+                resumable: r.resumable,
+                conf: r.conf.to_owned(),
+                confv: 1,
+                activity_ms: hub.now_ms(),
+                qcursor: 0,
+                state: RecordState::Active,
+                auth: None,
+                last_append: None,
+                expires: None,
+            });
+            a.lease = Some((token_of(epoch), until));
+            epoch
+        })?;
+        if epoch > 0 {
+            self.index_agent(agent).await;
+            self.hub.announce(Change::Session(agent.into()));
+        }
+        Ok(epoch)
+    }
+
+    async fn write_auth(&self, agent: &str, w: &AuthWrite<'_>) -> Result<AuthWritten, StoreError> {
+        let written = self.hub.with(agent, |a, _| {
+            let Some(h) = a.live_hash(w.sid).filter(|h| h.state == RecordState::Active) else {
+                return AuthWritten::Gone;
+            };
+            match w.poller {
+                Some((epoch, seq)) => {
+                    if h.epoch != epoch || h.auth.is_some_and(|(e, n)| e == epoch && seq <= n) {
+                        return AuthWritten::Stale;
+                    }
+                    h.auth = Some((epoch, seq));
+                }
+                None if h.guid != w.replied_to => return AuthWritten::Stale,
+                None => {}
+            }
+            h.guid = w.guid.to_owned();
+            h.cookies = w.cookies.to_vec();
+            AuthWritten::Written
+        })?;
+        if written == AuthWritten::Written {
+            self.hub.announce(Change::Session(agent.into()));
+        }
+        Ok(written)
+    }
+
+    async fn write_conf(&self, agent: &str, sid: &str, version: u64, conf: &str) -> Result<ConfWrite, StoreError> {
+        let written = self.hub.with(agent, |a, _| {
+            let Some(h) = a.live_hash(sid) else { return ConfWrite::Gone };
+            if h.confv != version {
+                return ConfWrite::Conflict { version: h.confv, conf: h.conf.clone() };
+            }
+            h.confv += 1;
+            h.conf = conf.to_owned();
+            ConfWrite::Written(h.confv)
+        })?;
+        if matches!(written, ConfWrite::Written(_)) {
+            self.hub.announce(Change::Session(agent.into()));
+        }
+        Ok(written)
+    }
+
+    async fn end(&self, agent: &str, sid: &str, how: EndAs<'_>) -> Result<Ended, StoreError> {
+        let ended = self.hub.with(agent, |a, _| {
+            let Some(h) = a.session.as_mut().filter(|h| h.sid == sid) else { return Ended::Gone };
+            match how {
+                EndAs::SignedOut => {
+                    h.state = RecordState::Out;
+                    h.guid = "-".into();
+                    h.cookies.clear();
+                    h.expires = Some(Instant::now() + TOMBSTONE);
+                    a.lease = None;
+                    a.clear_events();
+                }
+                EndAs::Lost { reason, refused } => {
+                    if h.state != RecordState::Active {
+                        return Ended::Gone;
+                    }
+                    if refused.is_some_and(|g| g != h.guid) {
+                        return Ended::GuidReplaced;
+                    }
+                    h.state = RecordState::Lost(reason);
+                    a.lease = None;
+                }
+            }
+            Ended::Ended
+        })?;
+        if ended == Ended::Ended {
+            self.hub.announce(Change::Session(agent.into()));
+            self.unindex_agent(agent).await;
+        }
+        Ok(ended)
+    }
+
+    async fn touch(&self, agent: &str, sid: &str) -> Result<(), StoreError> {
+        self.hub.with(agent, |a, hub| {
+            if let Some(h) = a.live_hash(sid) {
+                h.activity_ms = hub.now_ms();
+            }
+        })
+    }
+
+    async fn idle_for(&self, agent: &str, sid: &str) -> Result<Option<Duration>, StoreError> {
+        self.hub.with(agent, |a, hub| {
+            a.live_hash(sid).map(|h| Duration::from_millis(hub.now_ms().saturating_sub(h.activity_ms)))
+        })
+    }
+
+    async fn append(&self, agent: &str, e: &NewEvent<'_>) -> Result<Option<u64>, StoreError> {
+        let id = self.hub.with(agent, |a, hub| {
+            let h = a.live_hash(e.sid)?;
+            if let Some((_, became)) = h.last_append.filter(|(given, _)| *given == e.id) {
+                return Some(became);
+            }
+            // XADD with the given id if above the stream's last, else Redis's own (`*`).
+            let id = if e.id > a.last_id { e.id } else { (hub.now_ms() << SEQ_BITS).max(a.last_id + 1) };
+            if let Some(h) = a.session.as_mut() {
+                h.last_append = Some((e.id, id));
+            }
+            a.last_id = id;
+            a.events.push_back((id, e.kind.to_owned(), Bytes::copy_from_slice(e.data)));
+            let excess = a.events.len().saturating_sub(e.cap);
+            a.events.drain(..excess);
+            Some(id)
+        })?;
+        if id.is_some() {
+            self.hub.announce(Change::Events(agent.into()));
+        }
+        Ok(id)
+    }
+
+    async fn events_after(&self, agent: &str, after: u64, count: usize) -> Result<Vec<StreamEvent>, StoreError> {
+        self.hub.with(agent, |a, _| a.events.iter().filter(|(id, _, _)| *id > after).take(count).cloned().collect())
+    }
+
+    async fn latest_events(&self, agent: &str, count: usize) -> Result<Vec<StreamEvent>, StoreError> {
+        self.hub.with(agent, |a, _| {
+            let skip = a.events.len().saturating_sub(count);
+            a.events.iter().skip(skip).cloned().collect()
+        })
+    }
+
+    async fn take_next(&self, agent: &str, sid: &str) -> Result<Option<StreamEvent>, StoreError> {
+        self.hub.with(agent, |a, _| {
+            let cursor = a.live_hash(sid)?.qcursor;
+            let next = a.events.iter().find(|(id, _, _)| *id > cursor).cloned()?;
+            if let Some(h) = a.session.as_mut() {
+                h.qcursor = next.0;
+            }
+            Some(next)
+        })
+    }
+
+    async fn acquire(&self, agent: &str) -> Result<Lease, StoreError> {
+        let until = self.lease_until();
+        self.hub.with(agent, |a, _| {
+            if a.lease.is_some() {
+                return Lease::Taken;
+            }
+            let Some(h) = a.session.as_mut().filter(|h| h.state == RecordState::Active) else {
+                return Lease::Absent;
+            };
+            h.epoch += 1;
+            let epoch = h.epoch;
+            a.lease = Some((self.token(epoch), until));
+            Lease::Held(epoch)
+        })
+    }
+
+    async fn renew(&self, agent: &str, epoch: u64) -> Result<Lease, StoreError> {
+        let (token, until) = (self.token(epoch), self.lease_until());
+        self.hub.with(agent, |a, _| match &mut a.lease {
+            Some((t, at)) if *t == token => {
+                *at = until;
+                Lease::Held(epoch)
+            }
+            Some(_) => Lease::Taken,
+            None => Lease::Absent,
+        })
+    }
+
+    async fn release(&self, agent: &str, epoch: u64) -> Result<(), StoreError> {
+        let token = self.token(epoch);
+        self.hub.with(agent, |a, _| {
+            if a.lease.as_ref().is_some_and(|(t, _)| *t == token) {
+                a.lease = None;
+            }
+        })?;
+        // Mark the agent as needing a poller now rather than after a lease's lifetime.
+        self.hub.lock().index.insert(agent.to_owned(), 0);
+        Ok(())
+    }
+
+    async fn lock_op(&self, agent: &str, ttl: Duration) -> Result<Option<OpLock>, StoreError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        self.hub.with(agent, |a, _| {
+            if a.op.is_some() {
+                return None;
+            }
+            a.op = Some((token.clone(), Instant::now() + ttl));
+            Some(OpLock(token))
+        })
+    }
+
+    async fn unlock_op(&self, agent: &str, lock: &OpLock) {
+        // Fails only while the store is down; the lock then expires by itself.
+        let _ = self.hub.with(agent, |a, _| {
+            if a.op.as_ref().is_some_and(|(t, _)| *t == lock.0) {
+                a.op = None;
+            }
+        });
+    }
+
+    async fn index_agent(&self, agent: &str) {
+        if self.hub.up().is_ok() {
+            let now = self.hub.now_ms();
+            self.hub.lock().index.insert(agent.to_owned(), now);
+        }
+    }
+
+    async fn unindex_agent(&self, agent: &str) {
+        if self.hub.up().is_ok() {
+            self.hub.lock().index.remove(agent);
+        }
+    }
+
+    async fn stale_agents(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        self.hub.up()?;
+        let before = self.hub.now_ms().saturating_sub(self.hub.lease_ttl.as_millis() as u64);
+        let st = self.hub.lock();
+        let mut stale: Vec<(u64, &String)> =
+            st.index.iter().filter(|(_, s)| **s <= before).map(|(a, s)| (*s, a)).collect();
+        stale.sort();
+        Ok(stale.into_iter().take(max).map(|(_, a)| a.clone()).collect())
+    }
+
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        self.hub.up()?;
+        let now = self.hub.now_ms();
+        self.hub.lock().replicas.insert(self.replica.to_string(), now);
+        Ok(())
+    }
+
+    async fn leave(&self) -> Result<usize, StoreError> {
+        self.hub.up()?;
+        let alive_since = self.hub.now_ms().saturating_sub(3 * self.hub.lease_ttl.as_millis() as u64);
+        let mut st = self.hub.lock();
+        st.replicas.remove(&*self.replica);
+        st.replicas.retain(|_, at| *at > alive_since);
+        Ok(st.replicas.len())
+    }
+
+    async fn gcra(&self, bucket: Bucket<'_>, interval: Duration, burst: u32) -> Result<Gcra, StoreError> {
+        self.hub.up()?;
+        let key = match bucket.scope {
+            Scope::Agent => format!("a:{}:{}", bucket.key, bucket.limit),
+            Scope::Tenant => format!("t:{}:{}", bucket.key, bucket.limit),
+            Scope::Global => format!("g:{}", bucket.limit),
+        };
+        let (now, instant) = (self.hub.now_us(), Instant::now());
+        let interval = interval.as_micros().max(1) as u64;
+        let tolerance = interval * u64::from(burst);
+        let mut st = self.hub.lock();
+        st.limits.retain(|_, (_, expires)| *expires > instant);
+        let tat = st.limits.get(&key).map_or(now, |(t, _)| *t).max(now);
+        let new_tat = tat + interval;
+        let allow_at = new_tat.saturating_sub(tolerance);
+        if now < allow_at {
+            return Ok(Err(Duration::from_micros(allow_at - now)));
+        }
+        let ttl = Duration::from_millis(tolerance.div_ceil(1000) + 1000);
+        st.limits.insert(key, (new_tat, instant + ttl));
+        Ok(Ok(((now - allow_at) / interval) as u32))
+    }
+
+    async fn follow(self: Arc<Self>, mut on: Box<dyn FnMut(Change) + Send>) {
+        let mut rx = self.hub.changes.subscribe();
+        on(Change::Resync);
+        loop {
+            match rx.recv().await {
+                Ok(change) => on(change),
+                Err(broadcast::error::RecvError::Lagged(_)) => on(Change::Resync),
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,628 @@
+//! The shared store on Redis: the keys, the scripts (`scripts.rs`) and the change channel.
+//! One agent's keys share a Redis Cluster hash tag (`{a:153}`), and every script touches one
+//! agent's keys only, so a cluster works as one node does. Whatever Redis answers is
+//! validated like network input (`parse_record`, `parse_entries`, agent ids).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, ScriptInvocation};
+
+use super::scripts::{self, AgentKeys, Announce, Scripts};
+use super::{
+    now_ms, pack_id, parse_record, unpack_id, valid_event_kind, AuthWrite, AuthWritten, Bucket, Change, ConfWrite,
+    CreateMode, EndAs, Ended, Gcra, Lease, NewEvent, NewRecord, OpLock, Record, RecordState, SharedStore, StoreError,
+    StreamEvent, TOMBSTONE,
+};
+use crate::config::{masked_store_url, ms, Scope, StoreConfig};
+use crate::gateway::parse_agent_id;
+use crate::gateway::wire::MAX_UPSTREAM_BODY;
+use crate::metrics::{Discarded, Metrics, StoreOp};
+
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ArcSwapOption<ConnectionManager>,
+    prefix: String,
+    channel: String,
+    /// This replica's name in leases: unique per process start.
+    replica: Arc<str>,
+    lease_ttl: Duration,
+    timeout: Duration,
+    connect_timeout: Duration,
+    scripts: Scripts,
+    metrics: Metrics,
+    connecting: AtomicBool,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("replica", &self.replica).finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// A change-channel message: `s AGENT` (session record) or `e AGENT` (events).
+fn message(kind: char, agent: &str) -> String {
+    format!("{kind} {agent}")
+}
+
+impl RedisStore {
+    /// Builds the client from config. Fails only on what a restart would not fix (the URL,
+    /// the CA file); an unreachable Redis is retried in the background.
+    pub fn new(cfg: &StoreConfig, metrics: Metrics) -> Result<Arc<Self>, String> {
+        let url = cfg.url.as_ref().ok_or("store.url is required with backend = \"redis\"")?.expose();
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| format!("store.url {}: {e}", masked_store_url(url)))?;
+        let client = if url.starts_with("rediss://") {
+            // redis-rs builds its rustls config from the process-wide provider.
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let root_cert = match &cfg.ca_file {
+                Some(p) => Some(std::fs::read(p).map_err(|e| format!("store.ca_file {}: {e}", p.display()))?),
+                None => None,
+            };
+            redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls: None, root_cert })
+        } else {
+            redis::Client::open(info)
+        }
+        .map_err(|e| format!("store.url {}: {e}", masked_store_url(url)))?;
+        let prefix = cfg.key_prefix.clone();
+        Ok(Arc::new(Self {
+            client,
+            conn: ArcSwapOption::empty(),
+            channel: format!("{prefix}changes"),
+            prefix,
+            replica: uuid::Uuid::new_v4().simple().to_string().into(),
+            lease_ttl: ms(cfg.lease_ttl_ms),
+            timeout: ms(cfg.command_timeout_ms),
+            connect_timeout: ms(cfg.connect_timeout_ms),
+            scripts: Scripts::new(),
+            metrics,
+            connecting: AtomicBool::new(false),
+        }))
+    }
+
+    fn failed(&self, op: StoreOp, e: StoreError) -> StoreError {
+        self.metrics.count_store_error(op);
+        if matches!(e, StoreError::Unavailable(_)) {
+            self.metrics.set_store_up(false);
+        }
+        e
+    }
+
+    /// The connection. Until the first connect succeeds (the readiness probe retries it every
+    /// second), commands fail at once rather than each waiting out a connect timeout.
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        match self.conn.load_full() {
+            Some(c) => Ok((*c).clone()),
+            None => Err(StoreError::Unavailable("not connected yet".into())),
+        }
+    }
+
+    /// Runs one command or script invocation with the command timeout.
+    async fn run<T: FromRedisValue>(
+        &self,
+        op: StoreOp,
+        f: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Result<T, StoreError> {
+        let mut c = match self.conn().await {
+            Ok(c) => c,
+            Err(e) => return Err(e),
+        };
+        match tokio::time::timeout(self.timeout, f(&mut c)).await {
+            Ok(Ok(v)) => {
+                self.metrics.set_store_up(true);
+                Ok(v)
+            }
+            Ok(Err(e))
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() =>
+            {
+                Err(self.failed(op, unavailable(e)))
+            }
+            Ok(Err(e)) => Err(self.failed(op, StoreError::Malformed(e.to_string()))),
+            Err(_) => Err(self.failed(op, StoreError::Unavailable("command timed out".into()))),
+        }
+    }
+
+    async fn script<T: FromRedisValue>(&self, op: StoreOp, inv: ScriptInvocation<'_>) -> Result<T, StoreError> {
+        self.run(op, async |c| inv.invoke_async(c).await).await
+    }
+
+    // --- keys ---------------------------------------------------------------------------------
+
+    fn agent_keys(&self, agent: &str) -> AgentKeys {
+        let p = &self.prefix;
+        AgentKeys {
+            session: format!("{p}{{a:{agent}}}:session"),
+            lease: format!("{p}{{a:{agent}}}:lease"),
+            events: format!("{p}{{a:{agent}}}:events"),
+            op: format!("{p}{{a:{agent}}}:op"),
+        }
+    }
+
+    /// The key of one rate limit's bucket. Agent buckets share the agent's hash tag; tenant
+    /// and global buckets have their own.
+    fn limit_key(&self, b: Bucket<'_>) -> String {
+        let (p, limit, key) = (&self.prefix, b.limit, b.key);
+        match b.scope {
+            Scope::Agent => format!("{p}{{a:{key}}}:limit:{limit}"),
+            Scope::Tenant => format!("{p}{{t:{key}}}:limit:{limit}"),
+            Scope::Global => format!("{p}{{g}}:limit:{limit}"),
+        }
+    }
+
+    fn agents_key(&self) -> String {
+        format!("{}agents", self.prefix)
+    }
+
+    fn replicas_key(&self) -> String {
+        format!("{}replicas", self.prefix)
+    }
+
+    fn announce<'a>(&'a self, message: &'a str) -> Announce<'a> {
+        Announce { channel: &self.channel, message }
+    }
+
+    fn token(&self, epoch: u64) -> String {
+        format!("{} {epoch}", self.replica)
+    }
+
+    fn lease_ms(&self) -> u64 {
+        self.lease_ttl.as_millis() as u64
+    }
+
+    async fn publish_session(&self, agent: &str) {
+        let msg = message('s', agent);
+        let ch = self.channel.clone();
+        if let Err(e) = self
+            .run::<i64>(StoreOp::Write, async |c| redis::cmd("PUBLISH").arg(&ch).arg(&msg).query_async(c).await)
+            .await
+        {
+            // The next maintenance round's resync catches the other replicas up.
+            tracing::debug!(agent, error = %e, "shared store: could not announce a new session");
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl SharedStore for RedisStore {
+    fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+
+    /// Connects once, within the connect timeout. Afterwards redis-rs's connection manager
+    /// reconnects by itself; until the first success, the readiness probe calls this again.
+    async fn connect(&self) -> Result<(), StoreError> {
+        if self.conn.load().is_some() {
+            return Ok(());
+        }
+        if self.connecting.swap(true, Ordering::AcqRel) {
+            return Err(StoreError::Unavailable("connecting".into()));
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        let made = tokio::time::timeout(
+            self.connect_timeout * 2,
+            ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await;
+        self.connecting.store(false, Ordering::Release);
+        match made {
+            Ok(Ok(c)) => {
+                self.conn.store(Some(Arc::new(c)));
+                self.metrics.set_store_up(true);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.failed(StoreOp::Connect, unavailable(e))),
+            Err(_) => Err(self.failed(StoreOp::Connect, StoreError::Unavailable("connect timed out".into()))),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self.run(StoreOp::Read, async |c| redis::cmd("PING").query_async(c).await).await?;
+        Ok(())
+    }
+
+    async fn load(&self, agent: &str) -> Result<Option<Record>, StoreError> {
+        let key = self.agent_keys(agent).session;
+        let h: HashMap<String, Vec<u8>> =
+            self.run(StoreOp::Read, async |c| redis::cmd("HGETALL").arg(&key).query_async(c).await).await?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let record = parse_record(h);
+        if record.is_none() {
+            tracing::warn!(agent, "shared store: session record fails validation; ignored");
+            self.metrics.count_discarded(Discarded::StoreRecord, 1);
+        }
+        record.map(Some).ok_or_else(|| StoreError::Malformed("session record fails validation".into()))
+    }
+
+    async fn create(&self, agent: &str, r: &NewRecord<'_>, mode: CreateMode) -> Result<u64, StoreError> {
+        let cookies = serde_json::to_string(r.cookies).unwrap_or_else(|_| "[]".into());
+        let args = scripts::Create {
+            replica: &self.replica,
+            lease_ms: self.lease_ms(),
+            sid: r.sid,
+            guid: r.guid,
+            cookies: &cookies,
+            answer: r.answer,
+            resumable: r.resumable,
+            conf: r.conf,
+            restore: mode == CreateMode::Restore,
+        };
+        let epoch: u64 =
+            self.script(StoreOp::Write, args.prepare(&self.scripts.create, &self.agent_keys(agent))).await?;
+        if epoch > 0 {
+            self.index_agent(agent).await;
+            self.publish_session(agent).await;
+        }
+        Ok(epoch)
+    }
+
+    async fn write_auth(&self, agent: &str, w: &AuthWrite<'_>) -> Result<AuthWritten, StoreError> {
+        let cookies = serde_json::to_string(w.cookies).unwrap_or_else(|_| "[]".into());
+        let msg = message('s', agent);
+        let args = scripts::WriteAuth {
+            sid: w.sid,
+            replied_to: w.replied_to,
+            guid: w.guid,
+            cookies: &cookies,
+            poller: w.poller,
+            announce: self.announce(&msg),
+        };
+        let code: i64 =
+            self.script(StoreOp::Write, args.prepare(&self.scripts.write_auth, &self.agent_keys(agent))).await?;
+        Ok(match code {
+            1 => AuthWritten::Written,
+            -1 => AuthWritten::Stale,
+            _ => AuthWritten::Gone,
+        })
+    }
+
+    async fn write_conf(&self, agent: &str, sid: &str, version: u64, conf: &str) -> Result<ConfWrite, StoreError> {
+        let msg = message('s', agent);
+        let args = scripts::WriteConf { sid, version, conf, announce: self.announce(&msg) };
+        let v: Vec<String> =
+            self.script(StoreOp::Write, args.prepare(&self.scripts.write_conf, &self.agent_keys(agent))).await?;
+        let num = |i: usize| v.get(i).and_then(|s| s.parse::<u64>().ok());
+        Ok(match v.first().map(String::as_str) {
+            Some("1") => ConfWrite::Written(num(1).unwrap_or(0)),
+            Some("-1") => {
+                ConfWrite::Conflict { version: num(1).unwrap_or(0), conf: v.get(2).cloned().unwrap_or_default() }
+            }
+            _ => ConfWrite::Gone,
+        })
+    }
+
+    async fn end(&self, agent: &str, sid: &str, how: EndAs<'_>) -> Result<Ended, StoreError> {
+        let (state, refused) = match how {
+            EndAs::SignedOut => (RecordState::Out, None),
+            EndAs::Lost { reason, refused } => (RecordState::Lost(reason), refused),
+        };
+        let msg = message('s', agent);
+        let args = scripts::End {
+            sid,
+            state,
+            refused: refused.unwrap_or(""),
+            tombstone_ms: TOMBSTONE.as_millis() as u64,
+            announce: self.announce(&msg),
+        };
+        let code: i64 = self.script(StoreOp::Write, args.prepare(&self.scripts.end, &self.agent_keys(agent))).await?;
+        tracing::debug!(agent, state = ?state, conditional = refused.is_some(), code, "session end written");
+        Ok(match code {
+            1 => {
+                self.unindex_agent(agent).await;
+                Ended::Ended
+            }
+            -1 => Ended::GuidReplaced,
+            _ => Ended::Gone,
+        })
+    }
+
+    async fn touch(&self, agent: &str, sid: &str) -> Result<(), StoreError> {
+        let inv = scripts::Touch { sid }.prepare(&self.scripts.touch, &self.agent_keys(agent));
+        let _: i64 = self.script(StoreOp::Write, inv).await?;
+        Ok(())
+    }
+
+    async fn idle_for(&self, agent: &str, sid: &str) -> Result<Option<Duration>, StoreError> {
+        let inv = scripts::Idle { sid }.prepare(&self.scripts.idle, &self.agent_keys(agent));
+        let ms: i64 = self.script(StoreOp::Read, inv).await?;
+        Ok((ms >= 0).then(|| Duration::from_millis(ms as u64)))
+    }
+
+    async fn append(&self, agent: &str, e: &NewEvent<'_>) -> Result<Option<u64>, StoreError> {
+        let (msg, id) = (message('e', agent), unpack_id(e.id));
+        let args = scripts::Append {
+            sid: e.sid,
+            cap: e.cap,
+            id: &id,
+            kind: e.kind,
+            data: e.data,
+            announce: self.announce(&msg),
+        };
+        let id: Option<String> =
+            self.script(StoreOp::Events, args.prepare(&self.scripts.append, &self.agent_keys(agent))).await?;
+        Ok(id.as_deref().and_then(pack_id))
+    }
+
+    async fn events_after(&self, agent: &str, after: u64, count: usize) -> Result<Vec<StreamEvent>, StoreError> {
+        let key = self.agent_keys(agent).events;
+        let start = format!("({}", unpack_id(after));
+        let raw: redis::Value = self
+            .run(StoreOp::Events, async |c| {
+                redis::cmd("XRANGE").arg(&key).arg(&start).arg("+").arg("COUNT").arg(count).query_async(c).await
+            })
+            .await?;
+        Ok(parse_entries(raw, &self.metrics))
+    }
+
+    async fn latest_events(&self, agent: &str, count: usize) -> Result<Vec<StreamEvent>, StoreError> {
+        let key = self.agent_keys(agent).events;
+        let raw: redis::Value = self
+            .run(StoreOp::Events, async |c| {
+                redis::cmd("XREVRANGE").arg(&key).arg("+").arg("-").arg("COUNT").arg(count).query_async(c).await
+            })
+            .await?;
+        let mut v = parse_entries(raw, &self.metrics);
+        v.reverse();
+        Ok(v)
+    }
+
+    async fn take_next(&self, agent: &str, sid: &str) -> Result<Option<StreamEvent>, StoreError> {
+        let inv = scripts::TakeNext { sid }.prepare(&self.scripts.take_next, &self.agent_keys(agent));
+        let raw: redis::Value = self.script(StoreOp::Events, inv).await?;
+        Ok(match raw {
+            redis::Value::Nil => None,
+            other => parse_entries(redis::Value::Array(vec![other]), &self.metrics).pop(),
+        })
+    }
+
+    async fn acquire(&self, agent: &str) -> Result<Lease, StoreError> {
+        let args = scripts::Acquire { replica: &self.replica, lease_ms: self.lease_ms() };
+        let (code, value): (i64, String) =
+            self.script(StoreOp::Lease, args.prepare(&self.scripts.acquire, &self.agent_keys(agent))).await?;
+        Ok(match code {
+            1 => Lease::Held(value.parse().map_err(|_| StoreError::Malformed("lease epoch".into()))?),
+            -1 => Lease::Taken,
+            _ => Lease::Absent,
+        })
+    }
+
+    async fn renew(&self, agent: &str, epoch: u64) -> Result<Lease, StoreError> {
+        let token = self.token(epoch);
+        let args = scripts::Renew { token: &token, lease_ms: self.lease_ms() };
+        let code: i64 =
+            self.script(StoreOp::Lease, args.prepare(&self.scripts.renew, &self.agent_keys(agent).lease)).await?;
+        Ok(match code {
+            1 => Lease::Held(epoch),
+            -1 => Lease::Taken,
+            _ => Lease::Absent,
+        })
+    }
+
+    async fn release(&self, agent: &str, epoch: u64) -> Result<(), StoreError> {
+        let token = self.token(epoch);
+        let inv = scripts::Release { token: &token }.prepare(&self.scripts.release, &self.agent_keys(agent).lease);
+        let _: i64 = self.script(StoreOp::Lease, inv).await?;
+        // Mark the agent as needing a poller now rather than after a lease's lifetime.
+        let key = self.agents_key();
+        self.run::<i64>(StoreOp::Lease, async |c| redis::cmd("ZADD").arg(&key).arg(0).arg(agent).query_async(c).await)
+            .await?;
+        Ok(())
+    }
+
+    async fn lock_op(&self, agent: &str, ttl: Duration) -> Result<Option<OpLock>, StoreError> {
+        let key = self.agent_keys(agent).op;
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let set: Option<String> = self
+            .run(StoreOp::Lease, async |c| {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64)
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        Ok(set.map(|_| OpLock(token)))
+    }
+
+    async fn unlock_op(&self, agent: &str, lock: &OpLock) {
+        let key = self.agent_keys(agent).op;
+        let inv = scripts::Release { token: &lock.0 }.prepare(&self.scripts.release, &key);
+        if let Err(e) = self.script::<i64>(StoreOp::Lease, inv).await {
+            // It expires by itself.
+            tracing::debug!(agent, error = %e, "shared store: could not release a sign-in lock");
+        }
+    }
+
+    async fn index_agent(&self, agent: &str) {
+        let key = self.agents_key();
+        let now = now_ms();
+        if let Err(e) = self
+            .run::<i64>(StoreOp::Lease, async |c| redis::cmd("ZADD").arg(&key).arg(now).arg(agent).query_async(c).await)
+            .await
+        {
+            // The next round's renewal indexes it again.
+            tracing::debug!(agent, error = %e, "shared store: could not index an agent");
+        }
+    }
+
+    async fn unindex_agent(&self, agent: &str) {
+        let key = self.agents_key();
+        if let Err(e) = self
+            .run::<i64>(StoreOp::Lease, async |c| redis::cmd("ZREM").arg(&key).arg(agent).query_async(c).await)
+            .await
+        {
+            // A stale entry only makes a replica look at the lease, which says "no session".
+            tracing::debug!(agent, error = %e, "shared store: could not unindex an agent");
+        }
+    }
+
+    /// Agents whose lease index entry has not been refreshed for a lease's lifetime: their
+    /// owner may be gone. The lease key decides; this only says where to look. An entry that
+    /// is not a work number is dropped from the index, never polled.
+    async fn stale_agents(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        let key = self.agents_key();
+        let before = now_ms().saturating_sub(self.lease_ttl.as_millis() as u64);
+        let raw: Vec<Vec<u8>> = self
+            .run(StoreOp::Lease, async |c| {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(before)
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(max)
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        let mut agents = Vec::with_capacity(raw.len());
+        for entry in raw {
+            match std::str::from_utf8(&entry).ok().filter(|a| parse_agent_id(a).is_some()) {
+                Some(agent) => agents.push(agent.to_owned()),
+                None => {
+                    tracing::warn!(
+                        entry = %String::from_utf8_lossy(&entry).escape_debug(),
+                        "shared store: the agents index holds an entry that is not a work number; removed"
+                    );
+                    self.metrics.count_discarded(Discarded::StoreAgentId, 1);
+                    let _ = self
+                        .run::<i64>(StoreOp::Lease, async |c| {
+                            redis::cmd("ZREM").arg(&key).arg(&entry).query_async(c).await
+                        })
+                        .await;
+                }
+            }
+        }
+        Ok(agents)
+    }
+
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        let key = self.replicas_key();
+        let now = now_ms();
+        let me = self.replica.clone();
+        self.run::<i64>(StoreOp::Lease, async |c| redis::cmd("ZADD").arg(&key).arg(now).arg(&*me).query_async(c).await)
+            .await?;
+        Ok(())
+    }
+
+    async fn leave(&self) -> Result<usize, StoreError> {
+        let key = self.replicas_key();
+        let me = self.replica.clone();
+        let alive_since = now_ms().saturating_sub(3 * self.lease_ms());
+        let _: i64 =
+            self.run(StoreOp::Lease, async |c| redis::cmd("ZREM").arg(&key).arg(&*me).query_async(c).await).await?;
+        let _: i64 = self
+            .run(StoreOp::Lease, async |c| {
+                redis::cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(alive_since).query_async(c).await
+            })
+            .await?;
+        self.run(StoreOp::Lease, async |c| redis::cmd("ZCARD").arg(&key).query_async(c).await).await
+    }
+
+    async fn gcra(&self, bucket: Bucket<'_>, interval: Duration, burst: u32) -> Result<Gcra, StoreError> {
+        let key = self.limit_key(bucket);
+        let args = scripts::GcraCheck { interval_us: interval.as_micros().max(1) as u64, burst };
+        let (allowed, n): (i64, i64) = self.script(StoreOp::Limit, args.prepare(&self.scripts.gcra, &key)).await?;
+        Ok(if allowed == 1 { Ok(n.max(0) as u32) } else { Err(Duration::from_micros(n.max(0) as u64)) })
+    }
+
+    /// Follows the change channel for as long as the process runs, reconnecting after
+    /// failures; `Change::Resync` after every (re)subscription.
+    async fn follow(self: Arc<Self>, mut on: Box<dyn FnMut(Change) + Send>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let subscribed = async {
+                let mut ps = self.client.get_async_pubsub().await?;
+                ps.subscribe(&self.channel).await?;
+                Ok::<_, redis::RedisError>(ps)
+            };
+            match tokio::time::timeout(self.connect_timeout, subscribed).await {
+                Ok(Ok(ps)) => {
+                    backoff = Duration::from_millis(100);
+                    on(Change::Resync);
+                    let mut messages = ps.into_on_message();
+                    while let Some(msg) = messages.next().await {
+                        let Ok(text) = msg.get_payload::<String>() else { continue };
+                        match text.split_once(' ') {
+                            Some((kind, agent)) if parse_agent_id(agent).is_some() => on(if kind == "e" {
+                                Change::Events(agent.into())
+                            } else {
+                                Change::Session(agent.into())
+                            }),
+                            _ => self.metrics.count_discarded(Discarded::StoreAgentId, 1),
+                        }
+                    }
+                    tracing::warn!("shared store: change channel closed; resubscribing");
+                    self.metrics.count_store_error(StoreOp::Subscribe);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "shared store: cannot subscribe to the change channel");
+                    self.failed(StoreOp::Subscribe, unavailable(e));
+                }
+                Err(_) => {
+                    self.failed(StoreOp::Subscribe, StoreError::Unavailable("subscribe timed out".into()));
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// XRANGE entries (`[[id, [field, value, ...]], ...]`) as events. Entries that are not ours,
+/// or fail validation, are skipped and counted.
+fn parse_entries(raw: redis::Value, metrics: &Metrics) -> Vec<StreamEvent> {
+    let redis::Value::Array(entries) = raw else { return Vec::new() };
+    let total = entries.len();
+    let events: Vec<StreamEvent> = entries
+        .into_iter()
+        .filter_map(|e| {
+            let redis::Value::Array(mut parts) = e else { return None };
+            if parts.len() != 2 {
+                return None;
+            }
+            let fields = parts.pop()?;
+            let id = String::from_redis_value(parts.pop()?).ok()?;
+            let id = pack_id(&id)?;
+            let redis::Value::Array(fields) = fields else { return None };
+            let mut kind = None;
+            let mut data = None;
+            for pair in fields.chunks(2) {
+                let [name, value] = pair else { continue };
+                match String::from_redis_value(name.clone()).ok()?.as_str() {
+                    "k" => kind = String::from_redis_value(value.clone()).ok(),
+                    "d" => data = Vec::<u8>::from_redis_value(value.clone()).ok().map(Bytes::from),
+                    _ => {}
+                }
+            }
+            let (kind, data) = (kind.filter(|k| valid_event_kind(k))?, data.filter(|d| d.len() <= MAX_UPSTREAM_BODY)?);
+            Some((id, kind, data))
+        })
+        .collect();
+    if events.len() < total {
+        metrics.count_discarded(Discarded::StoreEvent, (total - events.len()) as u64);
+    }
+    events
+}

@@ -1,0 +1,295 @@
+//! The shared store's contract: every case runs twice, against the in-memory store the
+//! session layer's unit tests use (`shared::memory`) and against a real redis-server running
+//! the Lua scripts, through the same `SharedStore` trait. A change to a script that the
+//! in-memory store does not mirror (or the other way round) fails here. Each case sees two
+//! replicas (`a`, `b`) of one store.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccgate::config::{Scope, StoreBackend, StoreConfig};
+use ccgate::metrics::Metrics;
+use ccgate::session::LossReason;
+use ccgate::shared::memory::MemoryHub;
+use ccgate::shared::redis::RedisStore;
+use ccgate::shared::{
+    AuthWrite, AuthWritten, Bucket, ConfWrite, CreateMode, EndAs, Ended, Lease, NewEvent, NewRecord, RecordState,
+    SharedStore,
+};
+use common::redis::RedisServer;
+
+const AGENT: &str = "153";
+const LEASE: Duration = Duration::from_secs(30);
+
+struct Pair {
+    a: Arc<dyn SharedStore>,
+    b: Arc<dyn SharedStore>,
+    _redis: Option<RedisServer>,
+}
+
+fn memory() -> Pair {
+    let hub = MemoryHub::new(LEASE);
+    Pair { a: hub.replica(), b: hub.replica(), _redis: None }
+}
+
+async fn redis() -> Pair {
+    let server = RedisServer::start().await;
+    let cfg = StoreConfig {
+        backend: StoreBackend::Redis,
+        url: Some(ccgate::config::Secret::new(server.url())),
+        lease_ttl_ms: LEASE.as_millis() as u64,
+        ..StoreConfig::default()
+    };
+    let store = || async {
+        let s = RedisStore::new(&cfg, Metrics::new()).expect("redis store");
+        s.connect().await.expect("connect");
+        s as Arc<dyn SharedStore>
+    };
+    Pair { a: store().await, b: store().await, _redis: Some(server) }
+}
+
+/// Each case as two tests: `<case>::memory` and `<case>::redis`.
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test]
+            async fn memory() {
+                super::$case(super::memory()).await;
+            }
+            #[tokio::test]
+            async fn redis() {
+                super::$case(super::redis().await).await;
+            }
+        }
+    )*};
+}
+
+contract!(
+    records_round_trip_and_restore_only_fills_a_gap,
+    leases_are_exclusive_and_every_acquire_raises_the_epoch,
+    guid_writes_are_compare_and_set_and_fenced_by_epoch_and_number,
+    conference_writes_are_compare_and_set_on_the_version,
+    ends_are_conditional_and_sign_out_leaves_a_tombstone,
+    appends_are_idempotent_bounded_and_read_alike_everywhere,
+    activity_and_idle_time_are_the_stores,
+    the_sign_in_lock_is_exclusive_until_released,
+    the_index_finds_released_and_stale_agents,
+    replicas_count_who_is_alive,
+    gcra_allows_the_burst_then_says_how_long_to_wait,
+);
+
+fn record<'a>(sid: &'a str, guid: &'a str, cookies: &'a [String]) -> NewRecord<'a> {
+    NewRecord { sid, guid, cookies, answer: b"{\"retcode\":\"0\"}", resumable: true, conf: "\"None\"" }
+}
+
+async fn records_round_trip_and_restore_only_fills_a_gap(p: Pair) {
+    assert!(p.a.load(AGENT).await.unwrap().is_none());
+    let cookies = vec!["lb=node0".to_owned()];
+    let epoch = p.a.create(AGENT, &record("sid1", "g-1.AgentGateway0", &cookies), CreateMode::SignIn).await.unwrap();
+    assert_eq!(epoch, 1);
+    let r = p.b.load(AGENT).await.unwrap().unwrap();
+    assert_eq!((r.sid.as_str(), r.epoch, r.guid.as_str()), ("sid1", 1, "g-1.AgentGateway0"));
+    assert_eq!((r.cookies, &r.answer[..], r.resumable), (cookies.clone(), &b"{\"retcode\":\"0\"}"[..], true));
+    assert_eq!((r.conf.as_str(), r.confv, r.state), ("\"None\"", 1, RecordState::Active));
+    // A restore never overwrites a record that is there.
+    let restored = p.b.create(AGENT, &record("sid2", "g-9.AgentGateway0", &[]), CreateMode::Restore).await.unwrap();
+    assert_eq!(restored, 0);
+    assert_eq!(p.a.load(AGENT).await.unwrap().unwrap().sid, "sid1");
+    // A new sign-in replaces the record (and its events), with a higher epoch.
+    let event = NewEvent { sid: "sid1", cap: 10, id: 5 << 20, kind: "AgentState_Busy", data: b"{}" };
+    assert!(p.a.append(AGENT, &event).await.unwrap().is_some());
+    let epoch = p.b.create(AGENT, &record("sid2", "g-2.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    assert_eq!(epoch, 2);
+    let r = p.a.load(AGENT).await.unwrap().unwrap();
+    assert_eq!((r.sid.as_str(), r.epoch), ("sid2", 2));
+    assert!(p.a.latest_events(AGENT, 10).await.unwrap().is_empty());
+}
+
+async fn leases_are_exclusive_and_every_acquire_raises_the_epoch(p: Pair) {
+    assert_eq!(p.a.acquire(AGENT).await.unwrap(), Lease::Absent, "no session, nothing to poll");
+    p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Taken, "the sign-in's replica holds it");
+    assert_eq!(p.a.renew(AGENT, 1).await.unwrap(), Lease::Held(1));
+    assert_eq!(p.b.renew(AGENT, 1).await.unwrap(), Lease::Taken, "a lease is the replica's, not the epoch's");
+    p.b.release(AGENT, 1).await.unwrap();
+    assert_eq!(p.a.renew(AGENT, 1).await.unwrap(), Lease::Held(1), "only the holder releases");
+    p.a.release(AGENT, 1).await.unwrap();
+    assert_eq!(p.a.renew(AGENT, 1).await.unwrap(), Lease::Absent);
+    assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Held(2));
+    assert_eq!(p.a.load(AGENT).await.unwrap().unwrap().epoch, 2, "the record carries the fencing token");
+    assert_eq!(p.a.renew(AGENT, 1).await.unwrap(), Lease::Taken);
+    let lost = EndAs::Lost { reason: LossReason::GuidRefused, refused: None };
+    assert_eq!(p.b.end(AGENT, "s", lost).await.unwrap(), Ended::Ended);
+    assert_eq!(p.a.acquire(AGENT).await.unwrap(), Lease::Absent, "an ended session has no lease");
+}
+
+async fn guid_writes_are_compare_and_set_and_fenced_by_epoch_and_number(p: Pair) {
+    p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    let w = |replied_to, guid, poller| AuthWrite { sid: "s", replied_to, guid, cookies: &[], poller };
+    let guid = |p: &Pair| {
+        let b = p.b.clone();
+        async move { b.load(AGENT).await.unwrap().unwrap().guid }
+    };
+    // Another replica's write must find the Guid its call used.
+    assert_eq!(
+        p.b.write_auth(AGENT, &w("g-0.AgentGateway0", "x.AgentGateway0", None)).await.unwrap(),
+        AuthWritten::Stale
+    );
+    assert_eq!(
+        p.b.write_auth(AGENT, &w("g-1.AgentGateway0", "g-2.AgentGateway0", None)).await.unwrap(),
+        AuthWritten::Written
+    );
+    assert_eq!(guid(&p).await, "g-2.AgentGateway0");
+    // The lease holder's writes carry its epoch and a rising number, whatever they replied to.
+    assert_eq!(
+        p.a.write_auth(AGENT, &w("any", "g-3.AgentGateway0", Some((1, 1)))).await.unwrap(),
+        AuthWritten::Written
+    );
+    assert_eq!(
+        p.a.write_auth(AGENT, &w("any", "g-old.AgentGateway0", Some((1, 1)))).await.unwrap(),
+        AuthWritten::Stale
+    );
+    assert_eq!(
+        p.a.write_auth(AGENT, &w("any", "g-4.AgentGateway0", Some((1, 3)))).await.unwrap(),
+        AuthWritten::Written
+    );
+    assert_eq!(
+        p.a.write_auth(AGENT, &w("any", "g-late.AgentGateway0", Some((1, 2)))).await.unwrap(),
+        AuthWritten::Stale
+    );
+    assert_eq!(guid(&p).await, "g-4.AgentGateway0");
+    // A successor's epoch fences the old owner off; its own numbering starts afresh.
+    p.a.release(AGENT, 1).await.unwrap();
+    assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Held(2));
+    assert_eq!(p.a.write_auth(AGENT, &w("any", "g-a.AgentGateway0", Some((1, 9)))).await.unwrap(), AuthWritten::Stale);
+    assert_eq!(
+        p.b.write_auth(AGENT, &w("any", "g-b.AgentGateway0", Some((2, 1)))).await.unwrap(),
+        AuthWritten::Written
+    );
+    assert_eq!(guid(&p).await, "g-b.AgentGateway0");
+    let other = AuthWrite {
+        sid: "other",
+        replied_to: "g-b.AgentGateway0",
+        guid: "x.AgentGateway0",
+        cookies: &[],
+        poller: None,
+    };
+    assert_eq!(p.b.write_auth(AGENT, &other).await.unwrap(), AuthWritten::Gone, "another sign-in's write");
+}
+
+async fn conference_writes_are_compare_and_set_on_the_version(p: Pair) {
+    p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    let chair = r#"{"Chair":{"conf_id":7}}"#;
+    assert_eq!(p.a.write_conf(AGENT, "s", 1, chair).await.unwrap(), ConfWrite::Written(2));
+    assert_eq!(
+        p.b.write_conf(AGENT, "s", 1, "\"Unknown\"").await.unwrap(),
+        ConfWrite::Conflict { version: 2, conf: chair.to_owned() },
+        "a write on an old version gets the current state back"
+    );
+    assert_eq!(p.b.write_conf(AGENT, "s", 2, "\"None\"").await.unwrap(), ConfWrite::Written(3));
+    assert_eq!(p.a.write_conf(AGENT, "other", 3, chair).await.unwrap(), ConfWrite::Gone);
+    let r = p.a.load(AGENT).await.unwrap().unwrap();
+    assert_eq!((r.conf.as_str(), r.confv), ("\"None\"", 3));
+}
+
+async fn ends_are_conditional_and_sign_out_leaves_a_tombstone(p: Pair) {
+    p.a.create(AGENT, &record("s", "g-2.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    let lost = |refused| EndAs::Lost { reason: LossReason::GuidRefused, refused };
+    assert_eq!(p.b.end(AGENT, "s", lost(Some("g-1.AgentGateway0"))).await.unwrap(), Ended::GuidReplaced);
+    assert_eq!(p.b.end(AGENT, "other", lost(None)).await.unwrap(), Ended::Gone);
+    assert_eq!(p.b.end(AGENT, "s", lost(Some("g-2.AgentGateway0"))).await.unwrap(), Ended::Ended);
+    assert_eq!(p.a.load(AGENT).await.unwrap().unwrap().state, RecordState::Lost(LossReason::GuidRefused));
+    assert_eq!(p.a.end(AGENT, "s", lost(None)).await.unwrap(), Ended::Gone, "ended once");
+    // Signing out wins over a loss, drops the secrets and the events, and leaves a tombstone.
+    let event = NewEvent { sid: "s", cap: 10, id: 7 << 20, kind: "AgentState_Busy", data: b"{}" };
+    assert!(p.a.append(AGENT, &event).await.unwrap().is_some());
+    assert_eq!(p.a.end(AGENT, "s", EndAs::SignedOut).await.unwrap(), Ended::Ended);
+    let r = p.b.load(AGENT).await.unwrap().unwrap();
+    assert_eq!((r.state, r.guid.as_str(), r.cookies.len()), (RecordState::Out, "-", 0));
+    assert!(p.b.latest_events(AGENT, 10).await.unwrap().is_empty());
+}
+
+async fn appends_are_idempotent_bounded_and_read_alike_everywhere(p: Pair) {
+    p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    let ms = 1_700_000_000_000u64;
+    let ev = |id: u64, kind| NewEvent { sid: "s", cap: 3, id, kind, data: b"{\"n\":1}" };
+    let first = ms << 20;
+    assert_eq!(p.a.append(AGENT, &ev(first, "E1")).await.unwrap(), Some(first), "the given id is kept");
+    assert_eq!(p.a.append(AGENT, &ev(first, "E1")).await.unwrap(), Some(first), "sent again: not recorded twice");
+    // An id below the stream's newest gets the store's own, above it.
+    let second = p.b.append(AGENT, &ev(first - 1, "E2")).await.unwrap().unwrap();
+    assert!(second > first);
+    for (id, kind) in [(1, "E3"), (2, "E4")] {
+        p.a.append(AGENT, &ev(id, kind)).await.unwrap().unwrap();
+    }
+    let kinds = |v: Vec<(u64, String, bytes::Bytes)>| v.into_iter().map(|e| e.1).collect::<Vec<_>>();
+    assert_eq!(kinds(p.b.latest_events(AGENT, 10).await.unwrap()), ["E2", "E3", "E4"], "bounded at cap");
+    assert_eq!(kinds(p.b.latest_events(AGENT, 2).await.unwrap()), ["E3", "E4"], "the newest, oldest first");
+    assert_eq!(kinds(p.a.events_after(AGENT, second, 10).await.unwrap()), ["E3", "E4"]);
+    assert_eq!(kinds(p.a.events_after(AGENT, 0, 1).await.unwrap()), ["E2"]);
+    // One queue cursor for every replica: each event goes to one reader.
+    let next = |s: &Arc<dyn SharedStore>| {
+        let s = s.clone();
+        async move { s.take_next(AGENT, "s").await.unwrap().map(|e| e.1) }
+    };
+    assert_eq!(next(&p.a).await.as_deref(), Some("E2"));
+    assert_eq!(next(&p.b).await.as_deref(), Some("E3"));
+    assert_eq!(next(&p.a).await.as_deref(), Some("E4"));
+    assert_eq!(next(&p.b).await, None);
+    let gone = NewEvent { sid: "other", cap: 3, id: 0, kind: "E5", data: b"{}" };
+    assert_eq!(p.a.append(AGENT, &gone).await.unwrap(), None, "another sign-in's stream");
+    assert_eq!(p.a.take_next(AGENT, "other").await.unwrap(), None);
+}
+
+async fn activity_and_idle_time_are_the_stores(p: Pair) {
+    p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    p.b.touch(AGENT, "s").await.unwrap();
+    let idle = p.a.idle_for(AGENT, "s").await.unwrap().unwrap();
+    assert!(idle < Duration::from_secs(5), "just touched: {idle:?}");
+    assert_eq!(p.a.idle_for(AGENT, "other").await.unwrap(), None);
+}
+
+async fn the_sign_in_lock_is_exclusive_until_released(p: Pair) {
+    let lock = p.a.lock_op(AGENT, Duration::from_secs(10)).await.unwrap().unwrap();
+    assert!(p.b.lock_op(AGENT, Duration::from_secs(10)).await.unwrap().is_none());
+    let theirs = p.b.lock_op("154", Duration::from_secs(10)).await.unwrap();
+    assert!(theirs.is_some(), "one lock per agent");
+    p.b.unlock_op(AGENT, &theirs.unwrap()).await;
+    assert!(p.b.lock_op(AGENT, Duration::from_secs(10)).await.unwrap().is_none(), "only the holder unlocks");
+    p.a.unlock_op(AGENT, &lock).await;
+    assert!(p.b.lock_op(AGENT, Duration::from_secs(10)).await.unwrap().is_some());
+}
+
+async fn the_index_finds_released_and_stale_agents(p: Pair) {
+    p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    assert!(p.b.stale_agents(10).await.unwrap().is_empty(), "indexed now: not stale");
+    p.a.release(AGENT, 1).await.unwrap();
+    assert_eq!(p.b.stale_agents(10).await.unwrap(), [AGENT], "a released lease is looked at at once");
+    p.b.index_agent(AGENT).await;
+    assert!(p.b.stale_agents(10).await.unwrap().is_empty());
+    p.b.unindex_agent(AGENT).await;
+    assert!(p.b.stale_agents(10).await.unwrap().is_empty());
+}
+
+async fn replicas_count_who_is_alive(p: Pair) {
+    p.a.heartbeat().await.unwrap();
+    p.b.heartbeat().await.unwrap();
+    assert_eq!(p.a.leave().await.unwrap(), 1);
+    assert_eq!(p.b.leave().await.unwrap(), 0, "the last one out");
+}
+
+async fn gcra_allows_the_burst_then_says_how_long_to_wait(p: Pair) {
+    let bucket = |scope, key| Bucket { limit: "stop", scope, key };
+    let second = Duration::from_secs(1);
+    for remaining in [2, 1, 0] {
+        assert_eq!(p.a.gcra(bucket(Scope::Agent, AGENT), second, 3).await.unwrap(), Ok(remaining));
+    }
+    let wait = p.b.gcra(bucket(Scope::Agent, AGENT), second, 3).await.unwrap().unwrap_err();
+    assert!(wait > Duration::from_millis(900) && wait <= second, "about one interval: {wait:?}");
+    // Other agents, tenants and the global bucket are other buckets.
+    assert_eq!(p.b.gcra(bucket(Scope::Agent, "154"), second, 3).await.unwrap(), Ok(2));
+    assert_eq!(p.b.gcra(bucket(Scope::Tenant, AGENT), second, 3).await.unwrap(), Ok(2));
+    assert_eq!(p.b.gcra(bucket(Scope::Global, ""), second, 3).await.unwrap(), Ok(2));
+}

@@ -99,11 +99,6 @@ impl Session {
         self.conf()
     }
 
-    /// The metrics this session reports to.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     /// What a face may show of it.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {

@@ -411,7 +411,13 @@ impl Cluster {
         match self.store.acquire(agent).await {
             Ok(Lease::Held(epoch)) => {
                 let adopted = match self.store.load(agent).await {
-                    Ok(Some(r)) => self.adopt(host, agent, r, epoch).await.ok().filter(|s| s.ended().is_none()),
+                    Ok(Some(r)) => match self.adopt(host, agent, r, epoch).await {
+                        Ok(s) => Some(s).filter(|s| s.ended().is_none()),
+                        Err(e) => {
+                            tracing::warn!(agent, error = %e, "takeover: the record could not be made a local copy");
+                            None
+                        }
+                    },
                     Ok(None) => None,
                     Err(e) => {
                         tracing::debug!(agent, error = %e, "takeover: the record cannot be read");

@@ -27,6 +27,14 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # cc: glibc and libgcc (the binary links both); nonroot: uid/gid 65532.
 FROM gcr.io/distroless/cc-debian12:nonroot
+# OCI annotations (https://github.com/opencontainers/image-spec/blob/main/annotations.md):
+# what the image is, its license and the commit it was built from.
+ARG CCGATE_COMMIT=unknown
+LABEL org.opencontainers.image.title="ccgate" \
+      org.opencontainers.image.description="Authenticating sidecar for the Huawei CEC CC-Gateway: app JWTs in, agent Guids out" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.revision="${CCGATE_COMMIT}" \
+      org.opencontainers.image.documentation="README.md in the source repository"
 COPY --from=build /usr/local/bin/ccgate /usr/local/bin/ccgate
 ENV CCGATE_CONFIG=/etc/ccgate/ccgate.toml
 USER 65532:65532

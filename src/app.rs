@@ -67,7 +67,10 @@ impl Running {
     ///    load balancers stop routing here before connections are refused;
     /// 2. listeners stop accepting, event streams end, in-flight requests finish;
     /// 3. pollers stop and (if configured) every agent is signed out at the gateway.
-    pub async fn stop(self) {
+    ///
+    /// Returns how many agents it should have signed out but could not (they stay signed in
+    /// at the gateway; each is logged).
+    pub async fn stop(self) -> usize {
         let deadline = tokio::time::Instant::now() + self.grace;
         self.readiness.set_shutting_down();
         tracing::info!(drain_ms = self.drain_delay.as_millis() as u64, "shutting down: not ready; draining");
@@ -81,10 +84,19 @@ impl Running {
         if tokio::time::timeout_at(deadline, listeners).await.is_err() {
             tracing::warn!("listeners did not close within the grace period");
         }
-        if tokio::time::timeout_at(deadline, self.sessions.shutdown(deadline)).await.is_err() {
-            tracing::warn!("not every agent could be signed out within the grace period");
+        let left = match tokio::time::timeout_at(deadline, self.sessions.shutdown(deadline)).await {
+            Ok(left) => left,
+            Err(_) => {
+                tracing::warn!("not every agent could be signed out within the grace period");
+                self.sessions.live_agents()
+            }
+        };
+        if left > 0 {
+            tracing::warn!(agents = left, "shutdown complete; agents left signed in at the gateway");
+        } else {
+            tracing::info!("shutdown complete");
         }
-        tracing::info!("shutdown complete");
+        left
     }
 }
 
@@ -173,6 +185,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
         max_body_bytes: config.server.max_body_bytes,
         body_read_timeout: ms(config.server.body_read_timeout_ms),
         shutdown: shutdown.subscribe(),
+        refusals: Default::default(),
     });
     let grace = ms(config.server.shutdown_grace_ms);
     let drain_delay = ms(config.server.drain_delay_ms);
@@ -221,6 +234,19 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
                 })
             }))
         },
+        agents: {
+            let sessions = Arc::downgrade(&sessions);
+            Some(Arc::new(move |one: Option<String>| {
+                let sessions = sessions.clone();
+                Box::pin(async move {
+                    match sessions.upgrade() {
+                        Some(s) => serde_json::to_value(s.agents(one.as_deref()).await).unwrap_or_default(),
+                        None => serde_json::Value::Array(Vec::new()),
+                    }
+                })
+            }))
+        },
+        agents_from: config.admin.agents_from,
     });
     let admin_served = server::spawn(admin_listener, None, admin, admin_opts, shutdown.subscribe())
         .map_err(|e| format!("admin.listen: {e}"))?;

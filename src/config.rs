@@ -234,11 +234,31 @@ pub struct AdminConfig {
     /// every pod out of its Service for a Redis blip would turn a degraded store into an
     /// outage. `ccgate_store_up` and the `CcgateStoreDown` alert report it either way.
     pub ready_requires_store: bool,
+    /// Who may read `/agents` and the status page (every agent's state, no secret).
+    pub agents_from: AgentsAccess,
+}
+
+/// Who may read the admin listener's agent views.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentsAccess {
+    /// Loopback peers only (the default): an operator on the host, or `kubectl port-forward`,
+    /// which arrives on loopback; probes and scrapers on the pod address see nothing of the
+    /// agents.
+    #[default]
+    Loopback,
+    /// Any peer that reaches the admin listener (keep it on a private address then).
+    Anywhere,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { listen: parse_addr(DEFAULT_ADMIN_LISTEN), ready_requires_gateway: false, ready_requires_store: false }
+        Self {
+            listen: parse_addr(DEFAULT_ADMIN_LISTEN),
+            ready_requires_gateway: false,
+            ready_requires_store: false,
+            agents_from: AgentsAccess::Loopback,
+        }
     }
 }
 
@@ -924,11 +944,39 @@ pub fn parse_with_env<T: serde::de::DeserializeOwned + Serialize + Default>(
     env: impl IntoIterator<Item = (String, String)>,
     prefix: &str,
 ) -> Result<T, ConfigError> {
-    let mut doc: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
+    let file: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse(e.to_string()))?;
     let schema = toml::Table::try_from(T::default()).unwrap_or_default();
-    apply_env_overrides(&mut doc, &schema, env, prefix)?;
+    let overrides: Vec<(String, String)> = env.into_iter().filter(|(name, _)| name.starts_with(prefix)).collect();
+    let mut doc = file.clone();
+    apply_env_overrides(&mut doc, &schema, overrides.iter().cloned(), prefix)?;
     let merged = toml::to_string(&doc).map_err(|e| ConfigError::Parse(e.to_string()))?;
-    toml::from_str(&merged).map_err(|e| ConfigError::Parse(e.to_string()))
+    toml::from_str(&merged).map_err(|e: toml::de::Error| {
+        // A message quoting a line of the merged document would show text the user never
+        // wrote: when a variable is what breaks it, name the variable instead.
+        blame_override::<T>(&file, &schema, &overrides, prefix).unwrap_or_else(|| ConfigError::Parse(e.to_string()))
+    })
+}
+
+/// The first override that on its own makes the file fail to deserialize as `T`, as an error
+/// naming the variable, its key and what is wrong (`None` when the file fails by itself).
+fn blame_override<T: serde::de::DeserializeOwned>(
+    file: &toml::Table,
+    schema: &toml::Table,
+    overrides: &[(String, String)],
+    prefix: &str,
+) -> Option<ConfigError> {
+    let parses = |doc: &toml::Table| -> Result<(), toml::de::Error> {
+        let text = toml::to_string(doc).unwrap_or_default();
+        toml::from_str::<T>(&text).map(|_| ())
+    };
+    parses(file).ok()?;
+    overrides.iter().find_map(|(name, value)| {
+        let mut doc = file.clone();
+        apply_env_overrides(&mut doc, schema, [(name.clone(), value.clone())], prefix).ok()?;
+        let e = parses(&doc).err()?;
+        let key = name[prefix.len()..].split("__").map(str::to_ascii_lowercase).collect::<Vec<_>>().join(".");
+        Some(ConfigError::Parse(format!("environment variable {name} (config key `{key}`): {}", e.message())))
+    })
 }
 
 /// Reads `path` (missing is fine unless `must_exist`) and parses it with overrides.

@@ -62,6 +62,22 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// Print every agent the local ccgate knows (with Redis: the cluster), or one agent with
+    /// its recent events, from its admin listener (`GET /agents`): state, conference, who
+    /// polls it, last event and error. Never a Guid, cookie or password.
+    Agents {
+        /// One agent's work number.
+        id: Option<String>,
+        /// The config of the running instance, to find its admin listener.
+        #[arg(long, env = "CCGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The admin listener's address, instead of reading it from the config.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Print the JSON the admin listener answered instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start the simulator and the proxy on loopback with throw-away keys, print what to try.
     Demo {
         /// Print one JSON line {proxy_url, admin_url, ca_file, token, agent_id} first.
@@ -180,7 +196,18 @@ fn main() -> ExitCode {
         }
     };
     let result = match (command, threads) {
-        (Command::Serve { config: path }, Some((config, _))) => rt.block_on(serve(config, source_of(path))),
+        (Command::Serve { config: path }, Some((config, _))) => match rt.block_on(serve(config, source_of(path))) {
+            Ok(Stopped::Clean) => Ok(()),
+            Ok(Stopped::AgentsLeftSignedIn(n)) => {
+                eprintln!("ccgate: stopped; {n} agent(s) could not be signed out at the gateway (see the log)");
+                return ExitCode::from(EXIT_AGENTS_LEFT_SIGNED_IN);
+            }
+            Ok(Stopped::Interrupted) => {
+                eprintln!("ccgate: second stop signal: exited without finishing the shutdown");
+                return ExitCode::from(EXIT_INTERRUPTED);
+            }
+            Err(e) => Err(e),
+        },
         (command, _) => rt.block_on(run(command)),
     };
     match result {
@@ -199,16 +226,37 @@ fn source_of(path: Option<PathBuf>) -> ConfigSource {
 
 fn load_config(path: Option<PathBuf>) -> Result<Config, String> {
     let source = source_of(path);
+    let missing = !source.path.exists();
     // A parse error quotes the offending line; the store URL may carry a password.
-    Config::load(&source.path, source.must_exist).map_err(|e| config::mask_userinfo(&e.to_string()))
+    Config::load(&source.path, source.must_exist).map_err(|e| {
+        let e = config::mask_userinfo(&e.to_string());
+        if missing {
+            // Without a file every setting is a default or a CCGATE__ variable, which is rarely
+            // what was meant: say so before what the defaults lack.
+            format!(
+                "config file not found: {} (the default, looked for because neither --config nor CCGATE_CONFIG \
+                 names one); with no file, {e}",
+                std::path::absolute(&source.path).unwrap_or(source.path.clone()).display()
+            )
+        } else {
+            e
+        }
+    })
 }
 
 async fn run(cmd: Command) -> Result<(), String> {
     match cmd {
-        Command::Serve { config } => serve(load_config(config.clone())?, source_of(config)).await,
+        // `main` runs `serve` itself (its runtime is sized from the config); this arm keeps
+        // the match whole.
+        Command::Serve { config } => match serve(load_config(config.clone())?, source_of(config)).await? {
+            Stopped::Clean => Ok(()),
+            Stopped::AgentsLeftSignedIn(n) => Err(format!("stopped; {n} agent(s) left signed in at the gateway")),
+            Stopped::Interrupted => Err("second stop signal: exited without finishing the shutdown".into()),
+        },
         Command::CheckConfig { config } => check_config(load_config(config)?).await,
         Command::Reload { config, admin } => reload(config, admin).await,
         Command::Healthcheck { config, admin, live } => healthcheck(config, admin, live).await,
+        Command::Agents { id, config, admin, json } => agents(id, config, admin, json).await,
         Command::Demo { json, listen, admin_listen, replicas, redis } => {
             init_logging(LogFormat::Human, "warn,ccgate=info");
             demo::run(demo::DemoOptions { listen, admin_listen, json, replicas, redis }).await
@@ -321,6 +369,121 @@ async fn healthcheck(config: Option<PathBuf>, admin: Option<SocketAddr>, live: b
     }
 }
 
+/// `ccgate agents [ID]`: the admin listener's agents view, as a table (or its JSON).
+async fn agents(
+    id: Option<String>,
+    config: Option<PathBuf>,
+    admin: Option<SocketAddr>,
+    json: bool,
+) -> Result<(), String> {
+    let path = id.as_ref().map_or_else(|| "/agents".to_owned(), |id| format!("/agents/{id}"));
+    let url = local_admin_url(config, admin, &path)?;
+    let (status, body) = ask_admin(http::Method::GET, &url, AGENTS_WAIT).await?;
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
+    if status != 200 {
+        return Err(format!("{url}: HTTP {status}: {}", v["error"].as_str().unwrap_or(&body)));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or(body));
+        return Ok(());
+    }
+    match id {
+        None => print!("{}", agents_table(v["agents"].as_array().map(Vec::as_slice).unwrap_or_default())),
+        Some(_) => print!("{}", agent_detail(&v)),
+    }
+    Ok(())
+}
+
+/// How long `ccgate agents` waits: a cluster view reads one record per agent from Redis.
+const AGENTS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The conference column: its state, and the conference id when there is one.
+fn conference(v: &serde_json::Value) -> String {
+    let state = text(&v["conference"]["state"]);
+    match v["conference"]["confId"].as_u64() {
+        Some(id) => format!("{state} {id}"),
+        None => state,
+    }
+}
+
+fn agents_table(agents: &[serde_json::Value]) -> String {
+    let header =
+        ["AGENT", "GATEWAY", "STATE", "SIGNED IN", "CONFERENCE", "CHAIR", "POLLED BY", "LAST EVENT", "LAST ERROR"];
+    let rows: Vec<[String; 9]> = agents
+        .iter()
+        .map(|a| {
+            let polled = match (a["polled_here"].as_bool(), text(&a["polled_by"])) {
+                (Some(true), _) => "here".to_owned(),
+                (_, by) => by,
+            };
+            let error = match a["last_error"].is_object() {
+                true => format!("{} at {}", text(&a["last_error"]["what"]), text(&a["last_error"]["at"])),
+                false => "-".into(),
+            };
+            [
+                text(&a["agent"]),
+                text(&a["gateway"]),
+                text(&a["state"]),
+                text(&a["signed_in_at"]),
+                conference(a),
+                text(&a["chairperson"]),
+                polled,
+                text(&a["last_event_at"]),
+                error,
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        padded.join("  ").trim_end().to_owned() + "\n"
+    };
+    let mut out = line(&header.map(str::to_owned));
+    for row in &rows {
+        out.push_str(&line(row));
+    }
+    if rows.is_empty() {
+        out.push_str("(no agents)\n");
+    }
+    out
+}
+
+fn agent_detail(a: &serde_json::Value) -> String {
+    let mut out = String::new();
+    for (label, value) in [
+        ("agent", text(&a["agent"])),
+        ("gateway", text(&a["gateway"])),
+        ("state", text(&a["state"])),
+        ("signed in", text(&a["signed_in_at"])),
+        ("conference", conference(a)),
+        ("chairperson", text(&a["chairperson"])),
+        ("polled by", format!("{}{}", text(&a["polled_by"]), if a["polled_here"] == true { " (here)" } else { "" })),
+        ("last event", text(&a["last_event_at"])),
+        ("last error", format!("{} {}", text(&a["last_error"]["what"]), text(&a["last_error"]["at"]))),
+    ] {
+        out.push_str(&format!("{label:<12} {value}\n"));
+    }
+    let events = a["recent_events"].as_array().map(Vec::as_slice).unwrap_or_default();
+    out.push_str(&format!("recent events ({}):\n", events.len()));
+    for e in events {
+        out.push_str(&format!("  {}  {}  {}\n", text(&e["at"]), text(&e["id"]), text(&e["type"])));
+    }
+    out
+}
+
 /// Inside the callers' own deadlines (the image's `HEALTHCHECK --timeout=3s`, the probes'
 /// `timeoutSeconds: 3` in deploy/kubernetes), so a slow answer is reported by ccgate with
 /// its reason rather than cut off by the prober.
@@ -329,7 +492,20 @@ const HEALTHCHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long `ccgate reload` waits: a reload may wait for new providers' keys.
 const RELOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
-async fn serve(config: Config, source: ConfigSource) -> Result<(), String> {
+/// `serve`'s exit status when it stopped but could not sign every agent out at the gateway
+/// (with `sessions.sign_out_on_shutdown`): those agents stay signed in there. README, "CLI".
+const EXIT_AGENTS_LEFT_SIGNED_IN: u8 = 3;
+/// `serve`'s exit status when a second SIGTERM/SIGINT cut the graceful shutdown short.
+const EXIT_INTERRUPTED: u8 = 4;
+
+/// How `serve` ended.
+enum Stopped {
+    Clean,
+    AgentsLeftSignedIn(usize),
+    Interrupted,
+}
+
+async fn serve(config: Config, source: ConfigSource) -> Result<Stopped, String> {
     let otlp = config.log.otlp_endpoint.as_deref().map(|e| (e, config.log.otlp_service_name.as_str()));
     let exporter = init_logging_with(config.log.format, &config.log.level, otlp)?;
     for stray in config::stray_env_vars(std::env::vars()) {
@@ -344,13 +520,20 @@ async fn serve(config: Config, source: ConfigSource) -> Result<(), String> {
         // The outcome is logged and counted by the reloader.
         let _ = running.reloader.reload().await;
     }
-    tracing::info!("shutting down");
-    running.stop().await;
+    tracing::info!("shutting down (a second SIGTERM or Ctrl-C exits at once)");
+    // A second stop signal ends the process now: an operator who asks twice means it.
+    let stopped = tokio::select! {
+        left = running.stop() => if left == 0 { Stopped::Clean } else { Stopped::AgentsLeftSignedIn(left) },
+        () = signals.next_stop() => {
+            tracing::warn!("second stop signal: exiting without finishing the shutdown");
+            Stopped::Interrupted
+        }
+    };
     if let Some(e) = exporter {
         // The exporter's thread blocks while it sends what is queued.
         let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
     }
-    Ok(())
+    Ok(stopped)
 }
 
 enum Signal {
@@ -374,6 +557,13 @@ impl Signals {
         }
         #[cfg(not(unix))]
         Ok(Self {})
+    }
+
+    /// The next stop signal (reloads asked meanwhile are ignored: the process is stopping).
+    async fn next_stop(&mut self) {
+        while let Signal::Reload = self.next().await {
+            tracing::info!("SIGHUP while stopping: ignored");
+        }
     }
 
     async fn next(&mut self) -> Signal {

@@ -26,9 +26,12 @@ use crate::session::{LossReason, SessionState};
 pub const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 label_enum! {
-    /// How a request ended; the `outcome` label of `ccgate_requests_total`.
+    /// How a request ended; the `outcome` label of `ccgate_requests_total`. `rejected`: the
+    /// gateway refused the app's own request (its parameters, or the agent's state), not a
+    /// fault of the gateway or ccgate, so not in the error ratio.
     Outcome {
         Ok => "ok",
+        Rejected => "rejected",
         GatewayError => "gateway_error",
         Unauthenticated => "unauthenticated",
         Forbidden => "forbidden",
@@ -264,7 +267,7 @@ families! {
         "Input from the gateway or Redis discarded to keep a bound or because it was invalid, by what it was.",
         ["what"]
     );
-    gateway_up: IntGauge = ("gateway_up", "1 when the readiness probe reaches the gateway over TCP, else 0.");
+    gateway_up: IntGauge = ("gateway_up", "1 when the readiness probe completes a TLS handshake with the gateway, else 0.");
     store_up: IntGauge = ("store_up", "1 while the shared store (Redis) answers, else 0; 1 with the memory store.");
     store_errors: IntCounterVec =
         ("store_errors_total", "Shared store (Redis) operations that failed, by operation.", ["op"]);
@@ -628,14 +631,15 @@ impl Metrics {
         self.0.jwks_keys.reset();
     }
 
-    /// Exports `ccgate_jwks_age_seconds{issuer}` from `last_success` while it lives.
-    /// Reports the days left on the certificate `resolver` serves, at each scrape (so a
-    /// reload or a renewal picked up by the file watcher shows at once).
+    /// Reports the expiry of the certificate `resolver` serves, at each scrape (so a reload or
+    /// a renewal picked up by the file watcher shows at once).
     pub fn watch_certificate(&self, resolver: &Arc<crate::tls::CertResolver>) {
         *self.0.cert_expiry.source.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some(Arc::downgrade(resolver));
     }
 
+    /// Exports `ccgate_jwks_last_fetch_timestamp_seconds{issuer}` from `last_success` while it
+    /// lives.
     pub fn watch_jwks_age(&self, issuer: &str, last_success: &Arc<std::sync::Mutex<Option<std::time::Instant>>>) {
         self.0.jwks_age.watch(issuer, last_success);
     }
@@ -684,8 +688,9 @@ impl Metrics {
 
 type LastSuccess = Weak<std::sync::Mutex<Option<std::time::Instant>>>;
 
-/// `ccgate_jwks_age_seconds`: computed when scraped, from each fetcher's last success, so the
-/// value is exact at scrape time without a timer. Fetchers that a reload dropped disappear.
+/// `ccgate_jwks_last_fetch_timestamp_seconds`: each fetcher's last success as a Unix time
+/// (Prometheus practice: alerts compare it with `time()`), read when scraped. Fetchers that a
+/// reload dropped disappear.
 struct FreshnessCollector {
     vec: prometheus::GaugeVec,
     sources: std::sync::Mutex<Vec<(String, LastSuccess)>>,
@@ -694,7 +699,10 @@ struct FreshnessCollector {
 impl FreshnessCollector {
     fn new() -> Self {
         let vec = prometheus::GaugeVec::new(
-            Opts::new("jwks_age_seconds", "Seconds since the last successful fetch of each issuer's remote keys."),
+            Opts::new(
+                "jwks_last_fetch_timestamp_seconds",
+                "Unix time of the last successful fetch of each issuer's remote keys.",
+            ),
             &["issuer"],
         )
         .expect("static metric definition");
@@ -708,8 +716,8 @@ impl FreshnessCollector {
     }
 }
 
-/// `ccgate_tls_certificate_expiry_seconds` (seconds, the Prometheus base unit; alerts and
-/// dashboards divide by 86,400 for days), computed at scrape from the certificate in force
+/// `ccgate_tls_certificate_expiry_timestamp_seconds`: the `notAfter` of the certificate in
+/// force as a Unix time (as cert-manager exports it; alerts subtract `time()`), read at scrape
 /// (absent without TLS or when its `notAfter` cannot be read).
 struct CertExpiry {
     gauge: prometheus::Gauge,
@@ -719,8 +727,8 @@ struct CertExpiry {
 impl CertExpiry {
     fn new() -> Self {
         let gauge = prometheus::Gauge::new(
-            "tls_certificate_expiry_seconds",
-            "Seconds until the server certificate in force expires (its notAfter); negative once expired.",
+            "tls_certificate_expiry_timestamp_seconds",
+            "Unix time at which the server certificate in force expires (its notAfter).",
         )
         .expect("static metric definition");
         Self { gauge, source: std::sync::Mutex::new(None) }
@@ -740,8 +748,7 @@ impl prometheus::core::Collector for CertExpiryRef {
             .and_then(|w| w.upgrade())
             .and_then(|r| r.current().cert.first().and_then(|c| crate::x509_expiry::not_after(c.as_ref())));
         let Some(not_after) = not_after else { return Vec::new() };
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        self.0.gauge.set((not_after - now) as f64);
+        self.0.gauge.set(not_after as f64);
         self.0.gauge.collect()
     }
 }
@@ -762,7 +769,11 @@ impl prometheus::core::Collector for FreshnessRef {
         for (issuer, last) in sources.iter() {
             let at = last.upgrade().and_then(|m| *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
             if let Some(at) = at {
-                c.vec.with_label_values(&[issuer]).set(at.elapsed().as_secs_f64());
+                let unix = std::time::SystemTime::now()
+                    .checked_sub(at.elapsed())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0.0, |d| d.as_secs_f64());
+                c.vec.with_label_values(&[issuer]).set(unix);
             }
         }
         c.vec.collect()

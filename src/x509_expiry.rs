@@ -1,5 +1,5 @@
 //! The one thing ccgate reads from its own certificate: when it expires (`notAfter`), for
-//! `ccgate_tls_certificate_expiry_days`. A walk over the DER to the validity field, not an
+//! `ccgate_tls_certificate_expiry_timestamp_seconds`. A walk over the DER to the validity field, not an
 //! X.509 parser: rustls has already parsed and accepted the certificate, and this only has
 //! to find one field in it, so a new dependency is not worth it. Anything unexpected is
 //! `None` (the gauge is then absent), never a panic.

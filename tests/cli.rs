@@ -213,3 +213,63 @@ async fn healthcheck_exits_0_when_ready_and_1_with_the_reason_otherwise() {
     assert!(String::from_utf8_lossy(&down.stderr).contains("is ccgate running?"));
     h.stop().await;
 }
+
+/// Stopping tells the truth: a second SIGTERM exits at once (status 4) while the shutdown
+/// still retries a sign-out, and a shutdown that could not sign an agent out says so in its
+/// status (3). Both documented in README, "CLI".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_exits_at_once_and_the_status_says_when_agents_stay_signed_in() {
+    use ccgate::sim::Faults;
+    use common::process::Process;
+    let h = common::Harness::start().await;
+    // The gateway refuses every sign-out: the shutdown retries until its grace runs out.
+    h.sim.set_faults(Faults { http_status: Some(500), methods: vec!["logout".into()], ..Faults::default() });
+    let mut config = h.config.clone();
+    config.sessions.sign_out_on_shutdown = true;
+    config.server.drain_delay_ms = 0;
+    config.server.shutdown_grace_ms = 60_000;
+    let mut p = Process::start(&config, &h.dir);
+    let r = h.call_at(&p.base, Method::POST, "/v1/session", Some(&h.token("153")), "").await;
+    assert!(r.status.is_success(), "{}", r.text);
+    p.signal("-TERM");
+    let retrying = "sign-out at shutdown failed; retrying";
+    common::eventually("the first sign-out fails", || async { !p.logged(retrying).is_empty() }).await;
+    let second = std::time::Instant::now();
+    p.signal("-TERM");
+    assert_eq!(p.exit_status().await.code(), Some(4));
+    assert!(second.elapsed() < std::time::Duration::from_secs(10), "not the 60 s grace");
+    assert!(h.sim.is_signed_in("153"), "left as it was");
+
+    // A grace that runs out with the agent still signed in: status 3.
+    config.server.shutdown_grace_ms = 1_000;
+    let mut p = Process::start(&config, &h.dir);
+    let r = h.call_at(&p.base, Method::POST, "/v1/session", Some(&h.token("154")), "").await;
+    assert!(r.status.is_success(), "{}", r.text);
+    p.signal("-TERM");
+    assert_eq!(p.exit_status().await.code(), Some(3));
+    assert!(h.sim.is_signed_in("154"));
+    h.stop().await;
+}
+
+/// A typo'd override names the variable, not a line of a merged document; a missing default
+/// config file says so and where it looked.
+#[test]
+fn config_errors_name_the_variable_and_the_missing_file() {
+    let out = check_config("", &[("CCGATE__GATEWAY__URLL", "x")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("environment variable CCGATE__GATEWAY__URLL (config key `gateway.urll`): unknown field `urll`"),
+        "{err}"
+    );
+    assert!(!err.contains("line "), "no line of a document the user never wrote: {err}");
+
+    let dir = std::env::temp_dir().join(format!("ccgate-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out =
+        std::process::Command::new(BIN).arg("serve").current_dir(&dir).env_remove("CCGATE_CONFIG").output().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("config file not found: ") && err.contains("config/ccgate.toml"), "{err}");
+}

@@ -144,6 +144,24 @@ async fn gateway_error_reason_is_carried_to_the_app() {
     h.stop().await;
 }
 
+/// An app's own mistake is not a gateway failure: a second conference while in one is the
+/// gateway's `101-003`, answered 409 `conflict` with the retcode, and counted `rejected`
+/// (outside the error-ratio alert), not `gateway_error`.
+#[tokio::test]
+async fn a_conflict_with_the_agents_state_is_409_rejected_not_a_gateway_error() {
+    let h = Harness::start().await;
+    h.chair("153").await;
+    let r = h.call(Method::POST, "/v1/conference", Some("153"), r#"{"memberNum":3}"#).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    let p = problem(&r);
+    assert_eq!(p["type"], "urn:ccgate:problem:conflict");
+    assert_eq!(p["retcode"], "101-003");
+    let m = h.metrics().await;
+    assert!(m.contains(r#"ccgate_requests_total{method="requestAgentConf",outcome="rejected"} 1"#), "{m}");
+    assert!(!m.contains(r#"method="requestAgentConf",outcome="gateway_error"} 1"#), "{m}");
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn agent_signed_in_elsewhere_gets_409_and_force_takes_over() {
     let h = Harness::start().await;

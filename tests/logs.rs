@@ -115,12 +115,32 @@ async fn a_full_flow_logs_every_request_and_no_secret() {
         .collect();
     assert_eq!(access.len(), 9, "exactly one access line per request (9 made)");
     for line in &access {
-        for field in
-            ["request_id", "http_method", "method", "route", "agent", "status", "outcome", "duration_ms", "upstream_ms"]
-        {
+        for field in [
+            "request_id",
+            "http_method",
+            "method",
+            "route",
+            "agent",
+            "client",
+            "status",
+            "outcome",
+            "duration_ms",
+            "upstream_ms",
+        ] {
             assert!(!line[field].is_null(), "access line lacks {field}: {line}");
         }
+        assert_eq!(line["client"], "127.0.0.1", "{line}");
     }
+    // The refused token has a line of its own: why, whose issuer, from where; never the token.
+    let refusals: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "ccgate::auth")
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    let r = &refusals[0];
+    assert_eq!((r["reason"].as_str(), r["client"].as_str()), (Some("malformed"), Some("127.0.0.1")), "{r}");
+    assert_eq!(r["issuer"], common::ISSUER, "{r}");
     let traced = access.iter().find(|l| l["request_id"] == "trace-abc-123").expect("client id in the log");
     assert_eq!(traced["method"], "stopVoiceToConf");
     assert_eq!(traced["route"], "/v1/conference/announcement/stop");

@@ -49,7 +49,7 @@ async fn metrics_after_a_full_flow_pass_promtool_and_leak_nothing() {
         "ccgate_requests_in_flight 0",
         "process_resident_memory_bytes ",
         // The harness serves TLS with a throw-away certificate valid for days to come.
-        "ccgate_tls_certificate_expiry_seconds ",
+        "ccgate_tls_certificate_expiry_timestamp_seconds ",
     ] {
         assert!(text.contains(line), "missing {line}\n{text}");
     }
@@ -59,6 +59,14 @@ async fn metrics_after_a_full_flow_pass_promtool_and_leak_nothing() {
         assert!(!text.contains(&format!("\"{agent}\"")), "an agent id is a label value");
     }
     assert!(!text.contains(PASSWORD));
+    // Timestamps, not durations: the certificate expires after now.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let expiry: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ccgate_tls_certificate_expiry_timestamp_seconds "))
+        .and_then(|v| v.parse().ok())
+        .expect("the expiry sample");
+    assert!(expiry > now, "{expiry} vs now {now}");
 
     let mut child = Command::new(common::tools::require("promtool"))
         .args(["check", "metrics"])

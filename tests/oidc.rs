@@ -62,7 +62,10 @@ async fn keys_follow_the_provider_through_rotation_removal_and_outage() {
     let m = h.metrics().await;
     assert_eq!(sample(&m, &format!("ccgate_jwks_keys{{issuer=\"{}\"}}", idp.issuer)), 2.0, "ES256 + RS256");
     assert!(sample(&m, &fetched_ok) >= 1.0);
-    assert!(m.contains(&format!("ccgate_jwks_age_seconds{{issuer=\"{}\"}}", idp.issuer)), "{m}");
+    // The last fetch as a Unix time: just now.
+    let fetched_at = sample(&m, &format!("ccgate_jwks_last_fetch_timestamp_seconds{{issuer=\"{}\"}}", idp.issuer));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(fetched_at <= now && fetched_at > now - 60.0, "{fetched_at} vs now {now}");
 
     // Its token is accepted (sign in, then the session); the file-keyed issuer's still too.
     let first = idp.token("153").await;

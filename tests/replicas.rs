@@ -75,6 +75,18 @@ async fn any_replica_serves_any_agent_through_rotation_and_sign_out_ends_it_ever
     ok(&r);
     assert_eq!(r.json()["conference"]["confId"], conf_id, "{}", r.text);
     assert_eq!(h.sim.count(GatewayMethod::Login), 1, "one sign-in at the gateway");
+    // The agents view on any replica shows the agent, and who polls it: A.
+    let view = |admin: std::net::SocketAddr| {
+        let h = &h;
+        async move { h.send(Method::GET, &format!("http://{admin}/agents/153"), &[], "").await.json() }
+    };
+    let on_a = view(h.running().admin_addr).await;
+    assert_eq!((on_a["polled_here"].as_bool(), on_a["chairperson"].as_bool()), (Some(true), Some(true)), "{on_a}");
+    for admin in [b.admin_addr, c.admin_addr] {
+        let there = view(admin).await;
+        assert_eq!(there["polled_here"], false, "{there}");
+        assert_eq!(there["polled_by"], on_a["polled_by"], "the same replica polls: {there}");
+    }
 
     // The Guid rotates (dynamic mode) and the sign-in Guid expires; every replica keeps
     // forwarding with a current one.

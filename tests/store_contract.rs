@@ -76,12 +76,13 @@ contract!(
     activity_and_idle_time_are_the_stores,
     the_sign_in_lock_is_exclusive_until_released,
     the_index_finds_released_and_stale_agents,
+    the_index_lists_agents_and_the_lease_names_its_holder,
     replicas_count_who_is_alive,
     gcra_allows_the_burst_then_says_how_long_to_wait,
 );
 
 fn record<'a>(sid: &'a str, guid: &'a str, cookies: &'a [String]) -> NewRecord<'a> {
-    NewRecord { sid, guid, cookies, answer: b"{\"retcode\":\"0\"}", resumable: true, conf: "\"None\"" }
+    NewRecord { sid, guid, cookies, answer: b"{\"retcode\":\"0\"}", resumable: true, conf: "\"None\"", since: 0 }
 }
 
 async fn records_round_trip_and_restore_only_fills_a_gap(p: Pair) {
@@ -271,6 +272,21 @@ async fn the_index_finds_released_and_stale_agents(p: Pair) {
     assert!(p.b.stale_agents(10).await.unwrap().is_empty());
     p.b.unindex_agent(AGENT).await;
     assert!(p.b.stale_agents(10).await.unwrap().is_empty());
+}
+
+async fn the_index_lists_agents_and_the_lease_names_its_holder(p: Pair) {
+    assert!(p.a.indexed_agents(10).await.unwrap().is_empty());
+    assert_eq!(p.a.lease_holder(AGENT).await.unwrap(), None);
+    let r = |since| NewRecord { since, ..record("s", "g-1.AgentGateway0", &[]) };
+    p.a.create(AGENT, &r(1_700_000_000_000), CreateMode::SignIn).await.unwrap();
+    p.b.create("154", &r(0), CreateMode::SignIn).await.unwrap();
+    let mut agents = p.b.indexed_agents(10).await.unwrap();
+    agents.sort();
+    assert_eq!(agents, [AGENT, "154"]);
+    assert_eq!(p.b.indexed_agents(1).await.unwrap().len(), 1, "at most max");
+    assert_eq!(p.b.lease_holder(AGENT).await.unwrap().as_deref(), Some(p.a.replica()));
+    assert_eq!(p.a.lease_holder("154").await.unwrap().as_deref(), Some(p.b.replica()));
+    assert_eq!(p.b.load(AGENT).await.unwrap().unwrap().since, 1_700_000_000_000, "when it signed in");
 }
 
 async fn replicas_count_who_is_alive(p: Pair) {

@@ -66,6 +66,8 @@ pub struct Authenticator {
     refused: TokenCache<Reason>,
     /// The optional per-client budget (`auth.per_client_refusal_budget`).
     budget: Option<RefusalBudget>,
+    /// `auth.trusted_proxies`: peers whose `X-Forwarded-For` names the client.
+    trusted: Vec<Cidr>,
     /// Signature checks of unknown tokens running at once (`auth.max_concurrent_verifications`).
     verifications: tokio::sync::Semaphore,
     /// `ccgate_auth_throttled_total`, `ccgate_auth_refusals_remembered_total`.
@@ -242,31 +244,11 @@ impl RefusalBudget {
         }
     }
 
-    /// The client a request is budgeted as: the peer, or when the peer is a trusted proxy
-    /// the nearest address in `X-Forwarded-For` that is not one. `None` (no budget) for a
+    /// The client a request is budgeted as ([`client_of`]). `None` (no budget) for a
     /// loopback client, and for a trusted proxy's request whose header names no client (the
     /// proxy itself is shared by everyone behind it).
     fn client(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
-        let peer = peer.to_canonical();
-        let trusted = |ip: IpAddr| self.trusted.iter().any(|c| c.contains(ip));
-        let client = if trusted(peer) {
-            let mut found = None;
-            'headers: for v in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
-                let v = v.to_str().ok()?;
-                for hop in v.rsplit(',') {
-                    let ip: IpAddr = hop.trim().parse().ok()?;
-                    let ip = ip.to_canonical();
-                    if !trusted(ip) {
-                        found = Some(ip);
-                        break 'headers;
-                    }
-                }
-            }
-            found?
-        } else {
-            peer
-        };
-        (!client.is_loopback()).then_some(client)
+        client_of(&self.trusted, peer, headers).filter(|c| !c.is_loopback())
     }
 
     /// How long `ip` must still wait, if it is over budget.
@@ -411,7 +393,8 @@ impl Authenticator {
             leeway: cfg.leeway_secs,
             cache: (cfg.cache_size > 0).then(|| TokenCache::new(cfg.cache_size)),
             refused: TokenCache::new(REFUSED_TOKENS),
-            budget: cfg.per_client_refusal_budget.then(|| RefusalBudget::new(trusted)),
+            budget: cfg.per_client_refusal_budget.then(|| RefusalBudget::new(trusted.clone())),
+            trusted,
             verifications: tokio::sync::Semaphore::new(concurrent),
             counters: None,
             ttl: cfg.cache_ttl_secs,
@@ -516,6 +499,20 @@ impl Authenticator {
             Refused::Token(reason) => reason,
             Refused::Throttled(_) | Refused::KeysUnavailable => Reason::UnknownKey,
         })
+    }
+
+    /// The client address of a request from `peer`, for the access line and the refusal log:
+    /// the peer, or the client a trusted proxy names (the proxy when it names none).
+    pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        client_of(&self.trusted, peer, headers).unwrap_or(peer.to_canonical())
+    }
+
+    /// The issuer of the request's bearer token, if it is one of the configured providers'
+    /// (read without verifying: only a configured issuer is ever named, never the text of a
+    /// token).
+    pub fn known_issuer(&self, headers: &HeaderMap) -> Option<&str> {
+        let iss = peek_issuer(bearer_token(headers).ok()?).ok()?;
+        self.providers.iter().find(|p| p.issuer == iss).map(|p| p.issuer.as_str())
     }
 
     /// The address the optional per-client budget counts `peer`'s request against.
@@ -737,6 +734,26 @@ fn peek_issuer(token: &str) -> Result<String, Reason> {
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The client behind a request: the peer, or when the peer is one of the `trusted` proxies the
+/// nearest address in `X-Forwarded-For` that is not one. `None` when a trusted proxy's header
+/// names no client (or an unparsable one): the proxy alone is known.
+fn client_of(trusted: &[Cidr], peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    for v in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        for hop in v.to_str().ok()?.rsplit(',') {
+            let ip = hop.trim().parse::<IpAddr>().ok()?.to_canonical();
+            if !is_trusted(ip) {
+                return Some(ip);
+            }
+        }
+    }
+    None
 }
 
 /// Extracts the token from `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750).
@@ -1032,5 +1049,31 @@ mod tests {
         tokio::time::advance(std::time::Duration::from_secs(2)).await;
         let r = a.authenticate_now(&bearer(&forged(&es, "302")), Some(attacker));
         assert_eq!(r, Some(Err(Refused::Token(Reason::BadSignature))));
+    }
+
+    /// The client address logged: the peer, or the nearest untrusted hop a trusted proxy
+    /// names; with no budget configured too. The issuer logged is only ever a configured one.
+    #[test]
+    fn the_client_address_and_issuer_logged_are_resolved_from_trusted_sources() {
+        let cfg = AuthConfig { trusted_proxies: vec!["10.0.0.0/8".into()], ..config() };
+        let es = crate::devkeys::DevSigner::es256("es-1").unwrap();
+        let keys = crate::devkeys::jwks(&[&es])["keys"].as_array().unwrap().clone();
+        let a = Authenticator::new(&cfg, &keys, None).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR.clone(), "203.0.113.5, 10.2.2.2".parse().unwrap());
+        assert_eq!(a.client_address(ip("10.1.1.1"), &h), ip("203.0.113.5"), "through two proxies");
+        assert_eq!(
+            a.client_address(ip("198.51.100.7"), &h),
+            ip("198.51.100.7"),
+            "an untrusted peer's header is ignored"
+        );
+        assert_eq!(a.client_address(ip("10.1.1.1"), &HeaderMap::new()), ip("10.1.1.1"), "no header: the proxy");
+        assert_eq!(
+            a.known_issuer(&bearer(&es.token("https://idp.test", "ccgate", "153", 600).unwrap())),
+            Some("https://idp.test")
+        );
+        let stranger = es.token("https://evil.example/\nforged line", "ccgate", "153", 600).unwrap();
+        assert_eq!(a.known_issuer(&bearer(&stranger)), None, "an unknown issuer is never logged");
     }
 }

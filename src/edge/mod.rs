@@ -12,6 +12,7 @@
 pub mod api;
 pub mod auth;
 pub mod passthrough;
+pub mod refusal_log;
 pub mod render;
 pub mod route;
 pub mod sse;
@@ -47,6 +48,8 @@ pub struct Proxy {
     pub body_read_timeout: std::time::Duration,
     /// Ends event streams when the process shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// One line per refused token, within a budget.
+    pub refusals: refusal_log::RefusalLog,
 }
 
 /// Request ids accepted from clients: what common tracers emit (UUIDs, W3C trace ids), and
@@ -109,6 +112,8 @@ struct Handled {
     /// The matched route's path template ("-" when none matched): never the raw path.
     route: &'static str,
     agent: Option<String>,
+    /// The client address: the peer, or the client a trusted proxy names.
+    client: Option<std::net::IpAddr>,
     response: Response<Body>,
     outcome: Outcome,
 }
@@ -128,7 +133,7 @@ impl Handler for Proxy {
         span.record("trace_id", tracing::field::display(trace.trace_id()));
         let trace_id = trace.trace_id;
         let (handled, upstream) = timing::measure(trace, || self.serve(req, &rid).instrument(span)).await;
-        let Handled { label, route, agent, mut response, outcome } = handled;
+        let Handled { label, route, agent, client, mut response, outcome } = handled;
         let elapsed = started.elapsed();
         self.metrics.record_request(label, outcome, elapsed);
         tracing::info!(
@@ -139,6 +144,7 @@ impl Handler for Proxy {
             method = label.as_str(),
             route,
             agent = agent.as_deref().unwrap_or("-"),
+            client = %ClientField(client),
             status = response.status().as_u16(),
             outcome = outcome.as_str(),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
@@ -155,12 +161,13 @@ impl Proxy {
     /// decided by the path before anything else can fail.
     async fn serve(&self, req: Request<Incoming>, rid: &http::HeaderValue) -> Handled {
         let passthrough_face = req.uri().path().starts_with(BASE_PATH);
+        let peer = req.extensions().get::<crate::server::listener::ClientAddr>().map(|a| a.0.ip());
+        let client = peer.map(|p| self.auth.load().client_address(p, req.headers()));
         let (label, route, agent, result, limit) = match Target::resolve(req.method(), req.uri().path()) {
             Err(f) => (MethodLabel::Unmatched, "-", None, Err(f), None),
             Ok(target) => {
                 let (label, route) = (target.label(), target.route());
-                let client = req.extensions().get::<crate::server::listener::ClientAddr>().map(|a| a.0.ip());
-                match self.authenticate(req.headers(), client).await {
+                match self.authenticate(req.headers(), peer, client).await {
                     Err(f) => (label, route, None, Err(f), None),
                     Ok(who) => {
                         let (result, limit) = self.operate(target, &who, label, req).await;
@@ -180,7 +187,7 @@ impl Proxy {
         if let Some(state) = &limit {
             render::limit_headers(state, response.headers_mut());
         }
-        Handled { label, route, agent, response, outcome }
+        Handled { label, route, agent, client, response, outcome }
     }
 
     /// Body, parse, run, render: the phases after authentication.
@@ -216,21 +223,25 @@ impl Proxy {
         (rendered, answer.limit)
     }
 
+    /// `peer`: the connection's address (the budget resolves proxies itself); `client`: the
+    /// client address, for the refusal log.
     async fn authenticate(
         &self,
         headers: &http::HeaderMap,
+        peer: Option<std::net::IpAddr>,
         client: Option<std::net::IpAddr>,
     ) -> Result<Principal, Failure> {
         // Known tokens (and free verification slots) need no await; a token waiting for a
         // slot or a key fetch holds the authenticator itself, not the swap's guard.
-        let now = self.auth.load().authenticate_now(headers, client);
+        let now = self.auth.load().authenticate_now(headers, peer);
         let result = match now {
             Some(r) => r,
-            None => self.auth.load_full().authenticate(headers, client).await,
+            None => self.auth.load_full().authenticate(headers, peer).await,
         };
         result.map_err(|refused| match refused {
             auth::Refused::Token(reason) => {
                 self.metrics.count_auth_failure(reason);
+                self.refusals.refused(reason, self.auth.load().known_issuer(headers), client);
                 Failure::Unauthenticated(reason)
             }
             // Whole seconds, rounded up, at least 1 (as Retry-After wants).
@@ -315,6 +326,18 @@ async fn linger(mut body: Incoming) {
         }
     };
     let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+/// The access line's `client`: the address, or `-` when the connection had none.
+struct ClientField(Option<std::net::IpAddr>);
+
+impl std::fmt::Display for ClientField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// The log line for a failure worth an operator's attention; the access line covers the rest.

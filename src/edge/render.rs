@@ -139,7 +139,7 @@ pub fn spec(f: &Failure) -> &'static Spec {
         ),
         Failure::AlreadySignedIn(_) => row!(
             CONFLICT,
-            GatewayError,
+            Rejected,
             "already-signed-in",
             "Agent already signed in",
             "the agent is signed in elsewhere; POST /v1/session with {\"force\": true} takes the session over",
@@ -153,13 +153,21 @@ pub fn spec(f: &Failure) -> &'static Spec {
             "ccgate has no gateway credentials for this agent; ask the operator to add them",
             Ccg("CCG-403")
         ),
-        Failure::Refused(r) if Retcode::parse(&r.retcode) == Retcode::BadParameter => row!(
+        Failure::Conflict(_) => row!(
+            CONFLICT,
+            Rejected,
+            "conflict",
+            "Conflicts with the agent's state",
+            "the gateway refused the operation in the agent's current state (see retcode)",
+            Gateway(Retcode::Other)
+        ),
+        Failure::InvalidParameters(_) => row!(
             BAD_REQUEST,
-            GatewayError,
-            "gateway-refused",
-            "Gateway refused the operation",
-            "the gateway refused the parameters",
-            Gateway(Retcode::BadParameter)
+            Rejected,
+            "bad-request",
+            "Bad request",
+            "the gateway refused the request's parameters (see retcode)",
+            Gateway(Retcode::Other)
         ),
         Failure::Refused(_) => row!(
             BAD_GATEWAY,
@@ -470,10 +478,13 @@ mod tests {
             (Failure::NoConference(None), 409, Outcome::NoConference),
             (Failure::NoSession, 409, Outcome::NoSession),
             (Failure::SessionLost(None), 503, Outcome::SessionLost),
-            (Failure::AlreadySignedIn(None), 409, Outcome::GatewayError),
+            (Failure::AlreadySignedIn(None), 409, Outcome::Rejected),
             (Failure::NoCredentials, 403, Outcome::Forbidden),
             (Failure::Refused(refusal("100-007")), 502, Outcome::GatewayError),
-            (Failure::Refused(refusal("000-002")), 400, Outcome::GatewayError),
+            (Failure::refused(refusal("000-002")), 400, Outcome::Rejected),
+            (Failure::refused(refusal("101-003")), 409, Outcome::Rejected),
+            (Failure::refused(refusal("000-007")), 409, Outcome::Rejected),
+            (Failure::refused(refusal("100-008")), 409, Outcome::Rejected),
             (Failure::BadRequest("x".into()), 400, Outcome::BadRequest),
             (Failure::Throttled(3), 429, Outcome::RateLimited),
             (Failure::PayloadTooLarge, 413, Outcome::BadRequest),
@@ -507,5 +518,86 @@ mod tests {
         assert_eq!(local.status(), StatusCode::OK);
         assert_eq!(retcode_of(&Failure::NotChairperson(None)), Some(("101-002", None)));
         assert_eq!(envelope(&Failure::NoSession).status(), StatusCode::CONFLICT);
+    }
+
+    /// One failure of every kind (and every row of the table). The match below makes a new
+    /// variant a compile error here until it is added.
+    fn every_kind() -> Vec<Failure> {
+        fn _exhaustive(f: &Failure) {
+            match f {
+                Failure::Unauthenticated(_)
+                | Failure::Forbidden(_)
+                | Failure::NotChairperson(_)
+                | Failure::NoConference(_)
+                | Failure::NoSession
+                | Failure::SessionLost(_)
+                | Failure::AlreadySignedIn(_)
+                | Failure::NoCredentials
+                | Failure::Conflict(_)
+                | Failure::InvalidParameters(_)
+                | Failure::Refused(_)
+                | Failure::BadRequest(_)
+                | Failure::Throttled(_)
+                | Failure::RateLimited(_)
+                | Failure::PayloadTooLarge
+                | Failure::BodyTimeout
+                | Failure::StoreUnavailable
+                | Failure::KeysUnavailable
+                | Failure::Overloaded(_)
+                | Failure::NotFound
+                | Failure::MethodNotAllowed(_)
+                | Failure::Upstream(_)
+                | Failure::Internal(_) => {}
+            }
+        }
+        let limit = crate::ops::limits::Refusal {
+            scope: crate::config::Scope::Agent,
+            retry_after_secs: 1,
+            state: LimitState { name: "l".into(), quota: 1, window_secs: 1, remaining: 0, reset_secs: 1 },
+        };
+        vec![
+            Failure::Unauthenticated(AuthFailureReason::Expired),
+            Failure::Forbidden("x"),
+            Failure::NotChairperson(None),
+            Failure::NoConference(None),
+            Failure::NoSession,
+            Failure::SessionLost(None),
+            Failure::AlreadySignedIn(None),
+            Failure::NoCredentials,
+            Failure::refused(refusal("101-003")),
+            Failure::refused(refusal("000-002")),
+            Failure::Refused(refusal("100-007")),
+            Failure::BadRequest("x".into()),
+            Failure::Throttled(3),
+            Failure::RateLimited(Box::new(limit)),
+            Failure::PayloadTooLarge,
+            Failure::BodyTimeout,
+            Failure::StoreUnavailable,
+            Failure::KeysUnavailable,
+            Failure::Overloaded(Overload::Agents),
+            Failure::Overloaded(Overload::SignInQueue),
+            Failure::NotFound,
+            Failure::MethodNotAllowed("GET"),
+            Failure::Upstream(UpstreamError::Unavailable("x".into())),
+            Failure::Upstream(UpstreamError::Timeout),
+            Failure::Upstream(UpstreamError::Malformed("x".into())),
+            Failure::Internal("x"),
+        ]
+    }
+
+    /// README's error table and the OpenAPI description name every problem type ccgate can
+    /// answer with, with its status.
+    #[test]
+    fn the_docs_list_every_problem_type() {
+        let readme = include_str!("../../README.md");
+        let openapi = include_str!("../../api/openapi.yaml");
+        for f in every_kind() {
+            let s = spec(&f);
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| {} ", s.status.as_u16())) && l.contains(&format!("`{}`", s.slug)));
+            assert!(row.is_some(), "README's error table has no row for {} {} ({f})", s.status.as_u16(), s.slug);
+            assert!(openapi.contains(&format!("- urn:ccgate:problem:{}\n", s.slug)), "openapi.yaml lacks {}", s.slug);
+        }
     }
 }

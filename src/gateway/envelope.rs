@@ -119,6 +119,26 @@ retcodes! {
 }
 
 impl Retcode {
+    /// The operation conflicts with the agent's own state or repeats itself (already in a
+    /// conference, the chair passing the chair to itself, already signed out, a call
+    /// repeated): the app's doing, not a fault of the gateway or ccgate.
+    pub const fn is_conflict(self) -> bool {
+        matches!(
+            self,
+            Self::AlreadyInConference
+                | Self::ChairToSelf
+                | Self::ChairCannotLeave
+                | Self::AlreadySignedOut
+                | Self::RepeatedCall
+                | Self::SignInInProgress
+        )
+    }
+
+    /// The gateway refused the request's parameters (the app's body or path).
+    pub const fn is_invalid_request(self) -> bool {
+        matches!(self, Self::BadParameter | Self::SignInParameter | Self::SignOutParameter)
+    }
+
     /// The gateway no longer accepts the session's Guid: sign in again.
     pub const fn session_gone(self) -> bool {
         matches!(

@@ -38,6 +38,15 @@ pub enum Failure {
     /// The credentials file has no entry for the agent: an operator must add one.
     #[error("no credentials for agent")]
     NoCredentials,
+    /// The gateway refused the operation because of the agent's current state or a repeated
+    /// call (`101-003` already in a conference, `000-007`, ...; [`Retcode::is_conflict`]):
+    /// the app's request, not a fault; the retcode says which.
+    #[error("conflicts with the agent's state: retcode {}", .0.retcode)]
+    Conflict(GatewayRefusal),
+    /// The gateway refused the request's parameters (`000-002`, `100-001`, `100-005`): fix
+    /// the body or path.
+    #[error("gateway refused the parameters: retcode {}", .0.retcode)]
+    InvalidParameters(GatewayRefusal),
     /// The gateway refused the operation with another business retcode.
     #[error("gateway refused: retcode {}", .0.retcode)]
     Refused(GatewayRefusal),
@@ -93,6 +102,8 @@ impl Failure {
             Retcode::NoConference => Self::NoConference(Some(r)),
             Retcode::AlreadySignedIn => Self::AlreadySignedIn(Some(r)),
             c if c.session_gone() => Self::SessionLost(Some(r)),
+            c if c.is_conflict() => Self::Conflict(r),
+            c if c.is_invalid_request() => Self::InvalidParameters(r),
             _ => Self::Refused(r),
         }
     }
@@ -103,7 +114,7 @@ impl Failure {
             Self::NotChairperson(r) | Self::NoConference(r) | Self::SessionLost(r) | Self::AlreadySignedIn(r) => {
                 r.as_ref()
             }
-            Self::Refused(r) => Some(r),
+            Self::Refused(r) | Self::Conflict(r) | Self::InvalidParameters(r) => Some(r),
             _ => None,
         }
     }

@@ -194,7 +194,7 @@ async fn creating_a_conference_waits_for_the_verdict_and_rolls_back_on_refusal()
     session.update_conf(|_| ConfState::None).await;
     gw.refuse(GatewayMethod::RequestAgentConf, "101-003");
     let result = core.run(&who(), label, Operation::CreateConference { body }).await.result;
-    assert!(matches!(result, Err(Failure::Refused(_))), "{result:?}");
+    assert!(matches!(result, Err(Failure::Conflict(_))), "{result:?}");
     assert_eq!(session.conf(), ConfState::None);
 }
 

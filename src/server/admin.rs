@@ -203,12 +203,23 @@ pub type ReloadFn = Arc<
 /// Issuers with fetched keys, and whether each has them.
 pub type IssuersFn = Box<dyn Fn() -> Vec<(String, bool)> + Send + Sync>;
 
+/// The agents view: every agent (`None`) or one, as JSON (an array of agent objects).
+pub type AgentsFn = Arc<
+    dyn Fn(Option<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send>>
+        + Send
+        + Sync,
+>;
+
 pub struct Admin {
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
     /// Issuers with fetched keys and whether each has them, for `/readyz`.
     pub issuers: Option<IssuersFn>,
     pub reload: Option<ReloadFn>,
+    /// `GET /agents`, `GET /agents/{id}`.
+    pub agents: Option<AgentsFn>,
+    /// `admin.agents_from`.
+    pub agents_from: crate::config::AgentsAccess,
 }
 
 /// The REST API's OpenAPI 3.1 description (`api/openapi.yaml`), compiled in so the binary
@@ -223,6 +234,9 @@ impl Handler for Admin {
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return body::json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "GET only (POST for /-/reload)"}));
+        }
+        if path == "/agents" || path.starts_with("/agents/") {
+            return self.agents(&req).await;
         }
         match path {
             "/metrics" => {
@@ -276,6 +290,41 @@ impl Handler for Admin {
 }
 
 impl Admin {
+    /// `GET /agents` (every agent) and `GET /agents/{id}` (one, with its recent events):
+    /// from loopback unless `admin.agents_from = "anywhere"`.
+    async fn agents(&self, req: &Request<Incoming>) -> Response<Body> {
+        let local = req.extensions().get::<super::listener::ClientAddr>().is_some_and(|a| is_local(a.0.ip()));
+        if !local && self.agents_from == crate::config::AgentsAccess::Loopback {
+            return body::json(
+                StatusCode::FORBIDDEN,
+                &json!({"error": "the agents view is served to loopback only (admin.agents_from)"}),
+            );
+        }
+        let Some(agents) = &self.agents else {
+            return body::json(StatusCode::NOT_FOUND, &json!({"error": "no agents here"}));
+        };
+        let one = match req.uri().path().strip_prefix("/agents/") {
+            None => None,
+            Some(id) => match crate::gateway::parse_agent_id(id) {
+                Some(_) => Some(id.to_owned()),
+                None => {
+                    return body::json(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"error": "an agent is its work number (101..999999)"}),
+                    )
+                }
+            },
+        };
+        let view = agents(one.clone()).await;
+        match one {
+            None => body::json(StatusCode::OK, &json!({"agents": view})),
+            Some(id) => match view.as_array().and_then(|a| a.first()) {
+                Some(agent) => body::json(StatusCode::OK, agent),
+                None => body::json(StatusCode::NOT_FOUND, &json!({"error": format!("agent {id} is not known here")})),
+            },
+        }
+    }
+
     /// Reload on request, from loopback only: the admin listener may listen on the pod's
     /// address for probes and scrapes, but changing what ccgate runs stays a local act (as
     /// SIGHUP is).

@@ -56,6 +56,11 @@ pub struct Session {
     pub(super) born: Instant,
     pub(super) poller: Mutex<Option<JoinHandle<()>>>,
     pub(super) metrics: Metrics,
+    /// When the agent was signed in (Unix ms; 0 when unknown: a record of an older ccgate).
+    pub signed_in_at_ms: u64,
+    /// The last call the gateway refused or failed: what (a retcode, or a failure kind) and
+    /// when (Unix ms). For the admin's agent view; written only on failures.
+    pub(super) last_error: Mutex<Option<(&'static str, u64)>>,
     /// What the session shares with other replicas, and how.
     pub(super) replica: Replica,
 }
@@ -237,7 +242,16 @@ impl Session {
     ) -> Result<(GatewayReply, Refusal), UpstreamError> {
         let auth = self.auth.load_full();
         let req = GatewayRequest { method, agent: &self.agent_id, auth: Some(&auth), body, timeout, conn };
-        let reply = self.gateway.call(req).await?;
+        let reply = match self.gateway.call(req).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.note_error(crate::metrics::UpstreamErrorKind::from(&e).as_str());
+                return Err(e);
+            }
+        };
+        if !reply.envelope.is_success() {
+            self.note_error(reply.envelope.code().as_str());
+        }
         let mut replaced = self.take_credentials(reply.set_guid.as_deref(), &reply.cookies);
         let env = &reply.envelope;
         if method == GatewayMethod::UpdateGuid && env.is_success() {
@@ -256,6 +270,15 @@ impl Session {
             refusal = Box::pin(self.replica.refused(self, LossReason::GuidRefused, refused)).await;
         }
         Ok((reply, refusal))
+    }
+
+    fn note_error(&self, what: &'static str) {
+        *lock(&self.last_error) = Some((what, super::events::unix_ms()));
+    }
+
+    /// The last call the gateway refused or failed: what and when (Unix ms).
+    pub fn last_error(&self) -> Option<(&'static str, u64)> {
+        *lock(&self.last_error)
     }
 
     /// Takes a new Guid and cookies. Every new Guid counts, in static and dynamic mode alike,
@@ -447,5 +470,9 @@ impl LocalCopy for Session {
 
     fn login(&self) -> (&[u8], bool) {
         (&self.login_answer, self.resumable)
+    }
+
+    fn signed_in_at_ms(&self) -> u64 {
+        self.signed_in_at_ms
     }
 }

@@ -310,7 +310,9 @@ impl Cluster {
         let (guid, cookies) = s.with_raw_auth(|g, c| (g.to_owned(), c.to_vec()));
         let conf = Link::conf_json(s.conf());
         let (answer, resumable) = s.login();
-        let record = NewRecord { sid: link.sid(), guid: &guid, cookies: &cookies, answer, resumable, conf: &conf };
+        let since = s.signed_in_at_ms();
+        let record =
+            NewRecord { sid: link.sid(), guid: &guid, cookies: &cookies, answer, resumable, conf: &conf, since };
         match self.store.create(s.agent_id(), &record, CreateMode::Restore).await {
             Ok(0) => {}
             Ok(epoch) => {
@@ -461,6 +463,41 @@ impl Cluster {
             }
         }
         self.leave().await.is_ok_and(|others| others == 0)
+    }
+
+    /// Agents the cluster knows that are not in `known` (this replica's copies): each with
+    /// its record and the replica polling it. `one`: that agent only. At most `max`.
+    pub(crate) async fn remote_agents(
+        &self,
+        one: Option<&str>,
+        known: &[String],
+        max: usize,
+    ) -> Vec<(String, Record, Option<String>)> {
+        let agents = match one {
+            Some(a) => vec![a.to_owned()],
+            None => match self.store.indexed_agents(max).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::debug!(error = %e, "shared store away; the agents view shows this replica's only");
+                    return Vec::new();
+                }
+            },
+        };
+        let mut out = Vec::new();
+        for agent in agents.into_iter().filter(|a| !known.contains(a)) {
+            let Ok(Some(record)) = self.store.load(&agent).await else { continue };
+            let holder = self.store.lease_holder(&agent).await.ok().flatten();
+            out.push((agent, record, holder));
+        }
+        out
+    }
+
+    /// Who polls an agent this replica holds a copy of, and whether it is this replica.
+    pub(crate) async fn poller_of(&self, agent: &str, link: &Link) -> (Option<String>, bool) {
+        if link.owns() {
+            return (Some(self.store.replica().to_owned()), true);
+        }
+        (self.store.lease_holder(agent).await.ok().flatten(), false)
     }
 
     /// Leaves the replica set: how many others are alive. The store away: nobody can take

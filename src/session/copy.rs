@@ -37,4 +37,6 @@ pub(crate) trait LocalCopy: Send + Sync {
     /// The gateway's sign-in answer and whether ccgate may sign in again by itself: what a
     /// record put back from this copy carries.
     fn login(&self) -> (&[u8], bool);
+    /// When the agent was signed in (Unix ms; 0 when unknown).
+    fn signed_in_at_ms(&self) -> u64;
 }

@@ -17,12 +17,19 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-/// One buffered event: its id, its type (the SSE `event:` field) and its JSON.
+/// One buffered event: its id, its type (the SSE `event:` field), its JSON, and when this
+/// buffer took it (Unix ms; the admin's agent view shows it).
 #[derive(Debug, Clone)]
 pub struct BufferedEvent {
     pub id: u64,
     pub kind: Arc<str>,
     pub data: Bytes,
+    pub at_ms: u64,
+}
+
+/// Wall-clock now in Unix ms.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 struct Inner {
@@ -84,7 +91,7 @@ impl EventBuffer {
             if let Some(d) = &dropped {
                 q.evicted = q.evicted.max(d.id);
             }
-            q.events.push_back(BufferedEvent { id, kind: Arc::from(kind), data });
+            q.events.push_back(BufferedEvent { id, kind: Arc::from(kind), data, at_ms: unix_ms() });
             dropped.is_some()
         };
         self.latest.send_modify(|l| *l = (*l).max(id));
@@ -110,6 +117,17 @@ impl EventBuffer {
 
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.latest.subscribe()
+    }
+
+    /// The newest `n` events' ids, types and times, oldest first (no data).
+    pub fn recent(&self, n: usize) -> Vec<(u64, Arc<str>, u64)> {
+        let q = self.lock();
+        q.events.iter().skip(q.events.len().saturating_sub(n)).map(|e| (e.id, e.kind.clone(), e.at_ms)).collect()
+    }
+
+    /// When the newest event arrived here (Unix ms).
+    pub fn last_at_ms(&self) -> Option<u64> {
+        self.lock().events.back().map(|e| e.at_ms)
     }
 
     /// Events with id > `cursor`.

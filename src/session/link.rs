@@ -412,7 +412,13 @@ impl Link {
 
     pub(crate) async fn take_next(&self, s: &impl LocalCopy) -> Option<BufferedEvent> {
         match self.store.take_next(s.agent_id(), &self.sid).await {
-            Ok(next) => next.map(|(id, kind, data)| BufferedEvent { id, kind: Arc::from(kind), data }),
+            // The stream id's high bits are the append's time (Unix ms, Redis's clock).
+            Ok(next) => next.map(|(id, kind, data)| BufferedEvent {
+                id,
+                kind: Arc::from(kind),
+                data,
+                at_ms: id >> crate::shared::SEQ_BITS,
+            }),
             Err(e) => {
                 tracing::debug!(agent = s.agent_id(), error = %e, "shared store away; this replica's queue");
                 s.events().take_next()

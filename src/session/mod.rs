@@ -13,7 +13,7 @@
 //! - `poller`: the task that long-polls the gateway for each session.
 //! - `cluster`: the store-wide half on the shared store (adoption, locks, maintenance).
 //! - `replication`: the store-wide seam, chosen once at start (in process, or a `Cluster`).
-//! - `store`: the [`SessionStore`].
+//! - `store`: the [`SessionStore`]; `view`: what the admin shows of each agent.
 
 mod agent;
 mod cluster;
@@ -29,6 +29,7 @@ mod replica;
 mod replication;
 mod state;
 mod store;
+pub mod view;
 
 pub use agent::{Listening, Session, Snapshot};
 pub use conference::ConfState;

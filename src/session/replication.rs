@@ -86,6 +86,7 @@ impl Replication {
         reply: &GatewayReply,
         conf: ConfState,
         resumable: bool,
+        since: u64,
     ) -> Result<Replica, SessionError> {
         let Self::Shared { cluster, .. } = self else { return Ok(Replica::InProcess) };
         let sid = uuid::Uuid::new_v4().simple().to_string();
@@ -97,6 +98,7 @@ impl Replication {
             answer: &reply.body,
             resumable,
             conf: &conf,
+            since,
         };
         Ok(Replica::Shared(cluster.record_sign_in(agent, &record).await?))
     }
@@ -117,6 +119,27 @@ impl Replication {
     pub(crate) async fn unlock(&self, agent: &str, lock: Option<OpLock>) {
         if let (Self::Shared { cluster, .. }, Some(lock)) = (self, lock) {
             cluster.unlock(agent, &lock).await;
+        }
+    }
+
+    /// Who polls `session`'s agent, and whether this replica does.
+    pub(crate) async fn poller_of(&self, agent: &str, replica: &Replica) -> (Option<String>, bool) {
+        match (self, replica.link()) {
+            (Self::Shared { cluster, .. }, Some(link)) => cluster.poller_of(agent, link).await,
+            _ => (Some("this replica".into()), true),
+        }
+    }
+
+    /// Agents other replicas hold (nothing, in process): see [`Cluster::remote_agents`].
+    pub(crate) async fn remote_agents(
+        &self,
+        one: Option<&str>,
+        known: &[String],
+        max: usize,
+    ) -> Vec<(String, crate::shared::Record, Option<String>)> {
+        match self {
+            Self::InProcess => Vec::new(),
+            Self::Shared { cluster, .. } => cluster.remote_agents(one, known, max).await,
         }
     }
 

@@ -18,13 +18,14 @@ use super::cluster::{Claim, Host};
 use super::conference::ConfState;
 use super::credentials::CredentialStore;
 use super::error::{Ended, SessionError};
-use super::events::EventBuffer;
+use super::events::{unix_ms, EventBuffer};
 use super::link::Link;
 use super::pacing::{Pacer, SignInGate};
 use super::poller::{self, Poller};
 use super::replica::Replica;
 use super::replication::Replication;
 use super::state::SessionState;
+use super::view::AgentView;
 use crate::config::{ms, SessionsConfig, ShutdownMode};
 use crate::gateway::wire::session_auth;
 use crate::gateway::{
@@ -32,6 +33,10 @@ use crate::gateway::{
 };
 use crate::metrics::{Metrics, SigninResult, SignoutTrigger};
 use crate::shared::{Record, SharedStore, StreamEvent};
+
+/// Agents one view lists at most: every agent of a full replica (`sessions.max_agents`'s
+/// default), and a bound on what one admin request costs.
+pub const MAX_AGENTS_LISTED: usize = 10_000;
 
 /// The outcome of one sign-in, shared by everyone who waited for it.
 type Flight = watch::Receiver<Option<Result<(Arc<Session>, bool), SessionError>>>;
@@ -246,7 +251,8 @@ impl SessionStore {
         };
         let result = async {
             let (reply, conf, resumable) = self.sign_in_at_gateway(agent, slot, opts).await?;
-            let replica = match self.replication.record_sign_in(agent, &reply, conf, resumable).await {
+            let since = unix_ms();
+            let replica = match self.replication.record_sign_in(agent, &reply, conf, resumable, since).await {
                 Ok(r) => r,
                 Err(e) => {
                     // Signed in at the gateway but nobody else could find the session: sign
@@ -255,7 +261,7 @@ impl SessionStore {
                     return Err(e);
                 }
             };
-            self.finish_sign_in(agent, slot, &reply, conf, resumable, replica).map(|s| (s, true))
+            self.finish_sign_in(agent, slot, &reply, conf, resumable, since, replica).map(|s| (s, true))
         }
         .await;
         self.replication.unlock(agent, lock).await;
@@ -334,6 +340,7 @@ impl SessionStore {
     }
 
     /// Makes the local session of a successful sign-in and starts its poller.
+    #[allow(clippy::too_many_arguments)]
     fn finish_sign_in(
         &self,
         agent: &str,
@@ -341,11 +348,12 @@ impl SessionStore {
         reply: &GatewayReply,
         conf: ConfState,
         resumable: bool,
+        since: u64,
         replica: Replica,
     ) -> Result<Arc<Session>, SessionError> {
         let guid = reply.set_guid.as_deref().unwrap_or_default();
         let session = self
-            .build_session(agent, guid, &reply.cookies, reply.body.clone(), conf, resumable, replica)
+            .build_session(agent, guid, &reply.cookies, reply.body.clone(), conf, resumable, since, replica)
             .ok_or_else(|| SessionError::from(UpstreamError::Malformed("unusable Set-GUID".into())))?;
         self.start_poller(&session);
         if let Some(old) = slot.session.swap(Some(session.clone())) {
@@ -423,6 +431,7 @@ impl SessionStore {
         login_answer: Bytes,
         conf: ConfState,
         resumable: bool,
+        signed_in_at_ms: u64,
         replica: Replica,
     ) -> Option<Arc<Session>> {
         // The sign-in answer's cookies go into the jar under the same bounds as later ones.
@@ -447,6 +456,8 @@ impl SessionStore {
             born: Instant::now(),
             poller: Mutex::new(None),
             metrics: self.metrics.clone(),
+            signed_in_at_ms,
+            last_error: Mutex::new(None),
             replica,
         }))
     }
@@ -557,8 +568,9 @@ impl SessionStore {
     }
 
     /// Stops every poller and, if configured, signs every agent out (process shutdown),
-    /// retrying with back-off until `deadline`.
-    pub async fn shutdown(&self, deadline: Instant) {
+    /// retrying with back-off until `deadline`. Returns how many agents it should have
+    /// signed out but could not (each logged): they stay signed in at the gateway.
+    pub async fn shutdown(&self, deadline: Instant) -> usize {
         let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
         // With the shared store, only the agents this replica polled are its to sign out.
         let polled: Vec<bool> =
@@ -570,24 +582,25 @@ impl SessionStore {
         }
         let plan = self.replication.shutdown_plan(self, self.cfg.sign_out_on_shutdown).await;
         if !plan.sign_out {
-            return;
+            return 0;
         }
         let slots: Vec<Arc<Slot>> =
             slots.into_iter().zip(polled).filter(|(_, polled)| !plan.only_polled || *polled).map(|(s, _)| s).collect();
         let settings = self.poller_settings();
         let mut tasks = Vec::new();
         for slot in slots {
-            let Some(me) = self.me.upgrade() else { return };
+            let Some(me) = self.me.upgrade() else { return 0 };
+            // Each task says whether its agent is left signed in at the gateway.
             tasks.push(tokio::spawn(async move {
                 let _op = slot.op.lock().await;
-                let Some(s) = slot.session.load_full() else { return };
+                let Some(s) = slot.session.load_full() else { return false };
                 let mut backoff = settings.backoff;
                 loop {
-                    let Err(e) = me.sign_out_locked(&slot, &s, GatewayMethod::Logout).await else { return };
+                    let Err(e) = me.sign_out_locked(&slot, &s, GatewayMethod::Logout).await else { return false };
                     me.metrics.count_signout_failure(SignoutTrigger::Shutdown);
                     if Instant::now() + backoff >= deadline {
                         tracing::warn!(agent = %s.agent_id, error = %e, "sign-out at shutdown failed; out of time");
-                        return;
+                        return true;
                     }
                     tracing::warn!(agent = %s.agent_id, error = %e, "sign-out at shutdown failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -595,9 +608,41 @@ impl SessionStore {
                 }
             }));
         }
+        let mut left = 0;
         for t in tasks {
-            let _ = t.await;
+            // A task that panicked left its agent signed in as far as anyone knows.
+            left += usize::from(t.await.unwrap_or(true));
         }
+        left
+    }
+
+    /// What the admin shows of the agents: every agent this replica holds and, with the shared
+    /// store, every other agent the cluster knows (at most [`MAX_AGENTS_LISTED`] in all);
+    /// with `one`, that agent only, with its recent events. Sorted by work number.
+    pub async fn agents(&self, one: Option<&str>) -> Vec<AgentView> {
+        let local: Vec<Arc<Session>> = match one {
+            Some(agent) => self.current(agent).into_iter().collect(),
+            None => lock(&self.slots).values().filter_map(|s| s.session.load_full()).take(MAX_AGENTS_LISTED).collect(),
+        };
+        let mut views = Vec::with_capacity(local.len());
+        for s in &local {
+            let (polled_by, here) = self.replication.poller_of(&s.agent_id, &s.replica).await;
+            views.push(AgentView::of_session(s, polled_by, here, one.is_some()));
+        }
+        let known: Vec<String> = local.iter().map(|s| s.agent_id.clone()).collect();
+        let room = MAX_AGENTS_LISTED.saturating_sub(views.len()) + known.len();
+        for (agent, record, holder) in self.replication.remote_agents(one, &known, room).await {
+            if views.len() < MAX_AGENTS_LISTED {
+                views.push(AgentView::of_record(&agent, &record, holder));
+            }
+        }
+        views.sort_by_key(|v| v.agent.parse::<u32>().unwrap_or(u32::MAX));
+        views
+    }
+
+    /// Agents with a live session here.
+    pub fn live_agents(&self) -> usize {
+        lock(&self.slots).values().filter(|s| s.session.load().as_ref().is_some_and(|s| s.ended().is_none())).count()
     }
 
     fn poller_settings(&self) -> poller::Settings {
@@ -663,7 +708,16 @@ impl Host for SessionStore {
     ) -> Result<Arc<Session>, SessionError> {
         let conf = serde_json::from_str(&r.conf).unwrap_or(ConfState::Unknown);
         let session = self
-            .build_session(agent, &r.guid, &r.cookies, r.answer.clone(), conf, r.resumable, Replica::Shared(link))
+            .build_session(
+                agent,
+                &r.guid,
+                &r.cookies,
+                r.answer.clone(),
+                conf,
+                r.resumable,
+                r.since,
+                Replica::Shared(link),
+            )
             .ok_or(SessionError::Internal("stored Guid is not a valid header value"))?;
         // `events` holds one more than the buffer when some are missing before the newest.
         let cap = session.events.capacity();

@@ -49,6 +49,7 @@ struct Hash {
     last_append: Option<(u64, u64)>,
     /// A tombstone's expiry.
     expires: Option<Instant>,
+    since: u64,
 }
 
 #[derive(Default)]
@@ -242,6 +243,7 @@ fn record(h: &Hash) -> Record {
         conf: h.conf.clone(),
         confv: h.confv,
         state: h.state,
+        since: h.since,
     }
 }
 
@@ -292,6 +294,7 @@ impl SharedStore for MemoryStore {
                 auth: None,
                 last_append: None,
                 expires: None,
+                since: r.since,
             });
             a.lease = Some((token_of(epoch), until));
             epoch
@@ -516,6 +519,18 @@ impl SharedStore for MemoryStore {
             st.index.iter().filter(|(_, s)| **s <= before).map(|(a, s)| (*s, a)).collect();
         stale.sort();
         Ok(stale.into_iter().take(max).map(|(_, a)| a.clone()).collect())
+    }
+
+    async fn indexed_agents(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        self.hub.up()?;
+        let st = self.hub.lock();
+        let mut all: Vec<(u64, &String)> = st.index.iter().map(|(a, s)| (*s, a)).collect();
+        all.sort();
+        Ok(all.into_iter().take(max).map(|(_, a)| a.clone()).collect())
+    }
+
+    async fn lease_holder(&self, agent: &str) -> Result<Option<String>, StoreError> {
+        self.hub.with(agent, |a, _| a.lease.as_ref().and_then(|(t, _)| t.split_once(' ')).map(|(r, _)| r.to_owned()))
     }
 
     async fn heartbeat(&self) -> Result<(), StoreError> {

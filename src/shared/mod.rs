@@ -54,6 +54,9 @@ pub struct Record {
     pub conf: String,
     pub confv: u64,
     pub state: RecordState,
+    /// When the agent was signed in (Unix ms, the signing replica's clock); 0 when unknown
+    /// (a record written by an older ccgate).
+    pub since: u64,
 }
 
 /// Where a session record stands, as the `state` field spells it.
@@ -124,6 +127,8 @@ pub struct NewRecord<'a> {
     pub answer: &'a [u8],
     pub resumable: bool,
     pub conf: &'a str,
+    /// When the agent was signed in (Unix ms).
+    pub since: u64,
 }
 
 /// Whether [`SharedStore::create`] records a new sign-in or puts back a session the store lost.
@@ -309,6 +314,10 @@ pub trait SharedStore: Send + Sync + std::fmt::Debug {
     async fn unindex_agent(&self, agent: &str);
     /// Agents whose index entry has not been refreshed for a lease: their owner may be gone.
     async fn stale_agents(&self, max: usize) -> Result<Vec<String>, StoreError>;
+    /// Every indexed agent (those with a poller lease, or waiting for one), at most `max`.
+    async fn indexed_agents(&self, max: usize) -> Result<Vec<String>, StoreError>;
+    /// The replica holding the agent's lease, if any.
+    async fn lease_holder(&self, agent: &str) -> Result<Option<String>, StoreError>;
 
     // --- replicas ---
     /// Says this replica is alive (every maintenance round).
@@ -349,11 +358,13 @@ pub(crate) fn parse_record(mut h: std::collections::HashMap<String, Vec<u8>>) ->
         v => v.parse().ok()?,
     };
     let resumable = text("resumable")? == "1";
+    // Absent in records of ccgate before 0.2.0.
+    let since = text("since").and_then(|v| v.parse().ok()).unwrap_or(0);
     let answer = h.remove("answer").unwrap_or_default();
     if answer.len() > MAX_UPSTREAM_BODY {
         return None;
     }
-    Some(Record { sid, epoch, guid, cookies, answer: Bytes::from(answer), resumable, conf, confv, state })
+    Some(Record { sid, epoch, guid, cookies, answer: Bytes::from(answer), resumable, conf, confv, state, since })
 }
 
 #[cfg(test)]

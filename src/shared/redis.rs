@@ -50,6 +50,11 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// A replica's name as ccgate makes them (the simple form of a UUID; a little room).
+fn valid_replica(r: &str) -> bool {
+    !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// A change-channel message: `s AGENT` (session record) or `e AGENT` (events).
 fn message(kind: char, agent: &str) -> String {
     format!("{kind} {agent}")
@@ -264,6 +269,7 @@ impl SharedStore for RedisStore {
             answer: r.answer,
             resumable: r.resumable,
             conf: r.conf,
+            since: r.since,
             restore: mode == CreateMode::Restore,
         };
         let epoch: u64 =
@@ -516,6 +522,28 @@ impl SharedStore for RedisStore {
             }
         }
         Ok(agents)
+    }
+
+    async fn indexed_agents(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        let key = self.agents_key();
+        let stop = max.saturating_sub(1) as i64;
+        let raw: Vec<String> = self
+            .run(StoreOp::Read, async |c| redis::cmd("ZRANGE").arg(&key).arg(0).arg(stop).query_async(c).await)
+            .await?;
+        let total = raw.len();
+        let agents: Vec<String> = raw.into_iter().filter(|a| parse_agent_id(a).is_some()).collect();
+        if agents.len() < total {
+            self.metrics.count_discarded(Discarded::StoreAgentId, (total - agents.len()) as u64);
+        }
+        Ok(agents)
+    }
+
+    async fn lease_holder(&self, agent: &str) -> Result<Option<String>, StoreError> {
+        let key = self.agent_keys(agent).lease;
+        let v: Option<String> =
+            self.run(StoreOp::Read, async |c| redis::cmd("GET").arg(&key).query_async(c).await).await?;
+        // `replica epoch`: the replica's name is the part before the space.
+        Ok(v.and_then(|v| v.split_once(' ').map(|(r, _)| r.to_owned())).filter(|r| valid_replica(r)))
     }
 
     async fn heartbeat(&self) -> Result<(), StoreError> {

@@ -9,7 +9,8 @@
 //! Session hash fields: `sid` (which sign-in), `epoch` (the fencing token, raised at every
 //! takeover), `guid`, `cookies` (JSON array), `answer` (the gateway's sign-in answer),
 //! `resumable`, `conf` (JSON), `confv` (its version), `activity` (ms, Redis time), `qcursor`
-//! (the pass-through queue's position in the event stream), `authepoch`/`authseq` (the lease
+//! (the pass-through queue's position in the event stream), `since` (when the agent was
+//! signed in, Unix ms), `authepoch`/`authseq` (the lease
 //! holder's last Guid write), `evtok`/`evid` (the last append) and `state` (`active`, `out`
 //! or `lost:REASON`).
 
@@ -76,11 +77,12 @@ pub(super) struct Create<'a> {
     pub answer: &'a [u8],
     pub resumable: bool,
     pub conf: &'a str,
+    pub since: u64,
     pub restore: bool,
 }
 
 const CREATE: &str = r#"
-local replica, lease_ms, sid, guid, cookies, answer, resumable, conf, mode = unpack(ARGV)
+local replica, lease_ms, sid, guid, cookies, answer, resumable, conf, since, mode = unpack(ARGV)
 if mode == 'restore' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local epoch = (tonumber(redis.call('HGET', KEYS[1], 'epoch')) or 0) + 1
 local t = redis.call('TIME')
@@ -89,7 +91,7 @@ redis.call('DEL', KEYS[1])
 if mode == 'create' then redis.call('DEL', KEYS[3]) end
 redis.call('HSET', KEYS[1], 'sid', sid, 'epoch', epoch, 'guid', guid, 'cookies', cookies,
   'answer', answer, 'resumable', resumable, 'conf', conf, 'confv', 1, 'activity', now,
-  'qcursor', '0-0', 'state', 'active')
+  'qcursor', '0-0', 'state', 'active', 'since', since)
 redis.call('SET', KEYS[2], replica .. ' ' .. epoch, 'PX', lease_ms)
 return epoch
 "#;
@@ -99,7 +101,7 @@ impl Create<'_> {
         let mut inv = s.prepare_invoke();
         inv.key(&k.session).key(&k.lease).key(&k.events);
         inv.arg(self.replica).arg(self.lease_ms).arg(self.sid).arg(self.guid).arg(self.cookies);
-        inv.arg(self.answer).arg(if self.resumable { "1" } else { "0" }).arg(self.conf);
+        inv.arg(self.answer).arg(if self.resumable { "1" } else { "0" }).arg(self.conf).arg(self.since);
         inv.arg(if self.restore { "restore" } else { "create" });
         inv
     }

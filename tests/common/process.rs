@@ -68,6 +68,18 @@ impl Process {
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    /// Its exit status, once it has exited (within the suite's `WAIT`).
+    pub async fn exit_status(&mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + super::WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "ccgate did not exit");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }
 
 impl Drop for Process {

@@ -1,0 +1,149 @@
+//! What the admin listener shows of each agent (`GET /agents`, `GET /agents/{id}`,
+//! `ccgate agents`): gateway and work number, state, when it signed in, its conference, who
+//! polls it, its last event and last gateway error. Never a Guid, cookie or password: the
+//! view is built from named fields, not from the session's debug output.
+
+use serde::Serialize;
+
+use super::agent::Session;
+use super::conference::ConfState;
+use super::error::Ended;
+use crate::shared::{Record, RecordState};
+
+/// The gateway's name in views; issue 25 gives each configured gateway its own.
+pub const GATEWAY_NAME: &str = "default";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentView {
+    pub gateway: &'static str,
+    pub agent: String,
+    /// `active`, `lost:REASON` or `signed_out`.
+    pub state: String,
+    /// RFC 3339, UTC; absent when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_in_at: Option<String>,
+    pub conference: ConfState,
+    /// `true` chair, `false` not, `null` unknown (missed events).
+    pub chairperson: Option<bool>,
+    /// The replica that polls the gateway for the agent (its name), if any does.
+    pub polled_by: Option<String>,
+    /// Whether that is this replica.
+    pub polled_here: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_event_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastError>,
+    /// With `GET /agents/{id}`: the newest events, by type and time (no payload).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recent_events: Option<Vec<EventView>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastError {
+    /// A retcode (`100-007`) or a transport failure (`timeout`, `unavailable`, ...).
+    pub what: &'static str,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventView {
+    pub id: u64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub at: String,
+}
+
+/// Events a detail view lists.
+pub const RECENT_EVENTS: usize = 20;
+
+fn chair(conf: ConfState) -> Option<bool> {
+    match conf {
+        ConfState::Chair { .. } => Some(true),
+        ConfState::Unknown => None,
+        _ => Some(false),
+    }
+}
+
+fn known_time(ms: u64) -> Option<String> {
+    (ms > 0).then(|| rfc3339(ms))
+}
+
+impl AgentView {
+    /// A session this replica holds; `polled_by`: who polls it.
+    pub(super) fn of_session(s: &Session, polled_by: Option<String>, polled_here: bool, detail: bool) -> Self {
+        let conf = s.conf();
+        Self {
+            gateway: GATEWAY_NAME,
+            agent: s.agent_id.clone(),
+            state: match s.ended() {
+                None => "active".into(),
+                Some(Ended::Lost(reason)) => format!("lost:{}", reason.as_str()),
+                Some(Ended::SignedOut) => "signed_out".into(),
+            },
+            signed_in_at: known_time(s.signed_in_at_ms),
+            conference: conf,
+            chairperson: chair(conf),
+            polled_by,
+            polled_here,
+            last_event_at: s.events.last_at_ms().map(rfc3339),
+            last_error: s.last_error().map(|(what, at)| LastError { what, at: rfc3339(at) }),
+            recent_events: detail.then(|| {
+                s.events
+                    .recent(RECENT_EVENTS)
+                    .into_iter()
+                    .map(|(id, kind, at)| EventView { id, kind: kind.to_string(), at: rfc3339(at) })
+                    .collect()
+            }),
+        }
+    }
+
+    /// An agent another replica holds, as its record in the shared store says.
+    pub(super) fn of_record(agent: &str, r: &Record, polled_by: Option<String>) -> Self {
+        let conf = serde_json::from_str(&r.conf).unwrap_or(ConfState::Unknown);
+        Self {
+            gateway: GATEWAY_NAME,
+            agent: agent.to_owned(),
+            state: match r.state {
+                RecordState::Active => "active".into(),
+                RecordState::Lost(reason) => format!("lost:{}", reason.as_str()),
+                RecordState::Out => "signed_out".into(),
+            },
+            signed_in_at: known_time(r.since),
+            conference: conf,
+            chairperson: chair(conf),
+            polled_by,
+            polled_here: false,
+            last_event_at: None,
+            last_error: None,
+            recent_events: None,
+        }
+    }
+}
+
+/// Unix ms as RFC 3339 in UTC, to the second (`2026-12-06T03:15:02Z`).
+pub fn rfc3339(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's civil_from_days: days since 1970-01-01 to a proleptic Gregorian date.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_of_known_instants() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(1_796_526_487_600), "2026-12-06T03:08:07Z");
+        assert_eq!(super::rfc3339(4_102_444_799_000), "2099-12-31T23:59:59Z");
+    }
+}

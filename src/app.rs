@@ -247,6 +247,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
             }))
         },
         agents_from: config.admin.agents_from,
+        rates: Default::default(),
     });
     let admin_served = server::spawn(admin_listener, None, admin, admin_opts, shutdown.subscribe())
         .map_err(|e| format!("admin.listen: {e}"))?;

@@ -497,6 +497,12 @@ impl Metrics {
         self.0.rate_limited.with_label_values(&[method.as_str(), scope]).inc();
     }
 
+    /// Creates a limit's refusal series at 0 (both: a limit's shadow flag may change on reload).
+    pub fn zero_rate_limited(&self, method: MethodLabel, scope: &'static str) {
+        self.0.rate_limited.with_label_values(&[method.as_str(), scope]);
+        self.0.rate_limit_shadow.with_label_values(&[method.as_str(), scope]);
+    }
+
     pub fn count_rate_limit_shadow(&self, method: MethodLabel, scope: &'static str) {
         self.0.rate_limit_shadow.with_label_values(&[method.as_str(), scope]).inc();
     }
@@ -674,6 +680,30 @@ impl Metrics {
         v
     }
 
+    /// `ccgate_requests_total` as (method, outcome, count), for the status page.
+    pub fn request_totals(&self) -> Vec<(String, String, u64)> {
+        labelled_counts(&self.0.requests, &["method", "outcome"])
+            .into_iter()
+            .map(|(mut l, n)| (std::mem::take(&mut l[0]), std::mem::take(&mut l[1]), n))
+            .collect()
+    }
+
+    /// `ccgate_auth_failures_total` as (reason, count), for the status page.
+    pub fn auth_failure_totals(&self) -> Vec<(String, u64)> {
+        labelled_counts(&self.0.auth_failures, &["reason"])
+            .into_iter()
+            .map(|(mut l, n)| (std::mem::take(&mut l[0]), n))
+            .collect()
+    }
+
+    /// When the served certificate expires (its `notAfter`, Unix seconds), if known.
+    pub fn certificate_expiry(&self) -> Option<i64> {
+        let source = self.0.cert_expiry.source.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        source
+            .and_then(|w| w.upgrade())
+            .and_then(|r| r.current().cert.first().and_then(|c| crate::x509_expiry::not_after(c.as_ref())))
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut buf = Vec::with_capacity(16 * 1024);
@@ -684,6 +714,24 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// Each series of a counter family: its label values (in `names` order) and its count.
+fn labelled_counts(v: &IntCounterVec, names: &[&str]) -> Vec<(Vec<String>, u64)> {
+    use prometheus::core::Collector;
+    v.collect()
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .map(|m| {
+            let labels = names
+                .iter()
+                .map(|n| {
+                    m.get_label().iter().find(|l| l.name() == *n).map(|l| l.value().to_owned()).unwrap_or_default()
+                })
+                .collect();
+            (labels, m.get_counter().get_value() as u64)
+        })
+        .collect()
 }
 
 type LastSuccess = Weak<std::sync::Mutex<Option<std::time::Instant>>>;

@@ -230,6 +230,19 @@ impl Limits {
                 ls
             })
             .collect();
+        // Every series the configured limits can write exists from the start (at 0), so
+        // `rate()` and `increase()` see their first refusal, and the key gauges show before
+        // the first eviction round.
+        for l in &all {
+            let methods: Vec<MethodLabel> = match MethodLabel::from_name(&l.cfg.method) {
+                Some(m) => vec![m],
+                None => vec![MethodLabel::Gateway(crate::gateway::GatewayMethod::StopVoiceToConf)],
+            };
+            for m in methods {
+                metrics.zero_rate_limited(m, l.cfg.scope.as_str());
+            }
+            metrics.set_rate_limiter_keys(&l.name, l.keys());
+        }
         Ok(Self { by_method, all, metrics, shared: None })
     }
 

@@ -220,6 +220,8 @@ pub struct Admin {
     pub agents: Option<AgentsFn>,
     /// `admin.agents_from`.
     pub agents_from: crate::config::AgentsAccess,
+    /// The status page's previous counts, for its request rates.
+    pub rates: super::status_page::Rates,
 }
 
 /// The REST API's OpenAPI 3.1 description (`api/openapi.yaml`), compiled in so the binary
@@ -235,8 +237,11 @@ impl Handler for Admin {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return body::json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "GET only (POST for /-/reload)"}));
         }
-        if path == "/agents" || path.starts_with("/agents/") {
-            return self.agents(&req).await;
+        if path == "/agents" || path.starts_with("/agents/") || path == "/" {
+            if let Some(refused) = self.refuse_agents_view(&req) {
+                return refused;
+            }
+            return if path == "/" { self.status_page().await } else { self.agents(&req).await };
         }
         match path {
             "/metrics" => {
@@ -290,16 +295,47 @@ impl Handler for Admin {
 }
 
 impl Admin {
-    /// `GET /agents` (every agent) and `GET /agents/{id}` (one, with its recent events):
-    /// from loopback unless `admin.agents_from = "anywhere"`.
-    async fn agents(&self, req: &Request<Incoming>) -> Response<Body> {
+    /// The agents' views (and the status page, which shows them) are served to loopback
+    /// peers unless `admin.agents_from = "anywhere"`: the refusal otherwise.
+    fn refuse_agents_view(&self, req: &Request<Incoming>) -> Option<Response<Body>> {
         let local = req.extensions().get::<super::listener::ClientAddr>().is_some_and(|a| is_local(a.0.ip()));
-        if !local && self.agents_from == crate::config::AgentsAccess::Loopback {
-            return body::json(
+        (!local && self.agents_from == crate::config::AgentsAccess::Loopback).then(|| {
+            body::json(
                 StatusCode::FORBIDDEN,
-                &json!({"error": "the agents view is served to loopback only (admin.agents_from)"}),
-            );
-        }
+                &json!({"error": "the agents and the status page are served to loopback only (admin.agents_from)"}),
+            )
+        })
+    }
+
+    /// `GET /`: the status page.
+    async fn status_page(&self) -> Response<Body> {
+        let r = &self.readiness;
+        let agents = match &self.agents {
+            Some(f) => f(None).await.as_array().cloned().unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let facts = super::status_page::Facts {
+            ready: r.is_ready(),
+            keys_loaded: r.keys_loaded(),
+            gateway: r.gateway().as_str(),
+            store: match r.store() {
+                None => "memory",
+                Some(true) => "up",
+                Some(false) => "down",
+            },
+            certificate_expiry: self.metrics.certificate_expiry(),
+            version: env!("CARGO_PKG_VERSION"),
+            agents,
+            requests: self.metrics.request_totals(),
+            refusals: self.metrics.auth_failure_totals(),
+        };
+        let mut resp = Response::new(body::full(super::status_page::render(&facts, &self.rates)));
+        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        resp
+    }
+
+    /// `GET /agents` (every agent) and `GET /agents/{id}` (one, with its recent events).
+    async fn agents(&self, req: &Request<Incoming>) -> Response<Body> {
         let Some(agents) = &self.agents else {
             return body::json(StatusCode::NOT_FOUND, &json!({"error": "no agents here"}));
         };

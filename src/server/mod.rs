@@ -3,5 +3,6 @@
 pub mod admin;
 pub mod body;
 pub mod listener;
+pub mod status_page;
 
 pub use listener::{spawn, ConnectionMetrics, Handler, ServeOptions, Served, Shutdown};

@@ -7,12 +7,14 @@ use std::path::PathBuf;
 /// (command, Debian package that ships it)
 const KNOWN: &[(&str, &str)] = &[
     ("promtool", "prometheus"),
+    ("prometheus", "prometheus"),
     ("openssl", "openssl"),
     ("kill", "procps"),
     ("redis-server", "redis-server"),
     ("node", "nodejs"),
     ("python3", "python3"),
     ("curl", "curl"),
+    ("chromium", "chromium"),
 ];
 
 /// (command, PyPI package): installed by `scripts/test` into `.tools/venv`.

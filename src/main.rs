@@ -414,10 +414,35 @@ fn conference(v: &serde_json::Value) -> String {
     }
 }
 
+/// The limit column: what the tightest limit left at the last limited request.
+fn limit(l: &serde_json::Value) -> String {
+    if !l.is_object() {
+        return "-".into();
+    }
+    let refused = if l["refused"] == true { " refused" } else { "" };
+    format!(
+        "{} {}/{} per {}s{refused}",
+        text(&l["limit"]),
+        text(&l["remaining"]),
+        text(&l["quota"]),
+        text(&l["window_secs"])
+    )
+}
+
 fn agents_table(agents: &[serde_json::Value]) -> String {
-    let header =
-        ["AGENT", "GATEWAY", "STATE", "SIGNED IN", "CONFERENCE", "CHAIR", "POLLED BY", "LAST EVENT", "LAST ERROR"];
-    let rows: Vec<[String; 9]> = agents
+    let header = [
+        "AGENT",
+        "GATEWAY",
+        "STATE",
+        "SIGNED IN",
+        "CONFERENCE",
+        "CHAIR",
+        "POLLED BY",
+        "LAST EVENT",
+        "LAST ERROR",
+        "LIMIT",
+    ];
+    let rows: Vec<[String; 10]> = agents
         .iter()
         .map(|a| {
             let polled = match (a["polled_here"].as_bool(), text(&a["polled_by"])) {
@@ -438,6 +463,7 @@ fn agents_table(agents: &[serde_json::Value]) -> String {
                 polled,
                 text(&a["last_event_at"]),
                 error,
+                limit(&a["limit"]),
             ]
         })
         .collect();
@@ -473,6 +499,7 @@ fn agent_detail(a: &serde_json::Value) -> String {
         ("polled by", format!("{}{}", text(&a["polled_by"]), if a["polled_here"] == true { " (here)" } else { "" })),
         ("last event", text(&a["last_event_at"])),
         ("last error", format!("{} {}", text(&a["last_error"]["what"]), text(&a["last_error"]["at"]))),
+        ("limit", format!("{} at {}", limit(&a["limit"]), text(&a["limit"]["at"]))),
     ] {
         out.push_str(&format!("{label:<12} {value}\n"));
     }

@@ -18,6 +18,14 @@ async fn every_agent_at_a_glance_and_one_in_detail_without_a_secret() {
     let r = h.call(Method::POST, "/v1/conference", Some("153"), r#"{"memberNum":3}"#).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
 
+    // Stops past the agent's limit (burst 5): the view says what the limit left, and that it
+    // refused.
+    let mut refused = false;
+    for _ in 0..8 {
+        refused |= h.call(Method::POST, "/v1/conference/announcement/stop", Some("153"), "").await.status
+            == StatusCode::TOO_MANY_REQUESTS;
+    }
+    assert!(refused);
     let r = h.send(Method::GET, &format!("{}/agents", h.admin), &[], "").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let all = r.json();
@@ -30,6 +38,8 @@ async fn every_agent_at_a_glance_and_one_in_detail_without_a_secret() {
     assert!(a["signed_in_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{a}");
     assert_eq!(a["last_error"]["what"], "101-003", "{a}");
     assert!(a["recent_events"].is_null(), "the list is a glance");
+    assert_eq!((a["limit"]["refused"].as_bool(), a["limit"]["remaining"].as_u64()), (Some(true), Some(0)), "{a}");
+    assert!(a["limit"]["limit"].as_str().is_some_and(|l| l.contains("stopVoiceToConf")), "{a}");
 
     let r = h.send(Method::GET, &format!("{}/agents/153", h.admin), &[], "").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
@@ -51,7 +61,7 @@ async fn every_agent_at_a_glance_and_one_in_detail_without_a_secret() {
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("AGENT") && lines[0].contains("CONFERENCE"), "{table}");
     assert!(lines[1].starts_with("153") && lines[1].contains(&format!("chair {conf_id}")), "{table}");
-    assert!(lines[1].contains("here") && lines[1].contains("101-003"), "{table}");
+    assert!(lines[1].contains("here") && lines[1].contains("refused"), "{table}");
     let out = tokio::process::Command::new(BIN).args(["agents", "153", "--admin", &admin]).output().await.unwrap();
     let detail = String::from_utf8_lossy(&out.stdout);
     assert!(detail.contains("AgentConf_RequestSuccess") && detail.contains("chairperson  true"), "{detail}");

@@ -6,7 +6,7 @@
 
 mod common;
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde_json::Value;
 
 /// Alerts whose expression needs what the demo does not have, and why.
@@ -134,34 +134,16 @@ async fn every_dashboard_query_and_alert_expression_returns_data_from_a_running_
     // agent's limit and past it, the app's own mistake, a refused token).
     let mut demo = common::demo::Demo::start().await;
     demo.drain();
-    let (proxy, admin, token) = (demo.field("proxy_url"), demo.field("admin_url"), demo.field("token"));
-    let ca = std::path::PathBuf::from(demo.field("ca_file"));
-    let tls = ccgate::tls::client_config(Some(&ca)).unwrap();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
-    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
-    let call = |path: &'static str, body: &'static str, token: String| {
-        let (client, proxy) = (client.clone(), proxy.clone());
-        async move {
-            let req = http::Request::builder()
-                .method(Method::POST)
-                .uri(format!("{proxy}{path}"))
-                .header("authorization", format!("Bearer {token}"))
-                .header("content-type", "application/json")
-                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                .unwrap();
-            client.request(req).await.unwrap().status()
-        }
-    };
-    assert_eq!(call("/v1/session", "", token.clone()).await, StatusCode::CREATED);
-    assert_eq!(call("/v1/conference", r#"{"memberNum":3}"#, token.clone()).await, StatusCode::CREATED);
-    assert_eq!(call("/v1/conference", r#"{"memberNum":3}"#, token.clone()).await, StatusCode::CONFLICT);
+    let (admin, token) = (demo.field("admin_url"), demo.field("token"));
+    assert_eq!(demo.post("/v1/session", "", &token).await, StatusCode::CREATED);
+    assert_eq!(demo.post("/v1/conference", r#"{"memberNum":3}"#, &token).await, StatusCode::CREATED);
+    assert_eq!(demo.post("/v1/conference", r#"{"memberNum":3}"#, &token).await, StatusCode::CONFLICT);
     let mut limited = false;
     for _ in 0..10 {
-        limited |= call("/v1/conference/announcement/stop", "", token.clone()).await == StatusCode::TOO_MANY_REQUESTS;
+        limited |= demo.post("/v1/conference/announcement/stop", "", &token).await == StatusCode::TOO_MANY_REQUESTS;
     }
     assert!(limited, "the agent's stop limit (burst 5) tripped");
-    assert_eq!(call("/v1/session", "", "not-a-token".into()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(demo.post("/v1/session", "", "not-a-token").await, StatusCode::UNAUTHORIZED);
 
     let prom = start_prometheus(admin.trim_start_matches("http://")).await;
     // Scraped several times (rates need two samples in their window).

@@ -138,12 +138,18 @@ impl Core {
         let limits = self.limits.load_full();
         let limit = match limits.check(label, who).await {
             Ok(state) => state,
-            Err(failure) => return Answer { result: Err(failure), limit: None },
+            Err(failure) => {
+                // Refused: the agent's view says so (a lookup only on this path).
+                if let (Failure::RateLimited(r), Some(s)) = (&failure, self.sessions.current(&who.agent_id)) {
+                    s.note_limit(snapshot(&r.state, true));
+                }
+                return Answer { result: Err(failure), limit: None };
+            }
         };
-        Answer { result: self.execute(&who.agent_id, op).await, limit }
+        Answer { result: self.execute(&who.agent_id, op, limit.as_ref()).await, limit }
     }
 
-    async fn execute(&self, agent: &str, op: Operation) -> Result<Done, Failure> {
+    async fn execute(&self, agent: &str, op: Operation, limit: Option<&LimitState>) -> Result<Done, Failure> {
         match op {
             Operation::SignIn { opts, refuse_if_signed_in } => {
                 if refuse_if_signed_in && self.sessions.lookup(agent).await.is_ok() {
@@ -153,10 +159,10 @@ impl Core {
                 session.touch();
                 Ok(Done::SignedIn { session: session.snapshot(), created })
             }
-            Operation::GetSession => Ok(Done::Session(self.session(agent).await?.snapshot())),
+            Operation::GetSession => Ok(Done::Session(self.session(agent, limit).await?.snapshot())),
             Operation::SignOut(method) => Ok(Done::SignedOut(self.sessions.sign_out(agent, method).await?)),
             Operation::Call { method, body } => {
-                self.with_session(agent, |s| {
+                self.with_session(agent, limit, |s| {
                     let body = body.clone();
                     async move {
                         let reply = self.call(&s, method, body).await?;
@@ -166,20 +172,20 @@ impl Core {
                 .await
             }
             Operation::CreateConference { body } => {
-                self.with_session(agent, |s| self.create_conference(s, body.clone())).await
+                self.with_session(agent, limit, |s| self.create_conference(s, body.clone())).await
             }
             Operation::NextEvent => {
-                let session = self.session(agent).await?;
+                let session = self.session(agent, limit).await?;
                 Ok(Done::Event(self.next_event(&session).await))
             }
-            Operation::Subscribe => Ok(Done::Subscribed(self.session(agent).await?.listening())),
+            Operation::Subscribe => Ok(Done::Subscribed(self.session(agent, limit).await?.listening())),
         }
     }
 
-    /// The agent's live session, counting the request as activity.
-    async fn session(&self, agent: &str) -> Result<Arc<Session>, Failure> {
+    /// The agent's live session, counting the request as activity (and its limit state).
+    async fn session(&self, agent: &str, limit: Option<&LimitState>) -> Result<Arc<Session>, Failure> {
         let session = self.sessions.lookup(agent).await?;
-        session.touch();
+        touch(&session, limit);
         Ok(session)
     }
 
@@ -188,7 +194,7 @@ impl Core {
     /// with the new Guid: never a loop, and a Guid the gateway refused is never presented
     /// again. Only sessions signed in with the credentials file are resumed; ccgate does not
     /// keep a password a client sent.
-    async fn with_session<F, Fut>(&self, agent: &str, mut op: F) -> Result<Done, Failure>
+    async fn with_session<F, Fut>(&self, agent: &str, limit: Option<&LimitState>, mut op: F) -> Result<Done, Failure>
     where
         F: FnMut(Arc<Session>) -> Fut,
         Fut: Future<Output = Result<Done, Failure>>,
@@ -201,7 +207,7 @@ impl Core {
             }
             other => other?,
         };
-        session.touch();
+        touch(&session, limit);
         let resumable = session.resumable;
         match op(session).await {
             Err(Failure::SessionLost(_)) if self.settings().resume && resumable && !resumed => {
@@ -290,6 +296,25 @@ impl Core {
 
 /// A gateway answer as an operation's result: retcode "0" is success; anything else is the
 /// gateway's refusal, classified.
+/// A request's activity on `session`, with the tightest limit's state when a limit applied.
+fn touch(session: &Session, limit: Option<&LimitState>) {
+    session.touch();
+    if let Some(l) = limit {
+        session.note_limit(snapshot(l, false));
+    }
+}
+
+fn snapshot(l: &LimitState, refused: bool) -> crate::session::LimitSnapshot {
+    crate::session::LimitSnapshot {
+        limit: l.name.clone(),
+        quota: l.quota,
+        window_secs: l.window_secs,
+        remaining: l.remaining,
+        refused,
+        at_ms: crate::session::events::unix_ms(),
+    }
+}
+
 fn judge(sent: Result<GatewayReply, SessionError>) -> Result<GatewayReply, Failure> {
     let reply = sent?;
     if reply.envelope.is_success() {

@@ -126,7 +126,7 @@ th{{background:#f4f4f4}} .ok{{color:#176f2c;font-weight:600}} .bad{{color:#b0002
     );
     let _ = writeln!(
         h,
-        r#"<h2>Agents ({})</h2><table id="agents"><tr><th>agent</th><th>gateway</th><th>state</th><th>signed in</th><th>conference</th><th>chair</th><th>polled by</th><th>last event</th><th>last error</th></tr>"#,
+        r#"<h2>Agents ({})</h2><table id="agents"><tr><th>agent</th><th>gateway</th><th>state</th><th>signed in</th><th>conference</th><th>chair</th><th>polled by</th><th>last event</th><th>last error</th><th>limit</th></tr>"#,
         f.agents.len()
     );
     for a in &f.agents {
@@ -140,9 +140,22 @@ th{{background:#f4f4f4}} .ok{{color:#176f2c;font-weight:600}} .bad{{color:#b0002
         } else {
             "–".into()
         };
+        let limit = if a["limit"].is_object() {
+            let l = &a["limit"];
+            let refused = if l["refused"] == true { " refused" } else { "" };
+            format!(
+                "{} {}/{} per {} s{refused}",
+                text(&l["limit"]),
+                text(&l["remaining"]),
+                text(&l["quota"]),
+                text(&l["window_secs"])
+            )
+        } else {
+            "–".into()
+        };
         let _ = writeln!(
             h,
-            r#"<tr data-agent="{agent}"><td>{agent}</td><td>{}</td><td>{}</td><td>{}</td><td class="conference">{conference}</td><td>{}</td><td>{polled}</td><td>{}</td><td>{error}</td></tr>"#,
+            r#"<tr data-agent="{agent}"><td>{agent}</td><td>{}</td><td>{}</td><td>{}</td><td class="conference">{conference}</td><td>{}</td><td>{polled}</td><td>{}</td><td>{error}</td><td>{limit}</td></tr>"#,
             text(&a["gateway"]),
             text(&a["state"]),
             text(&a["signed_in_at"]),

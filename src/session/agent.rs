@@ -20,7 +20,7 @@ use super::copy::LocalCopy;
 use super::error::{Ended, Refusal, SessionError};
 use super::events::{BufferedEvent, EventBuffer};
 use super::replica::Replica;
-use super::state::{LossReason, SessionState};
+use super::state::{LimitSnapshot, LossReason, SessionState};
 use crate::gateway::wire::{merge_cookies, session_auth};
 use crate::gateway::{
     Gateway, GatewayMethod, GatewayReply, GatewayRequest, PollConnection, SessionAuth, UpstreamError,
@@ -61,6 +61,8 @@ pub struct Session {
     /// The last call the gateway refused or failed: what (a retcode, or a failure kind) and
     /// when (Unix ms). For the admin's agent view; written only on failures.
     pub(super) last_error: Mutex<Option<(&'static str, u64)>>,
+    /// The tightest rate limit at the agent's last limited request (the agent view's).
+    pub(super) last_limit: Mutex<Option<LimitSnapshot>>,
     /// What the session shares with other replicas, and how.
     pub(super) replica: Replica,
 }
@@ -274,6 +276,16 @@ impl Session {
 
     fn note_error(&self, what: &'static str) {
         *lock(&self.last_error) = Some((what, super::events::unix_ms()));
+    }
+
+    /// Records the tightest rate limit's state at this request (for the agent view).
+    pub fn note_limit(&self, snapshot: LimitSnapshot) {
+        *lock(&self.last_limit) = Some(snapshot);
+    }
+
+    /// The tightest rate limit's state at the last limited request.
+    pub fn last_limit(&self) -> Option<LimitSnapshot> {
+        lock(&self.last_limit).clone()
     }
 
     /// The last call the gateway refused or failed: what and when (Unix ms).

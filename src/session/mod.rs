@@ -35,7 +35,7 @@ pub use agent::{Listening, Session, Snapshot};
 pub use conference::ConfState;
 pub use credentials::{AgentCredentials, CredentialStore};
 pub use error::{Ended, SessionError};
-pub use state::{LossReason, SessionState};
+pub use state::{LimitSnapshot, LossReason, SessionState};
 pub use store::{SessionStore, SignInOptions};
 
 #[cfg(test)]

@@ -458,6 +458,7 @@ impl SessionStore {
             metrics: self.metrics.clone(),
             signed_in_at_ms,
             last_error: Mutex::new(None),
+            last_limit: Mutex::new(None),
             replica,
         }))
     }

@@ -33,9 +33,24 @@ pub struct AgentView {
     pub last_event_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<LastError>,
+    /// The tightest rate limit at the agent's last limited request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitView>,
     /// With `GET /agents/{id}`: the newest events, by type and time (no payload).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recent_events: Option<Vec<EventView>>,
+}
+
+/// The tightest limit at the last limited request: `remaining` of `quota` per `window_secs`,
+/// and whether it refused that request.
+#[derive(Debug, Clone, Serialize)]
+pub struct LimitView {
+    pub limit: String,
+    pub quota: u32,
+    pub window_secs: u64,
+    pub remaining: u32,
+    pub refused: bool,
+    pub at: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +102,14 @@ impl AgentView {
             polled_here,
             last_event_at: s.events.last_at_ms().map(rfc3339),
             last_error: s.last_error().map(|(what, at)| LastError { what, at: rfc3339(at) }),
+            limit: s.last_limit().map(|l| LimitView {
+                limit: l.limit.to_string(),
+                quota: l.quota,
+                window_secs: l.window_secs,
+                remaining: l.remaining,
+                refused: l.refused,
+                at: rfc3339(l.at_ms),
+            }),
             recent_events: detail.then(|| {
                 s.events
                     .recent(RECENT_EVENTS)
@@ -115,6 +138,7 @@ impl AgentView {
             polled_here: false,
             last_event_at: None,
             last_error: None,
+            limit: None,
             recent_events: None,
         }
     }

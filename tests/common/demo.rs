@@ -53,6 +53,25 @@ impl Demo {
         self.json[key].as_str().unwrap_or_else(|| panic!("no {key} in {}", self.line)).to_owned()
     }
 
+    /// POSTs `body` to the demo's proxy with `token`, over TLS trusting the demo's CA; the
+    /// answer's status.
+    pub async fn post(&self, path: &str, body: &'static str, token: &str) -> http::StatusCode {
+        let ca = std::path::PathBuf::from(self.field("ca_file"));
+        let tls = ccgate::tls::client_config(Some(&ca)).unwrap();
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_only().enable_http1().build();
+        let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(format!("{}{path}", self.field("proxy_url")))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
+            .unwrap();
+        client.request(req).await.unwrap().status()
+    }
+
     /// SIGTERM, as Ctrl-C would: the demo removes its throw-away keys on the way out.
     pub async fn stop(mut self) -> ExitStatus {
         let pid = self.child.id().unwrap().to_string();

@@ -162,12 +162,15 @@ impl Proxy {
     async fn serve(&self, req: Request<Incoming>, rid: &http::HeaderValue) -> Handled {
         let passthrough_face = req.uri().path().starts_with(BASE_PATH);
         let peer = req.extensions().get::<crate::server::listener::ClientAddr>().map(|a| a.0.ip());
-        let client = peer.map(|p| self.auth.load().client_address(p, req.headers()));
+        // Resolved only when the access line is written (its `client`): not per request else.
+        let client = tracing::enabled!(target: "ccgate::access", tracing::Level::INFO)
+            .then(|| peer.map(|p| self.auth.load().client_address(p, req.headers())))
+            .flatten();
         let (label, route, agent, result, limit) = match Target::resolve(req.method(), req.uri().path()) {
             Err(f) => (MethodLabel::Unmatched, "-", None, Err(f), None),
             Ok(target) => {
                 let (label, route) = (target.label(), target.route());
-                match self.authenticate(req.headers(), peer, client).await {
+                match self.authenticate(req.headers(), peer).await {
                     Err(f) => (label, route, None, Err(f), None),
                     Ok(who) => {
                         let (result, limit) = self.operate(target, &who, label, req).await;
@@ -223,13 +226,11 @@ impl Proxy {
         (rendered, answer.limit)
     }
 
-    /// `peer`: the connection's address (the budget resolves proxies itself); `client`: the
-    /// client address, for the refusal log.
+    /// `peer`: the connection's address (the budget and the refusal log resolve proxies).
     async fn authenticate(
         &self,
         headers: &http::HeaderMap,
         peer: Option<std::net::IpAddr>,
-        client: Option<std::net::IpAddr>,
     ) -> Result<Principal, Failure> {
         // Known tokens (and free verification slots) need no await; a token waiting for a
         // slot or a key fetch holds the authenticator itself, not the swap's guard.
@@ -241,7 +242,9 @@ impl Proxy {
         result.map_err(|refused| match refused {
             auth::Refused::Token(reason) => {
                 self.metrics.count_auth_failure(reason);
-                self.refusals.refused(reason, self.auth.load().known_issuer(headers), client);
+                let auth = self.auth.load();
+                let client = peer.map(|p| auth.client_address(p, headers));
+                self.refusals.refused(reason, auth.known_issuer(headers), client);
                 Failure::Unauthenticated(reason)
             }
             // Whole seconds, rounded up, at least 1 (as Retry-After wants).

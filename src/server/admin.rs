@@ -2,7 +2,8 @@
 //! the old name), `/readyz` (ccgate can serve: keys loaded, not shutting down; the gateway
 //! only with `admin.ready_requires_gateway`, the shared store only with
 //! `admin.ready_requires_store`), `/gatewayz` (the CC-Gateway's state
-//! on its own), and `POST /-/reload` from loopback (what SIGHUP does).
+//! on its own), `POST /-/reload` from loopback (what SIGHUP does), and for operators `/agents`,
+//! `/agents/{id}` and the status page at `/` (loopback unless `admin.agents_from`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -341,8 +342,9 @@ impl Admin {
         };
         let one = match req.uri().path().strip_prefix("/agents/") {
             None => None,
+            // The canonical work number (`0153` is agent 153).
             Some(id) => match crate::gateway::parse_agent_id(id) {
-                Some(_) => Some(id.to_owned()),
+                Some(n) => Some(n.to_string()),
                 None => {
                     return body::json(
                         StatusCode::BAD_REQUEST,

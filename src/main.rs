@@ -405,69 +405,11 @@ fn text(v: &serde_json::Value) -> String {
     }
 }
 
-/// The conference column: its state, and the conference id when there is one.
-fn conference(v: &serde_json::Value) -> String {
-    let state = text(&v["conference"]["state"]);
-    match v["conference"]["confId"].as_u64() {
-        Some(id) => format!("{state} {id}"),
-        None => state,
-    }
-}
-
-/// The limit column: what the tightest limit left at the last limited request.
-fn limit(l: &serde_json::Value) -> String {
-    if !l.is_object() {
-        return "-".into();
-    }
-    let refused = if l["refused"] == true { " refused" } else { "" };
-    format!(
-        "{} {}/{} per {}s{refused}",
-        text(&l["limit"]),
-        text(&l["remaining"]),
-        text(&l["quota"]),
-        text(&l["window_secs"])
-    )
-}
-
 fn agents_table(agents: &[serde_json::Value]) -> String {
-    let header = [
-        "AGENT",
-        "GATEWAY",
-        "STATE",
-        "SIGNED IN",
-        "CONFERENCE",
-        "CHAIR",
-        "POLLED BY",
-        "LAST EVENT",
-        "LAST ERROR",
-        "LIMIT",
-    ];
-    let rows: Vec<[String; 10]> = agents
-        .iter()
-        .map(|a| {
-            let polled = match (a["polled_here"].as_bool(), text(&a["polled_by"])) {
-                (Some(true), _) => "here".to_owned(),
-                (_, by) => by,
-            };
-            let error = match a["last_error"].is_object() {
-                true => format!("{} at {}", text(&a["last_error"]["what"]), text(&a["last_error"]["at"])),
-                false => "-".into(),
-            };
-            [
-                text(&a["agent"]),
-                text(&a["gateway"]),
-                text(&a["state"]),
-                text(&a["signed_in_at"]),
-                conference(a),
-                text(&a["chairperson"]),
-                polled,
-                text(&a["last_event_at"]),
-                error,
-                limit(&a["limit"]),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
+    use ccgate::session::view;
+    let header = view::COLUMNS.map(str::to_uppercase);
+    let rows: Vec<_> = agents.iter().map(view::row).collect();
+    let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -477,7 +419,7 @@ fn agents_table(agents: &[serde_json::Value]) -> String {
         let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         padded.join("  ").trim_end().to_owned() + "\n"
     };
-    let mut out = line(&header.map(str::to_owned));
+    let mut out = line(&header);
     for row in &rows {
         out.push_str(&line(row));
     }
@@ -488,18 +430,23 @@ fn agents_table(agents: &[serde_json::Value]) -> String {
 }
 
 fn agent_detail(a: &serde_json::Value) -> String {
+    let [agent, gateway, state, signed_in, conference, chair, _, last_event, last_error, limit] =
+        ccgate::session::view::row(a);
+    // The detail names the polling replica even when it is this one, and when the limit was read.
+    let polled = format!("{}{}", text(&a["polled_by"]), if a["polled_here"] == true { " (here)" } else { "" });
+    let limit = if a["limit"].is_object() { format!("{limit} at {}", text(&a["limit"]["at"])) } else { limit };
     let mut out = String::new();
     for (label, value) in [
-        ("agent", text(&a["agent"])),
-        ("gateway", text(&a["gateway"])),
-        ("state", text(&a["state"])),
-        ("signed in", text(&a["signed_in_at"])),
-        ("conference", conference(a)),
-        ("chairperson", text(&a["chairperson"])),
-        ("polled by", format!("{}{}", text(&a["polled_by"]), if a["polled_here"] == true { " (here)" } else { "" })),
-        ("last event", text(&a["last_event_at"])),
-        ("last error", format!("{} {}", text(&a["last_error"]["what"]), text(&a["last_error"]["at"]))),
-        ("limit", format!("{} at {}", limit(&a["limit"]), text(&a["limit"]["at"]))),
+        ("agent", agent),
+        ("gateway", gateway),
+        ("state", state),
+        ("signed in", signed_in),
+        ("conference", conference),
+        ("chairperson", chair),
+        ("polled by", polled),
+        ("last event", last_event),
+        ("last error", last_error),
+        ("limit", limit),
     ] {
         out.push_str(&format!("{label:<12} {value}\n"));
     }

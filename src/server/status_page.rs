@@ -69,14 +69,6 @@ fn esc(s: &str) -> String {
     out
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "–".into(),
-        Value::String(s) => esc(s),
-        other => esc(&other.to_string()),
-    }
-}
-
 fn badge(ok: bool, label: &str) -> String {
     format!(r#"<span class="{}">{}</span>"#, if ok { "ok" } else { "bad" }, esc(label))
 }
@@ -124,45 +116,17 @@ th{{background:#f4f4f4}} .ok{{color:#176f2c;font-weight:600}} .bad{{color:#b0002
         badge(f.gateway == "up", f.gateway),
         badge(f.store != "down", f.store),
     );
-    let _ = writeln!(
-        h,
-        r#"<h2>Agents ({})</h2><table id="agents"><tr><th>agent</th><th>gateway</th><th>state</th><th>signed in</th><th>conference</th><th>chair</th><th>polled by</th><th>last event</th><th>last error</th><th>limit</th></tr>"#,
-        f.agents.len()
-    );
+    let heads: String = crate::session::view::COLUMNS.iter().map(|c| format!("<th>{c}</th>")).collect();
+    let _ = writeln!(h, r#"<h2>Agents ({})</h2><table id="agents"><tr>{heads}</tr>"#, f.agents.len());
     for a in &f.agents {
-        let conference = match a["conference"]["confId"].as_u64() {
-            Some(id) => format!("{} {id}", text(&a["conference"]["state"])),
-            None => text(&a["conference"]["state"]),
-        };
-        let polled = if a["polled_here"] == true { "here".to_owned() } else { text(&a["polled_by"]) };
-        let error = if a["last_error"].is_object() {
-            format!("{} at {}", text(&a["last_error"]["what"]), text(&a["last_error"]["at"]))
-        } else {
-            "–".into()
-        };
-        let limit = if a["limit"].is_object() {
-            let l = &a["limit"];
-            let refused = if l["refused"] == true { " refused" } else { "" };
-            format!(
-                "{} {}/{} per {} s{refused}",
-                text(&l["limit"]),
-                text(&l["remaining"]),
-                text(&l["quota"]),
-                text(&l["window_secs"])
-            )
-        } else {
-            "–".into()
-        };
-        let _ = writeln!(
-            h,
-            r#"<tr data-agent="{agent}"><td>{agent}</td><td>{}</td><td>{}</td><td>{}</td><td class="conference">{conference}</td><td>{}</td><td>{polled}</td><td>{}</td><td>{error}</td><td>{limit}</td></tr>"#,
-            text(&a["gateway"]),
-            text(&a["state"]),
-            text(&a["signed_in_at"]),
-            text(&a["chairperson"]),
-            text(&a["last_event_at"]),
-            agent = text(&a["agent"]),
-        );
+        let cells = crate::session::view::row(a).map(|c| esc(&c));
+        let _ = write!(h, r#"<tr data-agent="{}">"#, cells[0]);
+        for (i, c) in cells.iter().enumerate() {
+            // The conference cell is marked, for readers of the page's DOM.
+            let class = if crate::session::view::COLUMNS[i] == "conference" { r#" class="conference""# } else { "" };
+            let _ = write!(h, "<td{class}>{c}</td>");
+        }
+        h.push_str("</tr>\n");
     }
     h.push_str("</table>\n");
     // Requests by method: totals, a rate since the previous load, outcomes.

@@ -144,6 +144,55 @@ impl AgentView {
     }
 }
 
+/// The columns a table of agents shows (`ccgate agents`, the status page), in order.
+pub const COLUMNS: [&str; 10] =
+    ["agent", "gateway", "state", "signed in", "conference", "chair", "polled by", "last event", "last error", "limit"];
+
+/// One agent of the `/agents` JSON as the cells of a table row, in [`COLUMNS`] order, as
+/// plain text (`-` for what is absent): the one reading of a view that the CLI and the status
+/// page share.
+pub fn row(a: &serde_json::Value) -> [String; COLUMNS.len()] {
+    use serde_json::Value;
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let conference = match a["conference"]["confId"].as_u64() {
+        Some(id) => format!("{} {id}", text(&a["conference"]["state"])),
+        None => text(&a["conference"]["state"]),
+    };
+    let polled = if a["polled_here"] == true { "here".to_owned() } else { text(&a["polled_by"]) };
+    let error = match a["last_error"].is_object() {
+        true => format!("{} at {}", text(&a["last_error"]["what"]), text(&a["last_error"]["at"])),
+        false => "-".into(),
+    };
+    let l = &a["limit"];
+    let limit = match l.is_object() {
+        true => format!(
+            "{} {}/{} per {} s{}",
+            text(&l["limit"]),
+            text(&l["remaining"]),
+            text(&l["quota"]),
+            text(&l["window_secs"]),
+            if l["refused"] == true { " refused" } else { "" }
+        ),
+        false => "-".into(),
+    };
+    [
+        text(&a["agent"]),
+        text(&a["gateway"]),
+        text(&a["state"]),
+        text(&a["signed_in_at"]),
+        conference,
+        text(&a["chairperson"]),
+        polled,
+        text(&a["last_event_at"]),
+        error,
+        limit,
+    ]
+}
+
 /// Unix ms as RFC 3339 in UTC, to the second (`2026-12-06T03:15:02Z`).
 pub fn rfc3339(unix_ms: u64) -> String {
     let secs = unix_ms / 1000;

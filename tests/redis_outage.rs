@@ -118,14 +118,23 @@ async fn outage_past_the_guid_overlap(ending: Ending) {
     }
     // Within a round every replica serves the agent again, and its stops reach the gateway.
     let back = std::time::Instant::now();
-    eventually("every replica serves the agent again", || async {
-        let mut all = true;
+    // As `eventually`, keeping what each replica last answered for the failure message.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    loop {
+        let mut answers = Vec::new();
         for url in &urls {
-            all &= h.call_at(url, Method::POST, STOP, Some(&token), "{}").await.status == StatusCode::OK;
+            let r = h.call_at(url, Method::POST, STOP, Some(&token), "{}").await;
+            answers.push((url.clone(), r.status, r.text));
         }
-        all
-    })
-    .await;
+        if answers.iter().all(|(_, status, _)| *status == StatusCode::OK) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: every replica serves the agent again: {answers:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     eprintln!("every replica served the agent {} ms after Redis came back", back.elapsed().as_millis());
     let stops = h.sim.count(GatewayMethod::StopVoiceToConf);
     for url in &urls {

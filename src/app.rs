@@ -21,7 +21,7 @@ use crate::reload::{ConfigSource, Live, Parts, Reloader};
 use crate::server::admin::{Admin, GatewayState, Readiness};
 use crate::server::listener::{triggered, ConnectionMetrics};
 use crate::server::{self, ServeOptions, Shutdown};
-use crate::session::SessionStore;
+use crate::session::{GatewayIdentity, Gateways, SessionStore};
 use crate::shared::redis::RedisStore;
 use crate::shared::SharedStore;
 use crate::tls;
@@ -50,7 +50,10 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
+    /// The first gateway's agents (the only gateway's, in most deployments).
     pub sessions: Arc<SessionStore>,
+    /// Every gateway's agents, in config order.
+    pub gateways: Arc<Gateways>,
     /// The rate limits in force (a reload may replace them).
     pub limits: Arc<ArcSwap<Limits>>,
     /// SIGHUP, `ccgate reload` and `POST /-/reload` run this.
@@ -84,11 +87,11 @@ impl Running {
         if tokio::time::timeout_at(deadline, listeners).await.is_err() {
             tracing::warn!("listeners did not close within the grace period");
         }
-        let left = match tokio::time::timeout_at(deadline, self.sessions.shutdown(deadline)).await {
+        let left = match tokio::time::timeout_at(deadline, self.gateways.shutdown(deadline)).await {
             Ok(left) => left,
             Err(_) => {
                 tracing::warn!("not every agent could be signed out within the grace period");
-                self.sessions.live_agents()
+                self.gateways.live_agents()
             }
         };
         if left > 0 {
@@ -108,11 +111,20 @@ pub async fn start(config: &Config) -> Result<Running, String> {
 
 /// [`start`], remembering where the config came from so a reload can read it again.
 pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result<Running, String> {
-    let metrics = Metrics::new();
+    let gateways = config.gateway_list();
+    let names: Vec<String> = gateways.iter().map(|g| g.name.clone()).collect();
+    let metrics = Metrics::with_gateways(&names);
     let readiness = Arc::new(Readiness::default());
+    readiness.set_gateway_names(&names);
     readiness.require_gateway(config.admin.ready_requires_gateway);
     readiness.require_store(config.admin.ready_requires_store);
-    let client = GatewayClient::new(&config.gateway)?;
+    let clients = gateways
+        .iter()
+        .map(|g| match config.gateways.is_empty() {
+            true => GatewayClient::new(g),
+            false => GatewayClient::new(g).map_err(|e| format!("gateway {}: {e}", g.name)),
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let shutdown = Shutdown::new();
     let shared = match config.store.backend {
         StoreBackend::Memory => None,
@@ -134,7 +146,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
             }
         })
     };
-    let live = Live::build(config, &metrics, shared.as_ref(), None, Some(on_keys.clone()))?;
+    let live = Live::build(config, &names, &metrics, shared.as_ref(), None, Some(on_keys.clone()))?;
     let missing = live.auth.wait_for_keys(ms(config.auth.jwks_startup_wait_ms)).await;
     if !missing.is_empty() {
         tracing::warn!(issuers = ?missing, "serving without these providers' keys yet (not ready); their tokens get 503 until the keys are fetched");
@@ -152,24 +164,32 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
         Some(resolver) => Some(tls::server_config_with_resolver(resolver.clone())?),
         None => None,
     };
-    let gateway = Arc::new(Metered::new(client.clone(), metrics.clone()));
-    let sessions = SessionStore::with_shared(
-        gateway,
-        live.creds,
-        config.sessions.clone(),
-        metrics.clone(),
-        shared.clone(),
-        config.store.on_shutdown,
-    );
-    sessions.start_replication();
-    let core = Core::new(sessions.clone(), Arc::new(live.limits), live.settings);
+    // One session store per gateway: its own client, credentials, metric labels and (with
+    // Redis) key namespace.
+    let mut stores = Vec::with_capacity(gateways.len());
+    for (i, ((g, client), creds)) in gateways.iter().zip(&clients).zip(live.creds).enumerate() {
+        let m = metrics.gateway(i);
+        stores.push(SessionStore::for_gateway(
+            GatewayIdentity { name: g.name.as_str().into(), max_agents: g.max_agents },
+            Arc::new(Metered::new(client.clone(), m.clone())),
+            creds.ok_or_else(|| format!("gateway {}: no credentials", g.name))?,
+            config.sessions.clone(),
+            m,
+            shared.clone().map(|s| s.for_gateway(g.namespace())),
+            config.store.on_shutdown,
+        ));
+    }
+    let all = Gateways::new(stores);
+    all.start_replication();
+    let sessions = all.first().clone();
+    let core = Core::with_gateways(all.clone(), Arc::new(live.limits), live.settings);
     let limits = core.limits.clone();
     let reloader = Arc::new(Reloader::new(
         config.clone(),
         source,
         Parts {
             auth: auth.clone(),
-            sessions: sessions.clone(),
+            gateways: all.clone(),
             limits: core.limits.clone(),
             settings: core.settings.clone(),
             cert: cert.clone(),
@@ -235,12 +255,15 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
             }))
         },
         agents: {
-            let sessions = Arc::downgrade(&sessions);
-            Some(Arc::new(move |one: Option<String>| {
-                let sessions = sessions.clone();
+            let all = Arc::downgrade(&all);
+            Some(Arc::new(move |gateway: Option<String>, agent: Option<String>| {
+                let all = all.clone();
                 Box::pin(async move {
-                    match sessions.upgrade() {
-                        Some(s) => serde_json::to_value(s.agents(one.as_deref()).await).unwrap_or_default(),
+                    match all.upgrade() {
+                        Some(s) => {
+                            let q = crate::session::AgentQuery { gateway, agent };
+                            serde_json::to_value(s.agents(&q).await).unwrap_or_default()
+                        }
                         None => serde_json::Value::Array(Vec::new()),
                     }
                 })
@@ -251,7 +274,11 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
     });
     let admin_served = server::spawn(admin_listener, None, admin, admin_opts, shutdown.subscribe())
         .map_err(|e| format!("admin.listen: {e}"))?;
-    let probe = tokio::spawn(probe_gateway(client.clone(), readiness.clone(), metrics.clone(), shutdown.clone()));
+    let mut tasks = vec![served.task, admin_served.task];
+    for (i, (client, g)) in clients.into_iter().zip(&gateways).enumerate() {
+        let probe = Probe { index: i, name: g.name.clone(), client, metrics: metrics.gateway(i) };
+        tasks.push(tokio::spawn(probe_gateway(probe, readiness.clone(), shutdown.clone())));
+    }
     let evictor = tokio::spawn(evict_idle_keys(limits.clone(), auth.clone(), shutdown.clone()));
     if let Some(shared) = shared {
         tokio::spawn(probe_store(shared, readiness.clone(), shutdown.clone()));
@@ -263,8 +290,12 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
         metrics,
         readiness,
         sessions,
+        gateways: all,
         shutdown,
-        tasks: vec![served.task, admin_served.task, probe, evictor],
+        tasks: {
+            tasks.push(evictor);
+            tasks
+        },
         limits,
         reloader,
         drain_delay,
@@ -333,10 +364,20 @@ async fn probe_store(shared: Arc<dyn SharedStore>, readiness: Arc<Readiness>, sh
     }
 }
 
+/// One gateway's readiness probe.
+struct Probe {
+    index: usize,
+    name: String,
+    client: GatewayClient,
+    /// That gateway's (`ccgate_gateway_up{gateway}`).
+    metrics: Metrics,
+}
+
 /// Readiness: the gateway completes a TLS handshake with the configured CA and server name
-/// (see [`GatewayClient::probe`]). The verdict also drives `ccgate_gateway_up`.
-async fn probe_gateway(client: GatewayClient, readiness: Arc<Readiness>, metrics: Metrics, shutdown: Shutdown) {
+/// (see [`GatewayClient::probe`]). The verdict also drives `ccgate_gateway_up{gateway}`.
+async fn probe_gateway(p: Probe, readiness: Arc<Readiness>, shutdown: Shutdown) {
     let mut stop = shutdown.subscribe();
+    let Probe { index, name, client, metrics } = p;
     loop {
         let result = client.probe().await;
         metrics.set_gateway_up(result.is_ok());
@@ -346,10 +387,10 @@ async fn probe_gateway(client: GatewayClient, readiness: Arc<Readiness>, metrics
             Err(ProbeFailure::Timeout) => GatewayState::Timeout,
             Err(ProbeFailure::Tls(_)) => GatewayState::TlsFailed,
         };
-        if readiness.set_gateway(state) {
+        if readiness.set_gateway(index, state) {
             match &result {
-                Ok(()) => tracing::info!(gateway = state.as_str(), "gateway reachable"),
-                Err(e) => tracing::warn!(gateway = state.as_str(), error = %e, "gateway not reachable"),
+                Ok(()) => tracing::info!(gateway = %name, state = state.as_str(), "gateway reachable"),
+                Err(e) => tracing::warn!(gateway = %name, state = state.as_str(), error = %e, "gateway not reachable"),
             }
         }
         tokio::select! {

@@ -162,7 +162,12 @@ pub const DEFAULT_LEASE_TTL_MS: u64 = 10_000;
 pub struct Config {
     pub server: ServerConfig,
     pub admin: AdminConfig,
+    /// The one-gateway shorthand (with `[credentials]`); `[[gateways]]` for several.
     pub gateway: GatewayConfig,
+    /// Several contact centres, each its own CC-Gateway; the token picks one
+    /// (`auth.gateway_claim`, or the provider's `gateway`). Adding or removing one needs a
+    /// restart; its credentials file and tenants reload.
+    pub gateways: Vec<GatewayConfig>,
     pub auth: AuthConfig,
     pub credentials: CredentialsConfig,
     pub sessions: SessionsConfig,
@@ -262,9 +267,13 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewayConfig {
+    /// A short label (`[a-z0-9-]`, at most [`MAX_GATEWAY_NAME_LEN`]): the `gateway` of
+    /// metrics, logs and the agents view. Required in `[[gateways]]`; the shorthand's is
+    /// [`DEFAULT_GATEWAY_NAME`].
+    pub name: String,
     /// `https://host:port` of the CC-Gateway or the NSLB in front of it.
     pub url: String,
     /// PEM bundle of CAs trusted for the gateway. Gateways commonly use private CAs; there is
@@ -277,11 +286,83 @@ pub struct GatewayConfig {
     pub request_timeout_ms: u64,
     pub pool_idle_timeout_ms: u64,
     pub pool_max_idle_per_host: usize,
+    /// This gateway's agents' credentials (as `credentials.file`); the shorthand may use
+    /// `[credentials] file` instead.
+    pub credentials_file: Option<PathBuf>,
+    /// Values of `auth.gateway_claim` whose tokens this gateway serves.
+    pub tenants: Vec<String>,
+    /// Agents of this gateway held at most (beside `sessions.max_agents` for all together);
+    /// 0: only that bound.
+    pub max_agents: usize,
+}
+
+/// The shorthand `[gateway]`'s name. A `[[gateways]]` entry of this name keeps the shorthand's
+/// Redis keys, so a deployment can move from one form to the other without losing sessions.
+pub const DEFAULT_GATEWAY_NAME: &str = "default";
+/// Gateways one ccgate fronts at most: every one has its own connection pool, poller set and
+/// metric series, so the bound keeps series and memory bounded by the config.
+pub const MAX_GATEWAYS: usize = 64;
+/// A gateway name is a metric label value and part of Redis keys: short and plain.
+pub const MAX_GATEWAY_NAME_LEN: usize = 32;
+
+/// Where the gateway named `name` keeps its agents in the shared store (see
+/// [`GatewayConfig::namespace`]).
+pub fn namespace_of(name: &str) -> &str {
+    if name == DEFAULT_GATEWAY_NAME {
+        ""
+    } else {
+        name
+    }
+}
+
+impl GatewayConfig {
+    /// Where this gateway's agents live in the shared store: nothing for the default gateway
+    /// (the keys of one-gateway ccgate), else its name.
+    pub fn namespace(&self) -> &str {
+        namespace_of(&self.name)
+    }
+
+    /// Checks one gateway; on error, the field to blame and why.
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        let bad = |field, why: &str| Err((field, why.to_owned()));
+        let valid_name = !self.name.is_empty()
+            && self.name.len() <= MAX_GATEWAY_NAME_LEN
+            && self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid_name {
+            return bad("name", "required: 1 to 32 of a-z, 0-9 and -");
+        }
+        let url: http::Uri = self.url.parse().map_err(|e| ("url", format!("{e}")))?;
+        if url.scheme_str() != Some("https") || url.host().is_none() {
+            return bad("url", "must be an https:// URL with a host");
+        }
+        if url.path() != "/" && !url.path().is_empty() {
+            return bad("url", "must not have a path; ccgate adds /agentgateway/resource/");
+        }
+        if self.connect_timeout_ms == 0 {
+            return bad("connect_timeout_ms", "must be greater than 0");
+        }
+        if self.request_timeout_ms == 0 {
+            return bad("request_timeout_ms", "must be greater than 0");
+        }
+        if let Some(name) = &self.tls_server_name {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                return bad("tls_server_name", "not a valid DNS name or IP address");
+            }
+        }
+        if self.credentials_file.is_none() {
+            return bad("credentials_file", "required: agents' CTI passwords and phone numbers");
+        }
+        if self.tenants.iter().any(String::is_empty) {
+            return bad("tenants", "must not contain an empty value");
+        }
+        Ok(())
+    }
 }
 
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
+            name: String::new(),
             url: DEFAULT_GATEWAY_URL.to_owned(),
             ca_file: None,
             tls_server_name: None,
@@ -289,6 +370,9 @@ impl Default for GatewayConfig {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             pool_idle_timeout_ms: DEFAULT_POOL_IDLE_TIMEOUT_MS,
             pool_max_idle_per_host: DEFAULT_POOL_MAX_IDLE,
+            credentials_file: None,
+            tenants: Vec::new(),
+            max_agents: 0,
         }
     }
 }
@@ -318,6 +402,11 @@ pub struct AuthConfig {
     pub agent_claim: String,
     /// Claim naming the tenant (per-tenant rate limits); tokens without it share one bucket.
     pub tenant_claim: String,
+    /// With `[[gateways]]`: the claim naming the token's contact centre, matched against each
+    /// gateway's `tenants` (empty: the gateway comes from the provider's `gateway`).
+    pub gateway_claim: String,
+    /// The gateway the shorthand provider's tokens go to (with `[[gateways]]`).
+    pub gateway: Option<String>,
     /// Further identity providers; a token is checked against the one its `iss` names.
     pub providers: Vec<ProviderConfig>,
     // Shared by every provider.
@@ -355,6 +444,8 @@ impl Default for AuthConfig {
             hs256_secret_file: None,
             agent_claim: DEFAULT_AGENT_CLAIM.to_owned(),
             tenant_claim: DEFAULT_TENANT_CLAIM.to_owned(),
+            gateway_claim: String::new(),
+            gateway: None,
             providers: Vec::new(),
             leeway_secs: DEFAULT_LEEWAY_SECS,
             cache_size: DEFAULT_TOKEN_CACHE_SIZE,
@@ -407,6 +498,9 @@ pub struct ProviderConfig {
     pub agent_claim: String,
     #[serde(default = "default_tenant_claim")]
     pub tenant_claim: String,
+    /// With `[[gateways]]`: every token of this provider goes to this gateway.
+    #[serde(default)]
+    pub gateway: Option<String>,
 }
 
 /// Where a provider's public keys come from.
@@ -506,6 +600,7 @@ impl AuthConfig {
                 algorithms: self.algorithms.clone(),
                 agent_claim: self.agent_claim.clone(),
                 tenant_claim: self.tenant_claim.clone(),
+                gateway: self.gateway.clone(),
             });
         }
         v.extend(self.providers.iter().cloned());
@@ -851,32 +946,8 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes", "must be greater than 0");
         }
-        let url: http::Uri = self
-            .gateway
-            .url
-            .parse()
-            .map_err(|e| ConfigError::Invalid { key: "gateway.url", reason: format!("{e}") })?;
-        if url.scheme_str() != Some("https") || url.host().is_none() {
-            return invalid("gateway.url", "must be an https:// URL with a host");
-        }
-        if url.path() != "/" && !url.path().is_empty() {
-            return invalid("gateway.url", "must not have a path; ccgate adds /agentgateway/resource/");
-        }
-        if self.gateway.connect_timeout_ms == 0 {
-            return invalid("gateway.connect_timeout_ms", "must be greater than 0");
-        }
-        if self.gateway.request_timeout_ms == 0 {
-            return invalid("gateway.request_timeout_ms", "must be greater than 0");
-        }
-        if let Some(name) = &self.gateway.tls_server_name {
-            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
-                return invalid("gateway.tls_server_name", "not a valid DNS name or IP address");
-            }
-        }
+        self.validate_gateways()?;
         self.auth.validate()?;
-        if self.credentials.file.is_none() {
-            return invalid("credentials.file", "required: agents' CTI passwords and phone numbers");
-        }
         if self.sessions.poll_timeout_ms == 0 {
             return invalid("sessions.poll_timeout_ms", "must be greater than 0");
         }
@@ -893,6 +964,97 @@ impl Config {
             return invalid("sessions.event_buffer", "must be greater than 0");
         }
         self.validate_store()
+    }
+
+    /// The gateways ccgate fronts, in config order (a gateway's index is its place here): the
+    /// `[[gateways]]` entries, or the shorthand `[gateway]` + `[credentials]` named
+    /// [`DEFAULT_GATEWAY_NAME`].
+    pub fn gateway_list(&self) -> Vec<GatewayConfig> {
+        if !self.gateways.is_empty() {
+            return self.gateways.clone();
+        }
+        let mut g = self.gateway.clone();
+        if g.name.is_empty() {
+            g.name = DEFAULT_GATEWAY_NAME.into();
+        }
+        if g.credentials_file.is_none() {
+            g.credentials_file = self.credentials.file.clone();
+        }
+        vec![g]
+    }
+
+    fn validate_gateways(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if self.gateways.is_empty() {
+            if self.gateway.credentials_file.is_none() && self.credentials.file.is_none() {
+                return invalid("credentials.file", "required: agents' CTI passwords and phone numbers".into());
+            }
+            if self.gateway.credentials_file.is_some() && self.credentials.file.is_some() {
+                return invalid("gateway.credentials_file", "set it or credentials.file, not both".into());
+            }
+            if let Err((field, why)) = self.gateway_list()[0].validate() {
+                let key = match field {
+                    "name" => "gateway.name",
+                    "url" => "gateway.url",
+                    "connect_timeout_ms" => "gateway.connect_timeout_ms",
+                    "request_timeout_ms" => "gateway.request_timeout_ms",
+                    "tls_server_name" => "gateway.tls_server_name",
+                    "credentials_file" => "credentials.file",
+                    _ => "gateway.tenants",
+                };
+                return invalid(key, why);
+            }
+            return Ok(());
+        }
+        if self.gateway != GatewayConfig::default() || self.credentials.file.is_some() {
+            return invalid(
+                "gateways",
+                "use either [gateway] with [credentials] (one gateway) or [[gateways]], not both".into(),
+            );
+        }
+        if self.gateways.len() > MAX_GATEWAYS {
+            return invalid("gateways", format!("at most {MAX_GATEWAYS} gateways"));
+        }
+        for (i, g) in self.gateways.iter().enumerate() {
+            if let Err((field, why)) = g.validate() {
+                return invalid("gateways", format!("gateway {i} ({}): {field}: {why}", g.name));
+            }
+            if self.gateways[..i].iter().any(|h| h.name == g.name) {
+                return invalid("gateways", format!("name {:?} is used twice", g.name));
+            }
+            for t in &g.tenants {
+                if let Some(other) = self.gateways[..i].iter().find(|h| h.tenants.contains(t)) {
+                    return invalid(
+                        "gateways",
+                        format!(
+                            "tenant {t:?} is listed by both {:?} and {:?}: a token must name one",
+                            other.name, g.name
+                        ),
+                    );
+                }
+            }
+        }
+        let names: Vec<&str> = self.gateways.iter().map(|g| g.name.as_str()).collect();
+        let providers = self.auth.all_providers();
+        for p in &providers {
+            if let Some(gw) = p.gateway.as_deref().filter(|gw| !names.contains(gw)) {
+                return invalid(
+                    "auth.providers",
+                    format!("provider {}: gateway {gw:?} is not in [[gateways]]", p.issuer),
+                );
+            }
+        }
+        let routed = !self.auth.gateway_claim.is_empty() || providers.iter().all(|p| p.gateway.is_some());
+        if self.gateways.len() > 1 && !routed {
+            return invalid(
+                "auth.gateway_claim",
+                "with several gateways, set it (and each gateway's tenants) or give every provider a gateway".into(),
+            );
+        }
+        if !self.auth.gateway_claim.is_empty() && self.gateways.iter().all(|g| g.tenants.is_empty()) {
+            return invalid("gateways", "auth.gateway_claim is set but no gateway lists tenants".into());
+        }
+        Ok(())
     }
 
     fn validate_store(&self) -> Result<(), ConfigError> {
@@ -1184,6 +1346,8 @@ pub enum Scope {
     Agent,
     /// One bucket per tenant (`auth.tenant_claim`); tokens without one share a bucket.
     Tenant,
+    /// One bucket per gateway (contact centre).
+    Gateway,
     /// One bucket for everyone.
     Global,
 }
@@ -1193,6 +1357,7 @@ impl Scope {
         match self {
             Scope::Agent => "agent",
             Scope::Tenant => "tenant",
+            Scope::Gateway => "gateway",
             Scope::Global => "global",
         }
     }
@@ -1444,5 +1609,65 @@ file = "creds.toml"
     #[test]
     fn secret_debug_is_masked() {
         assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+
+    const TWO_GATEWAYS: &str = r#"
+[server]
+plaintext = true
+[auth]
+jwks_file = "jwks.json"
+issuer = "https://idp.example"
+audience = "ccgate"
+gateway_claim = "tenant"
+[[gateways]]
+name = "acme"
+url = "https://10.0.0.1:8043"
+credentials_file = "acme.toml"
+tenants = ["acme"]
+[[gateways]]
+name = "globex"
+url = "https://10.0.0.2:8043"
+credentials_file = "globex.toml"
+tenants = ["globex", "globex-eu"]
+max_agents = 500
+"#;
+
+    #[test]
+    fn several_gateways_parse_and_the_shorthand_is_one_named_default() {
+        let c = Config::from_toml_with_env(TWO_GATEWAYS, env(&[])).unwrap();
+        let list = c.gateway_list();
+        assert_eq!(list.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["acme", "globex"]);
+        assert_eq!((list[1].max_agents, list[1].namespace()), (500, "globex"));
+        let one = Config::from_toml_with_env(MINIMAL, env(&[])).unwrap().gateway_list();
+        assert_eq!(one.len(), 1);
+        assert_eq!((one[0].name.as_str(), one[0].namespace()), (DEFAULT_GATEWAY_NAME, ""), "the old Redis keys");
+        assert_eq!(one[0].credentials_file.as_deref(), Some(Path::new("creds.toml")));
+    }
+
+    #[test]
+    fn several_gateways_are_refused_when_a_token_could_not_pick_one() {
+        let bad = |change: &str, key: &str| {
+            let text = format!("{TWO_GATEWAYS}{change}");
+            let err = Config::from_toml_with_env(&text, env(&[])).unwrap_err().to_string();
+            assert!(err.contains(key), "{change:?}: {err}");
+        };
+        // Both forms at once.
+        bad("[credentials]\nfile = \"c.toml\"\n", "`gateways`");
+        bad("[gateway]\nurl = \"https://10.0.0.9:8043\"\n", "`gateways`");
+        // A name twice, a bad name, a tenant in two gateways, no credentials.
+        bad("[[gateways]]\nname = \"acme\"\ncredentials_file = \"x\"\n", "used twice");
+        bad("[[gateways]]\nname = \"Acme Corp\"\ncredentials_file = \"x\"\n", "name");
+        bad("[[gateways]]\nname = \"initech\"\ncredentials_file = \"x\"\ntenants = [\"acme\"]\n", "listed by both");
+        bad("[[gateways]]\nname = \"initech\"\n", "credentials_file");
+        bad("[[gateways]]\nname = \"initech\"\nurl = \"http://10.0.0.3\"\ncredentials_file = \"x\"\n", "https");
+        // Without the claim, every provider must name its gateway.
+        let no_claim = TWO_GATEWAYS.replace("gateway_claim = \"tenant\"\n", "");
+        let err = Config::from_toml_with_env(&no_claim, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("auth.gateway_claim"), "{err}");
+        let by_provider = no_claim.replace("audience = \"ccgate\"\n", "audience = \"ccgate\"\ngateway = \"acme\"\n");
+        assert!(Config::from_toml_with_env(&by_provider, env(&[])).is_ok());
+        let unknown = by_provider.replace("gateway = \"acme\"", "gateway = \"initech\"");
+        let err = Config::from_toml_with_env(&unknown, env(&[])).unwrap_err().to_string();
+        assert!(err.contains("not in [[gateways]]"), "{err}");
     }
 }

@@ -33,7 +33,13 @@ pub struct DemoOptions {
     pub replicas: usize,
     /// The shared store's URL: the replicas keep sessions, events and limits in Redis.
     pub redis: Option<String>,
+    /// Contact centres, each its own simulated gateway (`[[gateways]]`, chosen by the token's
+    /// `tenant` claim); the same agents in each.
+    pub gateways: usize,
 }
+
+/// Most simulated gateways a demo starts.
+pub const DEMO_MAX_GATEWAYS: usize = 8;
 
 impl Default for DemoOptions {
     fn default() -> Self {
@@ -43,6 +49,7 @@ impl Default for DemoOptions {
             json: false,
             replicas: 1,
             redis: None,
+            gateways: 1,
         }
     }
 }
@@ -56,9 +63,15 @@ pub struct Demo {
     pub sim: Sim,
     pub sim_served: Served,
     pub sim_shutdown: Shutdown,
+    /// With `--gateways N`: the other contact centres' gateways, and each one's name.
+    pub more_sims: Vec<(String, Sim, Served)>,
     pub ca_file: PathBuf,
+    /// Agent 153's token (of the first contact centre, with several).
     pub token: String,
     pub other_token: String,
+    /// With several contact centres: agent 153's token for each (name, token), the first's
+    /// being `token`.
+    pub gateway_tokens: Vec<(String, String)>,
 }
 
 impl Demo {
@@ -69,6 +82,9 @@ impl Demo {
         self.proxy.stop().await;
         self.sim_shutdown.trigger();
         let _ = self.sim_served.task.await;
+        for (_, _, served) in self.more_sims {
+            let _ = served.task.await;
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -113,6 +129,9 @@ async fn start_in(dir: &Path, opts: &DemoOptions) -> Result<Demo, String> {
     if opts.replicas == 0 {
         return Err("--replicas must be at least 1".into());
     }
+    if !(1..=DEMO_MAX_GATEWAYS).contains(&opts.gateways) {
+        return Err(format!("--gateways must be 1 to {DEMO_MAX_GATEWAYS}"));
+    }
     if opts.replicas > 1 && opts.redis.is_none() {
         return Err("--replicas needs --redis redis://HOST:PORT/DB: replicas share agents through Redis".into());
     }
@@ -141,12 +160,33 @@ async fn start_in(dir: &Path, opts: &DemoOptions) -> Result<Demo, String> {
         agents: HashMap::from([(DEMO_AGENT.to_owned(), password.clone()), (DEMO_OTHER_AGENT.to_owned(), password)]),
         ..SimConfig::default()
     };
-    let sim = Sim::new(sim_cfg);
     let sim_tls = tls::server_config_from_files(&cert_file, &key_file)?;
-    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("simulator: {e}"))?;
     let sim_shutdown = Shutdown::new();
-    let sim_served =
-        sim.serve(sim_listener, sim_tls, sim_shutdown.subscribe()).map_err(|e| format!("simulator: {e}"))?;
+    // One simulated gateway per contact centre, the same agents (and passwords) in each.
+    let mut sims = Vec::with_capacity(opts.gateways);
+    for i in 1..=opts.gateways {
+        let sim = Sim::new(sim_cfg.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| format!("simulator: {e}"))?;
+        let served =
+            sim.serve(listener, sim_tls.clone(), sim_shutdown.subscribe()).map_err(|e| format!("simulator: {e}"))?;
+        sims.push((format!("customer-{i}"), sim, served));
+    }
+    let gateway_of = |served: &Served, name: &str, tenants: Vec<String>, creds: Option<PathBuf>| GatewayConfig {
+        name: name.to_owned(),
+        url: format!("https://127.0.0.1:{}", served.addr.port()),
+        ca_file: Some(ca_file.clone()),
+        credentials_file: creds,
+        tenants,
+        ..GatewayConfig::default()
+    };
+    let several = opts.gateways > 1;
+    let (gateway, gateways, credentials) = if several {
+        let list = sims.iter().map(|(n, _, s)| gateway_of(s, n, vec![n.clone()], Some(creds_file.clone()))).collect();
+        (GatewayConfig::default(), list, CredentialsConfig::default())
+    } else {
+        let only = GatewayConfig { name: String::new(), ..gateway_of(&sims[0].2, "", Vec::new(), None) };
+        (only, Vec::new(), CredentialsConfig { file: Some(creds_file) })
+    };
 
     let config = Config {
         server: ServerConfig {
@@ -158,18 +198,16 @@ async fn start_in(dir: &Path, opts: &DemoOptions) -> Result<Demo, String> {
             ..ServerConfig::default()
         },
         admin: AdminConfig { listen: opts.admin_listen, ..AdminConfig::default() },
-        gateway: GatewayConfig {
-            url: format!("https://127.0.0.1:{}", sim_served.addr.port()),
-            ca_file: Some(ca_file.clone()),
-            ..GatewayConfig::default()
-        },
+        gateway,
+        gateways,
         auth: AuthConfig {
             jwks_file: Some(jwks_file),
             issuer: DEMO_ISSUER.into(),
             audience: DEMO_AUDIENCE.into(),
+            gateway_claim: if several { "tenant".into() } else { String::new() },
             ..AuthConfig::default()
         },
-        credentials: CredentialsConfig { file: Some(creds_file) },
+        credentials,
         store: match &opts.redis {
             Some(url) => StoreConfig {
                 backend: StoreBackend::Redis,
@@ -206,9 +244,43 @@ async fn start_in(dir: &Path, opts: &DemoOptions) -> Result<Demo, String> {
             }
         }
     }
-    let token = signer.token(DEMO_ISSUER, DEMO_AUDIENCE, DEMO_AGENT, DEMO_TOKEN_TTL_SECS)?;
-    let other_token = signer.token(DEMO_ISSUER, DEMO_AUDIENCE, DEMO_OTHER_AGENT, DEMO_TOKEN_TTL_SECS)?;
-    Ok(Demo { dir: dir.to_owned(), proxy, more, sim, sim_served, sim_shutdown, ca_file, token, other_token })
+    let names: Vec<String> = sims.iter().map(|(n, _, _)| n.clone()).collect();
+    let token_for = |agent: &str, tenant: Option<&str>| -> Result<String, String> {
+        match tenant {
+            None => signer.token(DEMO_ISSUER, DEMO_AUDIENCE, agent, DEMO_TOKEN_TTL_SECS),
+            Some(t) => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                signer.sign(&json!({
+                    "iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE, "sub": format!("agent-{agent}"), "agent_id": agent,
+                    "tenant": t, "iat": now, "nbf": now, "exp": now + DEMO_TOKEN_TTL_SECS,
+                }))
+            }
+        }
+    };
+    let first = several.then(|| names[0].as_str());
+    let token = token_for(DEMO_AGENT, first)?;
+    let other_token = token_for(DEMO_OTHER_AGENT, first)?;
+    let mut gateway_tokens = Vec::new();
+    if several {
+        for n in &names {
+            gateway_tokens.push((n.clone(), token_for(DEMO_AGENT, Some(n))?));
+        }
+    }
+    let mut sims = sims.into_iter();
+    let Some((_, sim, sim_served)) = sims.next() else { return Err("no simulator".into()) };
+    Ok(Demo {
+        dir: dir.to_owned(),
+        proxy,
+        more,
+        sim,
+        sim_served,
+        sim_shutdown,
+        more_sims: sims.collect(),
+        ca_file,
+        token,
+        other_token,
+        gateway_tokens,
+    })
 }
 
 impl Demo {
@@ -242,6 +314,7 @@ impl Demo {
             "ca_file": self.ca_file,
             "token": self.token,
             "agent_id": DEMO_AGENT,
+            "gateway_tokens": self.gateway_tokens.iter().map(|(n, t)| json!({"gateway": n, "token": t})).collect::<Vec<_>>(),
         })
         .to_string()
     }
@@ -252,6 +325,14 @@ impl Demo {
         let a = self.admin_url();
         let ca = self.ca_file.display();
         let sim = self.sim_served.addr;
+        let gateways: String = self
+            .more_sims
+            .iter()
+            .map(|(name, _, served)| {
+                format!("  simulator  https://{}   ({name}'s gateway; the same agents)\n", served.addr)
+            })
+            .collect();
+        let customers = self.customers_section(&p, &a);
         let replicas: String = self
             .proxy_urls()
             .iter()
@@ -265,7 +346,7 @@ impl Demo {
   admin      {a}   (/metrics /livez /readyz /gatewayz)
 {replicas}
   simulator  https://{sim}   (CC-Gateway stand-in; agents {DEMO_AGENT} and {DEMO_OTHER_AGENT})
-  CA file    {ca}
+{gateways}  CA file    {ca}
 
 Paste into another shell:
 
@@ -291,10 +372,26 @@ Paste into another shell:
 
   # 6. Read the metrics.
   curl -s {a}/metrics | grep -E 'ccgate_(requests_total|upstream_responses_total)'
-"#,
+{customers}"#,
             token = self.token,
             other = self.other_token,
         )
+    }
+
+    /// With several contact centres: agent 153 of each, signed in at its own gateway.
+    fn customers_section(&self, p: &str, a: &str) -> String {
+        let Some((first, _)) = self.gateway_tokens.first() else { return String::new() };
+        let mut out = format!(
+            "\n  # 7. Several contact centres (gateways {}): the token's `tenant` claim picks one.\n  #    $TOKEN is agent {DEMO_AGENT} of {first}; agent {DEMO_AGENT} of each other one is another agent:\n",
+            self.gateway_tokens.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+        );
+        for (i, (name, token)) in self.gateway_tokens.iter().enumerate().skip(1) {
+            let var = format!("TOKEN_{}", i + 1);
+            out += &format!("  export {var}={token}   # {DEMO_AGENT} of {name}\n");
+            out += &format!("  curl --cacert \"$CA\" -X POST -H \"Authorization: Bearer ${var}\" {p}/v1/session\n");
+        }
+        out += &format!("  curl -s {a}/agents   # one row per (gateway, agent)\n");
+        out
     }
 }
 

@@ -66,7 +66,7 @@ enum Command {
     /// its recent events, from its admin listener (`GET /agents`): state, conference, who
     /// polls it, last event and error. Never a Guid, cookie or password.
     Agents {
-        /// One agent's work number.
+        /// One agent: its work number, or `GATEWAY/NUMBER` when several gateways have it.
         id: Option<String>,
         /// The config of the running instance, to find its admin listener.
         #[arg(long, env = "CCGATE_CONFIG")]
@@ -94,6 +94,10 @@ enum Command {
         /// The shared store for the replicas, e.g. redis://127.0.0.1:6379/0.
         #[arg(long)]
         redis: Option<String>,
+        /// Contact centres: this many simulated gateways behind the one proxy (`[[gateways]]`,
+        /// chosen by the token's `tenant` claim), the same work numbers in each.
+        #[arg(long, default_value_t = 1)]
+        gateways: usize,
     },
     /// Run the CC-Gateway simulator alone.
     Sim {
@@ -257,9 +261,9 @@ async fn run(cmd: Command) -> Result<(), String> {
         Command::Reload { config, admin } => reload(config, admin).await,
         Command::Healthcheck { config, admin, live } => healthcheck(config, admin, live).await,
         Command::Agents { id, config, admin, json } => agents(id, config, admin, json).await,
-        Command::Demo { json, listen, admin_listen, replicas, redis } => {
+        Command::Demo { json, listen, admin_listen, replicas, redis, gateways } => {
             init_logging(LogFormat::Human, "warn,ccgate=info");
-            demo::run(demo::DemoOptions { listen, admin_listen, json, replicas, redis }).await
+            demo::run(demo::DemoOptions { listen, admin_listen, json, replicas, redis, gateways }).await
         }
         Command::Sim { config } => {
             init_logging(LogFormat::Human, "info");
@@ -288,9 +292,16 @@ async fn check_config(config: Config) -> Result<(), String> {
         config::StoreBackend::Memory => None,
     };
     // Keys (files read, remote ones fetched), credentials, the TLS certificate and key, limits.
-    let live = ccgate::reload::Live::build(&config, &metrics, shared.as_ref(), None, None)?;
-    // The gateway's CA file and TLS server name.
-    ccgate::gateway::GatewayClient::new(&config.gateway)?;
+    let gateways = config.gateway_list();
+    let names: Vec<String> = gateways.iter().map(|g| g.name.clone()).collect();
+    let live = ccgate::reload::Live::build(&config, &names, &metrics, shared.as_ref(), None, None)?;
+    // Each gateway's CA file and TLS server name.
+    for g in &gateways {
+        ccgate::gateway::GatewayClient::new(g).map_err(|e| match config.gateways.is_empty() {
+            true => e,
+            false => format!("gateway {}: {e}", g.name),
+        })?;
+    }
     for issuer in live.auth.wait_for_keys(config::ms(config.auth.jwks_startup_wait_ms)).await {
         eprintln!("warning: the keys of {issuer} cannot be fetched now; serve would start not ready and keep trying");
     }

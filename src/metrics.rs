@@ -178,8 +178,11 @@ impl Gateway for Metered {
     }
 }
 
+/// The registry, and (for what one gateway's session store and client record) which
+/// gateway: [`Metrics::gateway`] gives each gateway's parts their own handle, whose
+/// per-gateway families carry its name as the `gateway` label.
 #[derive(Clone)]
-pub struct Metrics(Arc<Inner>);
+pub struct Metrics(Arc<Inner>, usize);
 
 /// Every metric family ccgate exports, declared once: its field, type, name (after the
 /// `ccgate_` prefix), help and labels. The macro makes the struct, registers each family and
@@ -201,19 +204,19 @@ macro_rules! families {
 }
 
 families! {
-    requests: IntCounterVec = ("requests_total", "Requests handled, by method and outcome.", ["method", "outcome"]);
+    requests: IntCounterVec = ("requests_total", "Requests handled, by gateway (empty before a token named one), method and outcome.", ["gateway", "method", "outcome"]);
     request_duration: HistogramVec =
         ("request_duration_seconds", "Whole request time in the proxy, by method.", ["method"]);
-    upstream_duration: HistogramVec = ("upstream_duration_seconds", "Gateway round-trip time, by method.", ["method"]);
+    upstream_duration: HistogramVec = ("upstream_duration_seconds", "Gateway round-trip time, by gateway and method.", ["gateway", "method"]);
     upstream_responses: IntCounterVec = (
         "upstream_responses_total",
-        "Gateway answers by method and retcode (documented codes, else other).",
-        ["method", "retcode"]
+        "Gateway answers by gateway, method and retcode (documented codes, else other).",
+        ["gateway", "method", "retcode"]
     );
     upstream_errors: IntCounterVec = (
         "upstream_errors_total",
-        "Gateway round trips that failed in transport, by method and kind.",
-        ["method", "kind"]
+        "Gateway round trips that failed in transport, by gateway, method and kind.",
+        ["gateway", "method", "kind"]
     );
     rate_limited: IntCounterVec =
         ("rate_limited_total", "Requests refused by a rate limit, by method and scope.", ["method", "scope"]);
@@ -230,9 +233,9 @@ families! {
         ["limit"]
     );
     auth_failures: IntCounterVec = ("auth_failures_total", "Refused tokens, by reason.", ["reason"]);
-    sessions: IntGaugeVec = ("sessions", "Agent gateway sessions held, by state.", ["state"]);
-    signins: IntCounterVec = ("signins_total", "Gateway sign-ins attempted, by result.", ["result"]);
-    session_losses: IntCounterVec = ("session_losses_total", "Sessions the gateway ended, by reason.", ["reason"]);
+    sessions: IntGaugeVec = ("sessions", "Agent gateway sessions held, by gateway and state.", ["gateway", "state"]);
+    signins: IntCounterVec = ("signins_total", "Gateway sign-ins attempted, by gateway and result.", ["gateway", "result"]);
+    session_losses: IntCounterVec = ("session_losses_total", "Sessions the gateway ended, by gateway and reason.", ["gateway", "reason"]);
     guid_rotations: IntCounter = ("guid_rotations_total", "Guid changes picked up from Set-GUID.");
     idle_signouts: IntCounter = (
         "idle_signouts_total",
@@ -267,12 +270,19 @@ families! {
         "Input from the gateway or Redis discarded to keep a bound or because it was invalid, by what it was.",
         ["what"]
     );
-    gateway_up: IntGauge = ("gateway_up", "1 when the readiness probe completes a TLS handshake with the gateway, else 0.");
+    gateway_up: IntGaugeVec = (
+        "gateway_up",
+        "1 when the readiness probe completes a TLS handshake with the gateway, else 0; per gateway.",
+        ["gateway"]
+    );
     store_up: IntGauge = ("store_up", "1 while the shared store (Redis) answers, else 0; 1 with the memory store.");
     store_errors: IntCounterVec =
         ("store_errors_total", "Shared store (Redis) operations that failed, by operation.", ["op"]);
-    leases: IntGauge =
-        ("leases", "Agents whose gateway events this replica polls (the memory store: all of them).");
+    leases: IntGaugeVec = (
+        "leases",
+        "Agents whose gateway events this replica polls (the memory store: all of them), per gateway.",
+        ["gateway"]
+    );
     lease_takeovers: IntCounter = (
         "lease_takeovers_total",
         "Pollers this replica took over from a replica that stopped renewing its lease."
@@ -314,6 +324,9 @@ struct Inner {
     /// Computed at scrape time (see their types).
     jwks_age: Arc<FreshnessCollector>,
     cert_expiry: Arc<CertExpiry>,
+    /// The configured gateways' names (the `gateway` label's values), by index; bounded by
+    /// the config (`MAX_GATEWAYS`).
+    gateways: Vec<String>,
     // Lazily resolved children: a series appears once it has been used.
     req_cells: Vec<OnceLock<IntCounter>>,
     req_dur_cells: Vec<OnceLock<Histogram>>,
@@ -380,7 +393,7 @@ fn register<F: Family>(r: &Registry, name: &str, help: &str, labels: &[&str]) ->
 }
 
 /// Creates each child at 0 (see `Metrics::new`).
-fn zero<const N: usize>(v: &IntCounterVec, labels: impl Iterator<Item = [&'static str; N]>) {
+fn zero<'a, const N: usize>(v: &IntCounterVec, labels: impl Iterator<Item = [&'a str; N]>) {
     for l in labels {
         v.with_label_values(&l).reset();
     }
@@ -410,7 +423,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics of a ccgate with one gateway, the default one.
     pub fn new() -> Self {
+        Self::with_gateways(&[crate::config::DEFAULT_GATEWAY_NAME.to_owned()])
+    }
+
+    /// Metrics of a ccgate with these gateways (by name, in config order).
+    pub fn with_gateways(gateways: &[String]) -> Self {
+        let gateways: Vec<String> =
+            if gateways.is_empty() { vec![crate::config::DEFAULT_GATEWAY_NAME.to_owned()] } else { gateways.to_vec() };
         let r = Registry::new_custom(Some("ccgate".into()), None).expect("valid prefix");
         let f = Families::register(&r);
         f.store_up.set(1);
@@ -425,22 +446,26 @@ impl Metrics {
         // increase). Per-method series are made for the stop method, the product's reason to
         // be, and the poller's method, whose failures the alerts watch; the other methods'
         // appear when first used, which keeps the exposition a few hundred lines.
-        for s in SessionState::ALL {
-            f.sessions.with_label_values(&[s.as_str()]).set(0);
+        for g in &gateways {
+            for s in SessionState::ALL {
+                f.sessions.with_label_values(&[g, s.as_str()]).set(0);
+            }
+            f.gateway_up.with_label_values(&[g]).set(0);
+            f.leases.with_label_values(&[g]).set(0);
+            zero(&f.signins, SigninResult::ALL.iter().map(|r| [g, r.as_str()]));
+            zero(&f.session_losses, LossReason::ALL.iter().map(|r| [g, r.as_str()]));
+            let stop = GatewayMethod::StopVoiceToConf.log_name();
+            zero(&f.requests, Outcome::ALL.iter().map(|o| [g, stop, o.as_str()]));
+            for m in [GatewayMethod::StopVoiceToConf, GatewayMethod::GetAgentEvent] {
+                zero(&f.upstream_errors, UpstreamErrorKind::ALL.iter().map(|k| [g, m.log_name(), k.as_str()]));
+            }
         }
         zero(&f.input_discarded, Discarded::ALL.iter().map(|d| [d.as_str()]));
         zero(&f.store_errors, StoreOp::ALL.iter().map(|op| [op.as_str()]));
         zero(&f.config_reloads, ReloadResult::ALL.iter().map(|r| [r.as_str()]));
         zero(&f.certificate_reloads, ReloadResult::ALL.iter().map(|r| [r.as_str()]));
         zero(&f.auth_failures, AuthFailureReason::ALL.iter().map(|r| [r.as_str()]));
-        zero(&f.signins, SigninResult::ALL.iter().map(|r| [r.as_str()]));
-        zero(&f.session_losses, LossReason::ALL.iter().map(|r| [r.as_str()]));
         zero(&f.signout_failures, SignoutTrigger::ALL.iter().map(|t| [t.as_str()]));
-        let stop = GatewayMethod::StopVoiceToConf.log_name();
-        zero(&f.requests, Outcome::ALL.iter().map(|o| [stop, o.as_str()]));
-        for m in [GatewayMethod::StopVoiceToConf, GatewayMethod::GetAgentEvent] {
-            zero(&f.upstream_errors, UpstreamErrorKind::ALL.iter().map(|k| [m.log_name(), k.as_str()]));
-        }
         // The standard `process_*` series, without the `ccgate_` prefix dashboards expect
         // them under, so in a registry of their own.
         let process = Registry::new();
@@ -448,24 +473,47 @@ impl Metrics {
         if let Err(e) = process.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())) {
             tracing::warn!(error = %e, "process metrics unavailable");
         }
-        Self(Arc::new(Inner {
-            registry: r,
-            process,
-            f,
-            jwks_age,
-            cert_expiry,
-            req_cells: (0..MethodLabel::COUNT * Outcome::COUNT).map(|_| OnceLock::new()).collect(),
-            req_dur_cells: (0..MethodLabel::COUNT).map(|_| OnceLock::new()).collect(),
-            up_dur_cells: (0..GatewayMethod::COUNT).map(|_| OnceLock::new()).collect(),
-            up_ok_cells: (0..GatewayMethod::COUNT).map(|_| OnceLock::new()).collect(),
-        }))
+        // Requests are counted per gateway and once more for "no gateway" (refused before a
+        // token named one).
+        let n = gateways.len();
+        Self(
+            Arc::new(Inner {
+                registry: r,
+                process,
+                f,
+                jwks_age,
+                cert_expiry,
+                req_cells: (0..(n + 1) * MethodLabel::COUNT * Outcome::COUNT).map(|_| OnceLock::new()).collect(),
+                req_dur_cells: (0..MethodLabel::COUNT).map(|_| OnceLock::new()).collect(),
+                up_dur_cells: (0..n * GatewayMethod::COUNT).map(|_| OnceLock::new()).collect(),
+                up_ok_cells: (0..n * GatewayMethod::COUNT).map(|_| OnceLock::new()).collect(),
+                gateways,
+            }),
+            0,
+        )
     }
 
-    /// Records one finished request.
-    pub fn record_request(&self, method: MethodLabel, outcome: Outcome, elapsed: Duration) {
+    /// The same metrics, recording for gateway `index` (config order) where a family has a
+    /// `gateway` label.
+    pub fn gateway(&self, index: usize) -> Self {
+        Self(self.0.clone(), index.min(self.0.gateways.len() - 1))
+    }
+
+    /// The `gateway` label of this handle.
+    fn gw(&self) -> &str {
+        &self.0.gateways[self.1]
+    }
+
+    /// Records one finished request; `gateway`: the one its token named, if it got that far.
+    pub fn record_request(&self, gateway: Option<usize>, method: MethodLabel, outcome: Outcome, elapsed: Duration) {
         let i = &self.0;
-        let cell = method.index() * Outcome::COUNT + outcome as usize;
-        i.req_cells[cell].get_or_init(|| i.requests.with_label_values(&[method.as_str(), outcome.as_str()])).inc();
+        let g = gateway.filter(|g| *g < i.gateways.len());
+        let row = g.unwrap_or(i.gateways.len());
+        let cell = (row * MethodLabel::COUNT + method.index()) * Outcome::COUNT + outcome as usize;
+        let name = g.map_or("", |g| i.gateways[g].as_str());
+        i.req_cells[cell]
+            .get_or_init(|| i.requests.with_label_values(&[name, method.as_str(), outcome.as_str()]))
+            .inc();
         i.req_dur_cells[method.index()]
             .get_or_init(|| i.request_duration.with_label_values(&[method.as_str()]))
             .observe(elapsed.as_secs_f64());
@@ -473,24 +521,24 @@ impl Metrics {
 
     pub fn observe_upstream(&self, method: GatewayMethod, elapsed: Duration) {
         let i = &self.0;
-        i.up_dur_cells[method.index()]
-            .get_or_init(|| i.upstream_duration.with_label_values(&[method.log_name()]))
+        i.up_dur_cells[self.1 * GatewayMethod::COUNT + method.index()]
+            .get_or_init(|| i.upstream_duration.with_label_values(&[self.gw(), method.log_name()]))
             .observe(elapsed.as_secs_f64());
     }
 
     pub fn count_upstream_retcode(&self, method: GatewayMethod, code: Retcode) {
         let i = &self.0;
-        let labels = [method.log_name(), code.as_str()];
+        let labels = [self.gw(), method.log_name(), code.as_str()];
         match code {
-            Retcode::Success => {
-                i.up_ok_cells[method.index()].get_or_init(|| i.upstream_responses.with_label_values(&labels)).inc()
-            }
+            Retcode::Success => i.up_ok_cells[self.1 * GatewayMethod::COUNT + method.index()]
+                .get_or_init(|| i.upstream_responses.with_label_values(&labels))
+                .inc(),
             _ => i.upstream_responses.with_label_values(&labels).inc(),
         }
     }
 
     pub fn count_upstream_failure(&self, method: GatewayMethod, kind: UpstreamErrorKind) {
-        self.0.upstream_errors.with_label_values(&[method.log_name(), kind.as_str()]).inc();
+        self.0.upstream_errors.with_label_values(&[self.gw(), method.log_name(), kind.as_str()]).inc();
     }
 
     pub fn count_rate_limited(&self, method: MethodLabel, scope: &'static str) {
@@ -521,15 +569,21 @@ impl Metrics {
     }
 
     pub fn count_signin(&self, result: SigninResult) {
-        self.0.signins.with_label_values(&[result.as_str()]).inc();
+        self.0.signins.with_label_values(&[self.gw(), result.as_str()]).inc();
     }
 
     pub fn count_session_loss(&self, reason: LossReason) {
-        self.0.session_losses.with_label_values(&[reason.as_str()]).inc();
+        self.0.session_losses.with_label_values(&[self.gw(), reason.as_str()]).inc();
     }
 
     pub fn sessions_gauge(&self, state: SessionState) -> IntGauge {
-        self.0.sessions.with_label_values(&[state.as_str()])
+        self.0.sessions.with_label_values(&[self.gw(), state.as_str()])
+    }
+
+    /// Active sessions of every gateway together (`sessions.max_agents`).
+    pub fn active_sessions_all(&self) -> i64 {
+        let active = SessionState::Active.as_str();
+        self.0.gateways.iter().map(|g| self.0.sessions.with_label_values(&[g, active]).get()).sum()
     }
 
     pub fn count_guid_rotation(&self) {
@@ -537,7 +591,7 @@ impl Metrics {
     }
 
     pub fn set_gateway_up(&self, up: bool) {
-        self.0.gateway_up.set(i64::from(up));
+        self.0.gateway_up.with_label_values(&[self.gw()]).set(i64::from(up));
     }
 
     pub fn set_store_up(&self, up: bool) {
@@ -553,7 +607,7 @@ impl Metrics {
     }
 
     pub fn leases(&self) -> IntGauge {
-        self.0.leases.clone()
+        self.0.leases.with_label_values(&[self.gw()])
     }
 
     pub fn count_lease_takeover(&self) {
@@ -680,12 +734,14 @@ impl Metrics {
         v
     }
 
-    /// `ccgate_requests_total` as (method, outcome, count), for the status page.
+    /// `ccgate_requests_total` as (method, outcome, count), every gateway together, for the
+    /// status page.
     pub fn request_totals(&self) -> Vec<(String, String, u64)> {
-        labelled_counts(&self.0.requests, &["method", "outcome"])
-            .into_iter()
-            .map(|(mut l, n)| (std::mem::take(&mut l[0]), std::mem::take(&mut l[1]), n))
-            .collect()
+        let mut sums: std::collections::BTreeMap<(String, String), u64> = Default::default();
+        for (mut l, n) in labelled_counts(&self.0.requests, &["method", "outcome"]) {
+            *sums.entry((std::mem::take(&mut l[0]), std::mem::take(&mut l[1]))).or_default() += n;
+        }
+        sums.into_iter().map(|((m, o), n)| (m, o, n)).collect()
     }
 
     /// `ccgate_auth_failures_total` as (reason, count), for the status page.
@@ -836,6 +892,7 @@ mod tests {
     fn renders_bounded_labels() {
         let m = Metrics::new();
         m.record_request(
+            Some(0),
             MethodLabel::Gateway(GatewayMethod::StopVoiceToConf),
             Outcome::NotChairperson,
             Duration::from_millis(2),
@@ -843,11 +900,15 @@ mod tests {
         m.count_upstream_retcode(GatewayMethod::StopVoiceToConf, Retcode::parse("totally-new-code"));
         let text = m.render();
         assert!(
-            text.contains(r#"ccgate_requests_total{method="stopVoiceToConf",outcome="not_chairperson"} 1"#),
+            text.contains(
+                r#"ccgate_requests_total{gateway="default",method="stopVoiceToConf",outcome="not_chairperson"} 1"#
+            ),
             "{text}"
         );
         assert!(
-            text.contains(r#"ccgate_upstream_responses_total{method="stopVoiceToConf",retcode="other"} 1"#),
+            text.contains(
+                r#"ccgate_upstream_responses_total{gateway="default",method="stopVoiceToConf",retcode="other"} 1"#
+            ),
             "{text}"
         );
         assert!(text.contains("ccgate_build_info{commit=") && text.contains(",version=\""), "{text}");
@@ -858,11 +919,11 @@ mod tests {
         let text = Metrics::new().render();
         for series in [
             r#"ccgate_auth_failures_total{reason="expired"} 0"#,
-            r#"ccgate_signins_total{result="at_capacity"} 0"#,
-            r#"ccgate_session_losses_total{reason="guid_refused"} 0"#,
+            r#"ccgate_signins_total{gateway="default",result="at_capacity"} 0"#,
+            r#"ccgate_session_losses_total{gateway="default",reason="guid_refused"} 0"#,
             r#"ccgate_signout_failures_total{trigger="idle"} 0"#,
-            r#"ccgate_requests_total{method="stopVoiceToConf",outcome="not_chairperson"} 0"#,
-            r#"ccgate_upstream_errors_total{kind="timeout",method="getAgentEvent"} 0"#,
+            r#"ccgate_requests_total{gateway="default",method="stopVoiceToConf",outcome="not_chairperson"} 0"#,
+            r#"ccgate_upstream_errors_total{gateway="default",kind="timeout",method="getAgentEvent"} 0"#,
             "ccgate_requests_in_flight 0",
             "ccgate_event_streams 0",
         ] {

@@ -20,13 +20,13 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::config::{Config, GatewayConfig};
 use crate::edge::auth::Authenticator;
 use crate::jwks::remote::OnChange;
 use crate::metrics::{Metrics, ReloadResult};
 use crate::ops::limits::Limits;
 use crate::ops::CoreSettings;
-use crate::session::{CredentialStore, SessionStore};
+use crate::session::{CredentialStore, Gateways};
 use crate::shared::SharedStore;
 use crate::tls::{self, CertResolver};
 
@@ -34,8 +34,30 @@ use crate::tls::{self, CertResolver};
 /// the new config ([`Live::build`]): the authenticator, the credentials, the limits and the
 /// server certificate. With [`CoreSettings::KEYS`], what a reload applies; everything else
 /// needs a restart.
-const REBUILT_KEYS: &[&str] =
-    &["auth.", "credentials.", "rate_limits.", "server.tls_cert", "server.tls_key", "server.tls_watch_interval_ms"];
+const REBUILT_KEYS: &[&str] = &[
+    "auth.",
+    "credentials.",
+    "gateway.credentials_file",
+    "rate_limits.",
+    "server.tls_cert",
+    "server.tls_key",
+    "server.tls_watch_interval_ms",
+];
+
+/// What may change in a `[[gateways]]` entry without a restart: its credentials file and
+/// tenants. Adding, removing, renaming or moving one, or changing its URL, TLS, timeouts or
+/// pool, needs a restart.
+fn without_live_fields(gateways: &[GatewayConfig]) -> Vec<GatewayConfig> {
+    gateways.iter().map(|g| GatewayConfig { credentials_file: None, tenants: Vec::new(), ..g.clone() }).collect()
+}
+
+/// `config`'s gateways in the running order (`names`): a running gateway the new config lacks
+/// keeps no tenants and no credentials file until the restart that removes it; a new one waits
+/// for the restart that adds it. Indices stay those of the running gateways.
+pub fn arranged(config: &Config, names: &[String]) -> Vec<Option<GatewayConfig>> {
+    let list = config.gateway_list();
+    names.iter().map(|n| list.iter().find(|g| &g.name == n).cloned()).collect()
+}
 
 fn is_live(key: &str) -> bool {
     let matches = |k: &&str| if k.ends_with('.') { key.starts_with(*k) } else { key == *k };
@@ -53,7 +75,8 @@ pub struct ConfigSource {
 /// The parts of a running ccgate a reload replaces, each built from a config.
 pub struct Live {
     pub auth: Authenticator,
-    pub creds: CredentialStore,
+    /// Each running gateway's credentials, in its order (`None`: the new config lacks it).
+    pub creds: Vec<Option<CredentialStore>>,
     pub cert: Option<rustls::sign::CertifiedKey>,
     pub limits: Limits,
     pub settings: CoreSettings,
@@ -62,28 +85,47 @@ pub struct Live {
 impl Live {
     /// Builds every live part from `config`; the one path of start-up and reload. `previous`
     /// lends its remote key sets.
+    /// `names`: the running gateways (at start, `config`'s own).
     pub fn build(
         config: &Config,
+        names: &[String],
         metrics: &Metrics,
         shared: Option<&Arc<dyn SharedStore>>,
         previous: Option<&Authenticator>,
         on_keys: Option<OnChange>,
     ) -> Result<Self, String> {
-        let creds = match &config.credentials.file {
-            Some(p) => CredentialStore::load(p)?,
-            None => return Err("credentials.file is required".into()),
-        };
+        let gateways = arranged(config, names);
+        let several = names.len() > 1;
+        let mut creds = Vec::with_capacity(gateways.len());
+        for g in &gateways {
+            creds.push(match g {
+                None => None,
+                Some(g) => match &g.credentials_file {
+                    Some(p) => Some(CredentialStore::load(p).map_err(|e| match several {
+                        true => format!("gateway {}: {e}", g.name),
+                        false => e,
+                    })?),
+                    None => return Err(format!("gateway {}: a credentials file is required", g.name)),
+                },
+            });
+        }
         let cert = match (&config.server.tls_cert, &config.server.tls_key) {
             (Some(c), Some(k)) => Some(tls::certified_key(c, k)?),
             _ => None,
         };
-        let mut limits = Limits::new(&config.rate_limits, metrics.clone())?;
+        let mut limits = Limits::for_gateways(&config.rate_limits, names, metrics.clone())?;
         if let Some(shared) = shared {
             limits = limits.shared(shared.clone(), config.store.limits_fallback);
         }
         // Last: it starts fetchers for new providers and sets the key gauges, which a failure
         // above should not leave behind.
-        let auth = Authenticator::from_config(&config.auth, metrics, previous, on_keys)?;
+        // Routed by the running gateways' indices; one the new config lacks gets no tokens.
+        let routed: Vec<GatewayConfig> = gateways
+            .iter()
+            .zip(names)
+            .map(|(g, n)| g.clone().unwrap_or_else(|| GatewayConfig { name: n.clone(), ..GatewayConfig::default() }))
+            .collect();
+        let auth = Authenticator::from_config(&config.auth, &routed, metrics, previous, on_keys)?;
         Ok(Self { auth, creds, cert, limits, settings: CoreSettings::from_config(config) })
     }
 }
@@ -107,7 +149,7 @@ pub struct Reloader {
     /// also makes reloads one at a time.
     running: tokio::sync::Mutex<Config>,
     pub(crate) auth: Arc<ArcSwap<Authenticator>>,
-    sessions: Arc<SessionStore>,
+    gateways: Arc<Gateways>,
     limits: Arc<ArcSwap<Limits>>,
     settings: Arc<ArcSwap<CoreSettings>>,
     cert: Option<Arc<CertResolver>>,
@@ -121,7 +163,7 @@ pub struct Reloader {
 /// The parts a [`Reloader`] swaps, as `app::start` built them.
 pub struct Parts {
     pub auth: Arc<ArcSwap<Authenticator>>,
-    pub sessions: Arc<SessionStore>,
+    pub gateways: Arc<Gateways>,
     pub limits: Arc<ArcSwap<Limits>>,
     pub settings: Arc<ArcSwap<CoreSettings>>,
     pub cert: Option<Arc<CertResolver>>,
@@ -137,7 +179,7 @@ impl Reloader {
             source,
             running: tokio::sync::Mutex::new(config),
             auth: parts.auth,
-            sessions: parts.sessions,
+            gateways: parts.gateways,
             limits: parts.limits,
             settings: parts.settings,
             cert: parts.cert,
@@ -163,7 +205,10 @@ impl Reloader {
     pub async fn reload_with(&self, new: Config) -> Result<ReloadReport, String> {
         let mut running = self.running.lock().await;
         let previous = self.auth.load_full();
-        let live = match Live::build(&new, &self.metrics, self.shared.as_ref(), Some(&previous), self.on_keys.clone()) {
+        let names: Vec<String> = self.gateways.iter().map(|s| s.identity.name.to_string()).collect();
+        let built =
+            Live::build(&new, &names, &self.metrics, self.shared.as_ref(), Some(&previous), self.on_keys.clone());
+        let live = match built {
             Ok(l) => l,
             Err(e) => return self.refused(e),
         };
@@ -177,7 +222,11 @@ impl Reloader {
 
         // Everything built: swap, each part at once.
         self.auth.store(Arc::new(live.auth));
-        self.sessions.replace_credentials(live.creds);
+        for (store, creds) in self.gateways.iter().zip(live.creds) {
+            if let Some(creds) = creds {
+                store.replace_credentials(creds);
+            }
+        }
         if let (Some(resolver), Some(cert)) = (&self.cert, live.cert) {
             resolver.replace(cert);
         }
@@ -190,6 +239,14 @@ impl Reloader {
 
         running.auth = new.auth;
         running.credentials = new.credentials;
+        running.gateway.credentials_file = new.gateway.credentials_file;
+        // Tenants and credentials files of the gateways running (the rest waits for a restart).
+        for g in &mut running.gateways {
+            if let Some(n) = new.gateways.iter().find(|n| n.name == g.name) {
+                g.credentials_file = n.credentials_file.clone();
+                g.tenants = n.tenants.clone();
+            }
+        }
         running.rate_limits = new.rate_limits;
         running.policy = new.policy;
         running.server.tls_cert = new.server.tls_cert;
@@ -285,7 +342,11 @@ fn diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
     keys.sort();
     keys.dedup();
     let changed: Vec<String> = keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
-    changed.into_iter().partition(|k| is_live(k))
+    changed.into_iter().partition(|k| match k.as_str() {
+        // Live only when what changed is credentials files and tenants.
+        "gateways" => without_live_fields(&old.gateways) == without_live_fields(&new.gateways),
+        k => is_live(k),
+    })
 }
 
 /// Every leaf of the config as `section.key` → its TOML text (arrays whole).
@@ -327,6 +388,39 @@ mod tests {
         assert_eq!(live, vec!["auth.leeway_secs", "policy.on_unknown_chair", "sessions.resume"]);
         assert_eq!(restart, vec!["server.listen", "sessions.poll_pause_ms"]);
         assert_eq!(diff(&old, &old.clone()), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_gateways_credentials_and_tenants_reload_and_the_rest_needs_a_restart() {
+        let gw = |name: &str| GatewayConfig {
+            name: name.into(),
+            credentials_file: Some(format!("{name}.toml").into()),
+            tenants: vec![name.into()],
+            ..GatewayConfig::default()
+        };
+        let old = Config { gateways: vec![gw("acme"), gw("globex")], ..Config::default() };
+        let mut new = old.clone();
+        new.gateways[0].credentials_file = Some("acme-2.toml".into());
+        new.gateways[1].tenants.push("globex-eu".into());
+        assert_eq!(diff(&old, &new), (vec!["gateways".into()], vec![]));
+        for change in [
+            |c: &mut Config| c.gateways.push(GatewayConfig { name: "initech".into(), ..c.gateways[0].clone() }),
+            |c: &mut Config| drop(c.gateways.pop()),
+            |c: &mut Config| c.gateways[1].url = "https://10.0.0.9:8043".into(),
+            |c: &mut Config| c.gateways.swap(0, 1),
+        ] {
+            let mut new = old.clone();
+            change(&mut new);
+            assert_eq!(diff(&old, &new), (vec![], vec!["gateways".into()]));
+        }
+        // The running order stays: a gateway the new config lacks keeps its place, unrouted.
+        let names = ["acme".to_string(), "globex".to_string()];
+        let mut moved = old.clone();
+        moved.gateways.swap(0, 1);
+        moved.gateways.pop();
+        let arranged = arranged(&moved, &names);
+        assert_eq!(arranged[0].as_ref().map(|g| g.name.as_str()), None);
+        assert_eq!(arranged[1].as_ref().map(|g| g.name.as_str()), Some("globex"));
     }
 
     /// A leaf changed to another value its type allows, if one deserializes.

@@ -95,7 +95,7 @@ async fn every_bad_token_is_refused_with_its_reason_and_nothing_reaches_the_gate
     assert!(m.contains(r#"ccgate_auth_failures_total{reason="algorithm_not_allowed"} 2"#), "{m}");
     assert!(
         m.contains(&format!(
-            r#"ccgate_requests_total{{method="stopVoiceToConf",outcome="unauthenticated"}} {}"#,
+            r#"ccgate_requests_total{{gateway="",method="stopVoiceToConf",outcome="unauthenticated"}} {}"#,
             cases.len()
         )),
         "{m}"

@@ -161,7 +161,10 @@ async fn idle_keep_alive_connections_are_closed_at_the_idle_deadline() {
     let t = Instant::now();
     // Closed by the idle deadline, not the first-request one: the request counted.
     assert_closed_within(&mut s, t, IDLE).await;
-    assert!(h.metrics().await.contains(r#"ccgate_requests_total{method="getSession",outcome="unauthenticated"} 2"#));
+    assert!(h
+        .metrics()
+        .await
+        .contains(r#"ccgate_requests_total{gateway="",method="getSession",outcome="unauthenticated"} 2"#));
     h.stop().await;
 }
 

@@ -157,7 +157,10 @@ async fn a_conflict_with_the_agents_state_is_409_rejected_not_a_gateway_error() 
     assert_eq!(p["type"], "urn:ccgate:problem:conflict");
     assert_eq!(p["retcode"], "101-003");
     let m = h.metrics().await;
-    assert!(m.contains(r#"ccgate_requests_total{method="requestAgentConf",outcome="rejected"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"ccgate_requests_total{gateway="default",method="requestAgentConf",outcome="rejected"} 1"#),
+        "{m}"
+    );
     assert!(!m.contains(r#"method="requestAgentConf",outcome="gateway_error"} 1"#), "{m}");
     h.stop().await;
 }

@@ -237,8 +237,9 @@ async fn hostile_poll_answers_are_bounded_and_the_session_survives_them() {
     };
     let dropped = value("ccgate_input_discarded_total{what=\"gateway_cookie\"}");
     assert!(dropped >= (COOKIES_PER_ANSWER * COOKIE_FLOODS.count() - 16) as f64, "cookies dropped: {dropped}\n{m}");
-    let malformed = value("ccgate_upstream_errors_total{kind=\"malformed\",method=\"getAgentEvent\"}")
-        + value("ccgate_upstream_errors_total{method=\"getAgentEvent\",kind=\"malformed\"}");
+    let malformed =
+        value("ccgate_upstream_errors_total{gateway=\"default\",kind=\"malformed\",method=\"getAgentEvent\"}")
+            + value("ccgate_upstream_errors_total{gateway=\"default\",method=\"getAgentEvent\",kind=\"malformed\"}");
     assert!(malformed >= 2.0, "the two floods were refused as malformed answers\n{m}");
     h.stop().await;
     let _ = std::fs::remove_dir_all(&dir);

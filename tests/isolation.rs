@@ -126,7 +126,7 @@ async fn values_planted_in_redis_are_validated_never_polled_nor_written_into_a_r
     assert_eq!(score, None, "the bad index entry was removed");
     assert_eq!(h.sim.count(GatewayMethod::ForceLogout), 0, "nothing reached the gateway");
     assert_eq!(h.running().sessions.current("155").map(|s| s.agent_id.clone()), None, "155 is not polled here");
-    assert_eq!(metric(&h, "ccgate_leases").await, 1.0, "only 153");
+    assert_eq!(metric(&h, "ccgate_leases{gateway=\"default\"}").await, 1.0, "only 153");
     // The planted record is not served either.
     let r155 = h.call(Method::GET, "/v1/session", Some("155"), "").await;
     assert_ne!(r155.status, StatusCode::OK, "{}", r155.text);
@@ -174,7 +174,10 @@ async fn takeovers_respect_max_agents() {
     let after_takeover = newest().await;
     eventually("two more rounds", || async { newest().await > after_takeover + 600.0 }).await;
     let text = small.metrics.render();
-    assert!(line(&text, "ccgate_lease_takeovers_total 1") && line(&text, "ccgate_leases 1"), "{text}");
+    assert!(
+        line(&text, "ccgate_lease_takeovers_total 1") && line(&text, "ccgate_leases{gateway=\"default\"} 1"),
+        "{text}"
+    );
     let held: Vec<bool> = {
         let mut held = Vec::new();
         for a in ["153", "154"] {

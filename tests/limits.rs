@@ -47,7 +47,10 @@ async fn default_stop_limit_refuses_the_sixth_call_with_standard_headers() {
     assert_eq!(h.call(Method::POST, STOP, Some("153"), "").await.status, StatusCode::OK);
     let m = h.metrics().await;
     assert!(m.contains(r#"ccgate_rate_limited_total{method="stopVoiceToConf",scope="agent"} 1"#), "{m}");
-    assert!(m.contains(r#"ccgate_requests_total{method="stopVoiceToConf",outcome="rate_limited"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"ccgate_requests_total{gateway="default",method="stopVoiceToConf",outcome="rate_limited"} 1"#),
+        "{m}"
+    );
     h.stop().await;
 }
 
@@ -147,7 +150,7 @@ async fn shadow_limit_counts_but_refuses_nothing() {
 }
 
 fn principal(n: u32) -> Principal {
-    Principal { agent_id: (101 + n).to_string(), tenant: None }
+    Principal::agent(&(101 + n).to_string())
 }
 
 #[tokio::test(start_paused = true)]

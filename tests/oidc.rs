@@ -27,6 +27,7 @@ fn with_provider(idp_issuer: String, ca: std::path::PathBuf) -> Options {
                 algorithms: vec!["ES256".into(), "RS256".into()],
                 agent_claim: "agent_id".into(),
                 tenant_claim: "tenant".into(),
+                gateway: None,
             });
             c.auth.jwks_refresh_min_secs = 1;
             c.auth.jwks_refresh_max_secs = 1;

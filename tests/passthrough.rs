@@ -240,10 +240,10 @@ async fn gateway_refusals_pass_through_and_limits_and_metrics_apply_per_method()
     assert_eq!(h.sim.count(GatewayMethod::StopVoiceToConf), 5);
     let m = h.metrics().await;
     for line in [
-        r#"ccgate_requests_total{method="stopVoiceToConf",outcome="gateway_error"} 1"#,
-        r#"ccgate_requests_total{method="stopVoiceToConf",outcome="ok"} 4"#,
-        r#"ccgate_requests_total{method="stopVoiceToConf",outcome="rate_limited"} 1"#,
-        r#"ccgate_upstream_responses_total{method="stopVoiceToConf",retcode="100-007"} 1"#,
+        r#"ccgate_requests_total{gateway="default",method="stopVoiceToConf",outcome="gateway_error"} 1"#,
+        r#"ccgate_requests_total{gateway="default",method="stopVoiceToConf",outcome="ok"} 4"#,
+        r#"ccgate_requests_total{gateway="default",method="stopVoiceToConf",outcome="rate_limited"} 1"#,
+        r#"ccgate_upstream_responses_total{gateway="default",method="stopVoiceToConf",retcode="100-007"} 1"#,
     ] {
         assert!(m.contains(line), "missing {line}\n{m}");
     }

@@ -209,8 +209,12 @@ async fn when_the_owner_is_killed_another_replica_polls_within_two_poll_interval
     let token = h.token("153");
     let r = h.call_at(&p.base, Method::POST, "/v1/session", Some(&token), "").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    assert_eq!(metric(&h, &p.admin, "ccgate_leases").await, 1.0, "the replica that signed in polls");
-    assert_eq!(metric(&h, &h.admin, "ccgate_leases").await, 0.0);
+    assert_eq!(
+        metric(&h, &p.admin, "ccgate_leases{gateway=\"default\"}").await,
+        1.0,
+        "the replica that signed in polls"
+    );
+    assert_eq!(metric(&h, &h.admin, "ccgate_leases{gateway=\"default\"}").await, 0.0);
     let mut on_a = h.events_at(&h.base, "153", None).await;
     each_event_once(&h, &mut on_a, "153", "before", 2).await;
 
@@ -252,7 +256,7 @@ async fn a_paused_owner_is_replaced_and_stands_down_when_it_wakes() {
     p.signal("-CONT");
     eventually("the woken replica stands down", || async {
         metric(&h, &p.admin, "ccgate_lease_losses_total").await == 1.0
-            && metric(&h, &p.admin, "ccgate_leases").await == 0.0
+            && metric(&h, &p.admin, "ccgate_leases{gateway=\"default\"}").await == 0.0
     })
     .await;
     each_event_once(&h, &mut on_a, "154", "woken", 3).await;
@@ -261,7 +265,7 @@ async fn a_paused_owner_is_replaced_and_stands_down_when_it_wakes() {
         let r = h.call_at(url, Method::GET, "/v1/session", Some(&token), "").await;
         ok(&r);
     }
-    assert_eq!(metric(&h, &h.admin, "ccgate_leases").await, 1.0);
+    assert_eq!(metric(&h, &h.admin, "ccgate_leases{gateway=\"default\"}").await, 1.0);
     assert_eq!(h.sim.count(GatewayMethod::Login) + h.sim.count(GatewayMethod::ForceLogin), 1);
     h.stop().await;
 }

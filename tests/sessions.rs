@@ -79,7 +79,7 @@ async fn takeover_by_another_client_ends_the_session_and_says_sign_in_again() {
         "after the takeover the old Guid was used by at most the one poll that learned of it: {after:?}"
     );
     let m = h.metrics().await;
-    assert!(m.contains(r#"ccgate_session_losses_total{reason="shutdown_event"} 1"#), "{m}");
+    assert!(m.contains(r#"ccgate_session_losses_total{gateway="default",reason="shutdown_event"} 1"#), "{m}");
     h.stop().await;
 }
 
@@ -99,7 +99,7 @@ async fn every_session_gone_retcode_marks_the_session_lost() {
         // It stays lost (503) until the app signs in again; nothing is retried.
         let r = h.call(Method::POST, STOP, Some("153"), "").await;
         assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{code}: still lost: {}", r.text);
-        assert!(h.metrics().await.contains(r#"ccgate_sessions{state="lost"} 1"#), "{code}");
+        assert!(h.metrics().await.contains(r#"ccgate_sessions{gateway="default",state="lost"} 1"#), "{code}");
         assert_eq!(h.sim.count(GatewayMethod::StopVoiceToConf), 1, "{code}: never retried");
         assert_eq!(h.sim.count(GatewayMethod::Login), 1, "{code}: no automatic sign-in without resume");
         h.stop().await;
@@ -339,8 +339,8 @@ async fn past_max_agents_a_new_agent_gets_a_clear_503() {
     assert!(r.headers.contains_key("retry-after"));
     assert_eq!(h.sim.count(GatewayMethod::Login), 1, "the gateway was not asked");
     let m = h.metrics().await;
-    assert!(m.contains(r#"ccgate_signins_total{result="at_capacity"} 1"#), "{m}");
-    assert!(m.contains(r#"ccgate_requests_total{method="login",outcome="overloaded"} 1"#), "{m}");
+    assert!(m.contains(r#"ccgate_signins_total{gateway="default",result="at_capacity"} 1"#), "{m}");
+    assert!(m.contains(r#"ccgate_requests_total{gateway="default",method="login",outcome="overloaded"} 1"#), "{m}");
     assert!(m.contains("ccgate_signin_wait_seconds_count 1"), "{m}");
     // The agent already signed in is not a new one.
     assert_eq!(h.call(Method::GET, "/v1/session", Some("153"), "").await.status, StatusCode::OK);

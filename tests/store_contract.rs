@@ -79,6 +79,7 @@ contract!(
     the_index_lists_agents_and_the_lease_names_its_holder,
     replicas_count_who_is_alive,
     gcra_allows_the_burst_then_says_how_long_to_wait,
+    two_gateways_agents_of_one_number_share_nothing,
 );
 
 fn record<'a>(sid: &'a str, guid: &'a str, cookies: &'a [String]) -> NewRecord<'a> {
@@ -297,7 +298,7 @@ async fn replicas_count_who_is_alive(p: Pair) {
 }
 
 async fn gcra_allows_the_burst_then_says_how_long_to_wait(p: Pair) {
-    let bucket = |scope, key| Bucket { limit: "stop", scope, key };
+    let bucket = |scope, key| Bucket { limit: "stop", scope, key, namespace: "" };
     let second = Duration::from_secs(1);
     for remaining in [2, 1, 0] {
         assert_eq!(p.a.gcra(bucket(Scope::Agent, AGENT), second, 3).await.unwrap(), Ok(remaining));
@@ -308,4 +309,40 @@ async fn gcra_allows_the_burst_then_says_how_long_to_wait(p: Pair) {
     assert_eq!(p.b.gcra(bucket(Scope::Agent, "154"), second, 3).await.unwrap(), Ok(2));
     assert_eq!(p.b.gcra(bucket(Scope::Tenant, AGENT), second, 3).await.unwrap(), Ok(2));
     assert_eq!(p.b.gcra(bucket(Scope::Global, ""), second, 3).await.unwrap(), Ok(2));
+    // The same agent of another gateway, and a gateway's own bucket, are other buckets.
+    let of = |namespace| Bucket { limit: "stop", scope: Scope::Agent, key: AGENT, namespace };
+    assert_eq!(p.b.gcra(of("acme"), second, 3).await.unwrap(), Ok(2));
+    assert_eq!(p.b.gcra(bucket(Scope::Gateway, "acme"), second, 3).await.unwrap(), Ok(2));
+}
+
+/// Agent 153 of the default gateway and of gateway `acme` (`for_gateway`): two records, two
+/// leases, two indexes, two change channels, two event streams; the replica set is shared.
+async fn two_gateways_agents_of_one_number_share_nothing(p: Pair) {
+    let acme_a = p.a.clone().for_gateway("acme");
+    let acme_b = p.b.clone().for_gateway("acme");
+    assert_eq!(acme_a.replica(), p.a.replica(), "one replica, whatever the gateway");
+    let (changes, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(acme_b.clone().follow(Box::new(move |c| {
+        let _ = changes.send(c);
+    })));
+    assert_eq!(seen.recv().await, Some(ccgate::shared::Change::Resync));
+    p.b.create("154", &record("s", "g-2.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    p.a.create(AGENT, &record("default-sid", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    assert!(acme_b.load(AGENT).await.unwrap().is_none(), "acme's 153 is not the default gateway's");
+    assert_eq!(acme_a.acquire(AGENT).await.unwrap(), Lease::Absent);
+    acme_a.create(AGENT, &record("acme-sid", "g-7.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    // acme's follower hears of acme's 153 only (the default gateway's 154 came first).
+    assert_eq!(seen.recv().await, Some(ccgate::shared::Change::Session(AGENT.into())));
+    assert_eq!(p.b.load(AGENT).await.unwrap().unwrap().sid, "default-sid");
+    assert_eq!(acme_b.load(AGENT).await.unwrap().unwrap().sid, "acme-sid");
+    let event = NewEvent { sid: "acme-sid", cap: 10, id: 5 << 20, kind: "AgentState_Busy", data: b"{}" };
+    assert!(acme_a.append(AGENT, &event).await.unwrap().is_some());
+    assert!(p.b.latest_events(AGENT, 10).await.unwrap().is_empty(), "events stay with their gateway");
+    assert_eq!(acme_b.latest_events(AGENT, 10).await.unwrap().len(), 1);
+    let mut default_agents = p.b.indexed_agents(10).await.unwrap();
+    default_agents.sort();
+    assert_eq!(default_agents, [AGENT, "154"]);
+    assert_eq!(acme_b.indexed_agents(10).await.unwrap(), [AGENT]);
+    p.a.end(AGENT, "default-sid", EndAs::SignedOut).await.unwrap();
+    assert_eq!(acme_b.load(AGENT).await.unwrap().unwrap().state, RecordState::Active, "acme's 153 lives on");
 }

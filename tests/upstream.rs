@@ -19,8 +19,11 @@ async fn gateway_down_is_503() {
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
     assert_eq!(problem(&r)["type"], "urn:ccgate:problem:gateway-unavailable");
     let m = h.metrics().await;
-    assert!(m.contains(r#"ccgate_requests_total{method="login",outcome="upstream_unavailable"} 1"#), "{m}");
-    assert!(m.contains(r#"ccgate_signins_total{result="upstream_error"} 1"#), "{m}");
+    assert!(
+        m.contains(r#"ccgate_requests_total{gateway="default",method="login",outcome="upstream_unavailable"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"ccgate_signins_total{gateway="default",result="upstream_error"} 1"#), "{m}");
     h.stop().await;
 }
 
@@ -40,7 +43,7 @@ async fn readiness_says_why_the_gateway_is_not_usable() {
     let r = h.send(Method::GET, &format!("{}/gatewayz", h.admin), &[], "").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
     assert_eq!(r.json()["gateway"], "connect_failed", "{}", r.text);
-    assert!(h.metrics().await.contains("ccgate_gateway_up 0"));
+    assert!(h.metrics().await.contains("ccgate_gateway_up{gateway=\"default\"} 0"));
     h.stop().await;
 
     // Configured to require the gateway: not ready.
@@ -67,7 +70,7 @@ async fn readiness_says_why_the_gateway_is_not_usable() {
     let r = h.send(Method::GET, &format!("{}/gatewayz", h.admin), &[], "").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
     assert_eq!(r.json()["gateway"], "tls_failed", "{}", r.text);
-    assert!(h.metrics().await.contains("ccgate_gateway_up 0"));
+    assert!(h.metrics().await.contains("ccgate_gateway_up{gateway=\"default\"} 0"));
     let r = h.call(Method::POST, "/v1/session", Some("153"), "").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "requests fail the same way: {}", r.text);
     assert_eq!(h.sim.count(GatewayMethod::Login), 0, "no request got through");
@@ -123,6 +126,6 @@ async fn wrong_gateway_password_is_a_gateway_refusal_without_the_password() {
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text);
     assert_eq!(problem(&r)["retcode"], "100-004");
     assert!(!r.text.contains(common::PASSWORD));
-    assert!(h.metrics().await.contains(r#"ccgate_signins_total{result="rejected"} 1"#));
+    assert!(h.metrics().await.contains(r#"ccgate_signins_total{gateway="default",result="rejected"} 1"#));
     h.stop().await;
 }

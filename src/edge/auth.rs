@@ -39,7 +39,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use crate::config::{AuthConfig, Cidr, KeySource, ProviderConfig};
+use crate::config::{AuthConfig, Cidr, GatewayConfig, KeySource, ProviderConfig};
 use crate::gateway::parse_agent_id;
 use crate::jwks::remote::{OnChange, RemoteKeys};
 use crate::jwks::KeySet;
@@ -73,6 +73,71 @@ pub struct Authenticator {
     /// `ccgate_auth_throttled_total`, `ccgate_auth_refusals_remembered_total`.
     counters: Option<(prometheus::IntCounter, prometheus::IntCounter)>,
     ttl: u64,
+    /// Which gateway a verified token is for.
+    routing: Routing,
+}
+
+/// Which gateway (contact centre) a verified token is for, from the token only: its
+/// provider's `gateway`, or `auth.gateway_claim` matched against each gateway's `tenants`.
+/// Nothing the client controls outside the signed token takes part.
+#[derive(Debug)]
+struct Routing {
+    /// `auth.gateway_claim` (`None`: not configured).
+    claim: Option<String>,
+    /// Tenant value → gateway index.
+    tenants: HashMap<String, usize>,
+    /// Gateways configured; with one and nothing else configured, every token is for it.
+    count: usize,
+}
+
+impl Default for Routing {
+    /// One gateway, no claim: every token is for it.
+    fn default() -> Self {
+        Self { claim: None, tenants: HashMap::new(), count: 1 }
+    }
+}
+
+impl Routing {
+    /// `gateways`: the running gateways in index order (a reload cannot add or remove one:
+    /// tenants of a gateway not running yet are left out until the restart).
+    fn new(cfg: &AuthConfig, gateways: &[GatewayConfig]) -> Self {
+        let tenants =
+            gateways.iter().enumerate().flat_map(|(i, g)| g.tenants.iter().map(move |t| (t.clone(), i))).collect();
+        let claim = (!cfg.gateway_claim.is_empty()).then(|| cfg.gateway_claim.clone());
+        Self { claim, tenants, count: gateways.len().max(1) }
+    }
+
+    /// The provider's gateway as an index (`None`: it names none, or one not running).
+    fn index_of(gateways: &[GatewayConfig], name: Option<&str>) -> Option<usize> {
+        gateways.iter().position(|g| Some(g.name.as_str()) == name)
+    }
+
+    /// The gateway of a token verified by a provider whose own gateway is `by_provider`.
+    /// Refused (`no_gateway`) when the token maps to none, or to two different ones.
+    fn route(&self, by_provider: Option<usize>, claims: &Map<String, Value>) -> Result<usize, Reason> {
+        let by_claim = match &self.claim {
+            None => None,
+            Some(c) => {
+                let value = match claims.get(c) {
+                    Some(Value::String(s)) => Some(s.clone()),
+                    Some(Value::Number(n)) => Some(n.to_string()),
+                    _ => None,
+                };
+                match value.and_then(|v| self.tenants.get(&v).copied()) {
+                    Some(i) => Some(i),
+                    // A claim that names no gateway is refused, unless the provider decides.
+                    None if by_provider.is_none() => return Err(Reason::NoGateway),
+                    None => None,
+                }
+            }
+        };
+        match (by_provider, by_claim) {
+            (Some(p), Some(c)) if p != c => Err(Reason::NoGateway),
+            (Some(g), _) | (None, Some(g)) => Ok(g),
+            (None, None) if self.count == 1 => Ok(0),
+            (None, None) => Err(Reason::NoGateway),
+        }
+    }
 }
 
 /// One identity provider, ready to verify.
@@ -84,6 +149,8 @@ struct Provider {
     allowed: Vec<Algorithm>,
     agent_claim: String,
     tenant_claim: String,
+    /// The gateway all its tokens are for (`gateway` of `[[auth.providers]]`).
+    gateway: Option<usize>,
 }
 
 enum Keys {
@@ -291,6 +358,7 @@ impl Authenticator {
     /// change, so a reload does not refetch or lose keys. Errors name the provider and file.
     pub fn from_config(
         cfg: &AuthConfig,
+        gateways: &[GatewayConfig],
         metrics: &Metrics,
         previous: Option<&Authenticator>,
         on_change: Option<OnChange>,
@@ -346,12 +414,13 @@ impl Authenticator {
                 allowed,
                 agent_claim: p.agent_claim.clone(),
                 tenant_claim: p.tenant_claim.clone(),
+                gateway: Routing::index_of(gateways, p.gateway.as_deref()),
             });
         }
         if providers.is_empty() {
             return Err("no identity provider configured".into());
         }
-        let mut a = Self::assemble(cfg, providers)?;
+        let mut a = Self::assemble(cfg, providers, Routing::new(cfg, gateways))?;
         a.counters = Some((metrics.auth_throttled(), metrics.auth_refusals_remembered()));
         Ok(a)
     }
@@ -373,12 +442,13 @@ impl Authenticator {
             allowed,
             agent_claim: p.agent_claim,
             tenant_claim: p.tenant_claim,
+            gateway: None,
         };
-        Self::assemble(cfg, vec![provider])
+        Self::assemble(cfg, vec![provider], Routing::default())
     }
 
     /// The caches, budgets and allowances around `providers`, as `cfg` sets them.
-    fn assemble(cfg: &AuthConfig, providers: Vec<Provider>) -> Result<Self, String> {
+    fn assemble(cfg: &AuthConfig, providers: Vec<Provider>, routing: Routing) -> Result<Self, String> {
         let trusted = cfg
             .trusted_proxies
             .iter()
@@ -398,6 +468,7 @@ impl Authenticator {
             verifications: tokio::sync::Semaphore::new(concurrent),
             counters: None,
             ttl: cfg.cache_ttl_secs,
+            routing,
         })
     }
 
@@ -593,7 +664,7 @@ impl Authenticator {
         let provider = &self.providers[index];
         // Read before the keys, so a removal racing this check voids what it caches.
         let removals = provider.removals();
-        match verify_with(provider, token, self.leeway) {
+        match verify_with(provider, &self.routing, token, self.leeway) {
             Ok((principal, exp)) => {
                 if let (Some(c), Some(k)) = (&self.cache, key) {
                     let until = exp.saturating_add(self.leeway).min(now.saturating_add(self.ttl));
@@ -654,7 +725,7 @@ fn hs256_key(path: &std::path::Path) -> Result<DecodingKey, String> {
 }
 
 /// Full verification by one provider; returns the principal and the token's `exp`.
-fn verify_with(p: &Provider, token: &str, leeway: u64) -> Result<(Principal, u64), Refused> {
+fn verify_with(p: &Provider, routing: &Routing, token: &str, leeway: u64) -> Result<(Principal, u64), Refused> {
     let refuse = |r| Refused::Token(r);
     let (alg, kid) = peek_header(token).map_err(refuse)?;
     let alg = match alg.as_str() {
@@ -717,7 +788,8 @@ fn verify_with(p: &Provider, token: &str, leeway: u64) -> Result<(Principal, u64
         _ => None,
     };
     let exp = data.claims.get("exp").and_then(Value::as_u64).ok_or(refuse(Reason::MissingClaim))?;
-    Ok((Principal { agent_id: agent.to_string(), tenant }, exp))
+    let gateway = routing.route(p.gateway, &data.claims).map_err(refuse)?;
+    Ok((Principal { agent_id: agent.to_string(), tenant, gateway }, exp))
 }
 
 /// The payload's `iss`, unverified: only to pick the provider that then verifies everything.
@@ -815,7 +887,7 @@ mod tests {
     }
 
     fn who(a: &str) -> Principal {
-        Principal { agent_id: a.into(), tenant: None }
+        Principal::agent(a)
     }
 
     #[test]

@@ -32,6 +32,7 @@ use crate::gateway::{timing, GatewayMethod, BASE_PATH};
 use crate::metrics::{GaugeGuard, Metrics, Outcome};
 use crate::ops::limits::LimitState;
 use crate::ops::method::MethodLabel;
+use crate::ops::principal::AuthFailureReason;
 use crate::ops::{Core, Failure, Principal};
 use crate::server::body::Body;
 use crate::server::Handler;
@@ -109,6 +110,8 @@ impl Target {
 /// A request as the access log and the metrics see it once it is answered.
 struct Handled {
     label: MethodLabel,
+    /// The gateway the token named (index), once authenticated.
+    gateway: Option<usize>,
     /// The matched route's path template ("-" when none matched): never the raw path.
     route: &'static str,
     agent: Option<String>,
@@ -133,9 +136,9 @@ impl Handler for Proxy {
         span.record("trace_id", tracing::field::display(trace.trace_id()));
         let trace_id = trace.trace_id;
         let (handled, upstream) = timing::measure(trace, || self.serve(req, &rid).instrument(span)).await;
-        let Handled { label, route, agent, client, mut response, outcome } = handled;
+        let Handled { label, gateway, route, agent, client, mut response, outcome } = handled;
         let elapsed = started.elapsed();
-        self.metrics.record_request(label, outcome, elapsed);
+        self.metrics.record_request(gateway, label, outcome, elapsed);
         tracing::info!(
             target: "ccgate::access",
             request_id = rid.to_str().unwrap_or("-"),
@@ -143,6 +146,7 @@ impl Handler for Proxy {
             http_method = %http_method,
             method = label.as_str(),
             route,
+            gateway = gateway.map_or("-", |g| self.core.gateway_name(g)),
             agent = agent.as_deref().unwrap_or("-"),
             client = %ClientField(client),
             status = response.status().as_u16(),
@@ -166,7 +170,7 @@ impl Proxy {
         let client = tracing::enabled!(target: "ccgate::access", tracing::Level::INFO)
             .then(|| peer.map(|p| self.auth.load().client_address(p, req.headers())))
             .flatten();
-        let (label, route, agent, result, limit) = match Target::resolve(req.method(), req.uri().path()) {
+        let (label, route, who, result, limit) = match Target::resolve(req.method(), req.uri().path()) {
             Err(f) => (MethodLabel::Unmatched, "-", None, Err(f), None),
             Ok(target) => {
                 let (label, route) = (target.label(), target.route());
@@ -174,11 +178,13 @@ impl Proxy {
                     Err(f) => (label, route, None, Err(f), None),
                     Ok(who) => {
                         let (result, limit) = self.operate(target, &who, label, req).await;
-                        (label, route, Some(who.agent_id), result, limit)
+                        (label, route, Some(who), result, limit)
                     }
                 }
             }
         };
+        let gateway = who.as_ref().map(|w| w.gateway);
+        let agent = who.map(|w| w.agent_id);
         let (mut response, outcome) = match result {
             Ok(r) => r,
             Err(f) => {
@@ -190,7 +196,7 @@ impl Proxy {
         if let Some(state) = &limit {
             render::limit_headers(state, response.headers_mut());
         }
-        Handled { label, route, agent, client, response, outcome }
+        Handled { label, gateway, route, agent, client, response, outcome }
     }
 
     /// Body, parse, run, render: the phases after authentication.
@@ -245,7 +251,11 @@ impl Proxy {
                 let auth = self.auth.load();
                 let client = peer.map(|p| auth.client_address(p, headers));
                 self.refusals.refused(reason, auth.known_issuer(headers), client);
-                Failure::Unauthenticated(reason)
+                match reason {
+                    // A valid token, for no gateway here: 403, not "get a new token".
+                    AuthFailureReason::NoGateway => Failure::NoGateway,
+                    _ => Failure::Unauthenticated(reason),
+                }
             }
             // Whole seconds, rounded up, at least 1 (as Retry-After wants).
             auth::Refused::Throttled(wait) => Failure::Throttled(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),

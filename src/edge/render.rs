@@ -79,6 +79,14 @@ pub fn spec(f: &Failure) -> &'static Spec {
             Ccg("CCG-401")
         ),
         Failure::Forbidden(_) => row!(FORBIDDEN, Forbidden, "forbidden", "Forbidden", "forbidden", Ccg("CCG-403")),
+        Failure::NoGateway => row!(
+            FORBIDDEN,
+            Forbidden,
+            "no-gateway",
+            "No gateway for this token",
+            "the token names no contact centre this ccgate serves, or more than one; nothing was sent to any gateway",
+            Ccg("CCG-403")
+        ),
         Failure::NotChairperson(None) => row!(
             FORBIDDEN,
             NotChairperson,
@@ -456,6 +464,7 @@ pub fn auth_detail(r: AuthFailureReason) -> &'static str {
         AuthFailureReason::MissingAgent => "the token does not name an agent",
         AuthFailureReason::InvalidAgent => "the token's agent is not a work number in 101..999999",
         AuthFailureReason::Crit => "the token's crit header names an extension ccgate does not understand",
+        AuthFailureReason::NoGateway => "the token names no contact centre this ccgate serves, or more than one",
     }
 }
 
@@ -527,6 +536,7 @@ mod tests {
             match f {
                 Failure::Unauthenticated(_)
                 | Failure::Forbidden(_)
+                | Failure::NoGateway
                 | Failure::NotChairperson(_)
                 | Failure::NoConference(_)
                 | Failure::NoSession
@@ -558,6 +568,7 @@ mod tests {
         vec![
             Failure::Unauthenticated(AuthFailureReason::Expired),
             Failure::Forbidden("x"),
+            Failure::NoGateway,
             Failure::NotChairperson(None),
             Failure::NoConference(None),
             Failure::NoSession,

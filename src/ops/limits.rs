@@ -1,4 +1,5 @@
-//! Rate limits: per-method limits per agent, per tenant and global, on governor's GCRA.
+//! Rate limits: per-method limits per agent, per tenant, per gateway and global, on governor's
+//! GCRA. An agent is (gateway, work number): agent 1001 of two contact centres has two buckets.
 //!
 //! Each limit is `rate` (requests per second, sustained) plus `burst`. A refused operation
 //! never reaches the gateway; the edge renders the refusal (429, `Retry-After`, the IETF
@@ -108,9 +109,19 @@ impl ShrinkableKeyedStateStore<String> for CappedStore {
 type Keyed = RateLimiter<String, CappedStore, TokioClock, StateInformationMiddleware>;
 type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
 
+/// The limiter of one limit. Indexed by gateway where the scope needs it: agent buckets per
+/// gateway (work numbers repeat across contact centres), one per gateway for `gateway`.
 enum Limiter {
-    Keyed(Keyed),
-    Global(Direct),
+    /// `agent`: one per gateway; `tenant`: one.
+    Keyed(Vec<Keyed>),
+    /// `gateway`: one per gateway; `global`: one.
+    Direct(Vec<Direct>),
+}
+
+/// The limiter of gateway `i` (`i` comes from the authenticator, which knows the same
+/// gateways; past the end is a bug, judged by the last rather than a panic).
+fn of<T>(v: &[T], i: usize) -> &T {
+    &v[i.min(v.len() - 1)]
 }
 
 pub struct Limit {
@@ -124,6 +135,9 @@ pub struct Limit {
     /// Time between two requests at the sustained rate (GCRA's emission interval).
     interval: Duration,
     limiter: Limiter,
+    /// Each gateway's key in the shared store: its namespace (agent buckets) and name
+    /// (gateway buckets).
+    gateways: Arc<[(Arc<str>, Arc<str>)]>,
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -132,23 +146,28 @@ fn ceil_secs(d: Duration) -> u64 {
 }
 
 impl Limit {
-    fn new(cfg: LimitConfig, max_keys: usize, metrics: &Metrics) -> Self {
+    fn new(cfg: LimitConfig, max_keys: usize, metrics: &Metrics, gateways: Arc<[(Arc<str>, Arc<str>)]>) -> Self {
         let period = Duration::from_secs_f64(1.0 / cfg.rate).max(Duration::from_nanos(1));
         let burst = NonZeroU32::new(cfg.burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN)).allow_burst(burst);
         let name: Arc<str> = format!("{}.{}", cfg.method.replace('*', "all"), cfg.scope.as_str()).into();
+        let per_gateway = gateways.len().max(1);
+        let direct = || RateLimiter::direct_with_clock(quota, TokioClock).with_middleware();
+        let keyed = || {
+            let overflow = metrics.rate_limiter_overflow(&name);
+            let store = CappedStore { map: DashMapStateStore::default(), cap: max_keys, overflow };
+            let plain: RateLimiter<String, CappedStore, TokioClock, NoOpMiddleware<TokioInstant>> =
+                RateLimiter::new(quota, store, TokioClock);
+            plain.with_middleware()
+        };
         let limiter = match cfg.scope {
-            Scope::Global => Limiter::Global(RateLimiter::direct_with_clock(quota, TokioClock).with_middleware()),
-            Scope::Agent | Scope::Tenant => {
-                let overflow = metrics.rate_limiter_overflow(&name);
-                let store = CappedStore { map: DashMapStateStore::default(), cap: max_keys, overflow };
-                let plain: RateLimiter<String, CappedStore, TokioClock, NoOpMiddleware<TokioInstant>> =
-                    RateLimiter::new(quota, store, TokioClock);
-                Limiter::Keyed(plain.with_middleware())
-            }
+            Scope::Global => Limiter::Direct(vec![direct()]),
+            Scope::Gateway => Limiter::Direct((0..per_gateway).map(|_| direct()).collect()),
+            Scope::Tenant => Limiter::Keyed(vec![keyed()]),
+            Scope::Agent => Limiter::Keyed((0..per_gateway).map(|_| keyed()).collect()),
         };
         let window_secs = ceil_secs(period * cfg.burst);
-        Self { cfg, no_tenant: "-".into(), name, window_secs, interval: period, limiter }
+        Self { cfg, no_tenant: "-".into(), name, window_secs, interval: period, limiter, gateways }
     }
 
     fn state(&self, remaining: u32, reset_secs: u64) -> LimitState {
@@ -165,10 +184,10 @@ impl Limit {
     fn check(&self, who: &Principal) -> Result<u32, Duration> {
         let now = TokioClock.now();
         let outcome = match &self.limiter {
-            Limiter::Global(l) => l.check(),
+            Limiter::Direct(l) => of(l, who.gateway).check(),
             Limiter::Keyed(l) => match self.cfg.scope {
-                Scope::Tenant => l.check_key(who.tenant.as_ref().unwrap_or(&self.no_tenant)),
-                _ => l.check_key(&who.agent_id),
+                Scope::Tenant => l[0].check_key(who.tenant.as_ref().unwrap_or(&self.no_tenant)),
+                _ => of(l, who.gateway).check_key(&who.agent_id),
             },
         };
         match outcome {
@@ -183,19 +202,24 @@ impl Limit {
         shared: &dyn SharedStore,
         who: &Principal,
     ) -> Result<Result<u32, Duration>, StoreError> {
+        let (namespace, gateway) = match self.gateways.get(who.gateway) {
+            Some((ns, name)) => (&**ns, &**name),
+            None => ("", ""),
+        };
         let key = match self.cfg.scope {
             Scope::Agent => who.agent_id.as_str(),
             Scope::Tenant => who.tenant.as_deref().unwrap_or(&self.no_tenant),
+            Scope::Gateway => gateway,
             Scope::Global => "",
         };
-        let bucket = Bucket { limit: &self.name, scope: self.cfg.scope, key };
+        let bucket = Bucket { limit: &self.name, scope: self.cfg.scope, key, namespace };
         shared.gcra(bucket, self.interval, self.cfg.burst).await
     }
 
     fn keys(&self) -> usize {
         match &self.limiter {
-            Limiter::Keyed(l) => l.len(),
-            Limiter::Global(_) => 0,
+            Limiter::Keyed(l) => l.iter().map(|l| l.len()).sum(),
+            Limiter::Direct(_) => 0,
         }
     }
 }
@@ -211,16 +235,28 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Builds every configured limit. Fails naming the key when a limit names no method
-    /// ccgate knows (`check-config` builds them too, so it reports the same error as `serve`).
+    /// [`Limits::for_gateways`] for one gateway, the default one.
     pub fn new(cfg: &RateLimitsConfig, metrics: Metrics) -> Result<Self, String> {
+        Self::for_gateways(cfg, &[crate::config::DEFAULT_GATEWAY_NAME.into()], metrics)
+    }
+
+    /// Builds every configured limit for these gateways (by name, in config order). Fails
+    /// naming the key when a limit names no method ccgate knows (`check-config` builds them
+    /// too, so it reports the same error as `serve`). `max_keys` bounds each keyed limiter:
+    /// an agent limit's per gateway.
+    pub fn for_gateways(cfg: &RateLimitsConfig, gateways: &[String], metrics: Metrics) -> Result<Self, String> {
+        let gateways: Arc<[(Arc<str>, Arc<str>)]> =
+            gateways.iter().map(|n| (crate::config::namespace_of(n).into(), n.as_str().into())).collect();
         for (i, l) in cfg.limit.iter().enumerate() {
             if l.method != "*" && MethodLabel::from_name(&l.method).is_none() {
                 return Err(format!("rate_limits.limit.method: limit {i}: unknown method {:?}", l.method));
             }
         }
-        let all: Vec<Arc<Limit>> =
-            cfg.limit.iter().map(|l| Arc::new(Limit::new(l.clone(), cfg.max_keys, &metrics))).collect();
+        let all: Vec<Arc<Limit>> = cfg
+            .limit
+            .iter()
+            .map(|l| Arc::new(Limit::new(l.clone(), cfg.max_keys, &metrics, gateways.clone())))
+            .collect();
         let by_method = MethodLabel::all()
             .map(|label| {
                 // Agent, then tenant, then global: the most specific limit trips first.
@@ -309,9 +345,11 @@ impl Limits {
     /// Evicts idle keys and refreshes the key gauges.
     pub fn evict(&self) {
         for l in &self.all {
-            if let Limiter::Keyed(k) = &l.limiter {
-                k.retain_recent();
-                k.shrink_to_fit();
+            if let Limiter::Keyed(ks) = &l.limiter {
+                for k in ks {
+                    k.retain_recent();
+                    k.shrink_to_fit();
+                }
             }
             self.metrics.set_rate_limiter_keys(&l.name, l.keys());
         }
@@ -361,7 +399,7 @@ mod tests {
         use crate::shared::memory::MemoryHub;
         let hub = MemoryHub::new(Duration::from_secs(3));
         let stop = MethodLabel::Gateway(crate::gateway::GatewayMethod::StopVoiceToConf);
-        let who = Principal { agent_id: "153".into(), tenant: None };
+        let who = Principal::agent("153");
         let cfg = RateLimitsConfig {
             limit: vec![LimitConfig { rate: 1.0, burst: 2, ..limit("stopVoiceToConf") }],
             ..RateLimitsConfig::default()

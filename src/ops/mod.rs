@@ -22,7 +22,7 @@ use crate::config::{ms, UnknownChair};
 use crate::gateway::{GatewayMethod, GatewayRefusal, GatewayReply};
 use crate::session::conference::apply_success;
 use crate::session::events::BufferedEvent;
-use crate::session::{ConfState, Listening, Session, SessionError, SessionStore, SignInOptions, Snapshot};
+use crate::session::{ConfState, Gateways, Listening, Session, SessionError, SessionStore, SignInOptions, Snapshot};
 pub use failure::Failure;
 use limits::{LimitState, Limits};
 use method::MethodLabel;
@@ -116,7 +116,8 @@ impl CoreSettings {
 }
 
 pub struct Core {
-    pub sessions: Arc<SessionStore>,
+    /// Every gateway's agents; the principal's gateway picks the store.
+    pub gateways: Arc<Gateways>,
     /// Both swapped whole by a reload: a request keeps the limits it started with; settings
     /// are read where used.
     pub limits: Arc<ArcSwap<Limits>>,
@@ -124,8 +125,23 @@ pub struct Core {
 }
 
 impl Core {
+    /// A core for one gateway's agents.
     pub fn new(sessions: Arc<SessionStore>, limits: Arc<Limits>, settings: CoreSettings) -> Self {
-        Self { sessions, limits: Arc::new(ArcSwap::new(limits)), settings: Arc::new(ArcSwap::from_pointee(settings)) }
+        Self::with_gateways(Gateways::one(sessions), limits, settings)
+    }
+
+    pub fn with_gateways(gateways: Arc<Gateways>, limits: Arc<Limits>, settings: CoreSettings) -> Self {
+        Self { gateways, limits: Arc::new(ArcSwap::new(limits)), settings: Arc::new(ArcSwap::from_pointee(settings)) }
+    }
+
+    /// Gateway `i`'s name (logs).
+    pub fn gateway_name(&self, i: usize) -> &str {
+        self.gateways.name(i)
+    }
+
+    /// The first gateway's store (the only one in most deployments; tests).
+    pub fn sessions(&self) -> &Arc<SessionStore> {
+        self.gateways.first()
     }
 
     fn settings(&self) -> CoreSettings {
@@ -136,33 +152,40 @@ impl Core {
     /// sign-in through `/v1/session` stays `login`), which the limits are keyed by.
     pub async fn run(&self, who: &Principal, label: MethodLabel, op: Operation) -> Answer {
         let limits = self.limits.load_full();
+        let sessions = self.gateways.get(who.gateway);
         let limit = match limits.check(label, who).await {
             Ok(state) => state,
             Err(failure) => {
                 // Refused: the agent's view says so (a lookup only on this path).
-                if let (Failure::RateLimited(r), Some(s)) = (&failure, self.sessions.current(&who.agent_id)) {
+                if let (Failure::RateLimited(r), Some(s)) = (&failure, sessions.current(&who.agent_id)) {
                     s.note_limit(snapshot(&r.state, true));
                 }
                 return Answer { result: Err(failure), limit: None };
             }
         };
-        Answer { result: self.execute(&who.agent_id, op, limit.as_ref()).await, limit }
+        Answer { result: self.execute(sessions, &who.agent_id, op, limit.as_ref()).await, limit }
     }
 
-    async fn execute(&self, agent: &str, op: Operation, limit: Option<&LimitState>) -> Result<Done, Failure> {
+    async fn execute(
+        &self,
+        sessions: &SessionStore,
+        agent: &str,
+        op: Operation,
+        limit: Option<&LimitState>,
+    ) -> Result<Done, Failure> {
         match op {
             Operation::SignIn { opts, refuse_if_signed_in } => {
-                if refuse_if_signed_in && self.sessions.lookup(agent).await.is_ok() {
+                if refuse_if_signed_in && sessions.lookup(agent).await.is_ok() {
                     return Err(Failure::AlreadySignedIn(None));
                 }
-                let (session, created) = self.sessions.sign_in(agent, opts).await?;
+                let (session, created) = sessions.sign_in(agent, opts).await?;
                 session.touch();
                 Ok(Done::SignedIn { session: session.snapshot(), created })
             }
-            Operation::GetSession => Ok(Done::Session(self.session(agent, limit).await?.snapshot())),
-            Operation::SignOut(method) => Ok(Done::SignedOut(self.sessions.sign_out(agent, method).await?)),
+            Operation::GetSession => Ok(Done::Session(session(sessions, agent, limit).await?.snapshot())),
+            Operation::SignOut(method) => Ok(Done::SignedOut(sessions.sign_out(agent, method).await?)),
             Operation::Call { method, body } => {
-                self.with_session(agent, limit, |s| {
+                self.with_session(sessions, agent, limit, |s| {
                     let body = body.clone();
                     async move {
                         let reply = self.call(&s, method, body).await?;
@@ -172,21 +195,14 @@ impl Core {
                 .await
             }
             Operation::CreateConference { body } => {
-                self.with_session(agent, limit, |s| self.create_conference(s, body.clone())).await
+                self.with_session(sessions, agent, limit, |s| self.create_conference(s, body.clone())).await
             }
             Operation::NextEvent => {
-                let session = self.session(agent, limit).await?;
+                let session = session(sessions, agent, limit).await?;
                 Ok(Done::Event(self.next_event(&session).await))
             }
-            Operation::Subscribe => Ok(Done::Subscribed(self.session(agent, limit).await?.listening())),
+            Operation::Subscribe => Ok(Done::Subscribed(session(sessions, agent, limit).await?.listening())),
         }
-    }
-
-    /// The agent's live session, counting the request as activity (and its limit state).
-    async fn session(&self, agent: &str, limit: Option<&LimitState>) -> Result<Arc<Session>, Failure> {
-        let session = self.sessions.lookup(agent).await?;
-        touch(&session, limit);
-        Ok(session)
     }
 
     /// Runs `op` with the agent's session, counting it as activity. With `sessions.resume`,
@@ -194,16 +210,22 @@ impl Core {
     /// with the new Guid: never a loop, and a Guid the gateway refused is never presented
     /// again. Only sessions signed in with the credentials file are resumed; ccgate does not
     /// keep a password a client sent.
-    async fn with_session<F, Fut>(&self, agent: &str, limit: Option<&LimitState>, mut op: F) -> Result<Done, Failure>
+    async fn with_session<F, Fut>(
+        &self,
+        sessions: &SessionStore,
+        agent: &str,
+        limit: Option<&LimitState>,
+        mut op: F,
+    ) -> Result<Done, Failure>
     where
         F: FnMut(Arc<Session>) -> Fut,
         Fut: Future<Output = Result<Done, Failure>>,
     {
         let mut resumed = false;
-        let session = match self.sessions.lookup(agent).await {
-            Err(SessionError::Lost) if self.may_resume(agent) => {
+        let session = match sessions.lookup(agent).await {
+            Err(SessionError::Lost) if self.may_resume(sessions, agent) => {
                 resumed = true;
-                self.resume(agent).await?
+                resume(sessions, agent).await?
             }
             other => other?,
         };
@@ -211,7 +233,7 @@ impl Core {
         let resumable = session.resumable;
         match op(session).await {
             Err(Failure::SessionLost(_)) if self.settings().resume && resumable && !resumed => {
-                let session = self.resume(agent).await?;
+                let session = resume(sessions, agent).await?;
                 session.touch();
                 op(session).await
             }
@@ -219,13 +241,8 @@ impl Core {
         }
     }
 
-    fn may_resume(&self, agent: &str) -> bool {
-        self.settings().resume && self.sessions.current(agent).is_some_and(|s| s.resumable)
-    }
-
-    async fn resume(&self, agent: &str) -> Result<Arc<Session>, Failure> {
-        tracing::info!(agent, "gateway session lost; signing in again (sessions.resume)");
-        Ok(self.sessions.sign_in(agent, SignInOptions::default()).await?.0)
+    fn may_resume(&self, sessions: &SessionStore, agent: &str) -> bool {
+        self.settings().resume && sessions.current(agent).is_some_and(|s| s.resumable)
     }
 
     /// One gateway call as the session: the chair check first for chair-only methods, then
@@ -294,8 +311,22 @@ impl Core {
     }
 }
 
-/// A gateway answer as an operation's result: retcode "0" is success; anything else is the
-/// gateway's refusal, classified.
+/// The agent's live session, counting the request as activity (and its limit state).
+async fn session(sessions: &SessionStore, agent: &str, limit: Option<&LimitState>) -> Result<Arc<Session>, Failure> {
+    let session = sessions.lookup(agent).await?;
+    touch(&session, limit);
+    Ok(session)
+}
+
+async fn resume(sessions: &SessionStore, agent: &str) -> Result<Arc<Session>, Failure> {
+    tracing::info!(
+        agent,
+        gateway = &*sessions.identity.name,
+        "gateway session lost; signing in again (sessions.resume)"
+    );
+    Ok(sessions.sign_in(agent, SignInOptions::default()).await?.0)
+}
+
 /// A request's activity on `session`, with the tightest limit's state when a limit applied.
 fn touch(session: &Session, limit: Option<&LimitState>) {
     session.touch();
@@ -315,6 +346,8 @@ fn snapshot(l: &LimitState, refused: bool) -> crate::session::LimitSnapshot {
     }
 }
 
+/// A gateway answer as an operation's result: retcode "0" is success; anything else is the
+/// gateway's refusal, classified.
 fn judge(sent: Result<GatewayReply, SessionError>) -> Result<GatewayReply, Failure> {
     let reply = sent?;
     if reply.envelope.is_success() {

@@ -9,6 +9,17 @@ pub struct Principal {
     pub agent_id: String,
     /// The tenant the token names (`auth.tenant_claim`), for per-tenant rate limits.
     pub tenant: Option<String>,
+    /// The gateway (contact centre) the token is for: its index in the configured gateways,
+    /// chosen from the verified token only (`auth.gateway_claim` or the provider's `gateway`).
+    /// An agent is this and the work number.
+    pub gateway: usize,
+}
+
+impl Principal {
+    /// An agent of the first (or only) gateway with no tenant (tests and tools).
+    pub fn agent(agent_id: &str) -> Self {
+        Self { agent_id: agent_id.into(), tenant: None, gateway: 0 }
+    }
 }
 
 label_enum! {
@@ -27,5 +38,6 @@ label_enum! {
         MissingAgent => "missing_agent",
         InvalidAgent => "invalid_agent",
         Crit => "crit",
+        NoGateway => "no_gateway",
     }
 }

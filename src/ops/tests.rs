@@ -17,7 +17,7 @@ const AGENT: &str = "153";
 const STOP: MethodLabel = MethodLabel::Gateway(GatewayMethod::StopVoiceToConf);
 
 fn who() -> Principal {
-    Principal { agent_id: AGENT.into(), tenant: None }
+    Principal::agent(AGENT)
 }
 
 fn settings(resume: bool) -> CoreSettings {
@@ -42,7 +42,7 @@ fn new_core(gw: &Arc<FakeGateway>, resume: bool) -> Core {
 async fn sign_in(core: &Core) -> Arc<Session> {
     let op = Operation::SignIn { opts: SignInOptions::default(), refuse_if_signed_in: false };
     match core.run(&who(), MethodLabel::Gateway(GatewayMethod::Login), op).await.result {
-        Ok(Done::SignedIn { session, .. }) => core.sessions.active(&session.agent_id).unwrap(),
+        Ok(Done::SignedIn { session, .. }) => core.sessions().active(&session.agent_id).unwrap(),
         other => panic!("sign-in: {other:?}"),
     }
 }
@@ -156,7 +156,7 @@ async fn without_resume_or_with_a_clients_own_password_a_lost_session_stays_lost
         SignInOptions { body: Some(Bytes::from_static(br#"{"password":"p","phonenum":"1"}"#)), ..Default::default() };
     let op = Operation::SignIn { opts, refuse_if_signed_in: true };
     assert!(core.run(&who(), MethodLabel::Gateway(GatewayMethod::Login), op).await.result.is_ok());
-    core.sessions.active(AGENT).unwrap().update_conf(|_| ConfState::Unknown).await;
+    core.sessions().active(AGENT).unwrap().update_conf(|_| ConfState::Unknown).await;
     gw.refuse(GatewayMethod::StopVoiceToConf, "100-006");
     assert!(matches!(core.run(&who(), STOP, stop()).await.result, Err(Failure::SessionLost(Some(_)))));
     assert_eq!(gw.count(GatewayMethod::Login), 1, "ccgate keeps no client password to sign in again with");

@@ -51,7 +51,8 @@ pub type KeysLoaded = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// Readiness facts, set by whoever knows them.
 pub struct Readiness {
-    gateway: Mutex<GatewayState>,
+    /// Each gateway's name and last probe verdict, in config order.
+    gateways: Mutex<Vec<(String, GatewayState)>>,
     /// `admin.ready_requires_gateway`.
     requires_gateway: AtomicBool,
     /// `admin.ready_requires_store`.
@@ -66,7 +67,7 @@ pub struct Readiness {
 impl Default for Readiness {
     fn default() -> Self {
         Self {
-            gateway: Mutex::new(GatewayState::Unchecked),
+            gateways: Mutex::new(vec![(crate::config::DEFAULT_GATEWAY_NAME.into(), GatewayState::Unchecked)]),
             requires_gateway: AtomicBool::new(false),
             requires_store: AtomicBool::new(false),
             keys: std::sync::OnceLock::new(),
@@ -140,29 +141,49 @@ impl Readiness {
         changed
     }
 
-    /// The last probe's verdict.
+    /// The gateways probed (by name, in config order), each unchecked until its first probe.
+    pub fn set_gateway_names(&self, names: &[String]) {
+        *self.gateways.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
+            names.iter().map(|n| (n.clone(), GatewayState::Unchecked)).collect();
+    }
+
+    /// Each gateway's name and last verdict.
+    pub fn gateways(&self) -> Vec<(String, GatewayState)> {
+        self.gateways.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// All gateways in one word: `up` when every one is, else the first one's that is not.
     pub fn gateway(&self) -> GatewayState {
-        *self.gateway.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        let all = self.gateways.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.iter().map(|(_, s)| *s).find(|s| *s != GatewayState::Up).unwrap_or(GatewayState::Up)
     }
 
+    /// At least one gateway is reachable: what `admin.ready_requires_gateway` requires. One
+    /// contact centre's gateway down must not take the replica (and every other contact
+    /// centre's agents) out of its Service.
     pub fn gateway_reachable(&self) -> bool {
-        self.gateway() == GatewayState::Up
+        self.gateways
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|(_, s)| *s == GatewayState::Up)
     }
 
-    /// Records a probe's verdict; returns whether it changed.
-    pub fn set_gateway(&self, state: GatewayState) -> bool {
-        let previous =
-            std::mem::replace(&mut *self.gateway.lock().unwrap_or_else(std::sync::PoisonError::into_inner), state);
-        let changed = previous != state;
+    /// Records gateway `i`'s probe verdict; returns whether it changed.
+    pub fn set_gateway(&self, i: usize, state: GatewayState) -> bool {
+        let mut all = self.gateways.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some((_, slot)) = all.get_mut(i) else { return false };
+        let changed = std::mem::replace(slot, state) != state;
+        drop(all);
         if changed {
             self.changed.notify_waiters();
         }
         changed
     }
 
-    /// Resolves once a probe has given a verdict.
+    /// Resolves once every gateway's probe has given a verdict.
     pub async fn wait_gateway_checked(&self) {
-        self.wait_for(|r| r.gateway() != GatewayState::Unchecked).await
+        self.wait_for(|r| r.gateways().iter().all(|(_, s)| *s != GatewayState::Unchecked)).await
     }
 
     pub fn set_shutting_down(&self) {
@@ -204,9 +225,13 @@ pub type ReloadFn = Arc<
 /// Issuers with fetched keys, and whether each has them.
 pub type IssuersFn = Box<dyn Fn() -> Vec<(String, bool)> + Send + Sync>;
 
-/// The agents view: every agent (`None`) or one, as JSON (an array of agent objects).
+/// The agents view as JSON (an array of agent objects): every agent, or those of one gateway
+/// (by name) and one work number (with its recent events).
 pub type AgentsFn = Arc<
-    dyn Fn(Option<String>) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send>>
+    dyn Fn(
+            Option<String>,
+            Option<String>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = serde_json::Value> + Send>>
         + Send
         + Sync,
 >;
@@ -277,8 +302,10 @@ impl Handler for Admin {
                         "remote_keys": issuers,
                         "store": match r.store() { None => "memory", Some(true) => "up", Some(false) => "down" },
                         "shutting_down": r.shutting_down.load(Ordering::Acquire),
-                        // Reported, and part of the verdict only with admin.ready_requires_gateway.
+                        // Reported, and part of the verdict only with admin.ready_requires_gateway
+                        // (then at least one gateway must be reachable).
                         "gateway": r.gateway().as_str(),
+                        "gateways": gateway_states(r),
                         "gateway_reachable": r.gateway_reachable(),
                         "gateway_required": r.requires_gateway.load(Ordering::Acquire),
                         "store_required": r.requires_store.load(Ordering::Acquire),
@@ -286,9 +313,14 @@ impl Handler for Admin {
                 )
             }
             "/gatewayz" => {
+                // 200 when every gateway is up; each one's state either way.
                 let r = &self.readiness;
-                let status = if r.gateway_reachable() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-                body::json(status, &json!({"gateway": r.gateway().as_str(), "reachable": r.gateway_reachable()}))
+                let all_up = r.gateway() == GatewayState::Up;
+                let status = if all_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+                body::json(
+                    status,
+                    &json!({"gateway": r.gateway().as_str(), "reachable": all_up, "gateways": gateway_states(r)}),
+                )
             }
             _ => body::json(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
         }
@@ -312,7 +344,7 @@ impl Admin {
     async fn status_page(&self) -> Response<Body> {
         let r = &self.readiness;
         let agents = match &self.agents {
-            Some(f) => f(None).await.as_array().cloned().unwrap_or_default(),
+            Some(f) => f(None, None).await.as_array().cloned().unwrap_or_default(),
             None => Vec::new(),
         };
         let facts = super::status_page::Facts {
@@ -335,31 +367,46 @@ impl Admin {
         resp
     }
 
-    /// `GET /agents` (every agent) and `GET /agents/{id}` (one, with its recent events).
+    /// `GET /agents` (every agent), `GET /agents/{id}` (the agent of that work number, with
+    /// its recent events; 409 when several gateways have one) and `GET /agents/{gateway}/{id}`.
     async fn agents(&self, req: &Request<Incoming>) -> Response<Body> {
         let Some(agents) = &self.agents else {
             return body::json(StatusCode::NOT_FOUND, &json!({"error": "no agents here"}));
         };
-        let one = match req.uri().path().strip_prefix("/agents/") {
-            None => None,
-            // The canonical work number (`0153` is agent 153).
-            Some(id) => match crate::gateway::parse_agent_id(id) {
-                Some(n) => Some(n.to_string()),
-                None => {
-                    return body::json(
-                        StatusCode::BAD_REQUEST,
-                        &json!({"error": "an agent is its work number (101..999999)"}),
-                    )
+        let (gateway, one) = match req.uri().path().strip_prefix("/agents/") {
+            None => (None, None),
+            Some(rest) => {
+                let (gateway, id) = match rest.split_once('/') {
+                    Some((g, id)) => (Some(g.to_owned()), id),
+                    None => (None, rest),
+                };
+                // The canonical work number (`0153` is agent 153).
+                match crate::gateway::parse_agent_id(id) {
+                    Some(n) => (gateway, Some(n.to_string())),
+                    None => {
+                        return body::json(
+                            StatusCode::BAD_REQUEST,
+                            &json!({"error": "an agent is its work number (101..999999), after its gateway's name if given"}),
+                        )
+                    }
                 }
-            },
+            }
         };
-        let view = agents(one.clone()).await;
-        match one {
-            None => body::json(StatusCode::OK, &json!({"agents": view})),
-            Some(id) => match view.as_array().and_then(|a| a.first()) {
-                Some(agent) => body::json(StatusCode::OK, agent),
-                None => body::json(StatusCode::NOT_FOUND, &json!({"error": format!("agent {id} is not known here")})),
-            },
+        let view = agents(gateway, one.clone()).await;
+        let Some(id) = one else { return body::json(StatusCode::OK, &json!({"agents": view})) };
+        match view.as_array().map(Vec::as_slice).unwrap_or_default() {
+            [] => body::json(StatusCode::NOT_FOUND, &json!({"error": format!("agent {id} is not known here")})),
+            [agent] => body::json(StatusCode::OK, agent),
+            several => {
+                let names: Vec<&str> = several.iter().filter_map(|a| a["gateway"].as_str()).collect();
+                body::json(
+                    StatusCode::CONFLICT,
+                    &json!({
+                        "error": format!("agent {id} is known on gateways {}: ask for /agents/{{gateway}}/{id}", names.join(", ")),
+                        "gateways": names,
+                    }),
+                )
+            }
         }
     }
 
@@ -379,6 +426,11 @@ impl Admin {
             Err(e) => body::json(StatusCode::UNPROCESSABLE_ENTITY, &json!({"reloaded": false, "error": e})),
         }
     }
+}
+
+/// Each gateway's state by name, for `/readyz` and `/gatewayz`.
+fn gateway_states(r: &Readiness) -> serde_json::Map<String, serde_json::Value> {
+    r.gateways().into_iter().map(|(name, state)| (name, json!(state.as_str()))).collect()
 }
 
 /// A loopback peer, also as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`, what an IPv4

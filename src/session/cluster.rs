@@ -223,27 +223,34 @@ impl Cluster {
     }
 
     /// Follows the change channel and runs the maintenance rounds, for the process's life.
+    /// The tasks run in the caller's span (the store's: their lines name the gateway).
     pub(crate) fn start<H: Host>(self: &Arc<Self>, host: Weak<H>) {
         self.follow(host.clone());
         let me = Arc::downgrade(self);
         let every = self.store.lease_ttl() / 3;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let (Some(cluster), Some(host)) = (me.upgrade(), host.upgrade()) else { return };
-                cluster.maintain(&*host).await;
-            }
-        });
+        let span = tracing::Span::current();
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let (Some(cluster), Some(host)) = (me.upgrade(), host.upgrade()) else { return };
+                    cluster.maintain(&*host).await;
+                }
+            },
+            span,
+        ));
     }
 
     /// Applies every change other replicas announce, for the process's life.
     pub(crate) fn follow<H: Host>(self: &Arc<Self>, host: Weak<H>) {
         let me = Arc::downgrade(self);
+        let span = tracing::Span::current();
         tokio::spawn(self.store.clone().follow(Box::new(move |change| {
             if let (Some(cluster), Some(host)) = (me.upgrade(), host.upgrade()) {
-                tokio::spawn(async move { cluster.on_change(&*host, change).await });
+                let task = async move { cluster.on_change(&*host, change).await };
+                tokio::spawn(tracing::Instrument::instrument(task, span.clone()));
             }
         })));
     }

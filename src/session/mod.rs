@@ -13,7 +13,9 @@
 //! - `poller`: the task that long-polls the gateway for each session.
 //! - `cluster`: the store-wide half on the shared store (adoption, locks, maintenance).
 //! - `replication`: the store-wide seam, chosen once at start (in process, or a `Cluster`).
-//! - `store`: the [`SessionStore`]; `view`: what the admin shows of each agent.
+//! - `store`: the [`SessionStore`] (one gateway's agents); `view`: what the admin shows of
+//!   each agent.
+//! - `gateways`: every gateway's store ([`Gateways`]).
 
 mod agent;
 mod cluster;
@@ -22,6 +24,7 @@ mod copy;
 pub mod credentials;
 mod error;
 pub mod events;
+mod gateways;
 mod link;
 mod pacing;
 mod poller;
@@ -35,8 +38,9 @@ pub use agent::{Listening, Session, Snapshot};
 pub use conference::ConfState;
 pub use credentials::{AgentCredentials, CredentialStore};
 pub use error::{Ended, SessionError};
+pub use gateways::{AgentQuery, Gateways};
 pub use state::{LimitSnapshot, LossReason, SessionState};
-pub use store::{SessionStore, SignInOptions};
+pub use store::{GatewayIdentity, SessionStore, SignInOptions};
 
 #[cfg(test)]
 mod replication_tests;

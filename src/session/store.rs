@@ -12,6 +12,7 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::agent::{lock, Session};
 use super::cluster::{Claim, Host};
@@ -79,7 +80,30 @@ impl std::fmt::Debug for SignInOptions {
     }
 }
 
+/// Which gateway a store's agents belong to.
+#[derive(Debug, Clone)]
+pub struct GatewayIdentity {
+    /// Its name (`gateway` in logs, metrics and views).
+    pub name: Arc<str>,
+    /// Its own bound on agents (`max_agents` of its `[[gateways]]` entry; 0: only
+    /// `sessions.max_agents`, which bounds every gateway's together).
+    pub max_agents: usize,
+}
+
+impl Default for GatewayIdentity {
+    fn default() -> Self {
+        Self { name: crate::config::DEFAULT_GATEWAY_NAME.into(), max_agents: 0 }
+    }
+}
+
+/// The agents of one gateway (contact centre): one store per configured gateway, each with
+/// its own client, credentials and (with Redis) key namespace, so agent 1001 of two gateways
+/// are two agents that share nothing.
 pub struct SessionStore {
+    /// Which gateway.
+    pub identity: GatewayIdentity,
+    /// Every task of this store's sessions runs in it, so their log lines name the gateway.
+    span: tracing::Span,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     gateway: Arc<dyn Gateway>,
     /// Swapped whole by a reload; sign-ins in flight keep the file they started with.
@@ -118,10 +142,27 @@ impl SessionStore {
         shared: Option<Arc<dyn SharedStore>>,
         on_shutdown: ShutdownMode,
     ) -> Arc<Self> {
+        Self::for_gateway(GatewayIdentity::default(), gateway, creds, cfg, metrics, shared, on_shutdown)
+    }
+
+    /// [`SessionStore::with_shared`] for one of several gateways: `metrics` and `shared` are
+    /// that gateway's (`Metrics::gateway`, `SharedStore::for_gateway`).
+    pub fn for_gateway(
+        identity: GatewayIdentity,
+        gateway: Arc<dyn Gateway>,
+        creds: CredentialStore,
+        cfg: SessionsConfig,
+        metrics: Metrics,
+        shared: Option<Arc<dyn SharedStore>>,
+        on_shutdown: ShutdownMode,
+    ) -> Arc<Self> {
         // Sign-in and sign-out wait this long for another replica's, and the cluster-wide
         // lock lives as long: beyond a poll's timeout, so beyond the gateway's.
         let op_wait = ms(cfg.poll_timeout_ms) + Duration::from_secs(1);
+        let span = tracing::info_span!("gateway", gateway = &*identity.name);
         Arc::new_cyclic(|me| Self {
+            identity,
+            span,
             slots: Mutex::new(HashMap::new()),
             gateway,
             creds: ArcSwap::from_pointee(creds),
@@ -137,6 +178,7 @@ impl SessionStore {
 
     /// Follows the other replicas (with the shared store), for the process's life.
     pub fn start_replication(self: &Arc<Self>) {
+        let _in = self.span.enter();
         self.replication.start(Arc::downgrade(self));
     }
 
@@ -206,11 +248,15 @@ impl SessionStore {
                     *flight = Some(rx.clone());
                     let store = self.me.upgrade().ok_or(SessionError::Internal("session store dropped"))?;
                     let (agent, slot) = (agent.to_owned(), slot.clone());
-                    tokio::spawn(async move {
-                        let result = store.lead_sign_in(&agent, &slot, opts).await;
-                        *lock(&slot.flight) = None;
-                        tx.send_replace(Some(result));
-                    });
+                    let span = self.span.clone();
+                    tokio::spawn(
+                        async move {
+                            let result = store.lead_sign_in(&agent, &slot, opts).await;
+                            *lock(&slot.flight) = None;
+                            tx.send_replace(Some(result));
+                        }
+                        .instrument(span),
+                    );
                     (rx, true)
                 }
             }
@@ -410,16 +456,20 @@ impl SessionStore {
 
     fn start_poller(&self, session: &Arc<Session>) {
         let host: Weak<dyn Poller> = self.me.clone();
-        let handle = tokio::spawn(poller::run(session.clone(), host, self.poller_settings()));
+        let handle =
+            tokio::spawn(poller::run(session.clone(), host, self.poller_settings()).instrument(self.span.clone()));
         if let Some(old) = lock(&session.poller).replace(handle) {
             old.abort();
         }
     }
 
-    /// This replica holds `sessions.max_agents` live sessions: no new one, by sign-in or takeover.
+    /// This replica holds `sessions.max_agents` live sessions (every gateway's together), or
+    /// this gateway's own `max_agents`: no new one, by sign-in or takeover.
     fn at_capacity(&self) -> bool {
-        let max = i64::try_from(self.cfg.max_agents).unwrap_or(i64::MAX);
-        self.metrics.sessions_gauge(SessionState::Active).get() >= max
+        let bound = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let here = self.identity.max_agents;
+        (here > 0 && self.metrics.sessions_gauge(SessionState::Active).get() >= bound(here))
+            || self.metrics.active_sessions_all() >= bound(self.cfg.max_agents)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -592,22 +642,25 @@ impl SessionStore {
         for slot in slots {
             let Some(me) = self.me.upgrade() else { return 0 };
             // Each task says whether its agent is left signed in at the gateway.
-            tasks.push(tokio::spawn(async move {
-                let _op = slot.op.lock().await;
-                let Some(s) = slot.session.load_full() else { return false };
-                let mut backoff = settings.backoff;
-                loop {
-                    let Err(e) = me.sign_out_locked(&slot, &s, GatewayMethod::Logout).await else { return false };
-                    me.metrics.count_signout_failure(SignoutTrigger::Shutdown);
-                    if Instant::now() + backoff >= deadline {
-                        tracing::warn!(agent = %s.agent_id, error = %e, "sign-out at shutdown failed; out of time");
-                        return true;
+            tasks.push(tokio::spawn(
+                async move {
+                    let _op = slot.op.lock().await;
+                    let Some(s) = slot.session.load_full() else { return false };
+                    let mut backoff = settings.backoff;
+                    loop {
+                        let Err(e) = me.sign_out_locked(&slot, &s, GatewayMethod::Logout).await else { return false };
+                        me.metrics.count_signout_failure(SignoutTrigger::Shutdown);
+                        if Instant::now() + backoff >= deadline {
+                            tracing::warn!(agent = %s.agent_id, error = %e, "sign-out at shutdown failed; out of time");
+                            return true;
+                        }
+                        tracing::warn!(agent = %s.agent_id, error = %e, "sign-out at shutdown failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(settings.backoff_max);
                     }
-                    tracing::warn!(agent = %s.agent_id, error = %e, "sign-out at shutdown failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(settings.backoff_max);
                 }
-            }));
+                .instrument(self.span.clone()),
+            ));
         }
         let mut left = 0;
         for t in tasks {
@@ -628,13 +681,13 @@ impl SessionStore {
         let mut views = Vec::with_capacity(local.len());
         for s in &local {
             let (polled_by, here) = self.replication.poller_of(&s.agent_id, &s.replica).await;
-            views.push(AgentView::of_session(s, polled_by, here, one.is_some()));
+            views.push(AgentView::of_session(&self.identity.name, s, polled_by, here, one.is_some()));
         }
         let known: Vec<String> = local.iter().map(|s| s.agent_id.clone()).collect();
         let room = MAX_AGENTS_LISTED.saturating_sub(views.len()) + known.len();
         for (agent, record, holder) in self.replication.remote_agents(one, &known, room).await {
             if views.len() < MAX_AGENTS_LISTED {
-                views.push(AgentView::of_record(&agent, &record, holder));
+                views.push(AgentView::of_record(&self.identity.name, &agent, &record, holder));
             }
         }
         views.sort_by_key(|v| v.agent.parse::<u32>().unwrap_or(u32::MAX));
@@ -662,7 +715,8 @@ impl Poller for SessionStore {
     fn sign_out_idle(&self, session: Arc<Session>, idle: Duration) {
         // Signing out stops the poller that asks, so it runs in its own task.
         if let Some(me) = self.me.upgrade() {
-            tokio::spawn(async move { me.sign_out_idle(session, idle).await });
+            let span = me.span.clone();
+            tokio::spawn(async move { me.sign_out_idle(session, idle).await }.instrument(span));
         }
     }
 

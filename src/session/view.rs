@@ -10,12 +10,10 @@ use super::conference::ConfState;
 use super::error::Ended;
 use crate::shared::{Record, RecordState};
 
-/// The gateway's name in views; issue 25 gives each configured gateway its own.
-pub const GATEWAY_NAME: &str = "default";
-
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentView {
-    pub gateway: &'static str,
+    /// The gateway's name (`name` of its `[[gateways]]` entry, `default` for `[gateway]`).
+    pub gateway: String,
     pub agent: String,
     /// `active`, `lost:REASON` or `signed_out`.
     pub state: String,
@@ -85,10 +83,16 @@ fn known_time(ms: u64) -> Option<String> {
 
 impl AgentView {
     /// A session this replica holds; `polled_by`: who polls it.
-    pub(super) fn of_session(s: &Session, polled_by: Option<String>, polled_here: bool, detail: bool) -> Self {
+    pub(super) fn of_session(
+        gateway: &str,
+        s: &Session,
+        polled_by: Option<String>,
+        polled_here: bool,
+        detail: bool,
+    ) -> Self {
         let conf = s.conf();
         Self {
-            gateway: GATEWAY_NAME,
+            gateway: gateway.to_owned(),
             agent: s.agent_id.clone(),
             state: match s.ended() {
                 None => "active".into(),
@@ -121,10 +125,10 @@ impl AgentView {
     }
 
     /// An agent another replica holds, as its record in the shared store says.
-    pub(super) fn of_record(agent: &str, r: &Record, polled_by: Option<String>) -> Self {
+    pub(super) fn of_record(gateway: &str, agent: &str, r: &Record, polled_by: Option<String>) -> Self {
         let conf = serde_json::from_str(&r.conf).unwrap_or(ConfState::Unknown);
         Self {
-            gateway: GATEWAY_NAME,
+            gateway: gateway.to_owned(),
             agent: agent.to_owned(),
             state: match r.state {
                 RecordState::Active => "active".into(),

@@ -135,7 +135,7 @@ impl MemoryHub {
     /// A new replica's connection to this hub.
     pub fn replica(&self) -> Arc<MemoryStore> {
         let n = self.0.replicas.fetch_add(1, Ordering::Relaxed) + 1;
-        Arc::new(MemoryStore { hub: self.0.clone(), replica: format!("replica-{n}").into() })
+        Arc::new(MemoryStore { hub: self.0.clone(), replica: format!("replica-{n}").into(), namespace: "".into() })
     }
 
     /// The store goes away (every operation fails as unreachable) or comes back (every
@@ -214,6 +214,8 @@ impl Inner {
 pub struct MemoryStore {
     hub: Arc<Inner>,
     replica: Arc<str>,
+    /// The gateway's namespace with a `:` after it, or nothing (as Redis's keys).
+    namespace: Arc<str>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -223,8 +225,26 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 impl MemoryStore {
+    /// The agent's entry in the hub: its gateway's namespace and work number.
+    fn key(&self, agent: &str) -> String {
+        format!("{}{agent}", self.namespace)
+    }
+
+    /// One of this gateway's agents, from a hub entry (`None`: another gateway's).
+    fn own<'a>(&self, key: &'a str) -> Option<&'a str> {
+        key.strip_prefix(&*self.namespace).filter(|a| !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit()))
+    }
+
     fn token(&self, epoch: u64) -> String {
         format!("{} {epoch}", self.replica)
+    }
+
+    /// [`SharedStore::index_agent`] of an agent already named by its key.
+    fn index_key(&self, key: &str) {
+        if self.hub.up().is_ok() {
+            let now = self.hub.now_ms();
+            self.hub.lock().index.insert(key.to_owned(), now);
+        }
     }
 
     fn lease_until(&self) -> Instant {
@@ -253,6 +273,17 @@ impl SharedStore for MemoryStore {
         &self.replica
     }
 
+    fn for_gateway(self: Arc<Self>, namespace: &str) -> Arc<dyn SharedStore> {
+        if namespace.is_empty() {
+            return self;
+        }
+        Arc::new(Self {
+            hub: self.hub.clone(),
+            replica: self.replica.clone(),
+            namespace: format!("{namespace}:").into(),
+        })
+    }
+
     fn lease_ttl(&self) -> Duration {
         self.hub.lease_ttl
     }
@@ -266,10 +297,12 @@ impl SharedStore for MemoryStore {
     }
 
     async fn load(&self, agent: &str) -> Result<Option<Record>, StoreError> {
+        let agent = &self.key(agent);
         self.hub.with(agent, |a, _| a.session.as_ref().map(record))
     }
 
     async fn create(&self, agent: &str, r: &NewRecord<'_>, mode: CreateMode) -> Result<u64, StoreError> {
+        let agent = &self.key(agent);
         let (token_of, until) = (|e| self.token(e), self.lease_until());
         let epoch = self.hub.with(agent, |a, hub| {
             if mode == CreateMode::Restore && a.session.is_some() {
@@ -300,13 +333,14 @@ impl SharedStore for MemoryStore {
             epoch
         })?;
         if epoch > 0 {
-            self.index_agent(agent).await;
+            self.index_key(agent);
             self.hub.announce(Change::Session(agent.into()));
         }
         Ok(epoch)
     }
 
     async fn write_auth(&self, agent: &str, w: &AuthWrite<'_>) -> Result<AuthWritten, StoreError> {
+        let agent = &self.key(agent);
         let written = self.hub.with(agent, |a, _| {
             let Some(h) = a.live_hash(w.sid).filter(|h| h.state == RecordState::Active) else {
                 return AuthWritten::Gone;
@@ -332,6 +366,7 @@ impl SharedStore for MemoryStore {
     }
 
     async fn write_conf(&self, agent: &str, sid: &str, version: u64, conf: &str) -> Result<ConfWrite, StoreError> {
+        let agent = &self.key(agent);
         let written = self.hub.with(agent, |a, _| {
             let Some(h) = a.live_hash(sid) else { return ConfWrite::Gone };
             if h.confv != version {
@@ -348,6 +383,7 @@ impl SharedStore for MemoryStore {
     }
 
     async fn end(&self, agent: &str, sid: &str, how: EndAs<'_>) -> Result<Ended, StoreError> {
+        let agent = &self.key(agent);
         let ended = self.hub.with(agent, |a, _| {
             let Some(h) = a.session.as_mut().filter(|h| h.sid == sid) else { return Ended::Gone };
             match how {
@@ -374,12 +410,15 @@ impl SharedStore for MemoryStore {
         })?;
         if ended == Ended::Ended {
             self.hub.announce(Change::Session(agent.into()));
-            self.unindex_agent(agent).await;
+            if self.hub.up().is_ok() {
+                self.hub.lock().index.remove(agent);
+            }
         }
         Ok(ended)
     }
 
     async fn touch(&self, agent: &str, sid: &str) -> Result<(), StoreError> {
+        let agent = &self.key(agent);
         self.hub.with(agent, |a, hub| {
             if let Some(h) = a.live_hash(sid) {
                 h.activity_ms = hub.now_ms();
@@ -388,12 +427,14 @@ impl SharedStore for MemoryStore {
     }
 
     async fn idle_for(&self, agent: &str, sid: &str) -> Result<Option<Duration>, StoreError> {
+        let agent = &self.key(agent);
         self.hub.with(agent, |a, hub| {
             a.live_hash(sid).map(|h| Duration::from_millis(hub.now_ms().saturating_sub(h.activity_ms)))
         })
     }
 
     async fn append(&self, agent: &str, e: &NewEvent<'_>) -> Result<Option<u64>, StoreError> {
+        let agent = &self.key(agent);
         let id = self.hub.with(agent, |a, hub| {
             let h = a.live_hash(e.sid)?;
             if let Some((_, became)) = h.last_append.filter(|(given, _)| *given == e.id) {
@@ -417,10 +458,12 @@ impl SharedStore for MemoryStore {
     }
 
     async fn events_after(&self, agent: &str, after: u64, count: usize) -> Result<Vec<StreamEvent>, StoreError> {
+        let agent = &self.key(agent);
         self.hub.with(agent, |a, _| a.events.iter().filter(|(id, _, _)| *id > after).take(count).cloned().collect())
     }
 
     async fn latest_events(&self, agent: &str, count: usize) -> Result<Vec<StreamEvent>, StoreError> {
+        let agent = &self.key(agent);
         self.hub.with(agent, |a, _| {
             let skip = a.events.len().saturating_sub(count);
             a.events.iter().skip(skip).cloned().collect()
@@ -428,6 +471,7 @@ impl SharedStore for MemoryStore {
     }
 
     async fn take_next(&self, agent: &str, sid: &str) -> Result<Option<StreamEvent>, StoreError> {
+        let agent = &self.key(agent);
         self.hub.with(agent, |a, _| {
             let cursor = a.live_hash(sid)?.qcursor;
             let next = a.events.iter().find(|(id, _, _)| *id > cursor).cloned()?;
@@ -439,6 +483,7 @@ impl SharedStore for MemoryStore {
     }
 
     async fn acquire(&self, agent: &str) -> Result<Lease, StoreError> {
+        let agent = &self.key(agent);
         let until = self.lease_until();
         self.hub.with(agent, |a, _| {
             if a.lease.is_some() {
@@ -455,6 +500,7 @@ impl SharedStore for MemoryStore {
     }
 
     async fn renew(&self, agent: &str, epoch: u64) -> Result<Lease, StoreError> {
+        let agent = &self.key(agent);
         let (token, until) = (self.token(epoch), self.lease_until());
         self.hub.with(agent, |a, _| match &mut a.lease {
             Some((t, at)) if *t == token => {
@@ -467,6 +513,7 @@ impl SharedStore for MemoryStore {
     }
 
     async fn release(&self, agent: &str, epoch: u64) -> Result<(), StoreError> {
+        let agent = &self.key(agent);
         let token = self.token(epoch);
         self.hub.with(agent, |a, _| {
             if a.lease.as_ref().is_some_and(|(t, _)| *t == token) {
@@ -479,6 +526,7 @@ impl SharedStore for MemoryStore {
     }
 
     async fn lock_op(&self, agent: &str, ttl: Duration) -> Result<Option<OpLock>, StoreError> {
+        let agent = &self.key(agent);
         let token = uuid::Uuid::new_v4().simple().to_string();
         self.hub.with(agent, |a, _| {
             if a.op.is_some() {
@@ -490,6 +538,7 @@ impl SharedStore for MemoryStore {
     }
 
     async fn unlock_op(&self, agent: &str, lock: &OpLock) {
+        let agent = &self.key(agent);
         // Fails only while the store is down; the lock then expires by itself.
         let _ = self.hub.with(agent, |a, _| {
             if a.op.as_ref().is_some_and(|(t, _)| *t == lock.0) {
@@ -499,6 +548,7 @@ impl SharedStore for MemoryStore {
     }
 
     async fn index_agent(&self, agent: &str) {
+        let agent = &self.key(agent);
         if self.hub.up().is_ok() {
             let now = self.hub.now_ms();
             self.hub.lock().index.insert(agent.to_owned(), now);
@@ -506,6 +556,7 @@ impl SharedStore for MemoryStore {
     }
 
     async fn unindex_agent(&self, agent: &str) {
+        let agent = &self.key(agent);
         if self.hub.up().is_ok() {
             self.hub.lock().index.remove(agent);
         }
@@ -515,21 +566,22 @@ impl SharedStore for MemoryStore {
         self.hub.up()?;
         let before = self.hub.now_ms().saturating_sub(self.hub.lease_ttl.as_millis() as u64);
         let st = self.hub.lock();
-        let mut stale: Vec<(u64, &String)> =
-            st.index.iter().filter(|(_, s)| **s <= before).map(|(a, s)| (*s, a)).collect();
+        let mut stale: Vec<(u64, &str)> =
+            st.index.iter().filter(|(_, s)| **s <= before).filter_map(|(a, s)| Some((*s, self.own(a)?))).collect();
         stale.sort();
-        Ok(stale.into_iter().take(max).map(|(_, a)| a.clone()).collect())
+        Ok(stale.into_iter().take(max).map(|(_, a)| a.to_owned()).collect())
     }
 
     async fn indexed_agents(&self, max: usize) -> Result<Vec<String>, StoreError> {
         self.hub.up()?;
         let st = self.hub.lock();
-        let mut all: Vec<(u64, &String)> = st.index.iter().map(|(a, s)| (*s, a)).collect();
+        let mut all: Vec<(u64, &str)> = st.index.iter().filter_map(|(a, s)| Some((*s, self.own(a)?))).collect();
         all.sort();
-        Ok(all.into_iter().take(max).map(|(_, a)| a.clone()).collect())
+        Ok(all.into_iter().take(max).map(|(_, a)| a.to_owned()).collect())
     }
 
     async fn lease_holder(&self, agent: &str) -> Result<Option<String>, StoreError> {
+        let agent = &self.key(agent);
         self.hub.with(agent, |a, _| a.lease.as_ref().and_then(|(t, _)| t.split_once(' ')).map(|(r, _)| r.to_owned()))
     }
 
@@ -552,8 +604,9 @@ impl SharedStore for MemoryStore {
     async fn gcra(&self, bucket: Bucket<'_>, interval: Duration, burst: u32) -> Result<Gcra, StoreError> {
         self.hub.up()?;
         let key = match bucket.scope {
-            Scope::Agent => format!("a:{}:{}", bucket.key, bucket.limit),
+            Scope::Agent => format!("a:{}/{}:{}", bucket.namespace, bucket.key, bucket.limit),
             Scope::Tenant => format!("t:{}:{}", bucket.key, bucket.limit),
+            Scope::Gateway => format!("gw:{}:{}", bucket.key, bucket.limit),
             Scope::Global => format!("g:{}", bucket.limit),
         };
         let (now, instant) = (self.hub.now_us(), Instant::now());
@@ -577,6 +630,17 @@ impl SharedStore for MemoryStore {
         on(Change::Resync);
         loop {
             match rx.recv().await {
+                // Another gateway's agents are on another channel.
+                Ok(Change::Session(key)) => {
+                    if let Some(agent) = self.own(&key) {
+                        on(Change::Session(agent.to_owned()));
+                    }
+                }
+                Ok(Change::Events(key)) => {
+                    if let Some(agent) = self.own(&key) {
+                        on(Change::Events(agent.to_owned()));
+                    }
+                }
                 Ok(change) => on(change),
                 Err(broadcast::error::RecvError::Lagged(_)) => on(Change::Resync),
                 Err(broadcast::error::RecvError::Closed) => return,

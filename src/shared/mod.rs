@@ -200,13 +200,16 @@ pub struct NewEvent<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpLock(pub(crate) String);
 
-/// A rate limit's bucket: which limit, its scope, and the key within the scope (the agent or
-/// the tenant; empty for `global`).
+/// A rate limit's bucket: which limit, its scope, and the key within the scope (the agent,
+/// the tenant or the gateway's name; empty for `global`).
 #[derive(Debug, Clone, Copy)]
 pub struct Bucket<'a> {
     pub limit: &'a str,
     pub scope: Scope,
     pub key: &'a str,
+    /// The agent's gateway's namespace (see `GatewayConfig::namespace`): agent buckets of two
+    /// gateways are two buckets.
+    pub namespace: &'a str,
 }
 
 /// One GCRA decision: `Ok(remaining burst)` or `Err(wait)`.
@@ -266,6 +269,10 @@ pub fn provisional_id(last: u64) -> u64 {
 pub trait SharedStore: Send + Sync + std::fmt::Debug {
     /// This replica's name in leases: unique per process start.
     fn replica(&self) -> &str;
+    /// The same store for the agents of another gateway: the same connection, replica name
+    /// and replica set, the gateway's own agents (keys, index, change channel). `namespace`:
+    /// `GatewayConfig::namespace` (empty: this store's own, the default gateway's).
+    fn for_gateway(self: Arc<Self>, namespace: &str) -> Arc<dyn SharedStore>;
     /// How long a poller lease lives without renewal.
     fn lease_ttl(&self) -> Duration;
 

@@ -27,17 +27,20 @@ use crate::metrics::{Discarded, Metrics, StoreOp};
 
 pub struct RedisStore {
     client: redis::Client,
-    conn: ArcSwapOption<ConnectionManager>,
+    /// Shared by the stores of every gateway ([`SharedStore::for_gateway`]): one connection.
+    conn: Arc<ArcSwapOption<ConnectionManager>>,
     prefix: String,
+    /// The gateway's namespace with a `:` after it, or nothing (see `GatewayConfig::namespace`).
+    namespace: String,
     channel: String,
     /// This replica's name in leases: unique per process start.
     replica: Arc<str>,
     lease_ttl: Duration,
     timeout: Duration,
     connect_timeout: Duration,
-    scripts: Scripts,
+    scripts: Arc<Scripts>,
     metrics: Metrics,
-    connecting: AtomicBool,
+    connecting: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -82,16 +85,17 @@ impl RedisStore {
         let prefix = cfg.key_prefix.clone();
         Ok(Arc::new(Self {
             client,
-            conn: ArcSwapOption::empty(),
+            conn: Arc::new(ArcSwapOption::empty()),
             channel: format!("{prefix}changes"),
             prefix,
+            namespace: String::new(),
             replica: uuid::Uuid::new_v4().simple().to_string().into(),
             lease_ttl: ms(cfg.lease_ttl_ms),
             timeout: ms(cfg.command_timeout_ms),
             connect_timeout: ms(cfg.connect_timeout_ms),
-            scripts: Scripts::new(),
+            scripts: Arc::new(Scripts::new()),
             metrics,
-            connecting: AtomicBool::new(false),
+            connecting: Arc::new(AtomicBool::new(false)),
         }))
     }
 
@@ -143,29 +147,33 @@ impl RedisStore {
 
     // --- keys ---------------------------------------------------------------------------------
 
+    /// An agent's keys, under one hash tag: `{a:153}` for the default gateway, `{a:acme:153}`
+    /// for gateway `acme`.
     fn agent_keys(&self, agent: &str) -> AgentKeys {
-        let p = &self.prefix;
+        let (p, ns) = (&self.prefix, &self.namespace);
         AgentKeys {
-            session: format!("{p}{{a:{agent}}}:session"),
-            lease: format!("{p}{{a:{agent}}}:lease"),
-            events: format!("{p}{{a:{agent}}}:events"),
-            op: format!("{p}{{a:{agent}}}:op"),
+            session: format!("{p}{{a:{ns}{agent}}}:session"),
+            lease: format!("{p}{{a:{ns}{agent}}}:lease"),
+            events: format!("{p}{{a:{ns}{agent}}}:events"),
+            op: format!("{p}{{a:{ns}{agent}}}:op"),
         }
     }
 
-    /// The key of one rate limit's bucket. Agent buckets share the agent's hash tag; tenant
-    /// and global buckets have their own.
+    /// The key of one rate limit's bucket. Agent buckets share the agent's hash tag; tenant,
+    /// gateway and global buckets have their own.
     fn limit_key(&self, b: Bucket<'_>) -> String {
         let (p, limit, key) = (&self.prefix, b.limit, b.key);
         match b.scope {
-            Scope::Agent => format!("{p}{{a:{key}}}:limit:{limit}"),
+            Scope::Agent if b.namespace.is_empty() => format!("{p}{{a:{key}}}:limit:{limit}"),
+            Scope::Agent => format!("{p}{{a:{}:{key}}}:limit:{limit}", b.namespace),
             Scope::Tenant => format!("{p}{{t:{key}}}:limit:{limit}"),
+            Scope::Gateway => format!("{p}{{gw:{key}}}:limit:{limit}"),
             Scope::Global => format!("{p}{{g}}:limit:{limit}"),
         }
     }
 
     fn agents_key(&self) -> String {
-        format!("{}agents", self.prefix)
+        format!("{}{}agents", self.prefix, self.namespace)
     }
 
     fn replicas_key(&self) -> String {
@@ -201,6 +209,29 @@ impl RedisStore {
 impl SharedStore for RedisStore {
     fn replica(&self) -> &str {
         &self.replica
+    }
+
+    /// The same connection and replica name; the gateway's own agent keys, index and change
+    /// channel (`ccgate:{a:acme:153}:session`, `ccgate:acme:agents`, `ccgate:acme:changes`).
+    fn for_gateway(self: Arc<Self>, namespace: &str) -> Arc<dyn SharedStore> {
+        if namespace.is_empty() {
+            return self;
+        }
+        let namespace = format!("{namespace}:");
+        Arc::new(Self {
+            client: self.client.clone(),
+            conn: self.conn.clone(),
+            channel: format!("{}{namespace}changes", self.prefix),
+            prefix: self.prefix.clone(),
+            namespace,
+            replica: self.replica.clone(),
+            lease_ttl: self.lease_ttl,
+            timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
+            scripts: self.scripts.clone(),
+            metrics: self.metrics.clone(),
+            connecting: self.connecting.clone(),
+        })
     }
 
     fn lease_ttl(&self) -> Duration {

@@ -1,0 +1,227 @@
+//! Several contact centres behind one ccgate (`[[gateways]]`): two simulated CC-Gateways,
+//! each with its own CA and credentials, one work number (153) in both. The token's `tenant`
+//! claim picks the gateway; the two agents 153 share no session, Guid, limit or event; a token
+//! for no gateway reaches none; one gateway killed leaves the other serving.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use ccgate::config::{GatewayConfig, LimitConfig, Scope};
+use ccgate::devkeys::dev_pki;
+use ccgate::gateway::GatewayMethod;
+use ccgate::server::{Served, Shutdown};
+use ccgate::sim::{Sim, SimConfig};
+use common::{problem, Harness, Options, Reply, AUDIENCE, ISSUER};
+use http::{Method, StatusCode};
+use serde_json::json;
+
+const STOP: &str = "/v1/conference/announcement/stop";
+const BETA_PASSWORD: &str = "beta-cti-pw-7";
+
+/// The second contact centre: its own PKI, simulator and credentials file.
+struct Beta {
+    sim: Sim,
+    served: Option<Served>,
+    shutdown: Shutdown,
+    url: String,
+    ca: PathBuf,
+    creds: PathBuf,
+    dir: PathBuf,
+}
+
+impl Beta {
+    async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("ccgate-beta-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pki = dev_pki(&["127.0.0.1"]).unwrap();
+        let (ca, cert, key, creds) =
+            (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"), dir.join("creds.toml"));
+        for (path, data) in [
+            (&ca, pki.ca_pem.as_str()),
+            (&cert, pki.server_cert_pem.as_str()),
+            (&key, pki.server_key_pem.as_str()),
+            (&creds, &format!("[agents.\"153\"]\npassword = \"{BETA_PASSWORD}\"\nphonenum = \"9990153\"\n")),
+        ] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(path, data).unwrap();
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let sim = Sim::new(SimConfig {
+            agents: HashMap::from([("153".to_string(), BETA_PASSWORD.to_string())]),
+            event_wait_ms: 500,
+            ..SimConfig::default()
+        });
+        let tls = ccgate::tls::server_config_from_files(&cert, &key).unwrap();
+        let shutdown = Shutdown::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let served = sim.serve(listener, tls, shutdown.subscribe()).unwrap();
+        let url = format!("https://127.0.0.1:{}", served.addr.port());
+        Self { sim, served: Some(served), shutdown, url, ca, creds, dir }
+    }
+
+    /// The gateway goes away: its listener closes and its connections end.
+    async fn kill(&mut self) {
+        self.shutdown.trigger();
+        if let Some(s) = self.served.take() {
+            let _ = s.task.await;
+        }
+    }
+}
+
+/// A token for agent 153 of `tenant` (`None`: no tenant claim).
+fn token(h: &Harness, tenant: Option<&str>) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let mut claims = json!({"iss": ISSUER, "aud": AUDIENCE, "agent_id": "153", "iat": now, "exp": now + 600});
+    if let Some(t) = tenant {
+        claims["tenant"] = json!(t);
+    }
+    h.es.sign(&claims).unwrap()
+}
+
+async fn call(h: &Harness, method: Method, path: &str, token: &str, body: &str) -> Reply {
+    h.call_with_token(method, path, Some(token), body).await
+}
+
+/// Reads the agent's pass-through event queue until it is empty; every event's text.
+async fn drain_events(h: &Harness, token: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        let r = call(h, Method::GET, "/agentgateway/resource/agentevent/153", token, "").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        if r.json()["event"].is_null() {
+            return seen;
+        }
+        seen.push(r.text);
+    }
+    panic!("the queue never emptied: {seen:?}");
+}
+
+#[tokio::test]
+async fn two_contact_centres_share_a_work_number_and_nothing_else() {
+    let mut beta = Beta::start().await;
+    let (beta_url, beta_ca, beta_creds) = (beta.url.clone(), beta.ca.clone(), beta.creds.clone());
+    let h = Harness::with(Options {
+        config: Box::new(move |c| {
+            let alpha = GatewayConfig {
+                name: "alpha".into(),
+                url: c.gateway.url.clone(),
+                ca_file: c.gateway.ca_file.clone(),
+                credentials_file: c.credentials.file.take(),
+                tenants: vec!["t-alpha".into()],
+                ..GatewayConfig::default()
+            };
+            let beta = GatewayConfig {
+                name: "beta".into(),
+                url: beta_url,
+                ca_file: Some(beta_ca),
+                credentials_file: Some(beta_creds),
+                tenants: vec!["t-beta".into()],
+                ..GatewayConfig::default()
+            };
+            c.gateway = GatewayConfig::default();
+            c.gateways = vec![alpha, beta];
+            c.auth.gateway_claim = "tenant".into();
+            c.sessions.face_event_wait_ms = 300;
+            // One stop per agent, then a long wait: a second stop shows whose bucket it hit.
+            c.rate_limits.limit = vec![LimitConfig {
+                method: "stopVoiceToConf".into(),
+                scope: Scope::Agent,
+                rate: 0.01,
+                burst: 1,
+                shadow: false,
+            }];
+        }),
+        ..Options::default()
+    })
+    .await;
+    let (alpha_token, beta_token) = (token(&h, Some("t-alpha")), token(&h, Some("t-beta")));
+
+    // A token for no gateway, or with no tenant at all, is refused before any gateway call.
+    for t in [token(&h, Some("t-gamma")), token(&h, None)] {
+        let r = call(&h, Method::POST, "/v1/session", &t, "").await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+        assert_eq!(problem(&r)["type"], "urn:ccgate:problem:no-gateway");
+    }
+    let r = call(&h, Method::PUT, "/agentgateway/resource/onlineagent/153", &token(&h, Some("t-gamma")), "{}").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "the pass-through face refuses it too: {}", r.text);
+    assert_eq!((h.sim.total(), beta.sim.total()), (0, 0), "nothing reached either gateway");
+
+    // Both 153s sign in, each at its own gateway with its own credentials, and chair a
+    // conference of their own.
+    for t in [&alpha_token, &beta_token] {
+        let r = call(&h, Method::POST, "/v1/session", t, "").await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let r = call(&h, Method::POST, "/v1/conference", t, r#"{"memberNum":3}"#).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!(r.json()["chairperson"], true, "{}", r.text);
+    }
+    assert!(h.sim.is_signed_in("153") && beta.sim.is_signed_in("153"));
+    assert_eq!((h.sim.count(GatewayMethod::Login), beta.sim.count(GatewayMethod::Login)), (1, 1));
+    assert_ne!(h.sim.current_guid("153"), beta.sim.current_guid("153"), "two sessions, two Guids");
+
+    // A stop reaches only its own gateway (whose simulator accepts only the Guid it issued),
+    // and spends only its own agent's bucket.
+    let r = call(&h, Method::POST, STOP, &alpha_token, "").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!((h.sim.count(GatewayMethod::StopVoiceToConf), beta.sim.count(GatewayMethod::StopVoiceToConf)), (1, 0));
+    let r = call(&h, Method::POST, STOP, &alpha_token, "").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "alpha's 153 spent its burst: {}", r.text);
+    let r = call(&h, Method::POST, STOP, &beta_token, "").await;
+    assert_eq!(r.status, StatusCode::OK, "beta's 153 has a bucket of its own: {}", r.text);
+    assert_eq!((h.sim.count(GatewayMethod::StopVoiceToConf), beta.sim.count(GatewayMethod::StopVoiceToConf)), (1, 1));
+
+    // An event at alpha's gateway is alpha's 153's only.
+    h.sim.push_event("153", "AgentOther_Tagged", json!({"tag": "alpha-only"}));
+    // Each drain ends with the gateway's long-poll wait on an empty queue: no timer here.
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let mut alpha_events: Vec<String> = Vec::new();
+    while !alpha_events.iter().any(|e| e.contains("alpha-only")) {
+        assert!(std::time::Instant::now() < deadline, "alpha's 153 never got alpha's event: {alpha_events:?}");
+        alpha_events.extend(drain_events(&h, &alpha_token).await);
+    }
+    let beta_events = drain_events(&h, &beta_token).await;
+    assert!(!beta_events.iter().any(|e| e.contains("alpha-only")), "{beta_events:?}");
+
+    // The operator sees two agents 153, by gateway.
+    let r = h.send(Method::GET, &format!("{}/agents", h.admin), &[], "").await;
+    let gateways: Vec<String> =
+        r.json()["agents"].as_array().unwrap().iter().map(|a| format!("{}/{}", a["gateway"], a["agent"])).collect();
+    assert_eq!(gateways, [r#""alpha"/"153""#, r#""beta"/"153""#], "{}", r.text);
+    let r = h.send(Method::GET, &format!("{}/agents/153", h.admin), &[], "").await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "which 153? {}", r.text);
+    let r = h.send(Method::GET, &format!("{}/agents/beta/153", h.admin), &[], "").await;
+    assert_eq!((r.status, r.json()["gateway"].as_str()), (StatusCode::OK, Some("beta")), "{}", r.text);
+    let m = h.metrics().await;
+    for series in [
+        r#"ccgate_requests_total{gateway="alpha",method="stopVoiceToConf",outcome="ok"} 1"#,
+        r#"ccgate_requests_total{gateway="alpha",method="stopVoiceToConf",outcome="rate_limited"} 1"#,
+        r#"ccgate_requests_total{gateway="beta",method="stopVoiceToConf",outcome="ok"} 1"#,
+        r#"ccgate_requests_total{gateway="",method="login",outcome="forbidden"} 3"#,
+        r#"ccgate_auth_failures_total{reason="no_gateway"} 3"#,
+        r#"ccgate_sessions{gateway="alpha",state="active"} 1"#,
+        r#"ccgate_sessions{gateway="beta",state="active"} 1"#,
+        r#"ccgate_upstream_responses_total{gateway="beta",method="login",retcode="0"} 1"#,
+    ] {
+        assert!(m.lines().any(|l| l == series), "missing {series}\n{m}");
+    }
+    tokio::time::timeout(common::WAIT, h.running().readiness.wait_gateway_checked()).await.expect("never probed");
+    let r = h.send(Method::GET, &format!("{}/gatewayz", h.admin), &[], "").await;
+    assert_eq!(r.json()["gateways"], json!({"alpha": "up", "beta": "up"}), "{}", r.text);
+
+    // Beta's gateway dies: beta's agent gets 503, alpha's carries on at its gateway.
+    beta.kill().await;
+    let r = call(&h, Method::POST, "/v1/conference", &beta_token, r#"{"memberNum":3}"#).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+    assert_eq!(problem(&r)["type"], "urn:ccgate:problem:gateway-unavailable");
+    let before = h.sim.count(GatewayMethod::Logout);
+    let r = call(&h, Method::DELETE, "/v1/session", &alpha_token, "").await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "alpha's gateway still serves: {}", r.text);
+    assert_eq!(h.sim.count(GatewayMethod::Logout), before + 1);
+    let r = call(&h, Method::POST, "/v1/session", &alpha_token, "").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+
+    h.stop().await;
+    let _ = std::fs::remove_dir_all(&beta.dir);
+}

@@ -985,6 +985,13 @@ impl Config {
 
     fn validate_gateways(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        // A claim with no tenant to match would refuse every token.
+        if !self.auth.gateway_claim.is_empty() && self.gateway_list().iter().all(|g| g.tenants.is_empty()) {
+            return invalid(
+                "auth.gateway_claim",
+                "set, but no gateway lists tenants: every token would be refused".into(),
+            );
+        }
         if self.gateways.is_empty() {
             if self.gateway.credentials_file.is_none() && self.credentials.file.is_none() {
                 return invalid("credentials.file", "required: agents' CTI passwords and phone numbers".into());
@@ -1050,9 +1057,6 @@ impl Config {
                 "auth.gateway_claim",
                 "with several gateways, set it (and each gateway's tenants) or give every provider a gateway".into(),
             );
-        }
-        if !self.auth.gateway_claim.is_empty() && self.gateways.iter().all(|g| g.tenants.is_empty()) {
-            return invalid("gateways", "auth.gateway_claim is set but no gateway lists tenants".into());
         }
         Ok(())
     }

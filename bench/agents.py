@@ -95,7 +95,7 @@ def metric(name):
 
 
 # Every answered event poll, whatever its retcode.
-POLLS = 'ccgate_upstream_responses_total{method="getAgentEvent",'
+POLLS = 'ccgate_upstream_responses_total{gateway="default",method="getAgentEvent",'
 
 
 
@@ -221,7 +221,7 @@ def run_one(out, binary, key, n, seconds, idle_seconds, extra, env, clients, eve
         polls = metric(POLLS) - polls_before
         rss = rss_kib(pid)
         wait_sum, wait_count = metric("ccgate_signin_wait_seconds_sum"), metric("ccgate_signin_wait_seconds_count")
-        active = metric('ccgate_sessions{state="active"}')
+        active = metric('ccgate_sessions{gateway="default",state="active"}')
         scenario_a(out, 2)
         an = scenario_a(out, seconds, pid, f"{n}-{n}")
         res = {

@@ -49,7 +49,7 @@ def drive(n, token):
         sys.exit(f"{bad} of {n} stops failed")
 
 
-POLLS = 'ccgate_upstream_responses_total{method="getAgentEvent",'
+POLLS = 'ccgate_upstream_responses_total{gateway="default",method="getAgentEvent",'
 
 
 def idle(seconds, tokens):

@@ -11,8 +11,11 @@ Systems (each proxy pinned to core 0 with one worker; wrk and the simulator on c
           other two replicas and Redis run on the load core.
 
 Scenarios: (a) keep-alive, 64 connections, one token per agent; (b) a new TLS connection per
-request (Connection: close); (c) token churn, 10k distinct tokens. Rounds alternate systems
-(A B C D A B C D) so drift hits all alike. See bench/README.md.
+request (Connection: close); (c) token churn, 10k distinct tokens. Rounds are paired and
+alternate the order (A B C D, then D C B A, ...), so drift and position hit all alike; the
+report gives each figure's median over the rounds with its spread (min-max), and each ratio
+as the median of the per-round ratios, since only same-round comparisons hold still on a
+shared VM. See bench/README.md.
 """
 
 import argparse
@@ -409,7 +412,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true", help="ccgate and direct, scenario a, 2 s: fail on any error")
     ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="paired rounds, order alternating (medians over them)")
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--systems", default="direct,ccgate,envoy,nginx",
                     help="any of direct,ccgate,envoy,nginx,redis")
@@ -507,7 +510,9 @@ def main():
                 url, hdrs, _ = targets[name]
                 load(url, own_tokens.get(name, {}).get(s, tokens), 2 if not a.smoke else 1, a.connections, {**hdrs, **extra})
             for rnd in range(a.rounds):
-                for name in names:
+                # Paired rounds: every system once per round, the order reversed every other
+                # round, so no system always runs first (cold) or last (after the others).
+                for name in (names if rnd % 2 == 0 else names[::-1]):
                     url, hdrs, proc = targets[name]
                     pid = procs[proc].pid if proc else None
                     before = cpu_ticks(pid) if pid else 0
@@ -536,37 +541,65 @@ def main():
                 os.killpg(p.pid, signal.SIGKILL)
 
 
+def med(xs):
+    return statistics.median(xs) if xs else 0.0
+
+
+def spread(xs, fmt="{:.0f}"):
+    """The median and the range of the rounds, e.g. `41,203 (39,870-42,011)`."""
+    if len(xs) < 2:
+        return fmt.format(med(xs))
+    return f"{fmt.format(med(xs))} ({fmt.format(min(xs))}-{fmt.format(max(xs))})"
+
+
+def per_round(r):
+    """One round's figures: req/s, latencies in ms, proxy CPU-s per 10k requests, RSS MiB."""
+    return {"rps": r["rps"], "p50": r["p50"] / 1000, "p99": r["p99"] / 1000, "p999": r["p999"] / 1000,
+            "cpu10k": r["cpu_s"] / r["requests"] * 10_000 if r["requests"] else 0.0, "rss": r["rss_kib"] / 1024}
+
+
 def report(results, scenarios, systems, scen):
+    """Medians over the paired rounds with their spread; ratios are medians of the per-round
+    ratios (system X and Y measured in the same round, seconds apart)."""
     lines = []
     for s in scenarios:
-        lines.append(f"\n### Scenario {s}: {scen[s][0]}\n")
-        lines.append("| system | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req | peak RSS MiB | req/s vs envoy | req/s vs direct | p99 vs envoy |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|")
-        agg = {}
         present = [n for n in systems if n in results[s]]
+        rounds = {n: [per_round(r) for r in results[s][n]] for n in present}
+        col = lambda n, k: [x[k] for x in rounds[n]]
+        k = min(len(v) for v in rounds.values())
+        lines.append(f"\n### Scenario {s}: {scen[s][0]} ({k} paired rounds; median (min-max))\n")
+        lines.append("| system | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req | peak RSS MiB |")
+        lines.append("|---|---|---|---|---|---|---|")
         for n in present:
-            rs = results[s][n]
-            reqs = sum(r["requests"] for r in rs)
-            agg[n] = {
-                "rps": statistics.mean(r["rps"] for r in rs),
-                "p50": statistics.mean(r["p50"] for r in rs) / 1000,
-                "p99": statistics.mean(r["p99"] for r in rs) / 1000,
-                "p999": statistics.mean(r["p999"] for r in rs) / 1000,
-                "cpu10k": sum(r["cpu_s"] for r in rs) / reqs * 10_000 if reqs else 0,
-                "rss": max(r["rss_kib"] for r in rs) / 1024,
-            }
-        for n in present:
-            g = agg[n]
-            ve = f"{g['rps'] / agg['envoy']['rps']:.2f}x" if "envoy" in agg else "-"
-            vd = f"{g['rps'] / agg['direct']['rps']:.2f}x" if "direct" in agg else "-"
-            pe = f"{g['p99'] / agg['envoy']['p99']:.2f}x" if "envoy" in agg else "-"
-            cpu = f"{g['cpu10k']:.2f}" if n != "direct" else "-"
-            rss = f"{g['rss']:.1f}" if n != "direct" else "-"
-            lines.append(f"| {n} | {g['rps']:.0f} | {g['p50']:.2f} | {g['p99']:.2f} | {g['p999']:.2f} | {cpu} | {rss} | {ve} | {vd} | {pe} |")
-        if "redis" in agg and "ccgate" in agg:
-            r, m = agg["redis"], agg["ccgate"]
-            lines.append(f"\nRedis mode vs in-memory (one replica of three under load): req/s {r['rps'] / m['rps']:.2f}x, "
-                         f"p99 {r['p99'] - m['p99']:+.2f} ms ({r['p99'] / m['p99']:.2f}x)")
+            proxy = n != "direct"
+            cpu = spread(col(n, "cpu10k"), "{:.3f}") if proxy else "-"
+            rss = f"{max(col(n, 'rss')):.1f}" if proxy else "-"
+            lines.append(f"| {n} | {spread(col(n, 'rps'))} | {med(col(n, 'p50')):.2f} | {spread(col(n, 'p99'), '{:.2f}')} "
+                         f"| {med(col(n, 'p999')):.2f} | {cpu} | {rss} |")
+        ratio_rows = []
+
+        def ratio(label, a, b, key, invert=False, diff=False):
+            if a not in rounds or b not in rounds:
+                return
+            xs = [(x[key] - y[key]) if diff else (x[key] / y[key] if y[key] else 0.0)
+                  for x, y in zip(rounds[a], rounds[b])]
+            fmt = "{:+.2f} ms" if diff else "{:.2f}x"
+            ratio_rows.append(f"| {label} | {spread(xs, fmt)} |")
+
+        ratio("ccgate / envoy, req/s", "ccgate", "envoy", "rps")
+        ratio("ccgate / nginx, req/s", "ccgate", "nginx", "rps")
+        ratio("ccgate / direct, req/s", "ccgate", "direct", "rps")
+        ratio("ccgate / nginx, CPU per request", "ccgate", "nginx", "cpu10k")
+        ratio("ccgate / envoy, CPU per request", "ccgate", "envoy", "cpu10k")
+        ratio("ccgate / envoy, peak RSS", "ccgate", "envoy", "rss")
+        ratio("ccgate / envoy, p99", "ccgate", "envoy", "p99")
+        ratio("redis (1 of 3 replicas) / ccgate, req/s", "redis", "ccgate", "rps")
+        ratio("redis - ccgate, p99", "redis", "ccgate", "p99", diff=True)
+        ratio("redis / ccgate, CPU per request", "redis", "ccgate", "cpu10k")
+        if ratio_rows:
+            lines.append("\n| paired ratio | median (min-max) |")
+            lines.append("|---|---|")
+            lines.extend(ratio_rows)
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark ccgate beside Envoy and nginx on loopback. See bench/README.md.
-#   bench/run.sh            full comparison (direct, ccgate, envoy, nginx; scenarios a, b, c)
+#   bench/run.sh            full comparison (direct, ccgate, envoy, nginx; scenarios a, b, c),
+#                           paired rounds in alternating order, medians with their spread
 #   bench/run.sh --smoke    ccgate and direct only, a few seconds, fails on any error (CI)
 # Other flags go to bench/bench.py (--seconds, --rounds, --systems, --scenarios, --json).
 # Installs what it runs when it is missing (scripts/tools.sh): Debian packages as root, Python

@@ -165,10 +165,9 @@ impl Gateway for Metered {
     fn call<'a>(&'a self, req: GatewayRequest<'a>) -> CallFuture<'a> {
         let method = req.method;
         Box::pin(async move {
-            let started = std::time::Instant::now();
-            let result = self.inner.call(req).await;
+            let (result, elapsed) = self.inner.call_timed(req).await;
             let m = &self.metrics;
-            m.observe_upstream(method, started.elapsed());
+            m.observe_upstream(method, elapsed);
             match &result {
                 Ok(reply) => m.count_upstream_retcode(method, reply.envelope.code()),
                 Err(e) => m.count_upstream_failure(method, e.into()),

@@ -366,7 +366,10 @@ async fn polls_read_chunked_answers_and_redial_after_a_close() {
     assert_eq!(r.json()["chairperson"], true, "{}", r.text);
     let before = polls();
     common::eventually("ten more polls", || async { polls() >= before + 10 }).await;
-    assert!(h.sim.open_connections() <= open, "each closed connection was let go, not kept");
+    // The poller's connection closes and is re-dialed after every poll, so either count may
+    // catch it between the two (one fewer, or the old not yet seen closed: one more); ten
+    // connections kept would be ten more.
+    assert!(h.sim.open_connections() <= open + 1, "each closed connection was let go, not kept");
     let metrics = h.metrics().await;
     let failed =
         |l: &&str| l.starts_with("ccgate_upstream_errors_total{") && l.contains("getAgentEvent") && !l.ends_with(" 0");

@@ -15,8 +15,8 @@ use ccgate::session::LossReason;
 use ccgate::shared::memory::MemoryHub;
 use ccgate::shared::redis::RedisStore;
 use ccgate::shared::{
-    AuthWrite, AuthWritten, Bucket, ConfWrite, CreateMode, EndAs, Ended, Lease, NewEvent, NewRecord, RecordState,
-    SharedStore,
+    AuthWrite, AuthWritten, Bucket, ConfWrite, CreateMode, EndAs, Ended, Grant, Lease, NewEvent, NewRecord,
+    RecordState, SharedStore,
 };
 use common::redis::RedisServer;
 
@@ -79,6 +79,7 @@ contract!(
     the_index_lists_agents_and_the_lease_names_its_holder,
     replicas_count_who_is_alive,
     gcra_allows_the_burst_then_says_how_long_to_wait,
+    gcra_grants_a_slice_up_to_what_the_bucket_holds,
     two_gateways_agents_of_one_number_share_nothing,
 );
 
@@ -300,19 +301,31 @@ async fn replicas_count_who_is_alive(p: Pair) {
 async fn gcra_allows_the_burst_then_says_how_long_to_wait(p: Pair) {
     let bucket = |scope, key| Bucket { limit: "stop", scope, key, namespace: "" };
     let second = Duration::from_secs(1);
+    let one = |remaining| Ok(Grant { taken: 1, remaining });
     for remaining in [2, 1, 0] {
-        assert_eq!(p.a.gcra(bucket(Scope::Agent, AGENT), second, 3).await.unwrap(), Ok(remaining));
+        assert_eq!(p.a.gcra(bucket(Scope::Agent, AGENT), second, 3, 1).await.unwrap(), one(remaining));
     }
-    let wait = p.b.gcra(bucket(Scope::Agent, AGENT), second, 3).await.unwrap().unwrap_err();
+    let wait = p.b.gcra(bucket(Scope::Agent, AGENT), second, 3, 1).await.unwrap().unwrap_err();
     assert!(wait > Duration::from_millis(900) && wait <= second, "about one interval: {wait:?}");
     // Other agents, tenants and the global bucket are other buckets.
-    assert_eq!(p.b.gcra(bucket(Scope::Agent, "154"), second, 3).await.unwrap(), Ok(2));
-    assert_eq!(p.b.gcra(bucket(Scope::Tenant, AGENT), second, 3).await.unwrap(), Ok(2));
-    assert_eq!(p.b.gcra(bucket(Scope::Global, ""), second, 3).await.unwrap(), Ok(2));
+    assert_eq!(p.b.gcra(bucket(Scope::Agent, "154"), second, 3, 1).await.unwrap(), one(2));
+    assert_eq!(p.b.gcra(bucket(Scope::Tenant, AGENT), second, 3, 1).await.unwrap(), one(2));
+    assert_eq!(p.b.gcra(bucket(Scope::Global, ""), second, 3, 1).await.unwrap(), one(2));
     // The same agent of another gateway, and a gateway's own bucket, are other buckets.
     let of = |namespace| Bucket { limit: "stop", scope: Scope::Agent, key: AGENT, namespace };
-    assert_eq!(p.b.gcra(of("acme"), second, 3).await.unwrap(), Ok(2));
-    assert_eq!(p.b.gcra(bucket(Scope::Gateway, "acme"), second, 3).await.unwrap(), Ok(2));
+    assert_eq!(p.b.gcra(of("acme"), second, 3, 1).await.unwrap(), one(2));
+    assert_eq!(p.b.gcra(bucket(Scope::Gateway, "acme"), second, 3, 1).await.unwrap(), one(2));
+}
+
+/// A slice: as many tokens as asked for while the bucket holds them, then what is left, then
+/// a wait; what one replica took, the other cannot.
+async fn gcra_grants_a_slice_up_to_what_the_bucket_holds(p: Pair) {
+    let bucket = Bucket { limit: "stop", scope: Scope::Global, key: "", namespace: "" };
+    let second = Duration::from_secs(1);
+    assert_eq!(p.a.gcra(bucket, second, 10, 4).await.unwrap(), Ok(Grant { taken: 4, remaining: 6 }));
+    assert_eq!(p.b.gcra(bucket, second, 10, 8).await.unwrap(), Ok(Grant { taken: 6, remaining: 0 }));
+    let wait = p.a.gcra(bucket, second, 10, 4).await.unwrap().unwrap_err();
+    assert!(wait > Duration::from_millis(900) && wait <= second, "about one interval: {wait:?}");
 }
 
 /// Agent 153 of the default gateway and of gateway `acme` (`for_gateway`): two records, two

@@ -129,3 +129,39 @@ async fn wrong_gateway_password_is_a_gateway_refusal_without_the_password() {
     assert!(h.metrics().await.contains(r#"ccgate_signins_total{gateway="default",result="rejected"} 1"#));
     h.stop().await;
 }
+
+/// App requests share pooled connections to the gateway: one at a time they reuse one; at
+/// once they open one each, and past `pool_max_idle_per_host` the surplus is closed when
+/// given back; what is kept serves the next requests without a new dial.
+#[tokio::test]
+async fn app_requests_reuse_pooled_connections_up_to_the_cap() {
+    let h = Harness::with(Options {
+        config: Box::new(|c| {
+            c.gateway.pool_max_idle_per_host = 4;
+            c.rate_limits.limit.clear();
+        }),
+        ..Options::default()
+    })
+    .await;
+    h.chair("153").await;
+    let stop = || async {
+        let r = h.call(Method::POST, STOP, Some("153"), "").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    };
+    stop().await;
+    // The poller's own connection and one pooled.
+    let open = h.sim.open_connections();
+    for _ in 0..20 {
+        stop().await;
+    }
+    assert_eq!(h.sim.open_connections(), open, "twenty stops one after another reused one connection");
+
+    futures_util::future::join_all((0..12).map(|_| stop())).await;
+    common::eventually("the surplus over the cap closed", || async { h.sim.open_connections() <= open - 1 + 4 }).await;
+    let kept = h.sim.open_connections();
+    for _ in 0..20 {
+        stop().await;
+    }
+    assert_eq!(h.sim.open_connections(), kept, "the kept connections served the next stops");
+    h.stop().await;
+}

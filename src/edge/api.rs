@@ -116,7 +116,7 @@ pub fn render(done: Done, stream: StreamContext<'_>) -> (Response<Body>, Outcome
             *r.status_mut() = StatusCode::NO_CONTENT;
             r
         }
-        Done::Replied { .. } => body::json(StatusCode::OK, &json!({"stopped": true})),
+        Done::Replied { .. } => body::json_static(StatusCode::OK, r#"{"stopped":true}"#),
         Done::Conference(state) => body::json(
             StatusCode::CREATED,
             &json!({"confId": state.conf_id(), "chairperson": matches!(state, ConfState::Chair { .. }), "conference": state}),
@@ -132,7 +132,7 @@ pub fn render(done: Done, stream: StreamContext<'_>) -> (Response<Body>, Outcome
             r
         }
         // Not an operation this face asks for.
-        Done::Event(_) => body::json(StatusCode::OK, &json!({})),
+        Done::Event(_) => body::json_static(StatusCode::OK, "{}"),
     };
     (resp, Outcome::Ok)
 }

@@ -614,6 +614,7 @@ impl Authenticator {
     /// What is known of a token without checking its signature: verified before, refused
     /// before, its client over budget, or unknown (with its cache key).
     fn known(&self, token: &str, client: Option<IpAddr>) -> Known {
+        // `split` finds the dots with memchr: a byte loop here measured twice as dear.
         if token.len() > MAX_TOKEN_LEN || token.split('.').count() != 3 {
             return Known::Decided(Err(Refused::Token(Reason::Malformed)));
         }

@@ -68,11 +68,21 @@ fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
                 && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':'))
         })
         .cloned()
-        .unwrap_or_else(|| {
-            let mut buf = [0u8; uuid::fmt::Simple::LENGTH];
-            let id = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
-            http::HeaderValue::from_str(id).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
-        })
+        .unwrap_or_else(new_request_id)
+}
+
+/// 128 bits as 32 lowercase hex digits, the shape of a simple UUID, made without a system
+/// call: a `uuid` v4 reads the OS's randomness for every request (a `getrandom` per request
+/// was the one system call ccgate made beyond its four reads and writes). The ids only need
+/// to be unique and unpredictable enough not to collide across replicas, which the keyed hash
+/// of `trace::random_u64` gives.
+fn new_request_id() -> http::HeaderValue {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&crate::gateway::trace::random_u64().to_be_bytes());
+    id[8..].copy_from_slice(&crate::gateway::trace::random_u64().to_be_bytes());
+    let mut hex = [0u8; 32];
+    crate::gateway::trace::hex_into(&id, &mut hex);
+    http::HeaderValue::from_bytes(&hex).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
 }
 
 /// What a request is for, once routed.

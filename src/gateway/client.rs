@@ -3,33 +3,32 @@
 //!
 //! Every gateway round trip (app requests and the poller alike) goes through
 //! [`GatewayClient::call`]; `metrics::Metered` records each one. App requests and sign-ins
-//! take the pool (hyper); a poller brings its own connection (`poll_conn.rs`), dialed here
-//! with the pool's address, TLS settings and server name.
+//! take a connection from the shared pool (`pool.rs`); a poller brings its own. Both are the
+//! same HTTP/1.1 client (`poll_conn.rs`), dialed here with one address, TLS configuration and
+//! server name.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, SET_COOKIE};
-use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::header::HeaderValue;
+use http::{StatusCode, Uri};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use super::envelope::Envelope;
 use super::methods::GatewayMethod;
 use super::poll_conn::{self, PollConnection};
-use super::wire::{
-    cookie_pair, parse_set_guid, request_target, session_headers, Answer, SessionAuth, UpstreamError, JSON_UTF8,
-    MAX_UPSTREAM_BODY, SET_GUID_HEADER,
-};
+use super::pool::Pool;
+use super::wire::{Answer, SessionAuth, UpstreamError};
 use super::{timing, CallFuture, Gateway};
 use crate::config::{ms, GatewayConfig};
 use crate::tls;
+
+/// Kernel keep-alive probes on every gateway connection after this long idle, as the pool's
+/// connector did before (hyper's `HttpConnector::set_keepalive`).
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// One request to the gateway.
 pub struct GatewayRequest<'a> {
@@ -90,8 +89,6 @@ impl From<&GatewayReply> for GatewayRefusal {
     }
 }
 
-pub type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 /// Why the readiness probe could not reach the gateway.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProbeFailure {
@@ -105,8 +102,8 @@ pub enum ProbeFailure {
     Tls(String),
 }
 
-/// What the probe and the pollers' own connections need to dial the gateway exactly as the
-/// pool does: the same address, TLS settings and server name.
+/// What every connection to the gateway is dialed with: the probe's, the pool's and the
+/// pollers' alike.
 struct Dialer {
     addr: String,
     tls: tokio_rustls::TlsConnector,
@@ -120,10 +117,9 @@ pub struct GatewayClient {
 }
 
 struct Inner {
-    client: HttpsClient,
-    scheme_authority: String,
+    pool: Arc<Pool>,
     request_timeout: Duration,
-    /// `Host` for requests on a dedicated connection (the pool sets it from the URI).
+    /// `Host` of every request: the URL's authority.
     host: HeaderValue,
     dialer: Dialer,
 }
@@ -133,11 +129,6 @@ impl GatewayClient {
         let url: Uri = cfg.url.parse().map_err(|e| format!("gateway.url: {e}"))?;
         let authority = url.authority().ok_or("gateway.url: no host")?.to_string();
         let tls = Arc::new(tls::client_config(cfg.ca_file.as_deref())?);
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(ms(cfg.connect_timeout_ms)));
-        http.set_keepalive(Some(Duration::from_secs(60)));
         let resolver: Arc<dyn hyper_rustls::ResolveServerName + Send + Sync> = match &cfg.tls_server_name {
             Some(name) => {
                 let name = rustls_pki_types::ServerName::try_from(name.clone())
@@ -149,21 +140,13 @@ impl GatewayClient {
         let host = HeaderValue::from_str(&authority).map_err(|e| format!("gateway.url: host: {e}"))?;
         let dialer = Dialer {
             addr: format!("{}:{}", url.host().unwrap_or_default(), url.port_u16().unwrap_or(443)),
-            tls: tokio_rustls::TlsConnector::from(tls.clone()),
+            tls: tokio_rustls::TlsConnector::from(tls),
             server_name: resolver.resolve(&url).map_err(|e| format!("gateway.url: no TLS server name: {e}"))?,
             connect_timeout: ms(cfg.connect_timeout_ms),
         };
-        let connector = hyper_rustls::HttpsConnector::new(http, tls, true, resolver);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(ms(cfg.pool_idle_timeout_ms))
-            .pool_max_idle_per_host(cfg.pool_max_idle_per_host)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
         Ok(Self {
             inner: Arc::new(Inner {
-                client,
-                scheme_authority: format!("https://{authority}"),
+                pool: Pool::new(cfg.pool_max_idle_per_host, ms(cfg.pool_idle_timeout_ms)),
                 request_timeout: ms(cfg.request_timeout_ms),
                 host,
                 dialer,
@@ -201,55 +184,57 @@ impl GatewayClient {
         &'a self,
         req: GatewayRequest<'a>,
     ) -> impl Future<Output = Result<GatewayReply, UpstreamError>> + Send + 'a {
+        async move { self.call_timed(req).await.0 }
+    }
+
+    /// [`GatewayClient::call`], and how long the round trip took: one clock reading before it
+    /// serves the deadline, the pool's idle bookkeeping and the metrics too (each reading is a
+    /// `clock_gettime`; a gateway call read the clock seven times before they were shared).
+    #[allow(clippy::manual_async_fn)] // on purpose: see `call`
+    pub fn call_timed<'a>(
+        &'a self,
+        req: GatewayRequest<'a>,
+    ) -> impl Future<Output = (Result<GatewayReply, UpstreamError>, Duration)> + Send + 'a {
         async move {
-            let started = Instant::now();
-            let timeout = req.timeout.unwrap_or(self.inner.request_timeout);
+            let started = tokio::time::Instant::now();
+            let deadline = started + req.timeout.unwrap_or(self.inner.request_timeout);
             // A timeout drops the exchange mid-flight, and the connection with an unfinished
-            // answer with it (hyper closes a pooled one; a poller's own is held by the
+            // answer with it (a pooled one is not given back; a poller's own is held by the
             // exchange); the next call dials a new one.
-            let result = match tokio::time::timeout(timeout, self.exchange(req)).await {
+            let result = match tokio::time::timeout_at(deadline, self.exchange(req, started)).await {
                 Ok(Ok(answer)) => reply(answer),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(UpstreamError::Timeout),
             };
-            timing::add(started.elapsed());
-            result
+            let elapsed = started.elapsed();
+            timing::add(elapsed);
+            (result, elapsed)
         }
     }
 
-    /// Sends the request and reads the whole answer: on the caller's own connection (the
-    /// poller's), or through the pool, where the request (256 bytes) is built just before it
-    /// is handed to hyper, in a statement of its own, so no frame keeps it.
+    /// Sends the request and reads the whole answer, on the caller's own connection (the
+    /// poller's) or on one from the pool, given back after an answer keep-alive allows. A
+    /// connection whose exchange failed, or was dropped by the timeout, is closed.
     #[allow(clippy::manual_async_fn)] // on purpose: see `call`
     fn exchange<'a>(
         &'a self,
         req: GatewayRequest<'a>,
+        started: tokio::time::Instant,
     ) -> impl Future<Output = Result<Answer, UpstreamError>> + Send + 'a {
         async move {
+            let body = req.body.as_deref().unwrap_or_default();
             if let Some(conn) = req.conn {
-                conn.render(
-                    req.method,
-                    req.agent,
-                    &self.inner.host,
-                    req.auth,
-                    req.body.as_deref().unwrap_or_default(),
-                )?;
+                conn.render(req.method, req.agent, &self.inner.host, req.auth, body)?;
                 return self.send_on(conn).await;
             }
-            let path = request_target(req.method, req.agent)?;
-            let uri = Uri::try_from(format!("{}{path}", self.inner.scheme_authority))
-                .map_err(|e| UpstreamError::Malformed(format!("cannot build request: {e}")))?;
-            let send = self.inner.client.request(self.request(req.method, uri, req.auth, req.body));
-            let (parts, body) = send.await.map_err(classify)?.into_parts();
-            let collect = http_body_util::Limited::new(body, MAX_UPSTREAM_BODY).collect();
-            let body = collect.await.map_err(|e| UpstreamError::Malformed(format!("reading body: {e}")))?.to_bytes();
-            let h = &parts.headers;
-            Ok(Answer {
-                status: parts.status,
-                set_guid: h.get(SET_GUID_HEADER).and_then(|v| v.to_str().ok()).and_then(parse_set_guid),
-                cookies: h.get_all(SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).filter_map(cookie_pair).collect(),
-                body,
-            })
+            // The call's start stands for both ends of the pool's bookkeeping: a connection
+            // then counts as idle from when its last request began, a round trip early.
+            let mut conn = self.inner.pool.checkout(started);
+            conn.render(req.method, req.agent, &self.inner.host, req.auth, body)?;
+            let answer = self.send_on(&mut conn).await?;
+            conn.trim();
+            self.inner.pool.checkin(conn, started);
+            Ok(answer)
         }
     }
 
@@ -258,12 +243,22 @@ impl GatewayClient {
     /// connection could not take is written once more on a new one; one the gateway may have
     /// read is never sent again.
     async fn send_on(&self, conn: &mut PollConnection) -> Result<Answer, UpstreamError> {
+        let had_one = conn.is_open();
         let mut stream = match conn.take_open() {
             Some(mut s) => match poll_conn::write_request(&mut s, conn.request()).await {
-                Ok(()) => s,
-                Err(_) => self.dial_and_write(conn).await?,
+                Ok(()) => {
+                    tracing::trace!("gateway connection reused");
+                    s
+                }
+                Err(_) => {
+                    tracing::debug!("gateway connection closed under the request; dialing a new one");
+                    self.dial_and_write(conn).await?
+                }
             },
-            None => self.dial_and_write(conn).await?,
+            None => {
+                tracing::debug!(closed_while_idle = had_one, "no open gateway connection to reuse; dialing");
+                self.dial_and_write(conn).await?
+            }
         };
         // Taken out of `conn` for the exchange: a timeout that drops this future mid-answer
         // drops the connection with it, and the next poll dials a new one.
@@ -284,37 +279,18 @@ impl GatewayClient {
         Ok(stream)
     }
 
-    /// The request for the pool, which takes an absolute URI (it picks the connection by it).
-    fn request(
-        &self,
-        method: GatewayMethod,
-        uri: Uri,
-        auth: Option<&SessionAuth>,
-        body: Option<Bytes>,
-    ) -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(body.unwrap_or_default()));
-        *request.method_mut() = method.http_method();
-        *request.uri_mut() = uri;
-        let h = request.headers_mut();
-        // Room for every header at once: growing the map mid-way is a rehash.
-        h.reserve(5);
-        h.insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
-        session_headers(auth, |name, value| {
-            h.insert(name.clone(), value.into_owned());
-        });
-        request
-    }
-
-    /// A new connection of its own: TCP within the connect timeout, TLS as the pool does it
-    /// (same CA, server name and protocol versions).
+    /// A new connection: TCP within the connect timeout, then TLS with the configured CA,
+    /// server name and protocol versions.
     async fn dial(&self) -> Result<Box<TlsStream<TcpStream>>, UpstreamError> {
         let d = &self.inner.dialer;
         let tcp = tokio::time::timeout(d.connect_timeout, TcpStream::connect(&d.addr))
             .await
             .map_err(|_| UpstreamError::Unavailable("tcp connect timed out".into()))?
             .map_err(|e| UpstreamError::Unavailable(format!("tcp connect error: {e}")))?;
-        // As the pool's connector: requests are small and latency-bound.
+        // Requests are small and latency-bound; an idle pooled connection the network dropped
+        // is found out by the kernel's keep-alive probes.
         let _ = tcp.set_nodelay(true);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE));
         let tls = d
             .tls
             .connect(d.server_name.clone(), tcp)
@@ -338,15 +314,6 @@ fn reply(a: Answer) -> Result<GatewayReply, UpstreamError> {
     let envelope: Envelope = serde_json::from_slice(&a.body)
         .map_err(|e| UpstreamError::Malformed(format!("not a gateway envelope: {e}")))?;
     Ok(GatewayReply { envelope, set_guid: a.set_guid, cookies: a.cookies, body: a.body })
-}
-
-fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {
-    if e.is_connect() {
-        // The error chain names the cause (refused, TLS) but never carries request data.
-        UpstreamError::Unavailable(error_chain(&e))
-    } else {
-        UpstreamError::Malformed(error_chain(&e))
-    }
 }
 
 /// The error and its causes, as one line (hyper's top error says only "client error").

@@ -6,6 +6,7 @@ pub mod client;
 pub mod envelope;
 pub mod methods;
 pub mod poll_conn;
+pub mod pool;
 pub mod timing;
 pub mod trace;
 pub mod wire;

@@ -1,11 +1,12 @@
-//! An agent poller's own HTTP/1.1 connection to the gateway, and the wire format of its one
-//! kind of exchange: a request without a body out, one answer in.
+//! One HTTP/1.1 connection to the gateway, and the wire format of its one kind of exchange: a
+//! request out, one answer in. Each agent's poller has its own; app requests and sign-ins
+//! take one from the shared pool (`pool.rs`).
 //!
-//! Why not hyper here, when every other gateway call goes through hyper's pool: a long poll
-//! holds its connection for the gateway's whole wait, so each signed-in agent has one, and at
-//! 10,000 agents they make ~1,000 round trips a second while nothing happens. Through hyper
-//! each one is four task wake-ups (the poller hands the request to the connection's task over
-//! a channel, that task writes it; later it reads the answer and hands it back over another),
+//! Why not hyper: a long poll holds its connection for the gateway's whole wait, so each
+//! signed-in agent has one, and at 10,000 agents they make ~1,000 round trips a second while
+//! nothing happens. Through hyper each one is four task wake-ups (the poller hands the
+//! request to the connection's task over a channel, that task writes it; later it reads the
+//! answer and hands it back over another),
 //! a request and a response header map, and an 8 KiB read buffer allocated afresh per answer;
 //! each connection also keeps an 8 KiB write buffer and its task. Here the poller writes and
 //! reads its connection itself, with two small buffers kept between polls (bench/RESULTS.md,
@@ -54,17 +55,20 @@ const KEEP_CAPACITY: usize = 16 * 1024;
 /// Read this much at a time: a whole answer, usually.
 const READ_CHUNK: usize = 2048;
 
-/// An agent poller's own connection (see the module's documentation). Dropped with the
-/// poller: the connection closes when the agent signs out. Serves one agent, whose request
-/// target is rendered once.
+/// One HTTP/1.1 connection to the gateway and its buffers: an agent poller's own (see the
+/// module's documentation; dropped with the poller, so it closes when the agent signs out), or
+/// one of the shared pool's (`pool.rs`). The request line and fixed headers are rendered once
+/// per method and agent, which for a poller is once.
 #[derive(Default)]
 pub struct PollConnection {
     /// Boxed: the TLS state is KiBs, and this is moved in and out of every exchange.
     stream: Option<Box<TlsStream<TcpStream>>>,
     read: Vec<u8>,
     write: Vec<u8>,
-    /// `GET <path> HTTP/1.1\r\n` and the headers that never change, for this method.
-    head: Option<(GatewayMethod, Vec<u8>)>,
+    /// What `head` was rendered for.
+    head_for: Option<(GatewayMethod, String)>,
+    /// `GET <path> HTTP/1.1\r\n` and the headers that never change.
+    head: Vec<u8>,
 }
 
 impl std::fmt::Debug for PollConnection {
@@ -85,24 +89,28 @@ impl PollConnection {
         auth: Option<&SessionAuth>,
         body: &[u8],
     ) -> Result<(), UpstreamError> {
-        if self.head.as_ref().is_none_or(|(m, _)| *m != method) {
-            let mut fixed = Vec::with_capacity(128);
+        if self.head_for.as_ref().is_none_or(|(m, a)| *m != method || a != agent) {
+            // Cleared first: a failure below leaves no head to reuse.
+            self.head_for = None;
+            let target = wire::request_target(method, agent)?;
+            let fixed = &mut self.head;
+            fixed.clear();
             fixed.extend_from_slice(method.http_method().as_str().as_bytes());
             fixed.push(b' ');
-            fixed.extend_from_slice(wire::request_target(method, agent)?.as_bytes());
+            fixed.extend_from_slice(target.as_bytes());
             fixed.extend_from_slice(b" HTTP/1.1\r\n");
-            field(&mut fixed, "host", host.as_bytes());
-            field(&mut fixed, "content-type", wire::JSON_UTF8.as_bytes());
-            self.head = Some((method, fixed));
+            field(fixed, "host", host.as_bytes());
+            field(fixed, "content-type", wire::JSON_UTF8.as_bytes());
+            self.head_for = Some((method, agent.to_owned()));
         }
         let w = &mut self.write;
         w.clear();
-        if let Some((_, fixed)) = &self.head {
-            w.extend_from_slice(fixed);
-        }
+        w.extend_from_slice(&self.head);
         wire::session_headers(auth, |name, value| field(w, name.as_str(), value.as_bytes()));
         if !body.is_empty() || method.http_method() != http::Method::GET {
-            field(w, "content-length", body.len().to_string().as_bytes());
+            w.extend_from_slice(b"content-length: ");
+            wire::push_decimal(w, body.len() as u64);
+            w.extend_from_slice(b"\r\n");
         }
         w.extend_from_slice(b"\r\n");
         w.extend_from_slice(body);
@@ -123,6 +131,12 @@ impl PollConnection {
             Poll::Pending if nothing_buffered(&mut stream) => Some(stream),
             _ => None,
         }
+    }
+
+    /// Whether it holds a connection to reuse (not checked for a close meanwhile: that is
+    /// `take_open`'s, at the next request).
+    pub(super) fn is_open(&self) -> bool {
+        self.stream.is_some()
     }
 
     pub(super) fn request(&self) -> &[u8] {
@@ -212,6 +226,17 @@ impl PollConnection {
         // either: reading them as the next poll's answer would adopt a Guid nobody sent for it.
         keep_alive &= nothing_buffered(stream);
         Ok((Answer { status: head.status, set_guid: head.set_guid, cookies: head.cookies, body }, keep_alive))
+    }
+
+    /// Gives back buffer capacity past [`KEEP_CAPACITY`], so an idle pooled connection does
+    /// not pin the size of the largest request it carried.
+    pub(super) fn trim(&mut self) {
+        if self.write.capacity() > KEEP_CAPACITY {
+            self.write = Vec::new();
+        }
+        if self.read.capacity() > KEEP_CAPACITY {
+            self.read = Vec::new();
+        }
     }
 
     pub(super) fn keep(&mut self, stream: Box<TlsStream<TcpStream>>) {

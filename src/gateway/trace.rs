@@ -94,7 +94,7 @@ impl std::fmt::Display for TraceId<'_> {
 /// Unique enough for span and trace ids, without a system call per request (a `uuid` v4
 /// reads the OS's randomness each time): SipHash, keyed per thread by std from the OS once,
 /// over a process-wide counter.
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -107,7 +107,7 @@ fn random_span_id() -> [u8; 8] {
     random_u64().to_be_bytes()
 }
 
-fn hex_into(b: &[u8], out: &mut [u8]) {
+pub(crate) fn hex_into(b: &[u8], out: &mut [u8]) {
     const D: &[u8; 16] = b"0123456789abcdef";
     for (x, o) in b.iter().zip(out.chunks_exact_mut(2)) {
         o[0] = D[(x >> 4) as usize];

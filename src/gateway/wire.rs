@@ -1,5 +1,5 @@
-//! The wire format both request paths share (hyper's pool for app requests and sign-ins,
-//! the poller's own connection for event polls): the request target, the session and trace
+//! The wire format of gateway requests (a pooled connection for app requests and sign-ins,
+//! the poller's own for event polls, one writer for both): the request target, the session and trace
 //! headers in the order they are sent, the one [`Answer`] type either path reads, and the
 //! parsing and bounds of what an answer says about the session (`Set-GUID`, `Set-Cookie`).
 //! One writer of each fact, so the two paths cannot drift apart.
@@ -74,8 +74,22 @@ impl std::fmt::Debug for Answer {
 }
 
 /// The request target of a call: from a work number checked again here, whoever supplied it
-/// (a token, the shared store), so nothing but digits reaches the request line. Both writers
-/// (hyper's pool, the poller's own connection) take it from here.
+/// (a token, the shared store), so nothing but digits reaches the request line.
+/// `n` in decimal, without the formatting machinery (on the path of every request).
+pub(crate) fn push_decimal(v: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    v.extend_from_slice(&digits[i..]);
+}
+
 pub(super) fn request_target(method: GatewayMethod, agent: &str) -> Result<String, UpstreamError> {
     match super::parse_agent_id(agent) {
         Some(_) => Ok(method.path(agent)),
@@ -83,10 +97,9 @@ pub(super) fn request_target(method: GatewayMethod, agent: &str) -> Result<Strin
     }
 }
 
-/// The headers that carry the session and the trace, in the order both writers send them:
+/// The headers that carry the session and the trace, in the order they are sent:
 /// `traceparent`, `tracestate`, `guid`, `cookie` (each a `HeaderValue`, so valid by type).
-/// A value made here is handed over owned, one the session keeps is lent: the pool's writer
-/// then moves the one and clones the other, as it did before there was one writer.
+/// A value made here is handed over owned, one the session keeps is lent.
 pub(super) fn session_headers(auth: Option<&SessionAuth>, mut field: impl FnMut(&HeaderName, Cow<'_, HeaderValue>)) {
     // The app's trace continues at the gateway, with ccgate's span as the parent.
     timing::with_trace(|t| {

@@ -10,6 +10,9 @@
 //! tests. Keyed state lives in a capped map: idle keys are evicted periodically, and when the
 //! cap is reached a new key is judged as a fresh one without being stored (fail-open, counted)
 //! while tenant and global limits still apply, so memory stays bounded whatever the traffic.
+//!
+//! With the shared store the buckets live in Redis, and a replica spends slices of a big
+//! bucket's tokens locally (`slices.rs`, where the accuracy it trades is stated).
 
 use std::num::NonZeroU32;
 use std::ops::Add;
@@ -27,9 +30,10 @@ use super::failure::Failure;
 pub use super::limit_state::{LimitState, Refusal};
 use super::method::MethodLabel;
 use super::principal::Principal;
+use super::slices::{self, Slices, Take};
 use crate::config::{LimitConfig, LimitsFallback, RateLimitsConfig, Scope};
 use crate::metrics::Metrics;
-use crate::shared::{Bucket, SharedStore, StoreError};
+use crate::shared::{Bucket, Grant, SharedStore, StoreError};
 
 /// How often idle keys are evicted and the key gauges refreshed.
 pub const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
@@ -138,6 +142,9 @@ pub struct Limit {
     /// Each gateway's key in the shared store: its namespace (agent buckets) and name
     /// (gateway buckets).
     gateways: Arc<[(Arc<str>, Arc<str>)]>,
+    /// With the shared store: this replica's slices of the limit's buckets (`None` for
+    /// buckets too small to slice).
+    slices: Option<Slices>,
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -167,7 +174,8 @@ impl Limit {
             Scope::Agent => Limiter::Keyed((0..per_gateway).map(|_| keyed()).collect()),
         };
         let window_secs = ceil_secs(period * cfg.burst);
-        Self { cfg, no_tenant: "-".into(), name, window_secs, interval: period, limiter, gateways }
+        let slices = Slices::new(slices::cap(cfg.rate, cfg.burst), per_gateway, max_keys);
+        Self { cfg, no_tenant: "-".into(), name, window_secs, interval: period, limiter, gateways, slices }
     }
 
     fn state(&self, remaining: u32, reset_secs: u64) -> LimitState {
@@ -196,24 +204,50 @@ impl Limit {
         }
     }
 
-    /// The same decision on the limit's bucket in Redis, shared by every replica.
-    async fn check_shared(
-        &self,
-        shared: &dyn SharedStore,
-        who: &Principal,
-    ) -> Result<Result<u32, Duration>, StoreError> {
+    /// Which of the limit's buckets `who` counts against: (slice map, namespace, key).
+    fn bucket_of<'a>(&'a self, who: &'a Principal) -> (usize, &'a str, &'a str) {
         let (namespace, gateway) = match self.gateways.get(who.gateway) {
             Some((ns, name)) => (&**ns, &**name),
             None => ("", ""),
         };
-        let key = match self.cfg.scope {
-            Scope::Agent => who.agent_id.as_str(),
-            Scope::Tenant => who.tenant.as_deref().unwrap_or(&self.no_tenant),
-            Scope::Gateway => gateway,
-            Scope::Global => "",
-        };
+        match self.cfg.scope {
+            Scope::Agent => (who.gateway, namespace, who.agent_id.as_str()),
+            Scope::Tenant => (0, namespace, who.tenant.as_deref().unwrap_or(&self.no_tenant)),
+            Scope::Gateway => (who.gateway, namespace, gateway),
+            Scope::Global => (0, namespace, ""),
+        }
+    }
+
+    /// A token of this replica's slice of `who`'s bucket, or what to ask the store for.
+    fn take_local(&self, who: &Principal) -> Take {
+        match &self.slices {
+            Some(s) => {
+                let (map, _, key) = self.bucket_of(who);
+                s.take(map, key, tokio::time::Instant::now())
+            }
+            None => Take::Fetch { want: 1, refill: false },
+        }
+    }
+
+    /// The decision on the limit's bucket in Redis, shared by every replica: `want` tokens
+    /// taken, and with `refill` the surplus kept as this replica's slice.
+    async fn check_shared(
+        &self,
+        shared: &dyn SharedStore,
+        who: &Principal,
+        want: u32,
+        refill: bool,
+    ) -> Result<Result<u32, Duration>, StoreError> {
+        let (map, namespace, key) = self.bucket_of(who);
         let bucket = Bucket { limit: &self.name, scope: self.cfg.scope, key, namespace };
-        shared.gcra(bucket, self.interval, self.cfg.burst).await
+        let answer = shared.gcra(bucket, self.interval, self.cfg.burst, want).await;
+        if refill {
+            if let Some(s) = &self.slices {
+                s.settle(map, key, answer.as_ref().ok().copied());
+            }
+        }
+        // This request spends one of the tokens; the bucket's remaining counts the slice's.
+        Ok(answer?.map(|Grant { taken, remaining }| remaining.saturating_add(taken.saturating_sub(1))))
     }
 
     fn keys(&self) -> usize {
@@ -297,13 +331,21 @@ impl Limits {
         if limits.is_empty() {
             return Ok(None);
         }
-        // With Redis, every bucket is asked at once: one round trip on the multiplexed
-        // connection, not one per limit. (A bucket is then charged even when a more specific
-        // one refuses; the local limiter stops at the first refusal.)
+        // With Redis, a limit whose bucket this replica holds a slice of decides locally;
+        // the others are asked at once: one round trip on the multiplexed connection, not one
+        // per limit. (A bucket is then charged even when a more specific one refuses; the
+        // local limiter stops at the first refusal.)
         let shared_outcomes = match &self.shared {
             None => None,
             Some((shared, _)) => {
-                Some(futures_util::future::join_all(limits.iter().map(|l| l.check_shared(&**shared, who))).await)
+                let takes: Vec<Take> = limits.iter().map(|l| l.take_local(who)).collect();
+                let answers = limits.iter().zip(&takes).map(|(l, take)| async move {
+                    match *take {
+                        Take::Local(remaining) => Ok(Ok(remaining)),
+                        Take::Fetch { want, refill } => l.check_shared(&**shared, who, want, refill).await,
+                    }
+                });
+                Some(futures_util::future::join_all(answers).await)
             }
         };
         let mut tightest: Option<(u32, &Limit)> = None;
@@ -344,7 +386,11 @@ impl Limits {
 
     /// Evicts idle keys and refreshes the key gauges.
     pub fn evict(&self) {
+        let now = tokio::time::Instant::now();
         for l in &self.all {
+            if let Some(s) = &l.slices {
+                s.evict(now);
+            }
             if let Limiter::Keyed(ks) = &l.limiter {
                 for k in ks {
                     k.retain_recent();
@@ -422,5 +468,59 @@ mod tests {
         hub.set_down(true);
         assert!(replicas[0].check(stop, &who).await.is_ok());
         assert!(matches!(replicas[2].check(stop, &who).await, Err(Failure::StoreUnavailable)));
+    }
+
+    /// Slices (issue 27): three replicas, uneven demand far above the rate, on one bucket big
+    /// enough to slice. Admitted within the stated bound (`slices.rs`): what GCRA allows
+    /// (burst + rate × time) plus at most one slice per replica; and with slices in hand a
+    /// replica decides without the store.
+    #[tokio::test(start_paused = true)]
+    async fn sliced_buckets_stay_within_the_stated_bound_across_three_replicas() {
+        use crate::shared::memory::MemoryHub;
+        let hub = MemoryHub::new(Duration::from_secs(3));
+        let stop = MethodLabel::Gateway(crate::gateway::GatewayMethod::StopVoiceToConf);
+        let who = Principal::agent("153");
+        let (rate, burst) = (200.0, 6_400);
+        let cfg = RateLimitsConfig {
+            limit: vec![LimitConfig { rate, burst, scope: Scope::Global, ..limit("stopVoiceToConf") }],
+            ..RateLimitsConfig::default()
+        };
+        let cap = slices::cap(rate, burst);
+        assert_eq!(cap, 100);
+        let replicas: Vec<Limits> = (0..3)
+            .map(|_| {
+                let store: Arc<dyn SharedStore> = hub.replica();
+                Limits::new(&cfg, Metrics::new()).unwrap().shared(store, LimitsFallback::Closed)
+            })
+            .collect();
+        // Requests per ms: 2, 1 and one every 10 ms (3,100/s against 200/s).
+        let (ms, mut admitted) = (20_000u32, 0u32);
+        for t in 0..ms {
+            for (i, r) in replicas.iter().enumerate() {
+                let n = match i {
+                    0 => 2,
+                    1 => 1,
+                    _ => u32::from(t % 10 == 0),
+                };
+                for _ in 0..n {
+                    admitted += u32::from(r.check(stop, &who).await.is_ok());
+                }
+            }
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let allowed = burst as f64 + rate * f64::from(ms) / 1000.0;
+        let over = f64::from(admitted) - allowed;
+        assert!(over <= f64::from(3 * cap), "admitted {admitted}, GCRA allows {allowed}: {over} over");
+        assert!(over >= -f64::from(3 * cap), "admitted {admitted}, GCRA allows {allowed}: {over} under");
+
+        // A full bucket again: after a few takes a busy replica holds a slice, and spends it
+        // with the store away (`closed` would refuse any request that needed the store).
+        tokio::time::advance(Duration::from_secs(60)).await;
+        for _ in 0..64 {
+            assert!(replicas[0].check(stop, &who).await.is_ok());
+        }
+        hub.set_down(true);
+        assert!(replicas[0].check(stop, &who).await.is_ok(), "decided locally, from the slice");
+        assert!(matches!(replicas[1].check(stop, &who).await, Err(Failure::StoreUnavailable)), "no slice: the store");
     }
 }

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod method;
 pub mod policy;
 pub mod principal;
+pub mod slices;
 
 use std::future::Future;
 use std::sync::Arc;

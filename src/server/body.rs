@@ -21,7 +21,17 @@ pub fn empty() -> Body {
 
 /// A JSON response with `status`.
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
-    let mut r = Response::new(full(value.to_string()));
+    json_text(status, value.to_string())
+}
+
+/// A JSON response with `status` whose text is fixed: no value built and serialized per
+/// request (the stop answer, on the hot path, cost ~2,500 instructions that way).
+pub fn json_static(status: StatusCode, text: &'static str) -> Response<Body> {
+    json_text(status, text)
+}
+
+fn json_text(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(text));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r

@@ -21,8 +21,8 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{
-    AuthWrite, AuthWritten, Bucket, Change, ConfWrite, CreateMode, EndAs, Ended, Gcra, Lease, NewEvent, NewRecord,
-    OpLock, Record, RecordState, SharedStore, StoreError, StreamEvent, SEQ_BITS, TOMBSTONE,
+    AuthWrite, AuthWritten, Bucket, Change, ConfWrite, CreateMode, EndAs, Ended, Gcra, Grant, Lease, NewEvent,
+    NewRecord, OpLock, Record, RecordState, SharedStore, StoreError, StreamEvent, SEQ_BITS, TOMBSTONE,
 };
 use crate::config::Scope;
 
@@ -601,7 +601,7 @@ impl SharedStore for MemoryStore {
         Ok(st.replicas.len())
     }
 
-    async fn gcra(&self, bucket: Bucket<'_>, interval: Duration, burst: u32) -> Result<Gcra, StoreError> {
+    async fn gcra(&self, bucket: Bucket<'_>, interval: Duration, burst: u32, want: u32) -> Result<Gcra, StoreError> {
         self.hub.up()?;
         let key = match bucket.scope {
             Scope::Agent => format!("a:{}/{}:{}", bucket.namespace, bucket.key, bucket.limit),
@@ -615,14 +615,15 @@ impl SharedStore for MemoryStore {
         let mut st = self.hub.lock();
         st.limits.retain(|_, (_, expires)| *expires > instant);
         let tat = st.limits.get(&key).map_or(now, |(t, _)| *t).max(now);
-        let new_tat = tat + interval;
-        let allow_at = new_tat.saturating_sub(tolerance);
-        if now < allow_at {
-            return Ok(Err(Duration::from_micros(allow_at - now)));
+        // As the Redis script: as many of `want` as the bucket holds, if it holds one.
+        let available = (now + tolerance).saturating_sub(tat) / interval;
+        if available < 1 {
+            return Ok(Err(Duration::from_micros((tat + interval).saturating_sub(tolerance).saturating_sub(now))));
         }
+        let taken = u64::from(want.max(1)).min(available);
         let ttl = Duration::from_millis(tolerance.div_ceil(1000) + 1000);
-        st.limits.insert(key, (new_tat, instant + ttl));
-        Ok(Ok(((now - allow_at) / interval) as u32))
+        st.limits.insert(key, (tat + taken * interval, instant + ttl));
+        Ok(Ok(Grant { taken: taken as u32, remaining: (available - taken) as u32 }))
     }
 
     async fn follow(self: Arc<Self>, mut on: Box<dyn FnMut(Change) + Send>) {

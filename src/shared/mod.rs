@@ -212,8 +212,16 @@ pub struct Bucket<'a> {
     pub namespace: &'a str,
 }
 
-/// One GCRA decision: `Ok(remaining burst)` or `Err(wait)`.
-pub type Gcra = Result<u32, Duration>;
+/// Tokens a GCRA take granted: how many of those asked for (at least one), and how many the
+/// bucket holds after them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub taken: u32,
+    pub remaining: u32,
+}
+
+/// One GCRA decision: `Ok(grant)` or, when not even one token is there, `Err(wait)`.
+pub type Gcra = Result<Grant, Duration>;
 
 /// The result of a lease operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -333,8 +341,10 @@ pub trait SharedStore: Send + Sync + std::fmt::Debug {
     async fn leave(&self) -> Result<usize, StoreError>;
 
     // --- limits ---
-    /// One GCRA check of `bucket` on the store's clock.
-    async fn gcra(&self, bucket: Bucket<'_>, interval: Duration, burst: u32) -> Result<Gcra, StoreError>;
+    /// Takes up to `want` (≥ 1) tokens from `bucket` at once, on the store's clock: as many
+    /// as it holds, if it holds one. A replica takes more than one to spend them locally
+    /// (`ops::limits`, token slices).
+    async fn gcra(&self, bucket: Bucket<'_>, interval: Duration, burst: u32, want: u32) -> Result<Gcra, StoreError>;
 
     // --- the change channel ---
     /// Follows the change channel for as long as the process runs, calling `on` for each

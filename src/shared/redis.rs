@@ -17,8 +17,8 @@ use redis::{FromRedisValue, ScriptInvocation};
 use super::scripts::{self, AgentKeys, Announce, Scripts};
 use super::{
     now_ms, pack_id, parse_record, unpack_id, valid_event_kind, AuthWrite, AuthWritten, Bucket, Change, ConfWrite,
-    CreateMode, EndAs, Ended, Gcra, Lease, NewEvent, NewRecord, OpLock, Record, RecordState, SharedStore, StoreError,
-    StreamEvent, TOMBSTONE,
+    CreateMode, EndAs, Ended, Gcra, Grant, Lease, NewEvent, NewRecord, OpLock, Record, RecordState, SharedStore,
+    StoreError, StreamEvent, TOMBSTONE,
 };
 use crate::config::{masked_store_url, ms, Scope, StoreConfig};
 use crate::gateway::parse_agent_id;
@@ -600,11 +600,19 @@ impl SharedStore for RedisStore {
         self.run(StoreOp::Lease, async |c| redis::cmd("ZCARD").arg(&key).query_async(c).await).await
     }
 
-    async fn gcra(&self, bucket: Bucket<'_>, interval: Duration, burst: u32) -> Result<Gcra, StoreError> {
+    async fn gcra(&self, bucket: Bucket<'_>, interval: Duration, burst: u32, want: u32) -> Result<Gcra, StoreError> {
         let key = self.limit_key(bucket);
-        let args = scripts::GcraCheck { interval_us: interval.as_micros().max(1) as u64, burst };
-        let (allowed, n): (i64, i64) = self.script(StoreOp::Limit, args.prepare(&self.scripts.gcra, &key)).await?;
-        Ok(if allowed == 1 { Ok(n.max(0) as u32) } else { Err(Duration::from_micros(n.max(0) as u64)) })
+        let args = scripts::GcraCheck { interval_us: interval.as_micros().max(1) as u64, burst, want };
+        let (taken, n): (i64, i64) = self.script(StoreOp::Limit, args.prepare(&self.scripts.gcra, &key)).await?;
+        // Validated like any answer from the network: never more than asked for, a remainder
+        // within the burst, a wait within one burst's refill.
+        let clamp = |v: i64, max: u32| v.clamp(0, i64::from(max)) as u32;
+        Ok(if taken >= 1 {
+            Ok(Grant { taken: clamp(taken, want.max(1)), remaining: clamp(n, burst) })
+        } else {
+            let longest = interval.saturating_mul(burst.max(1)).as_micros().min(u128::from(u64::MAX)) as u64;
+            Err(Duration::from_micros((n.max(0) as u64).min(longest)))
+        })
     }
 
     /// Follows the change channel for as long as the process runs, reconnecting after

@@ -394,31 +394,34 @@ impl Idle<'_> {
 }
 
 /// GCRA (the algorithm governor implements) on Redis's clock: the key holds the theoretical
-/// arrival time. Returns {1, remaining} or {0, µs to wait}.
+/// arrival time. Takes up to `want` tokens, as many as the bucket holds (at least one).
+/// Returns {taken, remaining} or {0, µs to wait}.
 pub(super) struct GcraCheck {
     pub interval_us: u64,
     pub burst: u32,
+    pub want: u32,
 }
 
 const GCRA: &str = r#"
-local interval_us, burst = unpack(ARGV)
+local interval_us, burst, want = unpack(ARGV)
 local t = redis.call('TIME')
 local now = t[1] * 1000000 + t[2]
 local interval = tonumber(interval_us)
 local tolerance = interval * tonumber(burst)
 local tat = tonumber(redis.call('GET', KEYS[1])) or now
 if tat < now then tat = now end
-local new_tat = tat + interval
-local allow_at = new_tat - tolerance
-if now < allow_at then return {0, allow_at - now} end
+local available = math.floor((now + tolerance - tat) / interval)
+if available < 1 then return {0, tat + interval - tolerance - now} end
+local taken = math.min(tonumber(want), available)
+local new_tat = tat + taken * interval
 redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil(tolerance / 1000) + 1000)
-return {1, math.floor((now - allow_at) / interval)}
+return {taken, available - taken}
 "#;
 
 impl GcraCheck {
     pub fn prepare<'s>(&self, s: &'s Script, key: &str) -> ScriptInvocation<'s> {
         let mut inv = s.prepare_invoke();
-        inv.key(key).arg(self.interval_us).arg(self.burst);
+        inv.key(key).arg(self.interval_us).arg(self.burst).arg(self.want.max(1));
         inv
     }
 }

@@ -89,7 +89,8 @@ impl<C: Reusable> Pool<C> {
     }
 
     /// Idle connections now.
-    pub fn idle(&self) -> usize {
+    #[cfg(test)]
+    fn idle(&self) -> usize {
         self.lock().len()
     }
 

@@ -1,10 +1,8 @@
 //! The wire format of gateway requests (a pooled connection for app requests and sign-ins,
-//! the poller's own for event polls, one writer for both): the request target, the session and trace
-//! headers in the order they are sent, the one [`Answer`] type either path reads, and the
-//! parsing and bounds of what an answer says about the session (`Set-GUID`, `Set-Cookie`).
-//! One writer of each fact, so the two paths cannot drift apart.
-
-use std::borrow::Cow;
+//! the poller's own for event polls, one writer for both): the request target, the session
+//! and trace headers in the order they are sent, the one [`Answer`] type either path reads,
+//! and the parsing and bounds of what an answer says about the session (`Set-GUID`,
+//! `Set-Cookie`). One writer of each fact, so the two paths cannot drift apart.
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, COOKIE};
@@ -99,19 +97,18 @@ pub(super) fn request_target(method: GatewayMethod, agent: &str) -> Result<Strin
 
 /// The headers that carry the session and the trace, in the order they are sent:
 /// `traceparent`, `tracestate`, `guid`, `cookie` (each a `HeaderValue`, so valid by type).
-/// A value made here is handed over owned, one the session keeps is lent.
-pub(super) fn session_headers(auth: Option<&SessionAuth>, mut field: impl FnMut(&HeaderName, Cow<'_, HeaderValue>)) {
+pub(super) fn session_headers(auth: Option<&SessionAuth>, mut field: impl FnMut(&HeaderName, &HeaderValue)) {
     // The app's trace continues at the gateway, with ccgate's span as the parent.
     timing::with_trace(|t| {
-        field(&TRACEPARENT, Cow::Owned(t.traceparent()));
+        field(&TRACEPARENT, &t.traceparent());
         if let Some(state) = t.tracestate() {
-            field(&TRACESTATE, Cow::Borrowed(state));
+            field(&TRACESTATE, state);
         }
     });
     if let Some(auth) = auth {
-        field(&GUID, Cow::Borrowed(&auth.guid));
+        field(&GUID, &auth.guid);
         if let Some(c) = &auth.cookie {
-            field(&COOKIE, Cow::Borrowed(c));
+            field(&COOKIE, c);
         }
     }
 }

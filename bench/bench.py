@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import signal
+import resource
 import statistics
 import subprocess
 import sys
@@ -338,20 +339,24 @@ def peak_rss_kib(pid):
 
 
 WRK_LUA = r"""
-local tokens, extra, idx, bad = {}, {}, 0, 0
+-- Every request is formatted once, up front: wrk shares the load core with the simulator, and
+-- that core sets req/s in (a) and (c), so wrk's own cost per request is kept small.
+local reqs, idx = {}, 0
 function init(args)
-  for line in io.lines(args[1]) do tokens[#tokens + 1] = line end
+  local extra = {}
   for i = 2, #args, 2 do extra[args[i]] = args[i + 1] end
+  for line in io.lines(args[1]) do
+    local h = { ["Authorization"] = "Bearer " .. line, ["Content-Type"] = "application/json" }
+    for k, v in pairs(extra) do h[k] = v end
+    reqs[#reqs + 1] = wrk.format("POST", wrk.path, h, nil)
+  end
 end
 function request()
-  idx = idx % #tokens + 1
-  local h = { ["Authorization"] = "Bearer " .. tokens[idx], ["Content-Type"] = "application/json" }
-  for k, v in pairs(extra) do h[k] = v end
-  return wrk.format("POST", wrk.path, h, nil)
+  idx = idx % #reqs + 1
+  return reqs[idx]
 end
-function response(status, headers, body)
-  if status ~= 200 then bad = bad + 1 end
-end
+-- No response() callback: wrk would build a Lua table of every response's headers for it.
+-- wrk counts statuses >= 400 itself (summary.errors.status).
 function done(summary, latency, requests)
   local e = summary.errors
   io.stderr:write(string.format('WRKJSON {"requests":%d,"duration_us":%d,"p50":%d,"p99":%d,"p999":%d,"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d}\n',
@@ -367,13 +372,16 @@ def wrk(url, tokens_file, seconds, conns, extra_headers):
         args += [k, v]
     cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s",
            "-s", str(BENCH / "out" / "bench.lua"), url, "--", str(tokens_file)] + args
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.run(cmd, capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next((l for l in p.stderr.splitlines() if l.startswith("WRKJSON ")), None)
     if line is None:
         sys.exit(f"wrk failed: {p.stdout}\n{p.stderr}")
     r = json.loads(line[8:])
     r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
     r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    r["load_cpu_s"] = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     return r
 
 
@@ -391,7 +399,9 @@ def oha(url, tokens_file, seconds, conns, extra_headers):
             cmd.append("--disable-keepalive")
         else:
             cmd += ["-H", f"{k}: {v}"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.run(cmd + [url], capture_output=True, text=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         d = json.loads(p.stdout)
     except json.JSONDecodeError:
@@ -403,7 +413,8 @@ def oha(url, tokens_file, seconds, conns, extra_headers):
     us = lambda v: int((v or 0) * 1e6)
     return {"requests": sum(codes.values()), "rps": codes.get(200, 0) / d["summary"]["total"],
             "p50": us(pct["p50"]), "p99": us(pct["p99"]), "p999": us(pct["p99.9"]),
-            "status": sum(v for k, v in codes.items() if k != 200), "errors": errs + sum(v for k, v in codes.items() if k != 200)}
+            "status": sum(v for k, v in codes.items() if k != 200), "errors": errs + sum(v for k, v in codes.items() if k != 200),
+            "load_cpu_s": (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)}
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -516,9 +527,13 @@ def main():
                     url, hdrs, proc = targets[name]
                     pid = procs[proc].pid if proc else None
                     before = cpu_ticks(pid) if pid else 0
+                    sim_before = cpu_ticks(procs["sim"].pid)
                     r = load(url, own_tokens.get(name, {}).get(s, tokens), a.seconds, a.connections, {**hdrs, **extra})
                     ticks = (cpu_ticks(pid) - before) if pid else 0
                     r["cpu_s"] = ticks / os.sysconf("SC_CLK_TCK")
+                    # The simulator's share of the load core (load() measures its own): when the
+                    # proxy core idles part of the time, req/s is the load core's.
+                    r["sim_cpu_s"] = (cpu_ticks(procs["sim"].pid) - sim_before) / os.sysconf("SC_CLK_TCK")
                     r["rss_kib"] = peak_rss_kib(pid) if pid else 0
                     results.setdefault(s, {}).setdefault(name, []).append(r)
                     log(f"  round {rnd + 1} {name:7s} {r['rps']:9.0f} req/s  p99 {r['p99'] / 1000:.2f} ms  errors {r['errors']}")
@@ -555,7 +570,12 @@ def spread(xs, fmt="{:.0f}"):
 def per_round(r):
     """One round's figures: req/s, latencies in ms, proxy CPU-s per 10k requests, RSS MiB."""
     return {"rps": r["rps"], "p50": r["p50"] / 1000, "p99": r["p99"] / 1000, "p999": r["p999"] / 1000,
-            "cpu10k": r["cpu_s"] / r["requests"] * 10_000 if r["requests"] else 0.0, "rss": r["rss_kib"] / 1024}
+            "cpu10k": per10k(r, "cpu_s"), "sim10k": per10k(r, "sim_cpu_s"), "wrk10k": per10k(r, "load_cpu_s"),
+            "rss": r["rss_kib"] / 1024}
+
+
+def per10k(r, key):
+    return r.get(key, 0.0) / r["requests"] * 10_000 if r["requests"] else 0.0
 
 
 def report(results, scenarios, systems, scen):
@@ -568,14 +588,16 @@ def report(results, scenarios, systems, scen):
         col = lambda n, k: [x[k] for x in rounds[n]]
         k = min(len(v) for v in rounds.values())
         lines.append(f"\n### Scenario {s}: {scen[s][0]} ({k} paired rounds; median (min-max))\n")
-        lines.append("| system | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req | peak RSS MiB |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append("| system | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU s / 10k req | peak RSS MiB "
+                     "| load core: simulator + wrk CPU s / 10k req |")
+        lines.append("|---|---|---|---|---|---|---|---|")
         for n in present:
             proxy = n != "direct"
             cpu = spread(col(n, "cpu10k"), "{:.3f}") if proxy else "-"
             rss = f"{max(col(n, 'rss')):.1f}" if proxy else "-"
             lines.append(f"| {n} | {spread(col(n, 'rps'))} | {med(col(n, 'p50')):.2f} | {spread(col(n, 'p99'), '{:.2f}')} "
-                         f"| {med(col(n, 'p999')):.2f} | {cpu} | {rss} |")
+                         f"| {med(col(n, 'p999')):.2f} | {cpu} | {rss} "
+                         f"| {med(col(n, 'sim10k')):.3f} + {med(col(n, 'wrk10k')):.3f} |")
         ratio_rows = []
 
         def ratio(label, a, b, key, invert=False, diff=False):

@@ -83,7 +83,8 @@ pub const DEFAULT_AGENT_CLAIM: &str = "agent_id";
 /// 10k covers every live token of a large contact center; an entry is ~150 bytes.
 pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
 /// Longest reuse of one verification: bounds how long a token keeps passing after its key
-/// left the JWKS (a restart or config change clears the cache at once).
+/// left the JWKS (a restart or config change clears the cache at once). Each token's reuse
+/// ends up to a quarter of it early (`edge::auth::TTL_SPREAD`).
 pub const DEFAULT_TOKEN_CACHE_TTL_SECS: u64 = 60;
 /// Claim that names the tenant, for per-tenant rate limits.
 pub const DEFAULT_TENANT_CLAIM: &str = "tenant";

@@ -132,7 +132,7 @@ struct Handled {
 }
 
 impl Handler for Proxy {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
         let started = Instant::now();
         let _in_flight = GaugeGuard::new(self.metrics.in_flight());
         let http_method = req.method().clone();
@@ -145,7 +145,7 @@ impl Handler for Proxy {
         crate::otel::link(&span, &mut trace);
         span.record("trace_id", tracing::field::display(trace.trace_id()));
         let trace_id = trace.trace_id;
-        let (handled, upstream) = timing::measure(trace, || self.serve(req, &rid).instrument(span)).await;
+        let (handled, upstream) = timing::measure(trace, || self.serve(req, peer.ip(), &rid).instrument(span)).await;
         let Handled { label, gateway, route, agent, client, mut response, outcome } = handled;
         let elapsed = started.elapsed();
         self.metrics.record_request(gateway, label, outcome, elapsed);
@@ -173,9 +173,9 @@ impl Handler for Proxy {
 impl Proxy {
     /// The phases from routing to rendering. Each face answers in its own language,
     /// decided by the path before anything else can fail.
-    async fn serve(&self, req: Request<Incoming>, rid: &http::HeaderValue) -> Handled {
+    async fn serve(&self, req: Request<Incoming>, peer: std::net::IpAddr, rid: &http::HeaderValue) -> Handled {
         let passthrough_face = req.uri().path().starts_with(BASE_PATH);
-        let peer = req.extensions().get::<crate::server::listener::ClientAddr>().map(|a| a.0.ip());
+        let peer = Some(peer);
         // Resolved only when the access line is written (its `client`): not per request else.
         let client = tracing::enabled!(target: "ccgate::access", tracing::Level::INFO)
             .then(|| peer.map(|p| self.auth.load().client_address(p, req.headers())))

@@ -71,8 +71,6 @@ impl std::fmt::Debug for Answer {
     }
 }
 
-/// The request target of a call: from a work number checked again here, whoever supplied it
-/// (a token, the shared store), so nothing but digits reaches the request line.
 /// `n` in decimal, without the formatting machinery (on the path of every request).
 pub(crate) fn push_decimal(v: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
@@ -88,6 +86,13 @@ pub(crate) fn push_decimal(v: &mut Vec<u8>, mut n: u64) {
     v.extend_from_slice(&digits[i..]);
 }
 
+/// How many digits [`push_decimal`] writes for `n`.
+pub(crate) fn decimal_len(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |d| d as usize + 1)
+}
+
+/// The request target of a call: from a work number checked again here, whoever supplied it
+/// (a token, the shared store), so nothing but digits reaches the request line.
 pub(super) fn request_target(method: GatewayMethod, agent: &str) -> Result<String, UpstreamError> {
     match super::parse_agent_id(agent) {
         Some(_) => Ok(method.path(agent)),
@@ -197,6 +202,16 @@ pub fn session_auth(guid: &str, cookies: &[String]) -> Option<SessionAuth> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_are_written_and_measured_alike() {
+        for n in [0, 7, 9, 10, 99, 100, 12_345, 999_999, 1_000_000, u64::MAX] {
+            let mut v = Vec::new();
+            push_decimal(&mut v, n);
+            assert_eq!(v, n.to_string().as_bytes());
+            assert_eq!(decimal_len(n), v.len(), "{n}");
+        }
+    }
 
     #[test]
     fn set_guid_keeps_node_suffix() {

@@ -255,7 +255,8 @@ pub struct Admin {
 pub const OPENAPI: &str = include_str!("../../api/openapi.yaml");
 
 impl Handler for Admin {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
+        req.extensions_mut().insert(super::listener::ClientAddr(peer));
         let path = req.uri().path();
         if req.method() == Method::POST && path == "/-/reload" {
             return self.reload(&req).await;

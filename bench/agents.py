@@ -158,18 +158,7 @@ def scenario_a(out, seconds, pid=None, label="a", port=PROXY, tokens="tokens-8.t
     return r
 
 
-def stop_all(procs):
-    """SIGTERM to each process group, SIGKILL to any still there after 30 s."""
-    for p in procs.values():
-        try:
-            os.killpg(p.pid, 15)
-        except ProcessLookupError:
-            pass
-    for p in procs.values():
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, 9)
+stop_all = bench.stop_all
 
 
 def run_one(out, binary, key, n, seconds, idle_seconds, extra, env, clients, event_wait_ms):

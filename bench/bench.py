@@ -544,16 +544,23 @@ def main():
         if bad:
             sys.exit(f"errors in {bad}")
     finally:
-        for p in procs.values():
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs.values():
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
+        stop_all(procs)
+
+
+def stop_all(procs, timeout=30):
+    """SIGTERM to each process group in the reverse order of their start, each gone (or
+    SIGKILLed after `timeout` s) before the next is signalled: ccgate signs its agents out at
+    the simulator as it stops, which takes the simulator still up (stopped together, the
+    sign-outs were retried for seconds against a closed port)."""
+    for p in reversed(list(procs.values())):
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=timeout)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
 
 
 def med(xs):

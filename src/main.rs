@@ -140,7 +140,7 @@ fn init_logging_with(
     let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty());
     let (filter, overridden) = match from_env.as_deref().map(tracing_subscriber::EnvFilter::try_new) {
         Some(Ok(f)) => (f, from_env.clone()),
-        _ => (tracing_subscriber::EnvFilter::new(level), None),
+        _ => (tracing_subscriber::EnvFilter::new(configured_filter(level)), None),
     };
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
@@ -166,6 +166,21 @@ fn init_logging_with(
         tracing::info!(endpoint = %config::mask_userinfo(endpoint), "exporting request spans over OTLP/HTTP");
     }
     Ok(exporter)
+}
+
+/// rustls logs what a peer does wrong at warn, one line per connection: an IP address sent as
+/// the server name (wrk and some SDKs do), the fatal alert it sends a port scanner. Any
+/// client could fill the log with them, and ccgate logs its own failed handshakes at debug.
+/// So `log.level` leaves rustls's lines below error out unless it names rustls itself (or is
+/// `off` or `error`, which this would not quieten); `RUST_LOG` is taken as written.
+const QUIET_RUSTLS: &str = "rustls=error";
+
+fn configured_filter(level: &str) -> String {
+    let plain = level.trim();
+    if plain.contains("rustls") || plain.eq_ignore_ascii_case("off") || plain.eq_ignore_ascii_case("error") {
+        return level.to_owned();
+    }
+    format!("{plain},{QUIET_RUSTLS}")
 }
 
 fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -605,4 +620,21 @@ async fn run_sim(cfg: SimConfig) -> Result<(), String> {
         let _ = std::fs::remove_dir_all(dir);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::configured_filter;
+
+    #[test]
+    fn rustls_peer_faults_stay_out_of_the_log_unless_asked_for() {
+        assert_eq!(configured_filter("info"), "info,rustls=error");
+        assert_eq!(configured_filter("warn,ccgate=debug"), "warn,ccgate=debug,rustls=error");
+        assert_eq!(configured_filter("debug,rustls=debug"), "debug,rustls=debug", "the operator's own word");
+        assert_eq!(configured_filter("off"), "off", "never louder than asked");
+        assert_eq!(configured_filter("error"), "error");
+        for f in ["info", "warn,ccgate=debug", "trace"] {
+            assert!(tracing_subscriber::EnvFilter::try_new(configured_filter(f)).is_ok(), "{f}");
+        }
+    }
 }

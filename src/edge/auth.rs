@@ -186,9 +186,9 @@ struct Verified {
 /// bearer credential. Profiling showed RSA signature checks at over a quarter of the CPU of a
 /// proxied request; apps reuse a token for its lifetime, so most requests skip the check.
 /// An entry is reused until the earlier of the token's expiry (with leeway) and `ttl` after
-/// its verification, less a spread ([`reuse_until`]). Two generations bound the size: when the current one holds half the
-/// capacity it becomes the previous one, and the old previous is dropped (approximate LRU,
-/// O(1), no per-entry bookkeeping).
+/// its verification, less a spread ([`reuse_until`]). Two generations bound the size: when
+/// the current one holds half the capacity it becomes the previous one, and the old previous
+/// is dropped (approximate LRU, O(1), no per-entry bookkeeping).
 /// The same structure remembers tokens refused for their signature ([`REFUSED_TOKENS`]).
 struct TokenCache<V> {
     half: usize,
@@ -938,7 +938,7 @@ mod tests {
         let in_last_second = ends.iter().filter(|&&e| e == 1_060).count();
         assert!(in_last_second < 150, "not bunched: {in_last_second} of 1,000 in one second");
         assert_eq!(reuse_until(&[7; 32], 1_030, 1_000, 60), 1_030, "the token's own expiry still comes first");
-        assert_eq!(reuse_until(&[7; 32], u64::MAX, 1_000, 0), 1_000, "ttl 0: no reuse");
+        assert_eq!(reuse_until(&[7; 32], u64::MAX, 1_000, 0), 1_000, "ttl 0: not past the second of the check");
     }
 
     #[test]

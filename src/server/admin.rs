@@ -255,17 +255,17 @@ pub struct Admin {
 pub const OPENAPI: &str = include_str!("../../api/openapi.yaml");
 
 impl Handler for Admin {
-    async fn handle(self: Arc<Self>, mut req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
-        req.extensions_mut().insert(super::listener::ClientAddr(peer));
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
+        let local = is_local(peer.ip());
         let path = req.uri().path();
         if req.method() == Method::POST && path == "/-/reload" {
-            return self.reload(&req).await;
+            return self.reload(local).await;
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return body::json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "GET only (POST for /-/reload)"}));
         }
         if path == "/agents" || path.starts_with("/agents/") || path == "/" {
-            if let Some(refused) = self.refuse_agents_view(&req) {
+            if let Some(refused) = self.refuse_agents_view(local) {
                 return refused;
             }
             return if path == "/" { self.status_page().await } else { self.agents(&req).await };
@@ -331,8 +331,7 @@ impl Handler for Admin {
 impl Admin {
     /// The agents' views (and the status page, which shows them) are served to loopback
     /// peers unless `admin.agents_from = "anywhere"`: the refusal otherwise.
-    fn refuse_agents_view(&self, req: &Request<Incoming>) -> Option<Response<Body>> {
-        let local = req.extensions().get::<super::listener::ClientAddr>().is_some_and(|a| is_local(a.0.ip()));
+    fn refuse_agents_view(&self, local: bool) -> Option<Response<Body>> {
         (!local && self.agents_from == crate::config::AgentsAccess::Loopback).then(|| {
             body::json(
                 StatusCode::FORBIDDEN,
@@ -414,8 +413,7 @@ impl Admin {
     /// Reload on request, from loopback only: the admin listener may listen on the pod's
     /// address for probes and scrapes, but changing what ccgate runs stays a local act (as
     /// SIGHUP is).
-    async fn reload(&self, req: &Request<Incoming>) -> Response<Body> {
-        let local = req.extensions().get::<super::listener::ClientAddr>().is_some_and(|a| is_local(a.0.ip()));
+    async fn reload(&self, local: bool) -> Response<Body> {
         if !local {
             return body::json(StatusCode::FORBIDDEN, &json!({"error": "reload is accepted from loopback only"}));
         }

@@ -54,14 +54,9 @@ pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// turn the loop into a busy spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// The peer address of a request's connection, in its extensions (the admin endpoint's
-/// handlers read it there; the proxy takes it as [`Handler::handle`]'s argument).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
-
 /// Something that answers requests. Implemented by the proxy, the admin endpoint and the
 /// simulator. `peer` is the connection's remote address: an argument rather than a request
-/// extension, whose map costs two allocations a request.
+/// extension, whose map would cost two allocations a request.
 pub trait Handler: Send + Sync + 'static {
     fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr)
         -> impl Future<Output = Response<Body>> + Send;

@@ -135,6 +135,8 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
             if let Err(e) = shared.connect().await {
                 tracing::warn!(error = %e, "shared store not reachable yet; retrying in the background");
             }
+            let status = shared.clone();
+            readiness.watch_store(Box::new(move || status.status()));
             Some(shared)
         }
     };
@@ -342,7 +344,8 @@ async fn evict_idle_keys(limits: Arc<ArcSwap<Limits>>, auth: Arc<ArcSwap<Authent
     }
 }
 
-/// Readiness of the shared store: Redis answers PING. Between probes, every failed command
+/// Readiness of the shared store: Redis runs a script that writes (a demoted primary fails
+/// it, and the connection moves on). Between probes, every failed command
 /// also turns `ccgate_store_up` to 0.
 async fn probe_store(shared: Arc<dyn SharedStore>, readiness: Arc<Readiness>, shutdown: Shutdown) {
     let mut stop = shutdown.subscribe();

@@ -754,6 +754,35 @@ pub enum StoreBackend {
     Redis,
 }
 
+/// How ccgate finds the Redis primary, and follows it through a failover.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreMode {
+    /// `store.url` names the primary: one server, or a managed endpoint or VIP whose name
+    /// follows the primary (ElastiCache, Memorystore, Azure Cache). ccgate connects afresh,
+    /// resolving the name again, when the node it holds stops taking writes.
+    #[default]
+    Standalone,
+    /// The sentinels in `store.nodes` name the primary of `store.sentinel_master`.
+    Sentinel,
+    /// Redis Cluster, reached through the seed nodes in `store.nodes`.
+    Cluster,
+}
+
+impl StoreMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standalone => "standalone",
+            Self::Sentinel => "sentinel",
+            Self::Cluster => "cluster",
+        }
+    }
+}
+
+/// At most this many sentinels or seed nodes: a Sentinel quorum is 3 or 5, a cluster needs
+/// only a few seeds to learn the rest.
+pub const MAX_STORE_NODES: usize = 16;
+
 /// What a rate limit does while Redis cannot be reached.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -781,10 +810,23 @@ pub enum ShutdownMode {
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub backend: StoreBackend,
+    /// How ccgate finds the Redis primary: one endpoint, Sentinel, or Redis Cluster.
+    pub mode: StoreMode,
     /// `redis://[user:password@]host:port/db` or `rediss://...` (TLS). Required for Redis.
     /// Secret because it may carry the Redis password; `check-config` prints it without.
+    /// With `mode = "sentinel"` or `"cluster"` it gives the scheme, credentials and database
+    /// only (`rediss://user:password@/0`); the hosts are `nodes`.
     #[serde(serialize_with = "serialize_store_url")]
     pub url: Option<Secret>,
+    /// `host:port` of the sentinels (`mode = "sentinel"`) or of the cluster's seed nodes
+    /// (`mode = "cluster"`).
+    pub nodes: Vec<String>,
+    /// The name the sentinels monitor the primary under (`sentinel monitor NAME ...`).
+    pub sentinel_master: Option<String>,
+    /// How to reach the sentinels themselves: `redis://[user:password@]` or `rediss://...`
+    /// (host ignored). Unset: `url`'s scheme, no credentials (sentinels often have none).
+    #[serde(serialize_with = "serialize_store_url")]
+    pub sentinel_url: Option<Secret>,
     /// PEM bundle of CAs trusted for `rediss://` (as `gateway.ca_file`); the system roots
     /// when unset.
     pub ca_file: Option<PathBuf>,
@@ -800,7 +842,11 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             backend: StoreBackend::Memory,
+            mode: StoreMode::Standalone,
             url: None,
+            nodes: Vec::new(),
+            sentinel_master: None,
+            sentinel_url: None,
             ca_file: None,
             key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
             command_timeout_ms: DEFAULT_STORE_COMMAND_TIMEOUT_MS,
@@ -1078,6 +1124,7 @@ impl Config {
         if st.ca_file.is_some() && !url.starts_with("rediss://") {
             return invalid("store.ca_file", "only used with a rediss:// URL");
         }
+        self.validate_store_topology(url)?;
         if st.key_prefix.contains(['{', '}']) {
             return invalid("store.key_prefix", "must not contain { or }: ccgate adds its own Redis Cluster hash tags");
         }
@@ -1092,6 +1139,80 @@ impl Config {
         }
         if st.lease_ttl_ms < 300 {
             return invalid("store.lease_ttl_ms", "must be at least 300: the lease is renewed every third of it");
+        }
+        Ok(())
+    }
+
+    /// `store.mode` and what each mode needs: its nodes, the sentinels' master name, and for
+    /// a cluster database 0 (the only one a cluster has).
+    fn validate_store_topology(&self, url: &str) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        let st = &self.store;
+        let (host, db) = store_url_host_db(url);
+        match st.mode {
+            StoreMode::Standalone => {
+                if !st.nodes.is_empty() {
+                    return invalid("store.nodes", "only with mode = \"sentinel\" or \"cluster\"".into());
+                }
+                if host.is_empty() {
+                    return invalid(
+                        "store.url",
+                        "names no host (the host is only left out with mode = \"sentinel\" or \"cluster\")".into(),
+                    );
+                }
+            }
+            StoreMode::Sentinel | StoreMode::Cluster => {
+                let what = if st.mode == StoreMode::Sentinel { "the sentinels" } else { "the cluster's seed nodes" };
+                if st.nodes.is_empty() {
+                    return invalid(
+                        "store.nodes",
+                        format!("lists {what} (host:port) with mode = \"{}\"", st.mode.as_str()),
+                    );
+                }
+                if st.nodes.len() > MAX_STORE_NODES {
+                    return invalid("store.nodes", format!("at most {MAX_STORE_NODES}"));
+                }
+                if let Some(bad) = st.nodes.iter().find(|n| parse_host_port(n).is_none()) {
+                    return invalid("store.nodes", format!("{bad:?} is not host:port"));
+                }
+                if !host.is_empty() {
+                    return invalid(
+                        "store.url",
+                        format!("gives scheme, credentials and database only with mode = \"{}\" (e.g. redis:///0); the hosts are store.nodes", st.mode.as_str()),
+                    );
+                }
+            }
+        }
+        match st.mode {
+            StoreMode::Sentinel => {
+                if st
+                    .sentinel_master
+                    .as_deref()
+                    .is_none_or(|m| m.is_empty() || m.len() > 128 || m.contains(char::is_whitespace))
+                {
+                    return invalid(
+                        "store.sentinel_master",
+                        "names the master the sentinels monitor (one word) with mode = \"sentinel\"".into(),
+                    );
+                }
+                if let Some(s) = &st.sentinel_url {
+                    let s = s.expose();
+                    if !(s.starts_with("redis://") || s.starts_with("rediss://")) {
+                        return invalid("store.sentinel_url", "must start with redis:// or rediss:// (TLS)".into());
+                    }
+                }
+            }
+            _ => {
+                if st.sentinel_master.is_some() {
+                    return invalid("store.sentinel_master", "only with mode = \"sentinel\"".into());
+                }
+                if st.sentinel_url.is_some() {
+                    return invalid("store.sentinel_url", "only with mode = \"sentinel\"".into());
+                }
+            }
+        }
+        if st.mode == StoreMode::Cluster && !matches!(db, "" | "0") {
+            return invalid("store.url", "a Redis Cluster has database 0 only".into());
         }
         Ok(())
     }
@@ -1300,6 +1421,26 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
 }
 
 /// The store URL with any user info replaced by `***`.
+/// A store URL's host part (empty when left out: `redis:///0`) and database (the path, `0`
+/// in `redis://h:6379/0`; empty when none).
+pub fn store_url_host_db(url: &str) -> (&str, &str) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    (host, path.split(['?', '#']).next().unwrap_or(""))
+}
+
+/// `host:port` (a name, an IPv4 address or `[IPv6]`), with a port above 0.
+pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'));
+    ok.then(|| (host.to_owned(), port))
+}
+
 pub fn masked_store_url(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.rsplit_once('@') {

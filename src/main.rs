@@ -414,7 +414,12 @@ async fn agents(
         return Ok(());
     }
     match id {
-        None => print!("{}", agents_table(v["agents"].as_array().map(Vec::as_slice).unwrap_or_default())),
+        None => {
+            print!("{}", agents_table(v["agents"].as_array().map(Vec::as_slice).unwrap_or_default()));
+            if let Some(store) = v["store"]["summary"].as_str() {
+                println!("store: {store}");
+            }
+        }
         Some(_) => print!("{}", agent_detail(&v)),
     }
     Ok(())

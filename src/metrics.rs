@@ -88,6 +88,26 @@ label_enum! {
 }
 
 label_enum! {
+    /// Why ccgate dropped its Redis connection and connected afresh (issue 35); the `reason`
+    /// label of `ccgate_store_reconnects_total`: `readonly` (the node was demoted: a managed
+    /// failover), `loading` (it restarted and loads its data), `masterdown` (a replica that
+    /// lost its primary), `noscript` (a script vanished even after loading it: the name leads
+    /// to several nodes), `clusterdown` (a cluster that stayed down), `connection_lost`
+    /// (reset, refused or closed), `timeouts` (commands timed out in a row), `switch_master`
+    /// (a sentinel announced a new primary).
+    StoreReconnect {
+        ReadOnly => "readonly",
+        Loading => "loading",
+        MasterDown => "masterdown",
+        NoScript => "noscript",
+        ClusterDown => "clusterdown",
+        ConnectionLost => "connection_lost",
+        Timeouts => "timeouts",
+        SwitchMaster => "switch_master",
+    }
+}
+
+label_enum! {
     /// Input from the gateway or the shared store that ccgate discarded to keep its bounds or
     /// because it was not valid; the `what` label of `ccgate_input_discarded_total`:
     /// `gateway_cookie` (a `Set-Cookie` past the session's jar bounds), `store_agent_id` (an
@@ -277,6 +297,11 @@ families! {
     store_up: IntGauge = ("store_up", "1 while the shared store (Redis) answers, else 0; 1 with the memory store.");
     store_errors: IntCounterVec =
         ("store_errors_total", "Shared store (Redis) operations that failed, by operation.", ["op"]);
+    store_reconnects: IntCounterVec = (
+        "store_reconnects_total",
+        "Times the Redis connection was dropped and made afresh (a failover, a restart), by reason.",
+        ["reason"]
+    );
     leases: IntGaugeVec = (
         "leases",
         "Agents whose gateway events this replica polls (the memory store: all of them), per gateway.",
@@ -461,6 +486,7 @@ impl Metrics {
         }
         zero(&f.input_discarded, Discarded::ALL.iter().map(|d| [d.as_str()]));
         zero(&f.store_errors, StoreOp::ALL.iter().map(|op| [op.as_str()]));
+        zero(&f.store_reconnects, StoreReconnect::ALL.iter().map(|r| [r.as_str()]));
         zero(&f.config_reloads, ReloadResult::ALL.iter().map(|r| [r.as_str()]));
         zero(&f.certificate_reloads, ReloadResult::ALL.iter().map(|r| [r.as_str()]));
         zero(&f.auth_failures, AuthFailureReason::ALL.iter().map(|r| [r.as_str()]));
@@ -603,6 +629,10 @@ impl Metrics {
 
     pub fn count_store_error(&self, op: StoreOp) {
         self.0.store_errors.with_label_values(&[op.as_str()]).inc();
+    }
+
+    pub fn count_store_reconnect(&self, reason: StoreReconnect) {
+        self.0.store_reconnects.with_label_values(&[reason.as_str()]).inc();
     }
 
     pub fn leases(&self) -> IntGauge {

@@ -83,6 +83,13 @@ contract!(
     two_gateways_agents_of_one_number_share_nothing,
 );
 
+/// Epochs are drawn from the store's clock (µs) so that one a failover lost is never drawn
+/// again: within a day of now.
+fn drawn_from_the_clock(epoch: u64) -> bool {
+    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
+    epoch.abs_diff(now_us) < 86_400 * 1_000_000
+}
+
 fn record<'a>(sid: &'a str, guid: &'a str, cookies: &'a [String]) -> NewRecord<'a> {
     NewRecord { sid, guid, cookies, answer: b"{\"retcode\":\"0\"}", resumable: true, conf: "\"None\"", since: 0 }
 }
@@ -90,10 +97,10 @@ fn record<'a>(sid: &'a str, guid: &'a str, cookies: &'a [String]) -> NewRecord<'
 async fn records_round_trip_and_restore_only_fills_a_gap(p: Pair) {
     assert!(p.a.load(AGENT).await.unwrap().is_none());
     let cookies = vec!["lb=node0".to_owned()];
-    let epoch = p.a.create(AGENT, &record("sid1", "g-1.AgentGateway0", &cookies), CreateMode::SignIn).await.unwrap();
-    assert_eq!(epoch, 1);
+    let first = p.a.create(AGENT, &record("sid1", "g-1.AgentGateway0", &cookies), CreateMode::SignIn).await.unwrap();
+    assert!(drawn_from_the_clock(first), "{first}");
     let r = p.b.load(AGENT).await.unwrap().unwrap();
-    assert_eq!((r.sid.as_str(), r.epoch, r.guid.as_str()), ("sid1", 1, "g-1.AgentGateway0"));
+    assert_eq!((r.sid.as_str(), r.epoch, r.guid.as_str()), ("sid1", first, "g-1.AgentGateway0"));
     assert_eq!((r.cookies, &r.answer[..], r.resumable), (cookies.clone(), &b"{\"retcode\":\"0\"}"[..], true));
     assert_eq!((r.conf.as_str(), r.confv, r.state), ("\"None\"", 1, RecordState::Active));
     // A restore never overwrites a record that is there.
@@ -104,32 +111,33 @@ async fn records_round_trip_and_restore_only_fills_a_gap(p: Pair) {
     let event = NewEvent { sid: "sid1", cap: 10, id: 5 << 20, kind: "AgentState_Busy", data: b"{}" };
     assert!(p.a.append(AGENT, &event).await.unwrap().is_some());
     let epoch = p.b.create(AGENT, &record("sid2", "g-2.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
-    assert_eq!(epoch, 2);
+    assert!(epoch > first);
     let r = p.a.load(AGENT).await.unwrap().unwrap();
-    assert_eq!((r.sid.as_str(), r.epoch), ("sid2", 2));
+    assert_eq!((r.sid.as_str(), r.epoch), ("sid2", epoch));
     assert!(p.a.latest_events(AGENT, 10).await.unwrap().is_empty());
 }
 
 async fn leases_are_exclusive_and_every_acquire_raises_the_epoch(p: Pair) {
     assert_eq!(p.a.acquire(AGENT).await.unwrap(), Lease::Absent, "no session, nothing to poll");
-    p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    let e1 = p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
     assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Taken, "the sign-in's replica holds it");
-    assert_eq!(p.a.renew(AGENT, 1).await.unwrap(), Lease::Held(1));
-    assert_eq!(p.b.renew(AGENT, 1).await.unwrap(), Lease::Taken, "a lease is the replica's, not the epoch's");
-    p.b.release(AGENT, 1).await.unwrap();
-    assert_eq!(p.a.renew(AGENT, 1).await.unwrap(), Lease::Held(1), "only the holder releases");
-    p.a.release(AGENT, 1).await.unwrap();
-    assert_eq!(p.a.renew(AGENT, 1).await.unwrap(), Lease::Absent);
-    assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Held(2));
-    assert_eq!(p.a.load(AGENT).await.unwrap().unwrap().epoch, 2, "the record carries the fencing token");
-    assert_eq!(p.a.renew(AGENT, 1).await.unwrap(), Lease::Taken);
+    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Held(e1));
+    assert_eq!(p.b.renew(AGENT, e1).await.unwrap(), Lease::Taken, "a lease is the replica's, not the epoch's");
+    p.b.release(AGENT, e1).await.unwrap();
+    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Held(e1), "only the holder releases");
+    p.a.release(AGENT, e1).await.unwrap();
+    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Absent);
+    let Lease::Held(e2) = p.b.acquire(AGENT).await.unwrap() else { panic!("b takes the free lease") };
+    assert!(e2 > e1 && drawn_from_the_clock(e2), "{e1} -> {e2}");
+    assert_eq!(p.a.load(AGENT).await.unwrap().unwrap().epoch, e2, "the record carries the fencing token");
+    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Taken);
     let lost = EndAs::Lost { reason: LossReason::GuidRefused, refused: None };
     assert_eq!(p.b.end(AGENT, "s", lost).await.unwrap(), Ended::Ended);
     assert_eq!(p.a.acquire(AGENT).await.unwrap(), Lease::Absent, "an ended session has no lease");
 }
 
 async fn guid_writes_are_compare_and_set_and_fenced_by_epoch_and_number(p: Pair) {
-    p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    let e1 = p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
     let w = |replied_to, guid, poller| AuthWrite { sid: "s", replied_to, guid, cookies: &[], poller };
     let guid = |p: &Pair| {
         let b = p.b.clone();
@@ -147,28 +155,28 @@ async fn guid_writes_are_compare_and_set_and_fenced_by_epoch_and_number(p: Pair)
     assert_eq!(guid(&p).await, "g-2.AgentGateway0");
     // The lease holder's writes carry its epoch and a rising number, whatever they replied to.
     assert_eq!(
-        p.a.write_auth(AGENT, &w("any", "g-3.AgentGateway0", Some((1, 1)))).await.unwrap(),
+        p.a.write_auth(AGENT, &w("any", "g-3.AgentGateway0", Some((e1, 1)))).await.unwrap(),
         AuthWritten::Written
     );
     assert_eq!(
-        p.a.write_auth(AGENT, &w("any", "g-old.AgentGateway0", Some((1, 1)))).await.unwrap(),
+        p.a.write_auth(AGENT, &w("any", "g-old.AgentGateway0", Some((e1, 1)))).await.unwrap(),
         AuthWritten::Stale
     );
     assert_eq!(
-        p.a.write_auth(AGENT, &w("any", "g-4.AgentGateway0", Some((1, 3)))).await.unwrap(),
+        p.a.write_auth(AGENT, &w("any", "g-4.AgentGateway0", Some((e1, 3)))).await.unwrap(),
         AuthWritten::Written
     );
     assert_eq!(
-        p.a.write_auth(AGENT, &w("any", "g-late.AgentGateway0", Some((1, 2)))).await.unwrap(),
+        p.a.write_auth(AGENT, &w("any", "g-late.AgentGateway0", Some((e1, 2)))).await.unwrap(),
         AuthWritten::Stale
     );
     assert_eq!(guid(&p).await, "g-4.AgentGateway0");
     // A successor's epoch fences the old owner off; its own numbering starts afresh.
-    p.a.release(AGENT, 1).await.unwrap();
-    assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Held(2));
-    assert_eq!(p.a.write_auth(AGENT, &w("any", "g-a.AgentGateway0", Some((1, 9)))).await.unwrap(), AuthWritten::Stale);
+    p.a.release(AGENT, e1).await.unwrap();
+    let Lease::Held(e2) = p.b.acquire(AGENT).await.unwrap() else { panic!("b takes the free lease") };
+    assert_eq!(p.a.write_auth(AGENT, &w("any", "g-a.AgentGateway0", Some((e1, 9)))).await.unwrap(), AuthWritten::Stale);
     assert_eq!(
-        p.b.write_auth(AGENT, &w("any", "g-b.AgentGateway0", Some((2, 1)))).await.unwrap(),
+        p.b.write_auth(AGENT, &w("any", "g-b.AgentGateway0", Some((e2, 1)))).await.unwrap(),
         AuthWritten::Written
     );
     assert_eq!(guid(&p).await, "g-b.AgentGateway0");
@@ -266,9 +274,9 @@ async fn the_sign_in_lock_is_exclusive_until_released(p: Pair) {
 }
 
 async fn the_index_finds_released_and_stale_agents(p: Pair) {
-    p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    let epoch = p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
     assert!(p.b.stale_agents(10).await.unwrap().is_empty(), "indexed now: not stale");
-    p.a.release(AGENT, 1).await.unwrap();
+    p.a.release(AGENT, epoch).await.unwrap();
     assert_eq!(p.b.stale_agents(10).await.unwrap(), [AGENT], "a released lease is looked at at once");
     p.b.index_agent(AGENT).await;
     assert!(p.b.stale_agents(10).await.unwrap().is_empty());

@@ -50,6 +50,26 @@ impl GatewayState {
 pub type KeysLoaded = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// Readiness facts, set by whoever knows them.
+/// The store's status as one line for people: the status page and `ccgate agents` print it.
+fn store_summary(s: &crate::shared::StoreStatus) -> String {
+    let mut out = match (&s.primary, s.connected) {
+        (Some(p), true) if s.mode == "cluster" => format!("{}, seeds {p}", s.mode),
+        (Some(p), true) => format!("{}, primary {p}", s.mode),
+        _ => format!("{}, not connected", s.mode),
+    };
+    if let Some(f) = &s.last_failover {
+        let when = crate::session::view::rfc3339(f.at_ms);
+        let from = f.from.as_deref().unwrap_or("-");
+        let to = f.to.as_deref().unwrap_or("(connecting)");
+        let took = f.took_ms.map(|t| format!(" in {t} ms")).unwrap_or_default();
+        out.push_str(&format!("; last failover {when} ({}): {from} -> {to}{took}", f.reason));
+    }
+    out
+}
+
+/// Reads the shared store's status ([`crate::shared::SharedStore::status`]).
+pub type StoreStatusFn = Box<dyn Fn() -> crate::shared::StoreStatus + Send + Sync>;
+
 pub struct Readiness {
     /// Each gateway's name and last probe verdict, in config order.
     gateways: Mutex<Vec<(String, GatewayState)>>,
@@ -60,6 +80,8 @@ pub struct Readiness {
     keys: std::sync::OnceLock<KeysLoaded>,
     /// The shared store: `None` with the memory store, else whether Redis answered last.
     store: Mutex<Option<bool>>,
+    /// The shared store's mode, primary and last failover (Redis only).
+    store_status: std::sync::OnceLock<StoreStatusFn>,
     shutting_down: AtomicBool,
     changed: tokio::sync::Notify,
 }
@@ -72,6 +94,7 @@ impl Default for Readiness {
             requires_store: AtomicBool::new(false),
             keys: std::sync::OnceLock::new(),
             store: Mutex::new(None),
+            store_status: std::sync::OnceLock::new(),
             shutting_down: AtomicBool::new(false),
             changed: Default::default(),
         }
@@ -126,9 +149,25 @@ impl Readiness {
         self.changed.notify_waiters();
     }
 
-    /// `None` with the memory store; else whether the shared store answered last.
+    /// `None` with the memory store; else whether the shared store answered last, and is
+    /// still connected (a dropped connection is down at once, not at the next probe).
     pub fn store(&self) -> Option<bool> {
-        *self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        let answered = (*self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner))?;
+        Some(answered && self.store_status.get().is_none_or(|f| f().connected))
+    }
+
+    /// Where the store's status comes from (set once, with Redis).
+    pub fn watch_store(&self, f: StoreStatusFn) {
+        let _ = self.store_status.set(f);
+    }
+
+    /// The store's mode, primary and last failover, with a line for people; `None` with the
+    /// memory store.
+    pub fn store_status(&self) -> Option<serde_json::Value> {
+        let s = (self.store_status.get()?)();
+        let mut v = serde_json::to_value(&s).ok()?;
+        v["summary"] = store_summary(&s).into();
+        Some(v)
     }
 
     /// Records whether the shared store answers; returns whether that changed.
@@ -302,6 +341,8 @@ impl Handler for Admin {
                         "keys_loaded": r.keys_loaded(),
                         "remote_keys": issuers,
                         "store": match r.store() { None => "memory", Some(true) => "up", Some(false) => "down" },
+                        // Mode, primary and last failover (issue 35); null with the memory store.
+                        "store_detail": r.store_status(),
                         "shutting_down": r.shutting_down.load(Ordering::Acquire),
                         // Reported, and part of the verdict only with admin.ready_requires_gateway
                         // (then at least one gateway must be reachable).
@@ -356,6 +397,7 @@ impl Admin {
                 Some(true) => "up",
                 Some(false) => "down",
             },
+            store_detail: r.store_status().and_then(|v| v["summary"].as_str().map(str::to_owned)),
             certificate_expiry: self.metrics.certificate_expiry(),
             version: env!("CARGO_PKG_VERSION"),
             agents,
@@ -393,7 +435,9 @@ impl Admin {
             }
         };
         let view = agents(gateway, one.clone()).await;
-        let Some(id) = one else { return body::json(StatusCode::OK, &json!({"agents": view})) };
+        let Some(id) = one else {
+            return body::json(StatusCode::OK, &json!({"agents": view, "store": self.readiness.store_status()}));
+        };
         match view.as_array().map(Vec::as_slice).unwrap_or_default() {
             [] => body::json(StatusCode::NOT_FOUND, &json!({"error": format!("agent {id} is not known here")})),
             [agent] => body::json(StatusCode::OK, agent),

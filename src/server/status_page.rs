@@ -21,6 +21,8 @@ pub struct Facts {
     pub gateway: &'static str,
     /// `memory`, `up` or `down`.
     pub store: &'static str,
+    /// Redis's mode, primary and last failover, as one line.
+    pub store_detail: Option<String>,
     /// The served certificate's `notAfter`, Unix seconds.
     pub certificate_expiry: Option<i64>,
     pub version: &'static str,
@@ -114,7 +116,11 @@ th{{background:#f4f4f4}} .ok{{color:#176f2c;font-weight:600}} .bad{{color:#b0002
         badge(f.ready, if f.ready { "ready" } else { "not ready" }),
         badge(f.keys_loaded, if f.keys_loaded { "loaded" } else { "missing" }),
         badge(f.gateway == "up", f.gateway),
-        badge(f.store != "down", f.store),
+        badge(f.store != "down", f.store)
+            + &f.store_detail
+                .as_deref()
+                .map(|d| format!(r#" <span class="muted">{}</span>"#, esc(d)))
+                .unwrap_or_default(),
     );
     let heads: String = crate::session::view::COLUMNS.iter().map(|c| format!("<th>{c}</th>")).collect();
     let _ = writeln!(h, r#"<h2>Agents ({})</h2><table id="agents"><tr>{heads}</tr>"#, f.agents.len());
@@ -174,6 +180,7 @@ mod tests {
             keys_loaded: true,
             gateway: "up",
             store: "memory",
+            store_detail: None,
             certificate_expiry: None,
             version: "0.2.0",
             agents,

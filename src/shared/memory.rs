@@ -169,6 +169,12 @@ impl MemoryHub {
     }
 }
 
+/// The next fencing token, as the Redis scripts draw it (`scripts::Create`): one above the
+/// last, or the store's clock in µs if that is higher.
+fn next_epoch(last: u64, hub: &Inner) -> u64 {
+    (last + 1).max(hub.now_us())
+}
+
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // Every critical section below completes its writes; a poisoned lock is safe to reuse.
@@ -296,6 +302,10 @@ impl SharedStore for MemoryStore {
         self.hub.up()
     }
 
+    fn status(&self) -> super::StoreStatus {
+        super::StoreStatus { mode: "memory", connected: self.hub.up().is_ok(), ..Default::default() }
+    }
+
     async fn load(&self, agent: &str) -> Result<Option<Record>, StoreError> {
         let agent = &self.key(agent);
         self.hub.with(agent, |a, _| a.session.as_ref().map(record))
@@ -308,7 +318,7 @@ impl SharedStore for MemoryStore {
             if mode == CreateMode::Restore && a.session.is_some() {
                 return 0;
             }
-            let epoch = a.session.as_ref().map_or(0, |h| h.epoch) + 1;
+            let epoch = next_epoch(a.session.as_ref().map_or(0, |h| h.epoch), hub);
             if mode == CreateMode::SignIn {
                 a.clear_events();
             }
@@ -485,14 +495,14 @@ impl SharedStore for MemoryStore {
     async fn acquire(&self, agent: &str) -> Result<Lease, StoreError> {
         let agent = &self.key(agent);
         let until = self.lease_until();
-        self.hub.with(agent, |a, _| {
+        self.hub.with(agent, |a, hub| {
             if a.lease.is_some() {
                 return Lease::Taken;
             }
             let Some(h) = a.session.as_mut().filter(|h| h.state == RecordState::Active) else {
                 return Lease::Absent;
             };
-            h.epoch += 1;
+            h.epoch = next_epoch(h.epoch, hub);
             let epoch = h.epoch;
             a.lease = Some((self.token(epoch), until));
             Lease::Held(epoch)

@@ -7,9 +7,12 @@
 //! mean for a session is `session::link` and `session::cluster`; the limits' use is
 //! `ops::limits`. docs/redis.md lists every key.
 
+mod connection;
 pub mod memory;
 pub mod redis;
 mod scripts;
+
+pub use connection::{Failover, StoreStatus};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -286,8 +289,10 @@ pub trait SharedStore: Send + Sync + std::fmt::Debug {
 
     /// Connects once (the readiness probe retries until it succeeds).
     async fn connect(&self) -> Result<(), StoreError>;
-    /// Answers when the store does (readiness).
+    /// Answers when the store takes writes (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+    /// The store's mode, current primary and last failover, for operators.
+    fn status(&self) -> StoreStatus;
 
     // --- session records ---
     async fn load(&self, agent: &str) -> Result<Option<Record>, StoreError>;
@@ -352,7 +357,9 @@ pub trait SharedStore: Send + Sync + std::fmt::Debug {
     async fn follow(self: Arc<Self>, on: Box<dyn FnMut(Change) + Send>);
 }
 
-/// Redis's clock in ms, as scripts read it with `TIME` (here: this replica's clock).
+/// This replica's clock in ms: for people (log times, a failover's time) and the in-memory
+/// store. Nothing compares it with another replica's: Redis's own clock (`TIME` in the
+/// scripts) decides every age that replicas share.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

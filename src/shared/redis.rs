@@ -8,27 +8,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, ScriptInvocation};
 
+use super::connection::{Conn, Connection, Failure, StoreStatus};
 use super::scripts::{self, AgentKeys, Announce, Scripts};
 use super::{
-    now_ms, pack_id, parse_record, unpack_id, valid_event_kind, AuthWrite, AuthWritten, Bucket, Change, ConfWrite,
-    CreateMode, EndAs, Ended, Gcra, Grant, Lease, NewEvent, NewRecord, OpLock, Record, RecordState, SharedStore,
-    StoreError, StreamEvent, TOMBSTONE,
+    pack_id, parse_record, unpack_id, valid_event_kind, AuthWrite, AuthWritten, Bucket, Change, ConfWrite, CreateMode,
+    EndAs, Ended, Gcra, Grant, Lease, NewEvent, NewRecord, OpLock, Record, RecordState, SharedStore, StoreError,
+    StreamEvent, TOMBSTONE,
 };
-use crate::config::{masked_store_url, ms, Scope, StoreConfig};
+use crate::config::{ms, Scope, StoreConfig};
 use crate::gateway::parse_agent_id;
 use crate::gateway::wire::MAX_UPSTREAM_BODY;
 use crate::metrics::{Discarded, Metrics, StoreOp};
 
 pub struct RedisStore {
-    client: redis::Client,
-    /// Shared by the stores of every gateway ([`SharedStore::for_gateway`]): one connection.
-    conn: Arc<ArcSwapOption<ConnectionManager>>,
+    /// Shared by the stores of every gateway ([`SharedStore::for_gateway`]): one connection,
+    /// which follows the primary through failovers (`connection.rs`).
+    conn: Arc<Connection>,
     prefix: String,
     /// The gateway's namespace with a `:` after it, or nothing (see `GatewayConfig::namespace`).
     namespace: String,
@@ -40,7 +39,8 @@ pub struct RedisStore {
     connect_timeout: Duration,
     scripts: Arc<Scripts>,
     metrics: Metrics,
-    connecting: Arc<AtomicBool>,
+    /// Whether the sentinel follower runs (started once, at the first connect).
+    following_sentinels: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -67,25 +67,10 @@ impl RedisStore {
     /// Builds the client from config. Fails only on what a restart would not fix (the URL,
     /// the CA file); an unreachable Redis is retried in the background.
     pub fn new(cfg: &StoreConfig, metrics: Metrics) -> Result<Arc<Self>, String> {
-        let url = cfg.url.as_ref().ok_or("store.url is required with backend = \"redis\"")?.expose();
-        let info = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(|e| format!("store.url {}: {e}", masked_store_url(url)))?;
-        let client = if url.starts_with("rediss://") {
-            // redis-rs builds its rustls config from the process-wide provider.
-            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-            let root_cert = match &cfg.ca_file {
-                Some(p) => Some(std::fs::read(p).map_err(|e| format!("store.ca_file {}: {e}", p.display()))?),
-                None => None,
-            };
-            redis::Client::build_with_tls(info, redis::TlsCertificates { client_tls: None, root_cert })
-        } else {
-            redis::Client::open(info)
-        }
-        .map_err(|e| format!("store.url {}: {e}", masked_store_url(url)))?;
+        let conn = Connection::new(cfg, metrics.clone())?;
         let prefix = cfg.key_prefix.clone();
         Ok(Arc::new(Self {
-            client,
-            conn: Arc::new(ArcSwapOption::empty()),
+            conn,
             channel: format!("{prefix}changes"),
             prefix,
             namespace: String::new(),
@@ -95,7 +80,7 @@ impl RedisStore {
             connect_timeout: ms(cfg.connect_timeout_ms),
             scripts: Arc::new(Scripts::new()),
             metrics,
-            connecting: Arc::new(AtomicBool::new(false)),
+            following_sentinels: Arc::new(AtomicBool::new(false)),
         }))
     }
 
@@ -107,37 +92,55 @@ impl RedisStore {
         e
     }
 
-    /// The connection. Until the first connect succeeds (the readiness probe retries it every
-    /// second), commands fail at once rather than each waiting out a connect timeout.
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        match self.conn.load_full() {
-            Some(c) => Ok((*c).clone()),
-            None => Err(StoreError::Unavailable("not connected yet".into())),
-        }
-    }
-
-    /// Runs one command or script invocation with the command timeout.
+    /// Runs one command or script invocation with the command timeout. Until the first
+    /// connect succeeds (the readiness probe retries it every second), and while a reconnect
+    /// runs, commands fail at once rather than each waiting out a connect timeout. A command
+    /// that a node refused without running it because it is no longer the primary
+    /// (`READONLY`...) runs once more on the new connection if that comes within the command
+    /// timeout: the request that meets a failover need not fail.
     async fn run<T: FromRedisValue>(
         &self,
         op: StoreOp,
-        f: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+        f: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T> + Clone,
     ) -> Result<T, StoreError> {
-        let mut c = match self.conn().await {
-            Ok(c) => c,
-            Err(e) => return Err(e),
+        let started = tokio::time::Instant::now();
+        let e = match self.run_once(f.clone()).await {
+            Ok(v) => return Ok(v),
+            Err((Failure::Moved(why), generation)) => {
+                let left = self.timeout.saturating_sub(started.elapsed());
+                if !self.conn.replaced(generation, left).await {
+                    StoreError::Unavailable(why)
+                } else {
+                    match self.run_once(f).await {
+                        Ok(v) => return Ok(v),
+                        Err((Failure::Moved(why) | Failure::Unavailable(why), _)) => StoreError::Unavailable(why),
+                        Err((Failure::Malformed(why), _)) => StoreError::Malformed(why),
+                    }
+                }
+            }
+            Err((Failure::Unavailable(why), _)) => StoreError::Unavailable(why),
+            Err((Failure::Malformed(why), _)) => StoreError::Malformed(why),
         };
+        Err(self.failed(op, e))
+    }
+
+    /// One try of [`RedisStore::run`]: the value, or how it failed on which connection.
+    async fn run_once<T: FromRedisValue>(
+        &self,
+        f: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
+    ) -> Result<T, (Failure, u64)> {
+        let (mut c, generation) = self.conn.get().map_err(|e| (Failure::Unavailable(e), 0))?;
         match tokio::time::timeout(self.timeout, f(&mut c)).await {
             Ok(Ok(v)) => {
+                self.conn.succeeded();
                 self.metrics.set_store_up(true);
                 Ok(v)
             }
-            Ok(Err(e))
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() =>
-            {
-                Err(self.failed(op, unavailable(e)))
+            Ok(Err(e)) => Err((self.conn.failed(generation, &e), generation)),
+            Err(_) => {
+                self.conn.timed_out(generation);
+                Err((Failure::Unavailable("command timed out".into()), generation))
             }
-            Ok(Err(e)) => Err(self.failed(op, StoreError::Malformed(e.to_string()))),
-            Err(_) => Err(self.failed(op, StoreError::Unavailable("command timed out".into()))),
         }
     }
 
@@ -219,7 +222,6 @@ impl SharedStore for RedisStore {
         }
         let namespace = format!("{namespace}:");
         Arc::new(Self {
-            client: self.client.clone(),
             conn: self.conn.clone(),
             channel: format!("{}{namespace}changes", self.prefix),
             prefix: self.prefix.clone(),
@@ -230,7 +232,7 @@ impl SharedStore for RedisStore {
             connect_timeout: self.connect_timeout,
             scripts: self.scripts.clone(),
             metrics: self.metrics.clone(),
-            connecting: self.connecting.clone(),
+            following_sentinels: self.following_sentinels.clone(),
         })
     }
 
@@ -238,40 +240,27 @@ impl SharedStore for RedisStore {
         self.lease_ttl
     }
 
-    /// Connects once, within the connect timeout. Afterwards redis-rs's connection manager
-    /// reconnects by itself; until the first success, the readiness probe calls this again.
+    /// Connects unless connected or reconnecting; afterwards the connection follows the
+    /// primary by itself (`connection.rs`). Until the first success the readiness probe
+    /// calls this again.
     async fn connect(&self) -> Result<(), StoreError> {
-        if self.conn.load().is_some() {
-            return Ok(());
+        if !self.following_sentinels.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.conn.clone().follow_sentinels());
         }
-        if self.connecting.swap(true, Ordering::AcqRel) {
-            return Err(StoreError::Unavailable("connecting".into()));
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(1));
-        let made = tokio::time::timeout(
-            self.connect_timeout * 2,
-            ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await;
-        self.connecting.store(false, Ordering::Release);
-        match made {
-            Ok(Ok(c)) => {
-                self.conn.store(Some(Arc::new(c)));
-                self.metrics.set_store_up(true);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(self.failed(StoreOp::Connect, unavailable(e))),
-            Err(_) => Err(self.failed(StoreOp::Connect, StoreError::Unavailable("connect timed out".into()))),
-        }
+        self.conn.connect().await.map_err(|e| self.failed(StoreOp::Connect, StoreError::Unavailable(e)))
     }
 
+    /// A script that writes, not only `PING`: a demoted primary answers `READONLY` here, and
+    /// the connection moves on within the probe's second.
     async fn ping(&self) -> Result<(), StoreError> {
-        let _: String = self.run(StoreOp::Read, async |c| redis::cmd("PING").query_async(c).await).await?;
+        let key = format!("{}health:{}", self.prefix, self.replica);
+        let inv = scripts::Health { replica: &self.replica }.prepare(&self.scripts.health, &key);
+        let _: i64 = self.script(StoreOp::Write, inv).await?;
         Ok(())
+    }
+
+    fn status(&self) -> StoreStatus {
+        self.conn.status()
     }
 
     async fn load(&self, agent: &str) -> Result<Option<Record>, StoreError> {
@@ -494,11 +483,8 @@ impl SharedStore for RedisStore {
 
     async fn index_agent(&self, agent: &str) {
         let key = self.agents_key();
-        let now = now_ms();
-        if let Err(e) = self
-            .run::<i64>(StoreOp::Lease, async |c| redis::cmd("ZADD").arg(&key).arg(now).arg(agent).query_async(c).await)
-            .await
-        {
+        let inv = scripts::Seen { member: agent }.prepare(&self.scripts.seen, &key);
+        if let Err(e) = self.script::<i64>(StoreOp::Lease, inv).await {
             // The next round's renewal indexes it again.
             tracing::debug!(agent, error = %e, "shared store: could not index an agent");
         }
@@ -520,20 +506,8 @@ impl SharedStore for RedisStore {
     /// is not a work number is dropped from the index, never polled.
     async fn stale_agents(&self, max: usize) -> Result<Vec<String>, StoreError> {
         let key = self.agents_key();
-        let before = now_ms().saturating_sub(self.lease_ttl.as_millis() as u64);
-        let raw: Vec<Vec<u8>> = self
-            .run(StoreOp::Lease, async |c| {
-                redis::cmd("ZRANGEBYSCORE")
-                    .arg(&key)
-                    .arg("-inf")
-                    .arg(before)
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(max)
-                    .query_async(c)
-                    .await
-            })
-            .await?;
+        let inv = scripts::Stale { age_ms: self.lease_ms(), max }.prepare(&self.scripts.stale, &key);
+        let raw: Vec<Vec<u8>> = self.script(StoreOp::Lease, inv).await?;
         let mut agents = Vec::with_capacity(raw.len());
         for entry in raw {
             match std::str::from_utf8(&entry).ok().filter(|a| parse_agent_id(a).is_some()) {
@@ -579,25 +553,18 @@ impl SharedStore for RedisStore {
 
     async fn heartbeat(&self) -> Result<(), StoreError> {
         let key = self.replicas_key();
-        let now = now_ms();
-        let me = self.replica.clone();
-        self.run::<i64>(StoreOp::Lease, async |c| redis::cmd("ZADD").arg(&key).arg(now).arg(&*me).query_async(c).await)
-            .await?;
+        let inv = scripts::Seen { member: &self.replica }.prepare(&self.scripts.seen, &key);
+        let _: i64 = self.script(StoreOp::Lease, inv).await?;
         Ok(())
     }
 
+    /// One script on Redis's clock: a replica whose own clock runs ahead cannot mistake the
+    /// others for silent (issue 35).
     async fn leave(&self) -> Result<usize, StoreError> {
         let key = self.replicas_key();
-        let me = self.replica.clone();
-        let alive_since = now_ms().saturating_sub(3 * self.lease_ms());
-        let _: i64 =
-            self.run(StoreOp::Lease, async |c| redis::cmd("ZREM").arg(&key).arg(&*me).query_async(c).await).await?;
-        let _: i64 = self
-            .run(StoreOp::Lease, async |c| {
-                redis::cmd("ZREMRANGEBYSCORE").arg(&key).arg("-inf").arg(alive_since).query_async(c).await
-            })
-            .await?;
-        self.run(StoreOp::Lease, async |c| redis::cmd("ZCARD").arg(&key).query_async(c).await).await
+        let inv = scripts::Leave { replica: &self.replica, silent_ms: 3 * self.lease_ms() }
+            .prepare(&self.scripts.leave, &key);
+        self.script(StoreOp::Lease, inv).await
     }
 
     async fn gcra(&self, bucket: Bucket<'_>, interval: Duration, burst: u32, want: u32) -> Result<Gcra, StoreError> {
@@ -615,22 +582,37 @@ impl SharedStore for RedisStore {
         })
     }
 
-    /// Follows the change channel for as long as the process runs, reconnecting after
-    /// failures; `Change::Resync` after every (re)subscription.
+    /// Follows the change channel for as long as the process runs: on the primary (any node
+    /// of a cluster), subscribing again after a failure and whenever the connection moved to
+    /// a new primary; `Change::Resync` after every (re)subscription.
     async fn follow(self: Arc<Self>, mut on: Box<dyn FnMut(Change) + Send>) {
         let mut backoff = Duration::from_millis(100);
+        let mut moved = self.conn.changes();
+        // Warn once per streak of failures: a failover's seconds are one line, not dozens.
+        let mut failing = false;
         loop {
+            moved.mark_unchanged();
             let subscribed = async {
-                let mut ps = self.client.get_async_pubsub().await?;
-                ps.subscribe(&self.channel).await?;
-                Ok::<_, redis::RedisError>(ps)
+                let mut ps = self.conn.pubsub().await?;
+                ps.subscribe(&self.channel).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(ps)
             };
             match tokio::time::timeout(self.connect_timeout, subscribed).await {
                 Ok(Ok(ps)) => {
                     backoff = Duration::from_millis(100);
+                    failing = false;
                     on(Change::Resync);
                     let mut messages = ps.into_on_message();
-                    while let Some(msg) = messages.next().await {
+                    loop {
+                        let msg = tokio::select! {
+                            m = messages.next() => m,
+                            _ = moved.changed() => break,
+                        };
+                        let Some(msg) = msg else {
+                            tracing::warn!("shared store: change channel closed; resubscribing");
+                            self.metrics.count_store_error(StoreOp::Subscribe);
+                            break;
+                        };
                         let Ok(text) = msg.get_payload::<String>() else { continue };
                         match text.split_once(' ') {
                             Some((kind, agent)) if parse_agent_id(agent).is_some() => on(if kind == "e" {
@@ -641,18 +623,25 @@ impl SharedStore for RedisStore {
                             _ => self.metrics.count_discarded(Discarded::StoreAgentId, 1),
                         }
                     }
-                    tracing::warn!("shared store: change channel closed; resubscribing");
-                    self.metrics.count_store_error(StoreOp::Subscribe);
+                    // A new primary: subscribe there at once.
+                    if moved.has_changed().unwrap_or(false) {
+                        continue;
+                    }
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "shared store: cannot subscribe to the change channel");
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(error = %e, "shared store: cannot subscribe to the change channel; retrying");
+                    }
                     self.failed(StoreOp::Subscribe, unavailable(e));
                 }
                 Err(_) => {
                     self.failed(StoreOp::Subscribe, StoreError::Unavailable("subscribe timed out".into()));
                 }
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = moved.changed() => {}
+            }
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }

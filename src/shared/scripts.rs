@@ -33,6 +33,10 @@ pub(super) struct Announce<'a> {
 }
 
 pub(super) struct Scripts {
+    pub health: Script,
+    pub seen: Script,
+    pub stale: Script,
+    pub leave: Script,
     pub create: Script,
     pub acquire: Script,
     pub renew: Script,
@@ -50,6 +54,10 @@ pub(super) struct Scripts {
 impl Scripts {
     pub fn new() -> Self {
         Self {
+            health: Script::new(HEALTH),
+            seen: Script::new(SEEN),
+            stale: Script::new(STALE),
+            leave: Script::new(LEAVE),
             create: Script::new(CREATE),
             acquire: Script::new(ACQUIRE),
             renew: Script::new(RENEW),
@@ -68,6 +76,13 @@ impl Scripts {
 
 /// A new session record (a sign-in) or one put back (`restore`: only if absent). Returns the
 /// epoch, or 0 when `restore` found a session already there.
+///
+/// Epochs (the fencing tokens) are drawn from Redis's clock: the record's epoch + 1, or the
+/// time in µs if that is higher (2^53, where Lua's numbers stop being exact, is 250 years
+/// away). A failover can lose the last epoch written on the
+/// old primary (replication is asynchronous); a counter would then hand the same epoch to a
+/// second owner, but the clock has moved on by the failover's seconds, so the new primary's
+/// next epoch is above any the old one issued (docs/redis.md, "Leases across a failover").
 pub(super) struct Create<'a> {
     pub replica: &'a str,
     pub lease_ms: u64,
@@ -84,16 +99,16 @@ pub(super) struct Create<'a> {
 const CREATE: &str = r#"
 local replica, lease_ms, sid, guid, cookies, answer, resumable, conf, since, mode = unpack(ARGV)
 if mode == 'restore' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local epoch = (tonumber(redis.call('HGET', KEYS[1], 'epoch')) or 0) + 1
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local epoch = string.format('%.0f', math.max((tonumber(redis.call('HGET', KEYS[1], 'epoch')) or 0) + 1, t[1] * 1000000 + t[2]))
 redis.call('DEL', KEYS[1])
 if mode == 'create' then redis.call('DEL', KEYS[3]) end
 redis.call('HSET', KEYS[1], 'sid', sid, 'epoch', epoch, 'guid', guid, 'cookies', cookies,
   'answer', answer, 'resumable', resumable, 'conf', conf, 'confv', 1, 'activity', now,
   'qcursor', '0-0', 'state', 'active', 'since', since)
 redis.call('SET', KEYS[2], replica .. ' ' .. epoch, 'PX', lease_ms)
-return epoch
+return tonumber(epoch)
 "#;
 
 impl Create<'_> {
@@ -107,7 +122,8 @@ impl Create<'_> {
     }
 }
 
-/// Takes the lease of an active session nobody holds and raises the epoch. Returns
+/// Takes the lease of an active session nobody holds and raises the epoch (see [`Create`]
+/// for how epochs are drawn). Returns
 /// {1, epoch}, {-1, holder} or {0, ''} (no active session).
 pub(super) struct Acquire<'a> {
     pub replica: &'a str,
@@ -119,9 +135,11 @@ local replica, lease_ms = unpack(ARGV)
 local cur = redis.call('GET', KEYS[2])
 if cur then return {-1, cur} end
 if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return {0, ''} end
-local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+local t = redis.call('TIME')
+local epoch = string.format('%.0f', math.max((tonumber(redis.call('HGET', KEYS[1], 'epoch')) or 0) + 1, t[1] * 1000000 + t[2]))
+redis.call('HSET', KEYS[1], 'epoch', epoch)
 redis.call('SET', KEYS[2], replica .. ' ' .. epoch, 'PX', lease_ms)
-return {1, tostring(epoch)}
+return {1, epoch}
 "#;
 
 impl Acquire<'_> {
@@ -422,6 +440,93 @@ impl GcraCheck {
     pub fn prepare<'s>(&self, s: &'s Script, key: &str) -> ScriptInvocation<'s> {
         let mut inv = s.prepare_invoke();
         inv.key(key).arg(self.interval_us).arg(self.burst).arg(self.want.max(1));
+        inv
+    }
+}
+
+/// The readiness probe's check: a script that writes (a node that is up but no longer the
+/// primary answers `READONLY` here, where a `PING` would pass). The key is this replica's
+/// and expires by itself.
+pub(super) struct Health<'a> {
+    pub replica: &'a str,
+}
+
+const HEALTH: &str = r#"
+local replica = unpack(ARGV)
+local t = redis.call('TIME')
+redis.call('SET', KEYS[1], replica, 'PX', 60000)
+return tonumber(t[1])
+"#;
+
+impl Health<'_> {
+    pub fn prepare<'s>(&self, s: &'s Script, key: &str) -> ScriptInvocation<'s> {
+        let mut inv = s.prepare_invoke();
+        inv.key(key).arg(self.replica);
+        inv
+    }
+}
+
+/// Marks `member` of a sorted set as seen now, on Redis's clock: an agent in the agents
+/// index, a replica in the replica set. Replicas' own clocks never meet in a comparison.
+pub(super) struct Seen<'a> {
+    pub member: &'a str,
+}
+
+const SEEN: &str = r#"
+local member = unpack(ARGV)
+local t = redis.call('TIME')
+return redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), member)
+"#;
+
+impl Seen<'_> {
+    pub fn prepare<'s>(&self, s: &'s Script, key: &str) -> ScriptInvocation<'s> {
+        let mut inv = s.prepare_invoke();
+        inv.key(key).arg(self.member);
+        inv
+    }
+}
+
+/// Agents whose index entry is older than `age_ms` on Redis's clock, at most `max`.
+pub(super) struct Stale {
+    pub age_ms: u64,
+    pub max: usize,
+}
+
+const STALE: &str = r#"
+local age_ms, max = unpack(ARGV)
+local t = redis.call('TIME')
+local before = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(age_ms)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', before, 'LIMIT', 0, max)
+"#;
+
+impl Stale {
+    pub fn prepare<'s>(&self, s: &'s Script, key: &str) -> ScriptInvocation<'s> {
+        let mut inv = s.prepare_invoke();
+        inv.key(key).arg(self.age_ms).arg(self.max);
+        inv
+    }
+}
+
+/// Leaves the replica set and drops replicas silent for `silent_ms` (Redis's clock); returns
+/// how many remain.
+pub(super) struct Leave<'a> {
+    pub replica: &'a str,
+    pub silent_ms: u64,
+}
+
+const LEAVE: &str = r#"
+local replica, silent_ms = unpack(ARGV)
+redis.call('ZREM', KEYS[1], replica)
+local t = redis.call('TIME')
+local before = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(silent_ms)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', before)
+return redis.call('ZCARD', KEYS[1])
+"#;
+
+impl Leave<'_> {
+    pub fn prepare<'s>(&self, s: &'s Script, key: &str) -> ScriptInvocation<'s> {
+        let mut inv = s.prepare_invoke();
+        inv.key(key).arg(self.replica).arg(self.silent_ms);
         inv
     }
 }

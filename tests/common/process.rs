@@ -19,11 +19,25 @@ impl Process {
     /// Writes `config` (JSON logs) into `dir` and starts `ccgate serve` on it; returns once it
     /// logs that it serves.
     pub fn start(config: &Config, dir: &Path) -> Self {
+        Self::start_wrapped(config, dir, &[], &[])
+    }
+
+    /// As [`Process::start`], run through `wrapper` (e.g. `faketime -f +300s`) with `env`.
+    pub fn start_wrapped(config: &Config, dir: &Path, wrapper: &[&str], env: &[(&str, &str)]) -> Self {
         let mut config = config.clone();
         config.log.format = ccgate::config::LogFormat::Json;
         let path = dir.join(format!("ccgate-{}.toml", uuid::Uuid::new_v4().simple()));
         std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ccgate"))
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = super::tools::command(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_ccgate"));
+                c
+            }
+            None => std::process::Command::new(env!("CARGO_BIN_EXE_ccgate")),
+        };
+        let mut child = cmd
+            .envs(env.iter().copied())
             .args(["serve", "--config", path.to_str().unwrap()])
             .env_remove("RUST_LOG")
             .stderr(std::process::Stdio::piped())

@@ -11,6 +11,8 @@ const KNOWN: &[(&str, &str)] = &[
     ("openssl", "openssl"),
     ("kill", "procps"),
     ("redis-server", "redis-server"),
+    ("redis-cli", "redis-tools"),
+    ("faketime", "faketime"),
     ("node", "nodejs"),
     ("python3", "python3"),
     ("curl", "curl"),

@@ -83,11 +83,11 @@ contract!(
     two_gateways_agents_of_one_number_share_nothing,
 );
 
-/// Epochs are drawn from the store's clock (µs) so that one a failover lost is never drawn
+/// Epochs are drawn from the store's clock (ms) so that one a failover lost is never drawn
 /// again: within a day of now.
 fn drawn_from_the_clock(epoch: u64) -> bool {
-    let now_us = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64;
-    epoch.abs_diff(now_us) < 86_400 * 1_000_000
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    epoch.abs_diff(now_ms) < 86_400_000
 }
 
 fn record<'a>(sid: &'a str, guid: &'a str, cookies: &'a [String]) -> NewRecord<'a> {

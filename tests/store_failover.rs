@@ -409,7 +409,8 @@ async fn a_cluster_shard_failing_over_under_the_agent_costs_seconds() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// An epoch a failover lost is never drawn again: the new primary draws from its clock.
+/// An epoch a failover lost is never drawn again: the new primary draws from its clock. A
+/// planted epoch that is not a number Lua can count with is taken as none.
 #[tokio::test]
 async fn an_epoch_the_new_primary_lost_is_never_drawn_again() {
     use ccgate::shared::{CreateMode, Lease, NewRecord, SharedStore};
@@ -433,13 +434,35 @@ async fn an_epoch_the_new_primary_lost_is_never_drawn_again() {
     let first = store.create("153", &record, CreateMode::SignIn).await.unwrap();
     store.release("153", first).await.unwrap();
     let Lease::Held(lost) = store.acquire("153").await.unwrap() else { panic!("free lease") };
-    // The failover: the new primary never got the takeover (epoch and lease as before it).
+    // The failover: the new primary never got the takeover (epoch and lease as before it),
+    // and its clock has moved on by the failover's duration (seconds; here: past the lost
+    // epoch's millisecond).
     let mut c = redis.conn().await;
+    eventually("Redis's clock passed the lost epoch", || {
+        let mut c = c.clone();
+        async move {
+            let (s, us): (u64, u64) = redis::cmd("TIME").query_async(&mut c).await.unwrap();
+            s * 1000 + us / 1000 > lost
+        }
+    })
+    .await;
     let _: () =
         redis::cmd("HSET").arg("ccgate:{a:153}:session").arg("epoch").arg(first).query_async(&mut c).await.unwrap();
     let _: () = redis::cmd("DEL").arg("ccgate:{a:153}:lease").query_async(&mut c).await.unwrap();
     let Lease::Held(next) = store.acquire("153").await.unwrap() else { panic!("free lease") };
     assert!(next > lost, "{next} must be above the lost {lost}");
+    for planted in ["nan", "inf", "-5", "1e300"] {
+        let _: () = redis::cmd("HSET")
+            .arg("ccgate:{a:153}:session")
+            .arg("epoch")
+            .arg(planted)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("DEL").arg("ccgate:{a:153}:lease").query_async(&mut c).await.unwrap();
+        let taken = store.acquire("153").await.unwrap();
+        assert!(matches!(taken, Lease::Held(e) if e > 1_700_000_000_000), "{planted}: {taken:?}");
+    }
 }
 
 /// libfaketime's preload library (Debian: `faketime`, under the multiarch folder), loaded into

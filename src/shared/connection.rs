@@ -12,7 +12,7 @@
 //! Each drop is logged once at warn and counted (`ccgate_store_reconnects_total{reason}`);
 //! the change channel resubscribes on the new connection (a `Resync` for every copy).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,9 +22,13 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
 
+use super::StoreError;
 use crate::config::{masked_store_url, parse_host_port, StoreConfig, StoreMode};
 use crate::metrics::{Metrics, StoreReconnect as Reconnect};
 
+/// How long a command a cluster refused (`MOVED`, `TRYAGAIN`...) waits before its one more
+/// try: the slot map's rebuild, which the refusal started, takes a round trip or two.
+pub(super) const CLUSTER_RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Timeouts in a row (no success between) that mean the node is gone rather than slow.
 const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 /// In cluster mode the cluster client reconnects single nodes itself; ccgate rebuilds it only
@@ -227,8 +231,15 @@ impl Topology {
     async fn open(&self, start: usize) -> Result<(Conn, String), String> {
         match self.mode {
             StoreMode::Standalone => {
-                let c = self.node(&self.url, "").await?;
-                Ok((Conn::Node(c), self.standalone_addr()))
+                let mut c = self.node(&self.url, "").await?;
+                let addr = self.standalone_addr();
+                // A name that still leads to the demoted node (a DNS cache, a URL naming a
+                // replica) is a failed attempt, retried with backoff, not a connection that
+                // answers READONLY to the next write. A proxy that has no ROLE is taken as is.
+                if self.role(&mut c, &addr).await? == Role::Replica {
+                    return Err(format!("{addr} is a replica, not the primary (yet)"));
+                }
+                Ok((Conn::Node(c), addr))
             }
             StoreMode::Sentinel => {
                 let mut last = String::from("no sentinel answered");
@@ -247,11 +258,12 @@ impl Topology {
                 let mut b = redis::cluster::ClusterClientBuilder::new(urls)
                     .connection_timeout(self.connect_timeout)
                     .response_timeout(self.timeout)
-                    // ccgate's command timeout bounds a call; a few quick retries cover a
-                    // MOVED after a shard's failover without outliving it.
-                    .retries(3)
-                    .min_retry_wait(20)
-                    .max_retry_wait(200);
+                    // No retries of its own: redis-rs retries a command whose connection
+                    // failed after it was sent, which could run a script twice (a cursor
+                    // moved twice, a lock found taken by itself). It still rebuilds its slot
+                    // map on MOVED; ccgate runs a command the cluster refused without running
+                    // it once more itself (`Failure::Again`).
+                    .retries(0);
                 if let Some(root_cert) = &self.root_cert {
                     b = b.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert.clone()) });
                 }
@@ -280,18 +292,32 @@ impl Topology {
             return Err(format!("sentinel {sentinel} answered a bad address"));
         }
         let mut c = self.node(&self.url, &primary).await?;
-        let role: Vec<Value> = tokio::time::timeout(self.timeout, redis::cmd("ROLE").query_async(&mut c))
-            .await
-            .map_err(|_| format!("{primary}: ROLE timed out"))?
-            .map_err(|e| format!("{primary}: {e}"))?;
-        match role.first() {
-            Some(Value::BulkString(r)) if r == b"master" => Ok((Conn::Node(c), primary)),
+        match self.role(&mut c, &primary).await? {
+            Role::Primary => Ok((Conn::Node(c), primary)),
             _ => Err(format!("{primary}, named by sentinel {sentinel}, is not a primary (yet)")),
         }
     }
 
-    /// A subscriber for the change channel: on the primary (standalone, sentinel), or on any
-    /// node of a cluster (classic pub/sub reaches every node of a cluster).
+    /// What `ROLE` says the node is.
+    async fn role(&self, c: &mut MultiplexedConnection, addr: &str) -> Result<Role, String> {
+        let answer: Result<Vec<Value>, RedisError> =
+            tokio::time::timeout(self.timeout, redis::cmd("ROLE").query_async(c))
+                .await
+                .map_err(|_| format!("{addr}: ROLE timed out"))?;
+        Ok(match answer {
+            Ok(role) => match role.first() {
+                Some(Value::BulkString(r)) if r == b"master" => Role::Primary,
+                Some(Value::BulkString(r)) if r == b"slave" || r == b"replica" => Role::Replica,
+                _ => Role::Unknown,
+            },
+            // A server error (a proxy without ROLE, an ACL without it): unknown.
+            Err(e) if e.code().is_some() => Role::Unknown,
+            Err(e) => return Err(format!("{addr}: {e}")),
+        })
+    }
+
+    /// A subscriber for the change channel: on the primary (standalone, sentinel), or on a
+    /// seed of a cluster (classic pub/sub reaches every node of a cluster).
     async fn pubsub(&self, primary: Option<&str>, start: usize) -> Result<redis::aio::PubSub, String> {
         let subscribe = async |template: &str, addr: &str| -> Result<redis::aio::PubSub, String> {
             self.client(template, addr)?.get_async_pubsub().await.map_err(|e| format!("{addr}: {e}"))
@@ -300,19 +326,21 @@ impl Topology {
             (StoreMode::Standalone, _) => subscribe(&self.url, "").await,
             (StoreMode::Sentinel, Some(p)) => subscribe(&self.url, p).await,
             (StoreMode::Sentinel, None) => Err("no primary yet".into()),
+            // One seed per try (the caller moves `start` on after a failure), so a seed that
+            // swallows packets costs one try, not every one.
             (StoreMode::Cluster, _) => {
-                let mut last = String::new();
-                for i in 0..self.nodes.len() {
-                    let (h, p) = &self.nodes[(start + i) % self.nodes.len()];
-                    match subscribe(&self.url, &host_port(h, *p)).await {
-                        Ok(ps) => return Ok(ps),
-                        Err(e) => last = e,
-                    }
-                }
-                Err(last)
+                let (h, p) = &self.nodes[start % self.nodes.len().max(1)];
+                subscribe(&self.url, &host_port(h, *p)).await
             }
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Primary,
+    Replica,
+    Unknown,
 }
 
 struct Held {
@@ -325,8 +353,11 @@ struct Held {
 pub(super) struct Connection {
     topology: Topology,
     current: ArcSwapOption<Held>,
-    /// Set while a connect runs (the first, or the reconnect loop).
-    connecting: AtomicBool,
+    /// Connects running (the probe's, the reconnect loop): a count, so one that ends cannot
+    /// clear the mark of one that began meanwhile.
+    connecting: Arc<AtomicU32>,
+    /// Which seed the change channel subscribes on next (cluster).
+    pubsub_start: AtomicU32,
     /// Failures (timeouts; on a cluster, any unavailability) since the last success.
     failures: AtomicU32,
     generation: AtomicU64,
@@ -340,15 +371,45 @@ pub(super) struct Connection {
     metrics: Metrics,
 }
 
+/// Marks a connect as running for as long as it lives (dropped at the end, or if the task is
+/// cancelled or panics: the mark is never left behind).
+struct Connecting(Arc<AtomicU32>);
+
+impl Connecting {
+    fn start(count: &Arc<AtomicU32>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Connecting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A failed command, as the store files it.
 pub(super) enum Failure {
-    /// The node refused it without running it (`READONLY`, `LOADING`, `MASTERDOWN`, a refused
-    /// connection) and the connection is being made afresh: worth one more try on the new one.
+    /// The node refused it without running it (`READONLY`, `LOADING`, `MASTERDOWN`,
+    /// `NOSCRIPT`) and the connection is being made afresh: worth one more try on the new one.
     Moved(String),
+    /// A cluster refused it without running it (`MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`,
+    /// `READONLY` from a demoted node): worth one more try once its slot map is rebuilt.
+    Again(String),
     /// Redis cannot serve us now: the outage behaviour applies.
     Unavailable(String),
     /// Redis answered, but not what ccgate can use.
     Malformed(String),
+}
+
+impl Failure {
+    /// As the store reports it.
+    pub fn into_error(self) -> StoreError {
+        match self {
+            Self::Moved(why) | Self::Again(why) | Self::Unavailable(why) => StoreError::Unavailable(why),
+            Self::Malformed(why) => StoreError::Malformed(why),
+        }
+    }
 }
 
 impl Connection {
@@ -358,7 +419,8 @@ impl Connection {
         Ok(Arc::new(Self {
             topology,
             current: ArcSwapOption::empty(),
-            connecting: AtomicBool::new(false),
+            connecting: Arc::new(AtomicU32::new(0)),
+            pubsub_start: AtomicU32::new(0),
             failures: AtomicU32::new(0),
             generation: AtomicU64::new(0),
             changed: tokio::sync::watch::channel(0).0,
@@ -381,7 +443,7 @@ impl Connection {
     pub fn get(&self) -> Result<(Conn, u64), String> {
         match self.current.load_full() {
             Some(h) => Ok((h.conn.clone(), h.generation)),
-            None if self.connecting.load(Ordering::Acquire) => Err("reconnecting".into()),
+            None if self.connecting.load(Ordering::Acquire) > 0 => Err("reconnecting".into()),
             None => Err("not connected yet".into()),
         }
     }
@@ -391,12 +453,11 @@ impl Connection {
         if self.current.load().is_some() {
             return Ok(());
         }
-        if self.connecting.swap(true, Ordering::AcqRel) {
+        if self.connecting.load(Ordering::Acquire) > 0 {
             return Err("connecting".into());
         }
-        let made = self.attempt().await;
-        self.connecting.store(false, Ordering::Release);
-        made
+        let _running = Connecting::start(&self.connecting);
+        self.attempt().await
     }
 
     /// One connect, within twice the connect timeout (a sentinel, then the primary).
@@ -411,7 +472,8 @@ impl Connection {
             Ok((conn, primary)) => {
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 self.failures.store(0, Ordering::Relaxed);
-                self.current.store(Some(Arc::new(Held { conn, generation })));
+                // Status first: a drop right after the connection is published then finds
+                // (and leaves) a status that says so.
                 {
                     let mut s = self.status_mut();
                     s.connected = true;
@@ -422,6 +484,7 @@ impl Connection {
                     s.primary = Some(primary.clone());
                 }
                 self.metrics.set_store_up(true);
+                self.current.store(Some(Arc::new(Held { conn, generation })));
                 let _ = self.changed.send(generation);
                 tracing::info!(mode = self.topology.mode.as_str(), primary = %primary, "shared store connected");
                 Ok(())
@@ -451,16 +514,16 @@ impl Connection {
     /// longer the one to write to.
     pub fn failed(self: &Arc<Self>, generation: u64, e: &RedisError) -> Failure {
         let cluster = self.topology.mode == StoreMode::Cluster;
+        if cluster && matches!(e.code(), Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY")) {
+            // The cluster client follows a shard's failover itself (its slot map); rebuild it
+            // only when such answers go on.
+            if self.many_failures() {
+                self.reconnect(generation, Reconnect::ClusterDown);
+            }
+            return Failure::Again(format!("{} from the cluster", e.code().unwrap_or("refused")));
+        }
         if let Some(reason) = e.code().and_then(reconnect_for) {
             let why = format!("{} from the store", reason.as_str().to_uppercase());
-            // A cluster's CLUSTERDOWN/TRYAGAIN pass with its own failover: rebuild only when
-            // they go on.
-            if cluster && reason == Reconnect::ClusterDown {
-                if self.many_failures() {
-                    self.reconnect(generation, reason);
-                }
-                return Failure::Unavailable(why);
-            }
             self.reconnect(generation, reason);
             // None of these ran the command (NOSCRIPT: the script did not run).
             return Failure::Moved(why);
@@ -489,7 +552,7 @@ impl Connection {
         if dropped.as_ref().is_none_or(|h| h.generation != generation) {
             return; // Already dropped (or already replaced) by another caller.
         }
-        self.connecting.store(true, Ordering::Release);
+        let running = Connecting::start(&self.connecting);
         let from = {
             let mut s = self.status_mut();
             s.connected = false;
@@ -513,6 +576,7 @@ impl Connection {
         );
         let this = self.clone();
         tokio::spawn(async move {
+            let _running = running;
             let mut delay = RECONNECT_FIRST_DELAY;
             loop {
                 match this.attempt().await {
@@ -525,7 +589,6 @@ impl Connection {
                 }
                 delay = (delay * 2).min(RECONNECT_MAX_DELAY);
             }
-            this.connecting.store(false, Ordering::Release);
         });
     }
 
@@ -543,8 +606,14 @@ impl Connection {
     /// A subscriber on the current primary (or any cluster node).
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub, String> {
         let primary = self.status_mut().primary.clone();
-        let start = self.start.load(Ordering::Relaxed) as usize;
-        self.topology.pubsub(primary.as_deref(), start).await
+        let start = self.pubsub_start.load(Ordering::Relaxed) as usize;
+        let made = tokio::time::timeout(self.topology.connect_timeout, self.topology.pubsub(primary.as_deref(), start))
+            .await
+            .unwrap_or_else(|_| Err("subscribe timed out".into()));
+        if made.is_err() {
+            self.pubsub_start.fetch_add(1, Ordering::Relaxed);
+        }
+        made
     }
 
     /// In sentinel mode, follows the sentinels' `+switch-master` announcements for as long as
@@ -580,7 +649,8 @@ impl Connection {
                         if parts.next() != Some(self.topology.master.as_str()) {
                             continue;
                         }
-                        let new = parts.nth(2).zip(parts.next()).map(|(h, p)| format!("{h}:{p}"));
+                        let new =
+                            parts.nth(2).zip(parts.next().and_then(|p| p.parse().ok())).map(|(h, p)| host_port(h, p));
                         match self.current.load_full() {
                             Some(h) if self.status().primary != new => {
                                 self.reconnect(h.generation, Reconnect::SwitchMaster)

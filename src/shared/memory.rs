@@ -170,9 +170,9 @@ impl MemoryHub {
 }
 
 /// The next fencing token, as the Redis scripts draw it (`scripts::Create`): one above the
-/// last, or the store's clock in µs if that is higher.
+/// last, or the store's clock in ms if that is higher.
 fn next_epoch(last: u64, hub: &Inner) -> u64 {
-    (last + 1).max(hub.now_us())
+    (last + 1).max(hub.now_ms())
 }
 
 impl Inner {

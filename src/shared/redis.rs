@@ -12,7 +12,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::{FromRedisValue, ScriptInvocation};
 
-use super::connection::{Conn, Connection, Failure, StoreStatus};
+use super::connection::{Conn, Connection, Failure, StoreStatus, CLUSTER_RETRY_PAUSE};
 use super::scripts::{self, AgentKeys, Announce, Scripts};
 use super::{
     pack_id, parse_record, unpack_id, valid_event_kind, AuthWrite, AuthWritten, Bucket, Change, ConfWrite, CreateMode,
@@ -104,22 +104,29 @@ impl RedisStore {
         f: impl AsyncFnOnce(&mut Conn) -> redis::RedisResult<T> + Clone,
     ) -> Result<T, StoreError> {
         let started = tokio::time::Instant::now();
-        let e = match self.run_once(f.clone()).await {
+        let again = match self.run_once(f.clone()).await {
             Ok(v) => return Ok(v),
             Err((Failure::Moved(why), generation)) => {
                 let left = self.timeout.saturating_sub(started.elapsed());
-                if !self.conn.replaced(generation, left).await {
-                    StoreError::Unavailable(why)
-                } else {
-                    match self.run_once(f).await {
-                        Ok(v) => return Ok(v),
-                        Err((Failure::Moved(why) | Failure::Unavailable(why), _)) => StoreError::Unavailable(why),
-                        Err((Failure::Malformed(why), _)) => StoreError::Malformed(why),
-                    }
+                match self.conn.replaced(generation, left).await {
+                    true => Ok(()),
+                    false => Err(StoreError::Unavailable(why)),
                 }
             }
-            Err((Failure::Unavailable(why), _)) => StoreError::Unavailable(why),
-            Err((Failure::Malformed(why), _)) => StoreError::Malformed(why),
+            Err((Failure::Again(_), _)) => {
+                let pause = CLUSTER_RETRY_PAUSE.min(self.timeout.saturating_sub(started.elapsed()));
+                tokio::time::sleep(pause).await;
+                Ok(())
+            }
+            Err((failure, _)) => Err(failure.into_error()),
+        };
+        let e = match again {
+            // Refused without running: once more, on the new connection or slot map.
+            Ok(()) => match self.run_once(f).await {
+                Ok(v) => return Ok(v),
+                Err((failure, _)) => failure.into_error(),
+            },
+            Err(e) => e,
         };
         Err(self.failed(op, e))
     }
@@ -597,16 +604,20 @@ impl SharedStore for RedisStore {
                 ps.subscribe(&self.channel).await.map_err(|e| e.to_string())?;
                 Ok::<_, String>(ps)
             };
-            match tokio::time::timeout(self.connect_timeout, subscribed).await {
+            match tokio::time::timeout(self.connect_timeout * 2, subscribed).await {
                 Ok(Ok(ps)) => {
-                    backoff = Duration::from_millis(100);
+                    let since = tokio::time::Instant::now();
                     failing = false;
                     on(Change::Resync);
                     let mut messages = ps.into_on_message();
+                    let mut primary_moved = false;
                     loop {
                         let msg = tokio::select! {
                             m = messages.next() => m,
-                            _ = moved.changed() => break,
+                            _ = moved.changed() => {
+                                primary_moved = true;
+                                break;
+                            }
                         };
                         let Some(msg) = msg else {
                             tracing::warn!("shared store: change channel closed; resubscribing");
@@ -624,8 +635,14 @@ impl SharedStore for RedisStore {
                         }
                     }
                     // A new primary: subscribe there at once.
-                    if moved.has_changed().unwrap_or(false) {
+                    if primary_moved {
+                        backoff = Duration::from_millis(100);
                         continue;
+                    }
+                    // A subscription that lived a while was no failure; one closed at once
+                    // (a proxy that drops subscribers) backs off like one.
+                    if since.elapsed() >= Duration::from_secs(1) {
+                        backoff = Duration::from_millis(100);
                     }
                 }
                 Ok(Err(e)) => {

@@ -78,8 +78,8 @@ impl Scripts {
 /// epoch, or 0 when `restore` found a session already there.
 ///
 /// Epochs (the fencing tokens) are drawn from Redis's clock: the record's epoch + 1, or the
-/// time in µs if that is higher (2^53, where Lua's numbers stop being exact, is 250 years
-/// away). A failover can lose the last epoch written on the
+/// time in ms if that is higher. Milliseconds: 13 digits, which Redis's Lua prints exactly
+/// (`%.14g`), so ccgate 0.1's scripts still read and write them during a rolling upgrade. A failover can lose the last epoch written on the
 /// old primary (replication is asynchronous); a counter would then hand the same epoch to a
 /// second owner, but the clock has moved on by the failover's seconds, so the new primary's
 /// next epoch is above any the old one issued (docs/redis.md, "Leases across a failover").
@@ -97,11 +97,17 @@ pub(super) struct Create<'a> {
 }
 
 const CREATE: &str = r#"
+local function last_epoch(key)
+  -- A planted value (nan, inf, negative, past 2^53) counts as none: it must not stop the agent.
+  local e = tonumber(redis.call('HGET', key, 'epoch')) or 0
+  if e ~= e or e < 0 or e >= 9007199254740992 then return 0 end
+  return e
+end
 local replica, lease_ms, sid, guid, cookies, answer, resumable, conf, since, mode = unpack(ARGV)
 if mode == 'restore' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local epoch = string.format('%.0f', math.max((tonumber(redis.call('HGET', KEYS[1], 'epoch')) or 0) + 1, t[1] * 1000000 + t[2]))
+local epoch = string.format('%.0f', math.max(last_epoch(KEYS[1]) + 1, t[1] * 1000 + math.floor(t[2] / 1000)))
 redis.call('DEL', KEYS[1])
 if mode == 'create' then redis.call('DEL', KEYS[3]) end
 redis.call('HSET', KEYS[1], 'sid', sid, 'epoch', epoch, 'guid', guid, 'cookies', cookies,
@@ -131,12 +137,18 @@ pub(super) struct Acquire<'a> {
 }
 
 const ACQUIRE: &str = r#"
+local function last_epoch(key)
+  -- A planted value (nan, inf, negative, past 2^53) counts as none: it must not stop the agent.
+  local e = tonumber(redis.call('HGET', key, 'epoch')) or 0
+  if e ~= e or e < 0 or e >= 9007199254740992 then return 0 end
+  return e
+end
 local replica, lease_ms = unpack(ARGV)
 local cur = redis.call('GET', KEYS[2])
 if cur then return {-1, cur} end
 if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return {0, ''} end
 local t = redis.call('TIME')
-local epoch = string.format('%.0f', math.max((tonumber(redis.call('HGET', KEYS[1], 'epoch')) or 0) + 1, t[1] * 1000000 + t[2]))
+local epoch = string.format('%.0f', math.max(last_epoch(KEYS[1]) + 1, t[1] * 1000 + math.floor(t[2] / 1000)))
 redis.call('HSET', KEYS[1], 'epoch', epoch)
 redis.call('SET', KEYS[2], replica .. ' ' .. epoch, 'PX', lease_ms)
 return {1, epoch}

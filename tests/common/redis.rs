@@ -162,5 +162,6 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("ccgate-redis-{}", self.port)));
     }
 }

@@ -190,6 +190,12 @@ async fn survives(t: Topology, failover: impl AsyncFnOnce() -> Instant, reasons:
         if let Some(reason) = detail["last_failover"]["reason"].as_str() {
             seen.push(reason.to_owned());
         }
+        // The same on the agents view (`ccgate agents` prints its summary) and the status page.
+        let agents = h.send(Method::GET, &format!("{admin}/agents"), &[], "").await.json();
+        let summary = agents["store"]["summary"].as_str().unwrap_or_default().to_owned();
+        assert!(summary.starts_with(t.mode.as_str()), "{agents}");
+        let page = h.send(Method::GET, &format!("{admin}/"), &[], "").await.text;
+        assert!(page.contains(&format!("{}, ", t.mode.as_str())), "the status page names the mode");
         let metrics = h.send(Method::GET, &format!("{admin}/metrics"), &[], "").await.text;
         assert!(metrics.contains("ccgate_store_reconnects_total{reason=\"readonly\"}"), "zeroed series");
     }

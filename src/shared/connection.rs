@@ -2,12 +2,14 @@
 //!
 //! Three ways to find the primary ([`StoreMode`]): the URL's host (one server, or a managed
 //! endpoint whose name follows the primary), Sentinel (ask the sentinels, follow
-//! `+switch-master`), or Redis Cluster (redis-rs's cluster client follows `MOVED`/`ASK` and a
-//! shard's failover itself). Whatever the mode, an answer that says "this node no longer takes
-//! our writes" (`READONLY`, `LOADING`, `MASTERDOWN`, a `NOSCRIPT` that loading the script did
-//! not cure), a lost connection or repeated timeouts make ccgate drop the connection and
-//! connect afresh (resolving the name or asking the sentinels again) at once, then every 50 ms
-//! doubling to 1 s until it succeeds. Commands meanwhile fail at once as `Unavailable`, so the
+//! `+switch-master`), or Redis Cluster (redis-rs's cluster client keeps the slot map; ccgate
+//! resends once what the cluster refused without running, see [`Failure::Again`]). Outside a
+//! cluster, an answer that says "this node no longer takes our writes" (`READONLY`,
+//! `LOADING`, `MASTERDOWN`, a `NOSCRIPT` that loading the script did not cure), a lost
+//! connection or repeated timeouts make ccgate drop the connection and connect afresh
+//! (resolving the name or asking the sentinels again) at once, then every 50 ms doubling to
+//! 1 s until it succeeds; a cluster client is rebuilt after failures in a row. A node is
+//! taken only if it says it is a primary (or cannot say) and answers `PING` (not `LOADING`). Commands meanwhile fail at once as `Unavailable`, so the
 //! outage behaviour of docs/redis.md applies (copies serve, the owner keeps the newest Guid).
 //! Each drop is logged once at warn and counted (`ccgate_store_reconnects_total{reason}`);
 //! the change channel resubscribes on the new connection (a `Resync` for every copy).
@@ -293,27 +295,57 @@ impl Topology {
         }
         let mut c = self.node(&self.url, &primary).await?;
         match self.role(&mut c, &primary).await? {
-            Role::Primary => Ok((Conn::Node(c), primary)),
-            _ => Err(format!("{primary}, named by sentinel {sentinel}, is not a primary (yet)")),
+            Role::Replica => Err(format!("{primary}, named by sentinel {sentinel}, is not a primary (yet)")),
+            // A primary, or a node that cannot say (its first write tells, READONLY).
+            _ => Ok((Conn::Node(c), primary)),
         }
     }
 
-    /// What `ROLE` says the node is.
+    /// What the node says it is, then that it serves: `HELLO` (no arguments: the connection's
+    /// context, `role` among it; `@connection`, allowed to the ACL docs/redis.md gives ccgate),
+    /// else `ROLE` (`@dangerous`); a node that answers neither (a proxy) is `Unknown`. Then a
+    /// `PING`: a node still loading its data answers `LOADING`, and is not taken yet.
     async fn role(&self, c: &mut MultiplexedConnection, addr: &str) -> Result<Role, String> {
-        let answer: Result<Vec<Value>, RedisError> =
-            tokio::time::timeout(self.timeout, redis::cmd("ROLE").query_async(c))
+        let ask = async |c: &mut MultiplexedConnection, cmd: &str| -> Result<Result<Value, RedisError>, String> {
+            tokio::time::timeout(self.timeout, redis::cmd(cmd).query_async(c))
                 .await
-                .map_err(|_| format!("{addr}: ROLE timed out"))?;
-        Ok(match answer {
-            Ok(role) => match role.first() {
-                Some(Value::BulkString(r)) if r == b"master" => Role::Primary,
-                Some(Value::BulkString(r)) if r == b"slave" || r == b"replica" => Role::Replica,
-                _ => Role::Unknown,
-            },
-            // A server error (a proxy without ROLE, an ACL without it): unknown.
-            Err(e) if e.code().is_some() => Role::Unknown,
+                .map_err(|_| format!("{addr}: {cmd} timed out"))
+        };
+        let named = |v: &[u8]| match v {
+            b"master" => Role::Primary,
+            b"slave" | b"replica" => Role::Replica,
+            _ => Role::Unknown,
+        };
+        let role = match ask(c, "HELLO").await? {
+            // `[k, v, k, v, ...]` (RESP2) or a map (RESP3).
+            Ok(Value::Array(kv)) => kv.chunks(2).find_map(|p| match p {
+                [Value::BulkString(k), Value::BulkString(v)] if k == b"role" => Some(named(v)),
+                _ => None,
+            }),
+            Ok(Value::Map(kv)) => kv.iter().find_map(|(k, v)| match (k, v) {
+                (Value::BulkString(k), Value::BulkString(v)) if k == b"role" => Some(named(v)),
+                _ => None,
+            }),
+            Ok(_) => None,
+            Err(e) if e.code().is_some() => None,
             Err(e) => return Err(format!("{addr}: {e}")),
-        })
+        };
+        let role = match role {
+            Some(r) => r,
+            None => match ask(c, "ROLE").await? {
+                Ok(Value::Array(r)) => match r.first() {
+                    Some(Value::BulkString(v)) => named(v),
+                    _ => Role::Unknown,
+                },
+                Ok(_) => Role::Unknown,
+                Err(e) if e.code().is_some() => Role::Unknown,
+                Err(e) => return Err(format!("{addr}: {e}")),
+            },
+        };
+        match ask(c, "PING").await? {
+            Ok(_) => Ok(role),
+            Err(e) => Err(format!("{addr}: {}", e.code().unwrap_or("PING failed"))),
+        }
     }
 
     /// A subscriber for the change channel: on the primary (standalone, sentinel), or on a
@@ -379,6 +411,11 @@ impl Connecting {
     fn start(count: &Arc<AtomicU32>) -> Self {
         count.fetch_add(1, Ordering::AcqRel);
         Self(count.clone())
+    }
+
+    /// Only if none runs: the probe's connect never runs beside the reconnect loop.
+    fn try_start(count: &Arc<AtomicU32>) -> Option<Self> {
+        count.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire).ok().map(|_| Self(count.clone()))
     }
 }
 
@@ -453,10 +490,12 @@ impl Connection {
         if self.current.load().is_some() {
             return Ok(());
         }
-        if self.connecting.load(Ordering::Acquire) > 0 {
+        let Some(_running) = Connecting::try_start(&self.connecting) else {
             return Err("connecting".into());
+        };
+        if self.current.load().is_some() {
+            return Ok(()); // Connected meanwhile.
         }
-        let _running = Connecting::start(&self.connecting);
         self.attempt().await
     }
 
@@ -514,13 +553,26 @@ impl Connection {
     /// longer the one to write to.
     pub fn failed(self: &Arc<Self>, generation: u64, e: &RedisError) -> Failure {
         let cluster = self.topology.mode == StoreMode::Cluster;
-        if cluster && matches!(e.code(), Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY")) {
+        let refused = matches!(
+            e.code(),
+            Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY" | "LOADING" | "MASTERDOWN")
+        );
+        if cluster && refused {
+            let why = format!("{} from the cluster", e.code().unwrap_or("refused"));
             // The cluster client follows a shard's failover itself (its slot map); rebuild it
-            // only when such answers go on.
-            if self.many_failures() {
+            // only when such answers go on (ASK, a resharding, is no reason), and then wait
+            // for the new client rather than resend into the gap.
+            if e.code() != Some("ASK") && self.many_failures() {
                 self.reconnect(generation, Reconnect::ClusterDown);
+                return Failure::Moved(why);
             }
-            return Failure::Again(format!("{} from the cluster", e.code().unwrap_or("refused")));
+            return Failure::Again(why);
+        }
+        if cluster && e.kind() == redis::ErrorKind::ClusterConnectionNotFound {
+            if self.many_failures() {
+                self.reconnect(generation, Reconnect::ConnectionLost);
+            }
+            return Failure::Unavailable(e.to_string());
         }
         if let Some(reason) = e.code().and_then(reconnect_for) {
             let why = format!("{} from the store", reason.as_str().to_uppercase());
@@ -545,6 +597,8 @@ impl Connection {
     /// Drops generation `generation` (if it is still the current one) and connects afresh in
     /// the background until it succeeds. Logged once per drop.
     pub fn reconnect(self: &Arc<Self>, generation: u64, reason: Reconnect) {
+        // Marked as connecting before the connection goes, so no one sees neither.
+        let running = Connecting::start(&self.connecting);
         let dropped = self.current.rcu(|cur| match cur {
             Some(h) if h.generation == generation => None,
             other => other.clone(),
@@ -552,7 +606,6 @@ impl Connection {
         if dropped.as_ref().is_none_or(|h| h.generation != generation) {
             return; // Already dropped (or already replaced) by another caller.
         }
-        let running = Connecting::start(&self.connecting);
         let from = {
             let mut s = self.status_mut();
             s.connected = false;

@@ -51,6 +51,39 @@ fn without_live_fields(gateways: &[GatewayConfig]) -> Vec<GatewayConfig> {
     gateways.iter().map(|g| GatewayConfig { credentials_file: None, tenants: Vec::new(), ..g.clone() }).collect()
 }
 
+/// The running gateways whose restart-only fields (URL, TLS, timeouts, pool...) differ in
+/// `new`. A reload holds such a gateway whole: its credentials and tenants stay as running
+/// too, so the passwords meant for a new URL never go to the old one (issue 37).
+fn held_gateways(running: &Config, new: &Config) -> Vec<String> {
+    let strip = |g: &GatewayConfig| GatewayConfig { credentials_file: None, tenants: Vec::new(), ..g.clone() };
+    let next = new.gateway_list();
+    running
+        .gateway_list()
+        .iter()
+        .filter(|g| next.iter().find(|n| n.name == g.name).is_some_and(|n| strip(n) != strip(g)))
+        .map(|g| g.name.clone())
+        .collect()
+}
+
+/// `new` with the held gateways' credentials files and tenants put back to the running ones.
+fn holding(running: &Config, new: &Config, held: &[String]) -> Config {
+    let mut effective = new.clone();
+    let was = running.gateway_list();
+    for name in held {
+        let Some(old) = was.iter().find(|g| &g.name == name) else { continue };
+        if effective.gateways.is_empty() {
+            // The one-gateway shorthand: its credentials may come from `credentials.file`.
+            effective.gateway.credentials_file = old.credentials_file.clone();
+            effective.credentials.file = old.credentials_file.clone();
+            effective.gateway.tenants = old.tenants.clone();
+        } else if let Some(g) = effective.gateways.iter_mut().find(|g| &g.name == name) {
+            g.credentials_file = old.credentials_file.clone();
+            g.tenants = old.tenants.clone();
+        }
+    }
+    effective
+}
+
 /// `config`'s gateways in the running order (`names`): a running gateway the new config lacks
 /// keeps no tenants and no credentials file until the restart that removes it; a new one waits
 /// for the restart that adds it. Indices stay those of the running gateways.
@@ -206,8 +239,10 @@ impl Reloader {
         let mut running = self.running.lock().await;
         let previous = self.auth.load_full();
         let names: Vec<String> = self.gateways.iter().map(|s| s.identity.name.to_string()).collect();
+        let held = held_gateways(&running, &new);
+        let effective = holding(&running, &new, &held);
         let built =
-            Live::build(&new, &names, &self.metrics, self.shared.as_ref(), Some(&previous), self.on_keys.clone());
+            Live::build(&effective, &names, &self.metrics, self.shared.as_ref(), Some(&previous), self.on_keys.clone());
         let live = match built {
             Ok(l) => l,
             Err(e) => return self.refused(e),
@@ -216,14 +251,24 @@ impl Reloader {
             return self
                 .refused("server.tls_cert/tls_key: switching between TLS and plain HTTP needs a restart".into());
         }
-        let (changed, restart_required) = diff(&running, &new);
+        let (mut changed, mut restart_required) = diff(&running, &new);
+        // A held gateway's credentials and tenants wait for the restart with the rest of it.
+        if !held.is_empty() && new.gateways.is_empty() {
+            let (waiting, applied): (Vec<String>, Vec<String>) = changed.into_iter().partition(|k| {
+                matches!(k.as_str(), "credentials.file" | "gateway.credentials_file" | "gateway.tenants")
+            });
+            changed = applied;
+            restart_required.extend(waiting);
+            restart_required.sort();
+        }
         // New remote providers get the start-up's bounded wait; not fatal either way.
         let missing_keys = live.auth.wait_for_keys(crate::config::ms(new.auth.jwks_startup_wait_ms)).await;
 
         // Everything built: swap, each part at once.
         self.auth.store(Arc::new(live.auth));
-        for (store, creds) in self.gateways.iter().zip(live.creds) {
-            if let Some(creds) = creds {
+        for ((store, creds), name) in self.gateways.iter().zip(live.creds).zip(&names) {
+            // A held gateway keeps the credentials in force, even from an unchanged path.
+            if let Some(creds) = creds.filter(|_| !held.contains(name)) {
                 store.replace_credentials(creds);
             }
         }
@@ -238,10 +283,17 @@ impl Reloader {
         *self.cert_stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = FileStamp::of(&new);
 
         running.auth = new.auth;
-        running.credentials = new.credentials;
-        running.gateway.credentials_file = new.gateway.credentials_file;
-        // Tenants and credentials files of the gateways running (the rest waits for a restart).
+        let shorthand_held = running.gateways.is_empty() && !held.is_empty();
+        if !shorthand_held {
+            running.credentials = new.credentials;
+            running.gateway.credentials_file = new.gateway.credentials_file;
+        }
+        // Tenants and credentials files of the gateways running and not held (the rest waits
+        // for a restart).
         for g in &mut running.gateways {
+            if held.contains(&g.name) {
+                continue;
+            }
             if let Some(n) = new.gateways.iter().find(|n| n.name == g.name) {
                 g.credentials_file = n.credentials_file.clone();
                 g.tenants = n.tenants.clone();
@@ -261,6 +313,9 @@ impl Reloader {
             "config reloaded");
         if !restart_required.is_empty() {
             tracing::warn!(keys = ?restart_required, "these settings changed but need a restart; the old values stay in force");
+        }
+        for name in &held {
+            tracing::warn!(gateway = %name, "this gateway's URL, TLS or connection settings changed, which needs a restart; its credentials and tenants stay as running too, so one configuration of it is in force");
         }
         Ok(ReloadReport { reloaded: true, changed, restart_required, missing_keys })
     }
@@ -421,6 +476,34 @@ mod tests {
         let arranged = arranged(&moved, &names);
         assert_eq!(arranged[0].as_ref().map(|g| g.name.as_str()), None);
         assert_eq!(arranged[1].as_ref().map(|g| g.name.as_str()), Some("globex"));
+    }
+
+    #[test]
+    fn a_gateway_whose_url_changed_is_held_whole() {
+        let gw = |name: &str| GatewayConfig {
+            name: name.into(),
+            credentials_file: Some(format!("{name}.toml").into()),
+            tenants: vec![name.into()],
+            ..GatewayConfig::default()
+        };
+        let old = Config { gateways: vec![gw("acme"), gw("globex")], ..Config::default() };
+        let mut new = old.clone();
+        // acme moves to another customer's gateway, with that customer's passwords and tenants;
+        // globex only rotates its passwords.
+        new.gateways[0].url = "https://10.0.0.9:8043".into();
+        new.gateways[0].credentials_file = Some("initech.toml".into());
+        new.gateways[0].tenants = vec!["initech".into()];
+        new.gateways[1].credentials_file = Some("globex-2.toml".into());
+        let held = held_gateways(&old, &new);
+        assert_eq!(held, ["acme"]);
+        let effective = holding(&old, &new, &held);
+        assert_eq!(effective.gateways[0].credentials_file, old.gateways[0].credentials_file);
+        assert_eq!(effective.gateways[0].tenants, old.gateways[0].tenants);
+        assert_eq!(effective.gateways[1].credentials_file, new.gateways[1].credentials_file, "globex applies");
+        // Credentials and tenants alone hold nothing.
+        let mut rotated = old.clone();
+        rotated.gateways[0].credentials_file = Some("acme-2.toml".into());
+        assert!(held_gateways(&old, &rotated).is_empty());
     }
 
     /// A leaf changed to another value its type allows, if one deserializes.

@@ -220,6 +220,37 @@ async fn credentials_and_settings_are_swapped_and_a_bad_reload_changes_nothing()
     h.stop().await;
 }
 
+/// A gateway's URL and credentials changed together (another customer's gateway and
+/// passwords): the URL needs a restart, so the credentials wait with it. The next sign-in
+/// sends the running credentials to the running gateway, never the new passwords to the old
+/// gateway (issue 37); the report says both keys wait for the restart.
+#[tokio::test]
+async fn a_gateway_whose_url_changed_keeps_its_credentials_until_the_restart() {
+    let h = Harness::start().await;
+    let reloader = h.running().reloader.clone();
+    let other = h.dir.join("other-customer.toml");
+    std::fs::write(&other, "[agents.\"153\"]\npassword = \"another-customers-pw\"\nphonenum = \"7770153\"\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut moved = h.config.clone();
+    moved.gateway.url = "https://127.0.0.1:9/".into();
+    moved.credentials.file = Some(other.clone());
+    let report = reloader.reload_with(moved.clone()).await.unwrap();
+    for key in ["gateway.url", "credentials.file"] {
+        assert!(report.restart_required.iter().any(|k| k == key), "{key} waits for the restart: {report:?}");
+        assert!(!report.changed.iter().any(|k| k == key), "{key} not applied: {report:?}");
+    }
+    // The running gateway gets the running password: the simulator accepts it.
+    let r = h.call(Method::POST, "/v1/session", Some("153"), "").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // The same reload again still holds it (the running config was not half-updated).
+    let report = reloader.reload_with(moved).await.unwrap();
+    assert!(report.restart_required.iter().any(|k| k == "credentials.file"), "{report:?}");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewed_certificate_is_served_without_a_signal() {
     let h = Harness::with(Options { config: Box::new(|c| c.server.tls_watch_interval_ms = 50), ..Options::default() })

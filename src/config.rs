@@ -1655,6 +1655,31 @@ file = "creds.toml"
     }
 
     #[test]
+    fn store_modes_say_what_they_need() {
+        let base = |extra: &str| format!("{MINIMAL}\n[store]\nbackend = \"redis\"\n{extra}\n");
+        let key_of = |toml: &str| match Config::from_toml_with_env(toml, env(&[])) {
+            Err(ConfigError::Invalid { key, .. }) => key.to_string(),
+            Err(other) => format!("other: {other}"),
+            Ok(_) => "ok".into(),
+        };
+        for (extra, key) in [
+            ("url = \"redis://r:6379/0\"", "ok"),
+            ("url = \"redis://r:6379/0\"\nnodes = [\"s:26379\"]", "store.nodes"),
+            ("url = \"redis:///0\"", "store.url"),
+            ("mode = \"sentinel\"\nurl = \"redis:///0\"\nsentinel_master = \"m\"", "store.nodes"),
+            ("mode = \"sentinel\"\nurl = \"redis:///0\"\nnodes = [\"s:26379\"]", "store.sentinel_master"),
+            ("mode = \"sentinel\"\nurl = \"redis://r:1/0\"\nnodes = [\"s:26379\"]\nsentinel_master = \"m\"", "store.url"),
+            ("mode = \"sentinel\"\nurl = \"redis:///0\"\nnodes = [\"s\"]\nsentinel_master = \"m\"", "store.nodes"),
+            ("mode = \"sentinel\"\nurl = \"rediss://u:p@/0\"\nnodes = [\"s:26379\", \"[::1]:26379\"]\nsentinel_master = \"m\"", "ok"),
+            ("mode = \"cluster\"\nurl = \"redis:///3\"\nnodes = [\"n:6379\"]", "store.url"),
+            ("mode = \"cluster\"\nurl = \"redis:///0\"\nnodes = [\"n:6379\"]\nsentinel_master = \"m\"", "store.sentinel_master"),
+            ("mode = \"cluster\"\nurl = \"redis:///0\"\nnodes = [\"n:6379\"]", "ok"),
+        ] {
+            assert_eq!(key_of(&base(extra)), key, "{extra}");
+        }
+    }
+
+    #[test]
     fn numeric_looking_env_values_of_string_settings_stay_strings() {
         let c = Config::from_toml_with_env(
             MINIMAL,

@@ -48,19 +48,23 @@ const REBUILT_KEYS: &[&str] = &[
 /// tenants. Adding, removing, renaming or moving one, or changing its URL, TLS, timeouts or
 /// pool, needs a restart.
 fn without_live_fields(gateways: &[GatewayConfig]) -> Vec<GatewayConfig> {
-    gateways.iter().map(|g| GatewayConfig { credentials_file: None, tenants: Vec::new(), ..g.clone() }).collect()
+    gateways.iter().map(restart_fields).collect()
+}
+
+/// One gateway entry without its live fields: what only a restart can change.
+fn restart_fields(g: &GatewayConfig) -> GatewayConfig {
+    GatewayConfig { credentials_file: None, tenants: Vec::new(), ..g.clone() }
 }
 
 /// The running gateways whose restart-only fields (URL, TLS, timeouts, pool...) differ in
 /// `new`. A reload holds such a gateway whole: its credentials and tenants stay as running
 /// too, so the passwords meant for a new URL never go to the old one (issue 37).
 fn held_gateways(running: &Config, new: &Config) -> Vec<String> {
-    let strip = |g: &GatewayConfig| GatewayConfig { credentials_file: None, tenants: Vec::new(), ..g.clone() };
     let next = new.gateway_list();
     running
         .gateway_list()
         .iter()
-        .filter(|g| next.iter().find(|n| n.name == g.name).is_some_and(|n| strip(n) != strip(g)))
+        .filter(|g| next.iter().find(|n| n.name == g.name).is_some_and(|n| restart_fields(n) != restart_fields(g)))
         .map(|g| g.name.clone())
         .collect()
 }
@@ -445,15 +449,20 @@ mod tests {
         assert_eq!(diff(&old, &old.clone()), (vec![], vec![]));
     }
 
-    #[test]
-    fn a_gateways_credentials_and_tenants_reload_and_the_rest_needs_a_restart() {
+    /// Two gateways, each with its own credentials file and one tenant of its name.
+    fn acme_and_globex() -> Config {
         let gw = |name: &str| GatewayConfig {
             name: name.into(),
             credentials_file: Some(format!("{name}.toml").into()),
             tenants: vec![name.into()],
             ..GatewayConfig::default()
         };
-        let old = Config { gateways: vec![gw("acme"), gw("globex")], ..Config::default() };
+        Config { gateways: vec![gw("acme"), gw("globex")], ..Config::default() }
+    }
+
+    #[test]
+    fn a_gateways_credentials_and_tenants_reload_and_the_rest_needs_a_restart() {
+        let old = acme_and_globex();
         let mut new = old.clone();
         new.gateways[0].credentials_file = Some("acme-2.toml".into());
         new.gateways[1].tenants.push("globex-eu".into());
@@ -480,13 +489,7 @@ mod tests {
 
     #[test]
     fn a_gateway_whose_url_changed_is_held_whole() {
-        let gw = |name: &str| GatewayConfig {
-            name: name.into(),
-            credentials_file: Some(format!("{name}.toml").into()),
-            tenants: vec![name.into()],
-            ..GatewayConfig::default()
-        };
-        let old = Config { gateways: vec![gw("acme"), gw("globex")], ..Config::default() };
+        let old = acme_and_globex();
         let mut new = old.clone();
         // acme moves to another customer's gateway, with that customer's passwords and tenants;
         // globex only rotates its passwords.

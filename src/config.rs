@@ -401,7 +401,8 @@ pub struct AuthConfig {
     pub hs256_secret_file: Option<PathBuf>,
     /// Claim naming the agent's work number (string or number, 101..999999).
     pub agent_claim: String,
-    /// Claim naming the tenant (per-tenant rate limits); tokens without it share one bucket.
+    /// Claim naming the tenant (per-tenant rate limits); tokens without it share their
+    /// gateway's "no tenant" bucket.
     pub tenant_claim: String,
     /// With `[[gateways]]`: the claim naming the token's contact centre, matched against each
     /// gateway's `tenants` (empty: the gateway comes from the provider's `gateway`).
@@ -1490,7 +1491,8 @@ pub const DEFAULT_MAX_KEYS: usize = 100_000;
 pub enum Scope {
     /// One bucket per agent (the token's agent claim).
     Agent,
-    /// One bucket per tenant (`auth.tenant_claim`); tokens without one share a bucket.
+    /// One bucket per (gateway, tenant) (`auth.tenant_claim`); a gateway's tokens without
+    /// a tenant share one bucket of that gateway.
     Tenant,
     /// One bucket per gateway (contact centre).
     Gateway,

@@ -72,8 +72,12 @@ impl Beta {
 
 /// A token for agent 153 of `tenant` (`None`: no tenant claim).
 fn token(h: &Harness, tenant: Option<&str>) -> String {
+    token_for(h, "153", tenant)
+}
+
+fn token_for(h: &Harness, agent: &str, tenant: Option<&str>) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let mut claims = json!({"iss": ISSUER, "aud": AUDIENCE, "agent_id": "153", "iat": now, "exp": now + 600});
+    let mut claims = json!({"iss": ISSUER, "aud": AUDIENCE, "agent_id": agent, "iat": now, "exp": now + 600});
     if let Some(t) = tenant {
         claims["tenant"] = json!(t);
     }
@@ -222,6 +226,89 @@ async fn two_contact_centres_share_a_work_number_and_nothing_else() {
     let r = call(&h, Method::POST, "/v1/session", &alpha_token, "").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
 
+    h.stop().await;
+    let _ = std::fs::remove_dir_all(&beta.dir);
+}
+
+/// Issue 37: one customer's app floods stops it cannot be served (agents without a session, and
+/// its own agent who is not chair); the other customer's chairperson, behind the same tenant,
+/// gateway and global limits, stops every announcement it asks for. The flood spends only the
+/// flooding agents' own buckets.
+#[tokio::test]
+async fn one_customers_hopeless_flood_costs_another_customers_chairperson_nothing() {
+    let beta = Beta::start().await;
+    let (beta_url, beta_ca, beta_creds) = (beta.url.clone(), beta.ca.clone(), beta.creds.clone());
+    let limit =
+        |scope, burst| LimitConfig { method: "stopVoiceToConf".into(), scope, rate: 0.01, burst, shadow: false };
+    let h = Harness::with(Options {
+        config: Box::new(move |c| {
+            let alpha = GatewayConfig {
+                name: "alpha".into(),
+                url: c.gateway.url.clone(),
+                ca_file: c.gateway.ca_file.clone(),
+                credentials_file: c.credentials.file.take(),
+                tenants: vec!["t-alpha".into()],
+                ..GatewayConfig::default()
+            };
+            let beta = GatewayConfig {
+                name: "beta".into(),
+                url: beta_url,
+                ca_file: Some(beta_ca),
+                credentials_file: Some(beta_creds),
+                tenants: vec!["t-beta".into()],
+                ..GatewayConfig::default()
+            };
+            c.gateway = GatewayConfig::default();
+            c.gateways = vec![alpha, beta];
+            c.auth.gateway_claim = "tenant".into();
+            // Every shared bucket holds 40 stops for the next 100 s; an agent's holds 25.
+            c.rate_limits.limit = vec![
+                limit(Scope::Agent, 25),
+                limit(Scope::Tenant, 40),
+                limit(Scope::Gateway, 40),
+                limit(Scope::Global, 40),
+            ];
+        }),
+        ..Options::default()
+    })
+    .await;
+    // Alpha's 153 is signed in but not chair; beta's 153 chairs a conference.
+    let alpha_153 = token(&h, Some("t-alpha"));
+    let r = call(&h, Method::POST, "/v1/session", &alpha_153, "").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let beta_153 = token(&h, Some("t-beta"));
+    let r = call(&h, Method::POST, "/v1/session", &beta_153, "").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = call(&h, Method::POST, "/v1/conference", &beta_153, r#"{"memberNum":3}"#).await;
+    assert_eq!(r.json()["chairperson"], true, "{}", r.text);
+
+    let flood: Vec<String> = (200..400).map(|n| token_for(&h, &n.to_string(), Some("t-alpha"))).collect();
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    let mut beta_ok = 0;
+    for (i, t) in flood.iter().enumerate() {
+        // Every agent of the flood once, alpha's 153 three times per round of ten.
+        let t = if i % 10 < 3 { &alpha_153 } else { t };
+        *statuses.entry(call(&h, Method::POST, STOP, t, "").await.status.as_u16()).or_default() += 1;
+        if i % 10 == 0 {
+            let r = call(&h, Method::POST, STOP, &beta_153, "").await;
+            assert_eq!(r.status, StatusCode::OK, "beta's chair, stop {beta_ok}: {}", r.text);
+            beta_ok += 1;
+        }
+    }
+    assert_eq!(beta_ok, 20);
+    // 140 agents without a session: 409 each. Alpha's 153 (60 stops): 409 not-chair until its
+    // own bucket is empty (25), then 429 `stopVoiceToConf.agent`, never a shared bucket's name.
+    assert_eq!(statuses.get(&409), Some(&165), "{statuses:?}");
+    assert_eq!(statuses.get(&429), Some(&35), "{statuses:?}");
+    let r = call(&h, Method::POST, STOP, &alpha_153, "").await;
+    assert_eq!(problem(&r)["limit"], "stopVoiceToConf.agent", "{}", r.text);
+    assert_eq!(h.sim.count(GatewayMethod::StopVoiceToConf), 0, "nothing of the flood reached alpha's gateway");
+    assert_eq!(beta.sim.count(GatewayMethod::StopVoiceToConf), 20);
+    let m = h.metrics().await;
+    for (scope, n) in [("agent", 36), ("tenant", 0), ("gateway", 0), ("global", 0)] {
+        let series = format!(r#"ccgate_rate_limited_total{{method="stopVoiceToConf",scope="{scope}"}} {n}"#);
+        assert!(m.lines().any(|l| l == series), "missing {series}\n{m}");
+    }
     h.stop().await;
     let _ = std::fs::remove_dir_all(&beta.dir);
 }

@@ -116,7 +116,9 @@ type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationM
 /// The limiter of one limit. Indexed by gateway where the scope needs it: agent buckets per
 /// gateway (work numbers repeat across contact centres), one per gateway for `gateway`.
 enum Limiter {
-    /// `agent`: one per gateway; `tenant`: one.
+    /// `agent` and `tenant`: one per gateway (a tenant of one contact centre is not the
+    /// same-named tenant of another; a token without a tenant counts against its gateway's
+    /// "no tenant" bucket).
     Keyed(Vec<Keyed>),
     /// `gateway`: one per gateway; `global`: one.
     Direct(Vec<Direct>),
@@ -170,8 +172,7 @@ impl Limit {
         let limiter = match cfg.scope {
             Scope::Global => Limiter::Direct(vec![direct()]),
             Scope::Gateway => Limiter::Direct((0..per_gateway).map(|_| direct()).collect()),
-            Scope::Tenant => Limiter::Keyed(vec![keyed()]),
-            Scope::Agent => Limiter::Keyed((0..per_gateway).map(|_| keyed()).collect()),
+            Scope::Tenant | Scope::Agent => Limiter::Keyed((0..per_gateway).map(|_| keyed()).collect()),
         };
         let window_secs = ceil_secs(period * cfg.burst);
         let slices = Slices::new(slices::cap(cfg.rate, cfg.burst), per_gateway, max_keys);
@@ -194,7 +195,7 @@ impl Limit {
         let outcome = match &self.limiter {
             Limiter::Direct(l) => of(l, who.gateway).check(),
             Limiter::Keyed(l) => match self.cfg.scope {
-                Scope::Tenant => l[0].check_key(who.tenant.as_ref().unwrap_or(&self.no_tenant)),
+                Scope::Tenant => of(l, who.gateway).check_key(who.tenant.as_ref().unwrap_or(&self.no_tenant)),
                 _ => of(l, who.gateway).check_key(&who.agent_id),
             },
         };
@@ -212,7 +213,7 @@ impl Limit {
         };
         match self.cfg.scope {
             Scope::Agent => (who.gateway, namespace, who.agent_id.as_str()),
-            Scope::Tenant => (0, namespace, who.tenant.as_deref().unwrap_or(&self.no_tenant)),
+            Scope::Tenant => (who.gateway, namespace, who.tenant.as_deref().unwrap_or(&self.no_tenant)),
             Scope::Gateway => (who.gateway, namespace, gateway),
             Scope::Global => (0, namespace, ""),
         }
@@ -258,8 +259,29 @@ impl Limit {
     }
 }
 
+/// Which of a request's limits to check: the caller's own buckets, or the ones it shares with
+/// others. The core checks its own first and the shared ones only for a request it can serve,
+/// so a flood of requests that could never succeed (no session, not chair) spends the flooding
+/// agent's buckets, never those of the other customers or the other agents of its own tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// `agent` limits.
+    Own,
+    /// `tenant`, `gateway` and `global` limits.
+    Shared,
+}
+
+impl Tier {
+    fn of(scope: Scope) -> Self {
+        match scope {
+            Scope::Agent => Self::Own,
+            Scope::Tenant | Scope::Gateway | Scope::Global => Self::Shared,
+        }
+    }
+}
+
 pub struct Limits {
-    /// Limits applying to each method label, by `MethodLabel::index`.
+    /// Limits applying to each method label, by `MethodLabel::index`, most specific first.
     by_method: Vec<Vec<Arc<Limit>>>,
     all: Vec<Arc<Limit>>,
     metrics: Metrics,
@@ -322,11 +344,22 @@ impl Limits {
         self
     }
 
-    /// Checks every limit for `method`: the tightest limit's state when allowed (`None` when
-    /// no limit applies), or the refusal.
-    pub async fn check(&self, method: MethodLabel, who: &Principal) -> Result<Option<LimitState>, Failure> {
-        let Some(limits) = self.by_method.get(method.index()) else {
+    /// Whether any limit of `tier` applies to `method` (the core skips a phase that has none).
+    pub fn applies(&self, method: MethodLabel, tier: Tier) -> bool {
+        self.by_method.get(method.index()).is_some_and(|ls| ls.iter().any(|l| Tier::of(l.cfg.scope) == tier))
+    }
+
+    /// Checks the limits of `tier` for `method`: the tightest limit's state when allowed
+    /// (`None` when no limit applies), or the refusal.
+    pub async fn check(&self, method: MethodLabel, tier: Tier, who: &Principal) -> Result<Option<LimitState>, Failure> {
+        let Some(all) = self.by_method.get(method.index()) else {
             return Ok(None);
+        };
+        // Sorted by scope, agent first: each tier is a contiguous run.
+        let own = all.partition_point(|l| Tier::of(l.cfg.scope) == Tier::Own);
+        let limits = match tier {
+            Tier::Own => &all[..own],
+            Tier::Shared => &all[own..],
         };
         if limits.is_empty() {
             return Ok(None);
@@ -437,6 +470,41 @@ mod tests {
         assert_eq!(limits.by_method.len(), MethodLabel::COUNT);
     }
 
+    /// Tenant buckets are per (gateway, tenant): a tenant name two contact centres both use is
+    /// two buckets, and a gateway's tokens without a tenant share that gateway's bucket only.
+    /// The same with the shared store, where the buckets are keys.
+    #[tokio::test(start_paused = true)]
+    async fn tenant_buckets_are_per_gateway_locally_and_shared() {
+        use crate::shared::memory::MemoryHub;
+        let stop = MethodLabel::Gateway(crate::gateway::GatewayMethod::StopVoiceToConf);
+        let cfg = RateLimitsConfig {
+            limit: vec![LimitConfig { scope: Scope::Tenant, rate: 0.01, burst: 1, ..limit("stopVoiceToConf") }],
+            ..RateLimitsConfig::default()
+        };
+        let who = |gateway, tenant: Option<&str>| Principal {
+            agent_id: "153".into(),
+            tenant: tenant.map(Into::into),
+            gateway,
+        };
+        let gateways = ["acme".to_string(), "globex".to_string()];
+        let hub = MemoryHub::new(Duration::from_secs(3));
+        let local = Limits::for_gateways(&cfg, &gateways, Metrics::new()).unwrap();
+        let shared = Limits::for_gateways(&cfg, &gateways, Metrics::new())
+            .unwrap()
+            .shared(hub.replica(), LimitsFallback::Closed);
+        for limits in [local, shared] {
+            assert!(limits.applies(stop, Tier::Shared) && !limits.applies(stop, Tier::Own));
+            for gateway in [0, 1] {
+                for tenant in [Some("blue"), None] {
+                    let w = who(gateway, tenant);
+                    assert!(limits.check(stop, Tier::Shared, &w).await.is_ok(), "{w:?}: a bucket of its own");
+                    assert!(limits.check(stop, Tier::Shared, &w).await.is_err(), "{w:?}: and it is spent");
+                }
+            }
+            assert!(limits.check(stop, Tier::Own, &who(0, None)).await.unwrap().is_none(), "no agent limit");
+        }
+    }
+
     /// Three replicas' limits on one shared store (the in-memory one, Redis's semantics),
     /// under the paused clock: one bucket for all of them, refilled by the store's clock, and
     /// the configured fallback while the store is away.
@@ -458,16 +526,16 @@ mod tests {
             [replica(LimitsFallback::Local), replica(LimitsFallback::Local), replica(LimitsFallback::Closed)];
         let mut allowed = 0;
         for r in replicas.iter().cycle().take(6) {
-            allowed += usize::from(r.check(stop, &who).await.is_ok());
+            allowed += usize::from(r.check(stop, Tier::Own, &who).await.is_ok());
         }
         assert_eq!(allowed, 2, "the burst, shared");
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(replicas[1].check(stop, &who).await.is_ok(), "one more a second later, on any replica");
-        assert!(replicas[2].check(stop, &who).await.is_err());
+        assert!(replicas[1].check(stop, Tier::Own, &who).await.is_ok(), "one more a second later, on any replica");
+        assert!(replicas[2].check(stop, Tier::Own, &who).await.is_err());
         // The store away: `local` judges by the replica's own bucket, `closed` refuses.
         hub.set_down(true);
-        assert!(replicas[0].check(stop, &who).await.is_ok());
-        assert!(matches!(replicas[2].check(stop, &who).await, Err(Failure::StoreUnavailable)));
+        assert!(replicas[0].check(stop, Tier::Own, &who).await.is_ok());
+        assert!(matches!(replicas[2].check(stop, Tier::Own, &who).await, Err(Failure::StoreUnavailable)));
     }
 
     /// Slices (issue 27): three replicas, uneven demand far above the rate, on one bucket big
@@ -503,7 +571,7 @@ mod tests {
                     _ => u32::from(t % 10 == 0),
                 };
                 for _ in 0..n {
-                    admitted += u32::from(r.check(stop, &who).await.is_ok());
+                    admitted += u32::from(r.check(stop, Tier::Shared, &who).await.is_ok());
                 }
             }
             tokio::time::advance(Duration::from_millis(1)).await;
@@ -517,10 +585,13 @@ mod tests {
         // with the store away (`closed` would refuse any request that needed the store).
         tokio::time::advance(Duration::from_secs(60)).await;
         for _ in 0..64 {
-            assert!(replicas[0].check(stop, &who).await.is_ok());
+            assert!(replicas[0].check(stop, Tier::Shared, &who).await.is_ok());
         }
         hub.set_down(true);
-        assert!(replicas[0].check(stop, &who).await.is_ok(), "decided locally, from the slice");
-        assert!(matches!(replicas[1].check(stop, &who).await, Err(Failure::StoreUnavailable)), "no slice: the store");
+        assert!(replicas[0].check(stop, Tier::Shared, &who).await.is_ok(), "decided locally, from the slice");
+        assert!(
+            matches!(replicas[1].check(stop, Tier::Shared, &who).await, Err(Failure::StoreUnavailable)),
+            "no slice: the store"
+        );
     }
 }

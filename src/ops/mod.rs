@@ -25,7 +25,7 @@ use crate::session::conference::apply_success;
 use crate::session::events::BufferedEvent;
 use crate::session::{ConfState, Gateways, Listening, Session, SessionError, SessionStore, SignInOptions, Snapshot};
 pub use failure::Failure;
-use limits::{LimitState, Limits};
+use limits::{LimitState, Limits, Tier};
 use method::MethodLabel;
 use policy::check_chair;
 pub use principal::Principal;
@@ -149,22 +149,69 @@ impl Core {
         **self.settings.load()
     }
 
-    /// Runs `op` for `who`. `label` is the operation's metrics name (the route's, so a forced
-    /// sign-in through `/v1/session` stays `login`), which the limits are keyed by.
+    /// Runs `op` for `who`, in three phases. `label` is the operation's metrics name (the
+    /// route's, so a forced sign-in through `/v1/session` stays `login`), which the limits are
+    /// keyed by.
+    /// 1. **own limits**: the caller's agent buckets;
+    /// 2. **admission**: whether the operation can be served at all (a session, the chair for a
+    ///    chair-only method, credentials for a sign-in); what cannot be is refused here;
+    /// 3. **shared limits**: tenant, gateway and global buckets, spent only by requests that
+    ///    passed 1 and 2, so one customer's flood of hopeless requests costs the others nothing.
     pub async fn run(&self, who: &Principal, label: MethodLabel, op: Operation) -> Answer {
         let limits = self.limits.load_full();
         let sessions = self.gateways.get(who.gateway);
-        let limit = match limits.check(label, who).await {
+        let own = match limits.check(label, Tier::Own, who).await {
             Ok(state) => state,
-            Err(failure) => {
-                // Refused: the agent's view says so (a lookup only on this path).
-                if let (Failure::RateLimited(r), Some(s)) = (&failure, sessions.current(&who.agent_id)) {
-                    s.note_limit(snapshot(&r.state, true));
-                }
-                return Answer { result: Err(failure), limit: None };
-            }
+            Err(failure) => return refused(sessions, who, failure),
         };
-        Answer { result: self.execute(sessions, &who.agent_id, op, limit.as_ref()).await, limit }
+        let found = match self.admit(sessions, &who.agent_id, &op).await {
+            Ok(found) => found,
+            Err(failure) => return Answer { result: Err(failure), limit: own },
+        };
+        let shared = if limits.applies(label, Tier::Shared) {
+            match limits.check(label, Tier::Shared, who).await {
+                Ok(state) => state,
+                Err(failure) => return refused(sessions, who, failure),
+            }
+        } else {
+            None
+        };
+        let limit = tightest(own, shared);
+        Answer { result: self.execute(sessions, &who.agent_id, op, found, limit.as_ref()).await, limit }
+    }
+
+    /// Phase 2: refuses what cannot be served, and hands on the session it looked up (`None`:
+    /// the operation needs none, or needs a sign-in first, which `execute` does).
+    async fn admit(
+        &self,
+        sessions: &SessionStore,
+        agent: &str,
+        op: &Operation,
+    ) -> Result<Option<Arc<Session>>, Failure> {
+        let found = match op {
+            Operation::SignIn { opts, .. } => {
+                sessions.may_sign_in(agent, opts).await?;
+                return Ok(None);
+            }
+            Operation::SignOut(_) => {
+                // A lost session is still signed out (it is forgotten); none at all is refused.
+                return match sessions.lookup(agent).await {
+                    Err(SessionError::NoSession) => Err(SessionError::NoSession.into()),
+                    _ => Ok(None),
+                };
+            }
+            _ => match sessions.lookup(agent).await {
+                Ok(s) => s,
+                Err(SessionError::Lost) if self.may_resume(sessions, agent) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        if let Operation::Call { method, .. } = op {
+            if method.chair_only() {
+                check_chair(found.current_conf().await, self.settings().on_unknown_chair)?;
+            }
+        }
+        Ok(Some(found))
     }
 
     async fn execute(
@@ -172,6 +219,7 @@ impl Core {
         sessions: &SessionStore,
         agent: &str,
         op: Operation,
+        found: Option<Arc<Session>>,
         limit: Option<&LimitState>,
     ) -> Result<Done, Failure> {
         match op {
@@ -183,10 +231,10 @@ impl Core {
                 session.touch();
                 Ok(Done::SignedIn { session: session.snapshot(), created })
             }
-            Operation::GetSession => Ok(Done::Session(session(sessions, agent, limit).await?.snapshot())),
+            Operation::GetSession => Ok(Done::Session(session(sessions, agent, found, limit).await?.snapshot())),
             Operation::SignOut(method) => Ok(Done::SignedOut(sessions.sign_out(agent, method).await?)),
             Operation::Call { method, body } => {
-                self.with_session(sessions, agent, limit, |s| {
+                self.with_session(sessions, agent, found, limit, |s| {
                     let body = body.clone();
                     async move {
                         let reply = self.call(&s, method, body).await?;
@@ -196,13 +244,13 @@ impl Core {
                 .await
             }
             Operation::CreateConference { body } => {
-                self.with_session(sessions, agent, limit, |s| self.create_conference(s, body.clone())).await
+                self.with_session(sessions, agent, found, limit, |s| self.create_conference(s, body.clone())).await
             }
             Operation::NextEvent => {
-                let session = session(sessions, agent, limit).await?;
+                let session = session(sessions, agent, found, limit).await?;
                 Ok(Done::Event(self.next_event(&session).await))
             }
-            Operation::Subscribe => Ok(Done::Subscribed(session(sessions, agent, limit).await?.listening())),
+            Operation::Subscribe => Ok(Done::Subscribed(session(sessions, agent, found, limit).await?.listening())),
         }
     }
 
@@ -215,6 +263,7 @@ impl Core {
         &self,
         sessions: &SessionStore,
         agent: &str,
+        found: Option<Arc<Session>>,
         limit: Option<&LimitState>,
         mut op: F,
     ) -> Result<Done, Failure>
@@ -223,7 +272,11 @@ impl Core {
         Fut: Future<Output = Result<Done, Failure>>,
     {
         let mut resumed = false;
-        let session = match sessions.lookup(agent).await {
+        let looked_up = match found {
+            Some(s) => Ok(s),
+            None => sessions.lookup(agent).await,
+        };
+        let session = match looked_up {
             Err(SessionError::Lost) if self.may_resume(sessions, agent) => {
                 resumed = true;
                 resume(sessions, agent).await?
@@ -312,11 +365,36 @@ impl Core {
     }
 }
 
-/// The agent's live session, counting the request as activity (and its limit state).
-async fn session(sessions: &SessionStore, agent: &str, limit: Option<&LimitState>) -> Result<Arc<Session>, Failure> {
-    let session = sessions.lookup(agent).await?;
+/// The agent's live session (the one admission found, or looked up now), counting the
+/// request as activity (and its limit state).
+async fn session(
+    sessions: &SessionStore,
+    agent: &str,
+    found: Option<Arc<Session>>,
+    limit: Option<&LimitState>,
+) -> Result<Arc<Session>, Failure> {
+    let session = match found {
+        Some(s) => s,
+        None => sessions.lookup(agent).await?,
+    };
     touch(&session, limit);
     Ok(session)
+}
+
+/// A rate-limit refusal (or the store's, with `fallback = "closed"`); the agent's view says so.
+fn refused(sessions: &SessionStore, who: &Principal, failure: Failure) -> Answer {
+    if let (Failure::RateLimited(r), Some(s)) = (&failure, sessions.current(&who.agent_id)) {
+        s.note_limit(snapshot(&r.state, true));
+    }
+    Answer { result: Err(failure), limit: None }
+}
+
+/// The tighter of two phases' limit states: fewer requests remaining.
+fn tightest(a: Option<LimitState>, b: Option<LimitState>) -> Option<LimitState> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.remaining < a.remaining { b } else { a }),
+        (a, b) => a.or(b),
+    }
 }
 
 async fn resume(sessions: &SessionStore, agent: &str) -> Result<Arc<Session>, Failure> {

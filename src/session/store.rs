@@ -229,6 +229,18 @@ impl SessionStore {
         }
     }
 
+    /// Whether a sign-in of `agent` with `opts` can be attempted at all: the caller sent the
+    /// body, the credentials file knows the agent, or it has a live session (here or, with
+    /// the shared store, on another replica). The core asks before spending shared rate-limit
+    /// buckets; `sign_in` itself refuses the same way.
+    pub async fn may_sign_in(&self, agent: &str, opts: &SignInOptions) -> Result<(), SessionError> {
+        if opts.body.is_some() || self.creds.load().get(agent).is_some() || self.lookup(agent).await.is_ok() {
+            return Ok(());
+        }
+        self.metrics.count_signin(SigninResult::NoCredentials);
+        Err(SessionError::NoCredentials)
+    }
+
     /// Signs the agent in, or returns its live session. Returns `(session, created)`.
     /// Concurrent callers for one agent share one sign-in and its result, success or failure.
     /// The sign-in runs in its own task, so a caller that gives up does not abandon it.

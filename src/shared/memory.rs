@@ -615,7 +615,7 @@ impl SharedStore for MemoryStore {
         self.hub.up()?;
         let key = match bucket.scope {
             Scope::Agent => format!("a:{}/{}:{}", bucket.namespace, bucket.key, bucket.limit),
-            Scope::Tenant => format!("t:{}:{}", bucket.key, bucket.limit),
+            Scope::Tenant => format!("t:{}/{}:{}", bucket.namespace, bucket.key, bucket.limit),
             Scope::Gateway => format!("gw:{}:{}", bucket.key, bucket.limit),
             Scope::Global => format!("g:{}", bucket.limit),
         };

@@ -210,8 +210,8 @@ pub struct Bucket<'a> {
     pub limit: &'a str,
     pub scope: Scope,
     pub key: &'a str,
-    /// The agent's gateway's namespace (see `GatewayConfig::namespace`): agent buckets of two
-    /// gateways are two buckets.
+    /// The agent's gateway's namespace (see `GatewayConfig::namespace`): agent and tenant
+    /// buckets of two gateways are two buckets.
     pub namespace: &'a str,
 }
 

@@ -170,13 +170,15 @@ impl RedisStore {
     }
 
     /// The key of one rate limit's bucket. Agent buckets share the agent's hash tag; tenant,
-    /// gateway and global buckets have their own.
+    /// gateway and global buckets have their own. Agent and tenant buckets are per gateway.
     fn limit_key(&self, b: Bucket<'_>) -> String {
         let (p, limit, key) = (&self.prefix, b.limit, b.key);
         match b.scope {
             Scope::Agent if b.namespace.is_empty() => format!("{p}{{a:{key}}}:limit:{limit}"),
             Scope::Agent => format!("{p}{{a:{}:{key}}}:limit:{limit}", b.namespace),
-            Scope::Tenant => format!("{p}{{t:{key}}}:limit:{limit}"),
+            // The default gateway's keep their names from before tenants were per gateway.
+            Scope::Tenant if b.namespace.is_empty() => format!("{p}{{t:{key}}}:limit:{limit}"),
+            Scope::Tenant => format!("{p}{{t:{}:{key}}}:limit:{limit}", b.namespace),
             Scope::Gateway => format!("{p}{{gw:{key}}}:limit:{limit}"),
             Scope::Global => format!("{p}{{g}}:limit:{limit}"),
         }

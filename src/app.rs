@@ -32,8 +32,10 @@ const READINESS_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// sign-ins, so its loss should show quickly.
 const STORE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Connections the admin listener accepts: Prometheus, the kubelet's probes and an operator.
-/// At the cap the longest-idle one is closed for a new one, so probes always get in.
+/// At the cap a silent or the longest-idle one is closed for a new one, so probes always get in.
 const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// HTTP/2 streams per admin connection: a scraper and a browser tab need a few.
+const ADMIN_MAX_STREAMS: u32 = 16;
 /// A probe or scrape sends its request at once; a connection that has not within this is
 /// someone else's and gives its slot back. Also HTTP/1's keep-alive idle limit there
 /// (Prometheus reconnects per scrape at worst).
@@ -166,13 +168,27 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
         Some(resolver) => Some(tls::server_config_with_resolver(resolver.clone())?),
         None => None,
     };
+    // File descriptors: the soft limit raised to the hard one, and fewer agents taken when
+    // even that cannot hold what the configuration can need (`descriptors.rs`).
+    let max_agents_by_files = match crate::descriptors::Budget::at_start(config) {
+        Some((budget, limit)) => {
+            if let Some(from) = limit.raised_from {
+                tracing::info!(from, to = limit.soft, "raised the soft open-file limit to the hard limit");
+            }
+            if let Some(why) = budget.shortfall("the open-file limit") {
+                tracing::warn!("{why}");
+            }
+            budget.agents
+        }
+        None => None,
+    };
     // One session store per gateway: its own client, credentials, metric labels and (with
     // Redis) key namespace.
     let mut stores = Vec::with_capacity(gateways.len());
     for (i, ((g, client), creds)) in gateways.iter().zip(&clients).zip(live.creds).enumerate() {
         let m = metrics.gateway(i);
         stores.push(SessionStore::for_gateway(
-            GatewayIdentity { name: g.name.as_str().into(), max_agents: g.max_agents },
+            GatewayIdentity { name: g.name.as_str().into(), max_agents: g.max_agents, max_agents_by_files },
             Arc::new(Metered::new(client.clone(), m.clone())),
             creds.ok_or_else(|| format!("gateway {}: no credentials", g.name))?,
             config.sessions.clone(),
@@ -216,18 +232,24 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
         header_read_timeout: ms(config.server.header_read_timeout_ms),
         idle_timeout: ms(config.server.idle_timeout_ms),
         max_connections: config.server.max_connections,
-        metrics: Some(ConnectionMetrics { open: metrics.connections_gauge(), refused: metrics.connections_refused() }),
+        max_streams: config.server.max_streams_per_connection,
+        metrics: Some(ConnectionMetrics {
+            open: metrics.connections_gauge(),
+            refused: metrics.connections_refused(),
+            shed: metrics.connections_shed(),
+        }),
         // What is left of the grace after the drain delay, less the sign-out reserve.
         grace: grace.saturating_sub(drain_delay).saturating_sub(SIGN_OUT_RESERVE),
-        evict_idle_when_full: false,
+        shed_when_full: true,
     };
     // The admin listener serves a scraper and a few probes.
     let admin_opts = ServeOptions {
         max_connections: ADMIN_MAX_CONNECTIONS,
+        max_streams: ADMIN_MAX_STREAMS,
         metrics: None,
         header_read_timeout: ADMIN_HEADER_READ_TIMEOUT.min(opts.header_read_timeout),
         idle_timeout: ADMIN_IDLE_TIMEOUT.min(opts.idle_timeout),
-        evict_idle_when_full: true,
+        shed_when_full: true,
         ..opts.clone()
     };
     let proxy_listener = TcpListener::bind(config.server.listen)
@@ -272,6 +294,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
             }))
         },
         agents_from: config.admin.agents_from,
+        hosts: config.admin.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         rates: Default::default(),
     });
     let admin_served = server::spawn(admin_listener, None, admin, admin_opts, shutdown.subscribe())

@@ -39,10 +39,17 @@ pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 10_000;
 /// default (75 s): above the 60 s idle timeout of common load balancers, so they close first,
 /// and below the 90 s after which common client pools drop idle connections themselves.
 pub const DEFAULT_CONNECTION_IDLE_TIMEOUT_MS: u64 = 75_000;
-/// Open connections the app-facing listener accepts; past it new ones are closed at once.
-/// A sidecar serves one app's connection pool; 512 leaves the rest of the usual 1024 file
-/// descriptors for the gateway pool and the process (the systemd unit raises the limit).
+/// Open connections the app-facing listener accepts; past it a silent or idle one is closed to
+/// make room. A sidecar serves one app's connection pool; 512 leaves the rest of the usual
+/// 1024 file descriptors for the gateway pool and the process (ccgate raises its soft limit to
+/// the hard one at start, and the systemd unit raises both).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// Concurrent HTTP/2 streams per app connection: nginx's `http2_max_concurrent_streams`.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = crate::server::listener::DEFAULT_MAX_STREAMS;
+/// Open event streams (`GET /v1/events`) per agent on one replica: a desktop client, a
+/// supervisor view and a backend or two, with room for a reconnect racing its predecessor.
+/// Each costs ~10 KiB; the newest past it is refused (429 `too-many-streams`).
+pub const DEFAULT_MAX_STREAMS_PER_AGENT: usize = 8;
 /// Whole budget from a shutdown signal to exit: drain delay, in-flight requests, pollers and
 /// sign-outs all fit in it. 10 s sits well inside Kubernetes' default 30 s termination grace.
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 10_000;
@@ -193,6 +200,8 @@ pub struct ServerConfig {
     pub body_read_timeout_ms: u64,
     pub idle_timeout_ms: u64,
     pub max_connections: usize,
+    /// Concurrent streams on one HTTP/2 connection.
+    pub max_streams_per_connection: u32,
     pub shutdown_grace_ms: u64,
     pub drain_delay_ms: u64,
     /// How often the certificate and key files are checked for a change (a renewal by
@@ -217,6 +226,7 @@ impl Default for ServerConfig {
             body_read_timeout_ms: DEFAULT_BODY_READ_TIMEOUT_MS,
             idle_timeout_ms: DEFAULT_CONNECTION_IDLE_TIMEOUT_MS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
             drain_delay_ms: DEFAULT_DRAIN_DELAY_MS,
             tls_watch_interval_ms: DEFAULT_TLS_WATCH_INTERVAL_MS,
@@ -242,6 +252,11 @@ pub struct AdminConfig {
     pub ready_requires_store: bool,
     /// Who may read `/agents` and the status page (every agent's state, no secret).
     pub agents_from: AgentsAccess,
+    /// Names (the `Host` header, without port) the agents views, the status page and reload
+    /// answer to, besides IP addresses and `localhost`: a page on another site whose name
+    /// resolves to this listener (DNS rebinding) is refused. Probes and `/metrics` answer any
+    /// `Host`.
+    pub hosts: Vec<String>,
 }
 
 /// Who may read the admin listener's agent views.
@@ -264,6 +279,7 @@ impl Default for AdminConfig {
             ready_requires_gateway: false,
             ready_requires_store: false,
             agents_from: AgentsAccess::Loopback,
+            hosts: Vec::new(),
         }
     }
 }
@@ -714,6 +730,9 @@ pub struct SessionsConfig {
     pub face_event_wait_ms: u64,
     /// Agents this replica holds at most; a sign-in past it gets 503 `too-many-agents`.
     pub max_agents: usize,
+    /// Open event streams per agent on this replica; the newest past it gets 429
+    /// `too-many-streams`.
+    pub max_streams_per_agent: usize,
     /// Gateway sign-ins in flight at once; more wait in a queue.
     pub signin_concurrency: usize,
     /// Sign-ins waiting for a turn at most; past it 503 `sign-in-busy`.
@@ -737,6 +756,7 @@ impl Default for SessionsConfig {
             sign_out_on_shutdown: true,
             face_event_wait_ms: DEFAULT_FACE_EVENT_WAIT_MS,
             max_agents: DEFAULT_MAX_AGENTS,
+            max_streams_per_agent: DEFAULT_MAX_STREAMS_PER_AGENT,
             signin_concurrency: DEFAULT_SIGNIN_CONCURRENCY,
             signin_queue: DEFAULT_SIGNIN_QUEUE,
             repoll_rate: DEFAULT_REPOLL_RATE,
@@ -991,6 +1011,20 @@ impl Config {
         if self.server.max_connections == 0 {
             return invalid("server.max_connections", "must be greater than 0");
         }
+        if let Some(h) = self.admin.hosts.iter().find(|h| {
+            h.is_empty() || h.len() > 253 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        }) {
+            return invalid(
+                "admin.hosts",
+                &format!("{h:?} is not a host name (letters, digits, '-' and '.'; no port)"),
+            );
+        }
+        if self.server.max_streams_per_connection == 0 {
+            return invalid("server.max_streams_per_connection", "must be greater than 0");
+        }
+        if self.sessions.max_streams_per_agent == 0 {
+            return invalid("sessions.max_streams_per_agent", "must be greater than 0");
+        }
         if self.server.max_body_bytes == 0 {
             return invalid("server.max_body_bytes", "must be greater than 0");
         }
@@ -1221,8 +1255,9 @@ impl Config {
     /// The effective config as TOML, for `check-config`. Holds paths, never secrets: secrets
     /// live in the files those paths name.
     pub fn to_masked_toml(&self) -> String {
-        // Secret fields serialize masked; any other URL (log.otlp_endpoint) loses its user info.
-        mask_userinfo(&toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n")))
+        // Secret fields serialize masked; any other URL (jwks_url, log.otlp_endpoint) loses its
+        // user info and query.
+        mask_url_secrets(&toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n")))
     }
 }
 
@@ -1442,32 +1477,48 @@ pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
     ok.then(|| (host.to_owned(), port))
 }
 
+/// `store.url` as it may be printed: user info and query masked (see [`mask_url_secrets`]);
+/// something that is not a URL at all is masked whole.
 pub fn masked_store_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_owned(),
-        },
-        None => "***".to_owned(),
+    if url.contains("://") {
+        mask_url_secrets(url)
+    } else {
+        "***".to_owned()
     }
 }
 
-/// `text` with the user info of every URL in it (`scheme://user:password@host`) replaced by
-/// `***`: config error messages quote the offending line, and `store.url` may carry a password.
-pub fn mask_userinfo(text: &str) -> String {
+/// `text` with the secrets every URL in it may carry masked: the user info
+/// (`scheme://user:password@host` becomes `scheme://***@host`) and the query and fragment
+/// (`?token=…` becomes `?***`). Config error messages quote the offending line, fetch errors
+/// name the URL, and `store.url`, `jwks_url`, `log.otlp_endpoint` and webhook URLs may carry a
+/// password or a token in either place. Every URL ccgate prints goes through here.
+pub fn mask_url_secrets(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        let end = tail.find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '/').unwrap_or(tail.len());
-        match tail[..end].rfind('@') {
+        let end =
+            tail.find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`')).unwrap_or(tail.len());
+        let (url, after) = tail.split_at(end);
+        // User info: up to the last '@' before the path.
+        let authority_end = url.find(['/', '?', '#']).unwrap_or(url.len());
+        let url = match url[..authority_end].rfind('@') {
             Some(at) => {
                 out.push_str("***");
-                rest = &tail[at..];
+                &url[at..]
             }
-            None => rest = tail,
+            None => url,
+        };
+        match url.find(['?', '#']) {
+            Some(q) => {
+                out.push_str(&url[..q]);
+                out.push_str(&url[q..q + 1]);
+                out.push_str("***");
+            }
+            None => out.push_str(url),
         }
+        rest = after;
     }
     out.push_str(rest);
     out
@@ -1774,9 +1825,18 @@ file = "creds.toml"
     }
 
     #[test]
-    fn user_info_in_messages_is_masked() {
-        let m = mask_userinfo("line 3 | url = \"redis://:hunter2@redis:6379/0\" and https://idp/x");
+    fn user_info_and_queries_in_messages_are_masked() {
+        let m = mask_url_secrets("line 3 | url = \"redis://:hunter2@redis:6379/0\" and https://idp/x");
         assert!(!m.contains("hunter2") && m.contains("redis://***@redis:6379/0") && m.contains("https://idp/x"), "{m}");
+        let m = mask_url_secrets(
+            "GET https://u:p@idp.example/jwks?token=s3cret&x=1#frag: 500; otlp http://c:4318/v1/traces?key=k2 'x://h?q'",
+        );
+        assert_eq!(m, "GET https://***@idp.example/jwks?*** 500; otlp http://c:4318/v1/traces?*** 'x://h?***'");
+        // An '@' in the path or query is not user info.
+        assert_eq!(mask_url_secrets("https://h/a@b"), "https://h/a@b");
+        assert_eq!(mask_url_secrets("https://h/p?u=a@b"), "https://h/p?***");
+        assert_eq!(masked_store_url("rediss://default:pw@r:6380/0?protocol=resp3"), "rediss://***@r:6380/0?***");
+        assert_eq!(masked_store_url("not a url"), "***");
     }
 
     #[test]

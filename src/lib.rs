@@ -12,11 +12,13 @@
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod descriptors;
 pub mod devkeys;
 pub mod edge;
 pub mod gateway;
 pub mod jwks;
 mod labels;
+pub mod log_budget;
 pub mod metrics;
 pub mod ops;
 pub mod otel;

@@ -163,7 +163,7 @@ fn init_logging_with(
     }
     if let Some((endpoint, _)) = otlp {
         // A collector URL may carry credentials in its user info.
-        tracing::info!(endpoint = %config::mask_userinfo(endpoint), "exporting request spans over OTLP/HTTP");
+        tracing::info!(endpoint = %config::mask_url_secrets(endpoint), "exporting request spans over OTLP/HTTP");
     }
     Ok(exporter)
 }
@@ -248,7 +248,7 @@ fn load_config(path: Option<PathBuf>) -> Result<Config, String> {
     let missing = !source.path.exists();
     // A parse error quotes the offending line; the store URL may carry a password.
     Config::load(&source.path, source.must_exist).map_err(|e| {
-        let e = config::mask_userinfo(&e.to_string());
+        let e = config::mask_url_secrets(&e.to_string());
         if missing {
             // Without a file every setting is a default or a CCGATE__ variable, which is rarely
             // what was meant: say so before what the defaults lack.
@@ -319,6 +319,12 @@ async fn check_config(config: Config) -> Result<(), String> {
     }
     for issuer in live.auth.wait_for_keys(config::ms(config.auth.jwks_startup_wait_ms)).await {
         eprintln!("warning: the keys of {issuer} cannot be fetched now; serve would start not ready and keep trying");
+    }
+    // `serve` raises its soft limit to the hard one: the hard limit is what it would have.
+    if let Some(why) = ccgate::descriptors::Budget::at_hard_limit(&config)
+        .and_then(|b| b.shortfall("this shell's hard open-file limit"))
+    {
+        eprintln!("warning: {why}");
     }
     print!("{}", config.to_masked_toml());
     eprintln!("config OK");
@@ -407,7 +413,7 @@ async fn agents(
     let (status, body) = ask_admin(http::Method::GET, &url, AGENTS_WAIT).await?;
     let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
     if status != 200 {
-        return Err(format!("{url}: HTTP {status}: {}", v["error"].as_str().unwrap_or(&body)));
+        return Err(format!("{url}: HTTP {status}: {}", text(&v["error"])));
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or(body));
@@ -417,7 +423,7 @@ async fn agents(
         None => {
             print!("{}", agents_table(v["agents"].as_array().map(Vec::as_slice).unwrap_or_default()));
             if let Some(store) = v["store"]["summary"].as_str() {
-                println!("store: {store}");
+                println!("store: {}", ccgate::session::view::printable(store));
             }
         }
         Some(_) => print!("{}", agent_detail(&v)),
@@ -428,11 +434,12 @@ async fn agents(
 /// How long `ccgate agents` waits: a cluster view reads one record per agent from Redis.
 const AGENTS_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A value for the terminal: control characters and bidi overrides made visible as `?`.
 fn text(v: &serde_json::Value) -> String {
     match v {
         serde_json::Value::Null => "-".into(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+        serde_json::Value::String(s) => ccgate::session::view::printable(s),
+        other => ccgate::session::view::printable(&other.to_string()),
     }
 }
 

@@ -268,7 +268,11 @@ families! {
     connections: IntGauge = ("connections", "Open connections on the app-facing listener.");
     connections_refused: IntCounter = (
         "connections_refused_total",
-        "Connections closed at once because server.max_connections were open."
+        "Connections closed at once because server.max_connections were open and none could be shed."
+    );
+    connections_shed: IntCounter = (
+        "connections_shed_total",
+        "Connections closed to make room at server.max_connections: silent ones (no request yet) oldest first, else the longest idle."
     );
     in_flight: IntGauge = ("requests_in_flight", "App requests being handled now (both faces).");
     event_streams: IntGauge = ("event_streams", "Open SSE event streams (GET /v1/events subscribers).");
@@ -685,6 +689,11 @@ impl Metrics {
     /// Connections refused at the cap (`ccgate_connections_refused_total`).
     pub fn connections_refused(&self) -> IntCounter {
         self.0.connections_refused.clone()
+    }
+
+    /// Connections closed to make room at the cap (`ccgate_connections_shed_total`).
+    pub fn connections_shed(&self) -> IntCounter {
+        self.0.connections_shed.clone()
     }
 
     pub fn count_signout_failure(&self, trigger: SignoutTrigger) {

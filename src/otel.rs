@@ -44,7 +44,7 @@ where
         .with_endpoint(endpoint)
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
         .build()
-        .map_err(|e| crate::config::mask_userinfo(&format!("log.otlp_endpoint: {e}")))?;
+        .map_err(|e| crate::config::mask_url_secrets(&format!("log.otlp_endpoint: {e}")))?;
     let resource = opentelemetry_sdk::Resource::builder().with_service_name(service.to_owned()).build();
     let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
     let tracer = provider.tracer("ccgate");

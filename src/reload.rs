@@ -326,7 +326,7 @@ impl Reloader {
 
     fn refused(&self, why: String) -> Result<ReloadReport, String> {
         // The message may quote a config line, and the store URL may hold a password.
-        let why = crate::config::mask_userinfo(&why);
+        let why = crate::config::mask_url_secrets(&why);
         self.metrics.count_config_reload(ReloadResult::Failed);
         tracing::error!(error = %why, "reload refused; the running config stays in force");
         Err(why)

@@ -67,3 +67,74 @@ async fn every_agent_at_a_glance_and_one_in_detail_without_a_secret() {
     assert!(detail.contains("AgentConf_RequestSuccess") && detail.contains("chairperson  true"), "{detail}");
     h.stop().await;
 }
+
+/// Issue 37: the operator's tools cannot be turned against the operator. A gateway's event
+/// type with terminal escapes prints as text; the views and reload answer only their own
+/// names and refuse a browser's cross-site POST, reload only a POST; `0153` names 153 on both
+/// forms of the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_views_refuse_other_sites_and_print_no_terminal_escapes() {
+    let h = Harness::start().await;
+    h.sign_in("153").await;
+    let evil = "AgentOther_\u{1b}]0;pwned\u{7}\u{1b}[2J\u{202e}Tagged\nfake line";
+    h.sim.push_event("153", evil, serde_json::json!({"n": 1}));
+    common::eventually("the event is seen", || async {
+        h.send(Method::GET, &format!("{}/agents/153", h.admin), &[], "").await.text.contains("pwned")
+    })
+    .await;
+    let admin = h.admin.trim_start_matches("http://").to_owned();
+    let out = tokio::process::Command::new(BIN).args(["agents", "153", "--admin", &admin]).output().await.unwrap();
+    let detail = String::from_utf8_lossy(&out.stdout);
+    assert!(detail.contains("AgentOther_?]0;pwned??[2J?Tagged?fake line"), "{detail:?}");
+    assert!(!detail.contains('\u{1b}') && !detail.contains('\u{202e}') && !detail.contains("\nfake"), "{detail:?}");
+    let out = tokio::process::Command::new(BIN).args(["agents", "--admin", &admin]).output().await.unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(!table.contains('\u{1b}') && table.lines().count() == 2, "{table:?}");
+
+    // `0153` is 153, with or without the gateway's name.
+    for path in ["/agents/0153", "/agents/default/0153"] {
+        let r = h.send(Method::GET, &format!("{}{path}", h.admin), &[], "").await;
+        assert_eq!((r.status, r.json()["agent"].as_str()), (StatusCode::OK, Some("153")), "{path}: {}", r.text);
+    }
+
+    // A page whose name was rebound to this listener reads nothing; probes answer any name.
+    let rebound = [("host", "attacker.example:9464")];
+    for path in ["/agents", "/agents/153", "/"] {
+        let r = h.send(Method::GET, &format!("{}{path}", h.admin), &rebound, "").await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}: {}", r.text);
+        assert!(!r.text.contains("153"), "{}", r.text);
+    }
+    for path in ["/metrics", "/readyz", "/livez"] {
+        let r = h.send(Method::GET, &format!("{}{path}", h.admin), &rebound, "").await;
+        assert_ne!(r.status, StatusCode::FORBIDDEN, "{path}");
+    }
+    let r = h.send(Method::GET, &format!("{}/agents", h.admin), &[("host", "localhost")], "").await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // Reload: only a POST, and not one a browser sent for another site.
+    let reload = format!("{}/-/reload", h.admin);
+    let r = h.send(Method::GET, &reload, &[], "").await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{}", r.text);
+    for headers in [
+        vec![("origin", "https://attacker.example"), ("content-type", "text/plain")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("origin", "null")],
+    ] {
+        let r = h.send(Method::POST, &reload, &headers, "x").await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}: {}", r.text);
+    }
+    let reloads = || async {
+        let m = h.metrics().await;
+        let n: f64 = m
+            .lines()
+            .filter(|l| l.starts_with("ccgate_config_reloads_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        n
+    };
+    assert_eq!(reloads().await, 0.0, "no reload ran");
+    let r = h.send(Method::POST, &reload, &[], "").await;
+    assert_ne!(r.status, StatusCode::FORBIDDEN, "a tool's POST: {}", r.text);
+    assert_eq!(reloads().await, 1.0, "a tool's POST reloads: {}", r.text);
+    h.stop().await;
+}

@@ -98,6 +98,18 @@ fn check_config_loads_every_file_serve_would() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(printed.contains("otlp_endpoint") && !printed.contains("otlp-secret"), "{printed}");
+    // A JWKS URL's query (a token) is masked in the printed config and in the fetch's error.
+    let remote = config_with_files(&dir, "").replace(
+        &format!("jwks_file = \"{}/jwks.json\"", dir.display()),
+        "jwks_url = \"https://jwks:url-secret@127.0.0.1:9/keys?token=query-secret\"\njwks_startup_wait_ms = 200",
+    );
+    let out = check_config(&remote, &[]);
+    let (printed, said) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(printed.contains("jwks_url = \"https://***@127.0.0.1:9/keys?***\""), "{printed}{said}");
+    assert!(said.contains("127.0.0.1:9"), "the fetch failed and said where: {said}");
+    for secret in ["url-secret", "query-secret"] {
+        assert!(!printed.contains(secret) && !said.contains(secret), "{secret}: {printed}{said}");
+    }
     // A store URL that is not one.
     let out = check_config(
         &config_with_files(&dir, ""),

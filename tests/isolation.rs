@@ -84,6 +84,25 @@ async fn one_clients_bad_tokens_never_refuse_another_clients_valid_token() {
     h.stop().await;
 }
 
+/// Issue 37: a refused token is remembered whatever its length up to the longest ccgate
+/// accepts (8 KiB): a 6 KB forged token sent again costs a hash, not a signature check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_forged_token_is_checked_once_then_refused_from_memory() {
+    let h = Harness::start().await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = json!({"iss": ISSUER, "aud": AUDIENCE, "agent_id": "153", "exp": now + 600, "pad": "p".repeat(4400)});
+    let long = h.es.sign(&claims).unwrap();
+    let other = h.token("999");
+    let forged = format!("{}.{}", long.rsplit_once('.').unwrap().0, other.rsplit_once('.').unwrap().1);
+    assert!((6_000..8_192).contains(&forged.len()), "{}", forged.len());
+    for _ in 0..10 {
+        let r = h.call_with_token(Method::GET, "/v1/session", Some(&forged), "").await;
+        assert_eq!(problem(&r)["reason"], "bad_signature", "{}", r.text);
+    }
+    assert_eq!(metric(&h, "ccgate_auth_refusals_remembered_total").await, 9.0, "checked once");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_planted_in_redis_are_validated_never_polled_nor_written_into_a_request() {
     let redis = RedisServer::start().await;

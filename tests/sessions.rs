@@ -188,6 +188,36 @@ async fn events_stream_to_several_subscribers_and_resume_by_last_event_id() {
     h.stop().await;
 }
 
+/// Issue 37: an agent's event streams are capped (`sessions.max_streams_per_agent`); the newest
+/// past it is refused with 429 `too-many-streams`, another agent is unaffected, and a closed
+/// stream gives its place back.
+#[tokio::test]
+async fn event_streams_per_agent_are_capped_and_a_closed_one_frees_its_place() {
+    let h = Harness::with(Options { config: Box::new(|c| c.sessions.max_streams_per_agent = 3), ..Options::default() })
+        .await;
+    h.sign_in("153").await;
+    h.sign_in("154").await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let s = h.events("153", None).await;
+        assert_eq!(s.status, StatusCode::OK);
+        open.push(s);
+    }
+    let r = h.call(Method::GET, "/v1/events", Some("153"), "").await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+    assert_eq!(problem(&r)["type"], "urn:ccgate:problem:too-many-streams");
+    assert_eq!(h.events("154", None).await.status, StatusCode::OK, "another agent has places of its own");
+    let m = h.metrics().await;
+    assert!(m.contains(r#"ccgate_requests_total{gateway="default",method="events",outcome="rate_limited"} 1"#), "{m}");
+    drop(open.pop());
+    common::eventually("the closed stream's place is free", || async {
+        let s = h.events("153", None).await;
+        s.status == StatusCode::OK
+    })
+    .await;
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn a_full_buffer_drops_the_oldest_counts_it_and_tells_the_reader() {
     let h = Harness::with(Options { config: Box::new(|c| c.sessions.event_buffer = 3), ..Options::default() }).await;

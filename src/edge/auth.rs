@@ -221,9 +221,6 @@ static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forw
 /// Client addresses tracked for that budget; more are not blocked (fail open, bounded memory).
 const MAX_BLOCKED_ADDRESSES: usize = 10_000;
 
-/// Tokens longer than this are verified every time rather than cached.
-const MAX_CACHED_TOKEN_LEN: usize = 4096;
-
 /// A verified entry's reuse ends up to `ttl / TTL_SPREAD` early, by an amount each token's
 /// key picks. Tokens first seen together (a restart, a fleet of apps reconnecting, the
 /// benchmark's 10,000) would otherwise all expire in the same second, and the requests of
@@ -284,8 +281,8 @@ impl<V: Clone> TokenCache<V> {
 enum Known {
     /// Verified or refused before (or its client is over budget).
     Decided(Result<Principal, Refused>),
-    /// Needs a check; the token's cache key (none for tokens too long to cache).
-    Unknown(Option<[u8; 32]>),
+    /// Needs a check; the token's cache key.
+    Unknown([u8; 32]),
 }
 
 /// Why a request's token was not accepted.
@@ -635,9 +632,11 @@ impl Authenticator {
             return malformed;
         }
         let now = unix_now();
-        let key = (token.len() <= MAX_CACHED_TOKEN_LEN).then(|| TokenCache::<Verified>::key(token));
-        if let (Some(c), Some(k)) = (&self.cache, &key) {
-            if let Some(v) = c.get(k, now) {
+        // Every token ccgate accepts at all (up to `MAX_TOKEN_LEN`) has a key: verified and
+        // refused ones alike are remembered by their hash, whatever their length.
+        let key = TokenCache::<Verified>::key(token);
+        if let Some(c) = &self.cache {
+            if let Some(v) = c.get(&key, now) {
                 // Void if a key of its provider was removed since (or a reload changed the
                 // providers: the cache is new then anyway).
                 if self.providers.get(v.provider).is_some_and(|p| p.removals() == v.removals) {
@@ -651,9 +650,8 @@ impl Authenticator {
         if token.split('.').count() != 3 {
             return malformed;
         }
-        let Some(k) = &key else { return Known::Unknown(None) };
         // Before the budget: a token refused before is refused for what it is, not as 429.
-        if let Some(reason) = self.refused.get(k, now) {
+        if let Some(reason) = self.refused.get(&key, now) {
             if let Some((_, remembered)) = &self.counters {
                 remembered.inc();
             }
@@ -669,19 +667,14 @@ impl Authenticator {
     }
 
     /// [`Self::verify_unknown`] once a verification slot is free.
-    async fn verify_in_turn(
-        &self,
-        token: &str,
-        key: Option<[u8; 32]>,
-        client: Option<IpAddr>,
-    ) -> Result<Principal, Refused> {
+    async fn verify_in_turn(&self, token: &str, key: [u8; 32], client: Option<IpAddr>) -> Result<Principal, Refused> {
         // The semaphore is never closed; if it were, verifying unbounded beats refusing.
         let _slot = self.verifications.acquire().await.ok();
         self.verify_unknown(token, key, client)
     }
 
     /// Full verification of a token not known yet; remembers the verdict.
-    fn verify_unknown(&self, token: &str, key: Option<[u8; 32]>, client: Option<IpAddr>) -> Result<Principal, Refused> {
+    fn verify_unknown(&self, token: &str, key: [u8; 32], client: Option<IpAddr>) -> Result<Principal, Refused> {
         let now = unix_now();
         let index = self.provider_of(token).map_err(Refused::Token)?;
         let provider = &self.providers[index];
@@ -689,9 +682,9 @@ impl Authenticator {
         let removals = provider.removals();
         match verify_with(provider, &self.routing, token, self.leeway) {
             Ok((principal, exp)) => {
-                if let (Some(c), Some(k)) = (&self.cache, key) {
-                    let until = reuse_until(&k, exp.saturating_add(self.leeway), now, self.ttl);
-                    c.put(k, &Verified { principal: principal.clone(), provider: index, removals }, until);
+                if let Some(c) = &self.cache {
+                    let until = reuse_until(&key, exp.saturating_add(self.leeway), now, self.ttl);
+                    c.put(key, &Verified { principal: principal.clone(), provider: index, removals }, until);
                 }
                 Ok(principal)
             }
@@ -701,9 +694,7 @@ impl Authenticator {
                 // becomes valid. Every other verdict is final for the token.
                 let lasting = !matches!(reason, Reason::UnknownKey | Reason::NotYetValid);
                 if lasting {
-                    if let Some(k) = key {
-                        self.refused.put(k, &reason, now.saturating_add(REFUSED_TOKEN_TTL_SECS));
-                    }
+                    self.refused.put(key, &reason, now.saturating_add(REFUSED_TOKEN_TTL_SECS));
                     if let (Some(b), Some(ip)) = (&self.budget, client) {
                         b.refused(ip);
                     }

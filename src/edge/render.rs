@@ -247,6 +247,22 @@ pub fn spec(f: &Failure) -> &'static Spec {
             "sessions.signin_queue sign-ins are already waiting for the gateway; retry shortly",
             Ccg("CCG-503")
         ),
+        Failure::Overloaded(Overload::Files) => row!(
+            SERVICE_UNAVAILABLE,
+            Overloaded,
+            "file-limit",
+            "Too many agents for the open-file limit",
+            "this ccgate's open-file limit leaves room for no more agents' gateway connections; use another replica (the operator should raise the limit)",
+            Ccg("CCG-503")
+        ),
+        Failure::Overloaded(Overload::Streams) => row!(
+            TOO_MANY_REQUESTS,
+            RateLimited,
+            "too-many-streams",
+            "Too many event streams for this agent",
+            "the agent has sessions.max_streams_per_agent event streams open on this ccgate; close one it no longer reads",
+            Ccg("CCG-429")
+        ),
         Failure::NotFound => row!(NOT_FOUND, NotFound, "not-found", "Not found", "no such route", Ccg("CCG-404")),
         Failure::MethodNotAllowed(_) => row!(
             METHOD_NOT_ALLOWED,
@@ -515,6 +531,7 @@ mod tests {
             (Failure::refused(refusal("100-008")), 409, Outcome::Rejected),
             (Failure::BadRequest("x".into()), 400, Outcome::BadRequest),
             (Failure::Throttled(3), 429, Outcome::RateLimited),
+            (Failure::Overloaded(Overload::Streams), 429, Outcome::RateLimited),
             (Failure::PayloadTooLarge, 413, Outcome::BadRequest),
             (Failure::BodyTimeout, 408, Outcome::BadRequest),
             (Failure::NotFound, 404, Outcome::NotFound),
@@ -626,6 +643,8 @@ mod tests {
             Failure::KeysUnavailable,
             Failure::Overloaded(Overload::Agents),
             Failure::Overloaded(Overload::SignInQueue),
+            Failure::Overloaded(Overload::Streams),
+            Failure::Overloaded(Overload::Files),
             Failure::NotFound,
             Failure::MethodNotAllowed("GET"),
             Failure::Upstream(UpstreamError::Unavailable("x".into())),

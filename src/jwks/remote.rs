@@ -197,7 +197,7 @@ impl RemoteKeys {
                 *self.jwks_uri.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
                 let kept = self.keys.load().as_ref().map_or(0, |k| k.len());
                 tracing::warn!(issuer = %self.issuer, result = kind.as_str(),
-                    error = %crate::config::mask_userinfo(why), kept_keys = kept,
+                    error = %crate::config::mask_url_secrets(why), kept_keys = kept,
                     "JWKS fetch failed; keeping the last good keys");
             }
         }

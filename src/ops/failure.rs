@@ -79,7 +79,8 @@ pub enum Failure {
     #[error("identity provider keys unavailable")]
     KeysUnavailable,
     /// This replica holds `sessions.max_agents` agents (`AtCapacity`), or its sign-in queue is
-    /// full: retry later, or on another replica.
+    /// full: retry later, or on another replica. Or the agent has
+    /// `sessions.max_streams_per_agent` event streams open here: close one it no longer reads.
     #[error("overloaded: {0:?}")]
     Overloaded(Overload),
     /// No such route or gateway method.
@@ -136,6 +137,7 @@ impl From<SessionError> for Failure {
             SessionError::Internal(why) => Self::Internal(why),
             SessionError::Store(_) | SessionError::Unconfirmed => Self::StoreUnavailable,
             SessionError::AtCapacity => Self::Overloaded(Overload::Agents),
+            SessionError::FileLimit => Self::Overloaded(Overload::Files),
             SessionError::SignInQueueFull => Self::Overloaded(Overload::SignInQueue),
         }
     }
@@ -148,4 +150,8 @@ pub enum Overload {
     Agents,
     /// `sessions.signin_queue`.
     SignInQueue,
+    /// `sessions.max_streams_per_agent`: the agent's own streams, so a 429 rather than a 503.
+    Streams,
+    /// The open-file limit leaves room for no more agents.
+    Files,
 }

@@ -24,7 +24,7 @@ use crate::gateway::{GatewayMethod, GatewayRefusal, GatewayReply};
 use crate::session::conference::apply_success;
 use crate::session::events::BufferedEvent;
 use crate::session::{ConfState, Gateways, Listening, Session, SessionError, SessionStore, SignInOptions, Snapshot};
-pub use failure::Failure;
+pub use failure::{Failure, Overload};
 use limits::{LimitState, Limits, Tier};
 use method::MethodLabel;
 use policy::check_chair;
@@ -250,7 +250,11 @@ impl Core {
                 let session = session(sessions, agent, found, limit).await?;
                 Ok(Done::Event(self.next_event(&session).await))
             }
-            Operation::Subscribe => Ok(Done::Subscribed(session(sessions, agent, found, limit).await?.listening())),
+            Operation::Subscribe => {
+                let session = session(sessions, agent, found, limit).await?;
+                let max = sessions.max_streams_per_agent();
+                Ok(Done::Subscribed(session.listening(max).ok_or(Failure::Overloaded(Overload::Streams))?))
+            }
         }
     }
 

@@ -285,6 +285,8 @@ pub struct Admin {
     pub agents: Option<AgentsFn>,
     /// `admin.agents_from`.
     pub agents_from: crate::config::AgentsAccess,
+    /// `admin.hosts`, lowercase: the names the operator's views and reload answer to.
+    pub hosts: Vec<String>,
     /// The status page's previous counts, for its request rates.
     pub rates: super::status_page::Rates,
 }
@@ -297,13 +299,27 @@ impl Handler for Admin {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
         let local = is_local(peer.ip());
         let path = req.uri().path();
-        if req.method() == Method::POST && path == "/-/reload" {
+        let operators = path == "/-/reload" || path == "/agents" || path.starts_with("/agents/") || path == "/";
+        // The operator's views and reload answer only their own names, and reload only a POST
+        // no browser sent for another site: a web page cannot read them by DNS rebinding or
+        // run a reload with a cross-site form. Probes and scrapes answer any Host.
+        if operators {
+            if let Some(refused) = self.refuse_foreign(&req) {
+                return refused;
+            }
+        }
+        if path == "/-/reload" {
+            if req.method() != Method::POST {
+                let mut r = body::json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "reload is a POST"}));
+                r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+                return r;
+            }
             return self.reload(local).await;
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return body::json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "GET only (POST for /-/reload)"}));
         }
-        if path == "/agents" || path.starts_with("/agents/") || path == "/" {
+        if operators {
             if let Some(refused) = self.refuse_agents_view(local) {
                 return refused;
             }
@@ -370,6 +386,37 @@ impl Handler for Admin {
 }
 
 impl Admin {
+    /// A request for the operator's views or reload that a browser made for another site:
+    /// a `Host` that is neither an address, `localhost` nor one of `admin.hosts`; or a POST
+    /// whose `Sec-Fetch-Site` says cross-site or same-site, or whose `Origin` names another
+    /// host. Tools (curl, `ccgate reload`, Prometheus) send neither header.
+    fn refuse_foreign(&self, req: &Request<Incoming>) -> Option<Response<Body>> {
+        let forbidden = |why: &str| Some(body::json(StatusCode::FORBIDDEN, &json!({"error": why})));
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()));
+        if let Some(host) = host {
+            if !host_allowed(host, &self.hosts) {
+                return forbidden("this admin listener does not answer to that Host name: add it to admin.hosts");
+            }
+        }
+        if req.method() == Method::POST {
+            let site = req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok());
+            if site.is_some_and(|s| s != "same-origin" && s != "none") {
+                return forbidden("a cross-site request cannot change this instance");
+            }
+            if let Some(origin) = req.headers().get(http::header::ORIGIN) {
+                let host = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, h)| h);
+                if !host.is_some_and(|h| host_allowed(h, &self.hosts)) {
+                    return forbidden("a cross-site request cannot change this instance");
+                }
+            }
+        }
+        None
+    }
+
     /// The agents' views (and the status page, which shows them) are served to loopback
     /// peers unless `admin.agents_from = "anywhere"`: the refusal otherwise.
     fn refuse_agents_view(&self, local: bool) -> Option<Response<Body>> {
@@ -422,7 +469,10 @@ impl Admin {
                     Some((g, id)) => (Some(g.to_owned()), id),
                     None => (None, rest),
                 };
-                // The canonical work number (`0153` is agent 153).
+                // The canonical work number: an operator's `0153` is agent 153, on both forms
+                // of the path (the API itself refuses leading zeros).
+                let digits = id.trim_start_matches('0');
+                let id = if digits.len() < id.len() && id.len() <= 16 { digits } else { id };
                 match crate::gateway::parse_agent_id(id) {
                     Some(n) => (gateway, Some(n.to_string())),
                     None => {
@@ -476,6 +526,22 @@ fn gateway_states(r: &Readiness) -> serde_json::Map<String, serde_json::Value> {
     r.gateways().into_iter().map(|(name, state)| (name, json!(state.as_str()))).collect()
 }
 
+/// Whether `host` (a `Host` header or an authority: name or address, optional port) names
+/// this listener: any IP address, `localhost`, or one of `names` (lowercase).
+fn host_allowed(host: &str, names: &[String]) -> bool {
+    let name = match host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`
+        Some(rest) => return rest.split_once(']').is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        },
+    };
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
 /// A loopback peer, also as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`, what an IPv4
 /// client looks like on a `[::]` listener).
 fn is_local(ip: std::net::IpAddr) -> bool {
@@ -484,6 +550,26 @@ fn is_local(ip: std::net::IpAddr) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hosts_are_addresses_localhost_or_configured_names() {
+        let names = vec!["ccgate-admin.internal".to_string()];
+        for ok in [
+            "127.0.0.1:9464",
+            "10.1.2.3",
+            "[::1]:9464",
+            "[2001:db8::1]",
+            "localhost:9464",
+            "LOCALHOST",
+            "ccgate-admin.internal:9464",
+            "CCGATE-ADMIN.internal",
+        ] {
+            assert!(super::host_allowed(ok, &names), "{ok}");
+        }
+        for bad in ["attacker.example:9464", "attacker.example", "127.0.0.1.nip.io", "[::1", "localhost.evil", ""] {
+            assert!(!super::host_allowed(bad, &names), "{bad}");
+        }
+    }
+
     #[test]
     fn loopback_in_every_spelling_is_local() {
         for ip in ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"] {

@@ -5,7 +5,8 @@
 //! The deadlines, in the order a connection meets them:
 //! - TLS handshake: `tls_handshake_timeout` from the accept;
 //! - the first request (HTTP/2 preface, SETTINGS and request headers, or the HTTP/1 head):
-//!   `header_read_timeout` from the end of the handshake, however the bytes trickle in;
+//!   `header_read_timeout` from the end of the handshake (without TLS, from the accept),
+//!   however the bytes trickle in;
 //! - each later HTTP/1 head: hyper's `header_read_timeout`, which runs from the end of the
 //!   previous response, so it is also HTTP/1's keep-alive idle limit;
 //! - the request body: the edge's body timeout (`server.body_read_timeout_ms`);
@@ -16,10 +17,20 @@
 //! A connection past its deadline is dropped. Requests in flight (a long poll, an event
 //! stream) keep their connection: they are bounded by their own timeouts.
 //!
-//! At the connection cap a new connection is closed at once, except on a listener with
-//! [`ServeOptions::evict_idle_when_full`] (the admin listener): there the connection that has
-//! been idle longest (no request in flight) is closed to make room, so a pile of idle or
-//! trickling sockets cannot keep the kubelet's probes out.
+//! At the connection cap a listener with [`ServeOptions::shed_when_full`] (the app and admin
+//! listeners) closes one open connection to make room for the new one: one that has not sent
+//! a request yet (a socket that never sent a byte first, then the oldest: a TLS handshake
+//! that never finished, a preface and silence), else the one idle longest (no request in
+//! flight). A pile of silent or trickling sockets therefore cannot keep users or the kubelet's
+//! probes out: each newcomer pushes out a silent one, a real client's ClientHello follows its
+//! connect at once, and its request follows the handshake. Connections with a request in flight are never closed for
+//! another. Without it (the simulator) a new connection past the cap is closed at once.
+//!
+//! Memory per connection is bounded here (docs/architecture.md, "Bounds"): an HTTP/1 head
+//! beyond [`MAX_REQUEST_HEAD_BYTES`] gets 431 (hyper's read buffer would otherwise grow to
+//! ~400 KiB for an unfinished head), an HTTP/2 connection carries at most
+//! [`ServeOptions::max_streams`] streams, and HTTP/2's flow-control windows and send buffers
+//! are set rather than left at hyper's megabyte defaults.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -53,6 +64,25 @@ pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Back-off after a failed accept (EMFILE and friends), so a full descriptor table does not
 /// turn the loop into a busy spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// An HTTP/1 request head (request line and headers) or HTTP/2 header list larger than this is
+/// refused (431; HTTP/2: the stream is reset). 32 KiB holds the largest token ccgate accepts
+/// (`edge/auth.rs`, 8 KiB) several times over with any proxy's headers; nginx's default
+/// `large_client_header_buffers` is 4 × 8 KiB. It is also hyper's read buffer per HTTP/1
+/// connection, which an unfinished head would otherwise grow to ~400 KiB.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 32 * 1024;
+/// Default cap on an HTTP/2 connection's concurrent streams (`server.max_streams_per_connection`):
+/// nginx's `http2_max_concurrent_streams`. An app backend that multiplexes more agents' event
+/// streams than this over one connection opens another (HTTP/2 clients do).
+pub const DEFAULT_MAX_STREAMS: u32 = 128;
+/// HTTP/2 flow-control windows: how much request body a peer may send before ccgate reads it.
+/// A stream's window is the RFC's default (64 KiB, the default `server.max_body_bytes`); the
+/// connection's is 4 of them, so an HTTP/2 connection never holds more than 256 KiB of unread
+/// body (hyper's default is 1 MiB for each).
+const H2_STREAM_WINDOW: u32 = 65_535;
+const H2_CONNECTION_WINDOW: u32 = 4 * 65_535;
+/// Response bytes buffered per HTTP/2 stream for a slow reader (hyper's default is 400 KiB).
+/// ccgate's answers are small; an event stream's frames wait in its own bounded channel.
+const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// Something that answers requests. Implemented by the proxy, the admin endpoint and the
 /// simulator. `peer` is the connection's remote address: an argument rather than a request
@@ -70,15 +100,18 @@ pub struct ServeOptions {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight is dropped after this long.
     pub idle_timeout: Duration,
-    /// Connections open at once; past it new ones are closed at once.
+    /// Connections open at once (see `shed_when_full` for what happens past it).
     pub max_connections: usize,
+    /// Concurrent streams on one HTTP/2 connection.
+    pub max_streams: u32,
     /// `ccgate_connections` and `ccgate_connections_refused_total`, for the listener that
     /// reports them.
     pub metrics: Option<ConnectionMetrics>,
     /// How long in-flight requests may finish after shutdown before connections are dropped.
     pub grace: Duration,
-    /// At the cap, close the longest-idle connection for a new one instead of refusing it.
-    pub evict_idle_when_full: bool,
+    /// At the cap, close a silent connection (no request yet, oldest first) or else the
+    /// longest-idle one for a new one instead of refusing it.
+    pub shed_when_full: bool,
 }
 
 /// How long the accept loop waits for an evicted connection to give its slot back.
@@ -88,6 +121,7 @@ const EVICTION_WAIT: Duration = Duration::from_millis(200);
 pub struct ConnectionMetrics {
     pub open: prometheus::IntGauge,
     pub refused: prometheus::IntCounter,
+    pub shed: prometheus::IntCounter,
 }
 
 impl Default for ServeOptions {
@@ -100,9 +134,10 @@ impl Default for ServeOptions {
             header_read_timeout: ms(DEFAULT_HEADER_READ_TIMEOUT_MS),
             idle_timeout: ms(DEFAULT_CONNECTION_IDLE_TIMEOUT_MS),
             max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+            max_streams: DEFAULT_MAX_STREAMS,
             metrics: None,
             grace: ms(DEFAULT_SHUTDOWN_GRACE_MS),
-            evict_idle_when_full: false,
+            shed_when_full: false,
         }
     }
 }
@@ -116,6 +151,11 @@ struct Progress {
     any_request: AtomicBool,
     /// Told to close (to make room at the cap).
     evict: tokio::sync::Notify,
+    /// Already chosen to make room: not chosen again.
+    shed: AtomicBool,
+    /// The peer has sent a byte (a ClientHello, a preface): a socket that never does is the
+    /// first to go at the cap.
+    spoke: AtomicBool,
 }
 
 impl Progress {
@@ -126,6 +166,8 @@ impl Progress {
             in_flight: AtomicUsize::new(0),
             any_request: AtomicBool::new(false),
             evict: tokio::sync::Notify::new(),
+            shed: AtomicBool::new(false),
+            spoke: AtomicBool::new(false),
         })
     }
 
@@ -255,18 +297,29 @@ async fn accept_loop<H: Handler>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(H2_PING_INTERVAL))
-        .keep_alive_timeout(H2_PING_TIMEOUT);
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .max_concurrent_streams(opts.max_streams.max(1))
+        .max_header_list_size(MAX_REQUEST_HEAD_BYTES as u32)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_send_buf_size(H2_SEND_BUFFER);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(opts.max_connections));
-    // Open connections, for eviction (only on a listener that evicts).
+    // Open connections, for shedding (only on a listener that sheds); closed ones are pruned
+    // when shedding and when the list reaches twice the cap.
     let mut open_conns: Vec<std::sync::Weak<Progress>> = Vec::new();
     let (handshake, first_request, idle) = (opts.tls_handshake_timeout, opts.header_read_timeout, opts.idle_timeout);
+    let accept_warnings = crate::log_budget::LogBudget::default();
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -274,17 +327,22 @@ async fn accept_loop<H: Handler>(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    if let Some(left_out) = accept_warnings.admit() {
+                        tracing::warn!(error = %e, left_out, "accept failed");
+                    }
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },
         };
-        // Past the cap the connection is closed at once: the clients already connected keep
-        // working, and the process never runs out of file descriptors.
+        // Past the cap: make room by closing a silent or idle connection, or close the new
+        // one at once. Either way the process never runs out of file descriptors.
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => Some(slot),
-            Err(_) if opts.evict_idle_when_full && evict_longest_idle(&mut open_conns) => {
+            Err(_) if opts.shed_when_full && shed_one(&mut open_conns) => {
+                if let Some(m) = &opts.metrics {
+                    m.shed.inc();
+                }
                 tokio::time::timeout(EVICTION_WAIT, slots.clone().acquire_owned()).await.ok().and_then(Result::ok)
             }
             Err(_) => None,
@@ -298,8 +356,10 @@ async fn accept_loop<H: Handler>(
             continue;
         };
         let progress = Progress::new();
-        if opts.evict_idle_when_full {
-            open_conns.retain(|p| p.strong_count() > 0);
+        if opts.shed_when_full {
+            if open_conns.len() >= 2 * opts.max_connections {
+                open_conns.retain(|p| p.strong_count() > 0);
+            }
             open_conns.push(Arc::downgrade(&progress));
         }
         let open = opts.metrics.as_ref().map(|m| m.open.clone());
@@ -317,15 +377,38 @@ async fn accept_loop<H: Handler>(
                     g.dec();
                 }
             }));
-            match acceptor {
-                None => run_connection(builder, stream, peer, handler, watcher, progress, first_request, idle).await,
-                Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => {
-                        run_connection(builder, s, peer, handler, watcher, progress, first_request, idle).await
+            let shed = progress.clone();
+            let serve = async move {
+                // The first byte, within the handshake deadline (a plain listener's first
+                // request deadline covers the rest): until then the socket is the cheapest
+                // kind to shed, whatever its age, so a flood of silent sockets churning
+                // through the cap never pushes out a client that has started to talk.
+                let deadline = Instant::now() + if acceptor.is_some() { handshake } else { first_request };
+                if tokio::time::timeout_at(deadline, stream.readable()).await.is_err() {
+                    tracing::debug!("no byte before the deadline");
+                    return;
+                }
+                progress.spoke.store(true, Ordering::Relaxed);
+                match acceptor {
+                    // The first request's deadline runs from the accept here: no handshake.
+                    None => {
+                        run_connection(builder, stream, peer, handler, watcher, progress, first_request, idle).await
                     }
-                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!("TLS handshake timed out"),
-                },
+                    Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            // The first request's deadline runs from the handshake's end.
+                            progress.restart();
+                            run_connection(builder, s, peer, handler, watcher, progress, first_request, idle).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    },
+                }
+            };
+            // Shedding reaches a connection in its handshake too.
+            tokio::select! {
+                _ = serve => {}
+                _ = shed.evict.notified() => tracing::debug!("connection closed to make room at the cap"),
             }
         });
     }
@@ -335,18 +418,25 @@ async fn accept_loop<H: Handler>(
     }
 }
 
-/// Tells the connection idle longest (no request in flight) to close; whether there was one.
-fn evict_longest_idle(open: &mut Vec<std::sync::Weak<Progress>>) -> bool {
+/// Tells one connection to close to make room: one that has sent no request yet (those that
+/// never sent a byte first, then the oldest), else the one idle longest (no request in
+/// flight). Whether there was one.
+fn shed_one(open: &mut Vec<std::sync::Weak<Progress>>) -> bool {
     open.retain(|p| p.strong_count() > 0);
-    let victim = open
-        .iter()
-        .filter_map(std::sync::Weak::upgrade)
-        .filter(|p| p.in_flight.load(Ordering::Acquire) == 0)
-        .min_by_key(|p| p.idle_since());
+    let live = || open.iter().filter_map(std::sync::Weak::upgrade);
+    let silent = live().filter(|p| !p.any_request.load(Ordering::Relaxed) && !p.shed.load(Ordering::Relaxed));
+    // Never spoke before spoke; then the oldest.
+    let victim = silent.min_by_key(|p| (p.spoke.load(Ordering::Relaxed), p.opened)).or_else(|| {
+        live()
+            .filter(|p| p.in_flight.load(Ordering::Acquire) == 0 && !p.shed.load(Ordering::Relaxed))
+            .min_by_key(|p| p.idle_since())
+    });
     match victim {
         Some(p) => {
+            // Told once: the next newcomer picks another while this one winds down.
+            p.shed.store(true, Ordering::Relaxed);
             p.evict.notify_one();
-            tracing::debug!("connection cap reached: closing the longest-idle connection");
+            tracing::debug!("connection cap reached: closing a silent or idle connection");
             true
         }
         None => false,
@@ -368,8 +458,6 @@ async fn run_connection<I, H>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     H: Handler,
 {
-    // Restarted after the TLS handshake, so the first-request deadline runs from its end.
-    progress.restart();
     let requests = progress.clone();
     let service = service_fn(move |req: Request<Incoming>| {
         let (h, in_flight) = (handler.clone(), requests.start());
@@ -384,7 +472,6 @@ async fn run_connection<I, H>(
             tracing::debug!(error = %e, "connection ended with error");
         },
         _ = progress.expired(first_request, idle) => tracing::debug!("connection past its deadline; dropped"),
-        _ = progress.evict.notified() => {}
     }
 }
 

@@ -154,10 +154,15 @@ impl Session {
     /// An app listens to this session's events until the guard is dropped: meanwhile the
     /// agent is active whatever `sessions.idle_timeout_ms` is, and its idle time counts from
     /// the moment the last stream closes.
-    pub fn listening(self: &Arc<Self>) -> Listening {
-        self.listeners.fetch_add(1, Ordering::AcqRel);
+    /// An event stream opened on this session, unless `max` are open already (the newest is
+    /// refused: the oldest may be an app's only working stream, and a dead one ends within its
+    /// keep-alive or HTTP/2 PING).
+    pub fn listening(self: &Arc<Self>, max: usize) -> Option<Listening> {
+        self.listeners
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (u64::from(n) < max as u64).then_some(n + 1))
+            .ok()?;
         self.touch();
-        Listening(self.clone())
+        Some(Listening(self.clone()))
     }
 
     /// Takes in activity seen on other replicas (the shared store's idle time) before the

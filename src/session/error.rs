@@ -30,6 +30,9 @@ pub enum SessionError {
     /// This replica holds `sessions.max_agents` sessions: no new agent until one leaves.
     #[error("too many agents on this replica")]
     AtCapacity,
+    /// The process's open-file limit leaves room for no more agents (`descriptors.rs`).
+    #[error("the open-file limit holds no more agents")]
+    FileLimit,
     /// `sessions.signin_queue` sign-ins are already waiting for the gateway.
     #[error("sign-in queue full")]
     SignInQueueFull,

@@ -16,6 +16,7 @@ use super::error::Refusal;
 use super::pacing::Pacer;
 use super::state::LossReason;
 use crate::gateway::{GatewayMethod, GatewayReply, PollConnection, UpstreamError};
+use crate::log_budget::LogBudget;
 use crate::metrics::GaugeGuard;
 
 /// What a poller needs of the store that started it.
@@ -25,6 +26,16 @@ pub(super) trait Poller: Send + Sync {
     fn sign_out_idle(&self, session: Arc<Session>, idle: Duration);
     /// The pacer every retry after a failed poll waits its turn at.
     fn repoll(&self) -> &Pacer;
+    /// The budget of the store's poll-failure lines: when the gateway (or the process's file
+    /// limit) fails every poller at once, a burst of lines, then a few a second with a count.
+    fn warnings(&self) -> &LogBudget;
+}
+
+/// A poll failure's warning, within the store's budget.
+fn warn_within_budget(store: &Weak<dyn Poller>, line: impl FnOnce(u64)) {
+    if let Some(left_out) = store.upgrade().and_then(|s| s.warnings().admit()) {
+        line(left_out);
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,7 +107,9 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<dyn Poller>, s: Setti
             // longer holds the lease.
             Step::Polled(Ok((r, _))) => r,
             Step::Polled(Err(e)) => {
-                tracing::warn!(agent = %agent, error = %e, backoff_ms = backoff.as_millis() as u64, "event poll failed");
+                warn_within_budget(&store, |left_out| {
+                    tracing::warn!(agent = %agent, error = %e, backoff_ms = backoff.as_millis() as u64, left_out, "event poll failed");
+                });
                 back_off(&store, &mut backoff, s.backoff_max).await;
                 continue;
             }
@@ -107,7 +120,9 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<dyn Poller>, s: Setti
             return;
         }
         if !env.is_success() {
-            tracing::warn!(agent = %agent, retcode = env.code().as_str(), "event poll refused");
+            warn_within_budget(&store, |left_out| {
+                tracing::warn!(agent = %agent, retcode = env.code().as_str(), left_out, "event poll refused");
+            });
             back_off(&store, &mut backoff, s.backoff_max).await;
             continue;
         }

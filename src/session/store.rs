@@ -32,6 +32,7 @@ use crate::gateway::wire::session_auth;
 use crate::gateway::{
     timing, Envelope, Gateway, GatewayMethod, GatewayRefusal, GatewayReply, GatewayRequest, Retcode, UpstreamError,
 };
+use crate::log_budget::LogBudget;
 use crate::metrics::{Metrics, SigninResult, SignoutTrigger};
 use crate::shared::{Record, SharedStore, StreamEvent};
 
@@ -88,11 +89,14 @@ pub struct GatewayIdentity {
     /// Its own bound on agents (`max_agents` of its `[[gateways]]` entry; 0: only
     /// `sessions.max_agents`, which bounds every gateway's together).
     pub max_agents: usize,
+    /// Agents the process's open-file limit leaves room for, every gateway's together, when
+    /// fewer than `sessions.max_agents` (`descriptors.rs`); `None`: the limit holds them all.
+    pub max_agents_by_files: Option<usize>,
 }
 
 impl Default for GatewayIdentity {
     fn default() -> Self {
-        Self { name: crate::config::DEFAULT_GATEWAY_NAME.into(), max_agents: 0 }
+        Self { name: crate::config::DEFAULT_GATEWAY_NAME.into(), max_agents: 0, max_agents_by_files: None }
     }
 }
 
@@ -118,6 +122,8 @@ pub struct SessionStore {
     signin_gate: SignInGate,
     /// `sessions.repoll_rate`: every poller's retry after a failure waits its turn here.
     repoll: Pacer,
+    /// The budget of the pollers' failure lines.
+    poll_warnings: LogBudget,
 }
 
 impl SessionStore {
@@ -172,6 +178,7 @@ impl SessionStore {
             replication: Replication::new(shared, op_wait, on_shutdown),
             signin_gate: SignInGate::new(cfg.signin_concurrency, cfg.signin_queue),
             repoll: Pacer::new(cfg.repoll_rate),
+            poll_warnings: LogBudget::default(),
             cfg,
         })
     }
@@ -227,6 +234,11 @@ impl SessionStore {
         if session.is_lost() {
             self.metrics.sessions_gauge(SessionState::Lost).dec();
         }
+    }
+
+    /// `sessions.max_streams_per_agent`.
+    pub fn max_streams_per_agent(&self) -> usize {
+        self.cfg.max_streams_per_agent
     }
 
     /// Whether a sign-in of `agent` with `opts` can be attempted at all: the caller sent the
@@ -358,7 +370,7 @@ impl SessionStore {
         let live_here = slot.session.load().as_ref().is_some_and(|s| s.ended().is_none());
         if !live_here && self.at_capacity() {
             self.metrics.count_signin(SigninResult::AtCapacity);
-            return Err(SessionError::AtCapacity);
+            return Err(if self.at_file_limit() { SessionError::FileLimit } else { SessionError::AtCapacity });
         }
         // A turn at the gateway: bounded sign-ins in flight, the rest queued.
         let (_turn, waited) = self.signin_gate.enter().await.map_err(|_| {
@@ -482,6 +494,14 @@ impl SessionStore {
         let here = self.identity.max_agents;
         (here > 0 && self.metrics.sessions_gauge(SessionState::Active).get() >= bound(here))
             || self.metrics.active_sessions_all() >= bound(self.cfg.max_agents)
+            || self.at_file_limit()
+    }
+
+    /// The open-file limit leaves room for no more agents (every gateway's together).
+    fn at_file_limit(&self) -> bool {
+        self.identity
+            .max_agents_by_files
+            .is_some_and(|cap| self.metrics.active_sessions_all() >= i64::try_from(cap).unwrap_or(i64::MAX))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -734,6 +754,10 @@ impl Poller for SessionStore {
 
     fn repoll(&self) -> &Pacer {
         &self.repoll
+    }
+
+    fn warnings(&self) -> &LogBudget {
+        &self.poll_warnings
     }
 }
 

@@ -140,7 +140,8 @@ async fn an_open_event_stream_keeps_its_agent_whatever_the_idle_timeout_and_idle
     // Shorter than the stream's 15 s keep-alive, and than a poll's wait.
     let sessions = store(&gw, |c| c.idle_timeout_ms = 2_000);
     let (s, _) = sessions.sign_in(AGENT, SignInOptions::default()).await.unwrap();
-    let listening = s.listening();
+    let listening = s.listening(1).expect("the first stream");
+    assert!(s.listening(1).is_none(), "past the cap the newest is refused");
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert!(sessions.active(AGENT).is_ok(), "an app that listens keeps its agent");
     assert_eq!(gw.count(GatewayMethod::Logout), 0);

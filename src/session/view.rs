@@ -155,12 +155,24 @@ pub const COLUMNS: [&str; 10] =
 /// One agent of the `/agents` JSON as the cells of a table row, in [`COLUMNS`] order, as
 /// plain text (`-` for what is absent): the one reading of a view that the CLI and the status
 /// page share.
+/// `s` with every control character (C0, DEL, C1: escape sequences, newlines, carriage
+/// returns) and every bidirectional override replaced by `?`: what a gateway or a record in
+/// Redis supplied (event types, error texts) reaches an operator's terminal and page as text,
+/// never as a command to the terminal or a line of its own.
+pub fn printable(s: &str) -> String {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    if !s.chars().any(unsafe_char) {
+        return s.to_owned();
+    }
+    s.chars().map(|c| if unsafe_char(c) { '?' } else { c }).collect()
+}
+
 pub fn row(a: &serde_json::Value) -> [String; COLUMNS.len()] {
     use serde_json::Value;
     let text = |v: &Value| match v {
         Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Value::String(s) => printable(s),
+        other => printable(&other.to_string()),
     };
     let conference = match a["conference"]["confId"].as_u64() {
         Some(id) => format!("{} {id}", text(&a["conference"]["state"])),

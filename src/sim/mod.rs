@@ -104,6 +104,7 @@ impl Sim {
             open: self.0.connections.clone(),
             refused: prometheus::IntCounter::new("sim_refused", "refused connections")
                 .expect("static metric definition"),
+            shed: prometheus::IntCounter::new("sim_shed", "shed connections").expect("static metric definition"),
         };
         let opts =
             ServeOptions { max_connections: SIM_MAX_CONNECTIONS, metrics: Some(metrics), ..ServeOptions::default() };

@@ -44,13 +44,17 @@ impl Process {
             .spawn()
             .expect("ccgate serve did not start");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        // The lines before "serving" are kept too: start-up warnings are among them.
+        let mut early = Vec::new();
         let serving = loop {
             let line = lines.next().expect("ccgate exited before serving").unwrap();
+            let parsed = serde_json::from_str::<serde_json::Value>(&line).ok();
             if line.contains("ccgate serving") {
-                break serde_json::from_str::<serde_json::Value>(&line).unwrap();
+                break parsed.unwrap();
             }
+            early.extend(parsed);
         };
-        let logs = Arc::new(Mutex::new(Vec::new()));
+        let logs = Arc::new(Mutex::new(early));
         let sink = logs.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {

@@ -10,6 +10,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("openssl", "openssl"),
     ("kill", "procps"),
+    ("prlimit", "util-linux"),
     ("redis-server", "redis-server"),
     ("redis-cli", "redis-tools"),
     ("faketime", "faketime"),

@@ -61,6 +61,7 @@ class Sampler:
 def client_requests(ctx, token, seconds, out):
     """GET /v1/session on a new TLS connection each, one at a time."""
     ok = total = 0
+    failures = {}
     end = time.time() + seconds
     while time.time() < end:
         total += 1
@@ -70,11 +71,13 @@ def client_requests(ctx, token, seconds, out):
             r = c.getresponse()
             r.read()
             ok += r.status == 200
+            if r.status != 200:
+                failures[r.status] = failures.get(r.status, 0) + 1
             c.close()
-        except (OSError, http.client.HTTPException):
-            pass
+        except (OSError, http.client.HTTPException) as e:
+            failures[type(e).__name__] = failures.get(type(e).__name__, 0) + 1
         time.sleep(0.02)
-    out.update(ok=ok, total=total)
+    out.update(ok=ok, total=total, failures=failures)
 
 
 async def idle_sockets(n, seconds):
@@ -117,11 +120,14 @@ async def big_heads(ctx, n, head_kib, seconds):
             w.write(b"GET /v1/session HTTP/1.1\r\nhost: localhost\r\n")
             sent = 0
             chunk = b"x-filler: " + b"a" * 2036 + b"\r\n"
-            while sent < head_kib * 1024 and time.time() < end:
-                w.write(chunk)
-                await w.drain()
-                sent += len(chunk)
-                await asyncio.sleep(0.02)
+            try:
+                while sent < head_kib * 1024 and time.time() < end:
+                    w.write(chunk)
+                    await w.drain()
+                    sent += len(chunk)
+                    await asyncio.sleep(0.02)
+            except (OSError, ConnectionError):
+                pass  # refused mid-head: the answer may be waiting
             line = await asyncio.wait_for(r.readline(), timeout=max(0.1, end - time.time()))
             status = line.decode(errors="replace").split(" ")[1] if line else "closed"
         except (OSError, asyncio.TimeoutError, IndexError, ConnectionError):
@@ -181,18 +187,28 @@ def main():
         B.https(ctx, "POST", f"https://127.0.0.1:{PORT}/v1/session", h)
         print(f"{'attack':8s} {'RSS before':>10s} {'peak':>9s} {'what the attack got':40s} {'client served':>14s}")
 
+        def counters():
+            import urllib.request
+            text = urllib.request.urlopen(f"http://127.0.0.1:{B.PORTS['ccgate_admin']}/metrics", timeout=5).read().decode()
+            want = ("ccgate_connections_shed_total", "ccgate_connections_refused_total")
+            return {l.split()[0]: float(l.split()[1]) for l in text.splitlines() if l.split(" ")[0] in want}
+
         def phase(name, attack):
             time.sleep(1)
             before = rss_kib(pid)
+            c0 = counters()
             res = {}
             cl = threading.Thread(target=client_requests, args=(ctx, token, a.seconds, res))
             with Sampler(pid) as s:
                 cl.start()
                 got = asyncio.run(attack())
                 cl.join()
+            c1 = counters()
+            shed, refused = (int(c1.get(k, 0) - c0.get(k, 0)) for k in ("ccgate_connections_shed_total", "ccgate_connections_refused_total"))
+            res["failures"]["ccgate shed/refused"] = f"{shed}/{refused}"
             served = f"{res['ok']}/{res['total']}"
-            print(f"{name:8s} {before / 1024:8.1f} MiB {s.peak / 1024:6.1f} MiB {str(got):40s} {served:>14s}",
-                  flush=True)
+            print(f"{name:8s} {before / 1024:8.1f} MiB {s.peak / 1024:6.1f} MiB {str(got):40s} {served:>14s}"
+                  f"  {res['failures'] or ''}", flush=True)
 
         phase("idle", lambda: idle_sockets(530, a.seconds))
         phase("heads", lambda: big_heads(ctx, 400, 390, a.seconds))

@@ -383,10 +383,14 @@ async fn accept_loop<H: Handler>(
                 // request deadline covers the rest): until then the socket is the cheapest
                 // kind to shed, whatever its age, so a flood of silent sockets churning
                 // through the cap never pushes out a client that has started to talk.
+                // `peek`, not `readable`: readiness may be reported with no byte there (it was,
+                // for every idle socket, on Linux), and the byte stays for TLS or hyper.
                 let deadline = Instant::now() + if acceptor.is_some() { handshake } else { first_request };
-                if tokio::time::timeout_at(deadline, stream.readable()).await.is_err() {
-                    tracing::debug!("no byte before the deadline");
-                    return;
+                match tokio::time::timeout_at(deadline, stream.peek(&mut [0u8; 1])).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(Ok(_)) => return,
+                    Ok(Err(e)) => return tracing::debug!(error = %e, "connection failed before its first byte"),
+                    Err(_) => return tracing::debug!("no byte before the deadline"),
                 }
                 progress.spoke.store(true, Ordering::Relaxed);
                 match acceptor {

@@ -44,8 +44,10 @@ pub const DEFAULT_CONNECTION_IDLE_TIMEOUT_MS: u64 = 75_000;
 /// 1024 file descriptors for the gateway pool and the process (ccgate raises its soft limit to
 /// the hard one at start, and the systemd unit raises both).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
-/// Concurrent HTTP/2 streams per app connection: nginx's `http2_max_concurrent_streams`.
-pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = crate::server::listener::DEFAULT_MAX_STREAMS;
+/// Concurrent HTTP/2 streams per app connection: nginx's `http2_max_concurrent_streams`. An
+/// app backend that multiplexes more agents' event streams than this over one connection
+/// opens another (HTTP/2 clients do).
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 128;
 /// Open event streams (`GET /v1/events`) per agent on one replica: a desktop client, a
 /// supervisor view and a backend or two, with room for a reconnect racing its predecessor.
 /// Each costs ~10 KiB; the newest past it is refused (429 `too-many-streams`).

@@ -70,10 +70,6 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// `large_client_header_buffers` is 4 × 8 KiB. It is also hyper's read buffer per HTTP/1
 /// connection, which an unfinished head would otherwise grow to ~400 KiB.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 32 * 1024;
-/// Default cap on an HTTP/2 connection's concurrent streams (`server.max_streams_per_connection`):
-/// nginx's `http2_max_concurrent_streams`. An app backend that multiplexes more agents' event
-/// streams than this over one connection opens another (HTTP/2 clients do).
-pub const DEFAULT_MAX_STREAMS: u32 = 128;
 /// HTTP/2 flow-control windows: how much request body a peer may send before ccgate reads it.
 /// A stream's window is the RFC's default (64 KiB, the default `server.max_body_bytes`); the
 /// connection's is 4 of them, so an HTTP/2 connection never holds more than 256 KiB of unread
@@ -134,7 +130,7 @@ impl Default for ServeOptions {
             header_read_timeout: ms(DEFAULT_HEADER_READ_TIMEOUT_MS),
             idle_timeout: ms(DEFAULT_CONNECTION_IDLE_TIMEOUT_MS),
             max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
-            max_streams: DEFAULT_MAX_STREAMS,
+            max_streams: crate::config::DEFAULT_MAX_STREAMS_PER_CONNECTION,
             metrics: None,
             grace: ms(DEFAULT_SHUTDOWN_GRACE_MS),
             shed_when_full: false,

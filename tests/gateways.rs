@@ -70,6 +70,46 @@ impl Beta {
     }
 }
 
+/// What the proxy needs to know of the second gateway.
+#[derive(Clone)]
+struct BetaGateway {
+    url: String,
+    ca: PathBuf,
+    creds: PathBuf,
+}
+
+impl Beta {
+    fn config(&self) -> BetaGateway {
+        BetaGateway { url: self.url.clone(), ca: self.ca.clone(), creds: self.creds.clone() }
+    }
+}
+
+impl BetaGateway {
+    /// Two `[[gateways]]`: "alpha" (the harness's simulator, tenant `t-alpha`) and "beta"
+    /// (this one, tenant `t-beta`), picked by the token's `tenant` claim.
+    fn configure(self, c: &mut ccgate::config::Config) {
+        let alpha = GatewayConfig {
+            name: "alpha".into(),
+            url: c.gateway.url.clone(),
+            ca_file: c.gateway.ca_file.clone(),
+            credentials_file: c.credentials.file.take(),
+            tenants: vec!["t-alpha".into()],
+            ..GatewayConfig::default()
+        };
+        let beta = GatewayConfig {
+            name: "beta".into(),
+            url: self.url,
+            ca_file: Some(self.ca),
+            credentials_file: Some(self.creds),
+            tenants: vec!["t-beta".into()],
+            ..GatewayConfig::default()
+        };
+        c.gateway = GatewayConfig::default();
+        c.gateways = vec![alpha, beta];
+        c.auth.gateway_claim = "tenant".into();
+    }
+}
+
 /// A token for agent 153 of `tenant` (`None`: no tenant claim).
 fn token(h: &Harness, tenant: Option<&str>) -> String {
     token_for(h, "153", tenant)
@@ -105,28 +145,10 @@ async fn drain_events(h: &Harness, token: &str) -> Vec<String> {
 #[tokio::test]
 async fn two_contact_centres_share_a_work_number_and_nothing_else() {
     let mut beta = Beta::start().await;
-    let (beta_url, beta_ca, beta_creds) = (beta.url.clone(), beta.ca.clone(), beta.creds.clone());
+    let beta_gw = beta.config();
     let h = Harness::with(Options {
         config: Box::new(move |c| {
-            let alpha = GatewayConfig {
-                name: "alpha".into(),
-                url: c.gateway.url.clone(),
-                ca_file: c.gateway.ca_file.clone(),
-                credentials_file: c.credentials.file.take(),
-                tenants: vec!["t-alpha".into()],
-                ..GatewayConfig::default()
-            };
-            let beta = GatewayConfig {
-                name: "beta".into(),
-                url: beta_url,
-                ca_file: Some(beta_ca),
-                credentials_file: Some(beta_creds),
-                tenants: vec!["t-beta".into()],
-                ..GatewayConfig::default()
-            };
-            c.gateway = GatewayConfig::default();
-            c.gateways = vec![alpha, beta];
-            c.auth.gateway_claim = "tenant".into();
+            beta_gw.configure(c);
             c.sessions.face_event_wait_ms = 300;
             // One stop per agent, then a long wait: a second stop shows whose bucket it hit.
             c.rate_limits.limit = vec![LimitConfig {
@@ -237,30 +259,12 @@ async fn two_contact_centres_share_a_work_number_and_nothing_else() {
 #[tokio::test]
 async fn one_customers_hopeless_flood_costs_another_customers_chairperson_nothing() {
     let beta = Beta::start().await;
-    let (beta_url, beta_ca, beta_creds) = (beta.url.clone(), beta.ca.clone(), beta.creds.clone());
+    let beta_gw = beta.config();
     let limit =
         |scope, burst| LimitConfig { method: "stopVoiceToConf".into(), scope, rate: 0.01, burst, shadow: false };
     let h = Harness::with(Options {
         config: Box::new(move |c| {
-            let alpha = GatewayConfig {
-                name: "alpha".into(),
-                url: c.gateway.url.clone(),
-                ca_file: c.gateway.ca_file.clone(),
-                credentials_file: c.credentials.file.take(),
-                tenants: vec!["t-alpha".into()],
-                ..GatewayConfig::default()
-            };
-            let beta = GatewayConfig {
-                name: "beta".into(),
-                url: beta_url,
-                ca_file: Some(beta_ca),
-                credentials_file: Some(beta_creds),
-                tenants: vec!["t-beta".into()],
-                ..GatewayConfig::default()
-            };
-            c.gateway = GatewayConfig::default();
-            c.gateways = vec![alpha, beta];
-            c.auth.gateway_claim = "tenant".into();
+            beta_gw.configure(c);
             // Every shared bucket holds 40 stops for the next 100 s; an agent's holds 25.
             c.rate_limits.limit = vec![
                 limit(Scope::Agent, 25),

@@ -10,6 +10,9 @@ default server limits: 512 connections, 32 KiB heads, 8 streams per agent).
            and never finishing it
   streams  one valid token opens 600 event streams (`GET /v1/events`, HTTP/1.1, one per
            connection) and holds them
+  onebyte  as idle, but each socket sends one byte (a TLS record's first) and then nothing
+  refused  530 TLS connections that each send one request without a token (401) and then
+           idle, kept alive, reopened when closed
 
   bench/attacks.sh [--binary PATH] [--seconds 10]
 """
@@ -80,8 +83,9 @@ def client_requests(ctx, token, seconds, out):
     out.update(ok=ok, total=total, failures=failures)
 
 
-async def idle_sockets(n, seconds):
-    """n sockets that never send, each reopened when closed; how many times ccgate closed one."""
+async def idle_sockets(n, seconds, first=b""):
+    """n sockets that send `first` and then nothing, each reopened when closed; how many times
+    ccgate closed one."""
     closed = 0
     end = time.time() + seconds
 
@@ -90,6 +94,8 @@ async def idle_sockets(n, seconds):
         while time.time() < end:
             try:
                 r, w = await asyncio.open_connection("127.0.0.1", PORT)
+                if first:
+                    w.write(first)
             except OSError:
                 await asyncio.sleep(0.01)
                 continue
@@ -102,6 +108,29 @@ async def idle_sockets(n, seconds):
 
     await asyncio.gather(*(one() for _ in range(n)))
     return closed
+
+
+async def refused_holders(ctx, n, seconds):
+    """n TLS connections that each get one 401 and idle, reopened when closed; reopenings."""
+    reopened = 0
+    end = time.time() + seconds
+
+    async def one():
+        nonlocal reopened
+        while time.time() < end:
+            try:
+                r, w = await asyncio.open_connection("127.0.0.1", PORT, ssl=ctx, server_hostname="localhost")
+                w.write(b"GET /v1/session HTTP/1.1\r\nhost: localhost\r\n\r\n")
+                await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), timeout=5)
+                await asyncio.wait_for(r.read(), timeout=max(0.01, end - time.time()))
+                reopened += 1
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+                await asyncio.sleep(0.01)
+                continue
+            w.close()
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return reopened
 
 
 async def big_heads(ctx, n, head_kib, seconds):
@@ -213,6 +242,8 @@ def main():
         phase("idle", lambda: idle_sockets(530, a.seconds))
         phase("heads", lambda: big_heads(ctx, 400, 390, a.seconds))
         phase("streams", lambda: streams(ctx, token, 600, a.seconds))
+        phase("onebyte", lambda: idle_sockets(530, a.seconds, first=b"\x16"))
+        phase("refused", lambda: refused_holders(ctx, 530, a.seconds))
     finally:
         stop_all(procs)
 

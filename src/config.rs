@@ -1479,47 +1479,53 @@ pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
     ok.then(|| (host.to_owned(), port))
 }
 
-/// `store.url` as it may be printed: user info and query masked (see [`mask_url_secrets`]);
-/// something that is not a URL at all is masked whole.
+/// `store.url` as it may be printed: everything before the last `@` masked (a password may hold
+/// any character, `/`, `?`, `#` or quotes included), then the query; something that is not a
+/// URL at all is masked whole.
 pub fn masked_store_url(url: &str) -> String {
-    if url.contains("://") {
-        mask_url_secrets(url)
-    } else {
-        "***".to_owned()
+    let Some((scheme, rest)) = url.split_once("://") else { return "***".to_owned() };
+    let (user, host) = match rest.rsplit_once('@') {
+        Some((_, host)) => ("***@", host),
+        None => ("", rest),
+    };
+    format!("{scheme}://{user}{}", mask_query(host))
+}
+
+/// A URL's tail with its query (`?…` up to a fragment) masked.
+fn mask_query(tail: &str) -> String {
+    match tail.split_once('?') {
+        Some((path, query)) => match query.split_once('#') {
+            Some((_, fragment)) => format!("{path}?***#{fragment}"),
+            None => format!("{path}?***"),
+        },
+        None => tail.to_owned(),
     }
 }
 
 /// `text` with the secrets every URL in it may carry masked: the user info
-/// (`scheme://user:password@host` becomes `scheme://***@host`) and the query and fragment
-/// (`?token=…` becomes `?***`). Config error messages quote the offending line, fetch errors
-/// name the URL, and `store.url`, `jwks_url`, `log.otlp_endpoint` and webhook URLs may carry a
-/// password or a token in either place. Every URL ccgate prints goes through here.
+/// (`scheme://user:password@host` becomes `scheme://***@host`: everything up to the URL's last
+/// `@`) and the query (`?token=…` becomes `?***`). A URL ends at whitespace, a double quote or
+/// angle brackets (how messages and TOML delimit one); a password holding one of those is
+/// masked only by [`masked_store_url`], which knows where its URL ends. Config error messages
+/// quote the offending line, fetch errors name the URL, and `store.url`, `jwks_url`,
+/// `log.otlp_endpoint` and webhook URLs may carry a password or a token in either place. Every
+/// URL ccgate prints goes through here or [`masked_store_url`].
 pub fn mask_url_secrets(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(i) = rest.find("://") {
         let (head, tail) = rest.split_at(i + 3);
         out.push_str(head);
-        let end =
-            tail.find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>' | '`')).unwrap_or(tail.len());
+        let end = tail.find(|c: char| c.is_whitespace() || matches!(c, '"' | '<' | '>')).unwrap_or(tail.len());
         let (url, after) = tail.split_at(end);
-        // User info: up to the last '@' before the path.
-        let authority_end = url.find(['/', '?', '#']).unwrap_or(url.len());
-        let url = match url[..authority_end].rfind('@') {
+        let url = match url.rfind('@') {
             Some(at) => {
                 out.push_str("***");
                 &url[at..]
             }
             None => url,
         };
-        match url.find(['?', '#']) {
-            Some(q) => {
-                out.push_str(&url[..q]);
-                out.push_str(&url[q..q + 1]);
-                out.push_str("***");
-            }
-            None => out.push_str(url),
-        }
+        out.push_str(&mask_query(url));
         rest = after;
     }
     out.push_str(rest);
@@ -1831,13 +1837,22 @@ file = "creds.toml"
         let m = mask_url_secrets("line 3 | url = \"redis://:hunter2@redis:6379/0\" and https://idp/x");
         assert!(!m.contains("hunter2") && m.contains("redis://***@redis:6379/0") && m.contains("https://idp/x"), "{m}");
         let m = mask_url_secrets(
-            "GET https://u:p@idp.example/jwks?token=s3cret&x=1#frag: 500; otlp http://c:4318/v1/traces?key=k2 'x://h?q'",
+            "GET https://u:p@idp.example/jwks?token=s3cret&x=1: 500; otlp http://c:4318/v1/traces?key=k2 <x://h?q>",
         );
-        assert_eq!(m, "GET https://***@idp.example/jwks?*** 500; otlp http://c:4318/v1/traces?*** 'x://h?***'");
-        // An '@' in the path or query is not user info.
-        assert_eq!(mask_url_secrets("https://h/a@b"), "https://h/a@b");
-        assert_eq!(mask_url_secrets("https://h/p?u=a@b"), "https://h/p?***");
+        assert_eq!(m, "GET https://***@idp.example/jwks?*** 500; otlp http://c:4318/v1/traces?*** <x://h?***>");
+        // Passwords with a quote, '/', '?' or '#', and '@' elsewhere: masked up to the last '@'.
+        for (url, masked) in [
+            ("redis://:pa'ss@redis:6379/0", "redis://***@redis:6379/0"),
+            ("redis://:p/a?s#s@redis:6379/0", "redis://***@redis:6379/0"),
+            ("https://h/p?u=a@b", "https://***@b"),
+            ("https://x/claims#tenant", "https://x/claims#tenant"),
+            ("https://h/p?a=1#frag", "https://h/p?***#frag"),
+        ] {
+            assert_eq!(mask_url_secrets(url), masked, "{url}");
+        }
         assert_eq!(masked_store_url("rediss://default:pw@r:6380/0?protocol=resp3"), "rediss://***@r:6380/0?***");
+        assert_eq!(masked_store_url("redis://:p\"a'>ss@r:6379/0"), "redis://***@r:6379/0");
+        assert_eq!(masked_store_url("redis://r:6379/0"), "redis://r:6379/0");
         assert_eq!(masked_store_url("not a url"), "***");
     }
 

@@ -31,8 +31,9 @@ pub struct Need {
     /// requests they carry (one in flight per connection, the usual case).
     pub app: u64,
     pub admin: u64,
-    /// Each gateway's idle pool (`pool_max_idle_per_host`) and its sign-ins in flight
-    /// (`sessions.signin_concurrency`).
+    /// Each gateway's sign-ins in flight (`sessions.signin_concurrency`). Its idle pool is not
+    /// counted apart: idle connections are what concurrent requests left, and those are
+    /// counted with the app connections.
     pub gateways: u64,
     /// Redis connections (a cluster: one per node it may name, `store.nodes` at least).
     pub store: u64,
@@ -41,30 +42,31 @@ pub struct Need {
 
 impl Need {
     pub fn of(c: &Config) -> Self {
-        let gateways = c.gateway_list();
-        let per_gateway = |pool: usize| (pool + c.sessions.signin_concurrency) as u64;
+        let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
         let store = match (c.store.backend, c.store.mode) {
             (StoreBackend::Memory, _) => 0,
-            (StoreBackend::Redis, StoreMode::Cluster) => STORE_CONNECTIONS + 2 * c.store.nodes.len().max(3) as u64,
+            (StoreBackend::Redis, StoreMode::Cluster) => {
+                STORE_CONNECTIONS.saturating_add(2 * n(c.store.nodes.len().max(3)))
+            }
             (StoreBackend::Redis, _) => STORE_CONNECTIONS,
         };
         Self {
-            agents: c.sessions.max_agents as u64,
-            app: 2 * c.server.max_connections as u64,
+            agents: n(c.sessions.max_agents),
+            app: n(c.server.max_connections).saturating_mul(2),
             admin: ADMIN_RESERVE,
-            gateways: gateways.iter().map(|g| per_gateway(g.pool_max_idle_per_host)).sum(),
+            gateways: n(c.gateway_list().len()).saturating_mul(n(c.sessions.signin_concurrency)),
             store,
             base: BASE_RESERVE,
         }
     }
 
     pub fn total(&self) -> u64 {
-        self.agents + self.fixed()
+        self.agents.saturating_add(self.fixed())
     }
 
-    /// Everything but the agents: kept whatever the limit.
+    /// Everything but the agents.
     fn fixed(&self) -> u64 {
-        self.app + self.admin + self.gateways + self.store + self.base
+        [self.app, self.admin, self.gateways, self.store, self.base].into_iter().fold(0, u64::saturating_add)
     }
 }
 
@@ -89,20 +91,27 @@ pub fn current() -> Option<Limit> {
     Some(Limit { soft: r.rlim_cur as u64, hard: r.rlim_max as u64, raised_from: None })
 }
 
-/// Raises the soft open-file limit to the hard one; the limit after. An unlimited hard limit
-/// (which Linux refuses as a soft one) or a refusal leaves the soft limit as it was.
+/// What to raise an unlimited hard limit's soft limit to, tried in turn: Linux refuses
+/// `RLIM_INFINITY` as a soft limit (and anything past `fs.nr_open`, 1,048,576 by default), and
+/// macOS anything past `OPEN_MAX` (10,240), whose hard limit reads unlimited.
+const UNLIMITED_TARGETS: [u64; 3] = [1_048_576, 65_536, 10_240];
+
+/// Raises the soft open-file limit to the hard one (an unlimited hard one: as far as the
+/// kernel takes, see [`UNLIMITED_TARGETS`]); the limit after. A refusal leaves it as it was.
 #[allow(clippy::unnecessary_cast)]
 pub fn raise() -> Option<Limit> {
     let before = current()?;
-    if before.soft >= before.hard || before.hard == libc::RLIM_INFINITY as u64 {
-        return Some(before);
+    let targets: &[u64] =
+        if before.hard == libc::RLIM_INFINITY as u64 { &UNLIMITED_TARGETS } else { std::slice::from_ref(&before.hard) };
+    for &target in targets.iter().filter(|t| **t > before.soft) {
+        // The targets are small enough for any `rlim_t`.
+        let r = libc::rlimit { rlim_cur: target as libc::rlim_t, rlim_max: before.hard as libc::rlim_t };
+        // SAFETY: setrlimit reads the struct it is given and nothing else.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
+            return Some(Limit { soft: target, hard: before.hard, raised_from: Some(before.soft) });
+        }
     }
-    let r = libc::rlimit { rlim_cur: before.hard as libc::rlim_t, rlim_max: before.hard as libc::rlim_t };
-    // SAFETY: setrlimit reads the struct it is given and nothing else.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } != 0 {
-        return Some(before);
-    }
-    Some(Limit { soft: before.hard, hard: before.hard, raised_from: Some(before.soft) })
+    Some(before)
 }
 
 /// An unlimited limit reads as more than any configuration needs.
@@ -124,9 +133,14 @@ pub struct Budget {
     pub agents: Option<usize>,
 }
 
+/// However short the limit, agents get at least this share of it: a limit that cannot hold
+/// the listeners' worst case (a laptop's 256, a small container's 1,024) still runs a demo or
+/// a small contact centre, and the listeners' `accept` backs off when it runs out.
+const AGENT_SHARE_FLOOR: u64 = 4;
+
 impl Budget {
     pub fn plan(limit: u64, need: Need) -> Self {
-        let room = limit.saturating_sub(need.fixed());
+        let room = limit.saturating_sub(need.fixed()).max(limit / AGENT_SHARE_FLOOR);
         let agents = (room < need.agents).then(|| usize::try_from(room).unwrap_or(usize::MAX));
         Self { limit, need, agents }
     }
@@ -151,10 +165,10 @@ impl Budget {
         let n = &self.need;
         Some(format!(
             "{limit_word} ({}) cannot hold what this configuration can need ({}: {} agents' gateway \
-             connections, {} for app connections and their gateway requests, {} admin, {} gateway pools \
-             and sign-ins, {} Redis, {} other); sign-ins past {agents} agents will be refused (503 \
+             connections, {} for app connections and their gateway requests, {} admin, {} gateway \
+             sign-ins, {} Redis, {} other); sign-ins past {agents} agents will be refused (503 \
              file-limit). Raise the limit (systemd LimitNOFILE=, ulimit -n, the container runtime's \
-             nofile) or lower sessions.max_agents, server.max_connections or gateway.pool_max_idle_per_host",
+             nofile) or lower sessions.max_agents or server.max_connections",
             self.limit,
             n.total(),
             n.agents,
@@ -173,19 +187,26 @@ mod tests {
 
     #[test]
     fn the_defaults_fit_a_raised_limit_and_a_low_limit_leaves_fewer_agents() {
-        let c = Config::default();
+        let mut c = Config::default();
         let need = Need::of(&c);
         assert_eq!(need.agents, 10_000);
         assert_eq!(need.app, 1_024);
-        assert_eq!(need.gateways, 1_024 + 32);
-        assert_eq!(need.total(), 10_000 + 1_024 + 64 + 1_056 + 64);
+        assert_eq!(need.gateways, 32);
+        assert_eq!(need.total(), 10_000 + 1_024 + 64 + 32 + 64);
         assert_eq!(Budget::plan(65_536, need).agents, None, "the systemd unit's limit holds it");
         assert!(Budget::plan(65_536, need).shortfall("x").is_none());
         let short = Budget::plan(4_096, need);
-        assert_eq!(short.agents, Some(4_096 - 2_208));
+        assert_eq!(short.agents, Some(4_096 - 1_184));
         let msg = short.shortfall("the open-file limit").unwrap();
-        assert!(msg.contains("(4096)") && msg.contains("past 1888 agents"), "{msg}");
-        assert_eq!(Budget::plan(256, need).agents, Some(0), "not even the listeners fit: no agents");
+        assert!(msg.contains("(4096)") && msg.contains("past 2912 agents"), "{msg}");
+        assert_eq!(Budget::plan(256, need).agents, Some(64), "a quarter of a limit the listeners overfill");
+        assert_eq!(Budget::plan(u64::MAX, need).agents, None);
+        // No overflow whatever the configuration.
+        c.sessions.max_agents = usize::MAX;
+        c.server.max_connections = usize::MAX;
+        let huge = Need::of(&c);
+        assert_eq!(huge.total(), u64::MAX);
+        assert!(Budget::plan(1_024, huge).agents.is_some());
     }
 
     #[test]
@@ -193,7 +214,7 @@ mod tests {
         let before = current().expect("Linux has RLIMIT_NOFILE");
         let after = raise().expect("readable");
         assert!(after.soft >= before.soft);
-        assert!(after.soft == after.hard || usable(after.hard) == u64::MAX);
+        assert!(after.soft == after.hard || (usable(after.hard) == u64::MAX && after.soft >= before.soft));
         assert_eq!(current().unwrap().soft, after.soft);
     }
 }

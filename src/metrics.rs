@@ -60,6 +60,7 @@ label_enum! {
         NoCredentials => "no_credentials",
         UpstreamError => "upstream_error",
         AtCapacity => "at_capacity",
+        FileLimit => "file_limit",
         QueueFull => "queue_full",
     }
 }

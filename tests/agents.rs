@@ -119,6 +119,8 @@ async fn the_operators_views_refuse_other_sites_and_print_no_terminal_escapes() 
         vec![("origin", "https://attacker.example"), ("content-type", "text/plain")],
         vec![("sec-fetch-site", "cross-site")],
         vec![("origin", "null")],
+        // An address is an allowed Host, but another one than the request's is another site.
+        vec![("origin", "http://203.0.113.9")],
     ] {
         let r = h.send(Method::POST, &reload, &headers, "x").await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}: {}", r.text);
@@ -136,5 +138,9 @@ async fn the_operators_views_refuse_other_sites_and_print_no_terminal_escapes() 
     let r = h.send(Method::POST, &reload, &[], "").await;
     assert_ne!(r.status, StatusCode::FORBIDDEN, "a tool's POST: {}", r.text);
     assert_eq!(reloads().await, 1.0, "a tool's POST reloads: {}", r.text);
+    // The status page's own origin may.
+    let r = h.send(Method::POST, &reload, &[("origin", &h.admin), ("sec-fetch-site", "same-origin")], "").await;
+    assert_ne!(r.status, StatusCode::FORBIDDEN, "same origin: {}", r.text);
+    assert_eq!(reloads().await, 2.0);
     h.stop().await;
 }

@@ -132,7 +132,12 @@ struct Handled {
 }
 
 impl Handler for Proxy {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: std::net::SocketAddr,
+        conn: crate::server::listener::Conn,
+    ) -> Response<Body> {
         let started = Instant::now();
         let _in_flight = GaugeGuard::new(self.metrics.in_flight());
         let http_method = req.method().clone();
@@ -147,6 +152,10 @@ impl Handler for Proxy {
         let trace_id = trace.trace_id;
         let (handled, upstream) = timing::measure(trace, || self.serve(req, peer.ip(), &rid).instrument(span)).await;
         let Handled { label, gateway, route, agent, client, mut response, outcome } = handled;
+        if agent.is_some() {
+            // Authenticated: at the cap, this connection is among the last closed.
+            conn.trust();
+        }
         let elapsed = started.elapsed();
         self.metrics.record_request(gateway, label, outcome, elapsed);
         tracing::info!(

@@ -132,7 +132,8 @@ fn of<T>(v: &[T], i: usize) -> &T {
 
 pub struct Limit {
     pub cfg: LimitConfig,
-    /// Bucket key for tokens that name no tenant.
+    /// Bucket key for tokens that name no tenant: empty, which no tenant is (the edge keeps
+    /// only non-empty tenant values).
     no_tenant: String,
     /// `stopVoiceToConf.agent`: the policy name in headers and problem bodies.
     pub name: Arc<str>,
@@ -176,7 +177,7 @@ impl Limit {
         };
         let window_secs = ceil_secs(period * cfg.burst);
         let slices = Slices::new(slices::cap(cfg.rate, cfg.burst), per_gateway, max_keys);
-        Self { cfg, no_tenant: "-".into(), name, window_secs, interval: period, limiter, gateways, slices }
+        Self { cfg, no_tenant: String::new(), name, window_secs, interval: period, limiter, gateways, slices }
     }
 
     fn state(&self, remaining: u32, reset_secs: u64) -> LimitState {
@@ -259,16 +260,18 @@ impl Limit {
     }
 }
 
-/// Which of a request's limits to check: the caller's own buckets, or the ones it shares with
-/// others. The core checks its own first and the shared ones only for a request it can serve,
-/// so a flood of requests that could never succeed (no session, not chair) spends the flooding
-/// agent's buckets, never those of the other customers or the other agents of its own tenant.
+/// Which of a request's limits to check: the caller's own buckets, the ones it shares with
+/// others, or all. The core checks the shared ones only for a request it can serve, so a flood
+/// of requests that could never succeed (no session, not chair) spends the flooding agent's
+/// buckets, never those of the other customers or the other agents of its own tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
     /// `agent` limits.
     Own,
     /// `tenant`, `gateway` and `global` limits.
     Shared,
+    /// Both at once (one round trip to Redis), for a request already known servable.
+    All,
 }
 
 impl Tier {
@@ -346,7 +349,9 @@ impl Limits {
 
     /// Whether any limit of `tier` applies to `method` (the core skips a phase that has none).
     pub fn applies(&self, method: MethodLabel, tier: Tier) -> bool {
-        self.by_method.get(method.index()).is_some_and(|ls| ls.iter().any(|l| Tier::of(l.cfg.scope) == tier))
+        self.by_method
+            .get(method.index())
+            .is_some_and(|ls| ls.iter().any(|l| tier == Tier::All || Tier::of(l.cfg.scope) == tier))
     }
 
     /// Checks the limits of `tier` for `method`: the tightest limit's state when allowed
@@ -360,6 +365,7 @@ impl Limits {
         let limits = match tier {
             Tier::Own => &all[..own],
             Tier::Shared => &all[own..],
+            Tier::All => &all[..],
         };
         if limits.is_empty() {
             return Ok(None);

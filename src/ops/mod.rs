@@ -149,17 +149,26 @@ impl Core {
         **self.settings.load()
     }
 
-    /// Runs `op` for `who`, in three phases. `label` is the operation's metrics name (the
-    /// route's, so a forced sign-in through `/v1/session` stays `login`), which the limits are
-    /// keyed by.
-    /// 1. **own limits**: the caller's agent buckets;
-    /// 2. **admission**: whether the operation can be served at all (a session, the chair for a
-    ///    chair-only method, credentials for a sign-in); what cannot be is refused here;
-    /// 3. **shared limits**: tenant, gateway and global buckets, spent only by requests that
-    ///    passed 1 and 2, so one customer's flood of hopeless requests costs the others nothing.
+    /// Runs `op` for `who`. `label` is the operation's metrics name (the route's, so a forced
+    /// sign-in through `/v1/session` stays `login`), which the limits are keyed by. Shared
+    /// buckets (tenant, gateway, global) are spent only by requests that can be served, so one
+    /// customer's flood of hopeless requests costs the others nothing:
+    /// - when this replica's own copy shows the request servable (the agent's live session
+    ///   here, and for a chair-only method the chair), every limit is checked at once (one
+    ///   round trip to Redis) and the operation runs: the usual case;
+    /// - otherwise in three phases: the caller's own agent buckets; admission (a session, the
+    ///   chair for a chair-only method, credentials for a sign-in, found with the store's
+    ///   help), where what cannot be served is refused; then the shared buckets.
     pub async fn run(&self, who: &Principal, label: MethodLabel, op: Operation) -> Answer {
         let limits = self.limits.load_full();
         let sessions = self.gateways.get(who.gateway);
+        if let Some(found) = self.admit_here(sessions, &who.agent_id, &op) {
+            let limit = match limits.check(label, Tier::All, who).await {
+                Ok(state) => state,
+                Err(failure) => return refused(sessions, who, failure),
+            };
+            return Answer { result: self.execute(sessions, &who.agent_id, op, found, limit.as_ref()).await, limit };
+        }
         let own = match limits.check(label, Tier::Own, who).await {
             Ok(state) => state,
             Err(failure) => return refused(sessions, who, failure),
@@ -178,6 +187,27 @@ impl Core {
         };
         let limit = tightest(own, shared);
         Answer { result: self.execute(sessions, &who.agent_id, op, found, limit.as_ref()).await, limit }
+    }
+
+    /// Admission from this replica's own copy alone, with no I/O: `Some` (with the live session
+    /// it found, for operations that need one) when the operation can be served; `None` when
+    /// only [`Self::admit`] can tell.
+    fn admit_here(&self, sessions: &SessionStore, agent: &str, op: &Operation) -> Option<Option<Arc<Session>>> {
+        match op {
+            Operation::SignIn { opts, .. } => sessions.may_sign_in_here(agent, opts).then_some(None),
+            Operation::SignOut(_) => sessions.current(agent).map(|_| None),
+            _ => {
+                let s = sessions.active(agent).ok()?;
+                let ready = match op {
+                    Operation::Call { method, .. } if method.chair_only() => {
+                        matches!(s.conf(), ConfState::Chair { .. })
+                    }
+                    Operation::Subscribe => s.streams() < sessions.max_streams_per_agent(),
+                    _ => true,
+                };
+                ready.then_some(Some(s))
+            }
+        }
     }
 
     /// Phase 2: refuses what cannot be served, and hands on the session it looked up (`None`:

@@ -296,7 +296,23 @@ pub struct Admin {
 pub const OPENAPI: &str = include_str!("../../api/openapi.yaml");
 
 impl Handler for Admin {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: std::net::SocketAddr,
+        conn: super::listener::Conn,
+    ) -> Response<Body> {
+        let resp = self.answer(req, peer).await;
+        // A scraper's or probe's connection: kept over sockets that only got errors.
+        if resp.status().is_success() {
+            conn.trust();
+        }
+        resp
+    }
+}
+
+impl Admin {
+    async fn answer(&self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
         let local = is_local(peer.ip());
         let path = req.uri().path();
         let operators = path == "/-/reload" || path == "/agents" || path.starts_with("/agents/") || path == "/";
@@ -407,9 +423,16 @@ impl Admin {
             if site.is_some_and(|s| s != "same-origin" && s != "none") {
                 return forbidden("a cross-site request cannot change this instance");
             }
+            // A browser's Origin must name the very host:port the request went to (a page on
+            // another address, even an allowed one, is another site).
             if let Some(origin) = req.headers().get(http::header::ORIGIN) {
-                let host = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, h)| h);
-                if !host.is_some_and(|h| host_allowed(h, &self.hosts)) {
+                let from = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, h)| h);
+                let same = match (from, host) {
+                    (Some(from), Some(host)) => from.eq_ignore_ascii_case(host),
+                    (Some(from), None) => host_allowed(from, &self.hosts),
+                    (None, _) => false,
+                };
+                if !same {
                     return forbidden("a cross-site request cannot change this instance");
                 }
             }
@@ -529,11 +552,12 @@ fn gateway_states(r: &Readiness) -> serde_json::Map<String, serde_json::Value> {
 /// Whether `host` (a `Host` header or an authority: name or address, optional port) names
 /// this listener: any IP address, `localhost`, or one of `names` (lowercase).
 fn host_allowed(host: &str, names: &[String]) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
     let name = match host.strip_prefix('[') {
         // `[v6]` or `[v6]:port`
         Some(rest) => return rest.split_once(']').is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok()),
         None => match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name.strip_suffix('.').unwrap_or(name),
             _ => host,
         },
     };
@@ -562,6 +586,9 @@ mod tests {
             "LOCALHOST",
             "ccgate-admin.internal:9464",
             "CCGATE-ADMIN.internal",
+            "localhost.",
+            "localhost.:9464",
+            "127.0.0.1.",
         ] {
             assert!(super::host_allowed(ok, &names), "{ok}");
         }

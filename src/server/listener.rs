@@ -18,13 +18,13 @@
 //! stream) keep their connection: they are bounded by their own timeouts.
 //!
 //! At the connection cap a listener with [`ServeOptions::shed_when_full`] (the app and admin
-//! listeners) closes one open connection to make room for the new one: one that has not sent
-//! a request yet (a socket that never sent a byte first, then the oldest: a TLS handshake
-//! that never finished, a preface and silence), else the one idle longest (no request in
-//! flight). A pile of silent or trickling sockets therefore cannot keep users or the kubelet's
-//! probes out: each newcomer pushes out a silent one, a real client's ClientHello follows its
-//! connect at once, and its request follows the handshake. Connections with a request in flight are never closed for
-//! another. Without it (the simulator) a new connection past the cap is closed at once.
+//! listeners) closes one open connection to make room for the new one ([`shed_one`] has the
+//! order: idle ones that only carried refused requests, silent ones, then trusted idle ones;
+//! never one with a request in flight). A pile of silent, trickling or refused sockets
+//! therefore cannot keep users or the kubelet's probes out. Without it (the simulator) a new
+//! connection past the cap is closed at once. A request counts as in flight while its handler
+//! runs and, for a stream, while its body is sent; a finished answer a peer will not read
+//! (an HTTP/2 window of 0) does not hold its connection.
 //!
 //! Memory per connection is bounded here (docs/architecture.md, "Bounds"): an HTTP/1 head
 //! beyond [`MAX_REQUEST_HEAD_BYTES`] gets 431 (hyper's read buffer would otherwise grow to
@@ -64,6 +64,11 @@ pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Back-off after a failed accept (EMFILE and friends), so a full descriptor table does not
 /// turn the loop into a busy spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+/// A peer that stops acknowledging what ccgate sends (a phone that changed networks, a dead
+/// path) is dropped this long after the first unacknowledged byte, instead of after ~15
+/// minutes of retransmissions: an HTTP/1.1 event stream to a vanished client ends at its next
+/// keep-alive write plus this, and gives its place among the agent's streams back.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// An HTTP/1 request head (request line and headers) or HTTP/2 header list larger than this is
 /// refused (431; HTTP/2: the stream is reset). 32 KiB holds the largest token ccgate accepts
 /// (`edge/auth.rs`, 8 KiB) several times over with any proxy's headers; nginx's default
@@ -82,10 +87,27 @@ const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// Something that answers requests. Implemented by the proxy, the admin endpoint and the
 /// simulator. `peer` is the connection's remote address: an argument rather than a request
-/// extension, whose map would cost two allocations a request.
+/// extension, whose map would cost two allocations a request. `conn` is the connection, for
+/// the handler to [`Conn::trust`] it.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr)
-        -> impl Future<Output = Response<Body>> + Send;
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        conn: Conn,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// A handler's hold on its request's connection.
+pub struct Conn(Arc<Progress>);
+
+impl Conn {
+    /// The connection carried a request its handler vouches for (the proxy: an authenticated
+    /// one). At the cap such a connection, idle, is the last kind closed to make room; one that
+    /// carried only refused requests is the first.
+    pub fn trust(&self) {
+        self.0.trusted.store(true, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -149,9 +171,10 @@ struct Progress {
     evict: tokio::sync::Notify,
     /// Already chosen to make room: not chosen again.
     shed: AtomicBool,
-    /// The peer has sent a byte (a ClientHello, a preface): a socket that never does is the
-    /// first to go at the cap.
+    /// The peer has sent a byte (a ClientHello, a preface).
     spoke: AtomicBool,
+    /// A handler vouched for a request on it ([`Conn::trust`]).
+    trusted: AtomicBool,
 }
 
 impl Progress {
@@ -164,6 +187,7 @@ impl Progress {
             evict: tokio::sync::Notify::new(),
             shed: AtomicBool::new(false),
             spoke: AtomicBool::new(false),
+            trusted: AtomicBool::new(false),
         })
     }
 
@@ -220,10 +244,11 @@ impl Drop for InFlight {
     }
 }
 
-/// The response body, carrying its request's [`InFlight`] until hyper has sent it all.
+/// The response body, carrying its request's [`InFlight`] until hyper has sent it all (a
+/// stream's; see `run_connection`).
 struct Tracked {
     body: Body,
-    _in_flight: InFlight,
+    _in_flight: Option<InFlight>,
 }
 
 impl hyper::body::Body for Tracked {
@@ -363,6 +388,8 @@ async fn accept_loop<H: Handler>(
             g.inc();
         }
         let _ = stream.set_nodelay(true);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(TCP_USER_TIMEOUT));
         let (handler, builder, watcher) = (handler.clone(), builder.clone(), graceful.watcher());
         let acceptor = tls.clone();
         tokio::spawn(async move {
@@ -418,21 +445,33 @@ async fn accept_loop<H: Handler>(
     }
 }
 
-/// Tells one connection to close to make room: one that has sent no request yet (those that
-/// never sent a byte first, then the oldest), else the one idle longest (no request in
-/// flight). Whether there was one.
+/// Tells one connection to close to make room; whether there was one. In this order:
+/// 1. idle connections that carried only requests no handler vouched for (refused tokens,
+///    unknown paths: a pile of sockets kept alive with one 401 each), the longest idle first;
+/// 2. sockets that never sent a byte, the oldest first;
+/// 3. connections that sent bytes but no request yet (a handshake under way, or one byte and
+///    silence), the oldest first: a real client's request follows its connect within
+///    milliseconds, so the churn it takes to reach a new client is the cap in that time;
+/// 4. trusted idle connections, the longest idle first (the client reconnects).
+///
+/// A connection with a request in flight is never chosen.
 fn shed_one(open: &mut Vec<std::sync::Weak<Progress>>) -> bool {
     open.retain(|p| p.strong_count() > 0);
-    let live = || open.iter().filter_map(std::sync::Weak::upgrade);
-    let silent = live().filter(|p| !p.any_request.load(Ordering::Relaxed) && !p.shed.load(Ordering::Relaxed));
-    // Never spoke before spoke; then the oldest.
-    let victim = silent.min_by_key(|p| (p.spoke.load(Ordering::Relaxed), p.opened)).or_else(|| {
-        live()
-            .filter(|p| p.in_flight.load(Ordering::Acquire) == 0 && !p.shed.load(Ordering::Relaxed))
-            .min_by_key(|p| p.idle_since())
-    });
+    let rank = |p: &Progress| -> Option<(u8, Instant)> {
+        if p.shed.load(Ordering::Relaxed) || p.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(match (p.any_request.load(Ordering::Relaxed), p.trusted.load(Ordering::Relaxed)) {
+            (true, false) => (0, p.idle_since()),
+            (false, _) if !p.spoke.load(Ordering::Relaxed) => (1, p.opened),
+            (false, _) => (2, p.opened),
+            (true, true) => (3, p.idle_since()),
+        })
+    };
+    let victim =
+        open.iter().filter_map(std::sync::Weak::upgrade).filter_map(|p| Some((rank(&p)?, p))).min_by_key(|(r, _)| *r);
     match victim {
-        Some(p) => {
+        Some((_, p)) => {
             // Told once: the next newcomer picks another while this one winds down.
             p.shed.store(true, Ordering::Relaxed);
             p.evict.notify_one();
@@ -460,9 +499,15 @@ async fn run_connection<I, H>(
 {
     let requests = progress.clone();
     let service = service_fn(move |req: Request<Incoming>| {
-        let (h, in_flight) = (handler.clone(), requests.start());
+        let (h, in_flight, conn) = (handler.clone(), requests.start(), Conn(requests.clone()));
         async move {
-            let resp = h.handle(req, peer).await;
+            let resp = h.handle(req, peer, conn).await;
+            // A body of known size is written in a moment, unless the peer will not read it
+            // (an HTTP/2 window of 0): the request stops counting as in flight here, so such a
+            // peer's connection idles out and can be shed. Only a stream (an event stream)
+            // stays in flight while its body is sent.
+            let streaming = hyper::body::Body::size_hint(resp.body()).exact().is_none();
+            let in_flight = streaming.then_some(in_flight);
             Ok::<_, Infallible>(resp.map(|body| Tracked { body, _in_flight: in_flight }))
         }
     });

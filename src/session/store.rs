@@ -236,6 +236,12 @@ impl SessionStore {
         }
     }
 
+    /// [`Self::may_sign_in`] from what this replica holds alone: a body, credentials, or a
+    /// live session here.
+    pub fn may_sign_in_here(&self, agent: &str, opts: &SignInOptions) -> bool {
+        opts.body.is_some() || self.creds.load().get(agent).is_some() || self.active(agent).is_ok()
+    }
+
     /// `sessions.max_streams_per_agent`.
     pub fn max_streams_per_agent(&self) -> usize {
         self.cfg.max_streams_per_agent
@@ -246,7 +252,7 @@ impl SessionStore {
     /// the shared store, on another replica). The core asks before spending shared rate-limit
     /// buckets; `sign_in` itself refuses the same way.
     pub async fn may_sign_in(&self, agent: &str, opts: &SignInOptions) -> Result<(), SessionError> {
-        if opts.body.is_some() || self.creds.load().get(agent).is_some() || self.lookup(agent).await.is_ok() {
+        if self.may_sign_in_here(agent, opts) || self.lookup(agent).await.is_ok() {
             return Ok(());
         }
         self.metrics.count_signin(SigninResult::NoCredentials);
@@ -369,8 +375,13 @@ impl SessionStore {
         };
         let live_here = slot.session.load().as_ref().is_some_and(|s| s.ended().is_none());
         if !live_here && self.at_capacity() {
-            self.metrics.count_signin(SigninResult::AtCapacity);
-            return Err(if self.at_file_limit() { SessionError::FileLimit } else { SessionError::AtCapacity });
+            return Err(if self.at_file_limit() {
+                self.metrics.count_signin(SigninResult::FileLimit);
+                SessionError::FileLimit
+            } else {
+                self.metrics.count_signin(SigninResult::AtCapacity);
+                SessionError::AtCapacity
+            });
         }
         // A turn at the gateway: bounded sign-ins in flight, the rest queued.
         let (_turn, waited) = self.signin_gate.enter().await.map_err(|_| {

@@ -176,9 +176,10 @@ impl RedisStore {
         match b.scope {
             Scope::Agent if b.namespace.is_empty() => format!("{p}{{a:{key}}}:limit:{limit}"),
             Scope::Agent => format!("{p}{{a:{}:{key}}}:limit:{limit}", b.namespace),
-            // The default gateway's keep their names from before tenants were per gateway.
+            // The default gateway's keep their names from before tenants were per gateway;
+            // another's start `{t@` (a tenant is any string, a namespace has no ':').
             Scope::Tenant if b.namespace.is_empty() => format!("{p}{{t:{key}}}:limit:{limit}"),
-            Scope::Tenant => format!("{p}{{t:{}:{key}}}:limit:{limit}", b.namespace),
+            Scope::Tenant => format!("{p}{{t@{}:{key}}}:limit:{limit}", b.namespace),
             Scope::Gateway => format!("{p}{{gw:{key}}}:limit:{limit}"),
             Scope::Global => format!("{p}{{g}}:limit:{limit}"),
         }

@@ -454,7 +454,13 @@ fn shutdown_event(agent: &str, login_time: u64) -> Answer {
 }
 
 impl Handler for Sim {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: std::net::SocketAddr) -> Response<Body> {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        _peer: std::net::SocketAddr,
+        conn: crate::server::listener::Conn,
+    ) -> Response<Body> {
+        conn.trust();
         // How the answer travels, whatever it says; the path is resolved a second time only
         // when such a fault is set.
         let faults = self.0.faults.load_full();

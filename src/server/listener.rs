@@ -127,8 +127,8 @@ pub struct ServeOptions {
     pub metrics: Option<ConnectionMetrics>,
     /// How long in-flight requests may finish after shutdown before connections are dropped.
     pub grace: Duration,
-    /// At the cap, close a silent connection (no request yet, oldest first) or else the
-    /// longest-idle one for a new one instead of refusing it.
+    /// At the cap, close an open connection for the new one (in [`shed_one`]'s order) instead
+    /// of refusing it.
     pub shed_when_full: bool,
 }
 
@@ -403,9 +403,9 @@ async fn accept_loop<H: Handler>(
             let shed = progress.clone();
             let serve = async move {
                 // The first byte, within the handshake deadline (a plain listener's first
-                // request deadline covers the rest): until then the socket is the cheapest
-                // kind to shed, whatever its age, so a flood of silent sockets churning
-                // through the cap never pushes out a client that has started to talk.
+                // request deadline covers the rest): until then the socket ranks before any
+                // that has talked (`shed_one`), whatever its age, so a flood of silent sockets
+                // churning through the cap never pushes out a client that has started to talk.
                 // `peek`, not `readable`: readiness may be reported with no byte there (it was,
                 // for every idle socket, on Linux), and the byte stays for TLS or hyper.
                 let deadline = Instant::now() + if acceptor.is_some() { handshake } else { first_request };

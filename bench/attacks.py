@@ -10,7 +10,9 @@ default server limits: 512 connections, 32 KiB heads, 8 streams per agent).
            and never finishing it
   streams  one valid token opens 600 event streams (`GET /v1/events`, HTTP/1.1, one per
            connection) and holds them
-  onebyte  as idle, but each socket sends one byte (a TLS record's first) and then nothing
+  onebyte  as idle, but each socket sends one byte (a TLS record's first) and then nothing;
+           from 127.0.0.2, an address of its own (a remote attacker)
+  onebyte1 the same from 127.0.0.1, the client's own address (a sidecar's neighbour)
   refused  530 TLS connections that each send one request without a token (401) and then
            idle, kept alive, reopened when closed
 
@@ -83,9 +85,10 @@ def client_requests(ctx, token, seconds, out):
     out.update(ok=ok, total=total, failures=failures)
 
 
-async def idle_sockets(n, seconds, first=b""):
-    """n sockets that send `first` and then nothing, each reopened when closed; how many times
-    ccgate closed one."""
+async def idle_sockets(n, seconds, first=b"", source=None):
+    """n sockets that send `first` and then nothing, each reopened when closed (from address
+    `source`, another loopback address than the client's, if given); how many times ccgate
+    closed one."""
     closed = 0
     end = time.time() + seconds
 
@@ -93,7 +96,8 @@ async def idle_sockets(n, seconds, first=b""):
         nonlocal closed
         while time.time() < end:
             try:
-                r, w = await asyncio.open_connection("127.0.0.1", PORT)
+                r, w = await asyncio.open_connection("127.0.0.1", PORT,
+                                                     local_addr=(source, 0) if source else None)
                 if first:
                     w.write(first)
             except OSError:
@@ -242,7 +246,8 @@ def main():
         phase("idle", lambda: idle_sockets(530, a.seconds))
         phase("heads", lambda: big_heads(ctx, 400, 390, a.seconds))
         phase("streams", lambda: streams(ctx, token, 600, a.seconds))
-        phase("onebyte", lambda: idle_sockets(530, a.seconds, first=b"\x16"))
+        phase("onebyte", lambda: idle_sockets(530, a.seconds, first=b"\x16", source="127.0.0.2"))
+        phase("onebyte1", lambda: idle_sockets(530, a.seconds, first=b"\x16"))
         phase("refused", lambda: refused_holders(ctx, 530, a.seconds))
     finally:
         stop_all(procs)

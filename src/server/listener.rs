@@ -19,8 +19,8 @@
 //!
 //! At the connection cap a listener with [`ServeOptions::shed_when_full`] (the app and admin
 //! listeners) closes one open connection to make room for the new one ([`shed_one`] has the
-//! order: idle ones that only carried refused requests, silent ones, then trusted idle ones;
-//! never one with a request in flight). A pile of silent, trickling or refused sockets
+//! order: idle ones that only carried refused requests, silent ones, then trusted idle ones,
+//! the address holding the most first within each; never one with a request in flight). A pile of silent, trickling or refused sockets
 //! therefore cannot keep users or the kubelet's probes out. Without it (the simulator) a new
 //! connection past the cap is closed at once. A request counts as in flight while its handler
 //! runs and, for a stream, while its body is sent; a finished answer a peer will not read
@@ -162,6 +162,8 @@ impl Default for ServeOptions {
 
 /// What a connection has done, for its deadlines: shared by its requests and its watchdog.
 struct Progress {
+    /// The client's address (the socket's: a balancer's, in front of one).
+    peer: std::net::IpAddr,
     opened: Instant,
     /// Milliseconds after `opened` of the last request's start or end.
     last_boundary: AtomicU64,
@@ -178,8 +180,9 @@ struct Progress {
 }
 
 impl Progress {
-    fn new() -> Arc<Self> {
+    fn new(peer: std::net::IpAddr) -> Arc<Self> {
         Arc::new(Self {
+            peer,
             opened: Instant::now(),
             last_boundary: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
@@ -376,7 +379,7 @@ async fn accept_loop<H: Handler>(
             drop(stream);
             continue;
         };
-        let progress = Progress::new();
+        let progress = Progress::new(peer.ip().to_canonical());
         if opts.shed_when_full {
             if open_conns.len() >= 2 * opts.max_connections {
                 open_conns.retain(|p| p.strong_count() > 0);
@@ -445,31 +448,42 @@ async fn accept_loop<H: Handler>(
     }
 }
 
-/// Tells one connection to close to make room; whether there was one. In this order:
+/// Tells one connection to close to make room; whether there was one. By kind:
 /// 1. idle connections that carried only requests no handler vouched for (refused tokens,
 ///    unknown paths: a pile of sockets kept alive with one 401 each), the longest idle first;
-/// 2. sockets that never sent a byte, the oldest first;
-/// 3. connections that sent bytes but no request yet (a handshake under way, or one byte and
-///    silence), the oldest first: a real client's request follows its connect within
-///    milliseconds, so the churn it takes to reach a new client is the cap in that time;
-/// 4. trusted idle connections, the longest idle first (the client reconnects).
+/// 2. connections with no request yet: those that never sent a byte before those that did (a
+///    handshake under way, or one byte and silence), the oldest first: a real client's request
+///    follows its connect within milliseconds, so the churn it takes to reach a new client is
+///    the cap in that time;
+/// 3. trusted idle connections, the longest idle first (the client reconnects).
 ///
-/// A connection with a request in flight is never chosen.
+/// Within a kind, the connections of the address that holds the most go first: an attacker
+/// churning sockets from its own address pushes out its own, not a client's from another
+/// address (whose newest connection may not have shown its first byte yet). Behind one
+/// balancer, or in a sidecar where every client is 127.0.0.1, the order is as listed. A
+/// connection with a request in flight is never chosen.
 fn shed_one(open: &mut Vec<std::sync::Weak<Progress>>) -> bool {
     open.retain(|p| p.strong_count() > 0);
-    let rank = |p: &Progress| -> Option<(u8, Instant)> {
-        if p.shed.load(Ordering::Relaxed) || p.in_flight.load(Ordering::Acquire) > 0 {
+    let live: Vec<Arc<Progress>> =
+        open.iter().filter_map(std::sync::Weak::upgrade).filter(|p| !p.shed.load(Ordering::Relaxed)).collect();
+    let mut per_address: std::collections::HashMap<std::net::IpAddr, u32> = std::collections::HashMap::new();
+    for p in &live {
+        *per_address.entry(p.peer).or_default() += 1;
+    }
+    // (kind, the address's connections (most first), spoke, since when): smallest goes.
+    let rank = |p: &Progress| -> Option<(u8, std::cmp::Reverse<u32>, bool, Instant)> {
+        if p.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
+        let held = std::cmp::Reverse(per_address.get(&p.peer).copied().unwrap_or(0));
+        let spoke = p.spoke.load(Ordering::Relaxed);
         Some(match (p.any_request.load(Ordering::Relaxed), p.trusted.load(Ordering::Relaxed)) {
-            (true, false) => (0, p.idle_since()),
-            (false, _) if !p.spoke.load(Ordering::Relaxed) => (1, p.opened),
-            (false, _) => (2, p.opened),
-            (true, true) => (3, p.idle_since()),
+            (true, false) => (0, held, spoke, p.idle_since()),
+            (false, _) => (1, held, spoke, p.opened),
+            (true, true) => (2, held, spoke, p.idle_since()),
         })
     };
-    let victim =
-        open.iter().filter_map(std::sync::Weak::upgrade).filter_map(|p| Some((rank(&p)?, p))).min_by_key(|(r, _)| *r);
+    let victim = live.into_iter().filter_map(|p| Some((rank(&p)?, p))).min_by_key(|(r, _)| *r);
     match victim {
         Some((_, p)) => {
             // Told once: the next newcomer picks another while this one winds down.

@@ -173,7 +173,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
     let max_agents_by_files = match crate::descriptors::Budget::at_start(config) {
         Some((budget, limit)) => {
             if let Some(from) = limit.raised_from {
-                tracing::info!(from, to = limit.soft, "raised the soft open-file limit to the hard limit");
+                tracing::info!(from, to = limit.soft, hard = limit.hard, "raised the soft open-file limit");
             }
             if let Some(why) = budget.shortfall("the open-file limit") {
                 tracing::warn!("{why}");

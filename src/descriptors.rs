@@ -108,7 +108,9 @@ pub fn raise() -> Option<Limit> {
         let r = libc::rlimit { rlim_cur: target as libc::rlim_t, rlim_max: before.hard as libc::rlim_t };
         // SAFETY: setrlimit reads the struct it is given and nothing else.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &r) } == 0 {
-            return Some(Limit { soft: target, hard: before.hard, raised_from: Some(before.soft) });
+            // What the kernel kept (macOS may clamp it).
+            let after = current()?;
+            return Some(Limit { raised_from: Some(before.soft), ..after });
         }
     }
     Some(before)

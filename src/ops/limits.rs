@@ -347,6 +347,13 @@ impl Limits {
         self
     }
 
+    /// Whether the buckets live in the shared store. There a check of several tiers at once
+    /// takes from every bucket before any answer is known, so a refusal by the caller's own
+    /// bucket would still spend the shared ones: the core checks the tiers in turn then.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
     /// Whether any limit of `tier` applies to `method` (the core skips a phase that has none).
     pub fn applies(&self, method: MethodLabel, tier: Tier) -> bool {
         self.by_method

@@ -154,8 +154,9 @@ impl Core {
     /// buckets (tenant, gateway, global) are spent only by requests that can be served, so one
     /// customer's flood of hopeless requests costs the others nothing:
     /// - when this replica's own copy shows the request servable (the agent's live session
-    ///   here, and for a chair-only method the chair), every limit is checked at once (one
-    ///   round trip to Redis) and the operation runs: the usual case;
+    ///   here, and for a chair-only method the chair), the limits are checked and the
+    ///   operation runs: the usual case (with buckets in Redis, the agent's own and then the
+    ///   shared ones, two round trips);
     /// - otherwise in three phases: the caller's own agent buckets; admission (a session, the
     ///   chair for a chair-only method, credentials for a sign-in, found with the store's
     ///   help), where what cannot be served is refused; then the shared buckets.
@@ -163,7 +164,18 @@ impl Core {
         let limits = self.limits.load_full();
         let sessions = self.gateways.get(who.gateway);
         if let Some(found) = self.admit_here(sessions, &who.agent_id, &op) {
-            let limit = match limits.check(label, Tier::All, who).await {
+            let checked = if limits.is_shared() && limits.applies(label, Tier::Own) {
+                // In Redis, own before shared (see `Limits::is_shared`): an agent over its own
+                // limit must not spend the buckets other customers share.
+                match limits.check(label, Tier::Own, who).await {
+                    Ok(own) => limits.check(label, Tier::Shared, who).await.map(|shared| tightest(own, shared)),
+                    Err(failure) => Err(failure),
+                }
+            } else {
+                // In memory the check stops at the first refusal, most specific first.
+                limits.check(label, Tier::All, who).await
+            };
+            let limit = match checked {
                 Ok(state) => state,
                 Err(failure) => return refused(sessions, who, failure),
             };
@@ -236,10 +248,14 @@ impl Core {
                 Err(e) => return Err(e.into()),
             },
         };
-        if let Operation::Call { method, .. } = op {
-            if method.chair_only() {
+        match op {
+            Operation::Call { method, .. } if method.chair_only() => {
                 check_chair(found.current_conf().await, self.settings().on_unknown_chair)?;
             }
+            Operation::Subscribe if found.streams() >= sessions.max_streams_per_agent() => {
+                return Err(Failure::Overloaded(Overload::Streams));
+            }
+            _ => {}
         }
         Ok(Some(found))
     }

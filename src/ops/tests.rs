@@ -213,6 +213,36 @@ async fn a_limit_refuses_before_the_gateway_is_called() {
     assert_eq!(gw.count(GatewayMethod::StopVoiceToConf), 1);
 }
 
+/// Issue 37 review: with the buckets in a shared store, a chairperson over its own limit is
+/// refused by its own bucket without spending the global one that other customers share.
+#[tokio::test(start_paused = true)]
+async fn over_its_own_limit_a_chair_spends_no_shared_bucket_in_the_shared_store() {
+    use crate::shared::memory::MemoryHub;
+    let gw = FakeGateway::new();
+    let limit =
+        |scope, burst| LimitConfig { method: "stopVoiceToConf".into(), scope, rate: 0.01, burst, shadow: false };
+    let cfg = RateLimitsConfig {
+        limit: vec![limit(Scope::Agent, 2), limit(Scope::Global, 5)],
+        ..RateLimitsConfig::default()
+    };
+    let hub = MemoryHub::new(Duration::from_secs(3));
+    let limits =
+        Limits::new(&cfg, Metrics::new()).unwrap().shared(hub.replica(), crate::config::LimitsFallback::Closed);
+    let core = Core::new(store(&gw, |_| {}), Arc::new(limits), settings(false));
+    sign_in(&core).await.update_conf(|_| ConfState::Chair { conf_id: 7 }).await;
+    for _ in 0..20 {
+        core.run(&who(), STOP, stop()).await;
+    }
+    assert_eq!(gw.count(GatewayMethod::StopVoiceToConf), 2, "the agent's burst");
+    // Another agent's stops: the global bucket still holds 3 of its 5.
+    let other = Principal::agent("154");
+    let limits = core.limits.load_full();
+    for n in 0..3 {
+        assert!(limits.check(STOP, Tier::Shared, &other).await.is_ok(), "global token {n}");
+    }
+    assert!(limits.check(STOP, Tier::Shared, &other).await.is_err(), "and no more");
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_event_queue_hands_out_each_event_once_and_waits_like_the_gateway() {
     let gw = FakeGateway::new();

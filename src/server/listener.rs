@@ -379,7 +379,7 @@ async fn accept_loop<H: Handler>(
             drop(stream);
             continue;
         };
-        let progress = Progress::new(peer.ip().to_canonical());
+        let progress = Progress::new(client_of(peer.ip()));
         if opts.shed_when_full {
             if open_conns.len() >= 2 * opts.max_connections {
                 open_conns.retain(|p| p.strong_count() > 0);
@@ -457,17 +457,20 @@ async fn accept_loop<H: Handler>(
 ///    the cap in that time;
 /// 3. trusted idle connections, the longest idle first (the client reconnects).
 ///
-/// Within a kind, the connections of the address that holds the most go first: an attacker
-/// churning sockets from its own address pushes out its own, not a client's from another
-/// address (whose newest connection may not have shown its first byte yet). Behind one
+/// Within a kind, the connections of the address (an IPv6 /64) that holds the most untrusted
+/// ones go first: an attacker churning sockets from its own address pushes out its own, not a
+/// client's from another address (whose newest connection may not have shown its first byte
+/// yet), and a busy client's trusted connections do not count against its new ones. Behind one
 /// balancer, or in a sidecar where every client is 127.0.0.1, the order is as listed. A
 /// connection with a request in flight is never chosen.
 fn shed_one(open: &mut Vec<std::sync::Weak<Progress>>) -> bool {
     open.retain(|p| p.strong_count() > 0);
     let live: Vec<Arc<Progress>> =
         open.iter().filter_map(std::sync::Weak::upgrade).filter(|p| !p.shed.load(Ordering::Relaxed)).collect();
+    // Per address, the connections nobody vouched for: a busy client's trusted and in-flight
+    // ones do not make its newest connection a target.
     let mut per_address: std::collections::HashMap<std::net::IpAddr, u32> = std::collections::HashMap::new();
-    for p in &live {
+    for p in live.iter().filter(|p| !p.trusted.load(Ordering::Relaxed)) {
         *per_address.entry(p.peer).or_default() += 1;
     }
     // (kind, the address's connections (most first), spoke, since when): smallest goes.
@@ -493,6 +496,18 @@ fn shed_one(open: &mut Vec<std::sync::Weak<Progress>>) -> bool {
             true
         }
         None => false,
+    }
+}
+
+/// The client a connection counts for when shedding: its address, an IPv6 one by its /64 (what
+/// one host or one subscriber is given).
+fn client_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            std::net::IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
     }
 }
 
@@ -543,5 +558,17 @@ impl<F: FnOnce()> Drop for OnDrop<F> {
         if let Some(f) = self.0.take() {
             f();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_ipv6_client_is_its_64_and_an_ipv4_one_its_address() {
+        let c = |s: &str| super::client_of(s.parse().unwrap()).to_string();
+        assert_eq!(c("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::");
+        assert_eq!(c("2001:db8:1:2:bbbb::9"), "2001:db8:1:2::");
+        assert_eq!(c("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(c("192.0.2.7"), "192.0.2.7");
     }
 }

@@ -151,17 +151,16 @@ impl Session {
         self.replica.touched();
     }
 
-    /// An app listens to this session's events until the guard is dropped: meanwhile the
-    /// agent is active whatever `sessions.idle_timeout_ms` is, and its idle time counts from
-    /// the moment the last stream closes.
     /// Event streams open on this session.
     pub fn streams(&self) -> usize {
         self.listeners.load(Ordering::Acquire) as usize
     }
 
-    /// An event stream opened on this session, unless `max` are open already (the newest is
+    /// An app listens to this session's events until the guard is dropped: meanwhile the
+    /// agent is active whatever `sessions.idle_timeout_ms` is, and its idle time counts from
+    /// the moment the last stream closes. `None` when `max` are open already (the newest is
     /// refused: the oldest may be an app's only working stream, and a dead one ends within its
-    /// keep-alive or HTTP/2 PING).
+    /// keep-alive write plus the listener's TCP user timeout, or HTTP/2's PING).
     pub fn listening(self: &Arc<Self>, max: usize) -> Option<Listening> {
         self.listeners
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (u64::from(n) < max as u64).then_some(n + 1))

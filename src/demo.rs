@@ -343,7 +343,7 @@ impl Demo {
         format!(
             r#"ccgate demo is running (Ctrl-C stops it and deletes its temporary files).
   proxy      {p}   (TLS; certificate from the throw-away CA below)
-  admin      {a}   (/metrics /livez /readyz /gatewayz)
+  admin      {a}   (/ the status page, /agents, /metrics /livez /readyz /gatewayz)
 {replicas}
   simulator  https://{sim}   (CC-Gateway stand-in; agents {DEMO_AGENT} and {DEMO_OTHER_AGENT})
 {gateways}  CA file    {ca}
@@ -372,9 +372,14 @@ Paste into another shell:
 
   # 6. Read the metrics.
   curl -s {a}/metrics | grep -E 'ccgate_(requests_total|upstream_responses_total)'
+
+  # 7. The operator's view: the status page at {a}/ in a browser, and the agents from a shell.
+  cargo run --release -- agents --admin {admin_addr}
+  cargo run --release -- agents {DEMO_AGENT} --admin {admin_addr}
 {customers}"#,
             token = self.token,
             other = self.other_token,
+            admin_addr = self.proxy.admin_addr,
         )
     }
 

@@ -185,6 +185,14 @@ async fn events_stream_to_several_subscribers_and_resume_by_last_event_id() {
     };
     let mut c = h.events("153", Some(first_id)).await;
     assert_eq!(c.next_event().await.event.as_deref(), Some("AgentConf_RequestSuccess"));
+    // Something that is not an event id is refused, not read as "from now".
+    let auth = format!("Bearer {}", h.token("153"));
+    for bad in ["abc", "-1", "12345678901234567890"] {
+        let headers = [("authorization", auth.as_str()), ("last-event-id", bad)];
+        let r = h.send(Method::GET, &format!("{}/v1/events", h.base), &headers, "").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.text);
+        assert!(problem(&r)["detail"].as_str().unwrap_or_default().contains("Last-Event-ID"), "{}", r.text);
+    }
     h.stop().await;
 }
 

@@ -153,7 +153,15 @@ fn view(s: &Snapshot) -> Value {
     })
 }
 
-/// `Last-Event-ID`; absent or unparsable means "from now".
-pub fn last_event_id(headers: &HeaderMap) -> Option<u64> {
-    headers.get("last-event-id")?.to_str().ok()?.trim().parse().ok()
+/// `Last-Event-ID`: absent (or empty) means "from now"; anything but an event id (1 to 19
+/// digits, as the OpenAPI says) is refused rather than read as "from now", which would
+/// silently skip what the app asked to resume.
+pub fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, Failure> {
+    let Some(v) = headers.get("last-event-id") else { return Ok(None) };
+    let v = v.to_str().map(str::trim).unwrap_or("-");
+    if v.is_empty() {
+        return Ok(None);
+    }
+    let id = (v.len() <= 19 && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.parse().ok()).flatten();
+    id.map(Some).ok_or_else(|| Failure::BadRequest("Last-Event-ID must be an event id: 1 to 19 digits".into()))
 }

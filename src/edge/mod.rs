@@ -227,7 +227,10 @@ impl Proxy {
         req: Request<Incoming>,
     ) -> (Result<(Response<Body>, Outcome), Failure>, Option<LimitState>) {
         let after = match target {
-            Target::Api(Route::Events) => api::last_event_id(req.headers()),
+            Target::Api(Route::Events) => match api::last_event_id(req.headers()) {
+                Ok(after) => after,
+                Err(f) => return (Err(f), None),
+            },
             _ => None,
         };
         let stream = api::StreamContext { after, shutdown: &self.shutdown };

@@ -23,6 +23,9 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 const KEYS_RETRY_AFTER_SECS: u64 = 5;
 /// `Retry-After` of `too-many-agents` / `sign-in-busy`: a queue of sign-ins drains in seconds.
 const OVERLOAD_RETRY_AFTER_SECS: u64 = 5;
+/// `Retry-After` of `gateway-unavailable`: the readiness probe looks at the gateway every 5 s,
+/// and a gateway that restarts takes at least that.
+const GATEWAY_RETRY_AFTER_SECS: u64 = 5;
 /// `Retry-After` of `store-unavailable`: Redis reconnects within a second or two, and a newer
 /// Guid reaches a replica within a maintenance round once it does.
 const STORE_RETRY_AFTER_SECS: u64 = 1;
@@ -448,6 +451,9 @@ fn respond(status: StatusCode, content_type: &'static str, body: Bytes, f: &Fail
         Failure::StoreUnavailable => {
             h.insert(RETRY_AFTER, HeaderValue::from(STORE_RETRY_AFTER_SECS));
         }
+        Failure::Upstream(UpstreamError::Unavailable(_)) => {
+            h.insert(RETRY_AFTER, HeaderValue::from(GATEWAY_RETRY_AFTER_SECS));
+        }
         _ => {}
     }
     resp
@@ -550,6 +556,23 @@ mod tests {
             assert_eq!(spec(&f).status.as_u16(), status, "{f}");
             assert_eq!(spec(&f).outcome, outcome, "{f}");
             assert_eq!(problem(&f, &HeaderValue::from_static("r1")).status().as_u16(), status, "{f}");
+        }
+    }
+
+    /// Every retryable 503 says when to retry.
+    #[test]
+    fn retryable_503s_carry_retry_after() {
+        for f in [
+            Failure::Upstream(UpstreamError::Unavailable("x".into())),
+            Failure::StoreUnavailable,
+            Failure::KeysUnavailable,
+            Failure::Overloaded(Overload::Agents),
+            Failure::Overloaded(Overload::Files),
+            Failure::Overloaded(Overload::SignInQueue),
+        ] {
+            let r = problem(&f, &HeaderValue::from_static("r1"));
+            assert_eq!(r.status().as_u16(), 503, "{f}");
+            assert!(r.headers().contains_key(RETRY_AFTER), "{f}");
         }
     }
 

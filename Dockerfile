@@ -6,7 +6,7 @@
 #   docker run --rm ccgate --version
 #
 # Config comes from a mounted file (CCGATE_CONFIG) and CCGATE__SECTION__KEY variables; see
-# deploy/kubernetes/ for a sidecar example. Checked by hadolint in tests/deploy.rs.
+# deploy/kubernetes/ for a sidecar example. Checked by hadolint in tests/it/deploy.rs.
 
 ARG RUST_VERSION=1.95
 

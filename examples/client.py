@@ -8,7 +8,7 @@ Last-Event-ID after a disconnect, sign out.
     python3 examples/client.py --url https://127.0.0.1:8443 --ca ca.pem --token "$TOKEN"
 
 With `ccgate demo --json` running, `--demo-json LINE` takes the URL, CA and token from its
-first line. Exits 0 when every step did what the API promises, 1 otherwise (tests/examples.rs
+first line. Exits 0 when every step did what the API promises, 1 otherwise (tests/it/examples.rs
 runs it against the demo).
 """
 import argparse

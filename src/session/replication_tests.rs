@@ -1,8 +1,8 @@
 //! Replication in process: several session stores share one in-memory shared store
 //! (`shared::memory`, the Lua scripts' semantics) and one scripted gateway, under tokio's
 //! paused clock. The tests drive maintenance rounds themselves, so every lease, takeover and
-//! fencing step happens at a known instant. `tests/store_contract.rs` holds the in-memory
-//! store to the real scripts; `tests/replicas.rs` keeps what needs processes (kill -9,
+//! fencing step happens at a known instant. `tests/it/store_contract.rs` holds the in-memory
+//! store to the real scripts; `tests/it/replicas.rs` keeps what needs processes (kill -9,
 //! SIGSTOP, Redis restarted).
 
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! is unit-tested under a paused clock with several replicas in one process. A [`MemoryHub`]
 //! is one "Redis"; each [`MemoryHub::replica`] is one replica's connection to it. The hub can
 //! be taken down and brought back (every operation fails meanwhile, as with Redis away) and
-//! flushed (Redis restarted empty). `tests/store_contract.rs` runs the same cases against
+//! flushed (Redis restarted empty). `tests/it/store_contract.rs` runs the same cases against
 //! this store and a real redis-server, so the two cannot drift apart.
 //!
 //! Bounds: one entry per agent that has a record (the sessions' own bound), each stream at

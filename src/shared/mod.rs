@@ -2,7 +2,7 @@
 //! (session records, poller leases, event streams, sign-in locks, rate-limit buckets, the
 //! change channel). [`SharedStore`] is the seam: [`redis::RedisStore`] is the one production
 //! runs, [`memory::MemoryHub`] the in-process one the session layer's unit tests run under
-//! tokio's paused clock; one contract suite (`tests/store_contract.rs`) runs the same cases
+//! tokio's paused clock; one contract suite (`tests/it/store_contract.rs`) runs the same cases
 //! against both, so the in-memory store cannot drift from the Lua scripts. What the records
 //! mean for a session is `session::link` and `session::cluster`; the limits' use is
 //! `ops::limits`. docs/redis.md lists every key.

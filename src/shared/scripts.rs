@@ -4,7 +4,7 @@
 //! Each script touches the keys of one agent only (they share a hash tag), so each runs
 //! atomically on one Redis Cluster shard as on one node. Time, where a script needs it, is
 //! Redis's own (`TIME`), never a replica's clock. `shared::memory` implements the same
-//! semantics in process; `tests/store_contract.rs` holds the two to each other.
+//! semantics in process; `tests/it/store_contract.rs` holds the two to each other.
 //!
 //! Session hash fields: `sid` (which sign-in), `epoch` (the fencing token, raised at every
 //! takeover), `guid`, `cookies` (JSON array), `answer` (the gateway's sign-in answer),

@@ -1,6 +1,6 @@
 // A real OpenID provider for ccgate's tests: node's `oidc-provider` (a certified
 // implementation) issuing JWT access tokens by the client credentials grant, with a resource
-// indicator for ccgate. Started by tests/oidc.rs on a free port over HTTPS.
+// indicator for ccgate. Started by tests/it/oidc.rs on a free port over HTTPS.
 //
 //   node provider.mjs <modules-dir> <cert.pem> <key.pem> [port]
 //

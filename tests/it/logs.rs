@@ -2,7 +2,7 @@
 //! the client, and no token, Guid, password or cookie anywhere, even with ccgate at TRACE and
 //! every dependency at DEBUG, in the JSON format operators ship to log stores.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

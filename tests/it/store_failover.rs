@@ -9,7 +9,7 @@
 //! whose clock runs minutes ahead or behind (libfaketime) hands its agents over on a graceful
 //! stop and removes no other replica.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};

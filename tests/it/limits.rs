@@ -2,7 +2,7 @@
 //! headers, accuracy over several windows under tokio's paused clock, tenant and global
 //! scopes, shadow mode, and bounded memory.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The pass-through face: an existing CC-Gateway client, with a JWT instead of a Guid.
 
-mod common;
+use crate::common;
 
 use ccgate::gateway::GatewayMethod;
 use ccgate::session::ConfState;

@@ -3,7 +3,7 @@
 //! claim picks the gateway; the two agents 153 share no session, Guid, limit or event; a token
 //! for no gateway reaches none; one gateway killed leaves the other serving.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

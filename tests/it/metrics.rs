@@ -1,7 +1,7 @@
 //! The live `/metrics` output after a full flow: the documented series with bounded labels,
 //! nothing secret, and `promtool check metrics` passes.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -5,7 +5,7 @@
 //! listener serves the same description. The route set itself is checked against the router
 //! in `edge::route`'s unit tests.
 
-mod common;
+use crate::common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_conforms_to_the_openapi_description() {
@@ -16,7 +16,7 @@ async fn the_demo_conforms_to_the_openapi_description() {
     let spec_path = concat!(env!("CARGO_MANIFEST_DIR"), "/api/openapi.yaml");
     assert_eq!(served, std::fs::read_to_string(spec_path).unwrap(), "the admin listener serves api/openapi.yaml");
 
-    // /v1/events is an endless stream: its answers are checked by tests/sessions.rs.
+    // /v1/events is an endless stream: its answers are checked by tests/it/sessions.rs.
     // A fixed seed keeps the suite repeatable; drop it to explore.
     let out = common::tools::command("schemathesis")
         .args(["run", spec_path, "--url", &field("proxy_url"), "--tls-verify", &field("ca_file")])

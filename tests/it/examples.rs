@@ -2,7 +2,7 @@
 //! conference, stops past the rate limit with Retry-After, events resumed with
 //! Last-Event-ID, sign out) and `examples/curl.sh`, each run against `ccgate demo`.
 
-mod common;
+use crate::common;
 
 use common::demo::Demo;
 

@@ -1,7 +1,7 @@
 //! The REST API end to end: sign in, conference, stopVoiceToConf, and the chairperson policy,
 //! with the simulator's counters proving what reached the gateway.
 
-mod common;
+use crate::common;
 
 use ccgate::config::UnknownChair;
 use ccgate::gateway::GatewayMethod;

@@ -4,7 +4,7 @@
 //! in-memory store does not mirror (or the other way round) fails here. Each case sees two
 //! replicas (`a`, `b`) of one store.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

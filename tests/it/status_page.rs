@@ -2,7 +2,7 @@
 //! from a running demo with a signed-in agent in a conference; the DOM it built shows the
 //! agent and its conference state, and a screenshot is written for the test log.
 
-mod common;
+use crate::common;
 
 use http::StatusCode;
 

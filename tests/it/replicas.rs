@@ -3,11 +3,11 @@
 //! processes where a replica must be killed or paused), all on real sockets with real TLS.
 //! What needs no process (leases, takeover, fencing, compare-and-set, event ids across
 //! replicas, idle time, hand-over) is tested in process under a paused clock
-//! (`src/session/replication_tests.rs`), and the store itself by `tests/store_contract.rs`;
+//! (`src/session/replication_tests.rs`), and the store itself by `tests/it/store_contract.rs`;
 //! here remain one end-to-end pass, the limit's accuracy, and what takes processes: kill -9,
 //! SIGSTOP, Redis restarted or started late, the demo.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

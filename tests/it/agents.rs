@@ -1,7 +1,7 @@
 //! The operator's view of the agents: `GET /agents` and `GET /agents/{id}` on the admin
 //! listener, and `ccgate agents` printing them, against the simulator on real sockets.
 
-mod common;
+use crate::common;
 
 use common::Harness;
 use http::{Method, StatusCode};

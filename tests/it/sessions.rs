@@ -2,7 +2,7 @@
 //! resume), idle sign-out under tokio's paused clock, events over SSE, every conference
 //! transition, and graceful shutdown. The simulator's counters prove what reached it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

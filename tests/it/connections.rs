@@ -1,7 +1,7 @@
 //! Every connection has a deadline for its next step, and the listener has a connection cap:
 //! raw TLS clients on a real socket play the slow, silent and half-finished peers.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

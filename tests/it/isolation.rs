@@ -3,7 +3,7 @@
 //! bodies each stay the problem of whoever caused them. Real sockets, real TLS, a real
 //! redis-server where the point is about Redis.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

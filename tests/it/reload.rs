@@ -2,7 +2,7 @@
 //! agent signs in again, an open event stream keeps flowing), an invalid config refused with
 //! the old one kept, credentials swapped, a renewed certificate picked up from its files.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! A gateway that is down, slow, or answers garbage: each becomes a clear problem response
 //! with the right status, and the proxy keeps serving.
 
-mod common;
+use crate::common;
 
 use ccgate::gateway::GatewayMethod;
 use ccgate::sim::Faults;

@@ -3,7 +3,7 @@
 //! exported span. The receiver is a small HTTP server in the test: what ccgate sends is
 //! checked on the wire (path, content type, the trace id's bytes in the body).
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 

@@ -7,7 +7,7 @@
 //! every copy follows the record again within a round. No new sign-in, no
 //! `ccgate.session_ended` on any stream, and the events polled meanwhile reach every stream.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

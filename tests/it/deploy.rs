@@ -4,8 +4,7 @@
 //! against the schemas (offline) and hold a config ccgate accepts, the systemd unit scores
 //! "OK" in `systemd-analyze security`, and LICENSE is the license Cargo.toml names.
 
-#[path = "common/tools.rs"]
-mod tools;
+use crate::common::tools;
 
 fn promtool(args: &[&str]) {
     let out = tools::command("promtool")

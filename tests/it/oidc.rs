@@ -4,7 +4,7 @@
 //! with the last keys still working, a provider absent at start, and several issuers side by
 //! side.
 
-mod common;
+use crate::common;
 
 use ccgate::config::ProviderConfig;
 use common::oidc::{kid_of, OidcProvider, RESOURCE};

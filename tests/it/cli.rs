@@ -1,7 +1,7 @@
 //! The binary: `check-config` names the bad key, and `demo --json` prints a line a script can
 //! follow through the whole flow.
 
-mod common;
+use crate::common;
 
 use http::{Method, StatusCode};
 

@@ -1,7 +1,7 @@
 //! Token refusals: each case gets 401, a `WWW-Authenticate` header and a problem body saying
 //! why, never echoes the token, and sends nothing to the gateway.
 
-mod common;
+use crate::common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

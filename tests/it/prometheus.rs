@@ -4,7 +4,7 @@
 //! does not export, a label it does not set, or a series that only appears later would
 //! return nothing here.
 
-mod common;
+use crate::common;
 
 use http::StatusCode;
 use serde_json::Value;
@@ -156,8 +156,8 @@ async fn every_dashboard_query_and_alert_expression_returns_data_from_a_running_
     .await;
 
     let mut empty = Vec::new();
-    let dashboard: Value =
-        serde_json::from_str(include_str!("../deploy/grafana/ccgate-dashboard.json")).expect("the dashboard is JSON");
+    let dashboard: Value = serde_json::from_str(include_str!("../../deploy/grafana/ccgate-dashboard.json"))
+        .expect("the dashboard is JSON");
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
             let expr = target["expr"].as_str().unwrap().replace("$instance", ".*").replace("$gateway", ".*");
@@ -166,7 +166,7 @@ async fn every_dashboard_query_and_alert_expression_returns_data_from_a_running_
             }
         }
     }
-    let alerts = alert_exprs(include_str!("../deploy/alerts.yml"));
+    let alerts = alert_exprs(include_str!("../../deploy/alerts.yml"));
     assert!(alerts.len() >= 10, "every alert read: {alerts:?}");
     for (name, expr) in alerts {
         if NOT_IN_THE_DEMO.iter().any(|(n, _)| *n == name) {

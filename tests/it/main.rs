@@ -1,0 +1,38 @@
+//! The integration suite, one binary: each file is a module, so the crate and its
+//! dependencies are linked once rather than once per file (issue 38: 27 binaries of ~195 MB
+//! each made a fresh `cargo test` write ~7 GB). Run one file with
+//! `scripts/test --test it flow::` (a name filter), one test with its full path.
+//!
+//! `tests/hostile_gateway.rs` keeps a binary of its own: it measures its process's peak RSS,
+//! which other tests running beside it would move.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod agents;
+mod auth;
+mod cli;
+mod connections;
+mod deploy;
+mod examples;
+mod flow;
+mod gateways;
+mod isolation;
+mod layering;
+mod limits;
+mod logs;
+mod metrics;
+mod oidc;
+mod openapi;
+mod otlp;
+mod passthrough;
+mod prometheus;
+mod properties;
+mod redis_outage;
+mod reload;
+mod replicas;
+mod sessions;
+mod status_page;
+mod store_contract;
+mod store_failover;
+mod upstream;

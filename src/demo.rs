@@ -249,7 +249,7 @@ async fn start_in(dir: &Path, opts: &DemoOptions) -> Result<Demo, String> {
         match tenant {
             None => signer.token(DEMO_ISSUER, DEMO_AUDIENCE, agent, DEMO_TOKEN_TTL_SECS),
             Some(t) => {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let now = crate::clock::unix_secs();
                 signer.sign(&json!({
                     "iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE, "sub": format!("agent-{agent}"), "agent_id": agent,
                     "tenant": t, "iat": now, "nbf": now, "exp": now + DEMO_TOKEN_TTL_SECS,

@@ -2,8 +2,6 @@
 //! by it, and JWT signing keys with their JWK Set. Generated in memory at start; nothing here
 //! is ever meant for production.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -90,7 +88,7 @@ impl DevSigner {
 
     /// A token for `agent` valid for `ttl_secs`.
     pub fn token(&self, issuer: &str, audience: &str, agent: &str, ttl_secs: u64) -> Result<String, String> {
-        let now = now_secs();
+        let now = crate::clock::unix_secs();
         self.sign(&json!({
             "iss": issuer, "aud": audience, "sub": format!("agent-{agent}"),
             "agent_id": agent, "iat": now, "nbf": now, "exp": now + ttl_secs,
@@ -101,10 +99,6 @@ impl DevSigner {
 /// A JWK Set document with the given signers' public keys.
 pub fn jwks(signers: &[&DevSigner]) -> Value {
     json!({"keys": signers.iter().map(|s| s.jwk.clone()).collect::<Vec<_>>()})
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

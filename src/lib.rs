@@ -10,6 +10,7 @@
 //! share agents) under `session` and the limits.
 
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod descriptors;
@@ -28,5 +29,6 @@ pub mod server;
 pub mod session;
 pub mod shared;
 pub mod sim;
+pub mod sync;
 pub mod tls;
 pub mod x509_expiry;

@@ -41,7 +41,7 @@ impl LogBudget {
     /// `None`: leave it out (it is counted).
     pub fn admit(&self) -> Option<u64> {
         let now = Instant::now();
-        let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut st = crate::sync::lock(&self.state);
         let elapsed = st.at.map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
         st.tokens = (st.tokens + elapsed.as_secs_f64() * f64::from(LINES_PER_SEC)).min(f64::from(LINES_BURST));
         st.at = Some(now);

@@ -733,8 +733,7 @@ impl Metrics {
     /// Reports the expiry of the certificate `resolver` serves, at each scrape (so a reload or
     /// a renewal picked up by the file watcher shows at once).
     pub fn watch_certificate(&self, resolver: &Arc<crate::tls::CertResolver>) {
-        *self.0.cert_expiry.source.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(Arc::downgrade(resolver));
+        *crate::sync::lock(&self.0.cert_expiry.source) = Some(Arc::downgrade(resolver));
     }
 
     /// Exports `ccgate_jwks_last_fetch_timestamp_seconds{issuer}` from `last_success` while it
@@ -793,7 +792,7 @@ impl Metrics {
 
     /// When the served certificate expires (its `notAfter`, Unix seconds), if known.
     pub fn certificate_expiry(&self) -> Option<i64> {
-        let source = self.0.cert_expiry.source.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let source = crate::sync::lock(&self.0.cert_expiry.source).clone();
         source
             .and_then(|w| w.upgrade())
             .and_then(|r| r.current().cert.first().and_then(|c| crate::x509_expiry::not_after(c.as_ref())))
@@ -853,7 +852,7 @@ impl FreshnessCollector {
     }
 
     fn watch(&self, issuer: &str, last: &Arc<std::sync::Mutex<Option<std::time::Instant>>>) {
-        let mut sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut sources = crate::sync::lock(&self.sources);
         sources.retain(|(i, w)| i != issuer && w.strong_count() > 0);
         sources.push((issuer.to_owned(), Arc::downgrade(last)));
     }
@@ -886,7 +885,7 @@ impl prometheus::core::Collector for CertExpiryRef {
     }
 
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
-        let source = self.0.source.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let source = crate::sync::lock(&self.0.source).clone();
         let not_after = source
             .and_then(|w| w.upgrade())
             .and_then(|r| r.current().cert.first().and_then(|c| crate::x509_expiry::not_after(c.as_ref())));
@@ -907,10 +906,10 @@ impl prometheus::core::Collector for FreshnessRef {
     fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
         let c = &self.0;
         c.vec.reset();
-        let mut sources = c.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut sources = crate::sync::lock(&c.sources);
         sources.retain(|(_, w)| w.strong_count() > 0);
         for (issuer, last) in sources.iter() {
-            let at = last.upgrade().and_then(|m| *m.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            let at = last.upgrade().and_then(|m| *crate::sync::lock(&m));
             if let Some(at) = at {
                 let unix = std::time::SystemTime::now()
                     .checked_sub(at.elapsed())

@@ -284,7 +284,7 @@ impl Reloader {
             self.limits.store(Arc::new(live.limits));
         }
         self.settings.store(Arc::new(live.settings));
-        *self.cert_stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = FileStamp::of(&new);
+        *crate::sync::lock(&self.cert_stamp) = FileStamp::of(&new);
 
         running.auth = new.auth;
         let shorthand_held = running.gateways.is_empty() && !held.is_empty();
@@ -345,14 +345,14 @@ impl Reloader {
         let Some(resolver) = &self.cert else { return false };
         let running = self.running.lock().await;
         let now = FileStamp::of(&running);
-        if now == *self.cert_stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        if now == *crate::sync::lock(&self.cert_stamp) {
             return false;
         }
         let (Some(c), Some(k)) = (&running.server.tls_cert, &running.server.tls_key) else { return false };
         match tls::certified_key(c, k) {
             Ok(cert) => {
                 resolver.replace(cert);
-                *self.cert_stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+                *crate::sync::lock(&self.cert_stamp) = now;
                 self.metrics.count_certificate_reload(ReloadResult::Ok);
                 tracing::info!(cert = %c.display(), "server certificate files changed; new connections get the new certificate");
                 true
@@ -360,7 +360,7 @@ impl Reloader {
             Err(e) => {
                 self.metrics.count_certificate_reload(ReloadResult::Failed);
                 tracing::warn!(error = %e, "server certificate files changed but do not load; still serving the old certificate");
-                *self.cert_stamp.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = now;
+                *crate::sync::lock(&self.cert_stamp) = now;
                 false
             }
         }

@@ -250,7 +250,7 @@ impl<V: Clone> TokenCache<V> {
     }
 
     fn get(&self, key: &[u8; 32], now: u64) -> Option<V> {
-        let mut g = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = crate::sync::lock(&self.generations);
         let (current, previous) = &mut *g;
         if let Some(c) = current.get(key) {
             if now <= c.valid_until {
@@ -269,7 +269,7 @@ impl<V: Clone> TokenCache<V> {
     }
 
     fn put(&self, key: [u8; 32], value: &V, valid_until: u64) {
-        let mut g = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = crate::sync::lock(&self.generations);
         if g.0.len() >= self.half {
             g.1 = std::mem::take(&mut g.0);
         }
@@ -334,7 +334,7 @@ impl RefusalBudget {
     /// How long `ip` must still wait, if it is over budget.
     fn blocked_for(&self, ip: IpAddr) -> Option<std::time::Duration> {
         let now = tokio::time::Instant::now();
-        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        let mut blocked = crate::sync::lock(&self.blocked);
         match blocked.get(&ip) {
             Some(until) if *until > now => Some(*until - now),
             Some(_) => {
@@ -350,7 +350,7 @@ impl RefusalBudget {
         use governor::clock::Clock;
         if let Err(not_until) = self.limiter.check_key(&ip) {
             let wait = not_until.wait_time_from(crate::ops::limits::TokioClock.now());
-            let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+            let mut blocked = crate::sync::lock(&self.blocked);
             if blocked.len() < MAX_BLOCKED_ADDRESSES || blocked.contains_key(&ip) {
                 blocked.insert(ip, tokio::time::Instant::now() + wait);
             }
@@ -361,7 +361,7 @@ impl RefusalBudget {
     fn evict(&self) {
         self.limiter.retain_recent();
         let now = tokio::time::Instant::now();
-        self.blocked.lock().unwrap_or_else(|p| p.into_inner()).retain(|_, until| *until > now);
+        crate::sync::lock(&self.blocked).retain(|_, until| *until > now);
     }
 }
 
@@ -631,7 +631,7 @@ impl Authenticator {
         if token.len() > MAX_TOKEN_LEN {
             return malformed;
         }
-        let now = unix_now();
+        let now = crate::clock::unix_secs();
         // Every token ccgate accepts at all (up to `MAX_TOKEN_LEN`) has a key: verified and
         // refused ones alike are remembered by their hash, whatever their length.
         let key = TokenCache::<Verified>::key(token);
@@ -675,7 +675,7 @@ impl Authenticator {
 
     /// Full verification of a token not known yet; remembers the verdict.
     fn verify_unknown(&self, token: &str, key: [u8; 32], client: Option<IpAddr>) -> Result<Principal, Refused> {
-        let now = unix_now();
+        let now = crate::clock::unix_secs();
         let index = self.provider_of(token).map_err(Refused::Token)?;
         let provider = &self.providers[index];
         // Read before the keys, so a removal racing this check voids what it caches.
@@ -816,10 +816,6 @@ fn peek_issuer(token: &str) -> Result<String, Reason> {
     }
     let claims: Iss = serde_json::from_slice(&raw).map_err(|_| Reason::Malformed)?;
     claims.iss.ok_or(Reason::MissingClaim)
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// The client behind a request: the peer, or when the peer is one of the `trusted` proxies the
@@ -1052,7 +1048,7 @@ mod tests {
 
     /// An expired token, validly signed.
     fn expired(es: &crate::devkeys::DevSigner, agent: &str) -> String {
-        let now = unix_now();
+        let now = crate::clock::unix_secs();
         let claims = serde_json::json!({"iss": "https://idp.test", "aud": "ccgate", "agent_id": agent,
             "iat": now - 7200, "exp": now - 3600});
         es.sign(&claims).unwrap()

@@ -61,7 +61,7 @@ impl<C: Reusable> Pool<C> {
     /// The most recently returned connection, or a new one that dials at its first request.
     pub fn checkout(&self, now: Instant) -> C {
         let (conn, expired) = {
-            let mut idle = self.lock();
+            let mut idle = crate::sync::lock(&self.idle);
             let expired = self.take_expired(&mut idle, now);
             (idle.pop_back().map(|i| i.conn), expired)
         };
@@ -76,7 +76,7 @@ impl<C: Reusable> Pool<C> {
             return;
         }
         let surplus = {
-            let mut idle = self.lock();
+            let mut idle = crate::sync::lock(&self.idle);
             let mut surplus = self.take_expired(&mut idle, now);
             idle.push_back(Idle { conn, since: now });
             while idle.len() > self.max_idle {
@@ -91,12 +91,7 @@ impl<C: Reusable> Pool<C> {
     /// Idle connections now.
     #[cfg(test)]
     fn idle(&self) -> usize {
-        self.lock().len()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle<C>>> {
-        // A panic while the lock was held left a queue of whole entries: still usable.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.idle).len()
     }
 
     fn take_expired(&self, idle: &mut VecDeque<Idle<C>>, now: Instant) -> Vec<Idle<C>> {
@@ -108,7 +103,7 @@ impl<C: Reusable> Pool<C> {
     }
 
     fn sweep(&self) {
-        let expired = self.take_expired(&mut self.lock(), Instant::now());
+        let expired = self.take_expired(&mut crate::sync::lock(&self.idle), Instant::now());
         drop(expired);
     }
 

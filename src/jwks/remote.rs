@@ -163,7 +163,7 @@ impl RemoteKeys {
     /// ago, else wait for any fetch in flight. The caller checks the token again afterwards.
     pub async fn refresh_for_unknown_key(&self) {
         let allowed = {
-            let mut last = self.last_forced.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut last = crate::sync::lock(&self.last_forced);
             let due = last.is_none_or(|t| t.elapsed() >= self.refresh.unknown_kid_interval);
             if due {
                 *last = Some(Instant::now());
@@ -189,12 +189,12 @@ impl RemoteKeys {
         match &result {
             Ok((set, _)) => {
                 self.metrics.count_jwks_fetch(&self.issuer, JwksFetchResult::Ok);
-                *self.last_success.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
+                *crate::sync::lock(&self.last_success) = Some(Instant::now());
                 self.metrics.set_jwks_keys(&self.issuer, set.len());
             }
             Err(FetchError(kind, why)) => {
                 self.metrics.count_jwks_fetch(&self.issuer, *kind);
-                *self.jwks_uri.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+                *crate::sync::lock(&self.jwks_uri) = None;
                 let kept = self.keys.load().as_ref().map_or(0, |k| k.len());
                 tracing::warn!(issuer = %self.issuer, result = kind.as_str(),
                     error = %crate::config::mask_url_secrets(why), kept_keys = kept,
@@ -255,7 +255,7 @@ impl RemoteKeys {
         match &self.source {
             KeySource::Url(u) => u.parse().map_err(|e| invalid(format!("jwks_url: {e}"))),
             _ => {
-                if let Some(u) = self.jwks_uri.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone() {
+                if let Some(u) = crate::sync::lock(&self.jwks_uri).clone() {
                     return Ok(u);
                 }
                 let at = format!("{}{DISCOVERY_PATH}", self.issuer.trim_end_matches('/'));
@@ -273,7 +273,7 @@ impl RemoteKeys {
                 if jwks.scheme_str() != Some("https") {
                     return Err(invalid(format!("{at}: jwks_uri is not https")));
                 }
-                *self.jwks_uri.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(jwks.clone());
+                *crate::sync::lock(&self.jwks_uri) = Some(jwks.clone());
                 Ok(jwks)
             }
         }

@@ -471,7 +471,7 @@ fn snapshot(l: &LimitState, refused: bool) -> crate::session::LimitSnapshot {
         window_secs: l.window_secs,
         remaining: l.remaining,
         refused,
-        at_ms: crate::session::events::unix_ms(),
+        at_ms: crate::clock::unix_ms(),
     }
 }
 

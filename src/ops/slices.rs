@@ -86,7 +86,7 @@ impl Slices {
 
     fn map(&self, i: usize) -> std::sync::MutexGuard<'_, HashMap<String, Slice>> {
         // A panic while the lock was held left whole entries: still usable.
-        self.maps[i.min(self.maps.len() - 1)].lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.maps[i.min(self.maps.len() - 1)])
     }
 
     /// A token from the slice of bucket `key` in map `map`, or what to ask the store for.

@@ -152,7 +152,7 @@ impl Readiness {
     /// `None` with the memory store; else whether the shared store answered last, and is
     /// still connected (a dropped connection is down at once, not at the next probe).
     pub fn store(&self) -> Option<bool> {
-        let answered = (*self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner))?;
+        let answered = (*crate::sync::lock(&self.store))?;
         Some(answered && self.store_status.get().is_none_or(|f| f().connected))
     }
 
@@ -172,7 +172,7 @@ impl Readiness {
 
     /// Records whether the shared store answers; returns whether that changed.
     pub fn set_store(&self, up: bool) -> bool {
-        let previous = self.store.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(up);
+        let previous = crate::sync::lock(&self.store).replace(up);
         let changed = previous != Some(up);
         if changed {
             self.changed.notify_waiters();
@@ -182,18 +182,17 @@ impl Readiness {
 
     /// The gateways probed (by name, in config order), each unchecked until its first probe.
     pub fn set_gateway_names(&self, names: &[String]) {
-        *self.gateways.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
-            names.iter().map(|n| (n.clone(), GatewayState::Unchecked)).collect();
+        *crate::sync::lock(&self.gateways) = names.iter().map(|n| (n.clone(), GatewayState::Unchecked)).collect();
     }
 
     /// Each gateway's name and last verdict.
     pub fn gateways(&self) -> Vec<(String, GatewayState)> {
-        self.gateways.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        crate::sync::lock(&self.gateways).clone()
     }
 
     /// All gateways in one word: `up` when every one is, else the first one's that is not.
     pub fn gateway(&self) -> GatewayState {
-        let all = self.gateways.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all = crate::sync::lock(&self.gateways);
         all.iter().map(|(_, s)| *s).find(|s| *s != GatewayState::Up).unwrap_or(GatewayState::Up)
     }
 
@@ -201,16 +200,12 @@ impl Readiness {
     /// contact centre's gateway down must not take the replica (and every other contact
     /// centre's agents) out of its Service.
     pub fn gateway_reachable(&self) -> bool {
-        self.gateways
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .any(|(_, s)| *s == GatewayState::Up)
+        crate::sync::lock(&self.gateways).iter().any(|(_, s)| *s == GatewayState::Up)
     }
 
     /// Records gateway `i`'s probe verdict; returns whether it changed.
     pub fn set_gateway(&self, i: usize, state: GatewayState) -> bool {
-        let mut all = self.gateways.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all = crate::sync::lock(&self.gateways);
         let Some((_, slot)) = all.get_mut(i) else { return false };
         let changed = std::mem::replace(slot, state) != state;
         drop(all);

@@ -42,7 +42,7 @@ impl Rates {
     /// Requests per second per method since the previous call (`None` the first time).
     fn per_second(&self, totals: &BTreeMap<String, u64>) -> Option<HashMap<String, f64>> {
         let now = Instant::now();
-        let mut last = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = crate::sync::lock(&self.0);
         let previous = last.replace((now, totals.iter().map(|(m, n)| (m.clone(), *n)).collect()));
         let (then, counts) = previous?;
         let secs = now.duration_since(then).as_secs_f64();
@@ -98,7 +98,7 @@ th{{background:#f4f4f4}} .ok{{color:#176f2c;font-weight:600}} .bad{{color:#b0002
     );
     let cert = match f.certificate_expiry {
         Some(at) => {
-            let days = (at - crate::shared::now_ms() as i64 / 1000) / 86_400;
+            let days = (at - crate::clock::unix_ms() as i64 / 1000) / 86_400;
             badge(days >= 14, &format!("expires in {days} days ({})", crate::session::view::rfc3339(at as u64 * 1000)))
         }
         None => r#"<span class="muted">plain HTTP (no certificate)</span>"#.into(),

@@ -26,6 +26,7 @@ use crate::gateway::{
     Gateway, GatewayMethod, GatewayReply, GatewayRequest, PollConnection, SessionAuth, UpstreamError,
 };
 use crate::metrics::{Discarded, Metrics};
+use crate::sync::lock;
 
 /// One agent's gateway session.
 pub struct Session {
@@ -76,12 +77,6 @@ impl std::fmt::Debug for Session {
             .field("ended", &self.ended())
             .finish_non_exhaustive()
     }
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Every critical section here is a few assignments that cannot leave data half-written,
-    // so a poisoned lock (a panic elsewhere while holding it) is safe to keep using.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Session {
@@ -284,7 +279,7 @@ impl Session {
     }
 
     fn note_error(&self, what: &'static str) {
-        *lock(&self.last_error) = Some((what, super::events::unix_ms()));
+        *lock(&self.last_error) = Some((what, crate::clock::unix_ms()));
     }
 
     /// Records the tightest rate limit's state at this request (for the agent view).

@@ -16,6 +16,7 @@ use super::error::SessionError;
 use super::link::{Applied, Link};
 use crate::gateway::UpstreamError;
 use crate::shared::{Change, CreateMode, Lease, NewRecord, OpLock, Record, RecordState, SharedStore, StreamEvent};
+use crate::sync::lock;
 
 /// Orphaned agents taken over per maintenance round (the rest wait for the next round).
 const TAKEOVERS_PER_ROUND: usize = 256;
@@ -69,11 +70,6 @@ pub(crate) struct Cluster {
     store_was_away: AtomicBool,
     /// Until when takeovers wait after the store came back (see `maintain`).
     takeovers_after: Mutex<Option<Instant>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // One assignment per critical section; a poisoned lock is safe to keep using.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Cluster {

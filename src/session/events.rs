@@ -27,11 +27,6 @@ pub struct BufferedEvent {
     pub at_ms: u64,
 }
 
-/// Wall-clock now in Unix ms.
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 struct Inner {
     events: VecDeque<BufferedEvent>,
     /// The newest id dropped (or known missing) before any reader could be sure to see it.
@@ -68,10 +63,6 @@ impl EventBuffer {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Appends an event with the next id of the process-wide counter; returns whether an old
     /// one was dropped to make room.
     pub fn push(&self, kind: &str, data: Bytes) -> bool {
@@ -83,7 +74,7 @@ impl EventBuffer {
     /// buffer already has it, or a newer one; otherwise whether an old event was dropped.
     pub fn insert(&self, id: u64, kind: &str, data: Bytes) -> Option<bool> {
         let dropped = {
-            let mut q = self.lock();
+            let mut q = crate::sync::lock(&self.inner);
             if q.events.back().is_some_and(|last| last.id >= id) || id <= q.evicted {
                 return None;
             }
@@ -91,7 +82,7 @@ impl EventBuffer {
             if let Some(d) = &dropped {
                 q.evicted = q.evicted.max(d.id);
             }
-            q.events.push_back(BufferedEvent { id, kind: Arc::from(kind), data, at_ms: unix_ms() });
+            q.events.push_back(BufferedEvent { id, kind: Arc::from(kind), data, at_ms: crate::clock::unix_ms() });
             dropped.is_some()
         };
         self.latest.send_modify(|l| *l = (*l).max(id));
@@ -101,7 +92,7 @@ impl EventBuffer {
     /// Records that events up to `id` may exist that this buffer never held (a mirror that
     /// could not read them all): readers from before `id` are told they missed some.
     pub fn missing_up_to(&self, id: u64) {
-        let mut q = self.lock();
+        let mut q = crate::sync::lock(&self.inner);
         q.evicted = q.evicted.max(id);
     }
 
@@ -121,18 +112,18 @@ impl EventBuffer {
 
     /// The newest `n` events' ids, types and times, oldest first (no data).
     pub fn recent(&self, n: usize) -> Vec<(u64, Arc<str>, u64)> {
-        let q = self.lock();
+        let q = crate::sync::lock(&self.inner);
         q.events.iter().skip(q.events.len().saturating_sub(n)).map(|e| (e.id, e.kind.clone(), e.at_ms)).collect()
     }
 
     /// When the newest event arrived here (Unix ms).
     pub fn last_at_ms(&self) -> Option<u64> {
-        self.lock().events.back().map(|e| e.at_ms)
+        crate::sync::lock(&self.inner).events.back().map(|e| e.at_ms)
     }
 
     /// Events with id > `cursor`.
     pub fn since(&self, cursor: u64) -> Batch {
-        let q = self.lock();
+        let q = crate::sync::lock(&self.inner);
         let missed = q.evicted > cursor;
         // Ids are increasing, so skip by binary search rather than scanning.
         let start = q.events.partition_point(|e| e.id <= cursor);
@@ -147,7 +138,7 @@ impl EventBuffer {
         loop {
             let cursor = self.queue.load(Ordering::Acquire);
             let next = {
-                let q = self.lock();
+                let q = crate::sync::lock(&self.inner);
                 q.events.get(q.events.partition_point(|e| e.id <= cursor)).cloned()
             }?;
             if self.queue.compare_exchange(cursor, next.id, Ordering::AcqRel, Ordering::Acquire).is_ok() {

@@ -31,6 +31,7 @@ use crate::shared::{
     provisional_id, AuthWrite, AuthWritten, ConfWrite, EndAs, Ended as StoreEnded, NewEvent, Record, RecordState,
     SharedStore, StoreError,
 };
+use crate::sync::lock;
 
 /// What a replica could not write while the store was away; written by the next round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,11 +82,6 @@ pub(crate) struct Link {
     /// Events recorded while the store was away, with the ids this replica gave them; at most
     /// the event buffer's capacity (the oldest dropped first, as the buffer itself does).
     pending: Mutex<VecDeque<(u64, Arc<str>, Bytes)>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Each critical section is a few assignments; a poisoned lock is safe to keep using.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Link {

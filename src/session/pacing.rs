@@ -70,7 +70,7 @@ impl Pacer {
             return;
         }
         let at = {
-            let mut next = self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut next = crate::sync::lock(&self.next);
             let at = (*next).max(Instant::now());
             *next = at + self.interval;
             at

@@ -14,12 +14,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::agent::{lock, Session};
+use super::agent::Session;
 use super::cluster::{Claim, Host};
 use super::conference::ConfState;
 use super::credentials::CredentialStore;
 use super::error::{Ended, SessionError};
-use super::events::{unix_ms, EventBuffer};
+use super::events::EventBuffer;
 use super::link::Link;
 use super::pacing::{Pacer, SignInGate};
 use super::poller::{self, Poller};
@@ -27,6 +27,7 @@ use super::replica::Replica;
 use super::replication::Replication;
 use super::state::SessionState;
 use super::view::AgentView;
+use crate::clock::unix_ms;
 use crate::config::{ms, SessionsConfig, ShutdownMode};
 use crate::gateway::wire::session_auth;
 use crate::gateway::{
@@ -35,6 +36,7 @@ use crate::gateway::{
 use crate::log_budget::LogBudget;
 use crate::metrics::{Metrics, SigninResult, SignoutTrigger};
 use crate::shared::{Record, SharedStore, StreamEvent};
+use crate::sync::lock;
 
 /// Agents one view lists at most: every agent of a full replica (`sessions.max_agents`'s
 /// default), and a bound on what one admin request costs.

@@ -469,7 +469,7 @@ impl Connection {
     }
 
     fn status_mut(&self) -> std::sync::MutexGuard<'_, StoreStatus> {
-        self.status.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.status)
     }
 
     pub fn status(&self) -> StoreStatus {
@@ -518,7 +518,7 @@ impl Connection {
                     s.connected = true;
                     if let Some(f) = s.last_failover.as_mut().filter(|f| f.to.is_none()) {
                         f.to = Some(primary.clone());
-                        f.took_ms = Some(super::now_ms().saturating_sub(f.at_ms));
+                        f.took_ms = Some(crate::clock::unix_ms().saturating_sub(f.at_ms));
                     }
                     s.primary = Some(primary.clone());
                 }
@@ -612,7 +612,7 @@ impl Connection {
             s.reconnects += 1;
             let from = s.primary.take();
             s.last_failover = Some(Failover {
-                at_ms: super::now_ms(),
+                at_ms: crate::clock::unix_ms(),
                 reason: reason.as_str(),
                 from: from.clone(),
                 to: None,

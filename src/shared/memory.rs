@@ -126,7 +126,7 @@ impl MemoryHub {
             changes: broadcast::channel(CHANGES).0,
             lease_ttl,
             born: Instant::now(),
-            born_ms: super::now_ms(),
+            born_ms: crate::clock::unix_ms(),
             down: AtomicBool::new(false),
             replicas: AtomicU64::new(0),
         }))
@@ -149,12 +149,12 @@ impl MemoryHub {
 
     /// Everything is lost (Redis restarted empty).
     pub fn flush_all(&self) {
-        *self.0.lock() = State::default();
+        *crate::sync::lock(&self.0.state) = State::default();
     }
 
     /// The agent's lease ends now, as if its time had run out.
     pub fn expire_lease(&self, agent: &str) {
-        if let Some(a) = self.0.lock().agents.get_mut(agent) {
+        if let Some(a) = crate::sync::lock(&self.0.state).agents.get_mut(agent) {
             a.lease = None;
         }
     }
@@ -162,7 +162,7 @@ impl MemoryHub {
     /// The lease's holder (`replica epoch`), if any.
     pub fn lease_holder(&self, agent: &str) -> Option<String> {
         let now = Instant::now();
-        let mut st = self.0.lock();
+        let mut st = crate::sync::lock(&self.0.state);
         let a = st.agents.get_mut(agent)?;
         a.expire(now);
         a.lease.as_ref().map(|(t, _)| t.clone())
@@ -176,11 +176,6 @@ fn next_epoch(last: u64, hub: &Inner) -> u64 {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // Every critical section below completes its writes; a poisoned lock is safe to reuse.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     fn now_ms(&self) -> u64 {
         self.born_ms + Instant::now().saturating_duration_since(self.born).as_millis() as u64
     }
@@ -200,7 +195,7 @@ impl Inner {
     fn with<T>(&self, agent: &str, f: impl FnOnce(&mut Agent, &Self) -> T) -> Result<T, StoreError> {
         self.up()?;
         let now = Instant::now();
-        let mut st = self.lock();
+        let mut st = crate::sync::lock(&self.state);
         let a = st.agents.entry(agent.to_owned()).or_default();
         a.expire(now);
         let out = f(a, self);
@@ -249,7 +244,7 @@ impl MemoryStore {
     fn index_key(&self, key: &str) {
         if self.hub.up().is_ok() {
             let now = self.hub.now_ms();
-            self.hub.lock().index.insert(key.to_owned(), now);
+            crate::sync::lock(&self.hub.state).index.insert(key.to_owned(), now);
         }
     }
 
@@ -421,7 +416,7 @@ impl SharedStore for MemoryStore {
         if ended == Ended::Ended {
             self.hub.announce(Change::Session(agent.into()));
             if self.hub.up().is_ok() {
-                self.hub.lock().index.remove(agent);
+                crate::sync::lock(&self.hub.state).index.remove(agent);
             }
         }
         Ok(ended)
@@ -531,7 +526,7 @@ impl SharedStore for MemoryStore {
             }
         })?;
         // Mark the agent as needing a poller now rather than after a lease's lifetime.
-        self.hub.lock().index.insert(agent.to_owned(), 0);
+        crate::sync::lock(&self.hub.state).index.insert(agent.to_owned(), 0);
         Ok(())
     }
 
@@ -561,21 +556,21 @@ impl SharedStore for MemoryStore {
         let agent = &self.key(agent);
         if self.hub.up().is_ok() {
             let now = self.hub.now_ms();
-            self.hub.lock().index.insert(agent.to_owned(), now);
+            crate::sync::lock(&self.hub.state).index.insert(agent.to_owned(), now);
         }
     }
 
     async fn unindex_agent(&self, agent: &str) {
         let agent = &self.key(agent);
         if self.hub.up().is_ok() {
-            self.hub.lock().index.remove(agent);
+            crate::sync::lock(&self.hub.state).index.remove(agent);
         }
     }
 
     async fn stale_agents(&self, max: usize) -> Result<Vec<String>, StoreError> {
         self.hub.up()?;
         let before = self.hub.now_ms().saturating_sub(self.hub.lease_ttl.as_millis() as u64);
-        let st = self.hub.lock();
+        let st = crate::sync::lock(&self.hub.state);
         let mut stale: Vec<(u64, &str)> =
             st.index.iter().filter(|(_, s)| **s <= before).filter_map(|(a, s)| Some((*s, self.own(a)?))).collect();
         stale.sort();
@@ -584,7 +579,7 @@ impl SharedStore for MemoryStore {
 
     async fn indexed_agents(&self, max: usize) -> Result<Vec<String>, StoreError> {
         self.hub.up()?;
-        let st = self.hub.lock();
+        let st = crate::sync::lock(&self.hub.state);
         let mut all: Vec<(u64, &str)> = st.index.iter().filter_map(|(a, s)| Some((*s, self.own(a)?))).collect();
         all.sort();
         Ok(all.into_iter().take(max).map(|(_, a)| a.to_owned()).collect())
@@ -598,14 +593,14 @@ impl SharedStore for MemoryStore {
     async fn heartbeat(&self) -> Result<(), StoreError> {
         self.hub.up()?;
         let now = self.hub.now_ms();
-        self.hub.lock().replicas.insert(self.replica.to_string(), now);
+        crate::sync::lock(&self.hub.state).replicas.insert(self.replica.to_string(), now);
         Ok(())
     }
 
     async fn leave(&self) -> Result<usize, StoreError> {
         self.hub.up()?;
         let alive_since = self.hub.now_ms().saturating_sub(3 * self.hub.lease_ttl.as_millis() as u64);
-        let mut st = self.hub.lock();
+        let mut st = crate::sync::lock(&self.hub.state);
         st.replicas.remove(&*self.replica);
         st.replicas.retain(|_, at| *at > alive_since);
         Ok(st.replicas.len())
@@ -622,7 +617,7 @@ impl SharedStore for MemoryStore {
         let (now, instant) = (self.hub.now_us(), Instant::now());
         let interval = interval.as_micros().max(1) as u64;
         let tolerance = interval * u64::from(burst);
-        let mut st = self.hub.lock();
+        let mut st = crate::sync::lock(&self.hub.state);
         st.limits.retain(|_, (_, expires)| *expires > instant);
         let tat = st.limits.get(&key).map_or(now, |(t, _)| *t).max(now);
         // As the Redis script: as many of `want` as the bucket holds, if it holds one.

@@ -270,7 +270,7 @@ pub fn unpack_id(id: u64) -> String {
 /// An id for a new event, after `last`, from this clock: Redis takes it as the event's id if
 /// it is still above the stream's newest, and it makes an append idempotent.
 pub fn provisional_id(last: u64) -> u64 {
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now_ms = crate::clock::unix_ms();
     (now_ms << SEQ_BITS).max(last + 1)
 }
 
@@ -355,13 +355,6 @@ pub trait SharedStore: Send + Sync + std::fmt::Debug {
     /// Follows the change channel for as long as the process runs, calling `on` for each
     /// change, and `Change::Resync` after every (re)subscription.
     async fn follow(self: Arc<Self>, on: Box<dyn FnMut(Change) + Send>);
-}
-
-/// This replica's clock in ms: for people (log times, a failover's time) and the in-memory
-/// store. Nothing compares it with another replica's: Redis's own clock (`TIME` in the
-/// scripts) decides every age that replicas share.
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A session record's fields, validated as input from the network: `None` if any is missing

@@ -28,6 +28,7 @@ use crate::gateway::wire::{GUID_HEADER, JSON_UTF8, SET_GUID_HEADER};
 use crate::gateway::{parse_agent_id, Envelope, GatewayMethod, Retcode, BASE_PATH};
 use crate::server::body::{self, Body, BoxError};
 use crate::server::{Handler, ServeOptions, Served};
+use crate::sync::lock;
 pub use config::{
     AuthMode, Faults, SimConfig, DEFAULT_EVENT_WAIT_MS, DEFAULT_GUID_INTERVAL_MS, DEFAULT_GUID_OVERLAP_MS,
     DEFAULT_MAX_IDLE_MS, DEFAULT_SIM_LISTEN, EVENT_QUEUE_CAP,
@@ -71,10 +72,6 @@ struct Shared {
 /// The simulator's request handler, and (cloned) the test-facing handle to its state.
 #[derive(Clone)]
 pub struct Sim(Arc<Shared>);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 impl Sim {
     pub fn new(cfg: SimConfig) -> Self {
@@ -365,10 +362,7 @@ impl Sim {
         }
         let guid = new_guid(cfg.node);
         let cookie = format!("huaweielbsession={}", uuid::Uuid::new_v4().simple());
-        let login_time = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let login_time = crate::clock::unix_ms();
         st.guids.insert(guid.clone(), agent.to_owned());
         st.agents.insert(
             agent.to_owned(),

@@ -68,8 +68,7 @@ pub(super) fn new_guid(node: u32) -> String {
 }
 
 pub(super) fn event(agent: &str, kind: &str, content: Value) -> Value {
-    let gen =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let gen = crate::clock::unix_ms();
     json!({"eventType": kind, "workNo": agent, "content": content, "eventGenTime": gen})
 }
 

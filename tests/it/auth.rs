@@ -5,7 +5,8 @@ use crate::common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use ccgate::devkeys::{now_secs, DevSigner};
+use ccgate::clock::unix_secs as now_secs;
+use ccgate::devkeys::DevSigner;
 use common::{problem, rsa, Harness, AUDIENCE, ISSUER};
 use http::{Method, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};

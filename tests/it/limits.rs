@@ -6,8 +6,8 @@ use crate::common;
 
 use std::time::Duration;
 
+use ccgate::clock::unix_secs as now_secs;
 use ccgate::config::{LimitConfig, RateLimitsConfig, Scope};
-use ccgate::devkeys::now_secs;
 use ccgate::gateway::GatewayMethod;
 use ccgate::metrics::Metrics;
 use ccgate::ops::limits::{Limits, Tier};

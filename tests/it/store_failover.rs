@@ -510,7 +510,7 @@ async fn a_skewed_replica_hands_over_on_a_graceful_stop(skew: &str) {
         &[("LD_PRELOAD", lib.as_str()), ("FAKETIME", skew), ("FAKETIME_DONT_FAKE_MONOTONIC", "1")],
     );
     // A token the skewed replica accepts whichever way its clock is off.
-    let now = ccgate::devkeys::now_secs();
+    let now = ccgate::clock::unix_secs();
     let token =
         h.es.sign(&json!({
             "iss": common::ISSUER, "aud": common::AUDIENCE, "sub": "agent-153", "agent_id": "153",

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 
 use arc_swap::ArcSwap;
 
+use crate::admin::{Admin, GatewayState, Readiness};
 use crate::config::{ms, Config, StoreBackend};
 use crate::edge::auth::Authenticator;
 use crate::edge::Proxy;
@@ -18,7 +19,6 @@ use crate::metrics::{Metered, Metrics};
 use crate::ops::limits::{Limits, EVICTION_INTERVAL};
 use crate::ops::Core;
 use crate::reload::{ConfigSource, Live, Parts, Reloader};
-use crate::server::admin::{Admin, GatewayState, Readiness};
 use crate::server::listener::{triggered, ConnectionMetrics};
 use crate::server::{self, ServeOptions, Shutdown};
 use crate::session::{GatewayIdentity, Gateways, SessionStore};

@@ -9,6 +9,7 @@
 //! `metrics` and `server` (listeners) beside them, and `shared` (Redis, for replicas that
 //! share agents) under `session` and the limits.
 
+pub mod admin;
 pub mod app;
 pub mod clock;
 pub mod config;
@@ -18,7 +19,7 @@ pub mod devkeys;
 pub mod edge;
 pub mod gateway;
 pub mod jwks;
-mod labels;
+pub mod labels;
 pub mod log_budget;
 pub mod metrics;
 pub mod ops;

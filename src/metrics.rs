@@ -13,159 +13,17 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::gateway::{CallFuture, Gateway, GatewayClient, GatewayMethod, GatewayRequest, Retcode, UpstreamError};
-use crate::labels::label_enum;
-use crate::ops::method::MethodLabel;
-use crate::ops::principal::AuthFailureReason;
-use crate::session::{LossReason, SessionState};
+use crate::gateway::{CallFuture, Gateway, GatewayClient, GatewayMethod, GatewayRequest, Retcode};
+use crate::labels::{
+    AuthFailureReason, Discarded, JwksFetchResult, LossReason, MethodLabel, Outcome, ReloadResult, SessionState,
+    SigninResult, SignoutTrigger, StoreOp, StoreReconnect, UpstreamErrorKind,
+};
 
 /// Buckets for a gateway round trip and for a whole proxied request. A LAN round trip to the
 /// CC-Gateway is a few milliseconds; CTI operations (conference set-up) take up to a few
 /// hundred; 10 s is our request timeout. Finer steps below 100 ms keep p50/p99 readable where
 /// most requests land; the 10 s bucket makes timeouts visible as such.
 pub const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
-label_enum! {
-    /// How a request ended; the `outcome` label of `ccgate_requests_total`. `rejected`: the
-    /// gateway refused the app's own request (its parameters, or the agent's state), not a
-    /// fault of the gateway or ccgate, so not in the error ratio.
-    Outcome {
-        Ok => "ok",
-        Rejected => "rejected",
-        GatewayError => "gateway_error",
-        Unauthenticated => "unauthenticated",
-        Forbidden => "forbidden",
-        NotChairperson => "not_chairperson",
-        NoConference => "no_conference",
-        NoSession => "no_session",
-        SessionLost => "session_lost",
-        RateLimited => "rate_limited",
-        BadRequest => "bad_request",
-        NotFound => "not_found",
-        UpstreamUnavailable => "upstream_unavailable",
-        StoreUnavailable => "store_unavailable",
-        KeysUnavailable => "keys_unavailable",
-        Overloaded => "overloaded",
-        Timeout => "timeout",
-        Internal => "internal",
-    }
-}
-
-label_enum! {
-    /// Result of a sign-in attempt; the `result` label of `ccgate_signins_total`.
-    SigninResult {
-        Ok => "ok",
-        AlreadySignedIn => "already_signed_in",
-        Rejected => "rejected",
-        NoCredentials => "no_credentials",
-        UpstreamError => "upstream_error",
-        AtCapacity => "at_capacity",
-        FileLimit => "file_limit",
-        QueueFull => "queue_full",
-    }
-}
-
-label_enum! {
-    /// What asked for a sign-out; the `trigger` label of `ccgate_signout_failures_total`.
-    SignoutTrigger {
-        App => "app",
-        Idle => "idle",
-        Shutdown => "shutdown",
-    }
-}
-
-label_enum! {
-    /// What ccgate was doing in Redis when it failed; the `op` label of
-    /// `ccgate_store_errors_total`.
-    StoreOp {
-        Connect => "connect",
-        Read => "read",
-        Write => "write",
-        Lease => "lease",
-        Limit => "limit",
-        Events => "events",
-        Subscribe => "subscribe",
-    }
-}
-
-label_enum! {
-    /// Why ccgate dropped its Redis connection and connected afresh (issue 35); the `reason`
-    /// label of `ccgate_store_reconnects_total`: `readonly` (the node was demoted: a managed
-    /// failover), `loading` (it restarted and loads its data), `masterdown` (a replica that
-    /// lost its primary), `noscript` (a script vanished even after loading it: the name leads
-    /// to several nodes), `clusterdown` (a cluster that stayed down), `connection_lost`
-    /// (reset, refused or closed), `timeouts` (commands timed out in a row), `switch_master`
-    /// (a sentinel announced a new primary).
-    StoreReconnect {
-        ReadOnly => "readonly",
-        Loading => "loading",
-        MasterDown => "masterdown",
-        NoScript => "noscript",
-        ClusterDown => "clusterdown",
-        ConnectionLost => "connection_lost",
-        Timeouts => "timeouts",
-        SwitchMaster => "switch_master",
-    }
-}
-
-label_enum! {
-    /// Input from the gateway or the shared store that ccgate discarded to keep its bounds or
-    /// because it was not valid; the `what` label of `ccgate_input_discarded_total`:
-    /// `gateway_cookie` (a `Set-Cookie` past the session's jar bounds), `store_agent_id` (an
-    /// agent id in Redis that is not a work number), `store_record` (a session record with a
-    /// field that fails validation), `store_event` (a stream entry that fails validation),
-    /// `pending_event` (recorded while Redis was away, dropped from the full pending queue).
-    Discarded {
-        GatewayCookie => "gateway_cookie",
-        StoreAgentId => "store_agent_id",
-        StoreRecord => "store_record",
-        StoreEvent => "store_event",
-        PendingEvent => "pending_event",
-    }
-}
-
-label_enum! {
-    /// How a fetch of an identity provider's keys ended; the `result` label of
-    /// `ccgate_jwks_fetches_total`: `unreachable` (no connection, TLS refused, no answer in
-    /// time), `http_error` (a status other than 200), `invalid` (not a JWK Set, no usable key,
-    /// a discovery document for another issuer).
-    JwksFetchResult {
-        Ok => "ok",
-        Unreachable => "unreachable",
-        HttpError => "http_error",
-        Invalid => "invalid",
-    }
-}
-
-label_enum! {
-    /// How a reload ended; the `result` label of `ccgate_config_reloads_total` and
-    /// `ccgate_tls_certificate_reloads_total`.
-    ReloadResult {
-        Ok => "ok",
-        Failed => "failed",
-    }
-}
-
-label_enum! {
-    /// Transport failure kinds; the `kind` label of `ccgate_upstream_errors_total`.
-    UpstreamErrorKind {
-        Unavailable => "unavailable",
-        Timeout => "timeout",
-        BadStatus => "bad_status",
-        Malformed => "malformed",
-    }
-}
-
-impl From<&UpstreamError> for UpstreamErrorKind {
-    fn from(e: &UpstreamError) -> Self {
-        match e {
-            UpstreamError::Unavailable(_) => Self::Unavailable,
-            UpstreamError::Timeout => Self::Timeout,
-            UpstreamError::BadStatus(_) => Self::BadStatus,
-            UpstreamError::Malformed(_) => Self::Malformed,
-        }
-    }
-}
 
 /// The gateway client with every round trip recorded: duration, and retcode or failure kind,
 /// per method. The session layer calls the gateway through it, so app requests and the poller

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::route::Route;
-use crate::metrics::Outcome;
+use crate::labels::Outcome;
 use crate::ops::{Done, Failure, Operation};
 use crate::server::body::{self, Body};
 use crate::session::{ConfState, SignInOptions, Snapshot};

@@ -29,10 +29,11 @@ use tracing::Instrument;
 
 use crate::gateway::trace::TraceContext;
 use crate::gateway::{timing, GatewayMethod, BASE_PATH};
-use crate::metrics::{GaugeGuard, Metrics, Outcome};
+use crate::labels::AuthFailureReason;
+use crate::labels::MethodLabel;
+use crate::labels::Outcome;
+use crate::metrics::{GaugeGuard, Metrics};
 use crate::ops::limits::LimitState;
-use crate::ops::method::MethodLabel;
-use crate::ops::principal::AuthFailureReason;
 use crate::ops::{Core, Failure, Principal};
 use crate::server::body::Body;
 use crate::server::Handler;

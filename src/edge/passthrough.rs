@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::gateway::wire::JSON_UTF8;
 use crate::gateway::{Envelope, GatewayMethod, BASE_PATH};
-use crate::metrics::Outcome;
+use crate::labels::Outcome;
 use crate::ops::{Done, Failure, Operation, Principal};
 use crate::server::body::{self, Body};
 use crate::session::SignInOptions;

@@ -5,8 +5,8 @@
 
 use std::net::IpAddr;
 
+use crate::labels::AuthFailureReason;
 use crate::log_budget::LogBudget;
-use crate::ops::principal::AuthFailureReason;
 
 #[derive(Default)]
 pub struct RefusalLog {

@@ -11,10 +11,10 @@ use serde_json::json;
 
 use crate::gateway::wire::JSON_UTF8;
 use crate::gateway::{Envelope, Retcode, UpstreamError};
-use crate::metrics::Outcome;
+use crate::labels::AuthFailureReason;
+use crate::labels::Outcome;
 use crate::ops::failure::Overload;
 use crate::ops::limits::LimitState;
-use crate::ops::principal::AuthFailureReason;
 use crate::ops::Failure;
 use crate::server::body::{full, Body};
 

@@ -4,7 +4,7 @@
 use http::Method;
 
 use crate::gateway::GatewayMethod;
-use crate::ops::method::MethodLabel;
+use crate::labels::MethodLabel;
 use crate::ops::Failure;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,7 +91,7 @@ mod tests {
     /// (method, path) set, each one routed to the route that claims it.
     #[test]
     fn the_openapi_description_and_the_router_have_the_same_routes() {
-        let spec = crate::server::admin::OPENAPI;
+        let spec = crate::admin::OPENAPI;
         let mut described = Vec::new();
         let mut path = None;
         for line in spec.lines() {

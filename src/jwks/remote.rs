@@ -32,7 +32,8 @@ use serde_json::Value;
 use super::KeySet;
 use crate::config::{JwksRefresh, KeySource, ProviderConfig};
 use crate::gateway::client::error_chain;
-use crate::metrics::{JwksFetchResult, Metrics};
+use crate::labels::JwksFetchResult;
+use crate::metrics::Metrics;
 
 /// Largest JWKS or discovery document accepted. Real ones are a few KiB (Entra ID's, with
 /// certificate chains, about 10 KiB).

@@ -3,8 +3,8 @@
 //! retcode from one table (`edge/render.rs`). No variant carries a token, Guid, password or
 //! cookie, so no rendering of one can leak a secret.
 
-use super::principal::AuthFailureReason;
 use crate::gateway::{GatewayRefusal, Retcode, UpstreamError};
+use crate::labels::AuthFailureReason;
 use crate::session::SessionError;
 
 use super::limit_state::Refusal as LimitRefusal;

@@ -28,10 +28,10 @@ use governor::{Quota, RateLimiter};
 
 use super::failure::Failure;
 pub use super::limit_state::{LimitState, Refusal};
-use super::method::MethodLabel;
 use super::principal::Principal;
 use super::slices::{self, Slices, Take};
 use crate::config::{LimitConfig, LimitsFallback, RateLimitsConfig, Scope};
+use crate::labels::MethodLabel;
 use crate::metrics::Metrics;
 use crate::shared::{Bucket, Grant, SharedStore, StoreError};
 

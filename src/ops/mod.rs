@@ -7,7 +7,6 @@
 pub mod failure;
 mod limit_state;
 pub mod limits;
-pub mod method;
 pub mod policy;
 pub mod principal;
 pub mod slices;
@@ -21,12 +20,12 @@ use bytes::Bytes;
 
 use crate::config::{ms, UnknownChair};
 use crate::gateway::{GatewayMethod, GatewayRefusal, GatewayReply};
+use crate::labels::MethodLabel;
 use crate::session::conference::apply_success;
 use crate::session::events::BufferedEvent;
 use crate::session::{ConfState, Gateways, Listening, Session, SessionError, SessionStore, SignInOptions, Snapshot};
 pub use failure::{Failure, Overload};
 use limits::{LimitState, Limits, Tier};
-use method::MethodLabel;
 use policy::check_chair;
 pub use principal::Principal;
 

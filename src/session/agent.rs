@@ -20,12 +20,13 @@ use super::copy::LocalCopy;
 use super::error::{Ended, Refusal, SessionError};
 use super::events::{BufferedEvent, EventBuffer};
 use super::replica::Replica;
-use super::state::{LimitSnapshot, LossReason, SessionState};
+use super::state::LimitSnapshot;
 use crate::gateway::wire::{merge_cookies, session_auth};
 use crate::gateway::{
     Gateway, GatewayMethod, GatewayReply, GatewayRequest, PollConnection, SessionAuth, UpstreamError,
 };
-use crate::metrics::{Discarded, Metrics};
+use crate::labels::{Discarded, LossReason, SessionState};
+use crate::metrics::Metrics;
 use crate::sync::lock;
 
 /// One agent's gateway session.
@@ -251,7 +252,7 @@ impl Session {
         let reply = match self.gateway.call(req).await {
             Ok(reply) => reply,
             Err(e) => {
-                self.note_error(crate::metrics::UpstreamErrorKind::from(&e).as_str());
+                self.note_error(crate::labels::UpstreamErrorKind::from(&e).as_str());
                 return Err(e);
             }
         };

@@ -5,7 +5,7 @@
 use super::conference::ConfState;
 use super::error::Ended;
 use super::events::EventBuffer;
-use super::state::LossReason;
+use crate::labels::LossReason;
 use crate::metrics::Metrics;
 
 pub(crate) trait LocalCopy: Send + Sync {

@@ -1,7 +1,7 @@
 //! What the session layer answers when it cannot do what was asked, and why a session ended.
 
-use super::state::LossReason;
 use crate::gateway::{GatewayRefusal, UpstreamError};
+use crate::labels::LossReason;
 
 /// Why the session layer could not do what was asked. Each variant says what the caller can
 /// do about it.

@@ -25,8 +25,7 @@ use super::conference::ConfState;
 use super::copy::LocalCopy;
 use super::error::{Ended, Refusal};
 use super::events::BufferedEvent;
-use super::state::LossReason;
-use crate::metrics::Discarded;
+use crate::labels::{Discarded, LossReason};
 use crate::shared::{
     provisional_id, AuthWrite, AuthWritten, ConfWrite, EndAs, Ended as StoreEnded, NewEvent, Record, RecordState,
     SharedStore, StoreError,

@@ -39,7 +39,7 @@ pub use conference::ConfState;
 pub use credentials::{AgentCredentials, CredentialStore};
 pub use error::{Ended, SessionError};
 pub use gateways::{AgentQuery, Gateways};
-pub use state::{LimitSnapshot, LossReason, SessionState};
+pub use state::LimitSnapshot;
 pub use store::{GatewayIdentity, SessionStore, SignInOptions};
 
 #[cfg(test)]

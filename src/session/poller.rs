@@ -14,8 +14,8 @@ use super::agent::Session;
 use super::conference::{apply_event, EventEffect};
 use super::error::Refusal;
 use super::pacing::Pacer;
-use super::state::LossReason;
 use crate::gateway::{GatewayMethod, GatewayReply, PollConnection, UpstreamError};
+use crate::labels::LossReason;
 use crate::log_budget::LogBudget;
 use crate::metrics::GaugeGuard;
 

@@ -13,7 +13,7 @@ use super::copy::LocalCopy;
 use super::error::Refusal;
 use super::events::BufferedEvent;
 use super::link::Link;
-use super::state::LossReason;
+use crate::labels::LossReason;
 
 pub(crate) enum Replica {
     /// Sessions live in this process only.

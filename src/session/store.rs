@@ -25,7 +25,6 @@ use super::pacing::{Pacer, SignInGate};
 use super::poller::{self, Poller};
 use super::replica::Replica;
 use super::replication::Replication;
-use super::state::SessionState;
 use super::view::AgentView;
 use crate::clock::unix_ms;
 use crate::config::{ms, SessionsConfig, ShutdownMode};
@@ -33,8 +32,10 @@ use crate::gateway::wire::session_auth;
 use crate::gateway::{
     timing, Envelope, Gateway, GatewayMethod, GatewayRefusal, GatewayReply, GatewayRequest, Retcode, UpstreamError,
 };
+use crate::labels::SessionState;
+use crate::labels::{SigninResult, SignoutTrigger};
 use crate::log_budget::LogBudget;
-use crate::metrics::{Metrics, SigninResult, SignoutTrigger};
+use crate::metrics::Metrics;
 use crate::shared::{Record, SharedStore, StreamEvent};
 use crate::sync::lock;
 
@@ -532,7 +533,7 @@ impl SessionStore {
         // The sign-in answer's cookies go into the jar under the same bounds as later ones.
         let (cookies, dropped) = crate::gateway::wire::merge_cookies(&[], cookies);
         if dropped > 0 {
-            self.metrics.count_discarded(crate::metrics::Discarded::GatewayCookie, dropped as u64);
+            self.metrics.count_discarded(crate::labels::Discarded::GatewayCookie, dropped as u64);
         }
         let auth = session_auth(guid, &cookies)?;
         Some(Arc::new(Session {

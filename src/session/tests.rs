@@ -9,6 +9,7 @@ use serde_json::json;
 use super::testing::{event, store, FakeGateway};
 use super::*;
 use crate::gateway::{Envelope, GatewayMethod, GatewayReply, UpstreamError};
+use crate::labels::LossReason;
 
 const AGENT: &str = "153";
 

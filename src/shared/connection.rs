@@ -26,7 +26,8 @@ use redis::{AsyncConnectionConfig, Client, Cmd, IntoConnectionInfo, Pipeline, Re
 
 use super::StoreError;
 use crate::config::{masked_store_url, parse_host_port, StoreConfig, StoreMode};
-use crate::metrics::{Metrics, StoreReconnect as Reconnect};
+use crate::labels::StoreReconnect as Reconnect;
+use crate::metrics::Metrics;
 
 /// How long a command a cluster refused (`MOVED`, `TRYAGAIN`...) waits before its one more
 /// try: the slot map's rebuild, which the refusal started, takes a round trip or two.

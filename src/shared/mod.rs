@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use crate::config::Scope;
 use crate::gateway::wire::{valid_cookie_jar, valid_guid, MAX_UPSTREAM_BODY};
-use crate::session::LossReason;
+use crate::labels::LossReason;
 
 /// Why a store operation failed. Never carries a key's value (Guids live there).
 #[derive(Debug, Clone, thiserror::Error)]

@@ -22,7 +22,8 @@ use super::{
 use crate::config::{ms, Scope, StoreConfig};
 use crate::gateway::parse_agent_id;
 use crate::gateway::wire::MAX_UPSTREAM_BODY;
-use crate::metrics::{Discarded, Metrics, StoreOp};
+use crate::labels::{Discarded, StoreOp};
+use crate::metrics::Metrics;
 
 pub struct RedisStore {
     /// Shared by the stores of every gateway ([`SharedStore::for_gateway`]): one connection,

@@ -1,5 +1,7 @@
-//! The module graph has no circle, not even between two files of one folder: each file may
-//! use only files below it. Read from the source: a file uses another when it names an item
+//! The layers hold by folder, and the module graph has no circle, not even between two files
+//! of one folder: each unit (a folder under `src/`, or a file at its root) uses only the
+//! layers below its own, as docs/architecture.md's layer table says (this test reads the
+//! table from there), and each file may use only files below it. Read from the source: a file uses another when it names an item
 //! of it (`use` or an inline path, through `crate::`, `super::`, `self::` or a child module).
 //! A folder's `mod.rs` declaring and re-exporting its files is not a use; a file naming an
 //! item its parent re-exports uses the file that defines it.
@@ -25,7 +27,8 @@ fn modules() -> BTreeMap<String, String> {
                 }
                 let text = std::fs::read_to_string(&path).unwrap();
                 // Unit tests may use anything of their own file's parents.
-                let text = match text.find("#[cfg(test)]\nmod tests") {
+                let cut = ["#[cfg(test)]\nmod tests", "#[cfg(all(test"].iter().filter_map(|m| text.find(m)).min();
+                let text = match cut {
                     Some(i) => text[..i].to_owned(),
                     None => text,
                 };
@@ -196,8 +199,8 @@ fn resolve(
     Some(name(&base))
 }
 
-#[test]
-fn the_module_graph_has_no_circle() {
+/// Module → the modules it uses.
+fn edges() -> BTreeMap<String, BTreeSet<String>> {
     let mods = modules();
     let defs: BTreeMap<String, BTreeSet<String>> = mods.iter().map(|(m, s)| (m.clone(), definitions(s))).collect();
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -208,6 +211,75 @@ fn the_module_graph_has_no_circle() {
             }
         }
     }
+    edges
+}
+
+/// The layer table of docs/architecture.md, bottom first: the rows between its two marker
+/// lines, each `| N | unit, unit |`.
+fn layers() -> Vec<Vec<String>> {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md")).unwrap();
+    let start = doc.find("<!-- layers: begin -->").expect("docs/architecture.md has the layer table");
+    let end = doc.find("<!-- layers: end -->").expect("the layer table ends");
+    let mut rows: Vec<(usize, Vec<String>)> = doc[start..end]
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let n = cells.get(1)?.parse().ok()?;
+            let units = cells.get(2)?.split(',').map(|u| u.trim().trim_matches('`').trim_end_matches('/').to_owned());
+            Some((n, units.filter(|u| !u.is_empty()).collect()))
+        })
+        .collect();
+    rows.sort();
+    assert!(rows.iter().enumerate().all(|(i, (n, _))| *n == i), "layers are numbered 0, 1, 2, …: {rows:?}");
+    rows.into_iter().map(|(_, units)| units).collect()
+}
+
+/// The unit a module belongs to: its folder under `src/`, or its file at the root.
+fn unit(module: &str) -> &str {
+    module.split("::").next().unwrap_or(module)
+}
+
+#[test]
+fn each_layer_uses_only_the_layers_below() {
+    let layers = layers();
+    let rank: BTreeMap<&str, usize> =
+        layers.iter().enumerate().flat_map(|(i, row)| row.iter().map(move |u| (u.as_str(), i))).collect();
+    let edges = edges();
+    let mut wrong = Vec::new();
+    for (from, tos) in &edges {
+        // lib.rs only declares the modules.
+        if from == "crate" {
+            continue;
+        }
+        let Some(&here) = rank.get(unit(from)) else {
+            panic!("`{}` is in no row of docs/architecture.md's layer table", unit(from));
+        };
+        for to in tos {
+            if unit(to) == unit(from) || to == "crate" {
+                continue;
+            }
+            match rank.get(unit(to)) {
+                None => panic!("`{}` is in no row of docs/architecture.md's layer table", unit(to)),
+                Some(&there) if there >= here => {
+                    wrong.push(format!("{from} -> {to} (layer {here} uses layer {there})"))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "imports against the layer order:\n{}", wrong.join("\n"));
+    // Every unit of the source has its row, and the check sees what it should: the session
+    // layer uses the shared store below it.
+    for m in edges.keys().filter(|m| *m != "crate") {
+        assert!(rank.contains_key(unit(m)), "{m}");
+    }
+    assert!(edges["session::cluster"].contains("shared"));
+    assert!(rank["session"] > rank["shared"] && rank["edge"] > rank["ops"]);
+}
+
+#[test]
+fn the_module_graph_has_no_circle() {
+    let edges = edges();
     // Depth-first search for a back edge; report the circle.
     fn visit(
         m: &str,
@@ -238,7 +310,7 @@ fn the_module_graph_has_no_circle() {
         None
     }
     let mut state = BTreeMap::new();
-    for m in mods.keys() {
+    for m in modules().keys() {
         if !state.contains_key(m) {
             if let Some(circle) = visit(m, &edges, &mut state, &mut Vec::new()) {
                 panic!("a circle in the module graph: {}", circle.join(" -> "));

@@ -7,7 +7,7 @@ use crate::common;
 use std::time::Duration;
 
 use ccgate::gateway::GatewayMethod;
-use ccgate::session::LossReason;
+use ccgate::labels::LossReason;
 use ccgate::session::{ConfState, Ended};
 use ccgate::sim::Faults;
 use common::{problem, test_sim_config, Harness, Options, WAIT};

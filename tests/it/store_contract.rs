@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ccgate::config::{Scope, StoreBackend, StoreConfig};
+use ccgate::labels::LossReason;
 use ccgate::metrics::Metrics;
-use ccgate::session::LossReason;
 use ccgate::shared::memory::MemoryHub;
 use ccgate::shared::redis::RedisStore;
 use ccgate::shared::{

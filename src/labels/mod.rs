@@ -1,6 +1,19 @@
 //! Bounded vocabularies: enums whose every value has a fixed label, for metric labels, log
-//! fields and the shared store's fields. Each enum lives with the layer whose concept it names
-//! (why a session ended lives in `session`); this module only makes them.
+//! fields and the shared store's fields. They live here, below every layer that names them
+//! (the session layer, the core, the edge and the metrics all say why a session ended), so
+//! the metrics can zero and label their series without reaching up into those layers
+//! (issue 38). Only `request.rs` sits above anything: a `method` is a gateway method or a
+//! route, so it knows the gateway's method registry.
+
+mod control;
+mod request;
+mod session;
+mod store;
+
+pub use control::{JwksFetchResult, ReloadResult};
+pub use request::{AuthFailureReason, MethodLabel, Outcome, UpstreamErrorKind};
+pub use session::{LossReason, SessionState, SigninResult, SignoutTrigger};
+pub use store::{Discarded, StoreOp, StoreReconnect};
 
 /// An enum with a `&'static str` label per variant, `ALL` of them and their `COUNT`.
 macro_rules! label_enum {

@@ -5,6 +5,8 @@
 //! on its own), `POST /-/reload` from loopback (what SIGHUP does), and for operators `/agents`,
 //! `/agents/{id}` and the status page at `/` (loopback unless `admin.agents_from`).
 
+mod status_page;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -14,9 +16,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::json;
 
-use super::body::{self, Body};
-use super::Handler;
 use crate::metrics::Metrics;
+use crate::server::body::{self, Body};
+use crate::server::Handler;
 
 /// Prometheus text exposition format 0.0.4.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -283,7 +285,7 @@ pub struct Admin {
     /// `admin.hosts`, lowercase: the names the operator's views and reload answer to.
     pub hosts: Vec<String>,
     /// The status page's previous counts, for its request rates.
-    pub rates: super::status_page::Rates,
+    pub rates: status_page::Rates,
 }
 
 /// The REST API's OpenAPI 3.1 description (`api/openapi.yaml`), compiled in so the binary
@@ -295,7 +297,7 @@ impl Handler for Admin {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: std::net::SocketAddr,
-        conn: super::listener::Conn,
+        conn: crate::server::listener::Conn,
     ) -> Response<Body> {
         let resp = self.answer(req, peer).await;
         // A scraper's or probe's connection: kept over sockets that only got errors.
@@ -453,7 +455,7 @@ impl Admin {
             Some(f) => f(None, None).await.as_array().cloned().unwrap_or_default(),
             None => Vec::new(),
         };
-        let facts = super::status_page::Facts {
+        let facts = status_page::Facts {
             ready: r.is_ready(),
             keys_loaded: r.keys_loaded(),
             gateway: r.gateway().as_str(),
@@ -469,7 +471,7 @@ impl Admin {
             requests: self.metrics.request_totals(),
             refusals: self.metrics.auth_failure_totals(),
         };
-        let mut resp = Response::new(body::full(super::status_page::render(&facts, &self.rates)));
+        let mut resp = Response::new(body::full(status_page::render(&facts, &self.rates)));
         resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
         resp
     }

@@ -23,7 +23,7 @@ use crate::server::listener::{triggered, ConnectionMetrics};
 use crate::server::{self, ServeOptions, Shutdown};
 use crate::session::{GatewayIdentity, Gateways, SessionStore};
 use crate::shared::redis::RedisStore;
-use crate::shared::SharedStore;
+use crate::shared::{Backend, SharedStore};
 use crate::tls;
 
 /// How often `/readyz` re-checks that the gateway accepts TCP connections.
@@ -370,7 +370,7 @@ async fn evict_idle_keys(limits: Arc<ArcSwap<Limits>>, auth: Arc<ArcSwap<Authent
 /// Readiness of the shared store: Redis runs a script that writes (a demoted primary fails
 /// it, and the connection moves on). Between probes, every failed command
 /// also turns `ccgate_store_up` to 0.
-async fn probe_store(shared: Arc<dyn SharedStore>, readiness: Arc<Readiness>, shutdown: Shutdown) {
+async fn probe_store(shared: Arc<dyn Backend>, readiness: Arc<Readiness>, shutdown: Shutdown) {
     let mut stop = shutdown.subscribe();
     loop {
         let result = match shared.connect().await {

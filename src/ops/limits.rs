@@ -33,7 +33,7 @@ use super::slices::{self, Slices, Take};
 use crate::config::{LimitConfig, LimitsFallback, RateLimitsConfig, Scope};
 use crate::labels::MethodLabel;
 use crate::metrics::Metrics;
-use crate::shared::{Bucket, Grant, SharedStore, StoreError};
+use crate::shared::{Bucket, Buckets, Grant, StoreError};
 
 /// How often idle keys are evicted and the key gauges refreshed.
 pub const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
@@ -235,7 +235,7 @@ impl Limit {
     /// taken, and with `refill` the surplus kept as this replica's slice.
     async fn check_shared(
         &self,
-        shared: &dyn SharedStore,
+        shared: &dyn Buckets,
         who: &Principal,
         want: u32,
         refill: bool,
@@ -290,7 +290,7 @@ pub struct Limits {
     metrics: Metrics,
     /// With the shared store, buckets live in Redis (global across replicas); the local ones
     /// serve as the fallback while Redis is away, if so configured.
-    shared: Option<(Arc<dyn SharedStore>, LimitsFallback)>,
+    shared: Option<(Arc<dyn Buckets>, LimitsFallback)>,
 }
 
 impl Limits {
@@ -342,7 +342,7 @@ impl Limits {
     }
 
     /// Keeps the buckets in Redis, shared by every replica.
-    pub fn shared(mut self, shared: Arc<dyn SharedStore>, fallback: LimitsFallback) -> Self {
+    pub fn shared(mut self, shared: Arc<dyn Buckets>, fallback: LimitsFallback) -> Self {
         self.shared = Some((shared, fallback));
         self
     }
@@ -532,7 +532,7 @@ mod tests {
             ..RateLimitsConfig::default()
         };
         let replica = |fallback| {
-            let store: Arc<dyn SharedStore> = hub.replica();
+            let store: Arc<dyn Buckets> = hub.replica();
             Limits::new(&cfg, Metrics::new()).unwrap().shared(store, fallback)
         };
         let replicas =
@@ -570,7 +570,7 @@ mod tests {
         assert_eq!(cap, 100);
         let replicas: Vec<Limits> = (0..3)
             .map(|_| {
-                let store: Arc<dyn SharedStore> = hub.replica();
+                let store: Arc<dyn Buckets> = hub.replica();
                 Limits::new(&cfg, Metrics::new()).unwrap().shared(store, LimitsFallback::Closed)
             })
             .collect();

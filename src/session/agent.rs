@@ -19,7 +19,7 @@ use super::conference::ConfState;
 use super::copy::LocalCopy;
 use super::error::{Ended, Refusal, SessionError};
 use super::events::{BufferedEvent, EventBuffer};
-use super::replica::Replica;
+use super::replica::{Replica, Replicated};
 use super::state::LimitSnapshot;
 use crate::gateway::wire::{merge_cookies, session_auth};
 use crate::gateway::{
@@ -416,6 +416,12 @@ impl Drop for Listening {
         // Touched first: the idle time counts from the close.
         self.0.touch();
         self.0.listeners.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Replicated for Session {
+    fn replica(&self) -> &Replica {
+        &self.replica
     }
 }
 

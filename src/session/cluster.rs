@@ -11,12 +11,17 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::conference::ConfState;
 use super::copy::LocalCopy;
 use super::error::SessionError;
 use super::link::{Applied, Link};
+use super::replica::{Replica, Replicated};
+use super::view::Remote;
 use crate::gateway::UpstreamError;
-use crate::shared::{Change, CreateMode, Lease, NewRecord, OpLock, Record, RecordState, SharedStore, StreamEvent};
+use crate::labels::LossReason;
+use crate::shared::{Change, CreateMode, Lease, NewRecord, OpLock, Record, RecordState, SharedStore};
 use crate::sync::lock;
+use bytes::Bytes;
 
 /// Orphaned agents taken over per maintenance round (the rest wait for the next round).
 const TAKEOVERS_PER_ROUND: usize = 256;
@@ -25,33 +30,49 @@ const LOOK_AGAIN: Duration = Duration::from_millis(20);
 
 /// What replication needs of the session store that holds the local copies.
 pub(crate) trait Host: Send + Sync + 'static {
-    type Session: LocalCopy + 'static;
+    type Session: LocalCopy + Replicated + 'static;
 
     /// The agent's local copy, live or ended.
     fn current(&self, agent: &str) -> Option<Arc<Self::Session>>;
     /// The agent's live local copy, or why there is none.
     fn active(&self, agent: &str) -> Result<Arc<Self::Session>, SessionError>;
-    /// The copy's link to the shared store.
-    fn link<'a>(&self, s: &'a Self::Session) -> Option<&'a Link>;
     /// Agents with a local copy.
     fn local_agents(&self) -> Vec<String>;
     fn start_poller(&self, s: &Arc<Self::Session>);
     /// This replica holds `sessions.max_agents` live sessions.
     fn at_capacity(&self) -> bool;
-    /// Makes a local copy of record `r` with `link` and `events` (the newest of its stream),
-    /// and puts it in place of `expected` (unless another request replaced that first: then
-    /// the copy in place is returned).
+    /// Makes a local copy of what another replica stored, and puts it in place of `expected`
+    /// (unless another request replaced that first: then the copy in place is returned).
     fn install(
         &self,
         agent: &str,
         expected: Option<Arc<Self::Session>>,
-        r: Record,
-        link: Link,
-        events: Vec<StreamEvent>,
+        adopted: Adopted,
     ) -> Result<Arc<Self::Session>, SessionError>;
     fn count_takeover(&self);
     /// A session's event buffer capacity (`sessions.event_buffer`).
     fn event_capacity(&self) -> usize;
+}
+
+/// A session another replica signed in, translated from its record in the shared store for a
+/// local copy: the store's record format stays on this side of the seam.
+pub(crate) struct Adopted {
+    pub guid: String,
+    pub cookies: Vec<String>,
+    /// The gateway's sign-in answer.
+    pub answer: Bytes,
+    pub conf: ConfState,
+    /// ccgate may sign the agent in again by itself.
+    pub resumable: bool,
+    /// When the agent was signed in (Unix ms; 0 when unknown).
+    pub since: u64,
+    /// The record says the gateway ended the session.
+    pub lost: Option<LossReason>,
+    /// The copy's link to the record.
+    pub replica: Replica,
+    /// The newest events of its stream (id, type, content), oldest first: one more than the
+    /// buffer holds when some are missing before them.
+    pub events: Vec<(u64, String, Bytes)>,
 }
 
 /// What a sign-in found when it asked the cluster.
@@ -99,7 +120,7 @@ impl Cluster {
         };
         match record {
             Some(r) if r.state != RecordState::Out => {
-                let same = local.as_deref().and_then(|s| host.link(s)).filter(|l| l.sid() == r.sid);
+                let same = local.as_deref().and_then(|s| s.replica().link()).filter(|l| l.sid() == r.sid);
                 // The same session, ended here: final if the record says so or this replica
                 // has a loss to write; otherwise it ended here only, and the record revives it.
                 if same.is_some_and(|l| r.state != RecordState::Active || l.loss_unwritten()) {
@@ -126,7 +147,7 @@ impl Cluster {
             // A copy of this session that ended here only, while the record is active, is
             // replaced by a fresh one (a copy's end cannot be undone); any other is updated.
             let revive = s.ended().is_some() && r.state == RecordState::Active;
-            if let Some(link) = host.link(s).filter(|l| l.sid() == r.sid && !revive) {
+            if let Some(link) = s.replica().link().filter(|l| l.sid() == r.sid && !revive) {
                 if epoch != 0 {
                     link.hold(epoch);
                 }
@@ -144,7 +165,21 @@ impl Cluster {
                 Vec::new()
             }
         };
-        host.install(agent, existing, r, link, events)
+        let adopted = Adopted {
+            conf: serde_json::from_str(&r.conf).unwrap_or(ConfState::Unknown),
+            lost: match r.state {
+                RecordState::Lost(reason) => Some(reason),
+                RecordState::Active | RecordState::Out => None,
+            },
+            guid: r.guid,
+            cookies: r.cookies,
+            answer: r.answer,
+            resumable: r.resumable,
+            since: r.since,
+            replica: Replica::Shared(link),
+            events,
+        };
+        host.install(agent, existing, adopted)
     }
 
     /// Sign-in: at most one replica signs an agent in at a time (a lock in the store), and a
@@ -267,7 +302,7 @@ impl Cluster {
     /// Copies the agent's new events into the local copy's buffer, if this replica has one.
     async fn mirror<H: Host>(&self, host: &H, agent: &str) {
         if let Some(s) = host.current(agent) {
-            if let Some(link) = host.link(&s) {
+            if let Some(link) = s.replica().link() {
                 link.mirror(&*s).await;
             }
         }
@@ -279,7 +314,7 @@ impl Cluster {
     /// once the record has been missing for a lease (the owner is gone too).
     async fn resync<H: Host>(&self, host: &H, agent: &str) {
         let Some(s) = host.current(agent) else { return };
-        let Some(link) = host.link(&s) else { return };
+        let Some(link) = s.replica().link() else { return };
         if s.ended().is_some() {
             if link.loss_unwritten() {
                 link.flush_lost(&*s).await;
@@ -356,7 +391,7 @@ impl Cluster {
         }
         for agent in host.local_agents() {
             let Some(s) = host.current(&agent) else { continue };
-            let Some(link) = host.link(&s) else { continue };
+            let Some(link) = s.replica().link() else { continue };
             if s.ended().is_some() {
                 link.flush_lost(&*s).await;
                 continue;
@@ -458,7 +493,7 @@ impl Cluster {
     pub(crate) async fn hand_over<H: Host>(&self, host: &H) -> bool {
         for agent in host.local_agents() {
             let Some(s) = host.current(&agent) else { continue };
-            let Some(link) = host.link(&s) else { continue };
+            let Some(link) = s.replica().link() else { continue };
             s.stop_poller();
             link.flush(&*s).await;
             if let Some(epoch) = link.epoch() {
@@ -470,12 +505,7 @@ impl Cluster {
 
     /// Agents the cluster knows that are not in `known` (this replica's copies): each with
     /// its record and the replica polling it. `one`: that agent only. At most `max`.
-    pub(crate) async fn remote_agents(
-        &self,
-        one: Option<&str>,
-        known: &[String],
-        max: usize,
-    ) -> Vec<(String, Record, Option<String>)> {
+    pub(crate) async fn remote_agents(&self, one: Option<&str>, known: &[String], max: usize) -> Vec<Remote> {
         let agents = match one {
             Some(a) => vec![a.to_owned()],
             None => match self.store.indexed_agents(max).await {
@@ -489,8 +519,14 @@ impl Cluster {
         let mut out = Vec::new();
         for agent in agents.into_iter().filter(|a| !known.contains(a)) {
             let Ok(Some(record)) = self.store.load(&agent).await else { continue };
-            let holder = self.store.lease_holder(&agent).await.ok().flatten();
-            out.push((agent, record, holder));
+            let polled_by = self.store.lease_holder(&agent).await.ok().flatten();
+            let state = match record.state {
+                RecordState::Active => "active".to_owned(),
+                RecordState::Lost(reason) => format!("lost:{}", reason.as_str()),
+                RecordState::Out => "signed_out".to_owned(),
+            };
+            let conf = serde_json::from_str(&record.conf).unwrap_or(ConfState::Unknown);
+            out.push(Remote { agent, state, signed_in_at_ms: record.since, conf, polled_by });
         }
         out
     }

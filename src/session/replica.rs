@@ -15,6 +15,11 @@ use super::events::BufferedEvent;
 use super::link::Link;
 use crate::labels::LossReason;
 
+/// A local copy's half of the seam, as the replication side reaches it.
+pub(crate) trait Replicated {
+    fn replica(&self) -> &Replica;
+}
+
 pub(crate) enum Replica {
     /// Sessions live in this process only.
     InProcess,

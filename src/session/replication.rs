@@ -13,6 +13,7 @@ use super::conference::ConfState;
 use super::error::SessionError;
 use super::link::Link;
 use super::replica::Replica;
+use super::view::Remote;
 use crate::config::ShutdownMode;
 use crate::gateway::GatewayReply;
 use crate::shared::{NewRecord, OpLock, SharedStore};
@@ -131,12 +132,7 @@ impl Replication {
     }
 
     /// Agents other replicas hold (nothing, in process): see [`Cluster::remote_agents`].
-    pub(crate) async fn remote_agents(
-        &self,
-        one: Option<&str>,
-        known: &[String],
-        max: usize,
-    ) -> Vec<(String, crate::shared::Record, Option<String>)> {
+    pub(crate) async fn remote_agents(&self, one: Option<&str>, known: &[String], max: usize) -> Vec<Remote> {
         match self {
             Self::InProcess => Vec::new(),
             Self::Shared { cluster, .. } => cluster.remote_agents(one, known, max).await,

@@ -18,7 +18,7 @@ use crate::config::{SessionsConfig, ShutdownMode};
 use crate::gateway::GatewayMethod;
 use crate::metrics::Metrics;
 use crate::shared::memory::MemoryHub;
-use crate::shared::{RecordState, SharedStore};
+use crate::shared::{Backend, RecordState, Records, SharedStore};
 
 const AGENT: &str = "153";
 const LEASE: Duration = Duration::from_secs(3);

@@ -15,12 +15,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::agent::Session;
-use super::cluster::{Claim, Host};
+use super::cluster::{Adopted, Claim, Host};
 use super::conference::ConfState;
 use super::credentials::CredentialStore;
 use super::error::{Ended, SessionError};
 use super::events::EventBuffer;
-use super::link::Link;
 use super::pacing::{Pacer, SignInGate};
 use super::poller::{self, Poller};
 use super::replica::Replica;
@@ -36,7 +35,7 @@ use crate::labels::SessionState;
 use crate::labels::{SigninResult, SignoutTrigger};
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
-use crate::shared::{Record, SharedStore, StreamEvent};
+use crate::shared::SharedStore;
 use crate::sync::lock;
 
 /// Agents one view lists at most: every agent of a full replica (`sessions.max_agents`'s
@@ -731,9 +730,9 @@ impl SessionStore {
         }
         let known: Vec<String> = local.iter().map(|s| s.agent_id.clone()).collect();
         let room = MAX_AGENTS_LISTED.saturating_sub(views.len()) + known.len();
-        for (agent, record, holder) in self.replication.remote_agents(one, &known, room).await {
+        for remote in self.replication.remote_agents(one, &known, room).await {
             if views.len() < MAX_AGENTS_LISTED {
-                views.push(AgentView::of_record(&self.identity.name, &agent, &record, holder));
+                views.push(AgentView::of_remote(&self.identity.name, remote));
             }
         }
         views.sort_by_key(|v| v.agent.parse::<u32>().unwrap_or(u32::MAX));
@@ -787,10 +786,6 @@ impl Host for SessionStore {
         SessionStore::active(self, agent)
     }
 
-    fn link<'a>(&self, s: &'a Session) -> Option<&'a Link> {
-        s.replica.link()
-    }
-
     fn local_agents(&self) -> Vec<String> {
         lock(&self.slots).iter().filter(|(_, s)| s.session.load().is_some()).map(|(a, _)| a.clone()).collect()
     }
@@ -807,22 +802,11 @@ impl Host for SessionStore {
         &self,
         agent: &str,
         expected: Option<Arc<Session>>,
-        r: Record,
-        link: Link,
-        events: Vec<StreamEvent>,
+        adopted: Adopted,
     ) -> Result<Arc<Session>, SessionError> {
-        let conf = serde_json::from_str(&r.conf).unwrap_or(ConfState::Unknown);
+        let Adopted { guid, cookies, answer, conf, resumable, since, lost, replica, events } = adopted;
         let session = self
-            .build_session(
-                agent,
-                &r.guid,
-                &r.cookies,
-                r.answer.clone(),
-                conf,
-                r.resumable,
-                r.since,
-                Replica::Shared(link),
-            )
+            .build_session(agent, &guid, &cookies, answer, conf, resumable, since, replica)
             .ok_or(SessionError::Internal("stored Guid is not a valid header value"))?;
         // `events` holds one more than the buffer when some are missing before the newest.
         let cap = session.events.capacity();
@@ -834,7 +818,7 @@ impl Host for SessionStore {
             session.events.insert(id, &kind, data);
         }
         self.metrics.sessions_gauge(SessionState::Active).inc();
-        if let crate::shared::RecordState::Lost(reason) = r.state {
+        if let Some(reason) = lost {
             session.end(Ended::Lost(reason));
         }
         // Two requests adopting at once: the first one's copy wins.

@@ -8,7 +8,6 @@ use serde::Serialize;
 use super::agent::Session;
 use super::conference::ConfState;
 use super::error::Ended;
-use crate::shared::{Record, RecordState};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentView {
@@ -124,21 +123,16 @@ impl AgentView {
         }
     }
 
-    /// An agent another replica holds, as its record in the shared store says.
-    pub(super) fn of_record(gateway: &str, agent: &str, r: &Record, polled_by: Option<String>) -> Self {
-        let conf = serde_json::from_str(&r.conf).unwrap_or(ConfState::Unknown);
+    /// An agent another replica holds, as the replication side read it from the shared store.
+    pub(super) fn of_remote(gateway: &str, r: Remote) -> Self {
         Self {
             gateway: gateway.to_owned(),
-            agent: agent.to_owned(),
-            state: match r.state {
-                RecordState::Active => "active".into(),
-                RecordState::Lost(reason) => format!("lost:{}", reason.as_str()),
-                RecordState::Out => "signed_out".into(),
-            },
-            signed_in_at: known_time(r.since),
-            conference: conf,
-            chairperson: chair(conf),
-            polled_by,
+            agent: r.agent,
+            state: r.state,
+            signed_in_at: known_time(r.signed_in_at_ms),
+            conference: r.conf,
+            chairperson: chair(r.conf),
+            polled_by: r.polled_by,
             polled_here: false,
             last_event_at: None,
             last_error: None,
@@ -146,6 +140,19 @@ impl AgentView {
             recent_events: None,
         }
     }
+}
+
+/// An agent held by another replica, as the replication side translated its record in the
+/// shared store: this file renders it and knows nothing of the record.
+pub(crate) struct Remote {
+    pub agent: String,
+    /// `active`, `lost:REASON` or `signed_out`, as for a local copy.
+    pub state: String,
+    /// Unix ms; 0 when unknown.
+    pub signed_in_at_ms: u64,
+    pub conf: ConfState,
+    /// The replica holding its lease.
+    pub polled_by: Option<String>,
 }
 
 /// The columns a table of agents shows (`ccgate agents`, the status page), in order.

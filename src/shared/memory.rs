@@ -21,8 +21,9 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{
-    AuthWrite, AuthWritten, Bucket, Change, ConfWrite, CreateMode, EndAs, Ended, Gcra, Grant, Lease, NewEvent,
-    NewRecord, OpLock, Record, RecordState, SharedStore, StoreError, StreamEvent, SEQ_BITS, TOMBSTONE,
+    AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change, ChangeFeed, ConfWrite, CreateMode, EndAs, Ended, Events,
+    Gcra, Grant, Lease, Leases, Membership, NewEvent, NewRecord, OpLock, Record, RecordState, Records, SharedStore,
+    StoreError, StreamEvent, SEQ_BITS, TOMBSTONE,
 };
 use crate::config::Scope;
 
@@ -269,11 +270,10 @@ fn record(h: &Hash) -> Record {
 }
 
 #[async_trait::async_trait]
-impl SharedStore for MemoryStore {
+impl Backend for MemoryStore {
     fn replica(&self) -> &str {
         &self.replica
     }
-
     fn for_gateway(self: Arc<Self>, namespace: &str) -> Arc<dyn SharedStore> {
         if namespace.is_empty() {
             return self;
@@ -284,28 +284,26 @@ impl SharedStore for MemoryStore {
             namespace: format!("{namespace}:").into(),
         })
     }
-
     fn lease_ttl(&self) -> Duration {
         self.hub.lease_ttl
     }
-
     async fn connect(&self) -> Result<(), StoreError> {
         self.hub.up()
     }
-
     async fn ping(&self) -> Result<(), StoreError> {
         self.hub.up()
     }
-
     fn status(&self) -> super::StoreStatus {
         super::StoreStatus { mode: "memory", connected: self.hub.up().is_ok(), ..Default::default() }
     }
+}
 
+#[async_trait::async_trait]
+impl Records for MemoryStore {
     async fn load(&self, agent: &str) -> Result<Option<Record>, StoreError> {
         let agent = &self.key(agent);
         self.hub.with(agent, |a, _| a.session.as_ref().map(record))
     }
-
     async fn create(&self, agent: &str, r: &NewRecord<'_>, mode: CreateMode) -> Result<u64, StoreError> {
         let agent = &self.key(agent);
         let (token_of, until) = (|e| self.token(e), self.lease_until());
@@ -343,7 +341,6 @@ impl SharedStore for MemoryStore {
         }
         Ok(epoch)
     }
-
     async fn write_auth(&self, agent: &str, w: &AuthWrite<'_>) -> Result<AuthWritten, StoreError> {
         let agent = &self.key(agent);
         let written = self.hub.with(agent, |a, _| {
@@ -369,7 +366,6 @@ impl SharedStore for MemoryStore {
         }
         Ok(written)
     }
-
     async fn write_conf(&self, agent: &str, sid: &str, version: u64, conf: &str) -> Result<ConfWrite, StoreError> {
         let agent = &self.key(agent);
         let written = self.hub.with(agent, |a, _| {
@@ -386,7 +382,6 @@ impl SharedStore for MemoryStore {
         }
         Ok(written)
     }
-
     async fn end(&self, agent: &str, sid: &str, how: EndAs<'_>) -> Result<Ended, StoreError> {
         let agent = &self.key(agent);
         let ended = self.hub.with(agent, |a, _| {
@@ -421,7 +416,6 @@ impl SharedStore for MemoryStore {
         }
         Ok(ended)
     }
-
     async fn touch(&self, agent: &str, sid: &str) -> Result<(), StoreError> {
         let agent = &self.key(agent);
         self.hub.with(agent, |a, hub| {
@@ -430,14 +424,16 @@ impl SharedStore for MemoryStore {
             }
         })
     }
-
     async fn idle_for(&self, agent: &str, sid: &str) -> Result<Option<Duration>, StoreError> {
         let agent = &self.key(agent);
         self.hub.with(agent, |a, hub| {
             a.live_hash(sid).map(|h| Duration::from_millis(hub.now_ms().saturating_sub(h.activity_ms)))
         })
     }
+}
 
+#[async_trait::async_trait]
+impl Events for MemoryStore {
     async fn append(&self, agent: &str, e: &NewEvent<'_>) -> Result<Option<u64>, StoreError> {
         let agent = &self.key(agent);
         let id = self.hub.with(agent, |a, hub| {
@@ -461,12 +457,10 @@ impl SharedStore for MemoryStore {
         }
         Ok(id)
     }
-
     async fn events_after(&self, agent: &str, after: u64, count: usize) -> Result<Vec<StreamEvent>, StoreError> {
         let agent = &self.key(agent);
         self.hub.with(agent, |a, _| a.events.iter().filter(|(id, _, _)| *id > after).take(count).cloned().collect())
     }
-
     async fn latest_events(&self, agent: &str, count: usize) -> Result<Vec<StreamEvent>, StoreError> {
         let agent = &self.key(agent);
         self.hub.with(agent, |a, _| {
@@ -474,7 +468,6 @@ impl SharedStore for MemoryStore {
             a.events.iter().skip(skip).cloned().collect()
         })
     }
-
     async fn take_next(&self, agent: &str, sid: &str) -> Result<Option<StreamEvent>, StoreError> {
         let agent = &self.key(agent);
         self.hub.with(agent, |a, _| {
@@ -486,7 +479,10 @@ impl SharedStore for MemoryStore {
             Some(next)
         })
     }
+}
 
+#[async_trait::async_trait]
+impl Leases for MemoryStore {
     async fn acquire(&self, agent: &str) -> Result<Lease, StoreError> {
         let agent = &self.key(agent);
         let until = self.lease_until();
@@ -503,7 +499,6 @@ impl SharedStore for MemoryStore {
             Lease::Held(epoch)
         })
     }
-
     async fn renew(&self, agent: &str, epoch: u64) -> Result<Lease, StoreError> {
         let agent = &self.key(agent);
         let (token, until) = (self.token(epoch), self.lease_until());
@@ -516,7 +511,6 @@ impl SharedStore for MemoryStore {
             None => Lease::Absent,
         })
     }
-
     async fn release(&self, agent: &str, epoch: u64) -> Result<(), StoreError> {
         let agent = &self.key(agent);
         let token = self.token(epoch);
@@ -529,7 +523,6 @@ impl SharedStore for MemoryStore {
         crate::sync::lock(&self.hub.state).index.insert(agent.to_owned(), 0);
         Ok(())
     }
-
     async fn lock_op(&self, agent: &str, ttl: Duration) -> Result<Option<OpLock>, StoreError> {
         let agent = &self.key(agent);
         let token = uuid::Uuid::new_v4().simple().to_string();
@@ -541,7 +534,6 @@ impl SharedStore for MemoryStore {
             Some(OpLock(token))
         })
     }
-
     async fn unlock_op(&self, agent: &str, lock: &OpLock) {
         let agent = &self.key(agent);
         // Fails only while the store is down; the lock then expires by itself.
@@ -551,7 +543,14 @@ impl SharedStore for MemoryStore {
             }
         });
     }
+    async fn lease_holder(&self, agent: &str) -> Result<Option<String>, StoreError> {
+        let agent = &self.key(agent);
+        self.hub.with(agent, |a, _| a.lease.as_ref().and_then(|(t, _)| t.split_once(' ')).map(|(r, _)| r.to_owned()))
+    }
+}
 
+#[async_trait::async_trait]
+impl Membership for MemoryStore {
     async fn index_agent(&self, agent: &str) {
         let agent = &self.key(agent);
         if self.hub.up().is_ok() {
@@ -559,14 +558,12 @@ impl SharedStore for MemoryStore {
             crate::sync::lock(&self.hub.state).index.insert(agent.to_owned(), now);
         }
     }
-
     async fn unindex_agent(&self, agent: &str) {
         let agent = &self.key(agent);
         if self.hub.up().is_ok() {
             crate::sync::lock(&self.hub.state).index.remove(agent);
         }
     }
-
     async fn stale_agents(&self, max: usize) -> Result<Vec<String>, StoreError> {
         self.hub.up()?;
         let before = self.hub.now_ms().saturating_sub(self.hub.lease_ttl.as_millis() as u64);
@@ -576,7 +573,6 @@ impl SharedStore for MemoryStore {
         stale.sort();
         Ok(stale.into_iter().take(max).map(|(_, a)| a.to_owned()).collect())
     }
-
     async fn indexed_agents(&self, max: usize) -> Result<Vec<String>, StoreError> {
         self.hub.up()?;
         let st = crate::sync::lock(&self.hub.state);
@@ -584,19 +580,12 @@ impl SharedStore for MemoryStore {
         all.sort();
         Ok(all.into_iter().take(max).map(|(_, a)| a.to_owned()).collect())
     }
-
-    async fn lease_holder(&self, agent: &str) -> Result<Option<String>, StoreError> {
-        let agent = &self.key(agent);
-        self.hub.with(agent, |a, _| a.lease.as_ref().and_then(|(t, _)| t.split_once(' ')).map(|(r, _)| r.to_owned()))
-    }
-
     async fn heartbeat(&self) -> Result<(), StoreError> {
         self.hub.up()?;
         let now = self.hub.now_ms();
         crate::sync::lock(&self.hub.state).replicas.insert(self.replica.to_string(), now);
         Ok(())
     }
-
     async fn leave(&self) -> Result<usize, StoreError> {
         self.hub.up()?;
         let alive_since = self.hub.now_ms().saturating_sub(3 * self.hub.lease_ttl.as_millis() as u64);
@@ -605,7 +594,10 @@ impl SharedStore for MemoryStore {
         st.replicas.retain(|_, at| *at > alive_since);
         Ok(st.replicas.len())
     }
+}
 
+#[async_trait::async_trait]
+impl Buckets for MemoryStore {
     async fn gcra(&self, bucket: Bucket<'_>, interval: Duration, burst: u32, want: u32) -> Result<Gcra, StoreError> {
         self.hub.up()?;
         let key = match bucket.scope {
@@ -630,7 +622,10 @@ impl SharedStore for MemoryStore {
         st.limits.insert(key, (tat + taken * interval, instant + ttl));
         Ok(Ok(Grant { taken: taken as u32, remaining: (available - taken) as u32 }))
     }
+}
 
+#[async_trait::async_trait]
+impl ChangeFeed for MemoryStore {
     async fn follow(self: Arc<Self>, mut on: Box<dyn FnMut(Change) + Send>) {
         let mut rx = self.hub.changes.subscribe();
         on(Change::Resync);

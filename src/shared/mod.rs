@@ -275,9 +275,16 @@ pub fn provisional_id(last: u64) -> u64 {
 }
 
 /// The operations replicas share, each atomic on one agent's data (a Lua script on Redis, one
-/// critical section in memory). Implementations validate what they read like network input.
+/// critical section in memory), as the roles below; a consumer asks for the role it uses
+/// (`ops::limits` only for [`Buckets`]), the replication side for the whole store.
+/// Implementations validate what they read like network input.
+pub trait SharedStore: Backend + Records + Events + Leases + Membership + Buckets + ChangeFeed {}
+
+impl<T: Backend + Records + Events + Leases + Membership + Buckets + ChangeFeed + ?Sized> SharedStore for T {}
+
+/// The store itself: this replica's name in it, the gateway namespaces, the connection and its health.
 #[async_trait::async_trait]
-pub trait SharedStore: Send + Sync + std::fmt::Debug {
+pub trait Backend: Send + Sync + std::fmt::Debug {
     /// This replica's name in leases: unique per process start.
     fn replica(&self) -> &str;
     /// The same store for the agents of another gateway: the same connection, replica name
@@ -286,15 +293,17 @@ pub trait SharedStore: Send + Sync + std::fmt::Debug {
     fn for_gateway(self: Arc<Self>, namespace: &str) -> Arc<dyn SharedStore>;
     /// How long a poller lease lives without renewal.
     fn lease_ttl(&self) -> Duration;
-
     /// Connects once (the readiness probe retries until it succeeds).
     async fn connect(&self) -> Result<(), StoreError>;
     /// Answers when the store takes writes (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
     /// The store's mode, current primary and last failover, for operators.
     fn status(&self) -> StoreStatus;
+}
 
-    // --- session records ---
+/// Session records: the one copy of each agent's session that every replica reads.
+#[async_trait::async_trait]
+pub trait Records: Send + Sync {
     async fn load(&self, agent: &str) -> Result<Option<Record>, StoreError>;
     /// Stores a session with this replica holding its lease; returns the epoch, or 0 when
     /// `Restore` found a record there.
@@ -307,8 +316,11 @@ pub trait SharedStore: Send + Sync + std::fmt::Debug {
     async fn touch(&self, agent: &str, sid: &str) -> Result<(), StoreError>;
     /// How long the agent's apps have been silent on every replica; `None` if the session is gone.
     async fn idle_for(&self, agent: &str, sid: &str) -> Result<Option<Duration>, StoreError>;
+}
 
-    // --- events ---
+/// Each agent's event stream: appended by the poller, read by every replica's apps.
+#[async_trait::async_trait]
+pub trait Events: Send + Sync {
     /// Appends an event (idempotent on its id); its id in the stream, or `None` when the
     /// session is gone.
     async fn append(&self, agent: &str, e: &NewEvent<'_>) -> Result<Option<u64>, StoreError>;
@@ -318,8 +330,11 @@ pub trait SharedStore: Send + Sync + std::fmt::Debug {
     async fn latest_events(&self, agent: &str, count: usize) -> Result<Vec<StreamEvent>, StoreError>;
     /// The pass-through queue's next event, taken off the shared cursor.
     async fn take_next(&self, agent: &str, sid: &str) -> Result<Option<StreamEvent>, StoreError>;
+}
 
-    // --- leases and locks ---
+/// Who polls an agent (the lease, fenced by its epoch) and who signs it in or out (the operation lock).
+#[async_trait::async_trait]
+pub trait Leases: Send + Sync {
     /// Takes the lease of an active session nobody holds, raising the epoch.
     async fn acquire(&self, agent: &str) -> Result<Lease, StoreError>;
     async fn renew(&self, agent: &str, epoch: u64) -> Result<Lease, StoreError>;
@@ -329,6 +344,13 @@ pub trait SharedStore: Send + Sync + std::fmt::Debug {
     async fn lock_op(&self, agent: &str, ttl: Duration) -> Result<Option<OpLock>, StoreError>;
     /// Releases the lock if still held (one that cannot be released expires by itself).
     async fn unlock_op(&self, agent: &str, lock: &OpLock);
+    /// The replica holding the agent's lease, if any.
+    async fn lease_holder(&self, agent: &str) -> Result<Option<String>, StoreError>;
+}
+
+/// The replica set and the index of agents with a poller, for finding orphans.
+#[async_trait::async_trait]
+pub trait Membership: Send + Sync {
     /// Remembers that `agent` has a poller lease, for replicas looking for orphans.
     async fn index_agent(&self, agent: &str);
     async fn unindex_agent(&self, agent: &str);
@@ -336,22 +358,24 @@ pub trait SharedStore: Send + Sync + std::fmt::Debug {
     async fn stale_agents(&self, max: usize) -> Result<Vec<String>, StoreError>;
     /// Every indexed agent (those with a poller lease, or waiting for one), at most `max`.
     async fn indexed_agents(&self, max: usize) -> Result<Vec<String>, StoreError>;
-    /// The replica holding the agent's lease, if any.
-    async fn lease_holder(&self, agent: &str) -> Result<Option<String>, StoreError>;
-
-    // --- replicas ---
     /// Says this replica is alive (every maintenance round).
     async fn heartbeat(&self) -> Result<(), StoreError>;
     /// Leaves the replica set (shutdown); how many other replicas are alive.
     async fn leave(&self) -> Result<usize, StoreError>;
+}
 
-    // --- limits ---
+/// Rate-limit buckets on the store's clock, shared by every replica.
+#[async_trait::async_trait]
+pub trait Buckets: Send + Sync {
     /// Takes up to `want` (≥ 1) tokens from `bucket` at once, on the store's clock: as many
     /// as it holds, if it holds one. A replica takes more than one to spend them locally
     /// (`ops::limits`, token slices).
     async fn gcra(&self, bucket: Bucket<'_>, interval: Duration, burst: u32, want: u32) -> Result<Gcra, StoreError>;
+}
 
-    // --- the change channel ---
+/// The change channel: what other replicas changed, as it happens.
+#[async_trait::async_trait]
+pub trait ChangeFeed: Send + Sync {
     /// Follows the change channel for as long as the process runs, calling `on` for each
     /// change, and `Change::Resync` after every (re)subscription.
     async fn follow(self: Arc<Self>, on: Box<dyn FnMut(Change) + Send>);

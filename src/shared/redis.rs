@@ -15,9 +15,9 @@ use redis::{FromRedisValue, ScriptInvocation};
 use super::connection::{Conn, Connection, Failure, StoreStatus, CLUSTER_RETRY_PAUSE};
 use super::scripts::{self, AgentKeys, Announce, Scripts};
 use super::{
-    pack_id, parse_record, unpack_id, valid_event_kind, AuthWrite, AuthWritten, Bucket, Change, ConfWrite, CreateMode,
-    EndAs, Ended, Gcra, Grant, Lease, NewEvent, NewRecord, OpLock, Record, RecordState, SharedStore, StoreError,
-    StreamEvent, TOMBSTONE,
+    pack_id, parse_record, unpack_id, valid_event_kind, AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change,
+    ChangeFeed, ConfWrite, CreateMode, EndAs, Ended, Events, Gcra, Grant, Lease, Leases, Membership, NewEvent,
+    NewRecord, OpLock, Record, RecordState, Records, SharedStore, StoreError, StreamEvent, TOMBSTONE,
 };
 use crate::config::{ms, Scope, StoreConfig};
 use crate::gateway::parse_agent_id;
@@ -220,11 +220,10 @@ impl RedisStore {
 }
 
 #[async_trait::async_trait]
-impl SharedStore for RedisStore {
+impl Backend for RedisStore {
     fn replica(&self) -> &str {
         &self.replica
     }
-
     /// The same connection and replica name; the gateway's own agent keys, index and change
     /// channel (`ccgate:{a:acme:153}:session`, `ccgate:acme:agents`, `ccgate:acme:changes`).
     fn for_gateway(self: Arc<Self>, namespace: &str) -> Arc<dyn SharedStore> {
@@ -246,11 +245,9 @@ impl SharedStore for RedisStore {
             following_sentinels: self.following_sentinels.clone(),
         })
     }
-
     fn lease_ttl(&self) -> Duration {
         self.lease_ttl
     }
-
     /// Connects unless connected or reconnecting; afterwards the connection follows the
     /// primary by itself (`connection.rs`). Until the first success the readiness probe
     /// calls this again.
@@ -260,7 +257,6 @@ impl SharedStore for RedisStore {
         }
         self.conn.connect().await.map_err(|e| self.failed(StoreOp::Connect, StoreError::Unavailable(e)))
     }
-
     /// A script that writes, not only `PING`: a demoted primary answers `READONLY` here, and
     /// the connection moves on within the probe's second.
     async fn ping(&self) -> Result<(), StoreError> {
@@ -269,11 +265,13 @@ impl SharedStore for RedisStore {
         let _: i64 = self.script(StoreOp::Write, inv).await?;
         Ok(())
     }
-
     fn status(&self) -> StoreStatus {
         self.conn.status()
     }
+}
 
+#[async_trait::async_trait]
+impl Records for RedisStore {
     async fn load(&self, agent: &str) -> Result<Option<Record>, StoreError> {
         let key = self.agent_keys(agent).session;
         let h: HashMap<String, Vec<u8>> =
@@ -288,7 +286,6 @@ impl SharedStore for RedisStore {
         }
         record.map(Some).ok_or_else(|| StoreError::Malformed("session record fails validation".into()))
     }
-
     async fn create(&self, agent: &str, r: &NewRecord<'_>, mode: CreateMode) -> Result<u64, StoreError> {
         let cookies = serde_json::to_string(r.cookies).unwrap_or_else(|_| "[]".into());
         let args = scripts::Create {
@@ -311,7 +308,6 @@ impl SharedStore for RedisStore {
         }
         Ok(epoch)
     }
-
     async fn write_auth(&self, agent: &str, w: &AuthWrite<'_>) -> Result<AuthWritten, StoreError> {
         let cookies = serde_json::to_string(w.cookies).unwrap_or_else(|_| "[]".into());
         let msg = message('s', agent);
@@ -331,7 +327,6 @@ impl SharedStore for RedisStore {
             _ => AuthWritten::Gone,
         })
     }
-
     async fn write_conf(&self, agent: &str, sid: &str, version: u64, conf: &str) -> Result<ConfWrite, StoreError> {
         let msg = message('s', agent);
         let args = scripts::WriteConf { sid, version, conf, announce: self.announce(&msg) };
@@ -346,7 +341,6 @@ impl SharedStore for RedisStore {
             _ => ConfWrite::Gone,
         })
     }
-
     async fn end(&self, agent: &str, sid: &str, how: EndAs<'_>) -> Result<Ended, StoreError> {
         let (state, refused) = match how {
             EndAs::SignedOut => (RecordState::Out, None),
@@ -371,19 +365,20 @@ impl SharedStore for RedisStore {
             _ => Ended::Gone,
         })
     }
-
     async fn touch(&self, agent: &str, sid: &str) -> Result<(), StoreError> {
         let inv = scripts::Touch { sid }.prepare(&self.scripts.touch, &self.agent_keys(agent));
         let _: i64 = self.script(StoreOp::Write, inv).await?;
         Ok(())
     }
-
     async fn idle_for(&self, agent: &str, sid: &str) -> Result<Option<Duration>, StoreError> {
         let inv = scripts::Idle { sid }.prepare(&self.scripts.idle, &self.agent_keys(agent));
         let ms: i64 = self.script(StoreOp::Read, inv).await?;
         Ok((ms >= 0).then(|| Duration::from_millis(ms as u64)))
     }
+}
 
+#[async_trait::async_trait]
+impl Events for RedisStore {
     async fn append(&self, agent: &str, e: &NewEvent<'_>) -> Result<Option<u64>, StoreError> {
         let (msg, id) = (message('e', agent), unpack_id(e.id));
         let args = scripts::Append {
@@ -398,7 +393,6 @@ impl SharedStore for RedisStore {
             self.script(StoreOp::Events, args.prepare(&self.scripts.append, &self.agent_keys(agent))).await?;
         Ok(id.as_deref().and_then(pack_id))
     }
-
     async fn events_after(&self, agent: &str, after: u64, count: usize) -> Result<Vec<StreamEvent>, StoreError> {
         let key = self.agent_keys(agent).events;
         let start = format!("({}", unpack_id(after));
@@ -409,7 +403,6 @@ impl SharedStore for RedisStore {
             .await?;
         Ok(parse_entries(raw, &self.metrics))
     }
-
     async fn latest_events(&self, agent: &str, count: usize) -> Result<Vec<StreamEvent>, StoreError> {
         let key = self.agent_keys(agent).events;
         let raw: redis::Value = self
@@ -421,7 +414,6 @@ impl SharedStore for RedisStore {
         v.reverse();
         Ok(v)
     }
-
     async fn take_next(&self, agent: &str, sid: &str) -> Result<Option<StreamEvent>, StoreError> {
         let inv = scripts::TakeNext { sid }.prepare(&self.scripts.take_next, &self.agent_keys(agent));
         let raw: redis::Value = self.script(StoreOp::Events, inv).await?;
@@ -430,7 +422,10 @@ impl SharedStore for RedisStore {
             other => parse_entries(redis::Value::Array(vec![other]), &self.metrics).pop(),
         })
     }
+}
 
+#[async_trait::async_trait]
+impl Leases for RedisStore {
     async fn acquire(&self, agent: &str) -> Result<Lease, StoreError> {
         let args = scripts::Acquire { replica: &self.replica, lease_ms: self.lease_ms() };
         let (code, value): (i64, String) =
@@ -441,7 +436,6 @@ impl SharedStore for RedisStore {
             _ => Lease::Absent,
         })
     }
-
     async fn renew(&self, agent: &str, epoch: u64) -> Result<Lease, StoreError> {
         let token = self.token(epoch);
         let args = scripts::Renew { token: &token, lease_ms: self.lease_ms() };
@@ -453,7 +447,6 @@ impl SharedStore for RedisStore {
             _ => Lease::Absent,
         })
     }
-
     async fn release(&self, agent: &str, epoch: u64) -> Result<(), StoreError> {
         let token = self.token(epoch);
         let inv = scripts::Release { token: &token }.prepare(&self.scripts.release, &self.agent_keys(agent).lease);
@@ -464,7 +457,6 @@ impl SharedStore for RedisStore {
             .await?;
         Ok(())
     }
-
     async fn lock_op(&self, agent: &str, ttl: Duration) -> Result<Option<OpLock>, StoreError> {
         let key = self.agent_keys(agent).op;
         let token = uuid::Uuid::new_v4().simple().to_string();
@@ -482,7 +474,6 @@ impl SharedStore for RedisStore {
             .await?;
         Ok(set.map(|_| OpLock(token)))
     }
-
     async fn unlock_op(&self, agent: &str, lock: &OpLock) {
         let key = self.agent_keys(agent).op;
         let inv = scripts::Release { token: &lock.0 }.prepare(&self.scripts.release, &key);
@@ -491,7 +482,17 @@ impl SharedStore for RedisStore {
             tracing::debug!(agent, error = %e, "shared store: could not release a sign-in lock");
         }
     }
+    async fn lease_holder(&self, agent: &str) -> Result<Option<String>, StoreError> {
+        let key = self.agent_keys(agent).lease;
+        let v: Option<String> =
+            self.run(StoreOp::Read, async |c| redis::cmd("GET").arg(&key).query_async(c).await).await?;
+        // `replica epoch`: the replica's name is the part before the space.
+        Ok(v.and_then(|v| v.split_once(' ').map(|(r, _)| r.to_owned())).filter(|r| valid_replica(r)))
+    }
+}
 
+#[async_trait::async_trait]
+impl Membership for RedisStore {
     async fn index_agent(&self, agent: &str) {
         let key = self.agents_key();
         let inv = scripts::Seen { member: agent }.prepare(&self.scripts.seen, &key);
@@ -500,7 +501,6 @@ impl SharedStore for RedisStore {
             tracing::debug!(agent, error = %e, "shared store: could not index an agent");
         }
     }
-
     async fn unindex_agent(&self, agent: &str) {
         let key = self.agents_key();
         if let Err(e) = self
@@ -511,7 +511,6 @@ impl SharedStore for RedisStore {
             tracing::debug!(agent, error = %e, "shared store: could not unindex an agent");
         }
     }
-
     /// Agents whose lease index entry has not been refreshed for a lease's lifetime: their
     /// owner may be gone. The lease key decides; this only says where to look. An entry that
     /// is not a work number is dropped from the index, never polled.
@@ -539,7 +538,6 @@ impl SharedStore for RedisStore {
         }
         Ok(agents)
     }
-
     async fn indexed_agents(&self, max: usize) -> Result<Vec<String>, StoreError> {
         let key = self.agents_key();
         let stop = max.saturating_sub(1) as i64;
@@ -553,22 +551,12 @@ impl SharedStore for RedisStore {
         }
         Ok(agents)
     }
-
-    async fn lease_holder(&self, agent: &str) -> Result<Option<String>, StoreError> {
-        let key = self.agent_keys(agent).lease;
-        let v: Option<String> =
-            self.run(StoreOp::Read, async |c| redis::cmd("GET").arg(&key).query_async(c).await).await?;
-        // `replica epoch`: the replica's name is the part before the space.
-        Ok(v.and_then(|v| v.split_once(' ').map(|(r, _)| r.to_owned())).filter(|r| valid_replica(r)))
-    }
-
     async fn heartbeat(&self) -> Result<(), StoreError> {
         let key = self.replicas_key();
         let inv = scripts::Seen { member: &self.replica }.prepare(&self.scripts.seen, &key);
         let _: i64 = self.script(StoreOp::Lease, inv).await?;
         Ok(())
     }
-
     /// One script on Redis's clock: a replica whose own clock runs ahead cannot mistake the
     /// others for silent (issue 35).
     async fn leave(&self) -> Result<usize, StoreError> {
@@ -577,7 +565,10 @@ impl SharedStore for RedisStore {
             .prepare(&self.scripts.leave, &key);
         self.script(StoreOp::Lease, inv).await
     }
+}
 
+#[async_trait::async_trait]
+impl Buckets for RedisStore {
     async fn gcra(&self, bucket: Bucket<'_>, interval: Duration, burst: u32, want: u32) -> Result<Gcra, StoreError> {
         let key = self.limit_key(bucket);
         let args = scripts::GcraCheck { interval_us: interval.as_micros().max(1) as u64, burst, want };
@@ -592,7 +583,10 @@ impl SharedStore for RedisStore {
             Err(Duration::from_micros((n.max(0) as u64).min(longest)))
         })
     }
+}
 
+#[async_trait::async_trait]
+impl ChangeFeed for RedisStore {
     /// Follows the change channel for as long as the process runs: on the primary (any node
     /// of a cluster), subscribing again after a failure and whenever the connection moved to
     /// a new primary; `Change::Resync` after every (re)subscription.

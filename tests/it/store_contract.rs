@@ -15,7 +15,7 @@ use ccgate::metrics::Metrics;
 use ccgate::shared::memory::MemoryHub;
 use ccgate::shared::redis::RedisStore;
 use ccgate::shared::{
-    AuthWrite, AuthWritten, Bucket, ConfWrite, CreateMode, EndAs, Ended, Grant, Lease, NewEvent, NewRecord,
+    AuthWrite, AuthWritten, Backend, Bucket, ConfWrite, CreateMode, EndAs, Ended, Grant, Lease, NewEvent, NewRecord,
     RecordState, SharedStore,
 };
 use common::redis::RedisServer;

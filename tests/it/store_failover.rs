@@ -419,7 +419,7 @@ async fn a_cluster_shard_failing_over_under_the_agent_costs_seconds() {
 /// planted epoch that is not a number Lua can count with is taken as none.
 #[tokio::test]
 async fn an_epoch_the_new_primary_lost_is_never_drawn_again() {
-    use ccgate::shared::{CreateMode, Lease, NewRecord, SharedStore};
+    use ccgate::shared::{Backend, CreateMode, Lease, Leases, NewRecord, Records};
     let redis = RedisServer::start().await;
     let cfg = ccgate::config::StoreConfig {
         backend: StoreBackend::Redis,

@@ -115,7 +115,7 @@ pub async fn start(config: &Config) -> Result<Running, String> {
 pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result<Running, String> {
     let gateways = config.gateway_list();
     let names: Vec<String> = gateways.iter().map(|g| g.name.clone()).collect();
-    let metrics = Metrics::with_gateways(&names);
+    let metrics = Metrics::new(&names);
     let readiness = Arc::new(Readiness::default());
     readiness.set_gateway_names(&names);
     readiness.require_gateway(config.admin.ready_requires_gateway);
@@ -187,7 +187,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
     let mut stores = Vec::with_capacity(gateways.len());
     for (i, ((g, client), creds)) in gateways.iter().zip(&clients).zip(live.creds).enumerate() {
         let m = metrics.gateway(i);
-        stores.push(SessionStore::for_gateway(
+        stores.push(SessionStore::new(
             GatewayIdentity { name: g.name.as_str().into(), max_agents: g.max_agents, max_agents_by_files },
             Arc::new(Metered::new(client.clone(), m.clone())),
             creds.ok_or_else(|| format!("gateway {}: no credentials", g.name))?,
@@ -200,7 +200,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
     let all = Gateways::new(stores);
     all.start_replication();
     let sessions = all.first().clone();
-    let core = Core::with_gateways(all.clone(), Arc::new(live.limits), live.settings);
+    let core = Core::new(all.clone(), Arc::new(live.limits), live.settings);
     let limits = core.limits.clone();
     let reloader = Arc::new(Reloader::new(
         config.clone(),

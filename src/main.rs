@@ -296,7 +296,7 @@ async fn check_config(config: Config) -> Result<(), String> {
     for stray in config::stray_env_vars(std::env::vars()) {
         eprintln!("warning: {stray}");
     }
-    let metrics = ccgate::metrics::Metrics::new();
+    let metrics = ccgate::metrics::Metrics::default();
     let shared = match config.store.backend {
         // The URL and CA file, as `serve` reads them (Redis itself may be down now).
         config::StoreBackend::Redis => {

@@ -303,20 +303,17 @@ impl Drop for GaugeGuard {
     }
 }
 
+/// Metrics of a ccgate with one gateway, the default one (tests and tools).
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(&[])
     }
 }
 
 impl Metrics {
-    /// Metrics of a ccgate with one gateway, the default one.
-    pub fn new() -> Self {
-        Self::with_gateways(&[crate::config::DEFAULT_GATEWAY_NAME.to_owned()])
-    }
-
-    /// Metrics of a ccgate with these gateways (by name, in config order).
-    pub fn with_gateways(gateways: &[String]) -> Self {
+    /// Metrics of a ccgate with these gateways (by name, in config order; none: the default
+    /// gateway alone).
+    pub fn new(gateways: &[String]) -> Self {
         let gateways: Vec<String> =
             if gateways.is_empty() { vec![crate::config::DEFAULT_GATEWAY_NAME.to_owned()] } else { gateways.to_vec() };
         let r = Registry::new_custom(Some("ccgate".into()), None).expect("valid prefix");
@@ -786,7 +783,7 @@ mod tests {
 
     #[test]
     fn renders_bounded_labels() {
-        let m = Metrics::new();
+        let m = Metrics::default();
         m.record_request(
             Some(0),
             MethodLabel::Gateway(GatewayMethod::StopVoiceToConf),
@@ -812,7 +809,7 @@ mod tests {
 
     #[test]
     fn known_label_sets_start_at_zero_and_process_metrics_are_unprefixed() {
-        let text = Metrics::new().render();
+        let text = Metrics::default().render();
         for series in [
             r#"ccgate_auth_failures_total{reason="expired"} 0"#,
             r#"ccgate_signins_total{gateway="default",result="at_capacity"} 0"#,

@@ -151,7 +151,7 @@ impl Live {
             (Some(c), Some(k)) => Some(tls::certified_key(c, k)?),
             _ => None,
         };
-        let mut limits = Limits::for_gateways(&config.rate_limits, names, metrics.clone())?;
+        let mut limits = Limits::new(&config.rate_limits, names, metrics.clone())?;
         if let Some(shared) = shared {
             limits = limits.shared(shared.clone(), config.store.limits_fallback);
         }

@@ -1034,7 +1034,7 @@ mod tests {
     #[test]
     fn a_forged_token_sent_again_is_refused_from_memory() {
         let (es, a) = good();
-        let m = crate::metrics::Metrics::new();
+        let m = crate::metrics::Metrics::default();
         let a = a.with_metrics(&m);
         let t = forged(&es, "153");
         assert_eq!(a.verify(&t), Err(Reason::BadSignature));
@@ -1057,7 +1057,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_client_can_make_another_clients_valid_token_refused() {
         let (es, a) = good();
-        let m = crate::metrics::Metrics::new();
+        let m = crate::metrics::Metrics::default();
         let a = a.with_metrics(&m);
         let shared: IpAddr = "127.0.0.1".parse().unwrap();
         // One client on the shared address: distinct forged tokens, and one stale token looped.
@@ -1080,7 +1080,7 @@ mod tests {
     #[test]
     fn every_lasting_refusal_is_remembered_and_a_not_yet_valid_token_is_not() {
         let (es, a) = good();
-        let m = crate::metrics::Metrics::new();
+        let m = crate::metrics::Metrics::default();
         let a = a.with_metrics(&m);
         let wrong_aud = es.token("https://idp.test", "someone-else", "153", 600).unwrap();
         for t in [expired(&es, "153"), wrong_aud, forged(&es, "154")] {

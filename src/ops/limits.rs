@@ -294,16 +294,14 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// [`Limits::for_gateways`] for one gateway, the default one.
-    pub fn new(cfg: &RateLimitsConfig, metrics: Metrics) -> Result<Self, String> {
-        Self::for_gateways(cfg, &[crate::config::DEFAULT_GATEWAY_NAME.into()], metrics)
-    }
-
-    /// Builds every configured limit for these gateways (by name, in config order). Fails
+    /// Builds every configured limit for these gateways (by name, in config order; none: the
+    /// default gateway alone, as `Metrics::new` reads it). Fails
     /// naming the key when a limit names no method ccgate knows (`check-config` builds them
     /// too, so it reports the same error as `serve`). `max_keys` bounds each keyed limiter:
     /// an agent limit's per gateway.
-    pub fn for_gateways(cfg: &RateLimitsConfig, gateways: &[String], metrics: Metrics) -> Result<Self, String> {
+    pub fn new(cfg: &RateLimitsConfig, gateways: &[String], metrics: Metrics) -> Result<Self, String> {
+        let default = [crate::config::DEFAULT_GATEWAY_NAME.to_owned()];
+        let gateways = if gateways.is_empty() { &default[..] } else { gateways };
         let gateways: Arc<[(Arc<str>, Arc<str>)]> =
             gateways.iter().map(|n| (crate::config::namespace_of(n).into(), n.as_str().into())).collect();
         for (i, l) in cfg.limit.iter().enumerate() {
@@ -464,10 +462,10 @@ mod tests {
     #[test]
     fn a_limit_must_name_a_method_ccgate_knows() {
         let cfg = |l| RateLimitsConfig { limit: vec![l], ..RateLimitsConfig::default() };
-        let err = Limits::new(&cfg(limit("stopVoiceToconf")), Metrics::new()).err().unwrap();
+        let err = Limits::new(&cfg(limit("stopVoiceToconf")), &[], Metrics::default()).err().unwrap();
         assert!(err.starts_with("rate_limits.limit.method"), "{err}");
         for ok in ["stopVoiceToConf", "getSession", "events", "*"] {
-            assert!(Limits::new(&cfg(limit(ok)), Metrics::new()).is_ok(), "{ok}");
+            assert!(Limits::new(&cfg(limit(ok)), &[], Metrics::default()).is_ok(), "{ok}");
         }
     }
 
@@ -476,7 +474,7 @@ mod tests {
         let mut global = limit("stopVoiceToConf");
         global.scope = Scope::Global;
         let cfg = RateLimitsConfig { limit: vec![global, limit("*")], ..RateLimitsConfig::default() };
-        let limits = Limits::new(&cfg, Metrics::new()).unwrap();
+        let limits = Limits::new(&cfg, &[], Metrics::default()).unwrap();
         let stop = &limits.by_method[MethodLabel::Gateway(crate::gateway::GatewayMethod::StopVoiceToConf).index()];
         assert_eq!(stop.iter().map(|l| l.cfg.scope).collect::<Vec<_>>(), [Scope::Agent, Scope::Global]);
         assert_eq!(limits.by_method[MethodLabel::Events.index()].len(), 1, "only the `*` limit");
@@ -501,10 +499,9 @@ mod tests {
         };
         let gateways = ["acme".to_string(), "globex".to_string()];
         let hub = MemoryHub::new(Duration::from_secs(3));
-        let local = Limits::for_gateways(&cfg, &gateways, Metrics::new()).unwrap();
-        let shared = Limits::for_gateways(&cfg, &gateways, Metrics::new())
-            .unwrap()
-            .shared(hub.replica(), LimitsFallback::Closed);
+        let local = Limits::new(&cfg, &gateways, Metrics::default()).unwrap();
+        let shared =
+            Limits::new(&cfg, &gateways, Metrics::default()).unwrap().shared(hub.join(), LimitsFallback::Closed);
         for limits in [local, shared] {
             assert!(limits.applies(stop, Tier::Shared) && !limits.applies(stop, Tier::Own));
             for gateway in [0, 1] {
@@ -532,8 +529,8 @@ mod tests {
             ..RateLimitsConfig::default()
         };
         let replica = |fallback| {
-            let store: Arc<dyn Buckets> = hub.replica();
-            Limits::new(&cfg, Metrics::new()).unwrap().shared(store, fallback)
+            let store: Arc<dyn Buckets> = hub.join();
+            Limits::new(&cfg, &[], Metrics::default()).unwrap().shared(store, fallback)
         };
         let replicas =
             [replica(LimitsFallback::Local), replica(LimitsFallback::Local), replica(LimitsFallback::Closed)];
@@ -570,8 +567,8 @@ mod tests {
         assert_eq!(cap, 100);
         let replicas: Vec<Limits> = (0..3)
             .map(|_| {
-                let store: Arc<dyn Buckets> = hub.replica();
-                Limits::new(&cfg, Metrics::new()).unwrap().shared(store, LimitsFallback::Closed)
+                let store: Arc<dyn Buckets> = hub.join();
+                Limits::new(&cfg, &[], Metrics::default()).unwrap().shared(store, LimitsFallback::Closed)
             })
             .collect();
         // Requests per ms: 2, 1 and one every 10 ms (3,100/s against 200/s).

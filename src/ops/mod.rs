@@ -125,12 +125,7 @@ pub struct Core {
 }
 
 impl Core {
-    /// A core for one gateway's agents.
-    pub fn new(sessions: Arc<SessionStore>, limits: Arc<Limits>, settings: CoreSettings) -> Self {
-        Self::with_gateways(Gateways::one(sessions), limits, settings)
-    }
-
-    pub fn with_gateways(gateways: Arc<Gateways>, limits: Arc<Limits>, settings: CoreSettings) -> Self {
+    pub fn new(gateways: Arc<Gateways>, limits: Arc<Limits>, settings: CoreSettings) -> Self {
         Self { gateways, limits: Arc::new(ArcSwap::new(limits)), settings: Arc::new(ArcSwap::from_pointee(settings)) }
     }
 

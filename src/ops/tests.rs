@@ -32,7 +32,7 @@ fn settings(resume: bool) -> CoreSettings {
 fn core_with(gw: &Arc<FakeGateway>, settings: CoreSettings, limits: Vec<LimitConfig>) -> Core {
     let sessions = store(gw, |_| {});
     let cfg = RateLimitsConfig { limit: limits, ..RateLimitsConfig::default() };
-    Core::new(sessions, Arc::new(Limits::new(&cfg, Metrics::new()).unwrap()), settings)
+    Core::new(Gateways::one(sessions), Arc::new(Limits::new(&cfg, &[], Metrics::default()).unwrap()), settings)
 }
 
 fn new_core(gw: &Arc<FakeGateway>, resume: bool) -> Core {
@@ -227,8 +227,8 @@ async fn over_its_own_limit_a_chair_spends_no_shared_bucket_in_the_shared_store(
     };
     let hub = MemoryHub::new(Duration::from_secs(3));
     let limits =
-        Limits::new(&cfg, Metrics::new()).unwrap().shared(hub.replica(), crate::config::LimitsFallback::Closed);
-    let core = Core::new(store(&gw, |_| {}), Arc::new(limits), settings(false));
+        Limits::new(&cfg, &[], Metrics::default()).unwrap().shared(hub.join(), crate::config::LimitsFallback::Closed);
+    let core = Core::new(Gateways::one(store(&gw, |_| {})), Arc::new(limits), settings(false));
     sign_in(&core).await.update_conf(|_| ConfState::Chair { conf_id: 7 }).await;
     for _ in 0..20 {
         core.run(&who(), STOP, stop()).await;

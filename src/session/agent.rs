@@ -2,7 +2,7 @@
 //! and poller. A session owns its gateway calls: every call goes out with its current Guid and
 //! cookies, and [`Session::call`] is the one place an answer's `Set-GUID`, `Set-Cookie` and
 //! session loss are taken in. What it shares with other replicas goes through its
-//! [`Replica`], chosen when it was made.
+//! [`Sharing`], chosen when it was made.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,9 +17,9 @@ use tokio::time::Instant;
 
 use super::conference::ConfState;
 use super::copy::LocalCopy;
-use super::error::{Ended, Refusal, SessionError};
+use super::error::{Ended, GuidVerdict, SessionError};
 use super::events::{BufferedEvent, EventBuffer};
-use super::replica::{Replica, Replicated};
+use super::sharing::{SharedCopy, Sharing};
 use super::state::LimitSnapshot;
 use crate::gateway::wire::{merge_cookies, session_auth};
 use crate::gateway::{
@@ -66,7 +66,7 @@ pub struct Session {
     /// The tightest rate limit at the agent's last limited request (the agent view's).
     pub(super) last_limit: Mutex<Option<LimitSnapshot>>,
     /// What the session shares with other replicas, and how.
-    pub(super) replica: Replica,
+    pub(super) sharing: Sharing,
 }
 
 impl std::fmt::Debug for Session {
@@ -89,7 +89,7 @@ impl Session {
     /// the change is made on the record (compare-and-set on its version, so a change another
     /// replica made first is never overwritten) and every replica sees it.
     pub async fn update_conf(&self, f: impl Fn(ConfState) -> ConfState + Sync) -> ConfState {
-        self.replica.update_conf(self, &f).await
+        self.sharing.update_conf(self, &f).await
     }
 
     /// The conference state for the chair check. With the shared store, a copy that says
@@ -98,7 +98,7 @@ impl Session {
     /// trusted without a round trip, since the gateway itself refuses a stale chair
     /// (`101-002`). The local copy when Redis cannot be reached.
     pub async fn current_conf(&self) -> ConfState {
-        self.replica.refresh_conf(self).await;
+        self.sharing.refresh_conf(self).await;
         self.conf()
     }
 
@@ -119,7 +119,7 @@ impl Session {
     /// The session's id in the shared store (the same on every replica); `None` with the
     /// memory store.
     pub fn shared_id(&self) -> Option<&str> {
-        self.replica.shared_id()
+        self.sharing.shared_id()
     }
 
     pub fn is_lost(&self) -> bool {
@@ -144,7 +144,7 @@ impl Session {
     pub fn touch(&self) {
         let since = Instant::now().saturating_duration_since(self.born).as_millis() as u64;
         self.last_activity.fetch_max(since, Ordering::Relaxed);
-        self.replica.touched();
+        self.sharing.touched();
     }
 
     /// Event streams open on this session.
@@ -168,7 +168,7 @@ impl Session {
     /// Takes in activity seen on other replicas (the shared store's idle time) before the
     /// poller or an idle sign-out judges this session idle.
     pub(super) async fn refresh_activity(&self) {
-        if let Some(idle) = self.replica.idle_for(self).await {
+        if let Some(idle) = self.sharing.idle_for(self).await {
             let at = Instant::now().checked_sub(idle).unwrap_or(self.born);
             let since = at.saturating_duration_since(self.born).as_millis() as u64;
             self.last_activity.fetch_max(since, Ordering::Relaxed);
@@ -178,30 +178,30 @@ impl Session {
     /// Whether this replica polls the gateway for this session (always, with the memory
     /// store; the lease holder, with the shared store).
     pub(super) fn polls_here(&self) -> bool {
-        self.replica.polls_here()
+        self.sharing.polls_here()
     }
 
     /// Records a gateway event for the apps: in the buffer, and with the shared store in the
     /// agent's stream first. Returns whether an old event was dropped to make room.
     pub(super) async fn record_event(&self, kind: &str, data: Bytes) -> bool {
-        self.replica.record_event(self, kind, data).await
+        self.sharing.record_event(self, kind, data).await
     }
 
     /// The gateway ended the session by other means (the poller saw
     /// `AgentOther_ShutdownService`): ends it here and, when shared, everywhere.
     pub(super) async fn lost(&self, reason: LossReason) {
-        self.replica.lost(self, reason).await;
+        self.sharing.lost(self, reason).await;
     }
 
     /// Tells the other replicas, if any, that the app signed the agent out.
     pub(super) async fn signed_out(&self) {
-        self.replica.signed_out(self).await;
+        self.sharing.signed_out(self).await;
     }
 
     /// The next event of the agent's queue (the pass-through face's `agentevent`), shared by
     /// every replica with the shared store.
     pub async fn take_next_event(&self) -> Option<BufferedEvent> {
-        self.replica.take_next(self).await
+        self.sharing.take_next(self).await
     }
 
     /// The app's last sign of life: now, while an event stream is open.
@@ -218,24 +218,24 @@ impl Session {
     /// refused is never presented again.
     ///
     /// A refused Guid ends the session only when this replica may say so (see
-    /// [`Refusal`]): with the shared store, a replica that does not poll the agent takes a
+    /// [`GuidVerdict`]): with the shared store, a replica that does not poll the agent takes a
     /// newer Guid from the record and sends the call once more, or, when it cannot tell,
     /// answers [`SessionError::Unconfirmed`] and keeps its copy.
     pub async fn call(&self, method: GatewayMethod, body: Option<Bytes>) -> Result<GatewayReply, SessionError> {
         let (reply, refusal) = self.exchange(method, body.clone(), None, None, true).await?;
         match refusal {
-            Refusal::None | Refusal::Ended => Ok(reply),
-            Refusal::Unconfirmed => Err(SessionError::Unconfirmed),
+            GuidVerdict::None | GuidVerdict::Ended => Ok(reply),
+            GuidVerdict::Unconfirmed => Err(SessionError::Unconfirmed),
             // Boxed: rare, and inline it would enlarge every call's future.
-            Refusal::Retry => Box::pin(self.call_again(method, body)).await,
+            GuidVerdict::Retry => Box::pin(self.call_again(method, body)).await,
         }
     }
 
     /// The one retry of a call whose Guid had been replaced meanwhile.
     async fn call_again(&self, method: GatewayMethod, body: Option<Bytes>) -> Result<GatewayReply, SessionError> {
         match self.exchange(method, body, None, None, true).await? {
-            (reply, Refusal::None | Refusal::Ended) => Ok(reply),
-            (_, Refusal::Retry | Refusal::Unconfirmed) => Err(SessionError::Unconfirmed),
+            (reply, GuidVerdict::None | GuidVerdict::Ended) => Ok(reply),
+            (_, GuidVerdict::Retry | GuidVerdict::Unconfirmed) => Err(SessionError::Unconfirmed),
         }
     }
 
@@ -246,7 +246,7 @@ impl Session {
         timeout: Option<Duration>,
         conn: Option<&mut PollConnection>,
         loss_ends_session: bool,
-    ) -> Result<(GatewayReply, Refusal), UpstreamError> {
+    ) -> Result<(GatewayReply, GuidVerdict), UpstreamError> {
         let auth = self.auth.load_full();
         let req = GatewayRequest { method, agent: &self.agent_id, auth: Some(&auth), body, timeout, conn };
         let reply = match self.gateway.call(req).await {
@@ -269,12 +269,12 @@ impl Session {
         // The shared store's round trips are boxed: they happen on a rotation or a loss, not
         // on every poll, and inline their state would be copied with every poll's future.
         if let Some(old) = replaced {
-            Box::pin(self.replica.publish_auth(self, &old)).await;
+            Box::pin(self.sharing.publish_auth(self, &old)).await;
         }
-        let mut refusal = Refusal::None;
+        let mut refusal = GuidVerdict::None;
         if loss_ends_session && env.code().session_gone() {
             let refused = auth.guid.to_str().unwrap_or_default();
-            refusal = Box::pin(self.replica.refused(self, LossReason::GuidRefused, refused)).await;
+            refusal = Box::pin(self.sharing.refused(self, LossReason::GuidRefused, refused)).await;
         }
         Ok((reply, refusal))
     }
@@ -419,9 +419,9 @@ impl Drop for Listening {
     }
 }
 
-impl Replicated for Session {
-    fn replica(&self) -> &Replica {
-        &self.replica
+impl SharedCopy for Session {
+    fn sharing(&self) -> &Sharing {
+        &self.sharing
     }
 }
 

@@ -15,7 +15,7 @@ use super::conference::ConfState;
 use super::copy::LocalCopy;
 use super::error::SessionError;
 use super::link::{Applied, Link};
-use super::replica::{Replica, Replicated};
+use super::sharing::{SharedCopy, Sharing};
 use super::view::Remote;
 use crate::gateway::UpstreamError;
 use crate::labels::LossReason;
@@ -30,7 +30,7 @@ const LOOK_AGAIN: Duration = Duration::from_millis(20);
 
 /// What replication needs of the session store that holds the local copies.
 pub(crate) trait Host: Send + Sync + 'static {
-    type Session: LocalCopy + Replicated + 'static;
+    type Session: LocalCopy + SharedCopy + 'static;
 
     /// The agent's local copy, live or ended.
     fn current(&self, agent: &str) -> Option<Arc<Self::Session>>;
@@ -69,7 +69,7 @@ pub(crate) struct Adopted {
     /// The record says the gateway ended the session.
     pub lost: Option<LossReason>,
     /// The copy's link to the record.
-    pub replica: Replica,
+    pub sharing: Sharing,
     /// The newest events of its stream (id, type, content), oldest first: one more than the
     /// buffer holds when some are missing before them.
     pub events: Vec<(u64, String, Bytes)>,
@@ -120,7 +120,7 @@ impl Cluster {
         };
         match record {
             Some(r) if r.state != RecordState::Out => {
-                let same = local.as_deref().and_then(|s| s.replica().link()).filter(|l| l.sid() == r.sid);
+                let same = local.as_deref().and_then(|s| s.sharing().link()).filter(|l| l.sid() == r.sid);
                 // The same session, ended here: final if the record says so or this replica
                 // has a loss to write; otherwise it ended here only, and the record revives it.
                 if same.is_some_and(|l| r.state != RecordState::Active || l.loss_unwritten()) {
@@ -147,7 +147,7 @@ impl Cluster {
             // A copy of this session that ended here only, while the record is active, is
             // replaced by a fresh one (a copy's end cannot be undone); any other is updated.
             let revive = s.ended().is_some() && r.state == RecordState::Active;
-            if let Some(link) = s.replica().link().filter(|l| l.sid() == r.sid && !revive) {
+            if let Some(link) = s.sharing().link().filter(|l| l.sid() == r.sid && !revive) {
                 if epoch != 0 {
                     link.hold(epoch);
                 }
@@ -176,7 +176,7 @@ impl Cluster {
             answer: r.answer,
             resumable: r.resumable,
             since: r.since,
-            replica: Replica::Shared(link),
+            sharing: Sharing::Shared(link),
             events,
         };
         host.install(agent, existing, adopted)
@@ -302,7 +302,7 @@ impl Cluster {
     /// Copies the agent's new events into the local copy's buffer, if this replica has one.
     async fn mirror<H: Host>(&self, host: &H, agent: &str) {
         if let Some(s) = host.current(agent) {
-            if let Some(link) = s.replica().link() {
+            if let Some(link) = s.sharing().link() {
                 link.mirror(&*s).await;
             }
         }
@@ -314,7 +314,7 @@ impl Cluster {
     /// once the record has been missing for a lease (the owner is gone too).
     async fn resync<H: Host>(&self, host: &H, agent: &str) {
         let Some(s) = host.current(agent) else { return };
-        let Some(link) = s.replica().link() else { return };
+        let Some(link) = s.sharing().link() else { return };
         if s.ended().is_some() {
             if link.loss_unwritten() {
                 link.flush_lost(&*s).await;
@@ -391,7 +391,7 @@ impl Cluster {
         }
         for agent in host.local_agents() {
             let Some(s) = host.current(&agent) else { continue };
-            let Some(link) = s.replica().link() else { continue };
+            let Some(link) = s.sharing().link() else { continue };
             if s.ended().is_some() {
                 link.flush_lost(&*s).await;
                 continue;
@@ -493,7 +493,7 @@ impl Cluster {
     pub(crate) async fn hand_over<H: Host>(&self, host: &H) -> bool {
         for agent in host.local_agents() {
             let Some(s) = host.current(&agent) else { continue };
-            let Some(link) = s.replica().link() else { continue };
+            let Some(link) = s.sharing().link() else { continue };
             s.stop_poller();
             link.flush(&*s).await;
             if let Some(epoch) = link.epoch() {

@@ -60,7 +60,7 @@ pub enum Ended {
 
 /// What a refused Guid meant for the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub(crate) enum GuidVerdict {
     /// The Guid was not refused.
     None,
     /// The session ended (the gateway's word, from the party that knows the newest Guid).

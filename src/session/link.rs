@@ -8,7 +8,7 @@
 //!   was paused or cut off cannot overwrite what its successor wrote.
 //! - Guid, cookies and conference state are written with compare-and-set (on the Guid, a
 //!   numbered owner write, a version), so concurrent replicas never move them backwards.
-//! - Only the lease holder may conclude that a refused Guid ended the session ([`Refusal`]).
+//! - Only the lease holder may conclude that a refused Guid ended the session ([`GuidVerdict`]).
 //! - Events go to the agent's stream first; each replica's buffer mirrors it.
 //!
 //! Everything here works on a [`LocalCopy`], never on the session type itself.
@@ -23,12 +23,12 @@ use tokio::time::Instant;
 
 use super::conference::ConfState;
 use super::copy::LocalCopy;
-use super::error::{Ended, Refusal};
+use super::error::{Ended, GuidVerdict};
 use super::events::BufferedEvent;
 use crate::labels::{Discarded, LossReason};
 use crate::shared::{
-    provisional_id, AuthWrite, AuthWritten, ConfWrite, EndAs, Ended as StoreEnded, NewEvent, Record, RecordState,
-    SharedStore, StoreError,
+    provisional_id, AuthWrite, AuthWritten, ConfWrite, EndAs, EndOutcome, NewEvent, Record, RecordState, SharedStore,
+    StoreError,
 };
 use crate::sync::lock;
 
@@ -163,10 +163,10 @@ impl Link {
     /// owner's (a rotation it has not heard of, because the store was away): it takes a newer
     /// Guid from the record and retries, or, when the record has none (or cannot be read),
     /// keeps its copy and says so. The owner's own poll sees a real end within a poll.
-    pub(crate) async fn refused(&self, s: &impl LocalCopy, reason: LossReason, refused: &str) -> Refusal {
+    pub(crate) async fn refused(&self, s: &impl LocalCopy, reason: LossReason, refused: &str) -> GuidVerdict {
         if s.with_raw_auth(|current, _| current != refused) {
             // A newer Guid arrived while this call was out (the poller's rotation).
-            return Refusal::Retry;
+            return GuidVerdict::Retry;
         }
         if self.owns() {
             return self.owner_refused(s, reason, refused).await;
@@ -175,30 +175,30 @@ impl Link {
             Ok(rec) => rec,
             Err(e) => {
                 tracing::debug!(agent = s.agent_id(), error = %e, "refused Guid: the record cannot be read");
-                return Refusal::Unconfirmed;
+                return GuidVerdict::Unconfirmed;
             }
         };
         let newer = rec.as_ref().is_some_and(|r| r.sid == self.sid && r.guid != refused);
         match self.apply(s, rec) {
-            Applied::Ended => Refusal::Ended,
-            Applied::Current if newer => Refusal::Retry,
-            Applied::Current | Applied::Missing => Refusal::Unconfirmed,
+            Applied::Ended => GuidVerdict::Ended,
+            Applied::Current if newer => GuidVerdict::Retry,
+            Applied::Current | Applied::Missing => GuidVerdict::Unconfirmed,
         }
     }
 
     /// The lease holder's Guid was refused: the session ended, unless the record shows a
     /// successor (a newer epoch) polls it now, in which case this replica is the stale one.
-    async fn owner_refused(&self, s: &impl LocalCopy, reason: LossReason, refused: &str) -> Refusal {
+    async fn owner_refused(&self, s: &impl LocalCopy, reason: LossReason, refused: &str) -> GuidVerdict {
         let agent = s.agent_id();
         match self.store.end(agent, &self.sid, EndAs::Lost { reason, refused: Some(refused) }).await {
-            Ok(StoreEnded::Ended) => {}
-            Ok(StoreEnded::Gone | StoreEnded::GuidReplaced) => match self.store.load(agent).await {
+            Ok(EndOutcome::Ended) => {}
+            Ok(EndOutcome::Gone | EndOutcome::GuidReplaced) => match self.store.load(agent).await {
                 // The record has another Guid: either a successor's newer one, or an older
                 // one this owner could not publish (the store was away). The epoch tells which.
                 Ok(Some(r)) if r.sid == self.sid && Some(r.epoch) != self.epoch() => {
                     return match self.apply(s, Some(r)) {
-                        Applied::Ended => Refusal::Ended,
-                        _ => Refusal::Retry,
+                        Applied::Ended => GuidVerdict::Ended,
+                        _ => GuidVerdict::Retry,
                     };
                 }
                 Ok(Some(r)) if r.sid == self.sid => {
@@ -210,7 +210,7 @@ impl Link {
                     // Signed out or replaced meanwhile (the record says so), or the store lost
                     // the record: then there is nothing to write the end into.
                     if let Applied::Ended = self.apply(s, rec) {
-                        return Refusal::Ended;
+                        return GuidVerdict::Ended;
                     }
                 }
                 Err(e) => self.defer(Dirty::Lost, agent, &e),
@@ -218,7 +218,7 @@ impl Link {
             Err(e) => self.defer(Dirty::Lost, agent, &e),
         }
         s.mark_lost(reason);
-        Refusal::Ended
+        GuidVerdict::Ended
     }
 
     /// The gateway ended the session by other means (`AgentOther_ShutdownService`, seen by

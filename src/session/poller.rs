@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::agent::Session;
 use super::conference::{apply_event, EventEffect};
-use super::error::Refusal;
+use super::error::GuidVerdict;
 use super::pacing::Pacer;
 use crate::gateway::{GatewayMethod, GatewayReply, PollConnection, UpstreamError};
 use crate::labels::LossReason;
@@ -53,7 +53,7 @@ pub(super) struct Settings {
 }
 
 enum Step {
-    Polled(Result<(GatewayReply, Refusal), UpstreamError>),
+    Polled(Result<(GatewayReply, GuidVerdict), UpstreamError>),
     Idle,
 }
 

@@ -3,7 +3,7 @@
 //! shutdown need nobody's agreement. `Shared` (Redis): the [`Cluster`] finds sessions other
 //! replicas signed in, locks sign-ins cluster-wide, maintains leases and hands agents over.
 //! The session store calls these methods and never asks which one it has; each session gets
-//! its [`Replica`] from here.
+//! its [`Sharing`] from here.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use super::cluster::{Claim, Cluster, Host};
 use super::conference::ConfState;
 use super::error::SessionError;
 use super::link::Link;
-use super::replica::Replica;
+use super::sharing::Sharing;
 use super::view::Remote;
 use crate::config::ShutdownMode;
 use crate::gateway::GatewayReply;
@@ -88,8 +88,8 @@ impl Replication {
         conf: ConfState,
         resumable: bool,
         since: u64,
-    ) -> Result<Replica, SessionError> {
-        let Self::Shared { cluster, .. } = self else { return Ok(Replica::InProcess) };
+    ) -> Result<Sharing, SessionError> {
+        let Self::Shared { cluster, .. } = self else { return Ok(Sharing::InProcess) };
         let sid = uuid::Uuid::new_v4().simple().to_string();
         let conf = Link::conf_json(conf);
         let record = NewRecord {
@@ -101,7 +101,7 @@ impl Replication {
             conf: &conf,
             since,
         };
-        Ok(Replica::Shared(cluster.record_sign_in(agent, &record).await?))
+        Ok(Sharing::Shared(cluster.record_sign_in(agent, &record).await?))
     }
 
     /// Before signing `agent` out: its session adopted here if another replica signed it in,
@@ -124,7 +124,7 @@ impl Replication {
     }
 
     /// Who polls `session`'s agent, and whether this replica does.
-    pub(crate) async fn poller_of(&self, agent: &str, replica: &Replica) -> (Option<String>, bool) {
+    pub(crate) async fn poller_of(&self, agent: &str, replica: &Sharing) -> (Option<String>, bool) {
         match (self, replica.link()) {
             (Self::Shared { cluster, .. }, Some(link)) => cluster.poller_of(agent, link).await,
             _ => (Some("this replica".into()), true),

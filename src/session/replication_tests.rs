@@ -33,11 +33,12 @@ struct Replica {
 fn replica(hub: &MemoryHub, gw: &Arc<FakeGateway>, tune: impl FnOnce(&mut SessionsConfig)) -> Replica {
     let mut cfg = SessionsConfig::default();
     tune(&mut cfg);
-    let shared = hub.replica();
+    let shared = hub.join();
     let name = shared.replica().to_owned();
     let shared: Arc<dyn SharedStore> = shared;
-    let metrics = Metrics::new();
-    let store = SessionStore::with_shared(
+    let metrics = Metrics::default();
+    let store = SessionStore::new(
+        Default::default(),
         gw.clone(),
         credentials(),
         cfg,
@@ -142,13 +143,13 @@ async fn a_paused_owners_late_guid_write_is_refused_and_it_stands_down() {
     assert!(b.holds_lease(&hub));
     let sb = b.store.current(AGENT).unwrap();
     sb.take_credentials(Some("b-rotated.AgentGateway0"), &[]).unwrap();
-    sb.replica.publish_auth(&*sb, "guid-1.AgentGateway0").await;
+    sb.sharing.publish_auth(&*sb, "guid-1.AgentGateway0").await;
     // A wakes with a rotation of its own from a poll that was out: written under its old
     // epoch, which the record no longer has.
     assert!(sa.polls_here(), "A still believes it polls");
     let old = sa.take_credentials(Some("a-late.AgentGateway0"), &[]).unwrap();
-    sa.replica.publish_auth(&*sa, &old).await;
-    let record = hub.replica().load(AGENT).await.unwrap().unwrap();
+    sa.sharing.publish_auth(&*sa, &old).await;
+    let record = hub.join().load(AGENT).await.unwrap().unwrap();
     assert_eq!(record.guid, "b-rotated.AgentGateway0", "the successor's Guid stands");
     assert!(!sa.polls_here(), "A stood down");
     assert_eq!(sa.with_raw_auth(|g, _| g.to_owned()), "b-rotated.AgentGateway0", "and took the record's Guid");
@@ -163,7 +164,7 @@ async fn a_refused_stale_guid_retries_with_the_newer_one_and_never_ends_the_sess
     let sb = b.store.lookup(AGENT).await.unwrap();
     // The owner rotates; B has not heard (no change channel followed here).
     let old = sa.take_credentials(Some("rotated.AgentGateway0"), &[]).unwrap();
-    sa.replica.publish_auth(&*sa, &old).await;
+    sa.sharing.publish_auth(&*sa, &old).await;
     gw.refuse(GatewayMethod::StopVoiceToConf, "100-006");
     let reply = sb.call(GatewayMethod::StopVoiceToConf, None).await.unwrap();
     assert!(reply.envelope.is_success(), "sent once more with the record's Guid");
@@ -190,7 +191,7 @@ async fn conference_writes_are_compare_and_set_on_the_record() {
         })
         .await;
     assert_eq!(next, ConfState::Chair { conf_id: 8 });
-    let record = hub.replica().load(AGENT).await.unwrap().unwrap();
+    let record = hub.join().load(AGENT).await.unwrap().unwrap();
     assert_eq!(record.confv, 3, "two writes after the sign-in's");
     // A copy that says "not chair" is checked against the record before a chair check; one
     // that says chair is trusted (the gateway refuses a stale chair itself).
@@ -270,7 +271,7 @@ async fn shutdown_hands_the_agent_over_and_the_last_replica_signs_it_out() {
     assert!(b.store.current(AGENT).unwrap().polls_here());
     b.store.shutdown(Instant::now() + Duration::from_secs(10)).await;
     assert_eq!(gw.count(GatewayMethod::Logout), 1, "the last replica standing signs the agent out");
-    assert!(hub.replica().load(AGENT).await.unwrap().is_some_and(|r| r.state == RecordState::Out));
+    assert!(hub.join().load(AGENT).await.unwrap().is_some_and(|r| r.state == RecordState::Out));
 }
 
 #[tokio::test(start_paused = true)]
@@ -281,7 +282,7 @@ async fn while_the_store_is_away_the_owner_keeps_polling_and_others_answer_retry
     let sb = b.store.lookup(AGENT).await.unwrap();
     hub.set_down(true);
     let old = sa.take_credentials(Some("rotated.AgentGateway0"), &[]).unwrap();
-    sa.replica.publish_auth(&*sa, &old).await;
+    sa.sharing.publish_auth(&*sa, &old).await;
     // B's Guid is the older one: refused, and whether the session ended is not B's to say.
     gw.refuse(GatewayMethod::StopVoiceToConf, "100-006");
     let e = sb.call(GatewayMethod::StopVoiceToConf, None).await.unwrap_err();

@@ -22,8 +22,8 @@ use super::error::{Ended, SessionError};
 use super::events::EventBuffer;
 use super::pacing::{Pacer, SignInGate};
 use super::poller::{self, Poller};
-use super::replica::Replica;
 use super::replication::Replication;
+use super::sharing::Sharing;
 use super::view::AgentView;
 use crate::clock::unix_ms;
 use crate::config::{ms, SessionsConfig, ShutdownMode};
@@ -129,33 +129,17 @@ pub struct SessionStore {
 }
 
 impl SessionStore {
-    /// A store whose sessions live in this process only.
-    pub fn new(gateway: Arc<dyn Gateway>, creds: CredentialStore, cfg: SessionsConfig, metrics: Metrics) -> Arc<Self> {
-        Self::with_shared(gateway, creds, cfg, metrics, None, ShutdownMode::default())
-    }
-
     /// Uses these credentials for sign-ins from now on (a reload). Sessions already signed in
     /// are not touched: the gateway knows them by Guid, not by password.
     pub fn replace_credentials(&self, creds: CredentialStore) {
         self.creds.store(Arc::new(creds));
     }
 
-    /// A store whose sessions are shared with other replicas through `shared` (when given).
-    /// Call [`SessionStore::start_replication`] once a runtime is up.
-    pub fn with_shared(
-        gateway: Arc<dyn Gateway>,
-        creds: CredentialStore,
-        cfg: SessionsConfig,
-        metrics: Metrics,
-        shared: Option<Arc<dyn SharedStore>>,
-        on_shutdown: ShutdownMode,
-    ) -> Arc<Self> {
-        Self::for_gateway(GatewayIdentity::default(), gateway, creds, cfg, metrics, shared, on_shutdown)
-    }
-
-    /// [`SessionStore::with_shared`] for one of several gateways: `metrics` and `shared` are
-    /// that gateway's (`Metrics::gateway`, `SharedStore::for_gateway`).
-    pub fn for_gateway(
+    /// The session store of one gateway: `metrics` and `shared` are that gateway's
+    /// (`Metrics::gateway`, `Backend::for_gateway`). With `shared`, sessions are shared with
+    /// other replicas: call [`SessionStore::start_replication`] once a runtime is up; without,
+    /// they live in this process only.
+    pub fn new(
         identity: GatewayIdentity,
         gateway: Arc<dyn Gateway>,
         creds: CredentialStore,
@@ -330,7 +314,7 @@ impl SessionStore {
         let result = async {
             let (reply, conf, resumable) = self.sign_in_at_gateway(agent, slot, opts).await?;
             let since = unix_ms();
-            let replica = match self.replication.record_sign_in(agent, &reply, conf, resumable, since).await {
+            let sharing = match self.replication.record_sign_in(agent, &reply, conf, resumable, since).await {
                 Ok(r) => r,
                 Err(e) => {
                     // Signed in at the gateway but nobody else could find the session: sign
@@ -339,7 +323,7 @@ impl SessionStore {
                     return Err(e);
                 }
             };
-            self.finish_sign_in(agent, slot, &reply, conf, resumable, since, replica).map(|s| (s, true))
+            self.finish_sign_in(agent, slot, &reply, conf, resumable, since, sharing).map(|s| (s, true))
         }
         .await;
         self.replication.unlock(agent, lock).await;
@@ -432,11 +416,11 @@ impl SessionStore {
         conf: ConfState,
         resumable: bool,
         since: u64,
-        replica: Replica,
+        sharing: Sharing,
     ) -> Result<Arc<Session>, SessionError> {
         let guid = reply.set_guid.as_deref().unwrap_or_default();
         let session = self
-            .build_session(agent, guid, &reply.cookies, reply.body.clone(), conf, resumable, since, replica)
+            .build_session(agent, guid, &reply.cookies, reply.body.clone(), conf, resumable, since, sharing)
             .ok_or_else(|| SessionError::from(UpstreamError::Malformed("unusable Set-GUID".into())))?;
         self.start_poller(&session);
         if let Some(old) = slot.session.swap(Some(session.clone())) {
@@ -527,7 +511,7 @@ impl SessionStore {
         conf: ConfState,
         resumable: bool,
         signed_in_at_ms: u64,
-        replica: Replica,
+        sharing: Sharing,
     ) -> Option<Arc<Session>> {
         // The sign-in answer's cookies go into the jar under the same bounds as later ones.
         let (cookies, dropped) = crate::gateway::wire::merge_cookies(&[], cookies);
@@ -554,7 +538,7 @@ impl SessionStore {
             signed_in_at_ms,
             last_error: Mutex::new(None),
             last_limit: Mutex::new(None),
-            replica,
+            sharing,
         }))
     }
 
@@ -725,7 +709,7 @@ impl SessionStore {
         };
         let mut views = Vec::with_capacity(local.len());
         for s in &local {
-            let (polled_by, here) = self.replication.poller_of(&s.agent_id, &s.replica).await;
+            let (polled_by, here) = self.replication.poller_of(&s.agent_id, &s.sharing).await;
             views.push(AgentView::of_session(&self.identity.name, s, polled_by, here, one.is_some()));
         }
         let known: Vec<String> = local.iter().map(|s| s.agent_id.clone()).collect();
@@ -804,9 +788,9 @@ impl Host for SessionStore {
         expected: Option<Arc<Session>>,
         adopted: Adopted,
     ) -> Result<Arc<Session>, SessionError> {
-        let Adopted { guid, cookies, answer, conf, resumable, since, lost, replica, events } = adopted;
+        let Adopted { guid, cookies, answer, conf, resumable, since, lost, sharing, events } = adopted;
         let session = self
-            .build_session(agent, &guid, &cookies, answer, conf, resumable, since, replica)
+            .build_session(agent, &guid, &cookies, answer, conf, resumable, since, sharing)
             .ok_or(SessionError::Internal("stored Guid is not a valid header value"))?;
         // `events` holds one more than the buffer when some are missing before the newest.
         let cap = session.events.capacity();

@@ -175,5 +175,13 @@ pub fn many_credentials(n: usize) -> CredentialStore {
 pub fn store(gateway: &Arc<FakeGateway>, tune: impl FnOnce(&mut SessionsConfig)) -> Arc<SessionStore> {
     let mut cfg = SessionsConfig::default();
     tune(&mut cfg);
-    SessionStore::new(gateway.clone(), credentials(), cfg, Metrics::new())
+    SessionStore::new(
+        Default::default(),
+        gateway.clone(),
+        credentials(),
+        cfg,
+        Metrics::default(),
+        None,
+        Default::default(),
+    )
 }

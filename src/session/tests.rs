@@ -292,7 +292,15 @@ async fn debug_output_never_shows_a_guid_cookie_or_password() {
 fn many(gw: &Arc<FakeGateway>, n: usize, tune: impl FnOnce(&mut crate::config::SessionsConfig)) -> Arc<SessionStore> {
     let mut cfg = crate::config::SessionsConfig { idle_timeout_ms: 0, ..Default::default() };
     tune(&mut cfg);
-    SessionStore::new(gw.clone(), super::testing::many_credentials(n), cfg, crate::metrics::Metrics::new())
+    SessionStore::new(
+        Default::default(),
+        gw.clone(),
+        super::testing::many_credentials(n),
+        cfg,
+        crate::metrics::Metrics::default(),
+        None,
+        Default::default(),
+    )
 }
 
 #[tokio::test(start_paused = true)]

@@ -21,9 +21,9 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::{
-    AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change, ChangeFeed, ConfWrite, CreateMode, EndAs, Ended, Events,
-    Gcra, Grant, Lease, Leases, Membership, NewEvent, NewRecord, OpLock, Record, RecordState, Records, SharedStore,
-    StoreError, StreamEvent, SEQ_BITS, TOMBSTONE,
+    AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change, ChangeFeed, ConfWrite, CreateMode, EndAs, EndOutcome,
+    Events, Gcra, Grant, Lease, Leases, Membership, NewEvent, NewRecord, OpLock, Record, RecordState, Records,
+    SharedStore, StoreError, StreamEvent, SEQ_BITS, TOMBSTONE,
 };
 use crate::config::Scope;
 
@@ -134,7 +134,7 @@ impl MemoryHub {
     }
 
     /// A new replica's connection to this hub.
-    pub fn replica(&self) -> Arc<MemoryStore> {
+    pub fn join(&self) -> Arc<MemoryStore> {
         let n = self.0.replicas.fetch_add(1, Ordering::Relaxed) + 1;
         Arc::new(MemoryStore { hub: self.0.clone(), replica: format!("replica-{n}").into(), namespace: "".into() })
     }
@@ -382,10 +382,10 @@ impl Records for MemoryStore {
         }
         Ok(written)
     }
-    async fn end(&self, agent: &str, sid: &str, how: EndAs<'_>) -> Result<Ended, StoreError> {
+    async fn end(&self, agent: &str, sid: &str, how: EndAs<'_>) -> Result<EndOutcome, StoreError> {
         let agent = &self.key(agent);
         let ended = self.hub.with(agent, |a, _| {
-            let Some(h) = a.session.as_mut().filter(|h| h.sid == sid) else { return Ended::Gone };
+            let Some(h) = a.session.as_mut().filter(|h| h.sid == sid) else { return EndOutcome::Gone };
             match how {
                 EndAs::SignedOut => {
                     h.state = RecordState::Out;
@@ -397,18 +397,18 @@ impl Records for MemoryStore {
                 }
                 EndAs::Lost { reason, refused } => {
                     if h.state != RecordState::Active {
-                        return Ended::Gone;
+                        return EndOutcome::Gone;
                     }
                     if refused.is_some_and(|g| g != h.guid) {
-                        return Ended::GuidReplaced;
+                        return EndOutcome::GuidReplaced;
                     }
                     h.state = RecordState::Lost(reason);
                     a.lease = None;
                 }
             }
-            Ended::Ended
+            EndOutcome::Ended
         })?;
-        if ended == Ended::Ended {
+        if ended == EndOutcome::Ended {
             self.hub.announce(Change::Session(agent.into()));
             if self.hub.up().is_ok() {
                 crate::sync::lock(&self.hub.state).index.remove(agent);

@@ -176,9 +176,9 @@ pub enum EndAs<'a> {
     Lost { reason: LossReason, refused: Option<&'a str> },
 }
 
-/// What [`SharedStore::end`] did.
+/// What [`Records::end`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
+pub enum EndOutcome {
     Ended,
     /// No such session, or it had ended already.
     Gone,
@@ -311,7 +311,7 @@ pub trait Records: Send + Sync {
     async fn write_auth(&self, agent: &str, w: &AuthWrite<'_>) -> Result<AuthWritten, StoreError>;
     /// Compare-and-set of the conference state on its version.
     async fn write_conf(&self, agent: &str, sid: &str, version: u64, conf: &str) -> Result<ConfWrite, StoreError>;
-    async fn end(&self, agent: &str, sid: &str, how: EndAs<'_>) -> Result<Ended, StoreError>;
+    async fn end(&self, agent: &str, sid: &str, how: EndAs<'_>) -> Result<EndOutcome, StoreError>;
     /// Records app activity now (the store's clock).
     async fn touch(&self, agent: &str, sid: &str) -> Result<(), StoreError>;
     /// How long the agent's apps have been silent on every replica; `None` if the session is gone.

@@ -16,7 +16,7 @@ use super::connection::{Conn, Connection, Failure, StoreStatus, CLUSTER_RETRY_PA
 use super::scripts::{self, AgentKeys, Announce, Scripts};
 use super::{
     pack_id, parse_record, unpack_id, valid_event_kind, AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change,
-    ChangeFeed, ConfWrite, CreateMode, EndAs, Ended, Events, Gcra, Grant, Lease, Leases, Membership, NewEvent,
+    ChangeFeed, ConfWrite, CreateMode, EndAs, EndOutcome, Events, Gcra, Grant, Lease, Leases, Membership, NewEvent,
     NewRecord, OpLock, Record, RecordState, Records, SharedStore, StoreError, StreamEvent, TOMBSTONE,
 };
 use crate::config::{ms, Scope, StoreConfig};
@@ -341,7 +341,7 @@ impl Records for RedisStore {
             _ => ConfWrite::Gone,
         })
     }
-    async fn end(&self, agent: &str, sid: &str, how: EndAs<'_>) -> Result<Ended, StoreError> {
+    async fn end(&self, agent: &str, sid: &str, how: EndAs<'_>) -> Result<EndOutcome, StoreError> {
         let (state, refused) = match how {
             EndAs::SignedOut => (RecordState::Out, None),
             EndAs::Lost { reason, refused } => (RecordState::Lost(reason), refused),
@@ -359,10 +359,10 @@ impl Records for RedisStore {
         Ok(match code {
             1 => {
                 self.unindex_agent(agent).await;
-                Ended::Ended
+                EndOutcome::Ended
             }
-            -1 => Ended::GuidReplaced,
-            _ => Ended::Gone,
+            -1 => EndOutcome::GuidReplaced,
+            _ => EndOutcome::Gone,
         })
     }
     async fn touch(&self, agent: &str, sid: &str) -> Result<(), StoreError> {

@@ -59,7 +59,7 @@ fn dashboard_queries_only_exported_metrics() {
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/ccgate-dashboard.json")).unwrap();
     let dash: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let exported = ccgate::metrics::Metrics::new().names();
+    let exported = ccgate::metrics::Metrics::default().names();
     let mut used = 0;
     for panel in dash["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().unwrap() {
@@ -83,7 +83,7 @@ fn dashboard_queries_only_exported_metrics() {
 #[test]
 fn alert_rules_use_only_exported_metrics() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/alerts.yml")).unwrap();
-    let exported = ccgate::metrics::Metrics::new().names();
+    let exported = ccgate::metrics::Metrics::default().names();
     let mut used = 0;
     for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
         if let Some(base) = word.strip_prefix("ccgate_") {
@@ -101,7 +101,7 @@ fn alert_rules_use_only_exported_metrics() {
 #[test]
 fn every_exported_metric_is_documented_in_the_readme() {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    for name in ccgate::metrics::Metrics::new().names() {
+    for name in ccgate::metrics::Metrics::default().names() {
         assert!(readme.contains(&format!("`{name}`")), "README's metrics table lacks {name}");
     }
 }

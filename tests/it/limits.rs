@@ -159,10 +159,10 @@ fn principal(n: u32) -> Principal {
 
 #[tokio::test(start_paused = true)]
 async fn a_hundred_thousand_agents_then_idle_keys_are_evicted_and_the_gauge_falls_back() {
-    let metrics = Metrics::new();
+    let metrics = Metrics::default();
     let cfg =
         RateLimitsConfig { max_keys: 200_000, limit: vec![limit("stopVoiceToConf", Scope::Agent, 1.0, 5, false)] };
-    let limits = Limits::new(&cfg, metrics.clone()).expect("valid limits");
+    let limits = Limits::new(&cfg, &[], metrics.clone()).expect("valid limits");
     let m = MethodLabel::Gateway(GatewayMethod::StopVoiceToConf);
     for n in 0..100_000 {
         assert!(limits.check(m, Tier::Own, &principal(n)).await.is_ok());
@@ -179,9 +179,9 @@ async fn a_hundred_thousand_agents_then_idle_keys_are_evicted_and_the_gauge_fall
 
 #[tokio::test(start_paused = true)]
 async fn the_key_table_is_capped_and_overflow_is_counted_not_refused() {
-    let metrics = Metrics::new();
+    let metrics = Metrics::default();
     let cfg = RateLimitsConfig { max_keys: 1_000, limit: vec![limit("stopVoiceToConf", Scope::Agent, 1.0, 1, false)] };
-    let limits = Limits::new(&cfg, metrics.clone()).expect("valid limits");
+    let limits = Limits::new(&cfg, &[], metrics.clone()).expect("valid limits");
     let m = MethodLabel::Gateway(GatewayMethod::StopVoiceToConf);
     for n in 0..5_000 {
         assert!(limits.check(m, Tier::Own, &principal(n)).await.is_ok(), "a new key is never refused for lack of room");

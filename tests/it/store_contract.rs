@@ -15,8 +15,8 @@ use ccgate::metrics::Metrics;
 use ccgate::shared::memory::MemoryHub;
 use ccgate::shared::redis::RedisStore;
 use ccgate::shared::{
-    AuthWrite, AuthWritten, Backend, Bucket, ConfWrite, CreateMode, EndAs, Ended, Grant, Lease, NewEvent, NewRecord,
-    RecordState, SharedStore,
+    AuthWrite, AuthWritten, Backend, Bucket, ConfWrite, CreateMode, EndAs, EndOutcome, Grant, Lease, NewEvent,
+    NewRecord, RecordState, SharedStore,
 };
 use common::redis::RedisServer;
 
@@ -31,7 +31,7 @@ struct Pair {
 
 fn memory() -> Pair {
     let hub = MemoryHub::new(LEASE);
-    Pair { a: hub.replica(), b: hub.replica(), _redis: None }
+    Pair { a: hub.join(), b: hub.join(), _redis: None }
 }
 
 async fn redis() -> Pair {
@@ -43,7 +43,7 @@ async fn redis() -> Pair {
         ..StoreConfig::default()
     };
     let store = || async {
-        let s = RedisStore::new(&cfg, Metrics::new()).expect("redis store");
+        let s = RedisStore::new(&cfg, Metrics::default()).expect("redis store");
         s.connect().await.expect("connect");
         s as Arc<dyn SharedStore>
     };
@@ -132,7 +132,7 @@ async fn leases_are_exclusive_and_every_acquire_raises_the_epoch(p: Pair) {
     assert_eq!(p.a.load(AGENT).await.unwrap().unwrap().epoch, e2, "the record carries the fencing token");
     assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Taken);
     let lost = EndAs::Lost { reason: LossReason::GuidRefused, refused: None };
-    assert_eq!(p.b.end(AGENT, "s", lost).await.unwrap(), Ended::Ended);
+    assert_eq!(p.b.end(AGENT, "s", lost).await.unwrap(), EndOutcome::Ended);
     assert_eq!(p.a.acquire(AGENT).await.unwrap(), Lease::Absent, "an ended session has no lease");
 }
 
@@ -208,15 +208,15 @@ async fn conference_writes_are_compare_and_set_on_the_version(p: Pair) {
 async fn ends_are_conditional_and_sign_out_leaves_a_tombstone(p: Pair) {
     p.a.create(AGENT, &record("s", "g-2.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
     let lost = |refused| EndAs::Lost { reason: LossReason::GuidRefused, refused };
-    assert_eq!(p.b.end(AGENT, "s", lost(Some("g-1.AgentGateway0"))).await.unwrap(), Ended::GuidReplaced);
-    assert_eq!(p.b.end(AGENT, "other", lost(None)).await.unwrap(), Ended::Gone);
-    assert_eq!(p.b.end(AGENT, "s", lost(Some("g-2.AgentGateway0"))).await.unwrap(), Ended::Ended);
+    assert_eq!(p.b.end(AGENT, "s", lost(Some("g-1.AgentGateway0"))).await.unwrap(), EndOutcome::GuidReplaced);
+    assert_eq!(p.b.end(AGENT, "other", lost(None)).await.unwrap(), EndOutcome::Gone);
+    assert_eq!(p.b.end(AGENT, "s", lost(Some("g-2.AgentGateway0"))).await.unwrap(), EndOutcome::Ended);
     assert_eq!(p.a.load(AGENT).await.unwrap().unwrap().state, RecordState::Lost(LossReason::GuidRefused));
-    assert_eq!(p.a.end(AGENT, "s", lost(None)).await.unwrap(), Ended::Gone, "ended once");
+    assert_eq!(p.a.end(AGENT, "s", lost(None)).await.unwrap(), EndOutcome::Gone, "ended once");
     // Signing out wins over a loss, drops the secrets and the events, and leaves a tombstone.
     let event = NewEvent { sid: "s", cap: 10, id: 7 << 20, kind: "AgentState_Busy", data: b"{}" };
     assert!(p.a.append(AGENT, &event).await.unwrap().is_some());
-    assert_eq!(p.a.end(AGENT, "s", EndAs::SignedOut).await.unwrap(), Ended::Ended);
+    assert_eq!(p.a.end(AGENT, "s", EndAs::SignedOut).await.unwrap(), EndOutcome::Ended);
     let r = p.b.load(AGENT).await.unwrap().unwrap();
     assert_eq!((r.state, r.guid.as_str(), r.cookies.len()), (RecordState::Out, "-", 0));
     assert!(p.b.latest_events(AGENT, 10).await.unwrap().is_empty());

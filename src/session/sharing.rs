@@ -10,24 +10,24 @@ use bytes::Bytes;
 
 use super::conference::ConfState;
 use super::copy::LocalCopy;
-use super::error::Refusal;
+use super::error::GuidVerdict;
 use super::events::BufferedEvent;
 use super::link::Link;
 use crate::labels::LossReason;
 
 /// A local copy's half of the seam, as the replication side reaches it.
-pub(crate) trait Replicated {
-    fn replica(&self) -> &Replica;
+pub(crate) trait SharedCopy {
+    fn sharing(&self) -> &Sharing;
 }
 
-pub(crate) enum Replica {
+pub(crate) enum Sharing {
     /// Sessions live in this process only.
     InProcess,
     /// Sessions are shared with other replicas through the shared store.
     Shared(Link),
 }
 
-impl Replica {
+impl Sharing {
     /// The session's id in the shared store (the same on every replica).
     pub fn shared_id(&self) -> Option<&str> {
         match self {
@@ -111,12 +111,12 @@ impl Replica {
         }
     }
 
-    /// The gateway refused the copy's Guid `refused`: what that means (see [`Refusal`]).
-    pub async fn refused(&self, s: &impl LocalCopy, reason: LossReason, refused: &str) -> Refusal {
+    /// The gateway refused the copy's Guid `refused`: what that means (see [`GuidVerdict`]).
+    pub async fn refused(&self, s: &impl LocalCopy, reason: LossReason, refused: &str) -> GuidVerdict {
         match self {
             Self::InProcess => {
                 s.mark_lost(reason);
-                Refusal::Ended
+                GuidVerdict::Ended
             }
             Self::Shared(link) => link.refused(s, reason, refused).await,
         }

@@ -105,98 +105,89 @@ impl Running {
     }
 }
 
+/// Why ccgate could not start: the step that failed and what to fix. `ccgate serve` prints
+/// it as one line (`Display`), naming the config key where there is one.
+#[derive(Debug)]
+pub enum StartError {
+    /// A gateway's client could not be built (its URL, CA file or client certificate);
+    /// `gateway` is named when several are configured.
+    Gateway { gateway: Option<String>, reason: String },
+    /// The shared store's configuration (`store.*`).
+    Store(String),
+    /// The live parts: key sets, credentials, the certificate, rate limits.
+    Parts(String),
+    /// The server TLS configuration from the certificate.
+    Tls(String),
+    /// A listener could not be bound (`key` is `server.listen` or `admin.listen`).
+    Listen { key: &'static str, addr: SocketAddr, error: std::io::Error },
+    /// A bound listener could not be served.
+    Serve { key: &'static str, reason: String },
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Gateway { gateway: Some(g), reason } => write!(f, "gateway {g}: {reason}"),
+            Self::Gateway { gateway: None, reason } => f.write_str(reason),
+            Self::Store(e) | Self::Parts(e) | Self::Tls(e) => f.write_str(e),
+            Self::Listen { key, addr, error } => write!(f, "{key} {addr}: {error}"),
+            Self::Serve { key, reason } => write!(f, "{key}: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
 /// Loads keys and credentials, binds both listeners, starts serving. Every error names what
 /// to fix. A config built in memory (tests, the demo) cannot be reloaded from a file.
-pub async fn start(config: &Config) -> Result<Running, String> {
+pub async fn start(config: &Config) -> Result<Running, StartError> {
     start_from(config, None).await
 }
 
-/// [`start`], remembering where the config came from so a reload can read it again.
-pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result<Running, String> {
+/// [`start`], remembering where the config came from so a reload can read it again. The
+/// steps, in order: what everything reports to (metrics, readiness); the gateways' clients;
+/// the shared store; the live parts a reload swaps (keys, credentials, certificate, limits);
+/// the file-descriptor budget; one session store per gateway; the core and the reloader;
+/// both listeners; the background tasks.
+pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result<Running, StartError> {
     let gateways = config.gateway_list();
     let names: Vec<String> = gateways.iter().map(|g| g.name.clone()).collect();
-    let metrics = Metrics::new(&names);
-    let readiness = Arc::new(Readiness::default());
-    readiness.set_gateway_names(&names);
-    readiness.require_gateway(config.admin.ready_requires_gateway);
-    readiness.require_store(config.admin.ready_requires_store);
-    let clients = gateways
-        .iter()
-        .map(|g| match config.gateways.is_empty() {
-            true => GatewayClient::new(g),
-            false => GatewayClient::new(g).map_err(|e| format!("gateway {}: {e}", g.name)),
-        })
-        .collect::<Result<Vec<_>, String>>()?;
+    let (metrics, readiness) = observability(config, &names);
+    let clients = gateway_clients(config, &gateways)?;
     let shutdown = Shutdown::new();
-    let shared = match config.store.backend {
-        StoreBackend::Memory => None,
-        StoreBackend::Redis => {
-            let shared: Arc<dyn SharedStore> = RedisStore::new(&config.store, metrics.clone())?;
-            // Not fatal: a replica that starts while Redis is away serves once it is back
-            // (and says so on /readyz meanwhile).
-            if let Err(e) = shared.connect().await {
-                tracing::warn!(error = %e, "shared store not reachable yet; retrying in the background");
-            }
-            let status = shared.clone();
-            readiness.watch_store(Box::new(move || status.status()));
-            Some(shared)
-        }
-    };
-    let on_keys: crate::jwks::remote::OnChange = {
-        let readiness = Arc::downgrade(&readiness);
-        Arc::new(move || {
-            if let Some(r) = readiness.upgrade() {
-                r.notify();
-            }
-        })
-    };
-    let live = Live::build(config, &names, &metrics, shared.as_ref(), None, Some(on_keys.clone()))?;
-    let missing = live.auth.wait_for_keys(ms(config.auth.jwks_startup_wait_ms)).await;
-    if !missing.is_empty() {
-        tracing::warn!(issuers = ?missing, "serving without these providers' keys yet (not ready); their tokens get 503 until the keys are fetched");
-    }
-    let auth = Arc::new(ArcSwap::from_pointee(live.auth));
-    {
-        let auth = Arc::downgrade(&auth);
-        readiness.watch_keys(Box::new(move || auth.upgrade().is_none_or(|a| a.load().keys_loaded())));
-    }
+    let shared = shared_store(config, &metrics, &readiness).await?;
+    let on_keys = notify_on_keys(&readiness);
+    let live = Live::build(config, &names, &metrics, shared.as_ref(), None, Some(on_keys.clone()))
+        .map_err(StartError::Parts)?;
+    let auth = authenticator(config, live.auth, &readiness).await;
     let cert = live.cert.map(tls::CertResolver::new);
     if let Some(c) = &cert {
         metrics.watch_certificate(c);
     }
     let server_tls = match &cert {
-        Some(resolver) => Some(tls::server_config_with_resolver(resolver.clone())?),
+        Some(resolver) => Some(tls::server_config_with_resolver(resolver.clone()).map_err(StartError::Tls)?),
         None => None,
     };
-    // File descriptors: the soft limit raised to the hard one, and fewer agents taken when
-    // even that cannot hold what the configuration can need (`descriptors.rs`).
-    let max_agents_by_files = match crate::descriptors::Budget::at_start(config) {
-        Some((budget, limit)) => {
-            if let Some(from) = limit.raised_from {
-                tracing::info!(from, to = limit.soft, hard = limit.hard, "raised the soft open-file limit");
-            }
-            if let Some(why) = budget.shortfall("the open-file limit") {
-                tracing::warn!("{why}");
-            }
-            budget.agents
-        }
-        None => None,
-    };
-    // One session store per gateway: its own client, credentials, metric labels and (with
-    // Redis) key namespace.
-    let mut stores = Vec::with_capacity(gateways.len());
-    for (i, ((g, client), creds)) in gateways.iter().zip(&clients).zip(live.creds).enumerate() {
-        let m = metrics.gateway(i);
-        stores.push(SessionStore::new(
-            GatewayIdentity { name: g.name.as_str().into(), max_agents: g.max_agents, max_agents_by_files },
-            Arc::new(Metered::new(client.clone(), m.clone())),
-            creds.ok_or_else(|| format!("gateway {}: no credentials", g.name))?,
-            config.sessions.clone(),
-            m,
-            shared.clone().map(|s| s.for_gateway(g.namespace())),
-            config.store.on_shutdown,
-        ));
-    }
+    let max_agents_by_files = descriptor_budget(config);
+    let stores = gateways
+        .iter()
+        .zip(&clients)
+        .zip(live.creds)
+        .enumerate()
+        .map(|(i, ((g, client), creds))| {
+            let m = metrics.gateway(i);
+            let creds = creds.ok_or_else(|| StartError::Parts(format!("gateway {}: no credentials", g.name)))?;
+            Ok(SessionStore::new(
+                GatewayIdentity { name: g.name.as_str().into(), max_agents: g.max_agents, max_agents_by_files },
+                Arc::new(Metered::new(client.clone(), m.clone())),
+                creds,
+                config.sessions.clone(),
+                m,
+                shared.clone().map(|s| s.for_gateway(g.namespace())),
+                config.store.on_shutdown,
+            ))
+        })
+        .collect::<Result<Vec<_>, StartError>>()?;
     let all = Gateways::new(stores);
     all.start_replication();
     let sessions = all.first().clone();
@@ -225,6 +216,128 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
         shutdown: shutdown.subscribe(),
         refusals: Default::default(),
     });
+    let (opts, admin_opts) = serve_options(config, &metrics);
+    let proxy_listener = bind("server.listen", config.server.listen).await?;
+    let admin_listener = bind("admin.listen", config.admin.listen).await?;
+    let served = server::spawn(proxy_listener, server_tls, proxy, opts, shutdown.subscribe())
+        .map_err(|e| StartError::Serve { key: "server.listen", reason: e.to_string() })?;
+    let admin = admin(config, &metrics, &readiness, &auth, &reloader, &all);
+    let admin_served = server::spawn(admin_listener, None, admin, admin_opts, shutdown.subscribe())
+        .map_err(|e| StartError::Serve { key: "admin.listen", reason: e.to_string() })?;
+    // Background tasks: gateway and store probes, key eviction, certificate watching.
+    let mut tasks = vec![served.task, admin_served.task];
+    for (i, (client, g)) in clients.into_iter().zip(&gateways).enumerate() {
+        let probe = Probe { index: i, name: g.name.clone(), client, metrics: metrics.gateway(i) };
+        tasks.push(tokio::spawn(probe_gateway(probe, readiness.clone(), shutdown.clone())));
+    }
+    tasks.push(tokio::spawn(evict_idle_keys(limits.clone(), auth.clone(), shutdown.clone())));
+    if let Some(shared) = shared {
+        tokio::spawn(probe_store(shared, readiness.clone(), shutdown.clone()));
+    }
+    tokio::spawn(watch_certificate(Arc::downgrade(&reloader), shutdown.clone()));
+    Ok(Running {
+        proxy_addr: served.addr,
+        admin_addr: admin_served.addr,
+        metrics,
+        readiness,
+        sessions,
+        gateways: all,
+        shutdown,
+        tasks,
+        limits,
+        reloader,
+        drain_delay: ms(config.server.drain_delay_ms),
+        grace: ms(config.server.shutdown_grace_ms),
+    })
+}
+
+/// Step 1: what everything reports to, the metrics (one label per gateway) and readiness.
+fn observability(config: &Config, names: &[String]) -> (Metrics, Arc<Readiness>) {
+    let metrics = Metrics::new(names);
+    let readiness = Arc::new(Readiness::default());
+    readiness.set_gateway_names(names);
+    readiness.require_gateway(config.admin.ready_requires_gateway);
+    readiness.require_store(config.admin.ready_requires_store);
+    (metrics, readiness)
+}
+
+/// Step 2: one client per gateway (connection pool, TLS to the gateway, the probe).
+fn gateway_clients(
+    config: &Config,
+    gateways: &[crate::config::GatewayConfig],
+) -> Result<Vec<GatewayClient>, StartError> {
+    let several = !config.gateways.is_empty();
+    gateways
+        .iter()
+        .map(|g| {
+            GatewayClient::new(g)
+                .map_err(|reason| StartError::Gateway { gateway: several.then(|| g.name.clone()), reason })
+        })
+        .collect()
+}
+
+/// Step 3: the shared store, with `store.backend = "redis"`. Not reachable is not fatal: a
+/// replica that starts while Redis is away serves once it is back (and says so on /readyz
+/// meanwhile).
+async fn shared_store(
+    config: &Config,
+    metrics: &Metrics,
+    readiness: &Readiness,
+) -> Result<Option<Arc<dyn SharedStore>>, StartError> {
+    match config.store.backend {
+        StoreBackend::Memory => Ok(None),
+        StoreBackend::Redis => {
+            let shared: Arc<dyn SharedStore> =
+                RedisStore::new(&config.store, metrics.clone()).map_err(StartError::Store)?;
+            if let Err(e) = shared.connect().await {
+                tracing::warn!(error = %e, "shared store not reachable yet; retrying in the background");
+            }
+            let status = shared.clone();
+            readiness.watch_store(Box::new(move || status.status()));
+            Ok(Some(shared))
+        }
+    }
+}
+
+/// Readiness looks again whenever a provider's keys change.
+fn notify_on_keys(readiness: &Arc<Readiness>) -> crate::jwks::remote::OnChange {
+    let readiness = Arc::downgrade(readiness);
+    Arc::new(move || {
+        if let Some(r) = readiness.upgrade() {
+            r.notify();
+        }
+    })
+}
+
+/// Step 4: the authenticator, once the providers' keys are in (or the start-up wait is over:
+/// then it serves, not ready, and their tokens get 503 until the keys arrive).
+async fn authenticator(config: &Config, auth: Authenticator, readiness: &Readiness) -> Arc<ArcSwap<Authenticator>> {
+    let missing = auth.wait_for_keys(ms(config.auth.jwks_startup_wait_ms)).await;
+    if !missing.is_empty() {
+        tracing::warn!(issuers = ?missing, "serving without these providers' keys yet (not ready); their tokens get 503 until the keys are fetched");
+    }
+    let auth = Arc::new(ArcSwap::from_pointee(auth));
+    let weak = Arc::downgrade(&auth);
+    readiness.watch_keys(Box::new(move || weak.upgrade().is_none_or(|a| a.load().keys_loaded())));
+    auth
+}
+
+/// Step 5: file descriptors. The soft limit raised to the hard one, and fewer agents taken
+/// when even that cannot hold what the configuration can need (`descriptors.rs`).
+fn descriptor_budget(config: &Config) -> Option<usize> {
+    let (budget, limit) = crate::descriptors::Budget::at_start(config)?;
+    if let Some(from) = limit.raised_from {
+        tracing::info!(from, to = limit.soft, hard = limit.hard, "raised the soft open-file limit");
+    }
+    if let Some(why) = budget.shortfall("the open-file limit") {
+        tracing::warn!("{why}");
+    }
+    budget.agents
+}
+
+/// How each listener serves: the app listener as configured, the admin listener tighter (it
+/// serves a scraper and a few probes).
+fn serve_options(config: &Config, metrics: &Metrics) -> (ServeOptions, ServeOptions) {
     let grace = ms(config.server.shutdown_grace_ms);
     let drain_delay = ms(config.server.drain_delay_ms);
     let opts = ServeOptions {
@@ -242,8 +355,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
         grace: grace.saturating_sub(drain_delay).saturating_sub(SIGN_OUT_RESERVE),
         shed_when_full: true,
     };
-    // The admin listener serves a scraper and a few probes.
-    let admin_opts = ServeOptions {
+    let admin = ServeOptions {
         max_connections: ADMIN_MAX_CONNECTIONS,
         max_streams: ADMIN_MAX_STREAMS,
         metrics: None,
@@ -252,79 +364,53 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
         shed_when_full: true,
         ..opts.clone()
     };
-    let proxy_listener = TcpListener::bind(config.server.listen)
-        .await
-        .map_err(|e| format!("server.listen {}: {e}", config.server.listen))?;
-    let admin_listener = TcpListener::bind(config.admin.listen)
-        .await
-        .map_err(|e| format!("admin.listen {}: {e}", config.admin.listen))?;
-    let served = server::spawn(proxy_listener, server_tls, proxy, opts.clone(), shutdown.subscribe())
-        .map_err(|e| format!("server.listen: {e}"))?;
-    let admin = Arc::new(Admin {
+    (opts, admin)
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|error| StartError::Listen { key, addr, error })
+}
+
+/// The admin listener's handler. It holds the parts it reports on weakly: a running admin
+/// must not keep a stopped proxy's sessions alive.
+fn admin(
+    config: &Config,
+    metrics: &Metrics,
+    readiness: &Arc<Readiness>,
+    auth: &Arc<ArcSwap<Authenticator>>,
+    reloader: &Arc<Reloader>,
+    all: &Arc<Gateways>,
+) -> Arc<Admin> {
+    let auth = Arc::downgrade(auth);
+    let reloader = Arc::downgrade(reloader);
+    let all = Arc::downgrade(all);
+    Arc::new(Admin {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
-        issuers: {
-            let auth = Arc::downgrade(&auth);
-            Some(Box::new(move || auth.upgrade().map(|a| a.load().remote_issuers()).unwrap_or_default()))
-        },
-        reload: {
-            let reloader = Arc::downgrade(&reloader);
-            Some(Arc::new(move || {
-                let reloader = reloader.clone();
-                Box::pin(async move {
-                    let r = reloader.upgrade().ok_or("shutting down")?;
-                    let report = r.reload().await?;
-                    serde_json::to_value(report).map_err(|e| e.to_string())
-                })
-            }))
-        },
-        agents: {
-            let all = Arc::downgrade(&all);
-            Some(Arc::new(move |gateway: Option<String>, agent: Option<String>| {
-                let all = all.clone();
-                Box::pin(async move {
-                    match all.upgrade() {
-                        Some(s) => {
-                            let q = crate::session::AgentQuery { gateway, agent };
-                            serde_json::to_value(s.agents(&q).await).unwrap_or_default()
-                        }
-                        None => serde_json::Value::Array(Vec::new()),
+        issuers: Some(Box::new(move || auth.upgrade().map(|a| a.load().remote_issuers()).unwrap_or_default())),
+        reload: Some(Arc::new(move || {
+            let reloader = reloader.clone();
+            Box::pin(async move {
+                let r = reloader.upgrade().ok_or("shutting down")?;
+                let report = r.reload().await?;
+                serde_json::to_value(report).map_err(|e| e.to_string())
+            })
+        })),
+        agents: Some(Arc::new(move |gateway: Option<String>, agent: Option<String>| {
+            let all = all.clone();
+            Box::pin(async move {
+                match all.upgrade() {
+                    Some(s) => {
+                        let q = crate::session::AgentQuery { gateway, agent };
+                        serde_json::to_value(s.agents(&q).await).unwrap_or_default()
                     }
-                })
-            }))
-        },
+                    None => serde_json::Value::Array(Vec::new()),
+                }
+            })
+        })),
         agents_from: config.admin.agents_from,
         hosts: config.admin.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         rates: Default::default(),
-    });
-    let admin_served = server::spawn(admin_listener, None, admin, admin_opts, shutdown.subscribe())
-        .map_err(|e| format!("admin.listen: {e}"))?;
-    let mut tasks = vec![served.task, admin_served.task];
-    for (i, (client, g)) in clients.into_iter().zip(&gateways).enumerate() {
-        let probe = Probe { index: i, name: g.name.clone(), client, metrics: metrics.gateway(i) };
-        tasks.push(tokio::spawn(probe_gateway(probe, readiness.clone(), shutdown.clone())));
-    }
-    let evictor = tokio::spawn(evict_idle_keys(limits.clone(), auth.clone(), shutdown.clone()));
-    if let Some(shared) = shared {
-        tokio::spawn(probe_store(shared, readiness.clone(), shutdown.clone()));
-    }
-    tokio::spawn(watch_certificate(Arc::downgrade(&reloader), shutdown.clone()));
-    Ok(Running {
-        proxy_addr: served.addr,
-        admin_addr: admin_served.addr,
-        metrics,
-        readiness,
-        sessions,
-        gateways: all,
-        shutdown,
-        tasks: {
-            tasks.push(evictor);
-            tasks
-        },
-        limits,
-        reloader,
-        drain_delay,
-        grace,
     })
 }
 

@@ -240,7 +240,7 @@ async fn start_in(dir: &Path, opts: &DemoOptions) -> Result<Demo, String> {
                 }
                 proxy.stop().await;
                 sim_shutdown.trigger();
-                return Err(e);
+                return Err(e.to_string());
             }
         }
     }

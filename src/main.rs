@@ -525,7 +525,7 @@ async fn serve(config: Config, source: ConfigSource) -> Result<Stopped, String> 
     }
     // Installed before anything else, so a SIGHUP during start-up does not end the process.
     let mut signals = Signals::new()?;
-    let running = app::start_from(&config, Some(source)).await?;
+    let running = app::start_from(&config, Some(source)).await.map_err(|e| e.to_string())?;
     tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, "ccgate serving");
     while let Signal::Reload = signals.next().await {
         tracing::info!("SIGHUP: reloading the config");

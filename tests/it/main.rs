@@ -3,8 +3,9 @@
 //! each made a fresh `cargo test` write ~7 GB). Run one file with
 //! `scripts/test --test it flow::` (a name filter), one test with its full path.
 //!
-//! `tests/hostile_gateway.rs` keeps a binary of its own: it measures its process's peak RSS,
-//! which other tests running beside it would move.
+//! Two tests keep a binary of their own, because they observe their whole process:
+//! `tests/hostile_gateway.rs` measures its peak RSS, which other tests running beside it would
+//! move, and `tests/logs.rs` captures the logs (tracing's interest cache is process-wide).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -20,7 +21,6 @@ mod gateways;
 mod isolation;
 mod layering;
 mod limits;
-mod logs;
 mod metrics;
 mod oidc;
 mod openapi;

@@ -1,8 +1,13 @@
 //! Logs: one access line per request with the documented fields, the request id returned to
 //! the client, and no token, Guid, password or cookie anywhere, even with ccgate at TRACE and
 //! every dependency at DEBUG, in the JSON format operators ship to log stores.
+//!
+//! Alone in its test binary: it captures the logs with a subscriber of its own, and tracing
+//! caches, per call site and process-wide, whether anyone listens. In the shared binary
+//! another test's first request could register the access line's call site, while this
+//! subscriber was being installed, as heard by nobody, and the lines went missing.
 
-use crate::common;
+mod common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};

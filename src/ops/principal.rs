@@ -1,7 +1,5 @@
-//! Who is calling, as the edge authenticated it, and why a token was refused.
-
-// Until edge/auth names the label where it lives.
-pub use crate::labels::AuthFailureReason;
+//! Who is calling, as the edge authenticated it (why a token was refused is
+//! `labels::AuthFailureReason`).
 
 /// Who is calling: the agent the token acts for.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -102,6 +102,8 @@ struct Inner {
     state: Mutex<State>,
     changes: broadcast::Sender<Change>,
     lease_ttl: Duration,
+    /// How long a signed-out session's tombstone stays.
+    tombstone: Duration,
     /// The hub's clock: wall-clock ms at creation plus tokio's time since (paused-clock aware).
     born: Instant,
     born_ms: u64,
@@ -121,10 +123,17 @@ impl std::fmt::Debug for MemoryHub {
 
 impl MemoryHub {
     pub fn new(lease_ttl: Duration) -> Self {
+        Self::with_tombstone(lease_ttl, TOMBSTONE)
+    }
+
+    /// A hub that keeps a signed-out session's tombstone for `tombstone` rather than the
+    /// usual ten minutes (tests that let it expire).
+    pub fn with_tombstone(lease_ttl: Duration, tombstone: Duration) -> Self {
         Self(Arc::new(Inner {
             state: Mutex::new(State::default()),
             changes: broadcast::channel(CHANGES).0,
             lease_ttl,
+            tombstone,
             born: Instant::now(),
             born_ms: crate::clock::unix_ms(),
             down: AtomicBool::new(false),
@@ -156,6 +165,14 @@ impl MemoryHub {
     pub fn expire_lease(&self, agent: &str) {
         if let Some(a) = crate::sync::lock(&self.0.state).agents.get_mut(agent) {
             a.lease = None;
+        }
+    }
+
+    /// The agent's session record is lost, its lease and events kept (a Redis that lost
+    /// that one key).
+    pub fn lose_record(&self, agent: &str) {
+        if let Some(a) = crate::sync::lock(&self.0.state).agents.get_mut(agent) {
+            a.session = None;
         }
     }
 
@@ -389,14 +406,14 @@ impl SharedStore for MemoryStore {
 
     async fn end(&self, agent: &str, sid: &str, how: EndAs<'_>) -> Result<Ended, StoreError> {
         let agent = &self.key(agent);
-        let ended = self.hub.with(agent, |a, _| {
+        let ended = self.hub.with(agent, |a, hub| {
             let Some(h) = a.session.as_mut().filter(|h| h.sid == sid) else { return Ended::Gone };
             match how {
                 EndAs::SignedOut => {
                     h.state = RecordState::Out;
                     h.guid = "-".into();
                     h.cookies.clear();
-                    h.expires = Some(Instant::now() + TOMBSTONE);
+                    h.expires = Some(Instant::now() + hub.tombstone);
                     a.lease = None;
                     a.clear_events();
                 }
@@ -440,10 +457,11 @@ impl SharedStore for MemoryStore {
 
     async fn append(&self, agent: &str, e: &NewEvent<'_>) -> Result<Option<u64>, StoreError> {
         let agent = &self.key(agent);
+        // The id, and whether it was written now (an append sent again is not announced again).
         let id = self.hub.with(agent, |a, hub| {
             let h = a.live_hash(e.sid)?;
             if let Some((_, became)) = h.last_append.filter(|(given, _)| *given == e.id) {
-                return Some(became);
+                return Some((became, false));
             }
             // XADD with the given id if above the stream's last, else Redis's own (`*`).
             let id = if e.id > a.last_id { e.id } else { (hub.now_ms() << SEQ_BITS).max(a.last_id + 1) };
@@ -454,12 +472,12 @@ impl SharedStore for MemoryStore {
             a.events.push_back((id, e.kind.to_owned(), Bytes::copy_from_slice(e.data)));
             let excess = a.events.len().saturating_sub(e.cap);
             a.events.drain(..excess);
-            Some(id)
+            Some((id, true))
         })?;
-        if id.is_some() {
+        if id.is_some_and(|(_, written)| written) {
             self.hub.announce(Change::Events(agent.into()));
         }
-        Ok(id)
+        Ok(id.map(|(id, _)| id))
     }
 
     async fn events_after(&self, agent: &str, after: u64, count: usize) -> Result<Vec<StreamEvent>, StoreError> {

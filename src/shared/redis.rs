@@ -36,6 +36,8 @@ pub struct RedisStore {
     /// This replica's name in leases: unique per process start.
     replica: Arc<str>,
     lease_ttl: Duration,
+    /// How long a signed-out session's tombstone stays.
+    tombstone: Duration,
     timeout: Duration,
     connect_timeout: Duration,
     scripts: Arc<Scripts>,
@@ -68,6 +70,12 @@ impl RedisStore {
     /// Builds the client from config. Fails only on what a restart would not fix (the URL,
     /// the CA file); an unreachable Redis is retried in the background.
     pub fn new(cfg: &StoreConfig, metrics: Metrics) -> Result<Arc<Self>, String> {
+        Self::with_tombstone(cfg, metrics, TOMBSTONE)
+    }
+
+    /// [`RedisStore::new`], keeping a signed-out session's tombstone for `tombstone` rather
+    /// than the usual ten minutes (tests that let it expire).
+    pub fn with_tombstone(cfg: &StoreConfig, metrics: Metrics, tombstone: Duration) -> Result<Arc<Self>, String> {
         let conn = Connection::new(cfg, metrics.clone())?;
         let prefix = cfg.key_prefix.clone();
         Ok(Arc::new(Self {
@@ -77,6 +85,7 @@ impl RedisStore {
             namespace: String::new(),
             replica: uuid::Uuid::new_v4().simple().to_string().into(),
             lease_ttl: ms(cfg.lease_ttl_ms),
+            tombstone,
             timeout: ms(cfg.command_timeout_ms),
             connect_timeout: ms(cfg.connect_timeout_ms),
             scripts: Arc::new(Scripts::new()),
@@ -239,6 +248,7 @@ impl SharedStore for RedisStore {
             namespace,
             replica: self.replica.clone(),
             lease_ttl: self.lease_ttl,
+            tombstone: self.tombstone,
             timeout: self.timeout,
             connect_timeout: self.connect_timeout,
             scripts: self.scripts.clone(),
@@ -357,7 +367,7 @@ impl SharedStore for RedisStore {
             sid,
             state,
             refused: refused.unwrap_or(""),
-            tombstone_ms: TOMBSTONE.as_millis() as u64,
+            tombstone_ms: self.tombstone.as_millis() as u64,
             announce: self.announce(&msg),
         };
         let code: i64 = self.script(StoreOp::Write, args.prepare(&self.scripts.end, &self.agent_keys(agent))).await?;

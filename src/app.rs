@@ -288,7 +288,7 @@ async fn shared_store(
         StoreBackend::Memory => Ok(None),
         StoreBackend::Redis => {
             let shared: Arc<dyn SharedStore> =
-                RedisStore::new(&config.store, metrics.clone()).map_err(StartError::Store)?;
+                RedisStore::new(&config.store, metrics.clone(), crate::shared::TOMBSTONE).map_err(StartError::Store)?;
             if let Err(e) = shared.connect().await {
                 tracing::warn!(error = %e, "shared store not reachable yet; retrying in the background");
             }

@@ -301,7 +301,7 @@ async fn check_config(config: Config) -> Result<(), String> {
         // The URL and CA file, as `serve` reads them (Redis itself may be down now).
         config::StoreBackend::Redis => {
             let store: std::sync::Arc<dyn ccgate::shared::SharedStore> =
-                ccgate::shared::redis::RedisStore::new(&config.store, metrics.clone())?;
+                ccgate::shared::redis::RedisStore::new(&config.store, metrics.clone(), ccgate::shared::TOMBSTONE)?;
             Some(store)
         }
         config::StoreBackend::Memory => None,

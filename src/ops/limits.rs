@@ -498,7 +498,7 @@ mod tests {
             gateway,
         };
         let gateways = ["acme".to_string(), "globex".to_string()];
-        let hub = MemoryHub::new(Duration::from_secs(3));
+        let hub = MemoryHub::new(Duration::from_secs(3), crate::shared::TOMBSTONE);
         let local = Limits::new(&cfg, &gateways, Metrics::default()).unwrap();
         let shared =
             Limits::new(&cfg, &gateways, Metrics::default()).unwrap().shared(hub.join(), LimitsFallback::Closed);
@@ -521,7 +521,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_shared_bucket_holds_across_replicas_and_falls_back_as_configured() {
         use crate::shared::memory::MemoryHub;
-        let hub = MemoryHub::new(Duration::from_secs(3));
+        let hub = MemoryHub::new(Duration::from_secs(3), crate::shared::TOMBSTONE);
         let stop = MethodLabel::Gateway(crate::gateway::GatewayMethod::StopVoiceToConf);
         let who = Principal::agent("153");
         let cfg = RateLimitsConfig {
@@ -555,7 +555,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn sliced_buckets_stay_within_the_stated_bound_across_three_replicas() {
         use crate::shared::memory::MemoryHub;
-        let hub = MemoryHub::new(Duration::from_secs(3));
+        let hub = MemoryHub::new(Duration::from_secs(3), crate::shared::TOMBSTONE);
         let stop = MethodLabel::Gateway(crate::gateway::GatewayMethod::StopVoiceToConf);
         let who = Principal::agent("153");
         let (rate, burst) = (200.0, 6_400);

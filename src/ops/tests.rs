@@ -225,7 +225,7 @@ async fn over_its_own_limit_a_chair_spends_no_shared_bucket_in_the_shared_store(
         limit: vec![limit(Scope::Agent, 2), limit(Scope::Global, 5)],
         ..RateLimitsConfig::default()
     };
-    let hub = MemoryHub::new(Duration::from_secs(3));
+    let hub = MemoryHub::new(Duration::from_secs(3), crate::shared::TOMBSTONE);
     let limits =
         Limits::new(&cfg, &[], Metrics::default()).unwrap().shared(hub.join(), crate::config::LimitsFallback::Closed);
     let core = Core::new(Gateways::one(store(&gw, |_| {})), Arc::new(limits), settings(false));

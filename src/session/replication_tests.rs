@@ -50,7 +50,7 @@ fn replica(hub: &MemoryHub, gw: &Arc<FakeGateway>, tune: impl FnOnce(&mut Sessio
 }
 
 fn cluster(n: usize) -> (MemoryHub, Arc<FakeGateway>, Vec<Replica>) {
-    let hub = MemoryHub::new(LEASE);
+    let hub = MemoryHub::new(LEASE, crate::shared::TOMBSTONE);
     let gw = FakeGateway::new();
     let replicas = (0..n).map(|_| replica(&hub, &gw, |_| {})).collect();
     (hub, gw, replicas)
@@ -229,7 +229,7 @@ async fn event_ids_are_the_same_on_every_replica_so_last_event_id_resumes_anywhe
 
 #[tokio::test(start_paused = true)]
 async fn activity_on_another_replica_keeps_the_agent_and_silence_signs_it_out() {
-    let hub = MemoryHub::new(LEASE);
+    let hub = MemoryHub::new(LEASE, crate::shared::TOMBSTONE);
     let gw = FakeGateway::new();
     let idle = |c: &mut SessionsConfig| c.idle_timeout_ms = 120_000;
     let (a, b) = (replica(&hub, &gw, idle), replica(&hub, &gw, idle));

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use super::{
     AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change, ChangeFeed, ConfWrite, CreateMode, EndAs, EndOutcome,
     Events, Gcra, Grant, Lease, Leases, Membership, NewEvent, NewRecord, OpLock, Record, RecordState, Records,
-    SharedStore, StoreError, StreamEvent, SEQ_BITS, TOMBSTONE,
+    SharedStore, StoreError, StreamEvent, SEQ_BITS,
 };
 use crate::config::Scope;
 
@@ -103,6 +103,8 @@ struct Inner {
     state: Mutex<State>,
     changes: broadcast::Sender<Change>,
     lease_ttl: Duration,
+    /// How long a signed-out session's tombstone stays.
+    tombstone: Duration,
     /// The hub's clock: wall-clock ms at creation plus tokio's time since (paused-clock aware).
     born: Instant,
     born_ms: u64,
@@ -121,11 +123,14 @@ impl std::fmt::Debug for MemoryHub {
 }
 
 impl MemoryHub {
-    pub fn new(lease_ttl: Duration) -> Self {
+    /// A hub whose leases live `lease_ttl` and whose sign-outs' tombstones `tombstone`
+    /// ([`super::TOMBSTONE`]; tests that let it expire pass less).
+    pub fn new(lease_ttl: Duration, tombstone: Duration) -> Self {
         Self(Arc::new(Inner {
             state: Mutex::new(State::default()),
             changes: broadcast::channel(CHANGES).0,
             lease_ttl,
+            tombstone,
             born: Instant::now(),
             born_ms: crate::clock::unix_ms(),
             down: AtomicBool::new(false),
@@ -157,6 +162,14 @@ impl MemoryHub {
     pub fn expire_lease(&self, agent: &str) {
         if let Some(a) = crate::sync::lock(&self.0.state).agents.get_mut(agent) {
             a.lease = None;
+        }
+    }
+
+    /// The agent's session record is lost, its lease and events kept (a Redis that lost
+    /// that one key).
+    pub fn lose_record(&self, agent: &str) {
+        if let Some(a) = crate::sync::lock(&self.0.state).agents.get_mut(agent) {
+            a.session = None;
         }
     }
 
@@ -384,14 +397,14 @@ impl Records for MemoryStore {
     }
     async fn end(&self, agent: &str, sid: &str, how: EndAs<'_>) -> Result<EndOutcome, StoreError> {
         let agent = &self.key(agent);
-        let ended = self.hub.with(agent, |a, _| {
+        let ended = self.hub.with(agent, |a, hub| {
             let Some(h) = a.session.as_mut().filter(|h| h.sid == sid) else { return EndOutcome::Gone };
             match how {
                 EndAs::SignedOut => {
                     h.state = RecordState::Out;
                     h.guid = "-".into();
                     h.cookies.clear();
-                    h.expires = Some(Instant::now() + TOMBSTONE);
+                    h.expires = Some(Instant::now() + hub.tombstone);
                     a.lease = None;
                     a.clear_events();
                 }
@@ -436,10 +449,11 @@ impl Records for MemoryStore {
 impl Events for MemoryStore {
     async fn append(&self, agent: &str, e: &NewEvent<'_>) -> Result<Option<u64>, StoreError> {
         let agent = &self.key(agent);
+        // The id, and whether it was written now (an append sent again is not announced again).
         let id = self.hub.with(agent, |a, hub| {
             let h = a.live_hash(e.sid)?;
             if let Some((_, became)) = h.last_append.filter(|(given, _)| *given == e.id) {
-                return Some(became);
+                return Some((became, false));
             }
             // XADD with the given id if above the stream's last, else Redis's own (`*`).
             let id = if e.id > a.last_id { e.id } else { (hub.now_ms() << SEQ_BITS).max(a.last_id + 1) };
@@ -450,12 +464,12 @@ impl Events for MemoryStore {
             a.events.push_back((id, e.kind.to_owned(), Bytes::copy_from_slice(e.data)));
             let excess = a.events.len().saturating_sub(e.cap);
             a.events.drain(..excess);
-            Some(id)
+            Some((id, true))
         })?;
-        if id.is_some() {
+        if id.is_some_and(|(_, written)| written) {
             self.hub.announce(Change::Events(agent.into()));
         }
-        Ok(id)
+        Ok(id.map(|(id, _)| id))
     }
     async fn events_after(&self, agent: &str, after: u64, count: usize) -> Result<Vec<StreamEvent>, StoreError> {
         let agent = &self.key(agent);

@@ -250,7 +250,7 @@ pub type StreamEvent = (u64, String, Bytes);
 
 /// How long a signed-out session's record stays as a tombstone: longer than any replica can
 /// go without hearing of the sign-out, short enough to cost nothing.
-pub(crate) const TOMBSTONE: Duration = Duration::from_secs(600);
+pub const TOMBSTONE: Duration = Duration::from_secs(600);
 
 /// Stream ids (`ms-seq`) packed into the u64 event ids apps see: ms in the high bits, the
 /// sequence in the low 20. Ids stay increasing, fit `Last-Event-ID`, and mean the same on

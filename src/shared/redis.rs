@@ -17,7 +17,7 @@ use super::scripts::{self, AgentKeys, Announce, Scripts};
 use super::{
     pack_id, parse_record, unpack_id, valid_event_kind, AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change,
     ChangeFeed, ConfWrite, CreateMode, EndAs, EndOutcome, Events, Gcra, Grant, Lease, Leases, Membership, NewEvent,
-    NewRecord, OpLock, Record, RecordState, Records, SharedStore, StoreError, StreamEvent, TOMBSTONE,
+    NewRecord, OpLock, Record, RecordState, Records, SharedStore, StoreError, StreamEvent,
 };
 use crate::config::{ms, Scope, StoreConfig};
 use crate::gateway::parse_agent_id;
@@ -36,6 +36,8 @@ pub struct RedisStore {
     /// This replica's name in leases: unique per process start.
     replica: Arc<str>,
     lease_ttl: Duration,
+    /// How long a signed-out session's tombstone stays.
+    tombstone: Duration,
     timeout: Duration,
     connect_timeout: Duration,
     scripts: Arc<Scripts>,
@@ -66,8 +68,9 @@ fn message(kind: char, agent: &str) -> String {
 
 impl RedisStore {
     /// Builds the client from config. Fails only on what a restart would not fix (the URL,
-    /// the CA file); an unreachable Redis is retried in the background.
-    pub fn new(cfg: &StoreConfig, metrics: Metrics) -> Result<Arc<Self>, String> {
+    /// the CA file); an unreachable Redis is retried in the background. `tombstone`: how long
+    /// a signed-out session's record stays ([`super::TOMBSTONE`]; tests that let it expire pass less).
+    pub fn new(cfg: &StoreConfig, metrics: Metrics, tombstone: Duration) -> Result<Arc<Self>, String> {
         let conn = Connection::new(cfg, metrics.clone())?;
         let prefix = cfg.key_prefix.clone();
         Ok(Arc::new(Self {
@@ -77,6 +80,7 @@ impl RedisStore {
             namespace: String::new(),
             replica: uuid::Uuid::new_v4().simple().to_string().into(),
             lease_ttl: ms(cfg.lease_ttl_ms),
+            tombstone,
             timeout: ms(cfg.command_timeout_ms),
             connect_timeout: ms(cfg.connect_timeout_ms),
             scripts: Arc::new(Scripts::new()),
@@ -238,6 +242,7 @@ impl Backend for RedisStore {
             namespace,
             replica: self.replica.clone(),
             lease_ttl: self.lease_ttl,
+            tombstone: self.tombstone,
             timeout: self.timeout,
             connect_timeout: self.connect_timeout,
             scripts: self.scripts.clone(),
@@ -351,7 +356,7 @@ impl Records for RedisStore {
             sid,
             state,
             refused: refused.unwrap_or(""),
-            tombstone_ms: TOMBSTONE.as_millis() as u64,
+            tombstone_ms: self.tombstone.as_millis() as u64,
             announce: self.announce(&msg),
         };
         let code: i64 = self.script(StoreOp::Write, args.prepare(&self.scripts.end, &self.agent_keys(agent))).await?;

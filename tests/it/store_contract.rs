@@ -2,7 +2,9 @@
 //! session layer's unit tests use (`shared::memory`) and against a real redis-server running
 //! the Lua scripts, through the same `SharedStore` trait. A change to a script that the
 //! in-memory store does not mirror (or the other way round) fails here. Each case sees two
-//! replicas (`a`, `b`) of one store.
+//! replicas (`a`, `b`) of one store, and may let time pass ([`Pair::pass`]), each store on its
+//! own clock: the in-memory one on tokio's, paused (its tests jump it), Redis on real time
+//! (its tests sleep, with lifetimes long enough to spare any machine's latency).
 
 use crate::common;
 
@@ -15,58 +17,138 @@ use ccgate::metrics::Metrics;
 use ccgate::shared::memory::MemoryHub;
 use ccgate::shared::redis::RedisStore;
 use ccgate::shared::{
-    AuthWrite, AuthWritten, Backend, Bucket, ConfWrite, CreateMode, EndAs, EndOutcome, Grant, Lease, NewEvent,
+    AuthWrite, AuthWritten, Backend, Bucket, Change, ConfWrite, CreateMode, EndAs, EndOutcome, Grant, Lease, NewEvent,
     NewRecord, RecordState, SharedStore,
 };
 use common::redis::RedisServer;
+use tokio::sync::mpsc;
 
 const AGENT: &str = "153";
-const LEASE: Duration = Duration::from_secs(30);
+
+/// How long a pair's leases and sign-outs' tombstones live.
+struct Lifetimes {
+    lease: Duration,
+    tombstone: Duration,
+}
+
+/// For the cases that let no time pass: nothing expires while they run.
+const LASTING: Lifetimes = Lifetimes { lease: Duration::from_secs(30), tombstone: Duration::from_secs(600) };
+
+/// For the cases that let time pass: short enough to wait out on Redis's real clock, long
+/// enough that a loaded machine's latency (hundreds of ms between two commands) cannot
+/// expire a lease, lock or tombstone before a case has looked at it.
+const SHORT: Lifetimes = Lifetimes { lease: Duration::from_secs(1), tombstone: Duration::from_secs(1) };
+
+/// What Redis's expiry may lag behind a test's sleep: its clock counts whole ms, and a key
+/// expires once that clock is past its time.
+const MARGIN: Duration = Duration::from_millis(20);
 
 struct Pair {
     a: Arc<dyn SharedStore>,
     b: Arc<dyn SharedStore>,
-    _redis: Option<RedisServer>,
+    store: Store,
 }
 
-fn memory() -> Pair {
-    let hub = MemoryHub::new(LEASE);
-    Pair { a: hub.join(), b: hub.join(), _redis: None }
+/// The store behind a pair, for what a case does to it from outside.
+enum Store {
+    Memory(MemoryHub),
+    Redis(RedisServer),
 }
 
-async fn redis() -> Pair {
+impl Pair {
+    /// Lets `d` pass on the store's clock: the twin's (tokio's, paused) jumps by `d`; Redis's
+    /// is real time, so this sleeps `d` and [`MARGIN`]. Anything that expires within `d`
+    /// has expired afterwards; a case that checks something has not yet expired leaves it
+    /// hundreds of ms to spare (see [`SHORT`]).
+    async fn pass(&self, d: Duration) {
+        match &self.store {
+            Store::Memory(_) => tokio::time::advance(d).await,
+            Store::Redis(_) => tokio::time::sleep(d + MARGIN).await,
+        }
+    }
+
+    /// The store loses everything (Redis restarted empty).
+    async fn lose_everything(&self) {
+        match &self.store {
+            Store::Memory(hub) => hub.flush_all(),
+            Store::Redis(server) => redis::cmd("FLUSHALL").query_async::<()>(&mut server.conn().await).await.unwrap(),
+        }
+    }
+
+    /// The store loses `agent`'s session record, and only that (its lease and events stay).
+    async fn lose_record(&self, agent: &str) {
+        match &self.store {
+            Store::Memory(hub) => hub.lose_record(agent),
+            Store::Redis(server) => {
+                let key = format!("{}{{a:{agent}}}:session", StoreConfig::default().key_prefix);
+                let deleted: i64 = redis::cmd("DEL").arg(&key).query_async(&mut server.conn().await).await.unwrap();
+                assert_eq!(deleted, 1, "{key}");
+            }
+        }
+    }
+
+    /// Every follower's subscription drops and comes back: the twin goes down and up; Redis
+    /// kills its pub/sub clients (`CLIENT KILL TYPE pubsub`: `b`'s follower only).
+    async fn drop_subscriptions(&self) {
+        match &self.store {
+            Store::Memory(hub) => {
+                hub.set_down(true);
+                hub.set_down(false);
+            }
+            Store::Redis(server) => {
+                let killed: i64 = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query_async(&mut server.conn().await)
+                    .await
+                    .unwrap();
+                assert_eq!(killed, 1, "one follower");
+            }
+        }
+    }
+}
+
+fn memory(t: &Lifetimes) -> Pair {
+    let hub = MemoryHub::new(t.lease, t.tombstone);
+    Pair { a: hub.join(), b: hub.join(), store: Store::Memory(hub) }
+}
+
+async fn redis(t: &Lifetimes) -> Pair {
     let server = RedisServer::start().await;
     let cfg = StoreConfig {
         backend: StoreBackend::Redis,
         url: Some(ccgate::config::Secret::new(server.url())),
-        lease_ttl_ms: LEASE.as_millis() as u64,
+        lease_ttl_ms: t.lease.as_millis() as u64,
         ..StoreConfig::default()
     };
     let store = || async {
-        let s = RedisStore::new(&cfg, Metrics::default()).expect("redis store");
+        let s = RedisStore::new(&cfg, Metrics::default(), t.tombstone).expect("redis store");
         s.connect().await.expect("connect");
         s as Arc<dyn SharedStore>
     };
-    Pair { a: store().await, b: store().await, _redis: Some(server) }
+    Pair { a: store().await, b: store().await, store: Store::Redis(server) }
 }
 
-/// Each case as two tests: `<case>::memory` and `<case>::redis`.
+/// Each case as two tests, its pair's leases and tombstones living `$lifetimes`:
+/// `<case>::memory` on tokio's paused clock (which [`Pair::pass`] moves), and
+/// `<case>::redis` on real time (a paused clock would jump ahead while Redis answers).
 macro_rules! contract {
-    ($($case:ident),* $(,)?) => {$(
+    ($lifetimes:ident: $($case:ident),* $(,)?) => {$(
         mod $case {
-            #[tokio::test]
+            #[tokio::test(start_paused = true)]
             async fn memory() {
-                super::$case(super::memory()).await;
+                super::$case(super::memory(&super::$lifetimes)).await;
             }
             #[tokio::test]
             async fn redis() {
-                super::$case(super::redis().await).await;
+                super::$case(super::redis(&super::$lifetimes).await).await;
             }
         }
     )*};
 }
 
-contract!(
+contract!(LASTING:
     records_round_trip_and_restore_only_fills_a_gap,
     leases_are_exclusive_and_every_acquire_raises_the_epoch,
     guid_writes_are_compare_and_set_and_fenced_by_epoch_and_number,
@@ -81,6 +163,17 @@ contract!(
     gcra_allows_the_burst_then_says_how_long_to_wait,
     gcra_grants_a_slice_up_to_what_the_bucket_holds,
     two_gateways_agents_of_one_number_share_nothing,
+);
+
+// The cases that let time pass.
+contract!(SHORT:
+    a_lease_not_renewed_in_time_is_free_for_another_replica,
+    the_sign_in_lock_expires_after_its_ttl,
+    a_tombstone_stays_its_time_then_goes,
+    a_restore_puts_back_what_a_store_that_lost_everything_forgot,
+    a_restore_keeps_the_events_it_finds,
+    after_an_end_only_the_guid_is_refused_until_the_record_is_gone,
+    the_change_feed_tells_of_other_replicas_writes_and_resyncs_after_a_reconnect,
 );
 
 /// Epochs are drawn from the store's clock (ms) so that one a failover lost is never drawn
@@ -346,14 +439,14 @@ async fn two_gateways_agents_of_one_number_share_nothing(p: Pair) {
     tokio::spawn(acme_b.clone().follow(Box::new(move |c| {
         let _ = changes.send(c);
     })));
-    assert_eq!(seen.recv().await, Some(ccgate::shared::Change::Resync));
+    assert_eq!(seen.recv().await, Some(Change::Resync));
     p.b.create("154", &record("s", "g-2.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
     p.a.create(AGENT, &record("default-sid", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
     assert!(acme_b.load(AGENT).await.unwrap().is_none(), "acme's 153 is not the default gateway's");
     assert_eq!(acme_a.acquire(AGENT).await.unwrap(), Lease::Absent);
     acme_a.create(AGENT, &record("acme-sid", "g-7.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
     // acme's follower hears of acme's 153 only (the default gateway's 154 came first).
-    assert_eq!(seen.recv().await, Some(ccgate::shared::Change::Session(AGENT.into())));
+    assert_eq!(seen.recv().await, Some(Change::Session(AGENT.into())));
     assert_eq!(p.b.load(AGENT).await.unwrap().unwrap().sid, "default-sid");
     assert_eq!(acme_b.load(AGENT).await.unwrap().unwrap().sid, "acme-sid");
     let event = NewEvent { sid: "acme-sid", cap: 10, id: 5 << 20, kind: "AgentState_Busy", data: b"{}" };
@@ -366,4 +459,269 @@ async fn two_gateways_agents_of_one_number_share_nothing(p: Pair) {
     assert_eq!(acme_b.indexed_agents(10).await.unwrap(), [AGENT]);
     p.a.end(AGENT, "default-sid", EndAs::SignedOut).await.unwrap();
     assert_eq!(acme_b.load(AGENT).await.unwrap().unwrap().state, RecordState::Active, "acme's 153 lives on");
+}
+
+// --- the cases that let time pass -------------------------------------------------------------
+
+/// A lease lives `lease_ttl` from its last renewal: renewed, it outlives its first term;
+/// left alone, it ends, the index calls the agent stale, and another replica's acquire takes
+/// it with a higher epoch that fences the old holder off.
+async fn a_lease_not_renewed_in_time_is_free_for_another_replica(p: Pair) {
+    let ttl = SHORT.lease;
+    let e1 = p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Taken);
+    assert!(p.b.stale_agents(10).await.unwrap().is_empty(), "indexed now: not stale");
+    // Renewed a little after half its term, then looked at a little after that term's end:
+    // over 400 ms to spare on either side (on Redis, with `SHORT.lease`).
+    p.pass(ttl * 55 / 100).await;
+    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Held(e1));
+    p.pass(ttl / 2).await;
+    assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Taken, "renewed: still a's past its first term");
+    assert_eq!(p.b.lease_holder(AGENT).await.unwrap().as_deref(), Some(p.a.replica()));
+    // Not renewed again.
+    p.pass(ttl).await;
+    assert_eq!(p.b.lease_holder(AGENT).await.unwrap(), None, "expired");
+    assert_eq!(p.b.stale_agents(10).await.unwrap(), [AGENT], "its index entry is a lease old");
+    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Absent, "an expired lease is not renewed");
+    let Lease::Held(e2) = p.b.acquire(AGENT).await.unwrap() else { panic!("b takes the expired lease") };
+    assert!(e2 > e1 && drawn_from_the_clock(e2), "{e1} -> {e2}");
+    assert_eq!(p.a.load(AGENT).await.unwrap().unwrap().epoch, e2);
+    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Taken);
+    assert_eq!(p.a.lease_holder(AGENT).await.unwrap().as_deref(), Some(p.b.replica()));
+}
+
+/// The sign-in lock lives the ttl its taker gave, each lock its own; an expired lock's old
+/// holder cannot release the next holder's.
+async fn the_sign_in_lock_expires_after_its_ttl(p: Pair) {
+    let (short, long) = (Duration::from_millis(500), Duration::from_secs(30));
+    let first = p.a.lock_op(AGENT, short).await.unwrap().expect("free");
+    assert!(p.a.lock_op("154", long).await.unwrap().is_some());
+    assert!(p.b.lock_op(AGENT, long).await.unwrap().is_none(), "held");
+    assert!(p.b.lock_op("154", long).await.unwrap().is_none(), "held");
+    p.pass(short).await;
+    let second = p.b.lock_op(AGENT, long).await.unwrap().expect("expired: free again");
+    assert!(p.b.lock_op("154", long).await.unwrap().is_none(), "a lock lives its own ttl");
+    p.a.unlock_op(AGENT, &first).await;
+    assert!(p.a.lock_op(AGENT, long).await.unwrap().is_none(), "the expired lock's holder released nothing");
+    p.b.unlock_op(AGENT, &second).await;
+    assert!(p.a.lock_op(AGENT, long).await.unwrap().is_some());
+}
+
+/// What a sign-out leaves (state `out`, no Guid, no lease, no events) is a record for the
+/// store's tombstone time (ten minutes in production, `SHORT.tombstone` here): a replica
+/// that finds it knows the agent signed out, and a restore does not bring the session back.
+/// Then it is gone, and nothing tells the agent from one the store never knew.
+async fn a_tombstone_stays_its_time_then_goes(p: Pair) {
+    p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    assert_eq!(p.a.end(AGENT, "s", EndAs::SignedOut).await.unwrap(), EndOutcome::Ended);
+    let r = p.b.load(AGENT).await.unwrap().expect("a tombstone");
+    assert_eq!((r.sid.as_str(), r.state, r.guid.as_str()), ("s", RecordState::Out, "-"));
+    let restore = record("s", "g-1.AgentGateway0", &[]);
+    assert_eq!(p.b.create(AGENT, &restore, CreateMode::Restore).await.unwrap(), 0, "a tombstone is a record");
+    assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Absent);
+    p.pass(SHORT.tombstone).await;
+    assert!(p.b.load(AGENT).await.unwrap().is_none(), "the tombstone expired");
+    assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Absent);
+    assert!(p.b.create(AGENT, &restore, CreateMode::Restore).await.unwrap() > 0, "a gap now: a restore fills it");
+}
+
+/// The store lost everything (Redis restarted empty): a restore puts the session back as the
+/// restoring replica knows it, that replica holding the lease, with an epoch above the lost
+/// one (the store's clock moved on); the first restore wins.
+async fn a_restore_puts_back_what_a_store_that_lost_everything_forgot(p: Pair) {
+    let cookies = vec!["lb=node0".to_owned()];
+    let first = p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &cookies), CreateMode::SignIn).await.unwrap();
+    let event = NewEvent { sid: "s", cap: 10, id: 5 << 20, kind: "AgentState_Busy", data: b"{}" };
+    assert!(p.a.append(AGENT, &event).await.unwrap().is_some());
+    assert!(p.b.load(AGENT).await.unwrap().is_some());
+    assert_eq!(p.b.indexed_agents(10).await.unwrap(), [AGENT]);
+    p.lose_everything().await;
+    assert!(p.b.load(AGENT).await.unwrap().is_none());
+    assert!(p.b.latest_events(AGENT, 10).await.unwrap().is_empty());
+    assert!(p.b.indexed_agents(10).await.unwrap().is_empty());
+    assert_eq!(p.b.lease_holder(AGENT).await.unwrap(), None);
+    p.pass(Duration::from_millis(10)).await;
+    let chair = r#"{"Chair":{"conf_id":7}}"#;
+    let copy = NewRecord { conf: chair, since: 1_700_000_000_000, ..record("s", "g-2.AgentGateway0", &cookies) };
+    let restored = p.b.create(AGENT, &copy, CreateMode::Restore).await.unwrap();
+    assert!(restored > first && drawn_from_the_clock(restored), "{first} -> {restored}");
+    let r = p.a.load(AGENT).await.unwrap().expect("restored");
+    assert_eq!((r.sid.as_str(), r.epoch, r.guid.as_str()), ("s", restored, "g-2.AgentGateway0"));
+    assert_eq!(r.cookies, cookies);
+    assert_eq!((r.conf.as_str(), r.confv, r.state, r.since), (chair, 1, RecordState::Active, 1_700_000_000_000));
+    assert_eq!((&r.answer[..], r.resumable), (&b"{\"retcode\":\"0\"}"[..], true));
+    assert_eq!(p.a.lease_holder(AGENT).await.unwrap().as_deref(), Some(p.b.replica()));
+    assert_eq!(p.a.acquire(AGENT).await.unwrap(), Lease::Taken);
+    assert_eq!(p.a.indexed_agents(10).await.unwrap(), [AGENT]);
+    let late = NewRecord { guid: "g-1.AgentGateway0", ..copy };
+    assert_eq!(p.a.create(AGENT, &late, CreateMode::Restore).await.unwrap(), 0, "the first restore wins");
+    assert_eq!(p.b.load(AGENT).await.unwrap().unwrap().guid, "g-2.AgentGateway0");
+}
+
+/// A restore never touches the event stream. Over a record that is there it does nothing
+/// at all (events, queue cursor, epoch and Guid stay). Where the record alone was lost and
+/// the stream survived, it writes the record and keeps the stream: its events stay readable,
+/// the new record's queue starts at the stream's beginning, and appends go on after the
+/// stream's newest id.
+async fn a_restore_keeps_the_events_it_finds(p: Pair) {
+    let e1 = p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    let first = 1_700_000_000_000u64 << 20;
+    let ev = |id: u64, kind| NewEvent { sid: "s", cap: 10, id, kind, data: b"{}" };
+    assert_eq!(p.a.append(AGENT, &ev(first, "E1")).await.unwrap(), Some(first));
+    assert_eq!(p.a.append(AGENT, &ev(first + 1, "E2")).await.unwrap(), Some(first + 1));
+    let kinds = |v: Vec<(u64, String, bytes::Bytes)>| v.into_iter().map(|e| e.1).collect::<Vec<_>>();
+    let taken = |s: &Arc<dyn SharedStore>| {
+        let s = s.clone();
+        async move { s.take_next(AGENT, "s").await.unwrap().map(|e| e.1) }
+    };
+    assert_eq!(taken(&p.b).await.as_deref(), Some("E1"));
+    // Over the record that is there: nothing changes.
+    let copy = record("s", "g-9.AgentGateway0", &[]);
+    assert_eq!(p.b.create(AGENT, &copy, CreateMode::Restore).await.unwrap(), 0);
+    let r = p.a.load(AGENT).await.unwrap().unwrap();
+    assert_eq!((r.epoch, r.guid.as_str()), (e1, "g-1.AgentGateway0"));
+    assert_eq!(kinds(p.b.latest_events(AGENT, 10).await.unwrap()), ["E1", "E2"]);
+    assert_eq!(taken(&p.a).await.as_deref(), Some("E2"), "the queue's cursor stayed");
+    // The record lost, the stream and the lease kept.
+    p.lose_record(AGENT).await;
+    assert!(p.a.load(AGENT).await.unwrap().is_none());
+    assert_eq!(kinds(p.a.events_after(AGENT, 0, 10).await.unwrap()), ["E1", "E2"]);
+    p.pass(Duration::from_millis(10)).await;
+    let restored = p.b.create(AGENT, &copy, CreateMode::Restore).await.unwrap();
+    assert!(restored > e1, "{e1} -> {restored}");
+    assert_eq!(p.a.load(AGENT).await.unwrap().unwrap().guid, "g-9.AgentGateway0");
+    assert_eq!(kinds(p.a.events_after(AGENT, 0, 10).await.unwrap()), ["E1", "E2"], "the events stayed");
+    assert_eq!(taken(&p.a).await.as_deref(), Some("E1"), "a new record's queue starts afresh");
+    let e3 = p.a.append(AGENT, &ev(first - 1, "E3")).await.unwrap().expect("appended");
+    assert!(e3 > first + 1, "after the stream's newest");
+    assert_eq!(kinds(p.b.events_after(AGENT, first, 10).await.unwrap()), ["E2", "E3"]);
+    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Taken, "the restorer holds the lease");
+}
+
+/// After an end, only the Guid is refused (`write_auth` wants an active record). The other
+/// writes name the sign-in (its sid), not its state: on a lost record and on a sign-out's
+/// tombstone, `write_conf` still writes, `append` still appends (after a sign-out, to the
+/// stream the sign-out emptied) and `touch` still counts. Once the tombstone has expired,
+/// every one of them finds nothing; what was appended to the tombstone outlives it.
+async fn after_an_end_only_the_guid_is_refused_until_the_record_is_gone(p: Pair) {
+    let idle = Duration::from_millis(300);
+    let e1 = p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    let w = |replied_to, guid, poller| AuthWrite { sid: "s", replied_to, guid, cookies: &[], poller };
+    let ev = |id: u64, kind| NewEvent { sid: "s", cap: 10, id, kind, data: b"{}" };
+    let first = 1_700_000_000_000u64 << 20;
+    // `touch` counts when the idle time it resets was past `idle` and is below it after.
+    let touch_counts = |p: &Pair| {
+        let (a, b) = (p.a.clone(), p.b.clone());
+        async move {
+            let before = b.idle_for(AGENT, "s").await.unwrap().expect("a record");
+            a.touch(AGENT, "s").await.unwrap();
+            let after = b.idle_for(AGENT, "s").await.unwrap().expect("a record");
+            assert!(before >= idle && after < idle, "{before:?} -> {after:?}");
+        }
+    };
+    // Active: every write lands.
+    assert_eq!(
+        p.b.write_auth(AGENT, &w("g-1.AgentGateway0", "g-2.AgentGateway0", None)).await.unwrap(),
+        AuthWritten::Written
+    );
+    assert_eq!(p.a.write_conf(AGENT, "s", 1, "\"Unknown\"").await.unwrap(), ConfWrite::Written(2));
+    assert_eq!(p.a.append(AGENT, &ev(first, "E1")).await.unwrap(), Some(first));
+    p.pass(idle).await;
+    touch_counts(&p).await;
+    // Lost.
+    let lost = EndAs::Lost { reason: LossReason::GuidRefused, refused: None };
+    assert_eq!(p.b.end(AGENT, "s", lost).await.unwrap(), EndOutcome::Ended);
+    assert_eq!(
+        p.b.write_auth(AGENT, &w("g-2.AgentGateway0", "g-3.AgentGateway0", None)).await.unwrap(),
+        AuthWritten::Gone
+    );
+    assert_eq!(p.a.write_auth(AGENT, &w("any", "g-3.AgentGateway0", Some((e1, 1)))).await.unwrap(), AuthWritten::Gone);
+    assert_eq!(p.a.write_conf(AGENT, "s", 2, "\"None\"").await.unwrap(), ConfWrite::Written(3));
+    assert_eq!(p.a.append(AGENT, &ev(first + 1, "E2")).await.unwrap(), Some(first + 1));
+    p.pass(idle).await;
+    touch_counts(&p).await;
+    let r = p.b.load(AGENT).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.guid.as_str(), r.confv),
+        (RecordState::Lost(LossReason::GuidRefused), "g-2.AgentGateway0", 3)
+    );
+    // Signed out: a tombstone.
+    p.pass(idle).await;
+    assert_eq!(p.b.end(AGENT, "s", EndAs::SignedOut).await.unwrap(), EndOutcome::Ended);
+    touch_counts(&p).await;
+    assert_eq!(p.a.write_auth(AGENT, &w("-", "g-4.AgentGateway0", None)).await.unwrap(), AuthWritten::Gone);
+    assert_eq!(p.a.write_auth(AGENT, &w("any", "g-4.AgentGateway0", Some((e1, 2)))).await.unwrap(), AuthWritten::Gone);
+    assert_eq!(p.a.write_conf(AGENT, "s", 3, "\"None\"").await.unwrap(), ConfWrite::Written(4));
+    assert_eq!(p.a.append(AGENT, &ev(first + 2, "E3")).await.unwrap(), Some(first + 2));
+    let r = p.b.load(AGENT).await.unwrap().unwrap();
+    assert_eq!((r.state, r.guid.as_str(), r.confv), (RecordState::Out, "-", 4));
+    let kinds = |v: Vec<(u64, String, bytes::Bytes)>| v.into_iter().map(|e| e.1).collect::<Vec<_>>();
+    assert_eq!(kinds(p.b.latest_events(AGENT, 10).await.unwrap()), ["E3"], "the sign-out emptied the stream");
+    // The tombstone expired: nothing to write to.
+    p.pass(SHORT.tombstone).await;
+    assert!(p.b.load(AGENT).await.unwrap().is_none());
+    assert_eq!(p.a.write_auth(AGENT, &w("-", "g-5.AgentGateway0", None)).await.unwrap(), AuthWritten::Gone);
+    assert_eq!(p.a.write_conf(AGENT, "s", 4, "\"None\"").await.unwrap(), ConfWrite::Gone);
+    assert_eq!(p.a.append(AGENT, &ev(first + 3, "E4")).await.unwrap(), None);
+    p.a.touch(AGENT, "s").await.unwrap();
+    assert_eq!(p.b.idle_for(AGENT, "s").await.unwrap(), None);
+    assert!(p.b.load(AGENT).await.unwrap().is_none(), "a touch writes no record");
+    assert_eq!(kinds(p.b.latest_events(AGENT, 10).await.unwrap()), ["E3"], "appended to the tombstone: outlives it");
+}
+
+/// `b`'s change feed: what its `follow` hands over, as a channel.
+fn follow(store: &Arc<dyn SharedStore>) -> mpsc::UnboundedReceiver<Change> {
+    let (changes, feed) = mpsc::unbounded_channel();
+    tokio::spawn(store.clone().follow(Box::new(move |c| {
+        let _ = changes.send(c);
+    })));
+    feed
+}
+
+/// The feed's next change (the twin's paused clock gets there at once when nothing else can
+/// run, so a missing change fails at once there, within seconds on Redis).
+async fn next_change(feed: &mut mpsc::UnboundedReceiver<Change>) -> Change {
+    let next = tokio::time::timeout(Duration::from_secs(5), feed.recv()).await;
+    next.expect("a change within 5 s").expect("the follower runs")
+}
+
+/// `follow` hands over a change for every write another replica makes to a record
+/// (`Session`) or a stream (`Events`), in order, and none for a write that changed nothing
+/// (a refused one, an append sent again, a lease or a lock): the next change heard is
+/// always the next one made. After its subscription dropped and came back, `Resync`.
+async fn the_change_feed_tells_of_other_replicas_writes_and_resyncs_after_a_reconnect(p: Pair) {
+    let mut feed = follow(&p.b);
+    assert_eq!(next_change(&mut feed).await, Change::Resync);
+    let session = || Change::Session(AGENT.into());
+    let e1 = p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    assert_eq!(next_change(&mut feed).await, session(), "a sign-in");
+    let w = |replied_to, guid| AuthWrite { sid: "s", replied_to, guid, cookies: &[], poller: None };
+    assert_eq!(p.a.write_auth(AGENT, &w("g-0.AgentGateway0", "g-x.AgentGateway0")).await.unwrap(), AuthWritten::Stale);
+    assert_eq!(
+        p.a.write_auth(AGENT, &w("g-1.AgentGateway0", "g-2.AgentGateway0")).await.unwrap(),
+        AuthWritten::Written
+    );
+    assert_eq!(next_change(&mut feed).await, session(), "a new Guid (not the stale write before it)");
+    assert!(matches!(p.a.write_conf(AGENT, "s", 7, "\"None\"").await.unwrap(), ConfWrite::Conflict { .. }));
+    assert_eq!(p.a.write_conf(AGENT, "s", 1, "\"None\"").await.unwrap(), ConfWrite::Written(2));
+    assert_eq!(next_change(&mut feed).await, session(), "a conference write (not the conflict before it)");
+    let event = NewEvent { sid: "s", cap: 10, id: 5 << 20, kind: "AgentState_Busy", data: b"{}" };
+    assert!(p.a.append(AGENT, &event).await.unwrap().is_some());
+    assert_eq!(next_change(&mut feed).await, Change::Events(AGENT.into()), "an event");
+    assert!(p.a.append(AGENT, &event).await.unwrap().is_some(), "the same event again: recorded once");
+    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Held(e1));
+    p.a.release(AGENT, e1).await.unwrap();
+    assert!(matches!(p.a.acquire(AGENT).await.unwrap(), Lease::Held(_)));
+    p.a.touch(AGENT, "s").await.unwrap();
+    let lock = p.a.lock_op(AGENT, Duration::from_secs(10)).await.unwrap().unwrap();
+    p.a.unlock_op(AGENT, &lock).await;
+    assert_eq!(p.a.create(AGENT, &record("s2", "g-9.AgentGateway0", &[]), CreateMode::Restore).await.unwrap(), 0);
+    assert_eq!(p.a.end(AGENT, "other", EndAs::SignedOut).await.unwrap(), EndOutcome::Gone);
+    assert_eq!(p.a.end(AGENT, "s", EndAs::SignedOut).await.unwrap(), EndOutcome::Ended);
+    assert_eq!(next_change(&mut feed).await, session(), "a sign-out (nothing since the event)");
+    // The subscription drops and comes back.
+    p.drop_subscriptions().await;
+    assert_eq!(next_change(&mut feed).await, Change::Resync, "anything may have changed meanwhile");
+    p.a.create(AGENT, &record("s3", "g-3.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    assert_eq!(next_change(&mut feed).await, session(), "followed again");
 }

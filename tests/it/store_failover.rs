@@ -426,7 +426,9 @@ async fn an_epoch_the_new_primary_lost_is_never_drawn_again() {
         url: Some(Secret::new(redis.url())),
         ..Default::default()
     };
-    let store = ccgate::shared::redis::RedisStore::new(&cfg, ccgate::metrics::Metrics::default()).unwrap();
+    let store =
+        ccgate::shared::redis::RedisStore::new(&cfg, ccgate::metrics::Metrics::default(), ccgate::shared::TOMBSTONE)
+            .unwrap();
     store.connect().await.unwrap();
     let record = NewRecord {
         sid: "s",

@@ -451,7 +451,7 @@ impl Events for MemoryStore {
         let agent = &self.key(agent);
         // The id, and whether it was written now (an append sent again is not announced again).
         let id = self.hub.with(agent, |a, hub| {
-            let h = a.live_hash(e.sid)?;
+            let h = a.live_hash(e.sid).filter(|h| h.state != RecordState::Out)?;
             if let Some((_, became)) = h.last_append.filter(|(given, _)| *given == e.id) {
                 return Some((became, false));
             }

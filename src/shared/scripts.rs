@@ -278,7 +278,8 @@ impl WriteConf<'_> {
 }
 
 /// Appends one event; returns its id (the given one, or Redis's own when the stream is
-/// already past it), or nil when the session is gone. Idempotent: the session remembers the
+/// already past it), or nil when the session is gone or signed out (the sign-out emptied the
+/// stream, and a stream begun again would outlive the tombstone: it has no expiry). Idempotent: the session remembers the
 /// last given id (`evtok`) and what it became (`evid`), so an append sent again because its
 /// answer timed out (Redis may still run a command whose client gave up, as a paused Redis
 /// does when it wakes) is not recorded twice. Not fenced by epoch: an event the gateway
@@ -296,8 +297,9 @@ pub(super) struct Append<'a> {
 
 const APPEND: &str = r#"
 local sid, cap, id, kind, data, channel, message = unpack(ARGV)
-if redis.call('HGET', KEYS[1], 'sid') ~= sid then return false end
-if redis.call('HGET', KEYS[1], 'evtok') == id then return redis.call('HGET', KEYS[1], 'evid') end
+local h = redis.call('HMGET', KEYS[1], 'sid', 'state', 'evtok', 'evid')
+if h[1] ~= sid or h[2] == 'out' then return false end
+if h[3] == id then return h[4] end
 local r = redis.pcall('XADD', KEYS[2], 'MAXLEN', cap, id, 'k', kind, 'd', data)
 local got = r
 if type(r) == 'table' and r.err then

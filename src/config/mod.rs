@@ -150,8 +150,20 @@ impl Config {
                 return invalid(key, "must be greater than 0: a connection needs a deadline for each step");
             }
         }
-        if self.server.max_connections == 0 {
-            return invalid("server.max_connections", "must be greater than 0");
+        // Sizes and counts where 0 would refuse everything or divide by nothing.
+        for (key, v) in [
+            ("server.max_connections", self.server.max_connections as u64),
+            ("server.max_streams_per_connection", u64::from(self.server.max_streams_per_connection)),
+            ("server.max_body_bytes", self.server.max_body_bytes as u64),
+            ("sessions.max_streams_per_agent", self.sessions.max_streams_per_agent as u64),
+            ("sessions.poll_timeout_ms", self.sessions.poll_timeout_ms),
+            ("sessions.max_agents", self.sessions.max_agents as u64),
+            ("sessions.signin_concurrency", self.sessions.signin_concurrency as u64),
+            ("sessions.event_buffer", self.sessions.event_buffer as u64),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be greater than 0");
+            }
         }
         if let Some(h) = self.admin.hosts.iter().find(|h| {
             h.is_empty() || h.len() > 253 || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
@@ -161,31 +173,10 @@ impl Config {
                 &format!("{h:?} is not a host name (letters, digits, '-' and '.'; no port)"),
             );
         }
-        if self.server.max_streams_per_connection == 0 {
-            return invalid("server.max_streams_per_connection", "must be greater than 0");
-        }
-        if self.sessions.max_streams_per_agent == 0 {
-            return invalid("sessions.max_streams_per_agent", "must be greater than 0");
-        }
-        if self.server.max_body_bytes == 0 {
-            return invalid("server.max_body_bytes", "must be greater than 0");
-        }
         self.validate_gateways()?;
         self.auth.validate()?;
-        if self.sessions.poll_timeout_ms == 0 {
-            return invalid("sessions.poll_timeout_ms", "must be greater than 0");
-        }
         if let Err((key, reason)) = self.rate_limits.validate() {
             return Err(ConfigError::Invalid { key, reason });
-        }
-        if self.sessions.max_agents == 0 {
-            return invalid("sessions.max_agents", "must be greater than 0");
-        }
-        if self.sessions.signin_concurrency == 0 {
-            return invalid("sessions.signin_concurrency", "must be greater than 0");
-        }
-        if self.sessions.event_buffer == 0 {
-            return invalid("sessions.event_buffer", "must be greater than 0");
         }
         self.store.validate()
     }
@@ -332,6 +323,14 @@ file = "creds.toml"
             ("CCGATE__AUTH__ALGORITHMS", "[\"HS256\"]", "auth.algorithms"),
             ("CCGATE__AUTH__ALGORITHMS", "[\"none\"]", "auth.algorithms"),
             ("CCGATE__SERVER__LISTEN", "0.0.0.0:8443", "server.plaintext"),
+            ("CCGATE__SERVER__MAX_CONNECTIONS", "0", "server.max_connections"),
+            ("CCGATE__SERVER__MAX_STREAMS_PER_CONNECTION", "0", "server.max_streams_per_connection"),
+            ("CCGATE__SERVER__MAX_BODY_BYTES", "0", "server.max_body_bytes"),
+            ("CCGATE__SESSIONS__MAX_STREAMS_PER_AGENT", "0", "sessions.max_streams_per_agent"),
+            ("CCGATE__SESSIONS__POLL_TIMEOUT_MS", "0", "sessions.poll_timeout_ms"),
+            ("CCGATE__SESSIONS__MAX_AGENTS", "0", "sessions.max_agents"),
+            ("CCGATE__SESSIONS__SIGNIN_CONCURRENCY", "0", "sessions.signin_concurrency"),
+            ("CCGATE__SESSIONS__EVENT_BUFFER", "0", "sessions.event_buffer"),
         ];
         for (k, v, key) in cases {
             let err = Config::from_toml_with_env(MINIMAL, env(&[(k, v)])).unwrap_err();

@@ -29,9 +29,7 @@ use tracing::Instrument;
 
 use crate::gateway::trace::TraceContext;
 use crate::gateway::{timing, GatewayMethod, BASE_PATH};
-use crate::labels::AuthFailureReason;
-use crate::labels::MethodLabel;
-use crate::labels::Outcome;
+use crate::labels::{AuthFailureReason, MethodLabel, Outcome};
 use crate::metrics::{GaugeGuard, Metrics};
 use crate::ops::limits::LimitState;
 use crate::ops::{Core, Failure, Principal};

@@ -11,8 +11,7 @@ use serde_json::json;
 
 use crate::gateway::wire::JSON_UTF8;
 use crate::gateway::{Envelope, Retcode, UpstreamError};
-use crate::labels::AuthFailureReason;
-use crate::labels::Outcome;
+use crate::labels::{AuthFailureReason, Outcome};
 use crate::ops::failure::Overload;
 use crate::ops::limits::LimitState;
 use crate::ops::Failure;

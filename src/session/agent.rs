@@ -19,8 +19,8 @@ use super::conference::ConfState;
 use super::copy::LocalCopy;
 use super::error::{Ended, GuidVerdict, SessionError};
 use super::events::{BufferedEvent, EventBuffer};
+use super::limit_snapshot::LimitSnapshot;
 use super::sharing::{SharedCopy, Sharing};
-use super::state::LimitSnapshot;
 use crate::gateway::wire::{merge_cookies, session_auth};
 use crate::gateway::{
     Gateway, GatewayMethod, GatewayReply, GatewayRequest, PollConnection, SessionAuth, UpstreamError,

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::conference::ConfState;
@@ -21,7 +22,6 @@ use crate::gateway::UpstreamError;
 use crate::labels::LossReason;
 use crate::shared::{Change, CreateMode, Lease, NewRecord, OpLock, Record, RecordState, SharedStore};
 use crate::sync::lock;
-use bytes::Bytes;
 
 /// Orphaned agents taken over per maintenance round (the rest wait for the next round).
 const TAKEOVERS_PER_ROUND: usize = 256;

@@ -25,12 +25,12 @@ pub mod credentials;
 mod error;
 pub mod events;
 mod gateways;
+mod limit_snapshot;
 mod link;
 mod pacing;
 mod poller;
 mod replication;
 mod sharing;
-mod state;
 mod store;
 pub mod view;
 
@@ -39,7 +39,7 @@ pub use conference::ConfState;
 pub use credentials::{AgentCredentials, CredentialStore};
 pub use error::{Ended, SessionError};
 pub use gateways::{AgentQuery, Gateways};
-pub use state::LimitSnapshot;
+pub use limit_snapshot::LimitSnapshot;
 pub use store::{GatewayIdentity, SessionStore, SignInOptions};
 
 #[cfg(test)]

@@ -31,8 +31,7 @@ use crate::gateway::wire::session_auth;
 use crate::gateway::{
     timing, Envelope, Gateway, GatewayMethod, GatewayRefusal, GatewayReply, GatewayRequest, Retcode, UpstreamError,
 };
-use crate::labels::SessionState;
-use crate::labels::{SigninResult, SignoutTrigger};
+use crate::labels::{SessionState, SigninResult, SignoutTrigger};
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::shared::SharedStore;

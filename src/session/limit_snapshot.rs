@@ -1,5 +1,6 @@
-//! Where a session stands, and why the gateway ended one: vocabularies of the session layer
-//! that the shared store (a record's `lost:REASON`) and the metrics label with.
+//! What an agent's view shows of its rate limits: the tightest one at its last limited
+//! request. (The session layer's vocabularies, such as why a session ended, are in
+//! `labels/`.)
 
 use std::sync::Arc;
 

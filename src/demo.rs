@@ -223,7 +223,12 @@ async fn start_in(dir: &Path, opts: &DemoOptions) -> Result<Demo, String> {
         Ok(p) => p,
         Err(e) => {
             sim_shutdown.trigger();
-            return Err(format!("{e}\n(hint: another ccgate demo may be running; pick free ports with --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0)"));
+            let taken =
+                matches!(&e, app::StartError::Listen { error, .. } if error.kind() == std::io::ErrorKind::AddrInUse);
+            return Err(match taken {
+                true => format!("{e}\n(hint: another ccgate demo may be running; pick free ports with --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0)"),
+                false => e.to_string(),
+            });
         }
     };
     // Further replicas: the same config on ports of their own.

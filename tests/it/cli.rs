@@ -285,3 +285,19 @@ fn config_errors_name_the_variable_and_the_missing_file() {
     assert!(!out.status.success());
     assert!(err.contains("config file not found: ") && err.contains("config/ccgate.toml"), "{err}");
 }
+
+/// A port already taken fails the demo with the key and address, and the hint to pick free
+/// ports; a failure that is not a taken port gets no such hint (`app::StartError`).
+#[test]
+fn a_demo_on_a_taken_port_names_it_and_hints_at_free_ports() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = std::process::Command::new(BIN)
+        .args(["demo", "--listen", &addr, "--admin-listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("server.listen {addr}:")), "{err}");
+    assert!(err.contains("hint: another ccgate demo may be running"), "{err}");
+}

@@ -369,8 +369,10 @@ impl Link {
             let event = NewEvent { sid: &self.sid, cap: s.events().capacity(), id, kind, data: &data };
             match self.store.append(s.agent_id(), &event).await {
                 Ok(Some(id)) => return s.events().insert(id, kind, data).unwrap_or(false),
-                // The session ended elsewhere meanwhile; its apps still get the event here.
-                Ok(None) => return s.events().insert(id, kind, data).unwrap_or(false),
+                // No record of this session: it ended elsewhere, or the store lost it (a Redis
+                // restarted empty) and this replica puts it back. Its apps get the event here
+                // either way; queued, it reaches the stream once the record is back.
+                Ok(None) => tracing::debug!(agent = s.agent_id(), "no record in the shared store; event queued"),
                 Err(e) => tracing::debug!(agent = s.agent_id(), error = %e, "shared store away; event queued"),
             }
         }
@@ -388,14 +390,20 @@ impl Link {
     }
 
     /// Appends what was recorded while the store was away, in order, with the ids apps saw.
-    /// Each event leaves the front of the queue once written (O(1) each).
+    /// Each event leaves the front of the queue once written (O(1) each). A store without the
+    /// session's record keeps them queued (bounded, as ever): a store that came back empty
+    /// gets them once the record is put back; a session that ended elsewhere never will.
     async fn flush_pending(&self, s: &impl LocalCopy) {
         loop {
             let Some((id, kind, data)) = lock(&self.pending).front().cloned() else { return };
             let event = NewEvent { sid: &self.sid, cap: s.events().capacity(), id, kind: &kind, data: &data };
-            if let Err(e) = self.store.append(s.agent_id(), &event).await {
-                tracing::debug!(agent = s.agent_id(), error = %e, "shared store away; queued events wait");
-                return;
+            match self.store.append(s.agent_id(), &event).await {
+                Ok(Some(_)) => {}
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::debug!(agent = s.agent_id(), error = %e, "shared store away; queued events wait");
+                    return;
+                }
             }
             let mut pending = lock(&self.pending);
             // Unless the queue dropped it meanwhile (it overflowed while this was written).

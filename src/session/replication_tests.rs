@@ -18,7 +18,7 @@ use crate::config::{SessionsConfig, ShutdownMode};
 use crate::gateway::GatewayMethod;
 use crate::metrics::Metrics;
 use crate::shared::memory::MemoryHub;
-use crate::shared::{Backend, RecordState, Records, SharedStore};
+use crate::shared::{Backend, Events, RecordState, Records, SharedStore};
 
 const AGENT: &str = "153";
 const LEASE: Duration = Duration::from_secs(3);
@@ -302,4 +302,34 @@ async fn while_the_store_is_away_the_owner_keeps_polling_and_others_answer_retry
         Some("rotated.AgentGateway0")
     );
     assert!(sa.polls_here(), "the owner took its own lease back");
+}
+
+/// Events recorded while the store was away reach the stream, in order, even when it came
+/// back without the session's record (a Redis restarted empty): they wait in the queue until
+/// the record is put back, rather than being taken as written by a store that had nothing
+/// to write them into.
+#[tokio::test(start_paused = true)]
+async fn events_queued_while_the_store_was_away_wait_for_the_record_to_be_put_back() {
+    let (hub, gw, r) = cluster(1);
+    let a = &r[0];
+    let sa = a.store.sign_in(AGENT, SignInOptions::default()).await.unwrap().0;
+    let mut seen = sa.events.subscribe();
+    hub.set_down(true);
+    gw.push_event(event(AGENT, "AgentState_Busy", json!({ "n": 0 })));
+    seen.wait_for(|_| sa.events.since(0).events.len() == 1).await.unwrap();
+    // Back, empty; the next event comes before the owner's round puts the record back.
+    hub.flush_all();
+    hub.set_down(false);
+    gw.push_event(event(AGENT, "AgentState_Idle", json!({ "n": 1 })));
+    seen.wait_for(|_| sa.events.since(0).events.len() == 2).await.unwrap();
+    for _ in 0..2 {
+        sleep(LEASE / 3).await;
+        a.round().await;
+    }
+    let store = hub.join();
+    assert!(store.load(AGENT).await.unwrap().is_some(), "the owner put the record back");
+    let stream: Vec<(u64, String)> =
+        store.events_after(AGENT, 0, 10).await.unwrap().into_iter().map(|(id, kind, _)| (id, kind)).collect();
+    let local: Vec<(u64, String)> = sa.events.since(0).events.iter().map(|e| (e.id, e.kind.to_string())).collect();
+    assert_eq!(stream, local, "the stream holds what the apps here saw, with the same ids");
 }

@@ -50,7 +50,7 @@ async fn a_full_flow_logs_every_request_and_no_secret() {
     let h = Harness::start().await;
     let tokens: Vec<String> = vec![h.token("153"), h.token("154")];
     let stop = "/v1/conference/announcement/stop";
-    h.chair("153").await;
+    let conf_id = h.chair("153").await;
     let r = h
         .send(
             Method::POST,
@@ -173,4 +173,43 @@ async fn a_full_flow_logs_every_request_and_no_secret() {
     assert!(logs.lines().any(|l| l.contains("\"span\":{") && l.contains("4bf92f3577b34da6a3ce929d0e0e4736")));
     assert!(access.iter().any(|l| l["request_id"] == generated.as_str()));
     assert!(access.iter().any(|l| l["outcome"] == "not_chairperson" && l["status"] == 403));
+
+    // The audit trail (README "Audit log"): one line per chair-only call that got past
+    // authentication, allowed or refused, and one per change of chairperson.
+    let audit: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "ccgate::audit")
+        .collect();
+    let checks: Vec<&serde_json::Value> = audit.iter().filter(|l| l["message"] == "chairperson check").collect();
+    let fields = |l: &serde_json::Value| {
+        ["agent", "subject", "tenant", "conference", "decision", "reason", "status", "outcome"]
+            .map(|f| l[f].to_string().trim_matches('"').to_owned())
+    };
+    let conf = conf_id.to_string();
+    assert_eq!(checks.len(), 3, "{checks:#?}");
+    assert_eq!(fields(checks[0]), ["153", "agent-153", "-", &conf, "allowed", "chair", "200", "ok"]);
+    assert_eq!(
+        (checks[0]["request_id"].as_str(), checks[0]["gateway"].as_str()),
+        (Some("trace-abc-123"), Some("default"))
+    );
+    assert_eq!(checks[0]["method"], "stopVoiceToConf");
+    assert_eq!(
+        fields(checks[1]),
+        ["153", "agent-153", "-", &conf, "refused", "not_chairperson", "403", "not_chairperson"]
+    );
+    // 154's session ended at the gateway: refused before any chairperson check.
+    assert_eq!(fields(checks[2])[..5], ["154", "agent-154", "-", "-", "refused"]);
+    assert_eq!(checks[2]["reason"], checks[2]["outcome"], "{}", checks[2]);
+    let changes: Vec<[String; 3]> = audit
+        .iter()
+        .filter(|l| l["message"] == "chairperson changed")
+        .map(|l| ["agent", "change", "conference"].map(|f| l[f].as_str().unwrap_or_default().to_owned()))
+        .collect();
+    for want in [["153", "became_chair"], ["153", "no_longer_chair"], ["154", "became_chair"]] {
+        assert!(
+            changes.iter().any(|c| c[0] == want[0] && c[1] == want[1] && c[2] == conf),
+            "no {want:?} for conference {conf}: {changes:?}"
+        );
+    }
 }

@@ -29,8 +29,9 @@ use tracing::Instrument;
 
 use crate::gateway::trace::TraceContext;
 use crate::gateway::{timing, GatewayMethod, BASE_PATH};
-use crate::labels::{AuthFailureReason, MethodLabel, Outcome};
+use crate::labels::{AuthFailureReason, ChairVerdict, MethodLabel, Outcome};
 use crate::metrics::{GaugeGuard, Metrics};
+use crate::ops::audit::{self, ChairCheck};
 use crate::ops::limits::LimitState;
 use crate::ops::{Core, Failure, Principal};
 use crate::server::body::Body;
@@ -128,6 +129,17 @@ struct Handled {
     client: Option<std::net::IpAddr>,
     response: Response<Body>,
     outcome: Outcome,
+    /// A chair-only call's audit facts beyond the access line's.
+    audit: Option<Audit>,
+}
+
+/// What a chair-only call's audit line says beyond the access line: who the token names
+/// besides the agent, and what the chairperson check saw (`None`: none ran, the request was
+/// refused before it).
+struct Audit {
+    tenant: Option<String>,
+    subject: Option<String>,
+    check: Option<ChairCheck>,
 }
 
 impl Handler for Proxy {
@@ -150,7 +162,7 @@ impl Handler for Proxy {
         span.record("trace_id", tracing::field::display(trace.trace_id()));
         let trace_id = trace.trace_id;
         let (handled, upstream) = timing::measure(trace, || self.serve(req, peer.ip(), &rid).instrument(span)).await;
-        let Handled { label, gateway, route, agent, client, mut response, outcome } = handled;
+        let Handled { label, gateway, route, agent, client, mut response, outcome, audit } = handled;
         if agent.is_some() {
             // Authenticated: at the cap, this connection is among the last closed.
             conn.trust();
@@ -173,6 +185,10 @@ impl Handler for Proxy {
             upstream_ms = upstream.as_secs_f64() * 1000.0,
             "request"
         );
+        if let Some(audit) = audit {
+            let gateway = gateway.map_or("-", |g| self.core.gateway_name(g));
+            audit_line(&rid, gateway, agent.as_deref().unwrap_or("-"), label, &audit, response.status(), outcome);
+        }
         response.headers_mut().insert(X_REQUEST_ID.clone(), rid);
         response
     }
@@ -194,15 +210,23 @@ impl Proxy {
                 let (label, route) = (target.label(), target.route());
                 match self.authenticate(req.headers(), peer).await {
                     Err(f) => (label, route, None, Err(f), None),
+                    Ok(who) if label.chair_only() => {
+                        let ((result, limit), check) = audit::capture(self.operate(target, &who, label, req)).await;
+                        let audit = Audit { tenant: who.tenant.clone(), subject: who.subject.clone(), check };
+                        (label, route, Some((who, Some(audit))), result, limit)
+                    }
                     Ok(who) => {
                         let (result, limit) = self.operate(target, &who, label, req).await;
-                        (label, route, Some(who), result, limit)
+                        (label, route, Some((who, None)), result, limit)
                     }
                 }
             }
         };
-        let gateway = who.as_ref().map(|w| w.gateway);
-        let agent = who.map(|w| w.agent_id);
+        let gateway = who.as_ref().map(|(w, _)| w.gateway);
+        let (agent, audit) = match who {
+            Some((w, audit)) => (Some(w.agent_id), audit),
+            None => (None, None),
+        };
         let (mut response, outcome) = match result {
             Ok(r) => r,
             Err(f) => {
@@ -214,7 +238,7 @@ impl Proxy {
         if let Some(state) = &limit {
             render::limit_headers(state, response.headers_mut());
         }
-        Handled { label, gateway, route, agent, client, response, outcome }
+        Handled { label, gateway, route, agent, client, response, outcome, audit }
     }
 
     /// Body, parse, run, render: the phases after authentication.
@@ -369,6 +393,56 @@ impl std::fmt::Display for ClientField {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.0 {
             Some(ip) => ip.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+/// The audit line of a chair-only call (target `ccgate::audit`, README "Audit log": a stable
+/// format). `decision` is ccgate's: `allowed` when the chairperson check let the call go to
+/// the gateway (whose answer is in `status` and `outcome`), `refused` otherwise; `reason` is
+/// the check's verdict, or the outcome that refused the call before any check (a rate limit,
+/// no session). No Guid, token or password: the subject is the token's `sub`.
+fn audit_line(
+    rid: &http::HeaderValue,
+    gateway: &str,
+    agent: &str,
+    label: MethodLabel,
+    audit: &Audit,
+    status: http::StatusCode,
+    outcome: Outcome,
+) {
+    let (decision, reason) = match audit.check {
+        Some(c) if matches!(c.verdict, ChairVerdict::Chair | ChairVerdict::UnknownForwarded) => {
+            ("allowed", c.verdict.as_str())
+        }
+        Some(c) => ("refused", c.verdict.as_str()),
+        None => ("refused", outcome.as_str()),
+    };
+    tracing::info!(
+        target: "ccgate::audit",
+        request_id = rid.to_str().unwrap_or("-"),
+        gateway,
+        agent,
+        subject = audit.subject.as_deref().unwrap_or("-"),
+        tenant = audit.tenant.as_deref().unwrap_or("-"),
+        method = label.as_str(),
+        conference = %ConferenceField(audit.check.and_then(|c| c.conference)),
+        decision,
+        reason,
+        status = status.as_u16(),
+        outcome = outcome.as_str(),
+        "chairperson check"
+    );
+}
+
+/// A conference id, or `-`.
+struct ConferenceField(Option<u64>);
+
+impl std::fmt::Display for ConferenceField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(id) => write!(f, "{id}"),
             None => f.write_str("-"),
         }
     }

@@ -11,7 +11,7 @@ mod session;
 mod store;
 
 pub use control::{JwksFetchResult, ReloadResult};
-pub use request::{AuthFailureReason, MethodLabel, Outcome, UpstreamErrorKind};
+pub use request::{AuthFailureReason, ChairVerdict, MethodLabel, Outcome, UpstreamErrorKind};
 pub use session::{LossReason, SessionState, SigninResult, SignoutTrigger};
 pub use store::{Discarded, StoreOp, StoreReconnect};
 

@@ -30,6 +30,11 @@ impl MethodLabel {
         }
     }
 
+    /// A gateway method only the conference's chairperson may call (the audited ones).
+    pub fn chair_only(self) -> bool {
+        matches!(self, MethodLabel::Gateway(m) if m.chair_only())
+    }
+
     /// Every label, in `index` order.
     pub fn all() -> impl Iterator<Item = MethodLabel> {
         GatewayMethod::ALL.iter().map(|m| MethodLabel::Gateway(*m)).chain([
@@ -78,6 +83,20 @@ label_enum! {
         Overloaded => "overloaded",
         Timeout => "timeout",
         Internal => "internal",
+    }
+}
+
+label_enum! {
+    /// What the chairperson check decided for a chair-only call; the `verdict` of its audit
+    /// line. `unknown_forwarded`: ccgate missed the conference events and
+    /// `policy.on_unknown_chair = "forward"` lets the gateway judge; `unknown_denied`: the
+    /// same with `"deny"`.
+    ChairVerdict {
+        Chair => "chair",
+        NotChairperson => "not_chairperson",
+        NoConference => "no_conference",
+        UnknownForwarded => "unknown_forwarded",
+        UnknownDenied => "unknown_denied",
     }
 }
 

@@ -496,6 +496,7 @@ mod tests {
             agent_id: "153".into(),
             tenant: tenant.map(Into::into),
             gateway,
+            subject: None,
         };
         let gateways = ["acme".to_string(), "globex".to_string()];
         let hub = MemoryHub::new(Duration::from_secs(3), crate::shared::TOMBSTONE);

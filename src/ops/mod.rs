@@ -4,6 +4,7 @@
 //! faces in `edge/` parse requests into operations and render [`Done`] or [`Failure`].
 //! docs/architecture.md walks a request through it.
 
+pub mod audit;
 pub mod failure;
 mod limit_state;
 pub mod limits;

@@ -1,22 +1,31 @@
 //! The chairperson policy: a chair-only operation from an agent ccgate knows is not chair is
 //! refused here and never reaches the gateway.
 
+use super::audit::ChairCheck;
 use super::failure::Failure;
 use crate::config::UnknownChair;
+use crate::labels::ChairVerdict;
 use crate::session::ConfState;
 
-/// Decides whether a chair-only operation may be forwarded.
+/// Decides whether a chair-only operation may be forwarded, and records the verdict for the
+/// request's audit line ([`super::audit`]).
 pub fn check_chair(state: ConfState, on_unknown: UnknownChair) -> Result<(), Failure> {
-    match state {
-        ConfState::Chair { .. } => Ok(()),
-        ConfState::Participant { .. } => Err(Failure::NotChairperson(None)),
+    let verdict = match state {
+        ConfState::Chair { .. } => ChairVerdict::Chair,
+        ConfState::Participant { .. } => ChairVerdict::NotChairperson,
         // Requested: the gateway refuses chair operations until RequestSuccess, so there is
         // no conference to act on yet.
-        ConfState::None | ConfState::RequestFailed { .. } | ConfState::Requested => Err(Failure::NoConference(None)),
+        ConfState::None | ConfState::RequestFailed { .. } | ConfState::Requested => ChairVerdict::NoConference,
         ConfState::Unknown => match on_unknown {
-            UnknownChair::Forward => Ok(()),
-            UnknownChair::Deny => Err(Failure::NotChairperson(None)),
+            UnknownChair::Forward => ChairVerdict::UnknownForwarded,
+            UnknownChair::Deny => ChairVerdict::UnknownDenied,
         },
+    };
+    super::audit::record(ChairCheck { conference: state.conf_id(), verdict });
+    match verdict {
+        ChairVerdict::Chair | ChairVerdict::UnknownForwarded => Ok(()),
+        ChairVerdict::NotChairperson | ChairVerdict::UnknownDenied => Err(Failure::NotChairperson(None)),
+        ChairVerdict::NoConference => Err(Failure::NoConference(None)),
     }
 }
 

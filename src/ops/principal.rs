@@ -12,11 +12,15 @@ pub struct Principal {
     /// chosen from the verified token only (`auth.gateway_claim` or the provider's `gateway`).
     /// An agent is this and the work number.
     pub gateway: usize,
+    /// The token's `sub` (who the identity provider says is calling: a user, a service), for
+    /// the audit line; `None` when absent or not a string of at most 256 characters, and with
+    /// control characters replaced so a log line stays one line.
+    pub subject: Option<String>,
 }
 
 impl Principal {
     /// An agent of the first (or only) gateway with no tenant (tests and tools).
     pub fn agent(agent_id: &str) -> Self {
-        Self { agent_id: agent_id.into(), tenant: None, gateway: 0 }
+        Self { agent_id: agent_id.into(), tenant: None, gateway: 0, subject: None }
     }
 }

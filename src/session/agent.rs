@@ -42,6 +42,8 @@ pub struct Session {
     pub events: EventBuffer,
     /// The gateway this session talks to.
     pub(super) gateway: Arc<dyn Gateway>,
+    /// Its name (the audit line's `gateway`).
+    pub(super) gateway_name: Arc<str>,
     /// The gateway's answer to the sign-in that made this session (work number, login time,
     /// media type...; no secret). A client that signs in to a session ccgate already holds
     /// gets the same answer the gateway gave.
@@ -89,7 +91,10 @@ impl Session {
     /// the change is made on the record (compare-and-set on its version, so a change another
     /// replica made first is never overwritten) and every replica sees it.
     pub async fn update_conf(&self, f: impl Fn(ConfState) -> ConfState + Sync) -> ConfState {
-        self.sharing.update_conf(self, &f).await
+        let before = self.conf();
+        let after = self.sharing.update_conf(self, &f).await;
+        audit_chair_change(&self.gateway_name, &self.agent_id, before, after);
+        after
     }
 
     /// The conference state for the chair check. With the shared store, a copy that says
@@ -417,6 +422,30 @@ impl Drop for Listening {
         self.0.touch();
         self.0.listeners.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The audit line of a change of chairperson (target `ccgate::audit`, README "Audit log"):
+/// the agent became chair of a conference, or stopped being chair, as this replica changed
+/// its state (an event its poller read, or a call's success). Other replicas adopt the change
+/// without a line of their own, so there is one per change.
+fn audit_chair_change(gateway: &str, agent: &str, before: ConfState, after: ConfState) {
+    let chair = |c: ConfState| match c {
+        ConfState::Chair { conf_id } => Some(conf_id),
+        _ => None,
+    };
+    if chair(before) == chair(after) {
+        return;
+    }
+    let conference = after.conf_id().or(before.conf_id());
+    tracing::info!(
+        target: "ccgate::audit",
+        gateway,
+        agent,
+        conference = conference.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+        change = if chair(after).is_some() { "became_chair" } else { "no_longer_chair" },
+        state = after.label(),
+        "chairperson changed"
+    );
 }
 
 impl SharedCopy for Session {

@@ -29,6 +29,18 @@ pub enum ConfState {
 }
 
 impl ConfState {
+    /// The state's name, as its JSON `state` field says it.
+    pub fn label(self) -> &'static str {
+        match self {
+            ConfState::None => "none",
+            ConfState::Requested => "requested",
+            ConfState::RequestFailed { .. } => "request_failed",
+            ConfState::Chair { .. } => "chair",
+            ConfState::Participant { .. } => "participant",
+            ConfState::Unknown => "unknown",
+        }
+    }
+
     pub fn conf_id(self) -> Option<u64> {
         match self {
             ConfState::Chair { conf_id } | ConfState::Participant { conf_id } => Some(conf_id),
@@ -117,6 +129,20 @@ mod tests {
 
     fn ev(kind: &str, content: Value) -> Value {
         json!({"eventType": kind, "workNo": "153", "content": content})
+    }
+
+    #[test]
+    fn each_label_is_the_state_json_names() {
+        for s in [
+            ConfState::None,
+            ConfState::Requested,
+            ConfState::RequestFailed { cause: None },
+            ConfState::Chair { conf_id: 1 },
+            ConfState::Participant { conf_id: 1 },
+            ConfState::Unknown,
+        ] {
+            assert_eq!(serde_json::to_value(s).unwrap()["state"], s.label(), "{s:?}");
+        }
     }
 
     #[test]

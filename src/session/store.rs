@@ -526,6 +526,7 @@ impl SessionStore {
             ended: watch::channel(None).0,
             events: EventBuffer::new(self.event_ids.clone(), self.cfg.event_buffer),
             gateway: self.gateway.clone(),
+            gateway_name: self.identity.name.clone(),
             login_answer,
             resumable,
             last_activity: AtomicU64::new(0),

@@ -24,6 +24,9 @@ use crate::ops::Principal;
 /// Longest tenant value kept; longer ones share the "no tenant" bucket rather than letting a
 /// token make ccgate store arbitrary amounts of key data.
 const MAX_TENANT_LEN: usize = 128;
+/// The longest `sub` the audit line carries (OpenID Connect's own limit is 255 ASCII
+/// characters); a longer one is left out rather than cut to something it is not.
+const MAX_SUBJECT_LEN: usize = 256;
 
 /// One identity provider, ready to verify.
 pub(super) struct Provider {
@@ -153,7 +156,13 @@ pub(super) fn verify_with(
     };
     let exp = data.claims.get("exp").and_then(Value::as_u64).ok_or(refuse(Reason::MissingClaim))?;
     let gateway = routing.route(p.gateway, &data.claims).map_err(refuse)?;
-    Ok((Principal { agent_id: agent.to_string(), tenant, gateway }, exp))
+    let subject = match data.claims.get("sub") {
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_SUBJECT_LEN => {
+            Some(crate::session::view::printable(s))
+        }
+        _ => None,
+    };
+    Ok((Principal { agent_id: agent.to_string(), tenant, gateway, subject }, exp))
 }
 
 /// The payload's `iss`, unverified: only to pick the provider that then verifies everything.

@@ -71,7 +71,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// An HTTP/1 request head (request line and headers) or HTTP/2 header list larger than this is
 /// refused (431; HTTP/2: the stream is reset). 32 KiB holds the largest token ccgate accepts
-/// (`edge/auth.rs`, 8 KiB) several times over with any proxy's headers; nginx's default
+/// (`edge/auth/mod.rs: MAX_TOKEN_LEN`, 8 KiB) several times over with any proxy's headers; nginx's default
 /// `large_client_header_buffers` is 4 × 8 KiB. It is also hyper's read buffer per HTTP/1
 /// connection, which an unfinished head would otherwise grow to ~400 KiB.
 pub const MAX_REQUEST_HEAD_BYTES: usize = 32 * 1024;

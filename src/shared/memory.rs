@@ -2,7 +2,7 @@
 //! semantics (compare-and-set on sid, Guid, epoch, write number and conference version; lease
 //! and lock expiry; tombstones; idempotent appends; GCRA), on tokio's clock, so replication
 //! is unit-tested under a paused clock with several replicas in one process. A [`MemoryHub`]
-//! is one "Redis"; each [`MemoryHub::replica`] is one replica's connection to it. The hub can
+//! is one "Redis"; each [`MemoryHub::join`] is one replica's connection to it. The hub can
 //! be taken down and brought back (every operation fails meanwhile, as with Redis away) and
 //! flushed (Redis restarted empty). `tests/it/store_contract.rs` runs the same cases against
 //! this store and a real redis-server, so the two cannot drift apart.

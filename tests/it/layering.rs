@@ -26,13 +26,7 @@ fn modules() -> BTreeMap<String, String> {
                     name = "crate".into();
                 }
                 let text = std::fs::read_to_string(&path).unwrap();
-                // Unit tests may use anything of their own file's parents.
-                let cut = ["#[cfg(test)]\nmod tests", "#[cfg(all(test"].iter().filter_map(|m| text.find(m)).min();
-                let text = match cut {
-                    Some(i) => text[..i].to_owned(),
-                    None => text,
-                };
-                out.insert(name, text);
+                out.insert(name, without_test_module(&path, text));
             }
         }
     }
@@ -41,6 +35,29 @@ fn modules() -> BTreeMap<String, String> {
     walk(&root, &root, &mut out);
     out.remove("main");
     out
+}
+
+/// The file without its inline unit-test module (unit tests may use anything of their own
+/// file's parents): the module must be the file's last item, so that cutting there leaves
+/// nothing else unchecked. rustfmt puts a file's items at column 0 and a module's inside it
+/// further in, so a line at column 0 after the module's start that opens an item is an item
+/// after it (lines of a multi-line string there open none).
+fn without_test_module(path: &Path, text: String) -> String {
+    let start =
+        ["#[cfg(test)]\nmod tests {", "#[cfg(all(test, unix))]\nmod tests {"].iter().filter_map(|m| text.find(m)).min();
+    let Some(i) = start else { return text };
+    let item = |l: &&str| {
+        let words = ["pub", "fn ", "async ", "struct ", "enum ", "impl", "trait ", "type ", "const ", "static "];
+        let more = ["use ", "mod ", "macro_rules!", "#[", "unsafe "];
+        words.iter().chain(&more).any(|w| l.starts_with(w))
+    };
+    let after: Vec<&str> = text[i..].lines().skip(2).filter(item).collect();
+    assert!(
+        after.is_empty(),
+        "{}: code after the unit-test module would go unchecked; put the module last ({after:?})",
+        path.display()
+    );
+    text[..i].to_owned()
 }
 
 /// Names of the items a file defines (fn, struct, enum, trait, type, const, static, macro,
@@ -64,14 +81,30 @@ fn definitions(src: &str) -> BTreeSet<String> {
     out
 }
 
-/// Every path a file names: `use` trees expanded, and inline `a::b::c` paths. Re-exports
-/// (`pub use`) are a folder's facade, not a use, and are left out.
+/// Every path a file names: `use` trees expanded, and inline `a::b::c` paths. A folder's
+/// facade, a re-export (`pub use`) of one of the file's own child modules, is not a use and is
+/// left out; a re-export of anything else is a use like any other.
 fn paths(src: &str) -> Vec<String> {
     let mut code: String = src.lines().map(|l| l.split("//").next().unwrap_or_default()).collect::<Vec<_>>().join("\n");
+    let children: BTreeSet<&str> = src
+        .lines()
+        .filter_map(|l| l.trim_start().split_once("mod ").filter(|(vis, _)| vis.is_empty() || vis.starts_with("pub")))
+        .filter_map(|(_, rest)| rest.strip_suffix(';'))
+        .collect();
     for reexport in ["pub use ", "pub(crate) use ", "pub(super) use "] {
-        while let Some(i) = code.find(reexport) {
+        let mut from = 0;
+        while let Some(i) = code[from..].find(reexport).map(|i| from + i) {
             let end = code[i..].find(';').map_or(code.len(), |e| i + e + 1);
-            code.replace_range(i..end, "");
+            let target = code[i + reexport.len()..end].trim_start();
+            let target = target.strip_prefix("self::").unwrap_or(target);
+            let first = target.split(|c: char| !(c.is_alphanumeric() || c == '_')).next().unwrap_or_default();
+            if children.contains(first) {
+                code.replace_range(i..end, "");
+                from = i;
+            } else {
+                // Kept: the `use` inside it is read below like any other.
+                from = end;
+            }
         }
     }
     let mut out = Vec::new();
@@ -231,6 +264,23 @@ fn layers() -> Vec<Vec<String>> {
         .collect();
     rows.sort();
     assert!(rows.iter().enumerate().all(|(i, (n, _))| *n == i), "layers are numbered 0, 1, 2, …: {rows:?}");
+    // Each unit of the source in exactly one row, and no row naming what is not there.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut listed = BTreeSet::new();
+    for unit in rows.iter().flat_map(|(_, units)| units) {
+        assert!(listed.insert(unit.clone()), "`{unit}` is in two rows of the layer table");
+        assert!(
+            src.join(unit).is_dir() || src.join(format!("{unit}.rs")).is_file(),
+            "the layer table names `{unit}`, which is no folder or file under src/"
+        );
+    }
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if (path.is_dir() || path.extension().is_some_and(|e| e == "rs")) && name != "lib" && name != "main" {
+            assert!(listed.contains(&name), "`{name}` is in no row of docs/architecture.md's layer table");
+        }
+    }
     rows.into_iter().map(|(_, units)| units).collect()
 }
 

@@ -23,8 +23,9 @@ pub(super) struct Verified {
 /// its verification, less a spread ([`reuse_until`]). Two generations bound the size: when
 /// the current one holds half the capacity it becomes the previous one, and the old previous
 /// is dropped (approximate LRU, O(1), no per-entry bookkeeping).
-/// The same structure remembers refused tokens, whatever the reason
-/// ([`REFUSED_TOKENS`](super::refusals::REFUSED_TOKENS)).
+/// The same structure remembers refused tokens
+/// ([`REFUSED_TOKENS`](super::refusals::REFUSED_TOKENS)), except those refused for a reason
+/// that can pass: an unknown key (a rotation not fetched yet) or not yet valid.
 pub(super) struct TokenCache<V> {
     half: usize,
     /// (current, previous).

@@ -138,7 +138,7 @@ struct Handled {
 /// refused before it).
 struct Audit {
     tenant: Option<String>,
-    subject: Option<String>,
+    subject: Option<Arc<str>>,
     check: Option<ChairCheck>,
 }
 
@@ -210,7 +210,10 @@ impl Proxy {
                 let (label, route) = (target.label(), target.route());
                 match self.authenticate(req.headers(), peer).await {
                     Err(f) => (label, route, None, Err(f), None),
-                    Ok(who) if label.chair_only() => {
+                    // Only when the line is written: no scope and no copies per request else.
+                    Ok(who)
+                        if label.chair_only() && tracing::enabled!(target: "ccgate::audit", tracing::Level::INFO) =>
+                    {
                         let ((result, limit), check) = audit::capture(self.operate(target, &who, label, req)).await;
                         let audit = Audit { tenant: who.tenant.clone(), subject: who.subject.clone(), check };
                         (label, route, Some((who, Some(audit))), result, limit)

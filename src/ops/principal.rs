@@ -14,8 +14,9 @@ pub struct Principal {
     pub gateway: usize,
     /// The token's `sub` (who the identity provider says is calling: a user, a service), for
     /// the audit line; `None` when absent or not a string of at most 256 characters, and with
-    /// control characters replaced so a log line stays one line.
-    pub subject: Option<String>,
+    /// control characters replaced so a log line stays one line. Shared: the verified-token
+    /// cache hands a clone of the principal to every request.
+    pub subject: Option<std::sync::Arc<str>>,
 }
 
 impl Principal {

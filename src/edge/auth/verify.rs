@@ -158,7 +158,7 @@ pub(super) fn verify_with(
     let gateway = routing.route(p.gateway, &data.claims).map_err(refuse)?;
     let subject = match data.claims.get("sub") {
         Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_SUBJECT_LEN => {
-            Some(crate::session::view::printable(s))
+            Some(crate::session::view::printable(s).into())
         }
         _ => None,
     };

@@ -134,7 +134,7 @@ file = "{out}/creds.toml"
 [sessions]
 idle_timeout_ms = 0
 [log]
-level = "warn"   # no per-request access line, as Envoy and nginx run without access logs
+level = "warn,ccgate::audit=off"   # no per-request access or audit line, as Envoy and nginx run without access logs
 [rate_limits]
 # On, with the same headroom Envoy's local_ratelimit gets: nothing is refused.
 [[rate_limits.limit]]

@@ -175,12 +175,24 @@ fn init_logging_with(
 /// `off` or `error`, which this would not quieten); `RUST_LOG` is taken as written.
 const QUIET_RUSTLS: &str = "rustls=error";
 
+/// The audit trail (README "Audit log") has a level of its own: on at INFO whatever
+/// `log.level` says of the rest, unless `log.level` names `ccgate::audit` itself (e.g.
+/// `ccgate::audit=off`) or is `off`.
+const AUDIT_ON: &str = "ccgate::audit=info";
+
 fn configured_filter(level: &str) -> String {
     let plain = level.trim();
-    if plain.contains("rustls") || plain.eq_ignore_ascii_case("off") || plain.eq_ignore_ascii_case("error") {
+    if plain.eq_ignore_ascii_case("off") {
         return level.to_owned();
     }
-    format!("{plain},{QUIET_RUSTLS}")
+    let mut filter = plain.to_owned();
+    if !(plain.contains("rustls") || plain.eq_ignore_ascii_case("error")) {
+        filter = format!("{filter},{QUIET_RUSTLS}");
+    }
+    if !plain.contains("ccgate::audit") {
+        filter = format!("{filter},{AUDIT_ON}");
+    }
+    filter
 }
 
 fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -640,12 +652,17 @@ mod tests {
 
     #[test]
     fn rustls_peer_faults_stay_out_of_the_log_unless_asked_for() {
-        assert_eq!(configured_filter("info"), "info,rustls=error");
-        assert_eq!(configured_filter("warn,ccgate=debug"), "warn,ccgate=debug,rustls=error");
-        assert_eq!(configured_filter("debug,rustls=debug"), "debug,rustls=debug", "the operator's own word");
+        assert_eq!(configured_filter("info"), "info,rustls=error,ccgate::audit=info");
+        assert_eq!(configured_filter("warn,ccgate=debug"), "warn,ccgate=debug,rustls=error,ccgate::audit=info");
+        assert_eq!(
+            configured_filter("debug,rustls=debug"),
+            "debug,rustls=debug,ccgate::audit=info",
+            "the operator's own word"
+        );
         assert_eq!(configured_filter("off"), "off", "never louder than asked");
-        assert_eq!(configured_filter("error"), "error");
-        for f in ["info", "warn,ccgate=debug", "trace"] {
+        assert_eq!(configured_filter("error"), "error,ccgate::audit=info", "the audit trail has its own level");
+        assert_eq!(configured_filter("warn,ccgate::audit=off"), "warn,ccgate::audit=off,rustls=error");
+        for f in ["info", "warn,ccgate=debug", "trace", "warn,ccgate::audit=off"] {
             assert!(tracing_subscriber::EnvFilter::try_new(configured_filter(f)).is_ok(), "{f}");
         }
     }

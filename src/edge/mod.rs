@@ -31,7 +31,7 @@ use crate::gateway::trace::TraceContext;
 use crate::gateway::{timing, GatewayMethod, BASE_PATH};
 use crate::labels::{AuthFailureReason, ChairVerdict, MethodLabel, Outcome};
 use crate::metrics::{GaugeGuard, Metrics};
-use crate::ops::audit::{self, ChairCheck};
+use crate::ops::audit;
 use crate::ops::limits::LimitState;
 use crate::ops::{Core, Failure, Principal};
 use crate::server::body::Body;
@@ -129,17 +129,8 @@ struct Handled {
     client: Option<std::net::IpAddr>,
     response: Response<Body>,
     outcome: Outcome,
-    /// A chair-only call's audit facts beyond the access line's.
-    audit: Option<Audit>,
-}
-
-/// What a chair-only call's audit line says beyond the access line: who the token names
-/// besides the agent, and what the chairperson check saw (`None`: none ran, the request was
-/// refused before it).
-struct Audit {
-    tenant: Option<String>,
-    subject: Option<Arc<str>>,
-    check: Option<ChairCheck>,
+    /// A chair-only call's audit line, written after the access line.
+    audit: Option<AuditLine>,
 }
 
 impl Handler for Proxy {
@@ -185,9 +176,8 @@ impl Handler for Proxy {
             upstream_ms = upstream.as_secs_f64() * 1000.0,
             "request"
         );
-        if let Some(audit) = audit {
-            let gateway = gateway.map_or("-", |g| self.core.gateway_name(g));
-            audit_line(&rid, gateway, agent.as_deref().unwrap_or("-"), label, &audit, response.status(), outcome);
+        if let Some(line) = audit {
+            line.write(response.status().as_u16(), outcome.as_str());
         }
         response.headers_mut().insert(X_REQUEST_ID.clone(), rid);
         response
@@ -214,9 +204,9 @@ impl Proxy {
                     Ok(who)
                         if label.chair_only() && tracing::enabled!(target: "ccgate::audit", tracing::Level::INFO) =>
                     {
-                        let ((result, limit), check) = audit::capture(self.operate(target, &who, label, req)).await;
-                        let audit = Audit { tenant: who.tenant.clone(), subject: who.subject.clone(), check };
-                        (label, route, Some((who, Some(audit))), result, limit)
+                        let line = AuditLine::new(rid, self.core.gateway_name(who.gateway), &who, label);
+                        let (result, limit) = line.trail.follow(self.operate(target, &who, label, req)).await;
+                        (label, route, Some((who, Some(line))), result, limit)
                     }
                     Ok(who) => {
                         let (result, limit) = self.operate(target, &who, label, req).await;
@@ -402,42 +392,83 @@ impl std::fmt::Display for ClientField {
 }
 
 /// The audit line of a chair-only call (target `ccgate::audit`, README "Audit log": a stable
-/// format). `decision` is ccgate's: `allowed` when the chairperson check let the call go to
-/// the gateway (whose answer is in `status` and `outcome`), `refused` otherwise; `reason` is
-/// the check's verdict, or the outcome that refused the call before any check (a rate limit,
-/// no session). No Guid, token or password: the subject is the token's `sub`.
-fn audit_line(
-    rid: &http::HeaderValue,
-    gateway: &str,
-    agent: &str,
-    label: MethodLabel,
-    audit: &Audit,
-    status: http::StatusCode,
-    outcome: Outcome,
-) {
-    let (decision, reason) = match audit.check {
-        Some(c) if matches!(c.verdict, ChairVerdict::Chair | ChairVerdict::UnknownForwarded) => {
-            ("allowed", c.verdict.as_str())
-        }
-        Some(c) => ("refused", c.verdict.as_str()),
-        None => ("refused", outcome.as_str()),
-    };
-    tracing::info!(
-        target: "ccgate::audit",
-        request_id = rid.to_str().unwrap_or("-"),
-        gateway,
-        agent,
-        subject = audit.subject.as_deref().unwrap_or("-"),
-        tenant = audit.tenant.as_deref().unwrap_or("-"),
-        method = label.as_str(),
-        conference = %ConferenceField(audit.check.and_then(|c| c.conference)),
-        decision,
-        reason,
-        status = status.as_u16(),
-        outcome = outcome.as_str(),
-        "chairperson check"
-    );
+/// format), armed once the token is verified. Written after the access line with the
+/// answer's status and outcome, or, when the request is dropped first (the client hung up,
+/// the connection's deadline passed, shutdown), by `Drop` with status 499 and outcome
+/// `cancelled`: a call sent to the gateway always leaves its line. Owns what it says, so it
+/// can say it from `Drop`. No Guid, token or password: the subject is the token's `sub`.
+struct AuditLine {
+    request_id: http::HeaderValue,
+    gateway: String,
+    agent: String,
+    subject: Option<Arc<str>>,
+    tenant: Option<String>,
+    method: MethodLabel,
+    trail: Arc<audit::Trail>,
+    written: bool,
 }
+
+impl AuditLine {
+    fn new(request_id: &http::HeaderValue, gateway: &str, who: &Principal, method: MethodLabel) -> Self {
+        Self {
+            request_id: request_id.clone(),
+            gateway: gateway.to_owned(),
+            agent: who.agent_id.clone(),
+            subject: who.subject.clone(),
+            tenant: who.tenant.as_deref().map(crate::session::view::printable),
+            method,
+            trail: Arc::default(),
+            written: false,
+        }
+    }
+
+    fn write(mut self, status: u16, outcome: &str) {
+        self.emit(status, outcome);
+        self.written = true;
+    }
+
+    /// `decision` is `allowed` when the call went to the gateway (whose answer is in
+    /// `status` and `outcome`), `refused` otherwise; `reason` is the check's verdict, or,
+    /// when the check let the call through but something else stopped it (a rate limit,
+    /// no session), that outcome.
+    fn emit(&self, status: u16, outcome: &str) {
+        let check = self.trail.check();
+        let forwarded = self.trail.forwarded();
+        let reason = match check {
+            Some(c) if forwarded || !matches!(c.verdict, ChairVerdict::Chair | ChairVerdict::UnknownForwarded) => {
+                c.verdict.as_str()
+            }
+            _ => outcome,
+        };
+        tracing::info!(
+            target: "ccgate::audit",
+            request_id = self.request_id.to_str().unwrap_or("-"),
+            gateway = %self.gateway,
+            agent = %self.agent,
+            subject = self.subject.as_deref().unwrap_or("-"),
+            tenant = self.tenant.as_deref().unwrap_or("-"),
+            method = self.method.as_str(),
+            conference = %ConferenceField(check.and_then(|c| c.conference)),
+            decision = if forwarded { "allowed" } else { "refused" },
+            reason,
+            status,
+            outcome,
+            "chairperson check"
+        );
+    }
+}
+
+impl Drop for AuditLine {
+    fn drop(&mut self) {
+        if !self.written {
+            self.emit(CLIENT_CLOSED, "cancelled");
+        }
+    }
+}
+
+/// The status an audit line records for a request dropped before it was answered (nginx's
+/// "client closed request").
+const CLIENT_CLOSED: u16 = 499;
 
 /// A conference id, or `-`.
 struct ConferenceField(Option<u64>);

@@ -87,7 +87,7 @@ label_enum! {
 }
 
 label_enum! {
-    /// What the chairperson check decided for a chair-only call; the `verdict` of its audit
+    /// What the chairperson check decided for a chair-only call; the `reason` of its audit
     /// line. `unknown_forwarded`: ccgate missed the conference events and
     /// `policy.on_unknown_chair = "forward"` lets the gateway judge; `unknown_denied`: the
     /// same with `"deny"`.

@@ -356,6 +356,9 @@ impl Core {
             // Until the verdict event, the agent is not chair: chair calls are refused locally.
             s.update_conf(|_| ConfState::Requested).await;
         }
+        if method.chair_only() {
+            audit::forwarding();
+        }
         let result = judge(s.call(method, body).await);
         match &result {
             Ok(_) if apply_success(s.conf(), method) != s.conf() => {

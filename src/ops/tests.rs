@@ -271,3 +271,37 @@ async fn operations_without_a_session_say_so() {
     }
     assert!(gw.seen().is_empty());
 }
+
+/// The audit trail of a chair-only call records the verdict that counted and whether the call
+/// was sent: a check passed at admission but a shared limit refusing after it leaves the call
+/// unsent (its audit line says `refused`, for the limit), never `allowed`.
+#[tokio::test(start_paused = true)]
+async fn the_audit_trail_says_sent_only_for_calls_that_reached_the_gateway() {
+    use crate::labels::ChairVerdict;
+    let gw = FakeGateway::new();
+    let global =
+        LimitConfig { method: "stopVoiceToConf".into(), scope: Scope::Global, rate: 0.01, burst: 1, shadow: false };
+    let core = core_with(&gw, settings(false), vec![global]);
+    // Unknown state with `forward`: the slow path, so the check runs before the shared limit.
+    let s = sign_in(&core).await;
+    s.update_conf(|_| ConfState::Unknown).await;
+    async fn run(core: &Core) -> (Answer, Arc<audit::Trail>) {
+        let trail = Arc::new(audit::Trail::default());
+        (trail.follow(core.run(&who(), STOP, stop())).await, trail)
+    }
+    let (first, trail) = run(&core).await;
+    assert!(first.result.is_ok(), "{:?}", first.result);
+    assert_eq!(trail.check().map(|c| c.verdict), Some(ChairVerdict::UnknownForwarded));
+    assert!(trail.forwarded());
+    let (second, trail) = run(&core).await;
+    assert!(matches!(second.result, Err(Failure::RateLimited(_))), "{:?}", second.result);
+    assert_eq!(trail.check().map(|c| c.verdict), Some(ChairVerdict::UnknownForwarded), "checked, then limited");
+    assert!(!trail.forwarded(), "not sent");
+    // A participant: refused by the check, with its conference.
+    s.update_conf(|_| ConfState::Participant { conf_id: 7 }).await;
+    let (third, trail) = run(&core).await;
+    assert!(matches!(third.result, Err(Failure::NotChairperson(_))), "{:?}", third.result);
+    assert_eq!(trail.check(), Some(audit::ChairCheck { conference: Some(7), verdict: ChairVerdict::NotChairperson }));
+    assert!(!trail.forwarded());
+    assert_eq!(gw.count(GatewayMethod::StopVoiceToConf), 1);
+}

@@ -91,8 +91,9 @@ impl Session {
     /// the change is made on the record (compare-and-set on its version, so a change another
     /// replica made first is never overwritten) and every replica sees it.
     pub async fn update_conf(&self, f: impl Fn(ConfState) -> ConfState + Sync) -> ConfState {
-        let before = self.conf();
-        let after = self.sharing.update_conf(self, &f).await;
+        // The change as made (to the record's state, with the shared store): one line per
+        // change, whichever replica makes it.
+        let (before, after) = self.sharing.update_conf(self, &f).await;
         audit_chair_change(&self.gateway_name, &self.agent_id, before, after);
         after
     }
@@ -433,7 +434,9 @@ fn audit_chair_change(gateway: &str, agent: &str, before: ConfState, after: Conf
         ConfState::Chair { conf_id } => Some(conf_id),
         _ => None,
     };
-    if chair(before) == chair(after) {
+    // A conference request is no change of chair until its verdict (a chair asking for
+    // another conference is refused by the gateway, and goes back).
+    if chair(before) == chair(after) || after == ConfState::Requested {
         return;
     }
     let conference = after.conf_id().or(before.conf_id());
@@ -475,13 +478,13 @@ impl LocalCopy for Session {
         self.conf.send_replace(conf);
     }
 
-    fn modify_conf(&self, f: &(dyn Fn(ConfState) -> ConfState + Sync)) -> ConfState {
-        let mut next = ConfState::Unknown;
+    fn modify_conf(&self, f: &(dyn Fn(ConfState) -> ConfState + Sync)) -> (ConfState, ConfState) {
+        let mut change = (ConfState::Unknown, ConfState::Unknown);
         self.conf.send_modify(|c| {
-            *c = f(*c);
-            next = *c;
+            change = (*c, f(*c));
+            *c = change.1;
         });
-        next
+        change
     }
 
     fn with_raw_auth<R>(&self, f: impl FnOnce(&str, &[String]) -> R) -> R {

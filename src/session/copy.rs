@@ -17,8 +17,8 @@ pub(crate) trait LocalCopy: Send + Sync {
     fn conf(&self) -> ConfState;
     /// Replaces the conference state (another replica's, or one just written).
     fn set_conf(&self, conf: ConfState);
-    /// Changes the conference state by `f` here; returns the new one.
-    fn modify_conf(&self, f: &(dyn Fn(ConfState) -> ConfState + Sync)) -> ConfState;
+    /// Changes the conference state by `f` here; returns the state it changed and the new one.
+    fn modify_conf(&self, f: &(dyn Fn(ConfState) -> ConfState + Sync)) -> (ConfState, ConfState);
 
     /// `f` on the Guid and cookies, under the lock new ones are taken in with.
     fn with_raw_auth<R>(&self, f: impl FnOnce(&str, &[String]) -> R) -> R;

@@ -317,7 +317,7 @@ impl Link {
         &self,
         s: &impl LocalCopy,
         f: &(dyn Fn(ConfState) -> ConfState + Sync),
-    ) -> ConfState {
+    ) -> (ConfState, ConfState) {
         let mut current = s.conf();
         let mut version = self.confv.load(Ordering::Acquire);
         for _ in 0..CONF_CAS_ATTEMPTS {
@@ -326,7 +326,7 @@ impl Link {
                 Ok(ConfWrite::Written(v)) => {
                     self.confv.store(v, Ordering::Release);
                     s.set_conf(next);
-                    return next;
+                    return (current, next);
                 }
                 Ok(ConfWrite::Conflict { version: v, conf }) => {
                     current = conf_of(&conf);

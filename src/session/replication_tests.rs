@@ -333,3 +333,23 @@ async fn events_queued_while_the_store_was_away_wait_for_the_record_to_be_put_ba
     let local: Vec<(u64, String)> = sa.events.since(0).events.iter().map(|e| (e.id, e.kind.to_string())).collect();
     assert_eq!(stream, local, "the stream holds what the apps here saw, with the same ids");
 }
+
+/// A change of conference state is the change one replica commits, applied to the record's
+/// state: a replica whose copy is stale makes no second "no longer chair" after another
+/// replica made it (so the audit line of a change is written once, by the one that made it).
+#[tokio::test(start_paused = true)]
+async fn a_change_another_replica_made_is_not_made_again() {
+    let (_hub, _gw, r) = cluster(2);
+    let sa = r[0].store.sign_in(AGENT, SignInOptions::default()).await.unwrap().0;
+    let sb = r[1].store.lookup(AGENT).await.unwrap();
+    sa.update_conf(|_| ConfState::Chair { conf_id: 7 }).await;
+    let end_chair = |c: ConfState| if matches!(c, ConfState::Chair { .. }) { ConfState::None } else { c };
+    // B's copy is stale (no conference); the change it commits is the record's chair ending.
+    assert_eq!(sb.conf(), ConfState::None);
+    let made = sb.sharing.update_conf(&*sb, &end_chair).await;
+    assert_eq!(made, (ConfState::Chair { conf_id: 7 }, ConfState::None));
+    // A's copy still says chair; the same change, applied to the record, changes nothing.
+    assert_eq!(sa.conf(), ConfState::Chair { conf_id: 7 });
+    let made = sa.sharing.update_conf(&*sa, &end_chair).await;
+    assert_eq!(made, (ConfState::None, ConfState::None));
+}

@@ -61,7 +61,13 @@ impl Sharing {
 
     /// Changes the conference state by `f` (on the record first, when shared: compare-and-set
     /// on its version, so a change another replica made first is never overwritten).
-    pub async fn update_conf(&self, s: &impl LocalCopy, f: &(dyn Fn(ConfState) -> ConfState + Sync)) -> ConfState {
+    /// Returns the state the change was applied to (the record's, with the shared store) and
+    /// the new one: the change that was made, whatever this copy said before.
+    pub async fn update_conf(
+        &self,
+        s: &impl LocalCopy,
+        f: &(dyn Fn(ConfState) -> ConfState + Sync),
+    ) -> (ConfState, ConfState) {
         match self {
             Self::InProcess => s.modify_conf(f),
             Self::Shared(link) => link.update_conf(s, f).await,

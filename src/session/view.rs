@@ -159,21 +159,36 @@ pub(crate) struct Remote {
 pub const COLUMNS: [&str; 10] =
     ["agent", "gateway", "state", "signed in", "conference", "chair", "polled by", "last event", "last error", "limit"];
 
-/// One agent of the `/agents` JSON as the cells of a table row, in [`COLUMNS`] order, as
-/// plain text (`-` for what is absent): the one reading of a view that the CLI and the status
-/// page share.
 /// `s` with every control character (C0, DEL, C1: escape sequences, newlines, carriage
-/// returns) and every bidirectional override replaced by `?`: what a gateway or a record in
-/// Redis supplied (event types, error texts) reaches an operator's terminal and page as text,
-/// never as a command to the terminal or a line of its own.
+/// returns), every bidirectional control and every invisible or line-breaking character
+/// replaced by `?`: what a gateway, a record in Redis or a token supplied (event types, error
+/// texts, a token's subject) reaches an operator's terminal, page and log as text, never as a
+/// command to the terminal or a line of its own.
 pub fn printable(s: &str) -> String {
-    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    // Controls; bidirectional overrides, isolates and marks; zero-width characters; the line
+    // and paragraph separators (a line break to some viewers).
+    let unsafe_char = |c: char| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{202A}'..='\u{202E}'
+                    | '\u{2066}'..='\u{2069}'
+                    | '\u{200B}'..='\u{200F}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{061C}'
+                    | '\u{FEFF}'
+            )
+    };
     if !s.chars().any(unsafe_char) {
         return s.to_owned();
     }
     s.chars().map(|c| if unsafe_char(c) { '?' } else { c }).collect()
 }
 
+/// One agent of the `/agents` JSON as the cells of a table row, in [`COLUMNS`] order, as
+/// plain text (`-` for what is absent): the one reading of a view that the CLI and the status
+/// page share.
 pub fn row(a: &serde_json::Value) -> [String; COLUMNS.len()] {
     use serde_json::Value;
     let text = |v: &Value| match v {
@@ -241,5 +256,15 @@ mod tests {
         assert_eq!(super::rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(super::rfc3339(1_796_526_487_600), "2026-12-06T03:08:07Z");
         assert_eq!(super::rfc3339(4_102_444_799_000), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn printable_keeps_text_and_replaces_what_would_act_or_hide() {
+        assert_eq!(super::printable("agent-153 Zoë 社"), "agent-153 Zoë 社");
+        // An escape sequence loses its escape, so it is text; the rest is replaced whole.
+        assert_eq!(super::printable("a\u{1b}[2Jb"), "a?[2Jb");
+        for bad in ['\n', '\r', '\u{202E}', '\u{2066}', '\u{200B}', '\u{200F}', '\u{2028}', '\u{FEFF}'] {
+            assert_eq!(super::printable(&format!("a{bad}b")), "a?b", "{bad:?}");
+        }
     }
 }

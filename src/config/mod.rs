@@ -276,12 +276,18 @@ impl Config {
         Ok(())
     }
 
-    /// The effective config as TOML, for `check-config`. Holds paths, never secrets: secrets
-    /// live in the files those paths name.
+    /// The effective config as TOML, for `check-config`: what `serve` would run, names
+    /// included (the one-gateway `[gateway]` shows the name it gets, `default`, as metrics,
+    /// logs and `/agents` call it). Holds paths, never secrets: secrets live in the files
+    /// those paths name.
     pub fn to_masked_toml(&self) -> String {
+        let mut effective = self.clone();
+        if effective.gateways.is_empty() && effective.gateway.name.is_empty() {
+            effective.gateway.name = DEFAULT_GATEWAY_NAME.into();
+        }
         // Secret fields serialize masked; any other URL (jwks_url, log.otlp_endpoint) loses its
         // user info and query.
-        mask_url_secrets(&toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n")))
+        mask_url_secrets(&toml::to_string_pretty(&effective).unwrap_or_else(|e| format!("# cannot render: {e}\n")))
     }
 }
 
@@ -313,6 +319,21 @@ file = "creds.toml"
         assert_eq!(c.gateway.url, DEFAULT_GATEWAY_URL);
         assert_eq!(c.auth.leeway_secs, DEFAULT_LEEWAY_SECS);
         assert_eq!(c.policy.on_unknown_chair, UnknownChair::Forward);
+    }
+
+    /// `check-config` prints what `serve` runs: the shorthand gateway's effective name, and a
+    /// config that reads back as the same gateways.
+    #[test]
+    fn the_printed_config_names_the_default_gateway_and_reads_back_the_same() {
+        let c = Config::from_toml_with_env(MINIMAL, env(&[])).unwrap();
+        assert_eq!(c.gateway.name, "", "the shorthand names none");
+        let printed = c.to_masked_toml();
+        assert!(printed.contains(&format!("name = \"{DEFAULT_GATEWAY_NAME}\"")), "{printed}");
+        let again = Config::from_toml_with_env(&printed, env(&[])).unwrap();
+        let names = |c: &Config| {
+            c.gateway_list().into_iter().map(|g| (g.name.clone(), g.namespace().to_owned())).collect::<Vec<_>>()
+        };
+        assert_eq!(names(&again), names(&c));
     }
 
     #[test]

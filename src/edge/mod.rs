@@ -291,7 +291,7 @@ impl Proxy {
                 self.refusals.refused(reason, auth.known_issuer(headers), client);
                 match reason {
                     // A valid token, for no gateway here: 403, not "get a new token".
-                    AuthFailureReason::NoGateway => Failure::NoGateway,
+                    AuthFailureReason::NoGateway => Failure::NoGateway(auth.gateway_claim()),
                     _ => Failure::Unauthenticated(reason),
                 }
             }

@@ -81,7 +81,7 @@ pub fn spec(f: &Failure) -> &'static Spec {
             Ccg("CCG-401")
         ),
         Failure::Forbidden(_) => row!(FORBIDDEN, Forbidden, "forbidden", "Forbidden", "forbidden", Ccg("CCG-403")),
-        Failure::NoGateway => row!(
+        Failure::NoGateway(_) => row!(
             FORBIDDEN,
             Forbidden,
             "no-gateway",
@@ -330,6 +330,11 @@ fn detail(f: &Failure) -> Cow<'static, str> {
                 .into()
         }
         Failure::MethodNotAllowed(allow) => format!("this route accepts {allow}").into(),
+        Failure::NoGateway(Some(claim)) => format!(
+            "the token's `{claim}` claim names no contact centre this ccgate serves (or one its provider's gateway \
+             contradicts); nothing was sent to any gateway"
+        )
+        .into(),
         Failure::Upstream(UpstreamError::BadStatus(s)) => format!("the CC-Gateway answered HTTP {}", s.as_u16()).into(),
         _ => spec(f).detail.into(),
     }
@@ -373,6 +378,9 @@ pub fn problem(f: &Failure, request_id: &HeaderValue) -> Response<Body> {
     }
     if let Failure::RateLimited(r) = f {
         body["limit"] = json!(r.name());
+    }
+    if let Failure::NoGateway(Some(claim)) = f {
+        body["claim"] = json!(&**claim);
     }
     respond(s.status, PROBLEM_JSON, Bytes::from(body.to_string()), f)
 }
@@ -614,7 +622,7 @@ mod tests {
             match f {
                 Failure::Unauthenticated(_)
                 | Failure::Forbidden(_)
-                | Failure::NoGateway
+                | Failure::NoGateway(_)
                 | Failure::NotChairperson(_)
                 | Failure::NoConference(_)
                 | Failure::NoSession
@@ -646,7 +654,8 @@ mod tests {
         vec![
             Failure::Unauthenticated(AuthFailureReason::Expired),
             Failure::Forbidden("x"),
-            Failure::NoGateway,
+            Failure::NoGateway(None),
+            Failure::NoGateway(Some("tenant".into())),
             Failure::NotChairperson(None),
             Failure::NoConference(None),
             Failure::NoSession,

@@ -21,7 +21,7 @@ pub enum Failure {
     /// The token is valid but names no contact centre ccgate serves, or two: ask the operator
     /// (`auth.gateway_claim` and each gateway's `tenants`, or the provider's `gateway`).
     #[error("the token is for no gateway ccgate serves")]
-    NoGateway,
+    NoGateway(Option<std::sync::Arc<str>>),
     /// The agent is not its conference's chairperson (`101-002`): refused by ccgate without
     /// calling the gateway (`None`), or by the gateway (its words).
     #[error("not the conference chairperson")]

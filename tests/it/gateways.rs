@@ -169,6 +169,9 @@ async fn two_contact_centres_share_a_work_number_and_nothing_else() {
         let r = call(&h, Method::POST, "/v1/session", &t, "").await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
         assert_eq!(problem(&r)["type"], "urn:ccgate:problem:no-gateway");
+        // It names the claim that matched no gateway (never the token's value).
+        assert_eq!(problem(&r)["claim"], "tenant", "{}", r.text);
+        assert!(problem(&r)["detail"].as_str().unwrap().contains("`tenant` claim"), "{}", r.text);
     }
     let r = call(&h, Method::PUT, "/agentgateway/resource/onlineagent/153", &token(&h, Some("t-gamma")), "{}").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "the pass-through face refuses it too: {}", r.text);

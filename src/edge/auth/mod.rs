@@ -316,6 +316,11 @@ impl Authenticator {
         client_of(&self.trusted, peer, headers).unwrap_or(peer.to_canonical())
     }
 
+    /// `auth.gateway_claim`, when set: what a `no-gateway` refusal names.
+    pub fn gateway_claim(&self) -> Option<std::sync::Arc<str>> {
+        self.routing.claim()
+    }
+
     /// The issuer of the request's bearer token, if it is one of the configured providers'
     /// (read without verifying: only a configured issuer is ever named, never the text of a
     /// token).

@@ -14,7 +14,7 @@ use crate::labels::AuthFailureReason as Reason;
 #[derive(Debug)]
 pub(super) struct Routing {
     /// `auth.gateway_claim` (`None`: not configured).
-    claim: Option<String>,
+    claim: Option<std::sync::Arc<str>>,
     /// Tenant value → gateway index.
     tenants: HashMap<String, usize>,
     /// Gateways configured; with one and nothing else configured, every token is for it.
@@ -34,8 +34,13 @@ impl Routing {
     pub(super) fn new(cfg: &AuthConfig, gateways: &[GatewayConfig]) -> Self {
         let tenants =
             gateways.iter().enumerate().flat_map(|(i, g)| g.tenants.iter().map(move |t| (t.clone(), i))).collect();
-        let claim = (!cfg.gateway_claim.is_empty()).then(|| cfg.gateway_claim.clone());
+        let claim = (!cfg.gateway_claim.is_empty()).then(|| cfg.gateway_claim.as_str().into());
         Self { claim, tenants, count: gateways.len().max(1) }
+    }
+
+    /// `auth.gateway_claim`, when set: the claim a `no-gateway` refusal names.
+    pub(super) fn claim(&self) -> Option<std::sync::Arc<str>> {
+        self.claim.clone()
     }
 
     /// The provider's gateway as an index (`None`: it names none, or one not running).
@@ -49,7 +54,7 @@ impl Routing {
         let by_claim = match &self.claim {
             None => None,
             Some(c) => {
-                let value = match claims.get(c) {
+                let value = match claims.get(&**c) {
                     Some(Value::String(s)) => Some(s.clone()),
                     Some(Value::Number(n)) => Some(n.to_string()),
                     _ => None,

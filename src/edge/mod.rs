@@ -224,7 +224,11 @@ impl Proxy {
             Ok(r) => r,
             Err(f) => {
                 log_failure(&f, label, rid);
-                let response = if passthrough_face { render::envelope(&f) } else { render::problem(&f, rid) };
+                let response = if passthrough_face {
+                    render::envelope(&f)
+                } else {
+                    render::problem(&f, rid, gateway.map(|g| self.core.gateway_name(g)))
+                };
                 (response, render::spec(&f).outcome)
             }
         };

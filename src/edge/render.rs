@@ -356,7 +356,9 @@ fn retcode_of(f: &Failure) -> Option<(&str, Option<i64>)> {
 
 /// The RFC 9457 problem response for the REST API. `instance` is the request id (also in
 /// `x-request-id` and the access line), so a problem an app reports leads to its log line.
-pub fn problem(f: &Failure, request_id: &HeaderValue) -> Response<Body> {
+/// `gateway`: the contact centre the token is for, when authenticated; a server-side problem
+/// (5xx) names it, so an app and an operator see which one failed.
+pub fn problem(f: &Failure, request_id: &HeaderValue, gateway: Option<&str>) -> Response<Body> {
     let s = spec(f);
     let mut body = json!({
         "type": format!("urn:ccgate:problem:{}", s.slug),
@@ -381,6 +383,9 @@ pub fn problem(f: &Failure, request_id: &HeaderValue) -> Response<Body> {
     }
     if let Failure::NoGateway(Some(claim)) = f {
         body["claim"] = json!(&**claim);
+    }
+    if let Some(g) = gateway.filter(|_| s.status.is_server_error()) {
+        body["gateway"] = json!(g);
     }
     respond(s.status, PROBLEM_JSON, Bytes::from(body.to_string()), f)
 }
@@ -562,7 +567,7 @@ mod tests {
         for (f, status, outcome) in cases {
             assert_eq!(spec(&f).status.as_u16(), status, "{f}");
             assert_eq!(spec(&f).outcome, outcome, "{f}");
-            assert_eq!(problem(&f, &HeaderValue::from_static("r1")).status().as_u16(), status, "{f}");
+            assert_eq!(problem(&f, &HeaderValue::from_static("r1"), None).status().as_u16(), status, "{f}");
         }
     }
 
@@ -577,10 +582,28 @@ mod tests {
             Failure::Overloaded(Overload::Files),
             Failure::Overloaded(Overload::SignInQueue),
         ] {
-            let r = problem(&f, &HeaderValue::from_static("r1"));
+            let r = problem(&f, &HeaderValue::from_static("r1"), None);
             assert_eq!(r.status().as_u16(), 503, "{f}");
             assert!(r.headers().contains_key(RETRY_AFTER), "{f}");
         }
+    }
+
+    /// A server-side problem names the contact centre the token is for; the app's own
+    /// mistakes (4xx) do not need it.
+    #[tokio::test]
+    async fn server_side_problems_name_the_gateway() {
+        use http_body_util::BodyExt;
+        let body = |f: &Failure| {
+            let r = problem(f, &HeaderValue::from_static("r1"), Some("acme"));
+            async move {
+                let bytes = r.into_body().collect().await.unwrap().to_bytes();
+                serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+            }
+        };
+        let down = body(&Failure::Upstream(UpstreamError::Unavailable("x".into()))).await;
+        assert_eq!(down["gateway"], "acme", "{down}");
+        assert_eq!(body(&Failure::SessionLost(None)).await["gateway"], "acme");
+        assert!(body(&Failure::NoSession).await.get("gateway").is_none());
     }
 
     #[test]

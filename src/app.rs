@@ -404,7 +404,7 @@ fn admin(
                         let q = crate::session::AgentQuery { gateway, agent };
                         serde_json::to_value(s.agents(&q).await).unwrap_or_default()
                     }
-                    None => serde_json::Value::Array(Vec::new()),
+                    None => serde_json::json!({"agents": [], "partial": false}),
                 }
             })
         })),

@@ -434,6 +434,9 @@ async fn agents(
     match id {
         None => {
             print!("{}", agents_table(v["agents"].as_array().map(Vec::as_slice).unwrap_or_default()));
+            if v["partial"] == true {
+                println!("partial view: the shared store could not be read; these are this replica's agents only");
+            }
             if let Some(store) = v["store"]["summary"].as_str() {
                 println!("store: {}", ccgate::session::view::printable(store));
             }
@@ -490,6 +493,7 @@ fn agent_detail(a: &serde_json::Value) -> String {
         ("agent", agent),
         ("gateway", gateway),
         ("state", state),
+        ("ended", text(&a["ended_at"])),
         ("signed in", signed_in),
         ("conference", conference),
         ("chairperson", chair),
@@ -504,6 +508,25 @@ fn agent_detail(a: &serde_json::Value) -> String {
     out.push_str(&format!("recent events ({}):\n", events.len()));
     for e in events {
         out.push_str(&format!("  {}  {}  {}\n", text(&e["at"]), text(&e["id"]), text(&e["type"])));
+    }
+    let requests = a["recent_requests"].as_array().map(Vec::as_slice).unwrap_or_default();
+    out.push_str(&format!("recent requests ({}, newest first):\n", requests.len()));
+    for r in requests {
+        let conference = r["conference"].as_u64().map(|c| format!("  conference {c}")).unwrap_or_default();
+        out.push_str(&format!(
+            "  {}  {}  {} {}  request {}{conference}\n",
+            text(&r["at"]),
+            text(&r["method"]),
+            text(&r["status"]),
+            text(&r["outcome"]),
+            text(&r["request_id"]),
+        ));
+    }
+    let endings = a["endings"].as_array().map(Vec::as_slice).unwrap_or_default();
+    out.push_str(&format!("endings ({}, newest first):\n", endings.len()));
+    for e in endings {
+        let replica = e["replica"].as_str().map(|_| format!("  on {}", text(&e["replica"]))).unwrap_or_default();
+        out.push_str(&format!("  {}  {} ({}){replica}\n", text(&e["at"]), text(&e["state"]), text(&e["reason"])));
     }
     out
 }

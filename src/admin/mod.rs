@@ -451,9 +451,12 @@ impl Admin {
     /// `GET /`: the status page.
     async fn status_page(&self) -> Response<Body> {
         let r = &self.readiness;
-        let agents = match &self.agents {
-            Some(f) => f(None, None).await.as_array().cloned().unwrap_or_default(),
-            None => Vec::new(),
+        let (agents, agents_partial) = match &self.agents {
+            Some(f) => {
+                let list = f(None, None).await;
+                (list["agents"].as_array().cloned().unwrap_or_default(), list["partial"] == true)
+            }
+            None => (Vec::new(), false),
         };
         let facts = status_page::Facts {
             ready: r.is_ready(),
@@ -468,6 +471,7 @@ impl Admin {
             certificate_expiry: self.metrics.certificate_expiry(),
             version: env!("CARGO_PKG_VERSION"),
             agents,
+            agents_partial,
             requests: self.metrics.request_totals(),
             refusals: self.metrics.auth_failure_totals(),
         };
@@ -504,11 +508,20 @@ impl Admin {
                 }
             }
         };
-        let view = agents(gateway, one.clone()).await;
+        let list = agents(gateway, one.clone()).await;
+        let partial = list["partial"] == true;
+        let view = &list["agents"];
         let Some(id) = one else {
-            return body::json(StatusCode::OK, &json!({"agents": view, "store": self.readiness.store_status()}));
+            return body::json(
+                StatusCode::OK,
+                &json!({"agents": view, "partial": partial, "store": self.readiness.store_status()}),
+            );
         };
         match view.as_array().map(Vec::as_slice).unwrap_or_default() {
+            [] if partial => body::json(
+                StatusCode::NOT_FOUND,
+                &json!({"error": format!("agent {id} is not known to this replica, and the shared store could not be read (a partial view)"), "partial": true}),
+            ),
             [] => body::json(StatusCode::NOT_FOUND, &json!({"error": format!("agent {id} is not known here")})),
             [agent] => body::json(StatusCode::OK, agent),
             several => {

@@ -28,6 +28,8 @@ pub struct Facts {
     pub version: &'static str,
     /// `GET /agents`' array.
     pub agents: Vec<Value>,
+    /// The shared store could not be read: the agents are this replica's alone.
+    pub agents_partial: bool,
     /// (method, outcome, count) since start.
     pub requests: Vec<(String, String, u64)>,
     /// (reason, count) since start.
@@ -123,7 +125,13 @@ th{{background:#f4f4f4}} .ok{{color:#176f2c;font-weight:600}} .bad{{color:#b0002
                 .unwrap_or_default(),
     );
     let heads: String = crate::session::view::COLUMNS.iter().map(|c| format!("<th>{c}</th>")).collect();
-    let _ = writeln!(h, r#"<h2>Agents ({})</h2><table id="agents"><tr>{heads}</tr>"#, f.agents.len());
+    let _ = writeln!(h, r#"<h2>Agents ({})</h2>"#, f.agents.len());
+    if f.agents_partial {
+        h.push_str(
+            r#"<p class="bad" id="agents-partial">Partial view: the shared store could not be read, so these are this replica's agents only.</p>"#,
+        );
+    }
+    let _ = writeln!(h, r#"<table id="agents"><tr>{heads}</tr>"#);
     for a in &f.agents {
         let cells = crate::session::view::row(a).map(|c| esc(&c));
         let _ = write!(h, r#"<tr data-agent="{}">"#, cells[0]);
@@ -184,6 +192,7 @@ mod tests {
             certificate_expiry: None,
             version: "0.2.0",
             agents,
+            agents_partial: false,
             requests: vec![
                 ("stopVoiceToConf".into(), "ok".into(), 3),
                 ("stopVoiceToConf".into(), "rejected".into(), 1),

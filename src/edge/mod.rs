@@ -36,6 +36,7 @@ use crate::ops::limits::LimitState;
 use crate::ops::{Core, Failure, Principal};
 use crate::server::body::Body;
 use crate::server::Handler;
+use crate::session::history::{ErrorNote, RequestNote};
 use auth::Authenticator;
 use route::Route;
 
@@ -179,12 +180,45 @@ impl Handler for Proxy {
         if let Some(line) = audit {
             line.write(response.status().as_u16(), outcome.as_str());
         }
+        if let (Some(g), Some(agent)) = (gateway, agent.as_deref()) {
+            self.note_request(g, agent, label, &rid, response.status().as_u16(), outcome);
+        }
         response.headers_mut().insert(X_REQUEST_ID.clone(), rid);
         response
     }
 }
 
 impl Proxy {
+    /// The agent's history keeps the request (`ccgate agents ID`), and, when ccgate refused
+    /// it or it failed here, notes it as the agent's last error. A refusal or failure the
+    /// gateway answered (`rejected`, `gateway_error`) is noted by the call itself, with the
+    /// gateway's retcode, which says more.
+    fn note_request(
+        &self,
+        g: usize,
+        agent: &str,
+        label: MethodLabel,
+        rid: &http::HeaderValue,
+        status: u16,
+        outcome: Outcome,
+    ) {
+        let at_ms = crate::clock::unix_ms();
+        let note = RequestNote {
+            method: label.as_str(),
+            status,
+            outcome: outcome.as_str(),
+            request_id: rid.clone(),
+            conference: None,
+            at_ms,
+        };
+        let error = (!matches!(outcome, Outcome::Ok | Outcome::Rejected | Outcome::GatewayError)).then(|| ErrorNote {
+            method: label.as_str(),
+            cause: outcome.as_str(),
+            at_ms,
+        });
+        self.core.note_request(g, agent, note, error);
+    }
+
     /// The phases from routing to rendering. Each face answers in its own language,
     /// decided by the path before anything else can fail.
     async fn serve(&self, req: Request<Incoming>, peer: std::net::IpAddr, rid: &http::HeaderValue) -> Handled {

@@ -43,12 +43,15 @@ label_enum! {
     /// `gateway_cookie` (a `Set-Cookie` past the session's jar bounds), `store_agent_id` (an
     /// agent id in Redis that is not a work number), `store_record` (a session record with a
     /// field that fails validation), `store_event` (a stream entry that fails validation),
-    /// `pending_event` (recorded while Redis was away, dropped from the full pending queue).
+    /// `pending_event` (recorded while Redis was away, dropped from the full pending queue),
+    /// `journal_entry` (an agent's ending that did not reach the journal in Redis, or an
+    /// entry read from it that fails validation).
     Discarded {
         GatewayCookie => "gateway_cookie",
         StoreAgentId => "store_agent_id",
         StoreRecord => "store_record",
         StoreEvent => "store_event",
         PendingEvent => "pending_event",
+        JournalEntry => "journal_entry",
     }
 }

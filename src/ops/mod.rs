@@ -24,6 +24,7 @@ use crate::gateway::{GatewayMethod, GatewayRefusal, GatewayReply};
 use crate::labels::MethodLabel;
 use crate::session::conference::apply_success;
 use crate::session::events::BufferedEvent;
+use crate::session::history::{ErrorNote, RequestNote};
 use crate::session::{ConfState, Gateways, Listening, Session, SessionError, SessionStore, SignInOptions, Snapshot};
 pub use failure::{Failure, Overload};
 use limits::{LimitState, Limits, Tier};
@@ -128,6 +129,11 @@ pub struct Core {
 impl Core {
     pub fn new(gateways: Arc<Gateways>, limits: Arc<Limits>, settings: CoreSettings) -> Self {
         Self { gateways, limits: Arc::new(ArcSwap::new(limits)), settings: Arc::new(ArcSwap::from_pointee(settings)) }
+    }
+
+    /// A request the edge answered for an agent of gateway `i`, for the agent's history.
+    pub fn note_request(&self, i: usize, agent: &str, r: RequestNote, error: Option<ErrorNote>) {
+        self.gateways.get(i).note_request(agent, r, error);
     }
 
     /// Gateway `i`'s name (logs).

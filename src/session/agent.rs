@@ -19,6 +19,7 @@ use super::conference::ConfState;
 use super::copy::LocalCopy;
 use super::error::{Ended, GuidVerdict, SessionError};
 use super::events::{BufferedEvent, EventBuffer};
+use super::history::{Activity, EndKind, Ending, ErrorNote, History, RequestNote};
 use super::limit_snapshot::LimitSnapshot;
 use super::sharing::{SharedCopy, Sharing};
 use crate::gateway::wire::{merge_cookies, session_auth};
@@ -62,9 +63,11 @@ pub struct Session {
     pub(super) metrics: Metrics,
     /// When the agent was signed in (Unix ms; 0 when unknown: a record of an older ccgate).
     pub signed_in_at_ms: u64,
-    /// The last call the gateway refused or failed: what (a retcode, or a failure kind) and
-    /// when (Unix ms). For the admin's agent view; written only on failures.
-    pub(super) last_error: Mutex<Option<(&'static str, u64)>>,
+    /// The agent's last requests and its last error (which call, and why), for the admin's
+    /// agent view and, when the session ends, its history.
+    pub(super) activity: Mutex<Activity>,
+    /// The gateway's history of endings, which this session joins when it is lost.
+    pub(super) history: Arc<History>,
     /// The tightest rate limit at the agent's last limited request (the agent view's).
     pub(super) last_limit: Mutex<Option<LimitSnapshot>>,
     /// What the session shares with other replicas, and how.
@@ -258,12 +261,12 @@ impl Session {
         let reply = match self.gateway.call(req).await {
             Ok(reply) => reply,
             Err(e) => {
-                self.note_error(crate::labels::UpstreamErrorKind::from(&e).as_str());
+                self.note_error(method, crate::labels::UpstreamErrorKind::from(&e).as_str());
                 return Err(e);
             }
         };
         if !reply.envelope.is_success() {
-            self.note_error(reply.envelope.code().as_str());
+            self.note_error(method, reply.envelope.code().as_str());
         }
         let mut replaced = self.take_credentials(reply.set_guid.as_deref(), &reply.cookies);
         let env = &reply.envelope;
@@ -285,8 +288,33 @@ impl Session {
         Ok((reply, refusal))
     }
 
-    fn note_error(&self, what: &'static str) {
-        *lock(&self.last_error) = Some((what, crate::clock::unix_ms()));
+    /// A gateway call of this session failed: `cause` is its retcode or failure kind.
+    fn note_error(&self, method: GatewayMethod, cause: &'static str) {
+        let e = ErrorNote { method: method.log_name(), cause, at_ms: crate::clock::unix_ms() };
+        lock(&self.activity).note_error(e);
+    }
+
+    /// A request the edge answered for this agent; `error`, when it went wrong here (the
+    /// gateway's own refusals are noted by the call itself, with the gateway's retcode).
+    pub fn note_request(&self, r: RequestNote, error: Option<ErrorNote>) {
+        let mut a = lock(&self.activity);
+        a.note_request(r);
+        if let Some(e) = error {
+            a.note_error(e);
+        }
+    }
+
+    /// The agent's activity as its history keeps it: the last requests and error.
+    pub fn activity<T>(&self, f: impl FnOnce(&Activity) -> T) -> T {
+        f(&lock(&self.activity))
+    }
+
+    /// Records how the session ended in the gateway's history, with its activity.
+    pub(super) fn record_ending(&self, kind: EndKind, reason: &str) {
+        let mut e = Ending::new(&self.agent_id, kind, reason, crate::clock::unix_ms());
+        e.signed_in_at_ms = self.signed_in_at_ms;
+        let e = self.activity(|a| e.with_activity(a));
+        self.history.record(e);
     }
 
     /// Records the tightest rate limit's state at this request (for the agent view).
@@ -297,11 +325,6 @@ impl Session {
     /// The tightest rate limit's state at the last limited request.
     pub fn last_limit(&self) -> Option<LimitSnapshot> {
         lock(&self.last_limit).clone()
-    }
-
-    /// The last call the gateway refused or failed: what and when (Unix ms).
-    pub fn last_error(&self) -> Option<(&'static str, u64)> {
-        *lock(&self.last_error)
     }
 
     /// Takes a new Guid and cookies. Every new Guid counts, in static and dynamic mode alike,
@@ -371,6 +394,7 @@ impl Session {
         }
         tracing::warn!(agent = %self.agent_id, reason = reason.as_str(), "gateway session lost");
         self.metrics.count_session_loss(reason);
+        self.record_ending(EndKind::Lost, reason.as_str());
         true
     }
 

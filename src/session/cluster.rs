@@ -20,7 +20,7 @@ use super::sharing::{SharedCopy, Sharing};
 use super::view::Remote;
 use crate::gateway::UpstreamError;
 use crate::labels::LossReason;
-use crate::shared::{Change, CreateMode, Lease, NewRecord, OpLock, Record, RecordState, SharedStore};
+use crate::shared::{Change, CreateMode, Lease, NewRecord, OpLock, Record, RecordState, SharedStore, StoreError};
 use crate::sync::lock;
 
 /// Orphaned agents taken over per maintenance round (the rest wait for the next round).
@@ -96,6 +96,10 @@ pub(crate) struct Cluster {
 impl Cluster {
     pub(crate) fn new(store: Arc<dyn SharedStore>, op_wait: Duration) -> Self {
         Self { store, op_wait, store_was_away: AtomicBool::new(false), takeovers_after: Mutex::new(None) }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn SharedStore> {
+        &self.store
     }
 
     /// A link for a session this replica has just signed in, recorded in the store.
@@ -505,20 +509,19 @@ impl Cluster {
 
     /// Agents the cluster knows that are not in `known` (this replica's copies): each with
     /// its record and the replica polling it. `one`: that agent only. At most `max`.
-    pub(crate) async fn remote_agents(&self, one: Option<&str>, known: &[String], max: usize) -> Vec<Remote> {
+    pub(crate) async fn remote_agents(
+        &self,
+        one: Option<&str>,
+        known: &[String],
+        max: usize,
+    ) -> Result<Vec<Remote>, StoreError> {
         let agents = match one {
             Some(a) => vec![a.to_owned()],
-            None => match self.store.indexed_agents(max).await {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::debug!(error = %e, "shared store away; the agents view shows this replica's only");
-                    return Vec::new();
-                }
-            },
+            None => self.store.indexed_agents(max).await?,
         };
         let mut out = Vec::new();
         for agent in agents.into_iter().filter(|a| !known.contains(a)) {
-            let Ok(Some(record)) = self.store.load(&agent).await else { continue };
+            let Some(record) = self.store.load(&agent).await? else { continue };
             let polled_by = self.store.lease_holder(&agent).await.ok().flatten();
             let state = match record.state {
                 RecordState::Active => "active".to_owned(),
@@ -528,7 +531,7 @@ impl Cluster {
             let conf = serde_json::from_str(&record.conf).unwrap_or(ConfState::Unknown);
             out.push(Remote { agent, state, signed_in_at_ms: record.since, conf, polled_by });
         }
-        out
+        Ok(out)
     }
 
     /// Who polls an agent this replica holds a copy of, and whether it is this replica.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::store::{SessionStore, MAX_AGENTS_LISTED};
-use super::view::AgentView;
+use super::view::Listing;
 
 /// The configured gateways' stores, in config order (never empty).
 pub struct Gateways {
@@ -79,14 +79,17 @@ impl Gateways {
 
     /// The admin's view: every gateway's agents (at most [`MAX_AGENTS_LISTED`] in all),
     /// sorted by gateway in config order, then work number; or those `q` names.
-    pub async fn agents(&self, q: &AgentQuery) -> Vec<AgentView> {
-        let mut all = Vec::new();
+    /// `partial` when a gateway's list is its replica's alone (the shared store away).
+    pub async fn agents(&self, q: &AgentQuery) -> Listing {
+        let mut all = Listing::default();
         for s in &self.stores {
             if q.gateway.as_deref().is_some_and(|g| g != &*s.identity.name) {
                 continue;
             }
-            let room = MAX_AGENTS_LISTED.saturating_sub(all.len());
-            all.extend(s.agents(q.agent.as_deref()).await.into_iter().take(room));
+            let room = MAX_AGENTS_LISTED.saturating_sub(all.agents.len());
+            let one = s.agents(q.agent.as_deref()).await;
+            all.partial |= one.partial;
+            all.agents.extend(one.agents.into_iter().take(room));
         }
         all
     }

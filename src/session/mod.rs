@@ -25,6 +25,7 @@ pub mod credentials;
 mod error;
 pub mod events;
 mod gateways;
+pub mod history;
 mod limit_snapshot;
 mod link;
 mod pacing;

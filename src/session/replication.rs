@@ -49,6 +49,14 @@ impl Replication {
         }
     }
 
+    /// The shared store, when there is one.
+    pub(crate) fn shared_store(&self) -> Option<Arc<dyn SharedStore>> {
+        match self {
+            Self::InProcess => None,
+            Self::Shared { cluster, .. } => Some(cluster.store().clone()),
+        }
+    }
+
     /// The cluster, for tests that drive maintenance rounds themselves.
     #[cfg(test)]
     pub(crate) fn cluster(&self) -> Option<&Arc<Cluster>> {
@@ -132,9 +140,15 @@ impl Replication {
     }
 
     /// Agents other replicas hold (nothing, in process): see [`Cluster::remote_agents`].
-    pub(crate) async fn remote_agents(&self, one: Option<&str>, known: &[String], max: usize) -> Vec<Remote> {
+    /// An error: the store could not be read, so the view is this replica's alone.
+    pub(crate) async fn remote_agents(
+        &self,
+        one: Option<&str>,
+        known: &[String],
+        max: usize,
+    ) -> Result<Vec<Remote>, crate::shared::StoreError> {
         match self {
-            Self::InProcess => Vec::new(),
+            Self::InProcess => Ok(Vec::new()),
             Self::Shared { cluster, .. } => cluster.remote_agents(one, known, max).await,
         }
     }

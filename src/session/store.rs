@@ -20,11 +20,12 @@ use super::conference::ConfState;
 use super::credentials::CredentialStore;
 use super::error::{Ended, SessionError};
 use super::events::EventBuffer;
+use super::history::{Activity, EndKind, Ending, ErrorEntry, ErrorNote, History, RequestNote};
 use super::pacing::{Pacer, SignInGate};
 use super::poller::{self, Poller};
 use super::replication::Replication;
 use super::sharing::Sharing;
-use super::view::AgentView;
+use super::view::{AgentView, EndingView, Listing};
 use crate::clock::unix_ms;
 use crate::config::{ms, SessionsConfig, ShutdownMode};
 use crate::gateway::wire::session_auth;
@@ -35,11 +36,15 @@ use crate::labels::{SessionState, SigninResult, SignoutTrigger};
 use crate::log_budget::LogBudget;
 use crate::metrics::Metrics;
 use crate::shared::SharedStore;
+use crate::shared::JOURNAL_MAX;
 use crate::sync::lock;
 
 /// Agents one view lists at most: every agent of a full replica (`sessions.max_agents`'s
 /// default), and a bound on what one admin request costs.
 pub const MAX_AGENTS_LISTED: usize = 10_000;
+
+/// Endings one agent's view lists: a shift's worth of sign-ins and losses.
+const RECENT_ENDINGS: usize = 10;
 
 /// The outcome of one sign-in, shared by everyone who waited for it.
 type Flight = watch::Receiver<Option<Result<(Arc<Session>, bool), SessionError>>>;
@@ -125,6 +130,8 @@ pub struct SessionStore {
     repoll: Pacer,
     /// The budget of the pollers' failure lines.
     poll_warnings: LogBudget,
+    /// How this gateway's agents' sessions ended (`history.rs`).
+    history: Arc<History>,
 }
 
 impl SessionStore {
@@ -157,13 +164,14 @@ impl SessionStore {
             slots: Mutex::new(HashMap::new()),
             gateway,
             creds: ArcSwap::from_pointee(creds),
-            metrics,
+            metrics: metrics.clone(),
             event_ids: Arc::new(AtomicU64::new(0)),
             me: me.clone(),
             replication: Replication::new(shared, op_wait, on_shutdown),
             signin_gate: SignInGate::new(cfg.signin_concurrency, cfg.signin_queue),
             repoll: Pacer::new(cfg.repoll_rate),
             poll_warnings: LogBudget::default(),
+            history: History::new(metrics.clone()),
             cfg,
         })
     }
@@ -171,6 +179,9 @@ impl SessionStore {
     /// Follows the other replicas (with the shared store), for the process's life.
     pub fn start_replication(self: &Arc<Self>) {
         let _in = self.span.enter();
+        if let Some(store) = self.replication.shared_store() {
+            self.history.journal_to(store);
+        }
         self.replication.start(Arc::downgrade(self));
     }
 
@@ -241,6 +252,7 @@ impl SessionStore {
             return Ok(());
         }
         self.metrics.count_signin(SigninResult::NoCredentials);
+        self.record_failed_sign_in(agent, &SessionError::NoCredentials);
         Err(SessionError::NoCredentials)
     }
 
@@ -326,7 +338,39 @@ impl SessionStore {
         }
         .await;
         self.replication.unlock(agent, lock).await;
+        if let Err(e) = &result {
+            self.record_failed_sign_in(agent, e);
+        }
         result
+    }
+
+    /// A sign-in that failed joins the history, so an operator sees it and why.
+    fn record_failed_sign_in(&self, agent: &str, e: &SessionError) {
+        let reason = match e {
+            SessionError::NoSession | SessionError::Lost => return,
+            SessionError::AlreadySignedIn(_) => "already_signed_in",
+            SessionError::NoCredentials => "no_credentials",
+            SessionError::Refused(r) => Retcode::parse(&r.retcode).as_str(),
+            SessionError::Upstream(u) => crate::labels::UpstreamErrorKind::from(u).as_str(),
+            SessionError::AtCapacity => "at_capacity",
+            SessionError::FileLimit => "file_limit",
+            SessionError::SignInQueueFull => "queue_full",
+            SessionError::Store(_) => "store_unavailable",
+            SessionError::Unconfirmed => "unconfirmed",
+            SessionError::Internal(_) => "internal",
+        };
+        let mut ending = Ending::new(agent, EndKind::SignInFailed, reason, unix_ms());
+        // Whatever the agent asked of this replica before, with the error of the sign-in
+        // itself (the gateway's retcode when it answered).
+        if let Some(s) = self.current(agent) {
+            ending = s.activity(|a| ending.with_activity(a));
+        }
+        ending.last_error = Some(ErrorEntry {
+            method: GatewayMethod::Login.log_name().into(),
+            cause: reason.into(),
+            at_ms: ending.at_ms,
+        });
+        self.history.record(ending);
     }
 
     /// The gateway part of a sign-in: the body (from the credentials file unless the caller
@@ -536,7 +580,8 @@ impl SessionStore {
             poller: Mutex::new(None),
             metrics: self.metrics.clone(),
             signed_in_at_ms,
-            last_error: Mutex::new(None),
+            activity: Mutex::new(Activity::default()),
+            history: self.history.clone(),
             last_limit: Mutex::new(None),
             sharing,
         }))
@@ -557,7 +602,7 @@ impl SessionStore {
         let slot = self.existing_slot(agent).ok_or(SessionError::NoSession)?;
         let _op = slot.op.lock().await;
         let session = slot.session.load_full().ok_or(SessionError::NoSession)?;
-        let result = self.sign_out_locked(&slot, &session, method).await;
+        let result = self.sign_out_locked(&slot, &session, method, SignoutTrigger::App).await;
         if let Err(e) = &result {
             tracing::warn!(agent, error = %e, "sign-out failed; the session stays");
             self.metrics.count_signout_failure(SignoutTrigger::App);
@@ -574,6 +619,7 @@ impl SessionStore {
         slot: &Slot,
         session: &Arc<Session>,
         method: GatewayMethod,
+        trigger: SignoutTrigger,
     ) -> Result<Bytes, SessionError> {
         if session.ended().is_some() {
             // Lost already: nothing left to tell the gateway; answer as it answers a sign-out.
@@ -591,7 +637,9 @@ impl SessionStore {
         tracing::info!(agent = %session.agent_id, "agent signed out");
         // A session lost while the logout was in flight leaves the `lost` gauge in `forget`.
         self.forget(slot, session);
-        session.end(Ended::SignedOut);
+        if session.end(Ended::SignedOut) {
+            session.record_ending(EndKind::SignedOut, trigger.as_str());
+        }
         self.record_sign_out(session).await;
         Ok(reply.body)
     }
@@ -633,7 +681,7 @@ impl SessionStore {
                     self.metrics.count_idle_signout();
                     counted = true;
                 }
-                match self.sign_out_locked(&slot, &session, GatewayMethod::Logout).await {
+                match self.sign_out_locked(&slot, &session, GatewayMethod::Logout, SignoutTrigger::Idle).await {
                     Ok(_) => return,
                     Err(e) => {
                         tracing::warn!(agent = %session.agent_id, error = %e, retry_ms = backoff.as_millis() as u64, "idle sign-out failed; retrying");
@@ -677,7 +725,8 @@ impl SessionStore {
                     let Some(s) = slot.session.load_full() else { return false };
                     let mut backoff = settings.backoff;
                     loop {
-                        let Err(e) = me.sign_out_locked(&slot, &s, GatewayMethod::Logout).await else { return false };
+                        let signed_out = me.sign_out_locked(&slot, &s, GatewayMethod::Logout, SignoutTrigger::Shutdown);
+                        let Err(e) = signed_out.await else { return false };
                         me.metrics.count_signout_failure(SignoutTrigger::Shutdown);
                         if Instant::now() + backoff >= deadline {
                             tracing::warn!(agent = %s.agent_id, error = %e, "sign-out at shutdown failed; out of time");
@@ -699,10 +748,12 @@ impl SessionStore {
         left
     }
 
-    /// What the admin shows of the agents: every agent this replica holds and, with the shared
-    /// store, every other agent the cluster knows (at most [`MAX_AGENTS_LISTED`] in all);
-    /// with `one`, that agent only, with its recent events. Sorted by work number.
-    pub async fn agents(&self, one: Option<&str>) -> Vec<AgentView> {
+    /// What the admin shows of the agents: every agent this replica holds, with the shared
+    /// store every other agent the cluster knows, and every agent whose session ended within
+    /// the history's bounds (at most [`MAX_AGENTS_LISTED`] in all); with `one`, that agent
+    /// only, with its recent events, requests and endings. Sorted by work number. `partial`
+    /// when the shared store could not be read: the list is then this replica's alone.
+    pub async fn agents(&self, one: Option<&str>) -> Listing {
         let local: Vec<Arc<Session>> = match one {
             Some(agent) => self.current(agent).into_iter().collect(),
             None => lock(&self.slots).values().filter_map(|s| s.session.load_full()).take(MAX_AGENTS_LISTED).collect(),
@@ -714,13 +765,93 @@ impl SessionStore {
         }
         let known: Vec<String> = local.iter().map(|s| s.agent_id.clone()).collect();
         let room = MAX_AGENTS_LISTED.saturating_sub(views.len()) + known.len();
-        for remote in self.replication.remote_agents(one, &known, room).await {
-            if views.len() < MAX_AGENTS_LISTED {
-                views.push(AgentView::of_remote(&self.identity.name, remote));
+        let mut partial = false;
+        match self.replication.remote_agents(one, &known, room).await {
+            Ok(remote) => {
+                for r in remote.into_iter().take(MAX_AGENTS_LISTED.saturating_sub(views.len())) {
+                    views.push(AgentView::of_remote(&self.identity.name, r));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "shared store away; the agents view shows this replica's only");
+                partial = true;
             }
         }
+        let (endings, complete) = self.endings(one).await;
+        partial |= !complete;
+        self.add_history(&mut views, &endings, one.is_some());
         views.sort_by_key(|v| v.agent.parse::<u32>().unwrap_or(u32::MAX));
-        views
+        Listing { agents: views, partial }
+    }
+
+    /// The endings of this gateway's agents (of `one` only, if given), newest first: from
+    /// the shared store's journal with this replica's own that it lacks (one the writer
+    /// could not send yet), or this replica's alone, and `false`, when the store is away.
+    async fn endings(&self, one: Option<&str>) -> (Vec<Ending>, bool) {
+        let kept = self.history.kept(one, JOURNAL_MAX);
+        let Some(store) = self.replication.shared_store() else { return (kept, true) };
+        match self.history.journaled(&*store, one, JOURNAL_MAX).await {
+            Ok(mut all) => {
+                for e in kept {
+                    if !all.iter().any(|j| j.agent == e.agent && j.at_ms == e.at_ms && j.state == e.state) {
+                        all.push(e);
+                    }
+                }
+                all.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
+                all.truncate(JOURNAL_MAX);
+                (all, true)
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "shared store away; the agents' history is this replica's only");
+                (kept, false)
+            }
+        }
+    }
+
+    /// Completes `views` from the agents' endings (newest first): an agent shown without a
+    /// live session gets when and why it ended; an agent not shown at all (no replica holds
+    /// it any more) is shown from its newest ending. With `detail`, every ending is listed.
+    fn add_history(&self, views: &mut Vec<AgentView>, endings: &[Ending], detail: bool) {
+        for v in views.iter_mut() {
+            let Some(newest) = endings.iter().find(|e| e.agent == v.agent) else { continue };
+            if detail {
+                v.endings = Some(
+                    endings.iter().filter(|e| e.agent == v.agent).take(RECENT_ENDINGS).map(EndingView::of).collect(),
+                );
+            }
+            if v.state != "active" && newest.at_ms >= v.signed_in_at_ms() {
+                v.take_ending(newest, detail);
+            }
+        }
+        let mut shown: std::collections::HashSet<String> = views.iter().map(|v| v.agent.clone()).collect();
+        for e in endings {
+            if views.len() >= MAX_AGENTS_LISTED {
+                break;
+            }
+            if !shown.insert(e.agent.clone()) {
+                continue;
+            }
+            let mut v = AgentView::of_ending(&self.identity.name, e, detail);
+            if detail {
+                v.endings = Some(
+                    endings.iter().filter(|x| x.agent == e.agent).take(RECENT_ENDINGS).map(EndingView::of).collect(),
+                );
+            }
+            views.push(v);
+        }
+    }
+
+    /// A request the edge answered for `agent`: it joins the agent's activity (its session
+    /// here, or its newest ending when it has none). `error`: what went wrong here, if
+    /// anything did (see [`Session::note_request`]).
+    pub fn note_request(&self, agent: &str, mut r: RequestNote, error: Option<ErrorNote>) {
+        match self.current(agent) {
+            Some(s) => {
+                r.conference = r.conference.or_else(|| s.conf().conf_id());
+                s.note_request(r, error);
+            }
+            None => self.history.note_request(agent, &r, error),
+        }
     }
 
     /// Agents with a live session here.

@@ -1,24 +1,37 @@
 //! What the admin listener shows of each agent (`GET /agents`, `GET /agents/{id}`,
 //! `ccgate agents`): gateway and work number, state, when it signed in, its conference, who
-//! polls it, its last event and last gateway error. Never a Guid, cookie or password: the
-//! view is built from named fields, not from the session's debug output.
+//! polls it, its last event and last error (which call, and why); with `/agents/{id}`, its
+//! last requests, events and endings. An agent whose session ended (signed out, lost, a
+//! failed sign-in) is shown from its history (`history.rs`). Never a Guid, cookie or
+//! password: the view is built from named fields, not from the session's debug output.
 
 use serde::Serialize;
 
 use super::agent::Session;
 use super::conference::ConfState;
 use super::error::Ended;
+use super::history::{Ending, ErrorEntry, RequestEntry};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentView {
     /// The gateway's name (`name` of its `[[gateways]]` entry, `default` for `[gateway]`).
     pub gateway: String,
     pub agent: String,
-    /// `active`, `lost:REASON` or `signed_out`.
+    /// `active`, `lost:REASON`, `signed_out` or `signin_failed`.
     pub state: String,
+    /// When the session ended (or the sign-in failed), from the agent's history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    /// Why: who signed it out (`app`, `idle`, `shutdown`), the loss reason, or why the sign-in
+    /// failed (`no_credentials`, a retcode, a transport failure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// RFC 3339, UTC; absent when unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signed_in_at: Option<String>,
+    /// The same in Unix ms (0: unknown), to tell an ending of this session from one before.
+    #[serde(skip)]
+    signed_in_ms: u64,
     pub conference: ConfState,
     /// `true` chair, `false` not, `null` unknown (missed events).
     pub chairperson: Option<bool>,
@@ -36,6 +49,62 @@ pub struct AgentView {
     /// With `GET /agents/{id}`: the newest events, by type and time (no payload).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recent_events: Option<Vec<EventView>>,
+    /// With `GET /agents/{id}`: the agent's last requests to this replica, newest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recent_requests: Option<Vec<RequestView>>,
+    /// With `GET /agents/{id}`: how its earlier sessions ended, newest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endings: Option<Vec<EndingView>>,
+}
+
+/// One of the agent's requests.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestView {
+    pub method: String,
+    pub status: u16,
+    pub outcome: String,
+    pub request_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conference: Option<u64>,
+    pub at: String,
+}
+
+impl RequestView {
+    fn of(r: &RequestEntry) -> Self {
+        Self {
+            method: r.method.clone(),
+            status: r.status,
+            outcome: r.outcome.clone(),
+            request_id: r.request_id.clone(),
+            conference: r.conference,
+            at: rfc3339(r.at_ms),
+        }
+    }
+}
+
+/// One ending of the agent's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct EndingView {
+    pub state: String,
+    pub reason: String,
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_in_at: Option<String>,
+    /// The replica that saw it (its name in the shared store).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+}
+
+impl EndingView {
+    pub(super) fn of(e: &Ending) -> Self {
+        Self {
+            state: e.state.clone(),
+            reason: e.reason.clone(),
+            at: rfc3339(e.at_ms),
+            signed_in_at: known_time(e.signed_in_at_ms),
+            replica: e.replica.clone(),
+        }
+    }
 }
 
 /// The tightest limit at the last limited request: `remaining` of `quota` per `window_secs`,
@@ -52,9 +121,19 @@ pub struct LimitView {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LastError {
-    /// A retcode (`100-007`) or a transport failure (`timeout`, `unavailable`, ...).
-    pub what: &'static str,
+    /// The call that failed: a gateway method's log name (`stopVoiceToConf`, or the
+    /// poller's `getEvents`/`updateGuid`) or the app API's (`signIn`).
+    pub method: String,
+    /// Why: a retcode (`100-007`), a transport failure (`timeout`, `unavailable`, ...) or
+    /// ccgate's own refusal (`not_chairperson`, `rate_limited`, ...).
+    pub what: String,
     pub at: String,
+}
+
+impl LastError {
+    fn of(e: &ErrorEntry) -> Self {
+        Self { method: e.method.clone(), what: e.cause.clone(), at: rfc3339(e.at_ms) }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +169,7 @@ impl AgentView {
         detail: bool,
     ) -> Self {
         let conf = s.conf();
+        let (requests, last_error) = s.activity(|a| (detail.then(|| a.requests()), a.last_error()));
         Self {
             gateway: gateway.to_owned(),
             agent: s.agent_id.clone(),
@@ -98,13 +178,16 @@ impl AgentView {
                 Some(Ended::Lost(reason)) => format!("lost:{}", reason.as_str()),
                 Some(Ended::SignedOut) => "signed_out".into(),
             },
+            ended_at: None,
+            reason: None,
             signed_in_at: known_time(s.signed_in_at_ms),
+            signed_in_ms: s.signed_in_at_ms,
             conference: conf,
             chairperson: chair(conf),
             polled_by,
             polled_here,
             last_event_at: s.events.last_at_ms().map(rfc3339),
-            last_error: s.last_error().map(|(what, at)| LastError { what, at: rfc3339(at) }),
+            last_error: last_error.as_ref().map(LastError::of),
             limit: s.last_limit().map(|l| LimitView {
                 limit: l.limit.to_string(),
                 quota: l.quota,
@@ -120,6 +203,31 @@ impl AgentView {
                     .map(|(id, kind, at)| EventView { id, kind: kind.to_string(), at: rfc3339(at) })
                     .collect()
             }),
+            recent_requests: requests.map(|r| r.iter().rev().map(RequestView::of).collect()),
+            endings: None,
+        }
+    }
+
+    /// An agent no replica holds a session of, from its newest ending.
+    pub(super) fn of_ending(gateway: &str, e: &Ending, detail: bool) -> Self {
+        Self {
+            gateway: gateway.to_owned(),
+            agent: e.agent.clone(),
+            state: e.state.clone(),
+            ended_at: Some(rfc3339(e.at_ms)),
+            reason: Some(e.reason.clone()),
+            signed_in_at: known_time(e.signed_in_at_ms),
+            signed_in_ms: e.signed_in_at_ms,
+            conference: ConfState::None,
+            chairperson: Some(false),
+            polled_by: None,
+            polled_here: false,
+            last_event_at: None,
+            last_error: e.last_error.as_ref().map(LastError::of),
+            limit: None,
+            recent_events: None,
+            recent_requests: detail.then(|| e.requests.iter().rev().map(RequestView::of).collect()),
+            endings: None,
         }
     }
 
@@ -129,7 +237,10 @@ impl AgentView {
             gateway: gateway.to_owned(),
             agent: r.agent,
             state: r.state,
+            ended_at: None,
+            reason: None,
             signed_in_at: known_time(r.signed_in_at_ms),
+            signed_in_ms: r.signed_in_at_ms,
             conference: r.conf,
             chairperson: chair(r.conf),
             polled_by: r.polled_by,
@@ -138,6 +249,36 @@ impl AgentView {
             last_error: None,
             limit: None,
             recent_events: None,
+            recent_requests: None,
+            endings: None,
+        }
+    }
+}
+
+/// The agents a view asks for, and whether the list is this replica's alone (the shared
+/// store could not be read).
+#[derive(Debug, Default, Serialize)]
+pub struct Listing {
+    pub agents: Vec<AgentView>,
+    pub partial: bool,
+}
+
+impl AgentView {
+    /// When it signed in, Unix ms (0: unknown), for comparing with its endings.
+    pub(super) fn signed_in_at_ms(&self) -> u64 {
+        self.signed_in_ms
+    }
+
+    /// An agent shown without a live session (lost, or signed out on another replica): when
+    /// and why it ended, from its history; its last requests and error if it has none.
+    pub(super) fn take_ending(&mut self, e: &Ending, detail: bool) {
+        self.ended_at = Some(rfc3339(e.at_ms));
+        self.reason = Some(e.reason.clone());
+        if self.last_error.is_none() {
+            self.last_error = e.last_error.as_ref().map(LastError::of);
+        }
+        if detail && self.recent_requests.as_ref().is_none_or(Vec::is_empty) {
+            self.recent_requests = Some(e.requests.iter().rev().map(RequestView::of).collect());
         }
     }
 }
@@ -201,8 +342,9 @@ pub fn row(a: &serde_json::Value) -> [String; COLUMNS.len()] {
         None => text(&a["conference"]["state"]),
     };
     let polled = if a["polled_here"] == true { "here".to_owned() } else { text(&a["polled_by"]) };
-    let error = match a["last_error"].is_object() {
-        true => format!("{} at {}", text(&a["last_error"]["what"]), text(&a["last_error"]["at"])),
+    let e = &a["last_error"];
+    let error = match e.is_object() {
+        true => format!("{} {} at {}", text(&e["method"]), text(&e["what"]), text(&e["at"])),
         false => "-".into(),
     };
     let l = &a["limit"];
@@ -217,10 +359,15 @@ pub fn row(a: &serde_json::Value) -> [String; COLUMNS.len()] {
         ),
         false => "-".into(),
     };
+    // An ended agent's state says why, unless it already does (`lost:REASON`).
+    let state = match a["reason"].as_str() {
+        Some(_) if !text(&a["state"]).contains(':') => format!("{} ({})", text(&a["state"]), text(&a["reason"])),
+        _ => text(&a["state"]),
+    };
     [
         text(&a["agent"]),
         text(&a["gateway"]),
-        text(&a["state"]),
+        state,
         text(&a["signed_in_at"]),
         conference,
         text(&a["chairperson"]),

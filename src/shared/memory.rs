@@ -22,8 +22,8 @@ use tokio::time::Instant;
 
 use super::{
     AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change, ChangeFeed, ConfWrite, CreateMode, EndAs, EndOutcome,
-    Events, Gcra, Grant, Lease, Leases, Membership, NewEvent, NewRecord, OpLock, Record, RecordState, Records,
-    SharedStore, StoreError, StreamEvent, SEQ_BITS,
+    Events, Gcra, Grant, Journal, Lease, Leases, Membership, NewEvent, NewRecord, OpLock, Record, RecordState, Records,
+    SharedStore, StoreError, StreamEvent, JOURNAL_AGE, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX, SEQ_BITS,
 };
 use crate::config::Scope;
 
@@ -97,6 +97,8 @@ struct State {
     replicas: HashMap<String, u64>,
     /// GCRA buckets: key → (theoretical arrival time µs, expiry).
     limits: HashMap<String, (u64, Instant)>,
+    /// Each namespace's journal, newest first, and when it expires.
+    journals: HashMap<String, (VecDeque<Vec<u8>>, Instant)>,
 }
 
 struct Inner {
@@ -560,6 +562,36 @@ impl Leases for MemoryStore {
     async fn lease_holder(&self, agent: &str) -> Result<Option<String>, StoreError> {
         let agent = &self.key(agent);
         self.hub.with(agent, |a, _| a.lease.as_ref().and_then(|(t, _)| t.split_once(' ')).map(|(r, _)| r.to_owned()))
+    }
+}
+
+#[async_trait::async_trait]
+impl Journal for MemoryStore {
+    async fn journal(&self, entry: &[u8]) -> Result<(), StoreError> {
+        self.hub.up()?;
+        if entry.len() > JOURNAL_ENTRY_MAX_BYTES {
+            return Err(StoreError::Malformed(format!("journal entry of {} bytes", entry.len())));
+        }
+        let now = Instant::now();
+        let mut st = crate::sync::lock(&self.hub.state);
+        let (list, expires) = st.journals.entry(self.key("journal")).or_insert_with(|| (VecDeque::new(), now));
+        if *expires <= now {
+            list.clear();
+        }
+        list.push_front(entry.to_vec());
+        list.truncate(JOURNAL_MAX);
+        *expires = now + JOURNAL_AGE;
+        Ok(())
+    }
+
+    async fn journal_entries(&self, max: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        self.hub.up()?;
+        let now = Instant::now();
+        let st = crate::sync::lock(&self.hub.state);
+        Ok(match st.journals.get(&self.key("journal")) {
+            Some((list, expires)) if *expires > now => list.iter().take(max.min(JOURNAL_MAX)).cloned().collect(),
+            _ => Vec::new(),
+        })
     }
 }
 

@@ -278,9 +278,9 @@ pub fn provisional_id(last: u64) -> u64 {
 /// critical section in memory), as the roles below; a consumer asks for the role it uses
 /// (`ops::limits` only for [`Buckets`]), the replication side for the whole store.
 /// Implementations validate what they read like network input.
-pub trait SharedStore: Backend + Records + Events + Leases + Membership + Buckets + ChangeFeed {}
+pub trait SharedStore: Backend + Records + Events + Leases + Membership + Buckets + ChangeFeed + Journal {}
 
-impl<T: Backend + Records + Events + Leases + Membership + Buckets + ChangeFeed + ?Sized> SharedStore for T {}
+impl<T: Backend + Records + Events + Leases + Membership + Buckets + ChangeFeed + Journal + ?Sized> SharedStore for T {}
 
 /// The store itself: this replica's name in it, the gateway namespaces, the connection and its health.
 #[async_trait::async_trait]
@@ -379,6 +379,31 @@ pub trait ChangeFeed: Send + Sync {
     /// Follows the change channel for as long as the process runs, calling `on` for each
     /// change, and `Change::Resync` after every (re)subscription.
     async fn follow(self: Arc<Self>, on: Box<dyn FnMut(Change) + Send>);
+}
+
+/// Endings the journal keeps per gateway: the newest this many. An operator asks "what
+/// happened to 153" about today's shift; a contact centre's agents sign in and out a few
+/// times a day, so 1,000 covers a shift of a large centre without making a view slow.
+pub const JOURNAL_MAX: usize = 1000;
+/// How long an ending stays in the journal: a day, the longest an operator looks back
+/// before the logs are the better source. The Redis list expires this long after its last
+/// entry; readers drop older entries.
+pub const JOURNAL_AGE: Duration = Duration::from_secs(24 * 3600);
+/// The bound on one entry's bytes (what the writer sends and the reader accepts): a few
+/// fields and the agent's last requests (`session::history`) fit in a quarter of it.
+pub const JOURNAL_ENTRY_MAX_BYTES: usize = 4096;
+
+/// The agents' journal: how each agent's sessions ended (signed out, lost, a sign-in that
+/// failed), newest first, shared by the replicas so any of them can show an agent that no
+/// replica holds any more. Entries are opaque bytes here; `session::history` writes them and
+/// validates them when it reads them back.
+#[async_trait::async_trait]
+pub trait Journal: Send + Sync {
+    /// Adds an entry (at most [`JOURNAL_ENTRY_MAX_BYTES`]; a longer one is refused), keeps the
+    /// newest [`JOURNAL_MAX`], and lets the whole expire [`JOURNAL_AGE`] after the last.
+    async fn journal(&self, entry: &[u8]) -> Result<(), StoreError>;
+    /// The newest `max` entries (at most [`JOURNAL_MAX`]), newest first.
+    async fn journal_entries(&self, max: usize) -> Result<Vec<Vec<u8>>, StoreError>;
 }
 
 /// A session record's fields, validated as input from the network: `None` if any is missing

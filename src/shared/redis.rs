@@ -16,8 +16,9 @@ use super::connection::{Conn, Connection, Failure, StoreStatus, CLUSTER_RETRY_PA
 use super::scripts::{self, AgentKeys, Announce, Scripts};
 use super::{
     pack_id, parse_record, unpack_id, valid_event_kind, AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change,
-    ChangeFeed, ConfWrite, CreateMode, EndAs, EndOutcome, Events, Gcra, Grant, Lease, Leases, Membership, NewEvent,
-    NewRecord, OpLock, Record, RecordState, Records, SharedStore, StoreError, StreamEvent,
+    ChangeFeed, ConfWrite, CreateMode, EndAs, EndOutcome, Events, Gcra, Grant, Journal, Lease, Leases, Membership,
+    NewEvent, NewRecord, OpLock, Record, RecordState, Records, SharedStore, StoreError, StreamEvent, JOURNAL_AGE,
+    JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX,
 };
 use crate::config::{ms, Scope, StoreConfig};
 use crate::gateway::parse_agent_id;
@@ -192,6 +193,11 @@ impl RedisStore {
 
     fn agents_key(&self) -> String {
         format!("{}{}agents", self.prefix, self.namespace)
+    }
+
+    /// The gateway's journal of endings (`Journal`): one list, so one hash slot in a cluster.
+    fn journal_key(&self) -> String {
+        format!("{}{}journal", self.prefix, self.namespace)
     }
 
     fn replicas_key(&self) -> String {
@@ -569,6 +575,45 @@ impl Membership for RedisStore {
         let inv = scripts::Leave { replica: &self.replica, silent_ms: 3 * self.lease_ms() }
             .prepare(&self.scripts.leave, &key);
         self.script(StoreOp::Lease, inv).await
+    }
+}
+
+#[async_trait::async_trait]
+impl Journal for RedisStore {
+    async fn journal(&self, entry: &[u8]) -> Result<(), StoreError> {
+        if entry.len() > JOURNAL_ENTRY_MAX_BYTES {
+            return Err(StoreError::Malformed(format!("journal entry of {} bytes", entry.len())));
+        }
+        let key = self.journal_key();
+        let ttl = JOURNAL_AGE.as_millis() as u64;
+        // One transaction: the list never holds more than its bound, and never outlives a day
+        // without an entry.
+        self.run::<()>(StoreOp::Write, async |c| {
+            redis::pipe()
+                .atomic()
+                .lpush(&key, entry)
+                .ignore()
+                .ltrim(&key, 0, JOURNAL_MAX as isize - 1)
+                .ignore()
+                .pexpire(&key, ttl as i64)
+                .ignore()
+                .query_async(c)
+                .await
+        })
+        .await
+    }
+
+    async fn journal_entries(&self, max: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let key = self.journal_key();
+        let last = max.min(JOURNAL_MAX) as isize - 1;
+        if last < 0 {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<Vec<u8>> = self
+            .run(StoreOp::Read, async |c| redis::cmd("LRANGE").arg(&key).arg(0).arg(last).query_async(c).await)
+            .await?;
+        // Whatever else shares the key is dropped here; the parser validates the rest.
+        Ok(raw.into_iter().filter(|e| e.len() <= JOURNAL_ENTRY_MAX_BYTES).collect())
     }
 }
 

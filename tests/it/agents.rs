@@ -14,9 +14,15 @@ async fn every_agent_at_a_glance_and_one_in_detail_without_a_secret() {
     let h = Harness::start().await;
     let conf_id = h.chair("153").await;
     h.sign_in("154").await;
-    // A gateway refusal is the agent's last error.
+    // A gateway refusal is the agent's last error: which call, and the gateway's retcode.
     let r = h.call(Method::POST, "/v1/conference", Some("153"), r#"{"memberNum":3}"#).await;
     assert_eq!(r.status, StatusCode::CONFLICT);
+    let a = h.send(Method::GET, &format!("{}/agents/153", h.admin), &[], "").await.json();
+    assert_eq!(
+        (a["last_error"]["method"].as_str(), a["last_error"]["what"].as_str()),
+        (Some("requestAgentConf"), Some("101-003")),
+        "{a}"
+    );
 
     // Stops past the agent's limit (burst 5): the view says what the limit left, and that it
     // refused.
@@ -36,7 +42,12 @@ async fn every_agent_at_a_glance_and_one_in_detail_without_a_secret() {
     assert_eq!(a["conference"], serde_json::json!({"state": "chair", "confId": conf_id}), "{a}");
     assert_eq!((a["chairperson"].as_bool(), a["polled_here"].as_bool()), (Some(true), Some(true)), "{a}");
     assert!(a["signed_in_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{a}");
-    assert_eq!(a["last_error"]["what"], "101-003", "{a}");
+    // Since then, ccgate's own refusal of a stop (its limit) is the last error.
+    assert_eq!(
+        (a["last_error"]["method"].as_str(), a["last_error"]["what"].as_str()),
+        (Some("stopVoiceToConf"), Some("rate_limited")),
+        "{a}"
+    );
     assert!(a["recent_events"].is_null(), "the list is a glance");
     assert_eq!((a["limit"]["refused"].as_bool(), a["limit"]["remaining"].as_u64()), (Some(true), Some(0)), "{a}");
     assert!(a["limit"]["limit"].as_str().is_some_and(|l| l.contains("stopVoiceToConf")), "{a}");
@@ -142,5 +153,135 @@ async fn the_operators_views_refuse_other_sites_and_print_no_terminal_escapes() 
     let r = h.send(Method::POST, &reload, &[("origin", &h.admin), ("sec-fetch-site", "same-origin")], "").await;
     assert_ne!(r.status, StatusCode::FORBIDDEN, "same origin: {}", r.text);
     assert_eq!(reloads().await, 2.0);
+    h.stop().await;
+}
+
+/// Issue 40: an agent whose session ended stays visible with when and why, its last requests
+/// and its last error; a sign-in that failed leaves an entry too. In process; with Redis, see
+/// `with_redis_every_replica_shows_an_ending_and_says_when_its_view_is_partial`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_agent_keeps_its_history_and_a_failed_sign_in_leaves_one() {
+    let h = Harness::start().await;
+    h.sign_in("153").await;
+    // In no conference: refused here. The refusal is the last error, named by method and cause.
+    let stop = h.call(Method::POST, "/v1/conference/announcement/stop", Some("153"), "").await;
+    assert_eq!(stop.status, StatusCode::CONFLICT, "{}", stop.text);
+    let stop_id = stop.headers["x-request-id"].to_str().unwrap().to_owned();
+    let r = h.call(Method::DELETE, "/v1/session", Some("153"), "").await;
+    assert!(r.status.is_success(), "{}", r.text);
+
+    let r = h.send(Method::GET, &format!("{}/agents/153", h.admin), &[], "").await;
+    assert_eq!(r.status, StatusCode::OK, "a signed-out agent is still known: {}", r.text);
+    let a = r.json();
+    assert_eq!((a["state"].as_str(), a["reason"].as_str()), (Some("signed_out"), Some("app")), "{a}");
+    assert!(a["ended_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{a}");
+    assert_eq!(
+        (a["last_error"]["method"].as_str(), a["last_error"]["what"].as_str()),
+        (Some("stopVoiceToConf"), Some("no_conference")),
+        "{a}"
+    );
+    let requests = a["recent_requests"].as_array().unwrap();
+    let methods: Vec<&str> = requests.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(methods, ["logout", "stopVoiceToConf", "login"], "newest first: {a}");
+    assert_eq!(requests[1]["request_id"], stop_id.as_str(), "{a}");
+    assert_eq!((requests[1]["status"].as_u64(), requests[1]["outcome"].as_str()), (Some(409), Some("no_conference")));
+    assert_eq!(a["endings"][0]["state"], "signed_out", "{a}");
+    // In the list too, with its state and why.
+    let all = h.send(Method::GET, &format!("{}/agents", h.admin), &[], "").await.json();
+    assert_eq!(all["partial"], false, "{all}");
+    assert!(
+        all["agents"].as_array().unwrap().iter().any(|a| a["agent"] == "153" && a["state"] == "signed_out"),
+        "{all}"
+    );
+
+    // A sign-in that fails (no credentials for 160) leaves an entry with why.
+    let r = h.call(Method::POST, "/v1/session", Some("160"), "").await;
+    assert!(r.status.is_client_error(), "{} {}", r.status, r.text);
+    let f = h.send(Method::GET, &format!("{}/agents/160", h.admin), &[], "").await.json();
+    assert_eq!((f["state"].as_str(), f["reason"].as_str()), (Some("signin_failed"), Some("no_credentials")), "{f}");
+    assert_eq!(f["recent_requests"][0]["method"], "login", "the failed sign-in itself: {f}");
+    assert_eq!(
+        (f["last_error"]["method"].as_str(), f["last_error"]["what"].as_str()),
+        (Some("login"), Some("no_credentials")),
+        "{f}"
+    );
+    // An agent that never did anything is still not known: clients cannot fill the history.
+    let r = h.call(Method::GET, "/v1/session", Some("161"), "").await;
+    assert!(r.status.is_client_error());
+    assert_eq!(h.send(Method::GET, &format!("{}/agents/161", h.admin), &[], "").await.status, StatusCode::NOT_FOUND);
+
+    // `ccgate agents` prints them.
+    let admin = h.admin.trim_start_matches("http://").to_owned();
+    let out = tokio::process::Command::new(BIN).args(["agents", "--admin", &admin]).output().await.unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().any(|l| l.starts_with("153") && l.contains("signed_out (app)")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("160") && l.contains("signin_failed (no_credentials)")), "{table}");
+    let out = tokio::process::Command::new(BIN).args(["agents", "153", "--admin", &admin]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let detail = String::from_utf8_lossy(&out.stdout);
+    assert!(detail.contains(&stop_id) && detail.contains("stopVoiceToConf no_conference"), "{detail}");
+    assert!(detail.contains("recent requests (3") && detail.contains("signed_out (app)"), "{detail}");
+    h.stop().await;
+}
+
+/// Issue 40, with Redis: the history is the cluster's. An agent signed out through one
+/// replica, and a sign-in that failed on it, show on another replica that never held either;
+/// with Redis away, the views say they are partial rather than silently shrinking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_every_replica_shows_an_ending_and_says_when_its_view_is_partial() {
+    use ccgate::config::{Secret, StoreBackend};
+    let mut redis = common::redis::RedisServer::start().await;
+    let url = redis.url();
+    let h = Harness::with(common::Options {
+        config: Box::new(move |c| {
+            c.store.backend = StoreBackend::Redis;
+            c.store.url = Some(Secret::new(url));
+        }),
+        ..common::Options::default()
+    })
+    .await;
+    let (b, b_url) = h.replica(|_| {}).await;
+    let token = h.token("154");
+    let r = h.call_at(&b_url, Method::POST, "/v1/session", Some(&token), "").await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let r = h.call_at(&b_url, Method::DELETE, "/v1/session", Some(&token), "").await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let r = h.call_at(&b_url, Method::POST, "/v1/session", Some(&h.token("160")), "").await;
+    assert!(r.status.is_client_error(), "{}", r.text);
+
+    // Replica A never held 154 or saw 160: both show there, from the journal, once B's
+    // writer has sent them (its own task: looked for until then).
+    let on_a = |agent: &'static str| {
+        let h = &h;
+        async move { h.send(Method::GET, &format!("{}/agents/{agent}", h.admin), &[], "").await }
+    };
+    common::eventually("B's endings in A's view", || async {
+        let (a, f) = (on_a("154").await, on_a("160").await);
+        a.status == StatusCode::OK
+            && a.json()["reason"] == "app"
+            && f.status == StatusCode::OK
+            && f.json()["state"] == "signin_failed"
+    })
+    .await;
+    let a = on_a("154").await.json();
+    assert_eq!(a["state"], "signed_out", "{a}");
+    let b_name = a["endings"][0]["replica"].as_str().unwrap_or_default().to_owned();
+    assert!(!b_name.is_empty(), "the ending names the replica that saw it: {a}");
+    let list = h.send(Method::GET, &format!("{}/agents", h.admin), &[], "").await.json();
+    assert_eq!(list["partial"], false, "{list}");
+
+    // Redis away: A's views say they are its own only.
+    redis.kill();
+    let list = h.send(Method::GET, &format!("{}/agents", h.admin), &[], "").await.json();
+    assert_eq!(list["partial"], true, "{list}");
+    let r = on_a("154").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    assert!(r.text.contains("partial"), "{}", r.text);
+    let page = h.send(Method::GET, &format!("{}/", h.admin), &[], "").await.text;
+    assert!(page.contains(r#"id="agents-partial""#), "the page says so too");
+    let admin = h.admin.trim_start_matches("http://").to_owned();
+    let out = tokio::process::Command::new(BIN).args(["agents", "--admin", &admin]).output().await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("partial view"), "{}", String::from_utf8_lossy(&out.stdout));
+    b.stop().await;
     h.stop().await;
 }

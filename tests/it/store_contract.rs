@@ -18,7 +18,7 @@ use ccgate::shared::memory::MemoryHub;
 use ccgate::shared::redis::RedisStore;
 use ccgate::shared::{
     AuthWrite, AuthWritten, Backend, Bucket, Change, ConfWrite, CreateMode, EndAs, EndOutcome, Grant, Lease, NewEvent,
-    NewRecord, RecordState, SharedStore,
+    NewRecord, RecordState, SharedStore, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX,
 };
 use common::redis::RedisServer;
 use tokio::sync::mpsc;
@@ -164,6 +164,7 @@ contract!(LASTING:
     gcra_allows_the_burst_then_says_how_long_to_wait,
     gcra_grants_a_slice_up_to_what_the_bucket_holds,
     two_gateways_agents_of_one_number_share_nothing,
+    the_journal_keeps_the_newest_endings_per_gateway_for_every_replica,
 );
 
 // The cases that let time pass.
@@ -460,6 +461,25 @@ async fn two_gateways_agents_of_one_number_share_nothing(p: Pair) {
     assert_eq!(acme_b.indexed_agents(10).await.unwrap(), [AGENT]);
     p.a.end(AGENT, "default-sid", EndAs::SignedOut).await.unwrap();
     assert_eq!(acme_b.load(AGENT).await.unwrap().unwrap().state, RecordState::Active, "acme's 153 lives on");
+}
+
+/// The agents' journal (issue 40): newest first, read alike by every replica, bounded by
+/// count and entry size, one per gateway.
+async fn the_journal_keeps_the_newest_endings_per_gateway_for_every_replica(p: Pair) {
+    assert!(p.b.journal_entries(10).await.unwrap().is_empty());
+    for i in 0..JOURNAL_MAX + 5 {
+        p.a.journal(format!("entry {i}").as_bytes()).await.unwrap();
+    }
+    let all = p.b.journal_entries(JOURNAL_MAX + 100).await.unwrap();
+    assert_eq!(all.len(), JOURNAL_MAX, "the newest {JOURNAL_MAX} only");
+    assert_eq!(all[0], format!("entry {}", JOURNAL_MAX + 4).as_bytes(), "newest first");
+    assert_eq!(all[JOURNAL_MAX - 1], b"entry 5");
+    assert_eq!(p.a.journal_entries(2).await.unwrap(), all[..2].to_vec(), "at most what is asked");
+    assert!(p.a.journal(&vec![b'x'; JOURNAL_ENTRY_MAX_BYTES + 1]).await.is_err(), "an oversized entry is refused");
+    let acme = p.b.clone().for_gateway("acme");
+    assert!(acme.journal_entries(10).await.unwrap().is_empty(), "another gateway's journal is its own");
+    acme.journal(b"acme's").await.unwrap();
+    assert_eq!(p.a.journal_entries(1).await.unwrap()[0], format!("entry {}", JOURNAL_MAX + 4).as_bytes());
 }
 
 // --- the cases that let time pass -------------------------------------------------------------

@@ -1,0 +1,433 @@
+//! An agent's history, for the operator's views (`/agents`, `ccgate agents`, the status
+//! page): while it is signed in, its last requests and its last error (which call, and why);
+//! after, how its session ended (signed out and by whom, lost and why, or a sign-in that
+//! failed and why) with the requests it made last. Endings stay for [`JOURNAL_AGE`] or the
+//! newest [`JOURNAL_MAX`], whichever is fewer; with the shared store they go to its journal,
+//! so every replica shows an agent that another replica signed out.
+//!
+//! Nothing here is a secret: methods, statuses, outcomes, retcodes, request ids (which the
+//! edge accepts only as short tokens of `[A-Za-z0-9._:-]`) and conference ids.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+use crate::labels::Discarded;
+use crate::metrics::Metrics;
+use crate::shared::{SharedStore, JOURNAL_AGE, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX};
+use crate::sync::lock;
+
+/// Requests an agent's view lists: enough to see the calls around a failure (a sign-in, a
+/// conference, the stop that was refused), few enough that 10,000 agents cost a few MB.
+pub const RECENT_REQUESTS: usize = 10;
+
+/// Endings waiting for the shared store's journal. Losses come in bursts (a gateway restart
+/// ends every session at once); beyond this many waiting, an ending is kept here only and
+/// counted (`ccgate_input_discarded_total{what="journal_entry"}`).
+const OUTBOX: usize = 1024;
+
+/// The longest text field an entry read back from the store may have (a method, an outcome,
+/// a retcode, a reason): longer is not something ccgate wrote.
+const MAX_FIELD: usize = 64;
+/// A request id's bound, as the edge accepts them.
+const MAX_REQUEST_ID: usize = 128;
+
+/// One request of the agent, as the edge answered it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestEntry {
+    /// The method's log name (`stopVoiceToConf`).
+    pub method: String,
+    pub status: u16,
+    pub outcome: String,
+    pub request_id: String,
+    /// The conference the agent's state named when the request was answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conference: Option<u64>,
+    pub at_ms: u64,
+}
+
+/// The last thing that went wrong for the agent: which call, and the cause (a retcode such as
+/// `100-007`, a transport failure such as `unavailable`, or ccgate's own refusal such as
+/// `not_chairperson`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorEntry {
+    pub method: String,
+    pub cause: String,
+    pub at_ms: u64,
+}
+
+/// One request as a live session keeps it: labels and the id the edge already holds, so
+/// noting a request copies no text.
+#[derive(Debug, Clone)]
+pub struct RequestNote {
+    pub method: &'static str,
+    pub status: u16,
+    pub outcome: &'static str,
+    pub request_id: http::HeaderValue,
+    pub conference: Option<u64>,
+    pub at_ms: u64,
+}
+
+impl RequestNote {
+    pub fn entry(&self) -> RequestEntry {
+        RequestEntry {
+            method: self.method.to_owned(),
+            status: self.status,
+            outcome: self.outcome.to_owned(),
+            request_id: self.request_id.to_str().unwrap_or("-").to_owned(),
+            conference: self.conference,
+            at_ms: self.at_ms,
+        }
+    }
+}
+
+/// The last error as a live session keeps it (see [`ErrorEntry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorNote {
+    pub method: &'static str,
+    pub cause: &'static str,
+    pub at_ms: u64,
+}
+
+impl ErrorNote {
+    pub fn entry(&self) -> ErrorEntry {
+        ErrorEntry { method: self.method.to_owned(), cause: self.cause.to_owned(), at_ms: self.at_ms }
+    }
+}
+
+/// What a live session keeps of its agent's activity (bounded: [`RECENT_REQUESTS`]).
+#[derive(Debug, Default)]
+pub struct Activity {
+    requests: VecDeque<RequestNote>,
+    last_error: Option<ErrorNote>,
+}
+
+impl Activity {
+    pub fn note_request(&mut self, r: RequestNote) {
+        if self.requests.len() == RECENT_REQUESTS {
+            self.requests.pop_front();
+        }
+        self.requests.push_back(r);
+    }
+
+    pub fn note_error(&mut self, e: ErrorNote) {
+        self.last_error = Some(e);
+    }
+
+    /// The requests, oldest first.
+    pub fn requests(&self) -> Vec<RequestEntry> {
+        self.requests.iter().map(RequestNote::entry).collect()
+    }
+
+    pub fn last_error(&self) -> Option<ErrorEntry> {
+        self.last_error.as_ref().map(ErrorNote::entry)
+    }
+}
+
+/// How an agent's session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndKind {
+    /// Signed out: `reason` says by whom (`app`, `idle`, `shutdown`).
+    SignedOut,
+    /// The gateway ended it: `reason` is the loss reason.
+    Lost,
+    /// A sign-in that failed: `reason` is why (`no_credentials`, a retcode, `unavailable`...).
+    SignInFailed,
+}
+
+/// One ending, as kept here and journaled in the shared store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ending {
+    pub agent: String,
+    /// `signed_out`, `lost:REASON` (as a live view says) or `signin_failed`.
+    pub state: String,
+    pub reason: String,
+    pub at_ms: u64,
+    /// When the session began (Unix ms; 0: none began, or unknown).
+    #[serde(default)]
+    pub signed_in_at_ms: u64,
+    /// The replica that saw it end (its name in the store), when there are several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    /// The agent's last requests, oldest first.
+    #[serde(default)]
+    pub requests: Vec<RequestEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<ErrorEntry>,
+}
+
+impl Ending {
+    pub fn new(agent: &str, kind: EndKind, reason: &str, at_ms: u64) -> Self {
+        let state = match kind {
+            EndKind::SignedOut => "signed_out".to_owned(),
+            EndKind::Lost => format!("lost:{reason}"),
+            EndKind::SignInFailed => "signin_failed".to_owned(),
+        };
+        Self {
+            agent: agent.to_owned(),
+            state,
+            reason: reason.to_owned(),
+            at_ms,
+            signed_in_at_ms: 0,
+            replica: None,
+            requests: Vec::new(),
+            last_error: None,
+        }
+    }
+
+    /// Takes in the activity the agent's session had.
+    pub fn with_activity(mut self, a: &Activity) -> Self {
+        self.requests = a.requests();
+        self.last_error = a.last_error();
+        self
+    }
+
+    /// An entry read back from the store, validated as network input: `None` unless it is
+    /// what ccgate writes (a work number, known states, bounded fields, a plausible time).
+    pub fn parse(raw: &[u8]) -> Option<Self> {
+        if raw.len() > JOURNAL_ENTRY_MAX_BYTES {
+            return None;
+        }
+        let e: Self = serde_json::from_slice(raw).ok()?;
+        let short = |s: &str| s.len() <= MAX_FIELD;
+        let state_ok = e.state == "signed_out" || e.state == "signin_failed" || e.state.starts_with("lost:");
+        let requests_ok = e.requests.len() <= RECENT_REQUESTS
+            && e.requests.iter().all(|r| {
+                short(&r.method)
+                    && short(&r.outcome)
+                    && r.request_id.len() <= MAX_REQUEST_ID
+                    && (100..=599).contains(&r.status)
+            });
+        let error_ok = e.last_error.as_ref().is_none_or(|x| short(&x.method) && short(&x.cause));
+        let ok = crate::gateway::parse_agent_id(&e.agent).is_some_and(|n| n.to_string() == e.agent)
+            && state_ok
+            && short(&e.state)
+            && short(&e.reason)
+            && e.replica.as_deref().is_none_or(short)
+            && requests_ok
+            && error_ok;
+        ok.then_some(e)
+    }
+
+    fn fresh(&self, now_ms: u64) -> bool {
+        self.at_ms.saturating_add(JOURNAL_AGE.as_millis() as u64) > now_ms
+    }
+}
+
+/// One gateway's endings: kept here (the whole history in process; with the shared store,
+/// what this replica shows while Redis is away) and, with the shared store, journaled there.
+pub struct History {
+    /// Newest first; at most [`JOURNAL_MAX`], none older than [`JOURNAL_AGE`].
+    kept: Mutex<VecDeque<Ending>>,
+    /// To the journal writer, once replication has started with a shared store.
+    outbox: OnceLock<mpsc::Sender<Vec<u8>>>,
+    /// This replica's name in the store, for its entries.
+    replica: OnceLock<String>,
+    metrics: Metrics,
+}
+
+impl History {
+    pub fn new(metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self { kept: Mutex::new(VecDeque::new()), outbox: OnceLock::new(), replica: OnceLock::new(), metrics })
+    }
+
+    /// Journals endings in `store` from now on (one writer task, [`OUTBOX`] entries waiting
+    /// at most). Call once, in a runtime.
+    pub fn journal_to(&self, store: Arc<dyn SharedStore>) {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTBOX);
+        if self.outbox.set(tx).is_err() {
+            return;
+        }
+        let _ = self.replica.set(store.replica().to_owned());
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            while let Some(entry) = rx.recv().await {
+                if let Err(e) = store.journal(&entry).await {
+                    // Kept here still; only the other replicas will not see it.
+                    tracing::debug!(error = %e, "shared store: could not journal an agent's ending");
+                    metrics.count_discarded(Discarded::JournalEntry, 1);
+                }
+            }
+        });
+    }
+
+    /// Records an ending: kept here and, with the shared store, journaled there.
+    pub fn record(&self, mut e: Ending) {
+        e.replica = self.replica.get().cloned();
+        if let Some(tx) = self.outbox.get() {
+            let sent = serde_json::to_vec(&e)
+                .ok()
+                .filter(|b| b.len() <= JOURNAL_ENTRY_MAX_BYTES)
+                .is_some_and(|b| tx.try_send(b).is_ok());
+            if !sent {
+                self.metrics.count_discarded(Discarded::JournalEntry, 1);
+            }
+        }
+        let now = crate::clock::unix_ms();
+        let mut kept = lock(&self.kept);
+        kept.push_front(e);
+        kept.truncate(JOURNAL_MAX);
+        while kept.back().is_some_and(|old| !old.fresh(now)) {
+            kept.pop_back();
+        }
+    }
+
+    /// A request for an agent with no session here: it joins the agent's newest ending, if
+    /// one is kept (a request after a sign-out, or the retry of a failed sign-in). Nothing
+    /// is made for an agent without one: a client cannot fill the history with agents that
+    /// never signed in.
+    pub fn note_request(&self, agent: &str, r: &RequestNote, error: Option<ErrorNote>) {
+        let mut kept = lock(&self.kept);
+        let Some(e) = kept.iter_mut().find(|e| e.agent == agent) else { return };
+        if e.requests.len() == RECENT_REQUESTS {
+            e.requests.remove(0);
+        }
+        e.requests.push(r.entry());
+        // The error of the ending itself (why a sign-in failed, with its retcode) says more
+        // than the request's outcome that carried it; one from before the ending says less.
+        if let Some(error) = error.filter(|_| e.last_error.as_ref().is_none_or(|x| x.at_ms < e.at_ms)) {
+            e.last_error = Some(error.entry());
+        }
+    }
+
+    /// The endings kept here, newest first (of `one` only, if given), at most `max`.
+    pub fn kept(&self, one: Option<&str>, max: usize) -> Vec<Ending> {
+        let now = crate::clock::unix_ms();
+        lock(&self.kept)
+            .iter()
+            .filter(|e| e.fresh(now) && one.is_none_or(|a| e.agent == a))
+            .take(max)
+            .cloned()
+            .collect()
+    }
+
+    /// The endings in the store's journal, newest first (of `one` only, if given), at most
+    /// `max`; entries that are not what ccgate writes are dropped and counted.
+    pub async fn journaled(
+        &self,
+        store: &dyn SharedStore,
+        one: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<Ending>, crate::shared::StoreError> {
+        let now = crate::clock::unix_ms();
+        let raw = store.journal_entries(JOURNAL_MAX).await?;
+        let mut out = Vec::new();
+        for entry in raw {
+            match Ending::parse(&entry) {
+                Some(e) if e.fresh(now) && one.is_none_or(|a| e.agent == a) => out.push(e),
+                Some(_) => {}
+                None => self.metrics.count_discarded(Discarded::JournalEntry, 1),
+            }
+            if out.len() >= max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(i: u64) -> RequestNote {
+        RequestNote {
+            method: "stopVoiceToConf",
+            status: 409,
+            outcome: "not_chairperson",
+            request_id: http::HeaderValue::from_static("rid-1"),
+            conference: Some(7),
+            at_ms: i,
+        }
+    }
+
+    fn ending(agent: &str, at_ms: u64) -> Ending {
+        Ending::new(agent, EndKind::SignedOut, "app", at_ms)
+    }
+
+    #[test]
+    fn activity_keeps_the_last_requests_and_the_last_error() {
+        let mut a = Activity::default();
+        for i in 0..RECENT_REQUESTS as u64 + 3 {
+            a.note_request(note(i));
+        }
+        let r = a.requests();
+        assert_eq!(r.len(), RECENT_REQUESTS);
+        assert_eq!((r[0].at_ms, r[RECENT_REQUESTS - 1].at_ms), (3, RECENT_REQUESTS as u64 + 2), "oldest first");
+        a.note_error(ErrorNote { method: "getEvents", cause: "unavailable", at_ms: 1 });
+        a.note_error(ErrorNote { method: "stopVoiceToConf", cause: "not_chairperson", at_ms: 2 });
+        let e = a.last_error().unwrap();
+        assert_eq!((e.method.as_str(), e.cause.as_str()), ("stopVoiceToConf", "not_chairperson"));
+    }
+
+    #[test]
+    fn an_entry_ccgate_wrote_reads_back_and_anything_else_does_not() {
+        let now = crate::clock::unix_ms();
+        let mut a = Activity::default();
+        a.note_request(note(now));
+        let good = Ending::new("153", EndKind::Lost, "guid_refused", now).with_activity(&a);
+        assert_eq!(good.state, "lost:guid_refused");
+        let raw = serde_json::to_vec(&good).unwrap();
+        assert_eq!(Ending::parse(&raw), Some(good.clone()));
+        let bad = |f: &dyn Fn(&mut Ending)| {
+            let mut e = good.clone();
+            f(&mut e);
+            Ending::parse(&serde_json::to_vec(&e).unwrap())
+        };
+        assert!(bad(&|e| e.agent = "0153".into()).is_none(), "not a canonical work number");
+        assert!(bad(&|e| e.agent = "abc".into()).is_none());
+        assert!(bad(&|e| e.state = "owned".into()).is_none(), "a state ccgate does not write");
+        assert!(bad(&|e| e.reason = "x".repeat(MAX_FIELD + 1)).is_none());
+        assert!(bad(&|e| e.requests = vec![e.requests[0].clone(); RECENT_REQUESTS + 1]).is_none());
+        assert!(bad(&|e| e.requests[0].status = 42).is_none());
+        assert!(bad(&|e| e.requests[0].request_id = "r".repeat(MAX_REQUEST_ID + 1)).is_none());
+        assert!(Ending::parse(b"not json").is_none());
+        assert!(Ending::parse(&vec![b' '; JOURNAL_ENTRY_MAX_BYTES + 1]).is_none());
+    }
+
+    #[test]
+    fn the_history_is_bounded_by_count_and_age_newest_first() {
+        let h = History::new(Metrics::default());
+        let now = crate::clock::unix_ms();
+        let day = JOURNAL_AGE.as_millis() as u64;
+        h.record(ending("101", now - day - 1));
+        assert!(h.kept(None, 10).is_empty(), "older than a day is gone");
+        for i in 0..JOURNAL_MAX as u64 + 2 {
+            h.record(ending(&(200 + i).to_string(), now));
+        }
+        let kept = h.kept(None, usize::MAX);
+        assert_eq!(kept.len(), JOURNAL_MAX);
+        assert_eq!(kept[0].agent, (200 + JOURNAL_MAX as u64 + 1).to_string(), "newest first");
+        assert_eq!(h.kept(Some("202"), 10).len(), 1);
+        assert!(h.kept(Some("200"), 10).is_empty(), "the oldest made room");
+    }
+
+    #[test]
+    fn a_request_joins_the_agents_newest_ending_and_makes_none() {
+        let h = History::new(Metrics::default());
+        let now = crate::clock::unix_ms();
+        h.note_request("153", &note(now), None);
+        assert!(h.kept(None, 10).is_empty(), "no ending for an agent that never had one");
+        h.record(ending("153", now - 2));
+        h.record(ending("153", now - 1));
+        for i in 0..RECENT_REQUESTS as u64 + 1 {
+            h.note_request(
+                "153",
+                &note(now + i),
+                Some(ErrorNote { method: "signIn", cause: "no_session", at_ms: now }),
+            );
+        }
+        let kept = h.kept(Some("153"), 10);
+        assert_eq!(kept[0].requests.len(), RECENT_REQUESTS, "bounded");
+        assert_eq!(kept[0].last_error.as_ref().map(|e| e.cause.as_str()), Some("no_session"));
+        assert!(kept[1].requests.is_empty(), "the older ending is left as it was");
+        // A failed sign-in's own error (its retcode) is not replaced by the request's outcome.
+        let mut failed = Ending::new("154", EndKind::SignInFailed, "100-006", now);
+        failed.last_error = Some(ErrorEntry { method: "login".into(), cause: "100-006".into(), at_ms: now });
+        h.record(failed);
+        h.note_request("154", &note(now), Some(ErrorNote { method: "login", cause: "rejected", at_ms: now }));
+        assert_eq!(h.kept(Some("154"), 1)[0].last_error.as_ref().map(|e| e.cause.as_str()), Some("100-006"));
+    }
+}

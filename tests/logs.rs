@@ -12,7 +12,9 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use ccgate::gateway::GatewayMethod;
 use ccgate::session::ConfState;
+use ccgate::sim::Faults;
 use common::{Harness, PASSWORD};
 use http::{Method, StatusCode};
 
@@ -66,6 +68,20 @@ async fn a_full_flow_logs_every_request_and_no_secret() {
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.headers.get("x-request-id").unwrap(), "trace-abc-123", "a sane client id is kept and returned");
+    // A stop whose client goes away once the gateway has it still leaves its audit line,
+    // written as the request is dropped: status 499, outcome `cancelled`.
+    let sent = h.sim.count(GatewayMethod::StopVoiceToConf);
+    h.sim.set_faults(Faults { latency_ms: 1_000, methods: vec!["stopVoiceToConf".into()], ..Faults::default() });
+    let call = h.spawn_call(Method::POST, stop, "153");
+    common::eventually("the stop reached the gateway", || async { h.sim.count(GatewayMethod::StopVoiceToConf) > sent })
+        .await;
+    call.abort();
+    h.sim.set_faults(Faults::default());
+    common::eventually("the cancelled stop's audit line", || {
+        let logs = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+        async move { logs.lines().any(|l| l.contains("ccgate::audit") && l.contains(r#""outcome":"cancelled""#)) }
+    })
+    .await;
     let r = h
         .send(
             Method::GET,
@@ -187,8 +203,11 @@ async fn a_full_flow_logs_every_request_and_no_secret() {
             .map(|f| l[f].to_string().trim_matches('"').to_owned())
     };
     let conf = conf_id.to_string();
-    assert_eq!(checks.len(), 3, "{checks:#?}");
+    assert_eq!(checks.len(), 4, "{checks:#?}");
     assert_eq!(fields(checks[0]), ["153", "agent-153", "-", &conf, "allowed", "chair", "200", "ok"]);
+    // The cancelled one: sent, so allowed, and its line written all the same.
+    assert_eq!(fields(checks[1]), ["153", "agent-153", "-", &conf, "allowed", "chair", "499", "cancelled"]);
+    let checks = [checks[0], checks[2], checks[3]];
     assert_eq!(
         (checks[0]["request_id"].as_str(), checks[0]["gateway"].as_str()),
         (Some("trace-abc-123"), Some("default"))
@@ -209,8 +228,12 @@ async fn a_full_flow_logs_every_request_and_no_secret() {
     // Exactly one line per change (two agents' pollers: in either order).
     let mut changes = changes;
     changes.sort();
-    let want: Vec<[String; 3]> = [["153", "became_chair"], ["153", "no_longer_chair"], ["154", "became_chair"]]
-        .map(|[a, c]| [a.to_owned(), c.to_owned(), conf.clone()])
-        .to_vec();
+    // 154 was chair when the gateway ended its session: that ends its chair too.
+    let want: Vec<[String; 3]> =
+        [["153", "became_chair"], ["153", "no_longer_chair"], ["154", "became_chair"], ["154", "no_longer_chair"]]
+            .map(|[a, c]| [a.to_owned(), c.to_owned(), conf.clone()])
+            .to_vec();
     assert_eq!(changes, want);
+    let ended = audit.iter().find(|l| l["agent"] == "154" && l["change"] == "no_longer_chair").unwrap();
+    assert!(ended["state"].as_str().is_some_and(|s| s.starts_with("ended:lost:")), "{ended}");
 }

@@ -312,6 +312,7 @@ impl Session {
     /// Records how the session ended in the gateway's history, with its activity.
     pub(super) fn record_ending(&self, kind: EndKind, reason: &str) {
         let mut e = Ending::new(&self.agent_id, kind, reason, crate::clock::unix_ms());
+        audit_chair_ended(&self.gateway_name, &self.agent_id, self.conf(), &e.state);
         e.signed_in_at_ms = self.signed_in_at_ms;
         let e = self.activity(|a| e.with_activity(a));
         self.history.record(e);
@@ -469,8 +470,28 @@ fn audit_chair_change(gateway: &str, agent: &str, before: ConfState, after: Conf
         gateway,
         agent,
         conference = conference.map_or_else(|| "-".to_owned(), |c| c.to_string()),
-        change = if chair(after).is_some() { "became_chair" } else { "no_longer_chair" },
+        change = match after {
+            ConfState::Chair { .. } => "became_chair",
+            // Events were missed (a takeover): the gateway may still call it chair.
+            ConfState::Unknown => "chair_unknown",
+            _ => "no_longer_chair",
+        },
         state = after.label(),
+        "chairperson changed"
+    );
+}
+
+/// A chairperson's session ended: it is chair of nothing any more (one line, from the replica
+/// that saw the end; the state says how it ended).
+fn audit_chair_ended(gateway: &str, agent: &str, conf: ConfState, ended: &str) {
+    let ConfState::Chair { conf_id } = conf else { return };
+    tracing::info!(
+        target: "ccgate::audit",
+        gateway,
+        agent,
+        conference = conf_id.to_string(),
+        change = "no_longer_chair",
+        state = format_args!("ended:{ended}"),
         "chairperson changed"
     );
 }

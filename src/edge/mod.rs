@@ -12,6 +12,7 @@
 pub mod api;
 pub mod auth;
 pub mod passthrough;
+pub mod problems;
 pub mod refusal_log;
 pub mod render;
 pub mod route;

@@ -54,7 +54,8 @@ pub struct Faults {
     /// Fail the operation with retcode 100-007, `message: "Unknown ERROR._<n>"` and
     /// `result: {"errorReason": n}`, as the routing layer's causes come through.
     pub error_reason: Option<i64>,
-    /// Fail the operation with this retcode (e.g. "000-003", "105-005") after the Guid check.
+    /// Fail the operation with this retcode (e.g. "000-003", "105-005") after the Guid check
+    /// (a sign-in, which has none, at once).
     pub retcode: Option<String>,
     /// Answer with a body of unknown length, sent chunked, as a servlet container does when
     /// the servlet streams its output.

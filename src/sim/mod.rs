@@ -248,7 +248,12 @@ impl Sim {
         let Call { method, agent, guid, cookie, body, error_reason, forced_retcode } = call;
         let cfg = &self.0.cfg;
         match method {
-            GatewayMethod::Login | GatewayMethod::ForceLogin => return self.sign_in(method, agent, body),
+            GatewayMethod::Login | GatewayMethod::ForceLogin => {
+                return match forced_retcode {
+                    Some(code) => Answer::err(&code, "injected failure"),
+                    None => self.sign_in(method, agent, body),
+                }
+            }
             GatewayMethod::GetAgentEvent if forced_retcode.is_none() => return self.poll(agent, guid, cookie).await,
             _ => {}
         }

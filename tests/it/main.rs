@@ -26,6 +26,7 @@ mod oidc;
 mod openapi;
 mod otlp;
 mod passthrough;
+mod problems;
 mod prometheus;
 mod properties;
 mod redis_outage;

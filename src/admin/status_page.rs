@@ -32,6 +32,8 @@ pub struct Facts {
     pub requests: Vec<(String, String, u64)>,
     /// (reason, count) since start.
     pub refusals: Vec<(String, u64)>,
+    /// The `GET /config` document (`config_view.rs` shows it).
+    pub config: Option<Value>,
 }
 
 /// The previous page's request counts, for a rate over the interval between two loads.
@@ -56,7 +58,7 @@ impl Rates {
 }
 
 /// Escapes text for HTML element content and attribute values.
-fn esc(s: &str) -> String {
+pub(super) fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -71,7 +73,7 @@ fn esc(s: &str) -> String {
     out
 }
 
-fn badge(ok: bool, label: &str) -> String {
+pub(super) fn badge(ok: bool, label: &str) -> String {
     format!(r#"<span class="{}">{}</span>"#, if ok { "ok" } else { "bad" }, esc(label))
 }
 
@@ -96,6 +98,7 @@ th{{background:#f4f4f4}} .ok{{color:#176f2c;font-weight:600}} .bad{{color:#b0002
 "#,
         version = esc(f.version)
     );
+    h.push_str(&super::config_view::attention(f.config.as_ref()));
     let cert = match f.certificate_expiry {
         Some(at) => {
             let days = (at - crate::clock::unix_ms() as i64 / 1000) / 86_400;
@@ -122,6 +125,7 @@ th{{background:#f4f4f4}} .ok{{color:#176f2c;font-weight:600}} .bad{{color:#b0002
                 .map(|d| format!(r#" <span class="muted">{}</span>"#, esc(d)))
                 .unwrap_or_default(),
     );
+    h.push_str(&super::config_view::section(f.config.as_ref()));
     let heads: String = crate::session::view::COLUMNS.iter().map(|c| format!("<th>{c}</th>")).collect();
     let _ = writeln!(h, r#"<h2>Agents ({})</h2><table id="agents"><tr>{heads}</tr>"#, f.agents.len());
     for a in &f.agents {
@@ -189,6 +193,7 @@ mod tests {
                 ("stopVoiceToConf".into(), "rejected".into(), 1),
             ],
             refusals: vec![("expired".into(), 2), ("malformed".into(), 0)],
+            config: None,
         }
     }
 

@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use super::status_page::{badge, esc};
+use super::html::{badge, esc};
 
 /// Changed keys listed on the page per reload; `/config` has them all.
 pub const PAGE_CHANGES: usize = 20;

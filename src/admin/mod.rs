@@ -8,6 +8,7 @@
 //! `admin.agents_from`).
 
 mod config_view;
+mod html;
 mod status_page;
 
 use std::sync::atomic::{AtomicBool, Ordering};

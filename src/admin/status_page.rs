@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use super::html::{badge, esc};
+
 /// Seconds between the page's own refreshes.
 pub const REFRESH_SECS: u32 = 5;
 
@@ -55,26 +57,6 @@ impl Rates {
                 .collect()
         })
     }
-}
-
-/// Escapes text for HTML element content and attribute values.
-pub(super) fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-pub(super) fn badge(ok: bool, label: &str) -> String {
-    format!(r#"<span class="{}">{}</span>"#, if ok { "ok" } else { "bad" }, esc(label))
 }
 
 /// The page.

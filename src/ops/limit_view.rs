@@ -208,4 +208,31 @@ mod tests {
         let later: Vec<u32> = limits.view()[0].fullest.iter().map(|b| b.remaining).collect();
         assert_eq!(later, [2, 4]);
     }
+
+    /// With the shared store the view says the buckets that decide are in Redis, what the
+    /// local ones are for, and how many slices this replica holds; it scans nothing there.
+    #[tokio::test(start_paused = true)]
+    async fn with_redis_the_view_says_what_is_local() {
+        use crate::config::LimitsFallback;
+        use crate::shared::memory::MemoryHub;
+        let hub = MemoryHub::new(std::time::Duration::from_secs(3), crate::shared::TOMBSTONE);
+        let stop = MethodLabel::Gateway(crate::gateway::GatewayMethod::StopVoiceToConf);
+        let cfg = RateLimitsConfig {
+            limit: vec![LimitConfig {
+                method: "stopVoiceToConf".into(),
+                scope: Scope::Global,
+                rate: 200.0,
+                burst: 6_400,
+                shadow: false,
+            }],
+            ..RateLimitsConfig::default()
+        };
+        let limits = Limits::new(&cfg, &[], Metrics::default()).unwrap().shared(hub.join(), LimitsFallback::Local);
+        for _ in 0..64 {
+            assert!(limits.check(stop, Tier::Shared, &Principal::agent("153")).await.is_ok());
+        }
+        let v = &limits.view()[0];
+        assert_eq!((v.decided_in, v.fallback, v.slices_held), ("redis", Some("local"), Some(1)), "{v:?}");
+        assert!(v.fullest.is_empty(), "the local bucket decided nothing: {v:?}");
+    }
 }

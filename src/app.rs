@@ -18,7 +18,7 @@ use crate::gateway::GatewayClient;
 use crate::metrics::{Metered, Metrics};
 use crate::ops::limits::{Limits, EVICTION_INTERVAL};
 use crate::ops::Core;
-use crate::reload::{ConfigSource, Live, Parts, Reloader};
+use crate::reload::{ConfigSource, Live, Parts, ReloadTrigger, Reloader};
 use crate::server::listener::{triggered, ConnectionMetrics};
 use crate::server::{self, ServeOptions, Shutdown};
 use crate::session::{GatewayIdentity, Gateways, SessionStore};
@@ -221,7 +221,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
     let served = server::spawn(proxy_listener, server_tls, proxy, opts, shutdown.subscribe())
         .map_err(|e| StartError::Serve { key: "server.listen", reason: e.to_string() })?;
-    let admin = admin(config, &metrics, &readiness, &auth, &reloader, &all);
+    let admin = admin(config, &metrics, &readiness, &auth, &reloader, &all, &limits);
     let admin_served = server::spawn(admin_listener, None, admin, admin_opts, shutdown.subscribe())
         .map_err(|e| StartError::Serve { key: "admin.listen", reason: e.to_string() })?;
     // Background tasks: gateway and store probes, key eviction, certificate watching.
@@ -380,10 +380,13 @@ fn admin(
     auth: &Arc<ArcSwap<Authenticator>>,
     reloader: &Arc<Reloader>,
     all: &Arc<Gateways>,
+    limits: &Arc<ArcSwap<Limits>>,
 ) -> Arc<Admin> {
     let auth = Arc::downgrade(auth);
+    let shown = Arc::downgrade(reloader);
     let reloader = Arc::downgrade(reloader);
     let all = Arc::downgrade(all);
+    let limits = Arc::downgrade(limits);
     Arc::new(Admin {
         metrics: metrics.clone(),
         readiness: readiness.clone(),
@@ -392,7 +395,7 @@ fn admin(
             let reloader = reloader.clone();
             Box::pin(async move {
                 let r = reloader.upgrade().ok_or("shutting down")?;
-                let report = r.reload().await?;
+                let report = r.reload(ReloadTrigger::Admin).await?;
                 serde_json::to_value(report).map_err(|e| e.to_string())
             })
         })),
@@ -407,6 +410,11 @@ fn admin(
                     None => serde_json::json!({"agents": [], "partial": false}),
                 }
             })
+        })),
+        config: Some(Box::new(move || shown.upgrade().map_or(serde_json::Value::Null, |r| r.config_document()))),
+        limits: Some(Box::new(move || {
+            let view = limits.upgrade().map(|l| l.load().view()).unwrap_or_default();
+            serde_json::json!({"limits": view, "fullest_shown": crate::ops::FULLEST_BUCKETS})
         })),
         agents_from: config.admin.agents_from,
         hosts: config.admin.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),

@@ -39,7 +39,8 @@ enum Command {
         config: Option<PathBuf>,
     },
     /// Make a running ccgate re-read its config, credentials, keys and certificate (as
-    /// SIGHUP does), through its admin listener on loopback; prints what changed.
+    /// SIGHUP does), through its admin listener on loopback; prints each changed key's old →
+    /// new value (secrets masked), or why the reload was refused (and exits 1).
     Reload {
         /// The config of the running instance, to find its admin listener.
         #[arg(long, env = "CCGATE_CONFIG")]
@@ -47,6 +48,9 @@ enum Command {
         /// The admin listener's address, instead of reading it from the config.
         #[arg(long)]
         admin: Option<SocketAddr>,
+        /// Print the admin listener's JSON answer instead of lines for people.
+        #[arg(long)]
+        json: bool,
     },
     /// Exit 0 if the local ccgate is ready (`/readyz` on its admin listener answers 200), 1
     /// otherwise: an exec probe for images without curl (a distroless container's
@@ -285,7 +289,7 @@ async fn run(cmd: Command) -> Result<(), String> {
             Stopped::Interrupted => Err("second stop signal: exited without finishing the shutdown".into()),
         },
         Command::CheckConfig { config } => check_config(load_config(config)?).await,
-        Command::Reload { config, admin } => reload(config, admin).await,
+        Command::Reload { config, admin, json } => reload(config, admin, json).await,
         Command::Healthcheck { config, admin, live } => healthcheck(config, admin, live).await,
         Command::Agents { id, config, admin, json } => agents(id, config, admin, json).await,
         Command::Demo { json, listen, admin_listen, replicas, redis, gateways } => {
@@ -388,17 +392,57 @@ async fn ask_admin(method: http::Method, url: &str, wait: std::time::Duration) -
 
 /// `ccgate reload`: asks the running instance's admin listener, on loopback (where reloads
 /// are accepted).
-async fn reload(config: Option<PathBuf>, admin: Option<SocketAddr>) -> Result<(), String> {
+async fn reload(config: Option<PathBuf>, admin: Option<SocketAddr>, json: bool) -> Result<(), String> {
     let url = local_admin_url(config, admin, "/-/reload")
         .map_err(|e| format!("{e}\n(the running instance keeps its config; fix this and run reload again)"))?;
     let (status, body) =
         ask_admin(http::Method::POST, &url, RELOAD_WAIT).await.map_err(|e| format!("{e} (else send it SIGHUP)"))?;
-    println!("{body}");
-    if (200..300).contains(&status) {
-        Ok(())
-    } else {
-        Err(format!("reload refused (HTTP {status})"))
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    if json {
+        println!("{body}");
+    } else if (200..300).contains(&status) {
+        print!("{}", reload_text(&answer));
     }
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    match answer["error"].as_str() {
+        // 422: the reload ran and was refused; the error names the key or file.
+        Some(e) if status == 422 => Err(format!("reload refused: {e}\n(the running config stays in force)")),
+        Some(e) => Err(format!("reload refused (HTTP {status}): {e}")),
+        None => Err(format!("reload refused (HTTP {status})")),
+    }
+}
+
+/// A reload's report for people: each key's old → new value, applied or waiting for a
+/// restart, and the providers whose keys are not fetched yet.
+fn reload_text(report: &serde_json::Value) -> String {
+    use ccgate::config::Change;
+    let values: Vec<Change> = serde_json::from_value(report["values"].clone()).unwrap_or_default();
+    let keys = |field: &str| -> Vec<String> { serde_json::from_value(report[field].clone()).unwrap_or_default() };
+    let mut out = String::from("reloaded\n");
+    for (field, title) in
+        [("changed", "applied"), ("restart_required", "waits for a restart (the old value stays in force)")]
+    {
+        let keys = keys(field);
+        if keys.is_empty() {
+            continue;
+        }
+        out.push_str(&format!("{title}:\n"));
+        for key in &keys {
+            match values.iter().find(|c| &c.key == key) {
+                Some(c) => out.push_str(&format!("  {c}\n")),
+                None => out.push_str(&format!("  {key}\n")),
+            }
+        }
+    }
+    if keys("changed").is_empty() && keys("restart_required").is_empty() {
+        out.push_str("no setting changed (the files it names were read again)\n");
+    }
+    for issuer in keys("missing_keys") {
+        out.push_str(&format!("keys not fetched yet (its tokens get 503 until they are): {issuer}\n"));
+    }
+    out
 }
 
 /// `ccgate healthcheck`: exit 0 when the admin listener says ready (or live), else 1 with
@@ -565,7 +609,7 @@ async fn serve(config: Config, source: ConfigSource) -> Result<Stopped, String> 
     while let Signal::Reload = signals.next().await {
         tracing::info!("SIGHUP: reloading the config");
         // The outcome is logged and counted by the reloader.
-        let _ = running.reloader.reload().await;
+        let _ = running.reloader.reload(ccgate::reload::ReloadTrigger::Sighup).await;
     }
     tracing::info!("shutting down (a second SIGTERM or Ctrl-C exits at once)");
     // A second stop signal ends the process now: an operator who asks twice means it.
@@ -672,6 +716,25 @@ async fn run_sim(cfg: SimConfig) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::configured_filter;
+
+    /// `ccgate reload` prints each key's old → new value under what happened to it.
+    #[test]
+    fn a_reload_report_reads_as_old_and_new_values() {
+        let report = serde_json::json!({"reloaded": true, "changed": ["policy.on_unknown_chair"],
+        "restart_required": ["store.url"], "missing_keys": [],
+        "values": [
+            {"key": "policy.on_unknown_chair", "old": "\"forward\"", "new": "\"deny\"", "secret": false},
+            {"key": "store.url", "old": "\"redis://***@a:6379/0\"", "new": "\"redis://***@b:6379/0\"", "secret": true}
+        ]});
+        assert_eq!(
+            super::reload_text(&report),
+            "reloaded\napplied:\n  policy.on_unknown_chair: \"forward\" -> \"deny\"\n\
+             waits for a restart (the old value stays in force):\n  \
+             store.url: \"redis://***@a:6379/0\" -> \"redis://***@b:6379/0\" (a secret: values masked)\n"
+        );
+        let nothing = serde_json::json!({"reloaded": true, "changed": [], "restart_required": [], "values": []});
+        assert!(super::reload_text(&nothing).contains("no setting changed"));
+    }
 
     #[test]
     fn rustls_peer_faults_stay_out_of_the_log_unless_asked_for() {

@@ -197,6 +197,10 @@ families! {
         "config_last_reload_successful",
         "1 when the last reload succeeded (or none was tried), else 0."
     );
+    config_last_reload_success: IntGauge = (
+        "config_last_reload_success_timestamp_seconds",
+        "Unix time of the last successful reload (of the start while none succeeded)."
+    );
     certificate_reloads: IntCounterVec = (
         "tls_certificate_reloads_total",
         "Server certificate reloads after its files changed, by result.",
@@ -320,6 +324,7 @@ impl Metrics {
         let f = Families::register(&r);
         f.store_up.set(1);
         f.config_last_reload_ok.set(1);
+        f.config_last_reload_success.set(crate::clock::unix_secs() as i64);
         f.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), env!("CCGATE_COMMIT")]).set(1);
         let jwks_age = Arc::new(FreshnessCollector::new());
         let cert_expiry = Arc::new(CertExpiry::new());
@@ -604,6 +609,9 @@ impl Metrics {
     pub fn count_config_reload(&self, result: ReloadResult) {
         self.0.config_reloads.with_label_values(&[result.as_str()]).inc();
         self.0.config_last_reload_ok.set(i64::from(result == ReloadResult::Ok));
+        if result == ReloadResult::Ok {
+            self.0.config_last_reload_success.set(crate::clock::unix_secs() as i64);
+        }
     }
 
     pub fn count_certificate_reload(&self, result: ReloadResult) {

@@ -13,14 +13,18 @@
 //! Settings that cannot change while running (listen addresses, the gateway, the store, the
 //! poller's timing...) are compared and reported as needing a restart; their old values stay
 //! in force.
+//!
+//! The reloader also keeps what operators ask about the running configuration (`GET
+//! /config`, the status page, `ccgate reload`): the config in force as shown (masked, hashed,
+//! when it was loaded) and the last reload's outcome with each changed key's old → new value
+//! (a secret's values masked: only that it changed).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, GatewayConfig};
+use crate::config::{Change, Config, Effective, GatewayConfig};
 use crate::edge::auth::Authenticator;
 use crate::jwks::remote::OnChange;
 use crate::labels::ReloadResult;
@@ -178,6 +182,42 @@ pub struct ReloadReport {
     pub restart_required: Vec<String>,
     /// Issuers whose keys could not be fetched yet (their tokens get 503 until they can).
     pub missing_keys: Vec<String>,
+    /// Old → new of every key in `changed` and `restart_required`, secrets masked.
+    pub values: Vec<Change>,
+}
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReloadTrigger {
+    /// SIGHUP (`systemctl reload`, `kill -HUP`).
+    Sighup,
+    /// `POST /-/reload` on the admin listener (what `ccgate reload` sends).
+    Admin,
+    /// A call in the process ([`Reloader::reload_with`]: tests, an embedding program).
+    Call,
+}
+
+/// How the last reload ended, kept for `/config`, the status page and `ccgate reload`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadOutcome {
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub trigger: ReloadTrigger,
+    pub ok: bool,
+    /// Why it was refused (the running config stayed in force); URL secrets masked.
+    pub error: Option<String>,
+    /// Old → new of the keys now in force.
+    pub changed: Vec<Change>,
+    /// Old → new of the keys that wait for a restart (the old value stays in force).
+    pub restart_required: Vec<Change>,
+    pub missing_keys: Vec<String>,
+}
+
+/// The config in force, as `/config` shows it.
+struct Shown {
+    loaded_at_ms: u64,
+    effective: Effective,
 }
 
 /// The swappable parts of a running ccgate, and the config they came from.
@@ -196,6 +236,10 @@ pub struct Reloader {
     shared: Option<Arc<dyn SharedStore>>,
     metrics: Metrics,
     on_keys: Option<OnChange>,
+    /// The config in force as shown, replaced at each successful reload.
+    shown: Mutex<Arc<Shown>>,
+    /// The last reload's outcome; `None` until one was tried.
+    last: Mutex<Option<ReloadOutcome>>,
 }
 
 /// The parts a [`Reloader`] swaps, as `app::start` built them.
@@ -213,7 +257,10 @@ pub struct Parts {
 impl Reloader {
     pub fn new(config: Config, source: Option<ConfigSource>, parts: Parts) -> Self {
         let stamp = FileStamp::of(&config);
+        let shown = Shown { loaded_at_ms: crate::clock::unix_ms(), effective: config.effective() };
         Self {
+            shown: Mutex::new(Arc::new(shown)),
+            last: Mutex::new(None),
             source,
             running: tokio::sync::Mutex::new(config),
             auth: parts.auth,
@@ -229,18 +276,43 @@ impl Reloader {
     }
 
     /// Reads the config file again (with the environment's overrides) and applies it.
-    pub async fn reload(&self) -> Result<ReloadReport, String> {
+    pub async fn reload(&self, trigger: ReloadTrigger) -> Result<ReloadReport, String> {
         let Some(source) = &self.source else {
-            return self.refused("this instance was not started from a config file".into());
+            return self.refused(trigger, "this instance was not started from a config file".into());
         };
         match Config::load(&source.path, source.must_exist) {
-            Ok(config) => self.reload_with(config).await,
-            Err(e) => self.refused(e.to_string()),
+            Ok(config) => self.apply(config, trigger).await,
+            Err(e) => self.refused(trigger, e.to_string()),
         }
     }
 
     /// Applies `new` (already parsed and validated).
     pub async fn reload_with(&self, new: Config) -> Result<ReloadReport, String> {
+        self.apply(new, ReloadTrigger::Call).await
+    }
+
+    /// `GET /config` without the rate limits' state: when and where from the config in force
+    /// was loaded, its hashes, the config itself (masked) and the last reload's outcome.
+    pub fn config_document(&self) -> serde_json::Value {
+        let shown = crate::sync::lock(&self.shown).clone();
+        let last = crate::sync::lock(&self.last).clone();
+        serde_json::json!({
+            "loaded_at": crate::session::view::rfc3339(shown.loaded_at_ms),
+            "source": self.source.as_ref().map(|s| s.path.display().to_string()),
+            "hash": shown.effective.hash,
+            "masked_hash": shown.effective.masked_hash,
+            "masked": shown.effective.masked,
+            "config": shown.effective.config,
+            "last_reload": last,
+        })
+    }
+
+    /// The last reload's outcome; `None` until one was tried.
+    pub fn last_reload(&self) -> Option<ReloadOutcome> {
+        crate::sync::lock(&self.last).clone()
+    }
+
+    async fn apply(&self, new: Config, trigger: ReloadTrigger) -> Result<ReloadReport, String> {
         let mut running = self.running.lock().await;
         let previous = self.auth.load_full();
         let names: Vec<String> = self.gateways.iter().map(|s| s.identity.name.to_string()).collect();
@@ -250,12 +322,15 @@ impl Reloader {
             Live::build(&effective, &names, &self.metrics, self.shared.as_ref(), Some(&previous), self.on_keys.clone());
         let live = match built {
             Ok(l) => l,
-            Err(e) => return self.refused(e),
+            Err(e) => return self.refused(trigger, e),
         };
         if live.cert.is_some() != self.cert.is_some() {
-            return self
-                .refused("server.tls_cert/tls_key: switching between TLS and plain HTTP needs a restart".into());
+            return self.refused(
+                trigger,
+                "server.tls_cert/tls_key: switching between TLS and plain HTTP needs a restart".into(),
+            );
         }
+        let values = crate::config::changes(&crate::config::flatten(&running), &crate::config::flatten(&new));
         let (mut changed, mut restart_required) = diff(&running, &new);
         // A held gateway's credentials and tenants wait for the restart with the rest of it.
         if !held.is_empty() && new.gateways.is_empty() {
@@ -313,6 +388,18 @@ impl Reloader {
         running.sessions.conference_wait_ms = new.sessions.conference_wait_ms;
         running.sessions.face_event_wait_ms = new.sessions.face_event_wait_ms;
 
+        *crate::sync::lock(&self.shown) =
+            Arc::new(Shown { loaded_at_ms: crate::clock::unix_ms(), effective: running.effective() });
+        let of = |keys: &[String]| values.iter().filter(|c| keys.contains(&c.key)).cloned().collect::<Vec<_>>();
+        *crate::sync::lock(&self.last) = Some(ReloadOutcome {
+            at: crate::session::view::rfc3339(crate::clock::unix_ms()),
+            trigger,
+            ok: true,
+            error: None,
+            changed: of(&changed),
+            restart_required: of(&restart_required),
+            missing_keys: missing_keys.clone(),
+        });
         self.metrics.count_config_reload(ReloadResult::Ok);
         tracing::info!(changed = ?changed, restart_required = ?restart_required, missing_keys = ?missing_keys,
             "config reloaded");
@@ -322,12 +409,23 @@ impl Reloader {
         for name in &held {
             tracing::warn!(gateway = %name, "this gateway's URL, TLS or connection settings changed, which needs a restart; its credentials and tenants stay as running too, so one configuration of it is in force");
         }
-        Ok(ReloadReport { reloaded: true, changed, restart_required, missing_keys })
+        let values = values.into_iter().filter(|c| changed.contains(&c.key) || restart_required.contains(&c.key));
+        let values = values.collect();
+        Ok(ReloadReport { reloaded: true, changed, restart_required, missing_keys, values })
     }
 
-    fn refused(&self, why: String) -> Result<ReloadReport, String> {
+    fn refused(&self, trigger: ReloadTrigger, why: String) -> Result<ReloadReport, String> {
         // The message may quote a config line, and the store URL may hold a password.
         let why = crate::config::mask_url_secrets(&why);
+        *crate::sync::lock(&self.last) = Some(ReloadOutcome {
+            at: crate::session::view::rfc3339(crate::clock::unix_ms()),
+            trigger,
+            ok: false,
+            error: Some(why.clone()),
+            changed: Vec::new(),
+            restart_required: Vec::new(),
+            missing_keys: Vec::new(),
+        });
         self.metrics.count_config_reload(ReloadResult::Failed);
         tracing::error!(error = %why, "reload refused; the running config stays in force");
         Err(why)
@@ -395,40 +493,15 @@ impl FileStamp {
     }
 }
 
-/// Keys whose values differ between `old` and `new`: (applied live, needing a restart).
+/// Keys whose values differ between `old` and `new`, a secret's included: (applied live,
+/// needing a restart).
 fn diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
-    let (a, b) = (flatten(old), flatten(new));
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    let changed: Vec<String> = keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).cloned().collect();
-    changed.into_iter().partition(|k| match k.as_str() {
+    let changed = crate::config::changes(&crate::config::flatten(old), &crate::config::flatten(new));
+    changed.into_iter().map(|c| c.key).partition(|k| match k.as_str() {
         // Live only when what changed is credentials files and tenants.
         "gateways" => without_live_fields(&old.gateways) == without_live_fields(&new.gateways),
         k => is_live(k),
     })
-}
-
-/// Every leaf of the config as `section.key` → its TOML text (arrays whole).
-fn flatten(c: &Config) -> BTreeMap<String, String> {
-    fn walk(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, String>) {
-        match v {
-            toml::Value::Table(t) => {
-                for (k, v) in t {
-                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                    walk(&key, v, out);
-                }
-            }
-            leaf => {
-                out.insert(prefix.to_owned(), leaf.to_string());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    if let Ok(v) = toml::Value::try_from(c) {
-        walk("", &v, &mut out);
-    }
-    out
 }
 
 #[cfg(test)]

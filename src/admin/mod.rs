@@ -3,8 +3,12 @@
 //! only with `admin.ready_requires_gateway`, the shared store only with
 //! `admin.ready_requires_store`), `/gatewayz` (the CC-Gateway's state
 //! on its own), `POST /-/reload` from loopback (what SIGHUP does), and for operators `/agents`,
-//! `/agents/{id}` and the status page at `/` (loopback unless `admin.agents_from`).
+//! `/agents/{id}`, `/config` (the effective config, secrets masked, and the last reload),
+//! `/limits` (the rate limits and their buckets) and the status page at `/` (loopback unless
+//! `admin.agents_from`).
 
+mod config_view;
+mod html;
 mod status_page;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -272,6 +276,10 @@ pub type AgentsFn = Arc<
         + Sync,
 >;
 
+/// A JSON document made on request: `GET /config` (the reloader's document) and `GET
+/// /limits` (the limits in force, with their buckets).
+pub type DocumentFn = Box<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 pub struct Admin {
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
@@ -280,6 +288,10 @@ pub struct Admin {
     pub reload: Option<ReloadFn>,
     /// `GET /agents`, `GET /agents/{id}`.
     pub agents: Option<AgentsFn>,
+    /// `GET /config`: the effective config (masked), its hashes and the last reload.
+    pub config: Option<DocumentFn>,
+    /// `GET /limits`: each rate limit in force and its fullest buckets.
+    pub limits: Option<DocumentFn>,
     /// `admin.agents_from`.
     pub agents_from: crate::config::AgentsAccess,
     /// `admin.hosts`, lowercase: the names the operator's views and reload answer to.
@@ -312,7 +324,14 @@ impl Admin {
     async fn answer(&self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
         let local = is_local(peer.ip());
         let path = req.uri().path();
-        let operators = path == "/-/reload" || path == "/agents" || path.starts_with("/agents/") || path == "/";
+        // `/config` and `/limits` show no secret but what this instance runs and who is
+        // near a limit: the agents' audience.
+        let operators = path == "/-/reload"
+            || path == "/agents"
+            || path.starts_with("/agents/")
+            || path == "/"
+            || path == "/config"
+            || path == "/limits";
         // The operator's views and reload answer only their own names, and reload only a POST
         // no browser sent for another site: a web page cannot read them by DNS rebinding or
         // run a reload with a cross-site form. Probes and scrapes answer any Host.
@@ -336,7 +355,12 @@ impl Admin {
             if let Some(refused) = self.refuse_agents_view(local) {
                 return refused;
             }
-            return if path == "/" { self.status_page().await } else { self.agents(&req).await };
+            return match path {
+                "/" => self.status_page().await,
+                "/config" => document(&self.config, "this instance shows no config"),
+                "/limits" => document(&self.limits, "this instance shows no limits"),
+                _ => self.agents(&req).await,
+            };
         }
         match path {
             "/metrics" => {
@@ -443,7 +467,7 @@ impl Admin {
         (!local && self.agents_from == crate::config::AgentsAccess::Loopback).then(|| {
             body::json(
                 StatusCode::FORBIDDEN,
-                &json!({"error": "the agents and the status page are served to loopback only (admin.agents_from)"}),
+                &json!({"error": "the agents, the config, the limits and the status page are served to loopback only (admin.agents_from)"}),
             )
         })
     }
@@ -474,6 +498,7 @@ impl Admin {
             agents_partial,
             requests: self.metrics.request_totals(),
             refusals: self.metrics.auth_failure_totals(),
+            config: self.config.as_ref().map(|f| f()),
         };
         let mut resp = Response::new(body::full(status_page::render(&facts, &self.rates)));
         resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -551,6 +576,14 @@ impl Admin {
             Ok(report) => body::json(StatusCode::OK, &report),
             Err(e) => body::json(StatusCode::UNPROCESSABLE_ENTITY, &json!({"reloaded": false, "error": e})),
         }
+    }
+}
+
+/// `GET /config` or `GET /limits`: the document, or 404 where this instance has none.
+fn document(f: &Option<DocumentFn>, none: &str) -> Response<Body> {
+    match f {
+        Some(f) => body::json(StatusCode::OK, &f()),
+        None => body::json(StatusCode::NOT_FOUND, &json!({"error": none})),
     }
 }
 

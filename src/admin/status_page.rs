@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use super::html::{badge, esc};
+
 /// Seconds between the page's own refreshes.
 pub const REFRESH_SECS: u32 = 5;
 
@@ -34,6 +36,8 @@ pub struct Facts {
     pub requests: Vec<(String, String, u64)>,
     /// (reason, count) since start.
     pub refusals: Vec<(String, u64)>,
+    /// The `GET /config` document (`config_view.rs` shows it).
+    pub config: Option<Value>,
 }
 
 /// The previous page's request counts, for a rate over the interval between two loads.
@@ -57,26 +61,6 @@ impl Rates {
     }
 }
 
-/// Escapes text for HTML element content and attribute values.
-fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn badge(ok: bool, label: &str) -> String {
-    format!(r#"<span class="{}">{}</span>"#, if ok { "ok" } else { "bad" }, esc(label))
-}
-
 /// The page.
 pub fn render(f: &Facts, rates: &Rates) -> String {
     let mut h = String::with_capacity(8 * 1024);
@@ -98,6 +82,7 @@ th{{background:#f4f4f4}} .ok{{color:#176f2c;font-weight:600}} .bad{{color:#b0002
 "#,
         version = esc(f.version)
     );
+    h.push_str(&super::config_view::attention(f.config.as_ref()));
     let cert = match f.certificate_expiry {
         Some(at) => {
             let days = (at - crate::clock::unix_ms() as i64 / 1000) / 86_400;
@@ -124,6 +109,7 @@ th{{background:#f4f4f4}} .ok{{color:#176f2c;font-weight:600}} .bad{{color:#b0002
                 .map(|d| format!(r#" <span class="muted">{}</span>"#, esc(d)))
                 .unwrap_or_default(),
     );
+    h.push_str(&super::config_view::section(f.config.as_ref()));
     let heads: String = crate::session::view::COLUMNS.iter().map(|c| format!("<th>{c}</th>")).collect();
     let _ = writeln!(h, r#"<h2>Agents ({})</h2>"#, f.agents.len());
     if f.agents_partial {
@@ -198,6 +184,7 @@ mod tests {
                 ("stopVoiceToConf".into(), "rejected".into(), 1),
             ],
             refusals: vec![("expired".into(), 2), ("malformed".into(), 0)],
+            config: None,
         }
     }
 

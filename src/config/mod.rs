@@ -8,7 +8,8 @@
 //! One file per section (`server`, `admin`, `gateway`, `auth`, `sessions`, `store`,
 //! `limits`, `policy`, `log`), each with its defaults and, where it has them, its own checks;
 //! the `CCGATE__` override engine in `env`; what they share (`ConfigError`, `Secret`, `Cidr`
-//! and URL masking, `ms`) in leaf files below them. This file holds the root [`Config`], its
+//! and URL masking, `ms`) in leaf files below them; the effective config as operators see it
+//! (masked, flattened, hashed) in `view`. This file holds the root [`Config`], its
 //! loading and [`Config::validate`] (the checks that span sections, those of the small
 //! sections, and the calls to the others'), and re-exports every item, so paths stay
 //! `crate::config::X`.
@@ -31,6 +32,7 @@ mod secret;
 mod server;
 mod sessions;
 mod store;
+mod view;
 
 pub use admin::{AdminConfig, AgentsAccess, DEFAULT_ADMIN_LISTEN};
 pub use auth::{
@@ -51,7 +53,7 @@ pub use limits::{default_limits, LimitConfig, RateLimitsConfig, Scope, DEFAULT_M
 pub use log::{LogConfig, LogFormat, DEFAULT_OTLP_SERVICE_NAME};
 pub use net::{mask_url_secrets, parse_cidr, parse_host_port, Cidr};
 pub use policy::{PolicyConfig, UnknownChair};
-pub use secret::Secret;
+pub use secret::{mask_secret, Secret, MASK};
 pub use server::{
     ServerConfig, DEFAULT_BODY_READ_TIMEOUT_MS, DEFAULT_CONNECTION_IDLE_TIMEOUT_MS, DEFAULT_DRAIN_DELAY_MS,
     DEFAULT_HEADER_READ_TIMEOUT_MS, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
@@ -69,6 +71,7 @@ pub use store::{
     DEFAULT_KEY_PREFIX, DEFAULT_LEASE_TTL_MS, DEFAULT_STORE_COMMAND_TIMEOUT_MS, DEFAULT_STORE_CONNECT_TIMEOUT_MS,
     MAX_STORE_NODES,
 };
+pub use view::{changes, flatten, Change, Effective, Flat, Leaf};
 
 /// Where `serve` looks for its config when neither `--config` nor `CCGATE_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/ccgate.toml";
@@ -276,15 +279,21 @@ impl Config {
         Ok(())
     }
 
+    /// This config with the names it runs under: the one-gateway `[gateway]` as `default`.
+    fn with_effective_names(&self) -> Config {
+        let mut effective = self.clone();
+        if effective.gateways.is_empty() && effective.gateway.name.is_empty() {
+            effective.gateway.name = DEFAULT_GATEWAY_NAME.into();
+        }
+        effective
+    }
+
     /// The effective config as TOML, for `check-config`: what `serve` would run, names
     /// included (the one-gateway `[gateway]` shows the name it gets, `default`, as metrics,
     /// logs and `/agents` call it). Holds paths, never secrets: secrets live in the files
     /// those paths name.
     pub fn to_masked_toml(&self) -> String {
-        let mut effective = self.clone();
-        if effective.gateways.is_empty() && effective.gateway.name.is_empty() {
-            effective.gateway.name = DEFAULT_GATEWAY_NAME.into();
-        }
+        let effective = self.with_effective_names();
         // Secret fields serialize masked; any other URL (jwks_url, log.otlp_endpoint) loses its
         // user info and query.
         mask_url_secrets(&toml::to_string_pretty(&effective).unwrap_or_else(|e| format!("# cannot render: {e}\n")))

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::error::ConfigError;
-use super::net::{mask_query, parse_host_port};
+use super::net::parse_host_port;
 use super::secret::Secret;
 
 /// Every key ccgate writes in Redis starts with this, so one Redis can serve other apps (or
@@ -96,7 +96,6 @@ pub struct StoreConfig {
     /// Secret because it may carry the Redis password; `check-config` prints it without.
     /// With `mode = "sentinel"` or `"cluster"` it gives the scheme, credentials and database
     /// only (`rediss://user:password@/0`); the hosts are `nodes`.
-    #[serde(serialize_with = "serialize_store_url")]
     pub url: Option<Secret>,
     /// `host:port` of the sentinels (`mode = "sentinel"`) or of the cluster's seed nodes
     /// (`mode = "cluster"`).
@@ -105,7 +104,6 @@ pub struct StoreConfig {
     pub sentinel_master: Option<String>,
     /// How to reach the sentinels themselves: `redis://[user:password@]` or `rediss://...`
     /// (host ignored). Unset: `url`'s scheme, no credentials (sentinels often have none).
-    #[serde(serialize_with = "serialize_store_url")]
     pub sentinel_url: Option<Secret>,
     /// PEM bundle of CAs trusted for `rediss://` (as `gateway.ca_file`); the system roots
     /// when unset.
@@ -259,23 +257,10 @@ pub fn store_url_host_db(url: &str) -> (&str, &str) {
     (host, path.split(['?', '#']).next().unwrap_or(""))
 }
 
-/// `store.url` as it may be printed: everything before the last `@` masked (a password may hold
-/// any character, `/`, `?`, `#` or quotes included), then the query; something that is not a
-/// URL at all is masked whole.
+/// `store.url` as it may be printed: the mask every [`Secret`] prints as (user info and query
+/// masked; something that is not a URL at all masked whole).
 pub fn masked_store_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return "***".to_owned() };
-    let (user, host) = match rest.rsplit_once('@') {
-        Some((_, host)) => ("***@", host),
-        None => ("", rest),
-    };
-    format!("{scheme}://{user}{}", mask_query(host))
-}
-
-fn serialize_store_url<S: serde::Serializer>(url: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
-    match url {
-        Some(u) => s.serialize_some(&masked_store_url(u.expose())),
-        None => s.serialize_none(),
-    }
+    super::secret::mask_secret(url)
 }
 
 #[cfg(test)]

@@ -72,9 +72,10 @@ impl Clock for TokioClock {
 
 // --- capped keyed state ---------------------------------------------------------------------
 
-/// governor's DashMap store with a hard cap on keys.
+/// governor's DashMap store with a hard cap on keys. The map is shared with the limit's
+/// [`Observed`], so `GET /limits` can read the buckets without counting as a request.
 pub struct CappedStore {
-    map: DashMapStateStore<String>,
+    map: Arc<DashMapStateStore<String>>,
     cap: usize,
     /// `ccgate_rate_limiter_overflow_total{limit}`: new keys judged without being stored.
     overflow: prometheus::IntCounter,
@@ -100,7 +101,7 @@ impl ShrinkableKeyedStateStore<String> for CappedStore {
         self.map.retain_recent(drop_below);
     }
     fn shrink_to_fit(&self) {
-        ShrinkableKeyedStateStore::shrink_to_fit(&self.map);
+        ShrinkableKeyedStateStore::shrink_to_fit(&*self.map);
     }
     fn len(&self) -> usize {
         self.map.len()
@@ -110,8 +111,35 @@ impl ShrinkableKeyedStateStore<String> for CappedStore {
     }
 }
 
+/// A direct limiter's state, shared with the limit's [`Observed`] like [`CappedStore`]'s map.
+pub struct DirectState(Arc<InMemoryState>);
+
+impl StateStore for DirectState {
+    type Key = NotKeyed;
+    fn measure_and_replace<T, F, E>(&self, key: &NotKeyed, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        self.0.measure_and_replace(key, f)
+    }
+}
+
 type Keyed = RateLimiter<String, CappedStore, TokioClock, StateInformationMiddleware>;
-type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, StateInformationMiddleware>;
+type Direct = RateLimiter<NotKeyed, DirectState, TokioClock, StateInformationMiddleware>;
+
+/// One limiter's buckets as `GET /limits` reads them (`limit_view.rs`): governor keeps each
+/// bucket as its theoretical arrival time in nanoseconds since the limiter was made, so the
+/// reader needs that instant too (taken just after: a bucket may read as at most a few
+/// microseconds fuller than it is).
+pub(super) struct Observed {
+    pub(super) origin: tokio::time::Instant,
+    pub(super) buckets: ObservedBuckets,
+}
+
+pub(super) enum ObservedBuckets {
+    Keyed(Arc<DashMapStateStore<String>>),
+    Direct(Arc<InMemoryState>),
+}
 
 /// The limiter of one limit. Indexed by gateway where the scope needs it: agent buckets per
 /// gateway (work numbers repeat across contact centres), one per gateway for `gateway`.
@@ -138,16 +166,18 @@ pub struct Limit {
     /// `stopVoiceToConf.agent`: the policy name in headers and problem bodies.
     pub name: Arc<str>,
     /// Seconds to refill the whole burst: the policy's window.
-    window_secs: u64,
+    pub(super) window_secs: u64,
     /// Time between two requests at the sustained rate (GCRA's emission interval).
-    interval: Duration,
+    pub(super) interval: Duration,
     limiter: Limiter,
+    /// The limiter's buckets, per gateway as `limiter`, for reading.
+    pub(super) observed: Vec<Observed>,
     /// Each gateway's key in the shared store: its namespace (agent buckets) and name
     /// (gateway buckets).
-    gateways: Arc<[(Arc<str>, Arc<str>)]>,
+    pub(super) gateways: Arc<[(Arc<str>, Arc<str>)]>,
     /// With the shared store: this replica's slices of the limit's buckets (`None` for
     /// buckets too small to slice).
-    slices: Option<Slices>,
+    pub(super) slices: Option<Slices>,
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -162,22 +192,36 @@ impl Limit {
         let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN)).allow_burst(burst);
         let name: Arc<str> = format!("{}.{}", cfg.method.replace('*', "all"), cfg.scope.as_str()).into();
         let per_gateway = gateways.len().max(1);
-        let direct = || RateLimiter::direct_with_clock(quota, TokioClock).with_middleware();
-        let keyed = || {
-            let overflow = metrics.rate_limiter_overflow(&name);
-            let store = CappedStore { map: DashMapStateStore::default(), cap: max_keys, overflow };
-            let plain: RateLimiter<String, CappedStore, TokioClock, NoOpMiddleware<TokioInstant>> =
-                RateLimiter::new(quota, store, TokioClock);
+        let mut observed = Vec::new();
+        let mut direct = || {
+            let state = Arc::new(InMemoryState::default());
+            let plain: RateLimiter<NotKeyed, DirectState, TokioClock, NoOpMiddleware<TokioInstant>> =
+                RateLimiter::new(quota, DirectState(state.clone()), TokioClock);
+            let origin = tokio::time::Instant::now();
+            observed.push(Observed { origin, buckets: ObservedBuckets::Direct(state) });
             plain.with_middleware()
         };
         let limiter = match cfg.scope {
             Scope::Global => Limiter::Direct(vec![direct()]),
             Scope::Gateway => Limiter::Direct((0..per_gateway).map(|_| direct()).collect()),
-            Scope::Tenant | Scope::Agent => Limiter::Keyed((0..per_gateway).map(|_| keyed()).collect()),
+            Scope::Tenant | Scope::Agent => Limiter::Keyed(
+                (0..per_gateway)
+                    .map(|_| {
+                        let overflow = metrics.rate_limiter_overflow(&name);
+                        let map = Arc::new(DashMapStateStore::default());
+                        let store = CappedStore { map: map.clone(), cap: max_keys, overflow };
+                        let plain: RateLimiter<String, CappedStore, TokioClock, NoOpMiddleware<TokioInstant>> =
+                            RateLimiter::new(quota, store, TokioClock);
+                        let origin = tokio::time::Instant::now();
+                        observed.push(Observed { origin, buckets: ObservedBuckets::Keyed(map) });
+                        plain.with_middleware()
+                    })
+                    .collect(),
+            ),
         };
         let window_secs = ceil_secs(period * cfg.burst);
         let slices = Slices::new(slices::cap(cfg.rate, cfg.burst), per_gateway, max_keys);
-        Self { cfg, no_tenant: String::new(), name, window_secs, interval: period, limiter, gateways, slices }
+        Self { cfg, no_tenant: String::new(), name, window_secs, interval: period, limiter, observed, gateways, slices }
     }
 
     fn state(&self, remaining: u32, reset_secs: u64) -> LimitState {
@@ -252,7 +296,7 @@ impl Limit {
         Ok(answer?.map(|Grant { taken, remaining }| remaining.saturating_add(taken.saturating_sub(1))))
     }
 
-    fn keys(&self) -> usize {
+    pub(super) fn keys(&self) -> usize {
         match &self.limiter {
             Limiter::Keyed(l) => l.iter().map(|l| l.len()).sum(),
             Limiter::Direct(_) => 0,
@@ -286,11 +330,12 @@ impl Tier {
 pub struct Limits {
     /// Limits applying to each method label, by `MethodLabel::index`, most specific first.
     by_method: Vec<Vec<Arc<Limit>>>,
-    all: Vec<Arc<Limit>>,
+    pub(super) all: Vec<Arc<Limit>>,
+    pub(super) max_keys: usize,
     metrics: Metrics,
     /// With the shared store, buckets live in Redis (global across replicas); the local ones
     /// serve as the fallback while Redis is away, if so configured.
-    shared: Option<(Arc<dyn Buckets>, LimitsFallback)>,
+    pub(super) shared: Option<(Arc<dyn Buckets>, LimitsFallback)>,
 }
 
 impl Limits {
@@ -336,7 +381,7 @@ impl Limits {
             }
             metrics.set_rate_limiter_keys(&l.name, l.keys());
         }
-        Ok(Self { by_method, all, metrics, shared: None })
+        Ok(Self { by_method, all, max_keys: cfg.max_keys, metrics, shared: None })
     }
 
     /// Keeps the buckets in Redis, shared by every replica.

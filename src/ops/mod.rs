@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod failure;
 mod limit_state;
+mod limit_view;
 pub mod limits;
 pub mod policy;
 pub mod principal;
@@ -27,6 +28,7 @@ use crate::session::events::BufferedEvent;
 use crate::session::history::{ErrorNote, RequestNote};
 use crate::session::{ConfState, Gateways, Listening, Session, SessionError, SessionStore, SignInOptions, Snapshot};
 pub use failure::{Failure, Overload};
+pub use limit_view::{BucketView, LimitView, FULLEST_BUCKETS};
 use limits::{LimitState, Limits, Tier};
 use policy::check_chair;
 pub use principal::Principal;

@@ -13,6 +13,7 @@ mod common;
 mod agents;
 mod auth;
 mod cli;
+mod config_view;
 mod connections;
 mod deploy;
 mod examples;

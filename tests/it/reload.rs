@@ -160,7 +160,7 @@ async fn sighup_and_ccgate_reload_during_traffic_lose_nothing() {
     // 3. Fixed, and reloaded with the command instead of a signal.
     std::fs::write(h.dir.join("jwks.json"), jwks(&[&h.es, &h.ed, &rsa().signer]).to_string()).unwrap();
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_ccgate"))
-        .args(["reload", "--admin", p.admin.trim_start_matches("http://")])
+        .args(["reload", "--json", "--admin", p.admin.trim_start_matches("http://")])
         .output()
         .await
         .unwrap();

@@ -28,6 +28,7 @@ mod gateways;
 pub mod history;
 mod limit_snapshot;
 mod link;
+mod listing;
 mod pacing;
 mod poller;
 mod replication;

@@ -1,4 +1,4 @@
-//! The running configuration on the status page: a banner while the last reload failed (the
+//! The running configuration on the status page: a red banner while the last reload failed (the
 //! page is not all green then: the running config is not the file's), and a section with
 //! when and where from the config in force was loaded, its hash, and the last reload's
 //! outcome with each key's old → new value. Everything comes from the `GET /config`
@@ -14,7 +14,7 @@ use super::html::{badge, esc};
 /// Changed keys listed on the page per reload; `/config` has them all.
 pub const PAGE_CHANGES: usize = 20;
 
-/// The last reload failed: why, as one line for the page's banner and the health verdict.
+/// The last reload failed: why, as one line for the red banner at the top of the page.
 pub fn failed_reload(doc: Option<&Value>) -> Option<String> {
     let last = doc?.get("last_reload")?;
     if last.get("ok")?.as_bool()? {

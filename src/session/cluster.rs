@@ -521,7 +521,13 @@ impl Cluster {
         };
         let mut out = Vec::new();
         for agent in agents.into_iter().filter(|a| !known.contains(a)) {
-            let Some(record) = self.store.load(&agent).await? else { continue };
+            // A record that fails validation (counted by the store) hides that agent only;
+            // only a store that cannot be read makes the view partial.
+            let record = match self.store.load(&agent).await {
+                Ok(Some(record)) => record,
+                Ok(None) | Err(StoreError::Malformed(_)) => continue,
+                Err(e) => return Err(e),
+            };
             let polled_by = self.store.lease_holder(&agent).await.ok().flatten();
             let state = match record.state {
                 RecordState::Active => "active".to_owned(),

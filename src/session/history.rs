@@ -8,7 +8,7 @@
 //! Nothing here is a secret: methods, statuses, outcomes, retcodes, request ids (which the
 //! edge accepts only as short tokens of `[A-Za-z0-9._:-]`) and conference ids.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::labels::Discarded;
 use crate::metrics::Metrics;
-use crate::shared::{SharedStore, JOURNAL_AGE, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX};
+use crate::shared::{JournalList, SharedStore, JOURNAL_AGE, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX};
 use crate::sync::lock;
 
 /// Requests an agent's view lists: enough to see the calls around a failure (a sign-in, a
@@ -156,6 +156,17 @@ pub struct Ending {
     pub requests: Vec<RequestEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<ErrorEntry>,
+    /// Failed sign-ins this entry stands for (the agent's retries update one entry).
+    #[serde(default = "one")]
+    pub attempts: u32,
+    /// When this replica last journaled it (failed sign-ins are journaled again at most once
+    /// a minute); not part of the entry.
+    #[serde(skip)]
+    journaled_at_ms: u64,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl Ending {
@@ -174,6 +185,8 @@ impl Ending {
             replica: None,
             requests: Vec::new(),
             last_error: None,
+            attempts: 1,
+            journaled_at_ms: 0,
         }
     }
 
@@ -185,8 +198,9 @@ impl Ending {
     }
 
     /// An entry read back from the store, validated as network input: `None` unless it is
-    /// what ccgate writes (a work number, known states, bounded fields, a plausible time).
-    pub fn parse(raw: &[u8]) -> Option<Self> {
+    /// what ccgate writes (a work number, known states, bounded fields, a time not after
+    /// `now_ms` by more than clocks disagree).
+    pub fn parse(raw: &[u8], now_ms: u64) -> Option<Self> {
         if raw.len() > JOURNAL_ENTRY_MAX_BYTES {
             return None;
         }
@@ -207,7 +221,9 @@ impl Ending {
             && short(&e.reason)
             && e.replica.as_deref().is_none_or(short)
             && requests_ok
-            && error_ok;
+            && error_ok
+            && e.attempts >= 1
+            && e.at_ms <= now_ms.saturating_add(MAX_CLOCK_SKEW_MS);
         ok.then_some(e)
     }
 
@@ -216,35 +232,114 @@ impl Ending {
     }
 }
 
-/// One gateway's endings: kept here (the whole history in process; with the shared store,
-/// what this replica shows while Redis is away) and, with the shared store, journaled there.
+/// A failed sign-in of an agent that already has one kept is counted on that entry
+/// (`attempts`) and journaled again at most this often: an app retrying a sign-in in a loop
+/// costs one Redis write a minute, not one per attempt.
+const FAILED_REJOURNAL_MS: u64 = 60_000;
+
+/// How far in the future an entry read back from the store may be dated: the replicas'
+/// clocks disagree by seconds, not by this; one dated later would stay "fresh" for ever.
+const MAX_CLOCK_SKEW_MS: u64 = 3_600_000;
+
+/// What one gateway keeps, newest first in each list, every list at most [`JOURNAL_MAX`].
+#[derive(Default)]
+struct Kept {
+    /// Sessions that ended (signed out, lost).
+    ended: VecDeque<Arc<Ending>>,
+    /// Failed sign-ins, one per agent (a later failure updates it).
+    failed: VecDeque<Arc<Ending>>,
+    /// Entries per agent in both lists: a request for an agent with none (nearly every
+    /// request, once sessions are live) costs one lookup, not a scan.
+    per_agent: HashMap<String, u32>,
+}
+
+impl Kept {
+    fn list(&mut self, list: JournalList) -> &mut VecDeque<Arc<Ending>> {
+        match list {
+            JournalList::Ended => &mut self.ended,
+            JournalList::FailedSignIns => &mut self.failed,
+        }
+    }
+
+    fn push(&mut self, list: JournalList, e: Arc<Ending>, now: u64) {
+        *self.per_agent.entry(e.agent.clone()).or_default() += 1;
+        self.list(list).push_front(e);
+        loop {
+            let l = self.list(list);
+            let drop = l.len() > JOURNAL_MAX || l.back().is_some_and(|old| !old.fresh(now));
+            let Some(old) = drop.then(|| l.pop_back()).flatten() else { break };
+            self.forget_one(&old.agent);
+        }
+    }
+
+    fn forget_one(&mut self, agent: &str) {
+        if let Some(n) = self.per_agent.get_mut(agent) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_agent.remove(agent);
+            }
+        }
+    }
+
+    /// The agent's newest entry, in either list.
+    fn newest_mut(&mut self, agent: &str) -> Option<&mut Arc<Ending>> {
+        if !self.per_agent.contains_key(agent) {
+            return None;
+        }
+        let ended = self.ended.iter().position(|e| e.agent == agent);
+        let failed = self.failed.iter().position(|e| e.agent == agent);
+        match (ended, failed) {
+            (Some(i), Some(j)) if self.failed[j].at_ms > self.ended[i].at_ms => self.failed.get_mut(j),
+            (Some(i), _) => self.ended.get_mut(i),
+            (None, Some(j)) => self.failed.get_mut(j),
+            (None, None) => None,
+        }
+    }
+}
+
+/// One gateway's history: kept here (the whole of it in process; with the shared store, what
+/// this replica shows while Redis is away) and, with the shared store, journaled there.
 pub struct History {
-    /// Newest first; at most [`JOURNAL_MAX`], none older than [`JOURNAL_AGE`].
-    kept: Mutex<VecDeque<Ending>>,
+    kept: Mutex<Kept>,
     /// To the journal writer, once replication has started with a shared store.
-    outbox: OnceLock<mpsc::Sender<Vec<u8>>>,
+    outbox: OnceLock<mpsc::Sender<(JournalList, Vec<u8>)>>,
     /// This replica's name in the store, for its entries.
     replica: OnceLock<String>,
+    /// The journal as last read, and when: views within [`JOURNAL_READ_EVERY`] share it.
+    read: Mutex<Option<(tokio::time::Instant, Endings)>>,
     metrics: Metrics,
 }
 
+/// Entries shared by the views that read them, newest first.
+type Endings = Arc<Vec<Arc<Ending>>>;
+
+/// How long one read of the journal serves the views: the status page reloads every 5 s in
+/// every tab open on it, and each read is two `LRANGE`s of up to 1,000 entries.
+const JOURNAL_READ_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl History {
     pub fn new(metrics: Metrics) -> Arc<Self> {
-        Arc::new(Self { kept: Mutex::new(VecDeque::new()), outbox: OnceLock::new(), replica: OnceLock::new(), metrics })
+        Arc::new(Self {
+            kept: Mutex::new(Kept::default()),
+            outbox: OnceLock::new(),
+            replica: OnceLock::new(),
+            read: Mutex::new(None),
+            metrics,
+        })
     }
 
-    /// Journals endings in `store` from now on (one writer task, [`OUTBOX`] entries waiting
+    /// Journals entries in `store` from now on (one writer task, [`OUTBOX`] entries waiting
     /// at most). Call once, in a runtime.
     pub fn journal_to(&self, store: Arc<dyn SharedStore>) {
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(OUTBOX);
+        let (tx, mut rx) = mpsc::channel::<(JournalList, Vec<u8>)>(OUTBOX);
         if self.outbox.set(tx).is_err() {
             return;
         }
         let _ = self.replica.set(store.replica().to_owned());
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            while let Some(entry) = rx.recv().await {
-                if let Err(e) = store.journal(&entry).await {
+            while let Some((list, entry)) = rx.recv().await {
+                if let Err(e) = store.journal(list, &entry).await {
                     // Kept here still; only the other replicas will not see it.
                     tracing::debug!(error = %e, "shared store: could not journal an agent's ending");
                     metrics.count_discarded(Discarded::JournalEntry, 1);
@@ -253,78 +348,116 @@ impl History {
         });
     }
 
-    /// Records an ending: kept here and, with the shared store, journaled there.
-    pub fn record(&self, mut e: Ending) {
-        e.replica = self.replica.get().cloned();
-        if let Some(tx) = self.outbox.get() {
-            let sent = serde_json::to_vec(&e)
-                .ok()
-                .filter(|b| b.len() <= JOURNAL_ENTRY_MAX_BYTES)
-                .is_some_and(|b| tx.try_send(b).is_ok());
-            if !sent {
-                self.metrics.count_discarded(Discarded::JournalEntry, 1);
-            }
-        }
-        let now = crate::clock::unix_ms();
-        let mut kept = lock(&self.kept);
-        kept.push_front(e);
-        kept.truncate(JOURNAL_MAX);
-        while kept.back().is_some_and(|old| !old.fresh(now)) {
-            kept.pop_back();
+    fn send(&self, list: JournalList, e: &Ending) {
+        let Some(tx) = self.outbox.get() else { return };
+        let sent = serde_json::to_vec(e)
+            .ok()
+            .filter(|b| b.len() <= JOURNAL_ENTRY_MAX_BYTES)
+            .is_some_and(|b| tx.try_send((list, b)).is_ok());
+        if !sent {
+            self.metrics.count_discarded(Discarded::JournalEntry, 1);
         }
     }
 
-    /// A request for an agent with no session here: it joins the agent's newest ending, if
-    /// one is kept (a request after a sign-out, or the retry of a failed sign-in). Nothing
-    /// is made for an agent without one: a client cannot fill the history with agents that
-    /// never signed in.
+    /// Records how a session ended: kept here and, with the shared store, journaled there.
+    pub fn record(&self, mut e: Ending) {
+        e.replica = self.replica.get().cloned();
+        self.send(JournalList::Ended, &e);
+        lock(&self.kept).push(JournalList::Ended, Arc::new(e), crate::clock::unix_ms());
+    }
+
+    /// Records a failed sign-in. An agent keeps one such entry: a later failure updates it
+    /// (its time, reason and error, `attempts` + 1) and is journaled at most once per
+    /// [`FAILED_REJOURNAL_MS`], so retries in a loop cost neither memory nor Redis writes.
+    pub fn record_failed(&self, mut e: Ending) {
+        e.replica = self.replica.get().cloned();
+        let now = e.at_ms;
+        let mut kept = lock(&self.kept);
+        if let Some(old) = kept.failed.iter_mut().find(|x| x.agent == e.agent) {
+            let old = Arc::make_mut(old);
+            let journal = now.saturating_sub(old.journaled_at_ms) >= FAILED_REJOURNAL_MS;
+            e.attempts = old.attempts.saturating_add(1);
+            e.journaled_at_ms = if journal { now } else { old.journaled_at_ms };
+            if e.requests.is_empty() {
+                e.requests = std::mem::take(&mut old.requests);
+            }
+            *old = e;
+            if journal {
+                let copy = old.clone();
+                drop(kept);
+                self.send(JournalList::FailedSignIns, &copy);
+            }
+            return;
+        }
+        e.journaled_at_ms = now;
+        self.send(JournalList::FailedSignIns, &e);
+        kept.push(JournalList::FailedSignIns, Arc::new(e), crate::clock::unix_ms());
+    }
+
+    /// A request for an agent with no session here: it joins the agent's newest entry, if
+    /// one is kept (a request after a sign-out, or the retry of a failed sign-in); nothing is
+    /// made for an agent without one.
     pub fn note_request(&self, agent: &str, r: &RequestNote, error: Option<ErrorNote>) {
         let mut kept = lock(&self.kept);
-        let Some(e) = kept.iter_mut().find(|e| e.agent == agent) else { return };
+        let Some(e) = kept.newest_mut(agent) else { return };
+        let e = Arc::make_mut(e);
         if e.requests.len() == RECENT_REQUESTS {
             e.requests.remove(0);
         }
         e.requests.push(r.entry());
-        // The error of the ending itself (why a sign-in failed, with its retcode) says more
-        // than the request's outcome that carried it; one from before the ending says less.
-        if let Some(error) = error.filter(|_| e.last_error.as_ref().is_none_or(|x| x.at_ms < e.at_ms)) {
+        // A failed sign-in's own error (its retcode) says more than the outcome of the
+        // request that carried it; any other is replaced by the newest.
+        let own = e.state == "signin_failed" && e.last_error.as_ref().is_some_and(|x| x.at_ms == e.at_ms);
+        if let Some(error) = error.filter(|_| !own) {
             e.last_error = Some(error.entry());
         }
     }
 
-    /// The endings kept here, newest first (of `one` only, if given), at most `max`.
-    pub fn kept(&self, one: Option<&str>, max: usize) -> Vec<Ending> {
+    /// The entries kept here, newest first (of `one` only, if given), at most `max`. Cheap
+    /// under the lock: the entries are shared, not copied.
+    pub fn kept(&self, one: Option<&str>, max: usize) -> Vec<Arc<Ending>> {
         let now = crate::clock::unix_ms();
-        lock(&self.kept)
-            .iter()
-            .filter(|e| e.fresh(now) && one.is_none_or(|a| e.agent == a))
-            .take(max)
-            .cloned()
-            .collect()
+        let mut out: Vec<Arc<Ending>> = {
+            let kept = lock(&self.kept);
+            let mine = |e: &&Arc<Ending>| e.fresh(now) && one.is_none_or(|a| e.agent == a);
+            kept.ended.iter().filter(mine).chain(kept.failed.iter().filter(mine)).cloned().collect()
+        };
+        out.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
+        out.truncate(max);
+        out
     }
 
-    /// The endings in the store's journal, newest first (of `one` only, if given), at most
-    /// `max`; entries that are not what ccgate writes are dropped and counted.
+    /// The entries in the store's journal, newest first (of `one` only, if given), at most
+    /// `max`; entries that are not what ccgate writes are dropped and counted. One read
+    /// serves for [`JOURNAL_READ_EVERY`].
     pub async fn journaled(
         &self,
         store: &dyn SharedStore,
         one: Option<&str>,
         max: usize,
-    ) -> Result<Vec<Ending>, crate::shared::StoreError> {
+    ) -> Result<Vec<Arc<Ending>>, crate::shared::StoreError> {
         let now = crate::clock::unix_ms();
-        let raw = store.journal_entries(JOURNAL_MAX).await?;
-        let mut out = Vec::new();
-        for entry in raw {
-            match Ending::parse(&entry) {
-                Some(e) if e.fresh(now) && one.is_none_or(|a| e.agent == a) => out.push(e),
-                Some(_) => {}
-                None => self.metrics.count_discarded(Discarded::JournalEntry, 1),
+        let cached =
+            lock(&self.read).as_ref().filter(|(at, _)| at.elapsed() < JOURNAL_READ_EVERY).map(|(_, all)| all.clone());
+        let all = match cached {
+            Some(all) => all,
+            None => {
+                let mut all = Vec::new();
+                for list in [JournalList::Ended, JournalList::FailedSignIns] {
+                    for entry in store.journal_entries(list, JOURNAL_MAX).await? {
+                        match Ending::parse(&entry, now) {
+                            Some(e) => all.push(Arc::new(e)),
+                            None => self.metrics.count_discarded(Discarded::JournalEntry, 1),
+                        }
+                    }
+                }
+                all.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
+                let all = Arc::new(all);
+                *lock(&self.read) = Some((tokio::time::Instant::now(), all.clone()));
+                all
             }
-            if out.len() >= max {
-                break;
-            }
-        }
-        Ok(out)
+        };
+        Ok(all.iter().filter(|e| e.fresh(now) && one.is_none_or(|a| e.agent == a)).take(max).cloned().collect())
     }
 }
 
@@ -370,11 +503,11 @@ mod tests {
         let good = Ending::new("153", EndKind::Lost, "guid_refused", now).with_activity(&a);
         assert_eq!(good.state, "lost:guid_refused");
         let raw = serde_json::to_vec(&good).unwrap();
-        assert_eq!(Ending::parse(&raw), Some(good.clone()));
+        assert_eq!(Ending::parse(&raw, now), Some(good.clone()));
         let bad = |f: &dyn Fn(&mut Ending)| {
             let mut e = good.clone();
             f(&mut e);
-            Ending::parse(&serde_json::to_vec(&e).unwrap())
+            Ending::parse(&serde_json::to_vec(&e).unwrap(), now)
         };
         assert!(bad(&|e| e.agent = "0153".into()).is_none(), "not a canonical work number");
         assert!(bad(&|e| e.agent = "abc".into()).is_none());
@@ -383,8 +516,10 @@ mod tests {
         assert!(bad(&|e| e.requests = vec![e.requests[0].clone(); RECENT_REQUESTS + 1]).is_none());
         assert!(bad(&|e| e.requests[0].status = 42).is_none());
         assert!(bad(&|e| e.requests[0].request_id = "r".repeat(MAX_REQUEST_ID + 1)).is_none());
-        assert!(Ending::parse(b"not json").is_none());
-        assert!(Ending::parse(&vec![b' '; JOURNAL_ENTRY_MAX_BYTES + 1]).is_none());
+        assert!(bad(&|e| e.at_ms = now + 2 * MAX_CLOCK_SKEW_MS).is_none(), "dated in the future: fresh for ever");
+        assert!(bad(&|e| e.attempts = 0).is_none());
+        assert!(Ending::parse(b"not json", now).is_none());
+        assert!(Ending::parse(&vec![b' '; JOURNAL_ENTRY_MAX_BYTES + 1], now).is_none());
     }
 
     #[test]
@@ -423,11 +558,42 @@ mod tests {
         assert_eq!(kept[0].requests.len(), RECENT_REQUESTS, "bounded");
         assert_eq!(kept[0].last_error.as_ref().map(|e| e.cause.as_str()), Some("no_session"));
         assert!(kept[1].requests.is_empty(), "the older ending is left as it was");
+        // The last error is the newest one, not the first after the ending.
+        h.note_request(
+            "153",
+            &note(now + 50),
+            Some(ErrorNote { method: "login", cause: "forbidden", at_ms: now + 50 }),
+        );
+        assert_eq!(h.kept(Some("153"), 1)[0].last_error.as_ref().map(|e| e.cause.as_str()), Some("forbidden"));
         // A failed sign-in's own error (its retcode) is not replaced by the request's outcome.
         let mut failed = Ending::new("154", EndKind::SignInFailed, "100-006", now);
         failed.last_error = Some(ErrorEntry { method: "login".into(), cause: "100-006".into(), at_ms: now });
-        h.record(failed);
+        h.record_failed(failed);
         h.note_request("154", &note(now), Some(ErrorNote { method: "login", cause: "rejected", at_ms: now }));
         assert_eq!(h.kept(Some("154"), 1)[0].last_error.as_ref().map(|e| e.cause.as_str()), Some("100-006"));
+    }
+
+    /// Review of issue 40: one agent's failed sign-ins in a loop took every other agent's
+    /// history with them. Now an agent has one failed entry, and failures have their own
+    /// bound, apart from the sessions that ended.
+    #[test]
+    fn failed_sign_ins_in_a_loop_keep_one_entry_and_never_push_out_endings() {
+        let h = History::new(Metrics::default());
+        let now = crate::clock::unix_ms();
+        h.record(ending("153", now));
+        for i in 0..2 * JOURNAL_MAX as u64 {
+            h.record_failed(Ending::new("160", EndKind::SignInFailed, "no_credentials", now + i));
+        }
+        let kept = h.kept(None, usize::MAX);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert_eq!((kept[0].agent.as_str(), kept[0].attempts), ("160", 2 * JOURNAL_MAX as u32));
+        assert_eq!(kept[1].agent, "153", "the ending is still there");
+        // Many agents' failures fill their own list only.
+        for i in 0..JOURNAL_MAX as u64 + 1 {
+            h.record_failed(Ending::new(&(200 + i).to_string(), EndKind::SignInFailed, "no_credentials", now));
+        }
+        assert_eq!(h.kept(Some("153"), 1).len(), 1, "endings are bounded apart from failures");
+        assert!(h.kept(Some("160"), 1).is_empty(), "the oldest failure made room");
+        assert_eq!(lock(&h.kept).per_agent.len(), JOURNAL_MAX + 1, "the index follows what is kept");
     }
 }

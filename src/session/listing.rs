@@ -2,6 +2,7 @@
 //! leaves, what the edge notes of each request, and the admin's view that puts the live
 //! sessions, the other replicas' agents and the endings together.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::agent::Session;
@@ -44,7 +45,7 @@ impl SessionStore {
             cause: reason.into(),
             at_ms: ending.at_ms,
         });
-        self.history.record(ending);
+        self.history.record_failed(ending);
     }
 
     /// What the admin shows of the agents: every agent this replica holds, with the shared
@@ -86,18 +87,19 @@ impl SessionStore {
     /// The endings of this gateway's agents (of `one` only, if given), newest first: from
     /// the shared store's journal with this replica's own that it lacks (one the writer
     /// could not send yet), or this replica's alone, and `false`, when the store is away.
-    async fn endings(&self, one: Option<&str>) -> (Vec<Ending>, bool) {
-        let kept = self.history.kept(one, JOURNAL_MAX);
+    async fn endings(&self, one: Option<&str>) -> (Vec<Arc<Ending>>, bool) {
+        let kept = self.history.kept(one, 2 * JOURNAL_MAX);
         let Some(store) = self.replication.shared_store() else { return (kept, true) };
-        match self.history.journaled(&*store, one, JOURNAL_MAX).await {
-            Ok(mut all) => {
-                for e in kept {
-                    if !all.iter().any(|j| j.agent == e.agent && j.at_ms == e.at_ms && j.state == e.state) {
-                        all.push(e);
-                    }
-                }
+        match self.history.journaled(&*store, one, 2 * JOURNAL_MAX).await {
+            Ok(journaled) => {
+                // This replica's own copy of an entry wins: it has the requests and errors
+                // that came after it was journaled.
+                let key = |e: &Ending| (e.agent.clone(), e.at_ms, e.state.clone());
+                let own: HashSet<_> = kept.iter().map(|e| key(e)).collect();
+                let mut all = kept;
+                all.extend(journaled.into_iter().filter(|e| !own.contains(&key(e))));
                 all.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
-                all.truncate(JOURNAL_MAX);
+                all.truncate(2 * JOURNAL_MAX);
                 (all, true)
             }
             Err(e) => {
@@ -110,31 +112,34 @@ impl SessionStore {
     /// Completes `views` from the agents' endings (newest first): an agent shown without a
     /// live session gets when and why it ended; an agent not shown at all (no replica holds
     /// it any more) is shown from its newest ending. With `detail`, every ending is listed.
-    fn add_history(&self, views: &mut Vec<AgentView>, endings: &[Ending], detail: bool) {
+    fn add_history(&self, views: &mut Vec<AgentView>, endings: &[Arc<Ending>], detail: bool) {
+        // Each agent's endings, newest first (`endings` is).
+        let mut by_agent: HashMap<&str, Vec<&Ending>> = HashMap::new();
+        for e in endings {
+            by_agent.entry(e.agent.as_str()).or_default().push(e);
+        }
+        let listed = |mine: &[&Ending]| mine.iter().take(RECENT_ENDINGS).map(|e| EndingView::of(e)).collect();
         for v in views.iter_mut() {
-            let Some(newest) = endings.iter().find(|e| e.agent == v.agent) else { continue };
+            let Some(mine) = by_agent.get(v.agent.as_str()) else { continue };
             if detail {
-                v.endings = Some(
-                    endings.iter().filter(|e| e.agent == v.agent).take(RECENT_ENDINGS).map(EndingView::of).collect(),
-                );
+                v.endings = Some(listed(mine));
             }
-            if v.state != "active" && newest.at_ms >= v.signed_in_at_ms() {
-                v.take_ending(newest, detail);
+            // When and why this session ended: the newest ending of its kind since it began
+            // (not a later failed sign-in, not an earlier session's).
+            let this = mine.iter().find(|e| e.state == v.state && e.at_ms >= v.signed_in_at_ms());
+            if let Some(e) = this.filter(|_| v.state != "active") {
+                v.take_ending(e, detail);
             }
         }
-        let mut shown: std::collections::HashSet<String> = views.iter().map(|v| v.agent.clone()).collect();
+        let shown: HashSet<String> = views.iter().map(|v| v.agent.clone()).collect();
         for e in endings {
             if views.len() >= MAX_AGENTS_LISTED {
                 break;
             }
-            if !shown.insert(e.agent.clone()) {
-                continue;
-            }
+            let Some(mine) = by_agent.remove(e.agent.as_str()).filter(|_| !shown.contains(&e.agent)) else { continue };
             let mut v = AgentView::of_ending(&self.identity.name, e, detail);
             if detail {
-                v.endings = Some(
-                    endings.iter().filter(|x| x.agent == e.agent).take(RECENT_ENDINGS).map(EndingView::of).collect(),
-                );
+                v.endings = Some(listed(&mine));
             }
             views.push(v);
         }

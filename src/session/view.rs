@@ -93,6 +93,8 @@ pub struct EndingView {
     /// The replica that saw it (its name in the shared store).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replica: Option<String>,
+    /// Failed sign-ins it stands for (an agent's retries update one entry).
+    pub attempts: u32,
 }
 
 impl EndingView {
@@ -103,6 +105,7 @@ impl EndingView {
             at: rfc3339(e.at_ms),
             signed_in_at: known_time(e.signed_in_at_ms),
             replica: e.replica.clone(),
+            attempts: e.attempts,
         }
     }
 }

@@ -22,8 +22,9 @@ use tokio::time::Instant;
 
 use super::{
     AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change, ChangeFeed, ConfWrite, CreateMode, EndAs, EndOutcome,
-    Events, Gcra, Grant, Journal, Lease, Leases, Membership, NewEvent, NewRecord, OpLock, Record, RecordState, Records,
-    SharedStore, StoreError, StreamEvent, JOURNAL_AGE, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX, SEQ_BITS,
+    Events, Gcra, Grant, Journal, JournalList, Lease, Leases, Membership, NewEvent, NewRecord, OpLock, Record,
+    RecordState, Records, SharedStore, StoreError, StreamEvent, JOURNAL_AGE, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX,
+    SEQ_BITS,
 };
 use crate::config::Scope;
 
@@ -567,28 +568,28 @@ impl Leases for MemoryStore {
 
 #[async_trait::async_trait]
 impl Journal for MemoryStore {
-    async fn journal(&self, entry: &[u8]) -> Result<(), StoreError> {
+    async fn journal(&self, list: JournalList, entry: &[u8]) -> Result<(), StoreError> {
         self.hub.up()?;
         if entry.len() > JOURNAL_ENTRY_MAX_BYTES {
             return Err(StoreError::Malformed(format!("journal entry of {} bytes", entry.len())));
         }
         let now = Instant::now();
         let mut st = crate::sync::lock(&self.hub.state);
-        let (list, expires) = st.journals.entry(self.key("journal")).or_insert_with(|| (VecDeque::new(), now));
+        let (entries, expires) = st.journals.entry(self.key(list.key())).or_insert_with(|| (VecDeque::new(), now));
         if *expires <= now {
-            list.clear();
+            entries.clear();
         }
-        list.push_front(entry.to_vec());
-        list.truncate(JOURNAL_MAX);
+        entries.push_front(entry.to_vec());
+        entries.truncate(JOURNAL_MAX);
         *expires = now + JOURNAL_AGE;
         Ok(())
     }
 
-    async fn journal_entries(&self, max: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+    async fn journal_entries(&self, list: JournalList, max: usize) -> Result<Vec<Vec<u8>>, StoreError> {
         self.hub.up()?;
         let now = Instant::now();
         let st = crate::sync::lock(&self.hub.state);
-        Ok(match st.journals.get(&self.key("journal")) {
+        Ok(match st.journals.get(&self.key(list.key())) {
             Some((list, expires)) if *expires > now => list.iter().take(max.min(JOURNAL_MAX)).cloned().collect(),
             _ => Vec::new(),
         })

@@ -393,17 +393,39 @@ pub const JOURNAL_AGE: Duration = Duration::from_secs(24 * 3600);
 /// fields and the agent's last requests (`session::history`) fit in a quarter of it.
 pub const JOURNAL_ENTRY_MAX_BYTES: usize = 4096;
 
-/// The agents' journal: how each agent's sessions ended (signed out, lost, a sign-in that
-/// failed), newest first, shared by the replicas so any of them can show an agent that no
+/// The agents' journal: how each agent's sessions ended (signed out, lost) and which sign-ins
+/// failed, newest first, shared by the replicas so any of them can show an agent that no
 /// replica holds any more. Entries are opaque bytes here; `session::history` writes them and
 /// validates them when it reads them back.
 #[async_trait::async_trait]
 pub trait Journal: Send + Sync {
-    /// Adds an entry (at most [`JOURNAL_ENTRY_MAX_BYTES`]; a longer one is refused), keeps the
-    /// newest [`JOURNAL_MAX`], and lets the whole expire [`JOURNAL_AGE`] after the last.
-    async fn journal(&self, entry: &[u8]) -> Result<(), StoreError>;
-    /// The newest `max` entries (at most [`JOURNAL_MAX`]), newest first.
-    async fn journal_entries(&self, max: usize) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Adds an entry to `list` (at most [`JOURNAL_ENTRY_MAX_BYTES`]; a longer one is
+    /// refused), keeps its newest [`JOURNAL_MAX`], and lets it expire [`JOURNAL_AGE`] after
+    /// its last entry.
+    async fn journal(&self, list: JournalList, entry: &[u8]) -> Result<(), StoreError>;
+    /// The newest `max` entries of `list` (at most [`JOURNAL_MAX`]), newest first.
+    async fn journal_entries(&self, list: JournalList, max: usize) -> Result<Vec<Vec<u8>>, StoreError>;
+}
+
+/// The journal's two lists, each with its own bound, so failed sign-ins (which any holder of
+/// a token can cause, for any work number its identity provider signs) never push the
+/// sessions that really ended out of the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalList {
+    /// Sessions that ended: signed out, lost.
+    Ended,
+    /// Sign-ins that failed.
+    FailedSignIns,
+}
+
+impl JournalList {
+    /// The list's key after the gateway's prefix.
+    pub const fn key(self) -> &'static str {
+        match self {
+            Self::Ended => "journal",
+            Self::FailedSignIns => "journal:signin",
+        }
+    }
 }
 
 /// A session record's fields, validated as input from the network: `None` if any is missing

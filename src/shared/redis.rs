@@ -16,9 +16,9 @@ use super::connection::{Conn, Connection, Failure, StoreStatus, CLUSTER_RETRY_PA
 use super::scripts::{self, AgentKeys, Announce, Scripts};
 use super::{
     pack_id, parse_record, unpack_id, valid_event_kind, AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change,
-    ChangeFeed, ConfWrite, CreateMode, EndAs, EndOutcome, Events, Gcra, Grant, Journal, Lease, Leases, Membership,
-    NewEvent, NewRecord, OpLock, Record, RecordState, Records, SharedStore, StoreError, StreamEvent, JOURNAL_AGE,
-    JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX,
+    ChangeFeed, ConfWrite, CreateMode, EndAs, EndOutcome, Events, Gcra, Grant, Journal, JournalList, Lease, Leases,
+    Membership, NewEvent, NewRecord, OpLock, Record, RecordState, Records, SharedStore, StoreError, StreamEvent,
+    JOURNAL_AGE, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX,
 };
 use crate::config::{ms, Scope, StoreConfig};
 use crate::gateway::parse_agent_id;
@@ -195,9 +195,9 @@ impl RedisStore {
         format!("{}{}agents", self.prefix, self.namespace)
     }
 
-    /// The gateway's journal of endings (`Journal`): one list, so one hash slot in a cluster.
-    fn journal_key(&self) -> String {
-        format!("{}{}journal", self.prefix, self.namespace)
+    /// One of the gateway's journal lists (`Journal`): one key each, so one hash slot.
+    fn journal_key(&self, list: JournalList) -> String {
+        format!("{}{}{}", self.prefix, self.namespace, list.key())
     }
 
     fn replicas_key(&self) -> String {
@@ -580,11 +580,11 @@ impl Membership for RedisStore {
 
 #[async_trait::async_trait]
 impl Journal for RedisStore {
-    async fn journal(&self, entry: &[u8]) -> Result<(), StoreError> {
+    async fn journal(&self, list: JournalList, entry: &[u8]) -> Result<(), StoreError> {
         if entry.len() > JOURNAL_ENTRY_MAX_BYTES {
             return Err(StoreError::Malformed(format!("journal entry of {} bytes", entry.len())));
         }
-        let key = self.journal_key();
+        let key = self.journal_key(list);
         let ttl = JOURNAL_AGE.as_millis() as u64;
         // One transaction: the list never holds more than its bound, and never outlives a day
         // without an entry.
@@ -603,8 +603,8 @@ impl Journal for RedisStore {
         .await
     }
 
-    async fn journal_entries(&self, max: usize) -> Result<Vec<Vec<u8>>, StoreError> {
-        let key = self.journal_key();
+    async fn journal_entries(&self, list: JournalList, max: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let key = self.journal_key(list);
         let last = max.min(JOURNAL_MAX) as isize - 1;
         if last < 0 {
             return Ok(Vec::new());

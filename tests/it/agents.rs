@@ -205,7 +205,7 @@ async fn an_ended_agent_keeps_its_history_and_a_failed_sign_in_leaves_one() {
         (Some("login"), Some("no_credentials")),
         "{f}"
     );
-    // An agent that never did anything is still not known: clients cannot fill the history.
+    // An agent that never signed in nor tried is not known: a request makes no entry.
     let r = h.call(Method::GET, "/v1/session", Some("161"), "").await;
     assert!(r.status.is_client_error());
     assert_eq!(h.send(Method::GET, &format!("{}/agents/161", h.admin), &[], "").await.status, StatusCode::NOT_FOUND);
@@ -270,6 +270,17 @@ async fn with_redis_every_replica_shows_an_ending_and_says_when_its_view_is_part
     let list = h.send(Method::GET, &format!("{}/agents", h.admin), &[], "").await.json();
     assert_eq!(list["partial"], false, "{list}");
 
+    // One record in Redis that fails validation (a newer ccgate's, a stray write) hides
+    // that agent only: the view is whole, not partial.
+    h.sign_in("153").await;
+    let mut c = redis.conn().await;
+    let _: () = redis::cmd("ZADD").arg("ccgate:agents").arg(0).arg("999").query_async(&mut c).await.unwrap();
+    let _: () =
+        redis::cmd("HSET").arg("ccgate:{a:999}:session").arg("state").arg("weird").query_async(&mut c).await.unwrap();
+    let list = h.send(Method::GET, &format!("{}/agents", h.admin), &[], "").await.json();
+    assert_eq!(list["partial"], false, "{list}");
+    assert!(list["agents"].as_array().unwrap().iter().any(|a| a["agent"] == "153"), "{list}");
+
     // Redis away: A's views say they are its own only.
     redis.kill();
     let list = h.send(Method::GET, &format!("{}/agents", h.admin), &[], "").await.json();
@@ -283,5 +294,28 @@ async fn with_redis_every_replica_shows_an_ending_and_says_when_its_view_is_part
     let out = tokio::process::Command::new(BIN).args(["agents", "--admin", &admin]).output().await.unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("partial view"), "{}", String::from_utf8_lossy(&out.stdout));
     b.stop().await;
+    h.stop().await;
+}
+
+/// Review of issue 40: one client's failed sign-ins in a loop (no credentials for 160, a
+/// token its identity provider may mint for any work number) cost one entry, counted, and
+/// never push another agent's ending out of the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sign_ins_in_a_loop_keep_every_other_agents_history() {
+    let h = Harness::start().await;
+    h.sign_in("153").await;
+    let r = h.call(Method::DELETE, "/v1/session", Some("153"), "").await;
+    assert!(r.status.is_success(), "{}", r.text);
+    let token = h.token("160");
+    for _ in 0..1001 {
+        let r = h.call_with_token(Method::POST, "/v1/session", Some(&token), "").await;
+        assert!(r.status.is_client_error(), "{} {}", r.status, r.text);
+    }
+    let a = h.send(Method::GET, &format!("{}/agents/153", h.admin), &[], "").await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.json()["reason"], "app");
+    let f = h.send(Method::GET, &format!("{}/agents/160", h.admin), &[], "").await.json();
+    assert_eq!((f["state"].as_str(), f["endings"].as_array().map(Vec::len)), (Some("signin_failed"), Some(1)), "{f}");
+    assert_eq!(f["endings"][0]["attempts"], 1001, "{f}");
     h.stop().await;
 }

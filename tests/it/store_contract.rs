@@ -17,8 +17,8 @@ use ccgate::metrics::Metrics;
 use ccgate::shared::memory::MemoryHub;
 use ccgate::shared::redis::RedisStore;
 use ccgate::shared::{
-    AuthWrite, AuthWritten, Backend, Bucket, Change, ConfWrite, CreateMode, EndAs, EndOutcome, Grant, Lease, NewEvent,
-    NewRecord, RecordState, SharedStore, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX,
+    AuthWrite, AuthWritten, Backend, Bucket, Change, ConfWrite, CreateMode, EndAs, EndOutcome, Grant, JournalList,
+    Lease, NewEvent, NewRecord, RecordState, SharedStore, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX,
 };
 use common::redis::RedisServer;
 use tokio::sync::mpsc;
@@ -466,20 +466,34 @@ async fn two_gateways_agents_of_one_number_share_nothing(p: Pair) {
 /// The agents' journal (issue 40): newest first, read alike by every replica, bounded by
 /// count and entry size, one per gateway.
 async fn the_journal_keeps_the_newest_endings_per_gateway_for_every_replica(p: Pair) {
-    assert!(p.b.journal_entries(10).await.unwrap().is_empty());
+    assert!(p.b.journal_entries(JournalList::Ended, 10).await.unwrap().is_empty());
     for i in 0..JOURNAL_MAX + 5 {
-        p.a.journal(format!("entry {i}").as_bytes()).await.unwrap();
+        p.a.journal(JournalList::Ended, format!("entry {i}").as_bytes()).await.unwrap();
     }
-    let all = p.b.journal_entries(JOURNAL_MAX + 100).await.unwrap();
+    let all = p.b.journal_entries(JournalList::Ended, JOURNAL_MAX + 100).await.unwrap();
     assert_eq!(all.len(), JOURNAL_MAX, "the newest {JOURNAL_MAX} only");
     assert_eq!(all[0], format!("entry {}", JOURNAL_MAX + 4).as_bytes(), "newest first");
     assert_eq!(all[JOURNAL_MAX - 1], b"entry 5");
-    assert_eq!(p.a.journal_entries(2).await.unwrap(), all[..2].to_vec(), "at most what is asked");
-    assert!(p.a.journal(&vec![b'x'; JOURNAL_ENTRY_MAX_BYTES + 1]).await.is_err(), "an oversized entry is refused");
+    assert_eq!(p.a.journal_entries(JournalList::Ended, 2).await.unwrap(), all[..2].to_vec(), "at most what is asked");
+    assert!(
+        p.a.journal(JournalList::Ended, &vec![b'x'; JOURNAL_ENTRY_MAX_BYTES + 1]).await.is_err(),
+        "an oversized entry is refused"
+    );
     let acme = p.b.clone().for_gateway("acme");
-    assert!(acme.journal_entries(10).await.unwrap().is_empty(), "another gateway's journal is its own");
-    acme.journal(b"acme's").await.unwrap();
-    assert_eq!(p.a.journal_entries(1).await.unwrap()[0], format!("entry {}", JOURNAL_MAX + 4).as_bytes());
+    assert!(
+        acme.journal_entries(JournalList::Ended, 10).await.unwrap().is_empty(),
+        "another gateway's journal is its own"
+    );
+    acme.journal(JournalList::Ended, b"acme's").await.unwrap();
+    assert_eq!(
+        p.a.journal_entries(JournalList::Ended, 1).await.unwrap()[0],
+        format!("entry {}", JOURNAL_MAX + 4).as_bytes()
+    );
+    // The failed sign-ins' list is another, with its own bound.
+    assert!(p.a.journal_entries(JournalList::FailedSignIns, 10).await.unwrap().is_empty());
+    p.b.journal(JournalList::FailedSignIns, b"failed").await.unwrap();
+    assert_eq!(p.a.journal_entries(JournalList::FailedSignIns, 10).await.unwrap(), [b"failed".to_vec()]);
+    assert_eq!(p.a.journal_entries(JournalList::Ended, JOURNAL_MAX).await.unwrap().len(), JOURNAL_MAX);
 }
 
 // --- the cases that let time pass -------------------------------------------------------------

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use arc_swap::ArcSwap;
 
-use crate::admin::{Admin, GatewayState, Readiness};
+use crate::admin::{Admin, GatewayState, Readiness, Replicas};
 use crate::config::{ms, Config, StoreBackend};
 use crate::edge::auth::Authenticator;
 use crate::edge::Proxy;
@@ -23,7 +23,7 @@ use crate::server::listener::{triggered, ConnectionMetrics};
 use crate::server::{self, ServeOptions, Shutdown};
 use crate::session::{GatewayIdentity, Gateways, SessionStore};
 use crate::shared::redis::RedisStore;
-use crate::shared::{Backend, SharedStore};
+use crate::shared::{Backend, Membership, ReplicaIdentity, SharedStore};
 use crate::tls;
 
 /// How often `/readyz` re-checks that the gateway accepts TCP connections.
@@ -152,7 +152,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result<Running, StartError> {
     let gateways = config.gateway_list();
     let names: Vec<String> = gateways.iter().map(|g| g.name.clone()).collect();
-    let (metrics, readiness) = observability(config, &names);
+    let (metrics, readiness) = observability(config, &gateways);
     let clients = gateway_clients(config, &gateways)?;
     let shutdown = Shutdown::new();
     let shared = shared_store(config, &metrics, &readiness).await?;
@@ -221,7 +221,8 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
     let admin_listener = bind("admin.listen", config.admin.listen).await?;
     let served = server::spawn(proxy_listener, server_tls, proxy, opts, shutdown.subscribe())
         .map_err(|e| StartError::Serve { key: "server.listen", reason: e.to_string() })?;
-    let admin = admin(config, &metrics, &readiness, &auth, &reloader, &all, &limits);
+    let replicas = replicas(&admin_listener, shared.as_ref(), &metrics)?;
+    let admin = admin(config, &metrics, &readiness, &auth, &reloader, &all, &limits, replicas);
     let admin_served = server::spawn(admin_listener, None, admin, admin_opts, shutdown.subscribe())
         .map_err(|e| StartError::Serve { key: "admin.listen", reason: e.to_string() })?;
     // Background tasks: gateway and store probes, key eviction, certificate watching.
@@ -252,10 +253,11 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
 }
 
 /// Step 1: what everything reports to, the metrics (one label per gateway) and readiness.
-fn observability(config: &Config, names: &[String]) -> (Metrics, Arc<Readiness>) {
-    let metrics = Metrics::new(names);
+fn observability(config: &Config, gateways: &[crate::config::GatewayConfig]) -> (Metrics, Arc<Readiness>) {
+    let names: Vec<String> = gateways.iter().map(|g| g.name.clone()).collect();
+    let metrics = Metrics::new(&names);
     let readiness = Arc::new(Readiness::default());
-    readiness.set_gateway_names(names);
+    readiness.set_gateways(gateways);
     readiness.require_gateway(config.admin.ready_requires_gateway);
     readiness.require_store(config.admin.ready_requires_store);
     (metrics, readiness)
@@ -371,6 +373,24 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, StartE
     TcpListener::bind(addr).await.map_err(|error| StartError::Listen { key, addr, error })
 }
 
+/// Who this replica is (its name in leases, the host, the admin listener as bound), shown on
+/// `/readyz`, the status page and `ccgate_replica_info`, and registered in the shared store
+/// so other replicas' views can say where an agent's poller runs. With the memory store
+/// the name is made here, in the form Redis's replicas have.
+fn replicas(
+    admin_listener: &TcpListener,
+    shared: Option<&Arc<dyn SharedStore>>,
+    metrics: &Metrics,
+) -> Result<Arc<Replicas>, StartError> {
+    let addr = admin_listener
+        .local_addr()
+        .map_err(|error| StartError::Serve { key: "admin.listen", reason: format!("no local address: {error}") })?;
+    let id = shared.map_or_else(|| uuid::Uuid::new_v4().simple().to_string(), |s| s.replica().to_owned());
+    let me = ReplicaIdentity::of_this_process(&id, addr);
+    metrics.set_replica(&me.id, &me.host, &me.admin);
+    Ok(Arc::new(Replicas::new(me, shared.map(|s| s.clone() as Arc<dyn Membership>))))
+}
+
 /// The admin listener's handler. It holds the parts it reports on weakly: a running admin
 /// must not keep a stopped proxy's sessions alive.
 fn admin(
@@ -381,6 +401,7 @@ fn admin(
     reloader: &Arc<Reloader>,
     all: &Arc<Gateways>,
     limits: &Arc<ArcSwap<Limits>>,
+    replicas: Arc<Replicas>,
 ) -> Arc<Admin> {
     let auth = Arc::downgrade(auth);
     let shown = Arc::downgrade(reloader);
@@ -399,17 +420,22 @@ fn admin(
                 serde_json::to_value(report).map_err(|e| e.to_string())
             })
         })),
-        agents: Some(Arc::new(move |gateway: Option<String>, agent: Option<String>| {
-            let all = all.clone();
-            Box::pin(async move {
-                match all.upgrade() {
-                    Some(s) => {
-                        let q = crate::session::AgentQuery { gateway, agent };
-                        serde_json::to_value(s.agents(&q).await).unwrap_or_default()
+        agents: Some(Arc::new({
+            let replicas = replicas.clone();
+            move |gateway: Option<String>, agent: Option<String>| {
+                let (all, replicas) = (all.clone(), replicas.clone());
+                Box::pin(async move {
+                    match all.upgrade() {
+                        Some(s) => {
+                            let q = crate::session::AgentQuery { gateway, agent };
+                            let mut list = s.agents(&q).await;
+                            replicas.name_pollers(&mut list.agents).await;
+                            serde_json::to_value(list).unwrap_or_default()
+                        }
+                        None => serde_json::json!({"agents": [], "partial": false}),
                     }
-                    None => serde_json::json!({"agents": [], "partial": false}),
-                }
-            })
+                })
+            }
         })),
         config: Some(Box::new(move || shown.upgrade().map_or(serde_json::Value::Null, |r| r.config_document()))),
         limits: Some(Box::new(move || {
@@ -419,6 +445,7 @@ fn admin(
         agents_from: config.admin.agents_from,
         hosts: config.admin.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         rates: Default::default(),
+        replicas,
     })
 }
 
@@ -501,13 +528,15 @@ async fn probe_gateway(p: Probe, readiness: Arc<Readiness>, shutdown: Shutdown) 
     loop {
         let result = client.probe().await;
         metrics.set_gateway_up(result.is_ok());
-        let state = match &result {
-            Ok(()) => GatewayState::Up,
-            Err(ProbeFailure::Connect(_)) => GatewayState::ConnectFailed,
-            Err(ProbeFailure::Timeout) => GatewayState::Timeout,
-            Err(ProbeFailure::Tls(_)) => GatewayState::TlsFailed,
+        // The error as the operating system or rustls said it (`Connection refused (os
+        // error 111)`), for the status page's row; the timeout in words.
+        let (state, error) = match &result {
+            Ok(()) => (GatewayState::Up, None),
+            Err(ProbeFailure::Connect(e)) => (GatewayState::ConnectFailed, Some(e.clone())),
+            Err(e @ ProbeFailure::Timeout) => (GatewayState::Timeout, Some(e.to_string())),
+            Err(ProbeFailure::Tls(e)) => (GatewayState::TlsFailed, Some(e.clone())),
         };
-        if readiness.set_gateway(index, state) {
+        if readiness.set_gateway(index, state, error.as_deref()) {
             match &result {
                 Ok(()) => tracing::info!(gateway = %name, state = state.as_str(), "gateway reachable"),
                 Err(e) => tracing::warn!(gateway = %name, state = state.as_str(), error = %e, "gateway not reachable"),

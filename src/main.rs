@@ -530,7 +530,12 @@ fn agent_detail(a: &serde_json::Value) -> String {
     let [agent, gateway, state, signed_in, conference, chair, _, last_event, last_error, limit] =
         ccgate::session::view::row(a);
     // The detail names the polling replica even when it is this one, and when the limit was read.
-    let polled = format!("{}{}", text(&a["polled_by"]), if a["polled_here"] == true { " (here)" } else { "" });
+    // Where that replica runs, as it registered itself (issue 40).
+    let host = match a["polled_by_host"].is_string() {
+        true => format!(" on {} ({})", text(&a["polled_by_host"]), text(&a["polled_by_admin"])),
+        false => String::new(),
+    };
+    let polled = format!("{}{host}{}", text(&a["polled_by"]), if a["polled_here"] == true { " (here)" } else { "" });
     let limit = if a["limit"].is_object() { format!("{limit} at {}", text(&a["limit"]["at"])) } else { limit };
     let mut out = String::new();
     for (label, value) in [

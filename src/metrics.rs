@@ -177,6 +177,11 @@ families! {
     lease_losses: IntCounter =
         ("lease_losses_total", "Pollers this replica stopped because another replica holds the lease.");
     build_info: IntGaugeVec = ("build_info", "Build information; always 1.", ["version", "commit"]);
+    replica_info: IntGaugeVec = (
+        "replica_info",
+        "This replica: its name in leases (what \"polled by\" shows), host and admin listener; always 1.",
+        ["replica", "host", "admin"]
+    );
     jwks_fetches: IntCounterVec = (
         "jwks_fetches_total",
         "Fetches of an identity provider's keys (discovery included), by issuer and result.",
@@ -482,6 +487,13 @@ impl Metrics {
 
     pub fn set_gateway_up(&self, up: bool) {
         self.0.gateway_up.with_label_values(&[self.gw()]).set(i64::from(up));
+    }
+
+    /// Who this replica is (one series: set once the admin listener is bound). The host is
+    /// the kernel's name, made of host name characters (`shared::ReplicaIdentity`).
+    pub fn set_replica(&self, replica: &str, host: &str, admin: &str) {
+        self.0.replica_info.reset();
+        self.0.replica_info.with_label_values(&[replica, host, admin]).set(1);
     }
 
     pub fn set_store_up(&self, up: bool) {
@@ -813,6 +825,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ccgate_build_info{commit=") && text.contains(",version=\""), "{text}");
+    }
+
+    #[test]
+    fn the_replica_is_one_series() {
+        let m = Metrics::default();
+        assert!(!m.render().contains("ccgate_replica_info{"), "none before the admin listener is bound");
+        m.set_replica("782d6587", "old-host", "127.0.0.1:1");
+        m.set_replica("782d6587", "ccgate-0", "10.0.0.7:9464");
+        let text = m.render();
+        let series: Vec<&str> = text.lines().filter(|l| l.starts_with("ccgate_replica_info{")).collect();
+        assert_eq!(series, [r#"ccgate_replica_info{admin="10.0.0.7:9464",host="ccgate-0",replica="782d6587"} 1"#]);
     }
 
     #[test]

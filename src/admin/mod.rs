@@ -8,8 +8,13 @@
 //! `admin.agents_from`).
 
 mod config_view;
+mod gateway_health;
 mod html;
+mod replicas;
 mod status_page;
+
+pub use gateway_health::{GatewayHealth, GatewayState};
+pub use replicas::Replicas;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,31 +32,6 @@ use crate::server::Handler;
 /// Prometheus text exposition format 0.0.4.
 const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// What the last gateway probe found; `/readyz` shows it as `"gateway"`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GatewayState {
-    /// No probe has finished yet.
-    Unchecked,
-    /// TCP and a TLS handshake with the configured CA and server name succeeded.
-    Up,
-    ConnectFailed,
-    Timeout,
-    /// The gateway answered but its certificate or handshake was refused.
-    TlsFailed,
-}
-
-impl GatewayState {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Unchecked => "unchecked",
-            Self::Up => "up",
-            Self::ConnectFailed => "connect_failed",
-            Self::Timeout => "timeout",
-            Self::TlsFailed => "tls_failed",
-        }
-    }
-}
-
 /// Whether every identity provider has keys; set once the authenticator exists, read per probe.
 pub type KeysLoaded = Box<dyn Fn() -> bool + Send + Sync>;
 
@@ -63,6 +43,12 @@ fn store_summary(s: &crate::shared::StoreStatus) -> String {
         (Some(p), true) => format!("{}, primary {p}", s.mode),
         _ => format!("{}, not connected", s.mode),
     };
+    if let Some(role) = s.role {
+        out.push_str(&format!(", role {role}"));
+    }
+    if let Some(us) = s.latency_us {
+        out.push_str(&format!(", ping {:.1} ms", us as f64 / 1000.0));
+    }
     if let Some(f) = &s.last_failover {
         let when = crate::session::view::rfc3339(f.at_ms);
         let from = f.from.as_deref().unwrap_or("-");
@@ -77,8 +63,8 @@ fn store_summary(s: &crate::shared::StoreStatus) -> String {
 pub type StoreStatusFn = Box<dyn Fn() -> crate::shared::StoreStatus + Send + Sync>;
 
 pub struct Readiness {
-    /// Each gateway's name and last probe verdict, in config order.
-    gateways: Mutex<Vec<(String, GatewayState)>>,
+    /// Each gateway's last probe verdict, in config order.
+    gateways: Mutex<Vec<GatewayHealth>>,
     /// `admin.ready_requires_gateway`.
     requires_gateway: AtomicBool,
     /// `admin.ready_requires_store`.
@@ -95,7 +81,10 @@ pub struct Readiness {
 impl Default for Readiness {
     fn default() -> Self {
         Self {
-            gateways: Mutex::new(vec![(crate::config::DEFAULT_GATEWAY_NAME.into(), GatewayState::Unchecked)]),
+            gateways: Mutex::new(vec![GatewayHealth::new(
+                crate::config::DEFAULT_GATEWAY_NAME,
+                crate::config::DEFAULT_GATEWAY_URL,
+            )]),
             requires_gateway: AtomicBool::new(false),
             requires_store: AtomicBool::new(false),
             keys: std::sync::OnceLock::new(),
@@ -186,34 +175,41 @@ impl Readiness {
         changed
     }
 
-    /// The gateways probed (by name, in config order), each unchecked until its first probe.
-    pub fn set_gateway_names(&self, names: &[String]) {
-        *crate::sync::lock(&self.gateways) = names.iter().map(|n| (n.clone(), GatewayState::Unchecked)).collect();
+    /// The gateways probed (in config order: name and URL), each unchecked until its first
+    /// probe.
+    pub fn set_gateways(&self, gateways: &[crate::config::GatewayConfig]) {
+        *crate::sync::lock(&self.gateways) = gateways.iter().map(|g| GatewayHealth::new(&g.name, &g.url)).collect();
     }
 
     /// Each gateway's name and last verdict.
     pub fn gateways(&self) -> Vec<(String, GatewayState)> {
+        crate::sync::lock(&self.gateways).iter().map(|g| (g.name.clone(), g.state)).collect()
+    }
+
+    /// Each gateway's URL, verdict, since when and why.
+    pub fn gateway_health(&self) -> Vec<GatewayHealth> {
         crate::sync::lock(&self.gateways).clone()
     }
 
     /// All gateways in one word: `up` when every one is, else the first one's that is not.
     pub fn gateway(&self) -> GatewayState {
         let all = crate::sync::lock(&self.gateways);
-        all.iter().map(|(_, s)| *s).find(|s| *s != GatewayState::Up).unwrap_or(GatewayState::Up)
+        all.iter().map(|g| g.state).find(|s| *s != GatewayState::Up).unwrap_or(GatewayState::Up)
     }
 
     /// At least one gateway is reachable: what `admin.ready_requires_gateway` requires. One
     /// contact centre's gateway down must not take the replica (and every other contact
     /// centre's agents) out of its Service.
     pub fn gateway_reachable(&self) -> bool {
-        crate::sync::lock(&self.gateways).iter().any(|(_, s)| *s == GatewayState::Up)
+        crate::sync::lock(&self.gateways).iter().any(|g| g.state == GatewayState::Up)
     }
 
-    /// Records gateway `i`'s probe verdict; returns whether it changed.
-    pub fn set_gateway(&self, i: usize, state: GatewayState) -> bool {
+    /// Records gateway `i`'s probe verdict and, when it failed, why; returns whether the
+    /// verdict changed (then "since" moves; a new error text alone does not move it).
+    pub fn set_gateway(&self, i: usize, state: GatewayState, error: Option<&str>) -> bool {
         let mut all = crate::sync::lock(&self.gateways);
-        let Some((_, slot)) = all.get_mut(i) else { return false };
-        let changed = std::mem::replace(slot, state) != state;
+        let Some(slot) = all.get_mut(i) else { return false };
+        let changed = slot.record(state, error);
         drop(all);
         if changed {
             self.changed.notify_waiters();
@@ -298,6 +294,8 @@ pub struct Admin {
     pub hosts: Vec<String>,
     /// The status page's previous counts, for its request rates.
     pub rates: status_page::Rates,
+    /// This replica's identity, and the others' through the shared store.
+    pub replicas: Arc<Replicas>,
 }
 
 /// The REST API's OpenAPI 3.1 description (`api/openapi.yaml`), compiled in so the binary
@@ -401,6 +399,9 @@ impl Admin {
                         // (then at least one gateway must be reachable).
                         "gateway": r.gateway().as_str(),
                         "gateways": gateway_states(r),
+                        // Each gateway's URL, state, since when and last error (issue 40).
+                        "gateway_detail": gateway_detail(r),
+                        "replica": self.replicas.me,
                         "gateway_reachable": r.gateway_reachable(),
                         "gateway_required": r.requires_gateway.load(Ordering::Acquire),
                         "store_required": r.requires_store.load(Ordering::Acquire),
@@ -414,7 +415,12 @@ impl Admin {
                 let status = if all_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
                 body::json(
                     status,
-                    &json!({"gateway": r.gateway().as_str(), "reachable": all_up, "gateways": gateway_states(r)}),
+                    &json!({
+                        "gateway": r.gateway().as_str(),
+                        "reachable": all_up,
+                        "gateways": gateway_states(r),
+                        "gateway_detail": gateway_detail(r),
+                    }),
                 )
             }
             _ => body::json(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
@@ -485,13 +491,14 @@ impl Admin {
         let facts = status_page::Facts {
             ready: r.is_ready(),
             keys_loaded: r.keys_loaded(),
-            gateway: r.gateway().as_str(),
+            gateways: r.gateway_health(),
             store: match r.store() {
                 None => "memory",
                 Some(true) => "up",
                 Some(false) => "down",
             },
-            store_detail: r.store_status().and_then(|v| v["summary"].as_str().map(str::to_owned)),
+            store_status: r.store_status.get().map(|f| f()),
+            replica: self.replicas.me.clone(),
             certificate_expiry: self.metrics.certificate_expiry(),
             version: env!("CARGO_PKG_VERSION"),
             agents,
@@ -592,6 +599,11 @@ fn gateway_states(r: &Readiness) -> serde_json::Map<String, serde_json::Value> {
     r.gateways().into_iter().map(|(name, state)| (name, json!(state.as_str()))).collect()
 }
 
+/// Each gateway's row, in config order, for `/readyz` and `/gatewayz`.
+fn gateway_detail(r: &Readiness) -> Vec<serde_json::Value> {
+    r.gateway_health().iter().map(GatewayHealth::to_json).collect()
+}
+
 /// Whether `host` (a `Host` header or an authority: name or address, optional port) names
 /// this listener: any IP address, `localhost`, or one of `names` (lowercase).
 fn host_allowed(host: &str, names: &[String]) -> bool {
@@ -638,6 +650,37 @@ mod tests {
         for bad in ["attacker.example:9464", "attacker.example", "127.0.0.1.nip.io", "[::1", "localhost.evil", ""] {
             assert!(!super::host_allowed(bad, &names), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_gateway_url_shows_no_credentials_and_a_probe_error_is_printable_and_bounded() {
+        assert_eq!(
+            super::gateway_health::url_for_people("https://cti:s3cret@gw.example:8043/?key=k"),
+            "https://gw.example:8043"
+        );
+        assert_eq!(super::gateway_health::url_for_people("https://gw.example"), "https://gw.example");
+        assert_eq!(super::gateway_health::url_for_people("https://[::1]:8043"), "https://[::1]:8043");
+        let e = super::gateway_health::error_for_people(&format!("bad\u{1b}[2J\n{}", "é".repeat(500)));
+        assert!(e.starts_with("bad?[2J?é"), "{e}");
+        assert_eq!(e.chars().count(), super::gateway_health::MAX_PROBE_ERROR_CHARS + 1, "cut, and marked: {e}");
+        assert!(e.ends_with('…'));
+    }
+
+    #[test]
+    fn since_moves_when_the_verdict_changes_and_the_error_follows_each_probe() {
+        use super::{GatewayState, Readiness};
+        let r = Readiness::default();
+        let at_start = r.gateway_health()[0].since_ms;
+        assert!(r.set_gateway(0, GatewayState::ConnectFailed, Some("Connection refused (os error 111)")));
+        let down = r.gateway_health()[0].clone();
+        assert!(down.since_ms >= at_start);
+        assert_eq!(down.error.as_deref(), Some("Connection refused (os error 111)"));
+        assert!(!r.set_gateway(0, GatewayState::ConnectFailed, Some("No route to host (os error 113)")));
+        let again = r.gateway_health()[0].clone();
+        assert_eq!((again.since_ms, again.error.as_deref()), (down.since_ms, Some("No route to host (os error 113)")));
+        assert!(r.set_gateway(0, GatewayState::Up, None));
+        assert_eq!(r.gateway_health()[0].error, None, "an error is why it is not up");
+        assert!(!r.set_gateway(7, GatewayState::Up, None), "no such gateway");
     }
 
     #[test]

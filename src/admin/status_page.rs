@@ -1,5 +1,5 @@
-//! The admin listener's status page (`GET /`): health, the agents, request rates and outcomes
-//! by method, token refusals by reason. Server-rendered HTML with its style inline, no script
+//! The admin listener's status page (`GET /`): health (this replica, the shared store), one
+//! row per gateway, the agents, request rates and outcomes by method, token refusals by reason. Server-rendered HTML with its style inline, no script
 //! and no external asset, refreshing itself every few seconds, so it works in any browser
 //! (or `curl`) on the host or through `kubectl port-forward`. Everything shown comes from the
 //! same sources as `/readyz`, `/agents` and `/metrics`; every dynamic text is escaped.
@@ -11,7 +11,9 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use super::gateway_health::{GatewayHealth, GatewayState};
 use super::html::{badge, esc};
+use crate::shared::{ReplicaIdentity, StoreStatus};
 
 /// Seconds between the page's own refreshes.
 pub const REFRESH_SECS: u32 = 5;
@@ -20,11 +22,14 @@ pub const REFRESH_SECS: u32 = 5;
 pub struct Facts {
     pub ready: bool,
     pub keys_loaded: bool,
-    pub gateway: &'static str,
+    /// Each gateway's probe verdict, in config order.
+    pub gateways: Vec<GatewayHealth>,
     /// `memory`, `up` or `down`.
     pub store: &'static str,
-    /// Redis's mode, primary and last failover, as one line.
-    pub store_detail: Option<String>,
+    /// Redis's mode, address, role, latency and last failover; `None` with the memory store.
+    pub store_status: Option<StoreStatus>,
+    /// This replica.
+    pub replica: ReplicaIdentity,
     /// The served certificate's `notAfter`, Unix seconds.
     pub certificate_expiry: Option<i64>,
     pub version: &'static str,
@@ -61,6 +66,96 @@ impl Rates {
     }
 }
 
+/// The Health table's one word on the gateways: how many are up, linking to their rows.
+fn gateways_summary(all: &[GatewayHealth]) -> String {
+    let up = all.iter().filter(|g| g.state == GatewayState::Up).count();
+    let label = if all.len() == 1 { all[0].state.as_str().to_owned() } else { format!("{up} of {} up", all.len()) };
+    format!(r##"{} <a class="muted" href="#gateways">below</a>"##, badge(up == all.len(), &label))
+}
+
+/// Whether a gateway's row is marked down (red): its probe failed. Unchecked is not down yet.
+fn is_down(state: GatewayState) -> bool {
+    !matches!(state, GatewayState::Up | GatewayState::Unchecked)
+}
+
+/// One row per gateway: name, URL (scheme, host and port only), the probe's verdict, since
+/// when, and why it failed. A gateway that is down has its row marked (`class="down"`), so
+/// the one contact centre that is cut off stands out among several.
+fn gateway_rows(h: &mut String, all: &[GatewayHealth]) {
+    h.push_str(
+        r#"<h2>Gateways</h2><table id="gateways"><tr><th>gateway</th><th>URL</th><th>state</th><th>since</th><th>last error</th></tr>
+"#,
+    );
+    for g in all {
+        let class = if is_down(g.state) { "down" } else { g.state.as_str() };
+        let state = match g.state {
+            GatewayState::Unchecked => format!(r#"<span class="muted">{}</span>"#, g.state.as_str()),
+            s => badge(s == GatewayState::Up, s.as_str()),
+        };
+        let _ = writeln!(
+            h,
+            r#"<tr data-gateway="{name}" class="{class}"><td>{name}</td><td>{url}</td><td class="state">{state}</td><td class="since">{since}</td><td class="error">{error}</td></tr>"#,
+            name = esc(&g.name),
+            url = esc(&g.url),
+            since = crate::session::view::rfc3339(g.since_ms),
+            error = g.error.as_deref().map_or("-".into(), esc),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+/// The shared store's Health row: up or down, then mode, address, role as last seen, the
+/// readiness probe's last round trip and the last failover; the memory store is this
+/// replica's alone.
+fn store_row(state: &str, s: Option<&StoreStatus>) -> String {
+    let Some(s) = s else {
+        return format!(
+            r#"<tr id="store"><th>shared store</th><td>{} <span class="muted">this replica's agents only</span></td></tr>"#,
+            badge(true, "memory")
+        );
+    };
+    // Plain text, as `ccgate agents` prints its store line: `sentinel, 10.0.0.5:6379, role
+    // primary, ping 0.4 ms`.
+    let address = match (&s.primary, s.mode) {
+        (Some(seeds), "cluster") => format!("seeds {}", esc(seeds)),
+        (Some(primary), _) => esc(primary),
+        (None, _) => "not connected".into(),
+    };
+    let mut parts = vec![esc(s.mode), address];
+    if let Some(role) = s.role {
+        parts.push(format!("role {}", esc(role)));
+    }
+    if let Some(us) = s.latency_us {
+        parts.push(format!("ping {:.1} ms", us as f64 / 1000.0));
+    }
+    let failover = s.last_failover.as_ref().map_or(String::new(), |f| {
+        let to = f.to.as_deref().unwrap_or("(connecting)");
+        let took = f.took_ms.map(|t| format!(" in {t} ms")).unwrap_or_default();
+        format!(
+            r#" <span class="muted">last failover {} ({}): {} -&gt; {}{took}</span>"#,
+            crate::session::view::rfc3339(f.at_ms),
+            esc(f.reason),
+            esc(f.from.as_deref().unwrap_or("-")),
+            esc(to),
+        )
+    });
+    format!(
+        r#"<tr id="store"><th>shared store</th><td>{} {}{failover}</td></tr>"#,
+        badge(state != "down", state),
+        parts.join(", ")
+    )
+}
+
+/// Who this replica is: what "polled by" on other replicas' pages resolves to.
+fn replica_row(me: &ReplicaIdentity) -> String {
+    format!(
+        r#"<tr id="replica"><th>this replica</th><td><span class="host">{}</span> ({}) <span class="muted">{}</span></td></tr>"#,
+        esc(&me.host),
+        esc(&me.admin),
+        esc(&me.id)
+    )
+}
+
 /// The page.
 pub fn render(f: &Facts, rates: &Rates) -> String {
     let mut h = String::with_capacity(8 * 1024);
@@ -75,7 +170,7 @@ body{{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}}
 h1{{font-size:1.3em}} h2{{font-size:1.1em;margin-top:1.5em}}
 table{{border-collapse:collapse}} th,td{{padding:.25em .7em;border-bottom:1px solid #ddd;text-align:left}}
 th{{background:#f4f4f4}} .ok{{color:#176f2c;font-weight:600}} .bad{{color:#b00020;font-weight:600}}
-.muted{{color:#777}}
+.muted{{color:#777}} tr.down td{{background:#fde7ea}} tr.down td:first-child{{border-left:4px solid #b00020}}
 </style></head><body>
 <h1>ccgate {version}</h1>
 <p class="muted">Refreshes every {REFRESH_SECS} s. The same facts: <a href="/readyz">/readyz</a>, <a href="/agents">/agents</a>, <a href="/metrics">/metrics</a>.</p>
@@ -95,20 +190,19 @@ th{{background:#f4f4f4}} .ok{{color:#176f2c;font-weight:600}} .bad{{color:#b0002
         r#"<h2>Health</h2><table id="health">
 <tr><th>ready</th><td>{}</td></tr>
 <tr><th>identity provider keys</th><td>{}</td></tr>
-<tr><th>gateway</th><td>{}</td></tr>
-<tr><th>shared store</th><td>{}</td></tr>
+<tr><th>gateways</th><td>{}</td></tr>
+{}
+{}
 <tr><th>certificate</th><td>{cert}</td></tr>
 </table>
 "#,
         badge(f.ready, if f.ready { "ready" } else { "not ready" }),
         badge(f.keys_loaded, if f.keys_loaded { "loaded" } else { "missing" }),
-        badge(f.gateway == "up", f.gateway),
-        badge(f.store != "down", f.store)
-            + &f.store_detail
-                .as_deref()
-                .map(|d| format!(r#" <span class="muted">{}</span>"#, esc(d)))
-                .unwrap_or_default(),
+        gateways_summary(&f.gateways),
+        store_row(f.store, f.store_status.as_ref()),
+        replica_row(&f.replica),
     );
+    gateway_rows(&mut h, &f.gateways);
     h.push_str(&super::config_view::section(f.config.as_ref()));
     let heads: String = crate::session::view::COLUMNS.iter().map(|c| format!("<th>{c}</th>")).collect();
     let _ = writeln!(h, r#"<h2>Agents ({})</h2>"#, f.agents.len());
@@ -172,9 +266,16 @@ mod tests {
         Facts {
             ready: true,
             keys_loaded: true,
-            gateway: "up",
+            gateways: vec![GatewayHealth {
+                name: "default".into(),
+                url: "https://127.0.0.1:8043".into(),
+                state: GatewayState::Up,
+                since_ms: 1_796_526_487_600,
+                error: None,
+            }],
             store: "memory",
-            store_detail: None,
+            store_status: None,
+            replica: ReplicaIdentity { id: "782d6587".into(), host: "ccgate-0".into(), admin: "127.0.0.1:9464".into() },
             certificate_expiry: None,
             version: "0.2.0",
             agents,
@@ -203,5 +304,61 @@ mod tests {
         render(&facts(vec![]), &rates);
         let second = render(&facts(vec![]), &rates);
         assert!(!second.contains("<td>4</td><td>–</td>"), "{second}");
+    }
+
+    #[test]
+    fn each_gateway_has_a_row_and_the_one_down_is_marked_with_its_error_escaped() {
+        let mut f = facts(vec![]);
+        f.gateways.push(GatewayHealth {
+            name: "globex".into(),
+            url: "https://10.0.0.9:8043".into(),
+            state: GatewayState::ConnectFailed,
+            since_ms: 1_796_526_500_000,
+            error: Some("Connection refused <os error 111>".into()),
+        });
+        let page = render(&f, &Rates::default());
+        assert!(
+            page.contains(r#"<tr data-gateway="default" class="up"><td>default</td><td>https://127.0.0.1:8043</td>"#),
+            "{page}"
+        );
+        let down = page.lines().find(|l| l.contains(r#"data-gateway="globex""#)).expect("globex's row");
+        assert!(
+            down.contains(r#"class="down""#) && down.contains(r#"<span class="bad">connect_failed</span>"#),
+            "{down}"
+        );
+        assert!(down.contains(r#"<td class="since">2026-12-06T03:08:20Z</td>"#), "{down}");
+        assert!(down.contains("Connection refused &lt;os error 111&gt;"), "{down}");
+        assert!(page.contains(r#"<span class="bad">1 of 2 up</span>"#), "{page}");
+        assert!(page.contains(r#"<span class="host">ccgate-0</span> (127.0.0.1:9464)"#), "{page}");
+        assert!(page.contains("this replica's agents only"), "the memory store: {page}");
+    }
+
+    #[test]
+    fn the_store_row_shows_mode_address_role_and_latency() {
+        let mut f = facts(vec![]);
+        f.store = "up";
+        f.store_status = Some(StoreStatus {
+            mode: "sentinel",
+            primary: Some("10.0.0.5:6379".into()),
+            connected: true,
+            role: Some("primary"),
+            latency_us: Some(420),
+            last_failover: Some(crate::shared::Failover {
+                at_ms: 1_796_526_487_600,
+                reason: "readonly",
+                from: Some("10.0.0.4:6379".into()),
+                to: Some("10.0.0.5:6379".into()),
+                took_ms: Some(900),
+            }),
+            ..StoreStatus::default()
+        });
+        let page = render(&f, &Rates::default());
+        let row = page.lines().find(|l| l.contains(r#"<tr id="store">"#)).expect("the store's row");
+        for part in [
+            r#"<span class="ok">up</span> sentinel, 10.0.0.5:6379, role primary, ping 0.4 ms"#,
+            "last failover 2026-12-06T03:08:07Z (readonly): 10.0.0.4:6379 -&gt; 10.0.0.5:6379 in 900 ms",
+        ] {
+            assert!(row.contains(part), "{part} not in {row}");
+        }
     }
 }

@@ -39,6 +39,13 @@ pub struct AgentView {
     pub polled_by: Option<String>,
     /// Whether that is this replica.
     pub polled_here: bool,
+    /// The polling replica's host and admin listener, as it registered them in the shared
+    /// store (this replica's own when it polls); absent when unknown. Filled in by the admin
+    /// listener (`admin::Replicas::name_pollers`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub polled_by_host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub polled_by_admin: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_event_at: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -189,6 +196,8 @@ impl AgentView {
             chairperson: chair(conf),
             polled_by,
             polled_here,
+            polled_by_host: None,
+            polled_by_admin: None,
             last_event_at: s.events.last_at_ms().map(rfc3339),
             last_error: last_error.as_ref().map(LastError::of),
             limit: s.last_limit().map(|l| LimitView {
@@ -224,6 +233,8 @@ impl AgentView {
             conference: ConfState::None,
             chairperson: Some(false),
             polled_by: None,
+            polled_by_host: None,
+            polled_by_admin: None,
             polled_here: false,
             last_event_at: None,
             last_error: e.last_error.as_ref().map(LastError::of),
@@ -248,6 +259,8 @@ impl AgentView {
             chairperson: chair(r.conf),
             polled_by: r.polled_by,
             polled_here: false,
+            polled_by_host: None,
+            polled_by_admin: None,
             last_event_at: None,
             last_error: None,
             limit: None,
@@ -344,7 +357,11 @@ pub fn row(a: &serde_json::Value) -> [String; COLUMNS.len()] {
         Some(id) => format!("{} {id}", text(&a["conference"]["state"])),
         None => text(&a["conference"]["state"]),
     };
-    let polled = if a["polled_here"] == true { "here".to_owned() } else { text(&a["polled_by"]) };
+    let polled = match (a["polled_here"] == true, a["polled_by_host"].as_str()) {
+        (true, _) => "here".to_owned(),
+        (false, Some(host)) => format!("{} ({})", printable(host), text(&a["polled_by_admin"])),
+        (false, None) => text(&a["polled_by"]),
+    };
     let e = &a["last_error"];
     let error = match e.is_object() {
         true => format!("{} {} at {}", text(&e["method"]), text(&e["what"]), text(&e["at"])),

@@ -101,6 +101,14 @@ pub struct StoreStatus {
     /// Connections dropped and made afresh since start.
     pub reconnects: u64,
     pub last_failover: Option<Failover>,
+    /// What the node ccgate writes to said it is when connected: `primary`, or `unknown` (a
+    /// proxy that cannot say); `replica` once it answered `READONLY` (demoted under us).
+    /// `None` for a cluster (its client writes to each shard's primary) and before the first
+    /// connect.
+    pub role: Option<&'static str>,
+    /// The readiness probe's last round trip (a script that writes), in microseconds: read
+    /// off the probe that runs anyway, so it costs requests nothing.
+    pub latency_us: Option<u64>,
 }
 
 /// The last time ccgate dropped its connection and connected afresh.
@@ -231,7 +239,7 @@ impl Topology {
 
     /// Connects to the primary (or the cluster), within the connect timeout per step.
     /// `start` rotates which sentinel is asked first, so one that is down costs one attempt.
-    async fn open(&self, start: usize) -> Result<(Conn, String), String> {
+    async fn open(&self, start: usize) -> Result<(Conn, String, Option<Role>), String> {
         match self.mode {
             StoreMode::Standalone => {
                 let mut c = self.node(&self.url, "").await?;
@@ -239,10 +247,11 @@ impl Topology {
                 // A name that still leads to the demoted node (a DNS cache, a URL naming a
                 // replica) is a failed attempt, retried with backoff, not a connection that
                 // answers READONLY to the next write. A proxy that has no ROLE is taken as is.
-                if self.role(&mut c, &addr).await? == Role::Replica {
+                let role = self.role(&mut c, &addr).await?;
+                if role == Role::Replica {
                     return Err(format!("{addr} is a replica, not the primary (yet)"));
                 }
-                Ok((Conn::Node(c), addr))
+                Ok((Conn::Node(c), addr, Some(role)))
             }
             StoreMode::Sentinel => {
                 let mut last = String::from("no sentinel answered");
@@ -272,14 +281,14 @@ impl Topology {
                 }
                 let client = b.build().map_err(|e| format!("store.nodes: {e}"))?;
                 let c = client.get_async_connection().await.map_err(|e| format!("cluster {}: {e}", self.seeds()))?;
-                Ok((Conn::Cluster(c), self.seeds()))
+                Ok((Conn::Cluster(c), self.seeds(), None))
             }
         }
     }
 
     /// Asks one sentinel for the primary, connects to it, and checks that it is one (a
     /// sentinel that has not yet seen a failover names the demoted node).
-    async fn via_sentinel(&self, sentinel: &str) -> Result<(Conn, String), String> {
+    async fn via_sentinel(&self, sentinel: &str) -> Result<(Conn, String, Option<Role>), String> {
         let mut s = self.node(&self.sentinel_url, sentinel).await.map_err(|e| format!("sentinel {e}"))?;
         let addr: Option<(String, String)> = tokio::time::timeout(
             self.timeout,
@@ -298,7 +307,7 @@ impl Topology {
         match self.role(&mut c, &primary).await? {
             Role::Replica => Err(format!("{primary}, named by sentinel {sentinel}, is not a primary (yet)")),
             // A primary, or a node that cannot say (its first write tells, READONLY).
-            _ => Ok((Conn::Node(c), primary)),
+            role => Ok((Conn::Node(c), primary, Some(role))),
         }
     }
 
@@ -374,6 +383,16 @@ enum Role {
     Primary,
     Replica,
     Unknown,
+}
+
+impl Role {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Replica => "replica",
+            Self::Unknown => "unknown",
+        }
+    }
 }
 
 struct Held {
@@ -509,7 +528,7 @@ impl Connection {
             Err(_) => Err("connect timed out".into()),
         };
         match opened {
-            Ok((conn, primary)) => {
+            Ok((conn, primary, role)) => {
                 let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 self.failures.store(0, Ordering::Relaxed);
                 // Status first: a drop right after the connection is published then finds
@@ -522,6 +541,7 @@ impl Connection {
                         f.took_ms = Some(crate::clock::unix_ms().saturating_sub(f.at_ms));
                     }
                     s.primary = Some(primary.clone());
+                    s.role = role.map(Role::as_str);
                 }
                 self.metrics.set_store_up(true);
                 self.current.store(Some(Arc::new(Held { conn, generation })));
@@ -534,6 +554,11 @@ impl Connection {
                 Err(e)
             }
         }
+    }
+
+    /// The readiness probe's round trip, for operators ([`StoreStatus::latency_us`]).
+    pub fn record_probe(&self, took: Duration) {
+        self.status_mut().latency_us = Some(took.as_micros().min(u128::from(u64::MAX)) as u64);
     }
 
     /// A command on generation `generation` succeeded.
@@ -612,6 +637,9 @@ impl Connection {
             s.connected = false;
             s.reconnects += 1;
             let from = s.primary.take();
+            if reason == Reconnect::ReadOnly {
+                s.role = Some(Role::Replica.as_str());
+            }
             s.last_failover = Some(Failover {
                 at_ms: crate::clock::unix_ms(),
                 reason: reason.as_str(),

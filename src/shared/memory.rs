@@ -23,8 +23,8 @@ use tokio::time::Instant;
 use super::{
     AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change, ChangeFeed, ConfWrite, CreateMode, EndAs, EndOutcome,
     Events, Gcra, Grant, Journal, JournalList, Lease, Leases, Membership, NewEvent, NewRecord, OpLock, Record,
-    RecordState, Records, SharedStore, StoreError, StreamEvent, JOURNAL_AGE, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX,
-    SEQ_BITS,
+    RecordState, Records, ReplicaIdentity, SharedStore, StoreError, StreamEvent, JOURNAL_AGE, JOURNAL_ENTRY_MAX_BYTES,
+    JOURNAL_MAX, REPLICA_SILENT_LEASES, SEQ_BITS,
 };
 use crate::config::Scope;
 
@@ -96,6 +96,8 @@ struct State {
     index: HashMap<String, u64>,
     /// Live replicas: name → ms of the last heartbeat.
     replicas: HashMap<String, u64>,
+    /// Registered identities, as Redis holds them: name → (the stored text, expiry in ms).
+    identities: HashMap<String, (String, u64)>,
     /// GCRA buckets: key → (theoretical arrival time µs, expiry).
     limits: HashMap<String, (u64, Instant)>,
     /// Each namespace's journal, newest first, and when it expires.
@@ -144,7 +146,12 @@ impl MemoryHub {
     /// A new replica's connection to this hub.
     pub fn join(&self) -> Arc<MemoryStore> {
         let n = self.0.replicas.fetch_add(1, Ordering::Relaxed) + 1;
-        Arc::new(MemoryStore { hub: self.0.clone(), replica: format!("replica-{n}").into(), namespace: "".into() })
+        Arc::new(MemoryStore {
+            hub: self.0.clone(),
+            replica: format!("replica-{n}").into(),
+            namespace: "".into(),
+            identity: Arc::default(),
+        })
     }
 
     /// The store goes away (every operation fails as unreachable) or comes back (every
@@ -234,6 +241,8 @@ pub struct MemoryStore {
     replica: Arc<str>,
     /// The gateway's namespace with a `:` after it, or nothing (as Redis's keys).
     namespace: Arc<str>,
+    /// This replica's identity once registered, shared by every gateway's store.
+    identity: Arc<std::sync::OnceLock<ReplicaIdentity>>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -298,6 +307,7 @@ impl Backend for MemoryStore {
             hub: self.hub.clone(),
             replica: self.replica.clone(),
             namespace: format!("{namespace}:").into(),
+            identity: self.identity.clone(),
         })
     }
     fn lease_ttl(&self) -> Duration {
@@ -630,16 +640,38 @@ impl Membership for MemoryStore {
     async fn heartbeat(&self) -> Result<(), StoreError> {
         self.hub.up()?;
         let now = self.hub.now_ms();
-        crate::sync::lock(&self.hub.state).replicas.insert(self.replica.to_string(), now);
+        let mut st = crate::sync::lock(&self.hub.state);
+        st.replicas.insert(self.replica.to_string(), now);
+        if let Some(me) = self.identity.get() {
+            let expires = now + u64::from(REPLICA_SILENT_LEASES) * self.hub.lease_ttl.as_millis() as u64;
+            st.identities.insert(self.replica.to_string(), (me.to_stored(), expires));
+        }
         Ok(())
     }
     async fn leave(&self) -> Result<usize, StoreError> {
         self.hub.up()?;
-        let alive_since = self.hub.now_ms().saturating_sub(3 * self.hub.lease_ttl.as_millis() as u64);
+        let silent_ms = u64::from(REPLICA_SILENT_LEASES) * self.hub.lease_ttl.as_millis() as u64;
+        let alive_since = self.hub.now_ms().saturating_sub(silent_ms);
         let mut st = crate::sync::lock(&self.hub.state);
         st.replicas.remove(&*self.replica);
         st.replicas.retain(|_, at| *at > alive_since);
         Ok(st.replicas.len())
+    }
+    fn register(&self, me: ReplicaIdentity) {
+        let _ = self.identity.set(me);
+    }
+    async fn replica_identity(&self, replica: &str) -> Result<Option<ReplicaIdentity>, StoreError> {
+        self.hub.up()?;
+        let now = self.hub.now_ms();
+        let mut st = crate::sync::lock(&self.hub.state);
+        // Expired entries go on access, as Redis's do.
+        st.identities.retain(|_, (_, expires)| *expires > now);
+        match st.identities.get(replica) {
+            None => Ok(None),
+            Some((stored, _)) => ReplicaIdentity::from_stored(replica, stored.as_bytes())
+                .map(Some)
+                .ok_or_else(|| StoreError::Malformed("replica identity fails validation".into())),
+        }
     }
 }
 

@@ -348,7 +348,99 @@ pub trait Leases: Send + Sync {
     async fn lease_holder(&self, agent: &str) -> Result<Option<String>, StoreError>;
 }
 
-/// The replica set and the index of agents with a poller, for finding orphans.
+/// How many lease lifetimes a replica may go without a heartbeat before the others count it
+/// gone: a maintenance round runs every third of a lease, so this is nine missed rounds, well
+/// past a GC pause or a slow Redis, yet short enough that a killed replica's name does not
+/// linger on the operators' pages.
+pub const REPLICA_SILENT_LEASES: u32 = 3;
+
+/// A replica's name as ccgate makes them (the simple form of a UUID; a little room).
+pub(crate) fn valid_replica(r: &str) -> bool {
+    !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// A host name: DNS's limit on a name.
+const MAX_HOST_LEN: usize = 253;
+/// An identity as the shared store holds it (`{"host":…,"admin":…}`): the longest host name
+/// and an IPv6 address with its port fit well within.
+const MAX_STORED_IDENTITY_LEN: usize = 512;
+
+/// Who a replica is, for people: its name in leases (`id`), the host it runs on and its admin
+/// listener. Each replica registers its own with its heartbeat ([`Membership::register`]) for
+/// as long as the replica set counts it alive, so "polled by <id>" on any replica's views
+/// names a host an operator can go to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplicaIdentity {
+    pub id: String,
+    /// The host's name as the kernel gives it (a pod's name in Kubernetes).
+    pub host: String,
+    /// The admin listener's address as bound (`0.0.0.0:9464` when it listens on every
+    /// address: the host name then says where).
+    pub admin: String,
+}
+
+/// What the shared store holds of an identity (the id is in the key).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredIdentity<'a> {
+    host: std::borrow::Cow<'a, str>,
+    admin: std::borrow::Cow<'a, str>,
+}
+
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= MAX_HOST_LEN
+        && h.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
+impl ReplicaIdentity {
+    /// This process: replica `id` on this host, its admin listener at `admin`.
+    pub fn of_this_process(id: &str, admin: std::net::SocketAddr) -> Self {
+        Self { id: id.to_owned(), host: host_name(), admin: admin.to_string() }
+    }
+
+    pub(crate) fn to_stored(&self) -> String {
+        let s = StoredIdentity { host: self.host.as_str().into(), admin: self.admin.as_str().into() };
+        serde_json::to_string(&s).unwrap_or_default()
+    }
+
+    /// Replica `id`'s identity as read from the shared store, validated like network input
+    /// (anyone who can write to Redis may have put it there): bounded, a host name of the
+    /// characters host names have, an address that parses. `None` otherwise.
+    pub(crate) fn from_stored(id: &str, raw: &[u8]) -> Option<Self> {
+        if raw.len() > MAX_STORED_IDENTITY_LEN || !valid_replica(id) {
+            return None;
+        }
+        let s: StoredIdentity<'_> = serde_json::from_slice(raw).ok()?;
+        (valid_host(&s.host) && s.admin.parse::<std::net::SocketAddr>().is_ok()).then(|| Self {
+            id: id.to_owned(),
+            host: s.host.into_owned(),
+            admin: s.admin.into_owned(),
+        })
+    }
+}
+
+/// The host's name (`gethostname`), made fit for a metric label and a page: characters host
+/// names do not have become `-`, at most [`MAX_HOST_LEN`]; `unknown` if there is none.
+fn host_name() -> String {
+    let mut buf = [0u8; MAX_HOST_LEN + 3];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call; gethostname
+    // writes at most that many bytes (truncating a longer name, NUL or not).
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let raw = if rc == 0 { &buf[..buf.iter().position(|b| *b == 0).unwrap_or(buf.len())] } else { &[][..] };
+    let name: String = raw
+        .iter()
+        .take(MAX_HOST_LEN)
+        .map(|&b| if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_') { b as char } else { '-' })
+        .collect();
+    if name.is_empty() {
+        "unknown".into()
+    } else {
+        name
+    }
+}
+
+/// The replica set and the index of agents with a poller, for finding orphans; who each
+/// replica is, for people.
 #[async_trait::async_trait]
 pub trait Membership: Send + Sync {
     /// Remembers that `agent` has a poller lease, for replicas looking for orphans.
@@ -362,6 +454,13 @@ pub trait Membership: Send + Sync {
     async fn heartbeat(&self) -> Result<(), StoreError>;
     /// Leaves the replica set (shutdown); how many other replicas are alive.
     async fn leave(&self) -> Result<usize, StoreError>;
+    /// This replica's identity, registered with every heartbeat from now on, to expire
+    /// [`REPLICA_SILENT_LEASES`] lease lifetimes after the last. Set once (the admin
+    /// listener's address is known only once it is bound); shared by every gateway's store.
+    fn register(&self, me: ReplicaIdentity);
+    /// Replica `replica`'s identity as it registered it; `None` if it never did or has
+    /// been silent too long.
+    async fn replica_identity(&self, replica: &str) -> Result<Option<ReplicaIdentity>, StoreError>;
 }
 
 /// Rate-limit buckets on the store's clock, shared by every replica.
@@ -471,5 +570,32 @@ mod tests {
             assert_eq!(pack_id(bad), None, "{bad}");
         }
         assert!(provisional_id(c) > c);
+    }
+
+    #[test]
+    fn identities_read_back_and_refuse_what_ccgate_does_not_write() {
+        let me =
+            ReplicaIdentity { id: "782d6587".into(), host: "ccgate-7f9c-x2".into(), admin: "10.0.0.7:9464".into() };
+        assert_eq!(ReplicaIdentity::from_stored("782d6587", me.to_stored().as_bytes()), Some(me.clone()));
+        let v6 = ReplicaIdentity { admin: "[::1]:9464".into(), ..me.clone() };
+        assert_eq!(ReplicaIdentity::from_stored("782d6587", v6.to_stored().as_bytes()), Some(v6));
+        let long_host = format!(r#"{{"host":"{}","admin":"10.0.0.7:9464"}}"#, "h".repeat(MAX_HOST_LEN + 1));
+        for bad in [
+            r#"{"host":"a[2Jb","admin":"10.0.0.7:9464"}"#,
+            r#"{"host":"a b","admin":"10.0.0.7:9464"}"#,
+            r#"{"host":"","admin":"10.0.0.7:9464"}"#,
+            r#"{"host":"h","admin":"not an address"}"#,
+            r#"{"host":"h"}"#,
+            "garbage",
+            long_host.as_str(),
+        ] {
+            assert_eq!(ReplicaIdentity::from_stored("782d6587", bad.as_bytes()), None, "{bad}");
+        }
+        assert_eq!(ReplicaIdentity::from_stored("bad id", me.to_stored().as_bytes()), None);
+        let padded = format!("{}{}", me.to_stored(), " ".repeat(MAX_STORED_IDENTITY_LEN));
+        assert_eq!(ReplicaIdentity::from_stored("782d6587", padded.as_bytes()), None, "bounded before parsing");
+        // This host's own name passes the same check.
+        let here = ReplicaIdentity::of_this_process("782d6587", "127.0.0.1:9464".parse().unwrap());
+        assert!(valid_host(&here.host), "{here:?}");
     }
 }

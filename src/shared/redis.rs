@@ -14,11 +14,12 @@ use redis::{FromRedisValue, ScriptInvocation};
 
 use super::connection::{Conn, Connection, Failure, StoreStatus, CLUSTER_RETRY_PAUSE};
 use super::scripts::{self, AgentKeys, Announce, Scripts};
+use super::valid_replica;
 use super::{
     pack_id, parse_record, unpack_id, valid_event_kind, AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change,
     ChangeFeed, ConfWrite, CreateMode, EndAs, EndOutcome, Events, Gcra, Grant, Journal, JournalList, Lease, Leases,
-    Membership, NewEvent, NewRecord, OpLock, Record, RecordState, Records, SharedStore, StoreError, StreamEvent,
-    JOURNAL_AGE, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX,
+    Membership, NewEvent, NewRecord, OpLock, Record, RecordState, Records, ReplicaIdentity, SharedStore, StoreError,
+    StreamEvent, JOURNAL_AGE, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX, REPLICA_SILENT_LEASES,
 };
 use crate::config::{ms, Scope, StoreConfig};
 use crate::gateway::parse_agent_id;
@@ -45,6 +46,9 @@ pub struct RedisStore {
     metrics: Metrics,
     /// Whether the sentinel follower runs (started once, at the first connect).
     following_sentinels: Arc<AtomicBool>,
+    /// This replica's identity, once registered ([`Membership::register`]); shared by every
+    /// gateway's store.
+    identity: Arc<std::sync::OnceLock<ReplicaIdentity>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -55,11 +59,6 @@ impl std::fmt::Debug for RedisStore {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
-}
-
-/// A replica's name as ccgate makes them (the simple form of a UUID; a little room).
-fn valid_replica(r: &str) -> bool {
-    !r.is_empty() && r.len() <= 64 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// A change-channel message: `s AGENT` (session record) or `e AGENT` (events).
@@ -87,6 +86,7 @@ impl RedisStore {
             scripts: Arc::new(Scripts::new()),
             metrics,
             following_sentinels: Arc::new(AtomicBool::new(false)),
+            identity: Arc::default(),
         }))
     }
 
@@ -204,6 +204,11 @@ impl RedisStore {
         format!("{}replicas", self.prefix)
     }
 
+    /// A replica's identity (host, admin address), beside the replica set, with its own TTL.
+    fn identity_key(&self, replica: &str) -> String {
+        format!("{}replica:{replica}", self.prefix)
+    }
+
     fn announce<'a>(&'a self, message: &'a str) -> Announce<'a> {
         Announce { channel: &self.channel, message }
     }
@@ -254,6 +259,7 @@ impl Backend for RedisStore {
             scripts: self.scripts.clone(),
             metrics: self.metrics.clone(),
             following_sentinels: self.following_sentinels.clone(),
+            identity: self.identity.clone(),
         })
     }
     fn lease_ttl(&self) -> Duration {
@@ -273,7 +279,9 @@ impl Backend for RedisStore {
     async fn ping(&self) -> Result<(), StoreError> {
         let key = format!("{}health:{}", self.prefix, self.replica);
         let inv = scripts::Health { replica: &self.replica }.prepare(&self.scripts.health, &key);
+        let started = tokio::time::Instant::now();
         let _: i64 = self.script(StoreOp::Write, inv).await?;
+        self.conn.record_probe(started.elapsed());
         Ok(())
     }
     fn status(&self) -> StoreStatus {
@@ -566,15 +574,46 @@ impl Membership for RedisStore {
         let key = self.replicas_key();
         let inv = scripts::Seen { member: &self.replica }.prepare(&self.scripts.seen, &key);
         let _: i64 = self.script(StoreOp::Lease, inv).await?;
+        if let Some(me) = self.identity.get() {
+            // Its own key (a cluster may put it on another node than the set): one SET with
+            // its expiry, so an identity never outlives the replica by more than that.
+            let (key, value) = (self.identity_key(&self.replica), me.to_stored());
+            let ttl = u64::from(REPLICA_SILENT_LEASES) * self.lease_ms();
+            let _: () = self
+                .run(StoreOp::Lease, async |c| {
+                    redis::cmd("SET").arg(&key).arg(&value).arg("PX").arg(ttl).query_async(c).await
+                })
+                .await?;
+        }
         Ok(())
     }
     /// One script on Redis's clock: a replica whose own clock runs ahead cannot mistake the
     /// others for silent (issue 35).
     async fn leave(&self) -> Result<usize, StoreError> {
         let key = self.replicas_key();
-        let inv = scripts::Leave { replica: &self.replica, silent_ms: 3 * self.lease_ms() }
-            .prepare(&self.scripts.leave, &key);
+        let silent_ms = u64::from(REPLICA_SILENT_LEASES) * self.lease_ms();
+        let inv = scripts::Leave { replica: &self.replica, silent_ms }.prepare(&self.scripts.leave, &key);
         self.script(StoreOp::Lease, inv).await
+    }
+    fn register(&self, me: ReplicaIdentity) {
+        let _ = self.identity.set(me);
+    }
+    async fn replica_identity(&self, replica: &str) -> Result<Option<ReplicaIdentity>, StoreError> {
+        if !valid_replica(replica) {
+            return Ok(None);
+        }
+        let key = self.identity_key(replica);
+        let raw: Option<Vec<u8>> =
+            self.run(StoreOp::Read, async |c| redis::cmd("GET").arg(&key).query_async(c).await).await?;
+        let Some(raw) = raw else { return Ok(None) };
+        match ReplicaIdentity::from_stored(replica, &raw) {
+            Some(who) => Ok(Some(who)),
+            None => {
+                tracing::warn!(replica, "shared store: a replica's identity fails validation; ignored");
+                self.metrics.count_discarded(Discarded::StoreRecord, 1);
+                Err(StoreError::Malformed("replica identity fails validation".into()))
+            }
+        }
     }
 }
 

@@ -419,3 +419,43 @@ async fn a_replica_started_before_redis_is_unready_and_serves_once_redis_is_up()
     h.sign_in("153").await;
     h.stop().await;
 }
+
+/// Issue 40: "polled by" resolves to a host. Each replica says who it is (`/readyz`, the
+/// metric) and registers that in Redis; replica B's view of an agent replica A polls names
+/// A's host and admin listener, in JSON and on B's status page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_view_names_the_polling_replicas_host_and_admin_address() {
+    let redis = RedisServer::start().await;
+    let h = cluster(&redis).await;
+    let (b, _) = h.replica(|_| {}).await;
+    let readyz = |admin: std::net::SocketAddr| {
+        let h = &h;
+        async move { h.send(Method::GET, &format!("http://{admin}/readyz"), &[], "").await.json() }
+    };
+    let a = readyz(h.running().admin_addr).await["replica"].clone();
+    let b_is = readyz(b.admin_addr).await["replica"].clone();
+    assert_eq!(a["admin"], h.running().admin_addr.to_string(), "{a}");
+    assert_eq!(b_is["admin"], b.admin_addr.to_string(), "{b_is}");
+    assert!(a["host"].as_str().is_some_and(|h| !h.is_empty()) && a["id"] != b_is["id"], "{a} {b_is}");
+    let (id, host, admin) = (a["id"].as_str().unwrap(), a["host"].as_str().unwrap(), a["admin"].as_str().unwrap());
+    let info: Vec<String> =
+        h.metrics().await.lines().filter(|l| l.starts_with("ccgate_replica_info{")).map(str::to_owned).collect();
+    assert_eq!(info, [format!(r#"ccgate_replica_info{{admin="{admin}",host="{host}",replica="{id}"}} 1"#)]);
+
+    h.sign_in("153").await; // A signs in, and polls.
+    let on_b = || async { h.send(Method::GET, &format!("http://{}/agents/153", b.admin_addr), &[], "").await.json() };
+    // A registers with its heartbeat (a third of a lease): wait for it, not for a timer.
+    common::eventually("B's view names A's host and admin address", || async {
+        let v = on_b().await;
+        v["polled_by"] == id && v["polled_by_host"] == host && v["polled_by_admin"] == admin
+    })
+    .await;
+    assert_eq!(on_b().await["polled_here"], false);
+    let on_a = h.send(Method::GET, &format!("{}/agents/153", h.admin), &[], "").await.json();
+    assert_eq!((&on_a["polled_by_host"], &on_a["polled_by_admin"]), (&a["host"], &a["admin"]), "{on_a}");
+    let page = h.send(Method::GET, &format!("http://{}/", b.admin_addr), &[], "").await.text;
+    let row = page.lines().find(|l| l.contains(r#"data-agent="153""#)).expect("153 on B's page");
+    assert!(row.contains(&format!("<td>{host} ({admin})</td>")), "polled by: {row}");
+    b.stop().await;
+    h.stop().await;
+}

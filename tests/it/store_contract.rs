@@ -18,7 +18,8 @@ use ccgate::shared::memory::MemoryHub;
 use ccgate::shared::redis::RedisStore;
 use ccgate::shared::{
     AuthWrite, AuthWritten, Backend, Bucket, Change, ConfWrite, CreateMode, EndAs, EndOutcome, Grant, JournalList,
-    Lease, NewEvent, NewRecord, RecordState, SharedStore, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX,
+    Lease, NewEvent, NewRecord, RecordState, ReplicaIdentity, SharedStore, JOURNAL_ENTRY_MAX_BYTES, JOURNAL_MAX,
+    REPLICA_SILENT_LEASES,
 };
 use common::redis::RedisServer;
 use tokio::sync::mpsc;
@@ -176,6 +177,7 @@ contract!(SHORT:
     a_restore_keeps_the_events_it_finds,
     after_a_loss_only_the_guid_is_refused_and_after_a_sign_out_events_too,
     the_change_feed_tells_of_other_replicas_writes_and_resyncs_after_a_reconnect,
+    a_replica_is_named_by_its_heartbeat_until_it_falls_silent,
 );
 
 /// Epochs are drawn from the store's clock (ms) so that one a failover lost is never drawn
@@ -523,6 +525,31 @@ async fn a_lease_not_renewed_in_time_is_free_for_another_replica(p: Pair) {
     assert_eq!(p.a.load(AGENT).await.unwrap().unwrap().epoch, e2);
     assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Taken);
     assert_eq!(p.a.lease_holder(AGENT).await.unwrap().as_deref(), Some(p.b.replica()));
+}
+
+/// A replica's identity (host, admin address) is there for every replica and every gateway's
+/// store from its first heartbeat after registering, renewed by each, and gone once it has
+/// been silent for the replica set's silence window.
+async fn a_replica_is_named_by_its_heartbeat_until_it_falls_silent(p: Pair) {
+    let ttl = SHORT.lease;
+    let me = ReplicaIdentity { id: p.a.replica().to_owned(), host: "ccgate-a".into(), admin: "10.0.0.7:9464".into() };
+    p.a.heartbeat().await.unwrap();
+    assert_eq!(p.b.replica_identity(p.a.replica()).await.unwrap(), None, "not registered yet");
+    p.a.register(me.clone());
+    p.a.heartbeat().await.unwrap();
+    assert_eq!(p.b.replica_identity(p.a.replica()).await.unwrap().as_ref(), Some(&me));
+    let other_gateway = p.b.clone().for_gateway("acme");
+    assert_eq!(other_gateway.replica_identity(p.a.replica()).await.unwrap().as_ref(), Some(&me), "one replica set");
+    assert_eq!(p.b.replica_identity("not-a-replica").await.unwrap(), None);
+    // Renewed by each heartbeat: alive past the first window.
+    let window = ttl * REPLICA_SILENT_LEASES;
+    p.pass(window * 6 / 10).await;
+    p.a.heartbeat().await.unwrap();
+    p.pass(window * 6 / 10).await;
+    assert_eq!(p.b.replica_identity(p.a.replica()).await.unwrap().as_ref(), Some(&me), "renewed");
+    // Silent for the window: gone.
+    p.pass(window * 5 / 10).await;
+    assert_eq!(p.b.replica_identity(p.a.replica()).await.unwrap(), None, "expired");
 }
 
 /// The sign-in lock lives the ttl its taker gave, each lock its own; an expired lock's old

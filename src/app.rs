@@ -392,7 +392,8 @@ fn replicas(
 }
 
 /// The admin listener's handler. It holds the parts it reports on weakly: a running admin
-/// must not keep a stopped proxy's sessions alive.
+/// must not keep a stopped proxy's sessions alive. (One argument per part it reports on.)
+#[allow(clippy::too_many_arguments)]
 fn admin(
     config: &Config,
     metrics: &Metrics,

@@ -77,7 +77,9 @@ impl SessionStore {
                 partial = true;
             }
         }
-        let (endings, complete) = self.endings(one).await;
+        // With the store away, the journal is not read either (not even a recent copy): a
+        // partial view is this replica's alone, all of it.
+        let (endings, complete) = self.endings(one, !partial).await;
         partial |= !complete;
         self.add_history(&mut views, &endings, one.is_some());
         views.sort_by_key(|v| v.agent.parse::<u32>().unwrap_or(u32::MAX));
@@ -86,10 +88,14 @@ impl SessionStore {
 
     /// The endings of this gateway's agents (of `one` only, if given), newest first: from
     /// the shared store's journal with this replica's own that it lacks (one the writer
-    /// could not send yet), or this replica's alone, and `false`, when the store is away.
-    async fn endings(&self, one: Option<&str>) -> (Vec<Arc<Ending>>, bool) {
+    /// could not send yet), or this replica's alone, and `false`, when the store is away (or
+    /// `store_answers` says it just was).
+    async fn endings(&self, one: Option<&str>, store_answers: bool) -> (Vec<Arc<Ending>>, bool) {
         let kept = self.history.kept(one, 2 * JOURNAL_MAX);
         let Some(store) = self.replication.shared_store() else { return (kept, true) };
+        if !store_answers {
+            return (kept, false);
+        }
         match self.history.journaled(&*store, one, 2 * JOURNAL_MAX).await {
             Ok(journaled) => {
                 // This replica's own copy of an entry wins: it has the requests and errors

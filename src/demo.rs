@@ -348,7 +348,7 @@ impl Demo {
         format!(
             r#"ccgate demo is running (Ctrl-C stops it and deletes its temporary files).
   proxy      {p}   (TLS; certificate from the throw-away CA below)
-  admin      {a}   (/ the status page, /agents, /metrics /livez /readyz /gatewayz)
+  admin      {a}   (/ the status page, /agents, /config, /limits, /metrics /livez /readyz /gatewayz)
 {replicas}
   simulator  https://{sim}   (CC-Gateway stand-in; agents {DEMO_AGENT} and {DEMO_OTHER_AGENT})
 {gateways}  CA file    {ca}

@@ -373,8 +373,13 @@ impl History {
         e.replica = self.replica.get().cloned();
         let now = e.at_ms;
         let mut kept = lock(&self.kept);
-        if let Some(old) = kept.failed.iter_mut().find(|x| x.agent == e.agent) {
-            let old = Arc::make_mut(old);
+        let found = match kept.per_agent.contains_key(&e.agent) {
+            true => kept.failed.iter().position(|x| x.agent == e.agent),
+            false => None,
+        };
+        if let Some(mut entry) = found.and_then(|i| kept.failed.remove(i)) {
+            // The agent's one entry, updated and moved to the front (the newest).
+            let old = Arc::make_mut(&mut entry);
             let journal = now.saturating_sub(old.journaled_at_ms) >= FAILED_REJOURNAL_MS;
             e.attempts = old.attempts.saturating_add(1);
             e.journaled_at_ms = if journal { now } else { old.journaled_at_ms };
@@ -382,9 +387,10 @@ impl History {
                 e.requests = std::mem::take(&mut old.requests);
             }
             *old = e;
-            if journal {
-                let copy = old.clone();
-                drop(kept);
+            let copy = journal.then(|| old.clone());
+            kept.failed.push_front(entry);
+            drop(kept);
+            if let Some(copy) = copy {
                 self.send(JournalList::FailedSignIns, &copy);
             }
             return;

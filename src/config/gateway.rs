@@ -96,6 +96,14 @@ impl GatewayConfig {
         if url.path() != "/" && !url.path().is_empty() {
             return bad("url", "must not have a path; ccgate adds /agentgateway/resource/");
         }
+        // The gateway knows agents by Guid, not by HTTP credentials; user info here would go
+        // out in every request's Host header and show on the admin pages as the URL.
+        if url.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return bad("url", "must not carry credentials (user:password@): the gateway authenticates agents by Guid");
+        }
+        if url.query().is_some() {
+            return bad("url", "must not have a query");
+        }
         if self.connect_timeout_ms == 0 {
             return bad("connect_timeout_ms", "must be greater than 0");
         }

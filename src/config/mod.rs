@@ -349,6 +349,8 @@ file = "creds.toml"
     fn semantic_errors_name_the_key() {
         let cases = [
             ("CCGATE__GATEWAY__URL", "http://gw:8043", "gateway.url"),
+            ("CCGATE__GATEWAY__URL", "https://user:pw7788@gw:8043", "gateway.url"),
+            ("CCGATE__GATEWAY__URL", "https://gw:8043/?token=pw7788", "gateway.url"),
             ("CCGATE__AUTH__ISSUER", "\"\"", "auth.issuer"),
             ("CCGATE__AUTH__ALGORITHMS", "[\"HS256\"]", "auth.algorithms"),
             ("CCGATE__AUTH__ALGORITHMS", "[\"none\"]", "auth.algorithms"),
@@ -364,6 +366,7 @@ file = "creds.toml"
         ];
         for (k, v, key) in cases {
             let err = Config::from_toml_with_env(MINIMAL, env(&[(k, v)])).unwrap_err();
+            assert!(!err.to_string().contains("pw7788"), "the refusal does not repeat it: {err}");
             match err {
                 ConfigError::Invalid { key: got, .. } => assert_eq!(got, key, "{k}={v}"),
                 other => panic!("{k}={v}: {other}"),

@@ -67,8 +67,8 @@ async fn the_status_page_shows_the_agent_and_its_conference_in_a_real_browser() 
 
 /// Issue 40: two gateways, one of them down (nothing ever listened at its address). Once
 /// `/gatewayz` says so, the page in Chromium has a row for each: the down one marked red
-/// (`class="down"`), with since when and the probe's error; the other not. Neither the page
-/// nor `/gatewayz` shows the credentials the down gateway's URL carries.
+/// (`class="down"`), with since when and the probe's error; the other not. (A gateway URL
+/// with credentials in it is refused by the config: `config::tests::semantic_errors_name_the_key`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_gateways_the_page_marks_the_one_that_is_down_in_a_real_browser() {
     use ccgate::config::GatewayConfig;
@@ -85,7 +85,7 @@ async fn with_two_gateways_the_page_marks_the_one_that_is_down_in_a_real_browser
             };
             let down = GatewayConfig {
                 name: "globex".into(),
-                url: format!("https://cti:url-secret-42@127.0.0.1:{port}"),
+                url: format!("https://127.0.0.1:{port}"),
                 tenants: vec!["t-globex".into()],
                 ..up.clone()
             };
@@ -104,7 +104,6 @@ async fn with_two_gateways_the_page_marks_the_one_that_is_down_in_a_real_browser
     .await;
     let r = gatewayz().await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
-    assert!(!r.text.contains("url-secret-42"), "{}", r.text);
     let detail = r.json()["gateway_detail"].clone();
     assert_eq!(detail[0]["name"], "acme", "{detail}");
     assert_eq!(detail[0]["last_error"], serde_json::Value::Null, "{detail}");
@@ -132,7 +131,6 @@ async fn with_two_gateways_the_page_marks_the_one_that_is_down_in_a_real_browser
     assert!(globex.contains(&format!("<td>https://127.0.0.1:{port}</td>")) && globex.contains(error), "{globex}");
     assert!(acme.contains(r#"<span class="ok">up</span>"#) && acme.contains(r#"<td class="error">-</td>"#), "{acme}");
     assert!(dom.contains(r#"<span class="bad">1 of 2 up</span>"#), "the Health row: {dom}");
-    assert!(!dom.contains("url-secret-42"), "no credentials on the page");
     // The red is the stylesheet's, for the marked row.
     assert!(dom.contains("tr.down td{background:"), "{dom}");
     h.stop().await;

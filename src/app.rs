@@ -430,7 +430,8 @@ fn admin(
                         Some(s) => {
                             let q = crate::session::AgentQuery { gateway, agent };
                             let mut list = s.agents(&q).await;
-                            replicas.name_pollers(&mut list.agents).await;
+                            let look_up = !list.partial;
+                            replicas.name_pollers(&mut list.agents, look_up).await;
                             serde_json::to_value(list).unwrap_or_default()
                         }
                         None => serde_json::json!({"agents": [], "partial": false}),

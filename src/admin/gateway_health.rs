@@ -41,7 +41,8 @@ pub struct GatewayHealth {
     /// The configured URL as scheme, host and port only: never credentials, path or query.
     pub url: String,
     pub state: GatewayState,
-    /// When `state` last changed (Unix ms); the start for `unchecked`.
+    /// When it last went up or down (Unix ms); the start for `unchecked`. One failure kind
+    /// giving way to another (refused, then timed out) is still down since then.
     pub since_ms: u64,
     /// Why the last probe failed (`Connection refused (os error 111)`), printable and
     /// bounded; `None` while up or unchecked.
@@ -59,14 +60,20 @@ impl GatewayHealth {
         }
     }
 
-    /// A probe's verdict and, when it failed, why; whether the verdict changed (then
-    /// "since" moves; a new error text alone does not move it).
+    /// A probe's verdict and, when it failed, why; whether the verdict changed. "Since"
+    /// moves only when the gateway goes up or down: not for another failure kind, nor for a
+    /// new error text.
     pub(super) fn record(&mut self, state: GatewayState, error: Option<&str>) -> bool {
         let changed = self.state != state;
-        if changed {
-            self.state = state;
+        let up_or_down = |s: GatewayState| match s {
+            GatewayState::Up => Some(true),
+            GatewayState::Unchecked => None,
+            _ => Some(false),
+        };
+        if up_or_down(self.state) != up_or_down(state) {
             self.since_ms = crate::clock::unix_ms();
         }
+        self.state = state;
         self.error = error.map(error_for_people);
         changed
     }
@@ -83,8 +90,8 @@ impl GatewayHealth {
     }
 }
 
-/// A gateway URL with only its scheme, host and port: a URL with `user:password@` (which the
-/// config accepts) or a query shows neither.
+/// A gateway URL with only its scheme, host and port: a URL with `user:password@` or a query
+/// (which the config refuses, so only as a second line of defence) shows neither.
 pub(super) fn url_for_people(url: &str) -> String {
     match url.parse::<http::Uri>() {
         Ok(u) => {

@@ -338,6 +338,11 @@ impl Admin {
                 return refused;
             }
         }
+        // Probes answer anyone, but the detail behind their verdict (internal URLs, the
+        // probe's error, the store's address, this replica's host and admin address) only the
+        // operators' audience, under the agents' rule: Kubernetes' /readyz withholds reasons
+        // the same way, and a web page must not read the layout by DNS rebinding.
+        let detail = self.refuse_foreign(&req).is_none() && self.refuse_agents_view(local).is_none();
         if path == "/-/reload" {
             if req.method() != Method::POST {
                 let mut r = body::json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "reload is a POST"}));
@@ -392,16 +397,18 @@ impl Admin {
                         "keys_loaded": r.keys_loaded(),
                         "remote_keys": issuers,
                         "store": match r.store() { None => "memory", Some(true) => "up", Some(false) => "down" },
-                        // Mode, primary and last failover (issue 35); null with the memory store.
-                        "store_detail": r.store_status(),
+                        // Mode, primary and last failover (issue 35); null with the memory store
+                        // (and for a peer outside the operators' audience).
+                        "store_detail": r.store_status().filter(|_| detail),
                         "shutting_down": r.shutting_down.load(Ordering::Acquire),
                         // Reported, and part of the verdict only with admin.ready_requires_gateway
                         // (then at least one gateway must be reachable).
                         "gateway": r.gateway().as_str(),
                         "gateways": gateway_states(r),
-                        // Each gateway's URL, state, since when and last error (issue 40).
-                        "gateway_detail": gateway_detail(r),
-                        "replica": self.replicas.me,
+                        // Each gateway's URL, state, since when and last error, and who this
+                        // replica is (issue 40): for the operators' audience only.
+                        "gateway_detail": detail.then(|| gateway_detail(r)),
+                        "replica": detail.then_some(&self.replicas.me),
                         "gateway_reachable": r.gateway_reachable(),
                         "gateway_required": r.requires_gateway.load(Ordering::Acquire),
                         "store_required": r.requires_store.load(Ordering::Acquire),
@@ -419,7 +426,7 @@ impl Admin {
                         "gateway": r.gateway().as_str(),
                         "reachable": all_up,
                         "gateways": gateway_states(r),
-                        "gateway_detail": gateway_detail(r),
+                        "gateway_detail": detail.then(|| gateway_detail(r)),
                     }),
                 )
             }
@@ -678,6 +685,9 @@ mod tests {
         assert!(!r.set_gateway(0, GatewayState::ConnectFailed, Some("No route to host (os error 113)")));
         let again = r.gateway_health()[0].clone();
         assert_eq!((again.since_ms, again.error.as_deref()), (down.since_ms, Some("No route to host (os error 113)")));
+        // Another failure kind is a new verdict, but it has been down since the first.
+        assert!(r.set_gateway(0, GatewayState::Timeout, Some("timed out")));
+        assert_eq!(r.gateway_health()[0].since_ms, down.since_ms, "down since it went down");
         assert!(r.set_gateway(0, GatewayState::Up, None));
         assert_eq!(r.gateway_health()[0].error, None, "an error is why it is not up");
         assert!(!r.set_gateway(7, GatewayState::Up, None), "no such gateway");

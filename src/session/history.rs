@@ -160,9 +160,11 @@ pub struct Ending {
     #[serde(default = "one")]
     pub attempts: u32,
     /// When this replica last journaled it (failed sign-ins are journaled again at most once
-    /// a minute); not part of the entry.
+    /// a minute), and what it wrote, which the next write replaces; not part of the entry.
     #[serde(skip)]
     journaled_at_ms: u64,
+    #[serde(skip)]
+    journaled: Option<Arc<[u8]>>,
 }
 
 fn one() -> u32 {
@@ -187,6 +189,7 @@ impl Ending {
             last_error: None,
             attempts: 1,
             journaled_at_ms: 0,
+            journaled: None,
         }
     }
 
@@ -240,6 +243,9 @@ const FAILED_REJOURNAL_MS: u64 = 60_000;
 /// How far in the future an entry read back from the store may be dated: the replicas'
 /// clocks disagree by seconds, not by this; one dated later would stay "fresh" for ever.
 const MAX_CLOCK_SKEW_MS: u64 = 3_600_000;
+
+/// One write for the journal writer: the list, the entry, and the entry it replaces.
+type Write = (JournalList, Arc<[u8]>, Option<Arc<[u8]>>);
 
 /// What one gateway keeps, newest first in each list, every list at most [`JOURNAL_MAX`].
 #[derive(Default)]
@@ -302,7 +308,7 @@ impl Kept {
 pub struct History {
     kept: Mutex<Kept>,
     /// To the journal writer, once replication has started with a shared store.
-    outbox: OnceLock<mpsc::Sender<(JournalList, Vec<u8>)>>,
+    outbox: OnceLock<mpsc::Sender<Write>>,
     /// This replica's name in the store, for its entries.
     replica: OnceLock<String>,
     /// The journal as last read, and when: views within [`JOURNAL_READ_EVERY`] share it.
@@ -331,15 +337,15 @@ impl History {
     /// Journals entries in `store` from now on (one writer task, [`OUTBOX`] entries waiting
     /// at most). Call once, in a runtime.
     pub fn journal_to(&self, store: Arc<dyn SharedStore>) {
-        let (tx, mut rx) = mpsc::channel::<(JournalList, Vec<u8>)>(OUTBOX);
+        let (tx, mut rx) = mpsc::channel::<Write>(OUTBOX);
         if self.outbox.set(tx).is_err() {
             return;
         }
         let _ = self.replica.set(store.replica().to_owned());
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            while let Some((list, entry)) = rx.recv().await {
-                if let Err(e) = store.journal(list, &entry).await {
+            while let Some((list, entry, replaces)) = rx.recv().await {
+                if let Err(e) = store.journal(list, &entry, replaces.as_deref()).await {
                     // Kept here still; only the other replicas will not see it.
                     tracing::debug!(error = %e, "shared store: could not journal an agent's ending");
                     metrics.count_discarded(Discarded::JournalEntry, 1);
@@ -348,21 +354,22 @@ impl History {
         });
     }
 
-    fn send(&self, list: JournalList, e: &Ending) {
-        let Some(tx) = self.outbox.get() else { return };
-        let sent = serde_json::to_vec(e)
-            .ok()
-            .filter(|b| b.len() <= JOURNAL_ENTRY_MAX_BYTES)
-            .is_some_and(|b| tx.try_send((list, b)).is_ok());
-        if !sent {
+    /// Sends `e` to the journal writer (in place of `replaces`); what was sent, if it was.
+    fn send(&self, list: JournalList, e: &Ending, replaces: Option<Arc<[u8]>>) -> Option<Arc<[u8]>> {
+        let tx = self.outbox.get()?;
+        let bytes: Option<Arc<[u8]>> =
+            serde_json::to_vec(e).ok().filter(|b| b.len() <= JOURNAL_ENTRY_MAX_BYTES).map(Arc::from);
+        let sent = bytes.filter(|b| tx.try_send((list, b.clone(), replaces)).is_ok());
+        if sent.is_none() {
             self.metrics.count_discarded(Discarded::JournalEntry, 1);
         }
+        sent
     }
 
     /// Records how a session ended: kept here and, with the shared store, journaled there.
     pub fn record(&self, mut e: Ending) {
         e.replica = self.replica.get().cloned();
-        self.send(JournalList::Ended, &e);
+        self.send(JournalList::Ended, &e, None);
         lock(&self.kept).push(JournalList::Ended, Arc::new(e), crate::clock::unix_ms());
     }
 
@@ -377,12 +384,23 @@ impl History {
             true => kept.failed.iter().position(|x| x.agent == e.agent),
             false => None,
         };
-        if let Some(mut entry) = found.and_then(|i| kept.failed.remove(i)) {
+        let previous = found.and_then(|i| kept.failed.remove(i));
+        // A failure of more than a day ago is forgotten, not continued.
+        let previous = match previous {
+            Some(old) if old.fresh(now) => Some(old),
+            Some(old) => {
+                kept.forget_one(&old.agent);
+                None
+            }
+            None => None,
+        };
+        if let Some(mut entry) = previous {
             // The agent's one entry, updated and moved to the front (the newest).
             let old = Arc::make_mut(&mut entry);
             let journal = now.saturating_sub(old.journaled_at_ms) >= FAILED_REJOURNAL_MS;
             e.attempts = old.attempts.saturating_add(1);
             e.journaled_at_ms = if journal { now } else { old.journaled_at_ms };
+            e.journaled = old.journaled.take();
             if e.requests.is_empty() {
                 e.requests = std::mem::take(&mut old.requests);
             }
@@ -391,13 +409,25 @@ impl History {
             kept.failed.push_front(entry);
             drop(kept);
             if let Some(copy) = copy {
-                self.send(JournalList::FailedSignIns, &copy);
+                // In place of what this replica journaled before: one entry per agent there too.
+                let sent = self.send(JournalList::FailedSignIns, &copy, copy.journaled.clone());
+                if let Some(sent) = sent {
+                    self.remember_journaled(&copy.agent, sent);
+                }
             }
             return;
         }
         e.journaled_at_ms = now;
-        self.send(JournalList::FailedSignIns, &e);
+        e.journaled = self.send(JournalList::FailedSignIns, &e, None);
         kept.push(JournalList::FailedSignIns, Arc::new(e), crate::clock::unix_ms());
+    }
+
+    /// What was just journaled for `agent`'s failed sign-in, for the next write to replace.
+    fn remember_journaled(&self, agent: &str, sent: Arc<[u8]>) {
+        let mut kept = lock(&self.kept);
+        if let Some(e) = kept.failed.iter_mut().find(|x| x.agent == agent) {
+            Arc::make_mut(e).journaled = Some(sent);
+        }
     }
 
     /// A request for an agent with no session here: it joins the agent's newest entry, if
@@ -470,6 +500,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn note(i: u64) -> RequestNote {
         RequestNote {
@@ -601,5 +632,85 @@ mod tests {
         assert_eq!(h.kept(Some("153"), 1).len(), 1, "endings are bounded apart from failures");
         assert!(h.kept(Some("160"), 1).is_empty(), "the oldest failure made room");
         assert_eq!(lock(&h.kept).per_agent.len(), JOURNAL_MAX + 1, "the index follows what is kept");
+    }
+
+    /// Review of issue 40: a looping agent was journaled as a new entry every minute, so a
+    /// few looping agents filled the cluster's list. Each write now replaces the last.
+    #[tokio::test]
+    async fn a_looping_agent_stays_one_entry_in_the_journal() {
+        let hub = crate::shared::memory::MemoryHub::new(Duration::from_secs(30), Duration::from_secs(60));
+        let store: Arc<dyn SharedStore> = hub.join();
+        let h = History::new(Metrics::default());
+        // The writer's queue, drained here rather than by its task: every write it would make.
+        let (tx, mut rx) = mpsc::channel::<Write>(OUTBOX);
+        assert!(h.outbox.set(tx).is_ok());
+        let now = crate::clock::unix_ms();
+        let start = now - 10 * 60_000;
+        let mut writes = 0;
+        for i in 0..60u64 {
+            h.record_failed(Ending::new("160", EndKind::SignInFailed, "no_credentials", start + i * 10_000));
+            while let Ok((list, entry, replaces)) = rx.try_recv() {
+                store.journal(list, &entry, replaces.as_deref()).await.unwrap();
+                writes += 1;
+            }
+        }
+        assert!((10..=11).contains(&writes), "once a minute: {writes}");
+        let raw = store.journal_entries(JournalList::FailedSignIns, JOURNAL_MAX).await.unwrap();
+        assert_eq!(raw.len(), 1, "one entry per agent in the journal too");
+        let e = Ending::parse(&raw[0], now).unwrap();
+        assert!(e.attempts >= 55, "the entry journaled last counts the retries: {}", e.attempts);
+    }
+
+    #[test]
+    fn a_repeated_failure_is_the_newest_and_the_last_evicted() {
+        let h = History::new(Metrics::default());
+        let now = crate::clock::unix_ms();
+        h.record_failed(Ending::new("100", EndKind::SignInFailed, "no_credentials", now - 1000));
+        for i in 0..JOURNAL_MAX as u64 - 1 {
+            h.record_failed(Ending::new(&(200 + i).to_string(), EndKind::SignInFailed, "no_credentials", now - 900));
+        }
+        h.record_failed(Ending::new("100", EndKind::SignInFailed, "no_credentials", now));
+        h.record_failed(Ending::new("5000", EndKind::SignInFailed, "no_credentials", now));
+        assert_eq!(h.kept(Some("100"), 1).len(), 1, "100 failed last: it stays");
+    }
+
+    #[test]
+    fn a_failure_older_than_a_day_is_not_continued() {
+        let h = History::new(Metrics::default());
+        let now = crate::clock::unix_ms();
+        let day = JOURNAL_AGE.as_millis() as u64;
+        h.record_failed(Ending::new("101", EndKind::SignInFailed, "no_credentials", now));
+        h.record_failed(Ending::new("100", EndKind::SignInFailed, "no_credentials", now - 2 * day));
+        h.record_failed(Ending::new("100", EndKind::SignInFailed, "100-006", now));
+        assert_eq!(h.kept(Some("100"), 1)[0].attempts, 1);
+    }
+
+    /// The per-agent index against the lists after a random mix of endings and failures,
+    /// some stale, past both bounds.
+    #[test]
+    fn the_index_matches_the_lists() {
+        let h = History::new(Metrics::default());
+        let now = crate::clock::unix_ms();
+        let day = JOURNAL_AGE.as_millis() as u64;
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let agent = (x % 1500).to_string();
+            let at = if x % 7 == 0 { now - day - 1 } else { now - (x % 1000) };
+            if x % 3 == 0 {
+                h.record(Ending::new(&agent, EndKind::Lost, "x", at));
+            } else {
+                h.record_failed(Ending::new(&agent, EndKind::SignInFailed, "y", at));
+            }
+        }
+        let k = lock(&h.kept);
+        let mut want: HashMap<String, u32> = HashMap::new();
+        for e in k.ended.iter().chain(k.failed.iter()) {
+            *want.entry(e.agent.clone()).or_default() += 1;
+        }
+        assert!(k.ended.len() <= JOURNAL_MAX && k.failed.len() <= JOURNAL_MAX);
+        assert_eq!(k.per_agent, want);
     }
 }

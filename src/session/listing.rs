@@ -105,6 +105,10 @@ impl SessionStore {
                 let mut all = kept;
                 all.extend(journaled.into_iter().filter(|e| !own.contains(&key(e))));
                 all.sort_by_key(|e| std::cmp::Reverse(e.at_ms));
+                // A failed sign-in is one entry per agent and replica: its newest state (this
+                // replica's copy moves on between two writes to the journal).
+                let mut failed = HashSet::new();
+                all.retain(|e| e.state != "signin_failed" || failed.insert((e.agent.clone(), e.replica.clone())));
                 all.truncate(2 * JOURNAL_MAX);
                 (all, true)
             }

@@ -556,9 +556,10 @@ impl Connection {
         }
     }
 
-    /// The readiness probe's round trip, for operators ([`StoreStatus::latency_us`]).
-    pub fn record_probe(&self, took: Duration) {
-        self.status_mut().latency_us = Some(took.as_micros().min(u128::from(u64::MAX)) as u64);
+    /// The readiness probe's round trip, for operators ([`StoreStatus::latency_us`]); `None`
+    /// when it failed.
+    pub fn record_probe(&self, took: Option<Duration>) {
+        self.status_mut().latency_us = took.map(|t| t.as_micros().min(u128::from(u64::MAX)) as u64);
     }
 
     /// A command on generation `generation` succeeded.
@@ -637,9 +638,10 @@ impl Connection {
             s.connected = false;
             s.reconnects += 1;
             let from = s.primary.take();
-            if reason == Reconnect::ReadOnly {
-                s.role = Some(Role::Replica.as_str());
-            }
+            // What was seen of the node that is gone says nothing of the next, except why it
+            // went: a READONLY answer means it had become a replica.
+            s.latency_us = None;
+            s.role = (reason == Reconnect::ReadOnly).then_some(Role::Replica.as_str());
             s.last_failover = Some(Failover {
                 at_ms: crate::clock::unix_ms(),
                 reason: reason.as_str(),

@@ -578,7 +578,7 @@ impl Leases for MemoryStore {
 
 #[async_trait::async_trait]
 impl Journal for MemoryStore {
-    async fn journal(&self, list: JournalList, entry: &[u8]) -> Result<(), StoreError> {
+    async fn journal(&self, list: JournalList, entry: &[u8], replaces: Option<&[u8]>) -> Result<(), StoreError> {
         self.hub.up()?;
         if entry.len() > JOURNAL_ENTRY_MAX_BYTES {
             return Err(StoreError::Malformed(format!("journal entry of {} bytes", entry.len())));
@@ -588,6 +588,9 @@ impl Journal for MemoryStore {
         let (entries, expires) = st.journals.entry(self.key(list.key())).or_insert_with(|| (VecDeque::new(), now));
         if *expires <= now {
             entries.clear();
+        }
+        if let Some(i) = replaces.and_then(|old| entries.iter().position(|e| e == old)) {
+            entries.remove(i);
         }
         entries.push_front(entry.to_vec());
         entries.truncate(JOURNAL_MAX);

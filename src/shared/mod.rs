@@ -363,7 +363,7 @@ pub(crate) fn valid_replica(r: &str) -> bool {
 const MAX_HOST_LEN: usize = 253;
 /// An identity as the shared store holds it (`{"host":…,"admin":…}`): the longest host name
 /// and an IPv6 address with its port fit well within.
-const MAX_STORED_IDENTITY_LEN: usize = 512;
+pub(super) const MAX_STORED_IDENTITY_LEN: usize = 512;
 
 /// Who a replica is, for people: its name in leases (`id`), the host it runs on and its admin
 /// listener. Each replica registers its own with its heartbeat ([`Membership::register`]) for
@@ -499,9 +499,10 @@ pub const JOURNAL_ENTRY_MAX_BYTES: usize = 4096;
 #[async_trait::async_trait]
 pub trait Journal: Send + Sync {
     /// Adds an entry to `list` (at most [`JOURNAL_ENTRY_MAX_BYTES`]; a longer one is
-    /// refused), keeps its newest [`JOURNAL_MAX`], and lets it expire [`JOURNAL_AGE`] after
-    /// its last entry.
-    async fn journal(&self, list: JournalList, entry: &[u8]) -> Result<(), StoreError>;
+    /// refused) in place of `replaces` (an entry this replica wrote before, removed in the
+    /// same transaction, so an agent's failed sign-in stays one entry), keeps the list's
+    /// newest [`JOURNAL_MAX`], and lets it expire [`JOURNAL_AGE`] after its last entry.
+    async fn journal(&self, list: JournalList, entry: &[u8], replaces: Option<&[u8]>) -> Result<(), StoreError>;
     /// The newest `max` entries of `list` (at most [`JOURNAL_MAX`]), newest first.
     async fn journal_entries(&self, list: JournalList, max: usize) -> Result<Vec<Vec<u8>>, StoreError>;
 }

@@ -280,9 +280,10 @@ impl Backend for RedisStore {
         let key = format!("{}health:{}", self.prefix, self.replica);
         let inv = scripts::Health { replica: &self.replica }.prepare(&self.scripts.health, &key);
         let started = tokio::time::Instant::now();
-        let _: i64 = self.script(StoreOp::Write, inv).await?;
-        self.conn.record_probe(started.elapsed());
-        Ok(())
+        let answered = self.script::<i64>(StoreOp::Write, inv).await;
+        // A failed probe has no round trip to show: none rather than the last good one's.
+        self.conn.record_probe(answered.as_ref().ok().map(|_| started.elapsed()));
+        answered.map(|_| ())
     }
     fn status(&self) -> StoreStatus {
         self.conn.status()
@@ -579,11 +580,16 @@ impl Membership for RedisStore {
             // its expiry, so an identity never outlives the replica by more than that.
             let (key, value) = (self.identity_key(&self.replica), me.to_stored());
             let ttl = u64::from(REPLICA_SILENT_LEASES) * self.lease_ms();
-            let _: () = self
+            let written: Result<(), _> = self
                 .run(StoreOp::Lease, async |c| {
                     redis::cmd("SET").arg(&key).arg(&value).arg("PX").arg(ttl).query_async(c).await
                 })
-                .await?;
+                .await;
+            // For people only: a failed write must not cost the round its lease renewals (in a
+            // cluster the key may live on a shard that is down while the set's is not).
+            if let Err(e) = written {
+                tracing::debug!(error = %e, "shared store: could not register this replica's identity");
+            }
         }
         Ok(())
     }
@@ -603,9 +609,14 @@ impl Membership for RedisStore {
             return Ok(None);
         }
         let key = self.identity_key(replica);
-        let raw: Option<Vec<u8>> =
-            self.run(StoreOp::Read, async |c| redis::cmd("GET").arg(&key).query_async(c).await).await?;
-        let Some(raw) = raw else { return Ok(None) };
+        // At most one byte past the bound: a planted huge value is never read whole.
+        let last = super::MAX_STORED_IDENTITY_LEN as i64;
+        let raw: Vec<u8> = self
+            .run(StoreOp::Read, async |c| redis::cmd("GETRANGE").arg(&key).arg(0).arg(last).query_async(c).await)
+            .await?;
+        if raw.is_empty() {
+            return Ok(None);
+        }
         match ReplicaIdentity::from_stored(replica, &raw) {
             Some(who) => Ok(Some(who)),
             None => {
@@ -619,7 +630,7 @@ impl Membership for RedisStore {
 
 #[async_trait::async_trait]
 impl Journal for RedisStore {
-    async fn journal(&self, list: JournalList, entry: &[u8]) -> Result<(), StoreError> {
+    async fn journal(&self, list: JournalList, entry: &[u8], replaces: Option<&[u8]>) -> Result<(), StoreError> {
         if entry.len() > JOURNAL_ENTRY_MAX_BYTES {
             return Err(StoreError::Malformed(format!("journal entry of {} bytes", entry.len())));
         }
@@ -628,9 +639,12 @@ impl Journal for RedisStore {
         // One transaction: the list never holds more than its bound, and never outlives a day
         // without an entry.
         self.run::<()>(StoreOp::Write, async |c| {
-            redis::pipe()
-                .atomic()
-                .lpush(&key, entry)
+            let mut p = redis::pipe();
+            p.atomic();
+            if let Some(old) = replaces {
+                p.lrem(&key, 1, old).ignore();
+            }
+            p.lpush(&key, entry)
                 .ignore()
                 .ltrim(&key, 0, JOURNAL_MAX as isize - 1)
                 .ignore()

@@ -135,3 +135,24 @@ async fn with_two_gateways_the_page_marks_the_one_that_is_down_in_a_real_browser
     assert!(dom.contains("tr.down td{background:"), "{dom}");
     h.stop().await;
 }
+
+/// Review of issue 40: `/readyz` and `/gatewayz` answer any peer and any `Host` (a probe's
+/// must), so the detail behind the verdict (internal URLs, the probe's error, the store's
+/// address, this replica's host and admin address) goes only to the operators' audience, as
+/// the page's does: a web page reaching the admin listener by DNS rebinding reads the verdict
+/// alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probes_tell_a_foreign_site_the_verdict_and_not_the_layout() {
+    let h = common::Harness::start().await;
+    let foreign = [("host", "attacker.example")];
+    for path in ["/readyz", "/gatewayz"] {
+        let v = h.send(http::Method::GET, &format!("{}{path}", h.admin), &foreign, "").await.json();
+        assert!(v["gateway"].is_string(), "{path}: the verdict is there: {v}");
+        for detail in ["gateway_detail", "replica", "store_detail"] {
+            assert!(v[detail].is_null(), "{path} to Host attacker.example shows {detail}: {v}");
+        }
+        let own = h.send(http::Method::GET, &format!("{}{path}", h.admin), &[], "").await.json();
+        assert!(own["gateway_detail"][0]["url"].is_string(), "{path}: the operator sees it: {own}");
+    }
+    h.stop().await;
+}

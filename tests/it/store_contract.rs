@@ -470,7 +470,7 @@ async fn two_gateways_agents_of_one_number_share_nothing(p: Pair) {
 async fn the_journal_keeps_the_newest_endings_per_gateway_for_every_replica(p: Pair) {
     assert!(p.b.journal_entries(JournalList::Ended, 10).await.unwrap().is_empty());
     for i in 0..JOURNAL_MAX + 5 {
-        p.a.journal(JournalList::Ended, format!("entry {i}").as_bytes()).await.unwrap();
+        p.a.journal(JournalList::Ended, format!("entry {i}").as_bytes(), None).await.unwrap();
     }
     let all = p.b.journal_entries(JournalList::Ended, JOURNAL_MAX + 100).await.unwrap();
     assert_eq!(all.len(), JOURNAL_MAX, "the newest {JOURNAL_MAX} only");
@@ -478,7 +478,7 @@ async fn the_journal_keeps_the_newest_endings_per_gateway_for_every_replica(p: P
     assert_eq!(all[JOURNAL_MAX - 1], b"entry 5");
     assert_eq!(p.a.journal_entries(JournalList::Ended, 2).await.unwrap(), all[..2].to_vec(), "at most what is asked");
     assert!(
-        p.a.journal(JournalList::Ended, &vec![b'x'; JOURNAL_ENTRY_MAX_BYTES + 1]).await.is_err(),
+        p.a.journal(JournalList::Ended, &vec![b'x'; JOURNAL_ENTRY_MAX_BYTES + 1], None).await.is_err(),
         "an oversized entry is refused"
     );
     let acme = p.b.clone().for_gateway("acme");
@@ -486,15 +486,20 @@ async fn the_journal_keeps_the_newest_endings_per_gateway_for_every_replica(p: P
         acme.journal_entries(JournalList::Ended, 10).await.unwrap().is_empty(),
         "another gateway's journal is its own"
     );
-    acme.journal(JournalList::Ended, b"acme's").await.unwrap();
+    acme.journal(JournalList::Ended, b"acme's", None).await.unwrap();
     assert_eq!(
         p.a.journal_entries(JournalList::Ended, 1).await.unwrap()[0],
         format!("entry {}", JOURNAL_MAX + 4).as_bytes()
     );
     // The failed sign-ins' list is another, with its own bound.
     assert!(p.a.journal_entries(JournalList::FailedSignIns, 10).await.unwrap().is_empty());
-    p.b.journal(JournalList::FailedSignIns, b"failed").await.unwrap();
+    p.b.journal(JournalList::FailedSignIns, b"failed", None).await.unwrap();
     assert_eq!(p.a.journal_entries(JournalList::FailedSignIns, 10).await.unwrap(), [b"failed".to_vec()]);
+    // An entry written in place of an earlier one: the earlier one is gone, in one step.
+    p.b.journal(JournalList::FailedSignIns, b"other", None).await.unwrap();
+    p.b.journal(JournalList::FailedSignIns, b"failed again", Some(b"failed")).await.unwrap();
+    let failed = p.a.journal_entries(JournalList::FailedSignIns, 10).await.unwrap();
+    assert_eq!(failed, [b"failed again".to_vec(), b"other".to_vec()]);
     assert_eq!(p.a.journal_entries(JournalList::Ended, JOURNAL_MAX).await.unwrap().len(), JOURNAL_MAX);
 }
 

@@ -698,8 +698,8 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let agent = (x % 1500).to_string();
-            let at = if x % 7 == 0 { now - day - 1 } else { now - (x % 1000) };
-            if x % 3 == 0 {
+            let at = if x.is_multiple_of(7) { now - day - 1 } else { now - (x % 1000) };
+            if x.is_multiple_of(3) {
                 h.record(Ending::new(&agent, EndKind::Lost, "x", at));
             } else {
                 h.record_failed(Ending::new(&agent, EndKind::SignInFailed, "y", at));

@@ -63,13 +63,30 @@ impl SessionStore {
             let (polled_by, here) = self.replication.poller_of(&s.agent_id, &s.sharing).await;
             views.push(AgentView::of_session(&self.identity.name, s, polled_by, here, one.is_some()));
         }
-        let known: Vec<String> = local.iter().map(|s| s.agent_id.clone()).collect();
-        let room = MAX_AGENTS_LISTED.saturating_sub(views.len()) + known.len();
+        // A copy that ended here says nothing of the agent now: another replica may have
+        // signed it in again since (this one adopts the new session only when asked to serve
+        // it). The record decides for those.
+        let known: Vec<String> = local.iter().filter(|s| s.ended().is_none()).map(|s| s.agent_id.clone()).collect();
+        let room = MAX_AGENTS_LISTED.saturating_sub(views.len()) + local.len();
         let mut partial = false;
         match self.replication.remote_agents(one, &known, room).await {
             Ok(remote) => {
-                for r in remote.into_iter().take(MAX_AGENTS_LISTED.saturating_sub(views.len())) {
-                    views.push(AgentView::of_remote(&self.identity.name, r));
+                let ended: HashMap<String, usize> = views
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| v.state != "active")
+                    .map(|(i, v)| (v.agent.clone(), i))
+                    .collect();
+                for r in remote {
+                    match ended.get(&r.agent).copied() {
+                        // Signed in again elsewhere: the record's view replaces the ended copy's.
+                        Some(i) if r.state == "active" => views[i] = AgentView::of_remote(&self.identity.name, r),
+                        Some(_) => {}
+                        None if views.len() < MAX_AGENTS_LISTED => {
+                            views.push(AgentView::of_remote(&self.identity.name, r))
+                        }
+                        None => {}
+                    }
                 }
             }
             Err(e) => {

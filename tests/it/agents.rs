@@ -319,3 +319,42 @@ async fn failed_sign_ins_in_a_loop_keep_every_other_agents_history() {
     assert_eq!(f["endings"][0]["attempts"], 1001, "{f}");
     h.stop().await;
 }
+
+/// Review of issue 40: a replica that held a copy of an agent which then ended showed it
+/// `signed_out` while another replica had signed it in again (it adopts the new session
+/// only when asked to serve it). The record decides for an ended copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_copy_does_not_hide_a_new_session_on_another_replica() {
+    use ccgate::config::{Secret, StoreBackend};
+    let redis = common::redis::RedisServer::start().await;
+    let url = redis.url();
+    let h = Harness::with(common::Options {
+        config: Box::new(move |c| {
+            c.store.backend = StoreBackend::Redis;
+            c.store.url = Some(Secret::new(url));
+        }),
+        ..common::Options::default()
+    })
+    .await;
+    let (b, b_url) = h.replica(|_| {}).await;
+    let token = h.token("154");
+    assert_eq!(h.call_at(&b_url, Method::POST, "/v1/session", Some(&token), "").await.status, StatusCode::CREATED);
+    // A serves 154 once: it holds a copy now.
+    assert!(h.call_at(&h.base, Method::GET, "/v1/session", Some(&token), "").await.status.is_success());
+    assert!(h.call_at(&b_url, Method::DELETE, "/v1/session", Some(&token), "").await.status.is_success());
+    common::eventually("A's copy ended", || async {
+        h.send(Method::GET, &format!("{}/agents/154", h.admin), &[], "").await.json()["state"] == "signed_out"
+    })
+    .await;
+    // Signed in again through B: A's views say active, though A's own copy ended.
+    assert_eq!(h.call_at(&b_url, Method::POST, "/v1/session", Some(&token), "").await.status, StatusCode::CREATED);
+    let one = h.send(Method::GET, &format!("{}/agents/154", h.admin), &[], "").await.json();
+    assert_eq!(one["state"], "active", "{one}");
+    let all = h.send(Method::GET, &format!("{}/agents", h.admin), &[], "").await.json();
+    let listed: Vec<&serde_json::Value> =
+        all["agents"].as_array().unwrap().iter().filter(|a| a["agent"] == "154").collect();
+    assert_eq!(listed.len(), 1, "{all}");
+    assert_eq!(listed[0]["state"], "active", "{all}");
+    b.stop().await;
+    h.stop().await;
+}

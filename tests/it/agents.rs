@@ -9,6 +9,19 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ccgate");
 
+/// The proxy and the simulator, sharing agents through `redis` (more replicas: `h.replica`).
+async fn on_redis(redis: &common::redis::RedisServer) -> Harness {
+    let url = redis.url();
+    Harness::with(common::Options {
+        config: Box::new(move |c| {
+            c.store.backend = ccgate::config::StoreBackend::Redis;
+            c.store.url = Some(ccgate::config::Secret::new(url));
+        }),
+        ..common::Options::default()
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_agent_at_a_glance_and_one_in_detail_without_a_secret() {
     let h = Harness::start().await;
@@ -229,17 +242,8 @@ async fn an_ended_agent_keeps_its_history_and_a_failed_sign_in_leaves_one() {
 /// with Redis away, the views say they are partial rather than silently shrinking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_every_replica_shows_an_ending_and_says_when_its_view_is_partial() {
-    use ccgate::config::{Secret, StoreBackend};
     let mut redis = common::redis::RedisServer::start().await;
-    let url = redis.url();
-    let h = Harness::with(common::Options {
-        config: Box::new(move |c| {
-            c.store.backend = StoreBackend::Redis;
-            c.store.url = Some(Secret::new(url));
-        }),
-        ..common::Options::default()
-    })
-    .await;
+    let h = on_redis(&redis).await;
     let (b, b_url) = h.replica(|_| {}).await;
     let token = h.token("154");
     let r = h.call_at(&b_url, Method::POST, "/v1/session", Some(&token), "").await;
@@ -325,17 +329,8 @@ async fn failed_sign_ins_in_a_loop_keep_every_other_agents_history() {
 /// only when asked to serve it). The record decides for an ended copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_copy_does_not_hide_a_new_session_on_another_replica() {
-    use ccgate::config::{Secret, StoreBackend};
     let redis = common::redis::RedisServer::start().await;
-    let url = redis.url();
-    let h = Harness::with(common::Options {
-        config: Box::new(move |c| {
-            c.store.backend = StoreBackend::Redis;
-            c.store.url = Some(Secret::new(url));
-        }),
-        ..common::Options::default()
-    })
-    .await;
+    let h = on_redis(&redis).await;
     let (b, b_url) = h.replica(|_| {}).await;
     let token = h.token("154");
     assert_eq!(h.call_at(&b_url, Method::POST, "/v1/session", Some(&token), "").await.status, StatusCode::CREATED);

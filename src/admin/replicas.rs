@@ -48,7 +48,10 @@ impl Replicas {
             }
         }
         let who = match store.replica_identity(id).await {
-            Ok(who) => who,
+            Ok(Some(who)) => Some(who),
+            // Not registered yet (a replica registers at its first heartbeat after start):
+            // asked again by the next view, not remembered as unknown.
+            Ok(None) => return Ok(None),
             // Invalid: counted and logged by the store once; remembered as unknown.
             Err(crate::shared::StoreError::Malformed(_)) => None,
             Err(e) => {

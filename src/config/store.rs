@@ -18,7 +18,8 @@ pub const DEFAULT_KEY_PREFIX: &str = "ccgate:";
 pub const DEFAULT_STORE_COMMAND_TIMEOUT_MS: u64 = 1_000;
 /// Connecting to Redis on start-up and after a failure.
 pub const DEFAULT_STORE_CONNECT_TIMEOUT_MS: u64 = 2_000;
-/// A poller's lease lives this long without renewal. The gateway's long poll waits about 10 s,
+/// A poller's lease passes to another replica once its holder has not refreshed the agents
+/// index for this long (it does every third of it). The gateway's long poll waits about 10 s,
 /// so a dead owner's agent is polled again within two poll intervals, far inside the
 /// gateway's 120 s MAXTIME.
 pub const DEFAULT_LEASE_TTL_MS: u64 = 10_000;
@@ -168,7 +169,7 @@ impl StoreConfig {
             }
         }
         if st.lease_ttl_ms < 300 {
-            return invalid("store.lease_ttl_ms", "must be at least 300: the lease is renewed every third of it");
+            return invalid("store.lease_ttl_ms", "must be at least 300: the maintenance round runs every third of it");
         }
         Ok(())
     }

@@ -23,8 +23,39 @@ use crate::labels::LossReason;
 use crate::shared::{Change, CreateMode, Lease, NewRecord, OpLock, Record, RecordState, SharedStore, StoreError};
 use crate::sync::lock;
 
-/// Orphaned agents taken over per maintenance round (the rest wait for the next round).
-const TAKEOVERS_PER_ROUND: usize = 256;
+/// Orphaned agents one replica takes over per maintenance round (the rest wait for the next
+/// round). A stopped replica's agents are shared out among the live ones (`falls_to`), so with
+/// 4 replicas of 4,000 agents each this is 1,333 per survivor: one round.
+const TAKEOVERS_PER_ROUND: usize = 2_048;
+/// Stale index entries read per round: room for every survivor's share after one of several
+/// full replicas stopped (each picks its own out of them).
+const STALE_READ: usize = 8_192;
+/// Replicas counted when sharing out orphans; a larger set shares by the first this many.
+const LIVE_REPLICAS_READ: usize = 64;
+/// Whether `agent`'s orphaned session falls to replica `me` among the `live` ones: the one
+/// with the highest FNV-1a hash of (replica, agent), so that every replica, reading the same
+/// set, agrees without talking, and a replica joining or leaving moves only its own share.
+/// Alone, or not in the set yet (a first heartbeat not seen), it is everyone's.
+fn falls_to(agent: &str, live: &[String], me: &str) -> bool {
+    fn score(replica: &str, agent: &str) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in replica.bytes().chain([0]).chain(agent.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // MurmurHash3's finalizer: FNV leaves the last bytes' differences in the low bits.
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+    if !live.iter().any(|r| r == me) {
+        return true;
+    }
+    live.iter().max_by_key(|r| (score(r, agent), r.as_str())).is_some_and(|r| r == me)
+}
+
 /// How often a replica waiting for another replica's sign-in (or sign-out) looks again.
 const LOOK_AGAIN: Duration = Duration::from_millis(20);
 
@@ -380,10 +411,10 @@ impl Cluster {
             return;
         }
         if self.store_was_away.swap(false, Ordering::AcqRel) {
-            // Every lease expired while the store was away, the live owners' too, and each
-            // live owner holds Guids it could not share. Leave it a lease to take its own back
-            // before anyone takes over: a taker would poll with the record's older Guid, be
-            // refused, and end a session the gateway still honours.
+            // Every index entry went stale while the store was away, the live owners' too,
+            // and each live owner holds Guids it could not share. Leave it a lease to refresh
+            // its entries before anyone takes over: a taker would poll with the record's older
+            // Guid, be refused, and end a session the gateway still honours.
             *lock(&self.takeovers_after) = Some(Instant::now() + self.store.lease_ttl());
             tracing::info!("shared store back: every copy follows its record again; takeovers wait a lease");
             // Its change channel may not be back yet: every copy follows its record again
@@ -393,6 +424,11 @@ impl Cluster {
                 self.mirror(host, &agent).await;
             }
         }
+        // The leases this replica holds, read back in one command per batch, and the index
+        // entries of those still held refreshed in one: an idle fleet costs Redis a few
+        // commands per round per replica, not several per agent (issue 39).
+        let mut copies = Vec::new();
+        let mut held: Vec<(String, u64, Arc<H::Session>)> = Vec::new();
         for agent in host.local_agents() {
             let Some(s) = host.current(&agent) else { continue };
             let Some(link) = s.sharing().link() else { continue };
@@ -400,29 +436,65 @@ impl Cluster {
                 link.flush_lost(&*s).await;
                 continue;
             }
-            if let Some(epoch) = link.epoch() {
-                match self.store.renew(&agent, epoch).await {
-                    Ok(Lease::Held(_)) => self.store.index_agent(&agent).await,
-                    Ok(Lease::Taken) => link.lose_lease(&*s),
-                    Ok(Lease::Absent) => self.reclaim(host, &s, link).await,
-                    Err(e) => tracing::debug!(agent, error = %e, "lease not renewed this round"),
-                }
+            match link.epoch() {
+                Some(epoch) => held.push((agent, epoch, s)),
+                None => copies.push(s),
             }
-            link.flush(&*s).await;
+        }
+        let pairs: Vec<(&str, u64)> = held.iter().map(|(a, e, _)| (a.as_str(), *e)).collect();
+        match self.store.check(&pairs).await {
+            Ok(leases) => {
+                let mut alive = Vec::with_capacity(held.len());
+                for ((agent, _, s), lease) in held.iter().zip(leases) {
+                    let Some(link) = s.sharing().link() else { continue };
+                    match lease {
+                        Lease::Held(_) => alive.push(agent.as_str()),
+                        Lease::Taken => link.lose_lease(&**s),
+                        Lease::Absent => self.reclaim(host, s, link).await,
+                    }
+                }
+                self.store.index_agents(&alive).await;
+            }
+            Err(e) => tracing::debug!(leases = held.len(), error = %e, "leases not checked this round"),
+        }
+        for s in held.iter().map(|(_, _, s)| s).chain(copies.iter()) {
+            if let Some(link) = s.sharing().link() {
+                link.flush(&**s).await;
+            }
         }
         if lock(&self.takeovers_after).is_some_and(|at| Instant::now() < at) {
             return;
         }
-        let orphans = match self.store.stale_agents(TAKEOVERS_PER_ROUND).await {
+        let orphans = match self.store.stale_agents(STALE_READ).await {
             Ok(orphans) => orphans,
             Err(e) => {
                 tracing::debug!(error = %e, "orphaned agents not read this round");
                 return;
             }
         };
-        for agent in orphans {
-            self.take_over(host, &agent).await;
+        if orphans.is_empty() {
+            return;
         }
+        // Each orphan falls to one live replica (rendezvous hashing), so the survivors of a
+        // stopped replica take its agents in parallel instead of all racing for the same
+        // oldest ones. One left stale a round past its lease (its replica full, or gone too)
+        // is anyone's.
+        let live = self.store.live_replicas(LIVE_REPLICAS_READ).await.unwrap_or_default();
+        let me = self.store.replica();
+        let late: std::collections::HashSet<String> = match self.store.stale_for_longer(self.round(), STALE_READ).await
+        {
+            Ok(late) => late.into_iter().collect(),
+            Err(_) => Default::default(),
+        };
+        let mine = orphans.iter().filter(|a| late.contains(*a) || falls_to(a, &live, me));
+        for agent in mine.take(TAKEOVERS_PER_ROUND) {
+            self.take_over(host, agent).await;
+        }
+    }
+
+    /// The maintenance round's period: a third of a lease.
+    fn round(&self) -> Duration {
+        self.store.lease_ttl() / 3
     }
 
     /// This replica's lease expired without anyone taking it (a pause, or the store lost
@@ -448,11 +520,17 @@ impl Cluster {
     /// Takes over polling an agent whose owner stopped renewing its lease, unless this replica
     /// is full (`sessions.max_agents`): a replica with room takes it instead.
     async fn take_over<H: Host>(&self, host: &H, agent: &str) {
-        let has_copy = host.current(agent).is_some_and(|s| s.ended().is_none());
+        let current = host.current(agent);
+        if current.as_ref().and_then(|s| s.sharing().link()).is_some_and(|l| l.owns()) {
+            // Its own entry, stale because a refresh failed: this round's check decided.
+            self.store.index_agent(agent).await;
+            return;
+        }
+        let has_copy = current.is_some_and(|s| s.ended().is_none());
         if !has_copy && host.at_capacity() {
             return;
         }
-        match self.store.acquire(agent).await {
+        match self.store.take_stale(agent).await {
             Ok(Lease::Held(epoch)) => {
                 let adopted = match self.store.load(agent).await {
                     Ok(Some(r)) => match self.adopt(host, agent, r, epoch).await {
@@ -493,18 +571,24 @@ impl Cluster {
     }
 
     /// Shutdown: hands the leases over (another replica takes each agent at its next round)
-    /// and says whether this replica was the last one alive.
+    /// and says whether this replica was the last one alive. It leaves the replica set before
+    /// it releases, so its agents fall to the replicas that stay.
     pub(crate) async fn hand_over<H: Host>(&self, host: &H) -> bool {
+        let mut held = Vec::new();
         for agent in host.local_agents() {
             let Some(s) = host.current(&agent) else { continue };
             let Some(link) = s.sharing().link() else { continue };
             s.stop_poller();
             link.flush(&*s).await;
             if let Some(epoch) = link.epoch() {
-                self.release(&agent, epoch).await;
+                held.push((agent, epoch));
             }
         }
-        self.leave().await.is_ok_and(|others| others == 0)
+        let last = self.leave().await.is_ok_and(|others| others == 0);
+        for (agent, epoch) in held {
+            self.release(&agent, epoch).await;
+        }
+        last
     }
 
     /// Agents the cluster knows that are not in `known` (this replica's copies): each with
@@ -556,5 +640,37 @@ impl Cluster {
             tracing::warn!(error = %e, "shared store away at shutdown; agents stay signed in for the other replicas");
             SessionError::from(e)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::falls_to;
+
+    /// Every orphan falls to exactly one live replica, the shares are even, and a replica
+    /// leaving moves only its own share.
+    #[test]
+    fn orphans_are_shared_out_evenly_and_each_to_one_replica() {
+        let live: Vec<String> = (0..3).map(|i| format!("{i:032x}")).collect();
+        let agents: Vec<String> = (10_000..13_000).map(|a| a.to_string()).collect();
+        let owner = |live: &[String], a: &str| -> Vec<usize> {
+            (0..live.len()).filter(|&i| falls_to(a, live, &live[i])).collect()
+        };
+        let mut shares = [0usize; 3];
+        for a in &agents {
+            let o = owner(&live, a);
+            assert_eq!(o.len(), 1, "agent {a}: {o:?}");
+            shares[o[0]] += 1;
+        }
+        assert!(shares.iter().all(|&n| (850..=1150).contains(&n)), "{shares:?}");
+        let two = &live[..2];
+        for a in &agents {
+            let before = owner(&live, a)[0];
+            if before < 2 {
+                assert_eq!(owner(two, a), [before], "agent {a} moved though its replica stayed");
+            }
+        }
+        assert!(falls_to("153", &live, "not-in-the-set"), "a replica not seen yet takes any");
+        assert!(falls_to("153", &[], "alone"));
     }
 }

@@ -57,8 +57,8 @@ struct Hash {
 #[derive(Default)]
 struct Agent {
     session: Option<Hash>,
-    /// `replica epoch`, and when it expires.
-    lease: Option<(String, Instant)>,
+    /// `replica epoch`: no expiry (its holder refreshes the index instead; `shared::Leases`).
+    lease: Option<String>,
     events: VecDeque<StreamEvent>,
     /// The stream's last id, kept when entries are trimmed (as Redis does), reset with the stream.
     last_id: u64,
@@ -68,9 +68,6 @@ struct Agent {
 impl Agent {
     /// Drops what has expired by `now`, as Redis does on access.
     fn expire(&mut self, now: Instant) {
-        if self.lease.as_ref().is_some_and(|(_, at)| *at <= now) {
-            self.lease = None;
-        }
         if self.op.as_ref().is_some_and(|(_, at)| *at <= now) {
             self.op = None;
         }
@@ -168,7 +165,7 @@ impl MemoryHub {
         *crate::sync::lock(&self.0.state) = State::default();
     }
 
-    /// The agent's lease ends now, as if its time had run out.
+    /// The agent's lease is lost (a store that lost that one key).
     pub fn expire_lease(&self, agent: &str) {
         if let Some(a) = crate::sync::lock(&self.0.state).agents.get_mut(agent) {
             a.lease = None;
@@ -189,7 +186,7 @@ impl MemoryHub {
         let mut st = crate::sync::lock(&self.0.state);
         let a = st.agents.get_mut(agent)?;
         a.expire(now);
-        a.lease.as_ref().map(|(t, _)| t.clone())
+        a.lease.clone()
     }
 }
 
@@ -274,8 +271,22 @@ impl MemoryStore {
         }
     }
 
-    fn lease_until(&self) -> Instant {
-        Instant::now() + self.hub.lease_ttl
+    /// `ACQUIRE`: the lease if free (`expected` `None`) or still `expected`'s.
+    fn acquire_from(&self, agent: &str, expected: Option<&str>) -> Result<Lease, StoreError> {
+        let agent = &self.key(agent);
+        self.hub.with(agent, |a, hub| {
+            if a.lease.is_some() && a.lease.as_deref() != expected {
+                return Lease::Taken;
+            }
+            let Some(h) = a.session.as_mut().filter(|h| h.state == RecordState::Active) else {
+                a.lease = None;
+                return Lease::Absent;
+            };
+            h.epoch = next_epoch(h.epoch, hub);
+            let epoch = h.epoch;
+            a.lease = Some(self.token(epoch));
+            Lease::Held(epoch)
+        })
     }
 }
 
@@ -332,7 +343,7 @@ impl Records for MemoryStore {
     }
     async fn create(&self, agent: &str, r: &NewRecord<'_>, mode: CreateMode) -> Result<u64, StoreError> {
         let agent = &self.key(agent);
-        let (token_of, until) = (|e| self.token(e), self.lease_until());
+        let token_of = |e| self.token(e);
         let epoch = self.hub.with(agent, |a, hub| {
             if mode == CreateMode::Restore && a.session.is_some() {
                 return 0;
@@ -358,7 +369,7 @@ impl Records for MemoryStore {
                 expires: None,
                 since: r.since,
             });
-            a.lease = Some((token_of(epoch), until));
+            a.lease = Some(token_of(epoch));
             epoch
         })?;
         if epoch > 0 {
@@ -511,43 +522,37 @@ impl Events for MemoryStore {
 #[async_trait::async_trait]
 impl Leases for MemoryStore {
     async fn acquire(&self, agent: &str) -> Result<Lease, StoreError> {
-        let agent = &self.key(agent);
-        let until = self.lease_until();
-        self.hub.with(agent, |a, hub| {
-            if a.lease.is_some() {
-                return Lease::Taken;
-            }
-            let Some(h) = a.session.as_mut().filter(|h| h.state == RecordState::Active) else {
-                return Lease::Absent;
-            };
-            h.epoch = next_epoch(h.epoch, hub);
-            let epoch = h.epoch;
-            a.lease = Some((self.token(epoch), until));
-            Lease::Held(epoch)
-        })
+        self.acquire_from(agent, None)
     }
-    async fn renew(&self, agent: &str, epoch: u64) -> Result<Lease, StoreError> {
-        let agent = &self.key(agent);
-        let (token, until) = (self.token(epoch), self.lease_until());
-        self.hub.with(agent, |a, _| match &mut a.lease {
-            Some((t, at)) if *t == token => {
-                *at = until;
-                Lease::Held(epoch)
-            }
-            Some(_) => Lease::Taken,
-            None => Lease::Absent,
-        })
+    async fn take_stale(&self, agent: &str) -> Result<Lease, StoreError> {
+        let key = self.key(agent);
+        let holder = self.hub.with(&key, |a, _| a.lease.clone())?;
+        self.acquire_from(agent, holder.as_deref())
+    }
+    async fn check(&self, held: &[(&str, u64)]) -> Result<Vec<Lease>, StoreError> {
+        held.iter()
+            .map(|(agent, epoch)| {
+                let token = self.token(*epoch);
+                self.hub.with(&self.key(agent), |a, _| match &a.lease {
+                    Some(t) if *t == token => Lease::Held(*epoch),
+                    Some(_) => Lease::Taken,
+                    None => Lease::Absent,
+                })
+            })
+            .collect()
     }
     async fn release(&self, agent: &str, epoch: u64) -> Result<(), StoreError> {
         let agent = &self.key(agent);
         let token = self.token(epoch);
         self.hub.with(agent, |a, _| {
-            if a.lease.as_ref().is_some_and(|(t, _)| *t == token) {
+            if a.lease.as_ref().is_some_and(|t| *t == token) {
                 a.lease = None;
             }
         })?;
-        // Mark the agent as needing a poller now rather than after a lease's lifetime.
-        crate::sync::lock(&self.hub.state).index.insert(agent.to_owned(), 0);
+        // Mark the agent as needing a poller now rather than after a lease's lifetime (and as
+        // stale for no longer than that: the replica it falls to takes it first).
+        let score = self.hub.now_ms().saturating_sub(self.hub.lease_ttl.as_millis() as u64);
+        crate::sync::lock(&self.hub.state).index.insert(agent.to_owned(), score);
         Ok(())
     }
     async fn lock_op(&self, agent: &str, ttl: Duration) -> Result<Option<OpLock>, StoreError> {
@@ -572,7 +577,7 @@ impl Leases for MemoryStore {
     }
     async fn lease_holder(&self, agent: &str) -> Result<Option<String>, StoreError> {
         let agent = &self.key(agent);
-        self.hub.with(agent, |a, _| a.lease.as_ref().and_then(|(t, _)| t.split_once(' ')).map(|(r, _)| r.to_owned()))
+        self.hub.with(agent, |a, _| a.lease.as_ref().and_then(|t| t.split_once(' ')).map(|(r, _)| r.to_owned()))
     }
 }
 
@@ -611,11 +616,13 @@ impl Journal for MemoryStore {
 
 #[async_trait::async_trait]
 impl Membership for MemoryStore {
-    async fn index_agent(&self, agent: &str) {
-        let agent = &self.key(agent);
+    async fn index_agents(&self, agents: &[&str]) {
         if self.hub.up().is_ok() {
             let now = self.hub.now_ms();
-            crate::sync::lock(&self.hub.state).index.insert(agent.to_owned(), now);
+            let mut st = crate::sync::lock(&self.hub.state);
+            for agent in agents {
+                st.index.insert(self.key(agent), now);
+            }
         }
     }
     async fn unindex_agent(&self, agent: &str) {
@@ -625,8 +632,21 @@ impl Membership for MemoryStore {
         }
     }
     async fn stale_agents(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        self.stale_for_longer(Duration::ZERO, max).await
+    }
+    async fn live_replicas(&self, max: usize) -> Result<Vec<String>, StoreError> {
         self.hub.up()?;
-        let before = self.hub.now_ms().saturating_sub(self.hub.lease_ttl.as_millis() as u64);
+        let since = self.hub.now_ms().saturating_sub(self.hub.lease_ttl.as_millis() as u64);
+        let st = crate::sync::lock(&self.hub.state);
+        let mut live: Vec<(u64, &String)> =
+            st.replicas.iter().filter(|(_, at)| **at >= since).map(|(r, at)| (*at, r)).collect();
+        live.sort();
+        Ok(live.into_iter().take(max).map(|(_, r)| r.clone()).collect())
+    }
+    async fn stale_for_longer(&self, more: Duration, max: usize) -> Result<Vec<String>, StoreError> {
+        self.hub.up()?;
+        let age = (self.hub.lease_ttl + more).as_millis() as u64;
+        let before = self.hub.now_ms().saturating_sub(age);
         let st = crate::sync::lock(&self.hub.state);
         let mut stale: Vec<(u64, &str)> =
             st.index.iter().filter(|(_, s)| **s <= before).filter_map(|(a, s)| Some((*s, self.own(a)?))).collect();

@@ -333,11 +333,31 @@ pub trait Events: Send + Sync {
 }
 
 /// Who polls an agent (the lease, fenced by its epoch) and who signs it in or out (the operation lock).
+///
+/// A lease does not expire by itself (issue 39): renewing one key per agent every third of a
+/// lease made the idle fleet's Redis load 18 commands per agent per lease. A holder shows it
+/// is alive by refreshing its agents' entries in the index, all of them in one command per
+/// round ([`Membership::index_agents`]); an agent whose entry has not been refreshed for a
+/// lease is stale ([`Membership::stale_agents`]) and another replica takes its lease from the
+/// holder it names ([`Leases::take_stale`]). The holder reads all its leases back in one
+/// command per round ([`Leases::check`]) and stops polling those it no longer holds.
 #[async_trait::async_trait]
 pub trait Leases: Send + Sync {
     /// Takes the lease of an active session nobody holds, raising the epoch.
     async fn acquire(&self, agent: &str) -> Result<Lease, StoreError>;
-    async fn renew(&self, agent: &str, epoch: u64) -> Result<Lease, StoreError>;
+    /// Takes the lease of an agent whose index entry went stale, from whoever holds it now
+    /// (or nobody), raising the epoch; `Taken` if it changed hands meanwhile. A lease left
+    /// by a session that is no longer active is removed (`Absent`).
+    async fn take_stale(&self, agent: &str) -> Result<Lease, StoreError>;
+    /// Whether each `(agent, epoch)` lease is still this replica's: `Held`, `Taken` (another
+    /// replica's) or `Absent` (the store lost it, or the session ended). One answer each, in
+    /// order.
+    async fn check(&self, held: &[(&str, u64)]) -> Result<Vec<Lease>, StoreError>;
+    /// [`Leases::check`] for one lease.
+    async fn check_lease(&self, agent: &str, epoch: u64) -> Result<Lease, StoreError> {
+        let mut v = self.check(&[(agent, epoch)]).await?;
+        v.pop().ok_or_else(|| StoreError::Malformed("no answer for the lease".into()))
+    }
     /// Gives the lease up and marks the agent as needing a poller now.
     async fn release(&self, agent: &str, epoch: u64) -> Result<(), StoreError>;
     /// The cluster-wide sign-in/sign-out lock of one agent: `Some` when taken.
@@ -443,11 +463,22 @@ fn host_name() -> String {
 /// replica is, for people.
 #[async_trait::async_trait]
 pub trait Membership: Send + Sync {
+    /// Marks each agent's index entry as refreshed now (the store's clock): their holder is
+    /// alive. A failure is logged; the next round refreshes them again.
+    async fn index_agents(&self, agents: &[&str]);
     /// Remembers that `agent` has a poller lease, for replicas looking for orphans.
-    async fn index_agent(&self, agent: &str);
+    async fn index_agent(&self, agent: &str) {
+        self.index_agents(&[agent]).await;
+    }
     async fn unindex_agent(&self, agent: &str);
     /// Agents whose index entry has not been refreshed for a lease: their owner may be gone.
     async fn stale_agents(&self, max: usize) -> Result<Vec<String>, StoreError>;
+    /// Agents whose index entry has not been refreshed for a lease and `more`: stale for
+    /// longer than the replica they fall to would have needed to take them.
+    async fn stale_for_longer(&self, more: Duration, max: usize) -> Result<Vec<String>, StoreError>;
+    /// Replicas that sent a heartbeat within the last lease (the store's clock), at most `max`:
+    /// the ones that share out a stopped replica's agents.
+    async fn live_replicas(&self, max: usize) -> Result<Vec<String>, StoreError>;
     /// Every indexed agent (those with a poller lease, or waiting for one), at most `max`.
     async fn indexed_agents(&self, max: usize) -> Result<Vec<String>, StoreError>;
     /// Says this replica is alive (every maintenance round).

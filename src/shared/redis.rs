@@ -217,6 +217,18 @@ impl RedisStore {
         format!("{} {epoch}", self.replica)
     }
 
+    /// The `ACQUIRE` script: the lease if free (`expected` empty) or still `expected`'s.
+    async fn acquire_from(&self, agent: &str, expected: &str) -> Result<Lease, StoreError> {
+        let args = scripts::Acquire { replica: &self.replica, expected };
+        let (code, value): (i64, String) =
+            self.script(StoreOp::Lease, args.prepare(&self.scripts.acquire, &self.agent_keys(agent))).await?;
+        Ok(match code {
+            1 => Lease::Held(value.parse().map_err(|_| StoreError::Malformed("lease epoch".into()))?),
+            -1 => Lease::Taken,
+            _ => Lease::Absent,
+        })
+    }
+
     fn lease_ms(&self) -> u64 {
         self.lease_ttl.as_millis() as u64
     }
@@ -310,7 +322,6 @@ impl Records for RedisStore {
         let cookies = serde_json::to_string(r.cookies).unwrap_or_else(|_| "[]".into());
         let args = scripts::Create {
             replica: &self.replica,
-            lease_ms: self.lease_ms(),
             sid: r.sid,
             guid: r.guid,
             cookies: &cookies,
@@ -447,34 +458,45 @@ impl Events for RedisStore {
 #[async_trait::async_trait]
 impl Leases for RedisStore {
     async fn acquire(&self, agent: &str) -> Result<Lease, StoreError> {
-        let args = scripts::Acquire { replica: &self.replica, lease_ms: self.lease_ms() };
-        let (code, value): (i64, String) =
-            self.script(StoreOp::Lease, args.prepare(&self.scripts.acquire, &self.agent_keys(agent))).await?;
-        Ok(match code {
-            1 => Lease::Held(value.parse().map_err(|_| StoreError::Malformed("lease epoch".into()))?),
-            -1 => Lease::Taken,
-            _ => Lease::Absent,
-        })
+        self.acquire_from(agent, "").await
     }
-    async fn renew(&self, agent: &str, epoch: u64) -> Result<Lease, StoreError> {
-        let token = self.token(epoch);
-        let args = scripts::Renew { token: &token, lease_ms: self.lease_ms() };
-        let code: i64 =
-            self.script(StoreOp::Lease, args.prepare(&self.scripts.renew, &self.agent_keys(agent).lease)).await?;
-        Ok(match code {
-            1 => Lease::Held(epoch),
-            -1 => Lease::Taken,
-            _ => Lease::Absent,
-        })
+    async fn take_stale(&self, agent: &str) -> Result<Lease, StoreError> {
+        // Read, then compare-and-set in the script: the lease's key and the index are in
+        // different slots of a cluster, so no one script can look at both.
+        let key = self.agent_keys(agent).lease;
+        let holder: Option<String> =
+            self.run(StoreOp::Lease, async |c| redis::cmd("GET").arg(&key).query_async(c).await).await?;
+        self.acquire_from(agent, holder.as_deref().unwrap_or("")).await
+    }
+    async fn check(&self, held: &[(&str, u64)]) -> Result<Vec<Lease>, StoreError> {
+        let mut out = Vec::with_capacity(held.len());
+        // One `MGET` per batch (a cluster client splits it by slot itself).
+        for batch in held.chunks(scripts::SEEN_BATCH) {
+            let keys: Vec<String> = batch.iter().map(|(agent, _)| self.agent_keys(agent).lease).collect();
+            let values: Vec<Option<Vec<u8>>> =
+                self.run(StoreOp::Lease, async |c| redis::cmd("MGET").arg(&keys).query_async(c).await).await?;
+            if values.len() != batch.len() {
+                return Err(StoreError::Malformed(format!("{} leases read for {}", values.len(), batch.len())));
+            }
+            for ((_, epoch), value) in batch.iter().zip(values) {
+                out.push(match value {
+                    Some(v) if v == self.token(*epoch).as_bytes() => Lease::Held(*epoch),
+                    Some(_) => Lease::Taken,
+                    None => Lease::Absent,
+                });
+            }
+        }
+        Ok(out)
     }
     async fn release(&self, agent: &str, epoch: u64) -> Result<(), StoreError> {
         let token = self.token(epoch);
         let inv = scripts::Release { token: &token }.prepare(&self.scripts.release, &self.agent_keys(agent).lease);
         let _: i64 = self.script(StoreOp::Lease, inv).await?;
-        // Mark the agent as needing a poller now rather than after a lease's lifetime.
+        // Mark the agent as needing a poller now rather than after a lease's lifetime (and as
+        // stale for no longer than that: the replica it falls to takes it first).
         let key = self.agents_key();
-        self.run::<i64>(StoreOp::Lease, async |c| redis::cmd("ZADD").arg(&key).arg(0).arg(agent).query_async(c).await)
-            .await?;
+        let inv = scripts::Seen { members: &[agent], back_ms: self.lease_ms() }.prepare(&self.scripts.seen, &key);
+        let _: i64 = self.script(StoreOp::Lease, inv).await?;
         Ok(())
     }
     async fn lock_op(&self, agent: &str, ttl: Duration) -> Result<Option<OpLock>, StoreError> {
@@ -513,12 +535,15 @@ impl Leases for RedisStore {
 
 #[async_trait::async_trait]
 impl Membership for RedisStore {
-    async fn index_agent(&self, agent: &str) {
+    async fn index_agents(&self, agents: &[&str]) {
         let key = self.agents_key();
-        let inv = scripts::Seen { member: agent }.prepare(&self.scripts.seen, &key);
-        if let Err(e) = self.script::<i64>(StoreOp::Lease, inv).await {
-            // The next round's renewal indexes it again.
-            tracing::debug!(agent, error = %e, "shared store: could not index an agent");
+        for members in agents.chunks(scripts::SEEN_BATCH) {
+            let inv = scripts::Seen { members, back_ms: 0 }.prepare(&self.scripts.seen, &key);
+            if let Err(e) = self.script::<i64>(StoreOp::Lease, inv).await {
+                // The next round refreshes them again; a lease's worth of failures makes them
+                // stale, as a holder that stopped.
+                tracing::debug!(agents = members.len(), error = %e, "shared store: could not refresh the agents index");
+            }
         }
     }
     async fn unindex_agent(&self, agent: &str) {
@@ -535,8 +560,18 @@ impl Membership for RedisStore {
     /// owner may be gone. The lease key decides; this only says where to look. An entry that
     /// is not a work number is dropped from the index, never polled.
     async fn stale_agents(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        self.stale_for_longer(Duration::ZERO, max).await
+    }
+    async fn live_replicas(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        let key = self.replicas_key();
+        let inv = scripts::Live { age_ms: self.lease_ms(), max }.prepare(&self.scripts.live, &key);
+        let raw: Vec<String> = self.script(StoreOp::Lease, inv).await?;
+        Ok(raw.into_iter().filter(|r| valid_replica(r)).collect())
+    }
+    async fn stale_for_longer(&self, more: Duration, max: usize) -> Result<Vec<String>, StoreError> {
         let key = self.agents_key();
-        let inv = scripts::Stale { age_ms: self.lease_ms(), max }.prepare(&self.scripts.stale, &key);
+        let age_ms = self.lease_ms() + more.as_millis() as u64;
+        let inv = scripts::Stale { age_ms, max }.prepare(&self.scripts.stale, &key);
         let raw: Vec<Vec<u8>> = self.script(StoreOp::Lease, inv).await?;
         let mut agents = Vec::with_capacity(raw.len());
         for entry in raw {
@@ -573,7 +608,7 @@ impl Membership for RedisStore {
     }
     async fn heartbeat(&self) -> Result<(), StoreError> {
         let key = self.replicas_key();
-        let inv = scripts::Seen { member: &self.replica }.prepare(&self.scripts.seen, &key);
+        let inv = scripts::Seen { members: &[&*self.replica], back_ms: 0 }.prepare(&self.scripts.seen, &key);
         let _: i64 = self.script(StoreOp::Lease, inv).await?;
         if let Some(me) = self.identity.get() {
             // Its own key (a cluster may put it on another node than the set): one SET with

@@ -36,10 +36,10 @@ pub(super) struct Scripts {
     pub health: Script,
     pub seen: Script,
     pub stale: Script,
+    pub live: Script,
     pub leave: Script,
     pub create: Script,
     pub acquire: Script,
-    pub renew: Script,
     pub release: Script,
     pub write_auth: Script,
     pub write_conf: Script,
@@ -57,10 +57,10 @@ impl Scripts {
             health: Script::new(HEALTH),
             seen: Script::new(SEEN),
             stale: Script::new(STALE),
+            live: Script::new(LIVE),
             leave: Script::new(LEAVE),
             create: Script::new(CREATE),
             acquire: Script::new(ACQUIRE),
-            renew: Script::new(RENEW),
             release: Script::new(RELEASE),
             write_auth: Script::new(WRITE_AUTH),
             write_conf: Script::new(WRITE_CONF),
@@ -85,7 +85,6 @@ impl Scripts {
 /// next epoch is above any the old one issued (docs/redis.md, "Leases across a failover").
 pub(super) struct Create<'a> {
     pub replica: &'a str,
-    pub lease_ms: u64,
     pub sid: &'a str,
     pub guid: &'a str,
     pub cookies: &'a str,
@@ -103,7 +102,7 @@ local function last_epoch(key)
   if e ~= e or e < 0 or e >= 9007199254740992 then return 0 end
   return e
 end
-local replica, lease_ms, sid, guid, cookies, answer, resumable, conf, since, mode = unpack(ARGV)
+local replica, sid, guid, cookies, answer, resumable, conf, since, mode = unpack(ARGV)
 if mode == 'restore' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -113,7 +112,7 @@ if mode == 'create' then redis.call('DEL', KEYS[3]) end
 redis.call('HSET', KEYS[1], 'sid', sid, 'epoch', epoch, 'guid', guid, 'cookies', cookies,
   'answer', answer, 'resumable', resumable, 'conf', conf, 'confv', 1, 'activity', now,
   'qcursor', '0-0', 'state', 'active', 'since', since)
-redis.call('SET', KEYS[2], replica .. ' ' .. epoch, 'PX', lease_ms)
+redis.call('SET', KEYS[2], replica .. ' ' .. epoch)
 return tonumber(epoch)
 "#;
 
@@ -121,19 +120,22 @@ impl Create<'_> {
     pub fn prepare<'s>(&self, s: &'s Script, k: &AgentKeys) -> ScriptInvocation<'s> {
         let mut inv = s.prepare_invoke();
         inv.key(&k.session).key(&k.lease).key(&k.events);
-        inv.arg(self.replica).arg(self.lease_ms).arg(self.sid).arg(self.guid).arg(self.cookies);
+        inv.arg(self.replica).arg(self.sid).arg(self.guid).arg(self.cookies);
         inv.arg(self.answer).arg(if self.resumable { "1" } else { "0" }).arg(self.conf).arg(self.since);
         inv.arg(if self.restore { "restore" } else { "create" });
         inv
     }
 }
 
-/// Takes the lease of an active session nobody holds and raises the epoch (see [`Create`]
-/// for how epochs are drawn). Returns
-/// {1, epoch}, {-1, holder} or {0, ''} (no active session).
+/// Takes the lease of an active session that nobody holds, or that `expected` (`replica
+/// epoch`, read by the caller: a holder whose index entry went stale) still holds, and raises
+/// the epoch (see [`Create`] for how epochs are drawn). Leases have no expiry: they change
+/// hands here, at release, or when the session ends. Returns {1, epoch}, {-1, holder} or
+/// {0, ''} (no active session; a lease left behind is removed).
 pub(super) struct Acquire<'a> {
     pub replica: &'a str,
-    pub lease_ms: u64,
+    /// Empty: only a free lease is taken.
+    pub expected: &'a str,
 }
 
 const ACQUIRE: &str = r#"
@@ -143,43 +145,24 @@ local function last_epoch(key)
   if e ~= e or e < 0 or e >= 9007199254740992 then return 0 end
   return e
 end
-local replica, lease_ms = unpack(ARGV)
+local replica, expected = unpack(ARGV)
 local cur = redis.call('GET', KEYS[2])
-if cur then return {-1, cur} end
-if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return {0, ''} end
+if cur and cur ~= expected then return {-1, cur} end
+if redis.call('HGET', KEYS[1], 'state') ~= 'active' then
+  if cur then redis.call('DEL', KEYS[2]) end
+  return {0, ''}
+end
 local t = redis.call('TIME')
 local epoch = string.format('%.0f', math.max(last_epoch(KEYS[1]) + 1, t[1] * 1000 + math.floor(t[2] / 1000)))
 redis.call('HSET', KEYS[1], 'epoch', epoch)
-redis.call('SET', KEYS[2], replica .. ' ' .. epoch, 'PX', lease_ms)
+redis.call('SET', KEYS[2], replica .. ' ' .. epoch)
 return {1, epoch}
 "#;
 
 impl Acquire<'_> {
     pub fn prepare<'s>(&self, s: &'s Script, k: &AgentKeys) -> ScriptInvocation<'s> {
         let mut inv = s.prepare_invoke();
-        inv.key(&k.session).key(&k.lease).arg(self.replica).arg(self.lease_ms);
-        inv
-    }
-}
-
-/// Renews a lease held with `token` (`replica epoch`): 1 renewed, 0 absent, -1 another's.
-pub(super) struct Renew<'a> {
-    pub token: &'a str,
-    pub lease_ms: u64,
-}
-
-const RENEW: &str = r#"
-local token, lease_ms = unpack(ARGV)
-local cur = redis.call('GET', KEYS[1])
-if cur == token then redis.call('PEXPIRE', KEYS[1], lease_ms) return 1 end
-if cur then return -1 end
-return 0
-"#;
-
-impl Renew<'_> {
-    pub fn prepare<'s>(&self, s: &'s Script, lease_key: &str) -> ScriptInvocation<'s> {
-        let mut inv = s.prepare_invoke();
-        inv.key(lease_key).arg(self.token).arg(self.lease_ms);
+        inv.key(&k.session).key(&k.lease).arg(self.replica).arg(self.expected);
         inv
     }
 }
@@ -480,22 +463,38 @@ impl Health<'_> {
     }
 }
 
-/// Marks `member` of a sorted set as seen now, on Redis's clock: an agent in the agents
-/// index, a replica in the replica set. Replicas' own clocks never meet in a comparison.
-pub(super) struct Seen<'a> {
-    pub member: &'a str,
+/// Marks `members` of a sorted set as seen now, on Redis's clock: agents in the agents index
+/// (a holder's whole round in one `ZADD`), a replica in the replica set. Replicas' own clocks
+/// never meet in a comparison.
+pub(super) struct Seen<'a, M: AsRef<str>> {
+    pub members: &'a [M],
+    /// Scored this long before now: a released lease's agent is stale at once, without
+    /// looking stale for longer than the others ([`Stale`]).
+    pub back_ms: u64,
 }
 
+/// Members per [`Seen`] call: one `ZADD` of 512 members is well under a millisecond of
+/// Redis's time, so a round of 10,000 agents never blocks Redis for long at once.
+pub(super) const SEEN_BATCH: usize = 512;
+
 const SEEN: &str = r#"
-local member = unpack(ARGV)
 local t = redis.call('TIME')
-return redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), member)
+local now = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(ARGV[1])
+local args = {}
+for i = 2, #ARGV do
+  args[2 * i - 3] = now
+  args[2 * i - 2] = ARGV[i]
+end
+return redis.call('ZADD', KEYS[1], unpack(args))
 "#;
 
-impl Seen<'_> {
+impl<M: AsRef<str>> Seen<'_, M> {
     pub fn prepare<'s>(&self, s: &'s Script, key: &str) -> ScriptInvocation<'s> {
         let mut inv = s.prepare_invoke();
-        inv.key(key).arg(self.member);
+        inv.key(key).arg(self.back_ms);
+        for m in self.members {
+            inv.arg(m.as_ref());
+        }
         inv
     }
 }
@@ -514,6 +513,27 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', before, 'LIMIT', 0, max)
 "#;
 
 impl Stale {
+    pub fn prepare<'s>(&self, s: &'s Script, key: &str) -> ScriptInvocation<'s> {
+        let mut inv = s.prepare_invoke();
+        inv.key(key).arg(self.age_ms).arg(self.max);
+        inv
+    }
+}
+
+/// Members of a sorted set seen within `age_ms` on Redis's clock (live replicas), at most `max`.
+pub(super) struct Live {
+    pub age_ms: u64,
+    pub max: usize,
+}
+
+const LIVE: &str = r#"
+local age_ms, max = unpack(ARGV)
+local t = redis.call('TIME')
+local since = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(age_ms)
+return redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf', 'LIMIT', 0, max)
+"#;
+
+impl Live {
     pub fn prepare<'s>(&self, s: &'s Script, key: &str) -> ScriptInvocation<'s> {
         let mut inv = s.prepare_invoke();
         inv.key(key).arg(self.age_ms).arg(self.max);

@@ -34,6 +34,8 @@ pub use config::{
     DEFAULT_MAX_IDLE_MS, DEFAULT_SIM_LISTEN, EVENT_QUEUE_CAP,
 };
 use config::{RECEIVED_LOG_CAP, SIM_MAX_BODY, SIM_MAX_CONNECTIONS};
+/// The simulator's own view (benchmarks): `GET` it on the simulator's port.
+pub const VIEW_PATH: &str = "/ccgate-sim/agents";
 use state::{event, new_guid, Agent, Answer, GuidCheck, State};
 
 /// What one request asks, after transport-level faults were applied.
@@ -187,6 +189,9 @@ impl Sim {
 
     async fn answer(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
+        if path == VIEW_PATH {
+            return self.view();
+        }
         let Some((method, agent)) = resolve(&path) else {
             self.0.unknown.fetch_add(1, Ordering::Relaxed);
             return servlet_error(StatusCode::NOT_FOUND);
@@ -379,6 +384,7 @@ impl Sim {
                 events: Default::default(),
                 notify: Default::default(),
                 last_seen: now,
+                last_poll_ms: 0,
                 conf: None,
                 login_time,
             },
@@ -396,6 +402,20 @@ impl Sim {
         }
     }
 
+    /// The simulator's own view, for benchmarks that check what the gateway saw rather than
+    /// what ccgate says: requests per method since start, and per signed-in agent when its
+    /// latest poll arrived. Not a gateway path: a real gateway answers it 404.
+    fn view(&self) -> Response<Body> {
+        let counts: serde_json::Map<String, Value> =
+            GatewayMethod::ALL.iter().map(|m| (m.log_name().to_owned(), json!(self.count(*m)))).collect();
+        let polls: serde_json::Map<String, Value> =
+            lock(&self.0.state).agents.iter().map(|(id, a)| (id.clone(), json!(a.last_poll_ms))).collect();
+        let body = json!({"counts": counts, "last_poll_ms": polls, "connections": self.open_connections()});
+        let mut r = Response::new(body::full(body.to_string()));
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+        r
+    }
+
     /// Long poll: one event per answer, or an empty answer after `event_wait_ms`. Rotates the
     /// Guid (dynamic mode) when the interval has passed.
     async fn poll(&self, agent: &str, guid: Option<&str>, cookie: Option<&str>) -> Answer {
@@ -411,8 +431,11 @@ impl Sim {
             if let GuidCheck::Refused(a) = st.check_guid(cfg, agent, guid, cookie, Instant::now()) {
                 return a;
             }
-            match st.agents.get(agent) {
-                Some(a) => a.notify.clone(),
+            match st.agents.get_mut(agent) {
+                Some(a) => {
+                    a.last_poll_ms = crate::clock::unix_ms();
+                    a.notify.clone()
+                }
                 None => return Answer::err(Retcode::NotSignedIn.as_str(), "agent not signed in"),
             }
         };

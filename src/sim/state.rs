@@ -23,6 +23,9 @@ pub(super) struct Agent {
     pub events: VecDeque<Value>,
     pub notify: Arc<Notify>,
     pub last_seen: Instant,
+    /// When the latest poll for this agent arrived (Unix ms): who polls an agent, and since
+    /// when, as the gateway sees it (`GET /ccgate-sim/agents`).
+    pub last_poll_ms: u64,
     pub conf: Option<u64>,
     pub login_time: u64,
 }

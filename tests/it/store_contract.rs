@@ -170,7 +170,7 @@ contract!(LASTING:
 
 // The cases that let time pass.
 contract!(SHORT:
-    a_lease_not_renewed_in_time_is_free_for_another_replica,
+    a_lease_whose_holder_stops_refreshing_is_taken_from_it,
     the_sign_in_lock_expires_after_its_ttl,
     a_tombstone_stays_its_time_then_goes,
     a_restore_puts_back_what_a_store_that_lost_everything_forgot,
@@ -218,16 +218,16 @@ async fn leases_are_exclusive_and_every_acquire_raises_the_epoch(p: Pair) {
     assert_eq!(p.a.acquire(AGENT).await.unwrap(), Lease::Absent, "no session, nothing to poll");
     let e1 = p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
     assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Taken, "the sign-in's replica holds it");
-    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Held(e1));
-    assert_eq!(p.b.renew(AGENT, e1).await.unwrap(), Lease::Taken, "a lease is the replica's, not the epoch's");
+    assert_eq!(p.a.check_lease(AGENT, e1).await.unwrap(), Lease::Held(e1));
+    assert_eq!(p.b.check_lease(AGENT, e1).await.unwrap(), Lease::Taken, "a lease is the replica's, not the epoch's");
     p.b.release(AGENT, e1).await.unwrap();
-    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Held(e1), "only the holder releases");
+    assert_eq!(p.a.check_lease(AGENT, e1).await.unwrap(), Lease::Held(e1), "only the holder releases");
     p.a.release(AGENT, e1).await.unwrap();
-    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Absent);
+    assert_eq!(p.a.check_lease(AGENT, e1).await.unwrap(), Lease::Absent);
     let Lease::Held(e2) = p.b.acquire(AGENT).await.unwrap() else { panic!("b takes the free lease") };
     assert!(e2 > e1 && drawn_from_the_clock(e2), "{e1} -> {e2}");
     assert_eq!(p.a.load(AGENT).await.unwrap().unwrap().epoch, e2, "the record carries the fencing token");
-    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Taken);
+    assert_eq!(p.a.check_lease(AGENT, e1).await.unwrap(), Lease::Taken);
     let lost = EndAs::Lost { reason: LossReason::GuidRefused, refused: None };
     assert_eq!(p.b.end(AGENT, "s", lost).await.unwrap(), EndOutcome::Ended);
     assert_eq!(p.a.acquire(AGENT).await.unwrap(), Lease::Absent, "an ended session has no lease");
@@ -505,31 +505,42 @@ async fn the_journal_keeps_the_newest_endings_per_gateway_for_every_replica(p: P
 
 // --- the cases that let time pass -------------------------------------------------------------
 
-/// A lease lives `lease_ttl` from its last renewal: renewed, it outlives its first term;
-/// left alone, it ends, the index calls the agent stale, and another replica's acquire takes
-/// it with a higher epoch that fences the old holder off.
-async fn a_lease_not_renewed_in_time_is_free_for_another_replica(p: Pair) {
+/// A lease has no expiry of its own: its holder keeps the agent's index entry fresh (all its
+/// agents at once), and while it does the lease stays its, however long. An entry left alone
+/// for a lease is stale, and another replica takes the lease from the holder it names, with a
+/// higher epoch that fences the old holder off; the holder's check then says `Taken`.
+async fn a_lease_whose_holder_stops_refreshing_is_taken_from_it(p: Pair) {
     let ttl = SHORT.lease;
     let e1 = p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    let other = p.a.create("154", &record("s", "g-2.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
     assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Taken);
     assert!(p.b.stale_agents(10).await.unwrap().is_empty(), "indexed now: not stale");
-    // Renewed a little after half its term, then looked at a little after that term's end:
-    // over 800 ms to spare on either side (on Redis, with `SHORT.lease`).
-    p.pass(ttl * 55 / 100).await;
-    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Held(e1));
-    p.pass(ttl / 2).await;
-    assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Taken, "renewed: still a's past its first term");
+    // Refreshed a little after half a lease, twice: over 800 ms to spare on either side (on
+    // Redis, with `SHORT.lease`), and past the first lease's end.
+    for _ in 0..2 {
+        p.pass(ttl * 55 / 100).await;
+        p.a.index_agents(&[AGENT, "154"]).await;
+        assert!(p.b.stale_agents(10).await.unwrap().is_empty(), "refreshed: not stale");
+    }
+    assert_eq!(p.a.check(&[(AGENT, e1), ("154", other)]).await.unwrap(), [Lease::Held(e1), Lease::Held(other)]);
+    assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Taken, "a held lease is not free");
     assert_eq!(p.b.lease_holder(AGENT).await.unwrap().as_deref(), Some(p.a.replica()));
-    // Not renewed again.
-    p.pass(ttl).await;
-    assert_eq!(p.b.lease_holder(AGENT).await.unwrap(), None, "expired");
-    assert_eq!(p.b.stale_agents(10).await.unwrap(), [AGENT], "its index entry is a lease old");
-    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Absent, "an expired lease is not renewed");
-    let Lease::Held(e2) = p.b.acquire(AGENT).await.unwrap() else { panic!("b takes the expired lease") };
+    // Not refreshed again: the lease is still a's, but the index calls the agent stale.
+    p.pass(ttl + ttl / 2).await;
+    assert_eq!(p.b.lease_holder(AGENT).await.unwrap().as_deref(), Some(p.a.replica()), "no expiry");
+    let mut stale = p.b.stale_agents(10).await.unwrap();
+    stale.sort();
+    assert_eq!(stale, [AGENT, "154"], "their index entries are a lease old");
+    let Lease::Held(e2) = p.b.take_stale(AGENT).await.unwrap() else { panic!("b takes the stale lease") };
     assert!(e2 > e1 && drawn_from_the_clock(e2), "{e1} -> {e2}");
     assert_eq!(p.a.load(AGENT).await.unwrap().unwrap().epoch, e2);
-    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Taken);
+    assert_eq!(p.a.check(&[(AGENT, e1), ("154", other)]).await.unwrap(), [Lease::Taken, Lease::Held(other)]);
     assert_eq!(p.a.lease_holder(AGENT).await.unwrap().as_deref(), Some(p.b.replica()));
+    // An ended session's lease is nobody's to take.
+    p.a.end("154", "s", EndAs::SignedOut).await.unwrap();
+    assert_eq!(p.b.take_stale("154").await.unwrap(), Lease::Absent);
+    assert_eq!(p.b.lease_holder("154").await.unwrap(), None);
+    assert_eq!(p.a.check_lease("154", other).await.unwrap(), Lease::Absent);
 }
 
 /// A replica's identity (host, admin address) is there for every replica and every gateway's
@@ -662,7 +673,7 @@ async fn a_restore_keeps_the_events_it_finds(p: Pair) {
     let e3 = p.a.append(AGENT, &ev(first - 1, "E3")).await.unwrap().expect("appended");
     assert!(e3 > first + 1, "after the stream's newest");
     assert_eq!(kinds(p.b.events_after(AGENT, first, 10).await.unwrap()), ["E2", "E3"]);
-    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Taken, "the restorer holds the lease");
+    assert_eq!(p.a.check_lease(AGENT, e1).await.unwrap(), Lease::Taken, "the restorer holds the lease");
 }
 
 /// After a loss, only the Guid is refused (`write_auth` wants an active record): the other
@@ -777,7 +788,7 @@ async fn the_change_feed_tells_of_other_replicas_writes_and_resyncs_after_a_reco
     assert!(p.a.append(AGENT, &event).await.unwrap().is_some());
     assert_eq!(next_change(&mut feed).await, Change::Events(AGENT.into()), "an event");
     assert!(p.a.append(AGENT, &event).await.unwrap().is_some(), "the same event again: recorded once");
-    assert_eq!(p.a.renew(AGENT, e1).await.unwrap(), Lease::Held(e1));
+    assert_eq!(p.a.check_lease(AGENT, e1).await.unwrap(), Lease::Held(e1));
     p.a.release(AGENT, e1).await.unwrap();
     assert!(matches!(p.a.acquire(AGENT).await.unwrap(), Lease::Held(_)));
     p.a.touch(AGENT, "s").await.unwrap();

@@ -206,15 +206,17 @@ pub(super) struct WriteAuth<'a> {
 
 const WRITE_AUTH: &str = r#"
 local sid, replied_to, guid, cookies, epoch, seq, channel, message = unpack(ARGV)
-if redis.call('HGET', KEYS[1], 'sid') ~= sid then return 0 end
-if redis.call('HGET', KEYS[1], 'state') ~= 'active' then return 0 end
+-- One read of every field it compares: a rotation is the idle fleet's most frequent write
+-- (each agent once a minute), so its commands count (issue 39).
+local cur = redis.call('HMGET', KEYS[1], 'sid', 'state', 'epoch', 'authepoch', 'authseq', 'guid')
+if cur[1] ~= sid then return 0 end
+if cur[2] ~= 'active' then return 0 end
 if epoch ~= '' then
-  if redis.call('HGET', KEYS[1], 'epoch') ~= epoch then return -1 end
-  if redis.call('HGET', KEYS[1], 'authepoch') == epoch
-     and tonumber(seq) <= (tonumber(redis.call('HGET', KEYS[1], 'authseq')) or 0) then return -1 end
+  if cur[3] ~= epoch then return -1 end
+  if cur[4] == epoch and tonumber(seq) <= (tonumber(cur[5]) or 0) then return -1 end
   redis.call('HSET', KEYS[1], 'guid', guid, 'cookies', cookies, 'authepoch', epoch, 'authseq', seq)
 else
-  if redis.call('HGET', KEYS[1], 'guid') ~= replied_to then return -1 end
+  if cur[6] ~= replied_to then return -1 end
   redis.call('HSET', KEYS[1], 'guid', guid, 'cookies', cookies)
 end
 redis.call('PUBLISH', channel, message)

@@ -492,7 +492,7 @@ def main():
     ap.add_argument("--agents", type=int, default=16_000)
     ap.add_argument("--replicas", type=int, default=4)
     ap.add_argument("--lease-ms", type=int, default=10_000, help="store.lease_ttl_ms (ccgate's default: 10,000)")
-    ap.add_argument("--idle-seconds", type=int, default=30)
+    ap.add_argument("--idle-seconds", type=int, default=60, help="the idle window: 60 s holds each agent's Guid rotation once")
     ap.add_argument("--event-wait-ms", type=int, default=10_000, help="the simulator's long-poll wait")
     ap.add_argument("--signin-clients", type=int, default=8, help="client connections per replica in the storm")
     ap.add_argument("--trickle-rate", type=float, default=40.0, help="requests per second over every agent")

@@ -242,29 +242,20 @@ def rss_kib(pid):
 
 def sign_in_all(ctx, tokens, replicas, clients):
     """POST /v1/session for every token, spread round-robin over the replicas, `clients`
-    keep-alive connections per replica at once."""
-    work = [[] for _ in range(replicas * clients)]
-    for i, t in enumerate(tokens):
-        work[i % len(work)].append(t)
-    bad = []
+    keep-alive connections per replica at once (scenario d's storm, on each replica)."""
+    import agents  # bench/agents.py
+    results = [None] * replicas
 
-    def worker(slot, chunk):
-        c = http.client.HTTPSConnection("127.0.0.1", PORT + slot % replicas, context=ctx, timeout=300)
-        for t in chunk:
-            c.request("POST", "/v1/session", headers={"authorization": f"Bearer {t}"})
-            r = c.getresponse()
-            r.read()
-            if r.status not in (200, 201):
-                bad.append(r.status)
-        c.close()
+    def replica(r):
+        results[r] = agents.sign_in_all(ctx, tokens[r::replicas], clients, PORT + r)
 
     started = time.time()
-    threads = [threading.Thread(target=worker, args=(i, ch)) for i, ch in enumerate(work)]
+    threads = [threading.Thread(target=replica, args=(r,)) for r in range(replicas)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return time.time() - started, bad
+    return time.time() - started, [s for _, bad in results for s in bad]
 
 
 class Trickle:

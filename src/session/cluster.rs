@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use super::conference::ConfState;
@@ -27,10 +28,18 @@ use crate::sync::lock;
 /// round). A stopped replica's agents are shared out among the live ones (`falls_to`), so with
 /// 4 replicas of 4,000 agents each this is 1,333 per survivor: one round.
 const TAKEOVERS_PER_ROUND: usize = 2_048;
+/// Takeovers one replica runs at once. Each is a few store round trips and a new poller (its
+/// own TLS connection to the gateway): one at a time, a survivor's share of 4,000 agents took
+/// a round of several seconds; 16 at once keep the burst at the store and the gateway
+/// bounded.
+const TAKEOVERS_AT_ONCE: usize = 16;
 /// Stale index entries read per round: room for every survivor's share after one of several
 /// full replicas stopped (each picks its own out of them).
 const STALE_READ: usize = 8_192;
-/// Replicas counted when sharing out orphans; a larger set shares by the first this many.
+/// Leases checked (and index entries refreshed) per store call in a round.
+const LEASE_BATCH: usize = 512;
+/// Replicas counted when sharing out orphans; a larger set shares by the first this many
+/// (and each replica counts itself).
 const LIVE_REPLICAS_READ: usize = 64;
 /// Whether `agent`'s orphaned session falls to replica `me` among the `live` ones: the one
 /// with the highest FNV-1a hash of (replica, agent), so that every replica, reading the same
@@ -72,6 +81,8 @@ pub(crate) trait Host: Send + Sync + 'static {
     fn start_poller(&self, s: &Arc<Self::Session>);
     /// This replica holds `sessions.max_agents` live sessions.
     fn at_capacity(&self) -> bool;
+    /// How many more live sessions this replica may take.
+    fn room(&self) -> usize;
     /// Makes a local copy of what another replica stored, and puts it in place of `expected`
     /// (unless another request replaced that first: then the copy in place is returned).
     fn install(
@@ -122,11 +133,20 @@ pub(crate) struct Cluster {
     store_was_away: AtomicBool,
     /// Until when takeovers wait after the store came back (see `maintain`).
     takeovers_after: Mutex<Option<Instant>>,
+    /// Shutdown began (`hand_over`): rounds no longer check, reclaim or take leases, so a
+    /// round running beside the hand-over cannot take back what it releases.
+    handing_over: AtomicBool,
 }
 
 impl Cluster {
     pub(crate) fn new(store: Arc<dyn SharedStore>, op_wait: Duration) -> Self {
-        Self { store, op_wait, store_was_away: AtomicBool::new(false), takeovers_after: Mutex::new(None) }
+        Self {
+            store,
+            op_wait,
+            store_was_away: AtomicBool::new(false),
+            takeovers_after: Mutex::new(None),
+            handing_over: AtomicBool::new(false),
+        }
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn SharedStore> {
@@ -404,6 +424,10 @@ impl Cluster {
     /// One maintenance round: heartbeat, lease renewals, deferred writes, takeovers; after
     /// an outage, every copy reconciled with its record.
     pub(crate) async fn maintain<H: Host>(&self, host: &H) {
+        if self.handing_over.load(Ordering::Acquire) {
+            // Its heartbeat would put it back in the replica set it has just left.
+            return;
+        }
         if let Err(e) = self.store.heartbeat().await {
             // The store is away: owners keep polling from their copies; nothing else to do.
             tracing::debug!(error = %e, "shared store away; maintenance round skipped");
@@ -441,28 +465,36 @@ impl Cluster {
                 None => copies.push(s),
             }
         }
-        let pairs: Vec<(&str, u64)> = held.iter().map(|(a, e, _)| (a.as_str(), *e)).collect();
-        match self.store.check(&pairs).await {
-            Ok(leases) => {
-                let mut alive = Vec::with_capacity(held.len());
-                for ((agent, _, s), lease) in held.iter().zip(leases) {
-                    let Some(link) = s.sharing().link() else { continue };
-                    match lease {
-                        Lease::Held(_) => alive.push(agent.as_str()),
-                        Lease::Taken => link.lose_lease(&**s),
-                        Lease::Absent => self.reclaim(host, s, link).await,
-                    }
-                }
-                self.store.index_agents(&alive).await;
+        // Batch by batch: a batch that fails costs its own agents one refresh, not the others.
+        for batch in held.chunks(LEASE_BATCH) {
+            if self.handing_over.load(Ordering::Acquire) {
+                return;
             }
-            Err(e) => tracing::debug!(leases = held.len(), error = %e, "leases not checked this round"),
+            let pairs: Vec<(&str, u64)> = batch.iter().map(|(a, e, _)| (a.as_str(), *e)).collect();
+            match self.store.check(&pairs).await {
+                Ok(leases) => {
+                    let mut alive = Vec::with_capacity(batch.len());
+                    for ((agent, _, s), lease) in batch.iter().zip(leases) {
+                        let Some(link) = s.sharing().link() else { continue };
+                        match lease {
+                            Lease::Held(_) => alive.push(agent.as_str()),
+                            Lease::Taken => link.lose_lease(&**s),
+                            Lease::Absent => self.reclaim(host, s, link).await,
+                        }
+                    }
+                    self.store.index_agents(&alive).await;
+                }
+                Err(e) => tracing::debug!(leases = batch.len(), error = %e, "leases not checked this round"),
+            }
         }
         for s in held.iter().map(|(_, _, s)| s).chain(copies.iter()) {
             if let Some(link) = s.sharing().link() {
                 link.flush(&**s).await;
             }
         }
-        if lock(&self.takeovers_after).is_some_and(|at| Instant::now() < at) {
+        if self.handing_over.load(Ordering::Acquire)
+            || lock(&self.takeovers_after).is_some_and(|at| Instant::now() < at)
+        {
             return;
         }
         let orphans = match self.store.stale_agents(STALE_READ).await {
@@ -479,17 +511,37 @@ impl Cluster {
         // stopped replica take its agents in parallel instead of all racing for the same
         // oldest ones. One left stale a round past its lease (its replica full, or gone too)
         // is anyone's.
-        let live = self.store.live_replicas(LIVE_REPLICAS_READ).await.unwrap_or_default();
         let me = self.store.replica();
+        let mut live = match self.store.live_replicas(LIVE_REPLICAS_READ).await {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::debug!(error = %e, "live replicas not read; takeovers wait for the next round");
+                return;
+            }
+        };
+        // Its own heartbeat is the newest, so a set larger than the read leaves it out.
+        if !live.iter().any(|r| r == me) {
+            live.push(me.to_owned());
+        }
         let late: std::collections::HashSet<String> = match self.store.stale_for_longer(self.round(), STALE_READ).await
         {
             Ok(late) => late.into_iter().collect(),
             Err(_) => Default::default(),
         };
-        let mine = orphans.iter().filter(|a| late.contains(*a) || falls_to(a, &live, me));
-        for agent in mine.take(TAKEOVERS_PER_ROUND) {
-            self.take_over(host, agent).await;
-        }
+        // Takeovers run side by side, so `sessions.max_agents` is counted here, once: an agent
+        // this replica already holds a live copy of takes no room.
+        let mut room = host.room();
+        let mine = orphans.iter().filter(|a| late.contains(*a) || falls_to(a, &live, me)).filter(|a| {
+            if host.current(a).is_some_and(|s| s.ended().is_none()) {
+                return true;
+            }
+            let fits = room > 0;
+            room = room.saturating_sub(1);
+            fits
+        });
+        futures_util::stream::iter(mine.take(TAKEOVERS_PER_ROUND))
+            .for_each_concurrent(TAKEOVERS_AT_ONCE, |agent| self.take_over(host, agent))
+            .await;
     }
 
     /// The maintenance round's period: a third of a lease.
@@ -574,6 +626,7 @@ impl Cluster {
     /// and says whether this replica was the last one alive. It leaves the replica set before
     /// it releases, so its agents fall to the replicas that stay.
     pub(crate) async fn hand_over<H: Host>(&self, host: &H) -> bool {
+        self.handing_over.store(true, Ordering::Release);
         let mut held = Vec::new();
         for agent in host.local_agents() {
             let Some(s) = host.current(&agent) else { continue };

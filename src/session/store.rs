@@ -503,6 +503,21 @@ impl SessionStore {
             || self.at_file_limit()
     }
 
+    /// How many more live sessions this replica may take (by takeover): what
+    /// [`Self::at_capacity`] counts, as a number.
+    fn room(&self) -> usize {
+        if self.at_file_limit() {
+            return 0;
+        }
+        let count = |g: i64| usize::try_from(g).unwrap_or(0);
+        let mut room = self.cfg.max_agents.saturating_sub(count(self.metrics.active_sessions_all()));
+        let here = self.identity.max_agents;
+        if here > 0 {
+            room = room.min(here.saturating_sub(count(self.metrics.sessions_gauge(SessionState::Active).get())));
+        }
+        room
+    }
+
     /// The open-file limit leaves room for no more agents (every gateway's together).
     fn at_file_limit(&self) -> bool {
         self.identity
@@ -771,6 +786,10 @@ impl Host for SessionStore {
 
     fn at_capacity(&self) -> bool {
         SessionStore::at_capacity(self)
+    }
+
+    fn room(&self) -> usize {
+        SessionStore::room(self)
     }
 
     fn install(

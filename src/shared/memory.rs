@@ -180,6 +180,11 @@ impl MemoryHub {
         }
     }
 
+    /// Puts `value` in the agent's lease, as a store that lost a write or a planted value does.
+    pub fn set_lease(&self, agent: &str, value: &str) {
+        crate::sync::lock(&self.0.state).agents.entry(agent.to_owned()).or_default().lease = Some(value.to_owned());
+    }
+
     /// The lease's holder (`replica epoch`), if any.
     pub fn lease_holder(&self, agent: &str) -> Option<String> {
         let now = Instant::now();
@@ -271,12 +276,22 @@ impl MemoryStore {
         }
     }
 
-    /// `ACQUIRE`: the lease if free (`expected` `None`) or still `expected`'s.
+    /// `ACQUIRE`: the lease if free or this replica's, or still `expected`'s and not taken
+    /// within the last lease (`scripts::Acquire`).
     fn acquire_from(&self, agent: &str, expected: Option<&str>) -> Result<Lease, StoreError> {
         let agent = &self.key(agent);
+        let lease_ms = self.hub.lease_ttl.as_millis() as u64;
         self.hub.with(agent, |a, hub| {
-            if a.lease.is_some() && a.lease.as_deref() != expected {
-                return Lease::Taken;
+            if let Some(cur) = &a.lease {
+                let (holder, held) = cur.split_once(' ').unwrap_or((cur.as_str(), ""));
+                if holder != &*self.replica {
+                    if Some(cur.as_str()) != expected {
+                        return Lease::Taken;
+                    }
+                    if held.parse::<u64>().is_ok_and(|e| e > hub.now_ms().saturating_sub(lease_ms)) {
+                        return Lease::Taken;
+                    }
+                }
             }
             let Some(h) = a.session.as_mut().filter(|h| h.state == RecordState::Active) else {
                 a.lease = None;
@@ -532,11 +547,8 @@ impl Leases for MemoryStore {
     async fn check(&self, held: &[(&str, u64)]) -> Result<Vec<Lease>, StoreError> {
         held.iter()
             .map(|(agent, epoch)| {
-                let token = self.token(*epoch);
-                self.hub.with(&self.key(agent), |a, _| match &a.lease {
-                    Some(t) if *t == token => Lease::Held(*epoch),
-                    Some(_) => Lease::Taken,
-                    None => Lease::Absent,
+                self.hub.with(&self.key(agent), |a, _| {
+                    super::lease_verdict(a.lease.as_deref().map(str::as_bytes), &self.replica, *epoch)
                 })
             })
             .collect()

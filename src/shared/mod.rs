@@ -368,6 +368,22 @@ pub trait Leases: Send + Sync {
     async fn lease_holder(&self, agent: &str) -> Result<Option<String>, StoreError>;
 }
 
+/// What a lease's value read back says to the replica `me` that holds it under `epoch`:
+/// `Absent` also when it names `me` under another epoch (a failover lost this replica's last
+/// lease write; it takes the lease again at once rather than standing down).
+pub(super) fn lease_verdict(value: Option<&[u8]>, me: &str, epoch: u64) -> Lease {
+    let Some(v) = value else { return Lease::Absent };
+    let mut parts = v.splitn(2, |b| *b == b' ');
+    let (holder, held) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    if holder != me.as_bytes() {
+        Lease::Taken
+    } else if held == epoch.to_string().as_bytes() {
+        Lease::Held(epoch)
+    } else {
+        Lease::Absent
+    }
+}
+
 /// How many lease lifetimes a replica may go without a heartbeat before the others count it
 /// gone: a maintenance round runs every third of a lease, so this is nine missed rounds, well
 /// past a GC pause or a slow Redis, yet short enough that a killed replica's name does not

@@ -35,8 +35,7 @@ pub(super) struct Announce<'a> {
 pub(super) struct Scripts {
     pub health: Script,
     pub seen: Script,
-    pub stale: Script,
-    pub live: Script,
+    pub aged: Script,
     pub leave: Script,
     pub create: Script,
     pub acquire: Script,
@@ -56,8 +55,7 @@ impl Scripts {
         Self {
             health: Script::new(HEALTH),
             seen: Script::new(SEEN),
-            stale: Script::new(STALE),
-            live: Script::new(LIVE),
+            aged: Script::new(AGED),
             leave: Script::new(LEAVE),
             create: Script::new(CREATE),
             acquire: Script::new(ACQUIRE),
@@ -127,15 +125,20 @@ impl Create<'_> {
     }
 }
 
-/// Takes the lease of an active session that nobody holds, or that `expected` (`replica
-/// epoch`, read by the caller: a holder whose index entry went stale) still holds, and raises
-/// the epoch (see [`Create`] for how epochs are drawn). Leases have no expiry: they change
-/// hands here, at release, or when the session ends. Returns {1, epoch}, {-1, holder} or
-/// {0, ''} (no active session; a lease left behind is removed).
+/// Takes the lease of an active session and raises the epoch (see [`Create`] for how epochs
+/// are drawn), if nobody holds it, if this replica holds it under an older epoch (a failover
+/// lost this replica's last lease write), or if `expected` (`replica epoch`, read by the
+/// caller: a holder whose index entry went stale) still holds it and took it more than a lease
+/// ago: a lease taken within the last lease is its holder's, whatever an older read of the
+/// index said, so two survivors working from the same stale list never take it from each
+/// other. Leases have no expiry: they change hands here, at release, or when the session ends.
+/// Returns {1, epoch}, {-1, holder} or {0, ''} (no active session; a lease left behind is
+/// removed).
 pub(super) struct Acquire<'a> {
     pub replica: &'a str,
-    /// Empty: only a free lease is taken.
+    /// Empty: only a free lease (or this replica's own) is taken.
     pub expected: &'a str,
+    pub lease_ms: u64,
 }
 
 const ACQUIRE: &str = r#"
@@ -145,15 +148,22 @@ local function last_epoch(key)
   if e ~= e or e < 0 or e >= 9007199254740992 then return 0 end
   return e
 end
-local replica, expected = unpack(ARGV)
+local replica, expected, lease_ms = unpack(ARGV)
 local cur = redis.call('GET', KEYS[2])
-if cur and cur ~= expected then return {-1, cur} end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+if cur then
+  local holder, held = string.match(cur, '^(%S+) (%d+)$')
+  if holder ~= replica then
+    if cur ~= expected then return {-1, cur} end
+    if held and tonumber(held) > now - tonumber(lease_ms) then return {-1, cur} end
+  end
+end
 if redis.call('HGET', KEYS[1], 'state') ~= 'active' then
   if cur then redis.call('DEL', KEYS[2]) end
   return {0, ''}
 end
-local t = redis.call('TIME')
-local epoch = string.format('%.0f', math.max(last_epoch(KEYS[1]) + 1, t[1] * 1000 + math.floor(t[2] / 1000)))
+local epoch = string.format('%.0f', math.max(last_epoch(KEYS[1]) + 1, now))
 redis.call('HSET', KEYS[1], 'epoch', epoch)
 redis.call('SET', KEYS[2], replica .. ' ' .. epoch)
 return {1, epoch}
@@ -162,7 +172,7 @@ return {1, epoch}
 impl Acquire<'_> {
     pub fn prepare<'s>(&self, s: &'s Script, k: &AgentKeys) -> ScriptInvocation<'s> {
         let mut inv = s.prepare_invoke();
-        inv.key(&k.session).key(&k.lease).arg(self.replica).arg(self.expected);
+        inv.key(&k.session).key(&k.lease).arg(self.replica).arg(self.expected).arg(self.lease_ms);
         inv
     }
 }
@@ -475,7 +485,7 @@ pub(super) struct Seen<'a, M: AsRef<str>> {
     pub back_ms: u64,
 }
 
-/// Members per [`Seen`] call: one `ZADD` of 512 members is well under a millisecond of
+/// Members per [`Seen`] call (and leases per check): one `ZADD` of 512 members is well under a millisecond of
 /// Redis's time, so a round of 10,000 agents never blocks Redis for long at once.
 pub(super) const SEEN_BATCH: usize = 512;
 
@@ -501,44 +511,27 @@ impl<M: AsRef<str>> Seen<'_, M> {
     }
 }
 
-/// Agents whose index entry is older than `age_ms` on Redis's clock, at most `max`.
-pub(super) struct Stale {
+/// Members of a sorted set by how long ago they were seen, on Redis's clock, at most `max`:
+/// seen longer ago than `age_ms` (`stale`: agents whose holder stopped refreshing them) or
+/// within it (live replicas).
+pub(super) struct Aged {
     pub age_ms: u64,
     pub max: usize,
+    pub stale: bool,
 }
 
-const STALE: &str = r#"
-local age_ms, max = unpack(ARGV)
+const AGED: &str = r#"
+local age_ms, max, stale = unpack(ARGV)
 local t = redis.call('TIME')
-local before = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(age_ms)
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', before, 'LIMIT', 0, max)
+local cut = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(age_ms)
+if stale == '1' then return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cut, 'LIMIT', 0, max) end
+return redis.call('ZRANGEBYSCORE', KEYS[1], cut, '+inf', 'LIMIT', 0, max)
 "#;
 
-impl Stale {
+impl Aged {
     pub fn prepare<'s>(&self, s: &'s Script, key: &str) -> ScriptInvocation<'s> {
         let mut inv = s.prepare_invoke();
-        inv.key(key).arg(self.age_ms).arg(self.max);
-        inv
-    }
-}
-
-/// Members of a sorted set seen within `age_ms` on Redis's clock (live replicas), at most `max`.
-pub(super) struct Live {
-    pub age_ms: u64,
-    pub max: usize,
-}
-
-const LIVE: &str = r#"
-local age_ms, max = unpack(ARGV)
-local t = redis.call('TIME')
-local since = t[1] * 1000 + math.floor(t[2] / 1000) - tonumber(age_ms)
-return redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf', 'LIMIT', 0, max)
-"#;
-
-impl Live {
-    pub fn prepare<'s>(&self, s: &'s Script, key: &str) -> ScriptInvocation<'s> {
-        let mut inv = s.prepare_invoke();
-        inv.key(key).arg(self.age_ms).arg(self.max);
+        inv.key(key).arg(self.age_ms).arg(self.max).arg(if self.stale { "1" } else { "0" });
         inv
     }
 }

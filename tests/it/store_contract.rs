@@ -89,6 +89,18 @@ impl Pair {
         }
     }
 
+    /// The agent's lease holds `value` (a failover that lost the last lease write, or a
+    /// planted value).
+    async fn set_lease(&self, agent: &str, value: &str) {
+        match &self.store {
+            Store::Memory(hub) => hub.set_lease(agent, value),
+            Store::Redis(server) => {
+                let key = format!("{}{{a:{agent}}}:lease", StoreConfig::default().key_prefix);
+                redis::cmd("SET").arg(&key).arg(value).query_async::<()>(&mut server.conn().await).await.unwrap();
+            }
+        }
+    }
+
     /// Every follower's subscription drops and comes back: the twin goes down and up; Redis
     /// kills its pub/sub clients (`CLIENT KILL TYPE pubsub`: `b`'s follower only).
     async fn drop_subscriptions(&self) {
@@ -160,6 +172,7 @@ contract!(LASTING:
     activity_and_idle_time_are_the_stores,
     the_sign_in_lock_is_exclusive_until_released,
     the_index_finds_released_and_stale_agents,
+    a_lease_put_back_under_an_older_epoch_is_its_holders_again,
     the_index_lists_agents_and_the_lease_names_its_holder,
     replicas_count_who_is_alive,
     gcra_allows_the_burst_then_says_how_long_to_wait,
@@ -370,6 +383,22 @@ async fn the_sign_in_lock_is_exclusive_until_released(p: Pair) {
     assert!(p.b.lock_op(AGENT, Duration::from_secs(10)).await.unwrap().is_some());
 }
 
+/// A store that put back an older value of a lease (a failover that lost the holder's last
+/// write): the holder's check says `Absent` and it takes the lease again at once, with a new
+/// epoch, instead of standing down for a lease; a value naming another replica is theirs.
+async fn a_lease_put_back_under_an_older_epoch_is_its_holders_again(p: Pair) {
+    let e1 = p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    p.set_lease(AGENT, &format!("{} {}", p.a.replica(), e1 - 1)).await;
+    assert_eq!(p.a.check_lease(AGENT, e1).await.unwrap(), Lease::Absent);
+    assert_eq!(p.b.acquire(AGENT).await.unwrap(), Lease::Taken, "a's, whatever its epoch");
+    let Lease::Held(e2) = p.a.acquire(AGENT).await.unwrap() else { panic!("a takes its own lease again") };
+    assert!(e2 > e1, "{e1} -> {e2}");
+    assert_eq!(p.a.check_lease(AGENT, e2).await.unwrap(), Lease::Held(e2));
+    p.set_lease(AGENT, &format!("{} {e2}", p.b.replica())).await;
+    assert_eq!(p.a.check_lease(AGENT, e2).await.unwrap(), Lease::Taken);
+    assert_eq!(p.a.acquire(AGENT).await.unwrap(), Lease::Taken);
+}
+
 async fn the_index_finds_released_and_stale_agents(p: Pair) {
     let epoch = p.a.create(AGENT, &record("s", "g-1.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
     assert!(p.b.stale_agents(10).await.unwrap().is_empty(), "indexed now: not stale");
@@ -536,6 +565,10 @@ async fn a_lease_whose_holder_stops_refreshing_is_taken_from_it(p: Pair) {
     assert_eq!(p.a.load(AGENT).await.unwrap().unwrap().epoch, e2);
     assert_eq!(p.a.check(&[(AGENT, e1), ("154", other)]).await.unwrap(), [Lease::Taken, Lease::Held(other)]);
     assert_eq!(p.a.lease_holder(AGENT).await.unwrap().as_deref(), Some(p.b.replica()));
+    // Taken within the last lease: b's, though a's list of stale agents still names it (two
+    // survivors working from one read of the index never take it from each other).
+    assert_eq!(p.a.take_stale(AGENT).await.unwrap(), Lease::Taken);
+    assert_eq!(p.a.load(AGENT).await.unwrap().unwrap().epoch, e2, "no epoch raised");
     // An ended session's lease is nobody's to take.
     p.a.end("154", "s", EndAs::SignedOut).await.unwrap();
     assert_eq!(p.b.take_stale("154").await.unwrap(), Lease::Absent);

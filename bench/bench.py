@@ -370,8 +370,14 @@ def wrk(url, tokens_file, seconds, conns, extra_headers):
     args = []
     for k, v in extra_headers.items():
         args += [k, v]
+    # The script is bench.py's own; written here too, so scenario d runs on a checkout where
+    # bench/run.sh never ran.
+    lua = BENCH / "out" / "bench.lua"
+    if not lua.exists():
+        lua.parent.mkdir(parents=True, exist_ok=True)
+        lua.write_text(WRK_LUA)
     cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "5s",
-           "-s", str(BENCH / "out" / "bench.lua"), url, "--", str(tokens_file)] + args
+           "-s", str(lua), url, "--", str(tokens_file)] + args
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.run(cmd, capture_output=True, text=True)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -367,7 +367,7 @@ def run(a):
         fleet.start("redis", ["redis-server", "--port", str(REDIS), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no"], REDIS)
         rds = Redis(REDIS)
-        fleet.start("sim", [str(a.binary), "sim", "--config", str(out / "sim.toml")], SIM)
+        fleet.start("sim", [str(a.sim_binary or a.binary), "sim", "--config", str(out / "sim.toml")], SIM)
         for r in range(a.replicas):
             fleet.start_replica(r)
         agents = [str(FIRST_AGENT + i) for i in range(a.agents)]
@@ -489,6 +489,8 @@ def main():
     ap.add_argument("--trickle-rate", type=float, default=40.0, help="requests per second over every agent")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for every replica")
     ap.add_argument("--binary", default=str(bench.ROOT / "target" / "release" / "ccgate"))
+    ap.add_argument("--sim-binary", help="the simulator's build (default --binary): a build before the "
+                    "simulator's own view (GET /ccgate-sim/agents) is measured with a newer simulator")
     ap.add_argument("--json")
     a = ap.parse_args()
     for tool in ("redis-server", "openssl"):

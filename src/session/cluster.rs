@@ -41,30 +41,6 @@ const LEASE_BATCH: usize = 512;
 /// Replicas counted when sharing out orphans; a larger set shares by the first this many
 /// (and each replica counts itself).
 const LIVE_REPLICAS_READ: usize = 64;
-/// Whether `agent`'s orphaned session falls to replica `me` among the `live` ones: the one
-/// with the highest FNV-1a hash of (replica, agent), so that every replica, reading the same
-/// set, agrees without talking, and a replica joining or leaving moves only its own share.
-/// Alone, or not in the set yet (a first heartbeat not seen), it is everyone's.
-fn falls_to(agent: &str, live: &[String], me: &str) -> bool {
-    fn score(replica: &str, agent: &str) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in replica.bytes().chain([0]).chain(agent.bytes()) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        // MurmurHash3's finalizer: FNV leaves the last bytes' differences in the low bits.
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
-    if !live.iter().any(|r| r == me) {
-        return true;
-    }
-    live.iter().max_by_key(|r| (score(r, agent), r.as_str())).is_some_and(|r| r == me)
-}
-
 /// How often a replica waiting for another replica's sign-in (or sign-out) looks again.
 const LOOK_AGAIN: Duration = Duration::from_millis(20);
 
@@ -421,8 +397,8 @@ impl Cluster {
         }
     }
 
-    /// One maintenance round: heartbeat, lease renewals, deferred writes, takeovers; after
-    /// an outage, every copy reconciled with its record.
+    /// One maintenance round: heartbeat, lease checks and index refresh, deferred writes,
+    /// takeovers; after an outage, every copy reconciled with its record.
     pub(crate) async fn maintain<H: Host>(&self, host: &H) {
         if self.handing_over.load(Ordering::Acquire) {
             // Its heartbeat would put it back in the replica set it has just left.
@@ -523,6 +499,7 @@ impl Cluster {
         if !live.iter().any(|r| r == me) {
             live.push(me.to_owned());
         }
+        // Unread, the fallback waits a round: each orphan still has the replica it falls to.
         let late: std::collections::HashSet<String> = match self.store.stale_for_longer(self.round(), STALE_READ).await
         {
             Ok(late) => late.into_iter().collect(),
@@ -569,8 +546,8 @@ impl Cluster {
         }
     }
 
-    /// Takes over polling an agent whose owner stopped renewing its lease, unless this replica
-    /// is full (`sessions.max_agents`): a replica with room takes it instead.
+    /// Takes over polling an agent whose owner stopped refreshing its index entry, unless this
+    /// replica is full (`sessions.max_agents`): a replica with room takes it instead.
     async fn take_over<H: Host>(&self, host: &H, agent: &str) {
         let current = host.current(agent);
         if current.as_ref().and_then(|s| s.sharing().link()).is_some_and(|l| l.owns()) {
@@ -694,6 +671,30 @@ impl Cluster {
             SessionError::from(e)
         })
     }
+}
+
+/// Whether `agent`'s orphaned session falls to replica `me` among the `live` ones: the one
+/// with the highest FNV-1a hash of (replica, agent), so that every replica, reading the same
+/// set, agrees without talking, and a replica joining or leaving moves only its own share.
+/// Alone, or not in the set yet (a first heartbeat not seen), it is everyone's.
+fn falls_to(agent: &str, live: &[String], me: &str) -> bool {
+    fn score(replica: &str, agent: &str) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in replica.bytes().chain([0]).chain(agent.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        // MurmurHash3's finalizer: FNV leaves the last bytes' differences in the low bits.
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+    if !live.iter().any(|r| r == me) {
+        return true;
+    }
+    live.iter().max_by_key(|r| (score(r, agent), r.as_str())).is_some_and(|r| r == me)
 }
 
 #[cfg(test)]

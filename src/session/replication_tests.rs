@@ -12,7 +12,7 @@ use serde_json::json;
 use tokio::time::{sleep, Instant};
 
 use super::copy::LocalCopy;
-use super::testing::{credentials, event, FakeGateway};
+use super::testing::{credentials, event, many_credentials, FakeGateway};
 use super::*;
 use crate::config::{SessionsConfig, ShutdownMode};
 use crate::gateway::GatewayMethod;
@@ -31,6 +31,16 @@ struct Replica {
 
 /// A replica of ccgate on `hub`, without the maintenance timer (tests run rounds).
 fn replica(hub: &MemoryHub, gw: &Arc<FakeGateway>, tune: impl FnOnce(&mut SessionsConfig)) -> Replica {
+    replica_for(hub, gw, credentials(), tune)
+}
+
+/// [`replica`] with its own credentials (agents 1000.. for the fleet cases).
+fn replica_for(
+    hub: &MemoryHub,
+    gw: &Arc<FakeGateway>,
+    creds: crate::session::credentials::CredentialStore,
+    tune: impl FnOnce(&mut SessionsConfig),
+) -> Replica {
     let mut cfg = SessionsConfig::default();
     tune(&mut cfg);
     let shared = hub.join();
@@ -40,7 +50,7 @@ fn replica(hub: &MemoryHub, gw: &Arc<FakeGateway>, tune: impl FnOnce(&mut Sessio
     let store = SessionStore::new(
         Default::default(),
         gw.clone(),
-        credentials(),
+        creds,
         cfg,
         metrics.clone(),
         Some(shared),
@@ -352,4 +362,51 @@ async fn a_change_another_replica_made_is_not_made_again() {
     assert_eq!(sa.conf(), ConfState::Chair { conf_id: 7 });
     let made = sa.sharing.update_conf(&*sa, &end_chair).await;
     assert_eq!(made, (ConfState::None, ConfState::None));
+}
+
+/// A dead replica's agents are shared out: each survivor takes its own share in the first
+/// round after the dead one's index entries went stale, no agent is taken twice, and a
+/// survivor's refresh keeps the others' fresh takeovers theirs (issue 39).
+#[tokio::test(start_paused = true)]
+async fn a_dead_replicas_agents_are_shared_out_among_the_survivors_in_one_round() {
+    const N: usize = 60;
+    let hub = MemoryHub::new(LEASE, crate::shared::TOMBSTONE);
+    let gw = FakeGateway::new();
+    let r: Vec<Replica> = (0..3).map(|_| replica_for(&hub, &gw, many_credentials(N), |_| {})).collect();
+    let agents: Vec<String> = (1000..1000 + N).map(|a| a.to_string()).collect();
+    for a in &agents {
+        r[0].store.sign_in(a, SignInOptions::default()).await.unwrap();
+    }
+    for x in &r {
+        x.round().await;
+    }
+    r[0].store.halt();
+    // Rounds every third of a lease, the survivors only: nothing is stale before a lease.
+    let died = Instant::now();
+    while died.elapsed() < LEASE {
+        sleep(LEASE / 3).await;
+        for x in &r[1..] {
+            x.round().await;
+        }
+        if died.elapsed() < LEASE {
+            assert_eq!(r[1].metrics.lease_takeovers() + r[2].metrics.lease_takeovers(), 0);
+        }
+    }
+    let (b, c) = (r[1].metrics.lease_takeovers(), r[2].metrics.lease_takeovers());
+    assert_eq!(b + c, N as u64, "every agent taken over in the first round past the lease, once");
+    assert!(b >= 15 && c >= 15, "shared out: {b} and {c}");
+    // Later rounds take nothing from anyone.
+    for _ in 0..6 {
+        sleep(LEASE / 3).await;
+        for x in &r[1..] {
+            x.round().await;
+        }
+    }
+    assert_eq!(r[1].metrics.lease_takeovers() + r[2].metrics.lease_takeovers(), N as u64);
+    assert_eq!(r[1].metrics.lease_losses() + r[2].metrics.lease_losses(), 0);
+    settle().await;
+    for a in &agents {
+        let holder = hub.lease_holder(a).expect("held");
+        assert!(holder.starts_with(&format!("{} ", r[1].name)) || holder.starts_with(&format!("{} ", r[2].name)));
+    }
 }

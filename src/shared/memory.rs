@@ -648,7 +648,7 @@ impl Membership for MemoryStore {
     }
     async fn live_replicas(&self, max: usize) -> Result<Vec<String>, StoreError> {
         self.hub.up()?;
-        let since = self.hub.now_ms().saturating_sub(self.hub.lease_ttl.as_millis() as u64);
+        let since = self.hub.now_ms().saturating_sub(self.hub.lease_ttl.as_millis() as u64 * 2 / 3);
         let st = crate::sync::lock(&self.hub.state);
         let mut live: Vec<(u64, &String)> =
             st.replicas.iter().filter(|(_, at)| **at >= since).map(|(r, at)| (*at, r)).collect();

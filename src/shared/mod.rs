@@ -492,8 +492,10 @@ pub trait Membership: Send + Sync {
     /// Agents whose index entry has not been refreshed for a lease and `more`: stale for
     /// longer than the replica they fall to would have needed to take them.
     async fn stale_for_longer(&self, more: Duration, max: usize) -> Result<Vec<String>, StoreError>;
-    /// Replicas that sent a heartbeat within the last lease (the store's clock), at most `max`:
-    /// the ones that share out a stopped replica's agents.
+    /// Replicas that sent a heartbeat within the last two rounds (two thirds of a lease, the
+    /// store's clock), at most `max`: the ones that share out a stopped replica's agents. A
+    /// dead replica leaves this set a round before its agents' entries go stale, so none of
+    /// them falls to it; one that missed two rounds only takes no orphans for a while.
     async fn live_replicas(&self, max: usize) -> Result<Vec<String>, StoreError>;
     /// Every indexed agent (those with a poller lease, or waiting for one), at most `max`.
     async fn indexed_agents(&self, max: usize) -> Result<Vec<String>, StoreError>;

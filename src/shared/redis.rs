@@ -561,7 +561,8 @@ impl Membership for RedisStore {
     }
     async fn live_replicas(&self, max: usize) -> Result<Vec<String>, StoreError> {
         let key = self.replicas_key();
-        let inv = scripts::Aged { age_ms: self.lease_ms(), max, stale: false }.prepare(&self.scripts.aged, &key);
+        let age_ms = self.lease_ms() * 2 / 3;
+        let inv = scripts::Aged { age_ms, max, stale: false }.prepare(&self.scripts.aged, &key);
         let raw: Vec<Vec<u8>> = self.script(StoreOp::Lease, inv).await?;
         let total = raw.len();
         let live: Vec<String> =

@@ -184,6 +184,7 @@ contract!(LASTING:
 // The cases that let time pass.
 contract!(SHORT:
     a_lease_whose_holder_stops_refreshing_is_taken_from_it,
+    the_live_replicas_are_those_heard_from_within_two_rounds,
     the_sign_in_lock_expires_after_its_ttl,
     a_tombstone_stays_its_time_then_goes,
     a_restore_puts_back_what_a_store_that_lost_everything_forgot,
@@ -574,6 +575,22 @@ async fn a_lease_whose_holder_stops_refreshing_is_taken_from_it(p: Pair) {
     assert_eq!(p.b.take_stale("154").await.unwrap(), Lease::Absent);
     assert_eq!(p.b.lease_holder("154").await.unwrap(), None);
     assert_eq!(p.a.check_lease("154", other).await.unwrap(), Lease::Absent);
+}
+
+/// The replicas that share out orphans are those whose heartbeat is younger than two rounds
+/// (two thirds of a lease): a replica silent for a lease is not one of them.
+async fn the_live_replicas_are_those_heard_from_within_two_rounds(p: Pair) {
+    p.a.heartbeat().await.unwrap();
+    p.b.heartbeat().await.unwrap();
+    let mut live = p.a.live_replicas(10).await.unwrap();
+    live.sort();
+    let mut both = vec![p.a.replica().to_owned(), p.b.replica().to_owned()];
+    both.sort();
+    assert_eq!(live, both);
+    assert_eq!(p.a.live_replicas(1).await.unwrap().len(), 1, "bounded");
+    p.pass(SHORT.lease).await;
+    p.a.heartbeat().await.unwrap();
+    assert_eq!(p.b.live_replicas(10).await.unwrap(), [p.a.replica()], "b silent for a lease");
 }
 
 /// A replica's identity (host, admin address) is there for every replica and every gateway's

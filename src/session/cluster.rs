@@ -109,9 +109,12 @@ pub(crate) struct Cluster {
     store_was_away: AtomicBool,
     /// Until when takeovers wait after the store came back (see `maintain`).
     takeovers_after: Mutex<Option<Instant>>,
-    /// Shutdown began (`hand_over`): rounds no longer check, reclaim or take leases, so a
-    /// round running beside the hand-over cannot take back what it releases.
+    /// Shutdown began (`hand_over`, `stop_rounds`): rounds no longer check, reclaim or take
+    /// leases, so a round running beside the hand-over cannot take back what it releases.
     handing_over: AtomicBool,
+    /// Held by a maintenance round while it runs: shutdown waits for the round in flight
+    /// (which stops at its next takeover once `handing_over` is set). Not on a request's path.
+    round: tokio::sync::Mutex<()>,
 }
 
 impl Cluster {
@@ -122,6 +125,7 @@ impl Cluster {
             store_was_away: AtomicBool::new(false),
             takeovers_after: Mutex::new(None),
             handing_over: AtomicBool::new(false),
+            round: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -400,6 +404,7 @@ impl Cluster {
     /// One maintenance round: heartbeat, lease checks and index refresh, deferred writes,
     /// takeovers; after an outage, every copy reconciled with its record.
     pub(crate) async fn maintain<H: Host>(&self, host: &H) {
+        let _round = self.round.lock().await;
         if self.handing_over.load(Ordering::Acquire) {
             // Its heartbeat would put it back in the replica set it has just left.
             return;
@@ -529,6 +534,9 @@ impl Cluster {
     /// This replica's lease expired without anyone taking it (a pause, or the store lost
     /// it): take it again, or put the session back.
     async fn reclaim<H: Host>(&self, host: &H, s: &Arc<H::Session>, link: &Link) {
+        if self.handing_over.load(Ordering::Acquire) {
+            return;
+        }
         let agent = s.agent_id();
         match self.store.acquire(agent).await {
             Ok(Lease::Held(epoch)) => {
@@ -549,6 +557,9 @@ impl Cluster {
     /// Takes over polling an agent whose owner stopped refreshing its index entry, unless this
     /// replica is full (`sessions.max_agents`): a replica with room takes it instead.
     async fn take_over<H: Host>(&self, host: &H, agent: &str) {
+        if self.handing_over.load(Ordering::Acquire) {
+            return;
+        }
         let current = host.current(agent);
         if current.as_ref().and_then(|s| s.sharing().link()).is_some_and(|l| l.owns()) {
             // Its own entry, stale because a refresh failed: this round's check decided.
@@ -603,7 +614,7 @@ impl Cluster {
     /// and says whether this replica was the last one alive. It leaves the replica set before
     /// it releases, so its agents fall to the replicas that stay.
     pub(crate) async fn hand_over<H: Host>(&self, host: &H) -> bool {
-        self.handing_over.store(true, Ordering::Release);
+        self.stop_rounds().await;
         let mut held = Vec::new();
         for agent in host.local_agents() {
             let Some(s) = host.current(&agent) else { continue };
@@ -619,6 +630,13 @@ impl Cluster {
             self.release(&agent, epoch).await;
         }
         last
+    }
+
+    /// Shutdown: no maintenance round checks, reclaims or takes a lease from now on, and the
+    /// one in flight has finished (its takeovers stop at the next one).
+    pub(crate) async fn stop_rounds(&self) {
+        self.handing_over.store(true, Ordering::Release);
+        drop(self.round.lock().await);
     }
 
     /// Agents the cluster knows that are not in `known` (this replica's copies): each with

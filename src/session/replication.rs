@@ -161,7 +161,9 @@ impl Replication {
         match self {
             Self::InProcess => ShutdownPlan { sign_out: sign_out_on_shutdown, only_polled: false },
             Self::Shared { cluster, on_shutdown: ShutdownMode::SignOut } => {
-                // Leaving is all that matters here: every replica signs out its own.
+                // Leaving is all that matters here: every replica signs out its own. No round
+                // runs after it, so none joins the set again or takes an agent over meanwhile.
+                cluster.stop_rounds().await;
                 let _ = cluster.leave().await;
                 ShutdownPlan { sign_out: true, only_polled: true }
             }

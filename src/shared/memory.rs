@@ -283,12 +283,15 @@ impl MemoryStore {
         let lease_ms = self.hub.lease_ttl.as_millis() as u64;
         self.hub.with(agent, |a, hub| {
             if let Some(cur) = &a.lease {
-                let (holder, held) = cur.split_once(' ').unwrap_or((cur.as_str(), ""));
-                if holder != &*self.replica {
+                let parsed = super::parse_lease(cur.as_bytes());
+                if parsed.map(|(h, _)| h) != Some(self.replica.as_bytes()) {
                     if Some(cur.as_str()) != expected {
                         return Lease::Taken;
                     }
-                    if held.parse::<u64>().is_ok_and(|e| e > hub.now_ms().saturating_sub(lease_ms)) {
+                    // Lua's numbers are doubles: an epoch past u64 is a large number too.
+                    let at = parsed.and_then(|(_, e)| std::str::from_utf8(e).ok()?.parse::<f64>().ok());
+                    let now = hub.now_ms() as f64;
+                    if at.is_some_and(|at| at > now - lease_ms as f64 && at <= now) {
                         return Lease::Taken;
                     }
                 }

@@ -343,11 +343,13 @@ pub trait Events: Send + Sync {
 /// command per round ([`Leases::check`]) and stops polling those it no longer holds.
 #[async_trait::async_trait]
 pub trait Leases: Send + Sync {
-    /// Takes the lease of an active session nobody holds, raising the epoch.
+    /// Takes the lease of an active session nobody holds (or this replica holds under another
+    /// epoch: a write the store lost), raising the epoch.
     async fn acquire(&self, agent: &str) -> Result<Lease, StoreError>;
     /// Takes the lease of an agent whose index entry went stale, from whoever holds it now
-    /// (or nobody), raising the epoch; `Taken` if it changed hands meanwhile. A lease left
-    /// by a session that is no longer active is removed (`Absent`).
+    /// (or nobody), raising the epoch; `Taken` if it changed hands meanwhile or was taken
+    /// within the last lease (its new holder is alive, whatever an older read of the index
+    /// said). A lease left by a session that is no longer active is removed (`Absent`).
     async fn take_stale(&self, agent: &str) -> Result<Lease, StoreError>;
     /// Whether each `(agent, epoch)` lease is still this replica's: `Held`, `Taken` (another
     /// replica's) or `Absent` (the store lost it, or the session ended). One answer each, in
@@ -371,17 +373,32 @@ pub trait Leases: Send + Sync {
 /// What a lease's value read back says to the replica `me` that holds it under `epoch`:
 /// `Absent` also when it names `me` under another epoch (a failover lost this replica's last
 /// lease write; it takes the lease again at once rather than standing down).
+/// A value that is not `REPLICA EPOCH` (planted) is nobody's own: `Taken`, as the `ACQUIRE`
+/// script sees it; the agent goes stale and is taken over.
 pub(super) fn lease_verdict(value: Option<&[u8]>, me: &str, epoch: u64) -> Lease {
     let Some(v) = value else { return Lease::Absent };
-    let mut parts = v.splitn(2, |b| *b == b' ');
-    let (holder, held) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
-    if holder != me.as_bytes() {
-        Lease::Taken
-    } else if held == epoch.to_string().as_bytes() {
-        Lease::Held(epoch)
-    } else {
-        Lease::Absent
+    match parse_lease(v) {
+        Some((holder, held)) if holder == me.as_bytes() => {
+            if held == epoch.to_string().as_bytes() {
+                Lease::Held(epoch)
+            } else {
+                Lease::Absent
+            }
+        }
+        _ => Lease::Taken,
     }
+}
+
+/// A lease's value as the `ACQUIRE` script reads it (`^(%S+) (%d+)$`): the holder and the
+/// epoch's digits; `None` for anything else.
+pub(super) fn parse_lease(v: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = v.iter().position(|b| *b == b' ')?;
+    let (holder, held) = (&v[..at], &v[at + 1..]);
+    let ok = !holder.is_empty()
+        && !holder.iter().any(u8::is_ascii_whitespace)
+        && !held.is_empty()
+        && held.iter().all(u8::is_ascii_digit);
+    ok.then_some((holder, held))
 }
 
 /// How many lease lifetimes a replica may go without a heartbeat before the others count it

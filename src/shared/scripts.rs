@@ -156,7 +156,10 @@ if cur then
   local holder, held = string.match(cur, '^(%S+) (%d+)$')
   if holder ~= replica then
     if cur ~= expected then return {-1, cur} end
-    if held and tonumber(held) > now - tonumber(lease_ms) then return {-1, cur} end
+    -- Fresh: taken within the last lease. An epoch ahead of the clock (planted, or drawn
+    -- before a failover to a node whose clock is behind) says nothing of when: not fresh.
+    local at = tonumber(held)
+    if at and at > now - tonumber(lease_ms) and at <= now then return {-1, cur} end
   end
 end
 if redis.call('HGET', KEYS[1], 'state') ~= 'active' then

@@ -420,12 +420,22 @@ impl Harness {
 
 /// Polls `check` until it holds, failing the test after [`WAIT`]: for effects of background
 /// work (a refresh, a takeover) that no signal announces to a test outside the process.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = std::time::Instant::now() + WAIT;
+    eventually_within(WAIT, what, check).await;
+}
+
+/// [`eventually`] with its own bound, for an outside program whose own start takes seconds
+/// on a loaded machine (Prometheus opening its TSDB, then four scrapes a second apart).
+pub async fn eventually_within<F, Fut>(wait: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + wait;
     while !check().await {
         assert!(std::time::Instant::now() < deadline, "never happened: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -4,10 +4,12 @@
 //! does not export, a label it does not set, or a series that only appears later would
 //! return nothing here.
 
-use crate::common;
+use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::Value;
+
+use crate::common;
 
 /// Alerts whose expression needs what the demo does not have, and why.
 const NOT_IN_THE_DEMO: &[(&str, &str)] =
@@ -149,7 +151,7 @@ async fn every_dashboard_query_and_alert_expression_returns_data_from_a_running_
     // Scraped several times (rates need two samples in their window).
     let scraped =
         format!("{}/api/v1/query?query={}", prom.url, urlencode("count_over_time(up{service=\"ccgate\"}[1m]) >= 4"));
-    common::eventually("prometheus has scraped the demo several times", || async {
+    common::eventually_within(Duration::from_secs(60), "prometheus has scraped the demo several times", || async {
         let (status, v) = get(&scraped).await;
         status == StatusCode::OK && v["data"]["result"].as_array().is_some_and(|a| !a.is_empty())
     })

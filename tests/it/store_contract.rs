@@ -398,6 +398,18 @@ async fn a_lease_put_back_under_an_older_epoch_is_its_holders_again(p: Pair) {
     p.set_lease(AGENT, &format!("{} {e2}", p.b.replica())).await;
     assert_eq!(p.a.check_lease(AGENT, e2).await.unwrap(), Lease::Taken);
     assert_eq!(p.a.acquire(AGENT).await.unwrap(), Lease::Taken);
+    // Planted values. One naming a, but not `REPLICA EPOCH`: nobody's own, so a stands down
+    // and anyone may take it once stale (it was never taken within a lease).
+    p.set_lease(AGENT, &format!("{} abc", p.a.replica())).await;
+    assert_eq!(p.a.check_lease(AGENT, e2).await.unwrap(), Lease::Taken);
+    assert_eq!(p.a.acquire(AGENT).await.unwrap(), Lease::Taken);
+    assert!(matches!(p.b.take_stale(AGENT).await.unwrap(), Lease::Held(_)));
+    // An epoch far in the future says nothing of when the lease was taken: it does not keep
+    // a stale agent from being taken over, for ever or at all.
+    p.set_lease(AGENT, &format!("{} 9000000000000000", p.b.replica())).await;
+    assert!(matches!(p.a.take_stale(AGENT).await.unwrap(), Lease::Held(_)));
+    p.set_lease(AGENT, &format!("{} 900000000000000000000000", p.a.replica())).await;
+    assert!(matches!(p.b.take_stale(AGENT).await.unwrap(), Lease::Held(_)), "past u64");
 }
 
 async fn the_index_finds_released_and_stale_agents(p: Pair) {
@@ -588,9 +600,10 @@ async fn the_live_replicas_are_those_heard_from_within_two_rounds(p: Pair) {
     both.sort();
     assert_eq!(live, both);
     assert_eq!(p.a.live_replicas(1).await.unwrap().len(), 1, "bounded");
-    p.pass(SHORT.lease).await;
+    // Five sixths of a lease: past two rounds, short of a lease (over 300 ms to spare).
+    p.pass(SHORT.lease * 5 / 6).await;
     p.a.heartbeat().await.unwrap();
-    assert_eq!(p.b.live_replicas(10).await.unwrap(), [p.a.replica()], "b silent for a lease");
+    assert_eq!(p.b.live_replicas(10).await.unwrap(), [p.a.replica()], "b silent for two rounds");
 }
 
 /// A replica's identity (host, admin address) is there for every replica and every gateway's

@@ -34,9 +34,10 @@ pub use config::{
     DEFAULT_MAX_IDLE_MS, DEFAULT_SIM_LISTEN, EVENT_QUEUE_CAP,
 };
 use config::{RECEIVED_LOG_CAP, SIM_MAX_BODY, SIM_MAX_CONNECTIONS};
-/// The simulator's own view (benchmarks): `GET` it on the simulator's port.
-pub const VIEW_PATH: &str = "/ccgate-sim/agents";
 use state::{event, new_guid, Agent, Answer, GuidCheck, State};
+
+/// The simulator's own view (`bench/fleet.py`): `GET` it on the simulator's port.
+pub const VIEW_PATH: &str = "/ccgate-sim/agents";
 
 /// What one request asks, after transport-level faults were applied.
 struct Call<'a> {

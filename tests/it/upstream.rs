@@ -165,3 +165,33 @@ async fn app_requests_reuse_pooled_connections_up_to_the_cap() {
     assert_eq!(h.sim.open_connections(), kept, "the kept connections served the next stops");
     h.stop().await;
 }
+
+/// The simulator's own view (`GET /ccgate-sim/agents`, what bench/fleet.py reads): requests
+/// per method as the gateway counted them, and each signed-in agent's latest poll, which
+/// moves as ccgate's poller polls.
+#[tokio::test]
+async fn the_simulators_own_view_counts_sign_ins_and_dates_each_agents_latest_poll() {
+    let h = Harness::start().await;
+    let before = ccgate::clock::unix_ms();
+    h.sign_in("153").await;
+    let sim = h.config.gateway.url.to_string();
+    let view = || async {
+        let r = h.send(Method::GET, &format!("{}{}", sim.trim_end_matches('/'), ccgate::sim::VIEW_PATH), &[], "").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        r.json()
+    };
+    let first = view().await;
+    assert_eq!(first["counts"]["login"], 1, "{first}");
+    assert_eq!(first["counts"]["logout"], 0);
+    common::eventually("the poller's first poll is dated", || async {
+        view().await["last_poll_ms"]["153"].as_u64().is_some_and(|t| t >= before)
+    })
+    .await;
+    let polled = view().await["last_poll_ms"]["153"].as_u64().unwrap();
+    // The test sim's long poll is 500 ms: the next poll comes after it.
+    common::eventually("the next poll moves it", || async {
+        view().await["last_poll_ms"]["153"].as_u64().is_some_and(|t| t > polled)
+    })
+    .await;
+    assert!(view().await["last_poll_ms"].get("154").is_none(), "only signed-in agents");
+}

@@ -165,13 +165,6 @@ impl MemoryHub {
         *crate::sync::lock(&self.0.state) = State::default();
     }
 
-    /// The agent's lease is lost (a store that lost that one key).
-    pub fn expire_lease(&self, agent: &str) {
-        if let Some(a) = crate::sync::lock(&self.0.state).agents.get_mut(agent) {
-            a.lease = None;
-        }
-    }
-
     /// The agent's session record is lost, its lease and events kept (a Redis that lost
     /// that one key).
     pub fn lose_record(&self, agent: &str) {
@@ -361,7 +354,6 @@ impl Records for MemoryStore {
     }
     async fn create(&self, agent: &str, r: &NewRecord<'_>, mode: CreateMode) -> Result<u64, StoreError> {
         let agent = &self.key(agent);
-        let token_of = |e| self.token(e);
         let epoch = self.hub.with(agent, |a, hub| {
             if mode == CreateMode::Restore && a.session.is_some() {
                 return 0;
@@ -387,7 +379,7 @@ impl Records for MemoryStore {
                 expires: None,
                 since: r.since,
             });
-            a.lease = Some(token_of(epoch));
+            a.lease = Some(self.token(epoch));
             epoch
         })?;
         if epoch > 0 {

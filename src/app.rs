@@ -25,6 +25,7 @@ use crate::session::{GatewayIdentity, Gateways, SessionStore};
 use crate::shared::redis::RedisStore;
 use crate::shared::{Backend, Membership, ReplicaIdentity, SharedStore};
 use crate::tls;
+use crate::webhooks::Webhooks;
 
 /// How often `/readyz` re-checks that the gateway accepts TCP connections.
 const READINESS_PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -60,6 +61,8 @@ pub struct Running {
     pub limits: Arc<ArcSwap<Limits>>,
     /// SIGHUP, `ccgate reload` and `POST /-/reload` run this.
     pub reloader: Arc<Reloader>,
+    /// The webhook endpoints and their deliveries.
+    pub webhooks: Arc<Webhooks>,
     shutdown: Shutdown,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     drain_delay: Duration,
@@ -89,6 +92,9 @@ impl Running {
         if tokio::time::timeout_at(deadline, listeners).await.is_err() {
             tracing::warn!("listeners did not close within the grace period");
         }
+        // Sign-outs' own `ccgate.session_ended` events are not delivered: with the memory
+        // store nothing queued outlives the process anyway (README, "Webhooks").
+        self.webhooks.stop();
         let left = match tokio::time::timeout_at(deadline, self.gateways.shutdown(deadline)).await {
             Ok(left) => left,
             Err(_) => {
@@ -189,6 +195,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
         })
         .collect::<Result<Vec<_>, StartError>>()?;
     let all = Gateways::new(stores);
+    let webhooks = webhooks(&all, live.webhooks, &metrics);
     all.start_replication();
     let sessions = all.first().clone();
     let core = Core::new(all.clone(), Arc::new(live.limits), live.settings);
@@ -205,6 +212,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
             shared: shared.clone(),
             metrics: metrics.clone(),
             on_keys: Some(on_keys),
+            webhooks: webhooks.clone(),
         },
     ));
     let proxy = Arc::new(Proxy {
@@ -222,7 +230,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
     let served = server::spawn(proxy_listener, server_tls, proxy, opts, shutdown.subscribe())
         .map_err(|e| StartError::Serve { key: "server.listen", reason: e.to_string() })?;
     let replicas = replicas(&admin_listener, shared.as_ref(), &metrics)?;
-    let admin = admin(config, &metrics, &readiness, &auth, &reloader, &all, &limits, replicas);
+    let admin = admin(config, &metrics, &readiness, &auth, &reloader, &all, &limits, replicas, &webhooks);
     let admin_served = server::spawn(admin_listener, None, admin, admin_opts, shutdown.subscribe())
         .map_err(|e| StartError::Serve { key: "admin.listen", reason: e.to_string() })?;
     // Background tasks: gateway and store probes, key eviction, certificate watching.
@@ -243,6 +251,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
         readiness,
         sessions,
         gateways: all,
+        webhooks,
         shutdown,
         tasks,
         limits,
@@ -250,6 +259,17 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
         drain_delay: ms(config.server.drain_delay_ms),
         grace: ms(config.server.shutdown_grace_ms),
     })
+}
+
+/// Step 6b: the webhook endpoints, fed by every gateway's sessions; their delivery tasks run
+/// from here on.
+fn webhooks(all: &Gateways, parts: Vec<crate::webhooks::Parts>, metrics: &Metrics) -> Arc<Webhooks> {
+    let webhooks = Webhooks::new(parts, metrics);
+    for store in all.iter() {
+        store.connect_outlet(webhooks.sink(&store.identity.name));
+    }
+    webhooks.start();
+    webhooks
 }
 
 /// Step 1: what everything reports to, the metrics (one label per gateway) and readiness.
@@ -403,6 +423,7 @@ fn admin(
     all: &Arc<Gateways>,
     limits: &Arc<ArcSwap<Limits>>,
     replicas: Arc<Replicas>,
+    webhooks: &Arc<Webhooks>,
 ) -> Arc<Admin> {
     let auth = Arc::downgrade(auth);
     let shown = Arc::downgrade(reloader);
@@ -410,6 +431,7 @@ fn admin(
     let all = Arc::downgrade(all);
     let limits = Arc::downgrade(limits);
     Arc::new(Admin {
+        webhooks: Some(webhooks.clone()),
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         issuers: Some(Box::new(move || auth.upgrade().map(|a| a.load().remote_issuers()).unwrap_or_default())),

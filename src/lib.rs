@@ -32,4 +32,5 @@ pub mod shared;
 pub mod sim;
 pub mod sync;
 pub mod tls;
+pub mod webhooks;
 pub mod x509_expiry;

@@ -82,6 +82,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the webhook endpoints of the local ccgate from its admin listener (`GET
+    /// /webhooks`): state, pending events, last success and failure, next retry, given-up
+    /// events. With `--replay NAME --since RFC3339`, send NAME's given-up events since then
+    /// again (and enable it if a 410 disabled it).
+    Webhooks {
+        /// The config of the running instance, to find its admin listener.
+        #[arg(long, env = "CCGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// The admin listener's address, instead of reading it from the config.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Replay this endpoint's given-up events (`POST /webhooks/{name}/replay`).
+        #[arg(long, requires = "since")]
+        replay: Option<String>,
+        /// With --replay: events taken at or after this RFC 3339 time, e.g. 2026-12-07T08:00:00Z.
+        #[arg(long, requires = "replay")]
+        since: Option<String>,
+        /// Print the JSON the admin listener answered instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start the simulator and the proxy on loopback with throw-away keys, print what to try.
     Demo {
         /// Print one JSON line {proxy_url, admin_url, ca_file, token, agent_id} first.
@@ -292,6 +313,7 @@ async fn run(cmd: Command) -> Result<(), String> {
         Command::Reload { config, admin, json } => reload(config, admin, json).await,
         Command::Healthcheck { config, admin, live } => healthcheck(config, admin, live).await,
         Command::Agents { id, config, admin, json } => agents(id, config, admin, json).await,
+        Command::Webhooks { config, admin, replay, since, json } => webhooks(config, admin, replay, since, json).await,
         Command::Demo { json, listen, admin_listen, replicas, redis, gateways } => {
             init_logging(LogFormat::Human, "warn,ccgate=info");
             demo::run(demo::DemoOptions { listen, admin_listen, json, replicas, redis, gateways }).await
@@ -488,6 +510,100 @@ async fn agents(
         Some(_) => print!("{}", agent_detail(&v)),
     }
     Ok(())
+}
+
+/// `ccgate webhooks`: the admin listener's webhooks view as a table (or its JSON), or a replay.
+async fn webhooks(
+    config: Option<PathBuf>,
+    admin: Option<SocketAddr>,
+    replay: Option<String>,
+    since: Option<String>,
+    json: bool,
+) -> Result<(), String> {
+    if let (Some(name), Some(since)) = (replay, since) {
+        if ccgate::webhooks::parse_rfc3339(&since).is_none() {
+            return Err(format!("--since {since:?}: not an RFC 3339 time such as 2026-12-07T08:00:00Z"));
+        }
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(format!("--replay {name:?}: not an endpoint name (a-z, 0-9 and -)"));
+        }
+        let url = local_admin_url(config, admin, &format!("/webhooks/{name}/replay?since={since}"))?;
+        let (status, body) = ask_admin(http::Method::POST, &url, AGENTS_WAIT).await?;
+        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
+        if status != 200 {
+            return Err(format!("HTTP {status}: {}", text(&v["error"])));
+        }
+        match json {
+            true => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(body)),
+            false => println!("{}: {} event(s) queued again", text(&v["endpoint"]), text(&v["replayed"])),
+        }
+        return Ok(());
+    }
+    let url = local_admin_url(config, admin, "/webhooks")?;
+    let (status, body) = ask_admin(http::Method::GET, &url, AGENTS_WAIT).await?;
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
+    if status != 200 {
+        return Err(format!("{url}: HTTP {status}: {}", text(&v["error"])));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or(body));
+        return Ok(());
+    }
+    print!("{}", webhooks_table(v["webhooks"].as_array().map(Vec::as_slice).unwrap_or_default()));
+    Ok(())
+}
+
+fn webhooks_table(list: &[serde_json::Value]) -> String {
+    if list.is_empty() {
+        return "(no webhook endpoints: [[webhooks]] in the config)\n".into();
+    }
+    let mut out = String::new();
+    for w in list {
+        let failure = match w["last_failure"].is_object() {
+            true => format!("{} ({})", text(&w["last_failure"]["at"]), text(&w["last_failure"]["why"])),
+            false => "-".into(),
+        };
+        let disabled = match w["disabled"].is_object() {
+            true => format!("since {} ({})", text(&w["disabled"]["at"]), text(&w["disabled"]["why"])),
+            false => "no".into(),
+        };
+        for (label, value) in [
+            ("endpoint", text(&w["name"])),
+            ("url", text(&w["url"])),
+            ("state", text(&w["state"])),
+            ("disabled", disabled),
+            (
+                "pending",
+                format!(
+                    "{} ({} in flight, oldest {} s)",
+                    text(&w["pending"]),
+                    text(&w["in_flight"]),
+                    text(&w["oldest_pending_age_seconds"])
+                ),
+            ),
+            ("last success", text(&w["last_success"])),
+            ("last failure", failure),
+            ("failing since", text(&w["failing_since"])),
+            ("next retry", text(&w["next_retry"])),
+            ("given up", text(&w["failed"])),
+        ] {
+            out.push_str(&format!("{label:<14} {value}\n"));
+        }
+        for f in w["recent_failed"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            out.push_str(&format!(
+                "  {}  {}  {}/{} seq {}  {} attempts: {}\n",
+                text(&f["at"]),
+                text(&f["id"]),
+                text(&f["gateway"]),
+                text(&f["agent"]),
+                text(&f["seq"]),
+                text(&f["attempts"]),
+                text(&f["why"]),
+            ));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// How long `ccgate agents` waits: a cluster view reads one record per agent from Redis.

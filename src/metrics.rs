@@ -16,7 +16,7 @@ use prometheus::{
 use crate::gateway::{CallFuture, Gateway, GatewayClient, GatewayMethod, GatewayRequest, Retcode};
 use crate::labels::{
     AuthFailureReason, Discarded, JwksFetchResult, LossReason, MethodLabel, Outcome, ReloadResult, SessionState,
-    SigninResult, SignoutTrigger, StoreOp, StoreReconnect, UpstreamErrorKind,
+    SigninResult, SignoutTrigger, StoreOp, StoreReconnect, UpstreamErrorKind, WebhookDrop, WebhookOutcome,
 };
 
 /// Buckets for a gateway round trip and for a whole proxied request. A LAN round trip to the
@@ -211,6 +211,45 @@ families! {
         "Server certificate reloads after its files changed, by result.",
         ["result"]
     );
+    webhook_attempts: IntCounterVec = (
+        "webhook_attempts_total",
+        "Webhook delivery attempts, by endpoint and outcome (delivered, redirect, rejected, gone, throttled, server_error, timeout, connect, forbidden_address).",
+        ["endpoint", "outcome"]
+    );
+    webhook_delivered: IntCounterVec =
+        ("webhook_delivered_total", "Events a webhook endpoint answered with a 2xx, by endpoint.", ["endpoint"]);
+    webhook_failed: IntCounterVec = (
+        "webhook_failed_total",
+        "Events given up after the endpoint's last scheduled attempt (kept for replay), by endpoint.",
+        ["endpoint"]
+    );
+    webhook_dropped: IntCounterVec = (
+        "webhook_dropped_total",
+        "Events not queued for a webhook endpoint, by endpoint and reason (queue_full, too_large, failed_evicted).",
+        ["endpoint", "reason"]
+    );
+    webhook_pending: IntGaugeVec =
+        ("webhook_pending", "Events waiting for a webhook endpoint (in flight included), by endpoint.", ["endpoint"]);
+    webhook_oldest_pending_age: IntGaugeVec = (
+        "webhook_oldest_pending_age_seconds",
+        "Age of the oldest event waiting for a webhook endpoint (0 when none waits), by endpoint.",
+        ["endpoint"]
+    );
+    webhook_disabled: IntGaugeVec = (
+        "webhook_disabled",
+        "1 while a webhook endpoint is disabled (it answered 410 Gone; a replay enables it), by endpoint.",
+        ["endpoint"]
+    );
+    webhook_failing_since: IntGaugeVec = (
+        "webhook_failing_since_timestamp_seconds",
+        "When a webhook endpoint's attempts began failing (Unix seconds; 0 while its last attempt delivered), by endpoint.",
+        ["endpoint"]
+    );
+    webhook_delivery: HistogramVec = (
+        "webhook_delivery_seconds",
+        "From an event's arrival to its 2xx from a webhook endpoint, retries included, by endpoint.",
+        ["endpoint"]
+    );
 }
 
 struct Inner {
@@ -292,6 +331,67 @@ fn register<F: Family>(r: &Registry, name: &str, help: &str, labels: &[&str]) ->
 fn zero<'a, const N: usize>(v: &IntCounterVec, labels: impl Iterator<Item = [&'a str; N]>) {
     for l in labels {
         v.with_label_values(&l).reset();
+    }
+}
+
+/// One webhook endpoint's series (`Metrics::webhook`): its name is the `endpoint` label,
+/// bounded by the config (`MAX_WEBHOOKS`).
+#[derive(Clone)]
+pub struct WebhookMetrics {
+    all: Metrics,
+    endpoint: Arc<str>,
+}
+
+impl WebhookMetrics {
+    fn f(&self) -> &Families {
+        &self.all.0.f
+    }
+
+    /// Every series of the endpoint at 0, so rates and alerts see it before its first event.
+    pub fn zero(&self) {
+        let e = &*self.endpoint;
+        zero(&self.f().webhook_attempts, WebhookOutcome::ALL.iter().map(|o| [e, o.as_str()]));
+        zero(&self.f().webhook_dropped, WebhookDrop::ALL.iter().map(|d| [e, d.as_str()]));
+        zero(&self.f().webhook_delivered, std::iter::once([e]));
+        zero(&self.f().webhook_failed, std::iter::once([e]));
+        self.set_pending(0);
+        self.set_oldest_age(0.0);
+        self.set_disabled(false);
+        self.set_failing_since(0);
+    }
+
+    pub fn count_attempt(&self, outcome: WebhookOutcome) {
+        self.f().webhook_attempts.with_label_values(&[&*self.endpoint, outcome.as_str()]).inc();
+    }
+
+    /// A 2xx, `took` after the event arrived.
+    pub fn count_delivered(&self, took: Duration) {
+        self.f().webhook_delivered.with_label_values(&[&*self.endpoint]).inc();
+        self.f().webhook_delivery.with_label_values(&[&*self.endpoint]).observe(took.as_secs_f64());
+    }
+
+    pub fn count_failed(&self) {
+        self.f().webhook_failed.with_label_values(&[&*self.endpoint]).inc();
+    }
+
+    pub fn count_dropped(&self, why: WebhookDrop) {
+        self.f().webhook_dropped.with_label_values(&[&*self.endpoint, why.as_str()]).inc();
+    }
+
+    pub fn set_pending(&self, n: usize) {
+        self.f().webhook_pending.with_label_values(&[&*self.endpoint]).set(n as i64);
+    }
+
+    pub fn set_oldest_age(&self, secs: f64) {
+        self.f().webhook_oldest_pending_age.with_label_values(&[&*self.endpoint]).set(secs as i64);
+    }
+
+    pub fn set_disabled(&self, disabled: bool) {
+        self.f().webhook_disabled.with_label_values(&[&*self.endpoint]).set(i64::from(disabled));
+    }
+
+    pub fn set_failing_since(&self, unix_secs: u64) {
+        self.f().webhook_failing_since.with_label_values(&[&*self.endpoint]).set(unix_secs as i64);
     }
 }
 
@@ -386,6 +486,11 @@ impl Metrics {
             }),
             0,
         )
+    }
+
+    /// Webhook endpoint `name`'s series.
+    pub fn webhook(&self, name: &str) -> WebhookMetrics {
+        WebhookMetrics { all: self.clone(), endpoint: Arc::from(name) }
     }
 
     /// The same metrics, recording for gateway `index` (config order) where a family has a

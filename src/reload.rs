@@ -47,6 +47,7 @@ const REBUILT_KEYS: &[&str] = &[
     "server.tls_cert",
     "server.tls_key",
     "server.tls_watch_interval_ms",
+    "webhooks",
 ];
 
 /// What may change in a `[[gateways]]` entry without a restart: its credentials file and
@@ -122,6 +123,8 @@ pub struct Live {
     pub cert: Option<rustls::sign::CertifiedKey>,
     pub limits: Limits,
     pub settings: CoreSettings,
+    /// Each webhook endpoint's secrets and client, in config order.
+    pub webhooks: Vec<crate::webhooks::Parts>,
 }
 
 impl Live {
@@ -155,6 +158,7 @@ impl Live {
             (Some(c), Some(k)) => Some(tls::certified_key(c, k)?),
             _ => None,
         };
+        let webhooks = crate::webhooks::Parts::build_all(&config.webhooks)?;
         let mut limits = Limits::new(&config.rate_limits, names, metrics.clone())?;
         if let Some(shared) = shared {
             limits = limits.shared(shared.clone(), config.store.limits_fallback);
@@ -168,7 +172,7 @@ impl Live {
             .map(|(g, n)| g.clone().unwrap_or_else(|| GatewayConfig { name: n.clone(), ..GatewayConfig::default() }))
             .collect();
         let auth = Authenticator::from_config(&config.auth, &routed, metrics, previous, on_keys)?;
-        Ok(Self { auth, creds, cert, limits, settings: CoreSettings::from_config(config) })
+        Ok(Self { auth, creds, cert, limits, settings: CoreSettings::from_config(config), webhooks })
     }
 }
 
@@ -236,6 +240,7 @@ pub struct Reloader {
     shared: Option<Arc<dyn SharedStore>>,
     metrics: Metrics,
     on_keys: Option<OnChange>,
+    webhooks: Arc<crate::webhooks::Webhooks>,
     /// The config in force as shown, replaced at each successful reload.
     shown: Mutex<Arc<Shown>>,
     /// The last reload's outcome; `None` until one was tried.
@@ -252,6 +257,7 @@ pub struct Parts {
     pub shared: Option<Arc<dyn SharedStore>>,
     pub metrics: Metrics,
     pub on_keys: Option<OnChange>,
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl Reloader {
@@ -272,6 +278,7 @@ impl Reloader {
             shared: parts.shared,
             metrics: parts.metrics,
             on_keys: parts.on_keys,
+            webhooks: parts.webhooks,
         }
     }
 
@@ -360,6 +367,7 @@ impl Reloader {
             self.limits.store(Arc::new(live.limits));
         }
         self.settings.store(Arc::new(live.settings));
+        self.webhooks.apply(live.webhooks);
         *crate::sync::lock(&self.cert_stamp) = FileStamp::of(&new);
 
         running.auth = new.auth;
@@ -381,6 +389,7 @@ impl Reloader {
         }
         running.rate_limits = new.rate_limits;
         running.policy = new.policy;
+        running.webhooks = new.webhooks;
         running.server.tls_cert = new.server.tls_cert;
         running.server.tls_key = new.server.tls_key;
         running.server.tls_watch_interval_ms = new.server.tls_watch_interval_ms;

@@ -296,6 +296,8 @@ pub struct Admin {
     pub rates: status_page::Rates,
     /// This replica's identity, and the others' through the shared store.
     pub replicas: Arc<Replicas>,
+    /// `GET /webhooks`, `POST /webhooks/{name}/replay`: the endpoints and their deliveries.
+    pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 /// The REST API's OpenAPI 3.1 description (`api/openapi.yaml`), compiled in so the binary
@@ -329,7 +331,9 @@ impl Admin {
             || path.starts_with("/agents/")
             || path == "/"
             || path == "/config"
-            || path == "/limits";
+            || path == "/limits"
+            || path == "/webhooks"
+            || path.starts_with("/webhooks/");
         // The operator's views and reload answer only their own names, and reload only a POST
         // no browser sent for another site: a web page cannot read them by DNS rebinding or
         // run a reload with a cross-site form. Probes and scrapes answer any Host.
@@ -351,8 +355,17 @@ impl Admin {
             }
             return self.reload(local).await;
         }
+        if let Some(rest) = path.strip_prefix("/webhooks/") {
+            if let Some(refused) = self.refuse_agents_view(local) {
+                return refused;
+            }
+            return self.replay(rest, req.method(), req.uri().query());
+        }
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            return body::json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "GET only (POST for /-/reload)"}));
+            return body::json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "GET only (POST for /-/reload and /webhooks/{name}/replay)"}),
+            );
         }
         if operators {
             if let Some(refused) = self.refuse_agents_view(local) {
@@ -362,6 +375,7 @@ impl Admin {
                 "/" => self.status_page().await,
                 "/config" => document(&self.config, "this instance shows no config"),
                 "/limits" => document(&self.limits, "this instance shows no limits"),
+                "/webhooks" => self.webhooks_view(),
                 _ => self.agents(&req).await,
             };
         }
@@ -480,9 +494,49 @@ impl Admin {
         (!local && self.agents_from == crate::config::AgentsAccess::Loopback).then(|| {
             body::json(
                 StatusCode::FORBIDDEN,
-                &json!({"error": "the agents, the config, the limits and the status page are served to loopback only (admin.agents_from)"}),
+                &json!({"error": "the agents, the config, the limits, the webhooks and the status page are served to loopback only (admin.agents_from)"}),
             )
         })
+    }
+
+    /// `GET /webhooks`: every endpoint's state, queue and recent failures.
+    fn webhooks_view(&self) -> Response<Body> {
+        let list = self.webhooks.as_ref().map(|w| w.status()).unwrap_or_default();
+        body::json(StatusCode::OK, &json!({ "webhooks": list }))
+    }
+
+    /// `POST /webhooks/{name}/replay?since=RFC3339`: sends the endpoint's given-up events
+    /// taken since then again, and enables it if a 410 disabled it.
+    fn replay(&self, rest: &str, method: &Method, query: Option<&str>) -> Response<Body> {
+        let Some(name) = rest.strip_suffix("/replay").filter(|n| !n.is_empty() && !n.contains('/')) else {
+            return body::json(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "not found: POST /webhooks/{name}/replay?since=RFC3339"}),
+            );
+        };
+        if method != Method::POST {
+            let mut r = body::json(StatusCode::METHOD_NOT_ALLOWED, &json!({"error": "replay is a POST"}));
+            r.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static("POST"));
+            return r;
+        }
+        let since = query.unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("since="));
+        let since = since.map(|v| v.replace("%3A", ":").replace("%3a", ":").replace("%2B", "+").replace("%2b", "+"));
+        let Some(since_ms) = since.as_deref().and_then(crate::webhooks::parse_rfc3339) else {
+            return body::json(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "since is required: an RFC 3339 date-time, e.g. ?since=2026-12-07T08:00:00Z"}),
+            );
+        };
+        let Some(hooks) = &self.webhooks else {
+            return body::json(StatusCode::NOT_FOUND, &json!({"error": "no webhook endpoint is configured"}));
+        };
+        match hooks.replay(name, since_ms) {
+            Ok(n) => {
+                tracing::info!(endpoint = name, replayed = n, "webhook replay");
+                body::json(StatusCode::OK, &json!({ "endpoint": name, "replayed": n }))
+            }
+            Err(_) => body::json(StatusCode::NOT_FOUND, &json!({"error": "no webhook endpoint of that name"})),
+        }
     }
 
     /// `GET /`: the status page.
@@ -513,6 +567,7 @@ impl Admin {
             requests: self.metrics.request_totals(),
             refusals: self.metrics.auth_failure_totals(),
             config: self.config.as_ref().map(|f| f()),
+            webhooks: self.webhooks.as_ref().map(|w| w.status()).unwrap_or_default(),
         };
         let mut resp = Response::new(body::full(status_page::render(&facts, &self.rates)));
         resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));

@@ -43,6 +43,8 @@ pub struct Facts {
     pub refusals: Vec<(String, u64)>,
     /// The `GET /config` document (`config_view.rs` shows it).
     pub config: Option<Value>,
+    /// Each webhook endpoint (`GET /webhooks`).
+    pub webhooks: Vec<crate::webhooks::Status>,
 }
 
 /// The previous page's request counts, for a rate over the interval between two loads.
@@ -99,6 +101,37 @@ fn gateway_rows(h: &mut String, all: &[GatewayHealth]) {
             url = esc(&g.url),
             since = crate::session::view::rfc3339(g.since_ms),
             error = g.error.as_deref().map_or("-".into(), esc),
+        );
+    }
+    h.push_str("</table>\n");
+}
+
+/// One row per webhook endpoint: its state, queue, last success and failure, next retry;
+/// marked down while failing or disabled. Nothing when none is configured.
+fn webhook_rows(h: &mut String, all: &[crate::webhooks::Status]) {
+    if all.is_empty() {
+        return;
+    }
+    h.push_str(
+        r#"<h2>Webhooks</h2><table id="webhooks"><tr><th>endpoint</th><th>URL</th><th>state</th><th>pending</th><th>oldest</th><th>last success</th><th>last failure</th><th>next retry</th><th>given up</th></tr>
+"#,
+    );
+    let or_dash = |v: &Option<String>| v.as_deref().map_or("-".into(), esc);
+    for w in all {
+        let failure = w.last_failure.as_ref().map(|f| format!("{} ({})", f.at, f.why));
+        let _ = writeln!(
+            h,
+            r#"<tr data-endpoint="{name}" class="{class}"><td>{name}</td><td>{url}</td><td class="state">{state}</td><td class="pending">{pending}</td><td>{oldest}</td><td>{success}</td><td class="error">{failure}</td><td>{next}</td><td>{failed}</td></tr>"#,
+            name = esc(&w.name),
+            class = if w.state == "ok" { "ok" } else { "down" },
+            url = esc(&w.url),
+            state = badge(w.state == "ok", w.state),
+            pending = w.pending,
+            oldest = w.oldest_pending_age_seconds.map_or("-".into(), |s| format!("{s:.0} s")),
+            success = or_dash(&w.last_success),
+            failure = or_dash(&failure),
+            next = or_dash(&w.next_retry),
+            failed = w.failed,
         );
     }
     h.push_str("</table>\n");
@@ -203,6 +236,7 @@ th{{background:#f4f4f4}} .ok{{color:#176f2c;font-weight:600}} .bad{{color:#b0002
         replica_row(&f.replica),
     );
     gateway_rows(&mut h, &f.gateways);
+    webhook_rows(&mut h, &f.webhooks);
     h.push_str(&super::config_view::section(f.config.as_ref()));
     let heads: String = crate::session::view::COLUMNS.iter().map(|c| format!("<th>{c}</th>")).collect();
     let _ = writeln!(h, r#"<h2>Agents ({})</h2>"#, f.agents.len());
@@ -286,7 +320,38 @@ mod tests {
             ],
             refusals: vec![("expired".into(), 2), ("malformed".into(), 0)],
             config: None,
+            webhooks: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_failing_webhook_endpoint_is_a_red_row_with_its_reason_escaped() {
+        let mut f = facts(Vec::new());
+        assert!(!render(&f, &Rates::default()).contains(r#"id="webhooks""#), "no section without endpoints");
+        f.webhooks = vec![crate::webhooks::Status {
+            name: "crm".into(),
+            url: "https://crm.example/hook?token=***".into(),
+            state: "failing",
+            events: vec!["*".into()],
+            gateways: Vec::new(),
+            pending: 12,
+            in_flight: 1,
+            oldest_pending_age_seconds: Some(61.4),
+            failed: 2,
+            last_success: None,
+            last_failure: Some(crate::webhooks::FailureView {
+                at: "2026-12-07T08:00:00Z".into(),
+                why: "HTTP <500>".into(),
+            }),
+            failing_since: Some("2026-12-07T07:50:00Z".into()),
+            disabled: None,
+            next_retry: Some("2026-12-07T08:05:00Z".into()),
+            recent_failed: Vec::new(),
+        }];
+        let page = render(&f, &Rates::default());
+        let row = page.lines().find(|l| l.contains(r#"data-endpoint="crm""#)).unwrap();
+        assert!(row.contains(r#"class="down""#) && row.contains("failing"), "{row}");
+        assert!(row.contains("HTTP &lt;500&gt;") && row.contains("61 s") && row.contains(">12<"), "{row}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ mod server;
 mod sessions;
 mod store;
 mod view;
+mod webhooks;
 
 pub use admin::{AdminConfig, AgentsAccess, DEFAULT_ADMIN_LISTEN};
 pub use auth::{
@@ -51,7 +52,7 @@ pub use gateway::{
 };
 pub use limits::{default_limits, LimitConfig, RateLimitsConfig, Scope, DEFAULT_MAX_KEYS};
 pub use log::{LogConfig, LogFormat, DEFAULT_OTLP_SERVICE_NAME};
-pub use net::{mask_url_secrets, parse_cidr, parse_host_port, Cidr};
+pub use net::{is_public_address, mask_url_secrets, parse_cidr, parse_host_port, Cidr};
 pub use policy::{PolicyConfig, UnknownChair};
 pub use secret::{mask_secret, Secret, MASK};
 pub use server::{
@@ -72,6 +73,10 @@ pub use store::{
     MAX_STORE_NODES,
 };
 pub use view::{changes, flatten, Change, Effective, Flat, Leaf};
+pub use webhooks::{
+    WebhookConfig, DEFAULT_RETRY_SCHEDULE_MS, DEFAULT_WEBHOOK_MAX_FAILED, DEFAULT_WEBHOOK_MAX_IN_FLIGHT,
+    DEFAULT_WEBHOOK_MAX_PENDING, DEFAULT_WEBHOOK_TIMEOUT_MS, MAX_WEBHOOKS,
+};
 
 /// Where `serve` looks for its config when neither `--config` nor `CCGATE_CONFIG` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/ccgate.toml";
@@ -94,6 +99,8 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     pub store: StoreConfig,
     pub log: LogConfig,
+    /// Endpoints the agents' events are pushed to (`webhooks/`); none by default.
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 impl Config {
@@ -177,6 +184,7 @@ impl Config {
             );
         }
         self.validate_gateways()?;
+        self.validate_webhooks()?;
         self.auth.validate()?;
         if let Err((key, reason)) = self.rate_limits.validate() {
             return Err(ConfigError::Invalid { key, reason });
@@ -275,6 +283,23 @@ impl Config {
                 "auth.gateway_claim",
                 "with several gateways, set it (and each gateway's tenants) or give every provider a gateway".into(),
             );
+        }
+        Ok(())
+    }
+
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let invalid = |reason: String| Err(ConfigError::Invalid { key: "webhooks", reason });
+        if self.webhooks.len() > MAX_WEBHOOKS {
+            return invalid(format!("at most {MAX_WEBHOOKS} endpoints"));
+        }
+        let gateways: Vec<String> = self.gateway_list().into_iter().map(|g| g.name).collect();
+        for (i, w) in self.webhooks.iter().enumerate() {
+            if let Err((field, why)) = w.validate(&gateways) {
+                return invalid(format!("endpoint {i} ({}): {field}: {why}", w.name));
+            }
+            if self.webhooks[..i].iter().any(|v| v.name == w.name) {
+                return invalid(format!("name {:?} is used twice", w.name));
+            }
         }
         Ok(())
     }

@@ -98,7 +98,7 @@ async fn pump(session: Listening, mut cursor: u64, tx: mpsc::Sender<Bytes>, mut 
                     Ended::Lost(r) => r.as_str(),
                     Ended::SignedOut => "signed_out",
                 };
-                let _ = tx.send(Bytes::from(format!("event: ccgate.session_ended\ndata: {{\"reason\":\"{reason}\"}}\n\n"))).await;
+                let _ = tx.send(Bytes::from(format!("event: {}\ndata: {{\"reason\":\"{reason}\"}}\n\n", crate::session::events::SESSION_ENDED))).await;
                 return;
             }
             _ = tokio::time::sleep(SSE_KEEPALIVE) => {

@@ -9,11 +9,13 @@ mod control;
 mod request;
 mod session;
 mod store;
+mod webhook;
 
 pub use control::{JwksFetchResult, ReloadResult};
 pub use request::{AuthFailureReason, ChairVerdict, MethodLabel, Outcome, UpstreamErrorKind};
 pub use session::{LossReason, SessionState, SigninResult, SignoutTrigger};
 pub use store::{Discarded, StoreOp, StoreReconnect};
+pub use webhook::{WebhookDrop, WebhookOutcome};
 
 /// An enum with a `&'static str` label per variant, `ALL` of them and their `COUNT`.
 macro_rules! label_enum {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::conference::ConfState;
 use super::copy::LocalCopy;
 use super::error::{Ended, GuidVerdict, SessionError};
+use super::events::SESSION_ENDED;
 use super::events::{BufferedEvent, EventBuffer};
 use super::history::{Activity, EndKind, Ending, ErrorNote, History, RequestNote};
 use super::limit_snapshot::LimitSnapshot;
@@ -68,6 +69,8 @@ pub struct Session {
     pub(super) activity: Mutex<Activity>,
     /// The gateway's history of endings, which this session joins when it is lost.
     pub(super) history: Arc<History>,
+    /// Where its events go besides its buffer (the webhooks).
+    pub(super) outlet: Arc<super::Outlet>,
     /// The tightest rate limit at the agent's last limited request (the agent view's).
     pub(super) last_limit: Mutex<Option<LimitSnapshot>>,
     /// What the session shares with other replicas, and how.
@@ -316,6 +319,13 @@ impl Session {
         e.signed_in_at_ms = self.signed_in_at_ms;
         let e = self.activity(|a| e.with_activity(a));
         self.history.record(e);
+        // As the event stream's last event says it (`edge/sse.rs`); a sign-out also says by whom.
+        let data = match kind {
+            EndKind::SignedOut => serde_json::json!({ "reason": "signed_out", "by": reason }),
+            _ => serde_json::json!({ "reason": reason }),
+        };
+        let data = bytes::Bytes::from(data.to_string());
+        self.outlet.offer(&self.agent_id, SESSION_ENDED, &data);
     }
 
     /// Records the tightest rate limit's state at this request (for the agent view).

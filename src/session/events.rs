@@ -17,6 +17,10 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+/// ccgate's own event that ends an agent's stream: its session is gone (`/v1/events`' last
+/// event, and a webhook).
+pub const SESSION_ENDED: &str = "ccgate.session_ended";
+
 /// One buffered event: its id, its type (the SSE `event:` field), its JSON, and when this
 /// buffer took it (Unix ms; the admin's agent view shows it).
 #[derive(Debug, Clone)]

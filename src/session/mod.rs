@@ -4,8 +4,8 @@
 //! [`SessionError`]s. Why the gateway needs all this: docs/gateway.md.
 //!
 //! The files, bottom up (each uses only those above it):
-//! - `state`, `error`, `conference`, `events`, `credentials`, `pacing`: the vocabulary and
-//!   the parts.
+//! - `state`, `error`, `conference`, `events`, `credentials`, `pacing`, `outlet`: the
+//!   vocabulary and the parts.
 //! - `copy`: what replication may do to a session's local copy (a trait `Session` implements).
 //! - `link`: one session's part in the shared store (lease, fencing, compare-and-set).
 //! - `replica`: the per-session half of the replication seam (in process, or a `Link`).
@@ -29,6 +29,7 @@ pub mod history;
 mod limit_snapshot;
 mod link;
 mod listing;
+mod outlet;
 mod pacing;
 mod poller;
 mod replication;
@@ -42,6 +43,7 @@ pub use credentials::{AgentCredentials, CredentialStore};
 pub use error::{Ended, SessionError};
 pub use gateways::{AgentQuery, Gateways};
 pub use limit_snapshot::LimitSnapshot;
+pub use outlet::{EventSink, Outlet};
 pub use store::{GatewayIdentity, SessionStore, SignInOptions};
 
 #[cfg(test)]

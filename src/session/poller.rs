@@ -130,9 +130,11 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<dyn Poller>, s: Setti
         if let Some(event) = env.poll_event() {
             let kind = event.get("eventType").and_then(|v| v.as_str()).unwrap_or("unknown");
             tracing::debug!(agent = %agent, event = kind, "gateway event");
-            if session.record_event(kind, Bytes::from(event.to_string())).await {
+            let data = Bytes::from(event.to_string());
+            if session.record_event(kind, data.clone()).await {
                 session.metrics.count_event_dropped();
             }
+            session.outlet.offer(&agent, kind, &data);
             let (_, effect) = apply_event(session.conf(), &agent, event);
             if effect == EventEffect::SessionEnded {
                 session.lost(LossReason::ShutdownEvent).await;

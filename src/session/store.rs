@@ -127,6 +127,8 @@ pub struct SessionStore {
     poll_warnings: LogBudget,
     /// How this gateway's agents' sessions ended (`history.rs`).
     pub(super) history: Arc<History>,
+    /// Where its agents' events go besides their buffers (the webhooks).
+    pub(super) outlet: Arc<super::Outlet>,
 }
 
 impl SessionStore {
@@ -167,8 +169,14 @@ impl SessionStore {
             repoll: Pacer::new(cfg.repoll_rate),
             poll_warnings: LogBudget::default(),
             history: History::new(metrics.clone()),
+            outlet: Arc::default(),
             cfg,
         })
+    }
+
+    /// Hands this gateway's events to `sink` as well (the webhooks); once, at start.
+    pub fn connect_outlet(&self, sink: Arc<dyn super::EventSink>) {
+        self.outlet.connect(sink);
     }
 
     /// Follows the other replicas (with the shared store), for the process's life.
@@ -563,6 +571,7 @@ impl SessionStore {
             signed_in_at_ms,
             activity: Mutex::new(Activity::default()),
             history: self.history.clone(),
+            outlet: self.outlet.clone(),
             last_limit: Mutex::new(None),
             sharing,
         }))

@@ -116,7 +116,7 @@ impl Reply {
     }
 }
 
-fn write_private(path: &Path, data: &[u8]) {
+pub fn write_private(path: &Path, data: &[u8]) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, data).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();

@@ -26,8 +26,12 @@ const PYPI: &[(&str, &str)] =
 
 /// (Python module, PyPI package): installed by `scripts/test` into `.tools/venv`, whose
 /// `python3` it puts first on PATH.
-const PYPI_MODULES: &[(&str, &str)] =
-    &[("jsonschema", "jsonschema"), ("referencing", "jsonschema"), ("yaml", "pyyaml")];
+const PYPI_MODULES: &[(&str, &str)] = &[
+    ("jsonschema", "jsonschema"),
+    ("referencing", "jsonschema"),
+    ("yaml", "pyyaml"),
+    ("standardwebhooks", "standardwebhooks"),
+];
 
 /// `python3` (the first on PATH) checked to import `modules`; panics naming the packages
 /// and the command that installs them.

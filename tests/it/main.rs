@@ -38,3 +38,4 @@ mod status_page;
 mod store_contract;
 mod store_failover;
 mod upstream;
+mod webhooks;

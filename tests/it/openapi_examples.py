@@ -125,6 +125,7 @@ class Checker:
 
     def run(self):
         self.walk(self.doc.get("paths", {}), ["paths"])
+        self.walk(self.doc.get("webhooks", {}), ["webhooks"])
         components = self.doc.get("components", {})
         for section in ("responses", "headers", "requestBodies", "parameters"):
             for name, node in components.get(section, {}).items():

@@ -1,0 +1,105 @@
+//! One event as the webhooks carry it: its id (the `webhook-id`, the same on every attempt),
+//! where it comes from, its place in the agent's sequence, and the body every attempt sends
+//! byte for byte (the signature covers it).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+/// A body above this is not built: gateway events are a few hundred bytes, and the poller's
+/// answers are bounded well below it. What is refused is counted as dropped.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// An event on its way to one endpoint.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// `msg_` and 32 hex digits of randomness: unique without coordination between replicas
+    /// or across restarts, so a receiver may deduplicate on it.
+    pub id: Arc<str>,
+    pub gateway: Arc<str>,
+    pub agent: Arc<str>,
+    /// The agent's sequence number (per gateway and agent, one more per event).
+    pub seq: u64,
+    pub kind: Arc<str>,
+    /// When ccgate took the event (Unix ms): the body's `timestamp`, and what `replay`'s
+    /// `since` compares.
+    pub at_ms: u64,
+    pub body: Bytes,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    timestamp: String,
+    data: Data<'a>,
+}
+
+#[derive(Serialize)]
+struct Data<'a> {
+    gateway: &'a str,
+    agent: &'a str,
+    seq: u64,
+    /// The event as `/v1/events` carries it (the gateway's event object, or ccgate's own).
+    event: &'a serde_json::Value,
+}
+
+/// A new message id.
+pub fn new_id() -> Arc<str> {
+    let mut b = [0u8; 16];
+    // A failed draw (no entropy source) falls back to a v4 UUID's generator, which panics
+    // only where the process could not have started.
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        b = *uuid::Uuid::new_v4().as_bytes();
+    }
+    let mut id = String::with_capacity(36);
+    id.push_str("msg_");
+    for byte in b {
+        id.push(char::from_digit(u32::from(byte >> 4), 16).unwrap_or('0'));
+        id.push(char::from_digit(u32::from(byte & 15), 16).unwrap_or('0'));
+    }
+    Arc::from(id)
+}
+
+impl Message {
+    /// The message of an event: `event` is its JSON as `/v1/events` sends it. `None` when that
+    /// is not JSON or the body would pass [`MAX_BODY_BYTES`].
+    pub fn build(gateway: Arc<str>, agent: Arc<str>, seq: u64, kind: &str, event: &[u8], at_ms: u64) -> Option<Self> {
+        let raw: serde_json::Value = serde_json::from_slice(event).ok()?;
+        let body = Body {
+            kind,
+            timestamp: crate::session::view::rfc3339(at_ms),
+            data: Data { gateway: &gateway, agent: &agent, seq, event: &raw },
+        };
+        let body = serde_json::to_vec(&body).ok().filter(|b| b.len() <= MAX_BODY_BYTES)?;
+        Some(Self { id: new_id(), gateway, agent, seq, kind: Arc::from(kind), at_ms, body: Bytes::from(body) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_is_type_timestamp_and_data() {
+        let ev = br#"{"eventType":"AgentConf_Created","workNo":"1001","content":{"confId":7}}"#;
+        let m = Message::build("acme".into(), "1001".into(), 3, "AgentConf_Created", ev, 1_700_000_000_123).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(v["type"], "AgentConf_Created");
+        assert_eq!(v["timestamp"], "2023-11-14T22:13:20Z");
+        assert_eq!(v["data"]["gateway"], "acme");
+        assert_eq!(v["data"]["agent"], "1001");
+        assert_eq!(v["data"]["seq"], 3);
+        assert_eq!(v["data"]["event"]["content"]["confId"], 7);
+        assert!(m.id.starts_with("msg_") && m.id.len() == 36, "{}", m.id);
+        assert_ne!(new_id(), new_id());
+    }
+
+    #[test]
+    fn what_is_not_json_or_too_big_is_not_built() {
+        assert!(Message::build("a".into(), "1".into(), 1, "x", b"{not json", 0).is_none());
+        let big = format!("{{\"x\":\"{}\"}}", "a".repeat(MAX_BODY_BYTES));
+        assert!(Message::build("a".into(), "1".into(), 1, "x", big.as_bytes(), 0).is_none());
+    }
+}

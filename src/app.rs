@@ -92,9 +92,6 @@ impl Running {
         if tokio::time::timeout_at(deadline, listeners).await.is_err() {
             tracing::warn!("listeners did not close within the grace period");
         }
-        // Sign-outs' own `ccgate.session_ended` events are not delivered: with the memory
-        // store nothing queued outlives the process anyway (README, "Webhooks").
-        self.webhooks.stop();
         let left = match tokio::time::timeout_at(deadline, self.gateways.shutdown(deadline)).await {
             Ok(left) => left,
             Err(_) => {
@@ -102,6 +99,12 @@ impl Running {
                 self.gateways.live_agents()
             }
         };
+        // With Redis, the events handed over (the sign-outs' `ccgate.session_ended` among them)
+        // reach the shared backlogs for the other replicas to send; attempts still running
+        // here are resumed by them when their claims run out. With the memory store what is
+        // queued goes with the process (README, "Webhooks").
+        self.webhooks.drain(deadline).await;
+        self.webhooks.stop();
         if left > 0 {
             tracing::warn!(agents = left, "shutdown complete; agents left signed in at the gateway");
         } else {
@@ -195,7 +198,7 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
         })
         .collect::<Result<Vec<_>, StartError>>()?;
     let all = Gateways::new(stores);
-    let webhooks = webhooks(&all, live.webhooks, &metrics);
+    let webhooks = webhooks(&all, live.webhooks, &metrics, shared.clone());
     all.start_replication();
     let sessions = all.first().clone();
     let core = Core::new(all.clone(), Arc::new(live.limits), live.settings);
@@ -261,10 +264,15 @@ pub async fn start_from(config: &Config, source: Option<ConfigSource>) -> Result
     })
 }
 
-/// Step 6b: the webhook endpoints, fed by every gateway's sessions; their delivery tasks run
-/// from here on.
-fn webhooks(all: &Gateways, parts: Vec<crate::webhooks::Parts>, metrics: &Metrics) -> Arc<Webhooks> {
-    let webhooks = Webhooks::new(parts, metrics);
+/// Step 6b: the webhook endpoints, fed by every gateway's sessions, their backlogs in the
+/// shared store when there is one; their delivery tasks run from here on.
+fn webhooks(
+    all: &Gateways,
+    parts: Vec<crate::webhooks::Parts>,
+    metrics: &Metrics,
+    shared: Option<Arc<dyn SharedStore>>,
+) -> Arc<Webhooks> {
+    let webhooks = Webhooks::new(parts, metrics, shared);
     for store in all.iter() {
         store.connect_outlet(webhooks.sink(&store.identity.name));
     }

@@ -359,7 +359,7 @@ impl Admin {
             if let Some(refused) = self.refuse_agents_view(local) {
                 return refused;
             }
-            return self.replay(rest, req.method(), req.uri().query());
+            return self.replay(rest, req.method(), req.uri().query()).await;
         }
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return body::json(
@@ -375,7 +375,7 @@ impl Admin {
                 "/" => self.status_page().await,
                 "/config" => document(&self.config, "this instance shows no config"),
                 "/limits" => document(&self.limits, "this instance shows no limits"),
-                "/webhooks" => self.webhooks_view(),
+                "/webhooks" => self.webhooks_view().await,
                 _ => self.agents(&req).await,
             };
         }
@@ -500,14 +500,17 @@ impl Admin {
     }
 
     /// `GET /webhooks`: every endpoint's state, queue and recent failures.
-    fn webhooks_view(&self) -> Response<Body> {
-        let list = self.webhooks.as_ref().map(|w| w.status()).unwrap_or_default();
+    async fn webhooks_view(&self) -> Response<Body> {
+        let list = match &self.webhooks {
+            Some(w) => w.status().await,
+            None => Vec::new(),
+        };
         body::json(StatusCode::OK, &json!({ "webhooks": list }))
     }
 
     /// `POST /webhooks/{name}/replay?since=RFC3339`: sends the endpoint's given-up events
     /// taken since then again, and enables it if a 410 disabled it.
-    fn replay(&self, rest: &str, method: &Method, query: Option<&str>) -> Response<Body> {
+    async fn replay(&self, rest: &str, method: &Method, query: Option<&str>) -> Response<Body> {
         let Some(name) = rest.strip_suffix("/replay").filter(|n| !n.is_empty() && !n.contains('/')) else {
             return body::json(
                 StatusCode::NOT_FOUND,
@@ -530,12 +533,18 @@ impl Admin {
         let Some(hooks) = &self.webhooks else {
             return body::json(StatusCode::NOT_FOUND, &json!({"error": "no webhook endpoint is configured"}));
         };
-        match hooks.replay(name, since_ms) {
+        match hooks.replay(name, since_ms).await {
             Ok(n) => {
                 tracing::info!(endpoint = name, replayed = n, "webhook replay");
                 body::json(StatusCode::OK, &json!({ "endpoint": name, "replayed": n }))
             }
-            Err(_) => body::json(StatusCode::NOT_FOUND, &json!({"error": "no webhook endpoint of that name"})),
+            Err(crate::webhooks::ReplayError::UnknownEndpoint) => {
+                body::json(StatusCode::NOT_FOUND, &json!({"error": "no webhook endpoint of that name"}))
+            }
+            Err(crate::webhooks::ReplayError::Store(e)) => body::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": format!("the shared store did not answer ({e}); try again")}),
+            ),
         }
     }
 
@@ -567,7 +576,10 @@ impl Admin {
             requests: self.metrics.request_totals(),
             refusals: self.metrics.auth_failure_totals(),
             config: self.config.as_ref().map(|f| f()),
-            webhooks: self.webhooks.as_ref().map(|w| w.status()).unwrap_or_default(),
+            webhooks: match &self.webhooks {
+                Some(w) => w.status().await,
+                None => Vec::new(),
+            },
         };
         let mut resp = Response::new(body::full(status_page::render(&facts, &self.rates)));
         resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));

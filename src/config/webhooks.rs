@@ -56,6 +56,9 @@ pub struct WebhookConfig {
     pub events: Vec<String>,
     /// Only these gateways' agents (by name); every gateway's when empty.
     pub gateways: Vec<String>,
+    /// Only the agents whose session was signed in with a token of these tenants
+    /// (`auth.tenant_claim`); every tenant's (and none) when empty.
+    pub tenants: Vec<String>,
     pub timeout_ms: u64,
     pub retry_schedule_ms: Vec<u64>,
     pub max_in_flight: usize,
@@ -75,6 +78,7 @@ impl Default for WebhookConfig {
             ca_file: None,
             events: Vec::new(),
             gateways: Vec::new(),
+            tenants: Vec::new(),
             timeout_ms: DEFAULT_WEBHOOK_TIMEOUT_MS,
             retry_schedule_ms: DEFAULT_RETRY_SCHEDULE_MS.to_vec(),
             max_in_flight: DEFAULT_WEBHOOK_MAX_IN_FLIGHT,
@@ -91,9 +95,10 @@ impl WebhookConfig {
         self.events.iter().any(|e| e == "*" || e == kind)
     }
 
-    /// Whether the gateway named `gateway`'s agents are in scope.
-    pub fn serves(&self, gateway: &str) -> bool {
-        self.gateways.is_empty() || self.gateways.iter().any(|g| g == gateway)
+    /// Whether gateway `gateway`'s agent, signed in for `tenant`, is in scope.
+    pub fn serves(&self, gateway: &str, tenant: Option<&str>) -> bool {
+        (self.gateways.is_empty() || self.gateways.iter().any(|g| g == gateway))
+            && (self.tenants.is_empty() || tenant.is_some_and(|t| self.tenants.iter().any(|w| w == t)))
     }
 
     /// The entry's own checks; `(field, why)`. `gateways` are the configured gateways' names.
@@ -140,6 +145,13 @@ impl WebhookConfig {
         }
         if let Some(g) = self.gateways.iter().find(|g| !gateways.contains(g)) {
             return Err(("gateways", format!("{g:?} is not a configured gateway")));
+        }
+        if self
+            .tenants
+            .iter()
+            .any(|t| t.is_empty() || t.len() > 128 || t.chars().any(|c| c.is_control() || c.is_whitespace()))
+        {
+            return bad("tenants", "tenant names are the tenant claim's values: not empty, no spaces");
         }
         if self.timeout_ms == 0 {
             return bad("timeout_ms", "must be greater than 0");

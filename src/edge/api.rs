@@ -69,7 +69,7 @@ fn sign_in_options(body: &Bytes) -> Result<SignInOptions, Failure> {
             return Err(Failure::BadRequest("status must be 3 (busy), 4 (idle) or 5 (wrap-up)".into()));
         }
     }
-    Ok(SignInOptions { force: req.force, phonenum: req.phonenum, status: req.status, body: None })
+    Ok(SignInOptions { force: req.force, phonenum: req.phonenum, status: req.status, ..SignInOptions::default() })
 }
 
 /// The gateway's own body for `requestagentconf`; `memberNum` is checked here so a bad one

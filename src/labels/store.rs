@@ -14,6 +14,7 @@ label_enum! {
         Limit => "limit",
         Events => "events",
         Subscribe => "subscribe",
+        Webhooks => "webhooks",
     }
 }
 

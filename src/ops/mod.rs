@@ -163,7 +163,12 @@ impl Core {
     /// - otherwise in three phases: the caller's own agent buckets; admission (a session, the
     ///   chair for a chair-only method, credentials for a sign-in, found with the store's
     ///   help), where what cannot be served is refused; then the shared buckets.
-    pub async fn run(&self, who: &Principal, label: MethodLabel, op: Operation) -> Answer {
+    pub async fn run(&self, who: &Principal, label: MethodLabel, mut op: Operation) -> Answer {
+        // A sign-in's session remembers whose token it was for (the webhooks' `tenants`); a
+        // claim value a record could not hold is not kept.
+        if let Operation::SignIn { opts, .. } = &mut op {
+            opts.tenant = who.tenant.as_deref().filter(|t| crate::shared::valid_tenant(t)).map(Arc::from);
+        }
         let limits = self.limits.load_full();
         let sessions = self.gateways.get(who.gateway);
         if let Some(found) = self.admit_here(sessions, &who.agent_id, &op) {
@@ -459,7 +464,9 @@ async fn resume(sessions: &SessionStore, agent: &str) -> Result<Arc<Session>, Fa
         gateway = &*sessions.identity.name,
         "gateway session lost; signing in again (sessions.resume)"
     );
-    Ok(sessions.sign_in(agent, SignInOptions::default()).await?.0)
+    // The new session is for the tenant the lost one was.
+    let tenant = sessions.current(agent).and_then(|s| s.tenant.clone());
+    Ok(sessions.sign_in(agent, SignInOptions { tenant, ..SignInOptions::default() }).await?.0)
 }
 
 /// A request's activity on `session`, with the tightest limit's state when a limit applied.

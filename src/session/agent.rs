@@ -64,6 +64,8 @@ pub struct Session {
     pub(super) metrics: Metrics,
     /// When the agent was signed in (Unix ms; 0 when unknown: a record of an older ccgate).
     pub signed_in_at_ms: u64,
+    /// The tenant the signing-in token named, if any (the webhooks' `tenants` scope).
+    pub tenant: Option<Arc<str>>,
     /// The agent's last requests and its last error (which call, and why), for the admin's
     /// agent view and, when the session ends, its history.
     pub(super) activity: Mutex<Activity>,
@@ -325,7 +327,7 @@ impl Session {
             _ => serde_json::json!({ "reason": reason }),
         };
         let data = bytes::Bytes::from(data.to_string());
-        self.outlet.offer(&self.agent_id, SESSION_ENDED, &data);
+        self.outlet.offer(&self.agent_id, self.tenant.as_deref(), SESSION_ENDED, &data);
     }
 
     /// Records the tightest rate limit's state at this request (for the agent view).
@@ -584,5 +586,9 @@ impl LocalCopy for Session {
 
     fn signed_in_at_ms(&self) -> u64 {
         self.signed_in_at_ms
+    }
+
+    fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
     }
 }

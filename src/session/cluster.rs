@@ -84,6 +84,8 @@ pub(crate) struct Adopted {
     pub resumable: bool,
     /// When the agent was signed in (Unix ms; 0 when unknown).
     pub since: u64,
+    /// The tenant the signing-in token named.
+    pub tenant: Option<Arc<str>>,
     /// The record says the gateway ended the session.
     pub lost: Option<LossReason>,
     /// The copy's link to the record.
@@ -211,6 +213,7 @@ impl Cluster {
             answer: r.answer,
             resumable: r.resumable,
             since: r.since,
+            tenant: r.tenant.map(Arc::from),
             sharing: Sharing::Shared(link),
             events,
         };
@@ -384,8 +387,16 @@ impl Cluster {
         let conf = Link::conf_json(s.conf());
         let (answer, resumable) = s.login();
         let since = s.signed_in_at_ms();
-        let record =
-            NewRecord { sid: link.sid(), guid: &guid, cookies: &cookies, answer, resumable, conf: &conf, since };
+        let record = NewRecord {
+            sid: link.sid(),
+            guid: &guid,
+            cookies: &cookies,
+            answer,
+            resumable,
+            conf: &conf,
+            since,
+            tenant: s.tenant(),
+        };
         match self.store.create(s.agent_id(), &record, CreateMode::Restore).await {
             Ok(0) => {}
             Ok(epoch) => {

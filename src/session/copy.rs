@@ -39,4 +39,6 @@ pub(crate) trait LocalCopy: Send + Sync {
     fn login(&self) -> (&[u8], bool);
     /// When the agent was signed in (Unix ms; 0 when unknown).
     fn signed_in_at_ms(&self) -> u64;
+    /// The tenant the signing-in token named.
+    fn tenant(&self) -> Option<&str>;
 }

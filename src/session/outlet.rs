@@ -7,9 +7,10 @@ use std::sync::{Arc, OnceLock};
 
 /// What takes a gateway's events.
 pub trait EventSink: Send + Sync {
-    /// Agent `agent`'s event `kind` with its JSON (as `/v1/events` carries it). Called in the
-    /// agent's order, from the replica that polls it.
-    fn offer(&self, agent: &str, kind: &str, data: &bytes::Bytes);
+    /// Agent `agent`'s event `kind` with its JSON (as `/v1/events` carries it); `tenant`: the
+    /// one its session was signed in for. Called in the agent's order, from the replica that
+    /// polls it.
+    fn offer(&self, agent: &str, tenant: Option<&str>, kind: &str, data: &bytes::Bytes);
 }
 
 /// The sink of one gateway's sessions, set at most once.
@@ -21,9 +22,9 @@ impl Outlet {
         let _ = self.0.set(sink);
     }
 
-    pub fn offer(&self, agent: &str, kind: &str, data: &bytes::Bytes) {
+    pub fn offer(&self, agent: &str, tenant: Option<&str>, kind: &str, data: &bytes::Bytes) {
         if let Some(sink) = self.0.get() {
-            sink.offer(agent, kind, data);
+            sink.offer(agent, tenant, kind, data);
         }
     }
 }

@@ -134,7 +134,7 @@ pub(super) async fn run(session: Arc<Session>, store: Weak<dyn Poller>, s: Setti
             if session.record_event(kind, data.clone()).await {
                 session.metrics.count_event_dropped();
             }
-            session.outlet.offer(&agent, kind, &data);
+            session.outlet.offer(&agent, session.tenant.as_deref(), kind, &data);
             let (_, effect) = apply_event(session.conf(), &agent, event);
             if effect == EventEffect::SessionEnded {
                 session.lost(LossReason::ShutdownEvent).await;

@@ -96,6 +96,7 @@ impl Replication {
         conf: ConfState,
         resumable: bool,
         since: u64,
+        tenant: Option<&str>,
     ) -> Result<Sharing, SessionError> {
         let Self::Shared { cluster, .. } = self else { return Ok(Sharing::InProcess) };
         let sid = uuid::Uuid::new_v4().simple().to_string();
@@ -108,6 +109,7 @@ impl Replication {
             resumable,
             conf: &conf,
             since,
+            tenant,
         };
         Ok(Sharing::Shared(cluster.record_sign_in(agent, &record).await?))
     }

@@ -68,6 +68,9 @@ pub struct SignInOptions {
     /// send password and phonenum as they would to the gateway). When set, the credentials
     /// store is not consulted. Never logged.
     pub body: Option<Bytes>,
+    /// The tenant the signing-in token named (`auth.tenant_claim`): the session keeps it, for
+    /// the webhooks' `tenants` scope. Set by the core from the principal.
+    pub tenant: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for SignInOptions {
@@ -77,6 +80,7 @@ impl std::fmt::Debug for SignInOptions {
             .field("force", &self.force)
             .field("phonenum", &self.phonenum)
             .field("status", &self.status)
+            .field("tenant", &self.tenant)
             .field("body", &self.body.as_ref().map(|_| "***"))
             .finish()
     }
@@ -326,9 +330,11 @@ impl SessionStore {
             Claim::Granted(lock) => lock,
         };
         let result = async {
+            let tenant = opts.tenant.clone();
             let (reply, conf, resumable) = self.sign_in_at_gateway(agent, slot, opts).await?;
             let since = unix_ms();
-            let sharing = match self.replication.record_sign_in(agent, &reply, conf, resumable, since).await {
+            let recorded = self.replication.record_sign_in(agent, &reply, conf, resumable, since, tenant.as_deref());
+            let sharing = match recorded.await {
                 Ok(r) => r,
                 Err(e) => {
                     // Signed in at the gateway but nobody else could find the session: sign
@@ -337,7 +343,7 @@ impl SessionStore {
                     return Err(e);
                 }
             };
-            self.finish_sign_in(agent, slot, &reply, conf, resumable, since, sharing).map(|s| (s, true))
+            self.finish_sign_in(agent, slot, &reply, conf, resumable, (since, tenant), sharing).map(|s| (s, true))
         }
         .await;
         self.replication.unlock(agent, lock).await;
@@ -432,12 +438,12 @@ impl SessionStore {
         reply: &GatewayReply,
         conf: ConfState,
         resumable: bool,
-        since: u64,
+        origin: (u64, Option<Arc<str>>),
         sharing: Sharing,
     ) -> Result<Arc<Session>, SessionError> {
         let guid = reply.set_guid.as_deref().unwrap_or_default();
         let session = self
-            .build_session(agent, guid, &reply.cookies, reply.body.clone(), conf, resumable, since, sharing)
+            .build_session(agent, guid, &reply.cookies, reply.body.clone(), conf, resumable, origin, sharing)
             .ok_or_else(|| SessionError::from(UpstreamError::Malformed("unusable Set-GUID".into())))?;
         self.start_poller(&session);
         if let Some(old) = slot.session.swap(Some(session.clone())) {
@@ -542,7 +548,7 @@ impl SessionStore {
         login_answer: Bytes,
         conf: ConfState,
         resumable: bool,
-        signed_in_at_ms: u64,
+        (signed_in_at_ms, tenant): (u64, Option<Arc<str>>),
         sharing: Sharing,
     ) -> Option<Arc<Session>> {
         // The sign-in answer's cookies go into the jar under the same bounds as later ones.
@@ -569,6 +575,7 @@ impl SessionStore {
             poller: Mutex::new(None),
             metrics: self.metrics.clone(),
             signed_in_at_ms,
+            tenant,
             activity: Mutex::new(Activity::default()),
             history: self.history.clone(),
             outlet: self.outlet.clone(),
@@ -807,9 +814,9 @@ impl Host for SessionStore {
         expected: Option<Arc<Session>>,
         adopted: Adopted,
     ) -> Result<Arc<Session>, SessionError> {
-        let Adopted { guid, cookies, answer, conf, resumable, since, lost, sharing, events } = adopted;
+        let Adopted { guid, cookies, answer, conf, resumable, since, tenant, lost, sharing, events } = adopted;
         let session = self
-            .build_session(agent, &guid, &cookies, answer, conf, resumable, since, sharing)
+            .build_session(agent, &guid, &cookies, answer, conf, resumable, (since, tenant), sharing)
             .ok_or(SessionError::Internal("stored Guid is not a valid header value"))?;
         // `events` holds one more than the buffer when some are missing before the newest.
         let cap = session.events.capacity();

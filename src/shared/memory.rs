@@ -20,6 +20,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
+use super::deliveries::{Claimed, Deliveries, Settled, Settlement, Summary};
 use super::{
     AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change, ChangeFeed, ConfWrite, CreateMode, EndAs, EndOutcome,
     Events, Gcra, Grant, Journal, JournalList, Lease, Leases, Membership, NewEvent, NewRecord, OpLock, Record,
@@ -52,6 +53,7 @@ struct Hash {
     /// A tombstone's expiry.
     expires: Option<Instant>,
     since: u64,
+    tenant: Option<String>,
 }
 
 #[derive(Default)]
@@ -99,6 +101,52 @@ struct State {
     limits: HashMap<String, (u64, Instant)>,
     /// Each namespace's journal, newest first, and when it expires.
     journals: HashMap<String, (VecDeque<Vec<u8>>, Instant)>,
+    /// Each webhook endpoint's deliveries, as its keys hold them.
+    webhooks: HashMap<String, Wh>,
+    /// Agents' webhook sequence numbers: lane → (last, expiry in ms).
+    wh_seqs: HashMap<String, (u64, u64)>,
+}
+
+/// One endpoint's deliveries (`scripts::EndpointKeys`).
+#[derive(Default)]
+struct Wh {
+    lanes: HashMap<String, VecDeque<Vec<u8>>>,
+    due: HashMap<String, u64>,
+    claim: HashMap<String, String>,
+    tries: HashMap<String, u32>,
+    heads: HashMap<String, u64>,
+    pending: u64,
+    failed: VecDeque<Vec<u8>>,
+    disabled: Option<Vec<u8>>,
+}
+
+impl Wh {
+    /// `next_head` of `WH_SETTLE`: the lane's new head is due now, or the lane is gone.
+    fn next_head(&mut self, lane: &str, now: u64) {
+        match self.lanes.get(lane).and_then(|l| l.front()) {
+            Some(head) => {
+                let at = super::deliveries::message_head(head).map_or(now, |(_, at)| at);
+                self.due.insert(lane.to_owned(), now);
+                self.heads.insert(lane.to_owned(), at);
+            }
+            None => {
+                self.lanes.remove(lane);
+                self.due.remove(lane);
+                self.heads.remove(lane);
+            }
+        }
+    }
+
+    /// Appends to a lane; a lane that was empty is due now (unless it has a due time).
+    fn append(&mut self, lane: &str, at_ms: u64, message: Vec<u8>, now: u64) {
+        let list = self.lanes.entry(lane.to_owned()).or_default();
+        list.push_back(message);
+        self.pending += 1;
+        if list.len() == 1 {
+            self.due.entry(lane.to_owned()).or_insert(now);
+            self.heads.insert(lane.to_owned(), at_ms);
+        }
+    }
 }
 
 struct Inner {
@@ -313,6 +361,7 @@ fn record(h: &Hash) -> Record {
         confv: h.confv,
         state: h.state,
         since: h.since,
+        tenant: h.tenant.clone(),
     }
 }
 
@@ -378,6 +427,7 @@ impl Records for MemoryStore {
                 last_append: None,
                 expires: None,
                 since: r.since,
+                tenant: r.tenant.filter(|t| super::valid_tenant(t)).map(str::to_owned),
             });
             a.lease = Some(self.token(epoch));
             epoch
@@ -756,5 +806,190 @@ impl ChangeFeed for MemoryStore {
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
+    }
+}
+
+impl MemoryStore {
+    /// Runs `f` on endpoint `endpoint`'s deliveries at the store's `now` (ms), when the store is up.
+    fn with_wh<T>(&self, endpoint: &str, f: impl FnOnce(&mut Wh, u64) -> T) -> Result<T, StoreError> {
+        self.hub.up()?;
+        let now = self.hub.now_ms();
+        let mut st = crate::sync::lock(&self.hub.state);
+        Ok(f(st.webhooks.entry(endpoint.to_owned()).or_default(), now))
+    }
+}
+
+/// The same operations as the `WH_*` scripts (`scripts.rs`), step by step.
+#[async_trait::async_trait]
+impl Deliveries for MemoryStore {
+    async fn next_seq(&self, lane: &str) -> Result<u64, StoreError> {
+        self.hub.up()?;
+        let now = self.hub.now_ms();
+        let ttl = super::deliveries::SEQ_AGE.as_millis() as u64;
+        let mut st = crate::sync::lock(&self.hub.state);
+        let e = st.wh_seqs.entry(lane.to_owned()).or_insert((0, 0));
+        if e.1 <= now {
+            e.0 = 0;
+        }
+        e.0 += 1;
+        e.1 = now + ttl;
+        Ok(e.0)
+    }
+
+    async fn push(
+        &self,
+        endpoint: &str,
+        lane: &str,
+        at_ms: u64,
+        message: &[u8],
+        max_pending: usize,
+    ) -> Result<bool, StoreError> {
+        self.with_wh(endpoint, |w, now| {
+            if w.pending >= max_pending as u64 {
+                return false;
+            }
+            w.append(lane, at_ms, message.to_vec(), now);
+            true
+        })
+    }
+
+    async fn claim(&self, endpoint: &str, max: usize, hold: Duration) -> Result<Vec<Claimed>, StoreError> {
+        let replica = self.replica.to_string();
+        self.with_wh(endpoint, |w, now| {
+            let mut due: Vec<(u64, String)> =
+                w.due.iter().filter(|(_, at)| **at <= now).map(|(l, at)| (*at, l.clone())).collect();
+            // Redis's zset order: by score, then by member.
+            due.sort();
+            let mut out = Vec::new();
+            for (_, lane) in due.into_iter().take(max) {
+                match w.lanes.get(&lane).and_then(|l| l.front()).cloned() {
+                    Some(head) => {
+                        w.due.insert(lane.clone(), now + hold.as_millis() as u64);
+                        w.claim.insert(lane.clone(), replica.clone());
+                        let attempts = w.tries.get(&lane).copied().unwrap_or(0);
+                        out.push(Claimed { lane, message: head, attempts });
+                    }
+                    None => {
+                        w.due.remove(&lane);
+                        w.heads.remove(&lane);
+                        w.claim.remove(&lane);
+                        w.tries.remove(&lane);
+                    }
+                }
+            }
+            out
+        })
+    }
+
+    async fn hold(&self, endpoint: &str, lanes: &[&str], hold: Duration) -> Result<(), StoreError> {
+        self.with_wh(endpoint, |w, now| {
+            for lane in lanes {
+                if w.claim.get(*lane).map(String::as_str) == Some(&*self.replica) && w.due.contains_key(*lane) {
+                    w.due.insert((*lane).to_owned(), now + hold.as_millis() as u64);
+                }
+            }
+        })
+    }
+
+    async fn settle(&self, endpoint: &str, lane: &str, id: &str, how: Settlement<'_>) -> Result<Settled, StoreError> {
+        self.with_wh(endpoint, |w, now| {
+            let mine = w.claim.get(lane).map(String::as_str) == Some(&*self.replica);
+            let is_head = w
+                .lanes
+                .get(lane)
+                .and_then(|l| l.front())
+                .is_some_and(|h| h.starts_with(id.as_bytes()) && h.get(id.len()) == Some(&b' '));
+            if !is_head {
+                if mine {
+                    w.claim.remove(lane);
+                    w.next_head(lane, now);
+                }
+                return Settled::NotHead;
+            }
+            match how {
+                Settlement::Retry { after, counted } => {
+                    if !mine {
+                        return Settled::NotHead;
+                    }
+                    if counted {
+                        *w.tries.entry(lane.to_owned()).or_insert(0) += 1;
+                    }
+                    w.claim.remove(lane);
+                    w.due.insert(lane.to_owned(), now + after.as_millis() as u64);
+                    return Settled::Done;
+                }
+                Settlement::GiveUp { .. } if !mine => return Settled::NotHead,
+                _ => {}
+            }
+            if let Some(l) = w.lanes.get_mut(lane) {
+                l.pop_front();
+            }
+            w.pending = w.pending.saturating_sub(1);
+            w.tries.remove(lane);
+            let mut evicted = false;
+            if let Settlement::GiveUp { entry, max_failed } = how {
+                if max_failed > 0 {
+                    evicted = w.failed.len() >= max_failed;
+                    w.failed.push_back(entry.to_vec());
+                    while w.failed.len() > max_failed {
+                        w.failed.pop_front();
+                    }
+                }
+            }
+            if mine {
+                w.claim.remove(lane);
+                w.next_head(lane, now);
+            } else if w.lanes.get(lane).is_none_or(VecDeque::is_empty) {
+                w.lanes.remove(lane);
+                w.heads.remove(lane);
+            }
+            if evicted {
+                Settled::Evicted
+            } else {
+                Settled::Done
+            }
+        })
+    }
+
+    async fn replay(&self, endpoint: &str, since_ms: u64) -> Result<usize, StoreError> {
+        self.with_wh(endpoint, |w, now| {
+            let all: Vec<Vec<u8>> = w.failed.drain(..).collect();
+            let mut n = 0;
+            for e in all {
+                // As the script's pattern: `AT LANE ...\n MESSAGE`.
+                let parsed = e.iter().position(|b| *b == b'\n').and_then(|nl| {
+                    let head = std::str::from_utf8(&e[..nl]).ok()?;
+                    let mut parts = head.splitn(3, ' ');
+                    let at: u64 = parts.next().filter(|a| a.bytes().all(|b| b.is_ascii_digit()))?.parse().ok()?;
+                    let lane = parts.next().filter(|l| !l.is_empty())?.to_owned();
+                    parts.next()?;
+                    Some((at, lane, e[nl + 1..].to_vec()))
+                });
+                match parsed {
+                    Some((at, lane, message)) if at >= since_ms => {
+                        w.append(&lane, at, message, now);
+                        n += 1;
+                    }
+                    Some(_) => w.failed.push_back(e),
+                    None => {}
+                }
+            }
+            n
+        })
+    }
+
+    async fn summary(&self, endpoint: &str, recent: usize) -> Result<Summary, StoreError> {
+        self.with_wh(endpoint, |w, _| Summary {
+            pending: w.pending,
+            oldest_ms: w.heads.values().min().copied(),
+            next_due_ms: w.due.values().min().copied(),
+            failed: w.failed.len() as u64,
+            recent_failed: w.failed.iter().rev().take(recent.clamp(1, 100)).cloned().collect(),
+            disabled: w.disabled.clone(),
+        })
+    }
+
+    async fn set_disabled(&self, endpoint: &str, why: Option<&[u8]>) -> Result<(), StoreError> {
+        self.with_wh(endpoint, |w, _| w.disabled = why.map(<[u8]>::to_vec))
     }
 }

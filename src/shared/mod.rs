@@ -8,11 +8,13 @@
 //! `ops::limits`. docs/redis.md lists every key.
 
 mod connection;
+pub mod deliveries;
 pub mod memory;
 pub mod redis;
 mod scripts;
 
 pub use connection::{Failover, StoreStatus};
+pub use deliveries::Deliveries;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +62,8 @@ pub struct Record {
     /// When the agent was signed in (Unix ms, the signing replica's clock); 0 when unknown
     /// (a record written by an older ccgate).
     pub since: u64,
+    /// The tenant the signing-in token named; `None` also in records of older ccgate.
+    pub tenant: Option<String>,
 }
 
 /// Where a session record stands, as the `state` field spells it.
@@ -106,6 +110,14 @@ pub(crate) fn valid_sid(sid: &str) -> bool {
     !sid.is_empty() && sid.len() <= MAX_SID_LEN && sid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// A tenant as a record may hold it: what a token's claim held, bounded, printable, no space.
+pub(crate) fn valid_tenant(t: &str) -> bool {
+    !t.is_empty() && t.len() <= MAX_TENANT_LEN && t.chars().all(|c| !c.is_control() && !c.is_whitespace())
+}
+
+/// A tenant claim's value is a short name (`acme`, a UUID).
+const MAX_TENANT_LEN: usize = 128;
+
 pub(crate) fn valid_event_kind(kind: &str) -> bool {
     !kind.is_empty()
         && kind.len() <= MAX_EVENT_KIND_LEN
@@ -132,6 +144,7 @@ pub struct NewRecord<'a> {
     pub conf: &'a str,
     /// When the agent was signed in (Unix ms).
     pub since: u64,
+    pub tenant: Option<&'a str>,
 }
 
 /// Whether [`SharedStore::create`] records a new sign-in or puts back a session the store lost.
@@ -278,9 +291,15 @@ pub fn provisional_id(last: u64) -> u64 {
 /// critical section in memory), as the roles below; a consumer asks for the role it uses
 /// (`ops::limits` only for [`Buckets`]), the replication side for the whole store.
 /// Implementations validate what they read like network input.
-pub trait SharedStore: Backend + Records + Events + Leases + Membership + Buckets + ChangeFeed + Journal {}
+pub trait SharedStore:
+    Backend + Records + Events + Leases + Membership + Buckets + ChangeFeed + Journal + Deliveries
+{
+}
 
-impl<T: Backend + Records + Events + Leases + Membership + Buckets + ChangeFeed + Journal + ?Sized> SharedStore for T {}
+impl<T: Backend + Records + Events + Leases + Membership + Buckets + ChangeFeed + Journal + Deliveries + ?Sized>
+    SharedStore for T
+{
+}
 
 /// The store itself: this replica's name in it, the gateway namespaces, the connection and its health.
 #[async_trait::async_trait]
@@ -614,11 +633,29 @@ pub(crate) fn parse_record(mut h: std::collections::HashMap<String, Vec<u8>>) ->
     let resumable = text("resumable")? == "1";
     // Absent in records of ccgate before 0.2.0.
     let since = text("since").and_then(|v| v.parse().ok()).unwrap_or(0);
+    // Absent (or empty) in records of ccgate before webhooks; else what a token's claim held.
+    let tenant = match text("tenant") {
+        None => None,
+        Some(t) if t.is_empty() => None,
+        Some(t) => Some(t).filter(|t| valid_tenant(t))?.into(),
+    };
     let answer = h.remove("answer").unwrap_or_default();
     if answer.len() > MAX_UPSTREAM_BODY {
         return None;
     }
-    Some(Record { sid, epoch, guid, cookies, answer: Bytes::from(answer), resumable, conf, confv, state, since })
+    Some(Record {
+        sid,
+        epoch,
+        guid,
+        cookies,
+        answer: Bytes::from(answer),
+        resumable,
+        conf,
+        confv,
+        state,
+        since,
+        tenant,
+    })
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@ use futures_util::StreamExt;
 use redis::{FromRedisValue, ScriptInvocation};
 
 use super::connection::{Conn, Connection, Failure, StoreStatus, CLUSTER_RETRY_PAUSE};
-use super::scripts::{self, AgentKeys, Announce, Scripts};
+use super::deliveries::{self, Claimed, Deliveries, Settled, Settlement, Summary};
+use super::scripts::{self, AgentKeys, Announce, EndpointKeys, Scripts};
 use super::valid_replica;
 use super::{
     pack_id, parse_record, unpack_id, valid_event_kind, AuthWrite, AuthWritten, Backend, Bucket, Buckets, Change,
@@ -175,6 +176,22 @@ impl RedisStore {
         }
     }
 
+    /// One webhook endpoint's keys, under its own hash tag (endpoints are the config's, every
+    /// gateway's agents together).
+    fn endpoint_keys(&self, endpoint: &str) -> EndpointKeys {
+        let p = format!("{}{{wh:{endpoint}}}:", self.prefix);
+        EndpointKeys {
+            due: format!("{p}due"),
+            claim: format!("{p}claim"),
+            tries: format!("{p}tries"),
+            heads: format!("{p}heads"),
+            pending: format!("{p}pending"),
+            failed: format!("{p}failed"),
+            disabled: format!("{p}disabled"),
+            lane_prefix: format!("{p}lane:"),
+        }
+    }
+
     /// The key of one rate limit's bucket. Agent buckets share the agent's hash tag; tenant,
     /// gateway and global buckets have their own. Agent and tenant buckets are per gateway.
     fn limit_key(&self, b: Bucket<'_>) -> String {
@@ -331,6 +348,7 @@ impl Records for RedisStore {
             conf: r.conf,
             since: r.since,
             restore: mode == CreateMode::Restore,
+            tenant: r.tenant.filter(|t| super::valid_tenant(t)).unwrap_or(""),
         };
         let epoch: u64 =
             self.script(StoreOp::Write, args.prepare(&self.scripts.create, &self.agent_keys(agent))).await?;
@@ -707,6 +725,135 @@ impl Journal for RedisStore {
             .await?;
         // Whatever else shares the key is dropped here; the parser validates the rest.
         Ok(raw.into_iter().filter(|e| e.len() <= JOURNAL_ENTRY_MAX_BYTES).collect())
+    }
+}
+
+#[async_trait::async_trait]
+impl Deliveries for RedisStore {
+    async fn next_seq(&self, lane: &str) -> Result<u64, StoreError> {
+        let key = format!("{}{{wh-seq:{lane}}}", self.prefix);
+        let args = scripts::WhSeq { ttl_ms: deliveries::SEQ_AGE.as_millis() as u64 };
+        let n: i64 = self.script(StoreOp::Webhooks, args.prepare(&self.scripts.wh_seq, &key)).await?;
+        u64::try_from(n).map_err(|_| StoreError::Malformed("a negative sequence number".into()))
+    }
+
+    async fn push(
+        &self,
+        endpoint: &str,
+        lane: &str,
+        at_ms: u64,
+        message: &[u8],
+        max_pending: usize,
+    ) -> Result<bool, StoreError> {
+        let k = self.endpoint_keys(endpoint);
+        let args = scripts::WhPush { lane, at_ms, message, max: max_pending };
+        let queued: i64 = self.script(StoreOp::Webhooks, args.prepare(&self.scripts.wh_push, &k)).await?;
+        Ok(queued == 1)
+    }
+
+    async fn claim(&self, endpoint: &str, max: usize, hold: Duration) -> Result<Vec<Claimed>, StoreError> {
+        let k = self.endpoint_keys(endpoint);
+        let args = scripts::WhClaim { replica: &self.replica, hold_ms: hold.as_millis() as u64, max };
+        let flat: Vec<Vec<u8>> = self.script(StoreOp::Webhooks, args.prepare(&self.scripts.wh_claim, &k)).await?;
+        // Validated like network input: a lane ccgate would name, a message within bounds, a
+        // count; anything else is left to its claim's end (and counted).
+        let mut out = Vec::with_capacity(flat.len() / 3);
+        for c in flat.chunks_exact(3) {
+            let lane = std::str::from_utf8(&c[0]).ok().filter(|l| deliveries::valid_lane(l));
+            let attempts = std::str::from_utf8(&c[2]).ok().and_then(|a| a.parse::<u32>().ok());
+            match (lane, attempts) {
+                (Some(lane), Some(attempts)) if c[1].len() <= deliveries::MAX_STORED_MESSAGE => {
+                    out.push(Claimed { lane: lane.to_owned(), message: c[1].clone(), attempts })
+                }
+                _ => self.metrics.count_discarded(Discarded::StoreEvent, 1),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn hold(&self, endpoint: &str, lanes: &[&str], hold: Duration) -> Result<(), StoreError> {
+        if lanes.is_empty() {
+            return Ok(());
+        }
+        let k = self.endpoint_keys(endpoint);
+        let args = scripts::WhHold { replica: &self.replica, hold_ms: hold.as_millis() as u64, lanes };
+        let _: i64 = self.script(StoreOp::Webhooks, args.prepare(&self.scripts.wh_hold, &k)).await?;
+        Ok(())
+    }
+
+    async fn settle(&self, endpoint: &str, lane: &str, id: &str, how: Settlement<'_>) -> Result<Settled, StoreError> {
+        let k = self.endpoint_keys(endpoint);
+        let (how, after_ms, entry, max_failed) = match how {
+            Settlement::Delivered => ("done", 0, &[][..], 0),
+            Settlement::Retry { after, counted } => {
+                (if counted { "retry" } else { "hold" }, after.as_millis() as u64, &[][..], 0)
+            }
+            Settlement::GiveUp { entry, max_failed } => ("fail", 0, entry, max_failed),
+        };
+        let args = scripts::WhSettle { replica: &self.replica, lane, id, how, after_ms, entry, max_failed };
+        let r: i64 = self.script(StoreOp::Webhooks, args.prepare(&self.scripts.wh_settle, &k)).await?;
+        Ok(match r {
+            0 => Settled::Done,
+            1 => Settled::Evicted,
+            _ => Settled::NotHead,
+        })
+    }
+
+    async fn replay(&self, endpoint: &str, since_ms: u64) -> Result<usize, StoreError> {
+        let k = self.endpoint_keys(endpoint);
+        let args = scripts::WhReplay { since_ms };
+        let n: i64 = self.script(StoreOp::Webhooks, args.prepare(&self.scripts.wh_replay, &k)).await?;
+        Ok(n.max(0) as usize)
+    }
+
+    async fn summary(&self, endpoint: &str, recent: usize) -> Result<Summary, StoreError> {
+        let k = self.endpoint_keys(endpoint);
+        let recent = recent.clamp(1, 100) as isize;
+        type Raw = (Option<i64>, Vec<(Vec<u8>, f64)>, Vec<(Vec<u8>, f64)>, i64, Vec<Vec<u8>>, Option<Vec<u8>>);
+        let (pending, heads, due, failed, mut recent_failed, disabled): Raw = self
+            .run(StoreOp::Webhooks, async |c| {
+                redis::pipe()
+                    .get(&k.pending)
+                    .cmd("ZRANGE")
+                    .arg(&k.heads)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .cmd("ZRANGE")
+                    .arg(&k.due)
+                    .arg(0)
+                    .arg(0)
+                    .arg("WITHSCORES")
+                    .llen(&k.failed)
+                    .lrange(&k.failed, -recent, -1)
+                    .get(&k.disabled)
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        recent_failed.reverse();
+        let ms =
+            |v: &[(Vec<u8>, f64)]| v.first().map(|(_, s)| *s).filter(|s| s.is_finite() && *s >= 0.0).map(|s| s as u64);
+        Ok(Summary {
+            pending: pending.unwrap_or(0).max(0) as u64,
+            oldest_ms: ms(&heads),
+            next_due_ms: ms(&due),
+            failed: failed.max(0) as u64,
+            recent_failed: recent_failed
+                .into_iter()
+                .filter(|e| e.len() <= deliveries::MAX_STORED_MESSAGE + 512)
+                .collect(),
+            disabled: disabled.filter(|d| d.len() <= 1024),
+        })
+    }
+
+    async fn set_disabled(&self, endpoint: &str, why: Option<&[u8]>) -> Result<(), StoreError> {
+        let key = self.endpoint_keys(endpoint).disabled;
+        self.run(StoreOp::Webhooks, async |c| match why {
+            Some(w) => redis::cmd("SET").arg(&key).arg(w).query_async::<()>(c).await,
+            None => redis::cmd("DEL").arg(&key).query_async::<()>(c).await,
+        })
+        .await
     }
 }
 

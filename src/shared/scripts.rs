@@ -10,7 +10,7 @@
 //! takeover), `guid`, `cookies` (JSON array), `answer` (the gateway's sign-in answer),
 //! `resumable`, `conf` (JSON), `confv` (its version), `activity` (ms, Redis time), `qcursor`
 //! (the pass-through queue's position in the event stream), `since` (when the agent was
-//! signed in, Unix ms), `authepoch`/`authseq` (the lease
+//! signed in, Unix ms), `tenant` (the signing-in token's; empty for none), `authepoch`/`authseq` (the lease
 //! holder's last Guid write), `evtok`/`evid` (the last append) and `state` (`active`, `out`
 //! or `lost:REASON`).
 
@@ -48,6 +48,12 @@ pub(super) struct Scripts {
     pub touch: Script,
     pub idle: Script,
     pub gcra: Script,
+    pub wh_seq: Script,
+    pub wh_push: Script,
+    pub wh_claim: Script,
+    pub wh_hold: Script,
+    pub wh_settle: Script,
+    pub wh_replay: Script,
 }
 
 impl Scripts {
@@ -68,6 +74,12 @@ impl Scripts {
             touch: Script::new(TOUCH),
             idle: Script::new(IDLE),
             gcra: Script::new(GCRA),
+            wh_seq: Script::new(WH_SEQ),
+            wh_push: Script::new(WH_PUSH),
+            wh_claim: Script::new(WH_CLAIM),
+            wh_hold: Script::new(WH_HOLD),
+            wh_settle: Script::new(WH_SETTLE),
+            wh_replay: Script::new(WH_REPLAY),
         }
     }
 }
@@ -91,6 +103,8 @@ pub(super) struct Create<'a> {
     pub conf: &'a str,
     pub since: u64,
     pub restore: bool,
+    /// Empty for none.
+    pub tenant: &'a str,
 }
 
 const CREATE: &str = r#"
@@ -100,7 +114,7 @@ local function last_epoch(key)
   if e ~= e or e < 0 or e >= 9007199254740992 then return 0 end
   return e
 end
-local replica, sid, guid, cookies, answer, resumable, conf, since, mode = unpack(ARGV)
+local replica, sid, guid, cookies, answer, resumable, conf, since, mode, tenant = unpack(ARGV)
 if mode == 'restore' and redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -109,7 +123,7 @@ redis.call('DEL', KEYS[1])
 if mode == 'create' then redis.call('DEL', KEYS[3]) end
 redis.call('HSET', KEYS[1], 'sid', sid, 'epoch', epoch, 'guid', guid, 'cookies', cookies,
   'answer', answer, 'resumable', resumable, 'conf', conf, 'confv', 1, 'activity', now,
-  'qcursor', '0-0', 'state', 'active', 'since', since)
+  'qcursor', '0-0', 'state', 'active', 'since', since, 'tenant', tenant)
 redis.call('SET', KEYS[2], replica .. ' ' .. epoch)
 return tonumber(epoch)
 "#;
@@ -120,7 +134,7 @@ impl Create<'_> {
         inv.key(&k.session).key(&k.lease).key(&k.events);
         inv.arg(self.replica).arg(self.sid).arg(self.guid).arg(self.cookies);
         inv.arg(self.answer).arg(if self.resumable { "1" } else { "0" }).arg(self.conf).arg(self.since);
-        inv.arg(if self.restore { "restore" } else { "create" });
+        inv.arg(if self.restore { "restore" } else { "create" }).arg(self.tenant);
         inv
     }
 }
@@ -559,6 +573,278 @@ impl Leave<'_> {
     pub fn prepare<'s>(&self, s: &'s Script, key: &str) -> ScriptInvocation<'s> {
         let mut inv = s.prepare_invoke();
         inv.key(key).arg(self.replica).arg(self.silent_ms);
+        inv
+    }
+}
+
+// --- webhooks' deliveries (`shared::deliveries`) ----------------------------------------------
+//
+// One endpoint's keys share the hash tag `{wh:NAME}`: `due` (zset: lane -> ms it may be taken;
+// a claim moves it to the claim's end), `claim` (hash: lane -> the claiming replica), `tries`
+// (hash: lane -> the head's attempts), `heads` (zset: lane -> when its head was taken, for the
+// oldest pending age), `pending` (the count of events waiting), `failed` (list of given-up
+// entries, oldest first), `disabled`, and `lane:LANE` (list: the lane's messages, oldest
+// first). A lane's list key is built in the script from the prefix and the lane read from
+// `due`: it shares the tag, so it is on the same shard. Time is Redis's.
+
+/// The keys of one endpoint's deliveries.
+pub(super) struct EndpointKeys {
+    pub due: String,
+    pub claim: String,
+    pub tries: String,
+    pub heads: String,
+    pub pending: String,
+    pub failed: String,
+    pub disabled: String,
+    /// A lane's list key is this and the lane.
+    pub lane_prefix: String,
+}
+
+impl EndpointKeys {
+    pub fn lane(&self, lane: &str) -> String {
+        format!("{}{lane}", self.lane_prefix)
+    }
+}
+
+/// The agent's next sequence number; its key lives [`super::deliveries::SEQ_AGE`] after the
+/// last.
+pub(super) struct WhSeq {
+    pub ttl_ms: u64,
+}
+
+const WH_SEQ: &str = r#"
+local ttl_ms = unpack(ARGV)
+local n = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ttl_ms)
+return n
+"#;
+
+impl WhSeq {
+    pub fn prepare<'s>(&self, s: &'s Script, key: &str) -> ScriptInvocation<'s> {
+        let mut inv = s.prepare_invoke();
+        inv.key(key).arg(self.ttl_ms);
+        inv
+    }
+}
+
+/// Appends a message to its lane unless `max` wait; a lane that was empty is due now.
+/// Returns 1, or 0 when full.
+pub(super) struct WhPush<'a> {
+    pub lane: &'a str,
+    pub at_ms: u64,
+    pub message: &'a [u8],
+    pub max: usize,
+}
+
+const WH_PUSH: &str = r#"
+local lane, at_ms, message, max = unpack(ARGV)
+if (tonumber(redis.call('GET', KEYS[1])) or 0) >= tonumber(max) then return 0 end
+redis.call('RPUSH', KEYS[4], message)
+redis.call('INCR', KEYS[1])
+if redis.call('LLEN', KEYS[4]) == 1 then
+  local t = redis.call('TIME')
+  redis.call('ZADD', KEYS[2], 'NX', t[1] * 1000 + math.floor(t[2] / 1000), lane)
+  redis.call('ZADD', KEYS[3], at_ms, lane)
+end
+return 1
+"#;
+
+impl WhPush<'_> {
+    pub fn prepare<'s>(&self, s: &'s Script, k: &EndpointKeys) -> ScriptInvocation<'s> {
+        let mut inv = s.prepare_invoke();
+        inv.key(&k.pending).key(&k.due).key(&k.heads).key(k.lane(self.lane));
+        inv.arg(self.lane).arg(self.at_ms).arg(self.message).arg(self.max);
+        inv
+    }
+}
+
+/// Claims up to `max` lanes due now for `hold_ms`: {lane, head, attempts, ...}. A lane found
+/// empty is forgotten.
+pub(super) struct WhClaim<'a> {
+    pub replica: &'a str,
+    pub hold_ms: u64,
+    pub max: usize,
+}
+
+const WH_CLAIM: &str = r#"
+local replica, hold_ms, max, prefix = unpack(ARGV)
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local lanes = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(max))
+local out = {}
+for _, lane in ipairs(lanes) do
+  local head = redis.call('LINDEX', prefix .. lane, 0)
+  if head then
+    redis.call('ZADD', KEYS[1], now + tonumber(hold_ms), lane)
+    redis.call('HSET', KEYS[2], lane, replica)
+    out[#out + 1] = lane
+    out[#out + 1] = head
+    out[#out + 1] = redis.call('HGET', KEYS[3], lane) or '0'
+  else
+    redis.call('ZREM', KEYS[1], lane)
+    redis.call('ZREM', KEYS[4], lane)
+    redis.call('HDEL', KEYS[2], lane)
+    redis.call('HDEL', KEYS[3], lane)
+  end
+end
+return out
+"#;
+
+impl WhClaim<'_> {
+    pub fn prepare<'s>(&self, s: &'s Script, k: &EndpointKeys) -> ScriptInvocation<'s> {
+        let mut inv = s.prepare_invoke();
+        inv.key(&k.due).key(&k.claim).key(&k.tries).key(&k.heads);
+        inv.arg(self.replica).arg(self.hold_ms).arg(self.max).arg(&k.lane_prefix);
+        inv
+    }
+}
+
+/// Extends `replica`'s claims on `lanes` to `hold_ms` from now (a lane another replica claimed
+/// meanwhile is left alone).
+pub(super) struct WhHold<'a> {
+    pub replica: &'a str,
+    pub hold_ms: u64,
+    pub lanes: &'a [&'a str],
+}
+
+const WH_HOLD: &str = r#"
+local replica, hold_ms = ARGV[1], tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+for i = 3, #ARGV do
+  if redis.call('HGET', KEYS[2], ARGV[i]) == replica then
+    redis.call('ZADD', KEYS[1], 'XX', now + hold_ms, ARGV[i])
+  end
+end
+return 1
+"#;
+
+impl WhHold<'_> {
+    pub fn prepare<'s>(&self, s: &'s Script, k: &EndpointKeys) -> ScriptInvocation<'s> {
+        let mut inv = s.prepare_invoke();
+        inv.key(&k.due).key(&k.claim).arg(self.replica).arg(self.hold_ms);
+        for lane in self.lanes {
+            inv.arg(*lane);
+        }
+        inv
+    }
+}
+
+/// Settles the attempt at a lane's head: `done` (delivered), `retry` (counted) or `hold` (not
+/// counted) after `after_ms`, `fail` (to the given-up list, its newest `max_failed` kept).
+/// Returns 0 done, 1 done and an old given-up entry evicted, 2 not the head any more (or a
+/// retry by a replica whose claim was taken over: nothing done). A delivery is recorded even
+/// from a replica whose claim ran out (the event reached the receiver); the lane's schedule is
+/// then left to its claimer.
+pub(super) struct WhSettle<'a> {
+    pub replica: &'a str,
+    pub lane: &'a str,
+    pub id: &'a str,
+    pub how: &'a str,
+    pub after_ms: u64,
+    pub entry: &'a [u8],
+    pub max_failed: usize,
+}
+
+const WH_SETTLE: &str = r#"
+local replica, lane, id, how, after_ms, entry, max_failed = unpack(ARGV)
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local list = KEYS[7]
+local mine = redis.call('HGET', KEYS[2], lane) == replica
+local function next_head()
+  local head = redis.call('LINDEX', list, 0)
+  if head then
+    redis.call('ZADD', KEYS[1], now, lane)
+    redis.call('ZADD', KEYS[6], tonumber(string.match(head, '^%S+ (%d+) ')) or now, lane)
+  else
+    redis.call('ZREM', KEYS[1], lane)
+    redis.call('ZREM', KEYS[6], lane)
+  end
+end
+local head = redis.call('LINDEX', list, 0)
+if not head or string.sub(head, 1, #id + 1) ~= id .. ' ' then
+  if mine then
+    redis.call('HDEL', KEYS[2], lane)
+    next_head()
+  end
+  return 2
+end
+if how == 'retry' or how == 'hold' then
+  if not mine then return 2 end
+  if how == 'retry' then redis.call('HINCRBY', KEYS[3], lane, 1) end
+  redis.call('HDEL', KEYS[2], lane)
+  redis.call('ZADD', KEYS[1], now + tonumber(after_ms), lane)
+  return 0
+end
+if how == 'fail' and not mine then return 2 end
+redis.call('LPOP', list)
+if redis.call('DECR', KEYS[4]) < 0 then redis.call('SET', KEYS[4], 0) end
+redis.call('HDEL', KEYS[3], lane)
+local evicted = 0
+local keep = tonumber(max_failed)
+if how == 'fail' and keep > 0 then
+  if redis.call('LLEN', KEYS[5]) >= keep then evicted = 1 end
+  redis.call('RPUSH', KEYS[5], entry)
+  redis.call('LTRIM', KEYS[5], -keep, -1)
+end
+if mine then
+  redis.call('HDEL', KEYS[2], lane)
+  next_head()
+elseif not redis.call('LINDEX', list, 0) then
+  redis.call('ZREM', KEYS[6], lane)
+end
+return evicted
+"#;
+
+impl WhSettle<'_> {
+    pub fn prepare<'s>(&self, s: &'s Script, k: &EndpointKeys) -> ScriptInvocation<'s> {
+        let mut inv = s.prepare_invoke();
+        inv.key(&k.due).key(&k.claim).key(&k.tries).key(&k.pending).key(&k.failed).key(&k.heads).key(k.lane(self.lane));
+        inv.arg(self.replica).arg(self.lane).arg(self.id).arg(self.how).arg(self.after_ms).arg(self.entry);
+        inv.arg(self.max_failed);
+        inv
+    }
+}
+
+/// Puts the given-up entries of events taken at or after `since_ms` back at the ends of their
+/// lanes, oldest first; returns how many. Entries that do not parse are dropped.
+pub(super) struct WhReplay {
+    pub since_ms: u64,
+}
+
+const WH_REPLAY: &str = r#"
+local since_ms, prefix = tonumber(ARGV[1]), ARGV[2]
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local all = redis.call('LRANGE', KEYS[1], 0, -1)
+local keep, n = {}, 0
+for _, e in ipairs(all) do
+  local at, lane, message = string.match(e, '^(%d+) (%S+) [^\n]*\n(.*)$')
+  if at and tonumber(at) >= since_ms then
+    local key = prefix .. lane
+    redis.call('RPUSH', key, message)
+    redis.call('INCR', KEYS[2])
+    if redis.call('LLEN', key) == 1 then
+      redis.call('ZADD', KEYS[3], 'NX', now, lane)
+      redis.call('ZADD', KEYS[4], at, lane)
+    end
+    n = n + 1
+  elseif at then
+    keep[#keep + 1] = e
+  end
+end
+redis.call('DEL', KEYS[1])
+for i = 1, #keep, 1000 do
+  redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
+end
+return n
+"#;
+
+impl WhReplay {
+    pub fn prepare<'s>(&self, s: &'s Script, k: &EndpointKeys) -> ScriptInvocation<'s> {
+        let mut inv = s.prepare_invoke();
+        inv.key(&k.failed).key(&k.pending).key(&k.due).key(&k.heads).arg(self.since_ms).arg(&k.lane_prefix);
         inv
     }
 }

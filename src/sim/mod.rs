@@ -38,6 +38,10 @@ use state::{event, new_guid, Agent, Answer, GuidCheck, State};
 
 /// The simulator's own view (`bench/fleet.py`): `GET` it on the simulator's port.
 pub const VIEW_PATH: &str = "/ccgate-sim/agents";
+/// `POST` a JSON array of `{"agent", "type", "content"}` here to queue those events, as the
+/// gateway's own operations would (benchmarks, and tools outside the process). Not a gateway
+/// path: the real gateway has no such thing.
+pub const EVENTS_PATH: &str = "/ccgate-sim/events";
 
 /// What one request asks, after transport-level faults were applied.
 struct Call<'a> {
@@ -192,6 +196,9 @@ impl Sim {
         let path = req.uri().path().to_owned();
         if path == VIEW_PATH {
             return self.view();
+        }
+        if path == EVENTS_PATH && req.method() == http::Method::POST {
+            return self.inject(req).await;
         }
         let Some((method, agent)) = resolve(&path) else {
             self.0.unknown.fetch_add(1, Ordering::Relaxed);
@@ -406,6 +413,26 @@ impl Sim {
     /// The simulator's own view, for benchmarks that check what the gateway saw rather than
     /// what ccgate says: requests per method since start, and per signed-in agent when its
     /// latest poll arrived. Not a gateway path: a real gateway answers it 404.
+    /// `POST /ccgate-sim/events`: queues each event of the array; answers how many.
+    async fn inject(&self, req: Request<Incoming>) -> Response<Body> {
+        let Ok(body) = http_body_util::Limited::new(req.into_body(), SIM_MAX_BODY).collect().await else {
+            return servlet_error(StatusCode::PAYLOAD_TOO_LARGE);
+        };
+        let Ok(Value::Array(list)) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+            return servlet_error(StatusCode::BAD_REQUEST);
+        };
+        let mut pushed = 0;
+        for e in &list {
+            if let (Some(agent), Some(kind)) = (e["agent"].as_str(), e["type"].as_str()) {
+                self.push_event(agent, kind, e["content"].clone());
+                pushed += 1;
+            }
+        }
+        let mut r = Response::new(body::full(json!({ "pushed": pushed }).to_string()));
+        r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+        r
+    }
+
     fn view(&self) -> Response<Body> {
         let counts: serde_json::Map<String, Value> =
             GatewayMethod::ALL.iter().map(|m| (m.log_name().to_owned(), json!(self.count(*m)))).collect();

@@ -1,10 +1,13 @@
-//! One endpoint at run time: its queue, its delivery task, its health. The task takes due
+//! One endpoint at run time: its backlog, its delivery task, its health. The task claims due
 //! lane heads while fewer than `max_in_flight` attempts run, each attempt on its own task,
-//! and sleeps until the next lane is due, an event arrives, or an attempt ends. A slow or
-//! dead endpoint therefore holds its own `max_in_flight` tasks and connections and nothing
-//! of any other endpoint's or of the request path.
+//! and sleeps until the next lane is due, an event arrives, an attempt ends, or (shared) the
+//! next look at the shared store. A slow or dead endpoint therefore holds its own
+//! `max_in_flight` tasks and connections and nothing of any other endpoint's or of the
+//! request path. With the shared store the task also keeps its claims while attempts run
+//! (every third of a claim), so no other replica takes a lane it is still sending.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,9 +16,10 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
+use super::backlog::{Backlog, Outcome, Snapshot};
 use super::client::{Answer, EndpointClient, Signed};
 use super::message::Message;
-use super::queue::{Failed, Pushed, Queue, Settle, Taken};
+use super::queue::{Failed, Taken};
 use super::schedule::{unit, Schedule};
 use super::sign::Signer;
 use crate::config::WebhookConfig;
@@ -29,6 +33,10 @@ use crate::sync::lock;
 const REPORT_PERIOD: Duration = Duration::from_secs(2);
 /// Given-up events the operators' view lists.
 const SHOWN_FAILED: usize = 20;
+/// With the shared store: how often an idle endpoint looks for lanes due there (another
+/// replica's retries, a dead replica's claims run out). Events this replica queues wake it
+/// at once; a second is well inside the receivers' own retry tolerance.
+const SHARED_POLL: Duration = Duration::from_secs(1);
 
 /// What a reload may change: everything the config says and what is built from it.
 pub struct Parts {
@@ -62,16 +70,22 @@ struct Health {
     last_failure: Option<(u64, String)>,
     /// The first failure since the last success.
     failing_since_ms: Option<u64>,
+    /// Disabled (a 410), as this replica last knew: set here, or read from the shared store.
     disabled: Option<(u64, String)>,
 }
 
 pub struct Endpoint {
     pub name: Arc<str>,
     parts: ArcSwap<Parts>,
-    queue: Mutex<Queue>,
+    backlog: Backlog,
     health: Mutex<Health>,
     wake: Notify,
-    in_flight: AtomicUsize,
+    /// Lanes with an attempt running here, and how many.
+    in_flight: Mutex<HashMap<String, usize>>,
+    /// How long a claim on a lane lasts (the shared store's lease).
+    hold: Duration,
+    /// The earliest retry this replica scheduled (shared: the store is not asked for it).
+    next_retry: Mutex<Option<Instant>>,
     /// Removed by a reload: its task ends.
     retired: AtomicBool,
     metrics: WebhookMetrics,
@@ -142,16 +156,17 @@ fn rfc3339(ms: u64) -> String {
 }
 
 impl Endpoint {
-    pub fn new(metrics: WebhookMetrics, parts: Parts) -> Arc<Self> {
-        let queue = Queue::new(parts.cfg.max_pending, parts.cfg.max_failed);
+    pub fn new(metrics: WebhookMetrics, parts: Parts, backlog: Backlog, hold: Duration) -> Arc<Self> {
         metrics.zero();
         Arc::new(Self {
             name: Arc::from(parts.cfg.name.as_str()),
             parts: ArcSwap::from_pointee(parts),
-            queue: Mutex::new(queue),
+            backlog,
             health: Mutex::new(Health::default()),
             wake: Notify::new(),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Mutex::new(HashMap::new()),
+            hold,
+            next_retry: Mutex::new(None),
             retired: AtomicBool::new(false),
             metrics,
             warnings: LogBudget::default(),
@@ -164,7 +179,7 @@ impl Endpoint {
 
     /// Takes a reload's parts; queued events stay and are sent the new way.
     pub fn reconfigure(&self, parts: Parts) {
-        lock(&self.queue).set_bounds(parts.cfg.max_pending, parts.cfg.max_failed);
+        self.backlog.set_bounds(parts.cfg.max_pending, parts.cfg.max_failed);
         self.parts.store(Arc::new(parts));
         self.wake.notify_one();
     }
@@ -175,23 +190,30 @@ impl Endpoint {
         self.wake.notify_one();
     }
 
-    /// Whether this endpoint takes `kind` events of gateway `gateway`.
-    pub fn wants(&self, gateway: &str, kind: &str) -> bool {
+    /// Whether this endpoint takes `kind` events of gateway `gateway`'s agents signed in for
+    /// `tenant`.
+    pub fn wants(&self, gateway: &str, tenant: Option<&str>, kind: &str) -> bool {
         let p = self.parts.load();
-        p.cfg.wants(kind) && p.cfg.serves(gateway)
+        p.cfg.wants(kind) && p.cfg.serves(gateway, tenant)
     }
 
-    /// Queues `m`; a full queue refuses it, counted and logged.
-    pub fn offer(&self, m: Message) {
-        let pushed = lock(&self.queue).push(m, Instant::now());
-        match pushed {
-            Pushed::Queued => self.wake.notify_one(),
-            Pushed::Full => {
-                self.metrics.count_dropped(WebhookDrop::QueueFull);
-                if let Some(left_out) = self.warnings.admit() {
-                    tracing::warn!(endpoint = &*self.name, left_out, "webhook queue full (max_pending); event dropped");
-                }
-            }
+    /// Queues `m`; a full backlog refuses it, counted and logged. An `Err` is the shared
+    /// store's: the caller tries again.
+    pub async fn push(&self, m: &Message) -> Result<(), crate::shared::StoreError> {
+        let max = self.parts.load().cfg.max_pending;
+        if self.backlog.push(&self.name, m, max).await? {
+            self.wake.notify_one();
+        } else {
+            self.count_dropped_full();
+        }
+        Ok(())
+    }
+
+    /// An event that did not reach the backlog because it was full (or the hand-over to it).
+    pub fn count_dropped_full(&self) {
+        self.metrics.count_dropped(WebhookDrop::QueueFull);
+        if let Some(left_out) = self.warnings.admit() {
+            tracing::warn!(endpoint = &*self.name, left_out, "webhook queue full (max_pending); event dropped");
         }
     }
 
@@ -202,55 +224,92 @@ impl Endpoint {
 
     /// Sends the given-up events taken since `since_ms` again, and enables the endpoint if
     /// a `410` had disabled it; returns how many.
-    pub fn replay(&self, since_ms: u64) -> usize {
-        let now = Instant::now();
-        let n = {
-            let mut q = lock(&self.queue);
-            let n = q.replay(since_ms, now);
-            q.due_now(now);
-            n
-        };
+    pub async fn replay(&self, since_ms: u64) -> Result<usize, crate::shared::StoreError> {
+        let n = self.backlog.replay(&self.name, since_ms).await?;
+        self.backlog.set_disabled(&self.name, None).await?;
         if let Some((_, why)) = lock(&self.health).disabled.take() {
             tracing::info!(endpoint = &*self.name, was = %why, "webhook endpoint enabled again by replay");
         }
-        self.report();
+        self.report().await;
         self.wake.notify_one();
-        n
+        Ok(n)
+    }
+
+    fn in_flight(&self) -> usize {
+        lock(&self.in_flight).values().sum()
     }
 
     /// The delivery task: runs until `stop` turns true.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
-        let mut reported = Instant::now();
+        let mut reported: Option<Instant> = None;
+        let mut held = Instant::now();
+        let shared = self.backlog.is_shared();
         loop {
             if *stop.borrow() || self.retired.load(Ordering::Acquire) {
                 return;
             }
             let now = Instant::now();
-            if now >= reported + REPORT_PERIOD {
-                self.report();
-                reported = now;
+            if reported.is_none_or(|at| now >= at + REPORT_PERIOD) {
+                self.report().await;
+                reported = Some(now);
             }
-            let max = self.parts.load().cfg.max_in_flight;
-            let disabled = lock(&self.health).disabled.is_some();
-            let mut due = None;
-            if !disabled && self.in_flight.load(Ordering::Acquire) < max {
-                let taken = {
-                    let mut q = lock(&self.queue);
-                    let t = q.take(now);
-                    due = q.next_due();
-                    t
-                };
-                if let Some(t) = taken {
-                    self.in_flight.fetch_add(1, Ordering::AcqRel);
-                    tokio::spawn(self.clone().attempt(t));
-                    continue;
+            let mut until = now + REPORT_PERIOD;
+            if shared {
+                self.keep_claims(&mut held).await;
+                until = until.min(now + SHARED_POLL);
+                if self.in_flight() > 0 {
+                    until = until.min(held + self.hold / 3);
+                }
+                if let Some(at) = *lock(&self.next_retry) {
+                    until = until.min(at.max(now));
                 }
             }
-            let until = due.map_or(reported + REPORT_PERIOD, |d| d.min(reported + REPORT_PERIOD));
+            let room = self.parts.load().cfg.max_in_flight.saturating_sub(self.in_flight());
+            let disabled = lock(&self.health).disabled.is_some();
+            if !disabled && room > 0 {
+                match self.backlog.claim(&self.name, room, self.hold).await {
+                    Ok(taken) => {
+                        let full = taken.len() == room;
+                        for t in taken {
+                            let lane = crate::shared::deliveries::lane_name(&t.lane.0, &t.lane.1);
+                            *lock(&self.in_flight).entry(lane).or_insert(0) += 1;
+                            tokio::spawn(self.clone().attempt(t));
+                        }
+                        if full {
+                            continue;
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(left_out) = self.warnings.admit() {
+                            tracing::warn!(endpoint = &*self.name, error = %e, left_out, "webhook lanes could not be claimed; trying again");
+                        }
+                    }
+                }
+                if let Some(due) = self.backlog.next_due() {
+                    until = until.min(due);
+                }
+            }
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(until) => {}
                 _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Shared: extends the claims on the lanes whose attempts still run, every third of a
+    /// claim, so a receiver slower than a claim is not sent the same event by another replica.
+    async fn keep_claims(&self, held: &mut Instant) {
+        let now = Instant::now();
+        if now < *held + self.hold / 3 {
+            return;
+        }
+        *held = now;
+        let lanes: Vec<String> = lock(&self.in_flight).keys().cloned().collect();
+        let lanes: Vec<&str> = lanes.iter().map(String::as_str).collect();
+        if let Err(e) = self.backlog.hold(&self.name, &lanes, self.hold).await {
+            if let Some(left_out) = self.warnings.admit() {
+                tracing::warn!(endpoint = &*self.name, error = %e, left_out, "webhook claims could not be kept; another replica may send these events too");
             }
         }
     }
@@ -263,21 +322,38 @@ impl Endpoint {
         let signature = p.signer.signature(&m.id, timestamp, &m.body);
         let answer =
             p.client.send(m.body.clone(), Signed { id: &m.id, timestamp, signature }, p.schedule.longest()).await;
-        let how = self.judge(&p, &t, &answer);
-        let evicted = lock(&self.queue).settle(&t, how, Instant::now());
-        if evicted.is_some() {
-            self.metrics.count_dropped(WebhookDrop::FailedEvicted);
+        let how = self.judge(&p, &t, &answer).await;
+        if let Outcome::Retry { after, .. } = &how {
+            let at = Instant::now() + *after;
+            let mut next = lock(&self.next_retry);
+            *next = Some(next.map_or(at, |n| n.min(at)));
         }
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.set_pending(lock(&self.queue).pending());
+        match self.backlog.settle(&self.name, &t, how).await {
+            Ok(true) => self.metrics.count_dropped(WebhookDrop::FailedEvicted),
+            Ok(false) => {}
+            Err(e) => {
+                if let Some(left_out) = self.warnings.admit() {
+                    tracing::warn!(endpoint = &*self.name, error = %e, left_out, "a webhook attempt's outcome could not be recorded; the event is tried again when its claim runs out");
+                }
+            }
+        }
+        let lane = crate::shared::deliveries::lane_name(&t.lane.0, &t.lane.1);
+        {
+            let mut f = lock(&self.in_flight);
+            if let Some(n) = f.get_mut(&lane) {
+                *n -= 1;
+                if *n == 0 {
+                    f.remove(&lane);
+                }
+            }
+        }
         self.wake.notify_one();
     }
 
     /// What `answer` means for `t`: counted, noted in the health, and how to settle it.
-    fn judge(&self, p: &Parts, t: &Taken, answer: &Answer) -> Settle {
+    async fn judge(&self, p: &Parts, t: &Taken, answer: &Answer) -> Outcome {
         self.metrics.count_attempt(answer.outcome);
         let now_ms = crate::clock::unix_ms();
-        let now = Instant::now();
         let m = &t.message;
         if answer.outcome == WebhookOutcome::Delivered {
             self.metrics.count_delivered(Duration::from_millis(now_ms.saturating_sub(m.at_ms)));
@@ -286,7 +362,7 @@ impl Endpoint {
             if h.failing_since_ms.take().is_some() {
                 tracing::info!(endpoint = &*self.name, "webhook endpoint delivering again");
             }
-            return Settle::Delivered;
+            return Outcome::Delivered;
         }
         {
             let mut h = lock(&self.health);
@@ -297,19 +373,22 @@ impl Endpoint {
             }
         }
         if answer.outcome == WebhookOutcome::Gone {
-            let why = "HTTP 410 Gone: the receiver asked for no more deliveries".to_owned();
-            lock(&self.health).disabled = Some((now_ms, why));
+            let why = "HTTP 410 Gone: the receiver asked for no more deliveries";
+            lock(&self.health).disabled = Some((now_ms, why.to_owned()));
+            if let Err(e) = self.backlog.set_disabled(&self.name, Some(why)).await {
+                tracing::warn!(endpoint = &*self.name, error = %e, "the other replicas could not be told the endpoint is disabled");
+            }
             tracing::warn!(
                 endpoint = &*self.name,
                 "webhook endpoint disabled (410 Gone); POST /webhooks/{}/replay enables it",
                 self.name
             );
-            self.report();
-            return Settle::Retry { at: now, counted: false };
+            self.metrics.set_disabled(true);
+            return Outcome::Retry { after: Duration::ZERO, counted: false };
         }
         tracing::debug!(endpoint = &*self.name, agent = &*m.agent, seq = m.seq, attempt = t.attempt, why = %answer.why, "webhook attempt failed");
         match p.schedule.wait(t.attempt, unit()) {
-            Some(wait) => Settle::Retry { at: now + answer.retry_after.unwrap_or(wait), counted: true },
+            Some(wait) => Outcome::Retry { after: answer.retry_after.unwrap_or(wait), counted: true },
             None => {
                 self.metrics.count_failed();
                 if let Some(left_out) = self.warnings.admit() {
@@ -318,35 +397,49 @@ impl Endpoint {
                         why = %answer.why, left_out, "webhook event given up after its last attempt; kept for replay"
                     );
                 }
-                Settle::GiveUp { why: answer.why.clone(), at_ms: now_ms }
+                Outcome::GiveUp { why: answer.why.clone(), at_ms: now_ms, max_failed: p.cfg.max_failed }
             }
         }
     }
 
-    /// Brings the gauges up to date.
-    pub fn report(&self) {
-        let (pending, oldest) = {
-            let q = lock(&self.queue);
-            (q.pending(), q.oldest_ms())
+    /// The backlog as it stands; `None` while the shared store does not answer.
+    async fn snapshot(&self, recent: usize) -> Option<Snapshot> {
+        match self.backlog.snapshot(&self.name, recent).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::debug!(endpoint = &*self.name, error = %e, "webhook backlog not readable");
+                None
+            }
+        }
+    }
+
+    /// Brings the gauges up to date, and (shared) this replica's idea of whether the
+    /// endpoint is disabled.
+    pub async fn report(&self) {
+        let Some(s) = self.snapshot(1).await else { return };
+        let h = {
+            let mut h = lock(&self.health);
+            match (&s.disabled, &h.disabled) {
+                (Some(why), None) => h.disabled = Some((crate::clock::unix_ms(), why.clone())),
+                (None, Some(_)) => h.disabled = None,
+                _ => {}
+            }
+            h.clone()
         };
-        let h = lock(&self.health).clone();
         let now_ms = crate::clock::unix_ms();
-        self.metrics.set_pending(pending);
-        self.metrics.set_oldest_age(oldest.map_or(0.0, |at| now_ms.saturating_sub(at) as f64 / 1000.0));
+        self.metrics.set_pending(s.pending as usize);
+        self.metrics.set_oldest_age(s.oldest_ms.map_or(0.0, |at| now_ms.saturating_sub(at) as f64 / 1000.0));
         self.metrics.set_disabled(h.disabled.is_some());
         self.metrics.set_failing_since(h.failing_since_ms.map_or(0, |ms| ms / 1000));
     }
 
-    pub fn status(&self) -> Status {
-        let p = self.parts.load();
-        let now = Instant::now();
+    pub async fn status(&self) -> Status {
+        let p = self.parts.load_full();
         let now_ms = crate::clock::unix_ms();
-        let (pending, oldest, failed, recent, next) = {
-            let q = lock(&self.queue);
-            (q.pending(), q.oldest_ms(), q.failed_len(), q.failed(SHOWN_FAILED), q.next_due())
-        };
+        let s = self.snapshot(SHOWN_FAILED).await.unwrap_or_default();
         let h = lock(&self.health).clone();
-        let state = match (&h.disabled, h.failing_since_ms) {
+        let disabled = h.disabled.or_else(|| s.disabled.clone().map(|why| (now_ms, why)));
+        let state = match (&disabled, h.failing_since_ms) {
             (Some(_), _) => "disabled",
             (None, Some(_)) => "failing",
             (None, None) => "ok",
@@ -358,18 +451,16 @@ impl Endpoint {
             state,
             events: p.cfg.events.clone(),
             gateways: p.cfg.gateways.clone(),
-            pending,
-            in_flight: self.in_flight.load(Ordering::Acquire),
-            oldest_pending_age_seconds: oldest.map(|at| now_ms.saturating_sub(at) as f64 / 1000.0),
-            failed,
+            pending: s.pending as usize,
+            in_flight: self.in_flight(),
+            oldest_pending_age_seconds: s.oldest_ms.map(|at| now_ms.saturating_sub(at) as f64 / 1000.0),
+            failed: s.failed as usize,
             last_success: h.last_success_ms.map(rfc3339),
             last_failure: h.last_failure.as_ref().map(view),
             failing_since: h.failing_since_ms.map(rfc3339),
-            next_retry: next
-                .filter(|_| h.disabled.is_none())
-                .map(|at| rfc3339(now_ms + at.saturating_duration_since(now).as_millis() as u64)),
-            disabled: h.disabled.as_ref().map(view),
-            recent_failed: recent.iter().map(failed_view).collect(),
+            next_retry: s.next_due_ms.filter(|_| disabled.is_none()).map(rfc3339),
+            disabled: disabled.as_ref().map(view),
+            recent_failed: s.recent_failed.iter().map(failed_view).collect(),
         }
     }
 }

@@ -77,8 +77,81 @@ impl Message {
     }
 }
 
+/// Whether `id` is a message id as [`new_id`] makes them.
+fn valid_id(id: &str) -> bool {
+    id.len() == 36 && id.starts_with("msg_") && id[4..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+impl Message {
+    /// The message as the shared store keeps it: `ID AT_MS SEQ GATEWAY AGENT KIND BODY`
+    /// (`shared::deliveries`: its scripts read the first two fields).
+    pub fn encode(&self) -> Vec<u8> {
+        let head = format!("{} {} {} {} {} {} ", self.id, self.at_ms, self.seq, self.gateway, self.agent, self.kind);
+        let mut out = Vec::with_capacity(head.len() + self.body.len());
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// A message read back from the shared store, validated like network input (anyone who
+    /// can write to Redis could have put it there, and ccgate signs what it sends): an id
+    /// ccgate makes, names of the characters ccgate's have, a JSON body within bounds.
+    pub fn decode(raw: &[u8]) -> Option<Self> {
+        let mut parts = raw.splitn(7, |b| *b == b' ');
+        let mut text = || std::str::from_utf8(parts.next()?).ok();
+        let id = text().filter(|i| valid_id(i))?;
+        let at_ms = text()?.parse().ok()?;
+        let seq = text()?.parse().ok()?;
+        let gateway = text()?;
+        let agent = text()?;
+        let kind = text().filter(|k| crate::shared::valid_event_kind(k))?;
+        if !crate::shared::deliveries::valid_lane(&crate::shared::deliveries::lane_name(gateway, agent)) {
+            return None;
+        }
+        let body = parts.next()?;
+        if body.len() > MAX_BODY_BYTES || serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+            return None;
+        }
+        Some(Self {
+            id: Arc::from(id),
+            gateway: Arc::from(gateway),
+            agent: Arc::from(agent),
+            seq,
+            kind: Arc::from(kind),
+            at_ms,
+            body: Bytes::copy_from_slice(body),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stored_message_reads_back_the_same_and_garbage_does_not() {
+        let ev = br#"{"eventType":"E","workNo":"153"}"#;
+        let m = Message::build("acme".into(), "153".into(), 9, "AgentEvent_X", ev, 1_796_630_400_000).unwrap();
+        let raw = m.encode();
+        assert_eq!(crate::shared::deliveries::message_head(&raw), Some((&*m.id, m.at_ms)));
+        let back = Message::decode(&raw).unwrap();
+        assert_eq!(
+            (&back.id, &back.gateway, &back.agent, back.seq, &back.kind, back.at_ms),
+            (&m.id, &m.gateway, &m.agent, 9, &m.kind, m.at_ms)
+        );
+        assert_eq!(back.body, m.body);
+        let good = String::from_utf8(raw).unwrap();
+        for bad in [
+            good.replacen("msg_", "msx_", 1),
+            good.replacen(" acme ", " Acme ", 1),
+            good.replacen(" 153 ", " 1 53 ", 1),
+            good.replacen("AgentEvent_X", "Agent\u{1b}X", 1),
+            good.replacen("{\"type\"", "not json {", 1),
+            format!("{good}{}", " ".repeat(MAX_BODY_BYTES)),
+            String::new(),
+        ] {
+            assert!(Message::decode(bad.as_bytes()).is_none(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -2,16 +2,20 @@
 //! as Standard Webhooks 1.0, retried on a schedule, in order per agent and endpoint.
 //!
 //! The files, bottom up: `sign` (the signature), `message` (an event as a webhook carries
-//! it), `schedule` (when to try again), `queue` (an endpoint's pending events, lane per
-//! agent), `client` (HTTPS to one endpoint, private addresses refused), `endpoint` (the
-//! delivery task and health of one endpoint); here, [`Webhooks`]: every endpoint, the sink
-//! each gateway's sessions hand their events to, and reload.
+//! it), `schedule` (when to try again), `queue` (an endpoint's pending events in this
+//! process, a lane per agent), `backlog` (that queue, or the shared store's lanes: the seam),
+//! `client` (HTTPS to one endpoint, private addresses refused), `endpoint` (the delivery task
+//! and health of one endpoint); here, [`Webhooks`]: every endpoint, the sink each gateway's
+//! sessions hand their events to, the hand-over to the backlogs, and reload.
 //!
 //! Where events come from: the replica that polls an agent offers each event once, in the
 //! agent's order (`session/outlet.rs`); ccgate's own `ccgate.session_ended` comes the same way.
-//! Delivery state lives in this process: it is bounded, and lost on restart (README,
-//! docs/redis.md).
+//! The offer is a bounded, non-blocking hand-over to one task, which numbers the event, makes
+//! it a message once, and queues it for each endpoint that wants it. With the memory store
+//! the backlogs are this process's (bounded, lost on restart); with Redis they are shared,
+//! and a replica that dies leaves its deliveries to the others (README, docs/redis.md).
 
+mod backlog;
 mod client;
 mod endpoint;
 mod message;
@@ -20,11 +24,13 @@ mod schedule;
 mod sign;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 pub use endpoint::{Endpoint, FailedView, FailureView, Parts, Status};
 pub use message::Message;
@@ -32,17 +38,43 @@ pub use sign::Signer;
 
 use crate::metrics::Metrics;
 use crate::session::EventSink;
-use crate::sync::lock;
+use crate::shared::SharedStore;
 
 /// Agents whose sequence numbers are remembered. Past it the numbers start again at 1 (and
 /// a line says so): with 10,000 agents per gateway this is never reached in practice, and a
 /// receiver orders one agent's events by `seq` within its session anyway.
 const MAX_SEQ_AGENTS: usize = 200_000;
 
+/// Events handed over by the pollers and not yet queued: a burst of a whole contact centre's
+/// events, or a few seconds of a Redis outage at 1,000 events/s. Past it an event is dropped
+/// and counted for each endpoint that wanted it; the poller never waits.
+const HANDOVER: usize = 8192;
+/// The hand-over's first wait after the shared store failed to take an event (doubled up to
+/// [`HANDOVER_BACKOFF_MAX`]): the same event is tried again, so none is lost to a blip.
+const HANDOVER_BACKOFF: Duration = Duration::from_millis(100);
+const HANDOVER_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// One event on its way from a poller to the backlogs.
+struct Offered {
+    gateway: Arc<str>,
+    agent: Arc<str>,
+    tenant: Option<Arc<str>>,
+    kind: Arc<str>,
+    data: Bytes,
+    at_ms: u64,
+}
+
 /// Every configured endpoint, and the agents' sequence numbers.
 pub struct Webhooks {
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// The agents' sequence numbers with the memory store (Redis keeps them otherwise).
     seqs: Mutex<HashMap<queue::LaneKey, u64>>,
+    shared: Option<Arc<dyn SharedStore>>,
+    handover: mpsc::Sender<Offered>,
+    taken: Mutex<Option<mpsc::Receiver<Offered>>>,
+    /// Events handed over and not yet queued, and a signal when that falls to none.
+    waiting: AtomicUsize,
+    idle: tokio::sync::Notify,
     metrics: Metrics,
     stop: watch::Sender<bool>,
 }
@@ -50,25 +82,51 @@ pub struct Webhooks {
 /// Why a replay was refused.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReplayError {
+    /// No endpoint of that name is configured.
     UnknownEndpoint,
+    /// The shared store did not answer: try again.
+    Store(String),
 }
 
 impl Webhooks {
-    /// The endpoints [`Parts::build_all`] built; nothing runs until [`Webhooks::start`].
-    pub fn new(parts: Vec<Parts>, metrics: &Metrics) -> Arc<Self> {
-        let endpoints = parts.into_iter().map(|p| Endpoint::new(metrics.webhook(&p.cfg.name), p)).collect();
-        Arc::new(Self {
-            endpoints: ArcSwap::from_pointee(endpoints),
+    /// The endpoints [`Parts::build_all`] built, their backlogs in `shared` when given (the
+    /// Redis store); nothing runs until [`Webhooks::start`].
+    pub fn new(parts: Vec<Parts>, metrics: &Metrics, shared: Option<Arc<dyn SharedStore>>) -> Arc<Self> {
+        let (handover, taken) = mpsc::channel(HANDOVER);
+        let hooks = Arc::new(Self {
+            endpoints: ArcSwap::from_pointee(Vec::new()),
             seqs: Mutex::new(HashMap::new()),
+            shared,
+            handover,
+            taken: Mutex::new(Some(taken)),
+            waiting: AtomicUsize::new(0),
+            idle: tokio::sync::Notify::new(),
             metrics: metrics.clone(),
             stop: watch::channel(false).0,
-        })
+        });
+        let endpoints = parts.into_iter().map(|p| hooks.endpoint_of(p)).collect();
+        hooks.endpoints.store(Arc::new(endpoints));
+        hooks
     }
 
-    /// Starts each endpoint's delivery task.
-    pub fn start(&self) {
+    fn endpoint_of(&self, p: Parts) -> Arc<Endpoint> {
+        let (backlog, hold) = match &self.shared {
+            Some(store) => {
+                (backlog::Backlog::Shared { store: store.clone(), metrics: self.metrics.clone() }, store.lease_ttl())
+            }
+            // Nothing to claim from others in process: the hold is never asked for.
+            None => (backlog::Backlog::local(p.cfg.max_pending, p.cfg.max_failed), Duration::ZERO),
+        };
+        Endpoint::new(self.metrics.webhook(&p.cfg.name), p, backlog, hold)
+    }
+
+    /// Starts each endpoint's delivery task, and the hand-over from the pollers.
+    pub fn start(self: &Arc<Self>) {
         for e in self.endpoints.load().iter() {
             tokio::spawn(e.clone().run(self.stop.subscribe()));
+        }
+        if let Some(rx) = crate::sync::lock(&self.taken).take() {
+            tokio::spawn(handover(Arc::downgrade(self), rx, self.stop.subscribe()));
         }
     }
 
@@ -100,26 +158,31 @@ impl Webhooks {
                     next.push(e.clone());
                 }
                 None => {
-                    let e = Endpoint::new(self.metrics.webhook(&p.cfg.name), p);
+                    let e = self.endpoint_of(p);
                     tokio::spawn(e.clone().run(self.stop.subscribe()));
                     next.push(e);
                 }
             }
         }
         for gone in old.iter().filter(|e| !next.iter().any(|n| n.name == e.name)) {
-            let pending = gone.status().pending;
+            let kept_in_redis = self.shared.is_some();
             tracing::warn!(
                 endpoint = &*gone.name,
-                pending,
-                "webhook endpoint removed by reload; its pending events are dropped"
+                kept_in_redis,
+                "webhook endpoint removed by reload; its pending events are no longer sent"
             );
             gone.retire();
         }
         self.endpoints.store(Arc::new(next));
     }
 
-    pub fn status(&self) -> Vec<Status> {
-        self.endpoints.load().iter().map(|e| e.status()).collect()
+    pub async fn status(&self) -> Vec<Status> {
+        let endpoints = self.endpoints.load_full();
+        let mut out = Vec::with_capacity(endpoints.len());
+        for e in endpoints.iter() {
+            out.push(e.status().await);
+        }
+        out
     }
 
     pub fn endpoint(&self, name: &str) -> Option<Arc<Endpoint>> {
@@ -127,45 +190,123 @@ impl Webhooks {
     }
 
     /// `POST /webhooks/{name}/replay?since=`: see [`Endpoint::replay`].
-    pub fn replay(&self, name: &str, since_ms: u64) -> Result<usize, ReplayError> {
-        self.endpoint(name).map(|e| e.replay(since_ms)).ok_or(ReplayError::UnknownEndpoint)
+    pub async fn replay(&self, name: &str, since_ms: u64) -> Result<usize, ReplayError> {
+        let e = self.endpoint(name).ok_or(ReplayError::UnknownEndpoint)?;
+        e.replay(since_ms).await.map_err(|e| ReplayError::Store(e.to_string()))
     }
 
-    /// One event of `gateway`'s agent: numbered, made into a message once, queued for each
-    /// endpoint that wants it.
-    fn offer(&self, gateway: &Arc<str>, agent: &str, kind: &str, data: &Bytes) {
+    /// One event of `gateway`'s agent, from its poller: handed over when an endpoint wants it,
+    /// counted as dropped for each that does when the hand-over is full. Never waits.
+    fn offer(&self, gateway: &Arc<str>, agent: &str, tenant: Option<&str>, kind: &str, data: &Bytes) {
         let endpoints = self.endpoints.load();
-        if endpoints.is_empty() {
+        if !endpoints.iter().any(|e| e.wants(gateway, tenant, kind)) {
             return;
         }
-        let seq = self.next_seq(gateway, agent);
-        let wanting: Vec<&Arc<Endpoint>> = endpoints.iter().filter(|e| e.wants(gateway, kind)).collect();
+        let o = Offered {
+            gateway: gateway.clone(),
+            agent: Arc::from(agent),
+            tenant: tenant.map(Arc::from),
+            kind: Arc::from(kind),
+            data: data.clone(),
+            at_ms: crate::clock::unix_ms(),
+        };
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        if self.handover.try_send(o).is_err() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            endpoints.iter().filter(|e| e.wants(gateway, tenant, kind)).for_each(|e| e.count_dropped_full());
+        }
+    }
+
+    /// Numbers `o`, makes it a message once and queues it for each endpoint that wants it;
+    /// `Err` when the shared store did not take it (the caller tries the same event again;
+    /// endpoints that took it already may get it twice, under one `webhook-id`).
+    async fn queue(
+        &self,
+        o: &Offered,
+        numbered: &mut Option<Message>,
+        done: &mut Vec<Arc<str>>,
+    ) -> Result<(), crate::shared::StoreError> {
+        let endpoints = self.endpoints.load_full();
+        let wanting: Vec<&Arc<Endpoint>> = endpoints
+            .iter()
+            .filter(|e| e.wants(&o.gateway, o.tenant.as_deref(), &o.kind) && !done.contains(&e.name))
+            .collect();
         if wanting.is_empty() {
-            return;
+            return Ok(());
         }
-        match Message::build(gateway.clone(), Arc::from(agent), seq, kind, data, crate::clock::unix_ms()) {
-            Some(m) => {
-                for e in wanting {
-                    e.offer(m.clone());
+        let m = match numbered {
+            Some(m) => m.clone(),
+            None => {
+                let lane = (o.gateway.clone(), o.agent.clone());
+                let seq = backlog::Backlog::next_seq(self.shared.as_ref(), &self.seqs, &lane, MAX_SEQ_AGENTS).await?;
+                match Message::build(o.gateway.clone(), o.agent.clone(), seq, &o.kind, &o.data, o.at_ms) {
+                    Some(m) => numbered.insert(m).clone(),
+                    None => {
+                        wanting.iter().for_each(|e| e.count_too_large());
+                        return Ok(());
+                    }
                 }
             }
-            None => wanting.iter().for_each(|e| e.count_too_large()),
+        };
+        for e in wanting {
+            e.push(&m).await?;
+            done.push(e.name.clone());
         }
+        Ok(())
     }
 
-    /// The agent's next sequence number: one more than its last event's.
-    fn next_seq(&self, gateway: &Arc<str>, agent: &str) -> u64 {
-        let mut seqs = lock(&self.seqs);
-        if seqs.len() >= MAX_SEQ_AGENTS && !seqs.contains_key(&(gateway.clone(), Arc::from(agent))) {
-            tracing::warn!(
-                agents = seqs.len(),
-                "webhook sequence numbers forgotten (too many agents); each starts again at 1"
-            );
-            seqs.clear();
+    /// Waits (until `deadline`) for the events handed over to reach the shared store, so a
+    /// replica that stops loses none of them; with the memory store there is nothing to keep.
+    pub async fn drain(&self, deadline: tokio::time::Instant) {
+        if self.shared.is_none() {
+            return;
         }
-        let n = seqs.entry((gateway.clone(), Arc::from(agent))).or_insert(0);
-        *n += 1;
-        *n
+        let _ = tokio::time::timeout_at(deadline, async {
+            loop {
+                let idle = self.idle.notified();
+                if self.waiting.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        })
+        .await;
+    }
+}
+
+/// The hand-over's task: queues each event in order; an event the shared store did not take
+/// is tried again (with a growing wait) before the next, so an agent's events stay in order.
+async fn handover(hooks: Weak<Webhooks>, mut rx: mpsc::Receiver<Offered>, mut stop: watch::Receiver<bool>) {
+    let budget = crate::log_budget::LogBudget::default();
+    loop {
+        let o = tokio::select! {
+            o = rx.recv() => match o { Some(o) => o, None => return },
+            _ = stop.changed() => return,
+        };
+        let (mut numbered, mut done) = (None, Vec::new());
+        let mut wait = HANDOVER_BACKOFF;
+        loop {
+            let Some(h) = hooks.upgrade() else { return };
+            match h.queue(&o, &mut numbered, &mut done).await {
+                Ok(()) => {
+                    if h.waiting.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        h.idle.notify_waiters();
+                    }
+                    break;
+                }
+                Err(e) => {
+                    if let Some(left_out) = budget.admit() {
+                        tracing::warn!(error = %e, left_out, "a webhook event could not be queued in the shared store; trying again");
+                    }
+                }
+            }
+            drop(h);
+            tokio::select! {
+                _ = tokio::time::sleep(wait.mul_f64(schedule::unit())) => {}
+                _ = stop.changed() => return,
+            }
+            wait = (wait * 2).min(HANDOVER_BACKOFF_MAX);
+        }
     }
 }
 
@@ -176,9 +317,9 @@ struct GatewaySink {
 }
 
 impl EventSink for GatewaySink {
-    fn offer(&self, agent: &str, kind: &str, data: &Bytes) {
+    fn offer(&self, agent: &str, tenant: Option<&str>, kind: &str, data: &Bytes) {
         if let Some(h) = self.hooks.upgrade() {
-            h.offer(&self.gateway, agent, kind, data);
+            h.offer(&self.gateway, agent, tenant, kind, data);
         }
     }
 }

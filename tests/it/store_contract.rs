@@ -14,6 +14,7 @@ use std::time::Duration;
 use ccgate::config::{Scope, StoreBackend, StoreConfig};
 use ccgate::labels::LossReason;
 use ccgate::metrics::Metrics;
+use ccgate::shared::deliveries::{failed_entry, Settled, Settlement};
 use ccgate::shared::memory::MemoryHub;
 use ccgate::shared::redis::RedisStore;
 use ccgate::shared::{
@@ -179,6 +180,8 @@ contract!(LASTING:
     gcra_grants_a_slice_up_to_what_the_bucket_holds,
     two_gateways_agents_of_one_number_share_nothing,
     the_journal_keeps_the_newest_endings_per_gateway_for_every_replica,
+    webhook_lanes_are_claimed_by_one_replica_and_settle_in_order,
+    webhook_deliveries_are_bounded_and_given_up_events_replay,
 );
 
 // The cases that let time pass.
@@ -192,6 +195,7 @@ contract!(SHORT:
     after_a_loss_only_the_guid_is_refused_and_after_a_sign_out_events_too,
     the_change_feed_tells_of_other_replicas_writes_and_resyncs_after_a_reconnect,
     a_replica_is_named_by_its_heartbeat_until_it_falls_silent,
+    a_webhook_claim_that_runs_out_is_anyones_and_holding_keeps_it,
 );
 
 /// Epochs are drawn from the store's clock (ms) so that one a failover lost is never drawn
@@ -202,7 +206,16 @@ fn drawn_from_the_clock(epoch: u64) -> bool {
 }
 
 fn record<'a>(sid: &'a str, guid: &'a str, cookies: &'a [String]) -> NewRecord<'a> {
-    NewRecord { sid, guid, cookies, answer: b"{\"retcode\":\"0\"}", resumable: true, conf: "\"None\"", since: 0 }
+    NewRecord {
+        sid,
+        guid,
+        cookies,
+        answer: b"{\"retcode\":\"0\"}",
+        resumable: true,
+        conf: "\"None\"",
+        since: 0,
+        tenant: Some("acme-eu"),
+    }
 }
 
 async fn records_round_trip_and_restore_only_fills_a_gap(p: Pair) {
@@ -214,6 +227,7 @@ async fn records_round_trip_and_restore_only_fills_a_gap(p: Pair) {
     assert_eq!((r.sid.as_str(), r.epoch, r.guid.as_str()), ("sid1", first, "g-1.AgentGateway0"));
     assert_eq!((r.cookies, &r.answer[..], r.resumable), (cookies.clone(), &b"{\"retcode\":\"0\"}"[..], true));
     assert_eq!((r.conf.as_str(), r.confv, r.state), ("\"None\"", 1, RecordState::Active));
+    assert_eq!(r.tenant.as_deref(), Some("acme-eu"), "the signing-in token's tenant");
     // A restore never overwrites a record that is there.
     let restored = p.b.create(AGENT, &record("sid2", "g-9.AgentGateway0", &[]), CreateMode::Restore).await.unwrap();
     assert_eq!(restored, 0);
@@ -221,10 +235,11 @@ async fn records_round_trip_and_restore_only_fills_a_gap(p: Pair) {
     // A new sign-in replaces the record (and its events), with a higher epoch.
     let event = NewEvent { sid: "sid1", cap: 10, id: 5 << 20, kind: "AgentState_Busy", data: b"{}" };
     assert!(p.a.append(AGENT, &event).await.unwrap().is_some());
-    let epoch = p.b.create(AGENT, &record("sid2", "g-2.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
+    let untenanted = NewRecord { tenant: None, ..record("sid2", "g-2.AgentGateway0", &[]) };
+    let epoch = p.b.create(AGENT, &untenanted, CreateMode::SignIn).await.unwrap();
     assert!(epoch > first);
     let r = p.a.load(AGENT).await.unwrap().unwrap();
-    assert_eq!((r.sid.as_str(), r.epoch), ("sid2", epoch));
+    assert_eq!((r.sid.as_str(), r.epoch, r.tenant), ("sid2", epoch, None));
     assert!(p.a.latest_events(AGENT, 10).await.unwrap().is_empty());
 }
 
@@ -866,4 +881,129 @@ async fn the_change_feed_tells_of_other_replicas_writes_and_resyncs_after_a_reco
     assert_eq!(next_change(&mut feed).await, Change::Resync, "anything may have changed meanwhile");
     p.a.create(AGENT, &record("s3", "g-3.AgentGateway0", &[]), CreateMode::SignIn).await.unwrap();
     assert_eq!(next_change(&mut feed).await, session(), "followed again");
+}
+
+// --- webhook deliveries ---------------------------------------------------------------------
+
+/// A stored message as the webhooks layer writes it: the id and time first.
+fn wh_message(id: &str, at_ms: u64) -> Vec<u8> {
+    format!("{id} {at_ms} 1 default 153 E {{}}").into_bytes()
+}
+
+const HOLD: Duration = Duration::from_secs(60);
+
+async fn webhook_lanes_are_claimed_by_one_replica_and_settle_in_order(p: Pair) {
+    let (a, b) = (&p.a, &p.b);
+    assert_eq!(a.next_seq("default/153").await.unwrap(), 1);
+    assert_eq!(b.next_seq("default/153").await.unwrap(), 2, "one sequence for every replica");
+    assert_eq!(a.next_seq("default/154").await.unwrap(), 1);
+    for (lane, id, at) in [("default/153", "m1", 10), ("default/153", "m2", 20), ("default/154", "n1", 15)] {
+        assert!(a.push("crm", lane, at, &wh_message(id, at), 100).await.unwrap());
+    }
+    // b claims both lanes' heads; a finds nothing left to claim; one head per lane.
+    let claimed = b.claim("crm", 10, HOLD).await.unwrap();
+    let mut heads: Vec<(String, Vec<u8>, u32)> = claimed.into_iter().map(|c| (c.lane, c.message, c.attempts)).collect();
+    heads.sort();
+    assert_eq!(
+        heads,
+        [("default/153".to_owned(), wh_message("m1", 10), 0), ("default/154".to_owned(), wh_message("n1", 15), 0),]
+    );
+    assert!(a.claim("crm", 10, HOLD).await.unwrap().is_empty(), "claimed by b");
+    // Only the claimer settles a retry; a counted one raises the attempts.
+    let retry = Settlement::Retry { after: Duration::ZERO, counted: true };
+    assert_eq!(a.settle("crm", "default/153", "m1", retry).await.unwrap(), Settled::NotHead);
+    assert_eq!(b.settle("crm", "default/153", "m1", retry).await.unwrap(), Settled::Done);
+    let again = a.claim("crm", 10, HOLD).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].lane.as_str(), again[0].attempts), ("default/153", 1));
+    // Delivered: the next of the lane is due at once, with its attempts from 0.
+    assert_eq!(a.settle("crm", "default/153", "m1", Settlement::Delivered).await.unwrap(), Settled::Done);
+    assert_eq!(a.settle("crm", "default/153", "m1", Settlement::Delivered).await.unwrap(), Settled::NotHead, "once");
+    let next = b.claim("crm", 10, HOLD).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!((next[0].message.clone(), next[0].attempts), (wh_message("m2", 20), 0));
+    let sum = a.summary("crm", 10).await.unwrap();
+    assert_eq!((sum.pending, sum.oldest_ms, sum.failed), (2, Some(15), 0), "{sum:?}");
+    // A disabled endpoint is disabled for every replica.
+    a.set_disabled("crm", Some(b"410")).await.unwrap();
+    assert_eq!(b.summary("crm", 1).await.unwrap().disabled.as_deref(), Some(&b"410"[..]));
+    b.set_disabled("crm", None).await.unwrap();
+    assert_eq!(a.summary("crm", 1).await.unwrap().disabled, None);
+    // Other endpoints see nothing of it.
+    assert_eq!(a.summary("other", 1).await.unwrap().pending, 0);
+    assert!(a.claim("other", 10, HOLD).await.unwrap().is_empty());
+}
+
+async fn webhook_deliveries_are_bounded_and_given_up_events_replay(p: Pair) {
+    let (a, b) = (&p.a, &p.b);
+    for (i, at) in [100u64, 200, 300].iter().enumerate() {
+        assert!(a.push("crm", "default/153", *at, &wh_message(&format!("m{i}"), *at), 3).await.unwrap());
+    }
+    assert!(!b.push("crm", "default/154", 400, &wh_message("x", 400), 3).await.unwrap(), "max_pending");
+    // Each is given up in turn; the failed list keeps its newest two.
+    let mut evicted = 0;
+    for _ in 0..3 {
+        let c = a.claim("crm", 1, HOLD).await.unwrap().pop().unwrap();
+        let id = std::str::from_utf8(&c.message).unwrap().split(' ').next().unwrap().to_owned();
+        let entry = failed_entry(&c.lane, &c.message, 999, 8, "HTTP 500").unwrap();
+        let how = Settlement::GiveUp { entry: &entry, max_failed: 2 };
+        // Another replica cannot give up what a holds.
+        assert_eq!(b.settle("crm", &c.lane, &id, how).await.unwrap(), Settled::NotHead);
+        if a.settle("crm", &c.lane, &id, how).await.unwrap() == Settled::Evicted {
+            evicted += 1;
+        }
+    }
+    assert_eq!(evicted, 1);
+    let sum = b.summary("crm", 10).await.unwrap();
+    assert_eq!((sum.pending, sum.failed, sum.oldest_ms, sum.next_due_ms), (0, 2, None, None), "{sum:?}");
+    assert_eq!(sum.recent_failed.len(), 2);
+    assert!(sum.recent_failed[0].ends_with(&wh_message("m2", 300)), "newest first");
+    // A replay since 250 puts back only m2; one since 0 the rest; each once.
+    assert_eq!(b.replay("crm", 250).await.unwrap(), 1);
+    assert_eq!(b.replay("crm", 0).await.unwrap(), 1);
+    assert_eq!(b.replay("crm", 0).await.unwrap(), 0);
+    let sum = a.summary("crm", 10).await.unwrap();
+    assert_eq!((sum.pending, sum.failed), (2, 0));
+    let order: Vec<Vec<u8>> = {
+        let mut v = Vec::new();
+        while let Some(c) = a.claim("crm", 1, HOLD).await.unwrap().pop() {
+            let id = std::str::from_utf8(&c.message).unwrap().split(' ').next().unwrap().to_owned();
+            a.settle("crm", &c.lane, &id, Settlement::Delivered).await.unwrap();
+            v.push(c.message);
+        }
+        v
+    };
+    assert_eq!(order, [wh_message("m2", 300), wh_message("m1", 200)], "in the order they were replayed");
+}
+
+async fn a_webhook_claim_that_runs_out_is_anyones_and_holding_keeps_it(p: Pair) {
+    let (a, b) = (&p.a, &p.b);
+    let hold = p_lease(&p);
+    a.push("crm", "default/153", 1, &wh_message("m1", 1), 10).await.unwrap();
+    a.push("crm", "default/154", 1, &wh_message("n1", 1), 10).await.unwrap();
+    assert_eq!(a.claim("crm", 10, hold).await.unwrap().len(), 2);
+    // a holds 153's claim (its attempt still runs) but not 154's; a claim's time passes.
+    p.pass(hold / 2).await;
+    a.hold("crm", &["default/153"], hold).await.unwrap();
+    p.pass(hold / 2 + hold / 4).await;
+    let taken = b.claim("crm", 10, hold).await.unwrap();
+    assert_eq!(taken.iter().map(|c| c.lane.as_str()).collect::<Vec<_>>(), ["default/154"], "a died with 154's");
+    // a's attempt at 154 reached the receiver after all: the delivery counts once, and b's
+    // own settling of the same event finds it gone.
+    assert_eq!(a.settle("crm", "default/154", "n1", Settlement::Delivered).await.unwrap(), Settled::Done);
+    assert_eq!(b.settle("crm", "default/154", "n1", Settlement::Delivered).await.unwrap(), Settled::NotHead);
+    assert_eq!(a.summary("crm", 1).await.unwrap().pending, 1);
+    // a's retry of a lane it no longer holds changes nothing.
+    p.pass(hold).await;
+    let c = b.claim("crm", 10, hold).await.unwrap();
+    assert_eq!(c.len(), 1, "153's claim ran out too");
+    let retry = Settlement::Retry { after: Duration::from_secs(3600), counted: true };
+    assert_eq!(a.settle("crm", "default/153", "m1", retry).await.unwrap(), Settled::NotHead);
+    assert_eq!(b.settle("crm", "default/153", "m1", Settlement::Delivered).await.unwrap(), Settled::Done);
+    assert_eq!(b.summary("crm", 1).await.unwrap(), Default::default());
+}
+
+/// The pair's lease: what a case lets a claim last.
+fn p_lease(p: &Pair) -> Duration {
+    p.a.lease_ttl()
 }

@@ -438,6 +438,7 @@ async fn an_epoch_the_new_primary_lost_is_never_drawn_again() {
         resumable: true,
         conf: "\"None\"",
         since: 0,
+        tenant: None,
     };
     let first = store.create("153", &record, CreateMode::SignIn).await.unwrap();
     store.release("153", first).await.unwrap();

@@ -8,6 +8,7 @@ Plans (--plan), per message id (its attempts counted here):
   throttle    429 with Retry-After: 1 on the first attempt, then 200
   gone        410 to everything while the file --gone-file exists, else 200
   hang        the first attempt waits 3 s before answering (past ccgate's timeout), then 200
+  fail-while  500 to everything while the file --gone-file exists, else 200
 """
 
 import argparse
@@ -61,6 +62,8 @@ class Handler(BaseHTTPRequestHandler):
             status, extra = 429, {"Retry-After": "1"}
         elif args.plan == "gone" and args.gone_file and os.path.exists(args.gone_file):
             status = 410
+        elif args.plan == "fail-while" and os.path.exists(args.gone_file):
+            status = 500
         elif args.plan == "hang" and n == 1:
             time.sleep(3)
         data = payload.get("data", {}) if isinstance(payload, dict) else {}

@@ -65,8 +65,9 @@ class Receiver:
                         length = int(line.split(b":", 1)[1])
                 body = await reader.readexactly(length)
                 now = time.time_ns()
-                content = json.loads(body)["data"]["event"]["content"]
-                self.got.append((now, content["t"], content["i"]))
+                content = json.loads(body)["data"]["event"].get("content") or {}
+                if "t" in content:  # the bench's own events (not a session's end at shutdown)
+                    self.got.append((now, content["t"], content["i"]))
                 writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
@@ -135,12 +136,12 @@ def pct(v, p):
     return v[min(len(v) - 1, int(len(v) * p))] if v else 0
 
 
-def run(out, binary, key, store, agents_n, rate, seconds, warmup):
+def run(out, binary, key, receiver, store, agents_n, rate, seconds, warmup):
     agents = [str(FIRST_AGENT + i) for i in range(agents_n)]
     write_configs(out, agents, store)
     ctx = ssl.create_default_context(cafile=str(out / "ca.pem"))
     procs = {}
-    receiver = Receiver()
+    receiver.got = []
     try:
         if store == "redis":
             bench.start_pinned(procs, out, "redis-server", ["redis-server", "--port", str(REDIS), "--bind", "127.0.0.1",
@@ -182,7 +183,6 @@ def run(out, binary, key, store, agents_n, rate, seconds, warmup):
         return res
     finally:
         bench.stop_all(procs)
-        receiver.loop.call_soon_threadsafe(receiver.loop.stop)
 
 
 def main():
@@ -199,7 +199,9 @@ def main():
     out.mkdir(exist_ok=True)
     key, _ = bench.make_keys(out)
     os.sched_setaffinity(0, {int(bench.LOAD_CORE)})
-    results = [run(out, Path(a.binary), key, s, a.agents, a.rate, a.seconds, a.warmup) for s in a.store.split(",")]
+    receiver = Receiver()
+    results = [run(out, Path(a.binary), key, receiver, s, a.agents, a.rate, a.seconds, a.warmup)
+               for s in a.store.split(",")]
     print(f"\n{a.rate} events/s offered over {a.agents} agents, {a.seconds} s measured, one endpoint\n")
     print("| store | delivered/s | p50 ms | p99 ms | max ms | ccgate CPU | µs CPU / delivery | lost | duplicates | peak RSS |")
     print("|---|---|---|---|---|---|---|---|---|---|")

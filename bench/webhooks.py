@@ -157,10 +157,13 @@ def run(out, binary, key, receiver, store, agents_n, rate, seconds, warmup):
         t.start()
         time.sleep(warmup)
         first_i, got_from = counter[0], len(receiver.got)
+        redis_pid = procs["redis-server"].pid if "redis-server" in procs else None
+        redis_ticks = bench.cpu_ticks(redis_pid) if redis_pid else 0
         ticks, t0 = bench.cpu_ticks(pid), time.time()
         time.sleep(seconds)
         elapsed = time.time() - t0
         cpu_s = (bench.cpu_ticks(pid) - ticks) / os.sysconf("SC_CLK_TCK")
+        redis_s = (bench.cpu_ticks(redis_pid) - redis_ticks) / os.sysconf("SC_CLK_TCK") if redis_pid else 0
         window = receiver.got[got_from:]
         last_i = counter[0]
         stop.set()
@@ -177,6 +180,7 @@ def run(out, binary, key, receiver, store, agents_n, rate, seconds, warmup):
             "store": store, "agents": agents_n, "offered_per_s": rate, "delivered_per_s": len(window) / elapsed,
             "p50_ms": pct(lat, 0.50), "p99_ms": pct(lat, 0.99), "max_ms": max(lat) if lat else 0,
             "cpu_pct": 100 * cpu_s / elapsed, "cpu_us_per_delivery": 1e6 * cpu_s / max(1, len(window)),
+            "redis_cpu_pct": 100 * redis_s / elapsed, "redis_us_per_delivery": 1e6 * redis_s / max(1, len(window)),
             "sent": sent, "lost": sent - len(unique), "duplicates": len(seen) - len(unique), "peak_rss_mib": rss / 1024,
         }
         bench.log(f"{store}: {json.dumps(res)}")
@@ -203,12 +207,14 @@ def main():
     results = [run(out, Path(a.binary), key, receiver, s, a.agents, a.rate, a.seconds, a.warmup)
                for s in a.store.split(",")]
     print(f"\n{a.rate} events/s offered over {a.agents} agents, {a.seconds} s measured, one endpoint\n")
-    print("| store | delivered/s | p50 ms | p99 ms | max ms | ccgate CPU | µs CPU / delivery | lost | duplicates | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| store | delivered/s | p50 ms | p99 ms | max ms | ccgate CPU | µs CPU / delivery | Redis µs / delivery "
+          "| lost | duplicates | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        redis = f"{r['redis_us_per_delivery']:.0f}" if r["store"] == "redis" else "-"
         print(f"| {r['store']} | {r['delivered_per_s']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.0f} "
-              f"| {r['cpu_pct']:.1f} % | {r['cpu_us_per_delivery']:.0f} | {r['lost']} of {r['sent']} | {r['duplicates']} "
-              f"| {r['peak_rss_mib']:.0f} MiB |")
+              f"| {r['cpu_pct']:.1f} % | {r['cpu_us_per_delivery']:.0f} | {redis} | {r['lost']} of {r['sent']} "
+              f"| {r['duplicates']} | {r['peak_rss_mib']:.0f} MiB |")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
 

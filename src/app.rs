@@ -100,11 +100,10 @@ impl Running {
             }
         };
         // With Redis, the events handed over (the sign-outs' `ccgate.session_ended` among them)
-        // reach the shared backlogs for the other replicas to send; attempts still running
-        // here are resumed by them when their claims run out. With the memory store what is
-        // queued goes with the process (README, "Webhooks").
-        self.webhooks.drain(deadline).await;
-        self.webhooks.stop();
+        // reach the shared backlogs for the other replicas to send, and the attempts running
+        // here end first (one cut off would be sent again once its claim ran out). With the
+        // memory store what is queued goes with the process (README, "Webhooks").
+        self.webhooks.finish(deadline).await;
         if left > 0 {
             tracing::warn!(agents = left, "shutdown complete; agents left signed in at the gateway");
         } else {

@@ -488,11 +488,7 @@ async fn agents(
 ) -> Result<(), String> {
     let path = id.as_ref().map_or_else(|| "/agents".to_owned(), |id| format!("/agents/{id}"));
     let url = local_admin_url(config, admin, &path)?;
-    let (status, body) = ask_admin(http::Method::GET, &url, AGENTS_WAIT).await?;
-    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
-    if status != 200 {
-        return Err(format!("{url}: HTTP {status}: {}", text(&v["error"])));
-    }
+    let (v, body) = admin_json(http::Method::GET, &url).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or(body));
         return Ok(());
@@ -528,11 +524,7 @@ async fn webhooks(
             return Err(format!("--replay {name:?}: not an endpoint name (a-z, 0-9 and -)"));
         }
         let url = local_admin_url(config, admin, &format!("/webhooks/{name}/replay?since={since}"))?;
-        let (status, body) = ask_admin(http::Method::POST, &url, AGENTS_WAIT).await?;
-        let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
-        if status != 200 {
-            return Err(format!("HTTP {status}: {}", text(&v["error"])));
-        }
+        let (v, body) = admin_json(http::Method::POST, &url).await?;
         match json {
             true => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(body)),
             false => println!("{}: {} event(s) queued again", text(&v["endpoint"]), text(&v["replayed"])),
@@ -540,11 +532,7 @@ async fn webhooks(
         return Ok(());
     }
     let url = local_admin_url(config, admin, "/webhooks")?;
-    let (status, body) = ask_admin(http::Method::GET, &url, AGENTS_WAIT).await?;
-    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
-    if status != 200 {
-        return Err(format!("{url}: HTTP {status}: {}", text(&v["error"])));
-    }
+    let (v, body) = admin_json(http::Method::GET, &url).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or(body));
         return Ok(());
@@ -604,6 +592,17 @@ fn webhooks_table(list: &[serde_json::Value]) -> String {
         out.push('\n');
     }
     out
+}
+
+/// `url` on the admin listener, answered 200 with JSON: the JSON and its text; else the
+/// admin's own error.
+async fn admin_json(method: http::Method, url: &str) -> Result<(serde_json::Value, String), String> {
+    let (status, body) = ask_admin(method, url, AGENTS_WAIT).await?;
+    let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{url}: not JSON: {e}"))?;
+    if status != 200 {
+        return Err(format!("{url}: HTTP {status}: {}", text(&v["error"])));
+    }
+    Ok((v, body))
 }
 
 /// How long `ccgate agents` waits: a cluster view reads one record per agent from Redis.

@@ -54,7 +54,7 @@ pub use limits::{default_limits, LimitConfig, RateLimitsConfig, Scope, DEFAULT_M
 pub use log::{LogConfig, LogFormat, DEFAULT_OTLP_SERVICE_NAME};
 pub use net::{is_public_address, mask_url_secrets, parse_cidr, parse_host_port, Cidr};
 pub use policy::{PolicyConfig, UnknownChair};
-pub use secret::{mask_secret, Secret, MASK};
+pub use secret::{mask_secret, mask_url_path, Secret, MASK};
 pub use server::{
     ServerConfig, DEFAULT_BODY_READ_TIMEOUT_MS, DEFAULT_CONNECTION_IDLE_TIMEOUT_MS, DEFAULT_DRAIN_DELAY_MS,
     DEFAULT_HEADER_READ_TIMEOUT_MS, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS,
@@ -75,7 +75,7 @@ pub use store::{
 pub use view::{changes, flatten, Change, Effective, Flat, Leaf};
 pub use webhooks::{
     WebhookConfig, DEFAULT_RETRY_SCHEDULE_MS, DEFAULT_WEBHOOK_MAX_FAILED, DEFAULT_WEBHOOK_MAX_IN_FLIGHT,
-    DEFAULT_WEBHOOK_MAX_PENDING, DEFAULT_WEBHOOK_TIMEOUT_MS, MAX_WEBHOOKS,
+    DEFAULT_WEBHOOK_MAX_PENDING, DEFAULT_WEBHOOK_MAX_PENDING_BYTES, DEFAULT_WEBHOOK_TIMEOUT_MS, MAX_WEBHOOKS,
 };
 
 /// Where `serve` looks for its config when neither `--config` nor `CCGATE_CONFIG` is given.

@@ -67,6 +67,29 @@ pub fn mask_secret(value: &str) -> String {
     format!("{scheme}://{user}{}", super::net::mask_query(host))
 }
 
+/// A URL that may carry a secret in its path as well (a webhook receiver's: Slack-style
+/// `…/services/T/B/SECRET`), as it may be printed: scheme and host, the rest masked.
+pub fn mask_url_path(value: &str) -> String {
+    let Some((scheme, rest)) = value.split_once("://") else { return MASK.to_owned() };
+    let (user, after) = match rest.rsplit_once('@') {
+        Some((_, after)) => (format!("{MASK}@"), after),
+        None => (String::new(), rest),
+    };
+    let host = after.split(['/', '?', '#']).next().unwrap_or_default();
+    let tail = if after.len() > host.len() { format!("/{MASK}") } else { String::new() };
+    format!("{scheme}://{user}{host}{tail}")
+}
+
+/// `serialize_with` for a URL held as a plain string whose path may be secret: printed as
+/// [`mask_url_path`] says, fingerprinted (to tell a change) as a [`Secret`] is.
+pub fn serialize_url_path_masked<S: serde::Serializer>(value: &str, s: S) -> Result<S::Ok, S::Error> {
+    if FINGERPRINTING.get() {
+        s.serialize_str(&fingerprint(value))
+    } else {
+        s.serialize_str(&mask_url_path(value))
+    }
+}
+
 thread_local! {
     /// Set while [`fingerprinted`] runs its closure on this thread.
     static FINGERPRINTING: Cell<bool> = const { Cell::new(false) };
@@ -108,6 +131,17 @@ pub fn fingerprint(value: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_url_whose_path_may_be_secret_shows_its_host_only() {
+        assert_eq!(
+            super::mask_url_path("https://hooks.example.com/services/T0/B1/s3cr3t?x=1"),
+            "https://hooks.example.com/***"
+        );
+        assert_eq!(super::mask_url_path("https://u:p@h:8443/a"), "https://***@h:8443/***");
+        assert_eq!(super::mask_url_path("https://h:8443"), "https://h:8443");
+        assert_eq!(super::mask_url_path("not a url"), "***");
+    }
+
     use super::*;
 
     #[test]

@@ -25,8 +25,12 @@ pub const DEFAULT_WEBHOOK_MAX_IN_FLIGHT: usize = 4;
 /// centre's events while the endpoint is down, a few tens of MB at most. Past it new events
 /// for the endpoint are dropped and counted (`ccgate_webhook_dropped_total`).
 pub const DEFAULT_WEBHOOK_MAX_PENDING: usize = 100_000;
-/// Events that used every attempt, kept per endpoint for `replay` (the oldest go first).
-pub const DEFAULT_WEBHOOK_MAX_FAILED: usize = 10_000;
+/// The bytes those events may take, all agents together: 64 MiB, about 100,000 of the
+/// gateway's few-hundred-byte events; the count above bounds small events, this one large.
+pub const DEFAULT_WEBHOOK_MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
+/// Events that used every attempt, kept per endpoint for `replay` (the oldest go first): at
+/// most 16 MiB of bodies (16 KiB each at most).
+pub const DEFAULT_WEBHOOK_MAX_FAILED: usize = 1_000;
 
 /// Endpoints at most: each has its own delivery task, connections and metric series.
 pub const MAX_WEBHOOKS: usize = 16;
@@ -36,6 +40,14 @@ pub const MAX_RETRY_SCHEDULE: usize = 20;
 pub const MAX_RETRY_DELAY_MS: u64 = 86_400_000;
 /// Connections to one endpoint at most.
 pub const MAX_WEBHOOK_IN_FLIGHT: usize = 64;
+/// An attempt may wait five minutes at most: a receiver slower than that is down.
+pub const MAX_WEBHOOK_TIMEOUT_MS: u64 = 300_000;
+/// Pending events per endpoint at most (each is also within `max_pending_bytes`).
+pub const MAX_WEBHOOK_PENDING: usize = 1_000_000;
+/// Pending bytes per endpoint at most: 1 GiB.
+pub const MAX_WEBHOOK_PENDING_BYTES: usize = 1 << 30;
+/// Given-up events kept per endpoint at most.
+pub const MAX_WEBHOOK_FAILED: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -43,7 +55,8 @@ pub struct WebhookConfig {
     /// A short label (`[a-z0-9-]`, at most 32): the `endpoint` of metrics, logs, `/webhooks`.
     pub name: String,
     /// `https://host[:port]/path` of the receiver; `http://` only to a loopback address (a
-    /// receiver in the same pod).
+    /// receiver in the same pod). Printed with its path masked: receivers put tokens there.
+    #[serde(serialize_with = "super::secret::serialize_url_path_masked")]
     pub url: String,
     /// The signing secrets, one per line, each `whsec_` and the base64 of at least 24 bytes.
     /// Every line signs every delivery, so a secret is rotated by adding the new line, moving
@@ -63,6 +76,7 @@ pub struct WebhookConfig {
     pub retry_schedule_ms: Vec<u64>,
     pub max_in_flight: usize,
     pub max_pending: usize,
+    pub max_pending_bytes: usize,
     pub max_failed: usize,
     /// Allows addresses in loopback, link-local and private ranges (server-side request
     /// forgery protection is on by default): for a receiver in the same pod or network.
@@ -83,6 +97,7 @@ impl Default for WebhookConfig {
             retry_schedule_ms: DEFAULT_RETRY_SCHEDULE_MS.to_vec(),
             max_in_flight: DEFAULT_WEBHOOK_MAX_IN_FLIGHT,
             max_pending: DEFAULT_WEBHOOK_MAX_PENDING,
+            max_pending_bytes: DEFAULT_WEBHOOK_MAX_PENDING_BYTES,
             max_failed: DEFAULT_WEBHOOK_MAX_FAILED,
             allow_private: false,
         }
@@ -153,8 +168,8 @@ impl WebhookConfig {
         {
             return bad("tenants", "tenant names are the tenant claim's values: not empty, no spaces");
         }
-        if self.timeout_ms == 0 {
-            return bad("timeout_ms", "must be greater than 0");
+        if self.timeout_ms == 0 || self.timeout_ms > MAX_WEBHOOK_TIMEOUT_MS {
+            return Err(("timeout_ms", format!("1 to {MAX_WEBHOOK_TIMEOUT_MS}")));
         }
         if self.retry_schedule_ms.len() > MAX_RETRY_SCHEDULE {
             return Err(("retry_schedule_ms", format!("at most {MAX_RETRY_SCHEDULE} retries")));
@@ -165,8 +180,14 @@ impl WebhookConfig {
         if self.max_in_flight == 0 || self.max_in_flight > MAX_WEBHOOK_IN_FLIGHT {
             return Err(("max_in_flight", format!("1 to {MAX_WEBHOOK_IN_FLIGHT}")));
         }
-        if self.max_pending == 0 {
-            return bad("max_pending", "must be greater than 0");
+        if self.max_pending == 0 || self.max_pending > MAX_WEBHOOK_PENDING {
+            return Err(("max_pending", format!("1 to {MAX_WEBHOOK_PENDING}")));
+        }
+        if !(1 << 20..=MAX_WEBHOOK_PENDING_BYTES).contains(&self.max_pending_bytes) {
+            return Err(("max_pending_bytes", format!("1 MiB ({}) to 1 GiB ({MAX_WEBHOOK_PENDING_BYTES})", 1 << 20)));
+        }
+        if self.max_failed == 0 || self.max_failed > MAX_WEBHOOK_FAILED {
+            return Err(("max_failed", format!("1 to {MAX_WEBHOOK_FAILED}: a given-up event is kept for replay")));
         }
         Ok(())
     }

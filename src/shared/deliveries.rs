@@ -34,7 +34,15 @@ pub fn valid_lane(lane: &str) -> bool {
 }
 
 /// The most a stored message may be: a webhook body's bound and its header fields.
-pub const MAX_STORED_MESSAGE: usize = 66 * 1024;
+pub const MAX_STORED_MESSAGE: usize = 18 * 1024;
+
+/// How much one endpoint's pending events may hold, all lanes together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub events: usize,
+    /// The stored messages' bytes.
+    pub bytes: usize,
+}
 
 /// A lane's head, claimed for an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,14 +101,16 @@ pub trait Deliveries: Send + Sync {
     /// The agent's next sequence number (one more than its last event's, every endpoint
     /// together; kept for [`SEQ_AGE`] after the agent's last event).
     async fn next_seq(&self, lane: &str) -> Result<u64, StoreError>;
-    /// Appends `message` (taken at `at_ms`) to `lane`; `false` when `max_pending` events wait.
+    /// Appends `message` (taken at `at_ms`) to `lane`; `false` when it would pass `bound`. A
+    /// message whose id is already the lane's last is not appended again (a push retried
+    /// after its answer was lost): `true`.
     async fn push(
         &self,
         endpoint: &str,
         lane: &str,
         at_ms: u64,
         message: &[u8],
-        max_pending: usize,
+        bound: Bound,
     ) -> Result<bool, StoreError>;
     /// Claims up to `max` lanes due now for this replica, for `hold`: their heads, oldest due first.
     async fn claim(&self, endpoint: &str, max: usize, hold: Duration) -> Result<Vec<Claimed>, StoreError>;

@@ -116,6 +116,7 @@ struct Wh {
     tries: HashMap<String, u32>,
     heads: HashMap<String, u64>,
     pending: u64,
+    bytes: u64,
     failed: VecDeque<Vec<u8>>,
     disabled: Option<Vec<u8>>,
 }
@@ -140,6 +141,7 @@ impl Wh {
     /// Appends to a lane; a lane that was empty is due now (unless it has a due time).
     fn append(&mut self, lane: &str, at_ms: u64, message: Vec<u8>, now: u64) {
         let list = self.lanes.entry(lane.to_owned()).or_default();
+        self.bytes += message.len() as u64;
         list.push_back(message);
         self.pending += 1;
         if list.len() == 1 {
@@ -842,10 +844,15 @@ impl Deliveries for MemoryStore {
         lane: &str,
         at_ms: u64,
         message: &[u8],
-        max_pending: usize,
+        bound: super::deliveries::Bound,
     ) -> Result<bool, StoreError> {
         self.with_wh(endpoint, |w, now| {
-            if w.pending >= max_pending as u64 {
+            let id = message.iter().position(|b| *b == b' ').map(|i| &message[..=i]);
+            let last = w.lanes.get(lane).and_then(|l| l.back());
+            if id.zip(last).is_some_and(|(id, last)| last.starts_with(id)) {
+                return true;
+            }
+            if w.pending >= bound.events as u64 || w.bytes + message.len() as u64 > bound.bytes as u64 {
                 return false;
             }
             w.append(lane, at_ms, message.to_vec(), now);
@@ -921,8 +928,8 @@ impl Deliveries for MemoryStore {
                 Settlement::GiveUp { .. } if !mine => return Settled::NotHead,
                 _ => {}
             }
-            if let Some(l) = w.lanes.get_mut(lane) {
-                l.pop_front();
+            if let Some(popped) = w.lanes.get_mut(lane).and_then(VecDeque::pop_front) {
+                w.bytes = w.bytes.saturating_sub(popped.len() as u64);
             }
             w.pending = w.pending.saturating_sub(1);
             w.tries.remove(lane);

@@ -186,6 +186,7 @@ impl RedisStore {
             tries: format!("{p}tries"),
             heads: format!("{p}heads"),
             pending: format!("{p}pending"),
+            bytes: format!("{p}bytes"),
             failed: format!("{p}failed"),
             disabled: format!("{p}disabled"),
             lane_prefix: format!("{p}lane:"),
@@ -743,10 +744,10 @@ impl Deliveries for RedisStore {
         lane: &str,
         at_ms: u64,
         message: &[u8],
-        max_pending: usize,
+        bound: deliveries::Bound,
     ) -> Result<bool, StoreError> {
         let k = self.endpoint_keys(endpoint);
-        let args = scripts::WhPush { lane, at_ms, message, max: max_pending };
+        let args = scripts::WhPush { lane, at_ms, message, max: bound.events, max_bytes: bound.bytes };
         let queued: i64 = self.script(StoreOp::Webhooks, args.prepare(&self.scripts.wh_push, &k)).await?;
         Ok(queued == 1)
     }
@@ -755,18 +756,18 @@ impl Deliveries for RedisStore {
         let k = self.endpoint_keys(endpoint);
         let args = scripts::WhClaim { replica: &self.replica, hold_ms: hold.as_millis() as u64, max };
         let flat: Vec<Vec<u8>> = self.script(StoreOp::Webhooks, args.prepare(&self.scripts.wh_claim, &k)).await?;
-        // Validated like network input: a lane ccgate would name, a message within bounds, a
-        // count; anything else is left to its claim's end (and counted).
+        // Each head goes back to the caller, which validates it like network input and drops
+        // what ccgate did not write (a lane left with it would be stuck behind it); an attempt
+        // count that is not one reads as none. Only a lane that is not text cannot be named
+        // back to the store: it is left to its claim's end, and counted.
         let mut out = Vec::with_capacity(flat.len() / 3);
         for c in flat.chunks_exact(3) {
-            let lane = std::str::from_utf8(&c[0]).ok().filter(|l| deliveries::valid_lane(l));
-            let attempts = std::str::from_utf8(&c[2]).ok().and_then(|a| a.parse::<u32>().ok());
-            match (lane, attempts) {
-                (Some(lane), Some(attempts)) if c[1].len() <= deliveries::MAX_STORED_MESSAGE => {
-                    out.push(Claimed { lane: lane.to_owned(), message: c[1].clone(), attempts })
-                }
-                _ => self.metrics.count_discarded(Discarded::StoreEvent, 1),
-            }
+            let Ok(lane) = String::from_utf8(c[0].clone()) else {
+                self.metrics.count_discarded(Discarded::StoreEvent, 1);
+                continue;
+            };
+            let attempts = std::str::from_utf8(&c[2]).ok().and_then(|a| a.parse::<u32>().ok()).unwrap_or(0);
+            out.push(Claimed { lane, message: c[1].clone(), attempts });
         }
         Ok(out)
     }

@@ -582,7 +582,7 @@ impl Leave<'_> {
 // One endpoint's keys share the hash tag `{wh:NAME}`: `due` (zset: lane -> ms it may be taken;
 // a claim moves it to the claim's end), `claim` (hash: lane -> the claiming replica), `tries`
 // (hash: lane -> the head's attempts), `heads` (zset: lane -> when its head was taken, for the
-// oldest pending age), `pending` (the count of events waiting), `failed` (list of given-up
+// oldest pending age), `pending` and `bytes` (the count and size of the events waiting), `failed` (list of given-up
 // entries, oldest first), `disabled`, and `lane:LANE` (list: the lane's messages, oldest
 // first). A lane's list key is built in the script from the prefix and the lane read from
 // `due`: it shares the tag, so it is on the same shard. Time is Redis's.
@@ -594,6 +594,8 @@ pub(super) struct EndpointKeys {
     pub tries: String,
     pub heads: String,
     pub pending: String,
+    /// The pending messages' bytes.
+    pub bytes: String,
     pub failed: String,
     pub disabled: String,
     /// A lane's list key is this and the lane.
@@ -627,20 +629,27 @@ impl WhSeq {
     }
 }
 
-/// Appends a message to its lane unless `max` wait; a lane that was empty is due now.
-/// Returns 1, or 0 when full.
+/// Appends a message to its lane unless `max` events or `max_bytes` would pass; a lane that
+/// was empty is due now. A message whose id is already the lane's last is not appended again
+/// (a push retried after its answer was lost). Returns 1, or 0 when full.
 pub(super) struct WhPush<'a> {
     pub lane: &'a str,
     pub at_ms: u64,
     pub message: &'a [u8],
     pub max: usize,
+    pub max_bytes: usize,
 }
 
 const WH_PUSH: &str = r#"
-local lane, at_ms, message, max = unpack(ARGV)
+local lane, at_ms, message, max, max_bytes = unpack(ARGV)
+local id = string.match(message, '^(%S+) ')
+local last = redis.call('LINDEX', KEYS[4], -1)
+if id and last and string.sub(last, 1, #id + 1) == id .. ' ' then return 1 end
 if (tonumber(redis.call('GET', KEYS[1])) or 0) >= tonumber(max) then return 0 end
+if (tonumber(redis.call('GET', KEYS[5])) or 0) + #message > tonumber(max_bytes) then return 0 end
 redis.call('RPUSH', KEYS[4], message)
 redis.call('INCR', KEYS[1])
+redis.call('INCRBY', KEYS[5], #message)
 if redis.call('LLEN', KEYS[4]) == 1 then
   local t = redis.call('TIME')
   redis.call('ZADD', KEYS[2], 'NX', t[1] * 1000 + math.floor(t[2] / 1000), lane)
@@ -652,8 +661,8 @@ return 1
 impl WhPush<'_> {
     pub fn prepare<'s>(&self, s: &'s Script, k: &EndpointKeys) -> ScriptInvocation<'s> {
         let mut inv = s.prepare_invoke();
-        inv.key(&k.pending).key(&k.due).key(&k.heads).key(k.lane(self.lane));
-        inv.arg(self.lane).arg(self.at_ms).arg(self.message).arg(self.max);
+        inv.key(&k.pending).key(&k.due).key(&k.heads).key(k.lane(self.lane)).key(&k.bytes);
+        inv.arg(self.lane).arg(self.at_ms).arg(self.message).arg(self.max).arg(self.max_bytes);
         inv
     }
 }
@@ -780,6 +789,7 @@ end
 if how == 'fail' and not mine then return 2 end
 redis.call('LPOP', list)
 if redis.call('DECR', KEYS[4]) < 0 then redis.call('SET', KEYS[4], 0) end
+if redis.call('DECRBY', KEYS[8], #head) < 0 then redis.call('SET', KEYS[8], 0) end
 redis.call('HDEL', KEYS[3], lane)
 local evicted = 0
 local keep = tonumber(max_failed)
@@ -801,6 +811,7 @@ impl WhSettle<'_> {
     pub fn prepare<'s>(&self, s: &'s Script, k: &EndpointKeys) -> ScriptInvocation<'s> {
         let mut inv = s.prepare_invoke();
         inv.key(&k.due).key(&k.claim).key(&k.tries).key(&k.pending).key(&k.failed).key(&k.heads).key(k.lane(self.lane));
+        inv.key(&k.bytes);
         inv.arg(self.replica).arg(self.lane).arg(self.id).arg(self.how).arg(self.after_ms).arg(self.entry);
         inv.arg(self.max_failed);
         inv
@@ -825,6 +836,7 @@ for _, e in ipairs(all) do
     local key = prefix .. lane
     redis.call('RPUSH', key, message)
     redis.call('INCR', KEYS[2])
+    redis.call('INCRBY', KEYS[5], #message)
     if redis.call('LLEN', key) == 1 then
       redis.call('ZADD', KEYS[3], 'NX', now, lane)
       redis.call('ZADD', KEYS[4], at, lane)
@@ -844,7 +856,8 @@ return n
 impl WhReplay {
     pub fn prepare<'s>(&self, s: &'s Script, k: &EndpointKeys) -> ScriptInvocation<'s> {
         let mut inv = s.prepare_invoke();
-        inv.key(&k.failed).key(&k.pending).key(&k.due).key(&k.heads).arg(self.since_ms).arg(&k.lane_prefix);
+        inv.key(&k.failed).key(&k.pending).key(&k.due).key(&k.heads).key(&k.bytes);
+        inv.arg(self.since_ms).arg(&k.lane_prefix);
         inv
     }
 }

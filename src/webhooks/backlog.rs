@@ -13,7 +13,7 @@ use super::message::Message;
 use super::queue::{Failed, LaneKey, Pushed, Queue, Settle, Taken};
 use crate::labels::Discarded;
 use crate::metrics::Metrics;
-use crate::shared::deliveries::{self, Settled, Settlement};
+use crate::shared::deliveries::{self, Bound, Settled, Settlement};
 use crate::shared::{SharedStore, StoreError};
 use crate::sync::lock;
 
@@ -46,8 +46,8 @@ pub enum Outcome {
 }
 
 impl Backlog {
-    pub fn local(max_pending: usize, max_failed: usize) -> Self {
-        Self::Local { queue: Mutex::new(Queue::new(max_pending, max_failed)), disabled: Mutex::new(None) }
+    pub fn local(bound: Bound, max_failed: usize) -> Self {
+        Self::Local { queue: Mutex::new(Queue::new(bound.events, bound.bytes, max_failed)), disabled: Mutex::new(None) }
     }
 
     pub fn is_shared(&self) -> bool {
@@ -55,9 +55,9 @@ impl Backlog {
     }
 
     /// New bounds (a reload); the shared store's are passed with each call instead.
-    pub fn set_bounds(&self, max_pending: usize, max_failed: usize) {
+    pub fn set_bounds(&self, bound: Bound, max_failed: usize) {
         if let Self::Local { queue, .. } = self {
-            lock(queue).set_bounds(max_pending, max_failed);
+            lock(queue).set_bounds(bound.events, bound.bytes, max_failed);
         }
     }
 
@@ -85,13 +85,13 @@ impl Backlog {
         Ok(*n)
     }
 
-    /// Queues `m` at the end of its lane; `false` when `max_pending` wait.
-    pub async fn push(&self, endpoint: &str, m: &Message, max_pending: usize) -> Result<bool, StoreError> {
+    /// Queues `m` at the end of its lane; `false` when that would pass `bound`.
+    pub async fn push(&self, endpoint: &str, m: &Message, bound: Bound) -> Result<bool, StoreError> {
         match self {
             Self::Local { queue, .. } => Ok(lock(queue).push(m.clone(), Instant::now()) == Pushed::Queued),
             Self::Shared { store, .. } => {
                 let lane = deliveries::lane_name(&m.gateway, &m.agent);
-                store.push(endpoint, &lane, m.at_ms, &m.encode(), max_pending).await
+                store.push(endpoint, &lane, m.at_ms, &m.encode(), bound).await
             }
         }
     }
@@ -107,15 +107,23 @@ impl Backlog {
             Self::Shared { store, metrics } => {
                 let mut out = Vec::new();
                 for c in store.claim(endpoint, max, hold).await? {
-                    match Message::decode(&c.message) {
+                    // A message of the lane it sits in, as ccgate writes them; anything else
+                    // (a planted or a mangled entry) is dropped from that lane, so the agent's
+                    // later events are not stuck behind it.
+                    let message = Message::decode(&c.message).filter(|m| {
+                        deliveries::valid_lane(&c.lane) && deliveries::lane_name(&m.gateway, &m.agent) == c.lane
+                    });
+                    match message {
                         Some(message) => {
                             let lane = (message.gateway.clone(), message.agent.clone());
                             out.push(Taken { lane, message, attempt: c.attempts.saturating_add(1) });
                         }
                         None => {
-                            // Not something ccgate wrote: dropped (after it) so the lane goes on.
                             metrics.count_discarded(Discarded::StoreEvent, 1);
-                            tracing::warn!(endpoint, lane = %c.lane, "a webhook message in the shared store is not one ccgate writes; dropped");
+                            tracing::warn!(
+                                endpoint,
+                                "a webhook message in the shared store is not one ccgate writes; dropped"
+                            );
                             let id = deliveries::message_head(&c.message).map(|(id, _)| id.to_owned());
                             if let Some(id) = id {
                                 store.settle(endpoint, &c.lane, &id, Settlement::Delivered).await?;
@@ -171,10 +179,7 @@ impl Backlog {
         match self {
             Self::Local { queue, .. } => {
                 let now = Instant::now();
-                let mut q = lock(queue);
-                let n = q.replay(since_ms, now);
-                q.due_now(now);
-                Ok(n)
+                Ok(lock(queue).replay(since_ms, now))
             }
             Self::Shared { store, .. } => store.replay(endpoint, since_ms).await,
         }
@@ -236,5 +241,50 @@ impl Backlog {
             Self::Local { queue, .. } => lock(queue).next_due(),
             Self::Shared { .. } => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shared::memory::MemoryHub;
+
+    const BOUND: Bound = Bound { events: 100, bytes: 1 << 20 };
+    const HOLD: Duration = Duration::from_secs(10);
+
+    /// A planted message (naming another agent than its lane's) and a mangled one are dropped
+    /// from the lane they sit in, counted, and the agent's real event behind them goes.
+    #[tokio::test(start_paused = true)]
+    async fn entries_ccgate_did_not_write_are_dropped_and_the_lane_goes_on() {
+        let hub = MemoryHub::new(HOLD, Duration::from_secs(60));
+        let store: Arc<dyn SharedStore> = hub.join();
+        let metrics = Metrics::default();
+        let b = Backlog::Shared { store: store.clone(), metrics: metrics.clone() };
+        let planted = Message::build("default".into(), "154".into(), 1, "Planted", b"{}", 1).unwrap();
+        store.push("crm", "default/153", 1, &planted.encode(), BOUND).await.unwrap();
+        store.push("crm", "default/153", 1, b"msg_00 1 not what ccgate writes", BOUND).await.unwrap();
+        let real = Message::build("default".into(), "153".into(), 2, "Real", b"{}", 2).unwrap();
+        assert!(b.push("crm", &real, BOUND).await.unwrap());
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.extend(b.claim("crm", 4, HOLD).await.unwrap());
+        }
+        assert_eq!(got.iter().map(|t| &*t.message.kind).collect::<Vec<_>>(), ["Real"]);
+        assert_eq!(got[0].lane, ("default".into(), "153".into()));
+        assert!(metrics.render().contains(r#"ccgate_input_discarded_total{what="store_event"} 2"#));
+        // A push retried after its answer was lost is not queued twice.
+        assert!(b.push("crm", &real, BOUND).await.unwrap());
+        assert_eq!(b.snapshot("crm", 1).await.unwrap().pending, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_local_backlog_counts_bytes_as_well_as_events() {
+        let bound = Bound { events: 100, bytes: 600 };
+        let b = Backlog::local(bound, 10);
+        let event = format!("\"{}\"", "x".repeat(200));
+        let big = |seq| Message::build("default".into(), "153".into(), seq, "E", event.as_bytes(), 0).unwrap();
+        assert!(b.push("crm", &big(1), bound).await.unwrap());
+        assert!(!b.push("crm", &big(2), bound).await.unwrap(), "past the bytes, not the count");
+        assert_eq!(b.snapshot("crm", 1).await.unwrap().pending, 1);
     }
 }

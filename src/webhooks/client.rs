@@ -28,14 +28,15 @@ const MAX_ANSWER_BYTES: usize = 16 * 1024;
 /// Idle connections to a receiver are closed after this: below the 60 s that load balancers
 /// commonly allow, so ccgate closes first and never writes into a connection already gone.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
-/// A TCP and TLS handshake that has not completed by then will not: the attempt's own
-/// timeout still bounds the whole.
+/// A TCP and TLS handshake that has not completed by then will not. It bounds connections
+/// the attempt's own timeout cannot: hyper-util's client races a new connection against an
+/// idle one becoming free and, when the idle one wins, finishes the new one in the background.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The `Retry-After` a receiver may ask for at most is the endpoint's longest scheduled
 /// wait; this floor keeps an answer of `0` from becoming a tight loop.
 const MIN_RETRY_AFTER: Duration = Duration::from_secs(1);
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector<Resolver>>, Full<Bytes>>;
+type HttpsClient = Client<Deadline<hyper_rustls::HttpsConnector<HttpConnector<Resolver>>>, Full<Bytes>>;
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,13 +81,13 @@ impl EndpointClient {
         };
         let mut http = HttpConnector::new_with_resolver(Resolver { allow_private: cfg.allow_private });
         http.enforce_http(false);
-        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        let https = Deadline { inner: https, within: CONNECT_TIMEOUT };
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -175,6 +176,9 @@ fn classify_error(e: &hyper_util::client::legacy::Error) -> Answer {
         if let Some(r) = s.downcast_ref::<Refused>() {
             return failure(WebhookOutcome::ForbiddenAddress, r.to_string());
         }
+        if let Some(t) = s.downcast_ref::<ConnectTimedOut>() {
+            return failure(WebhookOutcome::Timeout, t.to_string());
+        }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
             return failure(WebhookOutcome::Connect, format!("connection failed: {}", io.kind()));
         }
@@ -182,6 +186,46 @@ fn classify_error(e: &hyper_util::client::legacy::Error) -> Answer {
     }
     let why = if e.is_connect() { "connection or TLS handshake failed" } else { "the exchange failed" };
     failure(WebhookOutcome::Connect, why.into())
+}
+
+/// A connector with one deadline over name resolution, TCP and TLS together (see
+/// [`CONNECT_TIMEOUT`]): a receiver that accepts TCP and never finishes the handshake holds
+/// no connection, task or descriptor past it.
+#[derive(Clone)]
+pub struct Deadline<C> {
+    inner: C,
+    within: Duration,
+}
+
+/// The connection took longer than [`CONNECT_TIMEOUT`].
+#[derive(Debug, thiserror::Error)]
+#[error("the connection and TLS handshake did not complete within {0:?}")]
+struct ConnectTimedOut(Duration);
+
+impl<C> tower_service::Service<http::Uri> for Deadline<C>
+where
+    C: tower_service::Service<http::Uri> + Clone + Send + 'static,
+    C::Future: Send + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Response = C::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = Pin<Box<dyn Future<Output = Result<C::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let within = self.within;
+        Box::pin(async move {
+            match tokio::time::timeout(within, connecting).await {
+                Ok(done) => done.map_err(Into::into),
+                Err(_) => Err(Box::new(ConnectTimedOut(within)) as Self::Error),
+            }
+        })
+    }
 }
 
 /// Why a name was not connected to.
@@ -265,6 +309,31 @@ mod tests {
         assert_eq!(retry_after(&v, now), Some(Duration::from_secs(30)));
         let past = HeaderValue::from_static("Sun, 06 Nov 1994 08:00:00 GMT");
         assert_eq!(retry_after(&past, now), Some(Duration::ZERO));
+    }
+
+    /// A connection that never completes (a receiver that accepts TCP and never answers the
+    /// TLS ClientHello) ends at the deadline, as a timeout, however the client polls it.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_never_completes_ends_at_its_deadline() {
+        use tower_service::Service;
+        #[derive(Clone)]
+        struct Never;
+        impl tower_service::Service<http::Uri> for Never {
+            type Response = ();
+            type Error = std::io::Error;
+            type Future = std::future::Pending<Result<(), std::io::Error>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: http::Uri) -> Self::Future {
+                std::future::pending()
+            }
+        }
+        let started = tokio::time::Instant::now();
+        let mut d = Deadline { inner: Never, within: CONNECT_TIMEOUT };
+        let err = d.call("https://127.0.0.1:1/".parse().unwrap()).await.unwrap_err();
+        assert!(err.downcast_ref::<ConnectTimedOut>().is_some(), "{err}");
+        assert_eq!(started.elapsed(), CONNECT_TIMEOUT);
     }
 
     #[tokio::test]

@@ -37,6 +37,12 @@ const SHOWN_FAILED: usize = 20;
 /// replica's retries, a dead replica's claims run out). Events this replica queues wake it
 /// at once; a second is well inside the receivers' own retry tolerance.
 const SHARED_POLL: Duration = Duration::from_secs(1);
+/// A retry is due by Redis's clock, which the wake-up here cannot see: waking this much after
+/// this replica's own reckoning, the claim finds it due.
+const CLOCKS_APART: Duration = Duration::from_millis(10);
+/// The first wait before recording an attempt's outcome again when the shared store did not
+/// take it (doubled each time, within half a claim).
+const SETTLE_RETRY: Duration = Duration::from_millis(100);
 
 /// What a reload may change: everything the config says and what is built from it.
 pub struct Parts {
@@ -88,6 +94,11 @@ pub struct Endpoint {
     next_retry: Mutex<Option<Instant>>,
     /// Removed by a reload: its task ends.
     retired: AtomicBool,
+    /// Signalled when the last attempt running here ends (a stop waits for it).
+    quiet: Notify,
+    /// This replica saw a 410 but could not tell the shared store yet: its own disabled flag
+    /// stands until it has (the next report tries again).
+    disabled_unsynced: AtomicBool,
     metrics: WebhookMetrics,
     warnings: LogBudget,
 }
@@ -151,6 +162,26 @@ fn failed_view(f: &Failed) -> FailedView {
     }
 }
 
+/// When to wake for the earliest retry this replica scheduled (shared): a little after it,
+/// for Redis's clock to agree. Once that has passed it is forgotten, whether the claim then
+/// took the lane or another replica did, so it is never waited for again (a wake-up time in
+/// the past would be a busy loop).
+fn retry_wake(next: &mut Option<Instant>, now: Instant) -> Option<Instant> {
+    match *next {
+        Some(at) if at + CLOCKS_APART <= now => {
+            *next = None;
+            None
+        }
+        Some(at) => Some(at + CLOCKS_APART),
+        None => None,
+    }
+}
+
+/// The endpoint's pending bounds.
+pub fn bound(cfg: &WebhookConfig) -> crate::shared::deliveries::Bound {
+    crate::shared::deliveries::Bound { events: cfg.max_pending, bytes: cfg.max_pending_bytes }
+}
+
 fn rfc3339(ms: u64) -> String {
     crate::session::view::rfc3339(ms)
 }
@@ -168,6 +199,8 @@ impl Endpoint {
             hold,
             next_retry: Mutex::new(None),
             retired: AtomicBool::new(false),
+            quiet: Notify::new(),
+            disabled_unsynced: AtomicBool::new(false),
             metrics,
             warnings: LogBudget::default(),
         })
@@ -179,7 +212,7 @@ impl Endpoint {
 
     /// Takes a reload's parts; queued events stay and are sent the new way.
     pub fn reconfigure(&self, parts: Parts) {
-        self.backlog.set_bounds(parts.cfg.max_pending, parts.cfg.max_failed);
+        self.backlog.set_bounds(bound(&parts.cfg), parts.cfg.max_failed);
         self.parts.store(Arc::new(parts));
         self.wake.notify_one();
     }
@@ -200,8 +233,8 @@ impl Endpoint {
     /// Queues `m`; a full backlog refuses it, counted and logged. An `Err` is the shared
     /// store's: the caller tries again.
     pub async fn push(&self, m: &Message) -> Result<(), crate::shared::StoreError> {
-        let max = self.parts.load().cfg.max_pending;
-        if self.backlog.push(&self.name, m, max).await? {
+        let bound = bound(&self.parts.load().cfg);
+        if self.backlog.push(&self.name, m, bound).await? {
             self.wake.notify_one();
         } else {
             self.count_dropped_full();
@@ -227,6 +260,7 @@ impl Endpoint {
     pub async fn replay(&self, since_ms: u64) -> Result<usize, crate::shared::StoreError> {
         let n = self.backlog.replay(&self.name, since_ms).await?;
         self.backlog.set_disabled(&self.name, None).await?;
+        self.disabled_unsynced.store(false, Ordering::Release);
         if let Some((_, why)) = lock(&self.health).disabled.take() {
             tracing::info!(endpoint = &*self.name, was = %why, "webhook endpoint enabled again by replay");
         }
@@ -239,10 +273,23 @@ impl Endpoint {
         lock(&self.in_flight).values().sum()
     }
 
+    /// Waits until no attempt runs here (a stop: with the shared store, an attempt cut off
+    /// would be sent again by another replica once its claim ran out).
+    pub async fn quiesce(&self) {
+        loop {
+            let quiet = self.quiet.notified();
+            if self.in_flight() == 0 {
+                return;
+            }
+            quiet.await;
+        }
+    }
+
     /// The delivery task: runs until `stop` turns true.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut reported: Option<Instant> = None;
-        let mut held = Instant::now();
+        // When the claims of the attempts running here are next extended.
+        let mut next_hold = Instant::now();
         let shared = self.backlog.is_shared();
         loop {
             if *stop.borrow() || self.retired.load(Ordering::Acquire) {
@@ -255,13 +302,13 @@ impl Endpoint {
             }
             let mut until = now + REPORT_PERIOD;
             if shared {
-                self.keep_claims(&mut held).await;
+                self.keep_claims(&mut next_hold).await;
                 until = until.min(now + SHARED_POLL);
                 if self.in_flight() > 0 {
-                    until = until.min(held + self.hold / 3);
+                    until = until.min(next_hold);
                 }
-                if let Some(at) = *lock(&self.next_retry) {
-                    until = until.min(at.max(now));
+                if let Some(at) = retry_wake(&mut lock(&self.next_retry), now) {
+                    until = until.min(at);
                 }
             }
             let room = self.parts.load().cfg.max_in_flight.saturating_sub(self.in_flight());
@@ -299,17 +346,26 @@ impl Endpoint {
 
     /// Shared: extends the claims on the lanes whose attempts still run, every third of a
     /// claim, so a receiver slower than a claim is not sent the same event by another replica.
-    async fn keep_claims(&self, held: &mut Instant) {
+    /// A failed extension is tried again soon (a sixth of a claim), so a Redis blip costs no
+    /// claim: two thirds of one are left when it first fails.
+    async fn keep_claims(&self, next: &mut Instant) {
         let now = Instant::now();
-        if now < *held + self.hold / 3 {
+        if now < *next {
             return;
         }
-        *held = now;
         let lanes: Vec<String> = lock(&self.in_flight).keys().cloned().collect();
+        if lanes.is_empty() {
+            *next = now + self.hold / 3;
+            return;
+        }
         let lanes: Vec<&str> = lanes.iter().map(String::as_str).collect();
-        if let Err(e) = self.backlog.hold(&self.name, &lanes, self.hold).await {
-            if let Some(left_out) = self.warnings.admit() {
-                tracing::warn!(endpoint = &*self.name, error = %e, left_out, "webhook claims could not be kept; another replica may send these events too");
+        match self.backlog.hold(&self.name, &lanes, self.hold).await {
+            Ok(()) => *next = now + self.hold / 3,
+            Err(e) => {
+                *next = now + self.hold / 6;
+                if let Some(left_out) = self.warnings.admit() {
+                    tracing::warn!(endpoint = &*self.name, error = %e, left_out, "webhook claims could not be kept; trying again");
+                }
             }
         }
     }
@@ -328,14 +384,27 @@ impl Endpoint {
             let mut next = lock(&self.next_retry);
             *next = Some(next.map_or(at, |n| n.min(at)));
         }
-        match self.backlog.settle(&self.name, &t, how).await {
-            Ok(true) => self.metrics.count_dropped(WebhookDrop::FailedEvicted),
-            Ok(false) => {}
-            Err(e) => {
-                if let Some(left_out) = self.warnings.admit() {
-                    tracing::warn!(endpoint = &*self.name, error = %e, left_out, "a webhook attempt's outcome could not be recorded; the event is tried again when its claim runs out");
+        // Recorded, if the store lets it, within half a claim: past that another replica may
+        // have taken the lane, and the event goes again (same webhook-id).
+        let mut wait = SETTLE_RETRY;
+        let give_up = Instant::now() + self.hold / 2;
+        loop {
+            match self.backlog.settle(&self.name, &t, how.clone()).await {
+                Ok(true) => self.metrics.count_dropped(WebhookDrop::FailedEvicted),
+                Ok(false) => {}
+                Err(e) if Instant::now() + wait < give_up => {
+                    tracing::debug!(endpoint = &*self.name, error = %e, "recording a webhook attempt's outcome; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    continue;
+                }
+                Err(e) => {
+                    if let Some(left_out) = self.warnings.admit() {
+                        tracing::warn!(endpoint = &*self.name, error = %e, left_out, "a webhook attempt's outcome could not be recorded; the event is tried again when its claim runs out");
+                    }
                 }
             }
+            break;
         }
         let lane = crate::shared::deliveries::lane_name(&t.lane.0, &t.lane.1);
         {
@@ -345,6 +414,9 @@ impl Endpoint {
                 if *n == 0 {
                     f.remove(&lane);
                 }
+            }
+            if f.is_empty() {
+                self.quiet.notify_waiters();
             }
         }
         self.wake.notify_one();
@@ -376,7 +448,8 @@ impl Endpoint {
             let why = "HTTP 410 Gone: the receiver asked for no more deliveries";
             lock(&self.health).disabled = Some((now_ms, why.to_owned()));
             if let Err(e) = self.backlog.set_disabled(&self.name, Some(why)).await {
-                tracing::warn!(endpoint = &*self.name, error = %e, "the other replicas could not be told the endpoint is disabled");
+                self.disabled_unsynced.store(true, Ordering::Release);
+                tracing::warn!(endpoint = &*self.name, error = %e, "the other replicas could not be told the endpoint is disabled yet; trying again");
             }
             tracing::warn!(
                 endpoint = &*self.name,
@@ -402,6 +475,12 @@ impl Endpoint {
         }
     }
 
+    /// Tells the shared store (again) that a 410 disabled the endpoint.
+    async fn tell_disabled(&self, why: &str) {
+        let told = self.backlog.set_disabled(&self.name, Some(why)).await.is_ok();
+        self.disabled_unsynced.store(!told, Ordering::Release);
+    }
+
     /// The backlog as it stands; `None` while the shared store does not answer.
     async fn snapshot(&self, recent: usize) -> Option<Snapshot> {
         match self.backlog.snapshot(&self.name, recent).await {
@@ -417,15 +496,16 @@ impl Endpoint {
     /// endpoint is disabled.
     pub async fn report(&self) {
         let Some(s) = self.snapshot(1).await else { return };
-        let h = {
-            let mut h = lock(&self.health);
-            match (&s.disabled, &h.disabled) {
-                (Some(why), None) => h.disabled = Some((crate::clock::unix_ms(), why.clone())),
-                (None, Some(_)) => h.disabled = None,
-                _ => {}
-            }
-            h.clone()
-        };
+        let local = lock(&self.health).disabled.clone();
+        match (&s.disabled, local) {
+            (Some(why), None) => lock(&self.health).disabled = Some((crate::clock::unix_ms(), why.clone())),
+            // A 410 seen here that the store has not heard of yet: tell it again.
+            (None, Some((_, why))) if self.disabled_unsynced.load(Ordering::Acquire) => self.tell_disabled(&why).await,
+            // Enabled by a replay on another replica.
+            (None, Some(_)) => lock(&self.health).disabled = None,
+            _ => {}
+        }
+        let h = lock(&self.health).clone();
         let now_ms = crate::clock::unix_ms();
         self.metrics.set_pending(s.pending as usize);
         self.metrics.set_oldest_age(s.oldest_ms.map_or(0.0, |at| now_ms.saturating_sub(at) as f64 / 1000.0));
@@ -447,7 +527,7 @@ impl Endpoint {
         let view = |(at, why): &(u64, String)| FailureView { at: rfc3339(*at), why: why.clone() };
         Status {
             name: self.name.to_string(),
-            url: crate::config::mask_url_secrets(&p.cfg.url),
+            url: crate::config::mask_url_path(&p.cfg.url),
             state,
             events: p.cfg.events.clone(),
             gateways: p.cfg.gateways.clone(),
@@ -462,5 +542,21 @@ impl Endpoint {
             disabled: disabled.as_ref().map(view),
             recent_failed: s.recent_failed.iter().map(failed_view).collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_is_waited_for_once_and_then_forgotten() {
+        let now = Instant::now();
+        let mut next = Some(now + Duration::from_secs(5));
+        assert_eq!(retry_wake(&mut next, now), Some(now + Duration::from_secs(5) + CLOCKS_APART));
+        let later = now + Duration::from_secs(6);
+        assert_eq!(retry_wake(&mut next, later), None, "passed: no wake-up in the past");
+        assert_eq!(next, None, "and forgotten");
+        assert_eq!(retry_wake(&mut next, later), None);
     }
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Serialize;
 
-/// A body above this is not built: gateway events are a few hundred bytes, and the poller's
-/// answers are bounded well below it. What is refused is counted as dropped.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A body above this is not built: gateway events are a few hundred bytes (a conference's
+/// with its participants a few KiB). What is refused is counted as dropped (`too_large`).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// An event on its way to one endpoint.
 #[derive(Debug, Clone)]

@@ -115,7 +115,7 @@ impl Webhooks {
                 (backlog::Backlog::Shared { store: store.clone(), metrics: self.metrics.clone() }, store.lease_ttl())
             }
             // Nothing to claim from others in process: the hold is never asked for.
-            None => (backlog::Backlog::local(p.cfg.max_pending, p.cfg.max_failed), Duration::ZERO),
+            None => (backlog::Backlog::local(endpoint::bound(&p.cfg), p.cfg.max_failed), Duration::ZERO),
         };
         Endpoint::new(self.metrics.webhook(&p.cfg.name), p, backlog, hold)
     }
@@ -130,13 +130,10 @@ impl Webhooks {
         }
     }
 
-    /// Stops every delivery task; what is queued is lost with the process (README).
+    /// Stops every delivery task and the hand-over at once ([`Webhooks::finish`] is the
+    /// graceful stop).
     pub fn stop(&self) {
         let _ = self.stop.send(true);
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.endpoints.load().is_empty()
     }
 
     /// The sink gateway `gateway`'s sessions hand their events to.
@@ -198,6 +195,7 @@ impl Webhooks {
     /// One event of `gateway`'s agent, from its poller: handed over when an endpoint wants it,
     /// counted as dropped for each that does when the hand-over is full. Never waits.
     fn offer(&self, gateway: &Arc<str>, agent: &str, tenant: Option<&str>, kind: &str, data: &Bytes) {
+        let kind = &*event_type(kind);
         let endpoints = self.endpoints.load();
         if !endpoints.iter().any(|e| e.wants(gateway, tenant, kind)) {
             return;
@@ -248,20 +246,29 @@ impl Webhooks {
                 }
             }
         };
-        for e in wanting {
-            e.push(&m).await?;
-            done.push(e.name.clone());
+        // The endpoints' backlogs at once: one event costs one round trip to the store, however
+        // many endpoints want it.
+        let pushes = wanting.iter().map(|e| async { (e.name.clone(), e.push(&m).await) });
+        let mut failed = None;
+        for (name, r) in futures_util::future::join_all(pushes).await {
+            match r {
+                Ok(()) => done.push(name),
+                Err(e) => failed = Some(e),
+            }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
-    /// Waits (until `deadline`) for the events handed over to reach the shared store, so a
-    /// replica that stops loses none of them; with the memory store there is nothing to keep.
-    pub async fn drain(&self, deadline: tokio::time::Instant) {
+    /// A stop, within `deadline`: with the shared store, the events handed over reach it
+    /// first, then no lane is claimed any more and the attempts running here end, so the
+    /// other replicas neither miss an event nor send one again. With the memory store what is
+    /// queued goes with the process (README, "Webhooks"), so it only stops.
+    pub async fn finish(&self, deadline: tokio::time::Instant) {
         if self.shared.is_none() {
+            self.stop();
             return;
         }
-        let _ = tokio::time::timeout_at(deadline, async {
+        let handed_over = async {
             loop {
                 let idle = self.idle.notified();
                 if self.waiting.load(Ordering::Acquire) == 0 {
@@ -269,8 +276,12 @@ impl Webhooks {
                 }
                 idle.await;
             }
-        })
-        .await;
+        };
+        let _ = tokio::time::timeout_at(deadline, handed_over).await;
+        self.stop();
+        let endpoints = self.endpoints.load_full();
+        let attempts = futures_util::future::join_all(endpoints.iter().map(|e| e.quiesce()));
+        let _ = tokio::time::timeout_at(deadline, attempts).await;
     }
 }
 
@@ -324,9 +335,32 @@ impl EventSink for GatewaySink {
     }
 }
 
+/// An event's name as the webhooks carry it: the gateway's `eventType` as it is when it is of
+/// the characters event names have (`[A-Za-z0-9_.-]`, at most 128), else with every other
+/// character made `_` and cut to 128, so that it is one word in both stores, the same on
+/// each, and safe in a log line.
+fn event_type(kind: &str) -> std::borrow::Cow<'_, str> {
+    if crate::shared::valid_event_kind(kind) {
+        return kind.into();
+    }
+    let mapped: String = kind
+        .chars()
+        .take(128)
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '_' })
+        .collect();
+    if mapped.is_empty() {
+        "unknown".into()
+    } else {
+        mapped.into()
+    }
+}
+
 /// `since` of a replay: an RFC 3339 date-time (`2026-12-07T08:00:00Z`, fractions and
 /// offsets allowed) as Unix ms; `None` when it is not one.
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    if !s.is_ascii() {
+        return None;
+    }
     let b = s.as_bytes();
     if b.len() < 20
         || b[4] != b'-'
@@ -393,7 +427,13 @@ mod tests {
         assert_eq!(parse_rfc3339("2026-12-06T03:08:07.6Z"), Some(1_796_526_487_600));
         assert_eq!(parse_rfc3339("2026-12-06T04:08:07+01:00"), Some(1_796_526_487_000));
         assert_eq!(parse_rfc3339("2026-12-05T22:08:07-05:00"), Some(1_796_526_487_000));
+        assert_eq!(super::event_type("AgentConf_Created"), "AgentConf_Created");
+        assert_eq!(super::event_type("Agent Event:Ringing"), "Agent_Event_Ringing");
+        assert_eq!(super::event_type(""), "unknown");
+        assert_eq!(super::event_type(&"x".repeat(300)).len(), 128);
         for bad in [
+            "2026-12-06T00:00:00é0000",
+            "2026-12-06T00:00:00+0é00",
             "",
             "yesterday",
             "2026-12-06",

@@ -3,7 +3,7 @@
 //! head is ever in flight, so event n+1 is not sent before event n got a 2xx or was given
 //! up; lanes are independent, so one agent's failing event holds up no other agent.
 //!
-//! Bounded: `max_pending` events over all lanes (a new event past it is refused and counted
+//! Bounded: `max_pending` events and `max_pending_bytes` over all lanes (a new event past them is refused and counted
 //! by the caller), `max_failed` given-up events kept for replay (the oldest leave first).
 //! Nothing here survives a restart.
 
@@ -61,6 +61,9 @@ pub struct Queue {
     ticket: u64,
     pending: usize,
     max_pending: usize,
+    /// The pending messages' size ([`size`]) and its bound.
+    bytes: usize,
+    max_bytes: usize,
     failed: VecDeque<Failed>,
     max_failed: usize,
 }
@@ -74,21 +77,24 @@ pub enum Pushed {
 }
 
 impl Queue {
-    pub fn new(max_pending: usize, max_failed: usize) -> Self {
+    pub fn new(max_pending: usize, max_bytes: usize, max_failed: usize) -> Self {
         Self {
             lanes: HashMap::new(),
             due: BTreeMap::new(),
             ticket: 0,
             pending: 0,
             max_pending: max_pending.max(1),
+            bytes: 0,
+            max_bytes,
             failed: VecDeque::new(),
             max_failed,
         }
     }
 
     /// New bounds (a reload); what is queued stays, even past them.
-    pub fn set_bounds(&mut self, max_pending: usize, max_failed: usize) {
+    pub fn set_bounds(&mut self, max_pending: usize, max_bytes: usize, max_failed: usize) {
         self.max_pending = max_pending.max(1);
+        self.max_bytes = max_bytes;
         self.max_failed = max_failed;
         while self.failed.len() > self.max_failed {
             self.failed.pop_front();
@@ -108,10 +114,11 @@ impl Queue {
 
     /// Queues `m` at the end of its agent's lane.
     pub fn push(&mut self, m: Message, now: Instant) -> Pushed {
-        if self.pending >= self.max_pending {
+        if self.pending >= self.max_pending || self.bytes + size(&m) > self.max_bytes {
             return Pushed::Full;
         }
         self.pending += 1;
+        self.bytes += size(&m);
         let key: LaneKey = (m.gateway.clone(), m.agent.clone());
         match self.lanes.get_mut(&key) {
             Some(lane) => lane.messages.push_back(m),
@@ -164,7 +171,9 @@ impl Queue {
                 }
             }
         }
-        lane.messages.pop_front();
+        if let Some(m) = lane.messages.pop_front() {
+            self.bytes = self.bytes.saturating_sub(size(&m));
+        }
         lane.attempts = 0;
         self.pending = self.pending.saturating_sub(1);
         if lane.messages.is_empty() {
@@ -175,8 +184,8 @@ impl Queue {
         evicted
     }
 
-    /// Puts the given-up events taken at or after `since_ms` back in their lanes, in their
-    /// agent's order (never ahead of a head in flight); returns how many.
+    /// Puts the given-up events taken at or after `since_ms` back at the ends of their lanes,
+    /// oldest first (as the shared store's `WH_REPLAY` does); returns how many.
     pub fn replay(&mut self, since_ms: u64, now: Instant) -> usize {
         let (again, keep): (Vec<Failed>, Vec<Failed>) =
             self.failed.drain(..).partition(|f| f.message.at_ms >= since_ms);
@@ -186,16 +195,9 @@ impl Queue {
             let m = f.message;
             let key: LaneKey = (m.gateway.clone(), m.agent.clone());
             self.pending += 1;
+            self.bytes += size(&m);
             match self.lanes.get_mut(&key) {
-                Some(lane) => {
-                    // Never ahead of a head in flight or part-way through its attempts.
-                    let first = usize::from(lane.due.is_none() || lane.attempts > 0);
-                    let at = lane.messages.iter().skip(first).position(|q| q.seq > m.seq).map(|i| i + first);
-                    match at {
-                        Some(i) => lane.messages.insert(i, m),
-                        None => lane.messages.push_back(m),
-                    }
-                }
+                Some(lane) => lane.messages.push_back(m),
                 None => {
                     self.lanes.insert(key.clone(), Lane { messages: VecDeque::from([m]), attempts: 0, due: None });
                     self.schedule(&key, now);
@@ -203,14 +205,6 @@ impl Queue {
             }
         }
         n
-    }
-
-    /// Lanes due now become due at `now` (a re-enabled endpoint starts at once).
-    pub fn due_now(&mut self, now: Instant) {
-        let keys: Vec<LaneKey> = self.due.values().cloned().collect();
-        for k in keys {
-            self.schedule(&k, now);
-        }
     }
 
     pub fn pending(&self) -> usize {
@@ -232,6 +226,11 @@ impl Queue {
     }
 }
 
+/// What a message counts against `max_pending_bytes`: about its stored form's length.
+fn size(m: &Message) -> usize {
+    m.body.len() + m.id.len() + m.gateway.len() + m.agent.len() + m.kind.len() + 48
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,7 +243,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn one_event_per_agent_in_flight_and_agents_do_not_wait_for_each_other() {
         let now = Instant::now();
-        let mut q = Queue::new(100, 10);
+        let mut q = Queue::new(100, 1 << 20, 10);
         for (a, s) in [("1", 1), ("1", 2), ("2", 1)] {
             assert_eq!(q.push(msg(a, s), now), Pushed::Queued);
         }
@@ -270,7 +269,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bounds_hold_and_given_up_events_replay_in_order() {
         let now = Instant::now();
-        let mut q = Queue::new(3, 2);
+        let mut q = Queue::new(3, 1 << 20, 2);
         for s in 1..=3 {
             q.push(msg("1", s), now);
         }
@@ -284,7 +283,7 @@ mod tests {
         assert_eq!(q.pending(), 0);
         assert_eq!(q.failed_len(), 2, "max_failed");
         assert_eq!(evicted.iter().map(|f| f.message.seq).collect::<Vec<_>>(), [1]);
-        // A newer event is in flight; replayed older ones go behind it, in seq order.
+        // A newer event is in flight; replayed older ones go behind it, oldest first.
         q.push(msg("1", 5), now);
         let head = q.take(now).unwrap();
         assert_eq!(q.replay(0, now), 2);
@@ -307,7 +306,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn replay_since_takes_only_the_newer_failures() {
         let now = Instant::now();
-        let mut q = Queue::new(10, 10);
+        let mut q = Queue::new(10, 1 << 20, 10);
         for s in [10, 20, 30] {
             q.push(msg(&format!("a{s}"), s), now);
         }

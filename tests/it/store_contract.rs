@@ -14,7 +14,7 @@ use std::time::Duration;
 use ccgate::config::{Scope, StoreBackend, StoreConfig};
 use ccgate::labels::LossReason;
 use ccgate::metrics::Metrics;
-use ccgate::shared::deliveries::{failed_entry, Settled, Settlement};
+use ccgate::shared::deliveries::{failed_entry, Bound, Settled, Settlement};
 use ccgate::shared::memory::MemoryHub;
 use ccgate::shared::redis::RedisStore;
 use ccgate::shared::{
@@ -891,6 +891,7 @@ fn wh_message(id: &str, at_ms: u64) -> Vec<u8> {
 }
 
 const HOLD: Duration = Duration::from_secs(60);
+const BOUND: Bound = Bound { events: 100, bytes: 1 << 20 };
 
 async fn webhook_lanes_are_claimed_by_one_replica_and_settle_in_order(p: Pair) {
     let (a, b) = (&p.a, &p.b);
@@ -898,8 +899,10 @@ async fn webhook_lanes_are_claimed_by_one_replica_and_settle_in_order(p: Pair) {
     assert_eq!(b.next_seq("default/153").await.unwrap(), 2, "one sequence for every replica");
     assert_eq!(a.next_seq("default/154").await.unwrap(), 1);
     for (lane, id, at) in [("default/153", "m1", 10), ("default/153", "m2", 20), ("default/154", "n1", 15)] {
-        assert!(a.push("crm", lane, at, &wh_message(id, at), 100).await.unwrap());
+        assert!(a.push("crm", lane, at, &wh_message(id, at), BOUND).await.unwrap());
     }
+    // A push retried after its answer was lost is not queued twice.
+    assert!(b.push("crm", "default/154", 15, &wh_message("n1", 15), BOUND).await.unwrap());
     // b claims both lanes' heads; a finds nothing left to claim; one head per lane.
     let claimed = b.claim("crm", 10, HOLD).await.unwrap();
     let mut heads: Vec<(String, Vec<u8>, u32)> = claimed.into_iter().map(|c| (c.lane, c.message, c.attempts)).collect();
@@ -936,10 +939,14 @@ async fn webhook_lanes_are_claimed_by_one_replica_and_settle_in_order(p: Pair) {
 
 async fn webhook_deliveries_are_bounded_and_given_up_events_replay(p: Pair) {
     let (a, b) = (&p.a, &p.b);
+    let three = Bound { events: 3, bytes: 1 << 20 };
     for (i, at) in [100u64, 200, 300].iter().enumerate() {
-        assert!(a.push("crm", "default/153", *at, &wh_message(&format!("m{i}"), *at), 3).await.unwrap());
+        assert!(a.push("crm", "default/153", *at, &wh_message(&format!("m{i}"), *at), three).await.unwrap());
     }
-    assert!(!b.push("crm", "default/154", 400, &wh_message("x", 400), 3).await.unwrap(), "max_pending");
+    assert!(!b.push("crm", "default/154", 400, &wh_message("x", 400), three).await.unwrap(), "max_pending");
+    // Bytes bound the pending events as well: this one would pass them.
+    let small = Bound { events: 100, bytes: 3 * wh_message("m0", 100).len() + 10 };
+    assert!(!b.push("crm", "default/154", 400, &wh_message("x", 400), small).await.unwrap(), "max_pending_bytes");
     // Each is given up in turn; the failed list keeps its newest two.
     let mut evicted = 0;
     for _ in 0..3 {
@@ -979,8 +986,8 @@ async fn webhook_deliveries_are_bounded_and_given_up_events_replay(p: Pair) {
 async fn a_webhook_claim_that_runs_out_is_anyones_and_holding_keeps_it(p: Pair) {
     let (a, b) = (&p.a, &p.b);
     let hold = p_lease(&p);
-    a.push("crm", "default/153", 1, &wh_message("m1", 1), 10).await.unwrap();
-    a.push("crm", "default/154", 1, &wh_message("n1", 1), 10).await.unwrap();
+    a.push("crm", "default/153", 1, &wh_message("m1", 1), BOUND).await.unwrap();
+    a.push("crm", "default/154", 1, &wh_message("n1", 1), BOUND).await.unwrap();
     assert_eq!(a.claim("crm", 10, hold).await.unwrap().len(), 2);
     // a holds 153's claim (its attempt still runs) but not 154's; a claim's time passes.
     p.pass(hold / 2).await;

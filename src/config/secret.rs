@@ -71,12 +71,13 @@ pub fn mask_secret(value: &str) -> String {
 /// `…/services/T/B/SECRET`), as it may be printed: scheme and host, the rest masked.
 pub fn mask_url_path(value: &str) -> String {
     let Some((scheme, rest)) = value.split_once("://") else { return MASK.to_owned() };
-    let (user, after) = match rest.rsplit_once('@') {
-        Some((_, after)) => (format!("{MASK}@"), after),
-        None => (String::new(), rest),
+    // The authority ends at the path, query or fragment; an `@` after it is the path's.
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (user, host) = match authority.rsplit_once('@') {
+        Some((_, host)) => (format!("{MASK}@"), host),
+        None => (String::new(), authority),
     };
-    let host = after.split(['/', '?', '#']).next().unwrap_or_default();
-    let tail = if after.len() > host.len() { format!("/{MASK}") } else { String::new() };
+    let tail = if rest.len() > authority.len() { format!("/{MASK}") } else { String::new() };
     format!("{scheme}://{user}{host}{tail}")
 }
 
@@ -140,6 +141,7 @@ mod tests {
         assert_eq!(super::mask_url_path("https://u:p@h:8443/a"), "https://***@h:8443/***");
         assert_eq!(super::mask_url_path("https://h:8443"), "https://h:8443");
         assert_eq!(super::mask_url_path("not a url"), "***");
+        assert_eq!(super::mask_url_path("https://h/services/T/B/abc@SECRETPART"), "https://h/***");
     }
 
     use super::*;

@@ -901,11 +901,9 @@ impl Deliveries for MemoryStore {
     async fn settle(&self, endpoint: &str, lane: &str, id: &str, how: Settlement<'_>) -> Result<Settled, StoreError> {
         self.with_wh(endpoint, |w, now| {
             let mine = w.claim.get(lane).map(String::as_str) == Some(&*self.replica);
-            let is_head = w
-                .lanes
-                .get(lane)
-                .and_then(|l| l.front())
-                .is_some_and(|h| h.starts_with(id.as_bytes()) && h.get(id.len()) == Some(&b' '));
+            let is_head = w.lanes.get(lane).and_then(|l| l.front()).is_some_and(|h| {
+                h == id.as_bytes() || (h.starts_with(id.as_bytes()) && h.get(id.len()) == Some(&b' '))
+            });
             if !is_head {
                 if mine {
                     w.claim.remove(lane);

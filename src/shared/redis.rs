@@ -729,6 +729,10 @@ impl Journal for RedisStore {
     }
 }
 
+/// Given-up entries one replay script goes through: a few MB at most, so no one call holds
+/// Redis for long.
+const REPLAY_BATCH: usize = 200;
+
 #[async_trait::async_trait]
 impl Deliveries for RedisStore {
     async fn next_seq(&self, lane: &str) -> Result<u64, StoreError> {
@@ -802,9 +806,22 @@ impl Deliveries for RedisStore {
 
     async fn replay(&self, endpoint: &str, since_ms: u64) -> Result<usize, StoreError> {
         let k = self.endpoint_keys(endpoint);
-        let args = scripts::WhReplay { since_ms };
-        let n: i64 = self.script(StoreOp::Webhooks, args.prepare(&self.scripts.wh_replay, &k)).await?;
-        Ok(n.max(0) as usize)
+        let (mut replayed, mut seen, mut total) = (0usize, 0usize, None);
+        loop {
+            // Exactly the list's length before the replay (the first call's), over all calls:
+            // the kept entries then come round to their order (entries given up meanwhile,
+            // after them, wait for the next replay).
+            let count = total.map_or(REPLAY_BATCH, |t: usize| (t - seen).min(REPLAY_BATCH));
+            let args = scripts::WhReplay { since_ms, count };
+            let (n, batch, len): (i64, i64, i64) =
+                self.script(StoreOp::Webhooks, args.prepare(&self.scripts.wh_replay, &k)).await?;
+            replayed += n.max(0) as usize;
+            seen += batch.max(0) as usize;
+            let total = *total.get_or_insert(len.max(0) as usize);
+            if batch <= 0 || seen >= total {
+                return Ok(replayed);
+            }
+        }
     }
 
     async fn summary(&self, endpoint: &str, recent: usize) -> Result<Summary, StoreError> {

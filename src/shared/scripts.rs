@@ -772,7 +772,7 @@ local function next_head()
   end
 end
 local head = redis.call('LINDEX', list, 0)
-if not head or string.sub(head, 1, #id + 1) ~= id .. ' ' then
+if not head or (head ~= id and string.sub(head, 1, #id + 1) ~= id .. ' ') then
   if mine then
     redis.call('HDEL', KEYS[2], lane)
     next_head()
@@ -818,19 +818,24 @@ impl WhSettle<'_> {
     }
 }
 
-/// Puts the given-up entries of events taken at or after `since_ms` back at the ends of their
-/// lanes, oldest first; returns how many. Entries that do not parse are dropped.
+/// Goes through the given-up list's oldest `count` entries: those of events taken at or
+/// after `since_ms` go back at the ends of their lanes, the others to the list's end (so a
+/// replay of the whole list, `count` at a time, leaves what stays in its order, and no one
+/// call holds Redis long); entries that do not parse are dropped. Returns {replayed, gone
+/// through, the list's length before}.
 pub(super) struct WhReplay {
     pub since_ms: u64,
+    pub count: usize,
 }
 
 const WH_REPLAY: &str = r#"
-local since_ms, prefix = tonumber(ARGV[1]), ARGV[2]
+local since_ms, prefix, count = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local all = redis.call('LRANGE', KEYS[1], 0, -1)
-local keep, n = {}, 0
-for _, e in ipairs(all) do
+local len = redis.call('LLEN', KEYS[1])
+local n, seen = 0, math.min(count, len)
+for _ = 1, seen do
+  local e = redis.call('LPOP', KEYS[1])
   local at, lane, message = string.match(e, '^(%d+) (%S+) [^\n]*\n(.*)$')
   if at and tonumber(at) >= since_ms then
     local key = prefix .. lane
@@ -843,21 +848,17 @@ for _, e in ipairs(all) do
     end
     n = n + 1
   elseif at then
-    keep[#keep + 1] = e
+    redis.call('RPUSH', KEYS[1], e)
   end
 end
-redis.call('DEL', KEYS[1])
-for i = 1, #keep, 1000 do
-  redis.call('RPUSH', KEYS[1], unpack(keep, i, math.min(i + 999, #keep)))
-end
-return n
+return {n, seen, len}
 "#;
 
 impl WhReplay {
     pub fn prepare<'s>(&self, s: &'s Script, k: &EndpointKeys) -> ScriptInvocation<'s> {
         let mut inv = s.prepare_invoke();
         inv.key(&k.failed).key(&k.pending).key(&k.due).key(&k.heads).key(&k.bytes);
-        inv.arg(self.since_ms).arg(&k.lane_prefix);
+        inv.arg(self.since_ms).arg(&k.lane_prefix).arg(self.count);
         inv
     }
 }

@@ -94,8 +94,8 @@ pub struct Endpoint {
     next_retry: Mutex<Option<Instant>>,
     /// Removed by a reload: its task ends.
     retired: AtomicBool,
-    /// Signalled when the last attempt running here ends (a stop waits for it).
-    quiet: Notify,
+    /// Set when the delivery task has ended (a stop waits for it).
+    ended: watch::Sender<bool>,
     /// This replica saw a 410 but could not tell the shared store yet: its own disabled flag
     /// stands until it has (the next report tries again).
     disabled_unsynced: AtomicBool,
@@ -199,7 +199,7 @@ impl Endpoint {
             hold,
             next_retry: Mutex::new(None),
             retired: AtomicBool::new(false),
-            quiet: Notify::new(),
+            ended: watch::channel(false).0,
             disabled_unsynced: AtomicBool::new(false),
             metrics,
             warnings: LogBudget::default(),
@@ -273,26 +273,28 @@ impl Endpoint {
         lock(&self.in_flight).values().sum()
     }
 
-    /// Waits until no attempt runs here (a stop: with the shared store, an attempt cut off
-    /// would be sent again by another replica once its claim ran out).
+    /// Waits until the delivery task has ended after a stop: it claims nothing more, keeps
+    /// the claims of the attempts still running, and ends with the last of them (with the
+    /// shared store, an attempt cut off would be sent again by another replica once its claim
+    /// ran out).
     pub async fn quiesce(&self) {
-        loop {
-            let quiet = self.quiet.notified();
-            if self.in_flight() == 0 {
-                return;
-            }
-            quiet.await;
-        }
+        let mut ended = self.ended.subscribe();
+        let _ = ended.wait_for(|ended| *ended).await;
     }
 
-    /// The delivery task: runs until `stop` turns true.
+    /// The delivery task: claims and sends until `stop` turns true (or the endpoint is
+    /// retired), then keeps the claims of the attempts still running until the last ends.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut reported: Option<Instant> = None;
         // When the claims of the attempts running here are next extended.
         let mut next_hold = Instant::now();
         let shared = self.backlog.is_shared();
+        let mut stopping = false;
         loop {
-            if *stop.borrow() || self.retired.load(Ordering::Acquire) {
+            // A dropped sender counts as a stop (else `changed` would return at once, always).
+            stopping |= *stop.borrow() || self.retired.load(Ordering::Acquire);
+            if stopping && self.in_flight() == 0 {
+                let _ = self.ended.send(true);
                 return;
             }
             let now = Instant::now();
@@ -313,10 +315,15 @@ impl Endpoint {
             }
             let room = self.parts.load().cfg.max_in_flight.saturating_sub(self.in_flight());
             let disabled = lock(&self.health).disabled.is_some();
-            if !disabled && room > 0 {
+            if !disabled && room > 0 && !stopping {
                 match self.backlog.claim(&self.name, room, self.hold).await {
                     Ok(taken) => {
                         let full = taken.len() == room;
+                        if !taken.is_empty() {
+                            // Their claims are extended within a third of one, however short
+                            // the lease.
+                            until = until.min(now + self.hold / 3);
+                        }
                         for t in taken {
                             let lane = crate::shared::deliveries::lane_name(&t.lane.0, &t.lane.1);
                             *lock(&self.in_flight).entry(lane).or_insert(0) += 1;
@@ -339,7 +346,7 @@ impl Endpoint {
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep_until(until) => {}
-                _ = stop.changed() => {}
+                changed = stop.changed(), if !stopping => stopping |= changed.is_err(),
             }
         }
     }
@@ -415,9 +422,6 @@ impl Endpoint {
                     f.remove(&lane);
                 }
             }
-            if f.is_empty() {
-                self.quiet.notify_waiters();
-            }
         }
         self.wake.notify_one();
     }
@@ -446,10 +450,14 @@ impl Endpoint {
         }
         if answer.outcome == WebhookOutcome::Gone {
             let why = "HTTP 410 Gone: the receiver asked for no more deliveries";
+            // Unsynced until the store has it, so a report in between does not clear it.
+            self.disabled_unsynced.store(true, Ordering::Release);
             lock(&self.health).disabled = Some((now_ms, why.to_owned()));
-            if let Err(e) = self.backlog.set_disabled(&self.name, Some(why)).await {
-                self.disabled_unsynced.store(true, Ordering::Release);
-                tracing::warn!(endpoint = &*self.name, error = %e, "the other replicas could not be told the endpoint is disabled yet; trying again");
+            match self.backlog.set_disabled(&self.name, Some(why)).await {
+                Ok(()) => self.disabled_unsynced.store(false, Ordering::Release),
+                Err(e) => {
+                    tracing::warn!(endpoint = &*self.name, error = %e, "the other replicas could not be told the endpoint is disabled yet; trying again")
+                }
             }
             tracing::warn!(
                 endpoint = &*self.name,

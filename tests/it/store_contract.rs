@@ -182,6 +182,7 @@ contract!(LASTING:
     the_journal_keeps_the_newest_endings_per_gateway_for_every_replica,
     webhook_lanes_are_claimed_by_one_replica_and_settle_in_order,
     webhook_deliveries_are_bounded_and_given_up_events_replay,
+    a_long_given_up_list_replays_in_batches_and_keeps_the_rest_in_order,
 );
 
 // The cases that let time pass.
@@ -1013,4 +1014,26 @@ async fn a_webhook_claim_that_runs_out_is_anyones_and_holding_keeps_it(p: Pair) 
 /// The pair's lease: what a case lets a claim last.
 fn p_lease(p: &Pair) -> Duration {
     p.a.lease_ttl()
+}
+
+/// Redis goes through a replay 200 entries per script: the end is the same as all at once.
+async fn a_long_given_up_list_replays_in_batches_and_keeps_the_rest_in_order(p: Pair) {
+    let a = &p.a;
+    let room = Bound { events: 1000, bytes: 1 << 20 };
+    for i in 0..450u64 {
+        assert!(a.push("crm", "default/153", i, &wh_message(&format!("m{i}"), i), room).await.unwrap());
+    }
+    for i in 0..450u64 {
+        let c = a.claim("crm", 1, HOLD).await.unwrap().pop().unwrap();
+        let entry = failed_entry(&c.lane, &c.message, 1, 8, "HTTP 500").unwrap();
+        let how = Settlement::GiveUp { entry: &entry, max_failed: 1000 };
+        assert_eq!(a.settle("crm", &c.lane, &format!("m{i}"), how).await.unwrap(), Settled::Done);
+    }
+    assert_eq!(p.b.replay("crm", 300).await.unwrap(), 150);
+    let sum = a.summary("crm", 3).await.unwrap();
+    assert_eq!((sum.pending, sum.failed), (150, 300));
+    assert!(sum.recent_failed[0].ends_with(&wh_message("m299", 299)), "the kept ones in their order");
+    assert!(sum.recent_failed[2].ends_with(&wh_message("m297", 297)));
+    let first = a.claim("crm", 1, HOLD).await.unwrap().pop().unwrap();
+    assert_eq!(first.message, wh_message("m300", 300), "the replayed ones oldest first");
 }

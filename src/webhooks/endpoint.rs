@@ -206,10 +206,6 @@ impl Endpoint {
         })
     }
 
-    pub fn config(&self) -> WebhookConfig {
-        self.parts.load().cfg.clone()
-    }
-
     /// Takes a reload's parts; queued events stay and are sent the new way.
     pub fn reconfigure(&self, parts: Parts) {
         self.backlog.set_bounds(bound(&parts.cfg), parts.cfg.max_failed);

@@ -33,8 +33,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 pub use endpoint::{Endpoint, FailedView, FailureView, Parts, Status};
-pub use message::Message;
-pub use sign::Signer;
+use message::Message;
 
 use crate::metrics::Metrics;
 use crate::session::EventSink;
@@ -403,15 +402,7 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
         }
         _ => return None,
     };
-    // Howard Hinnant's days_from_civil.
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_s;
+    let secs = crate::x509_expiry::days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset_s;
     u64::try_from(secs * 1000 + frac_ms).ok()
 }
 

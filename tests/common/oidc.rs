@@ -17,6 +17,11 @@ use super::tools;
 
 /// The audience (resource indicator) the provider issues ccgate's tokens for.
 pub const RESOURCE: &str = "urn:ccgate";
+/// How long the provider may take to print its ready line: it generates its keys and loads
+/// oidc-provider, a second or two on a loaded machine.
+const READY_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+/// Starts of the provider before a test gives up on it.
+const START_ATTEMPTS: u32 = 3;
 
 pub struct OidcProvider {
     pub issuer: String,
@@ -65,13 +70,37 @@ impl OidcProvider {
         if let Some(p) = port {
             cmd.arg(p.to_string());
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("node did not start");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let ready: Value = serde_json::from_str(
-            &lines.next().expect("the provider exited before it was ready").expect("provider output"),
-        )
-        .expect("the provider's ready line is JSON");
-        std::thread::spawn(move || for _ in lines {});
+        // Once in a while node stalls before it listens (no socket, no CPU; seen once in CI):
+        // a provider not ready within `READY_WAIT` is killed and started again, so the test
+        // fails or passes instead of hanging. Its stderr is kept in `dir` for the message.
+        let mut attempt = 0;
+        let (child, ready) = loop {
+            attempt += 1;
+            let log = std::fs::File::create(dir.join(format!("idp-stderr-{attempt}.log"))).unwrap();
+            let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().expect("node did not start");
+            let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut lines = lines;
+                let _ = tx.send(lines.next());
+                for _ in lines {}
+            });
+            match rx.recv_timeout(READY_WAIT) {
+                Ok(Some(Ok(line))) => break (child, line),
+                outcome if attempt < START_ATTEMPTS => {
+                    eprintln!("the OIDC provider was not ready ({outcome:?}); starting it again");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                outcome => {
+                    let _ = child.kill();
+                    let stderr =
+                        std::fs::read_to_string(dir.join(format!("idp-stderr-{attempt}.log"))).unwrap_or_default();
+                    panic!("the OIDC provider never got ready ({outcome:?}); its stderr:\n{stderr}");
+                }
+            }
+        };
+        let ready: Value = serde_json::from_str(&ready).expect("the provider's ready line is JSON");
         let tls = ccgate::tls::client_config(Some(&ca)).unwrap();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
